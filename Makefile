@@ -1,0 +1,137 @@
+# rackdisk top-level Makefile.
+#
+# Each folder contributes a fragment, <folder>/module.mk, that appends its sources to
+# the variables below; this file owns the flags, the pattern rules and the targets that
+# tie the folders together. Objects and binaries go under build/.
+
+PREFIX      ?= /usr/local
+TGT_MODDIR  ?= /usr/lib/tgt/backing-store
+BUILD       ?= build
+CC          ?= gcc
+PYTHON      ?= /usr/bin/python3
+
+# The tgt source tree of the installed tgt version (fetched by `make deps`).
+TGT_SRC     ?= $(BUILD)/deps/tgt
+
+WARN     := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wstrict-prototypes
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=gnu11 -fPIC -D_GNU_SOURCE $(WARN)
+CPPFLAGS += -I. -MMD -MP
+PKGS     := libcrypto libzstd libcurl jansson hiredis libmicrohttpd inih
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CPPFLAGS += $(PKG_CFLAGS)
+LDLIBS   += $(PKG_LIBS) -laio -lpthread -lm
+
+# Sanitizer build: `make test-asan` rebuilds everything into build-asan/.
+ifeq ($(SANITIZE),1)
+BUILD    := build-asan
+CFLAGS   += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS  += -fsanitize=address,undefined
+endif
+
+# Per-folder fragments append to these.
+COMMON_SRCS  :=
+IMAGES_SRCS  :=
+CACHE_SRCS   :=
+CLUSTER_SRCS :=
+TARGET_SRCS  :=
+PROGRAMS     :=
+EXTRA_ALL    :=
+UNIT_TESTS   :=
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+
+LIBCOMMON  := $(BUILD)/libcommon.a
+LIBIMAGES  := $(BUILD)/libimages.a
+LIBCACHE   := $(BUILD)/libcache.a
+LIBCLUSTER := $(BUILD)/libcluster.a
+LIBTARGET  := $(BUILD)/libtarget.a
+# Link order: dependants first (appliance -> target, cluster -> cache -> images -> common).
+RD_LIBS    := $(LIBTARGET) $(LIBCLUSTER) $(LIBCACHE) $(LIBIMAGES) $(LIBCOMMON)
+
+BENCH_TARGETS :=
+SOAK_TARGETS  :=
+
+include $(sort $(wildcard */module.mk)) $(sort $(wildcard tests/*/module.mk))
+
+
+.PHONY: all deps build test test-unit test-integration test-asan fuzz bench bench-publish \
+	soak demo install clean format
+
+all: deps
+	@$(MAKE) --no-print-directory build
+
+build: $(PROGRAMS) $(EXTRA_ALL)
+
+deps:
+	@bash scripts/deps.sh
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+define make_lib
+$(1): $(call obj,$(2))
+	@mkdir -p $$(dir $$@)
+	@rm -f $$@
+	$$(AR) rcs $$@ $$^
+endef
+$(eval $(call make_lib,$(LIBCOMMON),$(COMMON_SRCS)))
+$(eval $(call make_lib,$(LIBIMAGES),$(IMAGES_SRCS)))
+$(eval $(call make_lib,$(LIBCACHE),$(CACHE_SRCS)))
+$(eval $(call make_lib,$(LIBCLUSTER),$(CLUSTER_SRCS)))
+$(eval $(call make_lib,$(LIBTARGET),$(TARGET_SRCS)))
+
+# Unit tests: tests/unit/<folder>/test_<module>.c, each one cmocka program linked against
+# every library (static archives pull in only what a test uses).
+UNIT_SRCS := $(sort $(wildcard tests/unit/*/test_*.c))
+UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/unit/%,$(UNIT_SRCS))
+$(BUILD)/tests/unit/%: tests/unit/%.c $(RD_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $< -o $@ $(LDFLAGS) $(RD_LIBS) $(LDLIBS) -lcmocka
+
+test-unit: $(UNIT_BINS)
+	@bash scripts/run-unit.sh $(UNIT_BINS)
+
+test-integration: build
+	$(PYTHON) -m pytest -q -ra tests/integration
+
+# `make test`: everything the default CI run checks, after installing what it needs.
+test: deps
+	@$(MAKE) --no-print-directory build
+	@$(MAKE) --no-print-directory test-all
+
+test-all: test-unit fuzz-smoke test-integration
+
+test-asan: deps
+	@$(MAKE) --no-print-directory SANITIZE=1 build-asan-tests
+	@bash scripts/run-unit.sh $(patsubst tests/unit/%.c,build-asan/tests/unit/%,$(UNIT_SRCS))
+
+build-asan-tests: $(UNIT_BINS)
+
+demo: deps
+	@$(MAKE) --no-print-directory build
+	@bash scripts/demo.sh
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(TGT_MODDIR)
+	install -m 0755 $(BUILD)/rackdisk $(DESTDIR)$(PREFIX)/bin/rackdisk
+	if [ -f $(BUILD)/rackdiskd ]; then install -m 0755 $(BUILD)/rackdiskd $(DESTDIR)$(PREFIX)/sbin/rackdiskd; fi
+	if [ -f $(BUILD)/bs_rackdisk.so ]; then install -m 0755 $(BUILD)/bs_rackdisk.so $(DESTDIR)$(TGT_MODDIR)/bs_rackdisk.so; fi
+
+bench: deps
+	@$(MAKE) --no-print-directory build
+	@$(MAKE) --no-print-directory $(BENCH_TARGETS)
+
+soak: deps
+	@$(MAKE) --no-print-directory build
+	@$(MAKE) --no-print-directory $(SOAK_TARGETS)
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,100 @@
+/*
+ * chunkstore.h - the appliance's local, content-addressed chunk store (DESIGN.md sec. 3).
+ *
+ * Chunks live as uncompressed files <dir>/chunks/<hh>/<hash>, published atomically.
+ * Files are immutable, so a reader holding an open descriptor is never hurt by eviction.
+ *
+ * Two modes:
+ *  - owner (rackdiskd, tests): keeps the in-memory index, enforces the capacity with
+ *    scan-resistant eviction, pins chunks that are being read or filled, and calls the
+ *    hooks so the cluster layer can announce/withdraw chunks in the directory;
+ *  - reader (the tgt module inside tgtd): no index and no eviction; a lookup opens the
+ *    file if it exists. Only the owner ever creates or removes chunk files.
+ *
+ * Thread safety: every call may be made from any thread at once.
+ * Errors: 0 or a negative errno; -ENOENT is a miss.
+ */
+#ifndef RACKDISK_CACHE_CHUNKSTORE_H
+#define RACKDISK_CACHE_CHUNKSTORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/hash.h"
+
+struct chunkstore;
+struct chunk_ref; /* a pinned chunk; valid until chunkstore_put() */
+
+struct chunkstore_hooks {
+	void *arg;
+	/* After a chunk is durably stored and indexed: it may now be served to peers. */
+	void (*announce)(void *arg, const struct chunk_hash *h);
+	/* Before a chunk's file is removed: peers must stop asking for it. */
+	void (*withdraw)(void *arg, const struct chunk_hash *h);
+};
+
+struct chunkstore_opts {
+	const char *dir;          /* the store's root; chunks/ is created below it */
+	uint64_t capacity;        /* bytes of chunk data; 0 = unlimited */
+	bool reader;              /* reader mode (see above) */
+	bool direct_io;           /* read with O_DIRECT where the filesystem allows it */
+	bool verify_on_open;      /* owner: re-hash every chunk while rebuilding the index */
+	struct chunkstore_hooks hooks;
+};
+
+struct chunkstore_stats {
+	uint64_t hits, misses;        /* chunkstore_get() outcomes */
+	uint64_t inserts, evictions;
+	uint64_t bytes_inserted, bytes_evicted, bytes_read;
+	uint64_t nchunks, bytes_used, capacity;
+	uint64_t pinned;              /* chunks pinned right now */
+	uint64_t dropped_corrupt;     /* files found torn or corrupt and removed */
+};
+
+int chunkstore_open(const struct chunkstore_opts *o, struct chunkstore **out);
+void chunkstore_close(struct chunkstore *cs);
+
+/* Looks a chunk up and pins it. -ENOENT on a miss. */
+int chunkstore_get(struct chunkstore *cs, const struct chunk_hash *h, struct chunk_ref **out);
+void chunkstore_put(struct chunkstore *cs, struct chunk_ref *ref);
+int chunk_ref_fd(const struct chunk_ref *ref);
+uint32_t chunk_ref_len(const struct chunk_ref *ref);
+
+/* Reads len bytes at off within a pinned chunk (through the aio layer). */
+int chunkstore_read(struct chunkstore *cs, struct chunk_ref *ref, void *buf, size_t len,
+		    uint32_t off);
+
+/*
+ * Stores a chunk. The caller has verified that data hashes to *h (every source does so
+ * before it calls this). Makes room by eviction if needed; -ENOSPC when everything is
+ * pinned. Inserting a chunk already present is a successful no-op. Owner mode only.
+ */
+int chunkstore_insert(struct chunkstore *cs, const struct chunk_hash *h, const void *data,
+		      size_t len);
+
+bool chunkstore_contains(struct chunkstore *cs, const struct chunk_hash *h);
+
+/* Records accesses seen by another process (the tgt module) for the eviction policy. */
+void chunkstore_touch(struct chunkstore *cs, const struct chunk_hash *h);
+
+/* Path of a chunk's file (whether or not it exists). */
+void chunkstore_path(const struct chunkstore *cs, const struct chunk_hash *h, char *buf,
+		     size_t len);
+
+/* Calls fn for every indexed chunk (owner mode), e.g. for the bulk announce at start. */
+int chunkstore_foreach(struct chunkstore *cs,
+		       int (*fn)(void *arg, const struct chunk_hash *h, uint32_t len), void *arg);
+
+void chunkstore_get_stats(struct chunkstore *cs, struct chunkstore_stats *st);
+
+/*
+ * Consistency check of a store directory without opening it: re-hashes every chunk
+ * file, removes torn/corrupt/misnamed/temp files when repair is true, and reports each
+ * problem through report (may be NULL). Returns the number of problems found (>= 0) or
+ * a negative errno.
+ */
+int chunkstore_fsck(const char *dir, bool repair,
+		    void (*report)(void *arg, const char *path, const char *problem), void *arg);
+
+#endif

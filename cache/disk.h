@@ -1,0 +1,112 @@
+/*
+ * disk.h - a VM disk: an immutable base image (manifest + chunk store) under a private
+ * copy-on-write overlay (DESIGN.md section 4).
+ *
+ * A disk lives in its own directory, holding the overlay data file and the allocation
+ * map (4 KiB grain). Reads merge overlay and image; writes go to the overlay only.
+ * Durability follows SCSI: a write with DISK_FUA, or any write followed by disk_flush(),
+ * survives a crash of the process; unsynced writes may be lost but never corrupt other
+ * data.
+ *
+ * Thread safety: every call may be made from many threads at once on one disk.
+ * Errors: 0 or a negative errno. -ETIMEDOUT: a missing chunk could not be had before the
+ * deadline; -EIO: the chunk's sources failed; -ERANGE: beyond the disk's end.
+ */
+#ifndef RACKDISK_CACHE_DISK_H
+#define RACKDISK_CACHE_DISK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cache/chunkstore.h"
+#include "images/manifest.h"
+
+#define DISK_GRAIN 4096u
+
+struct disk;
+
+/*
+ * Miss callback: the owner makes chunk *h (image chunk index idx, len bytes) present in
+ * the chunk store, blocking until it is or deadline_ns (CLOCK_MONOTONIC) passes.
+ * Returns 0 when the chunk is now in the store, or a negative errno.
+ */
+typedef int (*disk_miss_fn)(void *arg, const struct chunk_hash *h, uint64_t idx, uint32_t len,
+			    uint64_t deadline_ns);
+
+struct disk_opts {
+	const char *dir;              /* the disk's overlay directory */
+	const struct manifest *image; /* borrowed: must outlive the disk */
+	struct chunkstore *store;     /* borrowed */
+	disk_miss_fn miss;            /* may be NULL: a miss is then -EIO */
+	void *miss_arg;
+	uint64_t io_timeout_ns;       /* deadline for a read that misses; 0 = 30 s */
+	/* Optional: called for every image chunk a read used (hit or filled), so that a
+	 * reader-mode owner can report accesses to the store's owner. */
+	void (*on_chunk_access)(void *arg, const struct chunk_hash *h);
+};
+
+/* Creates a new, empty overlay in dir (which must not hold one) for a disk of `size`
+ * bytes (>= the image size, a multiple of 512) over image `image_id`. */
+int disk_create(const char *dir, const struct chunk_hash *image_id, uint64_t size);
+
+/* Opens a disk; checks that the overlay belongs to opts->image. */
+int disk_open(const struct disk_opts *opts, struct disk **out);
+void disk_close(struct disk *d);
+
+uint64_t disk_size(const struct disk *d);
+
+int disk_read(struct disk *d, void *buf, size_t len, uint64_t off);
+
+#define DISK_FUA 0x1u
+int disk_write(struct disk *d, const void *buf, size_t len, uint64_t off, unsigned flags);
+
+/* Makes every write completed before the call durable. */
+int disk_flush(struct disk *d);
+
+/* Releases overlay space for the range; it then reads as zeros (UNMAP, WRITE SAME with
+ * UNMAP, write-zeroes). Sub-grain edges are written as zeros. */
+int disk_unmap(struct disk *d, uint64_t off, uint64_t len, unsigned flags);
+
+/*
+ * COMPARE AND WRITE: atomically against every other write to the range, compares
+ * [off, off+len) with cmp and, when equal, writes data there. On a mismatch returns
+ * -EILSEQ and sets *miscompare_off to the first differing byte's offset within the range.
+ */
+int disk_compare_and_write(struct disk *d, const void *cmp, const void *data, size_t len,
+			   uint64_t off, unsigned flags, uint64_t *miscompare_off);
+
+/* Grows the disk (never shrinks); the new space reads as zeros. Durable on return. */
+int disk_grow(struct disk *d, uint64_t new_size);
+
+/*
+ * Calls fn for every image chunk under [off, off+len) that a read would need and that
+ * the chunk store lacks (PRE-FETCH: the owner starts background fills). Does not block
+ * on fetches.
+ */
+int disk_missing_chunks(struct disk *d, uint64_t off, uint64_t len,
+			void (*fn)(void *arg, const struct chunk_hash *h, uint64_t idx,
+				   uint32_t len),
+			void *arg);
+
+/*
+ * Allocation status for GET LBA STATUS: from off, the length of the run that is either
+ * all "mapped" (may read as non-zero: overlay data or a non-zero image chunk) or all
+ * deallocated (reads as zeros: unmapped, zero chunks, beyond the image).
+ */
+int disk_lba_status(struct disk *d, uint64_t off, uint64_t *run_len, bool *mapped);
+
+struct disk_stats {
+	uint64_t reads, writes, flushes, unmaps;
+	uint64_t bytes_read, bytes_written;
+	uint64_t overlay_bytes;   /* overlay space in use */
+	uint64_t misses;          /* miss callbacks made */
+};
+void disk_get_stats(struct disk *d, struct disk_stats *st);
+
+/* Validates a disk directory's overlay map without opening it (rackdisk fsck). Returns
+ * the number of problems (>= 0) or a negative errno. */
+int disk_fsck(const char *dir, bool repair,
+	      void (*report)(void *arg, const char *path, const char *problem), void *arg);
+
+#endif

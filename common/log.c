@@ -1,0 +1,43 @@
+/*
+ * log.c - see log.h. One fprintf per record so concurrent threads do not interleave.
+ */
+#include "common/log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static const char *log_prog = "rackdisk";
+static enum log_level log_min = LOG_LVL_INFO;
+static int log_time = 1;
+
+void log_init(const char *prog, enum log_level min, int with_time)
+{
+	log_prog = prog;
+	log_min = min;
+	log_time = with_time;
+}
+
+void log_msg(enum log_level lvl, const char *fmt, ...)
+{
+	static const char *names[] = {"debug", "info", "warn", "error"};
+	char msg[1024], stamp[40] = "";
+	va_list ap;
+
+	if (lvl < log_min)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (log_time) {
+		struct timespec ts;
+		struct tm tm;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		gmtime_r(&ts.tv_sec, &tm);
+		size_t n = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+		snprintf(stamp + n, sizeof(stamp) - n, ".%03ldZ ", ts.tv_nsec / 1000000);
+	}
+	fprintf(stderr, "%s%s %s: %s\n", stamp, log_prog, names[lvl], msg);
+}

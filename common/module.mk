@@ -1,0 +1,1 @@
+COMMON_SRCS += common/hash.c common/util.c common/log.c

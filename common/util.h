@@ -1,0 +1,58 @@
+/*
+ * util.h - small helpers shared by every folder: sizes, names, time, files.
+ */
+#ifndef RACKDISK_COMMON_UTIL_H
+#define RACKDISK_COMMON_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define KiB (1024ULL)
+#define MiB (1024ULL * KiB)
+#define GiB (1024ULL * MiB)
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+#define DIV_ROUND_UP(n, d) (((n) + (d) - 1) / (d))
+
+/*
+ * Parses a size such as "4096", "64K", "1M", "64G", "1.5T" (binary units, optional "iB"
+ * or "B" suffix). Returns 0 and *out, or -EINVAL for anything else (empty, negative,
+ * trailing junk, overflow).
+ */
+int parse_size(const char *s, uint64_t *out);
+
+/* Formats n bytes as e.g. "1.5 GiB" into buf. Returns buf. */
+const char *format_size(uint64_t n, char *buf, size_t len);
+
+/*
+ * A name (image tag, disk name, node name) is 1..128 characters from [A-Za-z0-9._-],
+ * does not start with '.' or '-', and so can never be "..", contain '/', spaces or
+ * control characters.
+ */
+bool name_is_valid(const char *name);
+
+/* Monotonic clock in nanoseconds. */
+uint64_t now_ns(void);
+
+/* Writes len bytes at path atomically: temp file in the same directory, fsync, rename,
+ * fsync of the directory. Returns 0 or a negative errno; on error nothing is left. */
+int write_file_atomic(const char *path, const void *buf, size_t len);
+
+/* Reads a whole file (at most max bytes) into a malloc'd NUL-terminated buffer. */
+int read_file(const char *path, size_t max, char **out, size_t *len);
+
+/* mkdir -p; 0 or a negative errno. */
+int mkdir_p(const char *path, unsigned mode);
+
+/* fsync of a directory; 0 or a negative errno. */
+int fsync_dir(const char *dir);
+
+/* pread/pwrite of exactly len bytes, retrying on EINTR and short transfers.
+ * Returns 0, -EIO on a short read at end of file, or a negative errno. */
+int pread_full(int fd, void *buf, size_t len, uint64_t off);
+int pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
+
+#endif

@@ -1,0 +1,53 @@
+/*
+ * repo.h - read access to a published repository, from a directory or over HTTP(S).
+ *
+ * Layout (DESIGN.md section 2):
+ *   chunks/<hh>/<hash>        zstd chunk objects, shared by all images
+ *   manifests/<image-id>.json manifests
+ *   tags/<name>               the image id a name points at (written last)
+ *   profiles/<image-id>       optional boot access profile
+ *
+ * A repo handle is not thread-safe: use one per thread (each holds its own keep-alive
+ * HTTP connection). Every call returns 0 or a negative errno; -ENOENT means the object
+ * does not exist (HTTP 404), -EIO a transport failure, -ETIMEDOUT a timeout.
+ */
+#ifndef RACKDISK_IMAGES_REPO_H
+#define RACKDISK_IMAGES_REPO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/hash.h"
+#include "images/manifest.h"
+
+struct repo;
+
+/* loc: a directory path, file://PATH, http://... or https://... */
+int repo_open(const char *loc, struct repo **out);
+void repo_close(struct repo *r);
+
+/* Per-request timeout for HTTP repositories (default 30 s). */
+void repo_set_timeout_ms(struct repo *r, long ms);
+
+/* Resolves a tag name to an image id. -EINVAL for an invalid name. */
+int repo_resolve_tag(struct repo *r, const char *name, struct chunk_hash *id);
+
+/* Fetches and parses manifests/<id>.json; checks that its hash equals id. */
+int repo_get_manifest(struct repo *r, const struct chunk_hash *id, struct manifest **out,
+		      char *err, size_t errlen);
+
+/* Tag or 64-hex image id -> manifest. */
+int repo_load_image(struct repo *r, const char *name_or_id, struct manifest **out, char *err,
+		    size_t errlen);
+
+/* Fetches the raw (compressed) object of a chunk into a malloc'd buffer. */
+int repo_get_chunk_object(struct repo *r, const struct chunk_hash *h, void **obj, size_t *len);
+
+/* Fetches a chunk, decompresses and verifies it into out[0..len). */
+int repo_get_chunk(struct repo *r, const struct chunk_hash *h, void *out, size_t len);
+
+/* Lists tag names: calls fn for each; for HTTP, reads tags/ through the server's
+ * directory index (nginx autoindex on) or the repository's tags/index file. */
+int repo_list_tags(struct repo *r, int (*fn)(void *arg, const char *name), void *arg);
+
+#endif

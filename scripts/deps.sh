@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# make deps: install every Debian package the build, the tests and the demo need, and
+# unpack the source of the installed tgt version into build/deps/tgt for the tgt module.
+# Idempotent and quick when everything is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(
+	build-essential pkg-config clang dpkg-dev
+	libssl-dev libzstd-dev zstd libcurl4-openssl-dev curl libjansson-dev libhiredis-dev
+	libaio-dev libmicrohttpd-dev libinih-dev libcmocka-dev
+	tgt redis-server nginx-light qemu-utils libiscsi-bin libiscsi-dev
+	python3 python3-pytest iproute2 util-linux e2fsprogs gnuplot-nox
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+SRC_LIST=/etc/apt/sources.list.d/rackdisk-deb-src.sources
+need_src=0
+tgt_ver=$(dpkg-query -W -f='${Version}' tgt 2>/dev/null || true)
+stamp=build/deps/tgt.version
+if [ -z "$tgt_ver" ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$tgt_ver" ]; then
+	need_src=1
+fi
+
+if [ ${#missing[@]} -eq 0 ] && [ $need_src -eq 0 ]; then
+	exit 0
+fi
+
+if [ "$(id -u)" != 0 ]; then
+	echo "deps: missing packages (${missing[*]:-tgt source}); run 'make deps' as root" >&2
+	exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+updated=0
+apt_update() { [ $updated = 1 ] || { apt-get update -qq; updated=1; }; }
+
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "deps: installing ${missing[*]}"
+	apt_update
+	# Debian starts services on install; rackdisk runs its own instances, so keep the
+	# packaged ones from starting (policy-rc.d is honoured by invoke-rc.d).
+	had_policy=0; [ -e /usr/sbin/policy-rc.d ] && had_policy=1
+	[ $had_policy = 1 ] || printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+	chmod +x /usr/sbin/policy-rc.d
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	[ $had_policy = 1 ] || rm -f /usr/sbin/policy-rc.d
+	tgt_ver=$(dpkg-query -W -f='${Version}' tgt)
+fi
+
+if [ $need_src = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$tgt_ver" ]; then
+	# The tgt module is compiled against the headers of the exact installed tgt version
+	# (its private data sits after struct scsi_lu), so fetch that version's source package.
+	if ! grep -rqs '^Types: deb-src' /etc/apt/sources.list.d/ &&
+		! grep -qs '^deb-src' /etc/apt/sources.list; then
+		echo "deps: adding a deb-src entry ($SRC_LIST)"
+		sed -e 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources > "$SRC_LIST"
+		updated=0
+	fi
+	apt_update
+	rm -rf build/deps/tgt build/deps/tgt-src
+	mkdir -p build/deps/tgt-src
+	echo "deps: fetching the source of tgt $tgt_ver"
+	(cd build/deps/tgt-src && apt-get source -qq "tgt=$tgt_ver" >/dev/null 2>&1)
+	d=$(find build/deps/tgt-src -mindepth 1 -maxdepth 1 -type d -name 'tgt-*' | head -n1)
+	[ -n "$d" ] && [ -f "$d/usr/tgtd.h" ] || { echo "deps: tgt source not found" >&2; exit 1; }
+	mv "$d" build/deps/tgt
+	rm -rf build/deps/tgt-src
+	echo "$tgt_ver" > "$stamp"
+fi

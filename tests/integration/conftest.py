@@ -1,0 +1,38 @@
+"""Shared fixtures for integration tests: real servers on loopback, free ports,
+temporary directories, and teardown that runs even when a test fails."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from servers import Nginx, Redis, free_port, ROOT, BUILD  # noqa: E402,F401
+
+
+@pytest.fixture
+def nginx_factory(tmp_path):
+    """Starts nginx instances serving a directory; all are stopped at teardown."""
+    started = []
+
+    def make(root, **kw):
+        n = Nginx(root, tmp_path / f"nginx{len(started)}", **kw)
+        n.start()
+        started.append(n)
+        return n
+
+    yield make
+    for n in started:
+        n.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    r = Redis(tmp_path / "redis")
+    r.start()
+    yield r
+    r.stop()
