@@ -1,6 +1,6 @@
 # rackdisk top-level Makefile.
 #
-# Each folder contributes a fragment, <folder>/module.mk, that appends its sources to
+# Each folder contributes fragments, <folder>/*.mk, that appends its sources to
 # the variables below; this file owns the flags, the pattern rules and the targets that
 # tie the folders together. Objects and binaries go under build/.
 
@@ -30,7 +30,7 @@ CFLAGS   += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-saniti
 LDFLAGS  += -fsanitize=address,undefined
 endif
 
-# Per-folder fragments append to these.
+# Per-folder fragments (<folder>/*.mk, tests/<kind>/*.mk) append to these.
 COMMON_SRCS  :=
 IMAGES_SRCS  :=
 CACHE_SRCS   :=
@@ -53,7 +53,10 @@ RD_LIBS    := $(LIBTARGET) $(LIBCLUSTER) $(LIBCACHE) $(LIBIMAGES) $(LIBCOMMON)
 BENCH_TARGETS :=
 SOAK_TARGETS  :=
 
-include $(sort $(wildcard */module.mk)) $(sort $(wildcard tests/*/module.mk))
+# Extra test targets run by `make test` (crash tests, fuzz smoke runs, ...).
+TEST_TARGETS  :=
+
+include $(sort $(wildcard */*.mk)) $(sort $(wildcard tests/*/*.mk))
 
 
 .PHONY: all deps build test test-unit test-integration test-asan fuzz bench bench-publish \
@@ -102,7 +105,8 @@ test: deps
 	@$(MAKE) --no-print-directory build
 	@$(MAKE) --no-print-directory test-all
 
-test-all: test-unit fuzz-smoke test-integration
+test-all: test-unit
+	@$(MAKE) --no-print-directory $(TEST_TARGETS) test-integration
 
 test-asan: deps
 	@$(MAKE) --no-print-directory SANITIZE=1 build-asan-tests

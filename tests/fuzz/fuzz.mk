@@ -1,6 +1,6 @@
 # tests/fuzz/: libFuzzer targets (clang). fuzz-smoke runs each briefly in `make test`;
 # `make fuzz` runs them longer.
-.PHONY: fuzz-smoke
+.PHONY: fuzz-smoke fuzz
 fuzz-smoke:
 	@true
 fuzz:
