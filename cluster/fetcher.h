@@ -1,0 +1,78 @@
+/*
+ * fetcher.h - makes a missing chunk present in the local chunk store (DESIGN.md sec. 5).
+ *
+ * Order: local store -> (later: a live peer that holds it, through the peer hook) -> the
+ * seed repository. Concurrent requests for one chunk within the appliance become one
+ * fetch (single flight); every chunk's hash is checked before it is stored. Seed fetches
+ * use keep-alive connections, run in parallel, are retried with backoff until the
+ * caller's deadline, and a sequential access pattern triggers readahead.
+ *
+ * Thread safety: every call may be made from any thread at once.
+ */
+#ifndef RACKDISK_CLUSTER_FETCHER_H
+#define RACKDISK_CLUSTER_FETCHER_H
+
+#include <stdint.h>
+
+#include "cache/chunkstore.h"
+#include "common/hash.h"
+
+struct fetcher;
+
+enum fetch_source { FETCH_SRC_LOCAL, FETCH_SRC_PEER, FETCH_SRC_SEED, FETCH_SRC_COUNT };
+
+struct fetcher_opts {
+	const char *seed_url;        /* repository location (http, https, file, directory) */
+	struct chunkstore *store;    /* owner-mode store; borrowed */
+	unsigned workers;            /* parallel seed fetches (default 8) */
+	uint64_t retry_initial_ms;   /* first backoff (default 100) */
+	uint64_t retry_max_ms;       /* backoff cap (default 2000) */
+	uint64_t request_timeout_ms; /* one HTTP request (default 10000) */
+	unsigned readahead_chunks;   /* chunks fetched ahead on sequential misses (default 4) */
+};
+
+struct fetcher_stats {
+	uint64_t fetches[FETCH_SRC_COUNT];   /* chunks obtained, by source */
+	uint64_t bytes[FETCH_SRC_COUNT];
+	uint64_t failures[FETCH_SRC_COUNT];  /* attempts that failed (incl. bad hashes) */
+	uint64_t bad_hash[FETCH_SRC_COUNT];
+	uint64_t retries, timeouts, coalesced, readahead;
+	/* fetch latency histogram, seconds: bucket upper bounds in fetcher_latency_bounds */
+	uint64_t latency_count[FETCH_SRC_COUNT][16];
+	double latency_sum[FETCH_SRC_COUNT];
+};
+extern const double fetcher_latency_bounds[16]; /* last one is +Inf */
+
+int fetcher_create(const struct fetcher_opts *o, struct fetcher **out);
+void fetcher_destroy(struct fetcher *f);
+
+/*
+ * Blocks until chunk *h (len bytes) is in the store or deadline_ns (CLOCK_MONOTONIC)
+ * passes. 0: present now. -ETIMEDOUT: deadline passed. -EIO: every source failed hard.
+ * idx, when not UINT64_MAX, is the chunk's index in image `image` (for readahead).
+ */
+int fetcher_fetch(struct fetcher *f, const struct chunk_hash *h, uint32_t len,
+		  uint64_t deadline_ns);
+
+/* Starts a background fill; returns at once. */
+void fetcher_prefetch(struct fetcher *f, const struct chunk_hash *h, uint32_t len);
+
+/* Hint from a reader that chunk idx of a manifest was read (drives readahead). The
+ * manifest is borrowed until fetcher_forget_image(). */
+struct manifest;
+void fetcher_note_access(struct fetcher *f, const struct manifest *m, uint64_t idx);
+void fetcher_forget_image(struct fetcher *f, const struct manifest *m);
+
+void fetcher_get_stats(struct fetcher *f, struct fetcher_stats *st);
+
+/*
+ * Peer hook (issue "The cluster"): tried before the seed. Returns 0 with the chunk in
+ * the store, -ENOENT when no peer has it (go to the seed), or another negative errno.
+ */
+struct fetcher_peer_ops {
+	void *arg;
+	int (*fetch)(void *arg, const struct chunk_hash *h, uint32_t len, uint64_t deadline_ns);
+};
+void fetcher_set_peer_ops(struct fetcher *f, const struct fetcher_peer_ops *ops);
+
+#endif
