@@ -49,7 +49,6 @@ void fetcher_destroy(struct fetcher *f);
 /*
  * Blocks until chunk *h (len bytes) is in the store or deadline_ns (CLOCK_MONOTONIC)
  * passes. 0: present now. -ETIMEDOUT: deadline passed. -EIO: every source failed hard.
- * idx, when not UINT64_MAX, is the chunk's index in image `image` (for readahead).
  */
 int fetcher_fetch(struct fetcher *f, const struct chunk_hash *h, uint32_t len,
 		  uint64_t deadline_ns);
