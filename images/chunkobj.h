@@ -8,6 +8,7 @@
 #ifndef RACKDISK_IMAGES_CHUNKOBJ_H
 #define RACKDISK_IMAGES_CHUNKOBJ_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -28,6 +29,14 @@ long chunkobj_encode(const void *src, size_t len, void *dst, size_t dst_cap, int
  */
 int chunkobj_decode(const void *obj, size_t obj_len, void *out, size_t expect_len,
 		    const struct chunk_hash *h);
+
+/* After chunkobj_decode returned -EBADMSG: true when obj looks like the beginning of a
+ * valid frame cut short (a truncated object) rather than damaged bytes. */
+bool chunkobj_is_truncated(const void *obj, size_t obj_len);
+
+/* Short name of a decode error for reports ("missing", "truncated", "corrupt",
+ * "wrong size", "wrong hash"), or NULL for errors that are not about the object. */
+const char *chunkobj_strerror(int err, bool truncated);
 
 /* Relative path of a chunk object in a repository: "chunks/<hh>/<hash>". */
 void chunkobj_path(const struct chunk_hash *h, char *buf, size_t len);

@@ -6,6 +6,10 @@
  *   manifests/<image-id>.json manifests
  *   tags/<name>               the image id a name points at (written last)
  *   profiles/<image-id>       optional boot access profile
+ *   tags/index                every tag name, one per line (rewritten after each tag), so
+ *                             that tags can be listed over any HTTP server; "index" is
+ *                             therefore not a usable tag name
+ *   tmp/                      publish's temporary files (renamed into place when complete)
  *
  * A repo handle is not thread-safe: use one per thread (each holds its own keep-alive
  * HTTP connection). Every call returns 0 or a negative errno; -ENOENT means the object
@@ -20,6 +24,8 @@
 #include "common/hash.h"
 #include "images/manifest.h"
 
+#define REPO_TAGS_INDEX "index"
+
 struct repo;
 
 /* loc: a directory path, file://PATH, http://... or https://... */
@@ -28,6 +34,13 @@ void repo_close(struct repo *r);
 
 /* Per-request timeout for HTTP repositories (default 30 s). */
 void repo_set_timeout_ms(struct repo *r, long ms);
+
+/* The directory of a local repository, or NULL for an HTTP(S) one. */
+const char *repo_dir(const struct repo *r);
+
+/* Fetches the object at the relative path rel (at most max bytes, else -EFBIG) into a
+ * malloc'd NUL-terminated buffer that the caller frees. */
+int repo_fetch(struct repo *r, const char *rel, size_t max, char **out, size_t *len);
 
 /* Resolves a tag name to an image id. -EINVAL for an invalid name. */
 int repo_resolve_tag(struct repo *r, const char *name, struct chunk_hash *id);

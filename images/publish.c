@@ -1,0 +1,654 @@
+/*
+ * publish.c - `rackdisk image publish`: chunk, hash, compress and store an image.
+ *
+ * Invariants of a repository directory, as this file keeps them:
+ *   1. A file under chunks/, manifests/ or tags/ is complete: it is written under tmp/,
+ *      made durable and only then renamed into place.
+ *   2. Every chunk object a manifest lists is durable under chunks/ before the manifest is
+ *      renamed into manifests/ (objects: syncfs, rename, syncfs; then the manifest).
+ *   3. A tag is written after its manifest is durable, so a tag never points at a
+ *      half-published image; tags/index is rewritten after the tag, from the tags/ listing.
+ *   4. A failed publish unlinks every object and manifest it created, and its temporary
+ *      files, and never writes a tag: the repository is left as it was.
+ *   5. An object is written at most once per publish: the first worker to meet a hash
+ *      claims it (claim set), later duplicates only record the hash.
+ *
+ * Pipeline: the calling thread reads the input sequentially into a ring of slot buffers
+ * (the input is read once); workers take filled slots, and per chunk: zero test, SHA-256,
+ * claim, existence test, zstd, write to tmp/c.<pid>.<index>. Renames into chunks/ happen
+ * after a single syncfs (much cheaper than an fsync per object), then a second syncfs makes
+ * the names durable before the manifest is written.
+ */
+#include "images/publish.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "images/chunkobj.h"
+#include "images/manifest.h"
+#include "images/repo.h"
+#include "images/source.h"
+
+struct slot {
+	uint8_t *buf;
+	uint64_t idx;
+	uint32_t len;
+};
+
+struct claim_set {
+	struct chunk_hash *keys;
+	uint8_t *used;
+	size_t mask;
+};
+
+struct publish {
+	const struct publish_opts *o;
+	int level;
+	const char *dir;
+	struct manifest *m;
+	uint8_t *created; /* per chunk index: this publish wrote its object (tmp or final) */
+	uint8_t *renamed; /* per chunk index: the object was renamed into chunks/ */
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct slot *slots;
+	size_t nslots;
+	size_t *ring; /* filled slot ids, FIFO */
+	size_t head, count;
+	size_t *free_ids; /* free slot ids, stack */
+	size_t nfree;
+	int eof;
+	int err; /* first error (negative errno); stops everyone */
+	char errmsg[256];
+	struct claim_set claims;
+
+	uint64_t zero, distinct, new_objects, present, bytes; /* under lock */
+};
+
+/* Claim set ------------------------------------------------------------------------- */
+
+static int claims_init(struct claim_set *c, uint64_t nchunks)
+{
+	size_t cap = 16;
+
+	while (cap < 2 * nchunks)
+		cap *= 2;
+	c->keys = malloc(cap * sizeof(*c->keys));
+	c->used = calloc(cap, 1);
+	c->mask = cap - 1;
+	return c->keys && c->used ? 0 : -ENOMEM;
+}
+
+static void claims_free(struct claim_set *c)
+{
+	free(c->keys);
+	free(c->used);
+}
+
+/* Inserts h; true when it was not there yet. Called under the publish lock. */
+static bool claims_add(struct claim_set *c, const struct chunk_hash *h)
+{
+	size_t i;
+
+	memcpy(&i, h->b, sizeof(i)); /* SHA-256 bits are already uniform */
+	for (i &= c->mask; c->used[i]; i = (i + 1) & c->mask)
+		if (hash_equal(&c->keys[i], h))
+			return false;
+	c->used[i] = 1;
+	c->keys[i] = *h;
+	return true;
+}
+
+/* Repository files ------------------------------------------------------------------ */
+
+static void set_error(struct publish *p, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void set_error(struct publish *p, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&p->lock);
+	if (!p->err) {
+		p->err = err;
+		va_start(ap, fmt);
+		vsnprintf(p->errmsg, sizeof(p->errmsg), fmt, ap);
+		va_end(ap);
+	}
+	pthread_cond_broadcast(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+}
+
+static void tmp_object_path(const struct publish *p, uint64_t idx, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/tmp/c.%d.%llu", p->dir, (int)getpid(), (unsigned long long)idx);
+}
+
+static void object_path(const struct publish *p, const struct chunk_hash *h, char *buf,
+			size_t len)
+{
+	char rel[128];
+
+	chunkobj_path(h, rel, sizeof(rel));
+	snprintf(buf, len, "%s/%s", p->dir, rel);
+}
+
+/* Writes buf to path (created exclusively), optionally fsyncs it; unlinks it on error. */
+static int write_new_file(const char *path, const void *buf, size_t len, bool sync)
+{
+	int fd, ret;
+
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	ret = pwrite_full(fd, buf, len, 0);
+	if (!ret && sync && fsync(fd) < 0)
+		ret = -errno;
+	if (close(fd) < 0 && !ret)
+		ret = -errno;
+	if (ret)
+		unlink(path);
+	return ret;
+}
+
+/* Invariant 1 for one small file (manifest, tag, index): tmp/, fsync, rename, fsync dir. */
+static int install_file(const char *dir, const char *rel, const char *rel_dir, const void *buf,
+			size_t len)
+{
+	char tmp[PATH_MAX], dst[PATH_MAX], d[PATH_MAX];
+	int ret;
+
+	snprintf(tmp, sizeof(tmp), "%s/tmp/f.%d", dir, (int)getpid());
+	snprintf(dst, sizeof(dst), "%s/%s", dir, rel);
+	snprintf(d, sizeof(d), "%s/%s", dir, rel_dir);
+	unlink(tmp); /* a leftover of a crashed publish with the same pid */
+	ret = write_new_file(tmp, buf, len, true);
+	if (ret)
+		return ret;
+	if (rename(tmp, dst) < 0) {
+		ret = -errno;
+		unlink(tmp);
+		return ret;
+	}
+	return fsync_dir(d);
+}
+
+static bool file_exists(const char *path)
+{
+	return access(path, F_OK) == 0;
+}
+
+/* Workers --------------------------------------------------------------------------- */
+
+static int store_chunk(struct publish *p, const struct slot *s, uint8_t *zbuf, size_t zcap)
+{
+	const struct chunk_hash *h = &p->m->hashes[s->idx];
+	char path[PATH_MAX];
+	bool first;
+	long n;
+	int ret;
+
+	pthread_mutex_lock(&p->lock);
+	first = claims_add(&p->claims, h);
+	if (first)
+		p->distinct++;
+	pthread_mutex_unlock(&p->lock);
+	if (!first)
+		return 0;
+	object_path(p, h, path, sizeof(path));
+	if (file_exists(path)) {
+		pthread_mutex_lock(&p->lock);
+		p->present++;
+		pthread_mutex_unlock(&p->lock);
+		return 0;
+	}
+	n = chunkobj_encode(s->buf, s->len, zbuf, zcap, p->level);
+	if (n < 0)
+		return (int)n;
+	tmp_object_path(p, s->idx, path, sizeof(path));
+	ret = write_new_file(path, zbuf, (size_t)n, false);
+	if (ret)
+		return ret;
+	p->created[s->idx] = 1; /* each index belongs to one worker: no lock needed */
+	pthread_mutex_lock(&p->lock);
+	p->new_objects++;
+	p->bytes += (uint64_t)n;
+	pthread_mutex_unlock(&p->lock);
+	return 0;
+}
+
+static void process(struct publish *p, const struct slot *s, uint8_t *zbuf, size_t zcap)
+{
+	int ret;
+
+	if (buf_is_zero(s->buf, s->len)) {
+		pthread_mutex_lock(&p->lock);
+		p->zero++;
+		pthread_mutex_unlock(&p->lock);
+		return; /* m->zero[] starts all ones */
+	}
+	hash_compute(s->buf, s->len, &p->m->hashes[s->idx]);
+	p->m->zero[s->idx] = 0;
+	ret = store_chunk(p, s, zbuf, zcap);
+	if (ret)
+		set_error(p, ret, "writing chunk objects: %s", strerror(-ret));
+}
+
+static void *worker(void *arg)
+{
+	struct publish *p = arg;
+	size_t zcap = chunkobj_bound(p->m->chunk_size);
+	uint8_t *zbuf = malloc(zcap);
+
+	if (!zbuf) {
+		set_error(p, -ENOMEM, "out of memory");
+		return NULL;
+	}
+	for (;;) {
+		size_t id;
+
+		pthread_mutex_lock(&p->lock);
+		while (!p->count && !p->eof && !p->err)
+			pthread_cond_wait(&p->cond, &p->lock);
+		if (p->err || !p->count) {
+			pthread_mutex_unlock(&p->lock);
+			break;
+		}
+		id = p->ring[p->head];
+		p->head = (p->head + 1) % p->nslots;
+		p->count--;
+		pthread_mutex_unlock(&p->lock);
+
+		process(p, &p->slots[id], zbuf, zcap);
+
+		pthread_mutex_lock(&p->lock);
+		p->free_ids[p->nfree++] = id;
+		pthread_cond_broadcast(&p->cond);
+		pthread_mutex_unlock(&p->lock);
+	}
+	free(zbuf);
+	return NULL;
+}
+
+/* The reader: the calling thread feeds slots in input order. */
+static void read_input(struct publish *p, struct image_source *src)
+{
+	for (uint64_t i = 0; i < p->m->nchunks; i++) {
+		struct slot *s;
+		size_t id;
+		int ret;
+
+		pthread_mutex_lock(&p->lock);
+		while (!p->nfree && !p->err)
+			pthread_cond_wait(&p->cond, &p->lock);
+		if (p->err) {
+			pthread_mutex_unlock(&p->lock);
+			return;
+		}
+		id = p->free_ids[--p->nfree];
+		pthread_mutex_unlock(&p->lock);
+
+		s = &p->slots[id];
+		s->idx = i;
+		s->len = manifest_chunk_len(p->m, i);
+		ret = source_read(src, s->buf, s->len);
+		if (ret) {
+			set_error(p, ret, "reading input: %s",
+				  ret == -EIO ? "file ended early" : strerror(-ret));
+			return;
+		}
+		pthread_mutex_lock(&p->lock);
+		p->ring[(p->head + p->count) % p->nslots] = id;
+		p->count++;
+		pthread_cond_signal(&p->cond);
+		pthread_mutex_unlock(&p->lock);
+	}
+}
+
+static int run_pipeline(struct publish *p, struct image_source *src, int nworkers)
+{
+	pthread_t *tids = calloc((size_t)nworkers, sizeof(*tids));
+	int started = 0, ret = 0;
+
+	p->nslots = (size_t)nworkers * 2 + 2;
+	p->slots = calloc(p->nslots, sizeof(*p->slots));
+	p->ring = calloc(p->nslots, sizeof(*p->ring));
+	p->free_ids = calloc(p->nslots, sizeof(*p->free_ids));
+	if (!tids || !p->slots || !p->ring || !p->free_ids) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < p->nslots; i++) {
+		p->slots[i].buf = malloc(p->m->chunk_size);
+		if (!p->slots[i].buf) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		p->free_ids[p->nfree++] = i;
+	}
+	for (; started < nworkers; started++) {
+		ret = -pthread_create(&tids[started], NULL, worker, p);
+		if (ret) {
+			set_error(p, ret, "starting workers: %s", strerror(-ret));
+			break;
+		}
+	}
+	if (!ret)
+		read_input(p, src);
+	pthread_mutex_lock(&p->lock);
+	p->eof = 1;
+	pthread_cond_broadcast(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+	for (int i = 0; i < started; i++)
+		pthread_join(tids[i], NULL);
+	ret = p->err;
+out:
+	if (ret == -ENOMEM && !p->err)
+		snprintf(p->errmsg, sizeof(p->errmsg), "out of memory");
+	for (size_t i = 0; p->slots && i < p->nslots; i++)
+		free(p->slots[i].buf);
+	free(p->slots);
+	free(p->ring);
+	free(p->free_ids);
+	free(tids);
+	return ret;
+}
+
+/* Commit ---------------------------------------------------------------------------- */
+
+static int sync_repo(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (syncfs(fd) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+/* Invariant 2: data durable, then names, then durable names. */
+static int commit_objects(struct publish *p)
+{
+	char tmp[PATH_MAX], dst[PATH_MAX], hh[PATH_MAX];
+	int ret = sync_repo(p->dir);
+
+	for (uint64_t i = 0; !ret && i < p->m->nchunks; i++) {
+		if (!p->created[i])
+			continue;
+		tmp_object_path(p, i, tmp, sizeof(tmp));
+		object_path(p, &p->m->hashes[i], dst, sizeof(dst));
+		if (rename(tmp, dst) < 0) {
+			/* The object exists under tmp/, so ENOENT means a new <hh>/ directory. */
+			ret = -errno;
+			if (ret == -ENOENT) {
+				snprintf(hh, sizeof(hh), "%s", dst);
+				*strrchr(hh, '/') = '\0';
+				ret = mkdir(hh, 0755) < 0 && errno != EEXIST ? -errno : 0;
+				if (!ret && rename(tmp, dst) < 0)
+					ret = -errno;
+			}
+			if (ret)
+				break;
+		}
+		p->renamed[i] = 1;
+	}
+	if (!ret)
+		ret = sync_repo(p->dir);
+	return ret;
+}
+
+/* Invariant 4: remove what this publish created. */
+static void rollback_objects(struct publish *p)
+{
+	char path[PATH_MAX];
+
+	for (uint64_t i = 0; i < p->m->nchunks; i++) {
+		if (!p->created[i])
+			continue;
+		if (p->renamed[i])
+			object_path(p, &p->m->hashes[i], path, sizeof(path));
+		else
+			tmp_object_path(p, i, path, sizeof(path));
+		unlink(path);
+	}
+}
+
+static int index_add(void *arg, const char *name)
+{
+	struct { char *p; size_t len, cap; } *b = arg;
+	size_t n = strlen(name);
+
+	if (b->len + n + 2 > b->cap) {
+		size_t cap = (b->cap ? b->cap * 2 : 4096) + n;
+		char *q = realloc(b->p, cap);
+
+		if (!q)
+			return -ENOMEM;
+		b->p = q;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, name, n);
+	b->len += n;
+	b->p[b->len++] = '\n';
+	b->p[b->len] = '\0';
+	return 0;
+}
+
+/* tags/index, recomputed from the tags/ directory; rewritten only when it changes. */
+static int write_index(struct publish *p)
+{
+	struct { char *p; size_t len, cap; } b = {0};
+	char path[PATH_MAX], *old = NULL;
+	struct repo *r = NULL;
+	size_t oldlen = 0;
+	int ret;
+
+	ret = repo_open(p->dir, &r);
+	if (ret)
+		return ret;
+	ret = repo_list_tags(r, index_add, &b);
+	if (ret)
+		goto out;
+	snprintf(path, sizeof(path), "%s/tags/" REPO_TAGS_INDEX, p->dir);
+	if (read_file(path, 64 * MiB, &old, &oldlen) == 0 && oldlen == b.len &&
+	    (b.len == 0 || !memcmp(old, b.p, b.len)))
+		goto out;
+	ret = install_file(p->dir, "tags/" REPO_TAGS_INDEX, "tags", b.p ? b.p : "", b.len);
+	if (!ret)
+		p->bytes += b.len;
+out:
+	free(old);
+	free(b.p);
+	repo_close(r);
+	return ret;
+}
+
+/* Manifest, then tag, then index (invariant 3). */
+static int commit_image(struct publish *p, struct publish_result *res, char *err, size_t errlen)
+{
+	char hex[HASH_HEX_LEN + 1], rel[256], path[PATH_MAX + 256], tagline[HASH_HEX_LEN + 2];
+	char *text = NULL, *old = NULL;
+	bool made_manifest = false;
+	size_t len, oldlen;
+	int ret;
+
+	ret = commit_objects(p);
+	if (ret) {
+		snprintf(err, errlen, "writing chunk objects: %s", strerror(-ret));
+		goto fail;
+	}
+	ret = manifest_serialize(p->m, &text, &len);
+	if (ret) {
+		snprintf(err, errlen, "manifest: %s", strerror(-ret));
+		goto fail;
+	}
+	hash_to_hex(&p->m->id, hex);
+	snprintf(rel, sizeof(rel), "manifests/%s.json", hex);
+	snprintf(path, sizeof(path), "%s/%s", p->dir, rel);
+	if (!file_exists(path)) {
+		ret = install_file(p->dir, rel, "manifests", text, len);
+		if (ret) {
+			snprintf(err, errlen, "writing manifest: %s", strerror(-ret));
+			goto fail;
+		}
+		made_manifest = true;
+		p->bytes += len;
+	}
+	snprintf(rel, sizeof(rel), "tags/%s", p->o->name);
+	snprintf(path, sizeof(path), "%s/%s", p->dir, rel);
+	snprintf(tagline, sizeof(tagline), "%s\n", hex);
+	if (read_file(path, 4096, &old, &oldlen) || strcmp(old, tagline)) {
+		ret = install_file(p->dir, rel, "tags", tagline, strlen(tagline));
+		if (ret) {
+			snprintf(err, errlen, "writing tag: %s", strerror(-ret));
+			goto fail;
+		}
+		p->bytes += strlen(tagline);
+		res->tag_changed = 1;
+	}
+	/* The image is published now; a stale index only affects listings over HTTP. */
+	ret = write_index(p);
+	if (ret) {
+		res->index_stale = 1;
+		snprintf(err, errlen, "image published, but tags/index not updated: %s",
+			 strerror(-ret));
+	}
+	goto out;
+fail:
+	if (made_manifest) {
+		snprintf(path, sizeof(path), "%s/manifests/%s.json", p->dir, hex);
+		unlink(path);
+	}
+	rollback_objects(p);
+out:
+	free(old);
+	free(text);
+	return ret;
+}
+
+/* Entry ----------------------------------------------------------------------------- */
+
+static int prepare_repo(const char *dir, char *err, size_t errlen)
+{
+	static const char *sub[] = {"chunks", "manifests", "tags", "tmp"};
+	char path[PATH_MAX];
+	int ret = mkdir_p(dir, 0755);
+
+	for (size_t i = 0; !ret && i < ARRAY_SIZE(sub); i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, sub[i]);
+		ret = mkdir_p(path, 0755);
+	}
+	if (!ret) {
+		/* Existing directories on a read-only mount pass mkdir: probe with a file. */
+		snprintf(path, sizeof(path), "%s/tmp/probe.%d", dir, (int)getpid());
+		ret = write_new_file(path, "", 0, false);
+		unlink(path);
+	}
+	if (ret)
+		snprintf(err, errlen, "repository %s: cannot write: %s", dir, strerror(-ret));
+	return ret;
+}
+
+static int nproc(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n < 1 ? 1 : n > 64 ? 64 : (int)n;
+}
+
+int publish_image(const struct publish_opts *o, struct publish_result *res, char *err,
+		  size_t errlen)
+{
+	struct image_source src = {.fd = -1};
+	struct publish p = {.o = o, .dir = o->repo_dir};
+	uint32_t cs = o->chunk_size ? o->chunk_size : CHUNK_SIZE_DEFAULT;
+	char tmpdir[PATH_MAX], why[384];
+	uint64_t t0 = now_ns();
+	int ret;
+
+	memset(res, 0, sizeof(*res));
+	pthread_mutex_init(&p.lock, NULL);
+	pthread_cond_init(&p.cond, NULL);
+	p.level = o->level ? o->level : PUBLISH_ZSTD_LEVEL;
+	if (!name_is_valid(o->name) || !strcmp(o->name, REPO_TAGS_INDEX)) {
+		snprintf(err, errlen, "name '%s': invalid (use 1-128 of A-Z a-z 0-9 . _ -, not "
+				      "starting with . or -; \"index\" is reserved)", o->name);
+		ret = -EINVAL;
+		goto out;
+	}
+	if (!manifest_chunk_size_valid(cs)) {
+		snprintf(err, errlen, "chunk size %u: not a power of two from 64K to 16M", cs);
+		ret = -EINVAL;
+		goto out;
+	}
+	/* Refuse an unusable source before the repository is touched. */
+	if (access(o->src, R_OK) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "%s: cannot open: %s", o->src, strerror(-ret));
+		goto out;
+	}
+	ret = prepare_repo(o->repo_dir, err, errlen);
+	if (ret)
+		goto out;
+	snprintf(tmpdir, sizeof(tmpdir), "%s/tmp", o->repo_dir);
+	ret = source_open(o->src, tmpdir, &src, why, sizeof(why));
+	if (ret) {
+		snprintf(err, errlen, "%s: %s", o->src, why);
+		goto out;
+	}
+	if (src.size == 0) {
+		snprintf(err, errlen, "%s: empty image", o->src);
+		ret = -EINVAL;
+		goto out;
+	}
+	ret = manifest_new(src.size, cs, &p.m);
+	if (!ret)
+		ret = claims_init(&p.claims, p.m->nchunks);
+	p.created = calloc(p.m ? p.m->nchunks + 1 : 1, 1);
+	p.renamed = calloc(p.m ? p.m->nchunks + 1 : 1, 1);
+	if (ret || !p.created || !p.renamed) {
+		snprintf(err, errlen, "out of memory");
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = run_pipeline(&p, &src, o->workers > 0 ? o->workers : nproc());
+	if (ret) {
+		snprintf(err, errlen, "%s", p.errmsg);
+		rollback_objects(&p);
+		goto out;
+	}
+	ret = commit_image(&p, res, err, errlen);
+	if (ret && !res->index_stale)
+		goto out;
+	res->id = p.m->id;
+	res->size = p.m->size;
+	res->chunk_size = cs;
+	res->chunks = p.m->nchunks;
+	res->zero = p.zero;
+	res->distinct = p.distinct;
+	res->new_objects = p.new_objects;
+	res->present = p.present;
+	res->bytes_written = p.bytes;
+	res->qcow2 = src.qcow2;
+	res->elapsed_ns = now_ns() - t0;
+out:
+	source_close(&src);
+	claims_free(&p.claims);
+	free(p.created);
+	free(p.renamed);
+	manifest_free(p.m);
+	pthread_cond_destroy(&p.cond);
+	pthread_mutex_destroy(&p.lock);
+	return ret;
+}

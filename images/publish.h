@@ -1,0 +1,50 @@
+/*
+ * publish.h - publishing an image into a local repository directory (DESIGN.md section 2).
+ *
+ * The input is read once, by one reader thread, in chunk-sized pieces; a pool of worker
+ * threads (one per core by default) detects zero chunks, hashes, and compresses and writes
+ * the chunks the repository lacks. Then the manifest, then the tag, then tags/index.
+ */
+#ifndef RACKDISK_IMAGES_PUBLISH_H
+#define RACKDISK_IMAGES_PUBLISH_H
+
+#include <stdint.h>
+
+#include "common/hash.h"
+
+#define PUBLISH_ZSTD_LEVEL 1 /* level 1: the fastest level that still compresses well */
+
+struct publish_opts {
+	const char *src;      /* raw file, block device or qcow2 */
+	const char *repo_dir; /* created if missing */
+	const char *name;     /* tag to point at the image; must pass name_is_valid() */
+	uint32_t chunk_size;  /* 0: CHUNK_SIZE_DEFAULT */
+	int level;            /* zstd level; 0: PUBLISH_ZSTD_LEVEL */
+	int workers;          /* 0: one per online CPU */
+};
+
+struct publish_result {
+	struct chunk_hash id;
+	uint64_t size;
+	uint32_t chunk_size;
+	uint64_t chunks;        /* all chunks, zero ones included */
+	uint64_t zero;          /* all-zero chunks (never stored) */
+	uint64_t distinct;      /* distinct non-zero chunks */
+	uint64_t new_objects;   /* distinct chunks written by this publish */
+	uint64_t present;       /* distinct chunks the repository already held */
+	uint64_t bytes_written; /* objects, manifest, tag and index */
+	uint64_t elapsed_ns;
+	int qcow2;
+	int tag_changed;
+	int index_stale; /* published, but tags/index could not be rewritten (error returned) */
+};
+
+/*
+ * Publishes o->src as o->name. Returns 0, or a negative errno with a one-line reason in
+ * err ("<what>: <why>"). A failed publish removes the objects and manifest it created and
+ * never touches a tag.
+ */
+int publish_image(const struct publish_opts *o, struct publish_result *res, char *err,
+		  size_t errlen);
+
+#endif

@@ -1,0 +1,217 @@
+/*
+ * source.c - see source.h. qemu-img is run with posix_spawnp, its output captured so the
+ * first line of its complaint can become the one-line error the operator sees.
+ */
+#include "images/source.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static const unsigned char qcow2_magic[4] = {'Q', 'F', 'I', 0xfb};
+
+/* qemu-img check exit codes: 0 clean, 3 only leaked clusters (harmless to a reader). */
+#define QEMU_CHECK_LEAKS 3
+
+/*
+ * Runs argv, collecting its stdout and stderr (first outlen-1 bytes) into out.
+ * Returns the exit status (0..255), or a negative errno when it could not run.
+ */
+static int run_capture(char *const argv[], char *out, size_t outlen)
+{
+	posix_spawn_file_actions_t fa;
+	size_t used = 0;
+	int pfd[2], status, ret;
+	pid_t pid;
+
+	out[0] = '\0';
+	if (pipe2(pfd, O_CLOEXEC) < 0)
+		return -errno;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
+	posix_spawn_file_actions_adddup2(&fa, pfd[1], 2);
+	ret = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	close(pfd[1]);
+	if (ret) {
+		close(pfd[0]);
+		return -ret;
+	}
+	for (;;) {
+		char scratch[4096];
+		char *dst = used + 1 < outlen ? out + used : scratch;
+		size_t room = used + 1 < outlen ? outlen - 1 - used : sizeof(scratch);
+		ssize_t n = read(pfd[0], dst, room);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		if (dst != scratch) {
+			used += (size_t)n;
+			out[used] = '\0';
+		}
+	}
+	close(pfd[0]);
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return -errno;
+	if (WIFSIGNALED(status))
+		return 128 + WTERMSIG(status);
+	return WEXITSTATUS(status);
+}
+
+/* The most telling line of qemu-img's output: the first one that says "error" or
+ * "qemu-img:", else the first non-empty one; without newline. */
+static void first_line(const char *text, char *buf, size_t len)
+{
+	const char *p = strstr(text, "qemu-img:");
+	size_t n;
+
+	if (!p)
+		p = strstr(text, "ERROR");
+	if (!p)
+		p = text + strspn(text, " \t\r\n");
+	if (!strncmp(p, "qemu-img: ", 10))
+		p += 10;
+	n = strcspn(p, "\r\n");
+	snprintf(buf, len, "%.*s", (int)n, p);
+}
+
+bool source_is_qcow2(const char *path)
+{
+	unsigned char magic[4];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	bool ret;
+
+	if (fd < 0)
+		return false;
+	ret = pread(fd, magic, sizeof(magic), 0) == (ssize_t)sizeof(magic) &&
+	      !memcmp(magic, qcow2_magic, sizeof(magic));
+	close(fd);
+	return ret;
+}
+
+static int open_qcow2(const char *path, const char *tmpdir, struct image_source *src, char *err,
+		      size_t errlen)
+{
+	char out[4096], line[512], tmp[PATH_MAX];
+	char *check[] = {"qemu-img", "check", "-f", "qcow2", (char *)path, NULL};
+	char *convert[] = {"qemu-img", "convert", "-f", "qcow2", "-O", "raw", (char *)path,
+			   tmp, NULL};
+	struct stat st;
+	int ret, fd;
+
+	ret = run_capture(check, out, sizeof(out));
+	if (ret < 0) {
+		snprintf(err, errlen, "cannot run qemu-img: %s", strerror(-ret));
+		return ret;
+	}
+	if (ret != 0 && ret != QEMU_CHECK_LEAKS) {
+		first_line(out, line, sizeof(line));
+		snprintf(err, errlen, "corrupt or truncated qcow2 (qemu-img check: %s)", line);
+		return -EBADMSG;
+	}
+	if (snprintf(tmp, sizeof(tmp), "%s/qcow2-raw.%d", tmpdir, (int)getpid()) >=
+	    (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	ret = run_capture(convert, out, sizeof(out));
+	if (ret != 0) {
+		unlink(tmp);
+		first_line(out, line, sizeof(line));
+		snprintf(err, errlen, "cannot read qcow2 (qemu-img convert: %s)", line);
+		return ret < 0 ? ret : -EBADMSG;
+	}
+	fd = open(tmp, O_RDONLY | O_CLOEXEC);
+	ret = fd < 0 ? -errno : 0;
+	unlink(tmp); /* from here on the file lives only as long as fd */
+	if (ret) {
+		snprintf(err, errlen, "converted qcow2: %s", strerror(-ret));
+		return ret;
+	}
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		close(fd);
+		return ret;
+	}
+	src->fd = fd;
+	src->size = (uint64_t)st.st_size;
+	src->qcow2 = true;
+	return 0;
+}
+
+int source_open(const char *path, const char *tmpdir, struct image_source *src, char *err,
+		size_t errlen)
+{
+	struct stat st;
+	off_t end;
+	int fd, ret;
+
+	memset(src, 0, sizeof(*src));
+	src->fd = -1;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "cannot open: %s", strerror(-ret));
+		goto fail;
+	}
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+		ret = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+		snprintf(err, errlen, "not a regular file or block device");
+		goto fail;
+	}
+	if (source_is_qcow2(path)) {
+		close(fd);
+		return open_qcow2(path, tmpdir, src, err, errlen);
+	}
+	end = lseek(fd, 0, SEEK_END); /* also right for block devices, unlike st_size */
+	if (end < 0 || lseek(fd, 0, SEEK_SET) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "cannot read: %s", strerror(-ret));
+		goto fail;
+	}
+	src->fd = fd;
+	src->size = (uint64_t)end;
+	return 0;
+fail:
+	if (fd >= 0)
+		close(fd);
+	return ret;
+}
+
+int source_read(struct image_source *src, void *buf, size_t len)
+{
+	char *p = buf;
+
+	while (len) {
+		ssize_t n = read(src->fd, p, len);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EIO;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+void source_close(struct image_source *src)
+{
+	if (src->fd >= 0)
+		close(src->fd);
+	src->fd = -1;
+}

@@ -1,0 +1,37 @@
+/*
+ * source.h - the input of `rackdisk image publish`: a raw file or block device, or a qcow2
+ * file read through qemu-img. Internal to images/.
+ *
+ * A qcow2 file is first checked with `qemu-img check`, then converted by `qemu-img
+ * convert` into a sparse raw file in a temporary directory (the repository's tmp/), which
+ * is unlinked as soon as it is open: no exit path can leave it behind once opened.
+ */
+#ifndef RACKDISK_IMAGES_SOURCE_H
+#define RACKDISK_IMAGES_SOURCE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct image_source {
+	int fd;
+	uint64_t size;
+	bool qcow2;
+};
+
+/*
+ * Opens path. tmpdir receives the converted raw file of a qcow2 input. On error returns a
+ * negative errno and writes a one-line reason (without the path) into err.
+ */
+int source_open(const char *path, const char *tmpdir, struct image_source *src, char *err,
+		size_t errlen);
+
+/* True when path starts with the qcow2 magic; false for anything else or unreadable. */
+bool source_is_qcow2(const char *path);
+
+/* Reads exactly len bytes at the current position; -EIO when the input ends early. */
+int source_read(struct image_source *src, void *buf, size_t len);
+
+void source_close(struct image_source *src);
+
+#endif
