@@ -12,6 +12,7 @@
 #ifndef RACKDISK_CLUSTER_FETCHER_H
 #define RACKDISK_CLUSTER_FETCHER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "cache/chunkstore.h"
@@ -29,6 +30,11 @@ struct fetcher_opts {
 	uint64_t retry_max_ms;       /* backoff cap (default 2000) */
 	uint64_t request_timeout_ms; /* one HTTP request (default 10000) */
 	unsigned readahead_chunks;   /* chunks fetched ahead on sequential misses (default 4) */
+	/* Added after the first version; 0 selects the default. */
+	unsigned prefetch_queue;     /* background fills waiting for a worker (default 256) */
+	uint64_t prefetch_timeout_ms; /* how long a background fill retries (default 30000) */
+	uint64_t connect_timeout_ms; /* seed connect (default 3000) */
+	bool no_readahead;           /* disables readahead (fetcher_note_access is a no-op) */
 };
 
 struct fetcher_stats {
@@ -37,9 +43,18 @@ struct fetcher_stats {
 	uint64_t failures[FETCH_SRC_COUNT];  /* attempts that failed (incl. bad hashes) */
 	uint64_t bad_hash[FETCH_SRC_COUNT];
 	uint64_t retries, timeouts, coalesced, readahead;
-	/* fetch latency histogram, seconds: bucket upper bounds in fetcher_latency_bounds */
+	/* fetch latency histogram, seconds: bucket upper bounds in fetcher_latency_bounds.
+	 * Counts are per bucket (not cumulative): latency_count[s][i] counts fills whose
+	 * latency was in (bound[i-1], bound[i]]. One sample per chunk obtained. */
 	uint64_t latency_count[FETCH_SRC_COUNT][16];
 	double latency_sum[FETCH_SRC_COUNT];
+	/* Added after the first version. */
+	uint64_t not_found;          /* seed answered 404: the chunk is not in the repository */
+	uint64_t prefetches;         /* background fills queued (readahead + fetcher_prefetch) */
+	uint64_t prefetch_dropped;   /* background fills dropped because the queue was full */
+	uint64_t seed_requests;      /* HTTP requests to the seed */
+	uint64_t seed_connects;      /* new seed connections (requests - connects were reused) */
+	uint64_t inflight;           /* fills queued or running now */
 };
 extern const double fetcher_latency_bounds[16]; /* last one is +Inf */
 
@@ -48,12 +63,16 @@ void fetcher_destroy(struct fetcher *f);
 
 /*
  * Blocks until chunk *h (len bytes) is in the store or deadline_ns (CLOCK_MONOTONIC)
- * passes. 0: present now. -ETIMEDOUT: deadline passed. -EIO: every source failed hard.
+ * passes. 0: present now. -ETIMEDOUT: deadline passed (the fill goes on for other
+ * waiters until their deadlines). -EIO: every source failed hard (the seed has no such
+ * chunk). Also -ENOSPC (store full of pinned chunks), -EINVAL (len 0 or over
+ * CHUNK_SIZE_MAX), -ESHUTDOWN (fetcher being destroyed).
  */
 int fetcher_fetch(struct fetcher *f, const struct chunk_hash *h, uint32_t len,
 		  uint64_t deadline_ns);
 
-/* Starts a background fill; returns at once. */
+/* Starts a background fill; returns at once. It may be dropped (counted) when the
+ * background queue is full; a later fetcher_fetch of the chunk still works. */
 void fetcher_prefetch(struct fetcher *f, const struct chunk_hash *h, uint32_t len);
 
 /* Hint from a reader that chunk idx of a manifest was read (drives readahead). The
