@@ -1,0 +1,1012 @@
+/*
+ * chunkstore.c - the local content-addressed chunk store (DESIGN.md section 3).
+ *
+ * Invariants (tests/unit/cache/test_chunkstore.c checks each, by number):
+ *  1. A file under chunks/ is complete and its bytes hash to its name. Inserts write a
+ *     temp file in tmp/, fsync it, rename it into chunks/<hh>/ and fsync that directory;
+ *     open removes whatever tmp/ holds and drops empty, oversized, misnamed or (with
+ *     verify_on_open) mis-hashing files, and the owner re-hashes a chunk found at open the
+ *     first time it serves it. A torn or corrupt file is never served by chunkstore_get().
+ *  2. A chunk is announced only after its file and directory entry are durable and it is
+ *     in the index (a peer told about it can read it at once).
+ *  3. The withdraw hook runs before the chunk's file is unlinked, and after the chunk has
+ *     left the index (no new pin can be taken on it).
+ *  4. A pinned chunk (a live chunk_ref, or an insert in progress) is never evicted; when
+ *     everything evictable is pinned, an insert that needs room fails with -ENOSPC.
+ *  5. bytes_used (the sum of indexed and in-flight chunk lengths) stays <= capacity after
+ *     every insert returns (an open with more data than capacity evicts down to it).
+ *  6. Only the owner creates or removes files, and only one owner has a store open at a
+ *     time (flock on <dir>/lock); readers never write.
+ *  7. A hash is in at most one state at a time: filling (not readable, not evictable),
+ *     present (readable, in the policy) or removing (not readable; an insert of the same
+ *     hash waits until its file is gone, so it never unlinks a newer copy).
+ *
+ * State diagram of an index entry (owner mode):
+ *   (absent) --chunkstore_insert--> filling --file durable--> present --announce-->
+ *   present --evict_victim()/corrupt--> removing --withdraw, unlink--> (absent)
+ *
+ * Locking: one mutex (cs->lock) guards the index, the policy and the counters, and is
+ * held only for O(1) work: no file I/O, hashing or hook runs under it (evict_victim() is
+ * amortised O(1)). The descriptor cache has its own lock. On the 2-core appliance a sharded
+ * index would add cost (the policy is global anyway) without removing contention.
+ *
+ * Memory: ~90 bytes per indexed chunk (the entry and its bucket), so 1M chunks ~ 90 MB.
+ */
+#include "cache/chunkstore.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cache/aio.h"
+#include "cache/chunkstore_int.h"
+#include "cache/evict.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#define FDCACHE_MAX 1024
+#define FDCACHE_BUCKETS 2048
+#define SLAB_ENTRIES 4096
+
+enum { ST_FILLING = 1, ST_PRESENT, ST_REMOVING };
+
+struct cs_entry {
+	struct evict_node node; /* node.size is the chunk's length; node.pins its pins */
+	struct chunk_hash h;
+	struct cs_entry *chain;
+	uint8_t state;
+	bool verified; /* its bytes were hashed since this store was opened */
+};
+
+/* An open descriptor for a chunk file, shared by every ref on that chunk. */
+struct fd_slot {
+	struct chunk_hash h;
+	int fd;        /* buffered */
+	int dfd;       /* O_DIRECT, opened on first read; -1 */
+	uint32_t len;
+	uint32_t refs;
+	bool stale;    /* no longer in the table: closed on the last release */
+	struct fd_slot *chain, *lru_prev, *lru_next;
+};
+
+struct chunk_ref {
+	struct fd_slot *slot;
+	struct cs_entry *e; /* owner mode */
+};
+
+struct chunkstore {
+	char *dir;
+	int dir_fd, chunks_fd, tmp_fd, lock_fd;
+	int hh_fd[256];
+	bool reader, direct;
+	struct chunkstore_hooks hooks;
+	uint64_t capacity;
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond; /* an entry changed state */
+	struct cs_entry **buckets;
+	uint64_t nbuckets, nentries;
+	struct cs_entry *free_entries;
+	void **slabs;
+	size_t nslabs;
+	struct evict_policy *policy;
+	struct chunkstore_stats st; /* guarded by lock; nchunks counts present entries */
+	uint64_t tmp_seq;
+
+	pthread_mutex_t fdc_lock;
+	struct fd_slot *fdc[FDCACHE_BUCKETS];
+	struct fd_slot *lru_head, *lru_tail; /* idle slots, most recent at head */
+	unsigned fdc_count;
+	uint64_t reader_pinned;
+};
+
+static uint64_t hkey(const struct chunk_hash *h)
+{
+	uint64_t k;
+
+	memcpy(&k, h->b, sizeof(k)); /* SHA-256 bytes are uniform already */
+	return k ? k : 1;
+}
+
+static void hex_parts(const struct chunk_hash *h, char hex[HASH_HEX_LEN + 1], unsigned *hh)
+{
+	hash_to_hex(h, hex);
+	*hh = h->b[0];
+}
+
+/* ---- the index (cs->lock held) ---- */
+
+static struct cs_entry *index_find(struct chunkstore *cs, const struct chunk_hash *h)
+{
+	struct cs_entry *e = cs->buckets[hkey(h) & (cs->nbuckets - 1)];
+
+	while (e && !hash_equal(&e->h, h))
+		e = e->chain;
+	return e;
+}
+
+static void index_grow(struct chunkstore *cs)
+{
+	uint64_t nb = cs->nbuckets * 2;
+	struct cs_entry **b = calloc(nb, sizeof(*b));
+
+	if (!b)
+		return; /* longer chains, still correct */
+	for (uint64_t i = 0; i < cs->nbuckets; i++) {
+		for (struct cs_entry *e = cs->buckets[i], *next; e; e = next) {
+			uint64_t j = hkey(&e->h) & (nb - 1);
+
+			next = e->chain;
+			e->chain = b[j];
+			b[j] = e;
+		}
+	}
+	free(cs->buckets);
+	cs->buckets = b;
+	cs->nbuckets = nb;
+}
+
+static struct cs_entry *entry_alloc(struct chunkstore *cs)
+{
+	struct cs_entry *e;
+
+	if (!cs->free_entries) {
+		struct cs_entry *slab = calloc(SLAB_ENTRIES, sizeof(*slab));
+		void **ns = realloc(cs->slabs, (cs->nslabs + 1) * sizeof(*ns));
+
+		if (!slab || !ns) {
+			free(slab);
+			if (ns)
+				cs->slabs = ns;
+			return NULL;
+		}
+		cs->slabs = ns;
+		cs->slabs[cs->nslabs++] = slab;
+		for (size_t i = 0; i < SLAB_ENTRIES; i++) {
+			slab[i].chain = cs->free_entries;
+			cs->free_entries = &slab[i];
+		}
+	}
+	e = cs->free_entries;
+	cs->free_entries = e->chain;
+	memset(e, 0, sizeof(*e));
+	return e;
+}
+
+static void index_add(struct chunkstore *cs, struct cs_entry *e)
+{
+	uint64_t j;
+
+	if (cs->nentries >= cs->nbuckets)
+		index_grow(cs);
+	j = hkey(&e->h) & (cs->nbuckets - 1);
+	e->node.key = hkey(&e->h);
+	e->chain = cs->buckets[j];
+	cs->buckets[j] = e;
+	cs->nentries++;
+}
+
+static void index_del(struct chunkstore *cs, struct cs_entry *e)
+{
+	struct cs_entry **p = &cs->buckets[hkey(&e->h) & (cs->nbuckets - 1)];
+
+	while (*p && *p != e)
+		p = &(*p)->chain;
+	if (*p)
+		*p = e->chain;
+	cs->nentries--;
+	e->chain = cs->free_entries;
+	cs->free_entries = e;
+}
+
+/* ---- descriptor cache ---- */
+
+static unsigned fdc_bucket(const struct chunk_hash *h)
+{
+	return (unsigned)(hkey(h) & (FDCACHE_BUCKETS - 1));
+}
+
+static void lru_unlink(struct chunkstore *cs, struct fd_slot *s)
+{
+	if (s->lru_prev)
+		s->lru_prev->lru_next = s->lru_next;
+	else if (cs->lru_head == s)
+		cs->lru_head = s->lru_next;
+	if (s->lru_next)
+		s->lru_next->lru_prev = s->lru_prev;
+	else if (cs->lru_tail == s)
+		cs->lru_tail = s->lru_prev;
+	s->lru_prev = s->lru_next = NULL;
+}
+
+static void fdc_table_del(struct chunkstore *cs, struct fd_slot *s)
+{
+	struct fd_slot **p = &cs->fdc[fdc_bucket(&s->h)];
+
+	while (*p && *p != s)
+		p = &(*p)->chain;
+	if (*p)
+		*p = s->chain;
+	cs->fdc_count--;
+}
+
+static void slot_close(struct fd_slot *s)
+{
+	if (s->fd >= 0)
+		close(s->fd);
+	if (s->dfd >= 0)
+		close(s->dfd);
+	free(s);
+}
+
+/* Takes idle slots beyond the limit out of the table; the caller closes them unlocked. */
+static struct fd_slot *fdc_trim(struct chunkstore *cs)
+{
+	struct fd_slot *out = NULL;
+
+	while (cs->fdc_count > FDCACHE_MAX && cs->lru_tail) {
+		struct fd_slot *s = cs->lru_tail;
+
+		lru_unlink(cs, s);
+		fdc_table_del(cs, s);
+		s->chain = out;
+		out = s;
+	}
+	return out;
+}
+
+static void close_list(struct fd_slot *s)
+{
+	while (s) {
+		struct fd_slot *next = s->chain;
+		slot_close(s);
+		s = next;
+	}
+}
+
+static struct fd_slot *fdc_lookup(struct chunkstore *cs, const struct chunk_hash *h)
+{
+	struct fd_slot *s = cs->fdc[fdc_bucket(h)];
+
+	while (s && !hash_equal(&s->h, h))
+		s = s->chain;
+	return s;
+}
+
+/* A referenced slot for chunk h, opening its file if needed. -ENOENT when absent. */
+static int fdc_get(struct chunkstore *cs, const struct chunk_hash *h, struct fd_slot **out)
+{
+	char rel[HASH_HEX_LEN + 8], hex[HASH_HEX_LEN + 1];
+	struct fd_slot *s, *ns, *trimmed;
+	struct stat stbuf;
+	unsigned hh;
+
+	pthread_mutex_lock(&cs->fdc_lock);
+	s = fdc_lookup(cs, h);
+	if (s) {
+		if (!s->refs++)
+			lru_unlink(cs, s);
+		if (cs->reader && s->refs == 1)
+			cs->reader_pinned++;
+		pthread_mutex_unlock(&cs->fdc_lock);
+		*out = s;
+		return 0;
+	}
+	pthread_mutex_unlock(&cs->fdc_lock);
+
+	ns = calloc(1, sizeof(*ns));
+	if (!ns)
+		return -ENOMEM;
+	hex_parts(h, hex, &hh);
+	snprintf(rel, sizeof(rel), "%02x/%s", hh, hex);
+	ns->h = *h;
+	ns->dfd = -1;
+	ns->fd = openat(cs->chunks_fd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (ns->fd < 0 || fstat(ns->fd, &stbuf) < 0) {
+		int err = -errno;
+
+		slot_close(ns);
+		return err;
+	}
+	if (!S_ISREG(stbuf.st_mode) || stbuf.st_size <= 0 ||
+	    stbuf.st_size > CHUNKSTORE_MAX_CHUNK) {
+		slot_close(ns);
+		return -ENOENT; /* not a chunk the owner would have published */
+	}
+	ns->len = (uint32_t)stbuf.st_size;
+
+	pthread_mutex_lock(&cs->fdc_lock);
+	s = fdc_lookup(cs, h);
+	if (s) { /* another thread opened it meanwhile: use that one */
+		if (!s->refs++)
+			lru_unlink(cs, s);
+	} else {
+		s = ns;
+		ns = NULL;
+		s->refs = 1;
+		s->chain = cs->fdc[fdc_bucket(h)];
+		cs->fdc[fdc_bucket(h)] = s;
+		cs->fdc_count++;
+	}
+	if (cs->reader && s->refs == 1)
+		cs->reader_pinned++;
+	trimmed = fdc_trim(cs);
+	pthread_mutex_unlock(&cs->fdc_lock);
+	if (ns)
+		slot_close(ns);
+	close_list(trimmed);
+	*out = s;
+	return 0;
+}
+
+static void fdc_release(struct chunkstore *cs, struct fd_slot *s)
+{
+	struct fd_slot *trimmed = NULL;
+	bool close_it = false;
+
+	pthread_mutex_lock(&cs->fdc_lock);
+	if (--s->refs == 0) {
+		if (cs->reader)
+			cs->reader_pinned--;
+		if (s->stale) {
+			close_it = true;
+		} else {
+			s->lru_next = cs->lru_head;
+			if (cs->lru_head)
+				cs->lru_head->lru_prev = s;
+			else
+				cs->lru_tail = s;
+			cs->lru_head = s;
+			trimmed = fdc_trim(cs);
+		}
+	}
+	pthread_mutex_unlock(&cs->fdc_lock);
+	if (close_it)
+		slot_close(s);
+	close_list(trimmed);
+}
+
+/* Forgets the descriptor of a chunk about to be removed (owner mode). */
+static void fdc_drop(struct chunkstore *cs, const struct chunk_hash *h)
+{
+	struct fd_slot *s;
+	bool close_it = false;
+
+	pthread_mutex_lock(&cs->fdc_lock);
+	s = fdc_lookup(cs, h);
+	if (s) {
+		fdc_table_del(cs, s);
+		if (s->refs) {
+			s->stale = true;
+		} else {
+			lru_unlink(cs, s);
+			close_it = true;
+		}
+	}
+	pthread_mutex_unlock(&cs->fdc_lock);
+	if (close_it)
+		slot_close(s);
+}
+
+/* ---- removal and eviction ---- */
+
+struct victims {
+	struct cs_entry **v;
+	size_t n, cap;
+};
+
+/* Marks e removing and queues it (cs->lock held). */
+static int victims_add(struct chunkstore *cs, struct victims *vs, struct cs_entry *e)
+{
+	if (vs->n == vs->cap) {
+		size_t ncap = vs->cap ? vs->cap * 2 : 8;
+		struct cs_entry **nv = realloc(vs->v, ncap * sizeof(*nv));
+
+		if (!nv)
+			return -ENOMEM;
+		vs->v = nv;
+		vs->cap = ncap;
+	}
+	evict_remove(cs->policy, &e->node);
+	e->state = ST_REMOVING;
+	cs->st.bytes_used -= e->node.size;
+	cs->st.nchunks--;
+	vs->v[vs->n++] = e;
+	return 0;
+}
+
+/* Withdraws, unlinks and forgets each victim (cs->lock not held). Invariant 3. */
+static void victims_remove(struct chunkstore *cs, struct victims *vs, bool corrupt)
+{
+	for (size_t i = 0; i < vs->n; i++) {
+		struct cs_entry *e = vs->v[i];
+		char hex[HASH_HEX_LEN + 1];
+		unsigned hh;
+
+		if (cs->hooks.withdraw)
+			cs->hooks.withdraw(cs->hooks.arg, &e->h);
+		fdc_drop(cs, &e->h);
+		hex_parts(&e->h, hex, &hh);
+		if (unlinkat(cs->hh_fd[hh], hex, 0) < 0 && errno != ENOENT)
+			log_warn("chunk store: cannot remove chunk %s: %s", hex, strerror(errno));
+		pthread_mutex_lock(&cs->lock);
+		if (corrupt) {
+			cs->st.dropped_corrupt++;
+		} else {
+			cs->st.evictions++;
+			cs->st.bytes_evicted += e->node.size;
+		}
+		index_del(cs, e);
+		pthread_cond_broadcast(&cs->cond);
+		pthread_mutex_unlock(&cs->lock);
+	}
+	free(vs->v);
+	vs->v = NULL;
+	vs->n = vs->cap = 0;
+}
+
+/* Chooses victims until bytes_used fits the capacity (cs->lock held). -ENOSPC if it can't. */
+static int make_room(struct chunkstore *cs, struct victims *vs)
+{
+	while (cs->capacity && cs->st.bytes_used > cs->capacity) {
+		struct evict_node *n = evict_victim(cs->policy);
+
+		if (!n)
+			return -ENOSPC;
+		struct cs_entry *e = (struct cs_entry *)n; /* node is the first member */
+		if (victims_add(cs, vs, e) < 0) {
+			evict_insert(cs->policy, n); /* keep it; try again later */
+			return -ENOMEM;
+		}
+	}
+	return 0;
+}
+
+/* Drops a present, pinned-by-us entry whose file turned out bad or missing. */
+static void drop_bad(struct chunkstore *cs, struct cs_entry *e, bool corrupt)
+{
+	struct victims vs = { 0 };
+	bool queued;
+
+	pthread_mutex_lock(&cs->lock);
+	if (!--e->node.pins)
+		cs->st.pinned--;
+	queued = e->state == ST_PRESENT && !e->node.pins && victims_add(cs, &vs, e) == 0;
+	pthread_mutex_unlock(&cs->lock);
+	if (queued)
+		victims_remove(cs, &vs, corrupt);
+	free(vs.v);
+}
+
+/* ---- open and close ---- */
+
+static int open_dirs(struct chunkstore *cs)
+{
+	char path[PATH_MAX];
+
+	cs->dir_fd = open(cs->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cs->dir_fd < 0)
+		return -errno;
+	if (cs->reader) {
+		cs->chunks_fd = openat(cs->dir_fd, "chunks", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		return cs->chunks_fd < 0 ? -errno : 0;
+	}
+	/* Invariant 6: one owner at a time. */
+	cs->lock_fd = openat(cs->dir_fd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (cs->lock_fd < 0)
+		return -errno;
+	if (flock(cs->lock_fd, LOCK_EX | LOCK_NB) < 0)
+		return errno == EWOULDBLOCK ? -EBUSY : -errno;
+	for (const char *sub = "chunks"; sub; sub = strcmp(sub, "chunks") ? NULL : "tmp") {
+		if (mkdirat(cs->dir_fd, sub, 0755) < 0 && errno != EEXIST)
+			return -errno;
+	}
+	cs->chunks_fd = openat(cs->dir_fd, "chunks", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	cs->tmp_fd = openat(cs->dir_fd, "tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cs->chunks_fd < 0 || cs->tmp_fd < 0)
+		return -errno;
+	for (unsigned i = 0; i < 256; i++) {
+		char hh[3];
+
+		snprintf(hh, sizeof(hh), "%02x", i);
+		if (mkdirat(cs->chunks_fd, hh, 0755) < 0 && errno != EEXIST)
+			return -errno;
+		cs->hh_fd[i] = openat(cs->chunks_fd, hh, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (cs->hh_fd[i] < 0)
+			return -errno;
+	}
+	if (fsync(cs->chunks_fd) < 0 || fsync(cs->dir_fd) < 0)
+		return -errno;
+	snprintf(path, sizeof(path), "%s/tmp", cs->dir);
+	cs->direct = cs->direct && aio_direct_supported(path);
+	return 0;
+}
+
+/* Rebuilds the index from the files under chunks/ (owner mode). */
+static int rebuild_index(struct chunkstore *cs, bool verify)
+{
+	struct cs_scan s = { .dir = cs->dir, .chunks_fd = cs->chunks_fd, .verify = verify,
+			     .repair = true };
+	struct victims vs = { 0 };
+	uint64_t t0 = now_ns();
+	int ret;
+
+	ret = cs_clean_tmp(cs->dir, true, NULL, NULL); /* invariant 1: torn temp files */
+	if (ret < 0)
+		return ret;
+	ret = cs_scan_chunks(&s);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&cs->lock);
+	for (size_t i = 0; i < s.nrecs && !ret; i++) {
+		struct cs_entry *e = entry_alloc(cs);
+
+		if (!e) {
+			ret = -ENOMEM;
+			break;
+		}
+		e->h = s.recs[i].h;
+		e->node.size = s.recs[i].len;
+		e->state = ST_PRESENT;
+		e->verified = verify;
+		index_add(cs, e);
+		evict_insert(cs->policy, &e->node);
+		cs->st.nchunks++;
+		cs->st.bytes_used += e->node.size;
+	}
+	cs->st.dropped_corrupt += s.problems;
+	if (!ret) /* invariant 5: a smaller capacity than last time */
+		ret = make_room(cs, &vs);
+	pthread_mutex_unlock(&cs->lock);
+	free(s.recs);
+	victims_remove(cs, &vs, false);
+	if (!ret)
+		log_info("chunk store %s: %llu chunks, %llu bytes, %llu problem files dropped, "
+			 "opened in %.3f s", cs->dir, (unsigned long long)cs->st.nchunks,
+			 (unsigned long long)cs->st.bytes_used, (unsigned long long)s.problems,
+			 (double)(now_ns() - t0) / 1e9);
+	return ret;
+}
+
+int chunkstore_open(const struct chunkstore_opts *o, struct chunkstore **out)
+{
+	struct chunkstore *cs;
+	int ret;
+
+	if (!o || !o->dir || !*o->dir)
+		return -EINVAL;
+	cs = calloc(1, sizeof(*cs));
+	if (!cs)
+		return -ENOMEM;
+	cs->dir_fd = cs->chunks_fd = cs->tmp_fd = cs->lock_fd = -1;
+	for (unsigned i = 0; i < 256; i++)
+		cs->hh_fd[i] = -1;
+	pthread_mutex_init(&cs->lock, NULL);
+	pthread_cond_init(&cs->cond, NULL);
+	pthread_mutex_init(&cs->fdc_lock, NULL);
+	cs->reader = o->reader;
+	cs->direct = o->direct_io;
+	cs->hooks = o->hooks;
+	cs->capacity = o->capacity;
+	cs->st.capacity = o->capacity;
+	cs->dir = strdup(o->dir);
+	cs->nbuckets = 1024;
+	cs->buckets = calloc(cs->nbuckets, sizeof(*cs->buckets));
+	cs->policy = evict_new(EVICT_S3FIFO, o->capacity);
+	if (!cs->dir || !cs->buckets || !cs->policy) {
+		ret = -ENOMEM;
+		goto fail;
+	}
+	ret = open_dirs(cs);
+	if (ret)
+		goto fail;
+	if (cs->reader && cs->direct) {
+		char path[PATH_MAX];
+
+		snprintf(path, sizeof(path), "%s/chunks", cs->dir);
+		/* a reader cannot create a probe file: try opening the directory */
+		int fd = open(path, O_RDONLY | O_DIRECTORY | O_DIRECT | O_CLOEXEC);
+		cs->direct = fd >= 0;
+		if (fd >= 0)
+			close(fd);
+	}
+	if (o->direct_io && !cs->direct)
+		log_warn("chunk store %s: the filesystem refuses O_DIRECT; using buffered reads",
+			 cs->dir);
+	if (!cs->reader) {
+		ret = rebuild_index(cs, o->verify_on_open);
+		if (ret)
+			goto fail;
+	}
+	*out = cs;
+	return 0;
+fail:
+	chunkstore_close(cs);
+	return ret;
+}
+
+void chunkstore_close(struct chunkstore *cs)
+{
+	if (!cs)
+		return;
+	for (unsigned i = 0; i < FDCACHE_BUCKETS; i++) {
+		for (struct fd_slot *s = cs->fdc[i], *next; s; s = next) {
+			next = s->chain;
+			slot_close(s);
+		}
+	}
+	for (unsigned i = 0; i < 256; i++)
+		if (cs->hh_fd[i] >= 0)
+			close(cs->hh_fd[i]);
+	if (cs->chunks_fd >= 0)
+		close(cs->chunks_fd);
+	if (cs->tmp_fd >= 0)
+		close(cs->tmp_fd);
+	if (cs->dir_fd >= 0)
+		close(cs->dir_fd);
+	if (cs->lock_fd >= 0)
+		close(cs->lock_fd); /* releases the flock */
+	for (size_t i = 0; i < cs->nslabs; i++)
+		free(cs->slabs[i]);
+	free(cs->slabs);
+	free(cs->buckets);
+	evict_free(cs->policy);
+	pthread_mutex_destroy(&cs->lock);
+	pthread_cond_destroy(&cs->cond);
+	pthread_mutex_destroy(&cs->fdc_lock);
+	free(cs->dir);
+	free(cs);
+}
+
+/* ---- lookups ---- */
+
+/* Owner: pins a present entry. Returns it, or NULL on a miss. */
+static struct cs_entry *pin_entry(struct chunkstore *cs, const struct chunk_hash *h,
+				  bool *verified)
+{
+	struct cs_entry *e;
+
+	pthread_mutex_lock(&cs->lock);
+	e = index_find(cs, h);
+	if (!e || e->state != ST_PRESENT) {
+		cs->st.misses++;
+		pthread_mutex_unlock(&cs->lock);
+		return NULL;
+	}
+	if (!e->node.pins++)
+		cs->st.pinned++;
+	evict_access(cs->policy, &e->node);
+	*verified = e->verified;
+	pthread_mutex_unlock(&cs->lock);
+	return e;
+}
+
+static void unpin_entry(struct chunkstore *cs, struct cs_entry *e)
+{
+	pthread_mutex_lock(&cs->lock);
+	if (!--e->node.pins)
+		cs->st.pinned--;
+	pthread_mutex_unlock(&cs->lock);
+}
+
+/* Owner: the first use of a chunk found at open re-hashes it (invariant 1). */
+static int check_first_use(struct chunkstore *cs, struct cs_entry *e, struct fd_slot *s)
+{
+	int ret = s->len == e->node.size ? cs_verify_fd(s->fd, s->len, &e->h) : 0;
+
+	if (ret < 0)
+		return ret;
+	if (!ret) {
+		char hex[HASH_HEX_LEN + 1];
+
+		hash_to_hex(&e->h, hex);
+		log_warn("chunk store %s: chunk %s is torn or corrupt; dropped", cs->dir, hex);
+		return -ENOENT;
+	}
+	pthread_mutex_lock(&cs->lock);
+	e->verified = true;
+	pthread_mutex_unlock(&cs->lock);
+	return 0;
+}
+
+int chunkstore_get(struct chunkstore *cs, const struct chunk_hash *h, struct chunk_ref **out)
+{
+	struct chunk_ref *ref = calloc(1, sizeof(*ref));
+	struct cs_entry *e = NULL;
+	bool verified = true;
+	int ret;
+
+	if (!ref)
+		return -ENOMEM;
+	if (!cs->reader) {
+		e = pin_entry(cs, h, &verified);
+		if (!e) {
+			free(ref);
+			return -ENOENT;
+		}
+	}
+	ret = fdc_get(cs, h, &ref->slot);
+	if (!ret && !verified) {
+		ret = check_first_use(cs, e, ref->slot);
+		if (ret) {
+			fdc_release(cs, ref->slot);
+			drop_bad(cs, e, true);
+			e = NULL;
+		}
+	} else if (ret == -ENOENT && e) { /* removed behind our back */
+		drop_bad(cs, e, true);
+		e = NULL;
+	}
+	if (ret) {
+		if (e)
+			unpin_entry(cs, e);
+		pthread_mutex_lock(&cs->lock);
+		if (ret == -ENOENT)
+			cs->st.misses++;
+		pthread_mutex_unlock(&cs->lock);
+		free(ref);
+		return ret;
+	}
+	ref->e = e;
+	pthread_mutex_lock(&cs->lock);
+	cs->st.hits++;
+	pthread_mutex_unlock(&cs->lock);
+	*out = ref;
+	return 0;
+}
+
+void chunkstore_put(struct chunkstore *cs, struct chunk_ref *ref)
+{
+	if (!ref)
+		return;
+	fdc_release(cs, ref->slot);
+	if (ref->e)
+		unpin_entry(cs, ref->e);
+	free(ref);
+}
+
+int chunk_ref_fd(const struct chunk_ref *ref)
+{
+	return ref->slot->fd;
+}
+
+uint32_t chunk_ref_len(const struct chunk_ref *ref)
+{
+	return ref->slot->len;
+}
+
+/* The O_DIRECT descriptor of a slot, opened on first use; -1 if the file refuses it. */
+static int slot_direct_fd(struct chunkstore *cs, struct fd_slot *s)
+{
+	int fd = __atomic_load_n(&s->dfd, __ATOMIC_ACQUIRE), expected = -1;
+	char path[32];
+
+	if (fd >= 0)
+		return fd;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", s->fd);
+	fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	if (!__atomic_compare_exchange_n(&s->dfd, &expected, fd, false, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE)) {
+		close(fd);
+		fd = expected;
+	}
+	return fd;
+}
+
+int chunkstore_read(struct chunkstore *cs, struct chunk_ref *ref, void *buf, size_t len,
+		    uint32_t off)
+{
+	struct fd_slot *s = ref->slot;
+	int fd = cs->direct ? slot_direct_fd(cs, s) : -1;
+	int ret;
+
+	if ((uint64_t)off + len > s->len)
+		return -ERANGE;
+	if (fd >= 0)
+		ret = aio_pread(fd, buf, len, off, true);
+	else
+		ret = aio_pread(s->fd, buf, len, off, false);
+	if (!ret)
+		__atomic_add_fetch(&cs->st.bytes_read, len, __ATOMIC_RELAXED);
+	return ret;
+}
+
+bool chunkstore_contains(struct chunkstore *cs, const struct chunk_hash *h)
+{
+	char rel[HASH_HEX_LEN + 8], hex[HASH_HEX_LEN + 1];
+	unsigned hh;
+	bool found;
+
+	if (cs->reader) {
+		hex_parts(h, hex, &hh);
+		snprintf(rel, sizeof(rel), "%02x/%s", hh, hex);
+		return faccessat(cs->chunks_fd, rel, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
+	}
+	pthread_mutex_lock(&cs->lock);
+	struct cs_entry *e = index_find(cs, h);
+	found = e && e->state == ST_PRESENT;
+	pthread_mutex_unlock(&cs->lock);
+	return found;
+}
+
+void chunkstore_touch(struct chunkstore *cs, const struct chunk_hash *h)
+{
+	struct cs_entry *e;
+
+	if (cs->reader)
+		return;
+	pthread_mutex_lock(&cs->lock);
+	e = index_find(cs, h);
+	if (e && e->state == ST_PRESENT)
+		evict_access(cs->policy, &e->node);
+	pthread_mutex_unlock(&cs->lock);
+}
+
+void chunkstore_path(const struct chunkstore *cs, const struct chunk_hash *h, char *buf,
+		     size_t len)
+{
+	char hex[HASH_HEX_LEN + 1];
+	unsigned hh;
+
+	hex_parts(h, hex, &hh);
+	snprintf(buf, len, "%s/chunks/%02x/%s", cs->dir, hh, hex);
+}
+
+/* ---- insert ---- */
+
+/* Writes the chunk's file durably: temp, fsync, rename, fsync of the directory. */
+static int publish_file(struct chunkstore *cs, const struct chunk_hash *h, const void *data,
+			size_t len)
+{
+	char hex[HASH_HEX_LEN + 1], tmp[HASH_HEX_LEN + 48];
+	unsigned hh;
+	uint64_t seq;
+	int fd, ret;
+
+	hex_parts(h, hex, &hh);
+	seq = __atomic_add_fetch(&cs->tmp_seq, 1, __ATOMIC_RELAXED);
+	snprintf(tmp, sizeof(tmp), "%s.%d.%llu", hex, (int)getpid(), (unsigned long long)seq);
+	fd = openat(cs->tmp_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	ret = pwrite_full(fd, data, len, 0);
+	if (!ret && fdatasync(fd) < 0)
+		ret = -errno;
+	if (close(fd) < 0 && !ret)
+		ret = -errno;
+	if (!ret && renameat(cs->tmp_fd, tmp, cs->hh_fd[hh], hex) < 0)
+		ret = -errno;
+	if (ret) {
+		unlinkat(cs->tmp_fd, tmp, 0);
+		return ret;
+	}
+	return fsync(cs->hh_fd[hh]) < 0 ? -errno : 0;
+}
+
+/* Reserves an entry for h in the filling state (cs->lock held). 1 if already present. */
+static int reserve(struct chunkstore *cs, const struct chunk_hash *h, size_t len,
+		   struct cs_entry **out)
+{
+	struct cs_entry *e;
+
+	/* Invariant 7: wait out a concurrent insert or removal of the same chunk. */
+	while ((e = index_find(cs, h)) && e->state != ST_PRESENT)
+		pthread_cond_wait(&cs->cond, &cs->lock);
+	if (e)
+		return 1;
+	if (cs->capacity && len > cs->capacity)
+		return -ENOSPC;
+	e = entry_alloc(cs);
+	if (!e)
+		return -ENOMEM;
+	e->h = *h;
+	e->node.size = (uint32_t)len;
+	e->state = ST_FILLING;
+	e->verified = true;
+	index_add(cs, e);
+	cs->st.bytes_used += len;
+	*out = e;
+	return 0;
+}
+
+int chunkstore_insert(struct chunkstore *cs, const struct chunk_hash *h, const void *data,
+		      size_t len)
+{
+	struct victims vs = { 0 };
+	struct cs_entry *e = NULL;
+	int ret;
+
+	if (cs->reader)
+		return -EROFS;
+	if (!len || len > CHUNKSTORE_MAX_CHUNK)
+		return -EINVAL;
+	pthread_mutex_lock(&cs->lock);
+	ret = reserve(cs, h, len, &e);
+	if (ret == 0) {
+		ret = make_room(cs, &vs); /* invariants 4 and 5 */
+		if (ret) {
+			cs->st.bytes_used -= len;
+			index_del(cs, e);
+			pthread_cond_broadcast(&cs->cond);
+		}
+	}
+	pthread_mutex_unlock(&cs->lock);
+	victims_remove(cs, &vs, false);
+	if (ret)
+		return ret == 1 ? 0 : ret;
+
+	ret = publish_file(cs, h, data, len);
+
+	pthread_mutex_lock(&cs->lock);
+	if (ret) {
+		cs->st.bytes_used -= len;
+		index_del(cs, e);
+	} else {
+		e->state = ST_PRESENT;
+		evict_insert(cs->policy, &e->node);
+		cs->st.nchunks++;
+		cs->st.inserts++;
+		cs->st.bytes_inserted += len;
+	}
+	pthread_cond_broadcast(&cs->cond);
+	pthread_mutex_unlock(&cs->lock);
+	/* Invariant 2: durable and indexed before anyone hears of it. */
+	if (!ret && cs->hooks.announce)
+		cs->hooks.announce(cs->hooks.arg, h);
+	return ret;
+}
+
+/* ---- enumeration and counters ---- */
+
+int chunkstore_foreach(struct chunkstore *cs,
+		       int (*fn)(void *arg, const struct chunk_hash *h, uint32_t len), void *arg)
+{
+	struct cs_scan_rec *snap;
+	size_t n = 0;
+	int ret = 0;
+
+	if (cs->reader)
+		return -EOPNOTSUPP;
+	/* Snapshot under the lock, call fn without it: fn may call back into the store. */
+	pthread_mutex_lock(&cs->lock);
+	snap = malloc((cs->nentries + 1) * sizeof(*snap));
+	if (snap) {
+		for (uint64_t i = 0; i < cs->nbuckets; i++) {
+			for (struct cs_entry *e = cs->buckets[i]; e; e = e->chain) {
+				if (e->state != ST_PRESENT)
+					continue;
+				snap[n].h = e->h;
+				snap[n++].len = e->node.size;
+			}
+		}
+	}
+	pthread_mutex_unlock(&cs->lock);
+	if (!snap)
+		return -ENOMEM;
+	for (size_t i = 0; i < n && !ret; i++)
+		ret = fn(arg, &snap[i].h, snap[i].len);
+	free(snap);
+	return ret;
+}
+
+void chunkstore_get_stats(struct chunkstore *cs, struct chunkstore_stats *st)
+{
+	pthread_mutex_lock(&cs->lock);
+	*st = cs->st;
+	st->bytes_read = __atomic_load_n(&cs->st.bytes_read, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&cs->lock);
+	if (cs->reader) {
+		pthread_mutex_lock(&cs->fdc_lock);
+		st->pinned = cs->reader_pinned;
+		pthread_mutex_unlock(&cs->fdc_lock);
+	}
+}
