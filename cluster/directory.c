@@ -1,0 +1,860 @@
+/*
+ * directory.c - the Redis chunk directory: connection, node registration, heartbeat,
+ * chunk holder sets (see directory.h for the keys). Leases are in lease.c.
+ *
+ * Invariants (soft state: they hold while Redis is up; after an outage the reconnect
+ * path restores them):
+ *  1. This node's id is in P chunk:<h> only after chunk h is durably in its store
+ *     (the store calls the announce hook after the insert) and is removed before the
+ *     chunk's file is removed (withdraw hook). A withdraw lost to an outage leaves a
+ *     stale entry, which readers repair lazily when this node answers 404.
+ *  2. P alive:<id> exists only while this node runs: it has a TTL and only the
+ *     directory thread refreshes it; directory_leave() deletes it.
+ *  3. After every (re)connection the node registers (same name -> same id) and
+ *     re-announces its whole store before directory_wait_ready() reports ready.
+ *  4. No call blocks longer than the command timeout: while the connection is down,
+ *     calls fail at once with -ENOTCONN (counted as fast_fails) and callers go to
+ *     the seed; only the directory thread connects.
+ */
+#include "cluster/directory.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "cluster/directory_int.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#define LOG_EVERY_NS (5ULL * 1000000000ULL)
+
+/* ---- URL ---- */
+
+static int copy_span(char *dst, size_t cap, const char *s, size_t n)
+{
+	if (n >= cap)
+		return -EINVAL;
+	memcpy(dst, s, n);
+	dst[n] = '\0';
+	return 0;
+}
+
+int directory_parse_url(const char *url, struct directory_url *out)
+{
+	const char *p, *at, *hostend, *colon;
+	char num[16];
+
+	memset(out, 0, sizeof(*out));
+	out->port = 6379;
+	if (!url || strncmp(url, "redis://", 8) != 0)
+		return -EINVAL;
+	p = url + 8;
+	hostend = p + strcspn(p, "/");
+	at = memrchr(p, '@', hostend - p);
+	if (at) {
+		/* userinfo: [user]:password, or a bare password */
+		colon = memchr(p, ':', at - p);
+		if (colon) {
+			if (copy_span(out->user, sizeof(out->user), p, colon - p) ||
+			    copy_span(out->password, sizeof(out->password), colon + 1,
+				      at - colon - 1))
+				return -EINVAL;
+		} else if (copy_span(out->password, sizeof(out->password), p, at - p)) {
+			return -EINVAL;
+		}
+		p = at + 1;
+	}
+	colon = memrchr(p, ':', hostend - p);
+	if (colon) {
+		char *end;
+		long port;
+
+		if (copy_span(num, sizeof(num), colon + 1, hostend - colon - 1) || !num[0])
+			return -EINVAL;
+		port = strtol(num, &end, 10);
+		if (*end || port < 1 || port > 65535)
+			return -EINVAL;
+		out->port = (int)port;
+	} else {
+		colon = hostend;
+	}
+	if (colon == p || copy_span(out->host, sizeof(out->host), p, colon - p))
+		return -EINVAL;
+	if (*hostend == '/' && hostend[1]) {
+		char *end;
+		long db = strtol(hostend + 1, &end, 10);
+
+		if (*end || db < 0 || db > 1000000 || end == hostend + 1)
+			return -EINVAL;
+		out->db = (int)db;
+	}
+	return 0;
+}
+
+/* ---- commands ---- */
+
+void dir_chunk_key(const struct directory *d, const char *kind, const struct chunk_hash *h,
+		   char *buf, size_t len)
+{
+	char hex[HASH_HEX_LEN + 1];
+
+	hash_to_hex(h, hex);
+	snprintf(buf, len, "%s%s%s", d->prefix, kind, hex);
+}
+
+/* Logs a failure at most every LOG_EVERY_NS, with the number of silenced ones. */
+static void dir_log_rl(struct directory *d, const char *what, const char *why)
+{
+	uint64_t now = now_ns();
+	uint64_t last = __atomic_load_n(&d->last_log_ns, __ATOMIC_RELAXED);
+
+	if (last && now - last < LOG_EVERY_NS) {
+		__atomic_fetch_add(&d->suppressed, 1, __ATOMIC_RELAXED);
+		return;
+	}
+	if (!__atomic_compare_exchange_n(&d->last_log_ns, &last, now, false, __ATOMIC_RELAXED,
+					 __ATOMIC_RELAXED))
+		return;
+	log_warn("directory: %s: %s (%llu similar messages suppressed); using the seed", what,
+		 why, (unsigned long long)__atomic_exchange_n(&d->suppressed, 0, __ATOMIC_RELAXED));
+}
+
+/* The connection broke (or timed out): drop it so calls fail fast until reconnect. */
+void dir_fail_locked(struct directory *d, const char *what)
+{
+	char why[128];
+
+	snprintf(why, sizeof(why), "%s", d->ctx && d->ctx->errstr[0] ? d->ctx->errstr :
+		 "connection lost");
+	if (d->ctx) {
+		redisFree(d->ctx);
+		d->ctx = NULL;
+	}
+	d->ready = false;
+	__atomic_store_n(&d->st.connected, false, __ATOMIC_RELAXED);
+	DIR_STAT_ADD(d, errors, 1);
+	dir_log_rl(d, what, why);
+	/* wake the thread so it reconnects without waiting a whole interval */
+	pthread_cond_signal(&d->thread_cond);
+}
+
+static int dir_check_reply(struct directory *d, redisReply *r, redisReply **out)
+{
+	if (r->type == REDIS_REPLY_ERROR) {
+		DIR_STAT_ADD(d, errors, 1);
+		dir_log_rl(d, "command", r->str);
+		freeReplyObject(r);
+		return -EIO;
+	}
+	if (out)
+		*out = r;
+	else
+		freeReplyObject(r);
+	return 0;
+}
+
+static int dir_vcommand_locked(struct directory *d, redisReply **out, const char *fmt,
+			       va_list ap)
+{
+	redisReply *r;
+
+	if (!d->ctx) {
+		DIR_STAT_ADD(d, fast_fails, 1);
+		DIR_STAT_ADD(d, errors, 1);
+		dir_log_rl(d, "redis", "not connected");
+		return -ENOTCONN;
+	}
+	DIR_STAT_ADD(d, commands, 1);
+	r = redisvCommand(d->ctx, fmt, ap);
+	if (!r) {
+		dir_fail_locked(d, "redis command");
+		return -ENOTCONN;
+	}
+	return dir_check_reply(d, r, out);
+}
+
+int dir_command_locked(struct directory *d, redisReply **out, const char *fmt, ...)
+{
+	va_list ap;
+	int rc;
+
+	va_start(ap, fmt);
+	rc = dir_vcommand_locked(d, out, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
+int dir_command(struct directory *d, redisReply **out, const char *fmt, ...)
+{
+	va_list ap;
+	int rc;
+
+	pthread_mutex_lock(&d->lock);
+	va_start(ap, fmt);
+	rc = dir_vcommand_locked(d, out, fmt, ap);
+	va_end(ap);
+	pthread_mutex_unlock(&d->lock);
+	return rc;
+}
+
+int dir_pipeline_reply_locked(struct directory *d, redisReply **out)
+{
+	void *r = NULL;
+
+	if (!d->ctx)
+		return -ENOTCONN;
+	if (redisGetReply(d->ctx, &r) != REDIS_OK || !r) {
+		dir_fail_locked(d, "redis pipeline");
+		return -ENOTCONN;
+	}
+	return dir_check_reply(d, r, out);
+}
+
+/* ---- connection and registration (directory thread only) ---- */
+
+static const char lua_register[] =
+	"local id = redis.call('HGET', KEYS[1], ARGV[1]) "
+	"if not id then "
+	"  id = redis.call('INCR', KEYS[2]) "
+	"  redis.call('HSET', KEYS[1], ARGV[1], id) "
+	"end "
+	"return tonumber(id)";
+
+static int ctx_cmd(redisContext *c, long long *ival, const char *fmt, ...)
+{
+	va_list ap;
+	redisReply *r;
+	int rc = 0;
+
+	va_start(ap, fmt);
+	r = redisvCommand(c, fmt, ap);
+	va_end(ap);
+	if (!r)
+		return -ENOTCONN;
+	if (r->type == REDIS_REPLY_ERROR) {
+		log_warn("directory: redis: %s", r->str);
+		rc = -EIO;
+	} else if (ival) {
+		*ival = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+	}
+	freeReplyObject(r);
+	return rc;
+}
+
+static void ms_to_tv(uint32_t ms, struct timeval *tv)
+{
+	tv->tv_sec = ms / 1000;
+	tv->tv_usec = (ms % 1000) * 1000;
+}
+
+static int heartbeat_value(struct directory *d, char *buf, size_t len)
+{
+	return snprintf(buf, len, "%s %s %s", d->rack, d->advertise, d->name) < (int)len ? 0 :
+		-ENAMETOOLONG;
+}
+
+/* Connects and registers on a private context, so callers keep failing fast meanwhile. */
+static redisContext *dir_connect(struct directory *d, int64_t *id_out)
+{
+	struct timeval tv;
+	redisContext *c;
+	char k1[DIR_KEY_MAX], k2[DIR_KEY_MAX], hb[512];
+	long long id = -1;
+
+	ms_to_tv(d->connect_ms, &tv);
+	c = redisConnectWithTimeout(d->url.host, d->url.port, tv);
+	if (!c || c->err) {
+		dir_log_rl(d, "connect", c ? c->errstr : "out of memory");
+		goto fail;
+	}
+	ms_to_tv(d->command_ms, &tv);
+	if (redisSetTimeout(c, tv) != REDIS_OK)
+		goto fail;
+	redisEnableKeepAlive(c);
+	if (d->url.password[0]) {
+		int rc = d->url.user[0] ?
+			ctx_cmd(c, NULL, "AUTH %s %s", d->url.user, d->url.password) :
+			ctx_cmd(c, NULL, "AUTH %s", d->url.password);
+		if (rc)
+			goto fail;
+	}
+	if (d->url.db && ctx_cmd(c, NULL, "SELECT %d", d->url.db))
+		goto fail;
+	snprintf(k1, sizeof(k1), "%snodes:byname", d->prefix);
+	snprintf(k2, sizeof(k2), "%snodes:next", d->prefix);
+	if (ctx_cmd(c, &id, "EVAL %s 2 %s %s %s", lua_register, k1, k2, d->name) || id < 1)
+		goto fail;
+	snprintf(k1, sizeof(k1), "%snode:%lld", d->prefix, id);
+	if (ctx_cmd(c, NULL, "HSET %s name %s addr %s rack %s", k1, d->name, d->advertise,
+		    d->rack))
+		goto fail;
+	snprintf(k1, sizeof(k1), "%salive:%lld", d->prefix, id);
+	if (heartbeat_value(d, hb, sizeof(hb)) ||
+	    ctx_cmd(c, NULL, "SET %s %s PX %u", k1, hb, d->hb_ttl_ms))
+		goto fail;
+	*id_out = id;
+	return c;
+fail:
+	if (c)
+		redisFree(c);
+	return NULL;
+}
+
+static int dir_heartbeat(struct directory *d)
+{
+	char key[DIR_KEY_MAX], hb[512];
+
+	snprintf(key, sizeof(key), "%salive:%lld", d->prefix, (long long)d->node_id);
+	if (heartbeat_value(d, hb, sizeof(hb)))
+		return -ENAMETOOLONG;
+	return dir_command(d, NULL, "SET %s %s PX %u", key, hb, d->hb_ttl_ms);
+}
+
+/* ---- holder sets ---- */
+
+int64_t directory_node_id(struct directory *d)
+{
+	int64_t id;
+
+	pthread_mutex_lock(&d->lock);
+	id = d->node_id;
+	pthread_mutex_unlock(&d->lock);
+	return id;
+}
+
+int directory_announce(struct directory *d, const struct chunk_hash *h)
+{
+	char key[DIR_KEY_MAX], lkey[DIR_KEY_MAX];
+	bool lease = dir_lease_forget(d, h);
+	int rc;
+
+	DIR_STAT_ADD(d, announces, 1);
+	dir_chunk_key(d, "chunk:", h, key, sizeof(key));
+	dir_chunk_key(d, "lease:", h, lkey, sizeof(lkey));
+	pthread_mutex_lock(&d->lock);
+	if (!d->ctx || d->node_id < 0) {
+		rc = dir_command_locked(d, NULL, "PING"); /* counts the fast fail */
+		rc = rc ? rc : -ENOTCONN;
+		goto out;
+	}
+	/* one round trip: the holder entry, then (if ours) the lease release */
+	DIR_STAT_ADD(d, commands, 1);
+	redisAppendCommand(d->ctx, "SADD %s %lld", key, (long long)d->node_id);
+	if (lease)
+		redisAppendCommand(d->ctx, "EVAL %s 1 %s %lld", dir_lua_release, lkey,
+				   (long long)d->node_id);
+	rc = dir_pipeline_reply_locked(d, NULL);
+	if (lease) {
+		int rc2 = dir_pipeline_reply_locked(d, NULL);
+
+		if (!rc2)
+			DIR_STAT_ADD(d, leases_released, 1);
+		rc = rc ? rc : rc2;
+	}
+out:
+	pthread_mutex_unlock(&d->lock);
+	return rc;
+}
+
+int directory_withdraw(struct directory *d, const struct chunk_hash *h)
+{
+	char key[DIR_KEY_MAX];
+	int64_t id = directory_node_id(d);
+
+	DIR_STAT_ADD(d, withdraws, 1);
+	if (id < 0)
+		return dir_command(d, NULL, "PING") ?: -ENOTCONN;
+	dir_chunk_key(d, "chunk:", h, key, sizeof(key));
+	return dir_command(d, NULL, "SREM %s %lld", key, (long long)id);
+}
+
+int directory_remove_holder(struct directory *d, const struct chunk_hash *h, int64_t node_id)
+{
+	char key[DIR_KEY_MAX];
+	int rc;
+
+	dir_chunk_key(d, "chunk:", h, key, sizeof(key));
+	rc = dir_command(d, NULL, "SREM %s %lld", key, (long long)node_id);
+	if (!rc)
+		DIR_STAT_ADD(d, stale_removed, 1);
+	return rc;
+}
+
+struct collect {
+	struct chunk_hash *v;
+	size_t n, cap;
+};
+
+static int collect_fn(void *arg, const struct chunk_hash *h, uint32_t len)
+{
+	struct collect *c = arg;
+
+	if (c->n == c->cap) {
+		size_t cap = c->cap ? c->cap * 2 : 4096;
+		struct chunk_hash *v = realloc(c->v, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		c->v = v;
+		c->cap = cap;
+	}
+	c->v[c->n++] = *h;
+	return 0;
+}
+
+/* Sends SADDs for v[0..n) in pipelined batches of d->batch commands. */
+static int announce_batches(struct directory *d, const struct chunk_hash *v, size_t n)
+{
+	char key[DIR_KEY_MAX];
+	size_t i = 0;
+	int rc = 0;
+
+	while (i < n && !rc) {
+		size_t end = MIN(n, i + d->batch), j;
+
+		pthread_mutex_lock(&d->lock);
+		if (!d->ctx || d->node_id < 0) {
+			pthread_mutex_unlock(&d->lock);
+			return -ENOTCONN;
+		}
+		DIR_STAT_ADD(d, commands, 1);
+		for (j = i; j < end; j++) {
+			dir_chunk_key(d, "chunk:", &v[j], key, sizeof(key));
+			redisAppendCommand(d->ctx, "SADD %s %lld", key, (long long)d->node_id);
+		}
+		/* read every reply even after an error so the pipeline stays in step */
+		for (j = i; j < end && d->ctx; j++) {
+			int r = dir_pipeline_reply_locked(d, NULL);
+
+			rc = rc ? rc : r;
+		}
+		pthread_mutex_unlock(&d->lock);
+		if (!rc)
+			DIR_STAT_ADD(d, bulk_announced, end - i);
+		i = end;
+	}
+	return rc;
+}
+
+int directory_announce_all(struct directory *d)
+{
+	struct collect c = {0};
+	struct chunkstore *store;
+	int rc;
+
+	pthread_mutex_lock(&d->lock);
+	store = d->store;
+	pthread_mutex_unlock(&d->lock);
+	if (!store)
+		return 0;
+	/* copy the hashes out first: no network round trip while the store is iterating */
+	rc = chunkstore_foreach(store, collect_fn, &c);
+	if (rc < 0)
+		goto out;
+	rc = announce_batches(d, c.v, c.n);
+	if (!rc)
+		rc = (int)MIN(c.n, (size_t)INT32_MAX);
+out:
+	free(c.v);
+	return rc;
+}
+
+static const char lua_lookup[] =
+	"local ids = redis.call('SMEMBERS', KEYS[1]) "
+	"local out = {} "
+	"for _, id in ipairs(ids) do "
+	"  if id ~= ARGV[2] then "
+	"    local v = redis.call('GET', ARGV[1] .. id) "
+	"    if v then out[#out + 1] = id; out[#out + 1] = v end "
+	"  end "
+	"end "
+	"return out";
+
+/* "rack addr name" -> holder fields; -EINVAL when malformed. */
+static int parse_alive(const char *v, size_t len, struct directory_holder *hd)
+{
+	const char *s1 = memchr(v, ' ', len), *s2;
+
+	if (!s1)
+		return -EINVAL;
+	s2 = memchr(s1 + 1, ' ', len - (s1 + 1 - v));
+	if (!s2)
+		return -EINVAL;
+	if (copy_span(hd->rack, sizeof(hd->rack), v, s1 - v) ||
+	    copy_span(hd->addr, sizeof(hd->addr), s1 + 1, s2 - s1 - 1) ||
+	    copy_span(hd->name, sizeof(hd->name), s2 + 1, len - (s2 + 1 - v)))
+		return -EINVAL;
+	return 0;
+}
+
+int directory_lookup(struct directory *d, const struct chunk_hash *h,
+		     struct directory_holder *out, int max)
+{
+	char key[DIR_KEY_MAX], alive[DIR_KEY_MAX];
+	redisReply *r = NULL;
+	int rc, n = 0;
+	size_t i;
+
+	DIR_STAT_ADD(d, lookups, 1);
+	dir_chunk_key(d, "chunk:", h, key, sizeof(key));
+	snprintf(alive, sizeof(alive), "%salive:", d->prefix);
+	rc = dir_command(d, &r, "EVAL %s 1 %s %s %lld", lua_lookup, key, alive,
+			 (long long)directory_node_id(d));
+	if (rc)
+		return rc;
+	if (r->type != REDIS_REPLY_ARRAY) {
+		rc = -EPROTO;
+		goto out;
+	}
+	for (i = 0; i + 1 < r->elements && n < max; i += 2) {
+		redisReply *id = r->element[i], *v = r->element[i + 1];
+
+		if (id->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+			continue;
+		out[n].node_id = strtoll(id->str, NULL, 10);
+		if (out[n].node_id > 0 && !parse_alive(v->str, v->len, &out[n]))
+			n++;
+	}
+	DIR_STAT_ADD(d, lookup_holders, n);
+	rc = n;
+out:
+	freeReplyObject(r);
+	return rc;
+}
+
+int directory_node_alive(struct directory *d, int64_t node_id)
+{
+	char key[DIR_KEY_MAX];
+	redisReply *r = NULL;
+	int rc;
+
+	snprintf(key, sizeof(key), "%salive:%lld", d->prefix, (long long)node_id);
+	rc = dir_command(d, &r, "EXISTS %s", key);
+	if (rc)
+		return rc;
+	rc = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+	freeReplyObject(r);
+	return rc;
+}
+
+static void node_from_hash(redisReply *r, struct directory_node *n)
+{
+	size_t i;
+
+	if (r->type != REDIS_REPLY_ARRAY)
+		return;
+	for (i = 0; i + 1 < r->elements; i += 2) {
+		redisReply *k = r->element[i], *v = r->element[i + 1];
+
+		if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+			continue;
+		if (!strcmp(k->str, "addr"))
+			copy_span(n->addr, sizeof(n->addr), v->str, v->len);
+		else if (!strcmp(k->str, "rack"))
+			copy_span(n->rack, sizeof(n->rack), v->str, v->len);
+	}
+}
+
+int directory_list_nodes(struct directory *d, struct directory_node *out, int max)
+{
+	char key[DIR_KEY_MAX];
+	redisReply *r = NULL, *x;
+	int rc, n = 0, i;
+
+	snprintf(key, sizeof(key), "%snodes:byname", d->prefix);
+	pthread_mutex_lock(&d->lock);
+	rc = dir_command_locked(d, &r, "HGETALL %s", key);
+	if (rc)
+		goto out;
+	for (i = 0; i + 1 < (int)r->elements && n < max; i += 2) {
+		memset(&out[n], 0, sizeof(out[n]));
+		copy_span(out[n].name, sizeof(out[n].name), r->element[i]->str,
+			  r->element[i]->len);
+		out[n].node_id = strtoll(r->element[i + 1]->str, NULL, 10);
+		n++;
+	}
+	/* pipelined: heartbeat TTL and record of every node */
+	for (i = 0; i < n; i++) {
+		redisAppendCommand(d->ctx, "PTTL %salive:%lld", d->prefix,
+				   (long long)out[i].node_id);
+		redisAppendCommand(d->ctx, "HGETALL %snode:%lld", d->prefix,
+				   (long long)out[i].node_id);
+	}
+	for (i = 0; i < n; i++) {
+		rc = dir_pipeline_reply_locked(d, &x);
+		if (rc)
+			goto out;
+		out[i].ttl_ms = x->type == REDIS_REPLY_INTEGER && x->integer >= 0 ? x->integer : -1;
+		out[i].alive = out[i].ttl_ms >= 0;
+		freeReplyObject(x);
+		rc = dir_pipeline_reply_locked(d, &x);
+		if (rc)
+			goto out;
+		node_from_hash(x, &out[i]);
+		freeReplyObject(x);
+	}
+	rc = n;
+out:
+	pthread_mutex_unlock(&d->lock);
+	if (r)
+		freeReplyObject(r);
+	return rc;
+}
+
+/* ---- the directory thread ---- */
+
+static void dir_reconnect(struct directory *d)
+{
+	int64_t id = -1;
+	redisContext *c = dir_connect(d, &id);
+	int n;
+
+	if (!c)
+		return;
+	pthread_mutex_lock(&d->lock);
+	if (d->ctx)
+		redisFree(d->ctx);
+	d->ctx = c;
+	if (d->node_id >= 0 && d->node_id != id)
+		log_warn("directory: node id changed from %lld to %lld (Redis lost its data?)",
+			 (long long)d->node_id, (long long)id);
+	d->node_id = id;
+	pthread_mutex_unlock(&d->lock);
+	__atomic_store_n(&d->st.node_id, id, __ATOMIC_RELAXED);
+	DIR_STAT_ADD(d, reconnects, 1);
+
+	/* invariant 3: the directory recovers by re-announcing the whole store */
+	n = directory_announce_all(d);
+	if (n < 0)
+		log_warn("directory: re-announce failed: %s", strerror(-n));
+	else
+		log_info("directory: connected to %s:%d as node %lld (%s), announced %d chunks",
+		 d->url.host, d->url.port, (long long)id, d->name, n);
+	pthread_mutex_lock(&d->lock);
+	if (d->ctx == c) {
+		d->ready = true;
+		__atomic_store_n(&d->st.connected, true, __ATOMIC_RELAXED);
+		pthread_cond_broadcast(&d->ready_cond);
+	}
+	pthread_mutex_unlock(&d->lock);
+}
+
+static void *dir_thread(void *arg)
+{
+	struct directory *d = arg;
+	uint64_t next_hb = 0, next_renew = 0, next_connect = 0;
+
+	pthread_mutex_lock(&d->thread_lock);
+	while (!d->stopping) {
+		uint64_t now = now_ns(), wake;
+		bool connected;
+		struct timespec ts;
+
+		pthread_mutex_unlock(&d->thread_lock);
+		pthread_mutex_lock(&d->lock);
+		connected = d->ctx != NULL && d->ready;
+		pthread_mutex_unlock(&d->lock);
+		if (!connected && now >= next_connect) {
+			dir_reconnect(d);
+			next_connect = now + MIN(d->hb_interval_ms, 1000u) * 1000000ULL;
+			next_hb = now_ns() + d->hb_interval_ms * 1000000ULL;
+		} else if (connected && now >= next_hb) {
+			dir_heartbeat(d);
+			next_hb = now + d->hb_interval_ms * 1000000ULL;
+		}
+		if (connected && now >= next_renew) {
+			dir_leases_renew(d);
+			next_renew = now + d->lease_renew_ms * 1000000ULL;
+		}
+		wake = MIN(next_hb, next_renew);
+		if (!connected)
+			wake = MIN(wake, next_connect);
+		pthread_mutex_lock(&d->thread_lock);
+		if (d->stopping)
+			break;
+		now = now_ns();
+		if (wake > now) {
+			/* the condition uses CLOCK_MONOTONIC (set in directory_create) */
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			uint64_t t = (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec +
+				MIN(wake - now, 1000000000ULL);
+			ts.tv_sec = t / 1000000000ULL;
+			ts.tv_nsec = t % 1000000000ULL;
+			pthread_cond_timedwait(&d->thread_cond, &d->thread_lock, &ts);
+		}
+	}
+	pthread_mutex_unlock(&d->thread_lock);
+	return NULL;
+}
+
+/* ---- life cycle ---- */
+
+static void on_announce(void *arg, const struct chunk_hash *h)
+{
+	directory_announce(arg, h);
+}
+
+static void on_withdraw(void *arg, const struct chunk_hash *h)
+{
+	directory_withdraw(arg, h);
+}
+
+struct chunkstore_hooks directory_store_hooks(struct directory *d)
+{
+	struct chunkstore_hooks hk = {.arg = d, .announce = on_announce, .withdraw = on_withdraw};
+
+	return hk;
+}
+
+void directory_attach_store(struct directory *d, struct chunkstore *store)
+{
+	bool ready;
+
+	pthread_mutex_lock(&d->lock);
+	d->store = store;
+	ready = d->ready;
+	pthread_mutex_unlock(&d->lock);
+	/* already connected: the announce at connect time did not see the store */
+	if (ready)
+		directory_announce_all(d);
+}
+
+static bool field_ok(const char *s)
+{
+	return s && *s && strlen(s) < 128 && !strpbrk(s, " \t\r\n");
+}
+
+int directory_create(const struct directory_opts *o, struct directory **out)
+{
+	struct directory *d;
+	pthread_condattr_t ca;
+	int rc = -EINVAL;
+
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->node_id = -1;
+	d->st.node_id = -1;
+	pthread_mutex_init(&d->lock, NULL);
+	pthread_mutex_init(&d->lease_lock, NULL);
+	pthread_mutex_init(&d->thread_lock, NULL);
+	pthread_cond_init(&d->ready_cond, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&d->thread_cond, &ca);
+	pthread_condattr_destroy(&ca);
+	if (directory_parse_url(o->url, &d->url))
+		goto fail;
+	if (!name_is_valid(o->node_name) || !field_ok(o->advertise) ||
+	    (o->rack && *o->rack && !name_is_valid(o->rack)))
+		goto fail;
+	if (o->prefix && (strlen(o->prefix) > 64 || strpbrk(o->prefix, " \t\r\n")))
+		goto fail;
+	rc = -ENOMEM;
+	d->prefix = strdup(o->prefix ? o->prefix : "rackdisk:");
+	d->name = strdup(o->node_name);
+	d->rack = strdup(o->rack && *o->rack ? o->rack : "default");
+	d->advertise = strdup(o->advertise);
+	if (!d->prefix || !d->name || !d->rack || !d->advertise)
+		goto fail;
+	d->connect_ms = o->connect_timeout_ms ? o->connect_timeout_ms : 200;
+	d->command_ms = o->command_timeout_ms ? o->command_timeout_ms : 500;
+	d->hb_ttl_ms = o->heartbeat_ttl_ms ? o->heartbeat_ttl_ms : 10000;
+	d->hb_interval_ms = o->heartbeat_interval_ms ? o->heartbeat_interval_ms : 3000;
+	d->lease_ttl_ms = o->lease_ttl_ms ? o->lease_ttl_ms : 3000;
+	d->lease_renew_ms = o->lease_renew_ms ? o->lease_renew_ms : 1000;
+	d->batch = o->announce_batch ? o->announce_batch : 4096;
+	rc = -EINVAL;
+	if (d->hb_interval_ms >= d->hb_ttl_ms || d->lease_renew_ms >= d->lease_ttl_ms)
+		goto fail;
+	rc = -pthread_create(&d->thread, NULL, dir_thread, d);
+	if (rc)
+		goto fail;
+	d->thread_started = true;
+	*out = d;
+	return 0;
+fail:
+	directory_destroy(d);
+	return rc;
+}
+
+int directory_wait_ready(struct directory *d, uint32_t timeout_ms)
+{
+	struct timespec ts;
+	int rc = 0;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += timeout_ms / 1000;
+	ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&d->lock);
+	while (!d->ready && rc == 0)
+		rc = pthread_cond_timedwait(&d->ready_cond, &d->lock, &ts);
+	rc = d->ready ? 0 : -ETIMEDOUT;
+	pthread_mutex_unlock(&d->lock);
+	return rc;
+}
+
+static void dir_stop_thread(struct directory *d)
+{
+	if (!d->thread_started)
+		return;
+	pthread_mutex_lock(&d->thread_lock);
+	d->stopping = true;
+	pthread_cond_signal(&d->thread_cond);
+	pthread_mutex_unlock(&d->thread_lock);
+	pthread_join(d->thread, NULL);
+	d->thread_started = false;
+}
+
+void directory_leave(struct directory *d)
+{
+	char key[DIR_KEY_MAX];
+
+	dir_stop_thread(d);
+	if (d->left)
+		return;
+	d->left = true;
+	if (d->node_id >= 0) {
+		snprintf(key, sizeof(key), "%salive:%lld", d->prefix, (long long)d->node_id);
+		dir_command(d, NULL, "DEL %s", key);
+	}
+	pthread_mutex_lock(&d->lock);
+	d->store = NULL;
+	pthread_mutex_unlock(&d->lock);
+}
+
+void directory_destroy(struct directory *d)
+{
+	if (!d)
+		return;
+	if (d->name)
+		directory_leave(d);
+	dir_stop_thread(d);
+	if (d->ctx)
+		redisFree(d->ctx);
+	free(d->leases);
+	free(d->prefix);
+	free(d->name);
+	free(d->rack);
+	free(d->advertise);
+	pthread_mutex_destroy(&d->lock);
+	pthread_mutex_destroy(&d->lease_lock);
+	pthread_mutex_destroy(&d->thread_lock);
+	pthread_cond_destroy(&d->ready_cond);
+	pthread_cond_destroy(&d->thread_cond);
+	free(d);
+}
+
+void directory_get_stats(struct directory *d, struct directory_stats *st)
+{
+	/* fields are read one by one: a snapshot, not an atomic one */
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	*st = d->st;
+}

@@ -1,0 +1,154 @@
+/*
+ * directory.h - the cluster's chunk directory in Redis (DESIGN.md sec. 5).
+ *
+ * Which appliance holds which chunk, which appliances are alive, and who is pulling a
+ * chunk from the seed right now. Redis holds soft state only: every key can be rebuilt
+ * from the appliances, so an outage of Redis costs speed (fetches go to the seed), never
+ * data, and never blocks a caller: while the connection is down every call fails at
+ * once with -ENOTCONN, a background thread reconnects, and on reconnect the node
+ * registers again and re-announces its whole store.
+ *
+ * Keys, all under the configured prefix P (default "rackdisk:"):
+ *   P nodes:next          INCR counter handing out node ids (1, 2, ...)
+ *   P nodes:byname        hash  name -> node id (a restarted node keeps its id)
+ *   P node:<id>           hash  name, addr, rack (for listings)
+ *   P alive:<id>          string "rack addr name", with a TTL: the heartbeat
+ *   P chunk:<hex>         set of node ids holding the chunk (an intset: ids are small)
+ *   P lease:<hex>         string node id, with a TTL: that node is fetching the chunk
+ *                         from the seed; others wait for it to announce the chunk
+ *
+ * Thread safety: every call may be made from any thread at once (one connection,
+ * serialized; commands are sub-millisecond on a LAN and pipelined where it matters).
+ */
+#ifndef RACKDISK_CLUSTER_DIRECTORY_H
+#define RACKDISK_CLUSTER_DIRECTORY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cache/chunkstore.h"
+#include "common/hash.h"
+
+struct directory;
+
+struct directory_opts {
+	const char *url;           /* redis://[[user]:password@]host[:port][/db] */
+	const char *prefix;        /* key prefix (default "rackdisk:") */
+	const char *node_name;     /* unique in the cluster (name_is_valid) */
+	const char *rack;          /* rack label (default "default") */
+	const char *advertise;     /* host:port peers use to reach this node's peer server */
+	uint32_t connect_timeout_ms; /* default 200 */
+	uint32_t command_timeout_ms; /* default 500 */
+	uint32_t heartbeat_ttl_ms;   /* default 10000 */
+	uint32_t heartbeat_interval_ms; /* default 3000; also the reconnect interval */
+	uint32_t lease_ttl_ms;       /* default 3000: a dead lease holder is taken over after this */
+	uint32_t lease_renew_ms;     /* default 1000 */
+	uint32_t announce_batch;     /* commands per pipelined round trip (default 4096) */
+};
+
+struct directory_stats {
+	bool connected;
+	int64_t node_id;             /* -1 until registered */
+	uint64_t commands, errors;   /* round trips made / failed (incl. fast fails when down) */
+	uint64_t fast_fails;         /* calls refused at once because the connection is down */
+	uint64_t reconnects;         /* successful (re)connections */
+	uint64_t announces, withdraws, bulk_announced;
+	uint64_t lookups, lookup_holders;
+	uint64_t leases_taken, leases_busy, leases_released, leases_renewed, leases_expired;
+	uint64_t stale_removed;      /* holder entries dropped after a peer said 404 */
+};
+
+/* One live holder of a chunk, as returned by directory_lookup(). */
+struct directory_holder {
+	int64_t node_id;
+	char name[129];
+	char addr[128];              /* host:port of its peer server */
+	char rack[65];
+};
+
+/* A node, as returned by directory_list_nodes(). */
+struct directory_node {
+	int64_t node_id;
+	char name[129];
+	char addr[128];
+	char rack[65];
+	bool alive;
+	int64_t ttl_ms;              /* heartbeat time left, -1 if none */
+};
+
+/*
+ * Creates the directory client and starts its background thread (connect, register,
+ * heartbeat, lease renewal, reconnect). Never fails because Redis is unreachable: the
+ * thread keeps trying. -EINVAL for a bad URL or option.
+ */
+int directory_create(const struct directory_opts *o, struct directory **out);
+
+/*
+ * Gives the directory the store to re-announce, in full, after each (re)connection
+ * (the bulk announce at start is the first of those). Call once the store is open; the
+ * store must outlive the directory or directory_leave().
+ */
+void directory_attach_store(struct directory *d, struct chunkstore *store);
+
+/* Hooks to pass in chunkstore_opts.hooks: announce after store, withdraw before eviction. */
+struct chunkstore_hooks directory_store_hooks(struct directory *d);
+
+/* Stops heartbeats and deletes this node's heartbeat so peers stop asking it at once. */
+void directory_leave(struct directory *d);
+void directory_destroy(struct directory *d);
+
+/* Waits (bounded) until connected and registered: 0, or -ETIMEDOUT. */
+int directory_wait_ready(struct directory *d, uint32_t timeout_ms);
+
+int64_t directory_node_id(struct directory *d);
+
+/* This node holds / no longer holds chunk *h. Announcing also releases our lease on it. */
+int directory_announce(struct directory *d, const struct chunk_hash *h);
+int directory_withdraw(struct directory *d, const struct chunk_hash *h);
+
+/* Announces every chunk of the attached store, pipelined. Returns the count or -errno. */
+int directory_announce_all(struct directory *d);
+
+/*
+ * Live holders of *h other than this node: up to max entries into out. Returns the
+ * number found (>= 0) or a negative errno (-ENOTCONN when Redis is down).
+ */
+int directory_lookup(struct directory *d, const struct chunk_hash *h,
+		     struct directory_holder *out, int max);
+
+/* A holder answered 404 for *h: drop it from the chunk's set (lazy repair). */
+int directory_remove_holder(struct directory *d, const struct chunk_hash *h, int64_t node_id);
+
+/* All registered nodes, alive or not: up to max. Returns the count or -errno. */
+int directory_list_nodes(struct directory *d, struct directory_node *out, int max);
+
+/*
+ * Fetch leases. directory_lease_acquire(): 0 when this node now holds the lease on *h
+ * (it then goes to the seed; the lease is renewed in the background until the chunk is
+ * announced or hold_until_ns (CLOCK_MONOTONIC) passes, so a stalled fetch lets the lease
+ * expire), -EBUSY with *holder set when another node holds it, or another -errno.
+ */
+int directory_lease_acquire(struct directory *d, const struct chunk_hash *h,
+			    uint64_t hold_until_ns, int64_t *holder);
+/* Releases our lease on *h if we still hold it (compare-and-delete). */
+int directory_lease_release(struct directory *d, const struct chunk_hash *h);
+/* Who holds the lease on *h: 0 and *holder (0 when nobody), or -errno. */
+int directory_lease_holder(struct directory *d, const struct chunk_hash *h, int64_t *holder);
+/* True when node id's heartbeat is alive; -errno on failure. */
+int directory_node_alive(struct directory *d, int64_t node_id);
+/* Deletes the lease on *h only if node id still holds it (taking over a dead holder). */
+int directory_lease_break(struct directory *d, const struct chunk_hash *h, int64_t node_id);
+
+void directory_get_stats(struct directory *d, struct directory_stats *st);
+
+/* Parses a redis:// URL (exposed for tests and config checking). */
+struct directory_url {
+	char host[256];
+	int port;
+	char user[128];
+	char password[256];
+	int db;
+};
+int directory_parse_url(const char *url, struct directory_url *out);
+
+#endif

@@ -1,0 +1,77 @@
+/*
+ * directory_int.h - what directory.c shares with lease.c; not for other folders.
+ */
+#ifndef RACKDISK_CLUSTER_DIRECTORY_INT_H
+#define RACKDISK_CLUSTER_DIRECTORY_INT_H
+
+#include <hiredis/hiredis.h>
+#include <pthread.h>
+
+#include "cluster/directory.h"
+
+#define DIR_KEY_MAX 256
+
+/* A lease this node holds, renewed by the directory thread until hold_until_ns. */
+struct dir_lease {
+	struct chunk_hash h;
+	uint64_t hold_until_ns;
+};
+
+struct directory {
+	/* configuration (owned copies) */
+	char *prefix, *name, *rack, *advertise;
+	struct directory_url url;
+	uint32_t connect_ms, command_ms, hb_ttl_ms, hb_interval_ms, lease_ttl_ms, lease_renew_ms;
+	uint32_t batch;
+
+	/* lock guards ctx and everything sent on it; one command (or pipeline) at a time */
+	pthread_mutex_t lock;
+	redisContext *ctx;          /* NULL while disconnected: calls fail fast */
+	int64_t node_id;            /* -1 until the first registration */
+	bool ready;                 /* connected and registered */
+	pthread_cond_t ready_cond;
+
+	struct chunkstore *store;   /* borrowed, for the bulk re-announce */
+
+	/* leases we hold (few: at most one per seed fetch in flight) */
+	pthread_mutex_t lease_lock;
+	struct dir_lease *leases;
+	size_t nleases, cap_leases;
+
+	/* background thread */
+	pthread_t thread;
+	bool thread_started, stopping, left;
+	pthread_mutex_t thread_lock;
+	pthread_cond_t thread_cond;
+
+	uint64_t last_log_ns, suppressed; /* rate-limited failure log */
+	struct directory_stats st;        /* updated with __atomic ops */
+};
+
+#define DIR_STAT_ADD(d, field, n) __atomic_fetch_add(&(d)->st.field, (n), __ATOMIC_RELAXED)
+
+/* Key P<kind><hex of h> into buf. */
+void dir_chunk_key(const struct directory *d, const char *kind, const struct chunk_hash *h,
+		   char *buf, size_t len);
+
+/*
+ * Runs one command (printf-like hiredis format). 0 and *out (caller frees with
+ * freeReplyObject; may pass out NULL), -ENOTCONN when disconnected or the connection
+ * broke (then dropped, the thread reconnects), -EIO on a Redis error reply.
+ * Caller must not hold d->lock.
+ */
+int dir_command(struct directory *d, redisReply **out, const char *fmt, ...);
+
+/* Same, with d->lock already held by the caller (for pipelines and multi-step calls). */
+int dir_command_locked(struct directory *d, redisReply **out, const char *fmt, ...);
+int dir_pipeline_reply_locked(struct directory *d, redisReply **out);
+void dir_fail_locked(struct directory *d, const char *what);
+
+/* lease.c: renews held leases (called by the directory thread). */
+void dir_leases_renew(struct directory *d);
+/* lease.c: true (and the entry removed) if we held a lease on *h. */
+bool dir_lease_forget(struct directory *d, const struct chunk_hash *h);
+
+extern const char dir_lua_release[];
+
+#endif

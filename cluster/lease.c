@@ -1,0 +1,252 @@
+/*
+ * lease.c - fetch leases in the directory: one node pulls a chunk from the seed while
+ * the others wait for it to announce the chunk and then take it from that peer.
+ *
+ * Invariants:
+ *  1. P lease:<h> holds the id of the one node fetching h from the seed, with a TTL of
+ *     lease_ttl_ms; only that node renews it (every lease_renew_ms, from the directory
+ *     thread) and only while its fetch may still succeed (until hold_until_ns).
+ *  2. A node deletes a lease only if the value is still its own id (compare-and-delete
+ *     in Lua), so a late release never frees a lease someone else has taken over.
+ *  3. A holder that dies stops renewing: the key expires within lease_ttl_ms. A holder
+ *     that stalls stops renewing at its deadline. Waiters bound their own wait too.
+ *  4. The lease is released in the same round trip as the announce of the chunk
+ *     (directory_announce), so a waiter that sees the lease gone finds the holder.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster/directory_int.h"
+#include "common/log.h"
+#include "common/util.h"
+
+const char dir_lua_release[] =
+	"if redis.call('GET', KEYS[1]) == ARGV[1] then "
+	"  return redis.call('DEL', KEYS[1]) "
+	"end "
+	"return 0";
+
+static const char lua_acquire[] =
+	"local v = redis.call('GET', KEYS[1]) "
+	"if not v then "
+	"  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
+	"  return 0 "
+	"end "
+	/* our own id: a lease left by a previous run of this node, or a retry */
+	"if v == ARGV[1] then "
+	"  redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
+	"  return 0 "
+	"end "
+	"return tonumber(v) or -1";
+
+static const char lua_renew[] =
+	"if redis.call('GET', KEYS[1]) == ARGV[1] then "
+	"  return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
+	"end "
+	"return 0";
+
+static int lease_find(struct directory *d, const struct chunk_hash *h)
+{
+	size_t i;
+
+	for (i = 0; i < d->nleases; i++)
+		if (hash_equal(&d->leases[i].h, h))
+			return (int)i;
+	return -1;
+}
+
+static int lease_remember(struct directory *d, const struct chunk_hash *h, uint64_t until)
+{
+	int i, rc = 0;
+
+	pthread_mutex_lock(&d->lease_lock);
+	i = lease_find(d, h);
+	if (i >= 0) {
+		d->leases[i].hold_until_ns = until;
+		goto out;
+	}
+	if (d->nleases == d->cap_leases) {
+		size_t cap = d->cap_leases ? d->cap_leases * 2 : 16;
+		struct dir_lease *v = realloc(d->leases, cap * sizeof(*v));
+
+		if (!v) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		d->leases = v;
+		d->cap_leases = cap;
+	}
+	d->leases[d->nleases].h = *h;
+	d->leases[d->nleases].hold_until_ns = until;
+	d->nleases++;
+out:
+	pthread_mutex_unlock(&d->lease_lock);
+	return rc;
+}
+
+bool dir_lease_forget(struct directory *d, const struct chunk_hash *h)
+{
+	int i;
+
+	pthread_mutex_lock(&d->lease_lock);
+	i = lease_find(d, h);
+	if (i >= 0)
+		d->leases[i] = d->leases[--d->nleases];
+	pthread_mutex_unlock(&d->lease_lock);
+	return i >= 0;
+}
+
+int directory_lease_acquire(struct directory *d, const struct chunk_hash *h,
+			    uint64_t hold_until_ns, int64_t *holder)
+{
+	char key[DIR_KEY_MAX];
+	redisReply *r = NULL;
+	int64_t id = directory_node_id(d);
+	int rc;
+
+	*holder = 0;
+	if (id < 0)
+		return dir_command(d, NULL, "PING") ?: -ENOTCONN;
+	dir_chunk_key(d, "lease:", h, key, sizeof(key));
+	rc = dir_command(d, &r, "EVAL %s 1 %s %lld %u", lua_acquire, key, (long long)id,
+			 d->lease_ttl_ms);
+	if (rc)
+		return rc;
+	if (r->type != REDIS_REPLY_INTEGER) {
+		rc = -EPROTO;
+	} else if (r->integer == 0) {
+		rc = lease_remember(d, h, hold_until_ns);
+		if (!rc)
+			DIR_STAT_ADD(d, leases_taken, 1);
+	} else {
+		*holder = r->integer;
+		DIR_STAT_ADD(d, leases_busy, 1);
+		rc = -EBUSY;
+	}
+	freeReplyObject(r);
+	return rc;
+}
+
+static int lease_delete_if(struct directory *d, const struct chunk_hash *h, int64_t id)
+{
+	char key[DIR_KEY_MAX];
+	redisReply *r = NULL;
+	int rc;
+
+	dir_chunk_key(d, "lease:", h, key, sizeof(key));
+	rc = dir_command(d, &r, "EVAL %s 1 %s %lld", dir_lua_release, key, (long long)id);
+	if (rc)
+		return rc;
+	rc = r->type == REDIS_REPLY_INTEGER && r->integer > 0 ? 0 : -ENOENT;
+	freeReplyObject(r);
+	return rc;
+}
+
+int directory_lease_release(struct directory *d, const struct chunk_hash *h)
+{
+	int rc;
+
+	if (!dir_lease_forget(d, h))
+		return -ENOENT;
+	rc = lease_delete_if(d, h, directory_node_id(d));
+	if (!rc)
+		DIR_STAT_ADD(d, leases_released, 1);
+	return rc;
+}
+
+int directory_lease_break(struct directory *d, const struct chunk_hash *h, int64_t node_id)
+{
+	return lease_delete_if(d, h, node_id);
+}
+
+int directory_lease_holder(struct directory *d, const struct chunk_hash *h, int64_t *holder)
+{
+	char key[DIR_KEY_MAX];
+	redisReply *r = NULL;
+	int rc;
+
+	*holder = 0;
+	dir_chunk_key(d, "lease:", h, key, sizeof(key));
+	rc = dir_command(d, &r, "GET %s", key);
+	if (rc)
+		return rc;
+	if (r->type == REDIS_REPLY_STRING)
+		*holder = strtoll(r->str, NULL, 10);
+	freeReplyObject(r);
+	return 0;
+}
+
+/*
+ * Renews every lease still within its hold time and releases the others (their fetch
+ * gave up: waiters should not wait for the TTL). A lease found taken by someone else
+ * (it expired during an outage) is forgotten.
+ */
+void dir_leases_renew(struct directory *d)
+{
+	struct dir_lease *v = NULL;
+	bool *lost = NULL;
+	size_t n, i;
+	uint64_t now = now_ns();
+	int64_t id = directory_node_id(d);
+	char key[DIR_KEY_MAX];
+
+	pthread_mutex_lock(&d->lease_lock);
+	n = d->nleases;
+	if (n) {
+		v = malloc(n * sizeof(*v));
+		lost = calloc(n, sizeof(*lost));
+		if (v && lost)
+			memcpy(v, d->leases, n * sizeof(*v));
+	}
+	pthread_mutex_unlock(&d->lease_lock);
+	if (!n || !v || !lost || id < 0)
+		goto out;
+
+	pthread_mutex_lock(&d->lock);
+	if (!d->ctx) {
+		pthread_mutex_unlock(&d->lock);
+		goto out;
+	}
+	DIR_STAT_ADD(d, commands, 1);
+	for (i = 0; i < n; i++) {
+		dir_chunk_key(d, "lease:", &v[i].h, key, sizeof(key));
+		if (now >= v[i].hold_until_ns)
+			redisAppendCommand(d->ctx, "EVAL %s 1 %s %lld", dir_lua_release, key,
+					   (long long)id);
+		else
+			redisAppendCommand(d->ctx, "EVAL %s 1 %s %lld %u", lua_renew, key,
+					   (long long)id, d->lease_ttl_ms);
+	}
+	for (i = 0; i < n && d->ctx; i++) {
+		redisReply *r = NULL;
+
+		if (dir_pipeline_reply_locked(d, &r))
+			continue;
+		if (now >= v[i].hold_until_ns) {
+			lost[i] = true;
+			DIR_STAT_ADD(d, leases_expired, 1);
+		} else if (r->type == REDIS_REPLY_INTEGER && r->integer > 0) {
+			DIR_STAT_ADD(d, leases_renewed, 1);
+		} else {
+			lost[i] = true;
+			DIR_STAT_ADD(d, leases_expired, 1);
+		}
+		freeReplyObject(r);
+	}
+	pthread_mutex_unlock(&d->lock);
+	for (i = 0; i < n; i++) {
+		if (!lost[i])
+			continue;
+		pthread_mutex_lock(&d->lease_lock);
+		int j = lease_find(d, &v[i].h);
+
+		/* only if not re-acquired meanwhile with a later hold time */
+		if (j >= 0 && d->leases[j].hold_until_ns == v[i].hold_until_ns)
+			d->leases[j] = d->leases[--d->nleases];
+		pthread_mutex_unlock(&d->lease_lock);
+	}
+out:
+	free(v);
+	free(lost);
+}

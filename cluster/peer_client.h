@@ -1,0 +1,54 @@
+/*
+ * peer_client.h - fetches chunks from peer appliances' peer servers (DESIGN.md sec. 5).
+ *
+ * libcurl easy handles are pooled so each keeps its keep-alive connections between
+ * requests. Every chunk is checked against its hash before it is stored: a peer that
+ * sends other bytes (or another length) is a failed source, never data.
+ *
+ * Thread safety: every call may be made from any thread at once.
+ */
+#ifndef RACKDISK_CLUSTER_PEER_CLIENT_H
+#define RACKDISK_CLUSTER_PEER_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cache/chunkstore.h"
+#include "common/hash.h"
+
+struct peer_client;
+
+struct peer_client_opts {
+	struct chunkstore *store;      /* owner-mode store; borrowed (may be NULL for _get) */
+	const char *token;             /* the cluster token */
+	uint32_t connect_timeout_ms;   /* default 500 */
+	uint32_t request_timeout_ms;   /* one request, at most (default 10000) */
+	unsigned pool_size;            /* idle handles kept (default 16) */
+};
+
+struct peer_client_stats {
+	uint64_t requests, ok, bytes;
+	uint64_t not_found;            /* 404: the peer no longer has it */
+	uint64_t bad_data;             /* wrong hash or length */
+	uint64_t timeouts, errors;     /* transport errors, other statuses */
+};
+
+int peer_client_create(const struct peer_client_opts *o, struct peer_client **out);
+void peer_client_destroy(struct peer_client *pc);
+
+/*
+ * Fetches chunk *h (len bytes) from the peer server at addr ("host:port"), checks its
+ * hash and inserts it into the store. Returns 0, -ENOENT (the peer does not have it),
+ * -EBADMSG (wrong bytes or length), -ETIMEDOUT (deadline_ns, CLOCK_MONOTONIC, passed),
+ * -EACCES (token refused), -ECONNREFUSED / -EIO (transport), or the store's error.
+ */
+int peer_client_fetch(struct peer_client *pc, const char *addr, const struct chunk_hash *h,
+		      uint32_t len, uint64_t deadline_ns);
+
+/* Same, into buf[0..len) without storing (benchmarks, tools). */
+int peer_client_get(struct peer_client *pc, const char *addr, const struct chunk_hash *h,
+		    void *buf, uint32_t len, uint64_t deadline_ns);
+
+void peer_client_get_stats(struct peer_client *pc, struct peer_client_stats *st);
+
+#endif

@@ -1,0 +1,329 @@
+/*
+ * peers.c - the fetcher's peer hook (see peers.h for the algorithm).
+ *
+ * Every loop here is bounded twice: by a deadline (the caller's, and lease_wait_ms for
+ * waits) and by a count of iterations, so a misbehaving directory cannot spin us.
+ */
+#include "cluster/peers.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "common/util.h"
+
+#define MAX_HOLDERS 16
+
+struct peer_health {
+	struct peers_peer_stats s;
+	uint64_t last_fail_ns;
+};
+
+struct peers {
+	struct directory *dir;
+	struct peer_client *client;
+	char rack[65];
+	uint32_t lease_wait_ms, poll_ms, penalty_ms;
+	unsigned max_tries;
+	pthread_mutex_t lock;            /* guards health */
+	struct peer_health *health;
+	size_t nhealth, cap_health;
+	struct peers_stats st;           /* __atomic updates */
+};
+
+#define ST_ADD(p, field, n) __atomic_fetch_add(&(p)->st.field, (n), __ATOMIC_RELAXED)
+
+/* Finds or adds a peer's record; lock held. NULL when out of memory. */
+static struct peer_health *health_of(struct peers *p, const struct directory_holder *hd)
+{
+	size_t i;
+
+	for (i = 0; i < p->nhealth; i++)
+		if (p->health[i].s.node_id == hd->node_id)
+			goto found;
+	if (p->nhealth == p->cap_health) {
+		size_t cap = p->cap_health ? p->cap_health * 2 : 16;
+		struct peer_health *v = realloc(p->health, cap * sizeof(*v));
+
+		if (!v)
+			return NULL;
+		p->health = v;
+		p->cap_health = cap;
+	}
+	memset(&p->health[i], 0, sizeof(p->health[i]));
+	p->health[i].s.node_id = hd->node_id;
+	p->nhealth++;
+found:
+	/* the address may change when a node restarts elsewhere */
+	snprintf(p->health[i].s.name, sizeof(p->health[i].s.name), "%s", hd->name);
+	snprintf(p->health[i].s.addr, sizeof(p->health[i].s.addr), "%s", hd->addr);
+	snprintf(p->health[i].s.rack, sizeof(p->health[i].s.rack), "%s", hd->rack);
+	return &p->health[i];
+}
+
+static void note_result(struct peers *p, const struct directory_holder *hd, int rc,
+			uint32_t len)
+{
+	struct peer_health *ph;
+
+	pthread_mutex_lock(&p->lock);
+	ph = health_of(p, hd);
+	if (ph) {
+		if (rc == 0) {
+			ph->s.ok++;
+			ph->s.bytes += len;
+		} else if (rc == -ENOENT) {
+			ph->s.not_found++;
+		} else {
+			ph->s.failures++;
+			ph->s.bad_data += rc == -EBADMSG;
+			ph->last_fail_ns = now_ns();
+		}
+	}
+	pthread_mutex_unlock(&p->lock);
+}
+
+/* Lower is tried first: same rack before other racks, healthy before recently failed. */
+static int holder_rank(struct peers *p, const struct directory_holder *hd, uint64_t now)
+{
+	int rank = strcmp(hd->rack, p->rack) ? 2 : 0;
+	size_t i;
+
+	pthread_mutex_lock(&p->lock);
+	for (i = 0; i < p->nhealth; i++) {
+		struct peer_health *ph = &p->health[i];
+
+		if (ph->s.node_id == hd->node_id && ph->last_fail_ns &&
+		    now - ph->last_fail_ns < p->penalty_ms * 1000000ULL)
+			rank += 4;
+	}
+	pthread_mutex_unlock(&p->lock);
+	return rank;
+}
+
+/* Random order within a rank spreads the load over equal holders. */
+static void order_holders(struct peers *p, struct directory_holder *v, int n)
+{
+	int rank[MAX_HOLDERS], i, j;
+	uint64_t now = now_ns();
+	unsigned seed = (unsigned)now ^ (unsigned)(uintptr_t)&seed;
+
+	for (i = n - 1; i > 0; i--) {
+		struct directory_holder t;
+
+		j = rand_r(&seed) % (i + 1);
+		t = v[i];
+		v[i] = v[j];
+		v[j] = t;
+	}
+	for (i = 0; i < n; i++)
+		rank[i] = holder_rank(p, &v[i], now);
+	for (i = 1; i < n; i++) { /* stable insertion sort by rank */
+		struct directory_holder t = v[i];
+		int r = rank[i];
+
+		for (j = i - 1; j >= 0 && rank[j] > r; j--) {
+			v[j + 1] = v[j];
+			rank[j + 1] = rank[j];
+		}
+		v[j + 1] = t;
+		rank[j + 1] = r;
+	}
+}
+
+/*
+ * Looks the chunk up and tries its holders. 0: fetched. -ENOENT: no holder could serve.
+ * -ENOTCONN (etc.): the directory failed. -ETIMEDOUT: deadline passed.
+ */
+static int try_holders(struct peers *p, const struct chunk_hash *h, uint32_t len,
+		       uint64_t deadline_ns)
+{
+	struct directory_holder v[MAX_HOLDERS];
+	int n, i, rc = -ENOENT;
+	unsigned tries = 0;
+
+	n = directory_lookup(p->dir, h, v, MAX_HOLDERS);
+	if (n < 0)
+		return n;
+	order_holders(p, v, n);
+	for (i = 0; i < n && tries < p->max_tries; i++, tries++) {
+		if (now_ns() >= deadline_ns)
+			return -ETIMEDOUT;
+		rc = peer_client_fetch(p->client, v[i].addr, h, len, deadline_ns);
+		note_result(p, &v[i], rc, len);
+		if (rc == 0) {
+			ST_ADD(p, peer_hits, 1);
+			ST_ADD(p, peer_bytes, len);
+			return 0;
+		}
+		if (rc == -ENOENT) {
+			ST_ADD(p, stale, 1);
+			directory_remove_holder(p->dir, h, v[i].node_id);
+		} else if (rc == -EBADMSG) {
+			ST_ADD(p, bad_data, 1);
+		} else {
+			ST_ADD(p, peer_failures, 1);
+		}
+		if (rc == -ENOSPC) /* our own store is full: no other peer helps */
+			return rc;
+	}
+	return -ENOENT;
+}
+
+static bool dir_error(int rc)
+{
+	return rc < 0 && rc != -ENOENT && rc != -EBUSY && rc != -ETIMEDOUT;
+}
+
+static void sleep_until(uint64_t t_ns)
+{
+	uint64_t now = now_ns();
+	struct timespec ts;
+
+	if (t_ns <= now)
+		return;
+	ts.tv_sec = (t_ns - now) / 1000000000ULL;
+	ts.tv_nsec = (t_ns - now) % 1000000000ULL;
+	nanosleep(&ts, NULL);
+}
+
+/* Step 3: another node is fetching *h from the seed; wait for it, bounded. */
+static int wait_for_lease(struct peers *p, const struct chunk_hash *h, uint32_t len,
+			  uint64_t deadline_ns, int64_t holder)
+{
+	uint64_t start = now_ns();
+	uint64_t until = MIN(deadline_ns, start + p->lease_wait_ms * 1000000ULL);
+	unsigned iter, max_iter = p->lease_wait_ms / MAX(p->poll_ms, 1u) + 16;
+	int rc = -ENOENT;
+
+	ST_ADD(p, lease_waits, 1);
+	for (iter = 0; iter < max_iter && now_ns() < until; iter++) {
+		int alive = directory_node_alive(p->dir, holder);
+
+		if (alive == 0) {
+			/* the holder is dead: its lease would expire anyway; take over now */
+			log_info("peers: lease holder node %lld is gone; taking over",
+				 (long long)holder);
+			directory_lease_break(p->dir, h, holder);
+			ST_ADD(p, lease_takeovers, 1);
+		} else {
+			sleep_until(MIN(until, now_ns() + p->poll_ms * 1000000ULL));
+			rc = try_holders(p, h, len, deadline_ns);
+			if (rc == 0) {
+				ST_ADD(p, lease_wait_hits, 1);
+				goto out;
+			}
+			if (dir_error(rc) || rc == -ENOSPC)
+				goto out;
+		}
+		rc = directory_lease_acquire(p->dir, h, deadline_ns, &holder);
+		if (rc == 0) {
+			if (alive != 0)
+				ST_ADD(p, lease_takeovers, 1); /* it expired: holder stalled or died */
+			ST_ADD(p, leases_won, 1);
+			rc = -ENOENT;
+			goto out;
+		}
+		if (rc != -EBUSY)
+			goto out;
+	}
+	ST_ADD(p, lease_wait_timeouts, 1);
+	rc = now_ns() >= deadline_ns ? -ETIMEDOUT : -ENOENT;
+out:
+	ST_ADD(p, lease_wait_ns, now_ns() - start);
+	return rc;
+}
+
+int peers_fetch(struct peers *p, const struct chunk_hash *h, uint32_t len,
+		uint64_t deadline_ns)
+{
+	int64_t holder = 0;
+	int rc;
+
+	ST_ADD(p, calls, 1);
+	rc = try_holders(p, h, len, deadline_ns);
+	if (rc == 0 || rc == -ETIMEDOUT || rc == -ENOSPC)
+		return rc;
+	if (dir_error(rc))
+		goto seed;
+	ST_ADD(p, no_holder, 1);
+	rc = directory_lease_acquire(p->dir, h, deadline_ns, &holder);
+	if (rc == 0) {
+		ST_ADD(p, leases_won, 1);
+		return -ENOENT;
+	}
+	if (rc != -EBUSY)
+		goto seed;
+	rc = wait_for_lease(p, h, len, deadline_ns, holder);
+	if (rc == 0 || rc == -ETIMEDOUT || rc == -ENOSPC)
+		return rc;
+	if (!dir_error(rc))
+		return -ENOENT;
+seed:
+	/* Redis trouble is never an I/O error: the seed serves (the failure is counted) */
+	ST_ADD(p, directory_down, 1);
+	return -ENOENT;
+}
+
+static int ops_fetch(void *arg, const struct chunk_hash *h, uint32_t len, uint64_t deadline_ns)
+{
+	return peers_fetch(arg, h, len, deadline_ns);
+}
+
+struct fetcher_peer_ops peers_fetcher_ops(struct peers *p)
+{
+	struct fetcher_peer_ops ops = {.arg = p, .fetch = ops_fetch};
+
+	return ops;
+}
+
+int peers_create(const struct peers_opts *o, struct peers **out)
+{
+	struct peers *p;
+
+	if (!o->dir || !o->client)
+		return -EINVAL;
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->dir = o->dir;
+	p->client = o->client;
+	snprintf(p->rack, sizeof(p->rack), "%s", o->rack && *o->rack ? o->rack : "default");
+	p->lease_wait_ms = o->lease_wait_ms ? o->lease_wait_ms : 10000;
+	p->poll_ms = o->poll_ms ? o->poll_ms : 50;
+	p->max_tries = o->max_tries ? o->max_tries : 3;
+	p->penalty_ms = o->penalty_ms ? o->penalty_ms : 5000;
+	pthread_mutex_init(&p->lock, NULL);
+	*out = p;
+	return 0;
+}
+
+void peers_destroy(struct peers *p)
+{
+	if (!p)
+		return;
+	pthread_mutex_destroy(&p->lock);
+	free(p->health);
+	free(p);
+}
+
+void peers_get_stats(struct peers *p, struct peers_stats *st)
+{
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	*st = p->st;
+}
+
+int peers_list(struct peers *p, struct peers_peer_stats *out, int max)
+{
+	int n = 0;
+
+	pthread_mutex_lock(&p->lock);
+	for (; n < max && (size_t)n < p->nhealth; n++)
+		out[n] = p->health[n].s;
+	pthread_mutex_unlock(&p->lock);
+	return n;
+}

@@ -1,0 +1,79 @@
+/*
+ * peers.h - the fetcher's peer hook: ask the directory who holds a chunk, fetch it from
+ * a live holder (same rack first), and coordinate seed fetches across the cluster with
+ * leases (DESIGN.md sec. 5).
+ *
+ * peers_fetch(), behind struct fetcher_peer_ops:
+ *   1. live holders from the directory, same rack first, peers that failed recently
+ *      last; try up to max_tries of them. A 404 removes the stale directory entry.
+ *   2. nobody could serve it: take the chunk's lease. Won -> -ENOENT (the fetcher goes
+ *      to the seed; the lease is released when the chunk is announced).
+ *   3. another node holds the lease: poll (every poll_ms) for a holder to appear and
+ *      fetch from it; if the lease holder's heartbeat is gone, break its lease and take
+ *      it over; after lease_wait_ms (or the caller's deadline) stop waiting -> -ENOENT.
+ * Redis down at any step -> -ENOENT at once: the seed serves.
+ *
+ * Thread safety: every call may be made from any thread at once.
+ */
+#ifndef RACKDISK_CLUSTER_PEERS_H
+#define RACKDISK_CLUSTER_PEERS_H
+
+#include <stdint.h>
+
+#include "cluster/directory.h"
+#include "cluster/fetcher.h"
+#include "cluster/peer_client.h"
+
+struct peers;
+
+struct peers_opts {
+	struct directory *dir;       /* borrowed */
+	struct peer_client *client;  /* borrowed */
+	const char *rack;            /* this node's rack (default "default") */
+	uint32_t lease_wait_ms;      /* longest wait for another node's seed fetch (10000) */
+	uint32_t poll_ms;            /* poll interval while waiting (default 50) */
+	unsigned max_tries;          /* holders tried per attempt (default 3) */
+	uint32_t penalty_ms;         /* a failed peer is tried last for this long (5000) */
+};
+
+struct peers_stats {
+	uint64_t calls;
+	uint64_t peer_hits;           /* chunks obtained from a peer */
+	uint64_t peer_bytes;
+	uint64_t no_holder;           /* nobody held it: went on to the lease */
+	uint64_t peer_failures;       /* holders that failed (transport, timeout, refused) */
+	uint64_t bad_data;            /* holders that sent wrong bytes */
+	uint64_t stale;               /* holders that said 404 */
+	uint64_t directory_down;      /* Redis unreachable: straight to the seed */
+	uint64_t leases_won;          /* we go to the seed for the cluster */
+	uint64_t lease_waits;         /* waited for another node's seed fetch */
+	uint64_t lease_wait_hits;     /* ... and then got it from that node */
+	uint64_t lease_wait_timeouts; /* ... and gave up at the bound: went to the seed */
+	uint64_t lease_takeovers;     /* broke the lease of a dead holder */
+	uint64_t lease_wait_ns;       /* total time spent waiting */
+};
+
+/* One peer as seen by this node. */
+struct peers_peer_stats {
+	int64_t node_id;
+	char name[129];
+	char addr[128];
+	char rack[65];
+	uint64_t ok, failures, bad_data, not_found, bytes;
+};
+
+int peers_create(const struct peers_opts *o, struct peers **out);
+void peers_destroy(struct peers *p);
+
+/* The hook for fetcher_set_peer_ops(); p must outlive the fetcher. */
+struct fetcher_peer_ops peers_fetcher_ops(struct peers *p);
+
+/* 0: chunk *h is in the store; -ENOENT: go to the seed; -ETIMEDOUT: deadline passed. */
+int peers_fetch(struct peers *p, const struct chunk_hash *h, uint32_t len,
+		uint64_t deadline_ns);
+
+void peers_get_stats(struct peers *p, struct peers_stats *st);
+/* Peers this node has fetched from (or tried): up to max; returns the count. */
+int peers_list(struct peers *p, struct peers_peer_stats *out, int max);
+
+#endif
