@@ -593,9 +593,9 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 		goto out;
 	}
 	/* Refuse an unusable source before the repository is touched. */
-	if (access(o->src, R_OK) < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "%s: cannot open: %s", o->src, strerror(-ret));
+	ret = source_check(o->src, why, sizeof(why));
+	if (ret) {
+		snprintf(err, errlen, "%s: %s", o->src, why);
 		goto out;
 	}
 	ret = prepare_repo(o->repo_dir, err, errlen);

@@ -106,22 +106,11 @@ static int open_qcow2(const char *path, const char *tmpdir, struct image_source 
 		      size_t errlen)
 {
 	char out[4096], line[512], tmp[PATH_MAX];
-	char *check[] = {"qemu-img", "check", "-f", "qcow2", (char *)path, NULL};
 	char *convert[] = {"qemu-img", "convert", "-f", "qcow2", "-O", "raw", (char *)path,
 			   tmp, NULL};
 	struct stat st;
 	int ret, fd;
 
-	ret = run_capture(check, out, sizeof(out));
-	if (ret < 0) {
-		snprintf(err, errlen, "cannot run qemu-img: %s", strerror(-ret));
-		return ret;
-	}
-	if (ret != 0 && ret != QEMU_CHECK_LEAKS) {
-		first_line(out, line, sizeof(line));
-		snprintf(err, errlen, "corrupt or truncated qcow2 (qemu-img check: %s)", line);
-		return -EBADMSG;
-	}
 	if (snprintf(tmp, sizeof(tmp), "%s/qcow2-raw.%d", tmpdir, (int)getpid()) >=
 	    (int)sizeof(tmp))
 		return -ENAMETOOLONG;
@@ -147,6 +136,37 @@ static int open_qcow2(const char *path, const char *tmpdir, struct image_source 
 	src->fd = fd;
 	src->size = (uint64_t)st.st_size;
 	src->qcow2 = true;
+	return 0;
+}
+
+int source_check(const char *path, char *err, size_t errlen)
+{
+	char *check[] = {"qemu-img", "check", "-f", "qcow2", (char *)path, NULL};
+	char out[4096], line[512];
+	struct stat st;
+	int ret;
+
+	if (stat(path, &st) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "cannot open: %s", strerror(-ret));
+		return ret;
+	}
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+		snprintf(err, errlen, "not a regular file or block device");
+		return S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+	}
+	if (!source_is_qcow2(path))
+		return 0;
+	ret = run_capture(check, out, sizeof(out));
+	if (ret < 0) {
+		snprintf(err, errlen, "cannot run qemu-img: %s", strerror(-ret));
+		return ret;
+	}
+	if (ret != 0 && ret != QEMU_CHECK_LEAKS) {
+		first_line(out, line, sizeof(line));
+		snprintf(err, errlen, "corrupt or truncated qcow2 (qemu-img check: %s)", line);
+		return -EBADMSG;
+	}
 	return 0;
 }
 

@@ -2,7 +2,7 @@
  * source.h - the input of `rackdisk image publish`: a raw file or block device, or a qcow2
  * file read through qemu-img. Internal to images/.
  *
- * A qcow2 file is first checked with `qemu-img check`, then converted by `qemu-img
+ * A qcow2 file is first checked with `qemu-img check` (source_check), then converted by `qemu-img
  * convert` into a sparse raw file in a temporary directory (the repository's tmp/), which
  * is unlinked as soon as it is open: no exit path can leave it behind once opened.
  */
@@ -20,7 +20,14 @@ struct image_source {
 };
 
 /*
- * Opens path. tmpdir receives the converted raw file of a qcow2 input. On error returns a
+ * Checks, without writing anything, that path can be published: it exists, is a file or
+ * a block device, and if it is a qcow2, `qemu-img check` finds no corruption (leaked
+ * clusters are harmless to a reader and accepted). -errno and a one-line reason.
+ */
+int source_check(const char *path, char *err, size_t errlen);
+
+/*
+ * Opens path (after source_check). tmpdir receives the converted raw file of a qcow2 input. On error returns a
  * negative errno and writes a one-line reason (without the path) into err.
  */
 int source_open(const char *path, const char *tmpdir, struct image_source *src, char *err,
