@@ -12,7 +12,7 @@
  * O_DIRECT: pass direct = true for descriptors opened with O_DIRECT. Requests that are not
  * aligned to AIO_ALIGN (buffer, offset or length) are read through an aligned bounce
  * buffer, so callers never care. aio_direct_supported() probes whether a filesystem takes
- * O_DIRECT at all (tmpfs refuses it with EINVAL).
+ * O_DIRECT at all (tmpfs before Linux 6.6 refuses it with EINVAL).
  *
  * Native AIO is only asynchronous for O_DIRECT descriptors: on a buffered descriptor the
  * kernel performs the read inside io_submit(). So the synchronous helper reads buffered
