@@ -1,0 +1,670 @@
+/*
+ * rackdisk backing store: a LUN whose blocks are a rackdisk disk, an immutable image's
+ * chunks (fetched through rackdiskd on a miss) under a copy-on-write overlay.
+ *
+ *   tgtadm --op new --mode logicalunit ... --bstype rackdisk --backing-store DISKDIR
+ *
+ * DISKDIR is a disk directory written by rackdiskd (target/fetch_proto.h). A sibling of
+ * bs_rdwr.c and bs_rbd.c: the SCSI commands run on bs_thread worker threads, which may
+ * block on a fetch up to the LUN's deadline (io_timeout_ms) without holding up tgtd's
+ * event loop or other LUNs; completions go back to the event loop through bs_thread.
+ *
+ * Two things differ from the file-backed stores, both set up per LU in bs_init (each LU
+ * carries its own copy of the device type template, so nothing global changes):
+ *  - GET LBA STATUS: tgt answers it by looking for holes in lu->fd. A rackdisk disk has
+ *    no such file: image ranges not yet fetched would look like holes, and an initiator
+ *    (qemu-img convert) would skip them as zeros. This LU's SERVICE ACTION IN(16) table
+ *    answers it from disk_lba_status() instead, and lu->fd is an O_PATH descriptor on
+ *    which lseek fails, so that even tgt's own code would report "mapped", never a hole.
+ *  - COMPARE AND WRITE is not in tgt's SBC table (rdwr's version is not atomic); this
+ *    LU's table routes it to sbc_rw and the worker does it with disk_compare_and_write().
+ *
+ * A fetch that misses its deadline ends the command with BUSY status, which initiators
+ * (QEMU, Linux, ESXi) retry; a chunk that no source could serve ends it with MEDIUM ERROR
+ * / UNRECOVERED READ ERROR.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <linux/fs.h>
+#include <sys/epoll.h>
+
+#include "list.h"
+#include "util.h"
+#include "tgtd.h"
+#include "scsi.h"
+#include "spc.h"
+#include "bs_thread.h"
+
+#include "cache/disk.h"
+#include "target/lun.h"
+
+/* Bytes a worker handles at once for WRITE SAME and VERIFY, whatever the command's size. */
+#define RD_PIECE (1024 * 1024)
+/* ORWRITE retries its compare-and-write this often when other writers keep racing it. */
+#define RD_ORWRITE_TRIES 16
+/* SPACE ALLOCATION FAILED WRITE PROTECT (SBC-3, thin provisioning). */
+#define ASC_SPACE_ALLOC_FAILED 0x2707
+
+struct rackdisk_info {
+	struct lun *lun;
+	/* This LU's SERVICE ACTION IN(16) table: tgt's, with GET LBA STATUS replaced. */
+	struct service_action sai[8];
+};
+
+/* rackdisk_info is allocated just after the bs_thread_info */
+#define RDP(lu)	((struct rackdisk_info *) \
+			((char *)(lu) + \
+			 sizeof(struct scsi_lu) + \
+			 sizeof(struct bs_thread_info)) \
+		)
+
+static void cmd_error_sense(struct scsi_cmd *cmd, uint8_t key, uint16_t asc)
+{
+	scsi_set_result(cmd, SAM_STAT_CHECK_CONDITION);
+	sense_data_build(cmd, key, asc);
+}
+
+/* Turns a disk error into SCSI status and sense: the one place where errno meets SCSI. */
+static void cmd_error_errno(struct scsi_cmd *cmd, int err, int writing)
+{
+	switch (err) {
+	case -ETIMEDOUT:
+	case -EAGAIN:
+		/* The data may arrive soon (the fetch goes on in rackdiskd): ask for a retry. */
+		scsi_set_result(cmd, SAM_STAT_BUSY);
+		break;
+	case -EIO:
+	case -EBADMSG:
+	case -ENODATA:
+		cmd_error_sense(cmd, MEDIUM_ERROR, writing ? ASC_WRITE_ERROR : ASC_READ_ERROR);
+		break;
+	case -ERANGE:
+		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
+		break;
+	case -ENOSPC:
+	case -EDQUOT:
+		cmd_error_sense(cmd, DATA_PROTECT, ASC_SPACE_ALLOC_FAILED);
+		break;
+	case -EROFS:
+	case -EACCES:
+	case -EPERM:
+		cmd_error_sense(cmd, DATA_PROTECT, ASC_WRITE_PROTECT);
+		break;
+	case -EINVAL:
+		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_INVALID_FIELD_IN_CDB);
+		break;
+	default:
+		cmd_error_sense(cmd, HARDWARE_ERROR, ASC_INTERNAL_TGT_FAILURE);
+		break;
+	}
+}
+
+/* The caching mode page's WCE bit: with the write cache off every write is FUA. */
+static unsigned wce_flags(struct scsi_cmd *cmd)
+{
+	struct mode_pg *pg = find_mode_page(cmd->dev, 0x08, 0);
+
+	return (pg && !(pg->mode_data[0] & 0x04)) ? DISK_FUA : 0;
+}
+
+static unsigned fua_flags(struct scsi_cmd *cmd)
+{
+	return ((cmd->scb[1] & 0x08) ? DISK_FUA : 0) | wce_flags(cmd);
+}
+
+static void rd_read(struct scsi_cmd *cmd, struct disk *d)
+{
+	uint32_t length = scsi_get_in_length(cmd);
+	int ret;
+
+	if (cmd->tl < length)
+		length = cmd->tl;
+	ret = disk_read(d, scsi_get_in_buffer(cmd), length, cmd->offset);
+	if (ret)
+		cmd_error_errno(cmd, ret, 0);
+}
+
+/* Compares [off, off+len) of the disk with data, where data repeats every `period`
+ * bytes (the whole buffer, or one block for VERIFY with BYTCHK=11b). Returns 0, 1 with
+ * *mis set on a miscompare, or a negative errno. */
+static int rd_compare(struct disk *d, const char *data, size_t period, uint64_t off,
+		      uint64_t len, uint64_t *mis)
+{
+	char *buf;
+	uint64_t done = 0;
+	size_t n, i;
+	int ret = 0;
+
+	buf = malloc(RD_PIECE);
+	if (!buf)
+		return -ENOMEM;
+	while (done < len) {
+		n = len - done < RD_PIECE ? (size_t)(len - done) : RD_PIECE;
+		ret = disk_read(d, buf, n, off + done);
+		if (ret)
+			break;
+		for (i = 0; i < n; i++) {
+			if (buf[i] != data[(done + i) % period]) {
+				*mis = done + i;
+				ret = 1;
+				goto out;
+			}
+		}
+		done += n;
+	}
+out:
+	free(buf);
+	return ret;
+}
+
+static void rd_miscompare(struct scsi_cmd *cmd, uint64_t pos)
+{
+	scsi_set_result(cmd, SAM_STAT_CHECK_CONDITION);
+	sense_data_build_with_info(cmd, MISCOMPARE, ASC_MISCOMPARE_DURING_VERIFY_OPERATION, pos);
+}
+
+static void rd_write(struct scsi_cmd *cmd, struct disk *d, int verify)
+{
+	uint32_t length = scsi_get_out_length(cmd);
+	char *buf = scsi_get_out_buffer(cmd);
+	unsigned flags;
+	uint64_t mis;
+	int ret;
+
+	/* WRITE AND VERIFY promises the data is on the medium: make it durable. */
+	if (verify)
+		flags = DISK_FUA;
+	else if (cmd->scb[0] == WRITE_6)
+		flags = wce_flags(cmd);
+	else
+		flags = fua_flags(cmd);
+	ret = disk_write(d, buf, length, cmd->offset, flags);
+	if (ret) {
+		cmd_error_errno(cmd, ret, 1);
+		return;
+	}
+	if (!verify)
+		return;
+	ret = rd_compare(d, buf, length, cmd->offset, length, &mis);
+	if (ret < 0)
+		cmd_error_errno(cmd, ret, 0);
+	else if (ret)
+		rd_miscompare(cmd, mis);
+}
+
+/* VERIFY with BYTCHK: 01b compares the whole Data-Out buffer, 11b one block against
+ * every block of the range. (BYTCHK=00b never gets here: sbc_verify answers it.) */
+static void rd_verify(struct scsi_cmd *cmd, struct disk *d)
+{
+	uint32_t blksize = 1U << cmd->dev->blk_shift;
+	uint32_t outlen = scsi_get_out_length(cmd);
+	uint64_t len, mis;
+	size_t period;
+	int ret;
+
+	if ((cmd->scb[1] & 0x06) == 0x06) {
+		len = (uint64_t)scsi_rw_count(cmd->scb) << cmd->dev->blk_shift;
+		period = blksize;
+		if (outlen < blksize) {
+			cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_PARAMETER_LIST_LENGTH_ERR);
+			return;
+		}
+	} else {
+		len = outlen;
+		period = outlen;
+	}
+	if (!len)
+		return;
+	ret = rd_compare(d, scsi_get_out_buffer(cmd), period, cmd->offset, len, &mis);
+	if (ret < 0)
+		cmd_error_errno(cmd, ret, 0);
+	else if (ret)
+		rd_miscompare(cmd, mis);
+}
+
+/* COMPARE AND WRITE: the Data-Out buffer holds the blocks to compare, then the blocks to
+ * write. disk_compare_and_write() holds the range against every other writer. */
+static void rd_compare_and_write(struct scsi_cmd *cmd, struct disk *d)
+{
+	uint32_t length = scsi_get_out_length(cmd) / 2;
+	char *buf = scsi_get_out_buffer(cmd);
+	uint64_t mis = 0;
+	int ret;
+
+	if (length != cmd->tl) {
+		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_INVALID_FIELD_IN_CDB);
+		return;
+	}
+	if (!length)
+		return;
+	ret = disk_compare_and_write(d, buf, buf + length, length, cmd->offset,
+				     fua_flags(cmd), &mis);
+	if (ret == -EILSEQ)
+		rd_miscompare(cmd, mis);
+	else if (ret)
+		cmd_error_errno(cmd, ret, 1);
+}
+
+/* ORWRITE: read, OR, and write only if the range did not change meanwhile (a
+ * compare-and-write of what was read), so the update is atomic against other writers. */
+static void rd_orwrite(struct scsi_cmd *cmd, struct disk *d)
+{
+	uint32_t length = scsi_get_out_length(cmd);
+	char *src = scsi_get_out_buffer(cmd);
+	char *old, *new;
+	uint64_t mis;
+	uint32_t i;
+	int ret = -ENOMEM, tries;
+
+	if (cmd->tl < length)
+		length = cmd->tl;
+	if (!length)
+		return;
+	old = malloc(length);
+	new = malloc(length);
+	if (!old || !new)
+		goto out;
+	for (tries = 0; tries < RD_ORWRITE_TRIES; tries++) {
+		ret = disk_read(d, old, length, cmd->offset);
+		if (ret)
+			break;
+		for (i = 0; i < length; i++)
+			new[i] = old[i] | src[i];
+		ret = disk_compare_and_write(d, old, new, length, cmd->offset, fua_flags(cmd),
+					     &mis);
+		if (ret != -EILSEQ)
+			break;
+	}
+	if (ret == -EILSEQ)
+		ret = -EAGAIN;
+out:
+	if (ret)
+		cmd_error_errno(cmd, ret, 1);
+	free(old);
+	free(new);
+}
+
+/*
+ * WRITE SAME (10/16). A zero block with the UNMAP bit (or NDOB, which means zeros)
+ * deallocates the range: it then reads as zeros (LBPRZ). Without the UNMAP bit the
+ * blocks are written, so GET LBA STATUS reports them mapped as SBC requires.
+ */
+static void rd_write_same(struct scsi_cmd *cmd, struct disk *d)
+{
+	uint32_t blksize = 1U << cmd->dev->blk_shift;
+	uint32_t outlen = scsi_get_out_length(cmd);
+	const char *blk = scsi_get_out_buffer(cmd);
+	int unmap = cmd->scb[1] & 0x08;
+	int lbdata = cmd->scb[1] & 0x06;
+	int ndob = cmd->scb[0] == WRITE_SAME_16 && (cmd->scb[1] & 0x01);
+	uint64_t off = cmd->offset, end = cmd->offset + cmd->tl, lba;
+	uint32_t n, i;
+	char *buf;
+	int zero, ret = 0;
+
+	zero = ndob || outlen < blksize || buf_is_zero(blk, blksize);
+	if (unmap && zero && !lbdata) {
+		ret = disk_unmap(d, off, cmd->tl, 0);
+		if (ret)
+			cmd_error_errno(cmd, ret, 1);
+		return;
+	}
+	buf = calloc(1, RD_PIECE);
+	if (!buf) {
+		cmd_error_errno(cmd, -ENOMEM, 1);
+		return;
+	}
+	if (!zero)
+		for (i = 0; i < RD_PIECE; i += blksize)
+			memcpy(buf + i, blk, blksize);
+	while (off < end && !ret) {
+		n = end - off < RD_PIECE ? (uint32_t)(end - off) : RD_PIECE;
+		/* LBDATA / PBDATA (obsolete): each block starts with its own address. */
+		for (i = 0; lbdata && i < n; i += blksize) {
+			lba = (off + i) >> cmd->dev->blk_shift;
+			if (lbdata == 0x02)
+				put_unaligned_be32((uint32_t)lba, buf + i);
+			else
+				put_unaligned_be64(lba, buf + i);
+		}
+		ret = disk_write(d, buf, n, off, wce_flags(cmd));
+		off += n;
+	}
+	free(buf);
+	if (ret)
+		cmd_error_errno(cmd, ret, 1);
+}
+
+/* UNMAP: the parameter list is an 8-byte header and 16-byte block descriptors. */
+static void rd_unmap(struct scsi_cmd *cmd, struct disk *d)
+{
+	struct scsi_lu *lu = cmd->dev;
+	uint32_t length = scsi_get_out_length(cmd);
+	const uint8_t *p = scsi_get_out_buffer(cmd);
+	uint64_t lba, nblocks, blocks = lu->size >> lu->blk_shift;
+	int ret;
+
+	if (!lu->attrs.thinprovisioning) {
+		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_INVALID_FIELD_IN_CDB);
+		return;
+	}
+	if (length < 8)
+		return;
+	length -= 8;
+	p += 8;
+	for (; length >= 16; length -= 16, p += 16) {
+		lba = get_unaligned_be64(&p[0]);
+		nblocks = get_unaligned_be32(&p[8]);
+		if (lba > blocks || nblocks > blocks - lba) {
+			cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
+			return;
+		}
+		if (!nblocks)
+			continue;
+		ret = disk_unmap(d, lba << lu->blk_shift, nblocks << lu->blk_shift, 0);
+		if (ret) {
+			cmd_error_errno(cmd, ret, 1);
+			return;
+		}
+	}
+}
+
+static void rd_sync_cache(struct scsi_cmd *cmd, struct disk *d)
+{
+	int ret;
+
+	/* IMMED asks for an early answer; answering after the flush is also correct. */
+	ret = disk_flush(d);
+	if (ret)
+		cmd_error_errno(cmd, ret, 1);
+}
+
+static void bs_rackdisk_request(struct scsi_cmd *cmd)
+{
+	struct rackdisk_info *rd = RDP(cmd->dev);
+	struct disk *d = lun_disk(rd->lun);
+
+	/* overwritten on error */
+	scsi_set_result(cmd, SAM_STAT_GOOD);
+
+	switch (cmd->scb[0]) {
+	case READ_6:
+	case READ_10:
+	case READ_12:
+	case READ_16:
+		rd_read(cmd, d);
+		break;
+	case WRITE_6:
+	case WRITE_10:
+	case WRITE_12:
+	case WRITE_16:
+		rd_write(cmd, d, 0);
+		break;
+	case WRITE_VERIFY:
+	case WRITE_VERIFY_12:
+	case WRITE_VERIFY_16:
+		rd_write(cmd, d, 1);
+		break;
+	case VERIFY_10:
+	case VERIFY_12:
+	case VERIFY_16:
+		rd_verify(cmd, d);
+		break;
+	case COMPARE_AND_WRITE:
+		rd_compare_and_write(cmd, d);
+		break;
+	case ORWRITE_16:
+		rd_orwrite(cmd, d);
+		break;
+	case WRITE_SAME:
+	case WRITE_SAME_16:
+		rd_write_same(cmd, d);
+		break;
+	case UNMAP:
+		rd_unmap(cmd, d);
+		break;
+	case SYNCHRONIZE_CACHE:
+	case SYNCHRONIZE_CACHE_16:
+		rd_sync_cache(cmd, d);
+		break;
+	case PRE_FETCH_10:
+	case PRE_FETCH_16:
+		/* Fills run in rackdiskd; the command completes at once. */
+		lun_prefetch(rd->lun, cmd->offset, cmd->tl);
+		break;
+	default:
+		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_INVALID_OP_CODE);
+		break;
+	}
+
+	if (scsi_get_result(cmd) != SAM_STAT_GOOD)
+		eprintf("rackdisk %s: io error %p %x status %x lba %" PRIu64 " len %u\n",
+			lun_config(rd->lun)->name, cmd, cmd->scb[0], scsi_get_result(cmd),
+			cmd->offset >> cmd->dev->blk_shift, cmd->tl);
+}
+
+/*
+ * GET LBA STATUS, answered from the disk's allocation (on tgtd's event loop: it reads
+ * only in-memory state). A run is "mapped" whenever it may read as non-zero data, so an
+ * unfetched image chunk is mapped and only ranges that read as zeros are deallocated.
+ */
+static int rd_get_lba_status(int host_no, struct scsi_cmd *cmd)
+{
+	struct scsi_lu *lu = cmd->dev;
+	struct rackdisk_info *rd = RDP(lu);
+	uint32_t alloc_len, avail_len;
+	uint64_t offset, run, nblocks, blksize = 1ULL << lu->blk_shift;
+	unsigned char *buf;
+	uint16_t asc = ASC_INVALID_FIELD_IN_CDB;
+	unsigned char key = ILLEGAL_REQUEST;
+	bool mapped;
+	int ret;
+
+	if (lu->attrs.removable && !lu->attrs.online) {
+		key = NOT_READY;
+		asc = ASC_MEDIUM_NOT_PRESENT;
+		goto sense;
+	}
+	offset = get_unaligned_be64(&cmd->scb[2]) << lu->blk_shift;
+	if (offset >= lu->size || !rd->lun) {
+		asc = ASC_LBA_OUT_OF_RANGE;
+		goto sense;
+	}
+	alloc_len = get_unaligned_be32(&cmd->scb[10]);
+	if (alloc_len < 4 || scsi_get_in_length(cmd) < alloc_len)
+		goto sense;
+
+	buf = scsi_get_in_buffer(cmd);
+	memset(buf, 0, alloc_len < 8 ? alloc_len : 8);
+	avail_len = 8;
+	/* As many descriptors as the allocation length holds: SBC lets the device server
+	 * stop early, and the initiator asks again from where the list ends. */
+	while (offset < lu->size && avail_len + 16 <= alloc_len) {
+		ret = disk_lba_status(lun_disk(rd->lun), offset, &run, &mapped);
+		if (ret) {
+			key = HARDWARE_ERROR;
+			asc = ASC_INTERNAL_TGT_FAILURE;
+			goto sense;
+		}
+		if (run > lu->size - offset)
+			run = lu->size - offset;
+		nblocks = (run + blksize - 1) / blksize;
+		if (!nblocks)
+			nblocks = 1;
+		if (nblocks > 0xffffffffULL)
+			nblocks = 0xffffffffULL;
+		memset(&buf[avail_len], 0, 16);
+		put_unaligned_be64(offset >> lu->blk_shift, &buf[avail_len]);
+		put_unaligned_be32((uint32_t)nblocks, &buf[avail_len + 8]);
+		buf[avail_len + 12] = mapped ? 0 : 1; /* 0:mapped 1:deallocated */
+		avail_len += 16;
+		offset += nblocks * blksize;
+	}
+	if (alloc_len >= 4)
+		put_unaligned_be32(avail_len - 4, &buf[0]); /* Parameter Data Len */
+	scsi_set_in_resid_by_actual(cmd, avail_len < alloc_len ? avail_len : alloc_len);
+	return SAM_STAT_GOOD;
+
+sense:
+	scsi_set_in_resid_by_actual(cmd, 0);
+	sense_data_build(cmd, key, asc);
+	return SAM_STAT_CHECK_CONDITION;
+}
+
+/* Gives this LU its own SERVICE ACTION IN(16) table and COMPARE AND WRITE entry. */
+static tgtadm_err rd_template_setup(struct scsi_lu *lu)
+{
+	struct device_type_template *t = &lu->dev_type_template;
+	struct rackdisk_info *rd = RDP(lu);
+	struct service_action *orig = t->ops[SERVICE_ACTION_IN].service_actions;
+	size_t i;
+
+	if (t->type != TYPE_DISK || !orig) {
+		eprintf("rackdisk: only --device-type disk is supported\n");
+		return TGTADM_INVALID_REQUEST;
+	}
+	for (i = 0; orig[i].cmd_perform; i++) {
+		if (i + 1 >= ARRAY_SIZE(rd->sai))
+			return TGTADM_INVALID_REQUEST;
+		rd->sai[i] = orig[i];
+		if (orig[i].service_action == SAI_GET_LBA_STATUS)
+			rd->sai[i].cmd_perform = rd_get_lba_status;
+	}
+	memset(&rd->sai[i], 0, sizeof(rd->sai[i]));
+	t->ops[SERVICE_ACTION_IN].service_actions = rd->sai;
+
+	if (t->ops[COMPARE_AND_WRITE].cmd_perform == spc_illegal_op) {
+		t->ops[COMPARE_AND_WRITE].cmd_perform = t->ops[WRITE_16].cmd_perform;
+		t->ops[COMPARE_AND_WRITE].pr_conflict_bits = t->ops[WRITE_16].pr_conflict_bits;
+	}
+	return TGTADM_SUCCESS;
+}
+
+static int bs_rackdisk_open(struct scsi_lu *lu, char *path, int *fd, uint64_t *size)
+{
+	struct rackdisk_info *rd = RDP(lu);
+	char err[512] = "";
+	char params[] = "thin_provisioning=1";
+	int ret;
+
+	ret = lun_open(path, &rd->lun, err, sizeof(err));
+	if (ret) {
+		eprintf("rackdisk: cannot open %s: %s\n", path, err);
+		rd->lun = NULL;
+		return -1;
+	}
+	/* Not the disk's data: an O_PATH descriptor, on which lseek fails (see top). */
+	*fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (*fd < 0) {
+		eprintf("rackdisk: cannot open %s, %m\n", path);
+		lun_close(rd->lun);
+		rd->lun = NULL;
+		return -1;
+	}
+	*size = disk_size(lun_disk(rd->lun));
+
+	/* A rackdisk disk is always thin (UNMAP releases overlay space, zeros read back). */
+	lu->dev_type_template.lu_config(lu, params);
+	/* The overlay's grain is the physical block: aligned writes avoid read-modify-write. */
+	if (!lu->attrs.no_auto_lbppbe)
+		update_lbppbe(lu, DISK_GRAIN);
+	return 0;
+}
+
+static void bs_rackdisk_close(struct scsi_lu *lu)
+{
+	struct rackdisk_info *rd = RDP(lu);
+
+	lun_close(rd->lun);
+	rd->lun = NULL;
+	close(lu->fd);
+}
+
+static tgtadm_err bs_rackdisk_init(struct scsi_lu *lu, char *bsopts)
+{
+	struct bs_thread_info *info = BS_THREAD_I(lu);
+	tgtadm_err ret;
+
+	ret = rd_template_setup(lu);
+	if (ret)
+		return ret;
+	return bs_thread_open(info, bs_rackdisk_request, nr_iothreads);
+}
+
+static void bs_rackdisk_exit(struct scsi_lu *lu)
+{
+	struct bs_thread_info *info = BS_THREAD_I(lu);
+
+	bs_thread_close(info);
+}
+
+static struct backingstore_template rackdisk_bst = {
+	.bs_name		= "rackdisk",
+	.bs_datasize		= sizeof(struct bs_thread_info) +
+				  sizeof(struct rackdisk_info),
+	.bs_open		= bs_rackdisk_open,
+	.bs_close		= bs_rackdisk_close,
+	.bs_init		= bs_rackdisk_init,
+	.bs_exit		= bs_rackdisk_exit,
+	.bs_cmd_submit		= bs_thread_cmd_submit,
+	.bs_oflags_supported	= 0,
+};
+
+void register_bs_module(void)
+{
+	unsigned char opcodes[] = {
+		ALLOW_MEDIUM_REMOVAL,
+		COMPARE_AND_WRITE,
+		FORMAT_UNIT,
+		INQUIRY,
+		MAINT_PROTOCOL_IN,
+		MODE_SELECT,
+		MODE_SELECT_10,
+		MODE_SENSE,
+		MODE_SENSE_10,
+		ORWRITE_16,
+		PERSISTENT_RESERVE_IN,
+		PERSISTENT_RESERVE_OUT,
+		PRE_FETCH_10,
+		PRE_FETCH_16,
+		READ_10,
+		READ_12,
+		READ_16,
+		READ_6,
+		READ_CAPACITY,
+		RELEASE,
+		REPORT_LUNS,
+		REQUEST_SENSE,
+		RESERVE,
+		SEND_DIAGNOSTIC,
+		SERVICE_ACTION_IN,
+		START_STOP,
+		SYNCHRONIZE_CACHE,
+		SYNCHRONIZE_CACHE_16,
+		TEST_UNIT_READY,
+		UNMAP,
+		VERIFY_10,
+		VERIFY_12,
+		VERIFY_16,
+		WRITE_10,
+		WRITE_12,
+		WRITE_16,
+		WRITE_6,
+		WRITE_SAME,
+		WRITE_SAME_16,
+		WRITE_VERIFY,
+		WRITE_VERIFY_12,
+		WRITE_VERIFY_16
+	};
+
+	bs_create_opcode_map(&rackdisk_bst, opcodes, ARRAY_SIZE(opcodes));
+	register_backingstore_template(&rackdisk_bst);
+}

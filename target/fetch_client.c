@@ -1,0 +1,357 @@
+/*
+ * fetch_client.c - requests on the fetch socket (see fetch_client.h, fetch_proto.h).
+ */
+#include "target/fetch_client.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "target/fetch_proto.h"
+
+/* More idle connections than tgtd has worker threads per LU is waste. */
+#define POOL_MAX 32
+#define REPLY_MAX 512
+/* While rackdiskd cannot be reached, a FETCH retries its connect at this interval. */
+#define RECONNECT_NS (50ull * 1000 * 1000)
+/* After a best-effort request fails, drop best-effort requests for this long. */
+#define BACKOFF_NS (1000ull * 1000 * 1000)
+
+struct fetch_client {
+	char *path;
+	pthread_mutex_t lock;
+	int idle[POOL_MAX];          /* idle connections, protected by lock */
+	int nidle;
+	uint64_t quiet_until_ns;     /* best-effort requests dropped until then */
+	struct fetch_client_stats st;
+};
+
+int fetch_client_new(const char *socket_path, struct fetch_client **out)
+{
+	struct sockaddr_un sa;
+	struct fetch_client *fc;
+
+	if (strlen(socket_path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	fc = calloc(1, sizeof(*fc));
+	if (!fc)
+		return -ENOMEM;
+	fc->path = strdup(socket_path);
+	if (!fc->path) {
+		free(fc);
+		return -ENOMEM;
+	}
+	pthread_mutex_init(&fc->lock, NULL);
+	*out = fc;
+	return 0;
+}
+
+void fetch_client_free(struct fetch_client *fc)
+{
+	int i;
+
+	if (!fc)
+		return;
+	for (i = 0; i < fc->nidle; i++)
+		close(fc->idle[i]);
+	pthread_mutex_destroy(&fc->lock);
+	free(fc->path);
+	free(fc);
+}
+
+#define STAT_INC(fc, field)                                                                \
+	do {                                                                               \
+		pthread_mutex_lock(&(fc)->lock);                                           \
+		(fc)->st.field++;                                                          \
+		pthread_mutex_unlock(&(fc)->lock);                                         \
+	} while (0)
+
+static int conn_open(struct fetch_client *fc)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd, ret;
+
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	memcpy(sa.sun_path, fc->path, strlen(fc->path) + 1);
+	/* A unix-socket connect either completes at once or fails (EAGAIN: the backlog
+	 * is full, which the caller treats like an absent server). */
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		ret = -errno;
+		close(fd);
+		return ret;
+	}
+	STAT_INC(fc, connects);
+	return fd;
+}
+
+/* Returns an idle connection, or a new one; *reused tells which. */
+static int conn_get(struct fetch_client *fc, bool *reused)
+{
+	int fd = -1;
+
+	pthread_mutex_lock(&fc->lock);
+	if (fc->nidle > 0)
+		fd = fc->idle[--fc->nidle];
+	pthread_mutex_unlock(&fc->lock);
+	*reused = fd >= 0;
+	return fd >= 0 ? fd : conn_open(fc);
+}
+
+static void conn_put(struct fetch_client *fc, int fd)
+{
+	pthread_mutex_lock(&fc->lock);
+	if (fc->nidle < POOL_MAX) {
+		fc->idle[fc->nidle++] = fd;
+		fd = -1;
+	}
+	pthread_mutex_unlock(&fc->lock);
+	if (fd >= 0)
+		close(fd);
+}
+
+/* Waits for events on fd until deadline_ns: 0, -ETIMEDOUT, or -errno. */
+static int wait_fd(int fd, short events, uint64_t deadline_ns)
+{
+	struct pollfd p = {.fd = fd, .events = events};
+	uint64_t now;
+	int ret;
+
+	for (;;) {
+		now = now_ns();
+		if (now >= deadline_ns)
+			return -ETIMEDOUT;
+		ret = poll(&p, 1, (int)DIV_ROUND_UP(deadline_ns - now, 1000000ull));
+		if (ret > 0)
+			return 0;
+		if (ret < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
+static int send_line(int fd, const char *line, size_t len, uint64_t deadline_ns)
+{
+	ssize_t n;
+	int ret;
+
+	while (len) {
+		n = send(fd, line, len, MSG_NOSIGNAL);
+		if (n > 0) {
+			line += n;
+			len -= (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno != EAGAIN)
+			return -errno;
+		ret = wait_fd(fd, POLLOUT, deadline_ns);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+/* Reads one reply line (without its '\n') into buf. EOF before it: -ECONNRESET. */
+static int recv_line(int fd, char *buf, size_t size, uint64_t deadline_ns)
+{
+	size_t have = 0;
+	ssize_t n;
+	char *nl;
+	int ret;
+
+	for (;;) {
+		/* The protocol has one request in flight per connection, so nothing follows
+		 * the reply line and reading past it cannot swallow another reply. */
+		n = recv(fd, buf + have, size - 1 - have, 0);
+		if (n > 0) {
+			have += (size_t)n;
+			buf[have] = '\0';
+			nl = memchr(buf, '\n', have);
+			if (nl) {
+				*nl = '\0';
+				return nl + 1 == buf + have ? 0 : -EPROTO;
+			}
+			if (have == size - 1)
+				return -EPROTO;
+			continue;
+		}
+		if (n == 0)
+			return -ECONNRESET;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN)
+			return -errno;
+		ret = wait_fd(fd, POLLIN, deadline_ns);
+		if (ret)
+			return ret;
+	}
+}
+
+static int parse_reply(const char *r)
+{
+	char *end;
+	long e;
+
+	if (!strcmp(r, "OK"))
+		return 0;
+	if (strncmp(r, "ERR ", 4))
+		return -EPROTO;
+	e = strtol(r + 4, &end, 10);
+	if (end == r + 4 || (*end && *end != ' ') || e <= 0 || e >= 4096)
+		return -EPROTO;
+	return (int)-e;
+}
+
+static bool server_absent(int err)
+{
+	return err == -ENOENT || err == -ECONNREFUSED || err == -EAGAIN;
+}
+
+/*
+ * One request/reply exchange. A connection taken from the pool may have been closed by a
+ * restarted server; every request is idempotent, so such a failure is retried once on a
+ * fresh connection. With `patient`, an absent server is retried until the deadline.
+ */
+static int request(struct fetch_client *fc, const char *line, size_t len, uint64_t deadline_ns,
+		   bool patient)
+{
+	char reply[REPLY_MAX];
+	bool reused;
+	int fd, ret, attempts = 0;
+
+	for (;;) {
+		if (now_ns() >= deadline_ns)
+			return -ETIMEDOUT;
+		fd = conn_get(fc, &reused);
+		if (fd < 0) {
+			uint64_t now = now_ns(), pause = RECONNECT_NS;
+			struct timespec ts;
+
+			if (!patient || !server_absent(fd))
+				return fd;
+			if (now >= deadline_ns)
+				return -ETIMEDOUT;
+			if (deadline_ns - now < pause)
+				pause = deadline_ns - now;
+			ts.tv_sec = (time_t)(pause / 1000000000ull);
+			ts.tv_nsec = (long)(pause % 1000000000ull);
+			nanosleep(&ts, NULL);
+			continue;
+		}
+		ret = send_line(fd, line, len, deadline_ns);
+		if (!ret)
+			ret = recv_line(fd, reply, sizeof(reply), deadline_ns);
+		if (!ret) {
+			conn_put(fc, fd);
+			return parse_reply(reply);
+		}
+		close(fd);
+		if (!(reused && attempts++ == 0 && (ret == -EPIPE || ret == -ECONNRESET)))
+			return ret;
+	}
+}
+
+int fetch_client_fetch(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,
+		       uint64_t deadline_ns)
+{
+	char hex[HASH_HEX_LEN + 1], line[128];
+	uint64_t now = now_ns(), left_ms, margin_ms;
+	int n, ret;
+
+	STAT_INC(fc, fetches);
+	if (now >= deadline_ns) {
+		STAT_INC(fc, fetch_timeouts);
+		return -ETIMEDOUT;
+	}
+	/* Give the server a little less time than we wait, so that its own "ERR
+	 * ETIMEDOUT" arrives before our deadline and the connection stays usable. */
+	left_ms = (deadline_ns - now) / 1000000ull;
+	margin_ms = MIN(left_ms / 10, 250);
+	left_ms = MAX(left_ms - margin_ms, 1);
+	hash_to_hex(h, hex);
+	n = snprintf(line, sizeof(line), "FETCH %s %u %llu\n", hex, len,
+		     (unsigned long long)left_ms);
+	ret = request(fc, line, (size_t)n, deadline_ns, true);
+	if (ret == -ETIMEDOUT)
+		STAT_INC(fc, fetch_timeouts);
+	else if (ret)
+		STAT_INC(fc, fetch_errors);
+	return ret;
+}
+
+/* Best-effort requests: dropped while the server recently failed. */
+static int best_effort(struct fetch_client *fc, const char *line, size_t len, uint64_t deadline_ns)
+{
+	uint64_t now = now_ns();
+	bool quiet;
+	int ret;
+
+	pthread_mutex_lock(&fc->lock);
+	quiet = now < fc->quiet_until_ns;
+	if (quiet)
+		fc->st.dropped++;
+	pthread_mutex_unlock(&fc->lock);
+	if (quiet)
+		return -EAGAIN;
+	ret = request(fc, line, len, deadline_ns, false);
+	if (ret && ret != -EINVAL) {
+		pthread_mutex_lock(&fc->lock);
+		fc->quiet_until_ns = now_ns() + BACKOFF_NS;
+		fc->st.dropped++;
+		pthread_mutex_unlock(&fc->lock);
+	}
+	return ret;
+}
+
+int fetch_client_prefetch(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,
+			  uint64_t deadline_ns)
+{
+	char hex[HASH_HEX_LEN + 1], line[128];
+	int n;
+
+	STAT_INC(fc, prefetches);
+	hash_to_hex(h, hex);
+	n = snprintf(line, sizeof(line), "PREFETCH %s %u\n", hex, len);
+	return best_effort(fc, line, (size_t)n, deadline_ns);
+}
+
+int fetch_client_touch(struct fetch_client *fc, const struct chunk_hash *hs, size_t n,
+		       uint64_t deadline_ns)
+{
+	char line[FETCH_PROTO_LINE_MAX];
+	size_t i, len;
+
+	if (n == 0)
+		return 0;
+	if (n > FETCH_PROTO_TOUCH_MAX)
+		return -EINVAL;
+	STAT_INC(fc, touches);
+	memcpy(line, "TOUCH", 5);
+	len = 5;
+	for (i = 0; i < n; i++) {
+		line[len++] = ' ';
+		hash_to_hex(&hs[i], line + len);
+		len += HASH_HEX_LEN;
+	}
+	line[len++] = '\n';
+	return best_effort(fc, line, len, deadline_ns);
+}
+
+void fetch_client_get_stats(struct fetch_client *fc, struct fetch_client_stats *st)
+{
+	pthread_mutex_lock(&fc->lock);
+	*st = fc->st;
+	pthread_mutex_unlock(&fc->lock);
+}

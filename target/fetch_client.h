@@ -1,0 +1,56 @@
+/*
+ * fetch_client.h - the module's side of the fetch socket (target/fetch_proto.h, point 2).
+ *
+ * A small pool of unix-socket connections to rackdiskd. A request takes an idle
+ * connection (or opens one), sends one line, waits for its one reply line and gives the
+ * connection back, so each tgtd worker thread in effect has its own connection and no
+ * request waits behind another. A connection that saw an error or a timeout is closed,
+ * never reused: its reply stream is no longer in step.
+ *
+ * Thread safety: every call may be made from many threads at once.
+ * Errors: 0 or a negative errno; the server's "ERR <errno>" comes back as -errno.
+ */
+#ifndef RACKDISK_TARGET_FETCH_CLIENT_H
+#define RACKDISK_TARGET_FETCH_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/hash.h"
+
+struct fetch_client;
+
+struct fetch_client_stats {
+	uint64_t fetches, fetch_errors, fetch_timeouts;
+	uint64_t prefetches, touches, dropped;  /* dropped: best-effort requests not sent */
+	uint64_t connects;
+};
+
+/* socket_path is copied. */
+int fetch_client_new(const char *socket_path, struct fetch_client **out);
+void fetch_client_free(struct fetch_client *fc);
+
+/*
+ * FETCH: asks rackdiskd to make chunk *h (len bytes) present in the chunk store and
+ * waits for the answer until deadline_ns (CLOCK_MONOTONIC). While the socket cannot be
+ * reached (rackdiskd restarting) it keeps trying until the deadline.
+ * Returns 0 (the chunk is in the store), -ETIMEDOUT (deadline passed), -EIO (every
+ * source failed) or another negative errno from the server or the socket.
+ */
+int fetch_client_fetch(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,
+		       uint64_t deadline_ns);
+
+/* PREFETCH: starts a background fill; waits only for the acknowledgement. Best effort:
+ * fails at once when the socket cannot be reached. */
+int fetch_client_prefetch(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,
+			  uint64_t deadline_ns);
+
+/* TOUCH: reports up to FETCH_PROTO_TOUCH_MAX chunk hits. Best effort, like PREFETCH;
+ * after a failure further best-effort requests are dropped for a second, so a missing
+ * daemon costs the data path nothing. */
+int fetch_client_touch(struct fetch_client *fc, const struct chunk_hash *hs, size_t n,
+		       uint64_t deadline_ns);
+
+void fetch_client_get_stats(struct fetch_client *fc, struct fetch_client_stats *st);
+
+#endif

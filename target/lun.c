@@ -1,0 +1,249 @@
+/*
+ * lun.c - opening a rackdisk LUN from its disk directory (see lun.h).
+ *
+ * A chunk the disk needs and the store lacks is fetched by rackdiskd: the miss callback
+ * sends FETCH on the fetch socket and waits until the LUN's deadline (io_timeout_ms).
+ * Chunk hits are reported back in TOUCH batches so that rackdiskd's eviction sees the
+ * reads the module serves; that report is best effort and never delays a read by more
+ * than one short exchange per FETCH_PROTO_TOUCH_MAX hits.
+ */
+#include "target/lun.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache/chunkstore.h"
+#include "cache/disk.h"
+#include "common/util.h"
+#include "images/manifest.h"
+#include "target/fetch_proto.h"
+
+/* Best-effort requests (TOUCH, PREFETCH) wait at most this long for their reply. */
+#define BEST_EFFORT_NS (200ull * 1000 * 1000)
+/* A batch of hits older than this is sent with the next hit even when not full. */
+#define TOUCH_MAX_AGE_NS (1000ull * 1000 * 1000)
+/* One PRE-FETCH command spends at most this long queueing fills. */
+#define PREFETCH_BUDGET_NS (2000ull * 1000 * 1000)
+
+struct lun {
+	struct lun_config cfg;
+	struct manifest *image;
+	struct chunkstore *store;
+	struct fetch_client *fc;
+	struct disk *disk;
+
+	pthread_mutex_t touch_lock;
+	struct chunk_hash touch[FETCH_PROTO_TOUCH_MAX];   /* protected by touch_lock */
+	size_t ntouch;
+	uint64_t touch_first_ns;
+};
+
+static int lun_miss(void *arg, const struct chunk_hash *h, uint64_t idx, uint32_t len,
+		    uint64_t deadline_ns)
+{
+	struct lun *l = arg;
+
+	if (!l->fc)
+		return -EIO;
+	return fetch_client_fetch(l->fc, h, len, deadline_ns);
+}
+
+static void touch_send(struct lun *l, const struct chunk_hash *hs, size_t n)
+{
+	if (l->fc && n)
+		fetch_client_touch(l->fc, hs, n, now_ns() + BEST_EFFORT_NS);
+}
+
+static void lun_on_access(void *arg, const struct chunk_hash *h)
+{
+	struct chunk_hash batch[FETCH_PROTO_TOUCH_MAX];
+	struct lun *l = arg;
+	uint64_t now;
+	size_t n = 0;
+
+	if (!l->fc)
+		return;
+	pthread_mutex_lock(&l->touch_lock);
+	/* Sequential and small random reads hit one chunk many times in a row: one
+	 * report per run is all the eviction policy needs. */
+	if (l->ntouch && hash_equal(&l->touch[l->ntouch - 1], h)) {
+		pthread_mutex_unlock(&l->touch_lock);
+		return;
+	}
+	now = now_ns();
+	if (l->ntouch == 0)
+		l->touch_first_ns = now;
+	l->touch[l->ntouch++] = *h;
+	if (l->ntouch == FETCH_PROTO_TOUCH_MAX || now - l->touch_first_ns > TOUCH_MAX_AGE_NS) {
+		n = l->ntouch;
+		memcpy(batch, l->touch, n * sizeof(batch[0]));
+		l->ntouch = 0;
+	}
+	pthread_mutex_unlock(&l->touch_lock);
+	touch_send(l, batch, n);
+}
+
+void lun_flush_touches(struct lun *l)
+{
+	struct chunk_hash batch[FETCH_PROTO_TOUCH_MAX];
+	size_t n;
+
+	pthread_mutex_lock(&l->touch_lock);
+	n = l->ntouch;
+	memcpy(batch, l->touch, n * sizeof(batch[0]));
+	l->ntouch = 0;
+	pthread_mutex_unlock(&l->touch_lock);
+	touch_send(l, batch, n);
+}
+
+static int load_manifest(struct lun *l, char *err, size_t errlen)
+{
+	char *buf = NULL;
+	size_t len;
+	int ret;
+
+	ret = read_file(l->cfg.manifest, MANIFEST_MAX_BYTES, &buf, &len);
+	if (ret) {
+		snprintf(err, errlen, "%s: %s", l->cfg.manifest, strerror(-ret));
+		return ret;
+	}
+	ret = manifest_parse(buf, len, &l->image, err, errlen);
+	free(buf);
+	if (ret)
+		return ret;
+	/* The copy must be the image the overlay was made for: the id is the hash of the
+	 * manifest bytes, so a swapped or edited copy is caught here. */
+	if (!hash_equal(&l->image->id, &l->cfg.image_id)) {
+		char want[HASH_HEX_LEN + 1], got[HASH_HEX_LEN + 1];
+
+		hash_to_hex(&l->cfg.image_id, want);
+		hash_to_hex(&l->image->id, got);
+		snprintf(err, errlen, "%s: manifest is image %s, lun.json says %s",
+			 l->cfg.manifest, got, want);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int open_parts(struct lun *l, const char *dir, char *err, size_t errlen)
+{
+	struct chunkstore_opts so = {0};
+	struct disk_opts dopts = {0};
+	int ret;
+
+	ret = lun_config_load(dir, &l->cfg, err, errlen);
+	if (ret)
+		return ret;
+	ret = load_manifest(l, err, errlen);
+	if (ret)
+		return ret;
+	so.dir = l->cfg.chunk_dir;
+	so.reader = true;
+	so.direct_io = l->cfg.direct_io;
+	ret = chunkstore_open(&so, &l->store);
+	if (ret) {
+		snprintf(err, errlen, "chunk store %s: %s", l->cfg.chunk_dir, strerror(-ret));
+		return ret;
+	}
+	if (l->cfg.socket) {
+		ret = fetch_client_new(l->cfg.socket, &l->fc);
+		if (ret) {
+			snprintf(err, errlen, "fetch socket %s: %s", l->cfg.socket, strerror(-ret));
+			return ret;
+		}
+	}
+	dopts.dir = dir;
+	dopts.image = l->image;
+	dopts.store = l->store;
+	dopts.miss = lun_miss;
+	dopts.miss_arg = l;
+	dopts.io_timeout_ns = (uint64_t)l->cfg.io_timeout_ms * 1000000ull;
+	dopts.on_chunk_access = lun_on_access;
+	ret = disk_open(&dopts, &l->disk);
+	if (ret)
+		snprintf(err, errlen, "disk %s: %s", dir, strerror(-ret));
+	return ret;
+}
+
+int lun_open(const char *dir, struct lun **out, char *err, size_t errlen)
+{
+	struct lun *l;
+	int ret;
+
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	pthread_mutex_init(&l->touch_lock, NULL);
+	ret = open_parts(l, dir, err, errlen);
+	if (ret) {
+		lun_close(l);
+		return ret;
+	}
+	*out = l;
+	return 0;
+}
+
+void lun_close(struct lun *l)
+{
+	if (!l)
+		return;
+	if (l->disk) {
+		lun_flush_touches(l);
+		disk_close(l->disk);
+	}
+	fetch_client_free(l->fc);
+	if (l->store)
+		chunkstore_close(l->store);
+	if (l->image)
+		manifest_free(l->image);
+	lun_config_free(&l->cfg);
+	pthread_mutex_destroy(&l->touch_lock);
+	free(l);
+}
+
+struct disk *lun_disk(struct lun *l)
+{
+	return l->disk;
+}
+
+const struct lun_config *lun_config(const struct lun *l)
+{
+	return &l->cfg;
+}
+
+struct fetch_client *lun_fetch_client(struct lun *l)
+{
+	return l->fc;
+}
+
+struct prefetch_ctx {
+	struct lun *l;
+	uint64_t budget_end_ns;
+	int asked;
+};
+
+static void prefetch_one(void *arg, const struct chunk_hash *h, uint64_t idx, uint32_t len)
+{
+	struct prefetch_ctx *pc = arg;
+	uint64_t now = now_ns();
+
+	if (now >= pc->budget_end_ns)
+		return;
+	if (fetch_client_prefetch(pc->l->fc, h, len, MIN(now + BEST_EFFORT_NS, pc->budget_end_ns)) == 0)
+		pc->asked++;
+}
+
+int lun_prefetch(struct lun *l, uint64_t off, uint64_t len)
+{
+	struct prefetch_ctx pc = {.l = l, .budget_end_ns = now_ns() + PREFETCH_BUDGET_NS};
+	int ret;
+
+	if (!l->fc)
+		return 0;
+	ret = disk_missing_chunks(l->disk, off, len, prefetch_one, &pc);
+	return ret < 0 ? ret : pc.asked;
+}

@@ -1,0 +1,281 @@
+/*
+ * test_fetch_client.c - the module's fetch-socket client against a scripted server:
+ * request lines as fetch_proto.h spells them, replies mapped to errnos, deadlines kept
+ * when the server stalls or is absent, reconnection after the server restarts.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "common/util.h"
+#include "target/fetch_client.h"
+#include "target/fetch_proto.h"
+
+enum mode { M_OK, M_ERR_EIO, M_ERR_TIMEDOUT, M_STALL, M_CLOSE_AFTER_REPLY, M_GARBAGE };
+
+struct server {
+	char path[108];
+	int lfd;
+	volatile int stop;
+	volatile enum mode mode;
+	pthread_t thr;
+	pthread_mutex_t lock;
+	char last[FETCH_PROTO_LINE_MAX + 2];   /* the last request line, protected by lock */
+	int requests;
+};
+
+static void serve_conn(struct server *s, int fd)
+{
+	char buf[FETCH_PROTO_LINE_MAX + 2];
+	size_t have = 0;
+	ssize_t n;
+	char *nl;
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	const char *reply;
+
+	while (!s->stop) {
+		if (poll(&p, 1, 50) <= 0)
+			continue;
+		n = read(fd, buf + have, sizeof(buf) - 1 - have);
+		if (n <= 0)
+			break;
+		have += (size_t)n;
+		buf[have] = '\0';
+		nl = strchr(buf, '\n');
+		if (!nl)
+			continue;
+		*nl = '\0';
+		pthread_mutex_lock(&s->lock);
+		snprintf(s->last, sizeof(s->last), "%s", buf);
+		s->requests++;
+		pthread_mutex_unlock(&s->lock);
+		have = 0;
+		switch (s->mode) {
+		case M_OK: reply = "OK\n"; break;
+		case M_ERR_EIO: reply = "ERR 5 every source failed\n"; break;
+		case M_ERR_TIMEDOUT: reply = "ERR 110 deadline\n"; break;
+		case M_GARBAGE: reply = "MAYBE\n"; break;
+		case M_CLOSE_AFTER_REPLY: reply = "OK\n"; break;
+		default: reply = NULL; break;
+		}
+		if (reply && write(fd, reply, strlen(reply)) < 0)
+			break;
+		if (s->mode == M_CLOSE_AFTER_REPLY)
+			break;
+	}
+	close(fd);
+}
+
+/* One connection at a time is enough: the client under test is single-threaded here. */
+static void *server_main(void *arg)
+{
+	struct server *s = arg;
+	struct pollfd p = {.fd = s->lfd, .events = POLLIN};
+	int fd;
+
+	while (!s->stop) {
+		if (poll(&p, 1, 50) <= 0)
+			continue;
+		fd = accept(s->lfd, NULL, NULL);
+		if (fd >= 0)
+			serve_conn(s, fd);
+	}
+	return NULL;
+}
+
+static void server_start(struct server *s)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+	s->stop = 0;
+	s->lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+	assert_true(s->lfd >= 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", s->path);
+	unlink(s->path);
+	assert_int_equal(bind(s->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(s->lfd, 8), 0);
+	assert_int_equal(pthread_create(&s->thr, NULL, server_main, s), 0);
+}
+
+static void server_stop(struct server *s)
+{
+	s->stop = 1;
+	pthread_join(s->thr, NULL);
+	close(s->lfd);
+	unlink(s->path);
+}
+
+static struct server srv;
+static struct chunk_hash H1;
+
+static int setup(void **state)
+{
+	memset(&srv, 0, sizeof(srv));
+	snprintf(srv.path, sizeof(srv.path), "/tmp/test_fetch_client.%d.sock", (int)getpid());
+	pthread_mutex_init(&srv.lock, NULL);
+	hash_compute("chunk", 5, &H1);
+	return 0;
+}
+
+static void last_line(char *out, size_t len)
+{
+	pthread_mutex_lock(&srv.lock);
+	assert_true(strlen(srv.last) < len);
+	memcpy(out, srv.last, strlen(srv.last) + 1);
+	pthread_mutex_unlock(&srv.lock);
+}
+
+static void test_fetch_line_and_replies(void **state)
+{
+	struct fetch_client *fc;
+	char hex[HASH_HEX_LEN + 1], line[FETCH_PROTO_LINE_MAX + 2], want[256];
+	unsigned long long t;
+
+	server_start(&srv);
+	assert_int_equal(fetch_client_new(srv.path, &fc), 0);
+	srv.mode = M_OK;
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 2000000000ull), 0);
+	last_line(line, sizeof(line));
+	hash_to_hex(&H1, hex);
+	snprintf(want, sizeof(want), "FETCH %s 4096 ", hex);
+	assert_memory_equal(line, want, strlen(want));
+	/* The server is given less time than the client waits, so its answer arrives. */
+	t = strtoull(line + strlen(want), NULL, 10);
+	assert_true(t > 1000 && t < 2000);
+
+	srv.mode = M_ERR_EIO;
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 1000000000ull), -EIO);
+	srv.mode = M_ERR_TIMEDOUT;
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 1000000000ull), -ETIMEDOUT);
+	srv.mode = M_GARBAGE;
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 1000000000ull), -EPROTO);
+
+	srv.mode = M_OK;
+	assert_int_equal(fetch_client_prefetch(fc, &H1, 65536, now_ns() + 1000000000ull), 0);
+	last_line(line, sizeof(line));
+	snprintf(want, sizeof(want), "PREFETCH %s 65536", hex);
+	assert_string_equal(line, want);
+	fetch_client_free(fc);
+	server_stop(&srv);
+}
+
+static void test_stall_keeps_deadline(void **state)
+{
+	struct fetch_client *fc;
+	uint64_t t0, dt;
+
+	server_start(&srv);
+	assert_int_equal(fetch_client_new(srv.path, &fc), 0);
+	srv.mode = M_STALL;
+	t0 = now_ns();
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, t0 + 300000000ull), -ETIMEDOUT);
+	dt = now_ns() - t0;
+	assert_true(dt >= 290000000ull && dt < 600000000ull);
+	/* The stalled connection was dropped: the next request works on a fresh one. */
+	srv.mode = M_OK;
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 1000000000ull), 0);
+	fetch_client_free(fc);
+	server_stop(&srv);
+}
+
+struct late_start {
+	struct server *s;
+	unsigned delay_ms;
+};
+
+static void *start_later(void *arg)
+{
+	struct late_start *ls = arg;
+
+	usleep(ls->delay_ms * 1000);
+	server_start(ls->s);
+	return NULL;
+}
+
+static void test_absent_server(void **state)
+{
+	struct fetch_client *fc;
+	struct late_start ls = {.s = &srv, .delay_ms = 200};
+	struct chunk_hash hs[FETCH_PROTO_TOUCH_MAX + 1];
+	pthread_t thr;
+	uint64_t t0, dt;
+
+	unlink(srv.path);
+	assert_int_equal(fetch_client_new(srv.path, &fc), 0);
+	/* FETCH waits for the server up to its deadline ... */
+	t0 = now_ns();
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, t0 + 200000000ull), -ETIMEDOUT);
+	dt = now_ns() - t0;
+	assert_true(dt >= 190000000ull && dt < 500000000ull);
+	/* ... and best-effort requests fail at once, then are dropped for a while. */
+	t0 = now_ns();
+	assert_true(fetch_client_touch(fc, &H1, 1, t0 + 1000000000ull) < 0);
+	assert_int_equal(fetch_client_touch(fc, &H1, 1, t0 + 1000000000ull), -EAGAIN);
+	assert_true(now_ns() - t0 < 100000000ull);
+	assert_int_equal(fetch_client_touch(fc, hs, FETCH_PROTO_TOUCH_MAX + 1, t0), -EINVAL);
+
+	/* A FETCH made while the server is down succeeds once it comes up. */
+	srv.mode = M_OK;
+	assert_int_equal(pthread_create(&thr, NULL, start_later, &ls), 0);
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 3000000000ull), 0);
+	pthread_join(thr, NULL);
+	fetch_client_free(fc);
+	server_stop(&srv);
+}
+
+static void test_touch_and_reconnect(void **state)
+{
+	struct chunk_hash hs[FETCH_PROTO_TOUCH_MAX];
+	struct fetch_client_stats st;
+	struct fetch_client *fc;
+	char line[FETCH_PROTO_LINE_MAX + 2], hex[HASH_HEX_LEN + 1];
+	size_t i;
+
+	for (i = 0; i < FETCH_PROTO_TOUCH_MAX; i++)
+		hash_compute(&i, sizeof(i), &hs[i]);
+	server_start(&srv);
+	assert_int_equal(fetch_client_new(srv.path, &fc), 0);
+	srv.mode = M_OK;
+	assert_int_equal(fetch_client_touch(fc, hs, FETCH_PROTO_TOUCH_MAX, now_ns() + 1000000000ull), 0);
+	last_line(line, sizeof(line));
+	assert_int_equal(strlen(line), 5 + FETCH_PROTO_TOUCH_MAX * (HASH_HEX_LEN + 1));
+	hash_to_hex(&hs[FETCH_PROTO_TOUCH_MAX - 1], hex);
+	assert_string_equal(line + strlen(line) - HASH_HEX_LEN, hex);
+
+	/* The server closes its side after each reply (as a restarting rackdiskd would):
+	 * the pooled connection is dead, and the client retries on a new one. */
+	srv.mode = M_CLOSE_AFTER_REPLY;
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 1000000000ull), 0);
+	usleep(100000);
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 1000000000ull), 0);
+	fetch_client_get_stats(fc, &st);
+	assert_int_equal(st.fetches, 2);
+	assert_int_equal(st.fetch_errors, 0);
+	assert_true(st.connects >= 2);
+	fetch_client_free(fc);
+	server_stop(&srv);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup(test_fetch_line_and_replies, setup),
+		cmocka_unit_test_setup(test_stall_keeps_deadline, setup),
+		cmocka_unit_test_setup(test_absent_server, setup),
+		cmocka_unit_test_setup(test_touch_and_reconnect, setup),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
