@@ -378,6 +378,16 @@ static int try_seed(struct worker_ctx *w, struct fill *fl, uint64_t deadline_ns)
 	return 1;
 }
 
+static uint64_t fill_deadline(struct fetcher *f, struct fill *fl)
+{
+	uint64_t d;
+
+	pthread_mutex_lock(&f->lock);
+	d = fl->deadline_ns;
+	pthread_mutex_unlock(&f->lock);
+	return d;
+}
+
 static int fill_run(struct worker_ctx *w, struct fill *fl, enum fetch_source *src)
 {
 	struct fetcher *f = w->f;
@@ -385,9 +395,7 @@ static int fill_run(struct worker_ctx *w, struct fill *fl, enum fetch_source *sr
 	int r;
 
 	for (;;) {
-		pthread_mutex_lock(&f->lock);
-		deadline = fl->deadline_ns;
-		pthread_mutex_unlock(&f->lock);
+		deadline = fill_deadline(f, fl);
 		if (now_ns() >= deadline)
 			return -ETIMEDOUT;
 		/* Another fill may have completed between our caller's check and now. */
@@ -400,7 +408,8 @@ static int fill_run(struct worker_ctx *w, struct fill *fl, enum fetch_source *sr
 			*src = FETCH_SRC_PEER;
 			return 0;
 		}
-		r = try_seed(w, fl, deadline);
+		/* Waiters may have joined with later deadlines while the peer was asked. */
+		r = try_seed(w, fl, fill_deadline(f, fl));
 		if (r == 0) {
 			*src = FETCH_SRC_SEED;
 			return 0;
@@ -681,22 +690,23 @@ static struct ra_image *ra_find(struct fetcher *f, const struct manifest *m, boo
 
 /*
  * Updates the stream that idx continues and returns the index range [*from, *to) to
- * queue. An access continues a stream when it lies a little ahead of it: the reader may
- * only report misses, and chunks that readahead already fetched are not misses, so a
- * sequential reader is seen as jumping forward by up to readahead_chunks + 1.
+ * queue. An access continues a stream when it is the stream's chunk again, the next one,
+ * or any chunk up to the first one readahead has not queued yet: the reader may only
+ * report misses, and chunks that readahead already fetched are not misses, so a
+ * sequential reader is seen jumping forward over them.
  */
 static bool ra_update(struct fetcher *f, struct ra_image *im, uint64_t idx, uint64_t *from,
 		      uint64_t *to)
 {
 	const struct manifest *m = im->m;
-	uint64_t window = f->o.readahead_chunks + 1, end, scan_limit;
+	uint64_t end, scan_limit;
 	struct ra_stream *s = NULL, *lru = &im->s[0];
 	unsigned want = 0;
 
 	for (unsigned i = 0; i < RA_STREAMS; i++) {
 		struct ra_stream *c = &im->s[i];
 
-		if (c->used && idx >= c->last && idx - c->last <= window) {
+		if (c->used && idx >= c->last && idx <= MAX(c->last + 1, c->next)) {
 			s = c;
 			break;
 		}

@@ -1,0 +1,552 @@
+/*
+ * test_fetcher.c - the fetcher and the seed client against directory repositories and
+ * a closed loopback port (no server needed): single flight, deadlines, hash checks,
+ * readahead, the background queue bound and the peer hook.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include <cmocka.h>
+
+#include "cache/chunkstore.h"
+#include "cluster/fetcher.h"
+#include "cluster/seed.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "images/manifest.h"
+
+#define CHUNK (64 * 1024)
+#define MS 1000000ULL
+
+struct env {
+	char root[256];
+	char repo[300];
+	char store_dir[300];
+	struct chunkstore *cs;
+	struct fetcher *f;
+};
+
+/* ---- repository crafting ---------------------------------------------------------- */
+
+static void fill_random(void *buf, size_t len, unsigned seed)
+{
+	uint8_t *p = buf;
+
+	for (size_t i = 0; i < len; i++) {
+		seed = seed * 1103515245u + 12345u;
+		p[i] = (uint8_t)(seed >> 16);
+	}
+}
+
+static void write_object(const char *repo, const struct chunk_hash *h, const void *obj,
+			 size_t len)
+{
+	char hex[HASH_HEX_LEN + 1], path[512];
+
+	hash_to_hex(h, hex);
+	snprintf(path, sizeof(path), "%s/chunks/%.2s", repo, hex);
+	assert_int_equal(mkdir_p(path, 0755), 0);
+	snprintf(path, sizeof(path), "%s/chunks/%.2s/%s", repo, hex, hex);
+	assert_int_equal(write_file_atomic(path, obj, len), 0);
+}
+
+/* Publishes data as the object named by *named (normally its own hash). */
+static void put_chunk_as(const char *repo, const struct chunk_hash *named, const void *data,
+			 size_t len)
+{
+	size_t cap = ZSTD_compressBound(len);
+	void *obj = malloc(cap);
+	size_t n;
+
+	assert_non_null(obj);
+	n = ZSTD_compress(obj, cap, data, len, 3);
+	assert_false(ZSTD_isError(n));
+	write_object(repo, named, obj, n);
+	free(obj);
+}
+
+static void put_chunk(const char *repo, const void *data, size_t len, struct chunk_hash *h)
+{
+	hash_compute(data, len, h);
+	put_chunk_as(repo, h, data, len);
+}
+
+static void make_chunk(const char *repo, unsigned seed, struct chunk_hash *h, void *data)
+{
+	fill_random(data, CHUNK, seed);
+	put_chunk(repo, data, CHUNK, h);
+}
+
+/* ---- fixtures --------------------------------------------------------------------- */
+
+static int env_setup(void **state)
+{
+	struct env *e = calloc(1, sizeof(*e));
+	struct chunkstore_opts so = {0};
+
+	assert_non_null(e);
+	snprintf(e->root, sizeof(e->root), "/tmp/rd-test-fetcher-XXXXXX");
+	assert_non_null(mkdtemp(e->root));
+	snprintf(e->repo, sizeof(e->repo), "%s/repo", e->root);
+	snprintf(e->store_dir, sizeof(e->store_dir), "%s/store", e->root);
+	assert_int_equal(mkdir_p(e->repo, 0755), 0);
+	assert_int_equal(mkdir_p(e->store_dir, 0755), 0);
+	so.dir = e->store_dir;
+	assert_int_equal(chunkstore_open(&so, &e->cs), 0);
+	*state = e;
+	return 0;
+}
+
+static int env_teardown(void **state)
+{
+	struct env *e = *state;
+	char cmd[600];
+
+	fetcher_destroy(e->f);
+	chunkstore_close(e->cs);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", e->root);
+	assert_int_equal(system(cmd), 0);
+	free(e);
+	return 0;
+}
+
+static void env_fetcher(struct env *e, const char *url, struct fetcher_opts *o)
+{
+	struct fetcher_opts d = {0};
+
+	if (!o)
+		o = &d;
+	o->seed_url = url ? url : e->repo;
+	o->store = e->cs;
+	if (!o->retry_initial_ms)
+		o->retry_initial_ms = 10;
+	if (!o->retry_max_ms)
+		o->retry_max_ms = 50;
+	if (!o->readahead_chunks)
+		o->no_readahead = true;
+	assert_int_equal(fetcher_create(o, &e->f), 0);
+}
+
+static struct fetcher_stats stats(struct env *e)
+{
+	struct fetcher_stats st;
+
+	fetcher_get_stats(e->f, &st);
+	return st;
+}
+
+static bool store_has_file(struct env *e, const struct chunk_hash *h)
+{
+	char path[512];
+
+	chunkstore_path(e->cs, h, path, sizeof(path));
+	return access(path, F_OK) == 0;
+}
+
+/* The chunk as stored equals data. */
+static void assert_stored(struct env *e, const struct chunk_hash *h, const void *data)
+{
+	char path[512], *buf = NULL;
+	size_t len = 0;
+
+	assert_true(chunkstore_contains(e->cs, h));
+	chunkstore_path(e->cs, h, path, sizeof(path));
+	assert_int_equal(read_file(path, 2 * CHUNK, &buf, &len), 0);
+	assert_int_equal(len, CHUNK);
+	assert_memory_equal(buf, data, CHUNK);
+	free(buf);
+}
+
+/* ---- a controllable peer hook ------------------------------------------------------ */
+
+struct peer_ctl {
+	pthread_mutex_t lock;
+	unsigned calls;
+	uint64_t sleep_ms;   /* each call sleeps this long, then... */
+	int rc;              /* ...returns this (0: inserts data first) */
+	struct chunkstore *cs;
+	const void *data;
+};
+
+static int peer_fetch(void *arg, const struct chunk_hash *h, uint32_t len, uint64_t deadline_ns)
+{
+	struct peer_ctl *p = arg;
+
+	pthread_mutex_lock(&p->lock);
+	p->calls++;
+	pthread_mutex_unlock(&p->lock);
+	usleep((useconds_t)(p->sleep_ms * 1000));
+	if (p->rc == 0)
+		assert_int_equal(chunkstore_insert(p->cs, h, p->data, len), 0);
+	return p->rc;
+}
+
+static void set_peer(struct env *e, struct peer_ctl *p)
+{
+	struct fetcher_peer_ops ops = {.arg = p, .fetch = peer_fetch};
+
+	pthread_mutex_init(&p->lock, NULL);
+	p->cs = e->cs;
+	fetcher_set_peer_ops(e->f, &ops);
+}
+
+/* ---- tests -------------------------------------------------------------------------- */
+
+static void test_fetch_from_directory_repo(void **state)
+{
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct chunk_hash h;
+	char url[400];
+
+	make_chunk(e->repo, 1, &h, data);
+	snprintf(url, sizeof(url), "file://%s", e->repo);
+	env_fetcher(e, url, NULL);
+	assert_false(chunkstore_contains(e->cs, &h));
+	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, now_ns() + 5000 * MS), 0);
+	assert_stored(e, &h, data);
+	assert_int_equal(stats(e).fetches[FETCH_SRC_SEED], 1);
+	assert_int_equal(stats(e).bytes[FETCH_SRC_SEED], CHUNK);
+	/* Second time it is local, and the seed is not asked again. */
+	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, now_ns() + 5000 * MS), 0);
+	assert_int_equal(stats(e).fetches[FETCH_SRC_LOCAL], 1);
+	assert_int_equal(stats(e).seed_requests, 1);
+	assert_int_equal(stats(e).inflight, 0);
+}
+
+struct racer {
+	struct env *e;
+	const struct chunk_hash *h;
+	pthread_barrier_t *bar;
+	int rc;
+	pthread_t tid;
+};
+
+static void *race_fetch(void *arg)
+{
+	struct racer *r = arg;
+
+	pthread_barrier_wait(r->bar);
+	r->rc = fetcher_fetch(r->e->f, r->h, CHUNK, now_ns() + 10000 * MS);
+	return NULL;
+}
+
+static void test_single_flight(void **state)
+{
+	enum { N = 16 };
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct peer_ctl peer = {.sleep_ms = 300, .rc = -ENOENT};
+	struct racer r[N];
+	pthread_barrier_t bar;
+	struct chunk_hash h;
+	struct fetcher_stats st;
+
+	make_chunk(e->repo, 2, &h, data);
+	env_fetcher(e, NULL, NULL);
+	/* A slow peer lookup holds the fill open so that every thread finds it in flight. */
+	set_peer(e, &peer);
+	pthread_barrier_init(&bar, NULL, N);
+	for (int i = 0; i < N; i++) {
+		r[i] = (struct racer){.e = e, .h = &h, .bar = &bar};
+		assert_int_equal(pthread_create(&r[i].tid, NULL, race_fetch, &r[i]), 0);
+	}
+	for (int i = 0; i < N; i++) {
+		pthread_join(r[i].tid, NULL);
+		assert_int_equal(r[i].rc, 0);
+	}
+	st = stats(e);
+	assert_int_equal(peer.calls, 1);
+	assert_int_equal(st.seed_requests, 1);
+	assert_int_equal(st.fetches[FETCH_SRC_SEED], 1);
+	assert_int_equal(st.coalesced + st.fetches[FETCH_SRC_LOCAL], N - 1);
+	assert_true(st.coalesced >= N / 2);
+	assert_stored(e, &h, data);
+	pthread_barrier_destroy(&bar);
+}
+
+static void *late_fetch(void *arg)
+{
+	struct racer *r = arg;
+
+	r->rc = fetcher_fetch(r->e->f, r->h, CHUNK, now_ns() + 5000 * MS);
+	return NULL;
+}
+
+/* A waiter whose deadline passes leaves; the fill goes on for a waiter with more time. */
+static void test_waiter_deadline_fill_continues(void **state)
+{
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct peer_ctl peer = {.sleep_ms = 800, .rc = -ENOENT};
+	struct racer late;
+	struct chunk_hash h;
+	uint64_t t0, el;
+
+	make_chunk(e->repo, 3, &h, data);
+	env_fetcher(e, NULL, NULL);
+	set_peer(e, &peer);
+	t0 = now_ns();
+	late = (struct racer){.e = e, .h = &h};
+	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, t0 + 150 * MS), -ETIMEDOUT);
+	el = now_ns() - t0;
+	assert_true(el >= 150 * MS);
+	assert_true(el < 650 * MS);
+	assert_int_equal(stats(e).timeouts, 1);
+	assert_int_equal(pthread_create(&late.tid, NULL, late_fetch, &late), 0);
+	pthread_join(late.tid, NULL);
+	assert_int_equal(late.rc, 0);
+	assert_int_equal(peer.calls, 1);
+	assert_int_equal(stats(e).coalesced, 1);
+	assert_stored(e, &h, data);
+}
+
+/* A seed that refuses connections: retried with backoff, error at the deadline. */
+static void test_dead_seed_deadline(void **state)
+{
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct chunk_hash h;
+	struct fetcher_stats st;
+	uint64_t t0, el;
+
+	fill_random(data, CHUNK, 4);
+	hash_compute(data, CHUNK, &h);
+	/* Port 1 on loopback: nothing listens there, so connect is refused at once. */
+	env_fetcher(e, "http://127.0.0.1:1/repo", NULL);
+	t0 = now_ns();
+	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, t0 + 400 * MS), -ETIMEDOUT);
+	el = now_ns() - t0;
+	assert_true(el < 900 * MS);
+	st = stats(e);
+	assert_true(st.failures[FETCH_SRC_SEED] >= 2);
+	assert_true(st.retries >= 1);
+	assert_int_equal(st.fetches[FETCH_SRC_SEED], 0);
+	assert_false(store_has_file(e, &h));
+}
+
+static void expect_never_stored(struct env *e, const struct chunk_hash *h)
+{
+	struct fetcher_stats st;
+	uint64_t t0 = now_ns();
+
+	assert_int_equal(fetcher_fetch(e->f, h, CHUNK, t0 + 300 * MS), -ETIMEDOUT);
+	assert_true(now_ns() - t0 < 800 * MS);
+	st = stats(e);
+	assert_true(st.bad_hash[FETCH_SRC_SEED] >= 2); /* retried, each time refused */
+	assert_true(st.failures[FETCH_SRC_SEED] >= st.bad_hash[FETCH_SRC_SEED]);
+	assert_int_equal(st.fetches[FETCH_SRC_SEED], 0);
+	assert_false(chunkstore_contains(e->cs, h));
+	assert_false(store_has_file(e, h));
+}
+
+/* An object that decompresses cleanly to other bytes than its name says. */
+static void test_bad_hash_never_stored(void **state)
+{
+	struct env *e = *state;
+	static uint8_t good[CHUNK], other[CHUNK];
+	struct chunk_hash h;
+
+	fill_random(good, CHUNK, 5);
+	hash_compute(good, CHUNK, &h);
+	fill_random(other, CHUNK, 6);
+	put_chunk_as(e->repo, &h, other, CHUNK);
+	env_fetcher(e, NULL, NULL);
+	expect_never_stored(e, &h);
+}
+
+static void test_corrupt_and_wrong_size_never_stored(void **state)
+{
+	struct env *e = *state;
+	static uint8_t good[CHUNK];
+	struct chunk_hash h1, h2;
+	char junk[1000];
+
+	/* Bytes that are no zstd frame at all. */
+	fill_random(good, CHUNK, 7);
+	hash_compute(good, CHUNK, &h1);
+	fill_random(junk, sizeof(junk), 8);
+	write_object(e->repo, &h1, junk, sizeof(junk));
+	env_fetcher(e, NULL, NULL);
+	expect_never_stored(e, &h1);
+	/* A valid frame of the first half of the chunk: wrong size. */
+	fill_random(good, CHUNK, 9);
+	hash_compute(good, CHUNK, &h2);
+	put_chunk_as(e->repo, &h2, good, CHUNK / 2);
+	assert_int_equal(fetcher_fetch(e->f, &h2, CHUNK, now_ns() + 200 * MS), -ETIMEDOUT);
+	assert_false(store_has_file(e, &h2));
+}
+
+static void test_missing_object_is_prompt_error(void **state)
+{
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct chunk_hash h;
+	uint64_t t0;
+
+	fill_random(data, CHUNK, 10);
+	hash_compute(data, CHUNK, &h);
+	env_fetcher(e, NULL, NULL);
+	t0 = now_ns();
+	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, t0 + 5000 * MS), -EIO);
+	assert_true(now_ns() - t0 < 1000 * MS);
+	assert_int_equal(stats(e).not_found, 1);
+	assert_int_equal(fetcher_fetch(e->f, &h, 0, t0 + 5000 * MS), -EINVAL);
+}
+
+static void test_peer_hook_before_seed(void **state)
+{
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct peer_ctl peer = {.rc = 0, .data = data};
+	struct chunk_hash h;
+
+	fill_random(data, CHUNK, 11);
+	hash_compute(data, CHUNK, &h); /* not in the repository: only the peer has it */
+	env_fetcher(e, NULL, NULL);
+	peer.data = data;
+	set_peer(e, &peer);
+	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, now_ns() + 2000 * MS), 0);
+	assert_int_equal(stats(e).fetches[FETCH_SRC_PEER], 1);
+	assert_int_equal(stats(e).seed_requests, 0);
+	assert_stored(e, &h, data);
+}
+
+static bool wait_contains(struct env *e, const struct chunk_hash *h, uint64_t ms)
+{
+	uint64_t end = now_ns() + ms * MS;
+
+	while (now_ns() < end) {
+		if (chunkstore_contains(e->cs, h))
+			return true;
+		usleep(5000);
+	}
+	return chunkstore_contains(e->cs, h);
+}
+
+static void test_readahead_sequential(void **state)
+{
+	enum { NCH = 16, RA = 3 };
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct fetcher_opts o = {.readahead_chunks = RA};
+	struct manifest *m;
+	struct fetcher_stats st;
+
+	assert_int_equal(manifest_new((uint64_t)NCH * CHUNK, CHUNK, &m), 0);
+	for (unsigned i = 0; i < NCH; i++) {
+		if (i == 3 || i == 4)
+			continue; /* zero chunks: skipped, and not counted in the window */
+		make_chunk(e->repo, 100 + i, &m->hashes[i], data);
+		m->zero[i] = 0;
+	}
+	env_fetcher(e, NULL, &o);
+	/* A random access does not trigger readahead. */
+	fetcher_note_access(e->f, m, 10);
+	usleep(100000);
+	assert_int_equal(stats(e).readahead, 0);
+	/* Two consecutive chunks: the next RA non-zero chunks (2, 5, 6) are fetched. */
+	for (unsigned i = 0; i < 2; i++) {
+		fetcher_note_access(e->f, m, i);
+		assert_int_equal(fetcher_fetch(e->f, &m->hashes[i], CHUNK, now_ns() + 2000 * MS), 0);
+	}
+	assert_true(wait_contains(e, &m->hashes[2], 3000));
+	assert_true(wait_contains(e, &m->hashes[5], 3000));
+	assert_true(wait_contains(e, &m->hashes[6], 3000));
+	st = stats(e);
+	assert_int_equal(st.readahead, RA);
+	assert_false(chunkstore_contains(e->cs, &m->hashes[7]));
+	/* The reader skips the prefetched chunks (no misses) and continues at 7. */
+	fetcher_note_access(e->f, m, 7);
+	assert_true(wait_contains(e, &m->hashes[8], 3000));
+	assert_int_equal(stats(e).readahead, RA + RA);
+	fetcher_forget_image(e->f, m);
+	manifest_free(m);
+}
+
+static void test_background_queue_bounded(void **state)
+{
+	enum { N = 12 };
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct fetcher_opts o = {.workers = 1, .prefetch_queue = 3};
+	struct peer_ctl peer = {.sleep_ms = 200, .rc = -ENOENT};
+	struct chunk_hash h[N];
+	struct fetcher_stats st;
+	unsigned present = 0;
+
+	for (unsigned i = 0; i < N; i++)
+		make_chunk(e->repo, 200 + i, &h[i], data);
+	env_fetcher(e, NULL, &o);
+	set_peer(e, &peer);
+	for (unsigned i = 0; i < N; i++)
+		fetcher_prefetch(e->f, &h[i], CHUNK);
+	st = stats(e);
+	/* One may already be running on the worker; at most 3 wait; the rest are dropped. */
+	assert_true(st.prefetches <= 4);
+	assert_int_equal(st.prefetches + st.prefetch_dropped, N);
+	for (unsigned i = 0; i < N; i++)
+		present += wait_contains(e, &h[i], i < st.prefetches ? 3000 : 0);
+	assert_int_equal(present, st.prefetches);
+}
+
+/* The seed client alone: a local repository, a hash mismatch, a missing object. */
+static void test_seed_client_errors(void **state)
+{
+	struct env *e = *state;
+	static uint8_t data[CHUNK], out[CHUNK];
+	struct seed_opts so = {.url = e->repo};
+	struct chunk_hash h, bad;
+	struct seed *s;
+
+	make_chunk(e->repo, 12, &h, data);
+	fill_random(out, CHUNK, 13);
+	hash_compute(out, CHUNK, &bad);
+	put_chunk_as(e->repo, &bad, data, CHUNK);
+	assert_int_equal(seed_open(&so, &s), 0);
+	assert_int_equal(seed_get_chunk(s, &h, out, CHUNK, 0), 0);
+	assert_memory_equal(out, data, CHUNK);
+	assert_int_equal(seed_get_chunk(s, &bad, out, CHUNK, 0), -EILSEQ);
+	assert_true(seed_err_is_corrupt(-EILSEQ));
+	hash_compute(out, 100, &bad);
+	assert_int_equal(seed_get_chunk(s, &bad, out, CHUNK, 0), -ENOENT);
+	/* A small chunk size that the object's size can't possibly fit. */
+	assert_int_equal(seed_get_chunk(s, &h, out, 16, 0), -EFBIG);
+	seed_close(s);
+	so.url = "ftp://example/repo";
+	assert_int_equal(seed_open(&so, &s), -EPROTONOSUPPORT);
+	so.url = "file://relative";
+	assert_int_equal(seed_open(&so, &s), -EINVAL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_fetch_from_directory_repo, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_single_flight, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_waiter_deadline_fill_continues, env_setup,
+						env_teardown),
+		cmocka_unit_test_setup_teardown(test_dead_seed_deadline, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_bad_hash_never_stored, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_corrupt_and_wrong_size_never_stored, env_setup,
+						env_teardown),
+		cmocka_unit_test_setup_teardown(test_missing_object_is_prompt_error, env_setup,
+						env_teardown),
+		cmocka_unit_test_setup_teardown(test_peer_hook_before_seed, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_readahead_sequential, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_background_queue_bounded, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_seed_client_errors, env_setup, env_teardown),
+	};
+
+	log_init("test_fetcher", LOG_LVL_ERROR, 0);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
