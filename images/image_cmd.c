@@ -44,9 +44,12 @@ static void usage(FILE *f)
 		"       rackdisk image show --repo DIR|URL NAME|ID [--json]\n");
 }
 
+/* P(s): s made safe for a one-line message (a fresh buffer per use within a statement). */
+#define P(s) publish_printable((s), (char[512]){0}, 512)
+
 static int errline(const char *what, const char *why)
 {
-	fprintf(stderr, "rackdisk: %s: %s\n", what, why);
+	fprintf(stderr, "rackdisk: %s: %s\n", P(what), why);
 	return EXIT_FAIL;
 }
 
@@ -98,7 +101,7 @@ static int parse_args(int argc, char **argv, struct cmd_args *a)
 		case 'h': usage(stdout); exit(0);
 		default:
 			fprintf(stderr, "rackdisk: image %s: unknown option or missing value '%s'\n",
-				argv[0], argv[optind - 1]);
+				argv[0], P(argv[optind - 1]));
 			usage(stderr);
 			return EXIT_USAGE;
 		}
@@ -106,7 +109,7 @@ static int parse_args(int argc, char **argv, struct cmd_args *a)
 	for (; optind < argc; optind++) {
 		if (a->npos == 2) {
 			fprintf(stderr, "rackdisk: image %s: unexpected argument '%s'\n", argv[0],
-				argv[optind]);
+				P(argv[optind]));
 			return EXIT_USAGE;
 		}
 		a->pos[a->npos++] = argv[optind];
@@ -182,7 +185,7 @@ static int cmd_publish(int argc, char **argv)
 		return errline(a.repo, "publish writes to a repository directory, not a URL");
 	if (a.chunk_size &&
 	    (parse_size(a.chunk_size, &cs) || !manifest_chunk_size_valid(cs))) {
-		snprintf(err, sizeof(err), "chunk size '%s'", a.chunk_size);
+		snprintf(err, sizeof(err), "chunk size '%s'", P(a.chunk_size));
 		return errline(err, "not a power of two from 64K to 16M");
 	}
 	o.src = a.pos[0];
@@ -537,7 +540,7 @@ int image_cmd_main(int argc, char **argv)
 		usage(stdout);
 		return 0;
 	}
-	fprintf(stderr, "rackdisk: image: unknown command '%s'\n", argv[1]);
+	fprintf(stderr, "rackdisk: image: unknown command '%s'\n", P(argv[1]));
 	usage(stderr);
 	return EXIT_USAGE;
 }

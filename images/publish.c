@@ -539,6 +539,28 @@ out:
 
 /* Entry ----------------------------------------------------------------------------- */
 
+const char *publish_printable(const char *s, char *buf, size_t len)
+{
+	static const char digits[] = "0123456789abcdef";
+	size_t o = 0;
+
+	/* Error messages are one line: user input is echoed with control bytes as \xNN. */
+	for (; *s && o + 5 < len; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c < 0x20 || c == 0x7f) {
+			buf[o++] = '\\';
+			buf[o++] = 'x';
+			buf[o++] = digits[c >> 4];
+			buf[o++] = digits[c & 15];
+		} else {
+			buf[o++] = (char)c;
+		}
+	}
+	buf[o] = '\0';
+	return buf;
+}
+
 static int prepare_repo(const char *dir, char *err, size_t errlen)
 {
 	static const char *sub[] = {"chunks", "manifests", "tags", "tmp"};
@@ -556,7 +578,8 @@ static int prepare_repo(const char *dir, char *err, size_t errlen)
 		unlink(path);
 	}
 	if (ret)
-		snprintf(err, errlen, "repository %s: cannot write: %s", dir, strerror(-ret));
+		snprintf(err, errlen, "repository %s: cannot write: %s",
+			 publish_printable(dir, path, sizeof(path)), strerror(-ret));
 	return ret;
 }
 
@@ -573,7 +596,7 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 	struct image_source src = {.fd = -1};
 	struct publish p = {.o = o, .dir = o->repo_dir};
 	uint32_t cs = o->chunk_size ? o->chunk_size : CHUNK_SIZE_DEFAULT;
-	char tmpdir[PATH_MAX], why[384];
+	char tmpdir[PATH_MAX], why[384], q[PATH_MAX];
 	uint64_t t0 = now_ns();
 	int ret;
 
@@ -581,9 +604,10 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 	pthread_mutex_init(&p.lock, NULL);
 	pthread_cond_init(&p.cond, NULL);
 	p.level = o->level ? o->level : PUBLISH_ZSTD_LEVEL;
-	if (!name_is_valid(o->name) || !strcmp(o->name, REPO_TAGS_INDEX)) {
+	if (!repo_tag_name_valid(o->name)) {
 		snprintf(err, errlen, "name '%s': invalid (use 1-128 of A-Z a-z 0-9 . _ -, not "
-				      "starting with . or -; \"index\" is reserved)", o->name);
+				      "starting with . or -; \"index\" is reserved)",
+			 publish_printable(o->name, q, sizeof(q)));
 		ret = -EINVAL;
 		goto out;
 	}
@@ -595,7 +619,7 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 	/* Refuse an unusable source before the repository is touched. */
 	ret = source_check(o->src, why, sizeof(why));
 	if (ret) {
-		snprintf(err, errlen, "%s: %s", o->src, why);
+		snprintf(err, errlen, "%s: %s", publish_printable(o->src, q, sizeof(q)), why);
 		goto out;
 	}
 	ret = prepare_repo(o->repo_dir, err, errlen);
@@ -604,11 +628,11 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 	snprintf(tmpdir, sizeof(tmpdir), "%s/tmp", o->repo_dir);
 	ret = source_open(o->src, tmpdir, &src, why, sizeof(why));
 	if (ret) {
-		snprintf(err, errlen, "%s: %s", o->src, why);
+		snprintf(err, errlen, "%s: %s", publish_printable(o->src, q, sizeof(q)), why);
 		goto out;
 	}
 	if (src.size == 0) {
-		snprintf(err, errlen, "%s: empty image", o->src);
+		snprintf(err, errlen, "%s: empty image", publish_printable(o->src, q, sizeof(q)));
 		ret = -EINVAL;
 		goto out;
 	}

@@ -47,4 +47,7 @@ struct publish_result {
 int publish_image(const struct publish_opts *o, struct publish_result *res, char *err,
 		  size_t errlen);
 
+/* Copies s into buf with control characters spelled \xNN, for one-line messages. */
+const char *publish_printable(const char *s, char *buf, size_t len);
+
 #endif

@@ -211,13 +211,18 @@ int repo_fetch(struct repo *r, const char *rel, size_t max, char **out, size_t *
 	return read_file(path, max, out, len);
 }
 
+bool repo_tag_name_valid(const char *name)
+{
+	return name_is_valid(name) && strcmp(name, REPO_TAGS_INDEX) != 0;
+}
+
 int repo_resolve_tag(struct repo *r, const char *name, struct chunk_hash *id)
 {
 	char rel[PATH_MAX], *buf = NULL;
 	size_t len, n;
 	int ret;
 
-	if (!name_is_valid(name))
+	if (!repo_tag_name_valid(name))
 		return -EINVAL;
 	snprintf(rel, sizeof(rel), "tags/%s", name);
 	ret = repo_fetch(r, rel, TAG_MAX_BYTES, &buf, &len);
@@ -279,10 +284,11 @@ int repo_load_image(struct repo *r, const char *name_or_id, struct manifest **ou
 	struct chunk_hash id;
 	int ret;
 
-	if (!name_is_valid(name_or_id)) {
+	if (!repo_tag_name_valid(name_or_id)) {
 		if (err)
 			snprintf(err, errlen, "invalid image name (use letters, digits, '.', '_', "
-					      "'-'; no '/', '..', spaces or control characters)");
+					      "'-'; no '/', '..', spaces or control characters; "
+					      "not \"index\")");
 		return -EINVAL;
 	}
 	ret = repo_resolve_tag(r, name_or_id, &id);
@@ -350,7 +356,7 @@ static int names_add(struct names *ns, const char *s, size_t len)
 	if (!copy)
 		return -ENOMEM;
 	/* Anything that is not a valid tag name (index file, temp files, "../") is skipped. */
-	if (!name_is_valid(copy) || !strcmp(copy, REPO_TAGS_INDEX)) {
+	if (!repo_tag_name_valid(copy)) {
 		free(copy);
 		return 0;
 	}

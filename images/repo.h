@@ -18,6 +18,7 @@
 #ifndef RACKDISK_IMAGES_REPO_H
 #define RACKDISK_IMAGES_REPO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,6 +42,9 @@ const char *repo_dir(const struct repo *r);
 /* Fetches the object at the relative path rel (at most max bytes, else -EFBIG) into a
  * malloc'd NUL-terminated buffer that the caller frees. */
 int repo_fetch(struct repo *r, const char *rel, size_t max, char **out, size_t *len);
+
+/* A usable tag name: name_is_valid() and not REPO_TAGS_INDEX. */
+bool repo_tag_name_valid(const char *name);
 
 /* Resolves a tag name to an image id. -EINVAL for an invalid name. */
 int repo_resolve_tag(struct repo *r, const char *name, struct chunk_hash *id);

@@ -1,0 +1,392 @@
+"""`rackdisk image publish|verify|ls|show` against real repositories: a directory, and the
+same directory served by a real nginx on loopback. Images are small (a few MiB, 64 KiB
+chunks) so the whole file runs in seconds."""
+import hashlib
+import json
+import os
+import random
+import subprocess
+
+import pytest
+
+from images_util import (MIB, KIB, RACKDISK, assert_one_line_error, chunk_hashes,
+                         manifest_of, object_path, objects, publish, rd, rd_ok, reassemble,
+                         sample_image, servable, snapshot, zstd_encode)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _binary():
+    assert os.access(RACKDISK, os.X_OK), f"{RACKDISK} missing: run `make build` first"
+
+
+@pytest.fixture
+def mounts():
+    """mount(path, options) mounts a tmpfs; every mount is undone at teardown."""
+    done = []
+
+    def mount(path, opts):
+        os.makedirs(path, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], check=True)
+        done.append(str(path))
+        return str(path)
+
+    yield mount
+    for p in reversed(done):
+        if subprocess.run(["umount", p]).returncode != 0:
+            subprocess.run(["umount", "-l", p])
+
+
+def random_bytes(n, seed):
+    return random.Random(seed).randbytes(n)
+
+
+def write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+    return str(path)
+
+
+# --- publish, verify, ls, show -------------------------------------------------------
+
+def test_publish_then_verify_from_dir_and_http(tmp_path, nginx_factory):
+    img = sample_image(tmp_path / "sample.img", size_mb=8)
+    repo = str(tmp_path / "repo")
+    res = publish(img, repo, "sample")
+    data = open(img, "rb").read()
+    want = chunk_hashes(data, 64 * KIB)
+    distinct = {h for h in want if h}
+
+    assert res["size"] == len(data)
+    assert res["chunks"] == len(want)
+    assert res["zero_chunks"] == want.count(None)
+    assert res["distinct_chunks"] == len(distinct)
+    assert res["new_chunks"] == len(distinct) and res["present_chunks"] == 0
+    assert len(objects(repo)) == len(distinct)
+    assert sum(os.path.getsize(o) for o in objects(repo)) < res["bytes_written"]
+
+    image_id, manifest = manifest_of(repo, "sample")
+    assert image_id == res["id"]
+    assert manifest["format"] == 1 and manifest["hash"] == "sha256"
+    assert manifest["chunks"] == want
+    # The repository holds the image: rebuilt with the zstd tool alone, byte for byte.
+    assert reassemble(repo, manifest) == data
+
+    p = rd_ok("verify", "--repo", repo, "sample")
+    assert f"{len(distinct)} objects checked, 0 bad" in p.stdout
+
+    web = nginx_factory(servable(repo))
+    p = rd_ok("verify", "--repo", web.url, "sample")
+    assert f"{len(distinct)} objects checked, 0 bad" in p.stdout
+    # Every object was fetched over HTTP (one keep-alive connection per worker).
+    assert len(web.requests("GET /chunks/")) == len(distinct)
+
+    show = json.loads(rd_ok("show", "--repo", web.url, "sample", "--json").stdout)
+    assert show == {"name": "sample", "id": image_id, "size": len(data),
+                    "chunk_size": 64 * KIB, "chunks": len(want),
+                    "zero_chunks": want.count(None), "distinct_chunks": len(distinct)}
+    text = rd_ok("show", "--repo", repo, "sample").stdout
+    assert image_id in text and f"{len(want)} total" in text
+
+    # By id as well as by tag.
+    rd_ok("verify", "--repo", web.url, image_id)
+
+
+def test_ls_lists_tags_from_dir_and_http(tmp_path, nginx_factory):
+    repo = str(tmp_path / "repo")
+    ids = {}
+    for i, name in enumerate(["beta", "alpha", "gamma-1.0"]):
+        src = write(tmp_path / f"{name}.raw", random_bytes(256 * KIB, i))
+        ids[name] = publish(src, repo, name)["id"]
+    with open(os.path.join(repo, "tags", "index")) as f:
+        assert f.read() == "alpha\nbeta\ngamma-1.0\n"
+
+    web = nginx_factory(servable(repo))
+    for loc in (repo, web.url):
+        listed = json.loads(rd_ok("ls", "--repo", loc, "--json").stdout)
+        assert [(e["name"], e["id"]) for e in listed] == sorted(ids.items())
+        text = rd_ok("ls", "--repo", loc).stdout.splitlines()
+        assert [line.split()[0] for line in text] == sorted(ids)
+
+    # Without tags/index the listing falls back to nginx's autoindex.
+    os.unlink(os.path.join(repo, "tags", "index"))
+    listed = json.loads(rd_ok("ls", "--repo", web.url, "--json").stdout)
+    assert [e["name"] for e in listed] == sorted(ids)
+
+
+def test_publish_qcow2_equals_raw(tmp_path):
+    raw = sample_image(tmp_path / "s.img", size_mb=6)
+    qcow = str(tmp_path / "s.qcow2")
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow], check=True)
+    repo = str(tmp_path / "repo")
+    a = publish(raw, repo, "raw")
+    b = publish(qcow, repo, "qcow")
+    assert b["format"] == "qcow2"
+    assert a["id"] == b["id"] and b["new_chunks"] == 0
+    assert os.listdir(os.path.join(repo, "tmp")) == []
+
+
+def test_shared_chunks_are_stored_once(tmp_path):
+    cs = 64 * KIB
+    base = bytearray(random_bytes(4 * MIB, 7))
+    base[MIB:2 * MIB] = bytes(MIB)  # a zero region
+    other = bytearray(base)
+    for i in (3, 40):  # two chunks differ
+        other[i * cs + 100] ^= 0xFF
+    a = write(tmp_path / "a.raw", base)
+    b = write(tmp_path / "b.raw", other)
+    repo = str(tmp_path / "repo")
+
+    ra = publish(a, repo, "a")
+    rb = publish(b, repo, "b")
+    ha, hb = chunk_hashes(bytes(base), cs), chunk_hashes(bytes(other), cs)
+    union = {h for h in ha + hb if h}
+    assert len(objects(repo)) == len(union) == len({h for h in ha if h}) + 2
+    assert rb["new_chunks"] == 2
+    assert rb["present_chunks"] == rb["distinct_chunks"] - 2
+    assert ra["id"] != rb["id"]
+    rd_ok("verify", "--repo", repo, "a")
+    rd_ok("verify", "--repo", repo, "b")
+
+
+def test_duplicate_chunks_within_an_image_stored_once(tmp_path):
+    block = random_bytes(64 * KIB, 3)
+    src = write(tmp_path / "rep.raw", block * 40 + random_bytes(64 * KIB, 4) + block * 9)
+    repo = str(tmp_path / "repo")
+    res = publish(src, repo, "rep", "64K", "--workers", "4")
+    assert res["chunks"] == 50 and res["distinct_chunks"] == 2 and res["new_chunks"] == 2
+    assert len(objects(repo)) == 2
+
+
+def test_republishing_unchanged_writes_nothing(tmp_path):
+    img = sample_image(tmp_path / "s.img", size_mb=6)
+    repo = str(tmp_path / "repo")
+    first = publish(img, repo, "s")
+    before = snapshot(repo)
+    again = publish(img, repo, "s")
+    assert again["id"] == first["id"]
+    assert again["new_chunks"] == 0 and again["bytes_written"] == 0
+    assert again["present_chunks"] == first["distinct_chunks"]
+    assert snapshot(repo) == before  # not even an mtime changed
+
+
+def test_verify_finds_a_flipped_byte_in_any_object(tmp_path, nginx_factory):
+    img = sample_image(tmp_path / "s.img", size_mb=6)
+    repo = str(tmp_path / "repo")
+    publish(img, repo, "s")
+    _, manifest = manifest_of(repo, "s")
+    hashes = sorted({h for h in manifest["chunks"] if h})
+    rng = random.Random(11)
+    picks = [hashes[0], hashes[-1]] + rng.sample(hashes[1:-1], 4)
+    web = nginx_factory(servable(repo))
+    for n, h in enumerate(picks):
+        path = object_path(repo, h)
+        orig = open(path, "rb").read()
+        # Header, last byte, and random places in between.
+        pos = [0, len(orig) - 1, rng.randrange(len(orig))][n % 3] if n < 3 else \
+            rng.randrange(len(orig))
+        bad = bytearray(orig)
+        bad[pos] ^= 1 << rng.randrange(8)
+        write(path, bad)
+        loc = web.url if n % 2 else repo
+        p = rd("verify", "--repo", loc, "s")
+        assert p.returncode != 0, f"flip at {pos} of {h} not found"
+        errs = [line for line in p.stderr.splitlines() if line]
+        assert len(errs) == 1 and h in errs[0], p.stderr
+        assert "1 bad" in p.stdout
+        write(path, orig)
+    rd_ok("verify", "--repo", repo, "s")
+
+
+# --- bad input: one-line error, non-zero exit, repository unchanged -----------------
+
+@pytest.fixture
+def seeded(tmp_path):
+    """A repository holding one published image, and its snapshot."""
+    repo = str(tmp_path / "repo")
+    src = write(tmp_path / "seed.raw", random_bytes(512 * KIB, 99) + bytes(256 * KIB))
+    publish(src, repo, "seed")
+    return repo, snapshot(repo)
+
+
+def test_missing_or_unreadable_source(tmp_path, seeded):
+    repo, before = seeded
+    p = rd("publish", tmp_path / "nope.raw", "--repo", repo, "--name", "x")
+    assert_one_line_error(p, "nope.raw", "No such file")
+    p = rd("publish", tmp_path, "--repo", repo, "--name", "x")
+    assert_one_line_error(p, "not a regular file")
+    empty = write(tmp_path / "empty.raw", b"")
+    assert_one_line_error(rd("publish", empty, "--repo", repo, "--name", "x"), "empty")
+    assert snapshot(repo) == before
+
+
+def test_truncated_or_corrupt_qcow2(tmp_path, seeded):
+    repo, before = seeded
+    raw = write(tmp_path / "q.raw", random_bytes(2 * MIB, 5))
+    qcow = str(tmp_path / "q.qcow2")
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow], check=True)
+    good = open(qcow, "rb").read()
+
+    trunc = write(tmp_path / "trunc.qcow2", good[:len(good) // 2])
+    assert_one_line_error(rd("publish", trunc, "--repo", repo, "--name", "t"), "qcow2")
+
+    # Overwrite the first L1 table entry (offset from the header) with garbage.
+    l1 = int.from_bytes(good[40:48], "big")
+    bad = bytearray(good)
+    bad[l1:l1 + 16] = b"\xff" * 16
+    corrupt = write(tmp_path / "corrupt.qcow2", bad)
+    assert_one_line_error(rd("publish", corrupt, "--repo", repo, "--name", "c"), "qcow2")
+
+    header = bytearray(good)
+    header[20:24] = (40).to_bytes(4, "big")  # cluster_bits out of range
+    hdr = write(tmp_path / "hdr.qcow2", header)
+    assert_one_line_error(rd("publish", hdr, "--repo", repo, "--name", "h"), "qcow2")
+    assert snapshot(repo) == before
+
+
+@pytest.mark.parametrize("size", ["1000", "32K", "32M", "100K", "96K", "abc", "0", "-64K", ""])
+def test_bad_chunk_size(tmp_path, seeded, size):
+    repo, before = seeded
+    src = write(tmp_path / "x.raw", random_bytes(128 * KIB, 1))
+    p = rd("publish", src, "--repo", repo, "--name", "x", "--chunk-size", size)
+    assert_one_line_error(p, "chunk size")
+    assert snapshot(repo) == before
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "../x", "a b", "tab\there", "bell\x07",
+                                  "new\nline", ".hidden", "-opt", "", "index", "x" * 129])
+def test_bad_name(tmp_path, seeded, name):
+    repo, before = seeded
+    src = write(tmp_path / "x.raw", random_bytes(128 * KIB, 1))
+    p = rd("publish", src, "--repo", repo, "--name", name)
+    assert_one_line_error(p, "name")
+    assert snapshot(repo) == before
+    if name and not name.startswith("-"):  # "-opt" is an unknown option to show
+        p = rd("show", "--repo", repo, name)
+        assert_one_line_error(p, "invalid image name")
+
+
+def test_unwritable_repository(tmp_path, mounts):
+    src = write(tmp_path / "x.raw", random_bytes(256 * KIB, 2))
+    # A file where the repository directory should be.
+    notdir = write(tmp_path / "file", b"not a directory")
+    assert_one_line_error(rd("publish", src, "--repo", notdir, "--name", "x"),
+                          "cannot write")
+    assert open(notdir, "rb").read() == b"not a directory"
+    # A published repository on a filesystem that became read-only.
+    repo = mounts(tmp_path / "ro", "size=4m")
+    publish(src, repo, "first")
+    subprocess.run(["mount", "-o", "remount,ro", repo], check=True)
+    before = snapshot(repo)
+    other = write(tmp_path / "y.raw", random_bytes(256 * KIB, 3))
+    assert_one_line_error(rd("publish", other, "--repo", repo, "--name", "second"),
+                          "cannot write", "Read-only")
+    assert snapshot(repo) == before
+    rd_ok("verify", "--repo", repo, "first")
+
+
+def test_full_disk_leaves_no_tag_and_no_trace(tmp_path, mounts):
+    repo = mounts(tmp_path / "small", "size=8m")
+    first = write(tmp_path / "first.raw", random_bytes(MIB, 21))
+    publish(first, repo, "first")
+    before = snapshot(repo)
+    big = write(tmp_path / "big.raw", random_bytes(16 * MIB, 22))
+    for name in ("big", "first"):  # a new tag, and an existing one
+        p = rd("publish", big, "--repo", repo, "--name", name)
+        assert_one_line_error(p, "No space left on device")
+        assert snapshot(repo) == before
+        assert os.listdir(os.path.join(repo, "tmp")) == []
+    assert not os.path.exists(os.path.join(repo, "tags", "big"))
+    image_id, _ = manifest_of(repo, "first")
+    assert image_id == json.loads(rd_ok("show", "--repo", repo, "first", "--json").stdout)["id"]
+    rd_ok("verify", "--repo", repo, "first")
+    # The disk had room for nothing only because of the big image: a small one still fits.
+    publish(write(tmp_path / "small.raw", random_bytes(MIB, 23)), repo, "second")
+
+
+def put_manifest(repo, name, raw):
+    """Installs raw bytes as a manifest (under their hash) and points tag name at it."""
+    image_id = hashlib.sha256(raw).hexdigest()
+    write(os.path.join(repo, "manifests", image_id + ".json"), raw)
+    write(os.path.join(repo, "tags", name), (image_id + "\n").encode())
+    return image_id
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (b'{"format":1,"size":', "malformed manifest"),
+    (b'["not", "an", "object"]', "malformed manifest"),
+    (b'{"format":2,"size":65536,"chunk_size":65536,"hash":"sha256","chunks":[null]}',
+     "unknown manifest format 2"),
+    (b'{"format":1,"size":200000,"chunk_size":65536,"hash":"sha256","chunks":[null]}',
+     "sizes disagree"),
+    (b'{"format":1,"size":65536,"chunk_size":1000,"hash":"sha256","chunks":[null]}',
+     "chunk size"),
+    (b'{"format":1,"size":65536,"chunk_size":65536,"hash":"sha256","chunks":["abc"]}',
+     "bad hex"),
+])
+def test_bad_manifest(tmp_path, seeded, nginx_factory, raw, reason):
+    repo, _ = seeded
+    put_manifest(repo, "broken", raw)
+    before = snapshot(repo)
+    web = nginx_factory(servable(repo))
+    for loc in (repo, web.url):
+        for cmd in ("show", "verify"):
+            assert_one_line_error(rd(cmd, "--repo", loc, "broken"), reason)
+    assert snapshot(repo) == before
+    rd_ok("verify", "--repo", repo, "seed")
+
+
+def test_manifest_not_matching_its_id(tmp_path, seeded):
+    repo, _ = seeded
+    image_id, _ = manifest_of(repo, "seed")
+    path = os.path.join(repo, "manifests", image_id + ".json")
+    raw = open(path, "rb").read()
+    write(path, raw.replace(b'"format":1', b'"format": 1'))  # still valid JSON
+    assert_one_line_error(rd("verify", "--repo", repo, "seed"), "do not match its id")
+    write(os.path.join(repo, "tags", "seed"), b"not-a-hash\n")
+    assert_one_line_error(rd("show", "--repo", repo, "seed"), "does not hold an image id")
+    assert_one_line_error(rd("show", "--repo", repo, "absent"), "no such image")
+
+
+def test_bad_chunk_objects(tmp_path, seeded, nginx_factory):
+    repo, _ = seeded
+    _, manifest = manifest_of(repo, "seed")
+    hashes = sorted({h for h in manifest["chunks"] if h})
+    assert len(hashes) >= 5
+    cs = manifest["chunk_size"]
+    originals = {h: open(object_path(repo, h), "rb").read() for h in hashes}
+    h_trunc, h_corrupt, h_size, h_hash, h_missing = hashes[:5]
+
+    write(object_path(repo, h_trunc), originals[h_trunc][:len(originals[h_trunc]) // 2])
+    write(object_path(repo, h_corrupt), random_bytes(len(originals[h_corrupt]), 8))
+    write(object_path(repo, h_size), zstd_encode(random_bytes(cs // 2, 9), tmp_path))
+    write(object_path(repo, h_hash), zstd_encode(random_bytes(cs, 10), tmp_path))
+    os.unlink(object_path(repo, h_missing))
+    before = snapshot(repo)
+
+    web = nginx_factory(servable(repo))
+    for loc in (repo, web.url):
+        p = rd("verify", "--repo", loc, "seed")
+        assert p.returncode != 0
+        lines = sorted(line for line in p.stderr.splitlines() if line)
+        assert len(lines) == 5, p.stderr
+        got = {}
+        for line in lines:
+            assert line.startswith("rackdisk: chunk ")
+            h = next(h for h in hashes if h in line)
+            got[h] = line.rsplit(": ", 1)[1]
+        assert got == {h_trunc: "truncated", h_corrupt: "corrupt", h_size: "wrong size",
+                       h_hash: "wrong hash", h_missing: "missing"}
+        assert "5 bad" in p.stdout
+    assert snapshot(repo) == before
+
+
+def test_usage_errors(tmp_path):
+    for args in (["publish", "x", "--name", "n"], ["verify", "--repo", str(tmp_path)],
+                 ["frobnicate"], ["ls", "--repo", str(tmp_path), "--bogus"]):
+        p = rd(*args)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr.startswith("rackdisk: ")
+    p = rd("publish", tmp_path / "x", "--repo", "http://127.0.0.1:1/r", "--name", "n")
+    assert_one_line_error(p, "not a URL")
+    p = rd("ls", "--repo", "http://127.0.0.1:1/r")
+    assert_one_line_error(p, "127.0.0.1:1")
