@@ -69,7 +69,7 @@ struct cs_entry {
 struct fd_slot {
 	struct chunk_hash h;
 	int fd;        /* buffered */
-	int dfd;       /* O_DIRECT, opened on first read; -1 */
+	int dfd;       /* O_DIRECT, opened on first read; -1 not yet, -2 refused */
 	uint32_t len;
 	uint32_t refs;
 	bool stale;    /* no longer in the table: closed on the last release */
@@ -607,16 +607,7 @@ int chunkstore_open(const struct chunkstore_opts *o, struct chunkstore **out)
 	ret = open_dirs(cs);
 	if (ret)
 		goto fail;
-	if (cs->reader && cs->direct) {
-		char path[PATH_MAX];
-
-		snprintf(path, sizeof(path), "%s/chunks", cs->dir);
-		/* a reader cannot create a probe file: try opening the directory */
-		int fd = open(path, O_RDONLY | O_DIRECTORY | O_DIRECT | O_CLOEXEC);
-		cs->direct = fd >= 0;
-		if (fd >= 0)
-			close(fd);
-	}
+	/* A reader cannot create a probe file: its descriptors fall back one by one. */
 	if (o->direct_io && !cs->direct)
 		log_warn("chunk store %s: the filesystem refuses O_DIRECT; using buffered reads",
 			 cs->dir);
@@ -788,12 +779,15 @@ static int slot_direct_fd(struct chunkstore *cs, struct fd_slot *s)
 	int fd = __atomic_load_n(&s->dfd, __ATOMIC_ACQUIRE), expected = -1;
 	char path[32];
 
-	if (fd >= 0)
-		return fd;
+	if (fd >= 0 || fd == -2)
+		return fd >= 0 ? fd : -1;
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", s->fd);
 	fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
-	if (fd < 0)
+	if (fd < 0) { /* refused: remember, read buffered */
+		__atomic_compare_exchange_n(&s->dfd, &expected, -2, false, __ATOMIC_ACQ_REL,
+					    __ATOMIC_ACQUIRE);
 		return -1;
+	}
 	if (!__atomic_compare_exchange_n(&s->dfd, &expected, fd, false, __ATOMIC_ACQ_REL,
 					 __ATOMIC_ACQUIRE)) {
 		close(fd);

@@ -1,0 +1,743 @@
+/*
+ * test_chunkstore.c - the chunk store, and each numbered invariant of cache/chunkstore.c
+ * (the test names say which: inv1_..., inv2_...).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "cache/chunkstore.h"
+#include "common/hash.h"
+#include "common/util.h"
+
+#define CLEN 4096u
+
+struct fixture {
+	char dir[64];
+	/* hook log */
+	pthread_mutex_t lock;
+	char events[64][80];
+	int nevents;
+	struct chunkstore *cs; /* for checks made inside hooks */
+	int hook_errors;
+};
+
+static struct fixture *F;
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+
+	/* a real disk, not tmpfs: fsync and O_DIRECT behave as in production */
+	snprintf(f->dir, sizeof(f->dir), "/var/tmp/rd-cs-XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	pthread_mutex_init(&f->lock, NULL);
+	F = f;
+	*state = f;
+	return 0;
+}
+
+static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	return remove(p);
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	pthread_mutex_destroy(&f->lock);
+	free(f);
+	return 0;
+}
+
+/* Chunk number i: deterministic bytes of length len, and their hash. */
+static uint8_t *make_chunk(unsigned i, size_t len, struct chunk_hash *h)
+{
+	uint8_t *b = malloc(len);
+	uint32_t x = 2166136261u ^ i;
+
+	for (size_t k = 0; k < len; k++) {
+		x = x * 1664525 + 1013904223;
+		b[k] = (uint8_t)(x >> 24);
+	}
+	hash_compute(b, len, h);
+	return b;
+}
+
+static int insert_n(struct chunkstore *cs, unsigned i, size_t len)
+{
+	struct chunk_hash h;
+	uint8_t *b = make_chunk(i, len, &h);
+	int ret = chunkstore_insert(cs, &h, b, len);
+
+	free(b);
+	return ret;
+}
+
+static struct chunk_hash hash_n(unsigned i, size_t len)
+{
+	struct chunk_hash h;
+
+	free(make_chunk(i, len, &h));
+	return h;
+}
+
+static bool contains_n(struct chunkstore *cs, unsigned i)
+{
+	struct chunk_hash h = hash_n(i, CLEN);
+
+	return chunkstore_contains(cs, &h);
+}
+
+/* Gets chunk i and checks every byte read through chunkstore_read(). */
+static int get_check(struct chunkstore *cs, unsigned i, size_t len)
+{
+	struct chunk_hash h;
+	uint8_t *want = make_chunk(i, len, &h), *got = malloc(len);
+	struct chunk_ref *ref;
+	int ret = chunkstore_get(cs, &h, &ref);
+
+	if (!ret) {
+		assert_int_equal(chunk_ref_len(ref), len);
+		assert_true(chunk_ref_fd(ref) >= 0);
+		assert_int_equal(chunkstore_read(cs, ref, got, len, 0), 0);
+		assert_memory_equal(got, want, len);
+		assert_int_equal(chunkstore_read(cs, ref, got, 100, (uint32_t)len - 100), 0);
+		assert_memory_equal(got, want + len - 100, 100);
+		chunkstore_put(cs, ref);
+	}
+	free(want);
+	free(got);
+	return ret;
+}
+
+static struct chunkstore *open_store(const char *dir, uint64_t cap, bool reader)
+{
+	struct chunkstore_opts o = { .dir = dir, .capacity = cap, .reader = reader };
+	struct chunkstore *cs = NULL;
+
+	assert_int_equal(chunkstore_open(&o, &cs), 0);
+	return cs;
+}
+
+static void chunk_file(const char *dir, const struct chunk_hash *h, char *path, size_t len)
+{
+	char hex[HASH_HEX_LEN + 1];
+
+	hash_to_hex(h, hex);
+	snprintf(path, len, "%s/chunks/%.2s/%s", dir, hex, hex);
+}
+
+static bool file_exists(const char *p)
+{
+	return access(p, F_OK) == 0;
+}
+
+static void write_raw(const char *path, const void *b, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite_full(fd, b, len, 0), 0);
+	close(fd);
+}
+
+/* ---- basics ---- */
+
+static void test_insert_get_put(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore *cs = open_store(f->dir, 0, false);
+	struct chunkstore_stats st;
+	struct chunk_ref *ref;
+	struct chunk_hash missing = hash_n(999, CLEN);
+	uint8_t buf[16];
+
+	for (unsigned i = 0; i < 3; i++)
+		assert_int_equal(insert_n(cs, i, CLEN + i * 1000), 0);
+	for (unsigned i = 0; i < 3; i++)
+		assert_int_equal(get_check(cs, i, CLEN + i * 1000), 0);
+	assert_int_equal(chunkstore_get(cs, &missing, &ref), -ENOENT);
+	assert_false(chunkstore_contains(cs, &missing));
+	assert_true(contains_n(cs, 0));
+
+	/* reads beyond the chunk are refused */
+	struct chunk_hash h0 = hash_n(0, CLEN);
+	assert_int_equal(chunkstore_get(cs, &h0, &ref), 0);
+	assert_int_equal(chunkstore_read(cs, ref, buf, sizeof(buf), CLEN - 8), -ERANGE);
+	chunkstore_put(cs, ref);
+
+	chunkstore_get_stats(cs, &st);
+	assert_int_equal(st.inserts, 3);
+	assert_int_equal(st.hits, 4);
+	assert_int_equal(st.misses, 1);
+	assert_int_equal(st.nchunks, 3);
+	assert_int_equal(st.bytes_used, 3 * CLEN + 3000);
+	assert_int_equal(st.bytes_inserted, 3 * CLEN + 3000);
+	assert_int_equal(st.bytes_read, 2 * (3 * CLEN + 3000) / 1 - (3 * CLEN + 3000) + 300);
+	assert_int_equal(st.pinned, 0);
+
+	char path[256];
+	chunkstore_path(cs, &h0, path, sizeof(path));
+	assert_true(file_exists(path));
+	assert_non_null(strstr(path, "/chunks/"));
+	/* bad arguments */
+	assert_int_equal(chunkstore_insert(cs, &h0, buf, 0), -EINVAL);
+	chunkstore_close(cs);
+}
+
+static void test_duplicate_insert_is_noop(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore *cs = open_store(f->dir, 0, false);
+	struct chunkstore_stats st;
+
+	assert_int_equal(insert_n(cs, 7, CLEN), 0);
+	assert_int_equal(insert_n(cs, 7, CLEN), 0);
+	chunkstore_get_stats(cs, &st);
+	assert_int_equal(st.inserts, 1);
+	assert_int_equal(st.nchunks, 1);
+	assert_int_equal(st.bytes_used, CLEN);
+	chunkstore_close(cs);
+}
+
+static int count_cb(void *arg, const struct chunk_hash *h, uint32_t len)
+{
+	(*(unsigned *)arg)++;
+	return 0;
+}
+
+static void test_reopen_rebuilds_index(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore *cs = open_store(f->dir, 0, false);
+	struct chunkstore_stats st;
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < 50; i++)
+		assert_int_equal(insert_n(cs, i, CLEN + i), 0);
+	chunkstore_close(cs);
+	cs = open_store(f->dir, 0, false);
+	chunkstore_get_stats(cs, &st);
+	assert_int_equal(st.nchunks, 50);
+	assert_int_equal(st.bytes_used, 50 * CLEN + 49 * 50 / 2);
+	assert_int_equal(st.dropped_corrupt, 0);
+	for (unsigned i = 0; i < 50; i++)
+		assert_int_equal(get_check(cs, i, CLEN + i), 0);
+	assert_int_equal(chunkstore_foreach(cs, count_cb, &n), 0);
+	assert_int_equal(n, 50);
+	chunkstore_close(cs);
+	/* a smaller capacity at the next open evicts down to it (invariant 5) */
+	cs = open_store(f->dir, 20 * (CLEN + 49), false);
+	chunkstore_get_stats(cs, &st);
+	assert_true(st.bytes_used <= 20 * (CLEN + 49));
+	assert_true(st.nchunks >= 19);
+	assert_int_equal(st.evictions, 50 - st.nchunks);
+	chunkstore_close(cs);
+}
+
+/* ---- invariant 1: complete files only; torn/corrupt never served ---- */
+
+static void test_inv1_torn_files_dropped_at_open(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore *cs = open_store(f->dir, 0, false);
+	struct chunkstore_stats st;
+	char p[512], good[512], empty[512];
+	struct chunk_hash h1 = hash_n(1, CLEN), h2 = hash_n(2, CLEN);
+	uint8_t junk[100] = { 1 };
+
+	assert_int_equal(insert_n(cs, 0, CLEN), 0);
+	chunkstore_close(cs);
+	struct chunk_hash h0 = hash_n(0, CLEN);
+	chunk_file(f->dir, &h0, good, sizeof(good));
+	/* a crash in the middle of an insert leaves a partial temp file */
+	snprintf(p, sizeof(p), "%s/tmp/partial.123.1", f->dir);
+	write_raw(p, junk, sizeof(junk));
+	/* an empty file under its name (what a crash on a careless filesystem leaves) */
+	chunk_file(f->dir, &h1, empty, sizeof(empty));
+	write_raw(empty, junk, 0);
+	/* misnamed, and a name in the wrong <hh> directory */
+	snprintf(p, sizeof(p), "%s/chunks/00/not-a-hash", f->dir);
+	write_raw(p, junk, sizeof(junk));
+	char hex[HASH_HEX_LEN + 1];
+	hash_to_hex(&h2, hex);
+	snprintf(p, sizeof(p), "%s/chunks/%02x/%s", f->dir, (h2.b[0] + 1) & 0xff, hex);
+	write_raw(p, junk, sizeof(junk));
+
+	cs = open_store(f->dir, 0, false);
+	chunkstore_get_stats(cs, &st);
+	assert_int_equal(st.nchunks, 1);
+	assert_int_equal(st.dropped_corrupt, 3);
+	assert_false(file_exists(empty));
+	assert_false(file_exists(p));
+	assert_true(file_exists(good));
+	snprintf(p, sizeof(p), "%s/tmp/partial.123.1", f->dir);
+	assert_false(file_exists(p));
+	assert_false(chunkstore_contains(cs, &h1));
+	assert_int_equal(get_check(cs, 0, CLEN), 0);
+	chunkstore_close(cs);
+}
+
+/* A truncated or altered file under a valid name: never served, dropped. */
+static void test_inv1_corrupt_never_served(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore *cs = open_store(f->dir, 0, false);
+	struct chunkstore_stats st;
+	struct chunk_ref *ref;
+	char p0[512], p1[512];
+	struct chunk_hash h0 = hash_n(0, CLEN), h1 = hash_n(1, CLEN);
+	uint8_t *b0 = make_chunk(0, CLEN, &h0);
+
+	assert_int_equal(insert_n(cs, 0, CLEN), 0);
+	assert_int_equal(insert_n(cs, 1, CLEN), 0);
+	assert_int_equal(insert_n(cs, 2, CLEN), 0);
+	chunkstore_close(cs);
+	chunk_file(f->dir, &h0, p0, sizeof(p0));
+	chunk_file(f->dir, &h1, p1, sizeof(p1));
+	write_raw(p0, b0, CLEN / 2); /* torn: the first half only */
+	b0[100] ^= 1;
+	write_raw(p1, b0, CLEN); /* right size, wrong bytes */
+
+	/* without verify_on_open: found at open, refused at first use */
+	cs = open_store(f->dir, 0, false);
+	assert_int_equal(chunkstore_get(cs, &h0, &ref), -ENOENT);
+	assert_int_equal(chunkstore_get(cs, &h1, &ref), -ENOENT);
+	assert_false(file_exists(p0));
+	assert_false(file_exists(p1));
+	assert_int_equal(get_check(cs, 2, CLEN), 0);
+	chunkstore_get_stats(cs, &st);
+	assert_int_equal(st.dropped_corrupt, 2);
+	assert_int_equal(st.nchunks, 1);
+	assert_int_equal(st.bytes_used, CLEN);
+	chunkstore_close(cs);
+
+	/* with verify_on_open: dropped before the index is built */
+	write_raw(p1, b0, CLEN);
+	struct chunkstore_opts o = { .dir = f->dir, .verify_on_open = true };
+	assert_int_equal(chunkstore_open(&o, &cs), 0);
+	chunkstore_get_stats(cs, &st);
+	assert_int_equal(st.dropped_corrupt, 1);
+	assert_int_equal(st.nchunks, 1);
+	assert_false(file_exists(p1));
+	chunkstore_close(cs);
+	free(b0);
+}
+
+/* SIGKILL in the middle of inserts: every file left is complete and hashes to its name. */
+static void test_inv1_crash_during_inserts(void **state)
+{
+	struct fixture *f = *state;
+	int pfd[2];
+
+	assert_int_equal(pipe(pfd), 0);
+	for (int round = 0; round < 3; round++) {
+		pid_t pid = fork();
+
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			struct chunkstore_opts o = { .dir = f->dir };
+			struct chunkstore *cs;
+
+			close(pfd[0]);
+			if (chunkstore_open(&o, &cs))
+				_exit(2);
+			for (unsigned i = 0; i < 100000; i++) {
+				struct chunk_hash h;
+				size_t len = 64 * 1024 + (i % 7) * 4096;
+				uint8_t *b = make_chunk(round * 100000 + i, len, &h);
+
+				if (chunkstore_insert(cs, &h, b, len))
+					_exit(3);
+				free(b);
+				if (write(pfd[1], "x", 1) != 1)
+					_exit(4);
+			}
+			_exit(0);
+		}
+		/* let it publish a few chunks, then kill it at an arbitrary point */
+		char c;
+		for (int k = 0; k < 5 + round * 7; k++)
+			assert_int_equal(read(pfd[0], &c, 1), 1);
+		usleep(1000 * (unsigned)(round * 3));
+		kill(pid, SIGKILL);
+		int status;
+		waitpid(pid, &status, 0);
+		assert_true(WIFSIGNALED(status));
+		/* drain what it reported */
+		fcntl(pfd[0], F_SETFL, O_NONBLOCK);
+		while (read(pfd[0], &c, 1) == 1)
+			;
+		fcntl(pfd[0], F_SETFL, 0);
+	}
+	close(pfd[0]);
+	close(pfd[1]);
+	/* no chunk file is wrong (temp files may be: they are reported and removed) */
+	int problems = chunkstore_fsck(f->dir, false, NULL, NULL);
+	struct chunkstore_opts o = { .dir = f->dir, .verify_on_open = true };
+	struct chunkstore *cs;
+	struct chunkstore_stats st;
+
+	assert_true(problems >= 0);
+	assert_int_equal(chunkstore_open(&o, &cs), 0);
+	chunkstore_get_stats(cs, &st);
+	assert_int_equal(st.dropped_corrupt, 0);
+	assert_true(st.nchunks >= 5);
+	chunkstore_close(cs);
+	assert_int_equal(chunkstore_fsck(f->dir, false, NULL, NULL), 0);
+}
+
+/* ---- invariants 2 and 3: hooks ---- */
+
+static void log_event(const char *what, const struct chunk_hash *h, bool file_there,
+		      bool indexed)
+{
+	char hex[HASH_HEX_LEN + 1];
+
+	hash_to_hex(h, hex);
+	pthread_mutex_lock(&F->lock);
+	if (F->nevents < 64)
+		snprintf(F->events[F->nevents++], 80, "%s %.8s file=%d indexed=%d", what, hex,
+			 file_there, indexed);
+	pthread_mutex_unlock(&F->lock);
+}
+
+static void hook(const char *what, const struct chunk_hash *h)
+{
+	char path[512];
+
+	chunk_file(F->dir, h, path, sizeof(path));
+	log_event(what, h, file_exists(path), chunkstore_contains(F->cs, h));
+}
+
+static void on_announce(void *arg, const struct chunk_hash *h)
+{
+	hook("announce", h);
+}
+
+static void on_withdraw(void *arg, const struct chunk_hash *h)
+{
+	hook("withdraw", h);
+}
+
+static void test_inv2_inv3_hook_order(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore_opts o = { .dir = f->dir, .capacity = 2 * CLEN,
+				     .hooks = { .announce = on_announce,
+						.withdraw = on_withdraw } };
+	struct chunkstore *cs;
+	char hex[3][HASH_HEX_LEN + 1], want[80], path[512];
+
+	assert_int_equal(chunkstore_open(&o, &cs), 0);
+	f->cs = cs;
+	for (unsigned i = 0; i < 3; i++) {
+		struct chunk_hash h = hash_n(i, CLEN);
+		hash_to_hex(&h, hex[i]);
+		assert_int_equal(insert_n(cs, i, CLEN), 0);
+	}
+	/* chunk 0 is the victim of the third insert: withdraw before its file goes */
+	assert_int_equal(f->nevents, 4);
+	snprintf(want, sizeof(want), "announce %.8s file=1 indexed=1", hex[0]);
+	assert_string_equal(f->events[0], want);
+	snprintf(want, sizeof(want), "announce %.8s file=1 indexed=1", hex[1]);
+	assert_string_equal(f->events[1], want);
+	/* withdrawn while the file still exists, and already out of the index */
+	snprintf(want, sizeof(want), "withdraw %.8s file=1 indexed=0", hex[0]);
+	assert_string_equal(f->events[2], want);
+	snprintf(want, sizeof(want), "announce %.8s file=1 indexed=1", hex[2]);
+	assert_string_equal(f->events[3], want);
+	struct chunk_hash h0 = hash_n(0, CLEN);
+	chunk_file(f->dir, &h0, path, sizeof(path));
+	assert_false(file_exists(path));
+	chunkstore_close(cs);
+}
+
+/* ---- invariants 4 and 5: capacity, eviction order, pinning ---- */
+
+static void test_inv5_capacity_and_eviction_order(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore *cs = open_store(f->dir, 4 * CLEN, false);
+	struct chunkstore_stats st;
+
+	for (unsigned i = 0; i < 4; i++)
+		assert_int_equal(insert_n(cs, i, CLEN), 0);
+	/* chunk 0 is the oldest but is read again; 1 is the oldest never read again */
+	assert_int_equal(get_check(cs, 0, CLEN), 0);
+	assert_int_equal(insert_n(cs, 4, CLEN), 0);
+	assert_true(contains_n(cs, 0));
+	assert_false(contains_n(cs, 1));
+	/* chunkstore_touch() (accesses seen by the tgt module) counts like a get */
+	struct chunk_hash h2 = hash_n(2, CLEN);
+	chunkstore_touch(cs, &h2);
+	assert_int_equal(insert_n(cs, 5, CLEN), 0);
+	assert_true(contains_n(cs, 2));
+	assert_false(contains_n(cs, 3));
+	chunkstore_get_stats(cs, &st);
+	assert_int_equal(st.evictions, 2);
+	assert_int_equal(st.bytes_evicted, 2 * CLEN);
+	assert_int_equal(st.nchunks, 4);
+	assert_true(st.bytes_used <= st.capacity);
+	/* a chunk larger than the whole store */
+	assert_int_equal(insert_n(cs, 6, 5 * CLEN), -ENOSPC);
+	chunkstore_close(cs);
+}
+
+static void test_inv4_pinned_never_evicted(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore *cs = open_store(f->dir, 2 * CLEN, false);
+	struct chunkstore_stats st;
+	struct chunk_ref *r0, *r1, *r0b;
+	struct chunk_hash h0 = hash_n(0, CLEN), h1 = hash_n(1, CLEN);
+
+	assert_int_equal(insert_n(cs, 0, CLEN), 0);
+	assert_int_equal(insert_n(cs, 1, CLEN), 0);
+	assert_int_equal(chunkstore_get(cs, &h0, &r0), 0);
+	assert_int_equal(chunkstore_get(cs, &h0, &r0b), 0); /* pins count */
+	assert_int_equal(chunkstore_get(cs, &h1, &r1), 0);
+	chunkstore_get_stats(cs, &st);
+	assert_int_equal(st.pinned, 2);
+	assert_int_equal(insert_n(cs, 2, CLEN), -ENOSPC);
+	assert_true(contains_n(cs, 0));
+	assert_true(contains_n(cs, 1));
+	assert_false(contains_n(cs, 2));
+	chunkstore_put(cs, r1);
+	chunkstore_put(cs, r0);
+	/* 0 is still pinned once: 1 must be the victim */
+	assert_int_equal(insert_n(cs, 2, CLEN), 0);
+	assert_true(contains_n(cs, 0));
+	assert_false(contains_n(cs, 1));
+	/* the pinned ref still reads correctly */
+	uint8_t buf[CLEN], *want = make_chunk(0, CLEN, &h0);
+	assert_int_equal(chunkstore_read(cs, r0b, buf, CLEN, 0), 0);
+	assert_memory_equal(buf, want, CLEN);
+	free(want);
+	chunkstore_put(cs, r0b);
+	chunkstore_get_stats(cs, &st);
+	assert_int_equal(st.pinned, 0);
+	assert_int_equal(insert_n(cs, 3, CLEN), 0);
+	chunkstore_close(cs);
+}
+
+/* ---- invariant 6: one owner; readers ---- */
+
+static void test_inv6_single_owner_and_reader_mode(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore *owner = open_store(f->dir, 3 * CLEN, false), *other = NULL;
+	struct chunkstore_opts o = { .dir = f->dir };
+	struct chunkstore *reader = open_store(f->dir, 0, true);
+	struct chunk_hash h0 = hash_n(0, CLEN);
+	struct chunk_ref *ref, *held;
+	struct chunkstore_stats st;
+
+	assert_int_equal(chunkstore_open(&o, &other), -EBUSY);
+	assert_int_equal(chunkstore_get(reader, &h0, &ref), -ENOENT);
+	assert_false(chunkstore_contains(reader, &h0));
+	assert_int_equal(insert_n(owner, 0, CLEN), 0);
+	assert_true(chunkstore_contains(reader, &h0));
+	assert_int_equal(get_check(reader, 0, CLEN), 0);
+	assert_int_equal(insert_n(reader, 1, CLEN), -EROFS);
+	assert_int_equal(chunkstore_foreach(reader, count_cb, NULL), -EOPNOTSUPP);
+
+	/* a reader holding a chunk is not hurt when the owner evicts it */
+	assert_int_equal(chunkstore_get(reader, &h0, &held), 0);
+	chunkstore_get_stats(reader, &st);
+	assert_int_equal(st.pinned, 1);
+	for (unsigned i = 1; i <= 4; i++)
+		assert_int_equal(insert_n(owner, i, CLEN), 0);
+	assert_false(chunkstore_contains(owner, &h0));
+	uint8_t buf[CLEN], *want = make_chunk(0, CLEN, &h0);
+	assert_int_equal(chunkstore_read(reader, held, buf, CLEN, 0), 0);
+	assert_memory_equal(buf, want, CLEN);
+	free(want);
+	chunkstore_put(reader, held);
+	/* many gets of hot chunks reuse descriptors: no descriptor leak */
+	for (int k = 0; k < 3000; k++)
+		assert_int_equal(get_check(reader, 2 + k % 3, CLEN), 0);
+	chunkstore_get_stats(reader, &st);
+	assert_int_equal(st.pinned, 0);
+	assert_true(st.hits >= 3000);
+	chunkstore_close(reader);
+	chunkstore_close(owner);
+	/* the lock is released with the owner */
+	assert_int_equal(chunkstore_open(&o, &other), 0);
+	chunkstore_close(other);
+}
+
+/* ---- invariant 7 and thread safety ---- */
+
+struct worker {
+	struct chunkstore *cs;
+	unsigned id;
+	int errors;
+	unsigned hits;
+};
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	uint32_t x = w->id * 7919 + 1;
+
+	for (unsigned k = 0; k < 300; k++) {
+		x = x * 1103515245 + 12345;
+		unsigned i = (x >> 8) % 60; /* overlapping sets: duplicates and races */
+		int ret;
+
+		if (k % 2 == 0) {
+			ret = insert_n(w->cs, i, CLEN + (i % 3) * 512);
+			if (ret)
+				w->errors++;
+		} else {
+			ret = get_check(w->cs, i, CLEN + (i % 3) * 512);
+			if (ret == 0)
+				w->hits++;
+			else if (ret != -ENOENT)
+				w->errors++;
+		}
+	}
+	return NULL;
+}
+
+static void test_inv7_concurrent_inserts_and_reads(void **state)
+{
+	struct fixture *f = *state;
+	const uint64_t cap = 20 * CLEN;
+	struct chunkstore *cs = open_store(f->dir, cap, false);
+	struct chunkstore *reader = open_store(f->dir, 0, true);
+	struct worker w[6];
+	pthread_t th[6];
+	struct chunkstore_stats st;
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < 6; i++) {
+		/* two of the threads read through a reader-mode handle */
+		w[i] = (struct worker){ .cs = i < 4 ? cs : reader, .id = i };
+		if (i >= 4)
+			w[i].cs = reader;
+		assert_int_equal(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
+	}
+	for (unsigned i = 0; i < 6; i++)
+		pthread_join(th[i], NULL);
+	for (unsigned i = 0; i < 6; i++) {
+		/* readers' inserts fail with EROFS by design: count only owner errors */
+		if (i < 4)
+			assert_int_equal(w[i].errors, 0);
+	}
+	chunkstore_get_stats(cs, &st);
+	assert_true(st.bytes_used <= cap);
+	assert_int_equal(st.pinned, 0);
+	assert_int_equal(chunkstore_foreach(cs, count_cb, &n), 0);
+	assert_int_equal(n, st.nchunks);
+	assert_true(st.evictions > 0);
+	chunkstore_close(reader);
+	chunkstore_close(cs);
+	/* everything on disk is sound and matches the index */
+	assert_int_equal(chunkstore_fsck(f->dir, false, NULL, NULL), 0);
+	cs = open_store(f->dir, cap, false);
+	struct chunkstore_stats st2;
+	chunkstore_get_stats(cs, &st2);
+	assert_int_equal(st2.nchunks, st.nchunks);
+	assert_int_equal(st2.bytes_used, st.bytes_used);
+	chunkstore_close(cs);
+}
+
+/* ---- fsck and O_DIRECT ---- */
+
+static void count_report(void *arg, const char *path, const char *problem)
+{
+	(*(int *)arg)++;
+}
+
+static void test_fsck_reports_and_repairs(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore *cs = open_store(f->dir, 0, false);
+	struct chunk_hash h0 = hash_n(0, CLEN);
+	char p[512];
+	uint8_t junk[10] = { 0 };
+	int reported = 0;
+
+	for (unsigned i = 0; i < 5; i++)
+		assert_int_equal(insert_n(cs, i, CLEN), 0);
+	/* an owner is running: repair is refused */
+	assert_int_equal(chunkstore_fsck(f->dir, true, NULL, NULL), -EBUSY);
+	assert_int_equal(chunkstore_fsck(f->dir, false, NULL, NULL), 0);
+	chunkstore_close(cs);
+	chunk_file(f->dir, &h0, p, sizeof(p));
+	write_raw(p, junk, sizeof(junk)); /* corrupt */
+	snprintf(p, sizeof(p), "%s/chunks/ab/xyz", f->dir);
+	write_raw(p, junk, sizeof(junk)); /* misnamed */
+	snprintf(p, sizeof(p), "%s/tmp/leftover", f->dir);
+	write_raw(p, junk, sizeof(junk)); /* temp */
+	assert_int_equal(chunkstore_fsck(f->dir, false, count_report, &reported), 3);
+	assert_int_equal(reported, 3);
+	assert_true(file_exists(p)); /* no repair: nothing removed */
+	assert_int_equal(chunkstore_fsck(f->dir, true, NULL, NULL), 3);
+	assert_false(file_exists(p));
+	assert_int_equal(chunkstore_fsck(f->dir, false, NULL, NULL), 0);
+	cs = open_store(f->dir, 0, false);
+	for (unsigned i = 1; i < 5; i++)
+		assert_int_equal(get_check(cs, i, CLEN), 0);
+	chunkstore_close(cs);
+	assert_int_equal(chunkstore_fsck("/nonexistent-rackdisk", false, NULL, NULL), -ENOENT);
+}
+
+static void test_direct_io_reads(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore_opts o = { .dir = f->dir, .direct_io = true };
+	struct chunkstore *cs;
+
+	assert_int_equal(chunkstore_open(&o, &cs), 0);
+	for (unsigned i = 0; i < 4; i++)
+		assert_int_equal(insert_n(cs, i, CLEN * 3 + i * 100), 0);
+	for (unsigned i = 0; i < 4; i++)
+		assert_int_equal(get_check(cs, i, CLEN * 3 + i * 100), 0);
+	chunkstore_close(cs);
+	o.reader = true;
+	assert_int_equal(chunkstore_open(&o, &cs), 0);
+	for (unsigned i = 0; i < 4; i++)
+		assert_int_equal(get_check(cs, i, CLEN * 3 + i * 100), 0);
+	chunkstore_close(cs);
+}
+
+int main(void)
+{
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+	const struct CMUnitTest tests[] = {
+		T(test_insert_get_put),
+		T(test_duplicate_insert_is_noop),
+		T(test_reopen_rebuilds_index),
+		T(test_inv1_torn_files_dropped_at_open),
+		T(test_inv1_corrupt_never_served),
+		T(test_inv1_crash_during_inserts),
+		T(test_inv2_inv3_hook_order),
+		T(test_inv5_capacity_and_eviction_order),
+		T(test_inv4_pinned_never_evicted),
+		T(test_inv6_single_owner_and_reader_mode),
+		T(test_inv7_concurrent_inserts_and_reads),
+		T(test_fsck_reports_and_repairs),
+		T(test_direct_io_reads),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
