@@ -1,0 +1,462 @@
+/*
+ * test_directory.c - the Redis chunk directory and fetch leases against a real
+ * redis-server on a free loopback port: registration and ids, holder sets, heartbeats,
+ * the pipelined bulk announce, password and database from the URL, Redis going away
+ * (calls fail fast) and coming back (the directory recovers by re-announcing), and
+ * leases (exclusive, released by the announce, renewed, expired when the holder dies
+ * or stalls).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+#include <hiredis/hiredis.h>
+
+#include "cluster/directory.h"
+#include "cluster_fixture.h"
+#include "common/log.h"
+
+#define CHUNK 4096
+
+static struct fx_redis redis;
+
+static struct directory *dir_new(const char *name, const char *rack, const char *url)
+{
+	char def[128], addr[64];
+	struct directory_opts o = {
+		.node_name = name, .rack = rack, .prefix = "t:",
+		.heartbeat_ttl_ms = 1500, .heartbeat_interval_ms = 300,
+		.lease_ttl_ms = 600, .lease_renew_ms = 150, .announce_batch = 1000,
+	};
+	struct directory *d = NULL;
+
+	fx_redis_url(&redis, 0, def, sizeof(def));
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", 10000 + name[0]);
+	o.url = url ? url : def;
+	o.advertise = addr;
+	assert_int_equal(directory_create(&o, &d), 0);
+	return d;
+}
+
+static int setup(void **state)
+{
+	memset(&redis, 0, sizeof(redis));
+	return fx_redis_start(&redis);
+}
+
+static int teardown(void **state)
+{
+	fx_redis_stop(&redis);
+	fx_rm_rf(redis.dir);
+	return 0;
+}
+
+static void test_parse_url(void **state)
+{
+	struct directory_url u;
+
+	assert_int_equal(directory_parse_url("redis://127.0.0.1:6380/3", &u), 0);
+	assert_string_equal(u.host, "127.0.0.1");
+	assert_int_equal(u.port, 6380);
+	assert_int_equal(u.db, 3);
+	assert_string_equal(u.password, "");
+	assert_int_equal(directory_parse_url("redis://:s3cr:et@h:1/0", &u), 0);
+	assert_string_equal(u.password, "s3cr:et");
+	assert_string_equal(u.user, "");
+	assert_string_equal(u.host, "h");
+	assert_int_equal(directory_parse_url("redis://app:pw@h", &u), 0);
+	assert_string_equal(u.user, "app");
+	assert_string_equal(u.password, "pw");
+	assert_int_equal(u.port, 6379);
+	assert_int_equal(u.db, 0);
+	assert_int_equal(directory_parse_url("redis://pw@h/2", &u), 0);
+	assert_string_equal(u.password, "pw");
+	assert_int_equal(u.db, 2);
+	assert_int_equal(directory_parse_url("http://h:1", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://h:0", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://h:99999", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://h:12x", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://h:1/x", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("", &u), -EINVAL);
+}
+
+static void test_bad_options(void **state)
+{
+	struct directory_opts o = {.url = "redis://127.0.0.1:1/0", .node_name = "../x",
+				   .advertise = "127.0.0.1:1"};
+	struct directory *d = NULL;
+
+	assert_int_equal(directory_create(&o, &d), -EINVAL);
+	o.node_name = "ok";
+	o.advertise = "has space:1";
+	assert_int_equal(directory_create(&o, &d), -EINVAL);
+	o.advertise = "127.0.0.1:1";
+	o.url = "redis:/nope";
+	assert_int_equal(directory_create(&o, &d), -EINVAL);
+}
+
+static void test_register_ids(void **state)
+{
+	struct directory *a = dir_new("a1", "r1", NULL), *b = dir_new("b1", "r1", NULL);
+	int64_t ida, idb;
+
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	ida = directory_node_id(a);
+	idb = directory_node_id(b);
+	assert_true(ida >= 1 && idb >= 1);
+	assert_int_not_equal(ida, idb);
+	/* a restarted node keeps its id */
+	directory_destroy(a);
+	a = dir_new("a1", "r1", NULL);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_node_id(a), ida);
+	directory_destroy(a);
+	directory_destroy(b);
+}
+
+static void test_announce_lookup_withdraw(void **state)
+{
+	struct directory *a = dir_new("a2", "r1", NULL), *b = dir_new("b2", "r2", NULL);
+	struct directory_holder hd[4];
+	struct directory_node nodes[8];
+	struct chunk_hash h, other;
+	uint8_t buf[CHUNK];
+	int n, i, found = 0;
+
+	fx_chunk(1, buf, sizeof(buf), &h);
+	fx_chunk(2, buf, sizeof(buf), &other);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	assert_int_equal(directory_lookup(b, &h, hd, 4), 0);
+	assert_int_equal(directory_announce(a, &h), 0);
+	n = directory_lookup(b, &h, hd, 4);
+	assert_int_equal(n, 1);
+	assert_int_equal(hd[0].node_id, directory_node_id(a));
+	assert_string_equal(hd[0].name, "a2");
+	assert_string_equal(hd[0].rack, "r1");
+	assert_string_equal(hd[0].addr, "127.0.0.1:10097");
+	/* a node never lists itself */
+	assert_int_equal(directory_lookup(a, &h, hd, 4), 0);
+	assert_int_equal(directory_lookup(b, &other, hd, 4), 0);
+	assert_int_equal(directory_announce(b, &h), 0);
+	assert_int_equal(directory_lookup(a, &h, hd, 4), 1);
+	assert_string_equal(hd[0].name, "b2");
+
+	n = directory_list_nodes(b, nodes, 8);
+	assert_true(n >= 2);
+	for (i = 0; i < n; i++)
+		if (!strcmp(nodes[i].name, "a2")) {
+			found++;
+			assert_true(nodes[i].alive);
+			assert_string_equal(nodes[i].rack, "r1");
+			assert_string_equal(nodes[i].addr, "127.0.0.1:10097");
+		}
+	assert_int_equal(found, 1);
+
+	assert_int_equal(directory_withdraw(a, &h), 0);
+	assert_int_equal(directory_lookup(b, &h, hd, 4), 0);
+	/* a holder whose heartbeat is gone is ignored */
+	assert_int_equal(directory_announce(a, &h), 0);
+	assert_int_equal(directory_lookup(b, &h, hd, 4), 1);
+	directory_leave(a);
+	assert_int_equal(directory_lookup(b, &h, hd, 4), 0);
+	/* lazy repair */
+	assert_int_equal(directory_remove_holder(b, &h, directory_node_id(a)), 0);
+	directory_destroy(a);
+	directory_destroy(b);
+}
+
+static void test_heartbeat_expires(void **state)
+{
+	struct directory *b = dir_new("b3", "r1", NULL), *a;
+	struct directory_holder hd[4];
+	struct chunk_hash h;
+	uint8_t buf[CHUNK];
+	int i, status = -1;
+	int64_t holder = -1;
+	pid_t pid;
+
+	fx_chunk(3, buf, sizeof(buf), &h);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	/* node a3 in a child process: announces, takes a lease, lives past the TTL, crashes */
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		a = dir_new("a3", "r1", NULL);
+		if (directory_wait_ready(a, 5000) || directory_announce(a, &h) ||
+		    directory_lease_acquire(a, &h, now_ns() + 60000 * 1000000ULL, &holder))
+			_exit(1);
+		fx_sleep_ms(2000); /* beyond the 1.5 s TTL: the heartbeat thread keeps it */
+		_exit(0); /* a crash: no leave, no release */
+	}
+	fx_sleep_ms(1800);
+	/* alive beyond its first TTL: the heartbeat thread refreshes it */
+	assert_int_equal(directory_lookup(b, &h, hd, 4), 1);
+	assert_string_equal(hd[0].name, "a3");
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	/* crashed without leaving: gone once the heartbeat TTL runs out, lease too */
+	for (i = 0; i < 60; i++) {
+		if (directory_lookup(b, &h, hd, 4) == 0 &&
+		    directory_lease_holder(b, &h, &holder) == 0 && holder == 0)
+			break;
+		fx_sleep_ms(50);
+	}
+	assert_true(i < 60);
+	directory_destroy(b);
+}
+
+/* Store hooks that follow a directory that may come and go (a node restarting). */
+static struct directory *hooked;
+
+static void hook_announce(void *arg, const struct chunk_hash *h)
+{
+	if (hooked)
+		directory_announce(hooked, h);
+}
+
+static void test_bulk_announce(void **state)
+{
+	char sdir[64];
+	struct directory *a, *b;
+	struct chunkstore_hooks hk = {.announce = hook_announce};
+	struct chunkstore *cs = fx_store_open(sdir, hk);
+	struct directory_holder hd[4];
+	struct directory_stats st;
+	static uint8_t buf[CHUNK];
+	struct chunk_hash *hs;
+	unsigned i, n = 2500;
+
+	assert_non_null(cs);
+	hs = calloc(n, sizeof(*hs));
+	assert_non_null(hs);
+	/* a store filled while no directory is attached (as before a restart) */
+	for (i = 0; i < n; i++) {
+		fx_chunk(1000 + i, buf, sizeof(buf), &hs[i]);
+		assert_int_equal(chunkstore_insert(cs, &hs[i], buf, sizeof(buf)), 0);
+	}
+	a = dir_new("a4", "r1", NULL);
+	directory_attach_store(a, cs);
+	hooked = a;
+	b = dir_new("b4", "r1", NULL);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	for (i = 0; i < n; i++)
+		assert_int_equal(directory_lookup(b, &hs[i], hd, 4), 1);
+	directory_get_stats(a, &st);
+	assert_true(st.bulk_announced >= n);
+	/* pipelined: a few round trips, not one per chunk (batch 1000) */
+	assert_true(st.commands < 50);
+	hooked = NULL;
+	directory_destroy(a);
+	directory_destroy(b);
+	chunkstore_close(cs);
+	fx_rm_rf(sdir);
+	free(hs);
+}
+
+static void test_password_and_db(void **state)
+{
+	struct fx_redis r = {0};
+	char url[160];
+	struct directory *a;
+	struct directory_stats st;
+	struct chunk_hash h;
+	uint8_t buf[CHUNK];
+	redisContext *c;
+	redisReply *rep;
+	uint64_t t0;
+
+	snprintf(r.password, sizeof(r.password), "pw-%d", getpid());
+	assert_int_equal(fx_redis_start(&r), 0);
+	fx_chunk(5, buf, sizeof(buf), &h);
+	snprintf(url, sizeof(url), "redis://:%s@127.0.0.1:%d/3", r.password, r.port);
+	{
+		struct directory_opts o = {.url = url, .node_name = "p1", .advertise = "x:1",
+					   .prefix = "pp:"};
+
+		assert_int_equal(directory_create(&o, &a), 0);
+	}
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_announce(a, &h), 0);
+	c = redisConnect("127.0.0.1", r.port);
+	assert_non_null(c);
+	rep = redisCommand(c, "AUTH %s", r.password);
+	freeReplyObject(rep);
+	rep = redisCommand(c, "SELECT 3");
+	freeReplyObject(rep);
+	rep = redisCommand(c, "KEYS pp:chunk:*");
+	assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+	assert_int_equal(rep->elements, 1);
+	freeReplyObject(rep);
+	rep = redisCommand(c, "SELECT 0");
+	freeReplyObject(rep);
+	rep = redisCommand(c, "DBSIZE");
+	assert_int_equal(rep->integer, 0);
+	freeReplyObject(rep);
+	redisFree(c);
+	directory_destroy(a);
+
+	/* a wrong password never gets ready, and calls fail fast meanwhile */
+	snprintf(url, sizeof(url), "redis://:wrong@127.0.0.1:%d/3", r.port);
+	{
+		struct directory_opts o = {.url = url, .node_name = "p2", .advertise = "x:1"};
+
+		assert_int_equal(directory_create(&o, &a), 0);
+	}
+	assert_int_equal(directory_wait_ready(a, 700), -ETIMEDOUT);
+	t0 = now_ns();
+	assert_int_equal(directory_announce(a, &h), -ENOTCONN);
+	assert_true(fx_ms_since(t0) < 1000);
+	directory_get_stats(a, &st);
+	assert_false(st.connected);
+	assert_true(st.fast_fails >= 1);
+	directory_destroy(a);
+	fx_redis_stop(&r);
+	fx_rm_rf(r.dir);
+}
+
+static void test_redis_down_and_back(void **state)
+{
+	char sdir[64];
+	struct directory *a = dir_new("a6", "r1", NULL), *b = dir_new("b6", "r1", NULL);
+	struct chunkstore *cs = fx_store_open(sdir, directory_store_hooks(a));
+	struct directory_holder hd[4];
+	struct directory_stats st;
+	static uint8_t buf[CHUNK];
+	struct chunk_hash hs[20], late;
+	uint64_t t0;
+	int i;
+
+	assert_non_null(cs);
+	directory_attach_store(a, cs);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	for (i = 0; i < 20; i++) {
+		fx_chunk(2000 + i, buf, sizeof(buf), &hs[i]);
+		assert_int_equal(chunkstore_insert(cs, &hs[i], buf, sizeof(buf)), 0);
+	}
+	assert_int_equal(directory_lookup(b, &hs[7], hd, 4), 1);
+
+	fx_redis_stop(&redis);
+	/* every call fails fast; the store keeps working (insert while down) */
+	for (i = 0; i < 20; i++) {
+		int64_t holder;
+
+		t0 = now_ns();
+		assert_true(directory_lookup(b, &hs[i], hd, 4) < 0);
+		assert_true(directory_lease_acquire(b, &hs[i], now_ns() + 1000000000ULL,
+						    &holder) < 0);
+		assert_true(fx_ms_since(t0) < 1500);
+	}
+	fx_chunk(2100, buf, sizeof(buf), &late);
+	assert_int_equal(chunkstore_insert(cs, &late, buf, sizeof(buf)), 0);
+	directory_get_stats(b, &st);
+	assert_false(st.connected);
+	assert_true(st.errors >= 20);
+
+	/* Redis returns empty: the directory recovers by re-announcing the whole store */
+	assert_int_equal(fx_redis_start(&redis), 0);
+	assert_int_equal(directory_wait_ready(a, 8000), 0);
+	assert_int_equal(directory_wait_ready(b, 8000), 0);
+	for (i = 0; i < 20; i++)
+		assert_int_equal(directory_lookup(b, &hs[i], hd, 4), 1);
+	assert_int_equal(directory_lookup(b, &late, hd, 4), 1);
+	assert_string_equal(hd[0].name, "a6");
+	directory_get_stats(a, &st);
+	assert_true(st.reconnects >= 2);
+	directory_destroy(a);
+	directory_destroy(b);
+	chunkstore_close(cs);
+	fx_rm_rf(sdir);
+}
+
+static void test_lease_exclusive_and_released_by_announce(void **state)
+{
+	struct directory *a = dir_new("a7", "r1", NULL), *b = dir_new("b7", "r1", NULL);
+	struct chunk_hash h;
+	uint8_t buf[CHUNK];
+	int64_t holder = -1;
+	uint64_t far = now_ns() + 60000 * 1000000ULL;
+
+	fx_chunk(7, buf, sizeof(buf), &h);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	assert_int_equal(directory_lease_acquire(a, &h, far, &holder), 0);
+	assert_int_equal(directory_lease_acquire(b, &h, far, &holder), -EBUSY);
+	assert_int_equal(holder, directory_node_id(a));
+	/* renewed by a's thread well past its TTL (600 ms) */
+	fx_sleep_ms(1500);
+	assert_int_equal(directory_lease_acquire(b, &h, far, &holder), -EBUSY);
+	/* b cannot release or break a live lease that is not its own */
+	assert_int_equal(directory_lease_release(b, &h), -ENOENT);
+	assert_int_equal(directory_lease_break(b, &h, directory_node_id(b)), -ENOENT);
+	assert_int_equal(directory_lease_holder(b, &h, &holder), 0);
+	assert_int_equal(holder, directory_node_id(a));
+	/* the announce releases it in the same round trip */
+	assert_int_equal(directory_announce(a, &h), 0);
+	assert_int_equal(directory_lease_holder(b, &h, &holder), 0);
+	assert_int_equal(holder, 0);
+	assert_int_equal(directory_lease_acquire(b, &h, far, &holder), 0);
+	assert_int_equal(directory_lease_release(b, &h), 0);
+	directory_destroy(a);
+	directory_destroy(b);
+}
+
+static void test_lease_stalled_holder_expires(void **state)
+{
+	struct directory *a = dir_new("a8", "r1", NULL), *b = dir_new("b8", "r1", NULL);
+	struct directory_stats st;
+	struct chunk_hash h;
+	uint8_t buf[CHUNK];
+	int64_t holder = -1;
+	uint64_t t0;
+	int rc = -1, i;
+
+	fx_chunk(8, buf, sizeof(buf), &h);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	/* a's fetch may run 300 ms; after that a stops holding the lease */
+	assert_int_equal(directory_lease_acquire(a, &h, now_ns() + 300 * 1000000ULL, &holder),
+			 0);
+	t0 = now_ns();
+	for (i = 0; i < 100; i++) {
+		rc = directory_lease_acquire(b, &h, now_ns() + 60000 * 1000000ULL, &holder);
+		if (rc == 0)
+			break;
+		assert_int_equal(rc, -EBUSY);
+		fx_sleep_ms(50);
+	}
+	assert_int_equal(rc, 0);
+	/* hold time 300 ms + renew period 150 ms, far below the 5 s the loop allows */
+	assert_true(fx_ms_since(t0) < 2000);
+	directory_get_stats(a, &st);
+	assert_true(st.leases_expired >= 1);
+	directory_destroy(a);
+	directory_destroy(b);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_parse_url),
+		cmocka_unit_test(test_bad_options),
+		cmocka_unit_test_setup_teardown(test_register_ids, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_announce_lookup_withdraw, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_heartbeat_expires, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bulk_announce, setup, teardown),
+		cmocka_unit_test(test_password_and_db),
+		cmocka_unit_test_setup_teardown(test_redis_down_and_back, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lease_exclusive_and_released_by_announce,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lease_stalled_holder_expires, setup,
+						teardown),
+	};
+
+	log_init("test_directory", LOG_LVL_WARN, 0);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
