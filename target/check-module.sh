@@ -14,7 +14,7 @@ provided=$(mktemp)
 trap 'rm -f "$provided"' EXIT
 {
 	nm -D --defined-only "$tgtd" 2>/dev/null | awk '{print $3}'
-	for lib in $(ldd "$so" | awk '/=> \//{print $3}'); do
+	for lib in $(ldd "$so" | awk '/=> \//{print $3} /^[[:space:]]*\//{print $1}'); do
 		nm -D --defined-only "$lib" | awk '{print $3}'
 	done
 } | sed 's/@.*//' | sort -u > "$provided"

@@ -1,0 +1,312 @@
+"""Helpers for the tgt module tests: a private tgtd, rackdisk disk directories built with
+build/tests/mkdisk, and a fake rackdiskd fetch server.
+
+- install_module() copies build/bs_rackdisk.so into tgt's module directory. tgtd's
+  module directory is compiled in (BSDIR, /usr/lib/tgt/backing-store), so a private one
+  is not possible; the copy is atomic (temp file + rename) so a running tgtd that has the
+  old file mapped is not disturbed.
+- Tgtd runs `tgtd -f` with its own TGT_IPC_SOCKET and control port (below 32768), and a
+  portal on 127.0.0.1:<free port>. stop() deletes every target first (so each LUN is
+  closed, i.e. bs_close flushes the disk), then SIGTERM, then SIGKILL. kill() is SIGKILL.
+- FetchServer speaks target/fetch_proto.h on a unix socket. mode "serve" makes a chunk
+  present by writing its file atomically into the chunk store (chunks/<hh>/<hash>, the
+  layout of DESIGN.md section 3) from a raw image; "stall" never answers FETCH; "fail"
+  answers ERR 5 (EIO). TOUCH and PREFETCH are answered OK in every mode and counted.
+"""
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import tempfile
+import threading
+import time
+
+from servers import BUILD, free_port, wait_port
+
+TGT_MODDIR = "/usr/lib/tgt/backing-store"
+MODULE = os.path.join(BUILD, "bs_rackdisk.so")
+MKDISK = os.path.join(BUILD, "tests", "mkdisk")
+IQN_PREFIX = "iqn.2026-11.io.rackdisk.test"
+
+
+def install_module():
+    """Installs build/bs_rackdisk.so where tgtd loads modules (needs root)."""
+    if not os.path.exists(MODULE):
+        raise FileNotFoundError(f"{MODULE} missing: run make build")
+    os.makedirs(TGT_MODDIR, exist_ok=True)
+    dst = os.path.join(TGT_MODDIR, "bs_rackdisk.so")
+    with open(MODULE, "rb") as f:
+        new = f.read()
+    try:
+        with open(dst, "rb") as f:
+            if f.read() == new:
+                return dst
+    except FileNotFoundError:
+        pass
+    tmp = f"{dst}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(new)
+    os.chmod(tmp, 0o755)
+    os.rename(tmp, dst)
+    return dst
+
+
+def short_tmpdir(prefix):
+    """Unix socket paths must fit in 108 bytes; pytest's tmp_path may not."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+class Tgtd:
+    def __init__(self, workdir, iothreads=4):
+        self.dir = str(workdir)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        # The control port only names the management socket (<ipc>.<port>), and the
+        # socket lives in a private directory, so any port below 32768 is free.
+        self.control_port = random.randint(1000, 32000)
+        self.iothreads = iothreads
+        self.ipcdir = short_tmpdir("tgtd")
+        self.ipc = os.path.join(self.ipcdir, "ipc")
+        self.log = os.path.join(self.dir, "tgtd.log")
+        self.proc = None
+        self.targets = {}  # tid -> iqn
+
+    def env(self):
+        e = dict(os.environ)
+        e["TGT_IPC_SOCKET"] = self.ipc
+        return e
+
+    def start(self, timeout=10.0):
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            ["tgtd", "-f", "-C", str(self.control_port), "-t", str(self.iothreads),
+             "--iscsi", f"portal=127.0.0.1:{self.port}"],
+            stdout=logf, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True)
+        logf.close()
+        wait_port(self.port, timeout, self.proc)
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.adm("--op", "show", "--mode", "sys", check=False)
+            if r.returncode == 0:
+                break
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"tgtd not answering: {r.stderr}\n{self.log_text()}")
+            time.sleep(0.05)
+        self.targets = {}
+        return self
+
+    def log_text(self):
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()[-4000:]
+        except OSError:
+            return ""
+
+    def adm(self, *args, check=True, timeout=30):
+        r = subprocess.run(["tgtadm", "-C", str(self.control_port), "--lld", "iscsi", *args],
+                           env=self.env(), capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"tgtadm {' '.join(args)}: {r.stderr.strip()}\n{self.log_text()}")
+        return r
+
+    def add_lun(self, tid, backing, bstype="rackdisk", params=None, check=True):
+        """Creates target tid (iqn ...:tN) with LUN 1 on `backing`; returns the URL."""
+        iqn = f"{IQN_PREFIX}:t{tid}"
+        self.adm("--op", "new", "--mode", "target", "--tid", str(tid), "-T", iqn)
+        self.targets[tid] = iqn
+        self.adm("--op", "bind", "--mode", "target", "--tid", str(tid), "-I", "ALL")
+        r = self.adm("--op", "new", "--mode", "logicalunit", "--tid", str(tid), "--lun", "1",
+                     "--bstype", bstype, "--backing-store", str(backing), check=check)
+        if r.returncode != 0:
+            return None
+        if params:
+            self.adm("--op", "update", "--mode", "logicalunit", "--tid", str(tid),
+                     "--lun", "1", "--params", params)
+        return self.url(tid)
+
+    def url(self, tid, lun=1):
+        return f"iscsi://127.0.0.1:{self.port}/{self.targets[tid]}/{lun}"
+
+    def remove_targets(self):
+        for tid in list(self.targets):
+            self.adm("--op", "delete", "--mode", "target", "--tid", str(tid), "--force",
+                     check=False)
+            del self.targets[tid]
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.remove_targets()
+            except (subprocess.TimeoutExpired, OSError):
+                pass
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.ipcdir, ignore_errors=True)
+
+    def kill(self):
+        """SIGKILL: what a crash of the appliance looks like to the disk."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+def make_disk(raw, disk_dir, store, cache="all", socket_path=None, timeout_ms=30000,
+              chunk_size=None, size=None):
+    cmd = [MKDISK, "--raw", str(raw), "--disk", str(disk_dir), "--store", str(store),
+           "--cache", cache, "--timeout-ms", str(timeout_ms)]
+    if socket_path:
+        cmd += ["--socket", str(socket_path)]
+    if chunk_size:
+        cmd += ["--chunk-size", str(chunk_size)]
+    if size:
+        cmd += ["--size", str(size)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"mkdisk: {r.stderr}")
+    return json.loads(r.stdout)
+
+
+def make_raw(path, size, seed=1, zero_chunks=(), chunk_size=1 << 20):
+    """A raw image of pseudo-random bytes with the listed chunks all zero."""
+    rnd = random.Random(seed)
+    with open(path, "wb") as f:
+        for off in range(0, size, chunk_size):
+            n = min(chunk_size, size - off)
+            if off // chunk_size in zero_chunks:
+                f.write(bytes(n))
+            else:
+                f.write(rnd.randbytes(n))
+    return path
+
+
+class FetchServer:
+    """A stand-in for rackdiskd's fetch socket (see module docstring)."""
+
+    def __init__(self, sock_path, store, raw=None, chunk_size=1 << 20, mode="serve"):
+        self.path = str(sock_path)
+        self.store = str(store)
+        self.mode = mode
+        self.counts = {"FETCH": 0, "PREFETCH": 0, "TOUCH": 0}
+        self.touched = set()
+        self.prefetched = []
+        self.lock = threading.Lock()
+        self.chunks = {}
+        if raw:
+            with open(raw, "rb") as f:
+                while True:
+                    data = f.read(chunk_size)
+                    if not data:
+                        break
+                    self.chunks[hashlib.sha256(data).hexdigest()] = data
+        self.server = None
+        self.thread = None
+
+    def put_chunk(self, h):
+        d = os.path.join(self.store, "chunks", h[:2])
+        os.makedirs(d, exist_ok=True)
+        tmpdir = os.path.join(self.store, "tmp")
+        os.makedirs(tmpdir, exist_ok=True)
+        tmp = os.path.join(tmpdir, f"{h}.{threading.get_ident()}")
+        with open(tmp, "wb") as f:
+            f.write(self.chunks[h])
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, os.path.join(d, h))
+
+    def handle_line(self, line):
+        parts = line.split()
+        if not parts:
+            return "ERR 22 empty"
+        op = parts[0]
+        with self.lock:
+            self.counts[op] = self.counts.get(op, 0) + 1
+        if op == "TOUCH":
+            with self.lock:
+                self.touched.update(parts[1:])
+            return "OK"
+        if op == "PREFETCH":
+            with self.lock:
+                self.prefetched.append(parts[1])
+            if self.mode == "serve" and parts[1] in self.chunks:
+                self.put_chunk(parts[1])
+            return "OK"
+        if op != "FETCH" or len(parts) != 4:
+            return "ERR 22 bad request"
+        if self.mode == "stall":
+            time.sleep(int(parts[3]) / 1000.0 + 5)
+            return None
+        if self.mode == "fail":
+            return "ERR 5 every source failed"
+        h = parts[1]
+        if h not in self.chunks:
+            return "ERR 2 unknown chunk"
+        self.put_chunk(h)
+        return "OK"
+
+    def start(self):
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                for raw in self.rfile:
+                    reply = outer.handle_line(raw.decode(errors="replace").strip())
+                    if reply is None:
+                        return
+                    self.wfile.write((reply + "\n").encode())
+                    self.wfile.flush()
+
+        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+            daemon_threads = True
+
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        self.server = Server(self.path, Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def qemu_img(*args, timeout=300, check=True):
+    r = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"qemu-img {' '.join(args)}: {r.stderr}")
+    return r
+
+
+def qemu_io(url, *cmds, timeout=120, check=True):
+    args = ["qemu-io", "-f", "raw"]
+    for c in cmds:
+        args += ["-c", c]
+    args.append(url)
+    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    if check and (r.returncode != 0 or "error" in (r.stdout + r.stderr).lower()):
+        raise RuntimeError(f"qemu-io {cmds}: rc={r.returncode} {r.stdout} {r.stderr}")
+    return r
+
+
+def copy_sparse(src, dst):
+    shutil.copyfile(src, dst)
