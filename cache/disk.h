@@ -44,6 +44,10 @@ struct disk_opts {
 	/* Optional: called for every image chunk a read used (hit or filled), so that a
 	 * reader-mode owner can report accesses to the store's owner. */
 	void (*on_chunk_access)(void *arg, const struct chunk_hash *h);
+	/* Chunk files the disk keeps open for reads (a power of two is used, rounded up);
+	 * 0 = 256. Descriptors of chunks evicted meanwhile keep their space until their
+	 * slot is reused or the disk is closed. */
+	unsigned chunk_fds;
 };
 
 /* Creates a new, empty overlay in dir (which must not hold one) for a disk of `size`

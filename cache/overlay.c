@@ -1,0 +1,979 @@
+/*
+ * overlay.c - a disk's copy-on-write overlay: overlay.data (grain g at byte g * 4096) and
+ * overlay.map (2 bits of state per grain, A/B page copies; format in overlay_format.h).
+ *
+ * Why identity mapping rather than an allocator: an allocating overlay must never reuse a
+ * block that a durable map entry still points at (UNMAP frees block B of grain 1, a write
+ * to grain 2 takes B, a crash before the UNMAP is durable leaves grain 1 pointing at grain
+ * 2's data). Placing grain g at g * 4096 of a sparse file makes that impossible by
+ * construction, needs no free list, keeps the map at 2 bits per grain, turns a write of
+ * many grains into one pwrite at the disk offset, and lets UNMAP release space by
+ * punching a hole. This is the layout of dm-clone (a bitmap over a same-size target).
+ *
+ * Invariants (tests/unit/cache/test_overlay.c and tests/fault/ check them):
+ *  1. Grain g's overlay data is at bytes [g * 4096, (g + 1) * 4096) of overlay.data and
+ *     nowhere else; no other grain ever uses those bytes. Hence no two grains share a
+ *     block and no block is ever reused by another grain.
+ *  2. A grain becomes DATA in memory only after its data write has returned (disk.c), and
+ *     a map page is written only after an fdatasync of overlay.data that began after the
+ *     page was snapshotted: a durable DATA entry always describes durable data.
+ *  3. A page copy is written only to the slot that does not hold the page's newest valid
+ *     copy, with a generation larger than every earlier one; the newest valid copy is
+ *     never overwritten, so a torn write loses only the update in progress (whose flush
+ *     has not returned).
+ *  4. A page's first copy is durable before its second slot is written. After a page's
+ *     first flush at least one of its slots is always valid: a page with no valid slot
+ *     and a non-zero byte is corruption, never the trace of a crash. (Slot 0 torn with
+ *     slot 1 all zero is a first flush that did not finish: the page is all IMAGE.)
+ *  5. Every header and page copy carries a SHA-256 over its contents (pages also over the
+ *     overlay's nonce); a copy with a wrong sum, magic, page number or state value (3),
+ *     or with state bits beyond the disk's end, is never used.
+ *  6. overlay.data is at least ngrains * 4096 bytes before a header with that size is
+ *     durable (create, grow); the size never shrinks.
+ *  7. overlay_flush() returns 0 only when every overlay_set() and data write that
+ *     completed before it was called is durable: it joins only a flush that began
+ *     (snapshotted) after the call.
+ *  8. ZERO and IMAGE grains never read overlay.data, so a hole punched by an UNMAP that
+ *     is not yet durable can only make a grain read zeros: the UNMAP's own result.
+ */
+#include "cache/overlay.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/sha.h>
+
+#include "common/log.h"
+#include "common/util.h"
+
+#define PATTERN_DATA 0x5555555555555555ull
+#define PATTERN_ZERO 0xaaaaaaaaaaaaaaaaull
+
+struct ovl_page {
+	uint64_t w[OVERLAY_PAGE_WORDS]; /* atomic access only */
+	int dirty;                      /* atomic: changed since the last snapshot */
+	/* Owned by the flush lock: */
+	int cur_slot;                   /* slot holding the newest valid copy, -1 none */
+	uint64_t gen;
+};
+
+struct ovl_table {
+	uint64_t npages;
+	struct ovl_table *retired_next; /* older tables, freed at close */
+	struct ovl_page *pages[];       /* atomic; NULL: every grain IMAGE, never written */
+};
+
+struct overlay {
+	int map_fd, data_fd;
+	struct ovl_table *table; /* atomic */
+	uint64_t size;           /* atomic */
+	struct chunk_hash image_id;
+	uint8_t nonce[16];
+	pthread_mutex_t flush_mtx;
+	/* Under flush_mtx: */
+	uint64_t gen;       /* newest page generation used */
+	uint64_t hdr_gen;
+	int hdr_slot;       /* slot of the newest valid header */
+	/* Atomics: */
+	uint64_t flush_begun, flush_done;
+	uint64_t data_grains;
+	uint64_t n_flushes, n_joined, n_pages_written, n_punch_unsupported;
+	bool punch_warned;
+	/* Pages found corrupt at load (tolerant loads only, for fsck). */
+	uint64_t *corrupt;
+	size_t ncorrupt;
+};
+
+/* A map image to parse: a file or a memory buffer. Reads past the end give zeros. */
+struct ovl_src {
+	const uint8_t *mem;
+	int fd;
+	uint64_t len;
+};
+
+static int src_read(const struct ovl_src *s, void *buf, size_t len, uint64_t off)
+{
+	size_t have = 0;
+
+	if (off < s->len)
+		have = (size_t)MIN((uint64_t)len, s->len - off);
+	if (have) {
+		if (s->mem) {
+			memcpy(buf, s->mem + off, have);
+		} else {
+			int rc = pread_full(s->fd, buf, have, off);
+			if (rc < 0)
+				return rc;
+		}
+	}
+	memset((uint8_t *)buf + have, 0, len - have);
+	return 0;
+}
+
+static inline uint64_t ngrains_of(uint64_t size)
+{
+	return DIV_ROUND_UP(size, OVERLAY_GRAIN);
+}
+
+static inline uint64_t npages_of(uint64_t size)
+{
+	return DIV_ROUND_UP(ngrains_of(size), OVERLAY_PAGE_GRAINS);
+}
+
+static inline uint64_t slot_off(uint64_t page, int slot)
+{
+	return OVERLAY_PAGES_OFF + (2 * page + (uint64_t)slot) * OVERLAY_SLOT_SIZE;
+}
+
+/* ---- header and page encoding ---- */
+
+static void hdr_sum(const struct overlay_hdr_disk *h, uint8_t out[32])
+{
+	SHA256((const uint8_t *)h, offsetof(struct overlay_hdr_disk, sum), out);
+}
+
+static void hdr_encode(const struct overlay *o, uint64_t gen, uint64_t size,
+		       struct overlay_hdr_disk *h)
+{
+	memset(h, 0, sizeof(*h));
+	memcpy(h->magic, OVERLAY_HDR_MAGIC, sizeof(h->magic));
+	h->version = OVERLAY_VERSION;
+	h->grain = OVERLAY_GRAIN;
+	h->page_grains = OVERLAY_PAGE_GRAINS;
+	h->slot_size = OVERLAY_SLOT_SIZE;
+	h->gen = gen;
+	h->size = size;
+	memcpy(h->image_id, o->image_id.b, sizeof(h->image_id));
+	memcpy(h->nonce, o->nonce, sizeof(h->nonce));
+	hdr_sum(h, h->sum);
+}
+
+static bool hdr_valid(const struct overlay_hdr_disk *h)
+{
+	uint8_t sum[32];
+
+	if (memcmp(h->magic, OVERLAY_HDR_MAGIC, sizeof(h->magic)) != 0)
+		return false;
+	hdr_sum(h, sum);
+	if (memcmp(sum, h->sum, sizeof(sum)) != 0)
+		return false;
+	return h->version == OVERLAY_VERSION && h->grain == OVERLAY_GRAIN &&
+	       h->page_grains == OVERLAY_PAGE_GRAINS && h->slot_size == OVERLAY_SLOT_SIZE &&
+	       h->size > 0 && h->size % 512 == 0 && h->size <= OVERLAY_MAX_SIZE;
+}
+
+static void page_sum(const uint8_t nonce[16], const struct overlay_page_hdr *ph,
+		     const uint64_t *words, uint8_t out[32])
+{
+	enum { HEAD = offsetof(struct overlay_page_hdr, sum) };
+	uint8_t in[16 + HEAD + OVERLAY_PAGE_WORDS * 8];
+
+	/* One contiguous buffer: SHA256() is the one-shot call OpenSSL 3 keeps. */
+	memcpy(in, nonce, 16);
+	memcpy(in + 16, ph, HEAD);
+	memcpy(in + 16 + HEAD, words, OVERLAY_PAGE_WORDS * 8);
+	SHA256(in, sizeof(in), out);
+}
+
+/* Encodes one page copy into slot[OVERLAY_SLOT_SIZE]. */
+static void page_encode(const uint8_t nonce[16], uint64_t page_no, uint64_t gen,
+			const uint64_t *words, uint8_t *slot)
+{
+	struct overlay_page_hdr ph;
+
+	memset(&ph, 0, sizeof(ph));
+	memcpy(ph.magic, OVERLAY_PAGE_MAGIC, sizeof(ph.magic));
+	ph.page_no = page_no;
+	ph.gen = gen;
+	page_sum(nonce, &ph, words, ph.sum);
+	memcpy(slot, &ph, sizeof(ph));
+	memcpy(slot + sizeof(ph), words, OVERLAY_PAGE_WORDS * 8);
+}
+
+/* Validates a page copy (invariant 5); ngrains bounds the state bits that may be set. */
+static bool page_valid(const uint8_t nonce[16], uint64_t page_no, uint64_t ngrains,
+		       const uint8_t *slot, uint64_t *gen)
+{
+	struct overlay_page_hdr ph;
+	uint64_t words[OVERLAY_PAGE_WORDS];
+	uint8_t sum[32];
+	uint64_t first = page_no * OVERLAY_PAGE_GRAINS;
+
+	memcpy(&ph, slot, sizeof(ph));
+	memcpy(words, slot + sizeof(ph), sizeof(words));
+	if (memcmp(ph.magic, OVERLAY_PAGE_MAGIC, sizeof(ph.magic)) != 0 || ph.page_no != page_no)
+		return false;
+	page_sum(nonce, &ph, words, sum);
+	if (memcmp(sum, ph.sum, sizeof(sum)) != 0)
+		return false;
+	for (unsigned i = 0; i < OVERLAY_PAGE_WORDS; i++) {
+		uint64_t w = words[i];
+		uint64_t g0 = first + (uint64_t)i * 32;
+
+		if (w & (w >> 1) & PATTERN_DATA)
+			return false; /* a grain in state 3 */
+		if (g0 + 32 > ngrains) {
+			uint64_t keep = g0 >= ngrains ? 0 : ngrains - g0;
+			if (keep == 0 ? w != 0 : (w >> (2 * keep)) != 0)
+				return false; /* state beyond the disk's end */
+		}
+	}
+	*gen = ph.gen;
+	return true;
+}
+
+/* ---- in-memory map ---- */
+
+static struct ovl_table *table_new(uint64_t npages)
+{
+	struct ovl_table *t = calloc(1, sizeof(*t) + npages * sizeof(t->pages[0]));
+
+	if (t)
+		t->npages = npages;
+	return t;
+}
+
+static struct ovl_page *page_new(void)
+{
+	struct ovl_page *pg = aligned_alloc(64, sizeof(*pg));
+
+	if (!pg)
+		return NULL;
+	memset(pg, 0, sizeof(*pg));
+	pg->cur_slot = -1;
+	return pg;
+}
+
+static inline struct ovl_table *table_of(const struct overlay *o)
+{
+	return __atomic_load_n(&o->table, __ATOMIC_ACQUIRE);
+}
+
+static inline struct ovl_page *page_of(const struct ovl_table *t, uint64_t p)
+{
+	return __atomic_load_n(&t->pages[p], __ATOMIC_ACQUIRE);
+}
+
+static inline uint64_t pattern_of(enum overlay_state st)
+{
+	return st == OVL_DATA ? PATTERN_DATA : st == OVL_ZERO ? PATTERN_ZERO : 0;
+}
+
+/* Grains in state DATA (01) in word w. */
+static inline unsigned data_count(uint64_t w)
+{
+	return (unsigned)__builtin_popcountll(w & ~(w >> 1) & PATTERN_DATA);
+}
+
+uint64_t overlay_size(const struct overlay *o)
+{
+	return __atomic_load_n(&o->size, __ATOMIC_ACQUIRE);
+}
+
+uint64_t overlay_ngrains(const struct overlay *o)
+{
+	return ngrains_of(overlay_size(o));
+}
+
+const struct chunk_hash *overlay_image_id(const struct overlay *o)
+{
+	return &o->image_id;
+}
+
+int overlay_data_fd(const struct overlay *o)
+{
+	return o->data_fd;
+}
+
+uint64_t overlay_data_grains(const struct overlay *o)
+{
+	return __atomic_load_n(&o->data_grains, __ATOMIC_RELAXED);
+}
+
+enum overlay_state overlay_state_of(const struct overlay *o, uint64_t g)
+{
+	const struct ovl_table *t = table_of(o);
+	const struct ovl_page *pg;
+	uint64_t w;
+
+	if ((g >> OVERLAY_PAGE_SHIFT) >= t->npages)
+		return OVL_IMAGE;
+	pg = page_of(t, g >> OVERLAY_PAGE_SHIFT);
+	if (!pg)
+		return OVL_IMAGE;
+	w = __atomic_load_n(&pg->w[(g & (OVERLAY_PAGE_GRAINS - 1)) >> 5], __ATOMIC_ACQUIRE);
+	return (enum overlay_state)((w >> (2 * (g & 31))) & 3);
+}
+
+uint64_t overlay_run(const struct overlay *o, uint64_t g, uint64_t n, enum overlay_state *st)
+{
+	const struct ovl_table *t = table_of(o);
+	enum overlay_state s0 = overlay_state_of(o, g);
+	uint64_t pat = pattern_of(s0);
+	uint64_t done = 0;
+
+	*st = s0;
+	while (done < n) {
+		uint64_t cur = g + done;
+		uint64_t p = cur >> OVERLAY_PAGE_SHIFT;
+		const struct ovl_page *pg = p < t->npages ? page_of(t, p) : NULL;
+		unsigned bit = (unsigned)(cur & 31);
+		uint64_t in_word = MIN(32u - bit, n - done);
+		uint64_t x;
+
+		if (!pg) {
+			if (s0 != OVL_IMAGE)
+				break;
+			done += MIN(OVERLAY_PAGE_GRAINS - (cur & (OVERLAY_PAGE_GRAINS - 1)),
+				    n - done);
+			continue;
+		}
+		x = __atomic_load_n(&pg->w[(cur & (OVERLAY_PAGE_GRAINS - 1)) >> 5],
+				    __ATOMIC_ACQUIRE);
+		x = (x ^ pat) >> (2 * bit);
+		if (in_word < 32)
+			x &= (1ull << (2 * in_word)) - 1;
+		if (x == 0) {
+			done += in_word;
+			continue;
+		}
+		done += (uint64_t)__builtin_ctzll(x) / 2;
+		break;
+	}
+	return MAX(done, 1);
+}
+
+static struct ovl_page *page_get_or_alloc(struct ovl_table *t, uint64_t p)
+{
+	struct ovl_page *pg = page_of(t, p), *expect = NULL;
+
+	if (pg)
+		return pg;
+	pg = page_new();
+	if (!pg)
+		return NULL;
+	if (!__atomic_compare_exchange_n(&t->pages[p], &expect, pg, false, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE)) {
+		free(pg);
+		pg = expect;
+	}
+	return pg;
+}
+
+int overlay_set(struct overlay *o, uint64_t g, uint64_t n, enum overlay_state st)
+{
+	struct ovl_table *t = table_of(o);
+	uint64_t pat = pattern_of(st);
+	uint64_t end = g + n;
+
+	if (end > ngrains_of(overlay_size(o)) || end < g)
+		return -ERANGE;
+	while (g < end) {
+		uint64_t p = g >> OVERLAY_PAGE_SHIFT;
+		struct ovl_page *pg = page_of(t, p);
+		uint64_t page_end = MIN(end, (p + 1) << OVERLAY_PAGE_SHIFT);
+		bool changed = false;
+
+		if (!pg && st == OVL_IMAGE) {
+			g = page_end;
+			continue;
+		}
+		if (!pg && !(pg = page_get_or_alloc(t, p)))
+			return -ENOMEM;
+		while (g < page_end) {
+			unsigned bit = (unsigned)(g & 31);
+			uint64_t cnt = MIN(32u - bit, page_end - g);
+			uint64_t mask = (cnt == 32 ? ~0ull : ((1ull << (2 * cnt)) - 1)) << (2 * bit);
+			uint64_t *wp = &pg->w[(g & (OVERLAY_PAGE_GRAINS - 1)) >> 5];
+			uint64_t old = __atomic_load_n(wp, __ATOMIC_ACQUIRE), nw;
+
+			do {
+				nw = (old & ~mask) | (pat & mask);
+			} while (nw != old && !__atomic_compare_exchange_n(wp, &old, nw, true,
+									   __ATOMIC_ACQ_REL,
+									   __ATOMIC_ACQUIRE));
+			if (nw != old) {
+				int64_t delta = (int64_t)data_count(nw) - (int64_t)data_count(old);
+
+				__atomic_add_fetch(&o->data_grains, (uint64_t)delta,
+						   __ATOMIC_RELAXED);
+				changed = true;
+			}
+			g += cnt;
+		}
+		/* Released after the state words: a flush that sees dirty also sees them. */
+		if (changed)
+			__atomic_store_n(&pg->dirty, 1, __ATOMIC_RELEASE);
+	}
+	return 0;
+}
+
+int overlay_punch(struct overlay *o, uint64_t g, uint64_t n)
+{
+	if (o->data_fd < 0)
+		return -EBADF;
+	if (fallocate(o->data_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		      (off_t)(g * OVERLAY_GRAIN), (off_t)(n * OVERLAY_GRAIN)) == 0)
+		return 0;
+	if (errno != EOPNOTSUPP)
+		return -errno;
+	/* The grains read as zeros through their ZERO state anyway (invariant 8); only
+	 * the space is not given back. Degraded, so counted and logged once. */
+	__atomic_add_fetch(&o->n_punch_unsupported, 1, __ATOMIC_RELAXED);
+	if (!__atomic_exchange_n(&o->punch_warned, true, __ATOMIC_RELAXED))
+		log_warn("overlay: filesystem cannot punch holes; UNMAP releases no space");
+	return 0;
+}
+
+/* ---- loading ---- */
+
+static void report_page(overlay_report_fn report, void *arg, uint64_t p, const char *what)
+{
+	char where[48];
+
+	if (!report)
+		return;
+	snprintf(where, sizeof(where), "page %llu", (unsigned long long)p);
+	report(arg, where, what);
+}
+
+static struct overlay *overlay_alloc(void)
+{
+	struct overlay *o = calloc(1, sizeof(*o));
+
+	if (!o)
+		return NULL;
+	o->map_fd = -1;
+	o->data_fd = -1;
+	pthread_mutex_init(&o->flush_mtx, NULL);
+	return o;
+}
+
+/* Loads page p from its two slots into t (invariants 3-5). Returns 1 when corrupt. */
+static int load_page(struct overlay *o, struct ovl_table *t, uint64_t p, const uint8_t *slots,
+		     overlay_report_fn report, void *arg)
+{
+	uint64_t ngrains = ngrains_of(o->size), gen[2];
+	bool valid[2];
+	int best = -1;
+	struct ovl_page *pg;
+
+	for (int s = 0; s < 2; s++) {
+		valid[s] = page_valid(o->nonce, p, ngrains, slots + s * OVERLAY_SLOT_SIZE, &gen[s]);
+		if (valid[s] && (best < 0 || gen[s] > gen[best]))
+			best = s;
+	}
+	if (best < 0) {
+		bool zero0 = buf_is_zero(slots, OVERLAY_SLOT_SIZE);
+		bool zero1 = buf_is_zero(slots + OVERLAY_SLOT_SIZE, OVERLAY_SLOT_SIZE);
+
+		if (zero1)
+			return 0; /* never written, or a first flush torn (invariant 4) */
+		report_page(report, arg, p,
+			    zero0 ? "slot 1 written without slot 0" : "no valid copy (corrupt)");
+		return 1;
+	}
+	pg = page_new();
+	if (!pg)
+		return -ENOMEM;
+	memcpy(pg->w, slots + best * OVERLAY_SLOT_SIZE + sizeof(struct overlay_page_hdr),
+	       sizeof(pg->w));
+	/* Only slot 0 valid and slot 1 all zero: a first flush that had not written its
+	 * second copy; the next flush writes the other slot, keeping invariant 4. */
+	pg->cur_slot = best;
+	pg->gen = gen[best];
+	for (unsigned i = 0; i < OVERLAY_PAGE_WORDS; i++)
+		o->data_grains += data_count(pg->w[i]);
+	if (gen[best] > o->gen)
+		o->gen = gen[best];
+	t->pages[p] = pg;
+	return 0;
+}
+
+static int overlay_load(const struct ovl_src *src, overlay_report_fn report, void *arg,
+			bool tolerant, struct overlay **out)
+{
+	struct overlay_hdr_disk h[2];
+	struct overlay *o = overlay_alloc();
+	uint8_t *slots = malloc(2 * OVERLAY_SLOT_SIZE);
+	uint64_t npages, bad = 0;
+	int best = -1, rc;
+
+	if (!o || !slots) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	for (int s = 0; s < 2; s++) {
+		rc = src_read(src, &h[s], sizeof(h[s]), (uint64_t)s * OVERLAY_HDR_SLOT);
+		if (rc < 0)
+			goto fail;
+		if (hdr_valid(&h[s]) && (best < 0 || h[s].gen > h[best].gen))
+			best = s;
+	}
+	if (best < 0) {
+		if (report)
+			report(arg, OVERLAY_MAP_FILE, "no valid header");
+		rc = -EINVAL;
+		goto fail;
+	}
+	o->size = h[best].size;
+	o->hdr_gen = h[best].gen;
+	o->hdr_slot = best;
+	memcpy(o->image_id.b, h[best].image_id, sizeof(o->image_id.b));
+	memcpy(o->nonce, h[best].nonce, sizeof(o->nonce));
+	npages = npages_of(o->size);
+	o->table = table_new(npages);
+	if (!o->table) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	for (uint64_t p = 0; p < npages; p++) {
+		if (slot_off(p, 0) >= src->len)
+			break; /* the rest was never written */
+		rc = src_read(src, slots, 2 * OVERLAY_SLOT_SIZE, slot_off(p, 0));
+		if (rc < 0)
+			goto fail;
+		rc = load_page(o, o->table, p, slots, report, arg);
+		if (rc < 0)
+			goto fail;
+		if (rc == 1) {
+			uint64_t *c = realloc(o->corrupt, (o->ncorrupt + 1) * sizeof(*c));
+
+			if (!c) {
+				rc = -ENOMEM;
+				goto fail;
+			}
+			o->corrupt = c;
+			o->corrupt[o->ncorrupt++] = p;
+			bad++;
+		}
+	}
+	if (bad && !tolerant) {
+		rc = -EUCLEAN;
+		goto fail;
+	}
+	free(slots);
+	*out = o;
+	return 0;
+fail:
+	free(slots);
+	overlay_close(o);
+	return rc;
+}
+
+int overlay_parse(const void *buf, size_t len, overlay_report_fn report, void *arg,
+		  struct overlay **out)
+{
+	struct ovl_src src = { .mem = buf, .fd = -1, .len = len };
+
+	return overlay_load(&src, report, arg, false, out);
+}
+
+static int path_in(const char *dir, const char *name, char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "%s/%s", dir, name);
+
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+/* Opens dir's files and loads the map; tolerant keeps corrupt pages (as IMAGE). */
+static int overlay_open_mode(const char *dir, bool tolerant, overlay_report_fn report, void *arg,
+			     struct overlay **out)
+{
+	char path[PATH_MAX];
+	struct ovl_src src = { .fd = -1 };
+	struct overlay *o = NULL;
+	struct stat st;
+	int rc;
+
+	rc = path_in(dir, OVERLAY_MAP_FILE, path, sizeof(path));
+	if (rc < 0)
+		return rc;
+	src.fd = open(path, O_RDWR | O_CLOEXEC);
+	if (src.fd < 0)
+		return -errno;
+	if (fstat(src.fd, &st) < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	src.len = (uint64_t)st.st_size;
+	rc = overlay_load(&src, report, arg, tolerant, &o);
+	if (rc < 0)
+		goto fail;
+	o->map_fd = src.fd;
+	src.fd = -1;
+	rc = path_in(dir, OVERLAY_DATA_FILE, path, sizeof(path));
+	if (rc < 0)
+		goto fail;
+	o->data_fd = open(path, O_RDWR | O_CLOEXEC);
+	if (o->data_fd < 0) {
+		rc = -errno;
+		if (report)
+			report(arg, OVERLAY_DATA_FILE, "missing");
+		goto fail;
+	}
+	if (fstat(o->data_fd, &st) < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	if ((uint64_t)st.st_size < ngrains_of(o->size) * OVERLAY_GRAIN) {
+		/* Invariant 6 says this cannot happen: something else shortened the file. */
+		if (report)
+			report(arg, OVERLAY_DATA_FILE, "shorter than the disk");
+		rc = -EUCLEAN;
+		goto fail;
+	}
+	*out = o;
+	return 0;
+fail:
+	if (src.fd >= 0)
+		close(src.fd);
+	overlay_close(o);
+	return rc;
+}
+
+int overlay_open(const char *dir, struct overlay **out)
+{
+	return overlay_open_mode(dir, false, NULL, NULL, out);
+}
+
+void overlay_close(struct overlay *o)
+{
+	struct ovl_table *t, *next;
+
+	if (!o)
+		return;
+	if (o->map_fd >= 0)
+		close(o->map_fd);
+	if (o->data_fd >= 0)
+		close(o->data_fd);
+	for (t = o->table; t; t = next) {
+		next = t->retired_next;
+		/* Retired tables share their pages with the current one. */
+		if (t == o->table)
+			for (uint64_t p = 0; p < t->npages; p++)
+				free(t->pages[p]);
+		free(t);
+	}
+	pthread_mutex_destroy(&o->flush_mtx);
+	free(o->corrupt);
+	free(o);
+}
+
+/* ---- creating, flushing, growing ---- */
+
+int overlay_create(const char *dir, const struct chunk_hash *image_id, uint64_t size)
+{
+	char map_path[PATH_MAX], data_path[PATH_MAX];
+	struct overlay tmp;
+	uint8_t *buf = NULL;
+	int fd = -1, rc;
+
+	if (size == 0 || size % 512 || size > OVERLAY_MAX_SIZE)
+		return -EINVAL;
+	rc = mkdir_p(dir, 0755);
+	if (rc < 0)
+		return rc;
+	if ((rc = path_in(dir, OVERLAY_MAP_FILE, map_path, sizeof(map_path))) < 0 ||
+	    (rc = path_in(dir, OVERLAY_DATA_FILE, data_path, sizeof(data_path))) < 0)
+		return rc;
+	if (access(map_path, F_OK) == 0)
+		return -EEXIST;
+	/* A data file without a map is the trace of a create that did not finish. */
+	fd = open(data_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)(ngrains_of(size) * OVERLAY_GRAIN)) < 0 || fsync(fd) < 0) {
+		rc = -errno;
+		goto out;
+	}
+	memset(&tmp, 0, sizeof(tmp));
+	tmp.image_id = *image_id;
+	if (getrandom(tmp.nonce, sizeof(tmp.nonce), 0) != (ssize_t)sizeof(tmp.nonce)) {
+		rc = -EIO;
+		goto out;
+	}
+	buf = calloc(1, OVERLAY_PAGES_OFF);
+	if (!buf) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	/* Both header slots valid from the start, so a torn grow always leaves one. */
+	hdr_encode(&tmp, 1, size, (struct overlay_hdr_disk *)buf);
+	hdr_encode(&tmp, 1, size, (struct overlay_hdr_disk *)(buf + OVERLAY_HDR_SLOT));
+	/* The map appears atomically, after the data file is durable (invariant 6). */
+	rc = write_file_atomic(map_path, buf, OVERLAY_PAGES_OFF);
+out:
+	free(buf);
+	close(fd);
+	return rc;
+}
+
+struct flush_item {
+	struct ovl_page *pg;
+	uint64_t page_no;
+	int slot;
+	bool first;
+};
+
+static int write_slot(struct overlay *o, const struct flush_item *it, int slot, uint64_t gen,
+		      uint8_t *buf, const uint64_t *words)
+{
+	page_encode(o->nonce, it->page_no, gen, words, buf);
+	__atomic_add_fetch(&o->n_pages_written, 1, __ATOMIC_RELAXED);
+	return pwrite_full(o->map_fd, buf, OVERLAY_SLOT_SIZE, slot_off(it->page_no, slot));
+}
+
+/* Writes the snapshotted pages (invariants 3, 4). */
+static int flush_pages(struct overlay *o, struct flush_item *items, uint64_t (*snap)[512],
+		       size_t n, uint64_t gen, uint8_t *buf)
+{
+	size_t nfirst = 0;
+	int rc;
+
+	for (size_t i = 0; i < n; i++) {
+		rc = write_slot(o, &items[i], items[i].slot, gen, buf, snap[i]);
+		if (rc < 0)
+			return rc;
+		nfirst += items[i].first;
+	}
+	if (fdatasync(o->map_fd) < 0)
+		return -errno;
+	if (!nfirst)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		if (!items[i].first)
+			continue;
+		rc = write_slot(o, &items[i], 1 - items[i].slot, gen, buf, snap[i]);
+		if (rc < 0)
+			return rc;
+	}
+	if (fdatasync(o->map_fd) < 0)
+		return -errno;
+	return 0;
+}
+
+/* One flush under flush_mtx: snapshot dirty pages, sync data, write and sync the map. */
+static int flush_locked(struct overlay *o)
+{
+	struct ovl_table *t = table_of(o);
+	struct flush_item *items = NULL;
+	uint64_t (*snap)[512] = NULL;
+	uint8_t *buf = NULL;
+	size_t n = 0, cap = 0;
+	uint64_t gen = o->gen + 1;
+	int rc = 0;
+
+	for (uint64_t p = 0; p < t->npages; p++) {
+		struct ovl_page *pg = page_of(t, p);
+
+		if (!pg || !__atomic_exchange_n(&pg->dirty, 0, __ATOMIC_ACQ_REL))
+			continue;
+		if (n == cap) {
+			size_t ncap = cap ? 2 * cap : 16;
+			void *ni = realloc(items, ncap * sizeof(*items));
+			void *ns;
+
+			if (ni)
+				items = ni;
+			ns = ni ? realloc(snap, ncap * sizeof(*snap)) : NULL;
+			if (!ni || !ns) {
+				__atomic_store_n(&pg->dirty, 1, __ATOMIC_RELEASE);
+				rc = -ENOMEM;
+				goto out;
+			}
+			snap = ns;
+			cap = ncap;
+		}
+		for (unsigned i = 0; i < OVERLAY_PAGE_WORDS; i++)
+			snap[n][i] = __atomic_load_n(&pg->w[i], __ATOMIC_ACQUIRE);
+		items[n] = (struct flush_item){ .pg = pg, .page_no = p,
+						.slot = pg->cur_slot < 0 ? 0 : 1 - pg->cur_slot,
+						.first = pg->cur_slot < 0 };
+		n++;
+	}
+	/* Invariant 2: the data behind every snapshotted DATA grain is durable first. */
+	if (fdatasync(o->data_fd) < 0) {
+		rc = -errno;
+		goto out;
+	}
+	if (n) {
+		buf = malloc(OVERLAY_SLOT_SIZE);
+		if (!buf) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		rc = flush_pages(o, items, snap, n, gen, buf);
+		if (rc < 0)
+			goto out;
+		o->gen = gen;
+		for (size_t i = 0; i < n; i++) {
+			items[i].pg->cur_slot = items[i].slot;
+			items[i].pg->gen = gen;
+		}
+	}
+out:
+	if (rc < 0) {
+		/* The pages may not be durable: write them again next time. Their slot
+		 * bookkeeping is unchanged, so the next write goes to the same, non-newest
+		 * slot (invariant 3). gen is burnt so it is never reused. */
+		o->gen = gen;
+		for (size_t i = 0; i < n; i++)
+			__atomic_store_n(&items[i].pg->dirty, 1, __ATOMIC_RELEASE);
+	}
+	free(buf);
+	free(snap);
+	free(items);
+	return rc;
+}
+
+int overlay_flush(struct overlay *o)
+{
+	uint64_t start = __atomic_load_n(&o->flush_begun, __ATOMIC_ACQUIRE);
+	uint64_t me;
+	int rc;
+
+	if (o->map_fd < 0 || o->data_fd < 0)
+		return -EBADF;
+	pthread_mutex_lock(&o->flush_mtx);
+	/* Invariant 7: a flush that began after this call covers it (group commit). */
+	if (__atomic_load_n(&o->flush_done, __ATOMIC_ACQUIRE) > start) {
+		pthread_mutex_unlock(&o->flush_mtx);
+		__atomic_add_fetch(&o->n_joined, 1, __ATOMIC_RELAXED);
+		return 0;
+	}
+	me = __atomic_add_fetch(&o->flush_begun, 1, __ATOMIC_ACQ_REL);
+	rc = flush_locked(o);
+	if (rc == 0)
+		__atomic_store_n(&o->flush_done, me, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&o->flush_mtx);
+	__atomic_add_fetch(&o->n_flushes, 1, __ATOMIC_RELAXED);
+	return rc;
+}
+
+int overlay_grow(struct overlay *o, uint64_t new_size)
+{
+	struct overlay_hdr_disk h;
+	struct ovl_table *t, *old;
+	uint64_t npages;
+	int rc = 0;
+
+	if (o->map_fd < 0 || o->data_fd < 0)
+		return -EBADF;
+	if (new_size % 512 || new_size > OVERLAY_MAX_SIZE)
+		return -EINVAL;
+	pthread_mutex_lock(&o->flush_mtx);
+	if (new_size <= o->size)
+		goto out;
+	/* Invariant 6: the data file first. */
+	if (ftruncate(o->data_fd, (off_t)(ngrains_of(new_size) * OVERLAY_GRAIN)) < 0 ||
+	    fsync(o->data_fd) < 0) {
+		rc = -errno;
+		goto out;
+	}
+	old = table_of(o);
+	npages = npages_of(new_size);
+	if (npages > old->npages) {
+		t = table_new(npages);
+		if (!t) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		memcpy(t->pages, old->pages, old->npages * sizeof(old->pages[0]));
+		/* Readers may still hold the old table: keep it until close. */
+		t->retired_next = old;
+		__atomic_store_n(&o->table, t, __ATOMIC_RELEASE);
+	}
+	hdr_encode(o, o->hdr_gen + 1, new_size, &h);
+	rc = pwrite_full(o->map_fd, &h, sizeof(h), (uint64_t)(1 - o->hdr_slot) * OVERLAY_HDR_SLOT);
+	if (rc == 0 && fdatasync(o->map_fd) < 0)
+		rc = -errno;
+	if (rc < 0)
+		goto out;
+	o->hdr_gen++;
+	o->hdr_slot = 1 - o->hdr_slot;
+	__atomic_store_n(&o->size, new_size, __ATOMIC_RELEASE);
+out:
+	pthread_mutex_unlock(&o->flush_mtx);
+	return rc;
+}
+
+void overlay_get_stats(const struct overlay *o, struct overlay_stats *st)
+{
+	st->flushes = __atomic_load_n(&o->n_flushes, __ATOMIC_RELAXED);
+	st->flushes_joined = __atomic_load_n(&o->n_joined, __ATOMIC_RELAXED);
+	st->pages_written = __atomic_load_n(&o->n_pages_written, __ATOMIC_RELAXED);
+	st->punch_unsupported = __atomic_load_n(&o->n_punch_unsupported, __ATOMIC_RELAXED);
+}
+
+/* ---- fsck ---- */
+
+/* Rebuilds a corrupt page from the data file's allocation: allocated grains DATA, holes
+ * IMAGE (the common state of an unwritten grain; an UNMAPped one reads its image again,
+ * which the report says). */
+static int rebuild_page(struct overlay *o, uint64_t p)
+{
+	uint64_t g0 = p * OVERLAY_PAGE_GRAINS;
+	uint64_t g1 = MIN(g0 + OVERLAY_PAGE_GRAINS, ngrains_of(o->size));
+	off_t pos = (off_t)(g0 * OVERLAY_GRAIN), end = (off_t)(g1 * OVERLAY_GRAIN);
+	int rc;
+
+	while (pos < end) {
+		off_t d = lseek(o->data_fd, pos, SEEK_DATA), h;
+
+		if (d < 0 || d >= end)
+			break;
+		h = lseek(o->data_fd, d, SEEK_HOLE);
+		if (h < 0 || h > end)
+			h = end;
+		rc = overlay_set(o, (uint64_t)d / OVERLAY_GRAIN,
+				 DIV_ROUND_UP((uint64_t)h, OVERLAY_GRAIN) - (uint64_t)d / OVERLAY_GRAIN,
+				 OVL_DATA);
+		if (rc < 0)
+			return rc;
+		pos = h;
+	}
+	/* Make the page exist and be written to both slots, as a first flush does. */
+	if (!page_get_or_alloc(o->table, p))
+		return -ENOMEM;
+	__atomic_store_n(&o->table->pages[p]->dirty, 1, __ATOMIC_RELEASE);
+	return 0;
+}
+
+int overlay_fsck(const char *dir, bool repair, overlay_report_fn report, void *arg)
+{
+	struct overlay *o = NULL;
+	int rc, problems;
+
+	rc = overlay_open_mode(dir, true, report, arg, &o);
+	if (rc == -EINVAL || rc == -EUCLEAN || rc == -ENOENT)
+		return 1; /* reported: no header, missing or short data file */
+	if (rc < 0)
+		return rc;
+	problems = (int)o->ncorrupt;
+	if (repair && o->ncorrupt) {
+		for (size_t i = 0; i < o->ncorrupt; i++) {
+			rc = rebuild_page(o, o->corrupt[i]);
+			if (rc < 0)
+				goto out;
+			report_page(report, arg, o->corrupt[i],
+				    "rebuilt from the data file (unmapped grains read the image)");
+		}
+		rc = overlay_flush(o);
+		if (rc < 0)
+			goto out;
+	}
+	rc = problems;
+out:
+	overlay_close(o);
+	return rc;
+}

@@ -1,0 +1,468 @@
+/*
+ * test_overlay.c - the overlay map: grain states and runs, flush and reload, and the
+ * numbered invariants of cache/overlay.c (torn copies, corrupt pages, checksums over the
+ * nonce, invalid state values, grow ordering, concurrent updates).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <openssl/sha.h>
+
+#include "cache/overlay.h"
+#include "cache/overlay_format.h"
+#include "common/util.h"
+
+struct ctx {
+	char dir[64];
+	char map[96];
+	struct chunk_hash id;
+};
+
+static int setup(void **state)
+{
+	struct ctx *c = calloc(1, sizeof(*c));
+
+	snprintf(c->dir, sizeof(c->dir), "/tmp/rd-ovl-XXXXXX");
+	if (!mkdtemp(c->dir))
+		return -1;
+	snprintf(c->map, sizeof(c->map), "%s/%s", c->dir, OVERLAY_MAP_FILE);
+	memset(c->id.b, 0x5a, sizeof(c->id.b));
+	*state = c;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct ctx *c = *state;
+	char cmd[128];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", c->dir);
+	if (system(cmd) != 0)
+		return -1;
+	free(c);
+	return 0;
+}
+
+static struct overlay *make(struct ctx *c, uint64_t size)
+{
+	struct overlay *o = NULL;
+
+	assert_int_equal(overlay_create(c->dir, &c->id, size), 0);
+	assert_int_equal(overlay_open(c->dir, &o), 0);
+	return o;
+}
+
+static struct overlay *reopen(struct ctx *c, struct overlay *o)
+{
+	overlay_close(o);
+	o = NULL;
+	assert_int_equal(overlay_open(c->dir, &o), 0);
+	return o;
+}
+
+static void patch(const char *path, uint64_t off, const void *buf, size_t len)
+{
+	int fd = open(path, O_RDWR);
+
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite_full(fd, buf, len, off), 0);
+	close(fd);
+}
+
+static void slurp(const char *path, uint8_t **buf, size_t *len)
+{
+	char *b;
+
+	assert_int_equal(read_file(path, 1 << 30, &b, len), 0);
+	*buf = (uint8_t *)b;
+}
+
+static uint64_t slot_pos(uint64_t page, int slot)
+{
+	return OVERLAY_PAGES_OFF + (2 * page + (uint64_t)slot) * OVERLAY_SLOT_SIZE;
+}
+
+static void test_create_open_fresh(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make(c, 100 * MiB + 512);
+	enum overlay_state st;
+	struct stat sb;
+	char data[128];
+
+	assert_int_equal(overlay_size(o), 100 * MiB + 512);
+	assert_int_equal(overlay_ngrains(o), 100 * 256 + 1);
+	assert_memory_equal(overlay_image_id(o)->b, c->id.b, HASH_LEN);
+	assert_int_equal(overlay_state_of(o, 0), OVL_IMAGE);
+	assert_int_equal(overlay_run(o, 0, overlay_ngrains(o), &st), overlay_ngrains(o));
+	assert_int_equal(st, OVL_IMAGE);
+	assert_int_equal(overlay_data_grains(o), 0);
+	/* Invariant 6: the data file covers every grain. */
+	snprintf(data, sizeof(data), "%s/%s", c->dir, OVERLAY_DATA_FILE);
+	assert_int_equal(stat(data, &sb), 0);
+	assert_true((uint64_t)sb.st_size >= overlay_ngrains(o) * OVERLAY_GRAIN);
+	overlay_close(o);
+	/* A second create over an existing map is refused. */
+	assert_int_equal(overlay_create(c->dir, &c->id, MiB), -EEXIST);
+	assert_int_equal(overlay_create("/tmp/rd-ovl-never", &c->id, 1000), -EINVAL);
+}
+
+static void test_set_and_runs(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make(c, 200 * MiB);
+	enum overlay_state st;
+
+	/* Across a word boundary (32 grains) and a page boundary (16384 grains). */
+	assert_int_equal(overlay_set(o, 30, 5, OVL_DATA), 0);
+	assert_int_equal(overlay_set(o, 16380, 10, OVL_ZERO), 0);
+	assert_int_equal(overlay_set(o, 16383, 1, OVL_DATA), 0);
+	assert_int_equal(overlay_run(o, 0, 1000, &st), 30);
+	assert_int_equal(st, OVL_IMAGE);
+	assert_int_equal(overlay_run(o, 30, 1000, &st), 5);
+	assert_int_equal(st, OVL_DATA);
+	assert_int_equal(overlay_run(o, 32, 2, &st), 2); /* bounded by n */
+	assert_int_equal(overlay_run(o, 35, 100000, &st), 16380 - 35);
+	assert_int_equal(overlay_run(o, 16380, 100, &st), 3);
+	assert_int_equal(st, OVL_ZERO);
+	assert_int_equal(overlay_state_of(o, 16383), OVL_DATA);
+	assert_int_equal(overlay_run(o, 16384, 100, &st), 6);
+	assert_int_equal(st, OVL_ZERO);
+	assert_int_equal(overlay_data_grains(o), 6);
+	/* DATA -> ZERO counts down. */
+	assert_int_equal(overlay_set(o, 30, 2, OVL_ZERO), 0);
+	assert_int_equal(overlay_data_grains(o), 4);
+	/* Past the end. */
+	assert_int_equal(overlay_set(o, overlay_ngrains(o) - 1, 2, OVL_DATA), -ERANGE);
+	overlay_close(o);
+}
+
+static void test_flush_reopen(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make(c, 300 * MiB);
+	struct overlay_stats s;
+
+	assert_int_equal(overlay_set(o, 7, 100, OVL_DATA), 0);
+	assert_int_equal(overlay_set(o, 40000, 3, OVL_ZERO), 0);
+	assert_int_equal(overlay_flush(o), 0);
+	overlay_get_stats(o, &s);
+	/* Two pages, each written to both slots on its first flush (invariant 4). */
+	assert_int_equal(s.pages_written, 4);
+	assert_int_equal(overlay_set(o, 200, 1, OVL_DATA), 0); /* not flushed */
+	o = reopen(c, o);
+	assert_int_equal(overlay_state_of(o, 6), OVL_IMAGE);
+	assert_int_equal(overlay_state_of(o, 7), OVL_DATA);
+	assert_int_equal(overlay_state_of(o, 106), OVL_DATA);
+	assert_int_equal(overlay_state_of(o, 107), OVL_IMAGE);
+	assert_int_equal(overlay_state_of(o, 40002), OVL_ZERO);
+	assert_int_equal(overlay_data_grains(o), 100);
+	/* A flush with nothing dirty writes no page. */
+	assert_int_equal(overlay_flush(o), 0);
+	overlay_get_stats(o, &s);
+	assert_int_equal(s.pages_written, 0);
+	overlay_close(o);
+}
+
+/* Invariant 3: a torn write of the newest copy falls back to the previous one. */
+static void test_torn_newest_copy(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make(c, 64 * MiB);
+	uint8_t junk[100];
+
+	assert_int_equal(overlay_set(o, 1, 1, OVL_DATA), 0);
+	assert_int_equal(overlay_flush(o), 0); /* gen g: both slots */
+	assert_int_equal(overlay_set(o, 2, 1, OVL_DATA), 0);
+	assert_int_equal(overlay_flush(o), 0); /* gen g+1 -> slot 1 */
+	o = reopen(c, o);
+	assert_int_equal(overlay_state_of(o, 2), OVL_DATA);
+	overlay_close(o);
+	memset(junk, 0xee, sizeof(junk));
+	patch(c->map, slot_pos(0, 1) + 2000, junk, sizeof(junk));
+	assert_int_equal(overlay_open(c->dir, &o), 0);
+	assert_int_equal(overlay_state_of(o, 1), OVL_DATA);
+	assert_int_equal(overlay_state_of(o, 2), OVL_IMAGE);
+	/* The next update goes to the torn slot, never over the good one. */
+	assert_int_equal(overlay_set(o, 3, 1, OVL_ZERO), 0);
+	assert_int_equal(overlay_flush(o), 0);
+	overlay_close(o);
+	patch(c->map, slot_pos(0, 0) + 3000, junk, sizeof(junk));
+	assert_int_equal(overlay_open(c->dir, &o), 0);
+	assert_int_equal(overlay_state_of(o, 3), OVL_ZERO);
+	overlay_close(o);
+}
+
+static void report_count(void *arg, const char *path, const char *problem)
+{
+	(*(int *)arg)++;
+	(void)path;
+	(void)problem;
+}
+
+/* Invariants 4, 5: no valid copy + non-zero bytes is corruption; fsck finds and rebuilds. */
+static void test_corrupt_page_detected_and_repaired(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make(c, 64 * MiB);
+	uint8_t junk[64], block[OVERLAY_GRAIN];
+	char data[128];
+	int n = 0;
+
+	memset(block, 0x11, sizeof(block));
+	snprintf(data, sizeof(data), "%s/%s", c->dir, OVERLAY_DATA_FILE);
+	patch(data, 5 * OVERLAY_GRAIN, block, sizeof(block));
+	assert_int_equal(overlay_set(o, 5, 1, OVL_DATA), 0);
+	assert_int_equal(overlay_flush(o), 0);
+	overlay_close(o);
+	memset(junk, 0x77, sizeof(junk));
+	patch(c->map, slot_pos(0, 0) + 100, junk, sizeof(junk));
+	patch(c->map, slot_pos(0, 1) + 100, junk, sizeof(junk));
+	assert_int_equal(overlay_open(c->dir, &o), -EUCLEAN);
+	assert_int_equal(overlay_fsck(c->dir, false, report_count, &n), 1);
+	assert_int_equal(n, 1);
+	n = 0;
+	assert_int_equal(overlay_fsck(c->dir, true, report_count, &n), 1);
+	assert_int_equal(n, 2); /* the problem and the repair */
+	assert_int_equal(overlay_fsck(c->dir, false, NULL, NULL), 0);
+	assert_int_equal(overlay_open(c->dir, &o), 0);
+	assert_int_equal(overlay_state_of(o, 5), OVL_DATA); /* from the data file */
+	assert_int_equal(overlay_state_of(o, 6), OVL_IMAGE);
+	overlay_close(o);
+}
+
+/* Invariant 4: a first flush torn in slot 0 (slot 1 never written) reads as all IMAGE. */
+static void test_torn_first_flush(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make(c, 64 * MiB);
+	uint8_t junk[OVERLAY_SLOT_SIZE];
+
+	overlay_close(o);
+	memset(junk, 0x42, 1000);
+	memset(junk + 1000, 0, sizeof(junk) - 1000);
+	patch(c->map, slot_pos(0, 0), junk, sizeof(junk));
+	assert_int_equal(overlay_open(c->dir, &o), 0);
+	assert_int_equal(overlay_state_of(o, 0), OVL_IMAGE);
+	overlay_close(o);
+	assert_int_equal(overlay_fsck(c->dir, false, NULL, NULL), 0);
+	/* But slot 1 written without slot 0 cannot come from a crash. */
+	patch(c->map, slot_pos(0, 1), junk, sizeof(junk));
+	assert_int_equal(overlay_open(c->dir, &o), -EUCLEAN);
+}
+
+/* Builds a page copy by hand from the format header, with the given sum nonce. */
+static void hand_page(uint8_t *slot, const uint8_t nonce[16], uint64_t page, uint64_t gen,
+		      const uint64_t *words)
+{
+	struct overlay_page_hdr ph;
+	uint8_t in[16 + 32 + OVERLAY_PAGE_WORDS * 8];
+
+	memset(&ph, 0, sizeof(ph));
+	memcpy(ph.magic, OVERLAY_PAGE_MAGIC, 8);
+	ph.page_no = page;
+	ph.gen = gen;
+	memcpy(in, nonce, 16);
+	memcpy(in + 16, &ph, 32);
+	memcpy(in + 48, words, OVERLAY_PAGE_WORDS * 8);
+	SHA256(in, sizeof(in), ph.sum);
+	memcpy(slot, &ph, sizeof(ph));
+	memcpy(slot + sizeof(ph), words, OVERLAY_PAGE_WORDS * 8);
+}
+
+/* The same hand-made copy in both slots: with slot 1 non-zero, an invalid slot 0 cannot
+ * pass for a torn first flush. */
+static void hand_both(uint8_t *slot, const uint8_t nonce[16], uint64_t page, uint64_t gen,
+		      const uint64_t *words)
+{
+	hand_page(slot, nonce, page, gen, words);
+	hand_page(slot + OVERLAY_SLOT_SIZE, nonce, page, gen, words);
+}
+
+/* Invariant 5: the format as documented, the nonce in the sum, state 3 refused. */
+static void test_page_format_checks(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make(c, 64 * MiB), *p = NULL;
+	struct overlay_hdr_disk h;
+	uint64_t words[OVERLAY_PAGE_WORDS] = { 0 };
+	uint8_t *buf, *slot;
+	size_t len;
+
+	overlay_close(o);
+	slurp(c->map, &buf, &len);
+	memcpy(&h, buf, sizeof(h));
+	assert_memory_equal(h.magic, OVERLAY_HDR_MAGIC, 8);
+	assert_int_equal(h.size, 64 * MiB);
+	buf = realloc(buf, slot_pos(1, 0));
+	slot = buf + slot_pos(0, 0);
+	memset(slot, 0, 2 * OVERLAY_SLOT_SIZE);
+	words[0] = 0x4; /* grain 1 DATA */
+	hand_page(slot, h.nonce, 0, 9, words);
+	assert_int_equal(overlay_parse(buf, slot_pos(1, 0), NULL, NULL, &p), 0);
+	assert_int_equal(overlay_state_of(p, 1), OVL_DATA);
+	overlay_close(p);
+	/* Another overlay's nonce: the same bytes are not valid here. */
+	h.nonce[0] ^= 1;
+	hand_both(slot, h.nonce, 0, 9, words);
+	assert_int_equal(overlay_parse(buf, slot_pos(1, 0), NULL, NULL, &p), -EUCLEAN);
+	h.nonce[0] ^= 1;
+	/* State 3 with a correct sum. */
+	words[0] = 0xc;
+	hand_both(slot, h.nonce, 0, 9, words);
+	assert_int_equal(overlay_parse(buf, slot_pos(1, 0), NULL, NULL, &p), -EUCLEAN);
+	/* State bits past the disk's end (64 MiB = exactly one page: none past). Wrong page. */
+	words[0] = 0x4;
+	hand_both(slot, h.nonce, 1, 9, words);
+	assert_int_equal(overlay_parse(buf, slot_pos(1, 0), NULL, NULL, &p), -EUCLEAN);
+	/* A bad header sum. */
+	buf[20] ^= 1;
+	buf[OVERLAY_HDR_SLOT + 20] ^= 1;
+	assert_int_equal(overlay_parse(buf, slot_pos(1, 0), NULL, NULL, &p), -EINVAL);
+	free(buf);
+}
+
+static void test_state_past_end_refused(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make(c, 4 * OVERLAY_GRAIN), *p = NULL;
+	struct overlay_hdr_disk h;
+	uint64_t words[OVERLAY_PAGE_WORDS] = { 0 };
+	uint8_t *buf;
+	size_t len;
+
+	overlay_close(o);
+	slurp(c->map, &buf, &len);
+	memcpy(&h, buf, sizeof(h));
+	buf = realloc(buf, slot_pos(1, 0));
+	memset(buf + slot_pos(0, 0), 0, 2 * OVERLAY_SLOT_SIZE);
+	words[0] = 1ull << 6; /* grain 3: the last one */
+	hand_page(buf + slot_pos(0, 0), h.nonce, 0, 3, words);
+	assert_int_equal(overlay_parse(buf, slot_pos(1, 0), NULL, NULL, &p), 0);
+	overlay_close(p);
+	words[0] = 1ull << 8; /* grain 4: past the end */
+	hand_both(buf + slot_pos(0, 0), h.nonce, 0, 3, words);
+	assert_int_equal(overlay_parse(buf, slot_pos(1, 0), NULL, NULL, &p), -EUCLEAN);
+	free(buf);
+}
+
+/* Invariant 6 and the A/B header: grow is durable, a torn header falls back. */
+static void test_grow(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make(c, 10 * MiB);
+	char data[128];
+	struct stat sb;
+	uint8_t junk[16];
+
+	assert_int_equal(overlay_set(o, 100, 1, OVL_DATA), 0);
+	assert_int_equal(overlay_grow(o, 200 * MiB), 0);
+	assert_int_equal(overlay_size(o), 200 * MiB);
+	assert_int_equal(overlay_set(o, 40000, 1, OVL_ZERO), 0);
+	assert_int_equal(overlay_state_of(o, 100), OVL_DATA);
+	assert_int_equal(overlay_grow(o, 100 * MiB), 0); /* never shrinks */
+	assert_int_equal(overlay_size(o), 200 * MiB);
+	assert_int_equal(overlay_flush(o), 0);
+	snprintf(data, sizeof(data), "%s/%s", c->dir, OVERLAY_DATA_FILE);
+	assert_int_equal(stat(data, &sb), 0);
+	assert_int_equal(sb.st_size, 200 * MiB);
+	o = reopen(c, o);
+	assert_int_equal(overlay_size(o), 200 * MiB);
+	assert_int_equal(overlay_state_of(o, 40000), OVL_ZERO);
+	assert_int_equal(overlay_grow(o, 300 * MiB), 0);
+	overlay_close(o);
+	/* Tear the newest header (slot A after two grows): the older size comes back. */
+	memset(junk, 0xab, sizeof(junk));
+	patch(c->map, 40, junk, sizeof(junk));
+	assert_int_equal(overlay_open(c->dir, &o), 0);
+	assert_int_equal(overlay_size(o), 200 * MiB);
+	overlay_close(o);
+}
+
+struct setter {
+	struct overlay *o;
+	unsigned id, nthreads;
+};
+
+static void *set_thread(void *arg)
+{
+	struct setter *s = arg;
+
+	/* Each thread owns grains g % nthreads == id: neighbours share words. */
+	for (uint64_t g = s->id; g < 3 * 32 * 64; g += s->nthreads)
+		if (overlay_set(s->o, g, 1, (g / s->nthreads) % 2 ? OVL_DATA : OVL_ZERO) < 0)
+			return (void *)1;
+	return NULL;
+}
+
+static void *flush_thread(void *arg)
+{
+	for (int i = 0; i < 20; i++)
+		if (overlay_flush(arg) < 0)
+			return (void *)1;
+	return NULL;
+}
+
+/* Concurrent updates of grains sharing state words lose nothing; flushes run alongside. */
+static void test_concurrent_set(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make(c, 64 * MiB);
+	enum { N = 4 };
+	struct setter s[N];
+	pthread_t t[N], ft;
+	void *ret;
+	uint64_t ndata = 0;
+
+	assert_int_equal(pthread_create(&ft, NULL, flush_thread, o), 0);
+	for (unsigned i = 0; i < N; i++) {
+		s[i] = (struct setter){ .o = o, .id = i, .nthreads = N };
+		assert_int_equal(pthread_create(&t[i], NULL, set_thread, &s[i]), 0);
+	}
+	for (unsigned i = 0; i < N; i++) {
+		assert_int_equal(pthread_join(t[i], &ret), 0);
+		assert_null(ret);
+	}
+	assert_int_equal(pthread_join(ft, &ret), 0);
+	assert_null(ret);
+	assert_int_equal(overlay_flush(o), 0);
+	o = reopen(c, o);
+	for (uint64_t g = 0; g < 3 * 32 * 64; g++) {
+		enum overlay_state want = (g / N) % 2 ? OVL_DATA : OVL_ZERO;
+
+		assert_int_equal(overlay_state_of(o, g), want);
+		ndata += want == OVL_DATA;
+	}
+	assert_int_equal(overlay_data_grains(o), ndata);
+	overlay_close(o);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_create_open_fresh, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_set_and_runs, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_flush_reopen, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_torn_newest_copy, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_corrupt_page_detected_and_repaired, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_torn_first_flush, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_page_format_checks, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_state_past_end_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_grow, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_concurrent_set, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
