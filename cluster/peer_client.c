@@ -117,7 +117,7 @@ static int request(struct peer_client *pc, struct pc_handle *hd, const char *add
 	char url[512], hex[HASH_HEX_LEN + 1];
 	struct sink s = {.buf = buf, .len = len};
 	uint64_t now = now_ns(), left_ms;
-	long status = 0;
+	long status = 0, connects = 0;
 	CURL *c = hd->curl;
 	CURLcode cc;
 	int rc;
@@ -143,6 +143,8 @@ static int request(struct peer_client *pc, struct pc_handle *hd, const char *add
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http");
 	cc = curl_easy_perform(c);
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+	if (curl_easy_getinfo(c, CURLINFO_NUM_CONNECTS, &connects) == CURLE_OK)
+		ST_ADD(pc, connects, (uint64_t)connects);
 	if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && s.overflow)) {
 		rc = map_curl_error(cc);
 		ST_ADD(pc, errors, rc != -ETIMEDOUT);

@@ -28,6 +28,7 @@ struct peer_client_opts {
 
 struct peer_client_stats {
 	uint64_t requests, ok, bytes;
+	uint64_t connects;             /* new connections (keep-alive keeps this low) */
 	uint64_t not_found;            /* 404: the peer no longer has it */
 	uint64_t bad_data;             /* wrong hash or length */
 	uint64_t timeouts, errors;     /* transport errors, other statuses */

@@ -191,19 +191,30 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	struct chunk_hash h;
 	int st;
 
-	if (*con_cls) {
-		/* a request with a body: refuse it (we already answered on the first call) */
+	if (!*con_cls) {
+		/*
+		 * First call: headers only. Answering now would make MHD close the
+		 * connection (the request is not fully read yet); answer on the next call
+		 * to keep it alive.
+		 */
+		rq = calloc(1, sizeof(*rq));
+		if (!rq)
+			return MHD_NO;
+		*con_cls = rq;
+		rq->is_get = !strcmp(method, MHD_HTTP_METHOD_GET);
+		if (rq->is_get || !strcmp(method, MHD_HTTP_METHOD_HEAD))
+			return MHD_YES;
+		/* refuse other methods before any body is read (MHD then closes) */
+		ST_ADD(s, requests, 1);
+		return respond_text(s, c, PEER_ST_405, "only GET and HEAD\n");
+	}
+	rq = *con_cls;
+	if (*upload_data_size) {
+		/* a body we do not want (GET/HEAD have none): drop it, answer at the end */
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
-	rq = calloc(1, sizeof(*rq));
-	if (!rq)
-		return MHD_NO;
-	*con_cls = rq;
 	ST_ADD(s, requests, 1);
-	rq->is_get = !strcmp(method, MHD_HTTP_METHOD_GET);
-	if (!rq->is_get && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-		return respond_text(s, c, PEER_ST_405, "only GET and HEAD\n");
 	st = check_auth(s, c);
 	if (st)
 		return respond_text(s, c, st, st == PEER_ST_401 ? "token required\n" :
@@ -262,6 +273,7 @@ int peer_server_start(const struct peer_server_opts *o, struct peer_server **out
 		flags |= MHD_USE_IPv6;
 	s->mhd = MHD_start_daemon(
 		flags, 0, NULL, NULL, on_request, s,
+		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(o->threads ? o->threads : 4),
 		MHD_OPTION_CONNECTION_LIMIT,
@@ -269,7 +281,6 @@ int peer_server_start(const struct peer_server_opts *o, struct peer_server **out
 		MHD_OPTION_CONNECTION_TIMEOUT,
 		(unsigned)(o->idle_timeout_s ? o->idle_timeout_s : 60),
 		MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 		MHD_OPTION_END);
 	if (!s->mhd) {
 		log_error("peer server: cannot listen on %s", o->listen);

@@ -33,7 +33,7 @@ struct fx_redis {
 
 static pid_t fx_children[16];
 
-static void fx_kill_all(void)
+static inline void fx_kill_all(void)
 {
 	for (size_t i = 0; i < ARRAY_SIZE(fx_children); i++)
 		if (fx_children[i] > 0) {
@@ -43,7 +43,7 @@ static void fx_kill_all(void)
 		}
 }
 
-static void fx_track(pid_t pid, bool add)
+static inline void fx_track(pid_t pid, bool add)
 {
 	static bool registered;
 
@@ -63,7 +63,7 @@ static void fx_track(pid_t pid, bool add)
 	}
 }
 
-static int fx_free_port(void)
+static inline int fx_free_port(void)
 {
 	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	socklen_t l = sizeof(a);
@@ -77,7 +77,7 @@ static int fx_free_port(void)
 	return port;
 }
 
-static bool fx_port_open(int port)
+static inline bool fx_port_open(int port)
 {
 	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
 				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -89,7 +89,7 @@ static bool fx_port_open(int port)
 	return ok;
 }
 
-static void fx_sleep_ms(unsigned ms)
+static inline void fx_sleep_ms(unsigned ms)
 {
 	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
 
@@ -97,7 +97,7 @@ static void fx_sleep_ms(unsigned ms)
 }
 
 /* Starts redis-server (on r->port if set, else a free port). 0 or -1. */
-static int fx_redis_start(struct fx_redis *r)
+static inline int fx_redis_start(struct fx_redis *r)
 {
 	char port[16];
 	int i;
@@ -144,7 +144,7 @@ static int fx_redis_start(struct fx_redis *r)
 	return -1;
 }
 
-static void fx_redis_stop(struct fx_redis *r)
+static inline void fx_redis_stop(struct fx_redis *r)
 {
 	int i;
 
@@ -161,7 +161,7 @@ static void fx_redis_stop(struct fx_redis *r)
 	r->pid = 0;
 }
 
-static void fx_rm_rf(const char *dir)
+static inline void fx_rm_rf(const char *dir)
 {
 	char cmd[256];
 
@@ -172,7 +172,7 @@ static void fx_rm_rf(const char *dir)
 	}
 }
 
-static void fx_redis_url(const struct fx_redis *r, int db, char *buf, size_t len)
+static inline void fx_redis_url(const struct fx_redis *r, int db, char *buf, size_t len)
 {
 	if (r->password[0])
 		snprintf(buf, len, "redis://:%s@127.0.0.1:%d/%d", r->password, r->port, db);
@@ -195,7 +195,7 @@ static struct chunkstore *fx_store_open(char dir[64], struct chunkstore_hooks ho
 }
 
 /* Deterministic pseudo-random chunk content for seed. */
-static void fx_chunk(unsigned seed, void *buf, size_t len, struct chunk_hash *h)
+static inline void fx_chunk(unsigned seed, void *buf, size_t len, struct chunk_hash *h)
 {
 	uint64_t x = 0x9e3779b97f4a7c15ULL * (seed + 1);
 	uint8_t *p = buf;
@@ -209,7 +209,7 @@ static void fx_chunk(unsigned seed, void *buf, size_t len, struct chunk_hash *h)
 	hash_compute(buf, len, h);
 }
 
-static uint64_t fx_ms_since(uint64_t t0)
+static inline uint64_t fx_ms_since(uint64_t t0)
 {
 	return (now_ns() - t0) / 1000000ULL;
 }
