@@ -34,21 +34,22 @@ while IFS=$'\t' read -r kb d; do
 done < <(du -sk /usr/share/doc/*/ 2>/dev/null)
 [ ${#dirs[@]} -eq 0 ] || cp -r "${dirs[@]}" "$stage/doc/" 2>/dev/null || true
 
-# Deterministic pseudo-random bytes: openssl's AES-CTR keystream from the seed.
-head -c $((rand_kb * 1024)) /dev/zero |
-	openssl enc -aes-128-ctr -pass "pass:rackdisk-sample-$seed" -nosalt -pbkdf2 2>/dev/null \
-		>"$stage/random.bin"
-
-block="$stage/block"
-head -c 65536 /dev/zero | openssl enc -aes-128-ctr -pass pass:rackdisk-block -nosalt -pbkdf2 \
-	2>/dev/null >"$block"
-for _ in $(seq 1 $((rep_kb / 64))); do cat "$block"; done >"$stage/repeated.bin"
-rm -f "$block"
+# Deterministic pseudo-random bytes from the seed; the repeated file is one random 64 KiB
+# block over and over.
+/usr/bin/python3 - "$stage" "$seed" "$rand_kb" "$rep_kb" <<'PY'
+import random, sys
+stage, seed, rand_kb, rep_kb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+with open(f"{stage}/random.bin", "wb") as f:
+    f.write(random.Random(seed).randbytes(rand_kb * 1024))
+block = random.Random(-1).randbytes(65536)
+with open(f"{stage}/repeated.bin", "wb") as f:
+    f.write(block * (rep_kb // 64))
+PY
 
 rm -f "$out"
 truncate -s "${size_mb}M" "$out"
 # Fixed UUID and hash seed so the same SEED gives similar metadata, which keeps the
 # filesystem reproducible enough for dedup demonstrations.
-mkfs.ext4 -q -F -d "$stage" -L rackdisk-sample -U 6f1c1a7e-0000-4000-8000-00000000000$((seed % 10)) \
+E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -d "$stage" -L rackdisk-sample -U 6f1c1a7e-0000-4000-8000-00000000000$((seed % 10)) \
 	-E root_owner=0:0,hash_seed=6f1c1a7e-0000-4000-8000-000000000000 "$out" >/dev/null
 echo "$out: ${size_mb} MiB ext4 sample image (text ${used} KiB, random ${rand_kb} KiB, repeated ${rep_kb} KiB)"

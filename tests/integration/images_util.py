@@ -7,7 +7,7 @@ import subprocess
 
 from servers import ROOT, BUILD
 
-RACKDISK = os.path.join(BUILD, "rackdisk")
+RACKDISK = os.environ.get("RACKDISK", os.path.join(BUILD, "rackdisk"))
 SAMPLE = os.path.join(ROOT, "scripts", "make-sample-image.sh")
 KIB = 1024
 MIB = 1024 * KIB
