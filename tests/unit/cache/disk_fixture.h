@@ -20,7 +20,7 @@
 #include "images/manifest.h"
 
 struct fixture {
-	char root[PATH_MAX];
+	char root[64];
 	char store_dir[PATH_MAX];
 	char disk_dir[PATH_MAX];
 	struct chunkstore *cs;
@@ -51,7 +51,10 @@ static inline int fx_rm_rf(const char *path)
 static inline int fx_open_store(struct fixture *fx)
 {
 	struct chunkstore_opts so = { .dir = fx->store_dir };
+	int rc = mkdir_p(fx->store_dir, 0755);
 
+	if (rc < 0)
+		return rc;
 	return chunkstore_open(&so, &fx->cs);
 }
 
