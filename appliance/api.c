@@ -1,0 +1,464 @@
+/*
+ * api.c - see api.h. libmicrohttpd with a thread per connection (a disk create may wait
+ * for the seed), bodies bounded by [api] max_body, JSON through jansson.
+ */
+#include "appliance/api.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+
+#include "appliance/appliance.h"
+#include "appliance/fetchsrv.h"
+#include "cache/chunkstore.h"
+#include "cluster/fetcher.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "target/tgtmgr.h"
+
+#define PREFIX "/api/v1"
+
+struct api {
+	struct appliance *a;
+	struct MHD_Daemon *d;
+};
+
+/* Per-request state: the body read so far. */
+struct req {
+	char *body;
+	size_t len, cap;
+	bool too_big;
+};
+
+unsigned api_status_for_errno(int err)
+{
+	switch (err) {
+	case -EINVAL:
+	case -ENAMETOOLONG:
+	case -ERANGE:
+		return 400;
+	case -ENOENT:
+		return 404;
+	case -EEXIST:
+	case -EBUSY:
+		return 409;
+	case -EFBIG:
+	case -E2BIG:
+		return 413;
+	case -EBADMSG:
+	case -ECONNREFUSED:
+	case -EIO:
+	case -ETIMEDOUT:
+	case -EHOSTUNREACH:
+		return 502;
+	default:
+		return 500;
+	}
+}
+
+static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status, char *text,
+				 size_t len, const char *type)
+{
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+
+	r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	if (!r) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(r, "Content-Type", type);
+	MHD_add_response_header(r, "Cache-Control", "no-store");
+	ret = MHD_queue_response(c, status, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+/* Sends j (reference stolen). */
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json_t *j)
+{
+	char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+	size_t len;
+
+	json_decref(j);
+	if (!text)
+		return MHD_NO;
+	len = strlen(text);
+	/* One more byte for the newline curl users expect at the end of a reply. */
+	char *nl = realloc(text, len + 2);
+	if (nl) {
+		text = nl;
+		text[len++] = '\n';
+		text[len] = '\0';
+	}
+	return send_text(c, status, text, len, "application/json");
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *msg)
+{
+	return send_json(c, status, json_pack("{s:s}", "error", msg));
+}
+
+static json_t *image_json(const struct image_info *info)
+{
+	char hex[HASH_HEX_LEN + 1];
+
+	hash_to_hex(&info->id, hex);
+	return json_pack("{s:s, s:s, s:I, s:i, s:I, s:I}", "tag", info->tag, "id", hex, "size",
+			 (json_int_t)info->size, "chunk_size", (int)info->chunk_size, "chunks",
+			 (json_int_t)info->nchunks, "zero_chunks", (json_int_t)info->zero_chunks);
+}
+
+static json_t *disk_json(struct appliance *a, const struct diskrec *r)
+{
+	char url[512], iqn[DISKREC_IQN_MAX];
+	json_t *j = diskrec_to_json(r, false);
+
+	if (!j)
+		return NULL;
+	appliance_disk_url(a, r, url, sizeof(url));
+	appliance_disk_iqn(a, r->name, iqn, sizeof(iqn));
+	json_object_del(j, "format");
+	json_object_set_new(j, "iqn", json_string(iqn));
+	json_object_set_new(j, "url", json_string(url));
+	return j;
+}
+
+static enum MHD_Result get_health(struct api *api, struct MHD_Connection *c)
+{
+	struct appliance *a = api->a;
+
+	return send_json(c, 200, json_pack("{s:s, s:s, s:s, s:I, s:i, s:b, s:I}", "status", "ok",
+					   "node", a->cfg.node_name, "rack", a->cfg.rack,
+					   "uptime_s",
+					   (json_int_t)((now_ns() - a->started_ns) / 1000000000ULL),
+					   "tgtd_pid", (int)tgtmgr_pid(a->tgt), "tgtd_spawned",
+					   a->cfg.tgtd_spawn, "reconciles",
+					   (json_int_t)a->reconciles));
+}
+
+static enum MHD_Result get_images(struct api *api, struct MHD_Connection *c)
+{
+	struct image_info *v = NULL;
+	size_t n = 0;
+	json_t *arr;
+	int ret = appliance_image_list(api->a, &v, &n);
+
+	if (ret)
+		return send_error(c, api_status_for_errno(ret), strerror(-ret));
+	arr = json_array();
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(arr, image_json(&v[i]));
+	free(v);
+	return send_json(c, 200, arr);
+}
+
+static enum MHD_Result get_image(struct api *api, struct MHD_Connection *c, const char *ref)
+{
+	struct image_info info;
+	char err[512];
+	int ret = appliance_image_get(api->a, ref, &info, err, sizeof(err));
+
+	if (ret)
+		return send_error(c, api_status_for_errno(ret), err);
+	return send_json(c, 200, image_json(&info));
+}
+
+static enum MHD_Result post_image(struct api *api, struct MHD_Connection *c, struct req *rq)
+{
+	char tag[DISKREC_NAME_MAX], err[512];
+	struct image_info info;
+	int ret;
+
+	if (api_parse_image_request(rq->body, rq->len, tag, sizeof(tag), err, sizeof(err)))
+		return send_error(c, 400, err);
+	pthread_mutex_lock(&api->a->lock);
+	ret = appliance_image_pull(api->a, tag, &info, err, sizeof(err));
+	pthread_mutex_unlock(&api->a->lock);
+	if (ret)
+		return send_error(c, api_status_for_errno(ret), err);
+	return send_json(c, 200, image_json(&info));
+}
+
+static enum MHD_Result get_disks(struct api *api, struct MHD_Connection *c)
+{
+	struct diskrec *v = NULL;
+	size_t n = 0;
+	json_t *arr;
+	int ret = appliance_disk_list(api->a, &v, &n);
+
+	if (ret)
+		return send_error(c, api_status_for_errno(ret), strerror(-ret));
+	arr = json_array();
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(arr, disk_json(api->a, &v[i]));
+	free(v);
+	return send_json(c, 200, arr);
+}
+
+static enum MHD_Result get_disk(struct api *api, struct MHD_Connection *c, const char *name)
+{
+	struct tgtmgr_lun_stats st;
+	struct diskrec r;
+	char msg[300];
+	json_t *j;
+	int ret;
+
+	if (!name_is_valid(name))
+		return send_error(c, 400, "invalid disk name");
+	ret = appliance_disk_get(api->a, name, &r);
+	if (ret) {
+		snprintf(msg, sizeof(msg), "no disk named '%s'", name);
+		return send_error(c, api_status_for_errno(ret), ret == -ENOENT ? msg
+									: strerror(-ret));
+	}
+	j = disk_json(api->a, &r);
+	if (j && !tgtmgr_lun_stats(api->a->tgt, r.tid, r.lun, &st))
+		json_object_set_new(j, "io", json_pack("{s:I, s:I, s:I, s:I}", "read_bytes",
+						       (json_int_t)st.read_bytes, "read_ops",
+						       (json_int_t)st.read_ops, "write_bytes",
+						       (json_int_t)st.write_bytes, "write_ops",
+						       (json_int_t)st.write_ops));
+	return send_json(c, 200, j);
+}
+
+static enum MHD_Result post_disk(struct api *api, struct MHD_Connection *c, struct req *rq)
+{
+	struct disk_request dr;
+	struct diskrec r;
+	char err[512];
+	int ret;
+
+	if (api_parse_disk_request(rq->body, rq->len, &dr, err, sizeof(err)))
+		return send_error(c, 400, err);
+	ret = appliance_disk_create(api->a, &dr, &r, err, sizeof(err));
+	if (ret)
+		return send_error(c, api_status_for_errno(ret), err);
+	return send_json(c, 201, disk_json(api->a, &r));
+}
+
+static enum MHD_Result delete_disk(struct api *api, struct MHD_Connection *c, const char *name)
+{
+	const char *force = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "force");
+	bool f = force && (!strcmp(force, "1") || !strcmp(force, "true"));
+	char err[512];
+	int ret;
+
+	if (!name_is_valid(name))
+		return send_error(c, 400, "invalid disk name");
+	ret = appliance_disk_delete(api->a, name, f, err, sizeof(err));
+	if (ret)
+		return send_error(c, api_status_for_errno(ret), err);
+	return send_json(c, 200, json_pack("{s:s}", "deleted", name));
+}
+
+static enum MHD_Result get_cache(struct api *api, struct MHD_Connection *c)
+{
+	static const char *src[FETCH_SRC_COUNT] = {"local", "peer", "seed"};
+	struct chunkstore_stats cs;
+	struct fetcher_stats fs;
+	json_t *j, *fetch;
+
+	chunkstore_get_stats(api->a->store, &cs);
+	fetcher_get_stats(api->a->fetcher, &fs);
+	fetch = json_pack("{s:I, s:I, s:I, s:I, s:I}", "retries", (json_int_t)fs.retries,
+			  "timeouts", (json_int_t)fs.timeouts, "coalesced",
+			  (json_int_t)fs.coalesced, "readahead", (json_int_t)fs.readahead,
+			  "inflight", (json_int_t)fs.inflight);
+	for (int s = 0; fetch && s < FETCH_SRC_COUNT; s++)
+		json_object_set_new(fetch, src[s],
+				    json_pack("{s:I, s:I, s:I, s:I}", "fetches",
+					      (json_int_t)fs.fetches[s], "bytes",
+					      (json_int_t)fs.bytes[s], "failures",
+					      (json_int_t)fs.failures[s], "bad_hash",
+					      (json_int_t)fs.bad_hash[s]));
+	j = json_pack("{s:s, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:o}", "dir",
+		      api->a->cfg.cache_dir, "store", "chunks", (json_int_t)cs.nchunks,
+		      "used_bytes", (json_int_t)cs.bytes_used, "capacity_bytes",
+		      (json_int_t)cs.capacity, "hits", (json_int_t)cs.hits, "misses",
+		      (json_int_t)cs.misses, "inserts", (json_int_t)cs.inserts, "evictions",
+		      (json_int_t)cs.evictions, "pinned", (json_int_t)cs.pinned,
+		      "dropped_corrupt", (json_int_t)cs.dropped_corrupt, "fetch", fetch);
+	return send_json(c, 200, j);
+}
+
+static enum MHD_Result get_peers(struct api *api, struct MHD_Connection *c)
+{
+	struct appliance *a = api->a;
+	char addr[300] = "";
+
+	if (a->cfg.cluster_advertise.host[0])
+		config_addr_str(&a->cfg.cluster_advertise, addr, sizeof(addr));
+	return send_json(c, 200, json_pack("[{s:s, s:s, s:s, s:b, s:s}]", "name",
+					   a->cfg.node_name, "rack", a->cfg.rack, "address", addr,
+					   "self", 1, "state", "up"));
+}
+
+static enum MHD_Result get_metrics(struct api *api, struct MHD_Connection *c)
+{
+	char *text = NULL;
+	size_t len = 0;
+
+	if (metrics_render(api->a, &text, &len))
+		return send_error(c, 500, "cannot render metrics");
+	return send_text(c, 200, text, len, "text/plain; version=0.0.4");
+}
+
+/* Routes a complete request. */
+static enum MHD_Result route(struct api *api, struct MHD_Connection *c, const char *url,
+			     const char *method, struct req *rq)
+{
+	bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+	bool post = !strcmp(method, "POST"), del = !strcmp(method, "DELETE");
+
+	if (!strcmp(url, "/metrics"))
+		return get ? get_metrics(api, c) : send_error(c, 405, "method not allowed");
+	if (strncmp(url, PREFIX "/", strlen(PREFIX) + 1))
+		return send_error(c, 404, "no such endpoint");
+	url += strlen(PREFIX);
+	if (!strcmp(url, "/health"))
+		return get ? get_health(api, c) : send_error(c, 405, "method not allowed");
+	if (!strcmp(url, "/cache"))
+		return get ? get_cache(api, c) : send_error(c, 405, "method not allowed");
+	if (!strcmp(url, "/peers"))
+		return get ? get_peers(api, c) : send_error(c, 405, "method not allowed");
+	if (!strcmp(url, "/images") || !strcmp(url, "/images/")) {
+		if (get)
+			return get_images(api, c);
+		return post ? post_image(api, c, rq) : send_error(c, 405, "method not allowed");
+	}
+	if (!strncmp(url, "/images/", 8)) {
+		if (!name_is_valid(url + 8) && strlen(url + 8) != HASH_HEX_LEN)
+			return send_error(c, 400, "invalid image tag");
+		return get ? get_image(api, c, url + 8) : send_error(c, 405, "method not allowed");
+	}
+	if (!strcmp(url, "/disks") || !strcmp(url, "/disks/")) {
+		if (get)
+			return get_disks(api, c);
+		return post ? post_disk(api, c, rq) : send_error(c, 405, "method not allowed");
+	}
+	if (!strncmp(url, "/disks/", 7)) {
+		if (get)
+			return get_disk(api, c, url + 7);
+		return del ? delete_disk(api, c, url + 7) : send_error(c, 405, "method not allowed");
+	}
+	return send_error(c, 404, "no such endpoint");
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url,
+			       const char *method, const char *version, const char *upload,
+			       size_t *upload_size, void **con_cls)
+{
+	struct api *api = cls;
+	struct req *rq = *con_cls;
+	size_t max = api->a->cfg.api_max_body;
+
+	if (!rq) {
+		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+
+		rq = calloc(1, sizeof(*rq));
+		if (!rq)
+			return MHD_NO;
+		*con_cls = rq;
+		/* Refuse an announced oversize body before reading any of it. */
+		if (cl && strtoull(cl, NULL, 10) > max) {
+			rq->too_big = true;
+			return send_error(c, 413, "request body too large");
+		}
+		return MHD_YES;
+	}
+	if (*upload_size) {
+		if (!rq->too_big && rq->len + *upload_size > max) {
+			rq->too_big = true;
+			free(rq->body);
+			rq->body = NULL;
+			rq->len = 0;
+		}
+		if (!rq->too_big) {
+			if (rq->len + *upload_size + 1 > rq->cap) {
+				size_t cap = MAX(rq->cap * 2, rq->len + *upload_size + 1);
+				char *nb = realloc(rq->body, cap);
+
+				if (!nb)
+					return MHD_NO;
+				rq->body = nb;
+				rq->cap = cap;
+			}
+			memcpy(rq->body + rq->len, upload, *upload_size);
+			rq->len += *upload_size;
+			rq->body[rq->len] = '\0';
+		}
+		*upload_size = 0;
+		return MHD_YES;
+	}
+	if (rq->too_big)
+		return send_error(c, 413, "request body too large");
+	return route(api, c, url, method, rq);
+}
+
+static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
+		      enum MHD_RequestTerminationCode toe)
+{
+	struct req *rq = *con_cls;
+
+	if (rq) {
+		free(rq->body);
+		free(rq);
+		*con_cls = NULL;
+	}
+}
+
+int api_start(struct appliance *a, struct api **out)
+{
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+	struct addrinfo *ai = NULL;
+	char port[8];
+	struct api *api;
+	unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+			 MHD_USE_ERROR_LOG;
+	int ret;
+
+	snprintf(port, sizeof(port), "%u", a->cfg.api_listen.port);
+	ret = getaddrinfo(a->cfg.api_listen.host, port, &hints, &ai);
+	if (ret || !ai) {
+		log_error("[api] listen %s: %s", a->cfg.api_listen.host, gai_strerror(ret));
+		return -EINVAL;
+	}
+	api = calloc(1, sizeof(*api));
+	if (!api) {
+		freeaddrinfo(ai);
+		return -ENOMEM;
+	}
+	api->a = a;
+	if (ai->ai_family == AF_INET6)
+		flags |= MHD_USE_IPv6;
+	api->d = MHD_start_daemon(flags, a->cfg.api_listen.port, NULL, NULL, handler, api,
+				  MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
+				  (unsigned)128, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+				  MHD_OPTION_NOTIFY_COMPLETED, completed, api, MHD_OPTION_END);
+	freeaddrinfo(ai);
+	if (!api->d) {
+		char buf[300];
+
+		log_error("cannot listen on %s for the API (in use?)",
+			  config_addr_str(&a->cfg.api_listen, buf, sizeof(buf)));
+		free(api);
+		return -EADDRINUSE;
+	}
+	*out = api;
+	return 0;
+}
+
+void api_stop(struct api *api)
+{
+	if (!api)
+		return;
+	MHD_stop_daemon(api->d);
+	free(api);
+}

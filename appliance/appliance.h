@@ -1,0 +1,91 @@
+/*
+ * appliance.h - rackdiskd's state and its control-plane operations, shared by the API,
+ * the metrics and main(): images pulled from the seed (appliance/images_local.c) and
+ * disks exported through tgtd (appliance/disks.c).
+ *
+ * Layout under [node] state_dir:
+ *   disks/<name>/        a disk: overlay (cache/disk.h), lun.json, disk.json
+ *   images/<id>.json     the manifest bytes exactly as published (their hash is the id)
+ *   images/tags/<tag>    the image id a pulled tag pointed at when it was pulled
+ *   rackdiskd.sock       the fetch socket (target/fetch_proto.h)
+ *   tgtd.ipc.<port>      the spawned tgtd's management socket
+ *
+ * Every operation that changes disks or images holds a->lock, so a create, a delete and
+ * a reconcile never interleave. Errors: negative errno, with a one-line reason in err
+ * that the API returns to the client as is.
+ */
+#ifndef RACKDISK_APPLIANCE_APPLIANCE_H
+#define RACKDISK_APPLIANCE_APPLIANCE_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "appliance/api_req.h"
+#include "appliance/config.h"
+#include "appliance/diskrec.h"
+#include "common/hash.h"
+
+struct chunkstore;
+struct fetcher;
+struct fetchsrv;
+struct tgtmgr;
+
+struct appliance {
+	struct config cfg;
+	char disks_dir[PATH_MAX];
+	char images_dir[PATH_MAX];
+	char sock_path[PATH_MAX];
+	char iscsi_host[CONFIG_HOST]; /* host part of iSCSI URLs */
+	struct chunkstore *store;
+	struct fetcher *fetcher;
+	struct fetchsrv *fsrv;
+	struct tgtmgr *tgt;
+	pthread_mutex_t lock;
+	uint64_t started_ns;
+	uint64_t reconciles;
+};
+
+/* --- images (appliance/images_local.c) --- */
+
+struct image_info {
+	char tag[DISKREC_NAME_MAX];   /* "" for an image known only by id */
+	struct chunk_hash id;
+	uint64_t size;
+	uint32_t chunk_size;
+	uint64_t nchunks, zero_chunks;
+};
+
+/* Resolves tag on the seed, fetches its manifest, checks it, keeps a copy. */
+int appliance_image_pull(struct appliance *a, const char *tag, struct image_info *out,
+			 char *err, size_t errlen);
+/* A pulled image by tag or id; -ENOENT if not pulled. */
+int appliance_image_get(struct appliance *a, const char *ref, struct image_info *out,
+			char *err, size_t errlen);
+/* Every pulled tag, sorted. */
+int appliance_image_list(struct appliance *a, struct image_info **out, size_t *n);
+/* Path of the local manifest copy of id. */
+void appliance_manifest_path(const struct appliance *a, const struct chunk_hash *id,
+			     char *buf, size_t len);
+
+/* --- disks (appliance/disks.c) --- */
+
+int appliance_disk_create(struct appliance *a, const struct disk_request *req,
+			  struct diskrec *out, char *err, size_t errlen);
+/* -EBUSY when initiators are logged in and !force. */
+int appliance_disk_delete(struct appliance *a, const char *name, bool force, char *err,
+			  size_t errlen);
+int appliance_disk_get(struct appliance *a, const char *name, struct diskrec *out);
+int appliance_disk_list(struct appliance *a, struct diskrec **out, size_t *n);
+/* Makes tgtd's targets match the disk records (start, tgtd restart). */
+int appliance_reconcile(struct appliance *a);
+/* Removes leftovers of interrupted creates and deletes (diskrec.c invariant 3). */
+void appliance_disks_cleanup(struct appliance *a);
+
+void appliance_disk_iqn(const struct appliance *a, const char *name, char *buf, size_t len);
+void appliance_disk_url(const struct appliance *a, const struct diskrec *r, char *buf,
+			size_t len);
+void appliance_disk_dir(const struct appliance *a, const char *name, char *buf, size_t len);
+
+#endif

@@ -1,0 +1,289 @@
+/*
+ * diskrec.c - see diskrec.h.
+ *
+ * Invariants of <state_dir>/disks/ (appliance/disks.c relies on them, fsck checks them):
+ *  1. A directory named by a valid disk name (never starting with '.') is a complete
+ *     disk: overlay, lun.json and disk.json all written and synced. A create builds the
+ *     disk in ".new-<name>" and renames it into place last.
+ *  2. A delete first renames the directory to ".trash-<name>-..." and only then removes
+ *     its files, so a crash never leaves a half-deleted disk under its name.
+ *  3. Leftover ".new-*" and ".trash-*" directories are garbage, removed at start.
+ *  4. disk.json is replaced atomically (write_file_atomic), never edited in place.
+ */
+#include "appliance/diskrec.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "appliance/config.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#define DISKREC_MAX_BYTES (64 * 1024)
+
+bool diskrec_initiator_valid(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	if (n < 5 || n >= DISKREC_IQN_MAX)
+		return false;
+	if (strncmp(s, "iqn.", 4) && strncmp(s, "eui.", 4) && strncmp(s, "naa.", 4))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		/* RFC 3722 stringprep leaves lowercase; accept uppercase hex in eui/naa. */
+		if (!(isalnum(c) || c == '.' || c == '-' || c == ':'))
+			return false;
+	}
+	return true;
+}
+
+bool diskrec_chap_user_valid(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	if (n < 1 || n >= DISKREC_CHAP_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (!(isalnum(c) || c == '.' || c == '_' || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+bool diskrec_chap_secret_valid(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	/* Many initiators (Microsoft's, open-iscsi) insist on 12..16 bytes; tgtadm's
+	 * parameter syntax forbids ',' and '='. */
+	if (n < 12 || n >= DISKREC_CHAP_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (!isgraph(c) || c == ',' || c == '=')
+			return false;
+	}
+	return true;
+}
+
+json_t *diskrec_to_json(const struct diskrec *r, bool include_secret)
+{
+	char hex[HASH_HEX_LEN + 1];
+	json_t *j, *ini;
+
+	hash_to_hex(&r->image_id, hex);
+	ini = json_array();
+	for (unsigned i = 0; ini && i < r->ninitiators; i++)
+		json_array_append_new(ini, json_string(r->initiators[i]));
+	j = json_pack("{s:i, s:s, s:s, s:s, s:I, s:o, s:i, s:i, s:I}", "format", 1, "name",
+		      r->name, "image", r->image_tag, "image_id", hex, "size",
+		      (json_int_t)r->size, "initiators", ini, "tid", r->tid, "lun", r->lun,
+		      "created", (json_int_t)r->created);
+	if (j && r->chap_user[0]) {
+		json_object_set_new(j, "chap_user", json_string(r->chap_user));
+		if (include_secret)
+			json_object_set_new(j, "chap_password", json_string(r->chap_password));
+	}
+	return j;
+}
+
+static int get_str(json_t *j, const char *key, char *dst, size_t size, bool required,
+		   char *err, size_t errlen)
+{
+	json_t *v = json_object_get(j, key);
+
+	if (!v) {
+		if (!required) {
+			dst[0] = '\0';
+			return 0;
+		}
+		snprintf(err, errlen, "missing \"%s\"", key);
+		return -EINVAL;
+	}
+	if (!json_is_string(v) || json_string_length(v) >= size) {
+		snprintf(err, errlen, "\"%s\" must be a string shorter than %zu", key, size);
+		return -EINVAL;
+	}
+	memcpy(dst, json_string_value(v), json_string_length(v) + 1);
+	return 0;
+}
+
+int diskrec_from_json(json_t *j, struct diskrec *r, char *err, size_t errlen)
+{
+	char hex[HASH_HEX_LEN + 1];
+	json_t *ini, *v;
+	size_t i;
+
+	memset(r, 0, sizeof(*r));
+	if (!json_is_object(j)) {
+		snprintf(err, errlen, "not a JSON object");
+		return -EINVAL;
+	}
+	if (get_str(j, "name", r->name, sizeof(r->name), true, err, errlen) ||
+	    get_str(j, "image", r->image_tag, sizeof(r->image_tag), false, err, errlen) ||
+	    get_str(j, "image_id", hex, sizeof(hex), true, err, errlen) ||
+	    get_str(j, "chap_user", r->chap_user, sizeof(r->chap_user), false, err, errlen) ||
+	    get_str(j, "chap_password", r->chap_password, sizeof(r->chap_password), false, err,
+		    errlen))
+		return -EINVAL;
+	if (!name_is_valid(r->name) || (r->image_tag[0] && !name_is_valid(r->image_tag))) {
+		snprintf(err, errlen, "invalid name");
+		return -EINVAL;
+	}
+	if (hash_from_hex(hex, strlen(hex), &r->image_id)) {
+		snprintf(err, errlen, "\"image_id\" is not 64 hex digits");
+		return -EINVAL;
+	}
+	v = json_object_get(j, "size");
+	if (!json_is_integer(v) || json_integer_value(v) <= 0) {
+		snprintf(err, errlen, "\"size\" must be a positive integer");
+		return -EINVAL;
+	}
+	r->size = (uint64_t)json_integer_value(v);
+	v = json_object_get(j, "tid");
+	if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 65535) {
+		snprintf(err, errlen, "\"tid\" must be an integer from 1 to 65535");
+		return -EINVAL;
+	}
+	r->tid = (int)json_integer_value(v);
+	v = json_object_get(j, "lun");
+	r->lun = json_is_integer(v) ? (int)json_integer_value(v) : 1;
+	v = json_object_get(j, "created");
+	r->created = json_is_integer(v) ? (int64_t)json_integer_value(v) : 0;
+	ini = json_object_get(j, "initiators");
+	if (ini && (!json_is_array(ini) || json_array_size(ini) > DISKREC_MAX_INITIATORS)) {
+		snprintf(err, errlen, "\"initiators\" must be an array of at most %d names",
+			 DISKREC_MAX_INITIATORS);
+		return -EINVAL;
+	}
+	json_array_foreach(ini, i, v) {
+		if (!json_is_string(v) || !diskrec_initiator_valid(json_string_value(v))) {
+			snprintf(err, errlen, "invalid initiator name in \"initiators\"");
+			return -EINVAL;
+		}
+		memcpy(r->initiators[i], json_string_value(v), json_string_length(v) + 1);
+		r->ninitiators++;
+	}
+	if (r->chap_user[0] && (!diskrec_chap_user_valid(r->chap_user) ||
+				!diskrec_chap_secret_valid(r->chap_password))) {
+		snprintf(err, errlen, "invalid CHAP user or password");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int diskrec_save(const char *dir, const struct diskrec *r)
+{
+	char path[PATH_MAX];
+	json_t *j;
+	char *text;
+	int ret;
+
+	if (snprintf(path, sizeof(path), "%s/%s", dir, DISKREC_FILE) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	j = diskrec_to_json(r, true);
+	if (!j)
+		return -ENOMEM;
+	text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+	json_decref(j);
+	if (!text)
+		return -ENOMEM;
+	ret = write_file_atomic(path, text, strlen(text));
+	free(text);
+	return ret;
+}
+
+int diskrec_load(const char *dir, struct diskrec *r, char *err, size_t errlen)
+{
+	char path[PATH_MAX], *text = NULL;
+	json_error_t jerr;
+	size_t len;
+	json_t *j;
+	int ret;
+
+	if (snprintf(path, sizeof(path), "%s/%s", dir, DISKREC_FILE) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	ret = read_file(path, DISKREC_MAX_BYTES, &text, &len);
+	if (ret) {
+		snprintf(err, errlen, "%s: %s", path, strerror(-ret));
+		return ret;
+	}
+	j = json_loadb(text, len, 0, &jerr);
+	free(text);
+	if (!j) {
+		snprintf(err, errlen, "%s: %s", path, jerr.text);
+		return -EINVAL;
+	}
+	ret = diskrec_from_json(j, r, err, errlen);
+	json_decref(j);
+	return ret;
+}
+
+static int cmp_rec(const void *a, const void *b)
+{
+	return strcmp(((const struct diskrec *)a)->name, ((const struct diskrec *)b)->name);
+}
+
+int diskrec_list(const char *disks_dir, struct diskrec **out, size_t *n)
+{
+	struct diskrec *v = NULL;
+	size_t cnt = 0, cap = 0;
+	struct dirent *de;
+	DIR *d;
+	int ret = 0;
+
+	*out = NULL;
+	*n = 0;
+	d = opendir(disks_dir);
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	while ((de = readdir(d))) {
+		char path[PATH_MAX], err[256];
+
+		if (!name_is_valid(de->d_name))
+			continue; /* invariant 1: only complete disks have a plain name */
+		if (cnt == cap) {
+			size_t nc = cap ? cap * 2 : 16;
+			struct diskrec *nv = realloc(v, nc * sizeof(*v));
+
+			if (!nv) {
+				ret = -ENOMEM;
+				goto out;
+			}
+			v = nv;
+			cap = nc;
+		}
+		if (config_path_fmt(path, sizeof(path), "%s/%s", disks_dir, de->d_name))
+			continue;
+		if (diskrec_load(path, &v[cnt], err, sizeof(err))) {
+			log_warn("skipping disk '%s': %s", de->d_name, err);
+			continue;
+		}
+		if (strcmp(v[cnt].name, de->d_name)) {
+			log_warn("skipping disk '%s': its record names '%s'", de->d_name,
+				 v[cnt].name);
+			continue;
+		}
+		cnt++;
+	}
+	qsort(v, cnt, sizeof(*v), cmp_rec);
+out:
+	closedir(d);
+	if (ret) {
+		free(v);
+		return ret;
+	}
+	*out = v;
+	*n = cnt;
+	return 0;
+}

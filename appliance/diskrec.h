@@ -1,0 +1,59 @@
+/*
+ * diskrec.h - disk records: what rackdiskd knows about each disk it exports, kept in
+ * <state_dir>/disks/<name>/disk.json next to the disk's overlay and lun.json.
+ *
+ * The record is the source of truth for exports: at start (and after tgtd restarts) the
+ * daemon makes tgtd's targets match the records (appliance/disks.c).
+ */
+#ifndef RACKDISK_APPLIANCE_DISKREC_H
+#define RACKDISK_APPLIANCE_DISKREC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "common/hash.h"
+
+#define DISKREC_FILE "disk.json"
+#define DISKREC_MAX_INITIATORS 32
+#define DISKREC_NAME_MAX 129
+#define DISKREC_IQN_MAX 224
+#define DISKREC_CHAP_MAX 65
+
+struct diskrec {
+	char name[DISKREC_NAME_MAX];
+	char image_tag[DISKREC_NAME_MAX]; /* "" when created from an image id */
+	struct chunk_hash image_id;
+	uint64_t size;
+	char initiators[DISKREC_MAX_INITIATORS][DISKREC_IQN_MAX];
+	unsigned ninitiators;             /* 0 = any initiator */
+	char chap_user[DISKREC_CHAP_MAX];  /* "" = no CHAP */
+	char chap_password[DISKREC_CHAP_MAX];
+	int tid;
+	int lun;
+	int64_t created;                  /* unix seconds */
+};
+
+/* JSON form of a record (include_secret: also the CHAP password, for the file only). */
+json_t *diskrec_to_json(const struct diskrec *r, bool include_secret);
+/* Parses and validates a record; -EINVAL with a reason in err. */
+int diskrec_from_json(json_t *j, struct diskrec *r, char *err, size_t errlen);
+
+/* <dir>/disk.json, written atomically. It may hold a CHAP secret: the disks directory
+ * is created mode 0700. */
+int diskrec_save(const char *dir, const struct diskrec *r);
+int diskrec_load(const char *dir, struct diskrec *r, char *err, size_t errlen);
+
+/* Every record under disks_dir (directories named by a valid name only), sorted by
+ * name. *out is malloc'd. Unreadable records are logged and skipped. */
+int diskrec_list(const char *disks_dir, struct diskrec **out, size_t *n);
+
+/* An iSCSI initiator name (iqn., eui. or naa. form, RFC 3720 3.2.6.3). */
+bool diskrec_initiator_valid(const char *s);
+/* CHAP user: 1..64 of [A-Za-z0-9._-]; secret: 12..64 printable, no ',' '=' or space. */
+bool diskrec_chap_user_valid(const char *s);
+bool diskrec_chap_secret_valid(const char *s);
+
+#endif

@@ -1,0 +1,511 @@
+/*
+ * disks.c - disk management: create, delete, list, and reconciling tgtd with the disk
+ * records. The on-disk invariants are those of appliance/diskrec.c; the export of a
+ * disk is target <iqn_prefix>:<name>, LUN 1, backing store type "rackdisk" on the disk
+ * directory (target/fetch_proto.h).
+ *
+ * Targets whose name starts with "<iqn_prefix>:" belong to this appliance: reconcile
+ * removes those without a record and leaves every other target alone (an external tgtd
+ * may serve other things).
+ */
+#include "appliance/appliance.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "cache/disk.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "images/manifest.h"
+#include "target/fetch_proto.h"
+#include "target/tgtmgr.h"
+
+#define BSTYPE "rackdisk"
+#define TID_MAX 65535
+
+void appliance_disk_iqn(const struct appliance *a, const char *name, char *buf, size_t len)
+{
+	/* IQNs are lowercase (RFC 3722); names may have uppercase letters. */
+	size_t n = (size_t)snprintf(buf, len, "%s:%s", a->cfg.iqn_prefix, name);
+
+	for (size_t i = 0; i < n && i < len; i++)
+		if (buf[i] >= 'A' && buf[i] <= 'Z')
+			buf[i] = (char)(buf[i] - 'A' + 'a');
+}
+
+void appliance_disk_url(const struct appliance *a, const struct diskrec *r, char *buf,
+			size_t len)
+{
+	char iqn[DISKREC_IQN_MAX];
+	bool v6 = strchr(a->iscsi_host, ':') != NULL;
+
+	appliance_disk_iqn(a, r->name, iqn, sizeof(iqn));
+	snprintf(buf, len, "iscsi://%s%s%s:%u/%s/%d", v6 ? "[" : "", a->iscsi_host,
+		 v6 ? "]" : "", a->cfg.portal.port, iqn, r->lun);
+}
+
+void appliance_disk_dir(const struct appliance *a, const char *name, char *buf, size_t len)
+{
+	config_path_fmt(buf, len, "%s/%s", a->disks_dir, name);
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	if (remove(path) < 0)
+		log_warn("removing %s: %s", path, strerror(errno));
+	return 0;
+}
+
+static int rm_rf(const char *path)
+{
+	if (access(path, F_OK) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) ? -EIO : 0;
+}
+
+void appliance_disks_cleanup(struct appliance *a)
+{
+	struct dirent *de;
+	DIR *d = opendir(a->disks_dir);
+
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		char path[PATH_MAX];
+
+		if (strncmp(de->d_name, ".new-", 5) && strncmp(de->d_name, ".trash-", 7))
+			continue;
+		if (config_path_fmt(path, sizeof(path), "%s/%s", a->disks_dir, de->d_name))
+			continue;
+		log_info("removing %s (left by an interrupted create or delete)", path);
+		rm_rf(path);
+	}
+	closedir(d);
+}
+
+/* lun.json: what the tgt module needs to open the disk (target/fetch_proto.h). */
+static int write_lun_json(struct appliance *a, const char *dir, const struct diskrec *r)
+{
+	char hex[HASH_HEX_LEN + 1], mpath[PATH_MAX], path[PATH_MAX];
+	char *text;
+	json_t *j;
+	int ret;
+
+	hash_to_hex(&r->image_id, hex);
+	appliance_manifest_path(a, &r->image_id, mpath, sizeof(mpath));
+	j = json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:I, s:b}", "format", 1, "name", r->name,
+		      "image_id", hex, "manifest", mpath, "chunk_dir", a->cfg.cache_dir,
+		      "socket", a->sock_path, "io_timeout_ms", (json_int_t)a->cfg.io_timeout_ms,
+		      "direct_io", a->cfg.direct_io);
+	if (!j)
+		return -ENOMEM;
+	text = json_dumps(j, JSON_INDENT(2));
+	json_decref(j);
+	if (!text)
+		return -ENOMEM;
+	ret = config_path_fmt(path, sizeof(path), "%s/%s", dir, LUN_CONFIG_FILE);
+	if (!ret)
+		ret = write_file_atomic(path, text, strlen(text));
+	free(text);
+	return ret;
+}
+
+/* The lowest tid used neither by a record nor by any target of tgtd. */
+static int alloc_tid(struct appliance *a, const struct diskrec *recs, size_t nrecs)
+{
+	struct tgtmgr_target *t = NULL;
+	size_t nt = 0;
+	int tid;
+
+	if (tgtmgr_list(a->tgt, &t, &nt))
+		nt = 0;
+	for (tid = 1; tid <= TID_MAX; tid++) {
+		bool used = false;
+
+		for (size_t i = 0; i < nrecs && !used; i++)
+			used = recs[i].tid == tid;
+		for (size_t i = 0; i < nt && !used; i++)
+			used = t[i].tid == tid;
+		if (!used)
+			break;
+	}
+	free(t);
+	return tid > TID_MAX ? -ENOSPC : tid;
+}
+
+/* Creates target + LUN + ACLs + CHAP of a record in tgtd. */
+static int export_disk(struct appliance *a, const struct diskrec *r, char *err, size_t errlen)
+{
+	char iqn[DISKREC_IQN_MAX], dir[PATH_MAX];
+	int ret;
+
+	appliance_disk_iqn(a, r->name, iqn, sizeof(iqn));
+	appliance_disk_dir(a, r->name, dir, sizeof(dir));
+	ret = tgtmgr_export(a->tgt, r->tid, iqn, BSTYPE, dir, err, errlen);
+	if (ret)
+		return ret;
+	if (!r->ninitiators)
+		ret = tgtmgr_bind_initiator(a->tgt, r->tid, "ALL", err, errlen);
+	for (unsigned i = 0; !ret && i < r->ninitiators; i++)
+		ret = tgtmgr_bind_initiator(a->tgt, r->tid, r->initiators[i], err, errlen);
+	if (!ret && r->chap_user[0])
+		ret = tgtmgr_bind_chap(a->tgt, r->tid, r->chap_user, r->chap_password, err,
+				       errlen);
+	if (ret)
+		tgtmgr_unexport(a->tgt, r->tid, true);
+	return ret;
+}
+
+/* Resolves the request's image, pulling a tag the appliance does not have yet. */
+static int resolve_image(struct appliance *a, const char *ref, struct image_info *info,
+			 char *err, size_t errlen)
+{
+	struct chunk_hash id;
+	int ret;
+
+	ret = appliance_image_get(a, ref, info, err, errlen);
+	if (ret != -ENOENT || !hash_from_hex(ref, strlen(ref), &id))
+		return ret;
+	return appliance_image_pull(a, ref, info, err, errlen);
+}
+
+/* Builds the disk in .new-<name> and renames it into place (diskrec.c invariant 1). */
+static int make_disk_dir(struct appliance *a, const struct diskrec *r, char *err,
+			 size_t errlen)
+{
+	char tmp[PATH_MAX], dir[PATH_MAX];
+	int ret;
+
+	if (config_path_fmt(tmp, sizeof(tmp), "%s/.new-%s", a->disks_dir, r->name)) {
+		snprintf(err, errlen, "path of disk '%s' too long", r->name);
+		return -ENAMETOOLONG;
+	}
+	appliance_disk_dir(a, r->name, dir, sizeof(dir));
+	rm_rf(tmp);
+	if (mkdir(tmp, 0700) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "creating %s: %s", tmp, strerror(errno));
+		return ret;
+	}
+	ret = disk_create(tmp, &r->image_id, r->size);
+	if (ret) {
+		snprintf(err, errlen, "creating the overlay of '%s': %s", r->name,
+			 strerror(-ret));
+		goto fail;
+	}
+	ret = write_lun_json(a, tmp, r);
+	if (!ret)
+		ret = diskrec_save(tmp, r);
+	if (!ret)
+		ret = fsync_dir(tmp);
+	if (!ret && rename(tmp, dir) < 0)
+		ret = -errno;
+	if (!ret)
+		ret = fsync_dir(a->disks_dir);
+	if (ret) {
+		snprintf(err, errlen, "writing disk '%s': %s", r->name, strerror(-ret));
+		goto fail;
+	}
+	return 0;
+fail:
+	rm_rf(tmp);
+	return ret;
+}
+
+/* Deletes a disk directory: rename to .trash-, then remove (diskrec.c invariant 2). */
+static int remove_disk_dir(struct appliance *a, const char *name)
+{
+	char dir[PATH_MAX], trash[PATH_MAX];
+	int ret;
+
+	appliance_disk_dir(a, name, dir, sizeof(dir));
+	if (config_path_fmt(trash, sizeof(trash), "%s/.trash-%s-%llu", a->disks_dir, name,
+			    (unsigned long long)now_ns()))
+		return -ENAMETOOLONG;
+	if (rename(dir, trash) < 0)
+		return -errno;
+	ret = fsync_dir(a->disks_dir);
+	rm_rf(trash);
+	return ret;
+}
+
+static int create_locked(struct appliance *a, const struct disk_request *req,
+			 struct diskrec *r, char *err, size_t errlen)
+{
+	struct diskrec *recs = NULL;
+	struct image_info info;
+	char dir[PATH_MAX];
+	size_t nrecs = 0;
+	int ret, tid;
+
+	appliance_disk_dir(a, req->name, dir, sizeof(dir));
+	if (access(dir, F_OK) == 0) {
+		snprintf(err, errlen, "disk '%s' already exists", req->name);
+		return -EEXIST;
+	}
+	ret = resolve_image(a, req->image, &info, err, errlen);
+	if (ret)
+		return ret;
+	if (req->size && req->size < info.size) {
+		snprintf(err, errlen, "size %llu is smaller than image '%s' (%llu bytes)",
+			 (unsigned long long)req->size, req->image,
+			 (unsigned long long)info.size);
+		return -EINVAL;
+	}
+	memset(r, 0, sizeof(*r));
+	snprintf(r->name, sizeof(r->name), "%s", req->name);
+	snprintf(r->image_tag, sizeof(r->image_tag), "%s", info.tag);
+	r->image_id = info.id;
+	/* An image's size need not be a multiple of 512; the disk's must. */
+	r->size = req->size ? req->size : (info.size + 511) / 512 * 512;
+	r->ninitiators = req->ninitiators;
+	memcpy(r->initiators, req->initiators, sizeof(r->initiators));
+	snprintf(r->chap_user, sizeof(r->chap_user), "%s", req->chap_user);
+	snprintf(r->chap_password, sizeof(r->chap_password), "%s", req->chap_password);
+	r->lun = 1;
+	r->created = (int64_t)time(NULL);
+	ret = diskrec_list(a->disks_dir, &recs, &nrecs);
+	if (ret) {
+		snprintf(err, errlen, "listing disks: %s", strerror(-ret));
+		return ret;
+	}
+	tid = alloc_tid(a, recs, nrecs);
+	free(recs);
+	if (tid < 0) {
+		snprintf(err, errlen, "no free target id");
+		return tid;
+	}
+	r->tid = tid;
+	ret = make_disk_dir(a, r, err, errlen);
+	if (ret)
+		return ret;
+	ret = export_disk(a, r, err, errlen);
+	if (ret) {
+		remove_disk_dir(a, r->name);
+		return ret;
+	}
+	return 0;
+}
+
+int appliance_disk_create(struct appliance *a, const struct disk_request *req,
+			  struct diskrec *out, char *err, size_t errlen)
+{
+	int ret;
+
+	if (!name_is_valid(req->name)) {
+		snprintf(err, errlen, "invalid disk name '%s'", req->name);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&a->lock);
+	ret = create_locked(a, req, out, err, errlen);
+	pthread_mutex_unlock(&a->lock);
+	if (!ret)
+		log_info("created disk %s (image %s, %llu bytes, target %d)", out->name,
+			 req->image, (unsigned long long)out->size, out->tid);
+	return ret;
+}
+
+static int delete_locked(struct appliance *a, const char *name, bool force, char *err,
+			 size_t errlen)
+{
+	char dir[PATH_MAX], iqn[DISKREC_IQN_MAX];
+	struct tgtmgr_target *t = NULL;
+	struct diskrec r;
+	size_t nt = 0;
+	int ret;
+
+	appliance_disk_dir(a, name, dir, sizeof(dir));
+	ret = diskrec_load(dir, &r, err, errlen);
+	if (ret) {
+		if (ret == -ENOENT)
+			snprintf(err, errlen, "no disk named '%s'", name);
+		return ret;
+	}
+	appliance_disk_iqn(a, name, iqn, sizeof(iqn));
+	ret = tgtmgr_list(a->tgt, &t, &nt);
+	if (ret) {
+		snprintf(err, errlen, "cannot list tgtd's targets: %s", strerror(-ret));
+		return ret;
+	}
+	for (size_t i = 0; i < nt; i++) {
+		if (t[i].tid != r.tid || strcmp(t[i].name, iqn))
+			continue;
+		if (t[i].nsessions && !force) {
+			snprintf(err, errlen, "disk '%s' is in use by %d initiator session(s); "
+					      "log them out or delete with force", name,
+				 t[i].nsessions);
+			ret = -EBUSY;
+			goto out;
+		}
+		ret = tgtmgr_unexport(a->tgt, r.tid, true);
+		if (ret && ret != -ENOENT) {
+			snprintf(err, errlen, "tgtd refused to delete target %d", r.tid);
+			goto out;
+		}
+	}
+	if (r.chap_user[0])
+		tgtmgr_account_delete(a->tgt, r.chap_user);
+	ret = remove_disk_dir(a, name);
+	if (ret)
+		snprintf(err, errlen, "removing disk '%s': %s", name, strerror(-ret));
+out:
+	free(t);
+	return ret;
+}
+
+int appliance_disk_delete(struct appliance *a, const char *name, bool force, char *err,
+			  size_t errlen)
+{
+	int ret;
+
+	if (!name_is_valid(name)) {
+		snprintf(err, errlen, "invalid disk name '%s'", name);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&a->lock);
+	ret = delete_locked(a, name, force, err, errlen);
+	pthread_mutex_unlock(&a->lock);
+	if (!ret)
+		log_info("deleted disk %s", name);
+	return ret;
+}
+
+int appliance_disk_get(struct appliance *a, const char *name, struct diskrec *out)
+{
+	char dir[PATH_MAX], err[256];
+	int ret;
+
+	if (!name_is_valid(name))
+		return -EINVAL;
+	appliance_disk_dir(a, name, dir, sizeof(dir));
+	pthread_mutex_lock(&a->lock);
+	ret = diskrec_load(dir, out, err, sizeof(err));
+	pthread_mutex_unlock(&a->lock);
+	return ret;
+}
+
+int appliance_disk_list(struct appliance *a, struct diskrec **out, size_t *n)
+{
+	int ret;
+
+	pthread_mutex_lock(&a->lock);
+	ret = diskrec_list(a->disks_dir, out, n);
+	pthread_mutex_unlock(&a->lock);
+	return ret;
+}
+
+static bool target_matches(struct appliance *a, const struct tgtmgr_target *t,
+			   const struct diskrec *r)
+{
+	char iqn[DISKREC_IQN_MAX], dir[PATH_MAX];
+
+	appliance_disk_iqn(a, r->name, iqn, sizeof(iqn));
+	appliance_disk_dir(a, r->name, dir, sizeof(dir));
+	return t->tid == r->tid && !strcmp(t->name, iqn) && !strcmp(t->backing, dir);
+}
+
+static bool is_ours(struct appliance *a, const char *iqn)
+{
+	size_t n = strlen(a->cfg.iqn_prefix);
+
+	return !strncmp(iqn, a->cfg.iqn_prefix, n) && iqn[n] == ':';
+}
+
+/* Exports record r, moving it to a free tid when a foreign target holds its tid. */
+static int reexport(struct appliance *a, struct diskrec *r, struct diskrec *recs, size_t nrecs,
+		    const struct tgtmgr_target *t, size_t nt)
+{
+	char err[256] = "", dir[PATH_MAX];
+	int ret;
+
+	for (size_t j = 0; j < nt; j++) {
+		if (t[j].tid != r->tid)
+			continue;
+		if (is_ours(a, t[j].name)) {
+			tgtmgr_unexport(a->tgt, t[j].tid, true);
+		} else {
+			int tid = alloc_tid(a, recs, nrecs);
+
+			if (tid < 0)
+				return tid;
+			log_warn("target id %d of disk %s is taken by %s; moving it to %d",
+				 r->tid, r->name, t[j].name, tid);
+			r->tid = tid;
+			appliance_disk_dir(a, r->name, dir, sizeof(dir));
+			ret = diskrec_save(dir, r);
+			if (ret)
+				return ret;
+		}
+	}
+	ret = export_disk(a, r, err, sizeof(err));
+	if (ret)
+		log_error("exporting disk %s (target %d): %s", r->name, r->tid, err);
+	else
+		log_info("exported disk %s as target %d", r->name, r->tid);
+	return ret;
+}
+
+static int reconcile_locked(struct appliance *a)
+{
+	struct tgtmgr_target *t = NULL;
+	struct diskrec *recs = NULL;
+	size_t nt = 0, nrecs = 0;
+	int ret, failed = 0;
+
+	ret = diskrec_list(a->disks_dir, &recs, &nrecs);
+	if (!ret)
+		ret = tgtmgr_list(a->tgt, &t, &nt);
+	if (ret)
+		goto out;
+	/* Stale targets of ours: no record, or a record that says otherwise. */
+	for (size_t i = 0; i < nt; i++) {
+		bool wanted = false;
+
+		if (!is_ours(a, t[i].name))
+			continue;
+		for (size_t j = 0; j < nrecs && !wanted; j++)
+			wanted = target_matches(a, &t[i], &recs[j]);
+		if (!wanted) {
+			log_info("removing stale target %d (%s)", t[i].tid, t[i].name);
+			tgtmgr_unexport(a->tgt, t[i].tid, true);
+		}
+	}
+	for (size_t j = 0; j < nrecs; j++) {
+		char dir[PATH_MAX];
+		bool present = false;
+
+		/* lun.json follows the current configuration (socket, timeouts). */
+		appliance_disk_dir(a, recs[j].name, dir, sizeof(dir));
+		if (write_lun_json(a, dir, &recs[j]))
+			log_warn("rewriting lun.json of disk %s failed", recs[j].name);
+		for (size_t i = 0; i < nt && !present; i++)
+			present = target_matches(a, &t[i], &recs[j]);
+		if (!present && reexport(a, &recs[j], recs, nrecs, t, nt))
+			failed++;
+	}
+	a->reconciles++;
+	ret = failed ? -EIO : 0;
+out:
+	free(t);
+	free(recs);
+	return ret;
+}
+
+int appliance_reconcile(struct appliance *a)
+{
+	int ret;
+
+	pthread_mutex_lock(&a->lock);
+	ret = reconcile_locked(a);
+	pthread_mutex_unlock(&a->lock);
+	return ret;
+}

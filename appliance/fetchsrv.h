@@ -1,0 +1,42 @@
+/*
+ * fetchsrv.h - the fetch socket: rackdiskd's side of target/fetch_proto.h. The tgt module
+ * (inside tgtd) asks here for chunks it misses; each request is served by the fetcher
+ * (FETCH, PREFETCH) or the chunk store (TOUCH).
+ *
+ * One thread per connection (tgtd keeps one connection per worker thread, so there are
+ * few), at most FETCHSRV_MAX_CONNS at once; more are refused by closing them.
+ */
+#ifndef RACKDISK_APPLIANCE_FETCHSRV_H
+#define RACKDISK_APPLIANCE_FETCHSRV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct chunkstore;
+struct fetcher;
+struct fetchsrv;
+
+#define FETCHSRV_MAX_CONNS 256
+/* Longest wait a FETCH may ask for. */
+#define FETCHSRV_MAX_TIMEOUT_MS 600000
+
+struct fetchsrv_stats {
+	uint64_t connections, requests, fetch_ok, fetch_err, prefetches, touches, bad_requests;
+};
+
+/* Listens on path (removing a stale socket file there). */
+int fetchsrv_start(const char *path, struct fetcher *f, struct chunkstore *cs,
+		   struct fetchsrv **out);
+/* Stops accepting, ends every connection, waits for their threads (bounded). */
+void fetchsrv_stop(struct fetchsrv *s);
+void fetchsrv_get_stats(struct fetchsrv *s, struct fetchsrv_stats *st);
+
+/*
+ * Handles one request line (without '\n'); writes the reply line (with '\n') into
+ * reply. Returns 0, or -EPROTO for a malformed request (reply holds an ERR line and the
+ * connection is then closed). Exposed for tests; f and cs may be NULL there only for
+ * requests that do not reach them.
+ */
+int fetchsrv_handle_line(struct fetchsrv *s, char *line, char *reply, size_t replylen);
+
+#endif

@@ -1,0 +1,188 @@
+/*
+ * metrics.c - GET /metrics: Prometheus text format 0.0.4.
+ *
+ * Fetch counters come from the fetcher, cache counters from the chunk store, per-disk
+ * IO from tgtd itself (`tgtadm --op stat`): the data path runs inside tgtd, and tgt
+ * already counts every LUN's reads and writes per session. Those per-session counters
+ * vanish when a session logs out, so the per-disk series can go down; Prometheus treats
+ * that as a counter reset, which rate() handles.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "appliance/api.h"
+#include "appliance/appliance.h"
+#include "appliance/fetchsrv.h"
+#include "cache/chunkstore.h"
+#include "cluster/fetcher.h"
+#include "common/util.h"
+#include "target/tgtmgr.h"
+
+static const char *const src_names[FETCH_SRC_COUNT] = {"local", "peer", "seed"};
+
+static void head(FILE *f, const char *name, const char *type, const char *help)
+{
+	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void by_source(FILE *f, const char *name, const char *help, const uint64_t *v)
+{
+	head(f, name, "counter", help);
+	for (int s = 0; s < FETCH_SRC_COUNT; s++)
+		fprintf(f, "%s{source=\"%s\"} %llu\n", name, src_names[s],
+			(unsigned long long)v[s]);
+}
+
+static void one(FILE *f, const char *name, const char *type, const char *help, uint64_t v)
+{
+	head(f, name, type, help);
+	fprintf(f, "%s %llu\n", name, (unsigned long long)v);
+}
+
+static void fetch_metrics(FILE *f, struct fetcher *fe)
+{
+	struct fetcher_stats st;
+	const char *h = "rackdisk_chunk_fetch_duration_seconds";
+
+	fetcher_get_stats(fe, &st);
+	by_source(f, "rackdisk_chunk_fetches_total", "Chunks obtained, by source.", st.fetches);
+	by_source(f, "rackdisk_chunk_fetch_bytes_total", "Chunk bytes obtained, by source.",
+		  st.bytes);
+	by_source(f, "rackdisk_chunk_fetch_failures_total",
+		  "Fetch attempts that failed (including bad hashes), by source.", st.failures);
+	by_source(f, "rackdisk_chunk_fetch_bad_hash_total",
+		  "Chunks refused because they did not match their hash, by source.",
+		  st.bad_hash);
+	head(f, h, "histogram", "Time to obtain a chunk, by source.");
+	for (int s = 0; s < FETCH_SRC_COUNT; s++) {
+		uint64_t cum = 0;
+
+		/* The fetcher counts per bucket; Prometheus buckets are cumulative. */
+		for (int b = 0; b < 16; b++) {
+			cum += st.latency_count[s][b];
+			if (b == 15)
+				fprintf(f, "%s_bucket{source=\"%s\",le=\"+Inf\"} %llu\n", h,
+					src_names[s], (unsigned long long)cum);
+			else
+				fprintf(f, "%s_bucket{source=\"%s\",le=\"%g\"} %llu\n", h,
+					src_names[s], fetcher_latency_bounds[b],
+					(unsigned long long)cum);
+		}
+		fprintf(f, "%s_sum{source=\"%s\"} %.6f\n", h, src_names[s], st.latency_sum[s]);
+		fprintf(f, "%s_count{source=\"%s\"} %llu\n", h, src_names[s],
+			(unsigned long long)cum);
+	}
+	one(f, "rackdisk_fetch_retries_total", "counter", "Seed fetch retries.", st.retries);
+	one(f, "rackdisk_fetch_timeouts_total", "counter", "Fetches that passed their deadline.",
+	    st.timeouts);
+	one(f, "rackdisk_fetch_coalesced_total", "counter",
+	    "Requests that joined a fill already in flight.", st.coalesced);
+	one(f, "rackdisk_fetch_readahead_total", "counter", "Chunks fetched by readahead.",
+	    st.readahead);
+	one(f, "rackdisk_fetch_not_found_total", "counter",
+	    "Chunks the seed did not have (HTTP 404).", st.not_found);
+	one(f, "rackdisk_fetch_prefetch_dropped_total", "counter",
+	    "Background fills dropped because the queue was full.", st.prefetch_dropped);
+	one(f, "rackdisk_seed_requests_total", "counter", "HTTP requests to the seed.",
+	    st.seed_requests);
+	one(f, "rackdisk_seed_connections_total", "counter", "New connections to the seed.",
+	    st.seed_connects);
+	one(f, "rackdisk_fetch_inflight", "gauge", "Fills queued or running.", st.inflight);
+}
+
+static void cache_metrics(FILE *f, struct chunkstore *cs)
+{
+	struct chunkstore_stats st;
+
+	chunkstore_get_stats(cs, &st);
+	one(f, "rackdisk_cache_hits_total", "counter", "Chunk store lookups that hit.", st.hits);
+	one(f, "rackdisk_cache_misses_total", "counter", "Chunk store lookups that missed.",
+	    st.misses);
+	one(f, "rackdisk_cache_inserts_total", "counter", "Chunks stored.", st.inserts);
+	one(f, "rackdisk_cache_evictions_total", "counter", "Chunks evicted.", st.evictions);
+	one(f, "rackdisk_cache_evicted_bytes_total", "counter", "Bytes evicted.",
+	    st.bytes_evicted);
+	one(f, "rackdisk_cache_inserted_bytes_total", "counter", "Bytes stored.",
+	    st.bytes_inserted);
+	one(f, "rackdisk_cache_used_bytes", "gauge", "Bytes of chunk data in the store.",
+	    st.bytes_used);
+	one(f, "rackdisk_cache_capacity_bytes", "gauge", "Configured store capacity (0: none).",
+	    st.capacity);
+	one(f, "rackdisk_cache_chunks", "gauge", "Chunks in the store.", st.nchunks);
+	one(f, "rackdisk_cache_pinned_chunks", "gauge", "Chunks pinned by reads or fills.",
+	    st.pinned);
+	one(f, "rackdisk_cache_dropped_corrupt_total", "counter",
+	    "Torn or corrupt chunk files found and removed.", st.dropped_corrupt);
+}
+
+static void disk_metrics(FILE *f, struct appliance *a)
+{
+	static const char *names[] = {"rackdisk_disk_read_bytes_total",
+				      "rackdisk_disk_read_ops_total",
+				      "rackdisk_disk_write_bytes_total",
+				      "rackdisk_disk_write_ops_total",
+				      "rackdisk_disk_errors_total"};
+	static const char *helps[] = {"Bytes read by initiators (tgtd, current sessions).",
+				      "Read commands completed (tgtd, current sessions).",
+				      "Bytes written by initiators (tgtd, current sessions).",
+				      "Write commands completed (tgtd, current sessions).",
+				      "Commands that failed (tgtd, current sessions)."};
+	struct tgtmgr_lun_stats *st = NULL;
+	struct diskrec *recs = NULL;
+	size_t n = 0;
+
+	if (appliance_disk_list(a, &recs, &n))
+		n = 0;
+	one(f, "rackdisk_disks", "gauge", "Disks defined on this appliance.", n);
+	st = calloc(n ? n : 1, sizeof(*st));
+	for (size_t i = 0; st && i < n; i++)
+		if (tgtmgr_lun_stats(a->tgt, recs[i].tid, recs[i].lun, &st[i]))
+			memset(&st[i], 0, sizeof(st[i]));
+	for (int m = 0; st && m < 5; m++) {
+		head(f, names[m], "counter", helps[m]);
+		for (size_t i = 0; i < n; i++) {
+			uint64_t v[5] = {st[i].read_bytes, st[i].read_ops, st[i].write_bytes,
+					 st[i].write_ops, st[i].errors};
+
+			fprintf(f, "%s{disk=\"%s\"} %llu\n", names[m], recs[i].name,
+				(unsigned long long)v[m]);
+		}
+	}
+	free(st);
+	free(recs);
+}
+
+int metrics_render(struct appliance *a, char **out, size_t *len)
+{
+	struct fetchsrv_stats fs;
+	char *buf = NULL;
+	size_t blen = 0;
+	FILE *f = open_memstream(&buf, &blen);
+
+	if (!f)
+		return -ENOMEM;
+	one(f, "rackdisk_up", "gauge", "1 while rackdiskd runs.", 1);
+	one(f, "rackdisk_uptime_seconds", "gauge", "Seconds since rackdiskd started.",
+	    (now_ns() - a->started_ns) / 1000000000ULL);
+	fetch_metrics(f, a->fetcher);
+	cache_metrics(f, a->store);
+	fetchsrv_get_stats(a->fsrv, &fs);
+	one(f, "rackdisk_fetch_socket_requests_total", "counter",
+	    "Requests from the tgt module on the fetch socket.", fs.requests);
+	one(f, "rackdisk_fetch_socket_errors_total", "counter",
+	    "FETCH requests answered with an error.", fs.fetch_err);
+	one(f, "rackdisk_chunk_touches_total", "counter",
+	    "Chunk reads the tgt module served from the store (hits it reported).", fs.touches);
+	one(f, "rackdisk_tgtd_restarts_total", "counter", "Times the spawned tgtd was restarted.",
+	    tgtmgr_restarts(a->tgt));
+	disk_metrics(f, a);
+	if (fclose(f)) {
+		free(buf);
+		return -ENOMEM;
+	}
+	*out = buf;
+	*len = blen;
+	return 0;
+}

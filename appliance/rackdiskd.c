@@ -1,0 +1,266 @@
+/*
+ * rackdiskd.c - the appliance daemon: `rackdiskd --config FILE`.
+ *
+ * Start order (each step needs the ones before it; stop runs it backwards):
+ *   config -> state dirs -> chunk store (owner) -> fetcher -> fetch socket -> tgtd
+ *   (spawned or external) -> reconcile tgtd with the disk records -> API.
+ * The fetch socket is up before tgtd so that LUNs re-exported by reconcile can fetch at
+ * once. Signals are blocked in every thread and taken by main() with sigwait():
+ * SIGTERM/SIGINT stop, SIGHUP reconciles again.
+ *
+ * Exit status: 0 after a clean stop, 1 when start fails, 2 for usage or config errors.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "appliance/api.h"
+#include "appliance/appliance.h"
+#include "appliance/config.h"
+#include "appliance/fetchsrv.h"
+#include "cache/chunkstore.h"
+#include "cluster/fetcher.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "target/tgtmgr.h"
+
+#ifndef RACKDISK_VERSION
+#define RACKDISK_VERSION "0.1"
+#endif
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: rackdiskd --config FILE\n"
+		   "       rackdiskd --check-config --config FILE   (validate and exit)\n"
+		   "       rackdiskd --version\n");
+}
+
+static void on_tgtd_restart(void *arg)
+{
+	struct appliance *a = arg;
+
+	log_info("tgtd restarted; re-exporting disks");
+	if (appliance_reconcile(a))
+		log_error("re-exporting disks after the tgtd restart failed for some disks");
+}
+
+static int make_dirs(struct appliance *a)
+{
+	char tags[PATH_MAX];
+	const char *dirs[] = {a->cfg.state_dir, a->disks_dir, a->images_dir, tags,
+			      a->cfg.cache_dir};
+	int ret;
+
+	config_path_fmt(tags, sizeof(tags), "%s/tags", a->images_dir);
+	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++) {
+		/* disks/ may hold CHAP secrets (diskrec.h). */
+		ret = mkdir_p(dirs[i], dirs[i] == a->disks_dir ? 0700 : 0755);
+		if (ret) {
+			log_error("cannot create %s: %s", dirs[i], strerror(-ret));
+			return ret;
+		}
+	}
+	return 0;
+}
+
+/* Host in iSCSI URLs: [iscsi] advertise, else the portal host unless it is a wildcard,
+ * else this machine's name. */
+static void pick_iscsi_host(struct appliance *a)
+{
+	const char *h = a->cfg.portal.host;
+
+	if (a->cfg.iscsi_advertise[0])
+		h = a->cfg.iscsi_advertise;
+	else if (!strcmp(h, "0.0.0.0") || !strcmp(h, "::")) {
+		char name[256] = "";
+
+		if (gethostname(name, sizeof(name) - 1) == 0 && name[0]) {
+			snprintf(a->iscsi_host, sizeof(a->iscsi_host), "%s", name);
+			return;
+		}
+		h = "127.0.0.1";
+	}
+	snprintf(a->iscsi_host, sizeof(a->iscsi_host), "%s", h);
+}
+
+static int open_store_and_fetcher(struct appliance *a)
+{
+	struct chunkstore_opts so = {
+		.dir = a->cfg.cache_dir,
+		.capacity = a->cfg.cache_size,
+		.direct_io = a->cfg.cache_direct_io,
+		.verify_on_open = a->cfg.cache_verify_on_open,
+	};
+	struct fetcher_opts fo = {
+		.seed_url = a->cfg.seed_url,
+		.workers = a->cfg.seed_workers,
+		.retry_initial_ms = a->cfg.seed_retry_initial_ms,
+		.retry_max_ms = a->cfg.seed_retry_max_ms,
+		.request_timeout_ms = a->cfg.seed_request_timeout_ms,
+		.readahead_chunks = a->cfg.seed_readahead,
+		.no_readahead = a->cfg.seed_readahead == 0,
+	};
+	int ret;
+
+	ret = chunkstore_open(&so, &a->store);
+	if (ret) {
+		log_error("cannot open the chunk store %s: %s", a->cfg.cache_dir, strerror(-ret));
+		return ret;
+	}
+	fo.store = a->store;
+	ret = fetcher_create(&fo, &a->fetcher);
+	if (ret)
+		log_error("cannot create the fetcher for %s: %s", a->cfg.seed_url,
+			  strerror(-ret));
+	return ret;
+}
+
+static int start_tgt(struct appliance *a)
+{
+	char portal[300];
+	struct tgtmgr_opts to = {
+		.tgtd_path = a->cfg.tgtd_path,
+		.tgtadm_path = a->cfg.tgtadm_path,
+		.spawn = a->cfg.tgtd_spawn,
+		.portal = config_addr_str(&a->cfg.portal, portal, sizeof(portal)),
+		.control_port = a->cfg.control_port,
+		.ipc_socket = a->cfg.ipc_socket,
+		.on_restart = on_tgtd_restart,
+		.arg = a,
+	};
+	int ret = tgtmgr_start(&to, &a->tgt);
+
+	if (ret)
+		log_error("cannot %s tgtd: %s", a->cfg.tgtd_spawn ? "start" : "reach",
+			  strerror(-ret));
+	return ret;
+}
+
+static void stop_all(struct appliance *a, struct api *api)
+{
+	api_stop(api);
+	/* A spawned tgtd goes with us (its LUNs are closed first); an external one keeps
+	 * its targets: they go on serving cached data and come back under management when
+	 * rackdiskd returns. */
+	tgtmgr_stop(a->tgt);
+	fetchsrv_stop(a->fsrv);
+	if (a->fetcher)
+		fetcher_destroy(a->fetcher);
+	if (a->store)
+		chunkstore_close(a->store);
+}
+
+static int wait_signals(struct appliance *a, const sigset_t *set)
+{
+	for (;;) {
+		int sig;
+
+		if (sigwait(set, &sig))
+			continue;
+		if (sig == SIGHUP) {
+			log_info("SIGHUP: reconciling tgtd with the disk records");
+			appliance_reconcile(a);
+			continue;
+		}
+		log_info("%s: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+		return sig;
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static struct appliance app;
+	struct appliance *a = &app;
+	const char *cfg_path = NULL;
+	bool check_only = false;
+	struct api *api = NULL;
+	char err[1024];
+	sigset_t set;
+	int ret;
+
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--config") && i + 1 < argc) {
+			cfg_path = argv[++i];
+		} else if (!strncmp(argv[i], "--config=", 9)) {
+			cfg_path = argv[i] + 9;
+		} else if (!strcmp(argv[i], "--check-config")) {
+			check_only = true;
+		} else if (!strcmp(argv[i], "--version")) {
+			printf("rackdiskd %s\n", RACKDISK_VERSION);
+			return 0;
+		} else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			usage(stdout);
+			return 0;
+		} else {
+			fprintf(stderr, "rackdiskd: unknown argument '%s'\n", argv[i]);
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (!cfg_path) {
+		fprintf(stderr, "rackdiskd: --config FILE is required\n");
+		usage(stderr);
+		return 2;
+	}
+	if (config_load(cfg_path, &a->cfg, err, sizeof(err))) {
+		fprintf(stderr, "rackdiskd: %s\n", err);
+		return 2;
+	}
+	if (check_only) {
+		printf("%s: ok\n", cfg_path);
+		return 0;
+	}
+	log_init("rackdiskd", a->cfg.log_level, 1);
+	/* Before any thread exists, so that every thread inherits the mask. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	pthread_mutex_init(&a->lock, NULL);
+	a->started_ns = now_ns();
+	/* config_load bounded state_dir's length, so these fit. */
+	config_path_fmt(a->disks_dir, sizeof(a->disks_dir), "%s/disks", a->cfg.state_dir);
+	config_path_fmt(a->images_dir, sizeof(a->images_dir), "%s/images", a->cfg.state_dir);
+	config_path_fmt(a->sock_path, sizeof(a->sock_path), "%s/rackdiskd.sock",
+			a->cfg.state_dir);
+	pick_iscsi_host(a);
+	log_info("starting: node %s, rack %s, state %s, seed %s", a->cfg.node_name, a->cfg.rack,
+		 a->cfg.state_dir, a->cfg.seed_url);
+
+	ret = make_dirs(a);
+	if (!ret)
+		ret = open_store_and_fetcher(a);
+	if (!ret) {
+		ret = fetchsrv_start(a->sock_path, a->fetcher, a->store, &a->fsrv);
+		if (ret)
+			log_error("cannot listen on the fetch socket %s: %s", a->sock_path,
+				  strerror(-ret));
+	}
+	if (!ret)
+		ret = start_tgt(a);
+	if (!ret) {
+		appliance_disks_cleanup(a);
+		if (appliance_reconcile(a))
+			log_warn("some disks could not be exported (see above)");
+		ret = api_start(a, &api);
+	}
+	if (ret) {
+		stop_all(a, api);
+		log_error("start failed");
+		return 1;
+	}
+	char abuf[300];
+	log_info("ready: API on http://%s/api/v1, iSCSI portal %s:%u",
+		 config_addr_str(&a->cfg.api_listen, abuf, sizeof(abuf)), a->cfg.portal.host,
+		 a->cfg.portal.port);
+	wait_signals(a, &set);
+	stop_all(a, api);
+	log_info("stopped");
+	return 0;
+}

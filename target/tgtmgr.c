@@ -1,0 +1,812 @@
+/*
+ * tgtmgr.c - see tgtmgr.h.
+ *
+ * State of a spawned tgtd, changed only by the supervisor thread (sup_main) except
+ * `stopping`, which tgtmgr_stop() sets:
+ *
+ *   SPAWN --(answers tgtadm, portal listens)--> RUNNING --(exits)--> BACKOFF --> SPAWN
+ *     any state --(stopping)--> DONE
+ *
+ * Every child is forked from the supervisor thread with PR_SET_PDEATHSIG, so a tgtd we
+ * spawned never outlives the thread (and so the daemon) that supervises it.
+ */
+#include "target/tgtmgr.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+
+extern char **environ;
+
+#define ADM_TIMEOUT_MS 15000
+#define ADM_OUT_MAX (16 * 1024 * 1024)
+#define STOP_WAIT_MS 5000
+
+struct tgtmgr {
+	struct tgtmgr_opts o;
+	char *tgtd_path, *tgtadm_path, *portal, *ipc_socket;
+	char port_arg[16];
+	char **envp;             /* environ with our TGT_IPC_SOCKET */
+
+	pthread_mutex_t adm_lock; /* one tgtadm at a time */
+	pthread_mutex_t lock;     /* the fields below */
+	pthread_cond_t cond;
+	pid_t pid;               /* running tgtd, 0 if none */
+	bool stopping;
+	bool start_done;         /* the first start finished (start_ret is valid) */
+	int start_ret;
+	unsigned restarts;
+	pthread_t sup;
+	bool sup_started;
+};
+
+static void sleep_ms(unsigned ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* Builds environ with TGT_IPC_SOCKET replaced (or removed when ipc is NULL). */
+static char **build_env(const char *ipc)
+{
+	size_t n = 0, j = 0;
+	char **env;
+
+	while (environ[n])
+		n++;
+	env = calloc(n + 2, sizeof(*env));
+	if (!env)
+		return NULL;
+	for (size_t i = 0; i < n; i++)
+		if (strncmp(environ[i], "TGT_IPC_SOCKET=", 15))
+			env[j++] = strdup(environ[i]);
+	if (ipc && asprintf(&env[j++], "TGT_IPC_SOCKET=%s", ipc) < 0)
+		env[j - 1] = NULL;
+	for (size_t i = 0; i < j; i++) {
+		if (!env[i]) {
+			for (size_t k = 0; k < j; k++)
+				free(env[k]);
+			free(env);
+			return NULL;
+		}
+	}
+	return env;
+}
+
+static void free_env(char **env)
+{
+	if (!env)
+		return;
+	for (size_t i = 0; env[i]; i++)
+		free(env[i]);
+	free(env);
+}
+
+/* fork + exec with stdout/stderr to the given fds (-1: inherit). Only async-signal-safe
+ * calls between fork and exec: the process is multithreaded. */
+static pid_t spawn(char *const argv[], char *const envp[], int out_fd, int err_fd,
+		   bool pdeathsig)
+{
+	pid_t parent = getpid();
+	pid_t pid = fork();
+
+	if (pid != 0)
+		return pid < 0 ? -errno : pid;
+	if (pdeathsig) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(127);
+	}
+	if (out_fd >= 0)
+		dup2(out_fd, 1);
+	if (err_fd >= 0)
+		dup2(err_fd, 2);
+	int nul = open("/dev/null", O_RDONLY);
+	if (nul >= 0)
+		dup2(nul, 0);
+	/* Our listening sockets must not live on in tgtd. */
+	close_range(3, ~0U, 0);
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	execve(argv[0], argv, envp);
+	_exit(127);
+}
+
+/* Reads fd into a growing buffer until EOF or the deadline. */
+static int drain(int fds[2], char *bufs[2], size_t lens[2], uint64_t deadline)
+{
+	size_t caps[2] = {0, 0};
+	struct pollfd p[2];
+	int open_n = 2;
+
+	while (open_n) {
+		uint64_t now = now_ns();
+		int n = 0;
+
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		for (int i = 0; i < 2; i++) {
+			p[i].fd = fds[i];
+			p[i].events = POLLIN;
+			p[i].revents = 0;
+		}
+		n = poll(p, 2, (int)((deadline - now) / 1000000 + 1));
+		if (n < 0 && errno != EINTR)
+			return -errno;
+		for (int i = 0; i < 2 && n > 0; i++) {
+			if (fds[i] < 0 || !p[i].revents)
+				continue;
+			if (lens[i] + 4096 + 1 > caps[i]) {
+				size_t cap = caps[i] ? caps[i] * 2 : 8192;
+				char *nb;
+
+				if (cap > ADM_OUT_MAX)
+					return -EFBIG;
+				nb = realloc(bufs[i], cap);
+				if (!nb)
+					return -ENOMEM;
+				bufs[i] = nb;
+				caps[i] = cap;
+			}
+			ssize_t r = read(fds[i], bufs[i] + lens[i], caps[i] - lens[i] - 1);
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r <= 0) {
+				close(fds[i]);
+				fds[i] = -1;
+				open_n--;
+				continue;
+			}
+			lens[i] += (size_t)r;
+			bufs[i][lens[i]] = '\0';
+		}
+	}
+	return 0;
+}
+
+static int map_adm_error(const char *msg)
+{
+	if (strstr(msg, "already exists"))
+		return -EEXIST;
+	if (strstr(msg, "can't find"))
+		return -ENOENT;
+	if (strstr(msg, "still active"))
+		return -EBUSY;
+	if (strstr(msg, "can't connect") || strstr(msg, "can't send") ||
+	    strstr(msg, "failed to send"))
+		return -ECONNREFUSED;
+	return -EIO;
+}
+
+/* Runs tgtadm; caller holds adm_lock. */
+static int run_adm(struct tgtmgr *tm, const char *const *args, char **out, char *err,
+		   size_t errlen)
+{
+	const char *argv[64];
+	int opipe[2] = {-1, -1}, epipe[2] = {-1, -1}, fds[2];
+	char *bufs[2] = {NULL, NULL};
+	size_t lens[2] = {0, 0}, n = 0;
+	int ret, status;
+	pid_t pid;
+
+	argv[n++] = tm->tgtadm_path;
+	argv[n++] = "-C";
+	argv[n++] = tm->port_arg;
+	argv[n++] = "--lld";
+	argv[n++] = "iscsi";
+	for (size_t i = 0; args[i]; i++) {
+		if (n + 2 >= ARRAY_SIZE(argv))
+			return -E2BIG;
+		argv[n++] = args[i];
+	}
+	argv[n] = NULL;
+	if (pipe2(opipe, O_CLOEXEC) < 0 || pipe2(epipe, O_CLOEXEC) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	pid = spawn((char *const *)argv, tm->envp, opipe[1], epipe[1], true);
+	close(opipe[1]);
+	close(epipe[1]);
+	opipe[1] = epipe[1] = -1;
+	if (pid < 0) {
+		ret = (int)pid;
+		goto out;
+	}
+	fds[0] = opipe[0];
+	fds[1] = epipe[0];
+	opipe[0] = epipe[0] = -1;
+	ret = drain(fds, bufs, lens, now_ns() + ADM_TIMEOUT_MS * 1000000ULL);
+	for (int i = 0; i < 2; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	if (ret == -ETIMEDOUT)
+		kill(pid, SIGKILL);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (ret) {
+		snprintf(err, errlen, "tgtadm %s: %s", args[0] ? args[0] : "", strerror(-ret));
+		goto out;
+	}
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		char *msg = bufs[1] ? bufs[1] : (char *)"";
+		size_t ml = strlen(msg);
+
+		while (ml && isspace((unsigned char)msg[ml - 1]))
+			msg[--ml] = '\0';
+		if (!strncmp(msg, "tgtadm: ", 8))
+			msg += 8;
+		snprintf(err, errlen, "tgtadm: %s", *msg ? msg : "failed");
+		ret = map_adm_error(msg);
+		if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
+			ret = -ENOEXEC;
+		goto out;
+	}
+	if (out) {
+		*out = bufs[0] ? bufs[0] : strdup("");
+		bufs[0] = NULL;
+		if (!*out)
+			ret = -ENOMEM;
+	}
+out:
+	for (int i = 0; i < 2; i++) {
+		if (opipe[i] >= 0)
+			close(opipe[i]);
+		if (epipe[i] >= 0)
+			close(epipe[i]);
+	}
+	free(bufs[0]);
+	free(bufs[1]);
+	return ret;
+}
+
+int tgtmgr_adm(struct tgtmgr *tm, const char *const *args, char **out, char *err, size_t errlen)
+{
+	char dummy[256];
+	int ret;
+
+	if (!err) {
+		err = dummy;
+		errlen = sizeof(dummy);
+	}
+	err[0] = '\0';
+	pthread_mutex_lock(&tm->adm_lock);
+	ret = run_adm(tm, args, out, err, errlen);
+	pthread_mutex_unlock(&tm->adm_lock);
+	return ret;
+}
+
+/* True when something accepts TCP connections at the portal (wildcard -> loopback). */
+static bool portal_listens(const char *portal)
+{
+	char host[256];
+	const char *colon = strrchr(portal, ':');
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+	bool ok = false;
+
+	if (!colon || (size_t)(colon - portal) >= sizeof(host))
+		return false;
+	snprintf(host, sizeof(host), "%.*s", (int)(colon - portal), portal);
+	if (host[0] == '[') {
+		memmove(host, host + 1, strlen(host));
+		host[strcspn(host, "]")] = '\0';
+	}
+	if (!strcmp(host, "0.0.0.0"))
+		snprintf(host, sizeof(host), "127.0.0.1");
+	else if (!strcmp(host, "::"))
+		snprintf(host, sizeof(host), "::1");
+	if (getaddrinfo(host, colon + 1, &hints, &ai) || !ai)
+		return false;
+	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd >= 0) {
+		ok = connect(fd, ai->ai_addr, ai->ai_addrlen) == 0;
+		close(fd);
+	}
+	freeaddrinfo(ai);
+	return ok;
+}
+
+/* Has the child exited? Reaps it if so. */
+static bool child_exited(pid_t pid, int *status)
+{
+	pid_t r = waitpid(pid, status, WNOHANG);
+
+	return r == pid || (r < 0 && errno == ECHILD);
+}
+
+/* Spawns tgtd and waits until it answers. Supervisor thread only. */
+static int start_tgtd(struct tgtmgr *tm)
+{
+	char portal_arg[300];
+	char *argv[] = {tm->tgtd_path, "-f", "-C", tm->port_arg, "--iscsi", portal_arg, NULL};
+	const char *show[] = {"--mode", "system", "--op", "show", NULL};
+	unsigned timeout = tm->o.ready_timeout_ms ? tm->o.ready_timeout_ms : 10000;
+	uint64_t deadline = now_ns() + timeout * 1000000ULL;
+	char err[256] = "";
+	int status;
+	pid_t pid;
+
+	snprintf(portal_arg, sizeof(portal_arg), "portal=%s", tm->portal);
+	pid = spawn(argv, tm->envp, -1, -1, true);
+	if (pid < 0)
+		return (int)pid;
+	pthread_mutex_lock(&tm->lock);
+	tm->pid = pid;
+	pthread_mutex_unlock(&tm->lock);
+	log_info("tgtd started (pid %d, portal %s, control port %d)", (int)pid, tm->portal,
+		 tm->o.control_port);
+	while (now_ns() < deadline) {
+		if (child_exited(pid, &status)) {
+			pthread_mutex_lock(&tm->lock);
+			tm->pid = 0;
+			pthread_mutex_unlock(&tm->lock);
+			log_error("tgtd exited at start with status %d (another tgtd on control "
+				  "port %d, or the portal %s in use?)",
+				  WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
+				  tm->o.control_port, tm->portal);
+			return -ECHILD;
+		}
+		if (!tgtmgr_adm(tm, show, NULL, err, sizeof(err)) && portal_listens(tm->portal))
+			return 0;
+		sleep_ms(50);
+	}
+	log_error("tgtd did not become ready within %u ms (%s)", timeout, err);
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	pthread_mutex_lock(&tm->lock);
+	tm->pid = 0;
+	pthread_mutex_unlock(&tm->lock);
+	return -ETIMEDOUT;
+}
+
+/* Sleeps ms unless stopping; returns true when stopping. */
+static bool backoff(struct tgtmgr *tm, unsigned ms)
+{
+	struct timespec ts;
+	bool stop;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&tm->lock);
+	while (!tm->stopping && pthread_cond_timedwait(&tm->cond, &tm->lock, &ts) == 0)
+		;
+	stop = tm->stopping;
+	pthread_mutex_unlock(&tm->lock);
+	return stop;
+}
+
+static void *sup_main(void *arg)
+{
+	struct tgtmgr *tm = arg;
+	unsigned delay = 1000;
+	int ret, status;
+
+	ret = start_tgtd(tm);
+	pthread_mutex_lock(&tm->lock);
+	tm->start_done = true;
+	tm->start_ret = ret;
+	pthread_cond_broadcast(&tm->cond);
+	pthread_mutex_unlock(&tm->lock);
+	if (ret)
+		return NULL;
+	for (;;) {
+		pid_t pid;
+
+		pthread_mutex_lock(&tm->lock);
+		pid = tm->pid;
+		pthread_mutex_unlock(&tm->lock);
+		if (pid) {
+			uint64_t up = now_ns();
+
+			while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+				;
+			pthread_mutex_lock(&tm->lock);
+			tm->pid = 0;
+			pthread_cond_broadcast(&tm->cond);
+			bool stopping = tm->stopping;
+			pthread_mutex_unlock(&tm->lock);
+			if (stopping)
+				break;
+			log_error("tgtd (pid %d) exited with status %d; restarting in %u ms",
+				  (int)pid,
+				  WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
+				  delay);
+			/* A tgtd that ran for a minute was healthy: start over at 1 s. */
+			if (now_ns() - up > 60ULL * 1000000000ULL)
+				delay = 1000;
+		}
+		if (backoff(tm, delay))
+			break;
+		delay = MIN(delay * 2, 30000u);
+		if (start_tgtd(tm))
+			continue;
+		pthread_mutex_lock(&tm->lock);
+		tm->restarts++;
+		pthread_mutex_unlock(&tm->lock);
+		if (tm->o.on_restart)
+			tm->o.on_restart(tm->o.arg);
+	}
+	return NULL;
+}
+
+static void tgtmgr_free(struct tgtmgr *tm)
+{
+	free(tm->tgtd_path);
+	free(tm->tgtadm_path);
+	free(tm->portal);
+	free(tm->ipc_socket);
+	free_env(tm->envp);
+	pthread_mutex_destroy(&tm->adm_lock);
+	pthread_mutex_destroy(&tm->lock);
+	pthread_cond_destroy(&tm->cond);
+	free(tm);
+}
+
+int tgtmgr_start(const struct tgtmgr_opts *o, struct tgtmgr **out)
+{
+	const char *show[] = {"--mode", "system", "--op", "show", NULL};
+	struct tgtmgr *tm = calloc(1, sizeof(*tm));
+	char err[256];
+	int ret;
+
+	if (!tm)
+		return -ENOMEM;
+	tm->o = *o;
+	pthread_mutex_init(&tm->adm_lock, NULL);
+	pthread_mutex_init(&tm->lock, NULL);
+	pthread_cond_init(&tm->cond, NULL);
+	tm->tgtd_path = strdup(o->tgtd_path ? o->tgtd_path : "/usr/sbin/tgtd");
+	tm->tgtadm_path = strdup(o->tgtadm_path ? o->tgtadm_path : "/usr/sbin/tgtadm");
+	tm->portal = strdup(o->portal ? o->portal : "0.0.0.0:3260");
+	tm->ipc_socket = o->ipc_socket && *o->ipc_socket ? strdup(o->ipc_socket) : NULL;
+	tm->envp = build_env(tm->ipc_socket);
+	snprintf(tm->port_arg, sizeof(tm->port_arg), "%d", o->control_port);
+	if (!tm->tgtd_path || !tm->tgtadm_path || !tm->portal || !tm->envp ||
+	    (o->ipc_socket && *o->ipc_socket && !tm->ipc_socket)) {
+		ret = -ENOMEM;
+		goto fail;
+	}
+	if (!o->spawn) {
+		ret = tgtmgr_adm(tm, show, NULL, err, sizeof(err));
+		if (ret) {
+			log_error("cannot reach the external tgtd (control port %d): %s",
+				  o->control_port, err);
+			goto fail;
+		}
+		*out = tm;
+		return 0;
+	}
+	ret = pthread_create(&tm->sup, NULL, sup_main, tm);
+	if (ret) {
+		ret = -ret;
+		goto fail;
+	}
+	tm->sup_started = true;
+	pthread_mutex_lock(&tm->lock);
+	while (!tm->start_done)
+		pthread_cond_wait(&tm->cond, &tm->lock);
+	ret = tm->start_ret;
+	pthread_mutex_unlock(&tm->lock);
+	if (ret) {
+		pthread_join(tm->sup, NULL);
+		goto fail;
+	}
+	*out = tm;
+	return 0;
+fail:
+	tgtmgr_free(tm);
+	return ret;
+}
+
+pid_t tgtmgr_pid(struct tgtmgr *tm)
+{
+	pid_t pid;
+
+	pthread_mutex_lock(&tm->lock);
+	pid = tm->pid;
+	pthread_mutex_unlock(&tm->lock);
+	return pid;
+}
+
+unsigned tgtmgr_restarts(struct tgtmgr *tm)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&tm->lock);
+	n = tm->restarts;
+	pthread_mutex_unlock(&tm->lock);
+	return n;
+}
+
+/* Waits until the supervisor saw the child exit, at most ms. */
+static bool wait_gone(struct tgtmgr *tm, unsigned ms)
+{
+	uint64_t deadline = now_ns() + ms * 1000000ULL;
+	bool gone;
+
+	pthread_mutex_lock(&tm->lock);
+	while (tm->pid && now_ns() < deadline) {
+		pthread_mutex_unlock(&tm->lock);
+		sleep_ms(20);
+		pthread_mutex_lock(&tm->lock);
+	}
+	gone = tm->pid == 0;
+	pthread_mutex_unlock(&tm->lock);
+	return gone;
+}
+
+void tgtmgr_stop(struct tgtmgr *tm)
+{
+	if (!tm)
+		return;
+	pthread_mutex_lock(&tm->lock);
+	tm->stopping = true;
+	pthread_cond_broadcast(&tm->cond);
+	pthread_mutex_unlock(&tm->lock);
+	if (tm->o.spawn && tm->sup_started) {
+		const char *sysdel[] = {"--mode", "system", "--op", "delete", NULL};
+		struct tgtmgr_target *t = NULL;
+		size_t n = 0;
+
+		/* Closing every LUN first lets the backing store flush and close its disk;
+		 * tgtd refuses to exit while it has targets. */
+		if (tgtmgr_pid(tm) && !tgtmgr_list(tm, &t, &n))
+			for (size_t i = 0; i < n; i++)
+				tgtmgr_unexport(tm, t[i].tid, true);
+		free(t);
+		if (tgtmgr_pid(tm))
+			tgtmgr_adm(tm, sysdel, NULL, NULL, 0);
+		if (!wait_gone(tm, STOP_WAIT_MS)) {
+			pid_t pid = tgtmgr_pid(tm);
+
+			log_warn("tgtd (pid %d) did not exit; killing it", (int)pid);
+			if (pid)
+				kill(pid, SIGKILL);
+		}
+		pthread_join(tm->sup, NULL);
+		log_info("tgtd stopped");
+	}
+	tgtmgr_free(tm);
+}
+
+/* Copies at most size-1 bytes of src (truncating: names and paths from tgtadm are short). */
+static void copy_trunc(char *dst, size_t size, const char *src)
+{
+	size_t n = strnlen(src, size - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+static const char *skip_ws(const char *p)
+{
+	while (*p == ' ' || *p == '\t')
+		p++;
+	return p;
+}
+
+int tgtmgr_parse_show(const char *text, struct tgtmgr_target **out, size_t *n)
+{
+	struct tgtmgr_target *v = NULL, *cur = NULL;
+	size_t cnt = 0, cap = 0;
+	long lun = -1;
+	const char *line = text;
+
+	while (line && *line) {
+		const char *eol = strchr(line, '\n');
+		size_t len = eol ? (size_t)(eol - line) : strlen(line);
+		const char *p = skip_ws(line);
+		char buf[4200];
+
+		snprintf(buf, sizeof(buf), "%.*s", (int)(len - (size_t)(p - line)), p);
+		if (!strncmp(line, "Target ", 7)) {
+			int tid;
+			char *colon = strchr(buf, ':');
+
+			if (sscanf(buf, "Target %d:", &tid) != 1 || !colon) {
+				free(v);
+				return -EINVAL;
+			}
+			if (cnt == cap) {
+				size_t nc = cap ? cap * 2 : 16;
+				struct tgtmgr_target *nv = realloc(v, nc * sizeof(*v));
+
+				if (!nv) {
+					free(v);
+					return -ENOMEM;
+				}
+				v = nv;
+				cap = nc;
+			}
+			cur = &v[cnt++];
+			memset(cur, 0, sizeof(*cur));
+			cur->tid = tid;
+			copy_trunc(cur->name, sizeof(cur->name), skip_ws(colon + 1));
+			lun = -1;
+		} else if (cur && !strncmp(buf, "I_T nexus: ", 11)) {
+			cur->nsessions++;
+		} else if (cur && !strncmp(buf, "LUN: ", 5)) {
+			lun = strtol(buf + 5, NULL, 10);
+		} else if (cur && lun == 1 && !strncmp(buf, "Backing store path: ", 20)) {
+			copy_trunc(cur->backing, sizeof(cur->backing), buf + 20);
+			if (!strcmp(cur->backing, "None"))
+				cur->backing[0] = '\0';
+		}
+		line = eol ? eol + 1 : NULL;
+	}
+	*out = v;
+	*n = cnt;
+	return 0;
+}
+
+int tgtmgr_list(struct tgtmgr *tm, struct tgtmgr_target **out, size_t *n)
+{
+	const char *args[] = {"--mode", "target", "--op", "show", NULL};
+	char *text = NULL, err[256];
+	int ret;
+
+	ret = tgtmgr_adm(tm, args, &text, err, sizeof(err));
+	if (ret) {
+		log_warn("listing tgtd's targets: %s", err);
+		return ret;
+	}
+	ret = tgtmgr_parse_show(text, out, n);
+	free(text);
+	return ret;
+}
+
+int tgtmgr_export(struct tgtmgr *tm, int tid, const char *iqn, const char *bstype,
+		  const char *path, char *err, size_t errlen)
+{
+	char tids[16];
+	int ret;
+
+	if (strchr(path, ',') || strchr(iqn, ',')) {
+		snprintf(err, errlen, "tgtadm parameters cannot contain ','");
+		return -EINVAL;
+	}
+	snprintf(tids, sizeof(tids), "%d", tid);
+	const char *tnew[] = {"--mode", "target", "--op", "new", "--tid", tids,
+			      "--targetname", iqn, NULL};
+	const char *lnew[] = {"--mode", "logicalunit", "--op", "new", "--tid", tids,
+			      "--lun", "1", "--bstype", bstype, "--backing-store", path,
+			      "--blocksize", "512", NULL};
+	/* Thin provisioning makes tgt report LBPME and answer GET LBA STATUS; the ids let
+	 * an operator recognise rackdisk LUNs in the guest. */
+	const char *lupd[] = {"--mode", "logicalunit", "--op", "update", "--tid", tids,
+			      "--lun", "1", "--params",
+			      "thin_provisioning=1,vendor_id=RACKDISK,product_id=RACKDISK", NULL};
+
+	ret = tgtmgr_adm(tm, tnew, NULL, err, errlen);
+	if (ret)
+		return ret;
+	ret = tgtmgr_adm(tm, lnew, NULL, err, errlen);
+	if (!ret)
+		ret = tgtmgr_adm(tm, lupd, NULL, err, errlen);
+	if (ret)
+		tgtmgr_unexport(tm, tid, true);
+	return ret;
+}
+
+int tgtmgr_bind_initiator(struct tgtmgr *tm, int tid, const char *initiator, char *err,
+			  size_t errlen)
+{
+	char tids[16];
+
+	if (strchr(initiator, ',')) {
+		snprintf(err, errlen, "an initiator name cannot contain ','");
+		return -EINVAL;
+	}
+	snprintf(tids, sizeof(tids), "%d", tid);
+	const char *any[] = {"--mode", "target", "--op", "bind", "--tid", tids,
+			     "--initiator-address", "ALL", NULL};
+	const char *one[] = {"--mode", "target", "--op", "bind", "--tid", tids,
+			     "--initiator-name", initiator, NULL};
+
+	return tgtmgr_adm(tm, strcmp(initiator, "ALL") ? one : any, NULL, err, errlen);
+}
+
+int tgtmgr_bind_chap(struct tgtmgr *tm, int tid, const char *user, const char *password,
+		     char *err, size_t errlen)
+{
+	const char *anew[] = {"--mode", "account", "--op", "new", "--user", user,
+			      "--password", password, NULL};
+	char tids[16];
+	int ret;
+
+	snprintf(tids, sizeof(tids), "%d", tid);
+	const char *abind[] = {"--mode", "account", "--op", "bind", "--tid", tids,
+			       "--user", user, NULL};
+
+	ret = tgtmgr_adm(tm, anew, NULL, err, errlen);
+	if (ret && ret != -EEXIST)
+		return ret;
+	return tgtmgr_adm(tm, abind, NULL, err, errlen);
+}
+
+int tgtmgr_unexport(struct tgtmgr *tm, int tid, bool force)
+{
+	char tids[16], err[256];
+	int ret;
+
+	snprintf(tids, sizeof(tids), "%d", tid);
+	const char *del[] = {"--mode", "target", "--op", "delete", "--tid", tids,
+			     force ? "--force" : NULL, NULL};
+
+	ret = tgtmgr_adm(tm, del, NULL, err, sizeof(err));
+	if (ret && ret != -ENOENT)
+		log_warn("deleting target %d: %s", tid, err);
+	return ret;
+}
+
+int tgtmgr_account_delete(struct tgtmgr *tm, const char *user)
+{
+	const char *del[] = {"--mode", "account", "--op", "delete", "--user", user, NULL};
+
+	return tgtmgr_adm(tm, del, NULL, NULL, 0);
+}
+
+int tgtmgr_parse_stat(const char *text, int lun, struct tgtmgr_lun_stats *st)
+{
+	const char *line = text;
+
+	memset(st, 0, sizeof(*st));
+	while (line && *line) {
+		unsigned long long rsb, rdb, wsb, wdb;
+		unsigned rsc, rdc, wsc, wdc, errs;
+		int t, l, sid;
+
+		if (sscanf(line, "%d %d %d %llu %u %llu %u %llu %u %llu %u %u", &t, &l, &sid,
+			   &rsb, &rsc, &rdb, &rdc, &wsb, &wsc, &wdb, &wdc, &errs) == 12 &&
+		    l == lun) {
+			st->read_bytes += rdb;
+			st->read_ops += rdc;
+			st->write_bytes += wdb;
+			st->write_ops += wdc;
+			st->errors += errs;
+		}
+		line = strchr(line, '\n');
+		if (line)
+			line++;
+	}
+	return 0;
+}
+
+int tgtmgr_lun_stats(struct tgtmgr *tm, int tid, int lun, struct tgtmgr_lun_stats *st)
+{
+	char tids[16], *text = NULL;
+	int ret;
+
+	snprintf(tids, sizeof(tids), "%d", tid);
+	const char *args[] = {"--mode", "target", "--op", "stat", "--tid", tids, NULL};
+
+	ret = tgtmgr_adm(tm, args, &text, NULL, 0);
+	if (ret)
+		return ret;
+	ret = tgtmgr_parse_stat(text, lun, st);
+	free(text);
+	return ret;
+}

@@ -1,0 +1,90 @@
+/*
+ * tgtmgr.h - drives tgtd: spawns and supervises a private one (or attaches to an
+ * external one) and makes the tgtadm calls that create and remove targets and LUNs.
+ *
+ * tgtd is managed through its own tool, tgtadm, run as a child process: tgtadm's wire
+ * format is private to each tgt version, and the binary installed next to tgtd always
+ * speaks it. A private tgtd gets its own management socket (TGT_IPC_SOCKET) and control
+ * port, so several appliances and the system's tgtd can share one machine.
+ *
+ * Supervision: when a spawned tgtd exits, it is restarted with a growing backoff (1 s up
+ * to 30 s) and on_restart is called (from the supervisor thread) once it answers, so the
+ * owner can re-export its disks. tgtmgr_stop() removes every target (closing the LUNs
+ * cleanly), asks tgtd to exit and kills it if it does not within a few seconds.
+ *
+ * Thread safety: every call may be made from any thread; tgtadm calls are serialised.
+ * Errors: 0 or a negative errno; tgtadm's own refusal is -EIO with its message in the
+ * log (and in err where a call takes one).
+ */
+#ifndef RACKDISK_TARGET_TGTMGR_H
+#define RACKDISK_TARGET_TGTMGR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct tgtmgr;
+
+struct tgtmgr_opts {
+	const char *tgtd_path;     /* /usr/sbin/tgtd */
+	const char *tgtadm_path;   /* /usr/sbin/tgtadm */
+	bool spawn;                /* run our own tgtd; false: use a running one */
+	const char *portal;        /* spawn: "HOST:PORT" for --iscsi portal= */
+	int control_port;          /* tgtd -C / tgtadm -C */
+	const char *ipc_socket;    /* TGT_IPC_SOCKET; NULL or "" = tgt's default */
+	unsigned ready_timeout_ms; /* how long a (re)started tgtd may take; 0 = 10000 */
+	void (*on_restart)(void *arg);
+	void *arg;
+};
+
+int tgtmgr_start(const struct tgtmgr_opts *o, struct tgtmgr **out);
+void tgtmgr_stop(struct tgtmgr *tm);
+
+/* The spawned tgtd's pid, or 0 (external, or not running right now). */
+pid_t tgtmgr_pid(struct tgtmgr *tm);
+/* Times the spawned tgtd was restarted after exiting. */
+unsigned tgtmgr_restarts(struct tgtmgr *tm);
+
+/*
+ * Runs tgtadm with args (NULL-terminated, without the program name, -C and --lld, which
+ * are added). On success *out (if not NULL) receives its malloc'd stdout. On failure
+ * err receives tgtadm's message. Bounded by a 15 s timeout.
+ */
+int tgtmgr_adm(struct tgtmgr *tm, const char *const *args, char **out, char *err, size_t errlen);
+
+struct tgtmgr_target {
+	int tid;
+	char name[224];
+	char backing[4096]; /* LUN 1's backing-store path, "" if none */
+	int nsessions;      /* I_T nexuses logged in */
+};
+
+/* Lists targets (parses `tgtadm --op show --mode target`). *out is malloc'd. */
+int tgtmgr_list(struct tgtmgr *tm, struct tgtmgr_target **out, size_t *n);
+
+/* Creates target tid named iqn with LUN 1 = backing store path of type bstype. */
+int tgtmgr_export(struct tgtmgr *tm, int tid, const char *iqn, const char *bstype,
+		  const char *path, char *err, size_t errlen);
+/* Binds an initiator name ("ALL" for any) to target tid. */
+int tgtmgr_bind_initiator(struct tgtmgr *tm, int tid, const char *initiator, char *err,
+			  size_t errlen);
+/* Creates (if needed) CHAP account user/password and binds it to target tid. */
+int tgtmgr_bind_chap(struct tgtmgr *tm, int tid, const char *user, const char *password,
+		     char *err, size_t errlen);
+/* Deletes target tid (force: also when initiators are logged in). -ENOENT if absent. */
+int tgtmgr_unexport(struct tgtmgr *tm, int tid, bool force);
+/* Deletes a CHAP account; -ENOENT if absent. */
+int tgtmgr_account_delete(struct tgtmgr *tm, const char *user);
+
+/* IO counters of LUN lun of target tid summed over its sessions (tgtadm --op stat). */
+struct tgtmgr_lun_stats {
+	uint64_t read_bytes, read_ops, write_bytes, write_ops, errors;
+};
+int tgtmgr_lun_stats(struct tgtmgr *tm, int tid, int lun, struct tgtmgr_lun_stats *st);
+
+/* Parsers, exposed for tests. */
+int tgtmgr_parse_show(const char *text, struct tgtmgr_target **out, size_t *n);
+int tgtmgr_parse_stat(const char *text, int lun, struct tgtmgr_lun_stats *st);
+
+#endif
