@@ -97,7 +97,7 @@ struct chunkstore {
 	void **slabs;
 	size_t nslabs;
 	struct evict_policy *policy;
-	struct chunkstore_stats st; /* guarded by lock; nchunks counts present entries */
+	struct chunkstore_stats st; /* guarded by lock but for stat_add() counters */
 	uint64_t tmp_seq;
 
 	pthread_mutex_t fdc_lock;
@@ -106,6 +106,12 @@ struct chunkstore {
 	unsigned fdc_count;
 	uint64_t reader_pinned;
 };
+
+/* The read-path counters (hits, misses, bytes_read) are atomics, outside the lock. */
+static void stat_add(uint64_t *c, uint64_t n)
+{
+	__atomic_add_fetch(c, n, __ATOMIC_RELAXED);
+}
 
 static uint64_t hkey(const struct chunk_hash *h)
 {
@@ -667,7 +673,6 @@ static struct cs_entry *pin_entry(struct chunkstore *cs, const struct chunk_hash
 	pthread_mutex_lock(&cs->lock);
 	e = index_find(cs, h);
 	if (!e || e->state != ST_PRESENT) {
-		cs->st.misses++;
 		pthread_mutex_unlock(&cs->lock);
 		return NULL;
 	}
@@ -720,6 +725,7 @@ int chunkstore_get(struct chunkstore *cs, const struct chunk_hash *h, struct chu
 		e = pin_entry(cs, h, &verified);
 		if (!e) {
 			free(ref);
+			stat_add(&cs->st.misses, 1);
 			return -ENOENT;
 		}
 	}
@@ -738,17 +744,13 @@ int chunkstore_get(struct chunkstore *cs, const struct chunk_hash *h, struct chu
 	if (ret) {
 		if (e)
 			unpin_entry(cs, e);
-		pthread_mutex_lock(&cs->lock);
 		if (ret == -ENOENT)
-			cs->st.misses++;
-		pthread_mutex_unlock(&cs->lock);
+			stat_add(&cs->st.misses, 1);
 		free(ref);
 		return ret;
 	}
 	ref->e = e;
-	pthread_mutex_lock(&cs->lock);
-	cs->st.hits++;
-	pthread_mutex_unlock(&cs->lock);
+	stat_add(&cs->st.hits, 1);
 	*out = ref;
 	return 0;
 }
@@ -810,7 +812,7 @@ int chunkstore_read(struct chunkstore *cs, struct chunk_ref *ref, void *buf, siz
 	else
 		ret = aio_pread(s->fd, buf, len, off, false);
 	if (!ret)
-		__atomic_add_fetch(&cs->st.bytes_read, len, __ATOMIC_RELAXED);
+		stat_add(&cs->st.bytes_read, len);
 	return ret;
 }
 
@@ -996,6 +998,8 @@ void chunkstore_get_stats(struct chunkstore *cs, struct chunkstore_stats *st)
 {
 	pthread_mutex_lock(&cs->lock);
 	*st = cs->st;
+	st->hits = __atomic_load_n(&cs->st.hits, __ATOMIC_RELAXED);
+	st->misses = __atomic_load_n(&cs->st.misses, __ATOMIC_RELAXED);
 	st->bytes_read = __atomic_load_n(&cs->st.bytes_read, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&cs->lock);
 	if (cs->reader) {
