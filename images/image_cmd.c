@@ -21,8 +21,8 @@
 #include "images/publish.h"
 #include "images/repo.h"
 
-#define EXIT_FAIL 1
-#define EXIT_USAGE 2
+#define EXIT_FAIL	   1
+#define EXIT_USAGE	   2
 #define VERIFY_THREADS_MAX 16
 
 struct cmd_args {
@@ -36,12 +36,11 @@ struct cmd_args {
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: rackdisk image publish SRC --repo DIR --name NAME [--chunk-size SIZE]\n"
-		"                             [--level 1..19] [--workers N] [--json]\n"
-		"       rackdisk image verify --repo DIR|URL NAME|ID [--workers N] [--json]\n"
-		"       rackdisk image ls --repo DIR|URL [--json]\n"
-		"       rackdisk image show --repo DIR|URL NAME|ID [--json]\n");
+	fprintf(f, "usage: rackdisk image publish SRC --repo DIR --name NAME [--chunk-size SIZE]\n"
+		   "                             [--level 1..19] [--workers N] [--json]\n"
+		   "       rackdisk image verify --repo DIR|URL NAME|ID [--workers N] [--json]\n"
+		   "       rackdisk image ls --repo DIR|URL [--json]\n"
+		   "       rackdisk image show --repo DIR|URL NAME|ID [--json]\n");
 }
 
 /* P(s): s made safe for a one-line message (a fresh buffer per use within a statement). */
@@ -86,21 +85,33 @@ static int parse_args(int argc, char **argv, struct cmd_args *a)
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "r:n:c:jh", opts, NULL)) != -1) {
 		switch (c) {
-		case 'r': a->repo = optarg; break;
-		case 'n': a->name = optarg; break;
-		case 'c': a->chunk_size = optarg; break;
-		case 'j': a->json = 1; break;
+		case 'r':
+			a->repo = optarg;
+			break;
+		case 'n':
+			a->name = optarg;
+			break;
+		case 'c':
+			a->chunk_size = optarg;
+			break;
+		case 'j':
+			a->json = 1;
+			break;
 		case 'l':
 			if (parse_int(optarg, 1, 19, &a->level))
 				return errline("--level", "not a number from 1 to 19"), EXIT_USAGE;
 			break;
 		case 'w':
 			if (parse_int(optarg, 1, 256, &a->workers))
-				return errline("--workers", "not a number from 1 to 256"), EXIT_USAGE;
+				return errline("--workers", "not a number from 1 to 256"),
+				       EXIT_USAGE;
 			break;
-		case 'h': usage(stdout); exit(0);
+		case 'h':
+			usage(stdout);
+			exit(0);
 		default:
-			fprintf(stderr, "rackdisk: image %s: unknown option or missing value '%s'\n",
+			fprintf(stderr,
+				"rackdisk: image %s: unknown option or missing value '%s'\n",
 				argv[0], P(argv[optind - 1]));
 			usage(stderr);
 			return EXIT_USAGE;
@@ -183,8 +194,7 @@ static int cmd_publish(int argc, char **argv)
 	}
 	if (!strncmp(a.repo, "http://", 7) || !strncmp(a.repo, "https://", 8))
 		return errline(a.repo, "publish writes to a repository directory, not a URL");
-	if (a.chunk_size &&
-	    (parse_size(a.chunk_size, &cs) || !manifest_chunk_size_valid(cs))) {
+	if (a.chunk_size && (parse_size(a.chunk_size, &cs) || !manifest_chunk_size_valid(cs))) {
 		snprintf(err, sizeof(err), "chunk size '%s'", P(a.chunk_size));
 		return errline(err, "not a power of two from 64K to 16M");
 	}
@@ -413,8 +423,8 @@ static json_t *image_json(const char *name, const struct manifest *m)
 	hash_to_hex(&m->id, hex);
 	return json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I}", "name", name, "id", hex, "size",
 			 (json_int_t)m->size, "chunk_size", (json_int_t)m->chunk_size, "chunks",
-			 (json_int_t)m->nchunks, "zero_chunks", (json_int_t)zero,
-			 "distinct_chunks", (json_int_t)distinct);
+			 (json_int_t)m->nchunks, "zero_chunks", (json_int_t)zero, "distinct_chunks",
+			 (json_int_t)distinct);
 }
 
 static int cmd_show(int argc, char **argv)
@@ -456,9 +466,8 @@ static int cmd_show(int argc, char **argv)
 	printf("size        %llu (%s)\n", (unsigned long long)m->size,
 	       format_size(m->size, s1, sizeof(s1)));
 	printf("chunk size  %u (%s)\n", m->chunk_size, format_size(m->chunk_size, s2, sizeof(s2)));
-	printf("chunks      %llu total, %llu zero, %llu distinct\n",
-	       (unsigned long long)m->nchunks, (unsigned long long)zero,
-	       (unsigned long long)distinct);
+	printf("chunks      %llu total, %llu zero, %llu distinct\n", (unsigned long long)m->nchunks,
+	       (unsigned long long)zero, (unsigned long long)distinct);
 	ret = 0;
 out:
 	manifest_free(m);

@@ -118,7 +118,8 @@ static int parse_header(json_t *root, uint64_t *size, uint64_t *cs, char *err, s
 	if (!fmt)
 		return fail(err, errlen, -EINVAL, "malformed manifest: missing \"format\"");
 	if (!json_is_integer(fmt))
-		return fail(err, errlen, -EINVAL, "malformed manifest: \"format\" is not an integer");
+		return fail(err, errlen, -EINVAL,
+			    "malformed manifest: \"format\" is not an integer");
 	if (json_integer_value(fmt) != MANIFEST_FORMAT)
 		return fail(err, errlen, -EPROTONOSUPPORT,
 			    "unknown manifest format %lld (this build reads format %d)",

@@ -22,22 +22,22 @@
 
 #include "common/hash.h"
 
-#define MANIFEST_FORMAT 1
-#define CHUNK_SIZE_MIN (64u * 1024)
-#define CHUNK_SIZE_MAX (16u * 1024 * 1024)
+#define MANIFEST_FORMAT	   1
+#define CHUNK_SIZE_MIN	   (64u * 1024)
+#define CHUNK_SIZE_MAX	   (16u * 1024 * 1024)
 #define CHUNK_SIZE_DEFAULT (1024u * 1024)
 /* A manifest larger than this is refused before it is parsed (64 PiB at 1 MiB chunks
  * would be far more; this bounds memory on hostile input). */
 #define MANIFEST_MAX_BYTES (256u * 1024 * 1024)
 
 struct manifest {
-	uint64_t size;              /* image size in bytes */
-	uint32_t chunk_size;        /* power of two, CHUNK_SIZE_MIN..CHUNK_SIZE_MAX */
-	uint32_t chunk_shift;       /* log2(chunk_size) */
-	uint64_t nchunks;           /* ceil(size / chunk_size) */
-	struct chunk_hash *hashes;  /* nchunks entries; undefined where zero[i] */
-	uint8_t *zero;              /* nchunks flags: 1 = all-zero chunk (null in JSON) */
-	struct chunk_hash id;       /* SHA-256 of the manifest bytes */
+	uint64_t size;		   /* image size in bytes */
+	uint32_t chunk_size;	   /* power of two, CHUNK_SIZE_MIN..CHUNK_SIZE_MAX */
+	uint32_t chunk_shift;	   /* log2(chunk_size) */
+	uint64_t nchunks;	   /* ceil(size / chunk_size) */
+	struct chunk_hash *hashes; /* nchunks entries; undefined where zero[i] */
+	uint8_t *zero;		   /* nchunks flags: 1 = all-zero chunk (null in JSON) */
+	struct chunk_hash id;	   /* SHA-256 of the manifest bytes */
 };
 
 /* True when n is a power of two within CHUNK_SIZE_MIN..CHUNK_SIZE_MAX. */

@@ -38,6 +38,8 @@
 #include "images/repo.h"
 #include "images/source.h"
 
+#define PUBLISH_BUFFER_BYTES (256u * 1024 * 1024)
+
 struct slot {
 	uint8_t *buf;
 	uint64_t idx;
@@ -133,8 +135,7 @@ static void tmp_object_path(const struct publish *p, uint64_t idx, char *buf, si
 	snprintf(buf, len, "%s/tmp/c.%d.%llu", p->dir, (int)getpid(), (unsigned long long)idx);
 }
 
-static void object_path(const struct publish *p, const struct chunk_hash *h, char *buf,
-			size_t len)
+static void object_path(const struct publish *p, const struct chunk_hash *h, char *buf, size_t len)
 {
 	char rel[128];
 
@@ -316,10 +317,15 @@ static void read_input(struct publish *p, struct image_source *src)
 
 static int run_pipeline(struct publish *p, struct image_source *src, int nworkers)
 {
-	pthread_t *tids = calloc((size_t)nworkers, sizeof(*tids));
+	/* Bound the slot buffers (PUBLISH_BUFFER_BYTES): big chunks on many cores would
+	 * otherwise pin gigabytes. Two slots per worker keep the reader ahead of them. */
+	size_t max_slots = MAX(4, PUBLISH_BUFFER_BYTES / p->m->chunk_size);
+	pthread_t *tids;
 	int started = 0, ret = 0;
 
-	p->nslots = (size_t)nworkers * 2 + 2;
+	nworkers = (int)MIN((size_t)nworkers, max_slots - 1);
+	tids = calloc((size_t)nworkers, sizeof(*tids));
+	p->nslots = MIN((size_t)nworkers * 2 + 2, max_slots);
 	p->slots = calloc(p->nslots, sizeof(*p->slots));
 	p->ring = calloc(p->nslots, sizeof(*p->ring));
 	p->free_ids = calloc(p->nslots, sizeof(*p->free_ids));
@@ -426,7 +432,10 @@ static void rollback_objects(struct publish *p)
 
 static int index_add(void *arg, const char *name)
 {
-	struct { char *p; size_t len, cap; } *b = arg;
+	struct {
+		char *p;
+		size_t len, cap;
+	} *b = arg;
 	size_t n = strlen(name);
 
 	if (b->len + n + 2 > b->cap) {
@@ -448,7 +457,10 @@ static int index_add(void *arg, const char *name)
 /* tags/index, recomputed from the tags/ directory; rewritten only when it changes. */
 static int write_index(struct publish *p)
 {
-	struct { char *p; size_t len, cap; } b = {0};
+	struct {
+		char *p;
+		size_t len, cap;
+	} b = {0};
 	char path[PATH_MAX], *old = NULL;
 	struct repo *r = NULL;
 	size_t oldlen = 0;
@@ -605,8 +617,9 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 	pthread_cond_init(&p.cond, NULL);
 	p.level = o->level ? o->level : PUBLISH_ZSTD_LEVEL;
 	if (!repo_tag_name_valid(o->name)) {
-		snprintf(err, errlen, "name '%s': invalid (use 1-128 of A-Z a-z 0-9 . _ -, not "
-				      "starting with . or -; \"index\" is reserved)",
+		snprintf(err, errlen,
+			 "name '%s': invalid (use 1-128 of A-Z a-z 0-9 . _ -, not "
+			 "starting with . or -; \"index\" is reserved)",
 			 publish_printable(o->name, q, sizeof(q)));
 		ret = -EINVAL;
 		goto out;

@@ -19,19 +19,19 @@ struct publish_opts {
 	const char *repo_dir; /* created if missing */
 	const char *name;     /* tag to point at the image; must pass name_is_valid() */
 	uint32_t chunk_size;  /* 0: CHUNK_SIZE_DEFAULT */
-	int level;            /* zstd level; 0: PUBLISH_ZSTD_LEVEL */
-	int workers;          /* 0: one per online CPU */
+	int level;	      /* zstd level; 0: PUBLISH_ZSTD_LEVEL */
+	int workers;	      /* 0: one per online CPU */
 };
 
 struct publish_result {
 	struct chunk_hash id;
 	uint64_t size;
 	uint32_t chunk_size;
-	uint64_t chunks;        /* all chunks, zero ones included */
-	uint64_t zero;          /* all-zero chunks (never stored) */
-	uint64_t distinct;      /* distinct non-zero chunks */
-	uint64_t new_objects;   /* distinct chunks written by this publish */
-	uint64_t present;       /* distinct chunks the repository already held */
+	uint64_t chunks;	/* all chunks, zero ones included */
+	uint64_t zero;		/* all-zero chunks (never stored) */
+	uint64_t distinct;	/* distinct non-zero chunks */
+	uint64_t new_objects;	/* distinct chunks written by this publish */
+	uint64_t present;	/* distinct chunks the repository already held */
 	uint64_t bytes_written; /* objects, manifest, tag and index */
 	uint64_t elapsed_ns;
 	int qcow2;

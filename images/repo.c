@@ -22,7 +22,7 @@
 #include "common/util.h"
 #include "images/chunkobj.h"
 
-#define TAG_MAX_BYTES 4096
+#define TAG_MAX_BYTES	4096
 #define INDEX_MAX_BYTES (16u * 1024 * 1024)
 
 struct repo {
@@ -236,8 +236,8 @@ int repo_resolve_tag(struct repo *r, const char *name, struct chunk_hash *id)
 	return ret;
 }
 
-int repo_get_manifest(struct repo *r, const struct chunk_hash *id, struct manifest **out,
-		      char *err, size_t errlen)
+int repo_get_manifest(struct repo *r, const struct chunk_hash *id, struct manifest **out, char *err,
+		      size_t errlen)
 {
 	char hex[HASH_HEX_LEN + 1], rel[128], *buf = NULL;
 	struct manifest *m = NULL;
@@ -286,9 +286,10 @@ int repo_load_image(struct repo *r, const char *name_or_id, struct manifest **ou
 
 	if (!repo_tag_name_valid(name_or_id)) {
 		if (err)
-			snprintf(err, errlen, "invalid image name (use letters, digits, '.', '_', "
-					      "'-'; no '/', '..', spaces or control characters; "
-					      "not \"index\")");
+			snprintf(err, errlen,
+				 "invalid image name (use letters, digits, '.', '_', "
+				 "'-'; no '/', '..', spaces or control characters; "
+				 "not \"index\")");
 		return -EINVAL;
 	}
 	ret = repo_resolve_tag(r, name_or_id, &id);

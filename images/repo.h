@@ -50,8 +50,8 @@ bool repo_tag_name_valid(const char *name);
 int repo_resolve_tag(struct repo *r, const char *name, struct chunk_hash *id);
 
 /* Fetches and parses manifests/<id>.json; checks that its hash equals id. */
-int repo_get_manifest(struct repo *r, const struct chunk_hash *id, struct manifest **out,
-		      char *err, size_t errlen);
+int repo_get_manifest(struct repo *r, const struct chunk_hash *id, struct manifest **out, char *err,
+		      size_t errlen);
 
 /* Tag or 64-hex image id -> manifest. */
 int repo_load_image(struct repo *r, const char *name_or_id, struct manifest **out, char *err,

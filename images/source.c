@@ -106,8 +106,8 @@ static int open_qcow2(const char *path, const char *tmpdir, struct image_source 
 		      size_t errlen)
 {
 	char out[4096], line[512], tmp[PATH_MAX];
-	char *convert[] = {"qemu-img", "convert", "-f", "qcow2", "-O", "raw", (char *)path,
-			   tmp, NULL};
+	char *convert[] = {"qemu-img", "convert",    "-f", "qcow2", "-O",
+			   "raw",      (char *)path, tmp,  NULL};
 	struct stat st;
 	int ret, fd;
 

@@ -27,8 +27,8 @@ struct image_source {
 int source_check(const char *path, char *err, size_t errlen);
 
 /*
- * Opens path (after source_check). tmpdir receives the converted raw file of a qcow2 input. On error returns a
- * negative errno and writes a one-line reason (without the path) into err.
+ * Opens path (after source_check). tmpdir receives the converted raw file of a qcow2 input. On
+ * error returns a negative errno and writes a one-line reason (without the path) into err.
  */
 int source_open(const char *path, const char *tmpdir, struct image_source *src, char *err,
 		size_t errlen);

@@ -111,7 +111,8 @@ static void test_wrong_size(void **state)
 	long n;
 
 	/* Expecting a different length than the frame holds. */
-	assert_int_equal(chunkobj_decode(f->obj, (size_t)f->olen, f->out, LEN - 1, &f->h), -EMSGSIZE);
+	assert_int_equal(chunkobj_decode(f->obj, (size_t)f->olen, f->out, LEN - 1, &f->h),
+			 -EMSGSIZE);
 	/* An object made of a shorter chunk. */
 	n = chunkobj_encode(f->data, LEN / 2, obj2, chunkobj_bound(LEN), 1);
 	assert_true(n > 0);

@@ -77,9 +77,10 @@ static void test_malformed(void **state)
 	expect_error("{\"format\":1,\"size\":1,\"chunk_size\":65536,\"hash\":\"sha256\","
 		     "\"chunks\":[7]}",
 		     -EINVAL, "chunk 0");
-	expect_error("{\"format\":1,\"format\":1,\"size\":1,\"chunk_size\":65536,\"hash\":\"sha256\","
-		     "\"chunks\":[null]}",
-		     -EINVAL, "malformed");
+	expect_error(
+		"{\"format\":1,\"format\":1,\"size\":1,\"chunk_size\":65536,\"hash\":\"sha256\","
+		"\"chunks\":[null]}",
+		-EINVAL, "malformed");
 }
 
 static void test_unknown_version(void **state)
@@ -122,7 +123,8 @@ static void test_bad_hex(void **state)
 		     "\"chunks\":[\"" H1 "0\"]}",
 		     -EINVAL, "bad hex");
 	expect_error("{\"format\":1,\"size\":1,\"chunk_size\":65536,\"hash\":\"sha256\","
-		     "\"chunks\":[\"zz112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"]}",
+		     "\"chunks\":["
+		     "\"zz112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"]}",
 		     -EINVAL, "bad hex");
 	expect_error("{\"format\":1,\"size\":1,\"chunk_size\":65536,\"hash\":\"sha256\","
 		     "\"chunks\":[\"\"]}",
@@ -191,14 +193,10 @@ static void test_chunk_size_valid(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_valid),
-		cmocka_unit_test(test_malformed),
-		cmocka_unit_test(test_unknown_version),
-		cmocka_unit_test(test_sizes_disagree),
-		cmocka_unit_test(test_bad_hex),
-		cmocka_unit_test(test_too_big),
-		cmocka_unit_test(test_round_trip),
-		cmocka_unit_test(test_chunk_size_valid),
+		cmocka_unit_test(test_valid),		cmocka_unit_test(test_malformed),
+		cmocka_unit_test(test_unknown_version), cmocka_unit_test(test_sizes_disagree),
+		cmocka_unit_test(test_bad_hex),		cmocka_unit_test(test_too_big),
+		cmocka_unit_test(test_round_trip),	cmocka_unit_test(test_chunk_size_valid),
 	};
 
 	return cmocka_run_group_tests_name("manifest", tests, NULL, NULL);
