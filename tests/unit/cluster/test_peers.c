@@ -1,0 +1,460 @@
+/*
+ * test_peers.c - the fetcher's peer hook with whole nodes in one process (store,
+ * directory, peer server, peer client, peers) and a real redis-server: fetch from a
+ * holder, same rack first, a lying holder skipped, a stale holder repaired, concurrent
+ * cold reads doing one "seed" fetch per chunk through the lease, a dead lease holder
+ * taken over, a stalled one waited for no longer than the bound, and Redis down.
+ */
+#include <microhttpd.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include "cluster/directory.h"
+#include "cluster/peer_client.h"
+#include "cluster/peer_server.h"
+#include "cluster/peers.h"
+#include "cluster_fixture.h"
+#include "common/log.h"
+
+#define CHUNK (128 * 1024)
+#define TOKEN "peers-token"
+#define MS 1000000ULL
+
+static struct fx_redis redis;
+
+struct node {
+	char sdir[64];
+	struct chunkstore *cs;
+	struct directory *d;
+	struct peer_server *srv;
+	struct peer_client *cli;
+	struct peers *p;
+};
+
+static struct directory *dir_for(const char *name, const char *rack, const char *advertise)
+{
+	char url[128];
+	struct directory_opts o = {
+		.url = url, .node_name = name, .rack = rack, .advertise = advertise,
+		.prefix = "tp:", .heartbeat_ttl_ms = 1500, .heartbeat_interval_ms = 300,
+		.lease_ttl_ms = 600, .lease_renew_ms = 150,
+	};
+	struct directory *d = NULL;
+
+	fx_redis_url(&redis, 0, url, sizeof(url));
+	assert_int_equal(directory_create(&o, &d), 0);
+	return d;
+}
+
+static struct node *node_new(const char *name, const char *rack, uint32_t lease_wait_ms)
+{
+	struct node *n = calloc(1, sizeof(*n));
+	char addr[64];
+	struct peer_server_opts so = {.listen = addr, .token = TOKEN, .threads = 2};
+	struct peer_client_opts co = {.token = TOKEN, .request_timeout_ms = 3000};
+	struct peers_opts po = {.rack = rack, .lease_wait_ms = lease_wait_ms, .poll_ms = 20};
+
+	assert_non_null(n);
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", fx_free_port());
+	/* the daemon's order: directory, store with its hooks, attach, server, client, peers */
+	n->d = dir_for(name, rack, addr);
+	n->cs = fx_store_open(n->sdir, directory_store_hooks(n->d));
+	assert_non_null(n->cs);
+	directory_attach_store(n->d, n->cs);
+	so.store = n->cs;
+	assert_int_equal(peer_server_start(&so, &n->srv), 0);
+	co.store = n->cs;
+	assert_int_equal(peer_client_create(&co, &n->cli), 0);
+	po.dir = n->d;
+	po.client = n->cli;
+	assert_int_equal(peers_create(&po, &n->p), 0);
+	assert_int_equal(directory_wait_ready(n->d, 5000), 0);
+	return n;
+}
+
+static void node_free(struct node *n)
+{
+	peers_destroy(n->p);
+	directory_leave(n->d);
+	peer_server_stop(n->srv);
+	peer_client_destroy(n->cli);
+	chunkstore_close(n->cs);
+	directory_destroy(n->d);
+	fx_rm_rf(n->sdir);
+	free(n);
+}
+
+static int setup(void **state)
+{
+	memset(&redis, 0, sizeof(redis));
+	return fx_redis_start(&redis);
+}
+
+static int teardown(void **state)
+{
+	fx_redis_stop(&redis);
+	fx_rm_rf(redis.dir);
+	return 0;
+}
+
+static uint64_t served(struct node *n)
+{
+	struct peer_server_stats st;
+
+	peer_server_get_stats(n->srv, &st);
+	return st.bytes;
+}
+
+static void check_chunk(struct node *n, const struct chunk_hash *h, const void *data)
+{
+	struct chunk_ref *ref;
+	uint8_t *buf = malloc(CHUNK);
+
+	assert_int_equal(chunkstore_get(n->cs, h, &ref), 0);
+	assert_int_equal(pread_full(chunk_ref_fd(ref), buf, CHUNK, 0), 0);
+	assert_memory_equal(buf, data, CHUNK);
+	chunkstore_put(n->cs, ref);
+	free(buf);
+}
+
+static void test_fetch_from_holder(void **state)
+{
+	struct node *a = node_new("a", "r1", 2000), *b = node_new("b", "r1", 2000);
+	static uint8_t data[CHUNK];
+	struct peers_peer_stats ps[4];
+	struct peers_stats st;
+	struct chunk_hash h;
+
+	fx_chunk(1, data, CHUNK, &h);
+	assert_int_equal(chunkstore_insert(a->cs, &h, data, CHUNK), 0); /* announces */
+	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 5000 * MS), 0);
+	check_chunk(b, &h, data);
+	assert_int_equal(served(a), CHUNK);
+	peers_get_stats(b->p, &st);
+	assert_int_equal(st.peer_hits, 1);
+	assert_int_equal(st.leases_won, 0);
+	assert_int_equal(peers_list(b->p, ps, 4), 1);
+	assert_string_equal(ps[0].name, "a");
+	assert_int_equal(ps[0].ok, 1);
+	assert_int_equal(ps[0].bytes, CHUNK);
+	/* b announced it in turn: a third node may now get it from either */
+	{
+		struct directory_holder hd[4];
+
+		assert_int_equal(directory_lookup(a->d, &h, hd, 4), 1);
+		assert_string_equal(hd[0].name, "b");
+	}
+	node_free(a);
+	node_free(b);
+}
+
+static void test_same_rack_first(void **state)
+{
+	struct node *far = node_new("far", "r2", 2000), *near = node_new("near", "r1", 2000);
+	struct node *b = node_new("b", "r1", 2000);
+	static uint8_t data[CHUNK];
+	struct chunk_hash h;
+	int i;
+
+	for (i = 0; i < 8; i++) {
+		fx_chunk(10 + i, data, CHUNK, &h);
+		assert_int_equal(chunkstore_insert(far->cs, &h, data, CHUNK), 0);
+		assert_int_equal(chunkstore_insert(near->cs, &h, data, CHUNK), 0);
+		assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 5000 * MS), 0);
+	}
+	assert_int_equal(served(near), 8ULL * CHUNK);
+	assert_int_equal(served(far), 0);
+	/* the near peer goes away: the far one serves */
+	node_free(near);
+	fx_chunk(99, data, CHUNK, &h);
+	assert_int_equal(chunkstore_insert(far->cs, &h, data, CHUNK), 0);
+	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 5000 * MS), 0);
+	assert_int_equal(served(far), CHUNK);
+	node_free(far);
+	node_free(b);
+}
+
+static enum MHD_Result liar_cb(void *cls, struct MHD_Connection *c, const char *url,
+			       const char *method, const char *version, const char *data,
+			       size_t *dlen, void **con_cls)
+{
+	uint8_t *body = calloc(1, CHUNK);
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+
+	memset(body, 0x77, CHUNK);
+	r = MHD_create_response_from_buffer(CHUNK, body, MHD_RESPMEM_MUST_FREE);
+	ret = MHD_queue_response(c, 200, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+static void test_lying_holder_skipped(void **state)
+{
+	struct node *a = node_new("a", "r2", 2000), *b = node_new("b", "r1", 2000);
+	struct MHD_Daemon *liar;
+	struct directory *ld;
+	static uint8_t data[CHUNK];
+	struct peers_peer_stats ps[4];
+	struct peers_stats st;
+	struct chunk_hash h;
+	char addr[64];
+	int i, n;
+
+	liar = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, liar_cb, NULL,
+				MHD_OPTION_END);
+	assert_non_null(liar);
+	snprintf(addr, sizeof(addr), "127.0.0.1:%u",
+		 MHD_get_daemon_info(liar, MHD_DAEMON_INFO_BIND_PORT)->port);
+	/* the liar is in b's rack, so b tries it first */
+	ld = dir_for("liar", "r1", addr);
+	assert_int_equal(directory_wait_ready(ld, 5000), 0);
+	fx_chunk(20, data, CHUNK, &h);
+	assert_int_equal(chunkstore_insert(a->cs, &h, data, CHUNK), 0);
+	assert_int_equal(directory_announce(ld, &h), 0);
+	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 5000 * MS), 0);
+	check_chunk(b, &h, data);
+	peers_get_stats(b->p, &st);
+	assert_int_equal(st.bad_data, 1);
+	assert_int_equal(st.peer_hits, 1);
+	n = peers_list(b->p, ps, 4);
+	assert_int_equal(n, 2);
+	for (i = 0; i < n; i++) {
+		if (!strcmp(ps[i].name, "liar")) {
+			assert_int_equal(ps[i].bad_data, 1);
+			assert_int_equal(ps[i].failures, 1);
+			assert_int_equal(ps[i].ok, 0);
+		} else {
+			assert_string_equal(ps[i].name, "a");
+			assert_int_equal(ps[i].ok, 1);
+		}
+	}
+	directory_destroy(ld);
+	MHD_stop_daemon(liar);
+	node_free(a);
+	node_free(b);
+}
+
+static void test_stale_holder_repaired(void **state)
+{
+	struct node *a = node_new("a", "r1", 2000), *b = node_new("b", "r1", 2000);
+	struct directory_holder hd[4];
+	static uint8_t data[CHUNK];
+	struct peers_stats st;
+	struct chunk_hash h;
+
+	fx_chunk(30, data, CHUNK, &h);
+	/* a's entry without the chunk (e.g. a withdraw lost during a Redis outage) */
+	assert_int_equal(directory_announce(a->d, &h), 0);
+	assert_int_equal(directory_lookup(b->d, &h, hd, 4), 1);
+	/* 404 from a: entry removed; nobody else: b takes the lease and goes to the seed */
+	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 5000 * MS), -ENOENT);
+	peers_get_stats(b->p, &st);
+	assert_int_equal(st.stale, 1);
+	assert_int_equal(st.leases_won, 1);
+	assert_int_equal(directory_lookup(b->d, &h, hd, 4), 0);
+	node_free(a);
+	node_free(b);
+}
+
+/* ---- concurrent cold reads: the lease makes one node go to the "seed" ---- */
+
+#define NCHUNKS 6
+#define NNODES 3
+
+static uint8_t cold[NCHUNKS][CHUNK];
+static struct chunk_hash cold_h[NCHUNKS];
+static int seed_fetches[NCHUNKS];
+static pthread_barrier_t barrier;
+
+struct reader {
+	struct node *n;
+	int rc;
+};
+
+static void *reader_main(void *arg)
+{
+	struct reader *r = arg;
+	int i;
+
+	pthread_barrier_wait(&barrier);
+	for (i = 0; i < NCHUNKS && !r->rc; i++) {
+		int rc = peers_fetch(r->n->p, &cold_h[i], CHUNK, now_ns() + 10000 * MS);
+
+		if (rc == -ENOENT) {
+			/* the seed: slow, so the others find the lease taken */
+			__atomic_fetch_add(&seed_fetches[i], 1, __ATOMIC_RELAXED);
+			fx_sleep_ms(150);
+			rc = chunkstore_insert(r->n->cs, &cold_h[i], cold[i], CHUNK);
+		}
+		r->rc = rc;
+	}
+	return NULL;
+}
+
+static void test_one_seed_fetch_per_chunk(void **state)
+{
+	struct node *n[NNODES];
+	struct reader r[NNODES];
+	pthread_t t[NNODES];
+	struct peers_stats st;
+	uint64_t waits = 0, hits = 0;
+	char name[8];
+	int i;
+
+	for (i = 0; i < NNODES; i++) {
+		snprintf(name, sizeof(name), "n%d", i);
+		n[i] = node_new(name, "r1", 5000);
+	}
+	for (i = 0; i < NCHUNKS; i++) {
+		fx_chunk(40 + i, cold[i], CHUNK, &cold_h[i]);
+		seed_fetches[i] = 0;
+	}
+	pthread_barrier_init(&barrier, NULL, NNODES);
+	for (i = 0; i < NNODES; i++) {
+		r[i].n = n[i];
+		r[i].rc = 0;
+		assert_int_equal(pthread_create(&t[i], NULL, reader_main, &r[i]), 0);
+	}
+	for (i = 0; i < NNODES; i++)
+		pthread_join(t[i], NULL);
+	pthread_barrier_destroy(&barrier);
+	for (i = 0; i < NNODES; i++)
+		assert_int_equal(r[i].rc, 0);
+	for (i = 0; i < NCHUNKS; i++) {
+		assert_int_equal(seed_fetches[i], 1);
+		for (int j = 0; j < NNODES; j++)
+			check_chunk(n[j], &cold_h[i], cold[i]);
+	}
+	for (i = 0; i < NNODES; i++) {
+		peers_get_stats(n[i]->p, &st);
+		waits += st.lease_waits;
+		hits += st.peer_hits; /* lease_wait_hits are among them */
+	}
+	/* the other two nodes got every chunk from a peer */
+	assert_int_equal(hits, (NNODES - 1) * NCHUNKS);
+	assert_true(waits >= 1);
+	for (i = 0; i < NNODES; i++)
+		node_free(n[i]);
+}
+
+static void test_dead_lease_holder_taken_over(void **state)
+{
+	struct node *b = node_new("b", "r1", 5000);
+	static uint8_t data[CHUNK];
+	struct peers_stats st;
+	struct chunk_hash h;
+	int64_t holder = -1;
+	int status;
+	uint64_t t0;
+	pid_t pid;
+
+	fx_chunk(50, data, CHUNK, &h);
+	/* node "dead" in a child: takes the lease (as for a seed fetch), then crashes */
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct directory *d = dir_for("dead", "r1", "127.0.0.1:1");
+
+		if (directory_wait_ready(d, 5000) ||
+		    directory_lease_acquire(d, &h, now_ns() + 60000 * MS, &holder))
+			_exit(1);
+		_exit(0);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_int_equal(WEXITSTATUS(status), 0);
+	assert_int_equal(directory_lease_holder(b->d, &h, &holder), 0);
+	assert_true(holder > 0);
+	t0 = now_ns();
+	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 10000 * MS), -ENOENT);
+	/* lease TTL 600 ms: taken over long before the 5 s wait bound */
+	assert_true(fx_ms_since(t0) < 3000);
+	peers_get_stats(b->p, &st);
+	assert_int_equal(st.lease_waits, 1);
+	assert_int_equal(st.lease_takeovers, 1);
+	assert_int_equal(st.leases_won, 1);
+	assert_int_equal(st.lease_wait_timeouts, 0);
+	assert_int_equal(directory_lease_holder(b->d, &h, &holder), 0);
+	assert_int_equal(holder, directory_node_id(b->d));
+	node_free(b);
+}
+
+static void test_stalled_lease_holder_bounded(void **state)
+{
+	struct node *a = node_new("a", "r1", 500), *b = node_new("b", "r1", 500);
+	static uint8_t data[CHUNK];
+	struct peers_stats st;
+	struct chunk_hash h;
+	int64_t holder;
+	uint64_t t0, ms;
+
+	fx_chunk(60, data, CHUNK, &h);
+	/* a holds the lease and keeps renewing it, but never finishes */
+	assert_int_equal(directory_lease_acquire(a->d, &h, now_ns() + 60000 * MS, &holder), 0);
+	t0 = now_ns();
+	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 10000 * MS), -ENOENT);
+	ms = fx_ms_since(t0);
+	assert_true(ms >= 400 && ms < 2500);
+	peers_get_stats(b->p, &st);
+	assert_int_equal(st.lease_wait_timeouts, 1);
+	/* the caller's deadline bounds the wait too */
+	t0 = now_ns();
+	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 200 * MS), -ETIMEDOUT);
+	assert_true(fx_ms_since(t0) < 1500);
+	node_free(a);
+	node_free(b);
+}
+
+static void test_redis_down_goes_to_seed(void **state)
+{
+	struct node *a = node_new("a", "r1", 2000), *b = node_new("b", "r1", 2000);
+	static uint8_t data[CHUNK];
+	struct peers_stats st;
+	struct chunk_hash h, h2;
+	uint64_t t0;
+
+	fx_chunk(70, data, CHUNK, &h);
+	assert_int_equal(chunkstore_insert(a->cs, &h, data, CHUNK), 0);
+	fx_redis_stop(&redis);
+	t0 = now_ns();
+	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 5000 * MS), -ENOENT);
+	assert_true(fx_ms_since(t0) < 1500);
+	peers_get_stats(b->p, &st);
+	assert_int_equal(st.directory_down, 1);
+	/* inserted while Redis is down: announced by the re-announce later */
+	fx_chunk(71, data, CHUNK, &h2);
+	assert_int_equal(chunkstore_insert(a->cs, &h2, data, CHUNK), 0);
+
+	assert_int_equal(fx_redis_start(&redis), 0);
+	assert_int_equal(directory_wait_ready(a->d, 8000), 0);
+	assert_int_equal(directory_wait_ready(b->d, 8000), 0);
+	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 5000 * MS), 0);
+	assert_int_equal(peers_fetch(b->p, &h2, CHUNK, now_ns() + 5000 * MS), 0);
+	check_chunk(b, &h2, data);
+	assert_int_equal(served(a), 2ULL * CHUNK);
+	node_free(a);
+	node_free(b);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_fetch_from_holder, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_same_rack_first, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lying_holder_skipped, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stale_holder_repaired, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_one_seed_fetch_per_chunk, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dead_lease_holder_taken_over, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_stalled_lease_holder_bounded, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_redis_down_goes_to_seed, setup, teardown),
+	};
+
+	log_init("test_peers", LOG_LVL_ERROR, 0);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
