@@ -1,34 +1,121 @@
 /*
  * rackdisk.c - the rackdisk command-line tool: dispatches to each command family.
  *
- *   rackdisk image publish|verify|ls|show ...   (images/image_cmd.c, works on a repo)
+ *   rackdisk image publish|verify ...            (images/image_cmd.c, works on a repo)
+ *   rackdisk image ls|show ... --repo DIR|URL    (images/image_cmd.c)
+ *   rackdisk image ls|pull|show ...              (appliance/cli.c, asks rackdiskd)
+ *   rackdisk disk create|ls|show|rm ...          (appliance/cli.c)
+ *   rackdisk cache stats | peers                 (appliance/cli.c)
+ *   rackdisk fsck ...                            (appliance/fsck_cmd.c, offline)
+ *
+ * Global options, accepted anywhere before or after the command words:
+ *   --api URL   rackdiskd's API (default $RACKDISK_API, else http://127.0.0.1:7470)
+ *   --json      print JSON (daemon commands)
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include <curl/curl.h>
+
+#include "appliance/cli.h"
 #include "common/log.h"
 #include "images/image_cmd.h"
 
+#define DEFAULT_API "http://127.0.0.1:7470"
+
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: rackdisk image publish|verify|ls|show ...\n"
-		   "       rackdisk --help\n");
+	fprintf(f,
+		"usage: rackdisk [--api URL] [--json] COMMAND ...\n"
+		"  image publish SRC --repo DIR --name NAME [--chunk-size SIZE]\n"
+		"  image verify --repo DIR|URL NAME\n"
+		"  image ls --repo DIR|URL        image show --repo DIR|URL NAME\n"
+		"  image ls | pull TAG | show TAG          (images pulled by rackdiskd)\n"
+		"  disk create NAME --image TAG [--size S] [--initiator IQN]...\n"
+		"       [--chap-user U --chap-password P]  (prints the iSCSI URL last)\n"
+		"  disk ls | show NAME | rm NAME [--force]\n"
+		"  cache stats\n"
+		"  peers\n"
+		"  fsck --config FILE | --cache DIR --state DIR [--repair]   (offline)\n"
+		"The API is --api URL, else $RACKDISK_API, else " DEFAULT_API ".\n");
+}
+
+static bool has_arg(int argc, char **argv, const char *arg)
+{
+	for (int i = 0; i < argc; i++)
+		if (!strcmp(argv[i], arg))
+			return true;
+	return false;
+}
+
+/* `image` commands that work on a repository go to images/; the rest ask rackdiskd. */
+static bool image_cmd_is_repo(int argc, char **argv)
+{
+	const char *sub = argc > 1 ? argv[1] : "";
+
+	return !strcmp(sub, "publish") || !strcmp(sub, "verify") || has_arg(argc, argv, "--repo") ||
+	       has_arg(argc, argv, "--help") || argc < 2;
 }
 
 int main(int argc, char **argv)
 {
+	struct cli_opts o = {.api = getenv("RACKDISK_API"), .json = false};
+	char **args = calloc((size_t)argc + 1, sizeof(*args));
+	int n = 0, ret;
+
 	log_init("rackdisk", LOG_LVL_INFO, 0);
-	if (argc < 2) {
+	if (!args)
+		return 1;
+	/* Take the global options out, keep the rest in order. */
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--api") && i + 1 < argc)
+			o.api = argv[++i];
+		else if (!strncmp(argv[i], "--api=", 6))
+			o.api = argv[i] + 6;
+		else if (!strcmp(argv[i], "--json"))
+			o.json = true;
+		else
+			args[n++] = argv[i];
+	}
+	if (!o.api || !*o.api)
+		o.api = DEFAULT_API;
+	if (n < 1) {
 		usage(stderr);
+		free(args);
 		return 2;
 	}
-	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+	if (!strcmp(args[0], "--help") || !strcmp(args[0], "-h") || !strcmp(args[0], "help")) {
 		usage(stdout);
+		free(args);
 		return 0;
 	}
-	if (!strcmp(argv[1], "image"))
-		return image_cmd_main(argc - 1, argv + 1);
-	fprintf(stderr, "rackdisk: unknown command '%s'\n", argv[1]);
-	usage(stderr);
-	return 2;
+	if (!strcmp(args[0], "image") && image_cmd_is_repo(n, args)) {
+		/* image_cmd_main parses its own options, --json included. */
+		if (o.json)
+			args[n++] = "--json";
+		args[n] = NULL;
+		ret = image_cmd_main(n, args);
+		free(args);
+		return ret;
+	}
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+	if (!strcmp(args[0], "image"))
+		ret = cli_image_main(&o, n, args);
+	else if (!strcmp(args[0], "disk"))
+		ret = cli_disk_main(&o, n, args);
+	else if (!strcmp(args[0], "cache"))
+		ret = cli_cache_main(&o, n, args);
+	else if (!strcmp(args[0], "peers"))
+		ret = cli_peers_main(&o, n, args);
+	else if (!strcmp(args[0], "fsck"))
+		ret = cli_fsck_main(&o, n, args);
+	else {
+		fprintf(stderr, "rackdisk: unknown command '%s'\n", args[0]);
+		usage(stderr);
+		ret = 2;
+	}
+	curl_global_cleanup();
+	free(args);
+	return ret;
 }

@@ -1,0 +1,453 @@
+/*
+ * cli.c - `rackdisk image ls|pull|show`, `disk ...`, `cache stats`, `peers`: thin clients
+ * of rackdiskd's REST API (appliance/api.h). The daemon validates; the CLI checks only
+ * what it needs to build a request, and prints the daemon's error message as is.
+ */
+#include "appliance/cli.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "common/util.h"
+
+#define REPLY_MAX (64 * 1024 * 1024)
+
+struct reply {
+	char *buf;
+	size_t len;
+};
+
+static size_t on_data(char *p, size_t size, size_t n, void *arg)
+{
+	struct reply *r = arg;
+	size_t add = size * n;
+	char *nb;
+
+	if (r->len + add > REPLY_MAX)
+		return 0;
+	nb = realloc(r->buf, r->len + add + 1);
+	if (!nb)
+		return 0;
+	memcpy(nb + r->len, p, add);
+	r->buf = nb;
+	r->len += add;
+	r->buf[r->len] = '\0';
+	return add;
+}
+
+static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void fail(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("rackdisk: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+/*
+ * One request. Returns 0 with *out (the parsed JSON reply, 2xx), or 1 after printing
+ * the error: the daemon's {"error"} message, or why it could not be reached.
+ */
+static int call(const struct cli_opts *o, const char *method, const char *path, json_t *body,
+		json_t **out)
+{
+	struct reply r = {NULL, 0};
+	struct curl_slist *hdrs = NULL;
+	char url[2048], errbuf[CURL_ERROR_SIZE] = "";
+	char *text = NULL;
+	json_error_t jerr;
+	long status = 0;
+	CURL *c;
+	CURLcode cc;
+	int ret = 1;
+
+	*out = NULL;
+	snprintf(url, sizeof(url), "%s%s", o->api, path);
+	c = curl_easy_init();
+	if (!c) {
+		fail("cannot initialise libcurl");
+		return 1;
+	}
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+	/* A disk create may pull an image from a slow seed. */
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 600000L);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	if (body) {
+		text = json_dumps(body, JSON_COMPACT);
+		hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+		curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+		curl_easy_setopt(c, CURLOPT_POSTFIELDS, text ? text : "");
+	}
+	cc = curl_easy_perform(c);
+	if (cc != CURLE_OK) {
+		fail("cannot reach rackdiskd at %s: %s", o->api,
+		     errbuf[0] ? errbuf : curl_easy_strerror(cc));
+		goto out;
+	}
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+	*out = r.buf ? json_loadb(r.buf, r.len, 0, &jerr) : NULL;
+	if (status < 200 || status > 299) {
+		json_t *e = json_object_get(*out, "error");
+
+		if (json_is_string(e))
+			fail("%s", json_string_value(e));
+		else
+			fail("rackdiskd answered HTTP %ld to %s %s", status, method, path);
+		json_decref(*out);
+		*out = NULL;
+		goto out;
+	}
+	if (!*out) {
+		fail("rackdiskd sent a reply that is not JSON (%s %s)", method, path);
+		goto out;
+	}
+	ret = 0;
+out:
+	curl_slist_free_all(hdrs);
+	curl_easy_cleanup(c);
+	free(text);
+	free(r.buf);
+	return ret;
+}
+
+static void print_json(json_t *j)
+{
+	char *s = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+
+	if (s) {
+		puts(s);
+		free(s);
+	}
+}
+
+static const char *jstr(json_t *j, const char *key)
+{
+	const char *s = json_string_value(json_object_get(j, key));
+
+	return s ? s : "";
+}
+
+static unsigned long long jnum(json_t *j, const char *key)
+{
+	return (unsigned long long)json_integer_value(json_object_get(j, key));
+}
+
+static const char *size_str(unsigned long long n, char *buf, size_t len)
+{
+	return format_size(n, buf, len);
+}
+
+static int usage_err(const char *msg)
+{
+	fail("%s", msg);
+	return 2;
+}
+
+/* --- image --- */
+
+static void print_image(json_t *im)
+{
+	char sz[32];
+
+	printf("tag:         %s\n", jstr(im, "tag"));
+	printf("id:          %s\n", jstr(im, "id"));
+	printf("size:        %s (%llu bytes)\n", size_str(jnum(im, "size"), sz, sizeof(sz)),
+	       jnum(im, "size"));
+	printf("chunk size:  %llu\n", jnum(im, "chunk_size"));
+	printf("chunks:      %llu (%llu all-zero)\n", jnum(im, "chunks"),
+	       jnum(im, "zero_chunks"));
+}
+
+int cli_image_main(const struct cli_opts *o, int argc, char **argv)
+{
+	const char *sub = argc > 1 ? argv[1] : NULL;
+	char path[512];
+	json_t *j = NULL, *v;
+	size_t i;
+	int ret;
+
+	if (!sub)
+		return usage_err("usage: rackdisk image ls|pull TAG|show TAG");
+	if (!strcmp(sub, "ls")) {
+		if (argc > 2)
+			return usage_err("usage: rackdisk image ls [--json]");
+		ret = call(o, "GET", "/api/v1/images", NULL, &j);
+		if (ret)
+			return ret;
+		if (o->json) {
+			print_json(j);
+		} else {
+			printf("%-24s %-16s %12s  %s\n", "TAG", "ID", "SIZE", "CHUNKS");
+			json_array_foreach(j, i, v) {
+				char sz[32];
+
+				printf("%-24s %-16.16s %12s  %llu\n", jstr(v, "tag"), jstr(v, "id"),
+				       size_str(jnum(v, "size"), sz, sizeof(sz)), jnum(v, "chunks"));
+			}
+		}
+		json_decref(j);
+		return 0;
+	}
+	if ((!strcmp(sub, "pull") || !strcmp(sub, "show")) && argc == 3) {
+		if (!name_is_valid(argv[2]) && strlen(argv[2]) != 64)
+			return usage_err("an image tag is 1 to 128 of A-Z a-z 0-9 . _ - "
+					 "(no '/' or '..')");
+		if (!strcmp(sub, "pull")) {
+			json_t *body = json_pack("{s:s}", "tag", argv[2]);
+
+			ret = call(o, "POST", "/api/v1/images", body, &j);
+			json_decref(body);
+		} else {
+			snprintf(path, sizeof(path), "/api/v1/images/%s", argv[2]);
+			ret = call(o, "GET", path, NULL, &j);
+		}
+		if (ret)
+			return ret;
+		if (o->json)
+			print_json(j);
+		else
+			print_image(j);
+		json_decref(j);
+		return 0;
+	}
+	return usage_err("usage: rackdisk image ls|pull TAG|show TAG  (or publish|verify|ls|"
+			 "show with --repo)");
+}
+
+/* --- disk --- */
+
+static void print_disk(json_t *d)
+{
+	json_t *ini = json_object_get(d, "initiators"), *io = json_object_get(d, "io"), *v;
+	char sz[32];
+	size_t i;
+
+	printf("name:        %s\n", jstr(d, "name"));
+	printf("image:       %s (%s)\n", jstr(d, "image"), jstr(d, "image_id"));
+	printf("size:        %s (%llu bytes)\n", size_str(jnum(d, "size"), sz, sizeof(sz)),
+	       jnum(d, "size"));
+	printf("target:      %s (tid %llu, lun %llu)\n", jstr(d, "iqn"), jnum(d, "tid"),
+	       jnum(d, "lun"));
+	printf("initiators:  ");
+	if (!json_array_size(ini))
+		printf("any");
+	json_array_foreach(ini, i, v)
+		printf("%s%s", i ? ", " : "", json_string_value(v));
+	printf("\n");
+	if (json_object_get(d, "chap_user"))
+		printf("chap user:   %s\n", jstr(d, "chap_user"));
+	if (io)
+		printf("io:          %llu reads (%llu bytes), %llu writes (%llu bytes)\n",
+		       jnum(io, "read_ops"), jnum(io, "read_bytes"), jnum(io, "write_ops"),
+		       jnum(io, "write_bytes"));
+	printf("url:         %s\n", jstr(d, "url"));
+}
+
+static int disk_create(const struct cli_opts *o, int argc, char **argv)
+{
+	const char *name = NULL, *image = NULL, *size = NULL, *cu = NULL, *cp = NULL;
+	json_t *body, *ini = json_array(), *j = NULL;
+	int ret;
+
+	for (int i = 2; i < argc; i++) {
+		bool has = i + 1 < argc;
+
+		if (!strcmp(argv[i], "--image") && has)
+			image = argv[++i];
+		else if (!strcmp(argv[i], "--size") && has)
+			size = argv[++i];
+		else if (!strcmp(argv[i], "--initiator") && has)
+			json_array_append_new(ini, json_string(argv[++i]));
+		else if (!strcmp(argv[i], "--chap-user") && has)
+			cu = argv[++i];
+		else if (!strcmp(argv[i], "--chap-password") && has)
+			cp = argv[++i];
+		else if (argv[i][0] != '-' && !name)
+			name = argv[i];
+		else {
+			json_decref(ini);
+			fail("unexpected argument '%s'", argv[i]);
+			return usage_err("usage: rackdisk disk create NAME --image TAG [--size S] "
+					 "[--initiator IQN]... [--chap-user U --chap-password P]");
+		}
+	}
+	if (!name || !image || (!cu != !cp)) {
+		json_decref(ini);
+		return usage_err("usage: rackdisk disk create NAME --image TAG [--size S] "
+				 "[--initiator IQN]... [--chap-user U --chap-password P]");
+	}
+	body = json_pack("{s:s, s:s, s:o}", "name", name, "image", image, "initiators", ini);
+	if (size)
+		json_object_set_new(body, "size", json_string(size));
+	if (cu)
+		json_object_set_new(body, "chap", json_pack("{s:s, s:s}", "user", cu, "password",
+							    cp));
+	ret = call(o, "POST", "/api/v1/disks", body, &j);
+	json_decref(body);
+	if (ret)
+		return ret;
+	if (o->json) {
+		print_json(j);
+	} else {
+		char sz[32];
+
+		printf("created disk %s: image %s, %s, target %s\n", jstr(j, "name"),
+		       jstr(j, "image")[0] ? jstr(j, "image") : jstr(j, "image_id"),
+		       size_str(jnum(j, "size"), sz, sizeof(sz)), jstr(j, "iqn"));
+		printf("%s\n", jstr(j, "url"));
+	}
+	json_decref(j);
+	return 0;
+}
+
+int cli_disk_main(const struct cli_opts *o, int argc, char **argv)
+{
+	const char *sub = argc > 1 ? argv[1] : NULL;
+	char path[512];
+	json_t *j = NULL, *v;
+	size_t i;
+	int ret;
+
+	if (!sub)
+		return usage_err("usage: rackdisk disk create|ls|show|rm ...");
+	if (!strcmp(sub, "create"))
+		return disk_create(o, argc, argv);
+	if (!strcmp(sub, "ls")) {
+		if (argc > 2)
+			return usage_err("usage: rackdisk disk ls [--json]");
+		ret = call(o, "GET", "/api/v1/disks", NULL, &j);
+		if (ret)
+			return ret;
+		if (o->json) {
+			print_json(j);
+		} else {
+			printf("%-20s %-20s %10s %5s  %s\n", "NAME", "IMAGE", "SIZE", "TID", "URL");
+			json_array_foreach(j, i, v) {
+				char sz[32];
+
+				printf("%-20s %-20s %10s %5llu  %s\n", jstr(v, "name"),
+				       jstr(v, "image"), size_str(jnum(v, "size"), sz, sizeof(sz)),
+				       jnum(v, "tid"), jstr(v, "url"));
+			}
+		}
+		json_decref(j);
+		return 0;
+	}
+	if (!strcmp(sub, "show") || !strcmp(sub, "rm")) {
+		bool force = false;
+		const char *name = NULL;
+
+		for (int k = 2; k < argc; k++) {
+			if (!strcmp(sub, "rm") && !strcmp(argv[k], "--force"))
+				force = true;
+			else if (!name)
+				name = argv[k];
+			else
+				name = NULL, k = argc;
+		}
+		if (!name)
+			return usage_err(!strcmp(sub, "rm") ? "usage: rackdisk disk rm NAME [--force]"
+							    : "usage: rackdisk disk show NAME "
+							      "[--json]");
+		if (!name_is_valid(name)) {
+			fail("invalid disk name '%s' (1 to 128 of A-Z a-z 0-9 . _ -, no '/' or "
+			     "'..')", name);
+			return 1;
+		}
+		snprintf(path, sizeof(path), "/api/v1/disks/%s%s", name, force ? "?force=1" : "");
+		ret = call(o, !strcmp(sub, "rm") ? "DELETE" : "GET", path, NULL, &j);
+		if (ret)
+			return ret;
+		if (o->json)
+			print_json(j);
+		else if (!strcmp(sub, "rm"))
+			printf("deleted disk %s\n", name);
+		else
+			print_disk(j);
+		json_decref(j);
+		return 0;
+	}
+	return usage_err("usage: rackdisk disk create|ls|show|rm ...");
+}
+
+/* --- cache, peers --- */
+
+int cli_cache_main(const struct cli_opts *o, int argc, char **argv)
+{
+	static const char *src[] = {"local", "peer", "seed"};
+	json_t *j = NULL, *st, *fe;
+	char a[32], b[32];
+	int ret;
+
+	if (argc != 2 || strcmp(argv[1], "stats"))
+		return usage_err("usage: rackdisk cache stats [--json]");
+	ret = call(o, "GET", "/api/v1/cache", NULL, &j);
+	if (ret)
+		return ret;
+	if (o->json) {
+		print_json(j);
+		json_decref(j);
+		return 0;
+	}
+	st = json_object_get(j, "store");
+	fe = json_object_get(j, "fetch");
+	printf("cache dir:   %s\n", jstr(j, "dir"));
+	printf("used:        %s of %s (%llu chunks, %llu pinned)\n",
+	       size_str(jnum(st, "used_bytes"), a, sizeof(a)),
+	       jnum(st, "capacity_bytes") ? size_str(jnum(st, "capacity_bytes"), b, sizeof(b))
+					  : "unlimited",
+	       jnum(st, "chunks"), jnum(st, "pinned"));
+	printf("lookups:     %llu hits, %llu misses\n", jnum(st, "hits"), jnum(st, "misses"));
+	printf("evictions:   %llu; corrupt files dropped: %llu\n", jnum(st, "evictions"),
+	       jnum(st, "dropped_corrupt"));
+	for (int s = 0; s < 3; s++) {
+		json_t *x = json_object_get(fe, src[s]);
+
+		printf("from %-6s  %llu chunks, %s, %llu failures, %llu bad hashes\n", src[s],
+		       jnum(x, "fetches"), size_str(jnum(x, "bytes"), a, sizeof(a)),
+		       jnum(x, "failures"), jnum(x, "bad_hash"));
+	}
+	printf("fetches:     %llu retries, %llu timeouts, %llu coalesced, %llu readahead\n",
+	       jnum(fe, "retries"), jnum(fe, "timeouts"), jnum(fe, "coalesced"),
+	       jnum(fe, "readahead"));
+	json_decref(j);
+	return 0;
+}
+
+int cli_peers_main(const struct cli_opts *o, int argc, char **argv)
+{
+	json_t *j = NULL, *v;
+	size_t i;
+	int ret;
+
+	if (argc != 1)
+		return usage_err("usage: rackdisk peers [--json]");
+	ret = call(o, "GET", "/api/v1/peers", NULL, &j);
+	if (ret)
+		return ret;
+	if (o->json) {
+		print_json(j);
+	} else {
+		printf("%-20s %-12s %-24s %s\n", "NODE", "RACK", "ADDRESS", "STATE");
+		json_array_foreach(j, i, v)
+			printf("%-20s %-12s %-24s %s%s\n", jstr(v, "name"), jstr(v, "rack"),
+			       jstr(v, "address")[0] ? jstr(v, "address") : "-", jstr(v, "state"),
+			       json_is_true(json_object_get(v, "self")) ? " (this node)" : "");
+	}
+	json_decref(j);
+	return 0;
+}

@@ -1,0 +1,152 @@
+/*
+ * fsck_cmd.c - `rackdisk fsck --config FILE | --cache DIR --state DIR [--repair]`: the
+ * offline check of an appliance's durable state: every chunk file of the store
+ * (chunkstore_fsck), every disk's overlay (disk_fsck) and every disk record (diskrec).
+ *
+ * Repair removes what the owner could not trust anyway (torn chunks, temp files) and is
+ * refused while rackdiskd answers on the fetch socket: the daemon owns the store then.
+ * Exit: 0 clean, 1 problems found (listed, one per line), 2 usage.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "appliance/cli.h"
+#include "appliance/config.h"
+#include "appliance/diskrec.h"
+#include "cache/chunkstore.h"
+#include "cache/disk.h"
+#include "common/util.h"
+
+static void report(void *arg, const char *path, const char *problem)
+{
+	unsigned *n = arg;
+
+	(*n)++;
+	printf("%s: %s\n", path, problem);
+}
+
+/* True when something accepts connections on the daemon's fetch socket. */
+static bool daemon_running(const char *state_dir)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	bool up = false;
+	int fd;
+
+	if (config_path_fmt(sa.sun_path, sizeof(sa.sun_path), "%s/rackdiskd.sock", state_dir))
+		return false;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd >= 0) {
+		up = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+		close(fd);
+	}
+	return up;
+}
+
+static int check_disks(const char *state_dir, bool repair, unsigned *problems, unsigned *ndisks)
+{
+	char dir[PATH_MAX], path[PATH_MAX];
+	struct dirent *de;
+	DIR *d;
+
+	if (config_path_fmt(dir, sizeof(dir), "%s/disks", state_dir))
+		return -ENAMETOOLONG;
+	d = opendir(dir);
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	while ((de = readdir(d))) {
+		struct diskrec r;
+		char err[512];
+		int ret;
+
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (config_path_fmt(path, sizeof(path), "%s/%s", dir, de->d_name))
+			continue;
+		if (!name_is_valid(de->d_name)) {
+			/* diskrec.c invariant 3: leftovers of an interrupted create/delete. */
+			report(problems, path, "leftover of an interrupted create or delete "
+					       "(removed by rackdiskd at start)");
+			continue;
+		}
+		(*ndisks)++;
+		if (diskrec_load(path, &r, err, sizeof(err)))
+			report(problems, path, err);
+		else if (strcmp(r.name, de->d_name))
+			report(problems, path, "disk.json names another disk");
+		ret = disk_fsck(path, repair, report, problems);
+		if (ret < 0) {
+			char msg[128];
+
+			snprintf(msg, sizeof(msg), "overlay check failed: %s", strerror(-ret));
+			report(problems, path, msg);
+		}
+	}
+	closedir(d);
+	return 0;
+}
+
+int cli_fsck_main(const struct cli_opts *o, int argc, char **argv)
+{
+	const char *cfg_path = NULL, *cache = NULL, *state = NULL;
+	static struct config cfg;
+	unsigned problems = 0, ndisks = 0;
+	bool repair = false;
+	char err[1024];
+	int ret;
+
+	for (int i = 1; i < argc; i++) {
+		bool has = i + 1 < argc;
+
+		if (!strcmp(argv[i], "--config") && has)
+			cfg_path = argv[++i];
+		else if (!strcmp(argv[i], "--cache") && has)
+			cache = argv[++i];
+		else if (!strcmp(argv[i], "--state") && has)
+			state = argv[++i];
+		else if (!strcmp(argv[i], "--repair"))
+			repair = true;
+		else
+			goto usage;
+	}
+	if (cfg_path) {
+		if (cache || state)
+			goto usage;
+		if (config_load(cfg_path, &cfg, err, sizeof(err))) {
+			fprintf(stderr, "rackdisk: %s\n", err);
+			return 2;
+		}
+		cache = cfg.cache_dir;
+		state = cfg.state_dir;
+	}
+	if (!cache || !state)
+		goto usage;
+	if (repair && daemon_running(state)) {
+		fprintf(stderr, "rackdisk: rackdiskd is running on %s; stop it before fsck "
+				"--repair\n", state);
+		return 1;
+	}
+	ret = chunkstore_fsck(cache, repair, report, &problems);
+	if (ret < 0) {
+		fprintf(stderr, "rackdisk: checking the chunk store %s: %s\n", cache,
+			strerror(-ret));
+		return 1;
+	}
+	ret = check_disks(state, repair, &problems, &ndisks);
+	if (ret < 0) {
+		fprintf(stderr, "rackdisk: checking the disks in %s: %s\n", state, strerror(-ret));
+		return 1;
+	}
+	printf("fsck: chunk store %s and %u disk(s) in %s: %u problem(s)%s\n", cache, ndisks,
+	       state, problems, problems && repair ? " (repaired where possible)" : "");
+	return problems ? 1 : 0;
+usage:
+	fprintf(stderr, "usage: rackdisk fsck --config FILE [--repair]\n"
+			"       rackdisk fsck --cache DIR --state DIR [--repair]\n");
+	return 2;
+}
