@@ -60,7 +60,10 @@ class Nginx:
 
     def write_conf(self):
         os.makedirs(self.dir, exist_ok=True)
+        # As root, nginx workers drop to nobody and cannot enter pytest's 0700 temp dirs.
+        user = "user root;" if os.geteuid() == 0 else ""
         conf = f"""
+{user}
 daemon off;
 master_process on;
 worker_processes 1;
