@@ -551,6 +551,13 @@ static int rebuild_index(struct chunkstore *cs, bool verify)
 	if (ret)
 		return ret;
 	pthread_mutex_lock(&cs->lock);
+	while (cs->nbuckets < s.nrecs && cs->nbuckets < (1ull << 40)) {
+		uint64_t nb = cs->nbuckets;
+
+		index_grow(cs); /* empty yet: cheap, and no rehash per doubling below */
+		if (cs->nbuckets == nb)
+			break;
+	}
 	for (size_t i = 0; i < s.nrecs && !ret; i++) {
 		struct cs_entry *e = entry_alloc(cs);
 

@@ -52,16 +52,32 @@ struct chunkstore_stats {
 	uint64_t dropped_corrupt;     /* files found torn or corrupt and removed */
 };
 
+/*
+ * Owner: creates <dir>/chunks and <dir>/tmp if needed, takes <dir>/lock (-EBUSY while
+ * another owner has the store open), removes temp files left by a crash and files that
+ * cannot be chunks, and rebuilds the index (a million chunks take a few seconds; see
+ * tests/bench/bench_store_open.c). Chunks found at open are re-hashed on their first
+ * chunkstore_get() unless verify_on_open already did it.
+ * Reader: <dir>/chunks must exist (-ENOENT otherwise); nothing is scanned or written.
+ * direct_io falls back to buffered reads (logged) where the filesystem refuses O_DIRECT;
+ * buffered is the default because it is faster for cached chunks (cache/aio.c).
+ */
 int chunkstore_open(const struct chunkstore_opts *o, struct chunkstore **out);
 void chunkstore_close(struct chunkstore *cs);
 
-/* Looks a chunk up and pins it. -ENOENT on a miss. */
+/*
+ * Looks a chunk up and pins it. -ENOENT on a miss (also for a chunk found torn or corrupt,
+ * which the owner then drops). Readers keep up to 1024 idle descriptors open (LRU), so a
+ * hot chunk costs no open(); a reader holding a descriptor of a chunk the owner has since
+ * evicted still reads the right bytes (chunks are immutable).
+ */
 int chunkstore_get(struct chunkstore *cs, const struct chunk_hash *h, struct chunk_ref **out);
 void chunkstore_put(struct chunkstore *cs, struct chunk_ref *ref);
 int chunk_ref_fd(const struct chunk_ref *ref);
 uint32_t chunk_ref_len(const struct chunk_ref *ref);
 
-/* Reads len bytes at off within a pinned chunk (through the aio layer). */
+/* Reads len bytes at off within a pinned chunk (through the aio layer). -ERANGE beyond
+ * the chunk's end. */
 int chunkstore_read(struct chunkstore *cs, struct chunk_ref *ref, void *buf, size_t len,
 		    uint32_t off);
 
@@ -72,6 +88,7 @@ int chunkstore_read(struct chunkstore *cs, struct chunk_ref *ref, void *buf, siz
  */
 int chunkstore_insert(struct chunkstore *cs, const struct chunk_hash *h, const void *data,
 		      size_t len);
+/* (Reader mode: -EROFS. len 0 or above 16 MiB: -EINVAL.) */
 
 bool chunkstore_contains(struct chunkstore *cs, const struct chunk_hash *h);
 
@@ -89,7 +106,8 @@ int chunkstore_foreach(struct chunkstore *cs,
 void chunkstore_get_stats(struct chunkstore *cs, struct chunkstore_stats *st);
 
 /*
- * Consistency check of a store directory without opening it: re-hashes every chunk
+ * Consistency check of a store directory without opening it (repair while an owner has it
+ * open: -EBUSY; a read-only check then skips tmp/): re-hashes every chunk
  * file, removes torn/corrupt/misnamed/temp files when repair is true, and reports each
  * problem through report (may be NULL). Returns the number of problems found (>= 0) or
  * a negative errno.

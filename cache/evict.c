@@ -199,8 +199,11 @@ static int ghost_ring_grow(struct ghost *g)
 
 static void ghost_push(struct ghost *g, uint64_t key, uint64_t limit)
 {
-	if (g->next - g->first >= g->ring_cap && ghost_ring_grow(g) < 0)
+	if (g->next - g->first >= g->ring_cap && ghost_ring_grow(g) < 0) {
+		if (!g->ring_cap)
+			return; /* out of memory: no ghost at all, still correct */
 		ghost_pop_oldest(g); /* out of memory: forget more, stay correct */
+	}
 	if ((g->mcount + 1) * 4 > g->mcap * 3 && ghost_map_grow(g) < 0)
 		return;
 	uint64_t seq = g->next++;

@@ -2,6 +2,7 @@
  * test_chunkstore.c - the chunk store, and each numbered invariant of cache/chunkstore.c
  * (the test names say which: inv1_..., inv2_...).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -721,6 +722,52 @@ static void test_direct_io_reads(void **state)
 	chunkstore_close(cs);
 }
 
+static unsigned count_fds(void)
+{
+	unsigned n = 0;
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *de;
+
+	assert_non_null(d);
+	while ((de = readdir(d)))
+		n += de->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/* The reader's descriptor cache keeps at most 1024 idle descriptors open. */
+static void test_reader_fd_cache_bounded(void **state)
+{
+	struct fixture *f = *state;
+	const unsigned n = 1300;
+	struct chunkstore *owner = open_store(f->dir, 0, false), *reader;
+	unsigned before, base;
+
+	chunkstore_close(owner); /* it created the directories */
+	for (unsigned i = 0; i < n; i++) { /* files as the owner would publish them */
+		struct chunk_hash h;
+		uint8_t *b = make_chunk(i, 512, &h);
+		char path[512];
+
+		chunk_file(f->dir, &h, path, sizeof(path));
+		write_raw(path, b, 512);
+		free(b);
+	}
+	base = count_fds();
+	reader = open_store(f->dir, 0, true);
+	before = count_fds();
+	for (unsigned i = 0; i < n; i++)
+		assert_int_equal(get_check(reader, i, 512), 0);
+	assert_true(count_fds() <= before + 1024);
+	assert_true(count_fds() >= before + 1000); /* and it does cache */
+	/* hot chunks are served from cached descriptors, old ones reopened on demand */
+	for (unsigned i = 0; i < n; i += 7)
+		assert_int_equal(get_check(reader, i, 512), 0);
+	assert_true(count_fds() <= before + 1024);
+	chunkstore_close(reader);
+	assert_int_equal(count_fds(), base);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -738,6 +785,7 @@ int main(void)
 		T(test_inv7_concurrent_inserts_and_reads),
 		T(test_fsck_reports_and_repairs),
 		T(test_direct_io_reads),
+		T(test_reader_fd_cache_bounded),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
