@@ -37,15 +37,15 @@
 #include "common/util.h"
 #include "images/manifest.h"
 
-#define FILL_BUCKETS 1024
-#define RA_STREAMS 4       /* sequential streams tracked per image */
-#define RA_SCAN_FACTOR 64  /* zero chunks skipped per wanted chunk, at most */
-#define LOG_WINDOW_NS (10ULL * 1000000000ULL)
-#define LOG_BURST 5        /* warnings per window; the rest are counted and summarised */
+#define FILL_BUCKETS   1024
+#define RA_STREAMS     4  /* sequential streams tracked per image */
+#define RA_SCAN_FACTOR 64 /* zero chunks skipped per wanted chunk, at most */
+#define LOG_WINDOW_NS  (10ULL * 1000000000ULL)
+#define LOG_BURST      5 /* warnings per window; the rest are counted and summarised */
 
 const double fetcher_latency_bounds[16] = {
 	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-	0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, __builtin_inf(),
+	0.25,	0.5,   1.0,    2.5,   5.0,  10.0,  30.0, __builtin_inf(),
 };
 
 enum fill_queue { Q_NONE, Q_DEMAND, Q_BACKGROUND };
@@ -54,23 +54,23 @@ struct fill {
 	struct chunk_hash h;
 	uint32_t len;
 	uint64_t start_ns;
-	uint64_t deadline_ns;  /* latest deadline of any waiter; guarded by f->lock */
+	uint64_t deadline_ns; /* latest deadline of any waiter; guarded by f->lock */
 	int result;
 	bool done;
-	bool background;       /* running on a background slot */
+	bool background; /* running on a background slot */
 	enum fill_queue queued;
-	unsigned refs;         /* waiters + 1 while in the table */
-	pthread_cond_t cond;   /* broadcast when done */
+	unsigned refs;	     /* waiters + 1 while in the table */
+	pthread_cond_t cond; /* broadcast when done */
 	struct fill *hnext;
 	TAILQ_ENTRY(fill) q;
 };
 TAILQ_HEAD(fill_list, fill);
 
 struct ra_stream {
-	uint64_t last;    /* last chunk index seen */
-	uint64_t next;    /* first index not yet queued for readahead */
-	uint64_t used;    /* LRU stamp */
-	unsigned run;     /* consecutive forward accesses */
+	uint64_t last; /* last chunk index seen */
+	uint64_t next; /* first index not yet queued for readahead */
+	uint64_t used; /* LRU stamp */
+	unsigned run;  /* consecutive forward accesses */
 };
 
 struct ra_image {
@@ -89,21 +89,21 @@ struct fetcher {
 	struct fetcher_opts o;
 	struct chunkstore *store;
 	struct seed *seed;
-	pthread_mutex_t lock;     /* everything below */
+	pthread_mutex_t lock;	  /* everything below */
 	pthread_condattr_t cattr; /* CLOCK_MONOTONIC */
-	pthread_cond_t work;      /* queues changed or stopping */
-	pthread_cond_t stop;      /* stopping (wakes workers sleeping in backoff) */
+	pthread_cond_t work;	  /* queues changed or stopping */
+	pthread_cond_t stop;	  /* stopping (wakes workers sleeping in backoff) */
 	bool stopping;
 	struct fill *table[FILL_BUCKETS];
 	struct fill_list demand, background;
-	unsigned nbackground;     /* queued background fills */
+	unsigned nbackground; /* queued background fills */
 	unsigned bg_running, bg_limit;
 	struct fetcher_peer_ops peer;
 	bool have_peer;
 	struct fetcher_stats st;
 	struct ra_image *images;
 	uint64_t ra_clock;
-	struct ratelimit warn_rl;
+	struct ratelimit rl_corrupt, rl_transport, rl_gave_up; /* one budget per kind */
 	pthread_t *threads;
 	unsigned nthreads;
 };
@@ -136,13 +136,13 @@ static void record_latency(struct fetcher *f, enum fetch_source src, uint64_t ns
 }
 
 /*
- * Warnings about degraded paths, at most LOG_BURST per window so a dead seed under a
- * read storm does not flood the journal; the count of those held back is reported with
- * the next one that gets through. Called with f->lock held.
+ * Warnings about degraded paths, at most LOG_BURST per window and kind so a dead seed
+ * under a read storm does not flood the journal (nor hide a corrupt object behind a
+ * storm of timeouts); the count of those held back is reported with the next one that
+ * gets through. Called with f->lock held.
  */
-static bool warn_allowed(struct fetcher *f, uint64_t *suppressed)
+static bool warn_allowed(struct ratelimit *rl, uint64_t *suppressed)
 {
-	struct ratelimit *rl = &f->warn_rl;
 	uint64_t now = now_ns();
 
 	if (now - rl->window_start >= LOG_WINDOW_NS) {
@@ -274,7 +274,7 @@ struct worker_ctx {
 	struct fetcher *f;
 	void *buf;
 	size_t cap;
-	unsigned seed;    /* rand_r state for backoff jitter */
+	unsigned seed; /* rand_r state for backoff jitter */
 };
 
 /* Sleeps for the backoff before the next attempt; false when the fill must end now
@@ -289,7 +289,8 @@ static bool backoff_wait(struct worker_ctx *w, struct fill *fl, uint64_t *backof
 		return false;
 	left = fl->deadline_ns - now;
 	/* Jitter in [b/2, b] spreads the retries of many appliances after a seed outage. */
-	sleep_ns = (*backoff_ms / 2 + (uint64_t)rand_r(&w->seed) % (*backoff_ms / 2 + 1)) * 1000000ULL;
+	sleep_ns =
+		(*backoff_ms / 2 + (uint64_t)rand_r(&w->seed) % (*backoff_ms / 2 + 1)) * 1000000ULL;
 	/* Keep half of what is left for the attempt itself. */
 	sleep_ns = MIN(sleep_ns, left / 2);
 	*backoff_ms = MIN(*backoff_ms * 2, f->o.retry_max_ms);
@@ -362,13 +363,14 @@ static int try_seed(struct worker_ctx *w, struct fill *fl, uint64_t deadline_ns)
 		f->st.bad_hash[FETCH_SRC_SEED]++;
 	if (r == -ENOENT)
 		f->st.not_found++;
-	if (warn_allowed(f, &supp)) {
+	if (warn_allowed(seed_err_is_corrupt(r) ? &f->rl_corrupt : &f->rl_transport, &supp)) {
 		if (r == -ENOENT)
-			log_warn("seed: chunk %s not found at %s, giving up (%lu similar suppressed)",
+			log_warn("seed: chunk %s not found at %s, giving up (%lu similar "
+				 "suppressed)",
 				 hex, seed_url(f->seed), (unsigned long)supp);
 		else
-			log_warn("seed: chunk %s %s from %s, retrying (%lu similar suppressed)", hex,
-				 err_name(r), seed_url(f->seed), (unsigned long)supp);
+			log_warn("seed: chunk %s %s from %s, retrying (%lu similar suppressed)",
+				 hex, err_name(r), seed_url(f->seed), (unsigned long)supp);
 	}
 	pthread_mutex_unlock(&f->lock);
 	/* A repository that lacks a chunk its manifest names is broken; waiting won't fix
@@ -429,11 +431,12 @@ static void warn_gave_up(struct fetcher *f, struct fill *fl)
 	char hex[HASH_HEX_LEN + 1];
 	uint64_t supp;
 
-	if (!warn_allowed(f, &supp))
+	if (!warn_allowed(&f->rl_gave_up, &supp))
 		return;
 	hash_to_hex(&fl->h, hex);
 	log_warn("fetcher: chunk %s not obtained within its deadline (%.1f s)%s (%lu similar "
-		 "suppressed)", hex, (double)(now_ns() - fl->start_ns) / 1e9,
+		 "suppressed)",
+		 hex, (double)(now_ns() - fl->start_ns) / 1e9,
 		 fl->background ? " by a background fill" : "", (unsigned long)supp);
 }
 
@@ -589,8 +592,7 @@ void fetcher_destroy(struct fetcher *f)
 	free(f);
 }
 
-int fetcher_fetch(struct fetcher *f, const struct chunk_hash *h, uint32_t len,
-		  uint64_t deadline_ns)
+int fetcher_fetch(struct fetcher *f, const struct chunk_hash *h, uint32_t len, uint64_t deadline_ns)
 {
 	uint64_t t0 = now_ns();
 	struct timespec ts;

@@ -30,9 +30,9 @@
 #define SEED_POOL_MAX 64 /* idle handles kept; more are closed when returned */
 
 struct seed {
-	char *url;          /* as configured */
-	char *base;         /* HTTP: url without trailing '/'; NULL for a directory */
-	char *dir;          /* directory repository; NULL for HTTP */
+	char *url;  /* as configured */
+	char *base; /* HTTP: url without trailing '/'; NULL for a directory */
+	char *dir;  /* directory repository; NULL for HTTP */
 	struct seed_opts o;
 	CURLSH *share;
 	pthread_mutex_t share_locks[CURL_LOCK_DATA_LAST];

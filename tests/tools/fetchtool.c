@@ -96,16 +96,15 @@ static json_t *stats_json(struct fetcher *f, struct chunkstore *cs)
 
 	fetcher_get_stats(f, &st);
 	chunkstore_get_stats(cs, &cst);
-	return json_pack("{s:o,s:o,s:o,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:{s:I,s:I}}",
-			 "fetches", src_obj(st.fetches), "bytes", src_obj(st.bytes), "failures",
-			 src_obj(st.failures), "bad_hash", src_obj(st.bad_hash), "retries",
-			 (json_int_t)st.retries, "timeouts", (json_int_t)st.timeouts, "coalesced",
-			 (json_int_t)st.coalesced, "readahead", (json_int_t)st.readahead,
-			 "not_found", (json_int_t)st.not_found, "prefetch_dropped",
-			 (json_int_t)st.prefetch_dropped, "seed_requests",
-			 (json_int_t)st.seed_requests, "seed_connects", (json_int_t)st.seed_connects,
-			 "inflight", (json_int_t)st.inflight, "store", "inserts",
-			 (json_int_t)cst.inserts, "nchunks", (json_int_t)cst.nchunks);
+	return json_pack(
+		"{s:o,s:o,s:o,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:{s:I,s:I}}", "fetches",
+		src_obj(st.fetches), "bytes", src_obj(st.bytes), "failures", src_obj(st.failures),
+		"bad_hash", src_obj(st.bad_hash), "retries", (json_int_t)st.retries, "timeouts",
+		(json_int_t)st.timeouts, "coalesced", (json_int_t)st.coalesced, "readahead",
+		(json_int_t)st.readahead, "not_found", (json_int_t)st.not_found, "prefetch_dropped",
+		(json_int_t)st.prefetch_dropped, "seed_requests", (json_int_t)st.seed_requests,
+		"seed_connects", (json_int_t)st.seed_connects, "inflight", (json_int_t)st.inflight,
+		"store", "inserts", (json_int_t)cst.inserts, "nchunks", (json_int_t)cst.nchunks);
 }
 
 static int parse_job(const char *arg, struct job *j)
@@ -145,10 +144,17 @@ static void usage(void)
 int main(int argc, char **argv)
 {
 	static const struct option lopts[] = {
-		{"store", 1, 0, 's'}, {"seed", 1, 0, 'u'}, {"deadline-ms", 1, 0, 'd'},
-		{"threads", 1, 0, 't'}, {"workers", 1, 0, 'w'}, {"retry-initial-ms", 1, 0, 'i'},
-		{"retry-max-ms", 1, 0, 'x'}, {"request-timeout-ms", 1, 0, 'r'},
-		{"readahead", 1, 0, 'a'}, {"image", 1, 0, 'm'}, {0, 0, 0, 0},
+		{"store", 1, 0, 's'},
+		{"seed", 1, 0, 'u'},
+		{"deadline-ms", 1, 0, 'd'},
+		{"threads", 1, 0, 't'},
+		{"workers", 1, 0, 'w'},
+		{"retry-initial-ms", 1, 0, 'i'},
+		{"retry-max-ms", 1, 0, 'x'},
+		{"request-timeout-ms", 1, 0, 'r'},
+		{"readahead", 1, 0, 'a'},
+		{"image", 1, 0, 'm'},
+		{0, 0, 0, 0},
 	};
 	struct chunkstore_opts so = {0};
 	struct fetcher_opts fo = {0};
@@ -166,20 +172,40 @@ int main(int argc, char **argv)
 	fo.no_readahead = true;
 	while ((opt = getopt_long(argc, argv, "", lopts, NULL)) != -1) {
 		switch (opt) {
-		case 's': so.dir = optarg; break;
-		case 'u': fo.seed_url = optarg; break;
-		case 'd': c.deadline_ms = strtoull(optarg, NULL, 10); break;
-		case 't': nthreads = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'w': fo.workers = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'i': fo.retry_initial_ms = strtoull(optarg, NULL, 10); break;
-		case 'x': fo.retry_max_ms = strtoull(optarg, NULL, 10); break;
-		case 'r': fo.request_timeout_ms = strtoull(optarg, NULL, 10); break;
+		case 's':
+			so.dir = optarg;
+			break;
+		case 'u':
+			fo.seed_url = optarg;
+			break;
+		case 'd':
+			c.deadline_ms = strtoull(optarg, NULL, 10);
+			break;
+		case 't':
+			nthreads = (unsigned)strtoul(optarg, NULL, 10);
+			break;
+		case 'w':
+			fo.workers = (unsigned)strtoul(optarg, NULL, 10);
+			break;
+		case 'i':
+			fo.retry_initial_ms = strtoull(optarg, NULL, 10);
+			break;
+		case 'x':
+			fo.retry_max_ms = strtoull(optarg, NULL, 10);
+			break;
+		case 'r':
+			fo.request_timeout_ms = strtoull(optarg, NULL, 10);
+			break;
 		case 'a':
 			fo.readahead_chunks = (unsigned)strtoul(optarg, NULL, 10);
 			fo.no_readahead = fo.readahead_chunks == 0;
 			break;
-		case 'm': image = optarg; break;
-		default: usage(); return 2;
+		case 'm':
+			image = optarg;
+			break;
+		default:
+			usage();
+			return 2;
 		}
 	}
 	if (!so.dir || !fo.seed_url || nthreads == 0 || nthreads > 256 ||
@@ -211,7 +237,9 @@ int main(int argc, char **argv)
 	ta = calloc(nthreads, sizeof(*ta));
 	if (!c.out || !ta)
 		goto out;
-	ret = chunkstore_open(&so, &cs);
+	ret = mkdir_p(so.dir, 0755);
+	if (ret == 0)
+		ret = chunkstore_open(&so, &cs);
 	if (ret) {
 		fprintf(stderr, "fetchtool: store %s: %s\n", so.dir, strerror(-ret));
 		ret = 2;
@@ -243,8 +271,8 @@ int main(int argc, char **argv)
 						     c.out[k].rc ? strerror(-c.out[k].rc) : "",
 						     "ms", c.out[k].ms));
 	}
-	res = json_pack("{s:o,s:o,s:f}", "results", arr, "stats", stats_json(f, cs),
-			"elapsed_ms", (double)(now_ns() - t0) / 1e6);
+	res = json_pack("{s:o,s:o,s:f}", "results", arr, "stats", stats_json(f, cs), "elapsed_ms",
+			(double)(now_ns() - t0) / 1e6);
 	json_dumpf(res, stdout, JSON_COMPACT);
 	putchar('\n');
 	json_decref(res);

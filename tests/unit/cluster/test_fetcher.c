@@ -25,7 +25,7 @@
 #include "images/manifest.h"
 
 #define CHUNK (64 * 1024)
-#define MS 1000000ULL
+#define MS    1000000ULL
 
 struct env {
 	char root[256];
@@ -47,8 +47,7 @@ static void fill_random(void *buf, size_t len, unsigned seed)
 	}
 }
 
-static void write_object(const char *repo, const struct chunk_hash *h, const void *obj,
-			 size_t len)
+static void write_object(const char *repo, const struct chunk_hash *h, const void *obj, size_t len)
 {
 	char hex[HASH_HEX_LEN + 1], path[512];
 
@@ -171,8 +170,8 @@ static void assert_stored(struct env *e, const struct chunk_hash *h, const void 
 struct peer_ctl {
 	pthread_mutex_t lock;
 	unsigned calls;
-	uint64_t sleep_ms;   /* each call sleeps this long, then... */
-	int rc;              /* ...returns this (0: inserts data first) */
+	uint64_t sleep_ms; /* each call sleeps this long, then... */
+	int rc;		   /* ...returns this (0: inserts data first) */
 	struct chunkstore *cs;
 	const void *data;
 };
@@ -457,7 +456,8 @@ static void test_readahead_sequential(void **state)
 	/* Two consecutive chunks: the next RA non-zero chunks (2, 5, 6) are fetched. */
 	for (unsigned i = 0; i < 2; i++) {
 		fetcher_note_access(e->f, m, i);
-		assert_int_equal(fetcher_fetch(e->f, &m->hashes[i], CHUNK, now_ns() + 2000 * MS), 0);
+		assert_int_equal(fetcher_fetch(e->f, &m->hashes[i], CHUNK, now_ns() + 2000 * MS),
+				 0);
 	}
 	assert_true(wait_contains(e, &m->hashes[2], 3000));
 	assert_true(wait_contains(e, &m->hashes[5], 3000));
@@ -531,19 +531,23 @@ static void test_seed_client_errors(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_fetch_from_directory_repo, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_fetch_from_directory_repo, env_setup,
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_single_flight, env_setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_waiter_deadline_fill_continues, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_dead_seed_deadline, env_setup, env_teardown),
-		cmocka_unit_test_setup_teardown(test_bad_hash_never_stored, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_bad_hash_never_stored, env_setup,
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt_and_wrong_size_never_stored, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_missing_object_is_prompt_error, env_setup,
 						env_teardown),
-		cmocka_unit_test_setup_teardown(test_peer_hook_before_seed, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_peer_hook_before_seed, env_setup,
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_readahead_sequential, env_setup, env_teardown),
-		cmocka_unit_test_setup_teardown(test_background_queue_bounded, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_background_queue_bounded, env_setup,
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_seed_client_errors, env_setup, env_teardown),
 	};
 
