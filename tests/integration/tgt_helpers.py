@@ -7,7 +7,8 @@ build/tests/mkdisk, and a fake rackdiskd fetch server.
   old file mapped is not disturbed.
 - Tgtd runs `tgtd -f` with its own TGT_IPC_SOCKET and control port (below 32768), and a
   portal on 127.0.0.1:<free port>. stop() deletes every target first (so each LUN is
-  closed, i.e. bs_close flushes the disk), then SIGTERM, then SIGKILL. kill() is SIGKILL.
+  closed, i.e. bs_close flushes the disk), then `tgtadm --op delete --mode system` (tgtd
+  ignores SIGTERM), then SIGKILL if it is still there. kill() is SIGKILL.
 - FetchServer speaks target/fetch_proto.h on a unix socket. mode "serve" makes a chunk
   present by writing its file atomically into the chunk store (chunks/<hh>/<hash>, the
   layout of DESIGN.md section 3) from a raw image; "stall" never answers FETCH; "fail"
@@ -18,7 +19,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import socketserver
 import subprocess
@@ -142,11 +142,13 @@ class Tgtd:
         if self.proc is None:
             return
         if self.proc.poll() is None:
+            # tgtd ignores SIGTERM; "delete --mode system" is its clean exit, and it
+            # is refused while targets exist, so they go first (closing every LUN).
             try:
                 self.remove_targets()
+                self.adm("--op", "delete", "--mode", "system", check=False, timeout=10)
             except (subprocess.TimeoutExpired, OSError):
                 pass
-            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
