@@ -285,14 +285,16 @@ static bool backoff_wait(struct worker_ctx *w, struct fill *fl, uint64_t *backof
 	uint64_t now = now_ns(), left, sleep_ns, until;
 	struct timespec ts;
 
-	if (f->stopping || now + 5000000ULL >= fl->deadline_ns)
+	/* The next attempt must start before the deadline, with a little time to run. */
+	if (f->stopping || now + 20 * 1000000ULL >= fl->deadline_ns)
 		return false;
 	left = fl->deadline_ns - now;
 	/* Jitter in [b/2, b] spreads the retries of many appliances after a seed outage. */
 	sleep_ns =
 		(*backoff_ms / 2 + (uint64_t)rand_r(&w->seed) % (*backoff_ms / 2 + 1)) * 1000000ULL;
-	/* Keep half of what is left for the attempt itself. */
-	sleep_ns = MIN(sleep_ns, left / 2);
+	/* A backoff that would overshoot is cut short once, for a last attempt just before
+	 * the deadline (halving instead would fire a burst of attempts near the end). */
+	sleep_ns = MIN(sleep_ns, left - 10 * 1000000ULL);
 	*backoff_ms = MIN(*backoff_ms * 2, f->o.retry_max_ms);
 	until = now + sleep_ns;
 	deadline_to_ts(until, &ts);
@@ -330,7 +332,7 @@ static int try_peer(struct fetcher *f, struct fill *fl, uint64_t deadline_ns)
 }
 
 /* One seed attempt: 0 stored, 1 retry, <0 final error. Lock not held. */
-static int try_seed(struct worker_ctx *w, struct fill *fl, uint64_t deadline_ns)
+static int try_seed(struct worker_ctx *w, struct fill *fl)
 {
 	struct fetcher *f = w->f;
 	char hex[HASH_HEX_LEN + 1];
@@ -345,7 +347,13 @@ static int try_seed(struct worker_ctx *w, struct fill *fl, uint64_t deadline_ns)
 		w->buf = nb;
 		w->cap = fl->len;
 	}
-	r = seed_get_chunk(f->seed, &fl->h, w->buf, fl->len, deadline_ns);
+	/*
+	 * The request is bounded by request_timeout_ms, not by the deadline: a transfer that
+	 * has started may finish after its waiters have given up, so the chunk is in the
+	 * store when the command is retried (and a caller that waits in short slices does
+	 * not cut every slow transfer short). Waiters never wait past their own deadlines.
+	 */
+	r = seed_get_chunk(f->seed, &fl->h, w->buf, fl->len, 0);
 	if (r == 0) {
 		r = chunkstore_insert(f->store, &fl->h, w->buf, fl->len);
 		if (r == 0)
@@ -410,8 +418,7 @@ static int fill_run(struct worker_ctx *w, struct fill *fl, enum fetch_source *sr
 			*src = FETCH_SRC_PEER;
 			return 0;
 		}
-		/* Waiters may have joined with later deadlines while the peer was asked. */
-		r = try_seed(w, fl, fill_deadline(f, fl));
+		r = try_seed(w, fl);
 		if (r == 0) {
 			*src = FETCH_SRC_SEED;
 			return 0;
@@ -557,19 +564,27 @@ fail:
 	return ret;
 }
 
+void fetcher_stop(struct fetcher *f)
+{
+	pthread_mutex_lock(&f->lock);
+	f->stopping = true;
+	pthread_cond_broadcast(&f->work);
+	pthread_cond_broadcast(&f->stop);
+	for (unsigned b = 0; b < FILL_BUCKETS; b++)
+		for (struct fill *fl = f->table[b]; fl; fl = fl->hnext)
+			pthread_cond_broadcast(&fl->cond);
+	pthread_mutex_unlock(&f->lock);
+	if (f->seed)
+		seed_cancel(f->seed);
+}
+
 void fetcher_destroy(struct fetcher *f)
 {
 	struct fill *fl;
 
 	if (!f)
 		return;
-	pthread_mutex_lock(&f->lock);
-	f->stopping = true;
-	pthread_cond_broadcast(&f->work);
-	pthread_cond_broadcast(&f->stop);
-	pthread_mutex_unlock(&f->lock);
-	if (f->seed)
-		seed_cancel(f->seed);
+	fetcher_stop(f);
 	for (unsigned i = 0; i < f->nthreads; i++)
 		pthread_join(f->threads[i], NULL);
 	/* Fills nobody ran: callers are gone by contract, so only the table holds them. */
@@ -629,10 +644,10 @@ int fetcher_fetch(struct fetcher *f, const struct chunk_hash *h, uint32_t len, u
 	}
 	fl->refs++;
 	deadline_to_ts(deadline_ns, &ts);
-	while (!fl->done)
+	while (!fl->done && !f->stopping)
 		if (pthread_cond_timedwait(&fl->cond, &f->lock, &ts) == ETIMEDOUT && !fl->done)
 			break;
-	ret = fl->done ? fl->result : -ETIMEDOUT;
+	ret = fl->done ? fl->result : f->stopping ? -ESHUTDOWN : -ETIMEDOUT;
 	if (ret == -ETIMEDOUT)
 		f->st.timeouts++;
 	fill_unref(fl);

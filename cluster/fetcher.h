@@ -59,12 +59,19 @@ struct fetcher_stats {
 extern const double fetcher_latency_bounds[16]; /* last one is +Inf */
 
 int fetcher_create(const struct fetcher_opts *o, struct fetcher **out);
+
+/* Shutdown, first step: every fetcher_fetch blocked now or called later returns
+ * -ESHUTDOWN at once, transfers in progress are aborted and background fills end. Call
+ * it, join the threads that use the fetcher, then fetcher_destroy(). */
+void fetcher_stop(struct fetcher *f);
+/* Calls fetcher_stop() if needed; no other call may be in progress or follow. */
 void fetcher_destroy(struct fetcher *f);
 
 /*
  * Blocks until chunk *h (len bytes) is in the store or deadline_ns (CLOCK_MONOTONIC)
  * passes. 0: present now. -ETIMEDOUT: deadline passed (the fill goes on for other
- * waiters until their deadlines). -EIO: every source failed hard (the seed has no such
+ * waiters until their deadlines, and a transfer in progress may complete into the store
+ * after it). -EIO: every source failed hard (the seed has no such
  * chunk). Also -ENOSPC (store full of pinned chunks), -EINVAL (len 0 or over
  * CHUNK_SIZE_MAX), -ESHUTDOWN (fetcher being destroyed).
  */

@@ -499,6 +499,47 @@ static void test_background_queue_bounded(void **state)
 	assert_int_equal(present, st.prefetches);
 }
 
+/* An attempt under way when its only waiter gives up still lands in the store. */
+static void test_attempt_completes_after_waiter_left(void **state)
+{
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct peer_ctl peer = {.sleep_ms = 400, .rc = -ENOENT};
+	struct chunk_hash h;
+
+	make_chunk(e->repo, 14, &h, data);
+	env_fetcher(e, NULL, NULL);
+	set_peer(e, &peer);
+	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, now_ns() + 100 * MS), -ETIMEDOUT);
+	assert_false(chunkstore_contains(e->cs, &h));
+	assert_true(wait_contains(e, &h, 3000));
+	assert_stored(e, &h, data);
+	assert_int_equal(peer.calls, 1);
+}
+
+static void test_stop_wakes_waiters(void **state)
+{
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct peer_ctl peer = {.sleep_ms = 600, .rc = -ENOENT};
+	struct racer r;
+	struct chunk_hash h;
+	uint64_t t0;
+
+	make_chunk(e->repo, 15, &h, data);
+	env_fetcher(e, NULL, NULL);
+	set_peer(e, &peer);
+	r = (struct racer){.e = e, .h = &h};
+	assert_int_equal(pthread_create(&r.tid, NULL, late_fetch, &r), 0);
+	usleep(100000);
+	t0 = now_ns();
+	fetcher_stop(e->f);
+	pthread_join(r.tid, NULL);
+	assert_int_equal(r.rc, -ESHUTDOWN);
+	assert_true(now_ns() - t0 < 300 * MS); /* did not wait for the peer's 600 ms */
+	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, now_ns() + 1000 * MS), -ESHUTDOWN);
+}
+
 /* The seed client alone: a local repository, a hash mismatch, a missing object. */
 static void test_seed_client_errors(void **state)
 {
@@ -548,6 +589,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_readahead_sequential, env_setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_background_queue_bounded, env_setup,
 						env_teardown),
+		cmocka_unit_test_setup_teardown(test_attempt_completes_after_waiter_left, env_setup,
+						env_teardown),
+		cmocka_unit_test_setup_teardown(test_stop_wakes_waiters, env_setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_seed_client_errors, env_setup, env_teardown),
 	};
 
