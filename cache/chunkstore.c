@@ -27,7 +27,7 @@
  *
  * Locking: one mutex (cs->lock) guards the index, the policy and the counters, and is
  * held only for O(1) work: no file I/O, hashing or hook runs under it (evict_victim() is
- * amortised O(1)). The descriptor cache has its own lock. On the 2-core appliance a sharded
+ * amortised O(1)). The descriptor cache (chunkstore_fdcache.c) has its own lock. On the 2-core appliance a sharded
  * index would add cost (the policy is global anyway) without removing contention.
  *
  * Memory: ~90 bytes per indexed chunk (the entry and its bucket), so 1M chunks ~ 90 MB.
@@ -51,8 +51,6 @@
 #include "common/log.h"
 #include "common/util.h"
 
-#define FDCACHE_MAX 1024
-#define FDCACHE_BUCKETS 2048
 #define SLAB_ENTRIES 4096
 
 enum { ST_FILLING = 1, ST_PRESENT, ST_REMOVING };
@@ -63,17 +61,6 @@ struct cs_entry {
 	struct cs_entry *chain;
 	uint8_t state;
 	bool verified; /* its bytes were hashed since this store was opened */
-};
-
-/* An open descriptor for a chunk file, shared by every ref on that chunk. */
-struct fd_slot {
-	struct chunk_hash h;
-	int fd;        /* buffered */
-	int dfd;       /* O_DIRECT, opened on first read; -1 not yet, -2 refused */
-	uint32_t len;
-	uint32_t refs;
-	bool stale;    /* no longer in the table: closed on the last release */
-	struct fd_slot *chain, *lru_prev, *lru_next;
 };
 
 struct chunk_ref {
@@ -100,11 +87,7 @@ struct chunkstore {
 	struct chunkstore_stats st; /* guarded by lock but for stat_add() counters */
 	uint64_t tmp_seq;
 
-	pthread_mutex_t fdc_lock;
-	struct fd_slot *fdc[FDCACHE_BUCKETS];
-	struct fd_slot *lru_head, *lru_tail; /* idle slots, most recent at head */
-	unsigned fdc_count;
-	uint64_t reader_pinned;
+	struct fdcache fdc;
 };
 
 /* The read-path counters (hits, misses, bytes_read) are atomics, outside the lock. */
@@ -212,195 +195,6 @@ static void index_del(struct chunkstore *cs, struct cs_entry *e)
 	cs->free_entries = e;
 }
 
-/* ---- descriptor cache ---- */
-
-static unsigned fdc_bucket(const struct chunk_hash *h)
-{
-	return (unsigned)(hkey(h) & (FDCACHE_BUCKETS - 1));
-}
-
-static void lru_unlink(struct chunkstore *cs, struct fd_slot *s)
-{
-	if (s->lru_prev)
-		s->lru_prev->lru_next = s->lru_next;
-	else if (cs->lru_head == s)
-		cs->lru_head = s->lru_next;
-	if (s->lru_next)
-		s->lru_next->lru_prev = s->lru_prev;
-	else if (cs->lru_tail == s)
-		cs->lru_tail = s->lru_prev;
-	s->lru_prev = s->lru_next = NULL;
-}
-
-static void fdc_table_del(struct chunkstore *cs, struct fd_slot *s)
-{
-	struct fd_slot **p = &cs->fdc[fdc_bucket(&s->h)];
-
-	while (*p && *p != s)
-		p = &(*p)->chain;
-	if (*p)
-		*p = s->chain;
-	cs->fdc_count--;
-}
-
-static void slot_close(struct fd_slot *s)
-{
-	if (s->fd >= 0)
-		close(s->fd);
-	if (s->dfd >= 0)
-		close(s->dfd);
-	free(s);
-}
-
-/* Takes idle slots beyond the limit out of the table; the caller closes them unlocked. */
-static struct fd_slot *fdc_trim(struct chunkstore *cs)
-{
-	struct fd_slot *out = NULL;
-
-	while (cs->fdc_count > FDCACHE_MAX && cs->lru_tail) {
-		struct fd_slot *s = cs->lru_tail;
-
-		lru_unlink(cs, s);
-		fdc_table_del(cs, s);
-		s->chain = out;
-		out = s;
-	}
-	return out;
-}
-
-static void close_list(struct fd_slot *s)
-{
-	while (s) {
-		struct fd_slot *next = s->chain;
-		slot_close(s);
-		s = next;
-	}
-}
-
-static struct fd_slot *fdc_lookup(struct chunkstore *cs, const struct chunk_hash *h)
-{
-	struct fd_slot *s = cs->fdc[fdc_bucket(h)];
-
-	while (s && !hash_equal(&s->h, h))
-		s = s->chain;
-	return s;
-}
-
-/* A referenced slot for chunk h, opening its file if needed. -ENOENT when absent. */
-static int fdc_get(struct chunkstore *cs, const struct chunk_hash *h, struct fd_slot **out)
-{
-	char rel[HASH_HEX_LEN + 8], hex[HASH_HEX_LEN + 1];
-	struct fd_slot *s, *ns, *trimmed;
-	struct stat stbuf;
-	unsigned hh;
-
-	pthread_mutex_lock(&cs->fdc_lock);
-	s = fdc_lookup(cs, h);
-	if (s) {
-		if (!s->refs++)
-			lru_unlink(cs, s);
-		if (cs->reader && s->refs == 1)
-			cs->reader_pinned++;
-		pthread_mutex_unlock(&cs->fdc_lock);
-		*out = s;
-		return 0;
-	}
-	pthread_mutex_unlock(&cs->fdc_lock);
-
-	ns = calloc(1, sizeof(*ns));
-	if (!ns)
-		return -ENOMEM;
-	hex_parts(h, hex, &hh);
-	snprintf(rel, sizeof(rel), "%02x/%s", hh, hex);
-	ns->h = *h;
-	ns->dfd = -1;
-	ns->fd = openat(cs->chunks_fd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (ns->fd < 0 || fstat(ns->fd, &stbuf) < 0) {
-		int err = -errno;
-
-		slot_close(ns);
-		return err;
-	}
-	if (!S_ISREG(stbuf.st_mode) || stbuf.st_size <= 0 ||
-	    stbuf.st_size > CHUNKSTORE_MAX_CHUNK) {
-		slot_close(ns);
-		return -ENOENT; /* not a chunk the owner would have published */
-	}
-	ns->len = (uint32_t)stbuf.st_size;
-
-	pthread_mutex_lock(&cs->fdc_lock);
-	s = fdc_lookup(cs, h);
-	if (s) { /* another thread opened it meanwhile: use that one */
-		if (!s->refs++)
-			lru_unlink(cs, s);
-	} else {
-		s = ns;
-		ns = NULL;
-		s->refs = 1;
-		s->chain = cs->fdc[fdc_bucket(h)];
-		cs->fdc[fdc_bucket(h)] = s;
-		cs->fdc_count++;
-	}
-	if (cs->reader && s->refs == 1)
-		cs->reader_pinned++;
-	trimmed = fdc_trim(cs);
-	pthread_mutex_unlock(&cs->fdc_lock);
-	if (ns)
-		slot_close(ns);
-	close_list(trimmed);
-	*out = s;
-	return 0;
-}
-
-static void fdc_release(struct chunkstore *cs, struct fd_slot *s)
-{
-	struct fd_slot *trimmed = NULL;
-	bool close_it = false;
-
-	pthread_mutex_lock(&cs->fdc_lock);
-	if (--s->refs == 0) {
-		if (cs->reader)
-			cs->reader_pinned--;
-		if (s->stale) {
-			close_it = true;
-		} else {
-			s->lru_next = cs->lru_head;
-			if (cs->lru_head)
-				cs->lru_head->lru_prev = s;
-			else
-				cs->lru_tail = s;
-			cs->lru_head = s;
-			trimmed = fdc_trim(cs);
-		}
-	}
-	pthread_mutex_unlock(&cs->fdc_lock);
-	if (close_it)
-		slot_close(s);
-	close_list(trimmed);
-}
-
-/* Forgets the descriptor of a chunk about to be removed (owner mode). */
-static void fdc_drop(struct chunkstore *cs, const struct chunk_hash *h)
-{
-	struct fd_slot *s;
-	bool close_it = false;
-
-	pthread_mutex_lock(&cs->fdc_lock);
-	s = fdc_lookup(cs, h);
-	if (s) {
-		fdc_table_del(cs, s);
-		if (s->refs) {
-			s->stale = true;
-		} else {
-			lru_unlink(cs, s);
-			close_it = true;
-		}
-	}
-	pthread_mutex_unlock(&cs->fdc_lock);
-	if (close_it)
-		slot_close(s);
-}
-
 /* ---- removal and eviction ---- */
 
 struct victims {
@@ -438,7 +232,7 @@ static void victims_remove(struct chunkstore *cs, struct victims *vs, bool corru
 
 		if (cs->hooks.withdraw)
 			cs->hooks.withdraw(cs->hooks.arg, &e->h);
-		fdc_drop(cs, &e->h);
+		fdcache_drop(&cs->fdc, &e->h);
 		hex_parts(&e->h, hex, &hh);
 		if (unlinkat(cs->hh_fd[hh], hex, 0) < 0 && errno != ENOENT)
 			log_warn("chunk store: cannot remove chunk %s: %s", hex, strerror(errno));
@@ -603,7 +397,7 @@ int chunkstore_open(const struct chunkstore_opts *o, struct chunkstore **out)
 		cs->hh_fd[i] = -1;
 	pthread_mutex_init(&cs->lock, NULL);
 	pthread_cond_init(&cs->cond, NULL);
-	pthread_mutex_init(&cs->fdc_lock, NULL);
+	fdcache_init(&cs->fdc);
 	cs->reader = o->reader;
 	cs->direct = o->direct_io;
 	cs->hooks = o->hooks;
@@ -620,6 +414,7 @@ int chunkstore_open(const struct chunkstore_opts *o, struct chunkstore **out)
 	ret = open_dirs(cs);
 	if (ret)
 		goto fail;
+	cs->fdc.chunks_fd = cs->chunks_fd;
 	/* A reader cannot create a probe file: its descriptors fall back one by one. */
 	if (o->direct_io && !cs->direct)
 		log_warn("chunk store %s: the filesystem refuses O_DIRECT; using buffered reads",
@@ -640,12 +435,6 @@ void chunkstore_close(struct chunkstore *cs)
 {
 	if (!cs)
 		return;
-	for (unsigned i = 0; i < FDCACHE_BUCKETS; i++) {
-		for (struct fd_slot *s = cs->fdc[i], *next; s; s = next) {
-			next = s->chain;
-			slot_close(s);
-		}
-	}
 	for (unsigned i = 0; i < 256; i++)
 		if (cs->hh_fd[i] >= 0)
 			close(cs->hh_fd[i]);
@@ -664,7 +453,7 @@ void chunkstore_close(struct chunkstore *cs)
 	evict_free(cs->policy);
 	pthread_mutex_destroy(&cs->lock);
 	pthread_cond_destroy(&cs->cond);
-	pthread_mutex_destroy(&cs->fdc_lock);
+	fdcache_destroy(&cs->fdc);
 	free(cs->dir);
 	free(cs);
 }
@@ -736,11 +525,11 @@ int chunkstore_get(struct chunkstore *cs, const struct chunk_hash *h, struct chu
 			return -ENOENT;
 		}
 	}
-	ret = fdc_get(cs, h, &ref->slot);
+	ret = fdcache_get(&cs->fdc, h, &ref->slot);
 	if (!ret && !verified) {
 		ret = check_first_use(cs, e, ref->slot);
 		if (ret) {
-			fdc_release(cs, ref->slot);
+			fdcache_put(&cs->fdc, ref->slot);
 			drop_bad(cs, e, true);
 			e = NULL;
 		}
@@ -766,7 +555,7 @@ void chunkstore_put(struct chunkstore *cs, struct chunk_ref *ref)
 {
 	if (!ref)
 		return;
-	fdc_release(cs, ref->slot);
+	fdcache_put(&cs->fdc, ref->slot);
 	if (ref->e)
 		unpin_entry(cs, ref->e);
 	free(ref);
@@ -782,34 +571,11 @@ uint32_t chunk_ref_len(const struct chunk_ref *ref)
 	return ref->slot->len;
 }
 
-/* The O_DIRECT descriptor of a slot, opened on first use; -1 if the file refuses it. */
-static int slot_direct_fd(struct chunkstore *cs, struct fd_slot *s)
-{
-	int fd = __atomic_load_n(&s->dfd, __ATOMIC_ACQUIRE), expected = -1;
-	char path[32];
-
-	if (fd >= 0 || fd == -2)
-		return fd >= 0 ? fd : -1;
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", s->fd);
-	fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
-	if (fd < 0) { /* refused: remember, read buffered */
-		__atomic_compare_exchange_n(&s->dfd, &expected, -2, false, __ATOMIC_ACQ_REL,
-					    __ATOMIC_ACQUIRE);
-		return -1;
-	}
-	if (!__atomic_compare_exchange_n(&s->dfd, &expected, fd, false, __ATOMIC_ACQ_REL,
-					 __ATOMIC_ACQUIRE)) {
-		close(fd);
-		fd = expected;
-	}
-	return fd;
-}
-
 int chunkstore_read(struct chunkstore *cs, struct chunk_ref *ref, void *buf, size_t len,
 		    uint32_t off)
 {
 	struct fd_slot *s = ref->slot;
-	int fd = cs->direct ? slot_direct_fd(cs, s) : -1;
+	int fd = cs->direct ? fdcache_direct_fd(s) : -1;
 	int ret;
 
 	if ((uint64_t)off + len > s->len)
@@ -1009,9 +775,6 @@ void chunkstore_get_stats(struct chunkstore *cs, struct chunkstore_stats *st)
 	st->misses = __atomic_load_n(&cs->st.misses, __ATOMIC_RELAXED);
 	st->bytes_read = __atomic_load_n(&cs->st.bytes_read, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&cs->lock);
-	if (cs->reader) {
-		pthread_mutex_lock(&cs->fdc_lock);
-		st->pinned = cs->reader_pinned;
-		pthread_mutex_unlock(&cs->fdc_lock);
-	}
+	if (cs->reader)
+		st->pinned = fdcache_busy(&cs->fdc);
 }

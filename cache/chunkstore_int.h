@@ -5,6 +5,7 @@
 #ifndef RACKDISK_CACHE_CHUNKSTORE_INT_H
 #define RACKDISK_CACHE_CHUNKSTORE_INT_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -48,5 +49,41 @@ int cs_clean_tmp(const char *dir, bool repair, cs_report_fn report, void *arg);
 
 /* Re-hashes an open chunk file of len bytes: 1 = matches h, 0 = does not, < 0 = error. */
 int cs_verify_fd(int fd, uint32_t len, const struct chunk_hash *h);
+
+/* ---- the descriptor cache (chunkstore_fdcache.c) ---- */
+
+#define FDCACHE_MAX 1024
+#define FDCACHE_BUCKETS 2048
+
+/* An open descriptor for a chunk file, shared by every ref on that chunk. */
+struct fd_slot {
+	struct chunk_hash h;
+	int fd;        /* buffered */
+	int dfd;       /* O_DIRECT, opened on first read; -1 not yet, -2 refused */
+	uint32_t len;
+	uint32_t refs;
+	bool stale;    /* no longer in the table: closed on the last release */
+	struct fd_slot *chain, *lru_prev, *lru_next;
+};
+
+struct fdcache {
+	pthread_mutex_t lock;
+	int chunks_fd;                      /* <dir>/chunks, set by the store's open */
+	struct fd_slot *tab[FDCACHE_BUCKETS];
+	struct fd_slot *lru_head, *lru_tail; /* idle slots, most recent at head */
+	unsigned count;                     /* slots in tab */
+	uint64_t busy;                      /* slots with refs > 0 */
+};
+
+void fdcache_init(struct fdcache *c);
+void fdcache_destroy(struct fdcache *c);
+/* A referenced slot for chunk h, opening its file if needed. -ENOENT when absent. */
+int fdcache_get(struct fdcache *c, const struct chunk_hash *h, struct fd_slot **out);
+void fdcache_put(struct fdcache *c, struct fd_slot *s);
+/* Forgets the descriptor of a chunk about to be removed (closed now or on its last put). */
+void fdcache_drop(struct fdcache *c, const struct chunk_hash *h);
+/* The slot's O_DIRECT descriptor, opened on first use; -1 if the file refuses it. */
+int fdcache_direct_fd(struct fd_slot *s);
+uint64_t fdcache_busy(struct fdcache *c);
 
 #endif
