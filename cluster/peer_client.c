@@ -9,6 +9,8 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -20,6 +22,7 @@
 
 struct pc_handle {
 	CURL *curl;
+	EVP_MD_CTX *md;	/* SHA-256 computed as the body arrives, while it is in cache */
 	uint8_t *buf;   /* receive buffer for peer_client_fetch */
 	size_t cap;
 };
@@ -39,6 +42,7 @@ struct sink {
 	uint8_t *buf;
 	size_t len, pos;
 	bool overflow;
+	EVP_MD_CTX *md;
 };
 
 #define ST_ADD(pc, field, n) __atomic_fetch_add(&(pc)->st.field, (n), __ATOMIC_RELAXED)
@@ -54,6 +58,7 @@ static size_t on_data(char *p, size_t size, size_t n, void *arg)
 	}
 	memcpy(s->buf + s->pos, p, bytes);
 	s->pos += bytes;
+	EVP_DigestUpdate(s->md, p, bytes);
 	return bytes;
 }
 
@@ -71,7 +76,10 @@ static struct pc_handle *handle_get(struct peer_client *pc)
 	if (!hd)
 		return NULL;
 	hd->curl = curl_easy_init();
-	if (!hd->curl) {
+	hd->md = EVP_MD_CTX_new();
+	if (!hd->curl || !hd->md) {
+		curl_easy_cleanup(hd->curl);
+		EVP_MD_CTX_free(hd->md);
 		free(hd);
 		return NULL;
 	}
@@ -81,6 +89,7 @@ static struct pc_handle *handle_get(struct peer_client *pc)
 static void handle_free(struct pc_handle *hd)
 {
 	curl_easy_cleanup(hd->curl);
+	EVP_MD_CTX_free(hd->md);
 	free(hd->buf);
 	free(hd);
 }
@@ -115,7 +124,9 @@ static int request(struct peer_client *pc, struct pc_handle *hd, const char *add
 		   const struct chunk_hash *h, void *buf, uint32_t len, uint64_t deadline_ns)
 {
 	char url[512], hex[HASH_HEX_LEN + 1];
-	struct sink s = {.buf = buf, .len = len};
+	struct sink s = {.buf = buf, .len = len, .md = hd->md};
+	struct chunk_hash got;
+	unsigned mdlen = 0;
 	uint64_t now = now_ns(), left_ms;
 	long status = 0, connects = 0;
 	CURL *c = hd->curl;
@@ -130,6 +141,8 @@ static int request(struct peer_client *pc, struct pc_handle *hd, const char *add
 	hash_to_hex(h, hex);
 	if (snprintf(url, sizeof(url), "http://%s/v1/chunks/%s", addr, hex) >= (int)sizeof(url))
 		return -ENAMETOOLONG;
+	if (!EVP_DigestInit_ex(hd->md, EVP_sha256(), NULL))
+		return -ENOMEM;
 	ST_ADD(pc, requests, 1);
 	curl_easy_setopt(c, CURLOPT_URL, url);
 	curl_easy_setopt(c, CURLOPT_HTTPHEADER, pc->headers);
@@ -138,7 +151,7 @@ static int request(struct peer_client *pc, struct pc_handle *hd, const char *add
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)left_ms);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)MIN(left_ms, pc->connect_ms));
-	curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024);
+	curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 64L * 1024);
 	curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http");
 	cc = curl_easy_perform(c);
@@ -159,7 +172,10 @@ static int request(struct peer_client *pc, struct pc_handle *hd, const char *add
 		ST_ADD(pc, errors, 1);
 		return status == 401 || status == 403 ? -EACCES : -EIO;
 	}
-	if (s.overflow || s.pos != len || !hash_verify(buf, len, h)) {
+	if (!s.overflow && s.pos == len && !EVP_DigestFinal_ex(hd->md, got.b, &mdlen))
+		mdlen = 0;
+	if (s.overflow || s.pos != len || mdlen != HASH_LEN ||
+	    CRYPTO_memcmp(got.b, h->b, HASH_LEN) != 0) {
 		char hx[HASH_HEX_LEN + 1];
 
 		hash_to_hex(h, hx);

@@ -303,7 +303,7 @@ static void test_one_seed_fetch_per_chunk(void **state)
 	pthread_t t[NNODES];
 	struct peers_stats st;
 	uint64_t waits = 0, hits = 0;
-	char name[8];
+	char name[16];
 	int i;
 
 	for (i = 0; i < NNODES; i++) {
