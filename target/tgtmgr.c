@@ -12,11 +12,9 @@
  */
 #include "target/tgtmgr.h"
 
-#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -24,7 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -294,33 +291,21 @@ int tgtmgr_adm(struct tgtmgr *tm, const char *const *args, char **out, char *err
 	return ret;
 }
 
-/* True when something accepts TCP connections at the portal (wildcard -> loopback). */
-static bool portal_listens(const char *portal)
+/*
+ * True when tgtd lists our portal. A tgtd that cannot bind the portal it was given does
+ * not exit: it logs and falls back to 0.0.0.0:3260, which must not pass for success.
+ */
+static bool portal_listed(struct tgtmgr *tm)
 {
-	char host[256];
-	const char *colon = strrchr(portal, ':');
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
-	bool ok = false;
+	const char *show[] = {"--mode", "portal", "--op", "show", NULL};
+	char *out = NULL, want[300];
+	bool ok;
 
-	if (!colon || (size_t)(colon - portal) >= sizeof(host))
+	if (tgtmgr_adm(tm, show, &out, NULL, 0))
 		return false;
-	snprintf(host, sizeof(host), "%.*s", (int)(colon - portal), portal);
-	if (host[0] == '[') {
-		memmove(host, host + 1, strlen(host));
-		host[strcspn(host, "]")] = '\0';
-	}
-	if (!strcmp(host, "0.0.0.0"))
-		snprintf(host, sizeof(host), "127.0.0.1");
-	else if (!strcmp(host, "::"))
-		snprintf(host, sizeof(host), "::1");
-	if (getaddrinfo(host, colon + 1, &hints, &ai) || !ai)
-		return false;
-	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd >= 0) {
-		ok = connect(fd, ai->ai_addr, ai->ai_addrlen) == 0;
-		close(fd);
-	}
-	freeaddrinfo(ai);
+	snprintf(want, sizeof(want), "Portal: %s,", tm->portal);
+	ok = strstr(out, want) != NULL;
+	free(out);
 	return ok;
 }
 
@@ -341,7 +326,7 @@ static int start_tgtd(struct tgtmgr *tm)
 	unsigned timeout = tm->o.ready_timeout_ms ? tm->o.ready_timeout_ms : 10000;
 	uint64_t deadline = now_ns() + timeout * 1000000ULL;
 	char err[256] = "";
-	int status;
+	int status, ret;
 	pid_t pid;
 
 	snprintf(portal_arg, sizeof(portal_arg), "portal=%s", tm->portal);
@@ -364,17 +349,24 @@ static int start_tgtd(struct tgtmgr *tm)
 				  tm->o.control_port, tm->portal);
 			return -ECHILD;
 		}
-		if (!tgtmgr_adm(tm, show, NULL, err, sizeof(err)) && portal_listens(tm->portal))
-			return 0;
+		if (!tgtmgr_adm(tm, show, NULL, err, sizeof(err))) {
+			if (portal_listed(tm))
+				return 0;
+			log_error("tgtd could not listen on the portal %s (in use?)", tm->portal);
+			ret = -EADDRINUSE;
+			goto kill;
+		}
 		sleep_ms(50);
 	}
 	log_error("tgtd did not become ready within %u ms (%s)", timeout, err);
+	ret = -ETIMEDOUT;
+kill:
 	kill(pid, SIGKILL);
 	waitpid(pid, &status, 0);
 	pthread_mutex_lock(&tm->lock);
 	tm->pid = 0;
 	pthread_mutex_unlock(&tm->lock);
-	return -ETIMEDOUT;
+	return ret;
 }
 
 /* Sleeps ms unless stopping; returns true when stopping. */

@@ -1,0 +1,261 @@
+"""rackdiskd end to end: config errors, start/stop with its own tgtd, disks through the
+CLI, reads through QEMU's iSCSI driver, reconcile after restarts, tgtd supervision,
+metrics. Real nginx (seed), rackdiskd, tgtd with bs_rackdisk.so, qemu-img."""
+import filecmp
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from appliance_helpers import (RACKDISKD, Appliance, install_module, make_seed, pid_alive,
+                               wait_until)
+
+
+@pytest.fixture
+def seed(tmp_path):
+    nginx, raws = make_seed(tmp_path / "seed")
+    yield nginx, raws
+    nginx.stop()
+
+
+@pytest.fixture
+def appliance(seed):
+    install_module()
+    nginx, _ = seed
+    apps = []
+
+    def make(**kw):
+        a = Appliance(nginx.url, **kw)
+        apps.append(a)
+        return a
+
+    yield make
+    for a in apps:
+        a.cleanup()
+
+
+def run_daemon(conf_text, tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(conf_text)
+    return subprocess.run([RACKDISKD, "--config", str(conf)], capture_output=True, text=True,
+                          timeout=30), str(conf)
+
+
+GOOD = "[node]\nname = a1\nstate_dir = /tmp/x\n[seed]\nurl = http://127.0.0.1:1/\n"
+
+
+@pytest.mark.parametrize("text,line,needle", [
+    (GOOD + "[cache]\nsize = huge\n", 7, "[cache] size = 'huge' is not a size"),
+    (GOOD + "[cache]\ncolour = red\n", 7, "unknown key 'colour' in [cache]"),
+    (GOOD + "[nfs]\nx = 1\n", 7, "unknown section [nfs]"),
+    (GOOD + "[iscsi]\nportal = 0.0.0.0\n", 7, "[iscsi] portal"),
+    (GOOD + "[iscsi]\ntgtd = sometimes\n", 7, "spawn or external"),
+    ("[node]\nname = ../a1\n", 2, "[node] name"),
+    ("[seed]\nurl = http://x/\n", None, "[node] name is required"),
+    (GOOD + "[api\n", 6, "syntax error"),
+])
+def test_bad_config_exits_2_with_one_line(tmp_path, text, line, needle):
+    p, conf = run_daemon(text, tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().split("\n")
+    assert len(lines) == 1, p.stderr
+    where = f"{conf}:{line}: " if line else f"{conf}: "
+    assert lines[0].startswith("rackdiskd: " + where), lines[0]
+    assert needle in lines[0], lines[0]
+
+
+def test_missing_config_file_and_usage(tmp_path):
+    p = subprocess.run([RACKDISKD, "--config", str(tmp_path / "none.conf")],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "cannot open" in p.stderr
+    p = subprocess.run([RACKDISKD], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "--config FILE is required" in p.stderr
+    p = subprocess.run([RACKDISKD, "--check-config", "--config", str(tmp_path / "x")],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2
+
+
+def test_start_and_clean_stop_on_sigterm(appliance):
+    a = appliance().start()
+    h = a.health()
+    assert h["status"] == "ok" and h["node"] == "a1" and h["tgtd_spawned"]
+    tgtd = h["tgtd_pid"]
+    assert tgtd > 0 and pid_alive(tgtd)
+    sock = os.path.join(a.state, "rackdiskd.sock")
+    assert os.path.exists(sock)
+    assert a.stop() == 0
+    # The spawned tgtd is gone and the fetch socket removed.
+    assert wait_until(lambda: not pid_alive(tgtd), 5), "spawned tgtd survived SIGTERM"
+    assert not os.path.exists(sock)
+    assert "stopped" in a.log_text()
+
+
+def test_second_daemon_on_same_ports_fails_cleanly(appliance):
+    a = appliance().start()
+    # Same portal: its tgtd cannot listen there; start fails with a clear log, exit 1.
+    b = appliance()
+    b.portal_port = a.portal_port
+    b.write_conf()
+    with pytest.raises(RuntimeError):
+        b.start()
+    assert b.proc.returncode == 1
+    assert f"could not listen on the portal 127.0.0.1:{a.portal_port}" in b.log_text()
+    # Same API port.
+    c = appliance()
+    c.api_port = a.api_port
+    c.write_conf()
+    p = subprocess.run([RACKDISKD, "--config", c.conf], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{a.api_port} for the API" in p.stderr
+    # Neither left a tgtd behind, and the first appliance is unharmed.
+    assert "tgtd stopped" in p.stderr
+    assert a.health()["status"] == "ok"
+
+
+def test_disk_lifecycle_through_cli(appliance, seed, tmp_path):
+    _, raws = seed
+    a = appliance().start()
+    p = a.cli("image", "pull", "deb")
+    assert p.returncode == 0, p.stderr
+    p = a.cli("--json", "image", "ls")
+    assert [i["tag"] for i in json.loads(p.stdout)] == ["deb"]
+
+    p = a.cli("disk", "create", "vm1", "--image", "deb", "--size", "16M")
+    assert p.returncode == 0, p.stderr
+    url = p.stdout.strip().split("\n")[-1]
+    assert url == a.url("vm1")
+
+    p = a.cli("disk", "ls", "--json")
+    disks = json.loads(p.stdout)
+    assert [(d["name"], d["image"], d["size"], d["url"]) for d in disks] == \
+        [("vm1", "deb", 16 << 20, url)]
+    p = a.cli("disk", "show", "vm1", "--json")
+    d = json.loads(p.stdout)
+    assert d["name"] == "vm1" and d["iqn"].endswith(":vm1") and d["lun"] == 1
+    assert a.targets() == {d["tid"]: d["iqn"]}
+
+    # Read the whole disk through QEMU's iSCSI driver: cold, then warm.
+    for run in ("cold", "warm"):
+        out = tmp_path / f"{run}.raw"
+        r = subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", url, str(out)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr + a.log_text()
+        img = open(raws["deb"], "rb").read()
+        got = open(out, "rb").read()
+        assert len(got) == 16 << 20
+        assert got[:len(img)] == img, f"{run} read differs from the image"
+        assert got[len(img):] == bytes(len(got) - len(img))
+
+    # Duplicate and bad names: one clear line, non-zero exit.
+    p = a.cli("disk", "create", "vm1", "--image", "deb")
+    assert p.returncode == 1 and p.stderr.strip() == "rackdisk: disk 'vm1' already exists"
+    p = a.cli("disk", "create", "../vm2", "--image", "deb")
+    assert p.returncode == 1 and "\"name\"" in p.stderr and len(p.stderr.splitlines()) == 1
+    p = a.cli("disk", "create", "vm3", "--image", "nosuch")
+    assert p.returncode == 1 and "image 'nosuch' not found on the seed" in p.stderr
+
+    p = a.cli("disk", "rm", "vm1")
+    assert p.returncode == 0, p.stderr
+    assert a.targets() == {}
+    assert json.loads(a.cli("disk", "ls", "--json").stdout) == []
+    assert not os.path.exists(os.path.join(a.state, "disks", "vm1"))
+    p = a.cli("disk", "show", "vm1")
+    assert p.returncode == 1 and "no disk named 'vm1'" in p.stderr
+
+
+def test_restart_reconciles_targets(appliance):
+    a = appliance().start()
+    for n in ("r1", "r2", "r3"):
+        assert a.cli("disk", "create", n, "--image", "deb").returncode == 0
+    before = a.targets()
+    assert sorted(before.values()) == sorted(a.url(n).split("/")[3] for n in ("r1", "r2", "r3"))
+    assert a.stop() == 0
+
+    # While it is down, a disk disappears (its directory removed by hand).
+    import shutil
+    shutil.rmtree(os.path.join(a.state, "disks", "r2"))
+    a.start()
+    after = a.targets()
+    assert sorted(after.values()) == sorted(v for v in before.values() if not v.endswith(":r2"))
+    # The re-exported disks serve I/O.
+    r = subprocess.run(["qemu-io", "-f", "raw", "-c", "read 0 64k", a.url("r3")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "read 65536/65536" in r.stdout, r.stdout + r.stderr
+
+
+def test_tgtd_restarted_and_reexported_after_crash(appliance):
+    a = appliance().start()
+    assert a.cli("disk", "create", "c1", "--image", "deb").returncode == 0
+    old = a.tgtd_pid()
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: a.tgtd_pid() not in (0, old), 15), a.log_text()
+    assert wait_until(lambda: list(a.targets().values()) == [a.url("c1").split("/")[3]], 10)
+    st, text = a.request("GET", "/metrics")
+    assert "rackdisk_tgtd_restarts_total 1" in text
+    assert a.stop() == 0
+
+
+def test_sighup_reconciles(appliance):
+    a = appliance().start()
+    assert a.cli("disk", "create", "h1", "--image", "deb").returncode == 0
+    (tid,) = a.targets()
+    assert a.tgtadm("--op", "delete", "--mode", "target", "--tid", str(tid),
+                    "--force").returncode == 0
+    assert a.targets() == {}
+    a.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: len(a.targets()) == 1, 10), a.log_text()
+
+
+def test_metrics_serves_required_series(appliance, tmp_path):
+    a = appliance().start()
+    assert a.cli("disk", "create", "m1", "--image", "deb").returncode == 0
+    r = subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", a.url("m1"),
+                        str(tmp_path / "m1.raw")], capture_output=True, timeout=120)
+    assert r.returncode == 0
+    st, text = a.request("GET", "/metrics")
+    assert st == 200
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            values[k] = float(v)
+    for src in ("local", "peer", "seed"):
+        assert f'rackdisk_chunk_fetches_total{{source="{src}"}}' in values
+        assert f'rackdisk_chunk_fetch_bytes_total{{source="{src}"}}' in values
+        assert f'rackdisk_chunk_fetch_duration_seconds_bucket{{source="{src}",le="+Inf"}}' \
+            in values
+    # The cold read came from the seed: counted, with its bytes and latencies.
+    fetched = values['rackdisk_chunk_fetches_total{source="seed"}']
+    assert fetched > 0
+    assert values['rackdisk_chunk_fetch_bytes_total{source="seed"}'] >= fetched * 1024
+    assert values['rackdisk_chunk_fetch_duration_seconds_count{source="seed"}'] == fetched
+    assert values["rackdisk_cache_used_bytes"] > 0
+    for k in ("rackdisk_cache_capacity_bytes", "rackdisk_cache_evictions_total",
+              "rackdisk_cache_hits_total", "rackdisk_cache_misses_total", "rackdisk_disks"):
+        assert k in values
+    assert values["rackdisk_disks"] == 1
+    assert 'rackdisk_disk_read_bytes_total{disk="m1"}' in values
+    st, cache = a.request("GET", "/api/v1/cache")
+    assert cache["fetch"]["seed"]["fetches"] == fetched
+
+
+def test_fsck_offline(appliance):
+    a = appliance().start()
+    assert a.cli("disk", "create", "f1", "--image", "deb").returncode == 0
+    a.request("POST", "/api/v1/images", {"tag": "deb"})
+    # --repair is refused while the daemon owns the store.
+    p = a.cli("fsck", "--config", a.conf, "--repair")
+    assert p.returncode == 1 and "rackdiskd is running" in p.stderr
+    assert a.stop() == 0
+    p = a.cli("fsck", "--config", a.conf)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "1 disk(s)" in p.stdout and "0 problem(s)" in p.stdout
+    # A damaged record is reported.
+    with open(os.path.join(a.state, "disks", "f1", "disk.json"), "w") as f:
+        f.write("{")
+    p = a.cli("fsck", "--cache", os.path.join(a.state, "cache"), "--state", a.state)
+    assert p.returncode == 1 and "disk.json" in p.stdout
