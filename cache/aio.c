@@ -37,8 +37,8 @@ static int bounce_prepare(struct aio_req *r, void **buf, size_t *len, uint64_t *
 {
 	uint64_t start = r->off & ~(uint64_t)(AIO_ALIGN - 1);
 	uint64_t end = (r->off + r->len + AIO_ALIGN - 1) & ~(uint64_t)(AIO_ALIGN - 1);
-	bool aligned = !((uintptr_t)r->buf % AIO_ALIGN) && start == r->off &&
-		       end == r->off + r->len;
+	bool aligned =
+		!((uintptr_t)r->buf % AIO_ALIGN) && start == r->off && end == r->off + r->len;
 
 	r->bounce = NULL;
 	r->skip = 0;
@@ -109,7 +109,7 @@ void aio_ctx_free(struct aio_ctx *c)
 	/* Requests still in flight write into caller memory: wait for them (bounded). */
 	for (int i = 0; i < 1000 && __atomic_load_n(&c->inflight, __ATOMIC_ACQUIRE); i++) {
 		struct io_event ev[16];
-		struct timespec ts = { 0, 10 * 1000 * 1000 };
+		struct timespec ts = {0, 10 * 1000 * 1000};
 		int n = io_getevents(c->io, 1, 16, ev, &ts);
 
 		for (int k = 0; k < n; k++) {
@@ -137,7 +137,7 @@ unsigned aio_ctx_inflight(const struct aio_ctx *c)
 
 int aio_submit(struct aio_ctx *c, struct aio_req *r)
 {
-	struct iocb *cbs[1] = { &r->iocb };
+	struct iocb *cbs[1] = {&r->iocb};
 	void *buf;
 	size_t len;
 	uint64_t off;
@@ -167,7 +167,7 @@ fail:
 int aio_reap(struct aio_ctx *c)
 {
 	struct io_event ev[64];
-	struct timespec zero = { 0, 0 };
+	struct timespec zero = {0, 0};
 	uint64_t cnt;
 	int total = 0;
 
@@ -195,7 +195,7 @@ int aio_reap(struct aio_ctx *c)
 
 int aio_wait(struct aio_ctx *c, int timeout_ms)
 {
-	struct pollfd pfd = { .fd = c->efd, .events = POLLIN };
+	struct pollfd pfd = {.fd = c->efd, .events = POLLIN};
 	int ret = poll(&pfd, 1, timeout_ms);
 
 	if (ret < 0)
@@ -241,8 +241,8 @@ static int thread_ctx(io_context_t *out)
 
 int aio_pread_native(int fd, void *buf, size_t len, uint64_t off, bool direct)
 {
-	struct aio_req r = { .fd = fd, .direct = direct, .buf = buf, .len = len, .off = off };
-	struct iocb *cbs[1] = { &r.iocb };
+	struct aio_req r = {.fd = fd, .direct = direct, .buf = buf, .len = len, .off = off};
+	struct iocb *cbs[1] = {&r.iocb};
 	struct io_event ev;
 	io_context_t io;
 	void *b;
@@ -271,7 +271,8 @@ int aio_pread_native(int fd, void *buf, size_t len, uint64_t off, bool direct)
 			break;
 		if (ret != -EINTR) {
 			/* Cannot leave the kernel writing into buf after we return. */
-			fprintf(stderr, "aio: io_getevents failed (%d) with a read in flight\n", ret);
+			fprintf(stderr, "aio: io_getevents failed (%d) with a read in flight\n",
+				ret);
 			abort();
 		}
 	}

@@ -27,8 +27,9 @@
  *
  * Locking: one mutex (cs->lock) guards the index, the policy and the counters, and is
  * held only for O(1) work: no file I/O, hashing or hook runs under it (evict_victim() is
- * amortised O(1)). The descriptor cache (chunkstore_fdcache.c) has its own lock. On the 2-core appliance a sharded
- * index would add cost (the policy is global anyway) without removing contention.
+ * amortised O(1)). The descriptor cache (chunkstore_fdcache.c) has its own lock. On the 2-core
+ * appliance a sharded index would add cost (the policy is global anyway) without removing
+ * contention.
  *
  * Memory: ~90 bytes per indexed chunk (the entry and its bucket), so 1M chunks ~ 90 MB.
  */
@@ -272,7 +273,7 @@ static int make_room(struct chunkstore *cs, struct victims *vs)
 /* Drops a present, pinned-by-us entry whose file turned out bad or missing. */
 static void drop_bad(struct chunkstore *cs, struct cs_entry *e, bool corrupt)
 {
-	struct victims vs = { 0 };
+	struct victims vs = {0};
 	bool queued;
 
 	pthread_mutex_lock(&cs->lock);
@@ -332,9 +333,9 @@ static int open_dirs(struct chunkstore *cs)
 /* Rebuilds the index from the files under chunks/ (owner mode). */
 static int rebuild_index(struct chunkstore *cs, bool verify)
 {
-	struct cs_scan s = { .dir = cs->dir, .chunks_fd = cs->chunks_fd, .verify = verify,
-			     .repair = true };
-	struct victims vs = { 0 };
+	struct cs_scan s = {
+		.dir = cs->dir, .chunks_fd = cs->chunks_fd, .verify = verify, .repair = true};
+	struct victims vs = {0};
 	uint64_t t0 = now_ns();
 	int ret;
 
@@ -376,7 +377,8 @@ static int rebuild_index(struct chunkstore *cs, bool verify)
 	victims_remove(cs, &vs, false);
 	if (!ret)
 		log_info("chunk store %s: %llu chunks, %llu bytes, %llu problem files dropped, "
-			 "opened in %.3f s", cs->dir, (unsigned long long)cs->st.nchunks,
+			 "opened in %.3f s",
+			 cs->dir, (unsigned long long)cs->st.nchunks,
 			 (unsigned long long)cs->st.bytes_used, (unsigned long long)s.problems,
 			 (double)(now_ns() - t0) / 1e9);
 	return ret;
@@ -461,8 +463,7 @@ void chunkstore_close(struct chunkstore *cs)
 /* ---- lookups ---- */
 
 /* Owner: pins a present entry. Returns it, or NULL on a miss. */
-static struct cs_entry *pin_entry(struct chunkstore *cs, const struct chunk_hash *h,
-				  bool *verified)
+static struct cs_entry *pin_entry(struct chunkstore *cs, const struct chunk_hash *h, bool *verified)
 {
 	struct cs_entry *e;
 
@@ -620,8 +621,7 @@ void chunkstore_touch(struct chunkstore *cs, const struct chunk_hash *h)
 	pthread_mutex_unlock(&cs->lock);
 }
 
-void chunkstore_path(const struct chunkstore *cs, const struct chunk_hash *h, char *buf,
-		     size_t len)
+void chunkstore_path(const struct chunkstore *cs, const struct chunk_hash *h, char *buf, size_t len)
 {
 	char hex[HASH_HEX_LEN + 1];
 	unsigned hh;
@@ -690,7 +690,7 @@ static int reserve(struct chunkstore *cs, const struct chunk_hash *h, size_t len
 int chunkstore_insert(struct chunkstore *cs, const struct chunk_hash *h, const void *data,
 		      size_t len)
 {
-	struct victims vs = { 0 };
+	struct victims vs = {0};
 	struct cs_entry *e = NULL;
 	int ret;
 

@@ -35,21 +35,21 @@ struct chunkstore_hooks {
 };
 
 struct chunkstore_opts {
-	const char *dir;          /* the store's root; chunks/ is created below it */
-	uint64_t capacity;        /* bytes of chunk data; 0 = unlimited */
-	bool reader;              /* reader mode (see above) */
-	bool direct_io;           /* read with O_DIRECT where the filesystem allows it */
-	bool verify_on_open;      /* owner: re-hash every chunk while rebuilding the index */
+	const char *dir;     /* the store's root; chunks/ is created below it */
+	uint64_t capacity;   /* bytes of chunk data; 0 = unlimited */
+	bool reader;	     /* reader mode (see above) */
+	bool direct_io;	     /* read with O_DIRECT where the filesystem allows it */
+	bool verify_on_open; /* owner: re-hash every chunk while rebuilding the index */
 	struct chunkstore_hooks hooks;
 };
 
 struct chunkstore_stats {
-	uint64_t hits, misses;        /* chunkstore_get() outcomes */
+	uint64_t hits, misses; /* chunkstore_get() outcomes */
 	uint64_t inserts, evictions;
 	uint64_t bytes_inserted, bytes_evicted, bytes_read;
 	uint64_t nchunks, bytes_used, capacity;
-	uint64_t pinned;              /* chunks pinned right now */
-	uint64_t dropped_corrupt;     /* files found torn or corrupt and removed */
+	uint64_t pinned;	  /* chunks pinned right now */
+	uint64_t dropped_corrupt; /* files found torn or corrupt and removed */
 };
 
 /*

@@ -150,8 +150,7 @@ int fdcache_get(struct fdcache *c, const struct chunk_hash *h, struct fd_slot **
 		slot_close(ns);
 		return err;
 	}
-	if (!S_ISREG(stbuf.st_mode) || stbuf.st_size <= 0 ||
-	    stbuf.st_size > CHUNKSTORE_MAX_CHUNK) {
+	if (!S_ISREG(stbuf.st_mode) || stbuf.st_size <= 0 || stbuf.st_size > CHUNKSTORE_MAX_CHUNK) {
 		slot_close(ns);
 		return -ENOENT; /* not a chunk the owner would have published */
 	}

@@ -24,11 +24,11 @@ struct cs_scan_rec {
 
 struct cs_scan {
 	/* in */
-	const char *dir;      /* the store's root (for the paths in reports) */
-	int chunks_fd;        /* <dir>/chunks, open */
-	bool verify;          /* re-hash every file */
-	bool repair;          /* unlink what is wrong */
-	cs_report_fn report;  /* may be NULL */
+	const char *dir;     /* the store's root (for the paths in reports) */
+	int chunks_fd;	     /* <dir>/chunks, open */
+	bool verify;	     /* re-hash every file */
+	bool repair;	     /* unlink what is wrong */
+	cs_report_fn report; /* may be NULL */
 	void *report_arg;
 	/* out */
 	struct cs_scan_rec *recs; /* malloc'd, nrecs of them */
@@ -52,27 +52,27 @@ int cs_verify_fd(int fd, uint32_t len, const struct chunk_hash *h);
 
 /* ---- the descriptor cache (chunkstore_fdcache.c) ---- */
 
-#define FDCACHE_MAX 1024
+#define FDCACHE_MAX	1024
 #define FDCACHE_BUCKETS 2048
 
 /* An open descriptor for a chunk file, shared by every ref on that chunk. */
 struct fd_slot {
 	struct chunk_hash h;
-	int fd;        /* buffered */
-	int dfd;       /* O_DIRECT, opened on first read; -1 not yet, -2 refused */
+	int fd;	 /* buffered */
+	int dfd; /* O_DIRECT, opened on first read; -1 not yet, -2 refused */
 	uint32_t len;
 	uint32_t refs;
-	bool stale;    /* no longer in the table: closed on the last release */
+	bool stale; /* no longer in the table: closed on the last release */
 	struct fd_slot *chain, *lru_prev, *lru_next;
 };
 
 struct fdcache {
 	pthread_mutex_t lock;
-	int chunks_fd;                      /* <dir>/chunks, set by the store's open */
+	int chunks_fd; /* <dir>/chunks, set by the store's open */
 	struct fd_slot *tab[FDCACHE_BUCKETS];
 	struct fd_slot *lru_head, *lru_tail; /* idle slots, most recent at head */
-	unsigned count;                     /* slots in tab */
-	uint64_t busy;                      /* slots with refs > 0 */
+	unsigned count;			     /* slots in tab */
+	uint64_t busy;			     /* slots with refs > 0 */
 };
 
 void fdcache_init(struct fdcache *c);

@@ -28,7 +28,7 @@
 #include "common/log.h"
 #include "common/util.h"
 
-#define DENTS_BUF (256 * 1024)
+#define DENTS_BUF	 (256 * 1024)
 #define SCAN_THREADS_MAX 8
 
 struct linux_dirent64 {
@@ -41,7 +41,7 @@ struct linux_dirent64 {
 
 struct scan_shared {
 	struct cs_scan *s;
-	unsigned next_dir; /* atomic: next <hh> to take */
+	unsigned next_dir;    /* atomic: next <hh> to take */
 	pthread_mutex_t lock; /* guards report calls and the merge into s */
 	int err;
 };
@@ -175,8 +175,8 @@ static int scan_entry(struct scan_shared *sh, struct scan_local *l, int dfd, con
 		if (ret < 0)
 			return ret;
 		if (!ret) {
-			problem(sh, l, dfd, hh, name, "content does not match its hash (torn or corrupt)",
-				false);
+			problem(sh, l, dfd, hh, name,
+				"content does not match its hash (torn or corrupt)", false);
 			return 0;
 		}
 	}
@@ -217,7 +217,7 @@ static int scan_dir(struct scan_shared *sh, struct scan_local *l, unsigned idx, 
 static void *scan_thread(void *arg)
 {
 	struct scan_shared *sh = arg;
-	struct scan_local l = { 0 };
+	struct scan_local l = {0};
 	char *buf = malloc(DENTS_BUF);
 	int ret = buf ? 0 : -ENOMEM;
 
@@ -253,7 +253,7 @@ static void *scan_thread(void *arg)
 
 int cs_scan_chunks(struct cs_scan *s)
 {
-	struct scan_shared sh = { .s = s };
+	struct scan_shared sh = {.s = s};
 	pthread_t th[SCAN_THREADS_MAX];
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	unsigned nth = (unsigned)MIN(SCAN_THREADS_MAX, MAX(2, 2 * ncpu)), started = 0;
@@ -313,8 +313,8 @@ int chunkstore_fsck(const char *dir, bool repair,
 		    void (*report)(void *arg, const char *path, const char *problem), void *arg)
 {
 	char path[4096];
-	struct cs_scan s = { .dir = dir, .verify = true, .repair = repair, .report = report,
-			     .report_arg = arg };
+	struct cs_scan s = {
+		.dir = dir, .verify = true, .repair = repair, .report = report, .report_arg = arg};
 	int lockfd = -1, ret, ntmp = 0;
 	bool owner_running = false;
 

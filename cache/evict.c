@@ -46,7 +46,7 @@
 
 enum { Q_NONE = 0, Q_SMALL, Q_MAIN, Q_LRU };
 
-#define FREQ_MAX 3
+#define FREQ_MAX  3
 #define SMALL_PCT 10
 #define GHOST_MIN 16
 
@@ -201,7 +201,7 @@ static void ghost_push(struct ghost *g, uint64_t key, uint64_t limit)
 {
 	if (g->next - g->first >= g->ring_cap && ghost_ring_grow(g) < 0) {
 		if (!g->ring_cap)
-			return; /* out of memory: no ghost at all, still correct */
+			return;	     /* out of memory: no ghost at all, still correct */
 		ghost_pop_oldest(g); /* out of memory: forget more, stay correct */
 	}
 	if ((g->mcount + 1) * 4 > g->mcap * 3 && ghost_map_grow(g) < 0)

@@ -21,18 +21,18 @@ enum evict_kind {
 
 struct evict_node {
 	struct evict_node *prev, *next;
-	uint64_t key;   /* a fingerprint of the object, remembered by the ghost queue */
-	uint32_t size;  /* bytes */
-	uint32_t pins;  /* owned by the caller: > 0 means "never choose as a victim" */
-	uint8_t queue;  /* private to the policy */
-	uint8_t freq;   /* private to the policy */
+	uint64_t key;  /* a fingerprint of the object, remembered by the ghost queue */
+	uint32_t size; /* bytes */
+	uint32_t pins; /* owned by the caller: > 0 means "never choose as a victim" */
+	uint8_t queue; /* private to the policy */
+	uint8_t freq;  /* private to the policy */
 };
 
 struct evict_stats {
 	uint64_t small_bytes, main_bytes;
 	uint64_t small_count, main_count, ghost_count;
-	uint64_t ghost_hits;     /* inserts that went straight to main thanks to the ghost */
-	uint64_t promotions;     /* small -> main moves */
+	uint64_t ghost_hits; /* inserts that went straight to main thanks to the ghost */
+	uint64_t promotions; /* small -> main moves */
 };
 
 struct evict_policy;

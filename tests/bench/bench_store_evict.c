@@ -21,7 +21,7 @@
 #include "common/util.h"
 
 #define CHUNK (1u << 20)
-#define NVMS 20
+#define NVMS  20
 
 struct obj {
 	struct evict_node node; /* first */
@@ -99,7 +99,7 @@ static struct result run(enum evict_kind kind, unsigned cache, unsigned boot, un
 	struct obj *bootset = calloc(boot, sizeof(*bootset));
 	struct obj *scan = calloc(nscan, sizeof(*scan));
 	unsigned *order = malloc(boot * sizeof(*order));
-	struct sim s = { .cap_bytes = (uint64_t)cache * CHUNK };
+	struct sim s = {.cap_bytes = (uint64_t)cache * CHUNK};
 	struct result r;
 
 	s.p = evict_new(kind, s.cap_bytes);
@@ -140,7 +140,7 @@ static struct result run(enum evict_kind kind, unsigned cache, unsigned boot, un
 int main(int argc, char **argv)
 {
 	unsigned cache = 1024, gap = 10;
-	unsigned boots[] = { 0, 0 };
+	unsigned boots[] = {0, 0};
 	uint64_t seed = 42;
 	int bad = 0;
 
@@ -170,8 +170,12 @@ int main(int argc, char **argv)
 	for (unsigned b = 0; b < ARRAY_SIZE(boots) && boots[b]; b++) {
 		struct result s3 = run(EVICT_S3FIFO, cache, boots[b], gap, seed);
 		struct result lru = run(EVICT_LRU, cache, boots[b], gap, seed);
-		const struct { const char *name; struct result r; } rows[] = {
-			{ "s3-fifo", s3 }, { "lru", lru },
+		const struct {
+			const char *name;
+			struct result r;
+		} rows[] = {
+			{"s3-fifo", s3},
+			{"lru", lru},
 		};
 
 		for (unsigned k = 0; k < 2; k++) {

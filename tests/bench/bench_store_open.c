@@ -25,7 +25,7 @@
 #include "common/hash.h"
 #include "common/util.h"
 
-#define FLEN 4096
+#define FLEN	4096
 #define WRITERS 2
 
 struct writer {
@@ -74,9 +74,10 @@ static int create_store(const char *dir, unsigned n)
 			return -errno;
 	}
 	for (unsigned t = 0; t < WRITERS; t++) {
-		w[t] = (struct writer){ .dir = dir, .first = t * (n / WRITERS),
-					.count = t == WRITERS - 1 ? n - t * (n / WRITERS)
-								  : n / WRITERS };
+		w[t] = (struct writer){.dir = dir,
+				       .first = t * (n / WRITERS),
+				       .count = t == WRITERS - 1 ? n - t * (n / WRITERS)
+								 : n / WRITERS};
 		if (pthread_create(&th[t], NULL, write_files, &w[t]))
 			return -EAGAIN;
 	}
@@ -108,7 +109,7 @@ static double find_baseline(const char *dir, unsigned long *count)
 
 static double time_open(const char *dir, bool verify, uint64_t *nchunks)
 {
-	struct chunkstore_opts o = { .dir = dir, .verify_on_open = verify };
+	struct chunkstore_opts o = {.dir = dir, .verify_on_open = verify};
 	struct chunkstore *cs;
 	struct chunkstore_stats st;
 	uint64_t t0 = now_ns();
@@ -162,7 +163,7 @@ static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw
 
 static void remove_tree(const char *dir)
 {
-	struct remover r = { .dir = dir };
+	struct remover r = {.dir = dir};
 	pthread_t th[16];
 	unsigned n = 0;
 
@@ -216,7 +217,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	printf("  baseline: find -type f | wc -l  %7.2f s  (%.2f s on a second run)\n", tf, tf2);
-	printf("  chunkstore_open()               %7.2f s  (%.2fx the find baseline), %llu chunks\n",
+	printf("  chunkstore_open()               %7.2f s  (%.2fx the find baseline), %llu "
+	       "chunks\n",
 	       to, to / MIN(tf, tf2), (unsigned long long)n1);
 	printf("  chunkstore_open(verify_on_open) %7.2f s  (re-hashes all %.1f GiB)\n", tv,
 	       (double)files * FLEN / (1 << 30));

@@ -22,7 +22,7 @@
 #include "common/util.h"
 
 #define NCHUNKS 64
-#define CHUNK (1u << 20)
+#define CHUNK	(1u << 20)
 
 enum mode { M_RAW, M_STORE, M_STORE_NATIVE, M_STORE_DIRECT };
 
@@ -105,8 +105,8 @@ static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw
 
 static int setup(struct ctx *c, const char *dir)
 {
-	struct chunkstore_opts o = { .dir = dir };
-	struct chunkstore_opts od = { .dir = dir, .reader = true, .direct_io = true };
+	struct chunkstore_opts o = {.dir = dir};
+	struct chunkstore_opts od = {.dir = dir, .reader = true, .direct_io = true};
 	char path[4200];
 	uint8_t *b = malloc(CHUNK);
 	int ret;
@@ -138,9 +138,9 @@ out:
 int main(int argc, char **argv)
 {
 	const char *base = "/var/tmp";
-	struct ctx c = { .raw_fd = -1, .seconds = 0.5 };
+	struct ctx c = {.raw_fd = -1, .seconds = 0.5};
 	char dir[4096];
-	static const size_t sizes[] = { 4096, 1 << 20 };
+	static const size_t sizes[] = {4096, 1 << 20};
 	int ret;
 
 	for (int i = 1; i + 1 < argc; i += 2) {

@@ -63,9 +63,12 @@ static int teardown(void **state)
 
 static void check_reads(struct fixture *f, int fd, bool direct)
 {
-	static const struct { uint64_t off; size_t len; } cases[] = {
-		{ 0, 4096 }, { 4096, 65536 }, { 1, 10 }, { 4095, 4098 }, { 12345, 300000 },
-		{ FLEN - 100, 100 }, { 0, FLEN },
+	static const struct {
+		uint64_t off;
+		size_t len;
+	} cases[] = {
+		{0, 4096},	 {4096, 65536},	    {1, 10},   {4095, 4098},
+		{12345, 300000}, {FLEN - 100, 100}, {0, FLEN},
 	};
 	uint8_t *buf = malloc(FLEN + 1);
 
@@ -128,10 +131,13 @@ static void test_eventfd_loop(void **state)
 	assert_int_equal(aio_ctx_new(N, &ctx), 0);
 	memset(rec, 0, sizeof(rec));
 	for (int i = 0; i <= N; i++) {
-		req[i] = (struct aio_req){ .fd = i % 2 ? f->dfd : f->fd, .direct = i % 2,
-					   .buf = bufs + i * LEN, .len = LEN,
-					   .off = (uint64_t)i * 50001, .done = on_done,
-					   .arg = &rec[i] };
+		req[i] = (struct aio_req){.fd = i % 2 ? f->dfd : f->fd,
+					  .direct = i % 2,
+					  .buf = bufs + i * LEN,
+					  .len = LEN,
+					  .off = (uint64_t)i * 50001,
+					  .done = on_done,
+					  .arg = &rec[i]};
 	}
 	for (int i = 0; i < N; i++)
 		assert_int_equal(aio_submit(ctx, &req[i]), 0);
@@ -140,7 +146,7 @@ static void test_eventfd_loop(void **state)
 		assert_int_equal(aio_submit(ctx, &req[N]), -EAGAIN);
 	/* the loop: wait for the eventfd, reap; bounded */
 	for (int round = 0; round < 1000 && done < N; round++) {
-		struct pollfd pfd = { .fd = aio_ctx_fd(ctx), .events = POLLIN };
+		struct pollfd pfd = {.fd = aio_ctx_fd(ctx), .events = POLLIN};
 
 		assert_true(poll(&pfd, 1, 5000) >= 0);
 		int n = aio_reap(ctx);

@@ -130,7 +130,7 @@ static int get_check(struct chunkstore *cs, unsigned i, size_t len)
 
 static struct chunkstore *open_store(const char *dir, uint64_t cap, bool reader)
 {
-	struct chunkstore_opts o = { .dir = dir, .capacity = cap, .reader = reader };
+	struct chunkstore_opts o = {.dir = dir, .capacity = cap, .reader = reader};
 	struct chunkstore *cs = NULL;
 
 	assert_int_equal(chunkstore_open(&o, &cs), 0);
@@ -262,7 +262,7 @@ static void test_inv1_torn_files_dropped_at_open(void **state)
 	struct chunkstore_stats st;
 	char p[512], good[512], empty[512];
 	struct chunk_hash h1 = hash_n(1, CLEN), h2 = hash_n(2, CLEN);
-	uint8_t junk[100] = { 1 };
+	uint8_t junk[100] = {1};
 
 	assert_int_equal(insert_n(cs, 0, CLEN), 0);
 	chunkstore_close(cs);
@@ -332,7 +332,7 @@ static void test_inv1_corrupt_never_served(void **state)
 
 	/* with verify_on_open: dropped before the index is built */
 	write_raw(p1, b0, CLEN);
-	struct chunkstore_opts o = { .dir = f->dir, .verify_on_open = true };
+	struct chunkstore_opts o = {.dir = f->dir, .verify_on_open = true};
 	assert_int_equal(chunkstore_open(&o, &cs), 0);
 	chunkstore_get_stats(cs, &st);
 	assert_int_equal(st.dropped_corrupt, 1);
@@ -354,7 +354,7 @@ static void test_inv1_crash_during_inserts(void **state)
 
 		assert_true(pid >= 0);
 		if (pid == 0) {
-			struct chunkstore_opts o = { .dir = f->dir };
+			struct chunkstore_opts o = {.dir = f->dir};
 			struct chunkstore *cs;
 
 			close(pfd[0]);
@@ -392,7 +392,7 @@ static void test_inv1_crash_during_inserts(void **state)
 	close(pfd[1]);
 	/* no chunk file is wrong (temp files may be: they are reported and removed) */
 	int problems = chunkstore_fsck(f->dir, false, NULL, NULL);
-	struct chunkstore_opts o = { .dir = f->dir, .verify_on_open = true };
+	struct chunkstore_opts o = {.dir = f->dir, .verify_on_open = true};
 	struct chunkstore *cs;
 	struct chunkstore_stats st;
 
@@ -407,8 +407,7 @@ static void test_inv1_crash_during_inserts(void **state)
 
 /* ---- invariants 2 and 3: hooks ---- */
 
-static void log_event(const char *what, const struct chunk_hash *h, bool file_there,
-		      bool indexed)
+static void log_event(const char *what, const struct chunk_hash *h, bool file_there, bool indexed)
 {
 	char hex[HASH_HEX_LEN + 1];
 
@@ -441,9 +440,9 @@ static void on_withdraw(void *arg, const struct chunk_hash *h)
 static void test_inv2_inv3_hook_order(void **state)
 {
 	struct fixture *f = *state;
-	struct chunkstore_opts o = { .dir = f->dir, .capacity = 2 * CLEN,
-				     .hooks = { .announce = on_announce,
-						.withdraw = on_withdraw } };
+	struct chunkstore_opts o = {.dir = f->dir,
+				    .capacity = 2 * CLEN,
+				    .hooks = {.announce = on_announce, .withdraw = on_withdraw}};
 	struct chunkstore *cs;
 	char hex[3][HASH_HEX_LEN + 1], want[80], path[512];
 
@@ -545,7 +544,7 @@ static void test_inv6_single_owner_and_reader_mode(void **state)
 {
 	struct fixture *f = *state;
 	struct chunkstore *owner = open_store(f->dir, 3 * CLEN, false), *other = NULL;
-	struct chunkstore_opts o = { .dir = f->dir };
+	struct chunkstore_opts o = {.dir = f->dir};
 	struct chunkstore *reader = open_store(f->dir, 0, true);
 	struct chunk_hash h0 = hash_n(0, CLEN);
 	struct chunk_ref *ref, *held;
@@ -632,7 +631,7 @@ static void test_inv7_concurrent_inserts_and_reads(void **state)
 
 	for (unsigned i = 0; i < 6; i++) {
 		/* two of the threads read through a reader-mode handle */
-		w[i] = (struct worker){ .cs = i < 4 ? cs : reader, .id = i };
+		w[i] = (struct worker){.cs = i < 4 ? cs : reader, .id = i};
 		if (i >= 4)
 			w[i].cs = reader;
 		assert_int_equal(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
@@ -675,7 +674,7 @@ static void test_fsck_reports_and_repairs(void **state)
 	struct chunkstore *cs = open_store(f->dir, 0, false);
 	struct chunk_hash h0 = hash_n(0, CLEN);
 	char p[512];
-	uint8_t junk[10] = { 0 };
+	uint8_t junk[10] = {0};
 	int reported = 0;
 
 	for (unsigned i = 0; i < 5; i++)
@@ -706,7 +705,7 @@ static void test_fsck_reports_and_repairs(void **state)
 static void test_direct_io_reads(void **state)
 {
 	struct fixture *f = *state;
-	struct chunkstore_opts o = { .dir = f->dir, .direct_io = true };
+	struct chunkstore_opts o = {.dir = f->dir, .direct_io = true};
 	struct chunkstore *cs;
 
 	assert_int_equal(chunkstore_open(&o, &cs), 0);
@@ -743,7 +742,7 @@ static void test_reader_fd_cache_bounded(void **state)
 	struct chunkstore *owner = open_store(f->dir, 0, false), *reader;
 	unsigned before, base;
 
-	chunkstore_close(owner); /* it created the directories */
+	chunkstore_close(owner);	   /* it created the directories */
 	for (unsigned i = 0; i < n; i++) { /* files as the owner would publish them */
 		struct chunk_hash h;
 		uint8_t *b = make_chunk(i, 512, &h);
