@@ -230,6 +230,14 @@ static void rd_verify(struct scsi_cmd *cmd, struct disk *d)
 		rd_miscompare(cmd, mis);
 }
 
+/* The MAXIMUM COMPARE AND WRITE LENGTH tgt advertises in the Block Limits VPD page. */
+static uint32_t rd_caw_max_blocks(struct scsi_lu *lu)
+{
+	struct vpd *pg = lu->attrs.lu_vpd[PCODE_OFFSET(0xb0)];
+
+	return pg ? pg->data[1] : 0;
+}
+
 /* COMPARE AND WRITE: the Data-Out buffer holds the blocks to compare, then the blocks to
  * write. disk_compare_and_write() holds the range against every other writer. */
 static void rd_compare_and_write(struct scsi_cmd *cmd, struct disk *d)
@@ -239,7 +247,7 @@ static void rd_compare_and_write(struct scsi_cmd *cmd, struct disk *d)
 	uint64_t mis = 0;
 	int ret;
 
-	if (length != cmd->tl) {
+	if (length != cmd->tl || (cmd->tl >> cmd->dev->blk_shift) > rd_caw_max_blocks(cmd->dev)) {
 		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_INVALID_FIELD_IN_CDB);
 		return;
 	}
@@ -293,9 +301,10 @@ out:
 }
 
 /*
- * WRITE SAME (10/16). A zero block with the UNMAP bit (or NDOB, which means zeros)
- * deallocates the range: it then reads as zeros (LBPRZ). Without the UNMAP bit the
- * blocks are written, so GET LBA STATUS reports them mapped as SBC requires.
+ * WRITE SAME (10/16). With the UNMAP bit the range is deallocated and then reads as
+ * zeros (LBPRZ), whatever the Data-Out block holds: that is what tgt's own stores do and
+ * what initiators (libiscsi's WriteSame*.Unmap* tests) expect. Without it the blocks are
+ * written, so GET LBA STATUS reports them mapped as SBC requires, even for zeros.
  */
 static void rd_write_same(struct scsi_cmd *cmd, struct disk *d)
 {
@@ -311,7 +320,7 @@ static void rd_write_same(struct scsi_cmd *cmd, struct disk *d)
 	int zero, ret = 0;
 
 	zero = ndob || outlen < blksize || buf_is_zero(blk, blksize);
-	if (unmap && zero && !lbdata) {
+	if (unmap) {
 		ret = disk_unmap(d, off, cmd->tl, 0);
 		if (ret)
 			cmd_error_errno(cmd, ret, 1);

@@ -5,10 +5,7 @@
 # version ($(TGT_SRC)/usr, `make deps`), with the defines Debian's tgt build uses, because
 # the module's private data sits right after tgt's struct scsi_lu.
 TARGET_SRCS += target/lunconf.c target/fetch_client.c target/lun.c
-# Until cache/disk.c lands (issue 3) the module cannot link: keep `make build` working.
-ifneq ($(wildcard cache/disk.c),)
 EXTRA_ALL   += $(BUILD)/bs_rackdisk.so
-endif
 
 # USE_SYSTEMD (Debian builds with SD_NOTIFY=1) only adds an #include of sd-daemon.h to
 # tgtd.h and changes no type, so it is left out rather than adding libsystemd-dev.
@@ -26,8 +23,6 @@ $(BUILD)/bs_rackdisk.so: $(BS_RACKDISK_OBJ) $(BS_RACKDISK_LIBS) target/bs_rackdi
 
 # Checks the module links against what tgtd provides (part of `make test`).
 .PHONY: check-bs-rackdisk
-ifneq ($(wildcard cache/disk.c),)
 TEST_TARGETS += check-bs-rackdisk
-endif
 check-bs-rackdisk: $(BUILD)/bs_rackdisk.so
 	@bash target/check-module.sh $<
