@@ -1,0 +1,182 @@
+"""rackdiskd's REST API under hostile and mistaken input: every refusal is a JSON
+{"error": ...} with the right status, and nothing is created by a refused request.
+Also the CLI's behaviour when the daemon cannot be reached."""
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+
+from appliance_helpers import RACKDISK, Appliance, install_module, make_seed
+from servers import free_port
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    install_module()
+    nginx, _ = make_seed(tmp_path_factory.mktemp("seed"))
+    a = Appliance(nginx.url, extra={"api": ["max_body = 4K"]})
+    try:
+        a.start()
+        yield a
+    finally:
+        a.cleanup()
+        nginx.stop()
+
+
+def assert_error(resp, status, needle=""):
+    st, body = resp
+    assert st == status, (st, body)
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    assert needle in body["error"], body
+    assert "\n" not in body["error"]
+
+
+@pytest.mark.parametrize("body,needle", [
+    ({"name": "../etc", "image": "deb"}, '"name"'),
+    ({"name": "a/b", "image": "deb"}, '"name"'),
+    ({"name": "..", "image": "deb"}, '"name"'),
+    ({"name": "", "image": "deb"}, '"name"'),
+    ({"name": "x" * 129, "image": "deb"}, '"name"'),
+    ({"image": "deb"}, '"name"'),
+    ({"name": "d", "image": "../deb"}, '"image"'),
+    ({"name": "d", "image": "deb", "size": "lots"}, '"size"'),
+    ({"name": "d", "image": "deb", "size": 1000}, "multiple of 512"),
+    ({"name": "d", "image": "deb", "size": "1P"}, "64T"),
+    ({"name": "d", "image": "deb", "initiators": ["not an iqn"]}, '"initiators"[0]'),
+    ({"name": "d", "image": "deb", "chap": {"user": "u", "password": "short"}}, "chap"),
+    ({"name": "d", "image": "deb", "owner": "me"}, 'unknown field "owner"'),
+])
+def test_disk_create_bad_input_is_400(app, body, needle):
+    assert_error(app.request("POST", "/api/v1/disks", body), 400, needle)
+    assert app.request("GET", "/api/v1/disks")[1] == []
+    assert app.targets() == {}
+
+
+@pytest.mark.parametrize("raw,needle", [
+    (b"", "JSON object"),
+    (b"{", "malformed JSON"),
+    (b"[]", "JSON object"),
+    (b'{"name": "d", "name": "e", "image": "deb"}', "malformed JSON"),
+    (b"\xff\xfe", "malformed JSON"),
+])
+def test_malformed_bodies_are_400(app, raw, needle):
+    assert_error(app.request("POST", "/api/v1/disks", raw=raw), 400, needle)
+    assert_error(app.request("POST", "/api/v1/images", raw=raw), 400)
+
+
+def test_size_smaller_than_image_is_400(app):
+    assert_error(app.request("POST", "/api/v1/disks", {"name": "small", "image": "deb",
+                                                       "size": "1M"}), 400, "smaller than")
+    assert app.request("GET", "/api/v1/disks")[1] == []
+
+
+def test_body_over_limit_is_413(app):
+    big = json.dumps({"name": "d", "image": "deb", "pad": "x" * 8192}).encode()
+    assert_error(app.request("POST", "/api/v1/disks", raw=big), 413, "too large")
+    # Without a Content-Length (chunked), the limit holds too.
+    s = socket.create_connection(("127.0.0.1", app.api_port), timeout=10)
+    s.sendall(b"POST /api/v1/disks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+              b"Content-Type: application/json\r\n\r\n")
+    chunk = b"x" * 3000
+    for _ in range(3):
+        s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    s.sendall(b"0\r\n\r\n")
+    reply = s.recv(4096).decode(errors="replace")
+    s.close()
+    assert reply.startswith("HTTP/1.1 413"), reply
+
+
+def test_not_found_and_conflicts(app):
+    assert_error(app.request("GET", "/api/v1/disks/nosuch"), 404, "no disk named 'nosuch'")
+    assert_error(app.request("DELETE", "/api/v1/disks/nosuch"), 404, "nosuch")
+    assert_error(app.request("GET", "/api/v1/images/nosuch"), 404, "not been pulled")
+    assert_error(app.request("POST", "/api/v1/images", {"tag": "nosuch"}), 404,
+                 "not found on the seed")
+    assert_error(app.request("POST", "/api/v1/disks", {"name": "d", "image": "nosuch"}), 404,
+                 "not found on the seed")
+    assert_error(app.request("GET", "/api/v1/nothing"), 404, "no such endpoint")
+    assert_error(app.request("GET", "/api/v2/disks"), 404)
+    assert_error(app.request("PUT", "/api/v1/disks"), 405)
+    assert_error(app.request("DELETE", "/api/v1/images"), 405)
+    assert_error(app.request("POST", "/metrics", raw=b"{}"), 405)
+    # Names with '..' or an encoded '/' in the path are refused, never resolved.
+    assert_error(app.request("GET", "/api/v1/disks/.."), 400)
+    assert_error(app.request("GET", "/api/v1/disks/a%2Fb"), 400)
+    assert_error(app.request("DELETE", "/api/v1/disks/..%2F..%2Fetc"), 400)
+
+
+def test_create_get_delete_and_409(app):
+    st, d = app.request("POST", "/api/v1/disks", {"name": "api1", "image": "deb",
+                                                  "initiators": ["iqn.1994-05.com.redhat:x"]})
+    assert st == 201, d
+    assert d["url"] == app.url("api1") and d["initiators"] == ["iqn.1994-05.com.redhat:x"]
+    assert "chap_password" not in d
+    assert_error(app.request("POST", "/api/v1/disks", {"name": "api1", "image": "deb"}), 409,
+                 "already exists")
+    st, got = app.request("GET", "/api/v1/disks/api1")
+    assert st == 200 and got["tid"] == d["tid"]
+    # The ACL holds the one initiator, not ALL.
+    show = app.tgtadm("--op", "show", "--mode", "target").stdout
+    assert "iqn.1994-05.com.redhat:x" in show
+    st, im = app.request("GET", "/api/v1/images/deb")
+    assert st == 200 and len(im["id"]) == 64
+    st, same = app.request("GET", "/api/v1/images/" + im["id"])
+    assert st == 200 and same["size"] == im["size"]
+    st, body = app.request("DELETE", "/api/v1/disks/api1")
+    assert st == 200 and body == {"deleted": "api1"}
+    assert app.targets() == {}
+
+
+def test_chap_disk(app):
+    st, d = app.request("POST", "/api/v1/disks", {
+        "name": "chap1", "image": "deb",
+        "chap": {"user": "rduser", "password": "secret-123456"}})
+    assert st == 201, d
+    assert d["chap_user"] == "rduser" and "chap_password" not in d
+    accounts = app.tgtadm("--op", "show", "--mode", "account").stdout
+    assert "rduser" in accounts
+    assert app.request("DELETE", "/api/v1/disks/chap1")[0] == 200
+    assert "rduser" not in app.tgtadm("--op", "show", "--mode", "account").stdout
+
+
+def test_health_cache_peers(app):
+    st, h = app.request("GET", "/api/v1/health")
+    assert st == 200 and h["status"] == "ok"
+    st, c = app.request("GET", "/api/v1/cache")
+    assert st == 200 and set(c["fetch"]) >= {"local", "peer", "seed"}
+    assert c["store"]["capacity_bytes"] == 1 << 30
+    st, p = app.request("GET", "/api/v1/peers")
+    assert st == 200 and p[0]["name"] == "a1" and p[0]["self"] is True
+    for args in (["cache", "stats"], ["peers"]):
+        r = app.cli(*args)
+        assert r.returncode == 0, r.stderr
+        r = app.cli("--json", *args)
+        assert r.returncode == 0 and json.loads(r.stdout)
+
+
+def test_cli_unreachable_daemon():
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    for args in (["disk", "ls"], ["image", "ls"], ["cache", "stats"], ["peers"],
+                 ["disk", "create", "x", "--image", "deb"]):
+        p = subprocess.run([RACKDISK, "--api", url, *args], capture_output=True, text=True,
+                           timeout=30)
+        assert p.returncode == 1
+        lines = p.stderr.strip().split("\n")
+        assert len(lines) == 1 and lines[0].startswith(
+            f"rackdisk: cannot reach rackdiskd at {url}: "), p.stderr
+    # RACKDISK_API is the default when --api is not given.
+    p = subprocess.run([RACKDISK, "disk", "ls"], capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, RACKDISK_API=url))
+    assert p.returncode == 1 and url in p.stderr
+
+
+def test_cli_usage_errors(app):
+    for args in (["disk"], ["disk", "create", "x"], ["disk", "show"], ["cache"],
+                 ["bogus"], ["disk", "create", "x", "--image", "deb", "--chap-user", "u"]):
+        p = app.cli(*args)
+        assert p.returncode == 2, (args, p.stderr)
+    p = app.cli("disk", "show", "../x")
+    assert p.returncode == 1 and "invalid disk name" in p.stderr
