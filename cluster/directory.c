@@ -49,6 +49,12 @@ int directory_parse_url(const char *url, struct directory_url *out)
 
 	memset(out, 0, sizeof(*out));
 	out->port = 6379;
+	if (url && strncmp(url, "unix://", 7) == 0) {
+		if (url[7] != '/' || copy_span(out->socket, sizeof(out->socket), url + 7,
+					       strlen(url + 7)))
+			return -EINVAL;
+		return 0;
+	}
 	if (!url || strncmp(url, "redis://", 8) != 0)
 		return -EINVAL;
 	p = url + 8;
@@ -265,7 +271,8 @@ static redisContext *dir_connect(struct directory *d, int64_t *id_out)
 	long long id = -1;
 
 	ms_to_tv(d->connect_ms, &tv);
-	c = redisConnectWithTimeout(d->url.host, d->url.port, tv);
+	c = d->url.socket[0] ? redisConnectUnixWithTimeout(d->url.socket, tv) :
+		redisConnectWithTimeout(d->url.host, d->url.port, tv);
 	if (!c || c->err) {
 		dir_log_rl(d, "connect", c ? c->errstr : "out of memory");
 		goto fail;
@@ -631,8 +638,9 @@ static void dir_reconnect(struct directory *d)
 	if (n < 0)
 		log_warn("directory: re-announce failed: %s", strerror(-n));
 	else
-		log_info("directory: connected to %s:%d as node %lld (%s), announced %d chunks",
-		 d->url.host, d->url.port, (long long)id, d->name, n);
+		log_info("directory: connected to %s:%d%s as node %lld (%s), announced %d chunks",
+		 d->url.socket[0] ? d->url.socket : d->url.host, d->url.port,
+		 d->url.socket[0] ? " (unix socket)" : "", (long long)id, d->name, n);
 	pthread_mutex_lock(&d->lock);
 	if (d->ctx == c) {
 		d->ready = true;

@@ -32,7 +32,7 @@
 struct directory;
 
 struct directory_opts {
-	const char *url;           /* redis://[[user]:password@]host[:port][/db] */
+	const char *url;           /* redis://[[user]:password@]host[:port][/db] or unix://PATH */
 	const char *prefix;        /* key prefix (default "rackdisk:") */
 	const char *node_name;     /* unique in the cluster (name_is_valid) */
 	const char *rack;          /* rack label (default "default") */
@@ -144,6 +144,7 @@ void directory_get_stats(struct directory *d, struct directory_stats *st);
 /* Parses a redis:// URL (exposed for tests and config checking). */
 struct directory_url {
 	char host[256];
+	char socket[256];            /* unix://PATH: the socket's path (host is then "") */
 	int port;
 	char user[128];
 	char password[256];

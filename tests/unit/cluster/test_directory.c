@@ -73,6 +73,9 @@ static void test_parse_url(void **state)
 	assert_int_equal(directory_parse_url("redis://pw@h/2", &u), 0);
 	assert_string_equal(u.password, "pw");
 	assert_int_equal(u.db, 2);
+	assert_int_equal(directory_parse_url("unix:///run/redis.sock", &u), 0);
+	assert_string_equal(u.socket, "/run/redis.sock");
+	assert_int_equal(directory_parse_url("unix://relative", &u), -EINVAL);
 	assert_int_equal(directory_parse_url("http://h:1", &u), -EINVAL);
 	assert_int_equal(directory_parse_url("redis://", &u), -EINVAL);
 	assert_int_equal(directory_parse_url("redis://h:0", &u), -EINVAL);
