@@ -176,6 +176,8 @@ static const char *err_name(int err)
 		return "connection refused";
 	case -EACCES:
 		return "access denied";
+	case -EKEYREJECTED:
+		return "TLS verification failed";
 	default:
 		return strerror(-err);
 	}
@@ -544,6 +546,7 @@ int fetcher_create(const struct fetcher_opts *o, struct fetcher **out)
 	so.url = o->seed_url;
 	so.request_timeout_ms = f->o.request_timeout_ms;
 	so.connect_timeout_ms = o->connect_timeout_ms;
+	so.ca_file = o->seed_ca_file;
 	ret = seed_open(&so, &f->seed);
 	if (ret)
 		goto fail;

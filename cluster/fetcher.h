@@ -35,6 +35,7 @@ struct fetcher_opts {
 	uint64_t prefetch_timeout_ms; /* how long a background fill retries (default 30000) */
 	uint64_t connect_timeout_ms; /* seed connect (default 3000) */
 	bool no_readahead;           /* disables readahead (fetcher_note_access is a no-op) */
+	const char *seed_ca_file;    /* PEM CA bundle for an https seed (NULL: the system's) */
 };
 
 struct fetcher_stats {

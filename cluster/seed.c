@@ -33,6 +33,7 @@ struct seed {
 	char *url;  /* as configured */
 	char *base; /* HTTP: url without trailing '/'; NULL for a directory */
 	char *dir;  /* directory repository; NULL for HTTP */
+	char *ca_file;
 	struct seed_opts o;
 	CURLSH *share;
 	pthread_mutex_t share_locks[CURL_LOCK_DATA_LAST];
@@ -133,6 +134,14 @@ int seed_open(const struct seed_opts *o, struct seed **out)
 		goto fail;
 	}
 	s->o.url = s->url;
+	if (o->ca_file) {
+		s->ca_file = strdup(o->ca_file);
+		if (!s->ca_file) {
+			ret = -ENOMEM;
+			goto fail;
+		}
+	}
+	s->o.ca_file = s->ca_file;
 	ret = seed_parse_url(s, o->url);
 	if (ret)
 		goto fail;
@@ -169,6 +178,7 @@ void seed_close(struct seed *s)
 	free(s->url);
 	free(s->base);
 	free(s->dir);
+	free(s->ca_file);
 	free(s);
 }
 
@@ -252,6 +262,8 @@ static CURL *seed_handle_new(struct seed *s)
 	curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
 	curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, seed_progress_cb);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, seed_write_cb);
+	if (s->ca_file)
+		curl_easy_setopt(c, CURLOPT_CAINFO, s->ca_file);
 	return c;
 }
 
@@ -289,6 +301,11 @@ static int seed_map_curl(CURLcode rc)
 		return -ECANCELED;
 	case CURLE_OUT_OF_MEMORY:
 		return -ENOMEM;
+	case CURLE_PEER_FAILED_VERIFICATION:
+	case CURLE_SSL_CONNECT_ERROR:
+	case CURLE_SSL_CACERT_BADFILE:
+	case CURLE_SSL_CERTPROBLEM:
+		return -EKEYREJECTED;
 	default:
 		return -EIO;
 	}

@@ -28,6 +28,7 @@ struct seed_opts {
 	 * (a stalled or crawling seed); defaults 16384 and 5. */
 	uint64_t low_speed_bytes;
 	uint64_t low_speed_secs;
+	const char *ca_file; /* PEM CA bundle for https (NULL: the system's) */
 };
 
 int seed_open(const struct seed_opts *o, struct seed **out);
@@ -46,7 +47,8 @@ const char *seed_url(const struct seed *s);
  *               (all four: a fault of the source, see seed_err_is_corrupt);
  *   -ETIMEDOUT  request or connect timeout, or too slow;
  *   -ECONNREFUSED nothing listening, -EIO other transport errors and HTTP 5xx,
- *   -EACCES     HTTP 401/403, -ECANCELED seed_cancel() was called, -ENOMEM.
+ *   -EACCES     HTTP 401/403, -EKEYREJECTED TLS handshake or certificate check failed,
+ *   -ECANCELED  seed_cancel() was called, -ENOMEM.
  */
 int seed_get_chunk(struct seed *s, const struct chunk_hash *h, void *out, size_t len,
 		   uint64_t deadline_ns);

@@ -285,3 +285,52 @@ def test_concurrent_requests_make_one_get(tmp_path, www, nginx_factory):
     assert st["fetches"]["seed"] == 1
     assert st["coalesced"] + st["fetches"]["local"] == 15
     assert st["coalesced"] >= 8
+
+
+class TlsNginx(Nginx):
+    """nginx as above, speaking https with a certificate for 127.0.0.1."""
+
+    def __init__(self, root, workdir, cert, key, **kw):
+        super().__init__(root, workdir, **kw)
+        self.cert, self.key = cert, key
+
+    @property
+    def url(self):
+        return f"https://127.0.0.1:{self.port}"
+
+    def write_conf(self):
+        super().write_conf()
+        path = os.path.join(self.dir, "nginx.conf")
+        conf = open(path).read().replace(
+            f"listen 127.0.0.1:{self.port};",
+            f"listen 127.0.0.1:{self.port} ssl; ssl_certificate {self.cert}; "
+            f"ssl_certificate_key {self.key};")
+        with open(path, "w") as f:
+            f.write(conf)
+
+
+def test_https_seed_with_private_ca(tmp_path, www):
+    repo, _, m, src = publish(tmp_path, "tls", repo=www)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+                   timeout=60)
+    nginx = TlsNginx(repo, tmp_path / "nginx", cert, key)
+    try:
+        nginx.start()
+        chunks = chunk_args(m)[:3]
+        # Unknown CA: refused at every attempt, never stored.
+        res = run(tmp_path / "store", nginx.url, chunks[:1], deadline_ms=600)
+        assert res["results"][0]["rc"] == -errno.ETIMEDOUT
+        assert "TLS verification failed" in res["stderr"]
+        assert stored_chunks(tmp_path / "store") == {}
+        # With the CA: fetched over one kept-alive TLS connection.
+        res = run(tmp_path / "store", nginx.url, chunks, ca_file=cert, workers=1)
+        assert res["rc"] == 0, res
+        want = expected_chunks(m, src)
+        assert stored_chunks(tmp_path / "store") == {c.split(":")[0]: want[c.split(":")[0]]
+                                                     for c in chunks}
+        assert res["stats"]["seed_connects"] == 1 and res["stats"]["seed_requests"] == 3
+    finally:
+        nginx.stop()

@@ -138,7 +138,8 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: fetchtool --store DIR --seed URL [--deadline-ms N] [--threads N]\n"
 			"  [--workers N] [--retry-initial-ms N] [--retry-max-ms N]\n"
-			"  [--request-timeout-ms N] [--readahead N] (HEX:LEN... | --image FILE)\n");
+			"  [--request-timeout-ms N] [--readahead N] [--ca-file PEM]\n"
+			"  (HEX:LEN... | --image FILE)\n");
 }
 
 int main(int argc, char **argv)
@@ -153,7 +154,7 @@ int main(int argc, char **argv)
 		{"retry-max-ms", 1, 0, 'x'},
 		{"request-timeout-ms", 1, 0, 'r'},
 		{"readahead", 1, 0, 'a'},
-		{"image", 1, 0, 'm'},
+		{"image", 1, 0, 'm'}, {"ca-file", 1, 0, 'c'},
 		{0, 0, 0, 0},
 	};
 	struct chunkstore_opts so = {0};
@@ -202,6 +203,9 @@ int main(int argc, char **argv)
 			break;
 		case 'm':
 			image = optarg;
+			break;
+		case 'c':
+			fo.seed_ca_file = optarg;
 			break;
 		default:
 			usage();
