@@ -180,3 +180,21 @@ def test_cli_usage_errors(app):
         assert p.returncode == 2, (args, p.stderr)
     p = app.cli("disk", "show", "../x")
     assert p.returncode == 1 and "invalid disk name" in p.stderr
+
+
+def test_image_commands_dispatch(app):
+    """`image ... --repo` works on a repository without any daemon; without --repo the
+    same words ask rackdiskd."""
+    nginx_repo = app.seed_url
+    dead = f"http://127.0.0.1:{free_port()}"
+    p = subprocess.run([RACKDISK, "--api", dead, "image", "ls", "--repo", nginx_repo],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "deb" in p.stdout, p.stderr
+    p = subprocess.run([RACKDISK, "--api", dead, "image", "ls"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 1 and "cannot reach rackdiskd" in p.stderr
+    assert app.cli("image", "pull", "deb").returncode == 0
+    p = app.cli("--json", "image", "show", "deb")
+    assert p.returncode == 0 and json.loads(p.stdout)["tag"] == "deb"
+    p = app.cli("image", "show", "../deb")
+    assert p.returncode == 2
