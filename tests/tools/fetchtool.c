@@ -145,17 +145,12 @@ static void usage(void)
 int main(int argc, char **argv)
 {
 	static const struct option lopts[] = {
-		{"store", 1, 0, 's'},
-		{"seed", 1, 0, 'u'},
-		{"deadline-ms", 1, 0, 'd'},
-		{"threads", 1, 0, 't'},
-		{"workers", 1, 0, 'w'},
-		{"retry-initial-ms", 1, 0, 'i'},
-		{"retry-max-ms", 1, 0, 'x'},
-		{"request-timeout-ms", 1, 0, 'r'},
-		{"readahead", 1, 0, 'a'},
-		{"image", 1, 0, 'm'}, {"ca-file", 1, 0, 'c'},
-		{0, 0, 0, 0},
+		{"store", 1, 0, 's'},	     {"seed", 1, 0, 'u'},
+		{"deadline-ms", 1, 0, 'd'},  {"threads", 1, 0, 't'},
+		{"workers", 1, 0, 'w'},	     {"retry-initial-ms", 1, 0, 'i'},
+		{"retry-max-ms", 1, 0, 'x'}, {"request-timeout-ms", 1, 0, 'r'},
+		{"readahead", 1, 0, 'a'},    {"image", 1, 0, 'm'},
+		{"ca-file", 1, 0, 'c'},	     {0, 0, 0, 0},
 	};
 	struct chunkstore_opts so = {0};
 	struct fetcher_opts fo = {0};
