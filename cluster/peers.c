@@ -179,6 +179,25 @@ static bool dir_error(int rc)
 	return rc < 0 && rc != -ENOENT && rc != -EBUSY && rc != -ETIMEDOUT;
 }
 
+/*
+ * We hold the lease now. A holder may have announced the chunk (and released its lease)
+ * between our last lookup and our acquire: look once more, so that race never costs a
+ * second seed fetch. 0: fetched from a peer (lease released). -ENOENT: go to the seed.
+ */
+static int won_lease(struct peers *p, const struct chunk_hash *h, uint32_t len,
+		     uint64_t deadline_ns)
+{
+	int rc = try_holders(p, h, len, deadline_ns);
+
+	if (rc == 0) {
+		directory_lease_release(p->dir, h);
+		ST_ADD(p, lease_recheck_hits, 1);
+		return 0;
+	}
+	ST_ADD(p, leases_won, 1);
+	return rc == -ETIMEDOUT || rc == -ENOSPC ? rc : -ENOENT;
+}
+
 static void sleep_until(uint64_t t_ns)
 {
 	uint64_t now = now_ns();
@@ -222,10 +241,9 @@ static int wait_for_lease(struct peers *p, const struct chunk_hash *h, uint32_t 
 		}
 		rc = directory_lease_acquire(p->dir, h, deadline_ns, &holder);
 		if (rc == 0) {
-			if (alive != 0)
-				ST_ADD(p, lease_takeovers, 1); /* it expired: holder stalled or died */
-			ST_ADD(p, leases_won, 1);
-			rc = -ENOENT;
+			rc = won_lease(p, h, len, deadline_ns);
+			if (rc && alive != 0) /* it expired: the holder stalled or died */
+				ST_ADD(p, lease_takeovers, 1);
 			goto out;
 		}
 		if (rc != -EBUSY)
@@ -252,10 +270,8 @@ int peers_fetch(struct peers *p, const struct chunk_hash *h, uint32_t len,
 		goto seed;
 	ST_ADD(p, no_holder, 1);
 	rc = directory_lease_acquire(p->dir, h, deadline_ns, &holder);
-	if (rc == 0) {
-		ST_ADD(p, leases_won, 1);
-		return -ENOENT;
-	}
+	if (rc == 0)
+		return won_lease(p, h, len, deadline_ns);
 	if (rc != -EBUSY)
 		goto seed;
 	rc = wait_for_lease(p, h, len, deadline_ns, holder);

@@ -6,8 +6,9 @@
  * peers_fetch(), behind struct fetcher_peer_ops:
  *   1. live holders from the directory, same rack first, peers that failed recently
  *      last; try up to max_tries of them. A 404 removes the stale directory entry.
- *   2. nobody could serve it: take the chunk's lease. Won -> -ENOENT (the fetcher goes
- *      to the seed; the lease is released when the chunk is announced).
+ *   2. nobody could serve it: take the chunk's lease. Won -> look up once more (a holder
+ *      may have announced just before), else -ENOENT: the fetcher goes to the seed and
+ *      the lease is released when the chunk is announced.
  *   3. another node holds the lease: poll (every poll_ms) for a holder to appear and
  *      fetch from it; if the lease holder's heartbeat is gone, break its lease and take
  *      it over; after lease_wait_ms (or the caller's deadline) stop waiting -> -ENOENT.
@@ -46,6 +47,7 @@ struct peers_stats {
 	uint64_t stale;               /* holders that said 404 */
 	uint64_t directory_down;      /* Redis unreachable: straight to the seed */
 	uint64_t leases_won;          /* we go to the seed for the cluster */
+	uint64_t lease_recheck_hits;  /* a holder appeared just as we took the lease */
 	uint64_t lease_waits;         /* waited for another node's seed fetch */
 	uint64_t lease_wait_hits;     /* ... and then got it from that node */
 	uint64_t lease_wait_timeouts; /* ... and gave up at the bound: went to the seed */
