@@ -26,6 +26,8 @@
 #define RECONNECT_NS (50ull * 1000 * 1000)
 /* After a best-effort request fails, drop best-effort requests for this long. */
 #define BACKOFF_NS (1000ull * 1000 * 1000)
+/* TOUCH replies not yet read beyond which batches are dropped (the server lags). */
+#define TOUCH_OWED_MAX 16
 
 struct fetch_client {
 	char *path;
@@ -34,6 +36,12 @@ struct fetch_client {
 	int nidle;
 	uint64_t quiet_until_ns;     /* best-effort requests dropped until then */
 	struct fetch_client_stats st;
+
+	/* TOUCH has its own connection on which requests are sent without waiting for
+	 * their replies: the reads that report hits never wait on rackdiskd. */
+	pthread_mutex_t touch_lock;
+	int touch_fd;                /* -1 when closed; protected by touch_lock */
+	unsigned touch_owed;         /* replies not read yet */
 };
 
 int fetch_client_new(const char *socket_path, struct fetch_client **out)
@@ -52,6 +60,8 @@ int fetch_client_new(const char *socket_path, struct fetch_client **out)
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&fc->lock, NULL);
+	pthread_mutex_init(&fc->touch_lock, NULL);
+	fc->touch_fd = -1;
 	*out = fc;
 	return 0;
 }
@@ -64,6 +74,9 @@ void fetch_client_free(struct fetch_client *fc)
 		return;
 	for (i = 0; i < fc->nidle; i++)
 		close(fc->idle[i]);
+	if (fc->touch_fd >= 0)
+		close(fc->touch_fd);
+	pthread_mutex_destroy(&fc->touch_lock);
 	pthread_mutex_destroy(&fc->lock);
 	free(fc->path);
 	free(fc);
@@ -327,17 +340,79 @@ int fetch_client_prefetch(struct fetch_client *fc, const struct chunk_hash *h, u
 	return best_effort(fc, line, (size_t)n, deadline_ns);
 }
 
+/* Reads the TOUCH replies that have arrived, without waiting. -ECONNRESET: closed. */
+static int touch_drain(struct fetch_client *fc)
+{
+	char buf[512];
+	ssize_t n, i;
+
+	for (;;) {
+		n = recv(fc->touch_fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (n == 0)
+			return -ECONNRESET;
+		if (n < 0)
+			return (errno == EAGAIN || errno == EINTR) ? 0 : -errno;
+		for (i = 0; i < n; i++)
+			if (buf[i] == '\n' && fc->touch_owed)
+				fc->touch_owed--;
+	}
+}
+
+static void touch_close(struct fetch_client *fc)
+{
+	close(fc->touch_fd);
+	fc->touch_fd = -1;
+	fc->touch_owed = 0;
+}
+
+/* Sends one TOUCH line on the touch connection, under touch_lock. */
+static int touch_send_locked(struct fetch_client *fc, const char *line, size_t len,
+			     uint64_t deadline_ns)
+{
+	int ret;
+
+	if (fc->touch_fd >= 0 && touch_drain(fc) < 0)
+		touch_close(fc);
+	if (fc->touch_fd < 0) {
+		ret = conn_open(fc);
+		if (ret < 0)
+			return ret;
+		fc->touch_fd = ret;
+	}
+	if (fc->touch_owed >= TOUCH_OWED_MAX)
+		return -EAGAIN;
+	/* The socket buffer takes a whole line at once unless the server stopped reading,
+	 * and then send_line gives up at the (short) deadline. */
+	ret = send_line(fc->touch_fd, line, len, deadline_ns);
+	if (ret) {
+		touch_close(fc);
+		return ret;
+	}
+	fc->touch_owed++;
+	return 0;
+}
+
 int fetch_client_touch(struct fetch_client *fc, const struct chunk_hash *hs, size_t n,
 		       uint64_t deadline_ns)
 {
 	char line[FETCH_PROTO_LINE_MAX];
+	uint64_t now = now_ns();
 	size_t i, len;
+	bool quiet;
+	int ret;
 
 	if (n == 0)
 		return 0;
 	if (n > FETCH_PROTO_TOUCH_MAX)
 		return -EINVAL;
-	STAT_INC(fc, touches);
+	pthread_mutex_lock(&fc->lock);
+	fc->st.touches++;
+	quiet = now < fc->quiet_until_ns;
+	if (quiet)
+		fc->st.dropped++;
+	pthread_mutex_unlock(&fc->lock);
+	if (quiet)
+		return -EAGAIN;
 	memcpy(line, "TOUCH", 5);
 	len = 5;
 	for (i = 0; i < n; i++) {
@@ -346,7 +421,21 @@ int fetch_client_touch(struct fetch_client *fc, const struct chunk_hash *hs, siz
 		len += HASH_HEX_LEN;
 	}
 	line[len++] = '\n';
-	return best_effort(fc, line, len, deadline_ns);
+	/* Another thread is sending a batch: this one is dropped rather than waited for. */
+	if (pthread_mutex_trylock(&fc->touch_lock))
+		ret = -EBUSY;
+	else {
+		ret = touch_send_locked(fc, line, len, deadline_ns);
+		pthread_mutex_unlock(&fc->touch_lock);
+	}
+	if (ret) {
+		pthread_mutex_lock(&fc->lock);
+		fc->st.dropped++;
+		if (ret != -EBUSY && ret != -EAGAIN)
+			fc->quiet_until_ns = now_ns() + BACKOFF_NS;
+		pthread_mutex_unlock(&fc->lock);
+	}
+	return ret;
 }
 
 void fetch_client_get_stats(struct fetch_client *fc, struct fetch_client_stats *st)

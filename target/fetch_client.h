@@ -45,9 +45,12 @@ int fetch_client_fetch(struct fetch_client *fc, const struct chunk_hash *h, uint
 int fetch_client_prefetch(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,
 			  uint64_t deadline_ns);
 
-/* TOUCH: reports up to FETCH_PROTO_TOUCH_MAX chunk hits. Best effort, like PREFETCH;
- * after a failure further best-effort requests are dropped for a second, so a missing
- * daemon costs the data path nothing. */
+/* TOUCH: reports up to FETCH_PROTO_TOUCH_MAX chunk hits. Best effort and never waits
+ * for the reply: TOUCH lines go out on a connection of their own and their "OK" replies
+ * are read later, without blocking. A batch is dropped (-EBUSY/-EAGAIN) while another
+ * thread is sending one or the server lags; after a connection failure further
+ * best-effort requests are dropped for a second, so a missing daemon costs the data
+ * path nothing. */
 int fetch_client_touch(struct fetch_client *fc, const struct chunk_hash *hs, size_t n,
 		       uint64_t deadline_ns);
 

@@ -78,20 +78,50 @@ static void serve_conn(struct server *s, int fd)
 	close(fd);
 }
 
-/* One connection at a time is enough: the client under test is single-threaded here. */
+struct conn_arg {
+	struct server *s;
+	int fd;
+};
+
+static void *conn_main(void *arg)
+{
+	struct conn_arg *ca = arg;
+
+	serve_conn(ca->s, ca->fd);
+	free(ca);
+	return NULL;
+}
+
+/* A thread per connection (the client keeps a TOUCH connection open beside the others);
+ * all of them end within 50 ms of stop and are joined by server_stop(). */
 static void *server_main(void *arg)
 {
 	struct server *s = arg;
 	struct pollfd p = {.fd = s->lfd, .events = POLLIN};
-	int fd;
+	pthread_t thr[64];
+	struct conn_arg *ca;
+	int fd, n = 0, i;
 
 	while (!s->stop) {
 		if (poll(&p, 1, 50) <= 0)
 			continue;
 		fd = accept(s->lfd, NULL, NULL);
-		if (fd >= 0)
-			serve_conn(s, fd);
+		if (fd < 0)
+			continue;
+		ca = malloc(sizeof(*ca));
+		if (ca) {
+			ca->s = s;
+			ca->fd = fd;
+		}
+		if (!ca || n == 64 || pthread_create(&thr[n], NULL, conn_main, ca)) {
+			free(ca);
+			close(fd);
+			continue;
+		}
+		n++;
 	}
+	for (i = 0; i < n; i++)
+		pthread_join(thr[i], NULL);
 	return NULL;
 }
 
@@ -249,7 +279,13 @@ static void test_touch_and_reconnect(void **state)
 	assert_int_equal(fetch_client_new(srv.path, &fc), 0);
 	srv.mode = M_OK;
 	assert_int_equal(fetch_client_touch(fc, hs, FETCH_PROTO_TOUCH_MAX, now_ns() + 1000000000ull), 0);
-	last_line(line, sizeof(line));
+	/* TOUCH does not wait for its reply: wait (bounded) for the server to see it. */
+	for (i = 0; i < 100; i++) {
+		last_line(line, sizeof(line));
+		if (!strncmp(line, "TOUCH", 5))
+			break;
+		usleep(10000);
+	}
 	assert_int_equal(strlen(line), 5 + FETCH_PROTO_TOUCH_MAX * (HASH_HEX_LEN + 1));
 	hash_to_hex(&hs[FETCH_PROTO_TOUCH_MAX - 1], hex);
 	assert_string_equal(line + strlen(line) - HASH_HEX_LEN, hex);
