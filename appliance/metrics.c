@@ -131,15 +131,20 @@ static void disk_metrics(FILE *f, struct appliance *a)
 				      "Commands that failed (tgtd, current sessions)."};
 	struct tgtmgr_lun_stats *st = NULL;
 	struct diskrec *recs = NULL;
+	char *text = NULL;
 	size_t n = 0;
 
 	if (appliance_disk_list(a, &recs, &n))
 		n = 0;
 	one(f, "rackdisk_disks", "gauge", "Disks defined on this appliance.", n);
 	st = calloc(n ? n : 1, sizeof(*st));
+	/* One tgtadm run for every disk: a scrape must stay cheap with many disks. */
+	if (n && tgtmgr_stat_all(a->tgt, &text))
+		text = NULL;
 	for (size_t i = 0; st && i < n; i++)
-		if (tgtmgr_lun_stats(a->tgt, recs[i].tid, recs[i].lun, &st[i]))
+		if (!text || tgtmgr_parse_stat(text, recs[i].tid, recs[i].lun, &st[i]))
 			memset(&st[i], 0, sizeof(st[i]));
+	free(text);
 	for (int m = 0; st && m < 5; m++) {
 		head(f, names[m], "counter", helps[m]);
 		for (size_t i = 0; i < n; i++) {

@@ -761,7 +761,7 @@ int tgtmgr_account_delete(struct tgtmgr *tm, const char *user)
 	return tgtmgr_adm(tm, del, NULL, NULL, 0);
 }
 
-int tgtmgr_parse_stat(const char *text, int lun, struct tgtmgr_lun_stats *st)
+int tgtmgr_parse_stat(const char *text, int tid, int lun, struct tgtmgr_lun_stats *st)
 {
 	const char *line = text;
 
@@ -773,7 +773,7 @@ int tgtmgr_parse_stat(const char *text, int lun, struct tgtmgr_lun_stats *st)
 
 		if (sscanf(line, "%d %d %d %llu %u %llu %u %llu %u %llu %u %u", &t, &l, &sid,
 			   &rsb, &rsc, &rdb, &rdc, &wsb, &wsc, &wdb, &wdc, &errs) == 12 &&
-		    l == lun) {
+		    l == lun && (tid < 0 || t == tid)) {
 			st->read_bytes += rdb;
 			st->read_ops += rdc;
 			st->write_bytes += wdb;
@@ -798,7 +798,14 @@ int tgtmgr_lun_stats(struct tgtmgr *tm, int tid, int lun, struct tgtmgr_lun_stat
 	ret = tgtmgr_adm(tm, args, &text, NULL, 0);
 	if (ret)
 		return ret;
-	ret = tgtmgr_parse_stat(text, lun, st);
+	ret = tgtmgr_parse_stat(text, tid, lun, st);
 	free(text);
 	return ret;
+}
+
+int tgtmgr_stat_all(struct tgtmgr *tm, char **text)
+{
+	const char *args[] = {"--mode", "system", "--op", "stat", NULL};
+
+	return tgtmgr_adm(tm, args, text, NULL, 0);
 }

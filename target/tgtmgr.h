@@ -82,9 +82,12 @@ struct tgtmgr_lun_stats {
 	uint64_t read_bytes, read_ops, write_bytes, write_ops, errors;
 };
 int tgtmgr_lun_stats(struct tgtmgr *tm, int tid, int lun, struct tgtmgr_lun_stats *st);
+/* Raw `tgtadm --op stat --mode system` text (every target, one tgtadm run); malloc'd. */
+int tgtmgr_stat_all(struct tgtmgr *tm, char **text);
 
 /* Parsers, exposed for tests. */
 int tgtmgr_parse_show(const char *text, struct tgtmgr_target **out, size_t *n);
-int tgtmgr_parse_stat(const char *text, int lun, struct tgtmgr_lun_stats *st);
+/* Sums the lines of target tid (-1: any), LUN lun. */
+int tgtmgr_parse_stat(const char *text, int tid, int lun, struct tgtmgr_lun_stats *st);
 
 #endif

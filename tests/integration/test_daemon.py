@@ -4,6 +4,7 @@ metrics. Real nginx (seed), rackdiskd, tgtd with bs_rackdisk.so, qemu-img."""
 import filecmp
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -239,6 +240,22 @@ def test_metrics_serves_required_series(appliance, tmp_path):
         assert k in values
     assert values["rackdisk_disks"] == 1
     assert 'rackdisk_disk_read_bytes_total{disk="m1"}' in values
+    # Per-disk IO comes from tgtd's counters of the sessions logged in: hold one open.
+    q = subprocess.Popen(["qemu-io", "-f", "raw", a.url("m1")], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        q.stdin.write("read 0 256k\n")
+        q.stdin.flush()
+
+        def io_seen():
+            # The initiator's own probing (INQUIRY, READ CAPACITY, ...) counts too.
+            t = a.request("GET", "/metrics")[1]
+            m = re.search(r'^rackdisk_disk_read_bytes_total\{disk="m1"\} (\d+)$', t, re.M)
+            return m is not None and int(m.group(1)) >= 262144
+        assert wait_until(io_seen, 15), a.request("GET", "/metrics")[1][-800:]
+    finally:
+        q.stdin.close()
+        q.wait(30)
     st, cache = a.request("GET", "/api/v1/cache")
     assert cache["fetch"]["seed"]["fetches"] == fetched
 

@@ -89,17 +89,23 @@ static void test_parse_stat_sums_sessions(void **state)
 		"  1   1   3      1048576    256      1048576    256         4096      1 "
 		"        4096      1    0\n"
 		"  1   1   4       524288    128       524288    127            0      0 "
-		"           0      0    2\n";
+		"           0      0    2\n"
+		"  2   1   5          512      1          512      1            0      0 "
+		"           0      0    0\n";
 	struct tgtmgr_lun_stats st;
 
-	assert_int_equal(tgtmgr_parse_stat(stat, 1, &st), 0);
+	assert_int_equal(tgtmgr_parse_stat(stat, 1, 1, &st), 0);
 	assert_true(st.read_bytes == 1572864);
 	assert_true(st.read_ops == 383);
 	assert_true(st.write_bytes == 4096);
 	assert_true(st.write_ops == 1);
 	assert_true(st.errors == 2);
-	assert_int_equal(tgtmgr_parse_stat(stat, 5, &st), 0);
+	assert_int_equal(tgtmgr_parse_stat(stat, 1, 5, &st), 0);
 	assert_true(st.read_bytes == 0 && st.read_ops == 0);
+	assert_int_equal(tgtmgr_parse_stat(stat, 2, 1, &st), 0);
+	assert_true(st.read_bytes == 512 && st.read_ops == 1);
+	assert_int_equal(tgtmgr_parse_stat(stat, -1, 1, &st), 0);
+	assert_true(st.read_bytes == 1573376);
 }
 
 int main(void)
