@@ -26,6 +26,10 @@
 #define BEST_EFFORT_NS (200ull * 1000 * 1000)
 /* A batch of hits older than this is sent with the next hit even when not full. */
 #define TOUCH_MAX_AGE_NS (1000ull * 1000 * 1000)
+/* A chunk is reported at most once per this interval: the eviction policy needs to know
+ * that a chunk is in use, not how often (direct-mapped memory of recent reports). */
+#define TOUCH_REPEAT_NS (2000ull * 1000 * 1000)
+#define TOUCH_RECENT 4096
 /* One PRE-FETCH command spends at most this long queueing fills. */
 #define PREFETCH_BUDGET_NS (2000ull * 1000 * 1000)
 
@@ -40,6 +44,10 @@ struct lun {
 	struct chunk_hash touch[FETCH_PROTO_TOUCH_MAX];   /* protected by touch_lock */
 	size_t ntouch;
 	uint64_t touch_first_ns;
+	struct {
+		struct chunk_hash h;
+		uint64_t when_ns;
+	} recent[TOUCH_RECENT];                           /* protected by touch_lock */
 };
 
 static int lun_miss(void *arg, const struct chunk_hash *h, uint64_t idx, uint32_t len,
@@ -62,19 +70,21 @@ static void lun_on_access(void *arg, const struct chunk_hash *h)
 {
 	struct chunk_hash batch[FETCH_PROTO_TOUCH_MAX];
 	struct lun *l = arg;
-	uint64_t now;
+	uint64_t now, slot;
 	size_t n = 0;
 
 	if (!l->fc)
 		return;
+	memcpy(&slot, h->b, sizeof(slot));
+	slot %= TOUCH_RECENT;
+	now = now_ns();
 	pthread_mutex_lock(&l->touch_lock);
-	/* Sequential and small random reads hit one chunk many times in a row: one
-	 * report per run is all the eviction policy needs. */
-	if (l->ntouch && hash_equal(&l->touch[l->ntouch - 1], h)) {
+	if (hash_equal(&l->recent[slot].h, h) && now - l->recent[slot].when_ns < TOUCH_REPEAT_NS) {
 		pthread_mutex_unlock(&l->touch_lock);
 		return;
 	}
-	now = now_ns();
+	l->recent[slot].h = *h;
+	l->recent[slot].when_ns = now;
 	if (l->ntouch == 0)
 		l->touch_first_ns = now;
 	l->touch[l->ntouch++] = *h;

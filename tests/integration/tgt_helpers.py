@@ -266,12 +266,15 @@ class FetchServer:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
-                for raw in self.rfile:
-                    reply = outer.handle_line(raw.decode(errors="replace").strip())
-                    if reply is None:
-                        return
-                    self.wfile.write((reply + "\n").encode())
-                    self.wfile.flush()
+                try:
+                    for raw in self.rfile:
+                        reply = outer.handle_line(raw.decode(errors="replace").strip())
+                        if reply is None:
+                            return
+                        self.wfile.write((reply + "\n").encode())
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the module closed its side (LUN removed, deadline passed)
 
         class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             daemon_threads = True
