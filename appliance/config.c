@@ -30,6 +30,7 @@ enum key_type {
 	KT_REDIS,  /* redis:// url or empty */
 	KT_IQN,
 	KT_HOST,   /* host name or address, or empty */
+	KT_PREFIX, /* Redis key prefix: printable, no spaces */
 };
 
 struct key_def {
@@ -62,6 +63,11 @@ static const struct key_def keys[] = {
 	{"cluster", "listen", KT_ADDR, F(cluster_listen), 0, 0, false},
 	{"cluster", "advertise", KT_ADDR, F(cluster_advertise), 0, 0, true},
 	{"cluster", "token_file", KT_PATH, F(token_file), 0, 0, true},
+	{"cluster", "prefix", KT_PREFIX, F(cluster_prefix), 0, 0, false},
+	{"cluster", "lease_wait_ms", KT_UINT, F(lease_wait_ms), 0, 600000, false},
+	{"cluster", "lease_ttl_ms", KT_UINT, F(lease_ttl_ms), 300, 600000, false},
+	{"cluster", "heartbeat_ttl_ms", KT_UINT, F(heartbeat_ttl_ms), 1000, 3600000, false},
+	{"cluster", "peer_timeout_ms", KT_UINT, F(peer_timeout_ms), 100, 600000, false},
 	{"iscsi", "portal", KT_ADDR, F(portal), 0, 0, false},
 	{"iscsi", "tgtd", KT_TGTD, F(tgtd_spawn), 0, 0, false},
 	{"iscsi", "control_port", KT_UINT, F(control_port), 0, 32767, false},
@@ -92,6 +98,11 @@ void config_defaults(struct config *c)
 	c->seed_readahead = 4;
 	snprintf(c->cluster_listen.host, sizeof(c->cluster_listen.host), "0.0.0.0");
 	c->cluster_listen.port = 7480;
+	snprintf(c->cluster_prefix, sizeof(c->cluster_prefix), "rackdisk:");
+	c->lease_wait_ms = 10000;
+	c->lease_ttl_ms = 3000;
+	c->heartbeat_ttl_ms = 10000;
+	c->peer_timeout_ms = 5000;
 	snprintf(c->portal.host, sizeof(c->portal.host), "0.0.0.0");
 	c->portal.port = 3260;
 	c->tgtd_spawn = true;
@@ -337,6 +348,17 @@ static int set_key(struct config *c, const struct key_def *k, const char *v, cha
 		if (!host_valid(v))
 			goto bad_fmt;
 		return set_str(p, k->size, v);
+	case KT_PREFIX:
+		/* Keys are built by concatenation: a space or a control byte in them would
+		 * only confuse an operator reading redis-cli's output. */
+		for (const char *q = v; *q; q++)
+			if (!isgraph((unsigned char)*q))
+				goto bad_fmt;
+		if (!*v || strlen(v) > 64) {
+			snprintf(why, whylen, "must be 1 to 64 printable characters");
+			return -EINVAL;
+		}
+		return set_str(p, k->size, v);
 	}
 bad_fmt:
 	snprintf(why, whylen, "is not valid");
@@ -426,6 +448,36 @@ static char *reader(char *buf, int size, void *stream)
 	return ret;
 }
 
+static bool host_is_wildcard(const char *h)
+{
+	return !strcmp(h, "0.0.0.0") || !strcmp(h, "::") || !strcmp(h, "*");
+}
+
+/* [cluster] with redis set: peers must be able to dial the address this node announces,
+ * and a wildcard is no address to dial. */
+static int finish_cluster(struct parse_state *ps)
+{
+	struct config *c = ps->c;
+
+	if (c->cluster_advertise.host[0]) {
+		if (!host_is_wildcard(c->cluster_advertise.host))
+			return 0;
+		snprintf(ps->err, ps->errlen,
+			 "%s: [cluster] advertise must be an address peers can reach, not "
+			 "the wildcard %s", ps->name, c->cluster_advertise.host);
+		return -EINVAL;
+	}
+	if (host_is_wildcard(c->cluster_listen.host)) {
+		snprintf(ps->err, ps->errlen,
+			 "%s: [cluster] advertise is required when listen (%s) is a wildcard "
+			 "address: set it to the HOST:PORT peers use to reach this node",
+			 ps->name, c->cluster_listen.host);
+		return -EINVAL;
+	}
+	c->cluster_advertise = c->cluster_listen;
+	return 0;
+}
+
 /* Cross-key checks and derived defaults once the whole file is read. */
 static int finish(struct parse_state *ps)
 {
@@ -444,6 +496,8 @@ static int finish(struct parse_state *ps)
 			 "%s: [cluster] token_file is required when redis is set", ps->name);
 		return -EINVAL;
 	}
+	if (c->redis[0] && finish_cluster(ps))
+		return -EINVAL;
 	if (c->seed_retry_max_ms < c->seed_retry_initial_ms) {
 		snprintf(ps->err, ps->errlen,
 			 "%s: [seed] retry_max_ms is smaller than retry_initial_ms", ps->name);

@@ -47,11 +47,17 @@ struct config {
 	uint64_t seed_request_timeout_ms; /* 10000 */
 	unsigned seed_readahead;        /* 4 chunks */
 
-	/* [cluster] - parsed and validated; used by the cluster issue */
+	/* [cluster] (cluster/peering.h) */
 	char redis[CONFIG_PATH];        /* "" = standalone */
+	char cluster_prefix[CONFIG_STR]; /* "rackdisk:" - Redis key prefix */
 	struct config_addr cluster_listen; /* 0.0.0.0:7480 */
-	struct config_addr cluster_advertise; /* unset (host "") = derived */
+	struct config_addr cluster_advertise; /* "" = listen, unless listen is a wildcard
+					       * (then required when redis is set) */
 	char token_file[CONFIG_PATH];   /* "" ; required when redis is set */
+	unsigned lease_wait_ms;         /* 10000 */
+	unsigned lease_ttl_ms;          /* 3000 */
+	unsigned heartbeat_ttl_ms;      /* 10000 */
+	unsigned peer_timeout_ms;       /* 5000 */
 
 	/* [iscsi] */
 	struct config_addr portal;      /* 0.0.0.0:3260 */

@@ -137,6 +137,67 @@ static void test_every_key_is_applied(void **state)
 	assert_true(cfg.api_max_body == MiB);
 }
 
+#define CLUSTER MINIMAL "[cluster]\nredis = redis://127.0.0.1:6379/0\ntoken_file = /etc/t\n"
+
+static void test_cluster_defaults(void **state)
+{
+	assert_int_equal(load(MINIMAL), 0);
+	assert_string_equal(cfg.cluster_prefix, "rackdisk:");
+	assert_int_equal(cfg.lease_wait_ms, 10000);
+	assert_int_equal(cfg.lease_ttl_ms, 3000);
+	assert_int_equal(cfg.heartbeat_ttl_ms, 10000);
+	assert_int_equal(cfg.peer_timeout_ms, 5000);
+	/* standalone: nothing is derived, a wildcard listen is fine */
+	assert_string_equal(cfg.cluster_advertise.host, "");
+}
+
+static void test_cluster_keys_applied(void **state)
+{
+	assert_int_equal(load(CLUSTER "listen = 10.1.2.3:7481\nprefix = rd:test:\n"
+				      "lease_wait_ms = 0\nlease_ttl_ms = 300\n"
+				      "heartbeat_ttl_ms = 1000\npeer_timeout_ms = 750\n"
+				      "[node]\nrack = r9\n"),
+			 0);
+	assert_string_equal(cfg.redis, "redis://127.0.0.1:6379/0");
+	assert_string_equal(cfg.token_file, "/etc/t");
+	assert_string_equal(cfg.cluster_prefix, "rd:test:");
+	assert_int_equal(cfg.lease_wait_ms, 0);
+	assert_int_equal(cfg.lease_ttl_ms, 300);
+	assert_int_equal(cfg.heartbeat_ttl_ms, 1000);
+	assert_int_equal(cfg.peer_timeout_ms, 750);
+	assert_string_equal(cfg.rack, "r9");
+}
+
+static void test_cluster_advertise_derived(void **state)
+{
+	/* a specific listen address is what peers dial */
+	assert_int_equal(load(CLUSTER "listen = 127.0.0.1:17480\n"), 0);
+	assert_string_equal(cfg.cluster_advertise.host, "127.0.0.1");
+	assert_int_equal(cfg.cluster_advertise.port, 17480);
+	/* an explicit one wins */
+	assert_int_equal(load(CLUSTER "listen = 0.0.0.0:7480\nadvertise = rd-a1.lan:7480\n"), 0);
+	assert_string_equal(cfg.cluster_advertise.host, "rd-a1.lan");
+	/* a wildcard listen (the default too) cannot be dialled */
+	assert_bad(CLUSTER, 0, "advertise is required when listen (0.0.0.0)");
+	assert_bad(CLUSTER "listen = [::]:7480\n", 0, "advertise is required");
+	assert_bad(CLUSTER "listen = 0.0.0.0:7480\nadvertise =\n", 0, "advertise is required");
+	assert_bad(CLUSTER "advertise = 0.0.0.0:7480\n", 0, "not the wildcard");
+}
+
+static void test_cluster_bad_values(void **state)
+{
+	assert_bad(CLUSTER "advertise = 1.2.3.4\n", 8, "[cluster] advertise");
+	assert_bad(CLUSTER "prefix = a b\n", 8, "[cluster] prefix = 'a b' is not valid");
+	assert_bad(CLUSTER "prefix =\n", 8, "[cluster] prefix");
+	assert_bad(CLUSTER "lease_ttl_ms = 299\n", 8, "from 300");
+	assert_bad(CLUSTER "heartbeat_ttl_ms = 999\n", 8, "from 1000");
+	assert_bad(CLUSTER "peer_timeout_ms = 50\n", 8, "from 100");
+	assert_bad(CLUSTER "lease_wait_ms = -1\n", 8, "integer");
+	assert_bad(MINIMAL "[cluster]\ntoken_file = token\n", 6, "absolute path");
+	assert_bad(MINIMAL "[cluster]\nredis = redis://r\nadvertise = r:1\ntoken_file =\n", 0,
+		   "token_file is required");
+}
+
 static void test_external_tgtd_keeps_default_ipc(void **state)
 {
 	assert_int_equal(load(MINIMAL "[iscsi]\ntgtd = external\n"), 0);
@@ -283,6 +344,10 @@ int main(void)
 		cmocka_unit_test(test_minimal_gets_defaults),
 		cmocka_unit_test(test_design_example_parses),
 		cmocka_unit_test(test_every_key_is_applied),
+		cmocka_unit_test(test_cluster_defaults),
+		cmocka_unit_test(test_cluster_keys_applied),
+		cmocka_unit_test(test_cluster_advertise_derived),
+		cmocka_unit_test(test_cluster_bad_values),
 		cmocka_unit_test(test_external_tgtd_keeps_default_ipc),
 		cmocka_unit_test(test_unknown_key_and_section),
 		cmocka_unit_test(test_repeated_key),
