@@ -30,6 +30,7 @@
 struct chunkstore;
 struct fetcher;
 struct fetchsrv;
+struct peering;
 struct tgtmgr;
 
 struct appliance {
@@ -41,6 +42,7 @@ struct appliance {
 	struct chunkstore *store;
 	struct fetcher *fetcher;
 	struct fetchsrv *fsrv;
+	struct peering *peering;      /* NULL when standalone ([cluster] redis empty) */
 	struct tgtmgr *tgt;
 	pthread_mutex_t lock;
 	uint64_t started_ns;

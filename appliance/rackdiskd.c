@@ -2,7 +2,9 @@
  * rackdiskd.c - the appliance daemon: `rackdiskd --config FILE`.
  *
  * Start order (each step needs the ones before it; stop runs it backwards):
- *   config -> state dirs -> chunk store (owner) -> fetcher -> fetch socket -> tgtd
+ *   config -> state dirs -> [cluster: token, peering (directory client)] -> chunk store
+ *   (owner; its hooks announce to the directory) -> fetcher -> [peering_start: bulk
+ *   announce, peer server, fetcher peer hook] -> fetch socket -> tgtd
  *   (spawned or external) -> reconcile tgtd with the disk records -> API.
  * The fetch socket is up before tgtd so that LUNs re-exported by reconcile can fetch at
  * once. Signals are blocked in every thread and taken by main() with sigwait():
@@ -23,6 +25,7 @@
 #include "appliance/fetchsrv.h"
 #include "cache/chunkstore.h"
 #include "cluster/fetcher.h"
+#include "cluster/peering.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "target/tgtmgr.h"
@@ -86,6 +89,51 @@ static void pick_iscsi_host(struct appliance *a)
 	snprintf(a->iscsi_host, sizeof(a->iscsi_host), "%s", h);
 }
 
+/*
+ * [cluster] redis set: the directory client, before the store (whose hooks announce to
+ * it). Redis being down is not an error here: the directory connects in the background
+ * and reads go to the seed until it does. A missing or empty token is.
+ */
+static int create_peering(struct appliance *a)
+{
+	const struct config *c = &a->cfg;
+	char token[512], listen[300], advertise[300];
+	struct peering_opts po = {
+		.redis_url = c->redis,
+		.prefix = c->cluster_prefix,
+		.node_name = c->node_name,
+		.rack = c->rack,
+		.listen = config_addr_str(&c->cluster_listen, listen, sizeof(listen)),
+		.advertise = config_addr_str(&c->cluster_advertise, advertise, sizeof(advertise)),
+		.token = token,
+		.lease_wait_ms = c->lease_wait_ms,
+		.lease_ttl_ms = c->lease_ttl_ms,
+		.heartbeat_ttl_ms = c->heartbeat_ttl_ms,
+		.peer_timeout_ms = c->peer_timeout_ms,
+	};
+	int ret;
+
+	if (!c->redis[0])
+		return 0;
+	ret = peer_token_load(c->token_file, token, sizeof(token));
+	if (ret) {
+		log_error("[cluster] token_file %s: %s", c->token_file,
+			  ret == -EINVAL ? "empty, or its first line is too long"
+					 : strerror(-ret));
+		return ret;
+	}
+	ret = peering_create(&po, &a->peering);
+	explicit_bzero(token, sizeof(token));
+	if (ret) {
+		log_error("[cluster] cannot set up the directory client (redis URL or "
+			  "options): %s", strerror(-ret));
+		return ret;
+	}
+	log_info("cluster: node %s, rack %s, peer server %s advertised as %s, key prefix %s",
+		 c->node_name, c->rack, listen, advertise, c->cluster_prefix);
+	return 0;
+}
+
 static int open_store_and_fetcher(struct appliance *a)
 {
 	struct chunkstore_opts so = {
@@ -105,6 +153,11 @@ static int open_store_and_fetcher(struct appliance *a)
 	};
 	int ret;
 
+	ret = create_peering(a);
+	if (ret)
+		return ret;
+	if (a->peering)
+		so.hooks = peering_store_hooks(a->peering);
 	ret = chunkstore_open(&so, &a->store);
 	if (ret) {
 		log_error("cannot open the chunk store %s: %s", a->cfg.cache_dir, strerror(-ret));
@@ -112,9 +165,20 @@ static int open_store_and_fetcher(struct appliance *a)
 	}
 	fo.store = a->store;
 	ret = fetcher_create(&fo, &a->fetcher);
-	if (ret)
+	if (ret) {
 		log_error("cannot create the fetcher for %s: %s", a->cfg.seed_url,
 			  strerror(-ret));
+		return ret;
+	}
+	if (a->peering) {
+		char buf[300];
+
+		ret = peering_start(a->peering, a->store, a->fetcher);
+		if (ret)
+			log_error("cannot start the peer chunk server on %s: %s",
+				  config_addr_str(&a->cfg.cluster_listen, buf, sizeof(buf)),
+				  strerror(-ret));
+	}
 	return ret;
 }
 
@@ -147,10 +211,15 @@ static void stop_all(struct appliance *a, struct api *api)
 	 * rackdiskd returns. */
 	tgtmgr_stop(a->tgt);
 	fetchsrv_stop(a->fsrv);
+	/* cluster/peering.h's order: leave the directory and stop serving peers, then the
+	 * fetcher and the store (whose hooks still use the directory), then the rest. */
+	peering_stop(a->peering);
 	if (a->fetcher)
 		fetcher_destroy(a->fetcher);
 	if (a->store)
 		chunkstore_close(a->store);
+	peering_destroy(a->peering);
+	a->peering = NULL;
 }
 
 static int wait_signals(struct appliance *a, const sigset_t *set)
