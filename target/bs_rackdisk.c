@@ -16,8 +16,9 @@
  *    (qemu-img convert) would skip them as zeros. This LU's SERVICE ACTION IN(16) table
  *    answers it from disk_lba_status() instead, and lu->fd is an O_PATH descriptor on
  *    which lseek fails, so that even tgt's own code would report "mapped", never a hole.
- *  - COMPARE AND WRITE is not in tgt's SBC table (rdwr's version is not atomic); this
- *    LU's table routes it to sbc_rw and the worker does it with disk_compare_and_write().
+ *  - COMPARE AND WRITE: the worker does it with disk_compare_and_write(), atomic against
+ *    every other writer (rdwr's read-compare-write is not). tgt 1.0.85's SBC table routes
+ *    it to sbc_rw; should a tgt build leave it out, this LU's table routes it there.
  *
  * A fetch that misses its deadline ends the command with BUSY status, which initiators
  * (QEMU, Linux, ESXi) retry; a chunk that no source could serve ends it with MEDIUM ERROR
