@@ -18,6 +18,7 @@
 #include "appliance/fetchsrv.h"
 #include "cache/chunkstore.h"
 #include "cluster/fetcher.h"
+#include "cluster/peering.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "target/tgtmgr.h"
@@ -288,16 +289,53 @@ static enum MHD_Result get_cache(struct api *api, struct MHD_Connection *c)
 	return send_json(c, 200, j);
 }
 
+#define PEERS_MAX 256
+
+static json_t *peer_json(const struct peering_peer *p)
+{
+	return json_pack("{s:s, s:I, s:s, s:s, s:b, s:b, s:s, s:I, s:I, s:I, s:I, s:I, s:I}",
+			 "name", p->node.name, "id", (json_int_t)p->node.node_id, "address",
+			 p->node.addr, "rack", p->node.rack, "alive", p->node.alive, "self",
+			 p->self, "state", p->node.alive ? "up" : "down", "heartbeat_ttl_ms",
+			 (json_int_t)p->node.ttl_ms, "bytes", (json_int_t)p->bytes, "ok",
+			 (json_int_t)p->ok, "failures", (json_int_t)p->failures, "bad_data",
+			 (json_int_t)p->bad_data, "not_found", (json_int_t)p->not_found);
+}
+
+/* The nodes of the directory with what this node fetched from each; standalone, this
+ * node alone. */
 static enum MHD_Result get_peers(struct api *api, struct MHD_Connection *c)
 {
 	struct appliance *a = api->a;
-	char addr[300] = "";
+	struct peering_peer *v;
+	json_t *arr;
+	int n;
 
-	if (a->cfg.cluster_advertise.host[0])
-		config_addr_str(&a->cfg.cluster_advertise, addr, sizeof(addr));
-	return send_json(c, 200, json_pack("[{s:s, s:s, s:s, s:b, s:s}]", "name",
-					   a->cfg.node_name, "rack", a->cfg.rack, "address", addr,
-					   "self", 1, "state", "up"));
+	if (!a->peering) {
+		char addr[300] = "";
+
+		if (a->cfg.cluster_advertise.host[0])
+			config_addr_str(&a->cfg.cluster_advertise, addr, sizeof(addr));
+		return send_json(c, 200, json_pack("[{s:s, s:s, s:s, s:b, s:b, s:s}]", "name",
+						   a->cfg.node_name, "rack", a->cfg.rack,
+						   "address", addr, "self", 1, "alive", 1,
+						   "state", "up"));
+	}
+	v = calloc(PEERS_MAX, sizeof(*v));
+	if (!v)
+		return send_error(c, 500, "out of memory");
+	n = peering_list(a->peering, v, PEERS_MAX);
+	if (n < 0) {
+		free(v);
+		return send_error(c, 503, n == -ENOTCONN ? "the cluster directory (Redis) is "
+							   "unreachable"
+							 : strerror(-n));
+	}
+	arr = json_array();
+	for (int i = 0; arr && i < n; i++)
+		json_array_append_new(arr, peer_json(&v[i]));
+	free(v);
+	return send_json(c, 200, arr);
 }
 
 static enum MHD_Result get_metrics(struct api *api, struct MHD_Connection *c)

@@ -442,11 +442,22 @@ int cli_peers_main(const struct cli_opts *o, int argc, char **argv)
 	if (o->json) {
 		print_json(j);
 	} else {
-		printf("%-20s %-12s %-24s %s\n", "NODE", "RACK", "ADDRESS", "STATE");
-		json_array_foreach(j, i, v)
-			printf("%-20s %-12s %-24s %s%s\n", jstr(v, "name"), jstr(v, "rack"),
+		char b[32];
+
+		/* FROM/FAILURES: what this node fetched from each peer, and how often it
+		 * failed (transport, refusal or wrong bytes). */
+		printf("%-20s %-4s %-12s %-24s %-5s %10s %8s\n", "NODE", "ID", "RACK", "ADDRESS",
+		       "STATE", "FROM", "FAILURES");
+		json_array_foreach(j, i, v) {
+			bool self = json_is_true(json_object_get(v, "self"));
+
+			printf("%-20s %-4llu %-12s %-24s %-5s %10s %8llu%s\n", jstr(v, "name"),
+			       jnum(v, "id"), jstr(v, "rack"),
 			       jstr(v, "address")[0] ? jstr(v, "address") : "-", jstr(v, "state"),
-			       json_is_true(json_object_get(v, "self")) ? " (this node)" : "");
+			       self ? "-" : size_str(jnum(v, "bytes"), b, sizeof(b)),
+			       jnum(v, "failures") + jnum(v, "bad_data"),
+			       self ? "  (this node)" : "");
+		}
 	}
 	json_decref(j);
 	return 0;

@@ -17,6 +17,7 @@
 #include "appliance/fetchsrv.h"
 #include "cache/chunkstore.h"
 #include "cluster/fetcher.h"
+#include "cluster/peering.h"
 #include "common/util.h"
 #include "target/tgtmgr.h"
 
@@ -117,6 +118,74 @@ static void cache_metrics(FILE *f, struct chunkstore *cs)
 	    "Torn or corrupt chunk files found and removed.", st.dropped_corrupt);
 }
 
+/* Per-peer series, labelled by node name (name_is_valid: nothing to escape). The list
+ * comes from the directory: while Redis is down these series are absent. */
+static void peer_metrics(FILE *f, struct peering *p)
+{
+	struct peering_peer *v = calloc(256, sizeof(*v));
+	int n = v ? peering_list(p, v, 256) : -ENOMEM;
+
+	head(f, "rackdisk_peer_bytes_total", "counter", "Chunk bytes fetched from each peer.");
+	for (int i = 0; i < n; i++)
+		if (!v[i].self)
+			fprintf(f, "rackdisk_peer_bytes_total{peer=\"%s\"} %llu\n", v[i].node.name,
+				(unsigned long long)v[i].bytes);
+	head(f, "rackdisk_peer_failures_total", "counter",
+	     "Failed chunk requests to each peer (transport, timeout, refused, wrong bytes).");
+	for (int i = 0; i < n; i++)
+		if (!v[i].self)
+			fprintf(f, "rackdisk_peer_failures_total{peer=\"%s\"} %llu\n",
+				v[i].node.name,
+				(unsigned long long)(v[i].failures + v[i].bad_data));
+	head(f, "rackdisk_peer_up", "gauge", "1 when the peer's heartbeat is alive.");
+	for (int i = 0; i < n; i++)
+		if (!v[i].self)
+			fprintf(f, "rackdisk_peer_up{peer=\"%s\"} %d\n", v[i].node.name,
+				v[i].node.alive ? 1 : 0);
+	free(v);
+}
+
+static void cluster_metrics(FILE *f, struct peering *p)
+{
+	const char *req = "rackdisk_peer_server_requests_total";
+	struct peering_stats st;
+
+	peering_get_stats(p, &st);
+	one(f, "rackdisk_directory_connected", "gauge", "1 while Redis is reachable.",
+	    st.dir.connected);
+	one(f, "rackdisk_directory_errors_total", "counter",
+	    "Directory (Redis) calls that failed, including those refused while it is down.",
+	    st.dir.errors);
+	one(f, "rackdisk_directory_reconnects_total", "counter", "Connections made to Redis.",
+	    st.dir.reconnects);
+	one(f, "rackdisk_directory_announces_total", "counter", "Chunks announced one by one.",
+	    st.dir.announces);
+	one(f, "rackdisk_directory_bulk_announced_total", "counter",
+	    "Chunks re-announced in bulk after a (re)connection.", st.dir.bulk_announced);
+	one(f, "rackdisk_directory_down_fetches_total", "counter",
+	    "Misses that went straight to the seed because Redis was down.",
+	    st.peers.directory_down);
+	one(f, "rackdisk_leases_won_total", "counter",
+	    "Seed fetches this node made for the cluster under a lease.", st.peers.leases_won);
+	one(f, "rackdisk_lease_waits_total", "counter",
+	    "Waits for another node's seed fetch of a chunk.", st.peers.lease_waits);
+	one(f, "rackdisk_lease_wait_hits_total", "counter",
+	    "Lease waits that ended with the chunk from that node.", st.peers.lease_wait_hits);
+	one(f, "rackdisk_lease_wait_timeouts_total", "counter",
+	    "Lease waits that reached the bound (then the seed).", st.peers.lease_wait_timeouts);
+	one(f, "rackdisk_lease_takeovers_total", "counter",
+	    "Leases of dead holders broken and taken over.", st.peers.lease_takeovers);
+	head(f, req, "counter", "Requests to this node's peer chunk server, by status.");
+	for (int i = 0; i < PEER_ST_COUNT; i++)
+		fprintf(f, "%s{status=\"%d\"} %llu\n", req, peer_status_code[i],
+			(unsigned long long)st.server.responses[i]);
+	one(f, "rackdisk_peer_server_bytes_total", "counter", "Chunk bytes served to peers.",
+	    st.server.bytes);
+	one(f, "rackdisk_peer_client_connections_total", "counter",
+	    "New connections to peers (keep-alive keeps this low).", st.client.connects);
+	peer_metrics(f, p);
+}
+
 static void disk_metrics(FILE *f, struct appliance *a)
 {
 	static const char *names[] = {"rackdisk_disk_read_bytes_total",
@@ -182,6 +251,10 @@ int metrics_render(struct appliance *a, char **out, size_t *len)
 	    "Chunk reads the tgt module served from the store (hits it reported).", fs.touches);
 	one(f, "rackdisk_tgtd_restarts_total", "counter", "Times the spawned tgtd was restarted.",
 	    tgtmgr_restarts(a->tgt));
+	one(f, "rackdisk_cluster_enabled", "gauge", "1 when [cluster] redis is set.",
+	    a->peering != NULL);
+	if (a->peering)
+		cluster_metrics(f, a->peering);
 	disk_metrics(f, a);
 	if (fclose(f)) {
 		free(buf);
