@@ -12,11 +12,10 @@ directory. Disks are read whole through QEMU's iSCSI driver (qemu-img convert).
 import json
 import os
 import subprocess
-import time
 
 import pytest
 
-from appliance_helpers import install_module, make_seed, wait_until
+from appliance_helpers import RACKDISKD, install_module, make_seed, wait_until
 from cluster_appliance_helpers import (chunk_gets, cluster_appliance, create_disk,
                                        directory_connected, fetch_bytes, image_chunks,
                                        metrics, read_disk, read_disk_cmd, same_as_image,
@@ -134,13 +133,17 @@ def test_redis_stopped_mid_read_reads_go_to_the_seed(cluster, tmp_path):
     wait_cluster([a, b])
     url = create_disk(b, "vb", "deb")
     assert directory_connected(b)
-    # Slow the read down enough for Redis to die in its middle: qemu reads in order, and
-    # B's first chunks are cold everywhere (lease, seed).
+    # A slow seed (same port, same access log) keeps B's cold read going long enough for
+    # Redis to die in its middle.
+    nginx.stop()
+    nginx.extra = "limit_rate 256k;"
+    nginx.start()
     p = subprocess.Popen(read_disk_cmd(url, tmp_path / "b.raw"), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
         assert wait_until(lambda: fetch_bytes(b)["seed"] > 0, 30, 0.01)
         redis.stop()
+        at_stop = fetch_bytes(b)["seed"]
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err + b.log_text()
     finally:
@@ -148,6 +151,7 @@ def test_redis_stopped_mid_read_reads_go_to_the_seed(cluster, tmp_path):
             p.kill()
             p.wait()
     assert same_as_image(tmp_path / "b.raw", raws["deb"])
+    assert fetch_bytes(b)["seed"] > at_stop, "the read ended before Redis stopped"
     assert wait_until(lambda: not directory_connected(b), 10)
     mb = metrics(b)
     assert mb["rackdisk_directory_errors_total"] > 0
@@ -166,3 +170,29 @@ def test_redis_stopped_mid_read_reads_go_to_the_seed(cluster, tmp_path):
     assert not directory_connected(c)
     p = c.cli("peers")
     assert p.returncode != 0 and "Redis" in p.stderr
+
+
+def test_cluster_config_errors_at_start(cluster, tmp_path):
+    """A missing or empty token stops the start with a clear line; a wildcard listen
+    without advertise is a config error (exit 2)."""
+    nginx, _, redis, make = cluster
+    empty = tmp_path / "empty.token"
+    empty.write_text("\n")
+    for token, needle in ((str(empty), "empty"),
+                          (str(tmp_path / "missing.token"), "No such file")):
+        a = make("t")
+        a.extra["cluster"] = [l for l in a.extra["cluster"] if not l.startswith("token_file")]
+        a.extra["cluster"].append(f"token_file = {token}")
+        a.write_conf()
+        with pytest.raises(RuntimeError) as e:
+            a.start(timeout=10)
+        assert "[cluster] token_file" in str(e.value) and needle in str(e.value)
+        assert a.proc.returncode == 1
+        a.proc = None
+    a = make("w")
+    a.extra["cluster"] = [l for l in a.extra["cluster"] if not l.startswith("listen")]
+    a.extra["cluster"].append("listen = 0.0.0.0:7480")
+    a.write_conf()
+    r = subprocess.run([RACKDISKD, "--check-config", "--config", a.conf],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and "advertise is required" in r.stderr
