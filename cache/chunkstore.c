@@ -2,13 +2,27 @@
  * chunkstore.c - the local content-addressed chunk store (DESIGN.md section 3).
  *
  * Invariants (tests/unit/cache/test_chunkstore.c checks each, by number):
- *  1. A file under chunks/ is complete and its bytes hash to its name. Inserts write a
- *     temp file in tmp/, fsync it, rename it into chunks/<hh>/ and fsync that directory;
- *     open removes whatever tmp/ holds and drops empty, oversized, misnamed or (with
- *     verify_on_open) mis-hashing files, and the owner re-hashes a chunk found at open the
- *     first time it serves it. A torn or corrupt file is never served by chunkstore_get().
- *  2. A chunk is announced only after its file and directory entry are durable and it is
- *     in the index (a peer told about it can read it at once).
+ *  1. A file under chunks/ is complete and its bytes hash to its name whenever anyone may
+ *     read it. Inserts write a temp file in tmp/ and rename it into chunks/<hh>/, without
+ *     fsync: the store is soft state (any chunk can be fetched again), so an insert need
+ *     not be durable, only never torn once served. A crash of the process alone cannot
+ *     tear a renamed file (the page cache survives it); a power loss can (its data may
+ *     not have reached the disk before the rename did). Hence the clean-shutdown marker
+ *     <dir>/clean: chunkstore_close() syncfs()es the filesystem and then writes it
+ *     durably; chunkstore_open() removes it durably before anything can be inserted, and
+ *     when it was absent (crash, power loss, kill -9, a new store) re-hashes every chunk
+ *     file and drops the bad ones before open returns, i.e. before the owner serves any
+ *     chunk and before any reader is started (rackdiskd opens the store before it spawns
+ *     tgtd; readers never verify). With the marker present, open still removes tmp/ and
+ *     empty, oversized or misnamed files, and the owner re-hashes a chunk found at open
+ *     the first time it serves it. A torn or corrupt file is never served by
+ *     chunkstore_get().
+ *  2. A chunk is announced once its file is in place under chunks/ and it is in the index
+ *     (a peer told about it can read it at once), but before it is on stable storage:
+ *     until the next syncfs (close) or the kernel's own writeback (vm.dirty_expire, 30 s
+ *     by default) a power loss may lose it. That costs a peer a 404 and a fallback to
+ *     another source, never bad data: peers re-hash every chunk they receive, and the
+ *     store re-verifies itself and re-announces what survived at the next start.
  *  3. The withdraw hook runs before the chunk's file is unlinked, and after the chunk has
  *     left the index (no new pin can be taken on it).
  *  4. A pinned chunk (a live chunk_ref, or an insert in progress) is never evicted; when
@@ -22,7 +36,7 @@
  *     hash waits until its file is gone, so it never unlinks a newer copy).
  *
  * State diagram of an index entry (owner mode):
- *   (absent) --chunkstore_insert--> filling --file durable--> present --announce-->
+ *   (absent) --chunkstore_insert--> filling --file renamed--> present --announce-->
  *   present --evict_victim()/corrupt--> removing --withdraw, unlink--> (absent)
  *
  * Locking: one mutex (cs->lock) guards the index, the policy and the counters, and is
@@ -53,6 +67,10 @@
 #include "common/util.h"
 
 #define SLAB_ENTRIES 4096
+#define CHUNKSTORE_CLEAN_MARKER "clean"
+#ifndef SYNC_WRITEBACK
+#define SYNC_WRITEBACK 1
+#endif
 
 enum { ST_FILLING = 1, ST_PRESENT, ST_REMOVING };
 
@@ -74,6 +92,8 @@ struct chunkstore {
 	int dir_fd, chunks_fd, tmp_fd, lock_fd;
 	int hh_fd[256];
 	bool reader, direct;
+	bool owner_open; /* owner mode and opened: close may write the clean marker */
+	bool io_error;	 /* an insert failed with -EIO: no clean marker at close */
 	struct chunkstore_hooks hooks;
 	uint64_t capacity;
 
@@ -330,8 +350,50 @@ static int open_dirs(struct chunkstore *cs)
 	return 0;
 }
 
+/*
+ * Takes the clean-shutdown marker (invariant 1): removes it, durably, before anything
+ * can be inserted, so a stop that does not reach chunkstore_close() leaves no marker.
+ * *was_clean tells whether the previous owner closed the store cleanly.
+ */
+static int take_clean_marker(struct chunkstore *cs, bool *was_clean)
+{
+	*was_clean = false;
+	if (unlinkat(cs->dir_fd, CHUNKSTORE_CLEAN_MARKER, 0) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	*was_clean = true;
+	return fsync(cs->dir_fd) < 0 ? -errno : 0;
+}
+
+/*
+ * Makes everything written since open durable (syncfs: one flush for all inserts, where
+ * the store used to pay an fsync per chunk), then writes the marker that lets the next
+ * open skip the full verification. Any error leaves no marker: the next open verifies.
+ */
+static void write_clean_marker(struct chunkstore *cs)
+{
+	char path[PATH_MAX];
+	uint64_t t0 = now_ns();
+	int ret = 0;
+
+	if (cs->io_error)
+		ret = -EIO;
+	else if (syncfs(cs->dir_fd) < 0)
+		ret = -errno;
+	if (!ret) {
+		snprintf(path, sizeof(path), "%s/%s", cs->dir, CHUNKSTORE_CLEAN_MARKER);
+		ret = write_file_atomic(path, "clean\n", 6);
+	}
+	if (ret)
+		log_warn("chunk store %s: no clean-shutdown marker (%s): the next open re-hashes "
+			 "every chunk",
+			 cs->dir, strerror(-ret));
+	else
+		log_debug("chunk store %s: synced and marked clean in %.3f s", cs->dir,
+			  (double)(now_ns() - t0) / 1e9);
+}
+
 /* Rebuilds the index from the files under chunks/ (owner mode). */
-static int rebuild_index(struct chunkstore *cs, bool verify)
+static int rebuild_index(struct chunkstore *cs, bool verify, bool unclean)
 {
 	struct cs_scan s = {
 		.dir = cs->dir, .chunks_fd = cs->chunks_fd, .verify = verify, .repair = true};
@@ -342,9 +404,14 @@ static int rebuild_index(struct chunkstore *cs, bool verify)
 	ret = cs_clean_tmp(cs->dir, true, NULL, NULL); /* invariant 1: torn temp files */
 	if (ret < 0)
 		return ret;
+	s.verify = verify || unclean; /* invariant 1: an unclean stop may have left torn files */
 	ret = cs_scan_chunks(&s);
 	if (ret)
 		return ret;
+	if (unclean && !verify && s.nrecs)
+		log_info("chunk store %s: not closed cleanly last time: re-hashed all %zu chunks "
+			 "before serving any (%llu bad)",
+			 cs->dir, s.nrecs, (unsigned long long)s.problems);
 	pthread_mutex_lock(&cs->lock);
 	while (cs->nbuckets < s.nrecs && cs->nbuckets < (1ull << 40)) {
 		uint64_t nb = cs->nbuckets;
@@ -363,7 +430,7 @@ static int rebuild_index(struct chunkstore *cs, bool verify)
 		e->h = s.recs[i].h;
 		e->node.size = s.recs[i].len;
 		e->state = ST_PRESENT;
-		e->verified = verify;
+		e->verified = s.verify;
 		index_add(cs, e);
 		evict_insert(cs->policy, &e->node);
 		cs->st.nchunks++;
@@ -422,9 +489,15 @@ int chunkstore_open(const struct chunkstore_opts *o, struct chunkstore **out)
 		log_warn("chunk store %s: the filesystem refuses O_DIRECT; using buffered reads",
 			 cs->dir);
 	if (!cs->reader) {
-		ret = rebuild_index(cs, o->verify_on_open);
+		bool clean;
+
+		ret = take_clean_marker(cs, &clean);
 		if (ret)
 			goto fail;
+		ret = rebuild_index(cs, o->verify_on_open, !clean);
+		if (ret)
+			goto fail;
+		cs->owner_open = true;
 	}
 	*out = cs;
 	return 0;
@@ -437,6 +510,8 @@ void chunkstore_close(struct chunkstore *cs)
 {
 	if (!cs)
 		return;
+	if (cs->owner_open)
+		write_clean_marker(cs); /* while we still hold the lock (invariant 6) */
 	for (unsigned i = 0; i < 256; i++)
 		if (cs->hh_fd[i] >= 0)
 			close(cs->hh_fd[i]);
@@ -632,7 +707,12 @@ void chunkstore_path(const struct chunkstore *cs, const struct chunk_hash *h, ch
 
 /* ---- insert ---- */
 
-/* Writes the chunk's file durably: temp, fsync, rename, fsync of the directory. */
+/*
+ * Writes the chunk's file: temp, rename. No fsync (invariant 1 says why that is safe):
+ * sync_file_range() only starts the writeback of the pages just written, so dirty data
+ * never piles up for the syncfs() at close and the disk is busy while the next chunk
+ * arrives.
+ */
 static int publish_file(struct chunkstore *cs, const struct chunk_hash *h, const void *data,
 			size_t len)
 {
@@ -648,17 +728,15 @@ static int publish_file(struct chunkstore *cs, const struct chunk_hash *h, const
 	if (fd < 0)
 		return -errno;
 	ret = pwrite_full(fd, data, len, 0);
-	if (!ret && fdatasync(fd) < 0)
-		ret = -errno;
+	if (!ret && SYNC_WRITEBACK)
+		sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE); /* a hint: errors show at close */
 	if (close(fd) < 0 && !ret)
 		ret = -errno;
 	if (!ret && renameat(cs->tmp_fd, tmp, cs->hh_fd[hh], hex) < 0)
 		ret = -errno;
-	if (ret) {
+	if (ret)
 		unlinkat(cs->tmp_fd, tmp, 0);
-		return ret;
-	}
-	return fsync(cs->hh_fd[hh]) < 0 ? -errno : 0;
+	return ret;
 }
 
 /* Reserves an entry for h in the filling state (cs->lock held). 1 if already present. */
@@ -717,6 +795,8 @@ int chunkstore_insert(struct chunkstore *cs, const struct chunk_hash *h, const v
 
 	pthread_mutex_lock(&cs->lock);
 	if (ret) {
+		if (ret == -EIO)
+			cs->io_error = true;
 		cs->st.bytes_used -= len;
 		index_del(cs, e);
 	} else {
@@ -728,7 +808,7 @@ int chunkstore_insert(struct chunkstore *cs, const struct chunk_hash *h, const v
 	}
 	pthread_cond_broadcast(&cs->cond);
 	pthread_mutex_unlock(&cs->lock);
-	/* Invariant 2: durable and indexed before anyone hears of it. */
+	/* Invariant 2: in place and indexed (not yet durable) before anyone hears of it. */
 	if (!ret && cs->hooks.announce)
 		cs->hooks.announce(cs->hooks.arg, h);
 	return ret;

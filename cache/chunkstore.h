@@ -28,7 +28,9 @@ struct chunk_ref; /* a pinned chunk; valid until chunkstore_put() */
 
 struct chunkstore_hooks {
 	void *arg;
-	/* After a chunk is durably stored and indexed: it may now be served to peers. */
+	/* After a chunk is stored and indexed: it may now be served to peers. It is not yet
+	 * on stable storage (a power loss may lose it: peers then get a 404 and fall back,
+	 * never bad data, as they re-hash what they receive); see chunkstore.c inv. 2. */
 	void (*announce)(void *arg, const struct chunk_hash *h);
 	/* Before a chunk's file is removed: peers must stop asking for it. */
 	void (*withdraw)(void *arg, const struct chunk_hash *h);
@@ -57,12 +59,18 @@ struct chunkstore_stats {
  * another owner has the store open), removes temp files left by a crash and files that
  * cannot be chunks, and rebuilds the index (a million chunks take a few seconds; see
  * tests/bench/bench_store_open.c). Chunks found at open are re-hashed on their first
- * chunkstore_get() unless verify_on_open already did it.
+ * chunkstore_get() unless verify_on_open already did it. When the store was not closed
+ * cleanly last time (no <dir>/clean marker: crash, kill -9, power loss), open re-hashes
+ * every chunk and drops the bad ones before it returns, as verify_on_open does, so
+ * readers started after open never see a file torn by a power loss. The owner must open
+ * the store before starting any reader of it.
  * Reader: <dir>/chunks must exist (-ENOENT otherwise); nothing is scanned or written.
  * direct_io falls back to buffered reads (logged) where the filesystem refuses O_DIRECT;
  * buffered is the default because it is faster for cached chunks (cache/aio.c).
  */
 int chunkstore_open(const struct chunkstore_opts *o, struct chunkstore **out);
+/* Owner: syncfs()es the store's filesystem and writes <dir>/clean (the next open then
+ * skips the full re-hash); on any error it leaves no marker. Then frees everything. */
 void chunkstore_close(struct chunkstore *cs);
 
 /*
@@ -83,7 +91,9 @@ int chunkstore_read(struct chunkstore *cs, struct chunk_ref *ref, void *buf, siz
 
 /*
  * Stores a chunk. The caller has verified that data hashes to *h (every source does so
- * before it calls this). Makes room by eviction if needed; -ENOSPC when everything is
+ * before it calls this). No fsync: the chunk is readable at once and reaches stable
+ * storage with the kernel's writeback or at close (a power loss before that loses it,
+ * and the next open verifies the whole store). Makes room by eviction if needed; -ENOSPC when everything is
  * pinned. Inserting a chunk already present is a successful no-op. Owner mode only.
  */
 int chunkstore_insert(struct chunkstore *cs, const struct chunk_hash *h, const void *data,

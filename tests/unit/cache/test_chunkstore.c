@@ -150,6 +150,14 @@ static bool file_exists(const char *p)
 	return access(p, F_OK) == 0;
 }
 
+static bool clean_marker(const char *dir)
+{
+	char p[256];
+
+	snprintf(p, sizeof(p), "%s/clean", dir);
+	return file_exists(p);
+}
+
 static void write_raw(const char *path, const void *b, size_t len)
 {
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -317,8 +325,12 @@ static void test_inv1_corrupt_never_served(void **state)
 	b0[100] ^= 1;
 	write_raw(p1, b0, CLEN); /* right size, wrong bytes */
 
-	/* without verify_on_open: found at open, refused at first use */
+	/* without verify_on_open, after a clean close: found at open (no re-hash of the whole
+	 * store), refused at first use */
 	cs = open_store(f->dir, 0, false);
+	chunkstore_get_stats(cs, &st);
+	assert_int_equal(st.dropped_corrupt, 0);
+	assert_int_equal(st.nchunks, 3);
 	assert_int_equal(chunkstore_get(cs, &h0, &ref), -ENOENT);
 	assert_int_equal(chunkstore_get(cs, &h1, &ref), -ENOENT);
 	assert_false(file_exists(p0));
@@ -342,7 +354,34 @@ static void test_inv1_corrupt_never_served(void **state)
 	free(b0);
 }
 
-/* SIGKILL in the middle of inserts: every file left is complete and hashes to its name. */
+struct verify_all {
+	struct chunkstore *cs;
+	unsigned n;
+};
+
+/* Gets a chunk, reads it whole and checks that its bytes hash to its name. */
+static int verify_cb(void *arg, const struct chunk_hash *h, uint32_t len)
+{
+	struct verify_all *va = arg;
+	struct chunk_ref *ref;
+	struct chunk_hash got;
+	uint8_t *b = malloc(len);
+
+	assert_non_null(b);
+	assert_int_equal(chunkstore_get(va->cs, h, &ref), 0);
+	assert_int_equal(chunk_ref_len(ref), len);
+	assert_int_equal(chunkstore_read(va->cs, ref, b, len, 0), 0);
+	chunkstore_put(va->cs, ref);
+	hash_compute(b, len, &got);
+	assert_true(hash_equal(&got, h));
+	free(b);
+	va->n++;
+	return 0;
+}
+
+/* SIGKILL in the middle of inserts (no fsync any more: the page cache survives the
+ * process), then an open without verify_on_open: the missing clean marker makes it
+ * re-hash everything; every file left is complete and hashes to its name. */
 static void test_inv1_crash_during_inserts(void **state)
 {
 	struct fixture *f = *state;
@@ -390,19 +429,140 @@ static void test_inv1_crash_during_inserts(void **state)
 	}
 	close(pfd[0]);
 	close(pfd[1]);
-	/* no chunk file is wrong (temp files may be: they are reported and removed) */
+	/* killed owners leave no clean marker, and no chunk file is wrong (temp files may
+	 * be: they are reported and removed) */
+	assert_false(clean_marker(f->dir));
 	int problems = chunkstore_fsck(f->dir, false, NULL, NULL);
-	struct chunkstore_opts o = {.dir = f->dir, .verify_on_open = true};
+	struct chunkstore_opts o = {.dir = f->dir};
 	struct chunkstore *cs;
 	struct chunkstore_stats st;
+	struct verify_all va = {0};
 
 	assert_true(problems >= 0);
 	assert_int_equal(chunkstore_open(&o, &cs), 0);
+	assert_false(clean_marker(f->dir)); /* not while an owner has it open */
 	chunkstore_get_stats(cs, &st);
 	assert_int_equal(st.dropped_corrupt, 0);
 	assert_true(st.nchunks >= 5);
+	/* every chunk is served, and served right */
+	va.cs = cs;
+	assert_int_equal(chunkstore_foreach(cs, verify_cb, &va), 0);
+	assert_int_equal(va.n, st.nchunks);
 	chunkstore_close(cs);
+	assert_true(clean_marker(f->dir));
 	assert_int_equal(chunkstore_fsck(f->dir, false, NULL, NULL), 0);
+}
+
+/* Opens the store as an owner in a child that inserts chunk `first`..`first + n - 1`
+ * and is then SIGKILLed: an unclean stop. */
+static void owner_killed(const char *dir, unsigned first, unsigned n)
+{
+	int pfd[2];
+	pid_t pid;
+	char c;
+	int status;
+
+	assert_int_equal(pipe(pfd), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct chunkstore_opts o = {.dir = dir};
+		struct chunkstore *cs;
+
+		close(pfd[0]);
+		if (chunkstore_open(&o, &cs))
+			_exit(2);
+		for (unsigned i = first; i < first + n; i++)
+			if (insert_n(cs, i, CLEN))
+				_exit(3);
+		if (write(pfd[1], "x", 1) != 1)
+			_exit(4);
+		pause(); /* bounded: the parent kills us */
+		_exit(0);
+	}
+	close(pfd[1]);
+	assert_int_equal(read(pfd[0], &c, 1), 1);
+	close(pfd[0]);
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	assert_true(WIFSIGNALED(status));
+}
+
+/*
+ * No clean marker (what a power loss leaves, with files it may have torn): open re-hashes
+ * the whole store and drops every bad file before it returns, so neither the owner nor a
+ * reader started after it can be served one. With the marker, open does not re-hash.
+ */
+static void test_inv1_unclean_stop_verifies_all_at_open(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore *cs = open_store(f->dir, 0, false), *reader;
+	struct chunkstore_stats st;
+	struct chunk_hash h0 = hash_n(0, CLEN), h5 = hash_n(5, CLEN), h6 = hash_n(6, CLEN);
+	struct chunk_ref *ref;
+	char p0[512], p5[512], p6[512];
+	uint8_t *b0 = make_chunk(0, CLEN, &h0);
+
+	assert_false(clean_marker(f->dir));
+	for (unsigned i = 0; i < 5; i++)
+		assert_int_equal(insert_n(cs, i, CLEN), 0);
+	chunkstore_close(cs);
+	assert_true(clean_marker(f->dir));
+	owner_killed(f->dir, 5, 3);
+	assert_false(clean_marker(f->dir)); /* taken by the open of the killed owner */
+	/* what a power loss may leave: a chunk from before with wrong bytes, a new one torn,
+	 * another one empty */
+	chunk_file(f->dir, &h0, p0, sizeof(p0));
+	chunk_file(f->dir, &h5, p5, sizeof(p5));
+	chunk_file(f->dir, &h6, p6, sizeof(p6));
+	b0[CLEN - 1] ^= 0x80;
+	write_raw(p0, b0, CLEN);
+	write_raw(p5, b0, CLEN / 3);
+	write_raw(p6, b0, 0);
+
+	cs = open_store(f->dir, 0, false);
+	/* before any get: the bad files are gone, the index holds only good chunks */
+	chunkstore_get_stats(cs, &st);
+	assert_int_equal(st.dropped_corrupt, 3);
+	assert_int_equal(st.nchunks, 5);
+	assert_int_equal(st.hits + st.misses, 0);
+	assert_false(file_exists(p0));
+	assert_false(file_exists(p5));
+	assert_false(file_exists(p6));
+	reader = open_store(f->dir, 0, true);
+	assert_int_equal(chunkstore_get(reader, &h0, &ref), -ENOENT);
+	assert_int_equal(chunkstore_get(reader, &h5, &ref), -ENOENT);
+	assert_int_equal(chunkstore_get(cs, &h0, &ref), -ENOENT);
+	for (unsigned i = 1; i < 5; i++) {
+		assert_int_equal(get_check(cs, i, CLEN), 0);
+		assert_int_equal(get_check(reader, i, CLEN), 0);
+	}
+	assert_int_equal(get_check(cs, 7, CLEN), 0);
+	chunkstore_close(reader);
+	chunkstore_close(cs);
+	assert_true(clean_marker(f->dir));
+	assert_int_equal(chunkstore_fsck(f->dir, false, NULL, NULL), 0);
+	free(b0);
+}
+
+/* An open that fails (another owner has the store) must not write the marker: the running
+ * owner's unsynced inserts would then escape verification after a power loss. */
+static void test_inv1_failed_open_leaves_no_marker(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore *cs = open_store(f->dir, 0, false), *other = NULL;
+	struct chunkstore_opts o = {.dir = f->dir};
+
+	chunkstore_close(cs);
+	assert_true(clean_marker(f->dir));
+	cs = open_store(f->dir, 0, false);
+	assert_false(clean_marker(f->dir));
+	assert_int_equal(insert_n(cs, 1, CLEN), 0);
+	assert_int_equal(chunkstore_open(&o, &other), -EBUSY);
+	assert_null(other);
+	assert_false(clean_marker(f->dir));
+	chunkstore_close(cs);
+	assert_true(clean_marker(f->dir));
 }
 
 /* ---- invariants 2 and 3: hooks ---- */
@@ -777,6 +937,8 @@ int main(void)
 		T(test_inv1_torn_files_dropped_at_open),
 		T(test_inv1_corrupt_never_served),
 		T(test_inv1_crash_during_inserts),
+		T(test_inv1_unclean_stop_verifies_all_at_open),
+		T(test_inv1_failed_open_leaves_no_marker),
 		T(test_inv2_inv3_hook_order),
 		T(test_inv5_capacity_and_eviction_order),
 		T(test_inv4_pinned_never_evicted),
