@@ -1,9 +1,11 @@
 /*
  * fetchsrv.c - see fetchsrv.h and target/fetch_proto.h.
  *
- * A FETCH waits in slices of at most SLICE_MS, re-joining the same single-flight fill
- * each time, so that fetchsrv_stop() never waits for a long client deadline: the fill
- * itself is not disturbed by the slicing.
+ * A FETCH is one fetcher_fetch() with the client's whole deadline: one wait joins the
+ * single-flight fill once, so the fetcher's counters (coalesced, timeouts) and its retry
+ * backoff see one request, not one per slice. Shutdown stays prompt because rackdiskd
+ * calls fetcher_stop() before fetchsrv_stop(): every waiter then returns -ESHUTDOWN at
+ * once and the connection threads can be joined.
  */
 #include "appliance/fetchsrv.h"
 
@@ -29,7 +31,6 @@
 #include "images/manifest.h"
 #include "target/fetch_proto.h"
 
-#define SLICE_MS 500
 #define STOP_WAIT_MS 5000
 
 struct fetchsrv {
@@ -77,20 +78,11 @@ static int parse_u64(const char *tok, uint64_t max, uint64_t *out)
 static int do_fetch(struct fetchsrv *s, const struct chunk_hash *h, uint32_t len,
 		    uint64_t timeout_ms)
 {
-	uint64_t deadline = now_ns() + timeout_ms * 1000000ULL;
-
 	if (!s->f)
 		return -ENOTCONN;
-	for (;;) {
-		uint64_t now = now_ns(), slice = now + SLICE_MS * 1000000ULL;
-		int ret;
-
-		if (atomic_load(&s->stopping))
-			return -ESHUTDOWN;
-		ret = fetcher_fetch(s->f, h, len, MIN(slice, deadline));
-		if (ret != -ETIMEDOUT || now_ns() >= deadline)
-			return ret;
-	}
+	if (atomic_load(&s->stopping))
+		return -ESHUTDOWN;
+	return fetcher_fetch(s->f, h, len, now_ns() + timeout_ms * 1000000ULL);
 }
 
 int fetchsrv_handle_line(struct fetchsrv *s, char *line, char *reply, size_t replylen)

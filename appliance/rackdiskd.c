@@ -205,6 +205,12 @@ static int start_tgt(struct appliance *a)
 
 static void stop_all(struct appliance *a, struct api *api)
 {
+	/* First, so that no thread stays blocked in a fill: FETCH requests of the fetch
+	 * socket (and API calls) waiting on the seed return -ESHUTDOWN at once, the LUNs'
+	 * commands end with an error instead of holding tgtd's shutdown, and the threads
+	 * joined below are free to finish. */
+	if (a->fetcher)
+		fetcher_stop(a->fetcher);
 	api_stop(api);
 	/* A spawned tgtd goes with us (its LUNs are closed first); an external one keeps
 	 * its targets: they go on serving cached data and come back under management when
