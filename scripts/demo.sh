@@ -6,13 +6,18 @@
 #               publish a second image sharing most of its content (deduplication),
 #               serve the repository with nginx, and list, show and verify the images
 #               over HTTP.
+#   2. appliance: start rackdiskd (with its own tgtd) on free loopback ports, create a
+#               disk from the sample image, read it whole and write to it through QEMU's
+#               iSCSI driver, print the counters and a QEMU command line for a VM.
 #
-# Later stages add their sections (appliance, disks, cluster) as functions below and call
-# them from main(); every server they start goes through start_bg/cleanup.
+# Then it keeps running until Ctrl-C; with DEMO_EXIT=1, or when stdin is not a terminal,
+# it exits after printing. Every server goes through start_bg and is stopped by cleanup
+# (rackdiskd stops its tgtd itself), and the temporary directory is removed.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RACKDISK=${RACKDISK:-$ROOT/build/rackdisk}
+RACKDISKD=${RACKDISKD:-$ROOT/build/rackdiskd}
 WORK=$(mktemp -d /tmp/rackdisk-demo.XXXXXX)
 PIDS=()
 
@@ -26,17 +31,42 @@ run() {
 	return "${PIPESTATUS[0]}"
 }
 
+# stop_pid PID: SIGTERM, then SIGKILL after 20 s (bounded: a hung server cannot hold us).
+stop_pid() {
+	local pid=$1
+	kill "$pid" 2>/dev/null || return 0
+	for _ in $(seq 1 200); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -9 "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
 cleanup() {
-	local rc=$?
-	for pid in "${PIDS[@]}"; do
-		kill "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
+	local rc=$? i
+	trap - EXIT INT TERM
+	[ -z "${SLEEP_PID:-}" ] || kill "$SLEEP_PID" 2>/dev/null || true
+	# Newest first: rackdiskd (which stops its tgtd) before the seed it reads from.
+	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+		stop_pid "${PIDS[i]}"
 	done
 	rm -rf "$WORK"
-	[ "$rc" -eq 0 ] || echo "demo: FAILED (exit $rc)" >&2
+	if [ "$rc" -eq 0 ]; then
+		echo "demo: stopped, cleaned up"
+	else
+		echo "demo: FAILED (exit $rc)" >&2
+	fi
 	exit "$rc"
 }
-trap cleanup EXIT INT TERM
+# Ctrl-C while the demo waits is the normal way out (exit 0); earlier it is a failure.
+WAITING=0
+on_signal() {
+	[ "$WAITING" -eq 1 ] && exit 0
+	exit 130
+}
+trap cleanup EXIT
+trap on_signal INT TERM
 
 free_port() {
 	/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -135,10 +165,133 @@ demo_images() {
 	run "$RACKDISK" image verify --repo "$NGINX_URL" sample-v1
 }
 
+# --- 2. appliance ----------------------------------------------------------------------
+
+# install_module: tgtd loads backing stores from its module directory at start.
+install_module() {
+	local dir=/usr/lib/tgt/backing-store dst
+	dst=$dir/bs_rackdisk.so
+	cmp -s "$ROOT/build/bs_rackdisk.so" "$dst" && return 0
+	mkdir -p "$dir"
+	install -m 0755 "$ROOT/build/bs_rackdisk.so" "$dst.tmp.$$"
+	mv "$dst.tmp.$$" "$dst"
+}
+
+# start_appliance: rackdiskd + its tgtd on free ports; sets API, APP_DIR, DAEMON_PID.
+start_appliance() {
+	local api_port portal_port control_port
+	APP_DIR=$WORK/app
+	mkdir -p "$APP_DIR"
+	api_port=$(free_port)
+	portal_port=$(free_port)
+	# tgtadm -C takes a port below 32768; with a private IPC socket it only has to be
+	# distinct from other tgtds' on this machine.
+	control_port=$((1000 + RANDOM % 31000))
+	cat >"$APP_DIR/rackdisk.conf" <<EOF
+[node]
+name = demo
+state_dir = $APP_DIR/state
+
+[cache]
+size = 1G
+
+[seed]
+url = $NGINX_URL
+
+[iscsi]
+portal = 127.0.0.1:$portal_port
+tgtd = spawn
+control_port = $control_port
+io_timeout_ms = 10000
+
+[api]
+listen = 127.0.0.1:$api_port
+EOF
+	start_bg "$RACKDISKD" --config "$APP_DIR/rackdisk.conf" 2>"$APP_DIR/rackdiskd.log"
+	DAEMON_PID=${PIDS[-1]}
+	API=http://127.0.0.1:$api_port
+	for _ in $(seq 1 200); do
+		curl -sf "$API/api/v1/health" >/dev/null && return 0
+		kill -0 "$DAEMON_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "demo: rackdiskd did not start; its log:" >&2
+	cat "$APP_DIR/rackdiskd.log" >&2
+	return 1
+}
+
+elapsed() { # START_NS: seconds since, 2 decimals
+	local d=$(($(date +%s%N) - $1))
+	printf '%d.%02d s' $((d / 1000000000)) $((d % 1000000000 / 10000000))
+}
+
+demo_appliance() {
+	local out url t0 tgtd_pid img=$WORK/sample-v1.img size
+
+	section "appliance: start rackdiskd (own tgtd, tgt module bs_rackdisk.so)"
+	install_module
+	start_appliance
+	tgtd_pid=$(curl -s "$API/api/v1/health" | grep -o '"tgtd_pid": *[0-9]*' | grep -o '[0-9]*$')
+	say "config $APP_DIR/rackdisk.conf:"
+	sed 's/^/      /' "$APP_DIR/rackdisk.conf"
+	say "processes: nginx ${PIDS[0]}, rackdiskd $DAEMON_PID, tgtd $tgtd_pid"
+
+	section "appliance: create a disk from sample-v1 (a thin clone: nothing is copied yet)"
+	printf '  $ %s\n' "$RACKDISK --api $API disk create demo1 --image sample-v1 --size 64M"
+	out=$("$RACKDISK" --api "$API" disk create demo1 --image sample-v1 --size 64M)
+	printf '%s\n' "$out" | sed 's/^/    /'
+	url=$(printf '%s\n' "$out" | tail -n1)
+	[[ $url == iscsi://* ]] || { echo "demo: no iSCSI URL from disk create" >&2; return 1; }
+	run "$RACKDISK" --api "$API" disk ls
+
+	section "appliance: read the whole disk through QEMU's iSCSI driver"
+	t0=$(date +%s%N)
+	run qemu-img convert -f raw -O raw "$url" "$WORK/cold.raw"
+	say "cold read (chunks come from the seed): $(elapsed "$t0")"
+	t0=$(date +%s%N)
+	run qemu-img convert -f raw -O raw "$url" "$WORK/warm.raw"
+	say "warm read (chunks in the local cache): $(elapsed "$t0")"
+	size=$(stat -c %s "$img")
+	run cmp -n "$size" "$img" "$WORK/cold.raw"
+	run cmp "$WORK/cold.raw" "$WORK/warm.raw"
+	run cmp -n $((64 * 1048576 - size)) -i "$size:0" "$WORK/cold.raw" /dev/zero
+	say "cold and warm reads equal the source image byte for byte; the rest of the"
+	say "64 MiB disk, past the image, reads as zeros"
+	rm -f "$WORK/cold.raw" "$WORK/warm.raw"
+
+	section "appliance: write 1 MiB of 0xab at offset 0 (it goes to the disk's overlay only)"
+	run qemu-io -f raw -c 'write -P 0xab 0 1M' "$url"
+	run qemu-io -f raw -c 'read -P 0xab 0 1M' -c 'read -P 0xab 1048064 512' "$url"
+
+	section "appliance: counters"
+	run "$RACKDISK" --api "$API" cache stats
+	printf '  $ curl -s %s/metrics | grep ^rackdisk_chunk_\n' "$API"
+	curl -s "$API/metrics" | grep '^rackdisk_chunk_' | grep -v '_bucket{' | sed 's/^/    /'
+	say "(latency histogram buckets left out)"
+
+	section "appliance: attach the disk to a VM"
+	say "iSCSI URL: $url"
+	say "QEMU:      qemu-system-x86_64 -enable-kvm -m 1G" \
+		"-drive file=$url,format=raw,if=virtio,cache=none"
+	say "(any initiator may log in: the disk was created without --initiator)"
+}
+
 main() {
 	[ -x "$RACKDISK" ] || { echo "demo: $RACKDISK missing; run make build" >&2; exit 1; }
+	[ -x "$RACKDISKD" ] || { echo "demo: $RACKDISKD missing; run make build" >&2; exit 1; }
 	demo_images
-	section "demo: done (cleaning up $WORK)"
+	demo_appliance
+	if [ "${DEMO_EXIT:-0}" = 1 ] || [ ! -t 0 ]; then
+		section "demo: done (cleaning up $WORK)"
+		return 0
+	fi
+	section "demo: running; press Ctrl-C to stop everything and clean up"
+	WAITING=1
+	while :; do
+		sleep 3600 &
+		SLEEP_PID=$!
+		wait "$SLEEP_PID" || true
+	done
 }
 
 main "$@"
