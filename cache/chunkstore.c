@@ -68,9 +68,6 @@
 
 #define SLAB_ENTRIES 4096
 #define CHUNKSTORE_CLEAN_MARKER "clean"
-#ifndef SYNC_WRITEBACK
-#define SYNC_WRITEBACK 1
-#endif
 
 enum { ST_FILLING = 1, ST_PRESENT, ST_REMOVING };
 
@@ -728,7 +725,7 @@ static int publish_file(struct chunkstore *cs, const struct chunk_hash *h, const
 	if (fd < 0)
 		return -errno;
 	ret = pwrite_full(fd, data, len, 0);
-	if (!ret && SYNC_WRITEBACK)
+	if (!ret)
 		sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE); /* a hint: errors show at close */
 	if (close(fd) < 0 && !ret)
 		ret = -errno;
