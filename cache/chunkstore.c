@@ -66,7 +66,7 @@
 #include "common/log.h"
 #include "common/util.h"
 
-#define SLAB_ENTRIES 4096
+#define SLAB_ENTRIES		4096
 #define CHUNKSTORE_CLEAN_MARKER "clean"
 
 enum { ST_FILLING = 1, ST_PRESENT, ST_REMOVING };

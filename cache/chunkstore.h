@@ -93,8 +93,9 @@ int chunkstore_read(struct chunkstore *cs, struct chunk_ref *ref, void *buf, siz
  * Stores a chunk. The caller has verified that data hashes to *h (every source does so
  * before it calls this). No fsync: the chunk is readable at once and reaches stable
  * storage with the kernel's writeback or at close (a power loss before that loses it,
- * and the next open verifies the whole store). Makes room by eviction if needed; -ENOSPC when everything is
- * pinned. Inserting a chunk already present is a successful no-op. Owner mode only.
+ * and the next open verifies the whole store). Makes room by eviction if needed;
+ * -ENOSPC when everything is pinned. Inserting a chunk already present is a successful
+ * no-op. Owner mode only.
  */
 int chunkstore_insert(struct chunkstore *cs, const struct chunk_hash *h, const void *data,
 		      size_t len);
