@@ -124,8 +124,9 @@ install: build
 	if [ -f $(BUILD)/rackdiskd ]; then install -m 0755 $(BUILD)/rackdiskd $(DESTDIR)$(PREFIX)/sbin/rackdiskd; fi
 	if [ -f $(BUILD)/bs_rackdisk.so ]; then install -m 0755 $(BUILD)/bs_rackdisk.so $(DESTDIR)$(TGT_MODDIR)/bs_rackdisk.so; fi
 	install -d $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/rackdisk
-	sed 's|/usr/local/sbin/|$(PREFIX)/sbin/|g' appliance/rackdiskd.service > $(DESTDIR)/etc/systemd/system/rackdiskd.service
+	sed 's|/usr/local/|$(PREFIX)/|g' appliance/rackdiskd.service > $(DESTDIR)/etc/systemd/system/rackdiskd.service
 	install -m 0644 appliance/rackdisk.conf.example $(DESTDIR)/etc/rackdisk/rackdisk.conf.example
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/rackdisk/README.md
 
 bench: deps
 	@$(MAKE) --no-print-directory build
