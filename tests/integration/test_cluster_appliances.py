@@ -129,14 +129,19 @@ def test_three_cold_appliances_fetch_each_chunk_once(cluster, tmp_path):
 def test_redis_stopped_mid_read_reads_go_to_the_seed(cluster, tmp_path):
     nginx, raws, redis, make = cluster
     a = make("a").start()
-    b = make("b").start()
+    # A slow seed (same port, same access log) and few seed workers on B keep B's cold
+    # read going long enough (several seconds) for Redis to die in its middle, even on a loaded
+    # machine. nginx sends the first second's worth of a response at once, so the rate
+    # must be well below the objects' sizes (up to 64 KiB) to slow them at all.
+    b = make("b")
+    b.extra.setdefault("seed", []).extend(["workers = 6", "readahead = 0"])
+    b.write_conf()
+    b.start()
     wait_cluster([a, b])
     url = create_disk(b, "vb", "deb")
     assert directory_connected(b)
-    # A slow seed (same port, same access log) keeps B's cold read going long enough for
-    # Redis to die in its middle.
     nginx.stop()
-    nginx.extra = "limit_rate 256k;"
+    nginx.extra = "limit_rate 32k;"
     nginx.start()
     p = subprocess.Popen(read_disk_cmd(url, tmp_path / "b.raw"), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
@@ -158,7 +163,11 @@ def test_redis_stopped_mid_read_reads_go_to_the_seed(cluster, tmp_path):
     st, body = b.request("GET", "/api/v1/peers")
     assert st == 503 and "Redis" in body["error"]
 
-    # An appliance started while Redis is down starts, and serves from the seed.
+    # An appliance started while Redis is down starts, and serves from the seed (at full
+    # speed again).
+    nginx.stop()
+    nginx.extra = ""
+    nginx.start()
     gets_before = sum(chunk_gets(nginx).values())
     c = make("c").start()
     url = create_disk(c, "vc", "deb")
