@@ -95,7 +95,10 @@ static void range_stripes(uint64_t off, uint64_t len, unsigned *s0, unsigned *s1
 	*s1 = (unsigned)(r1 % LOCK_STRIPES);
 }
 
-static void lock_range(struct disk *d, uint64_t off, uint64_t len)
+/* Applies op to every stripe lock covering the range, always in ascending stripe order so
+ * that two ranges never lock in opposite orders. */
+static void range_locks_apply(struct disk *d, uint64_t off, uint64_t len,
+			      int (*op)(pthread_mutex_t *))
 {
 	unsigned s0, s1;
 	bool all;
@@ -107,35 +110,24 @@ static void lock_range(struct disk *d, uint64_t off, uint64_t len)
 	}
 	if (s0 <= s1) {
 		for (unsigned s = s0; s <= s1; s++)
-			pthread_mutex_lock(&d->locks[s]);
+			op(&d->locks[s]);
 		return;
 	}
 	/* Wrapped: [0, s1] then [s0, N), still ascending. */
 	for (unsigned s = 0; s <= s1; s++)
-		pthread_mutex_lock(&d->locks[s]);
+		op(&d->locks[s]);
 	for (unsigned s = s0; s < LOCK_STRIPES; s++)
-		pthread_mutex_lock(&d->locks[s]);
+		op(&d->locks[s]);
+}
+
+static void lock_range(struct disk *d, uint64_t off, uint64_t len)
+{
+	range_locks_apply(d, off, len, pthread_mutex_lock);
 }
 
 static void unlock_range(struct disk *d, uint64_t off, uint64_t len)
 {
-	unsigned s0, s1;
-	bool all;
-
-	range_stripes(off, len, &s0, &s1, &all);
-	if (all) {
-		s0 = 0;
-		s1 = LOCK_STRIPES - 1;
-	}
-	if (s0 <= s1) {
-		for (unsigned s = s0; s <= s1; s++)
-			pthread_mutex_unlock(&d->locks[s]);
-		return;
-	}
-	for (unsigned s = 0; s <= s1; s++)
-		pthread_mutex_unlock(&d->locks[s]);
-	for (unsigned s = s0; s < LOCK_STRIPES; s++)
-		pthread_mutex_unlock(&d->locks[s]);
+	range_locks_apply(d, off, len, pthread_mutex_unlock);
 }
 
 /* ---- image chunks ---- */

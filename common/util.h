@@ -44,6 +44,11 @@ int write_file_atomic(const char *path, const void *buf, size_t len);
 /* Reads a whole file (at most max bytes) into a malloc'd NUL-terminated buffer. */
 int read_file(const char *path, size_t max, char **out, size_t *len);
 
+/* Writes a printf-style one-line reason into err[0..errlen) (when err is non-NULL) and
+ * returns ret: `return set_err(err, errlen, -EINVAL, "bad %s", what);`. */
+int set_err(char *err, size_t errlen, int ret, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
 /* mkdir -p; 0 or a negative errno. */
 int mkdir_p(const char *path, unsigned mode);
 

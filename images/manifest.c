@@ -11,6 +11,7 @@
  * hash algorithm, a chunk size out of range, an entry count that disagrees with the size,
  * hashes that are not 64 hex digits. Every refusal carries a one-line reason.
  */
+#include "common/util.h"
 #include "images/manifest.h"
 
 #include <errno.h>
@@ -78,20 +79,7 @@ uint32_t manifest_chunk_len(const struct manifest *m, uint64_t idx)
 	return (uint32_t)(m->size - off < m->chunk_size ? m->size - off : m->chunk_size);
 }
 
-static int fail(char *err, size_t errlen, int ret, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int ret, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return ret;
-}
+#define fail set_err
 
 /* Reads a non-negative integer member; jansson integers are signed 64-bit. */
 static int get_uint(json_t *root, const char *key, uint64_t *out, char *err, size_t errlen)

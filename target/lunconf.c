@@ -14,20 +14,7 @@
 #include "common/util.h"
 #include "target/fetch_proto.h"
 
-static int fail(char *err, size_t errlen, int ret, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int ret, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return ret;
-}
+#define fail set_err
 
 /* An absolute path without NUL bytes or "/../" tricks is all the module needs: the
  * daemon chose it, and the module opens it with its own privileges. */
