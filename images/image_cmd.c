@@ -336,28 +336,45 @@ static int run_verify(const char *loc, const struct manifest *m, int threads,
 	return j.fatal;
 }
 
+/*
+ * The common start of the commands that act on one image: parses argv (one positional
+ * NAME or id), opens the repository and loads the image's manifest. On success the
+ * caller owns *r and *m; on failure the error line is printed, nothing is left open, and
+ * the exit status is returned.
+ */
+static int open_named_image(const char *cmd, int argc, char **argv, struct cmd_args *a,
+			    struct repo **r, struct manifest **m)
+{
+	char err[512];
+	int ret;
+
+	ret = parse_args(argc, argv, a);
+	if (ret || (ret = need_positional(cmd, a, 1, "one NAME")))
+		return ret;
+	ret = repo_open(a->repo, r);
+	if (ret)
+		return errline(a->repo, strerror(-ret));
+	if (repo_load_image(*r, a->pos[0], m, err, sizeof(err))) {
+		repo_close(*r);
+		*r = NULL;
+		return errline(a->repo, err);
+	}
+	return 0;
+}
+
 static int cmd_verify(int argc, char **argv)
 {
 	struct verify_item *items = NULL;
 	struct manifest *m = NULL;
 	struct repo *r = NULL;
 	struct cmd_args a;
-	char err[512], hex[HASH_HEX_LEN + 1];
+	char hex[HASH_HEX_LEN + 1];
 	size_t n, bad = 0;
 	int ret, threads;
 
-	ret = parse_args(argc, argv, &a);
-	if (ret || (ret = need_positional("verify", &a, 1, "one NAME")))
+	ret = open_named_image("verify", argc, argv, &a, &r, &m);
+	if (ret)
 		return ret;
-	ret = repo_open(a.repo, &r);
-	if (ret) {
-		ret = errline(a.repo, strerror(-ret));
-		goto out;
-	}
-	if (repo_load_image(r, a.pos[0], &m, err, sizeof(err))) {
-		ret = errline(a.repo, err);
-		goto out;
-	}
 	items = calloc(m->nchunks + 1, sizeof(*items));
 	if (!items) {
 		ret = errline("verify", "out of memory");
@@ -432,22 +449,13 @@ static int cmd_show(int argc, char **argv)
 	struct manifest *m = NULL;
 	struct repo *r = NULL;
 	struct cmd_args a;
-	char err[512], hex[HASH_HEX_LEN + 1], s1[32], s2[32];
+	char hex[HASH_HEX_LEN + 1], s1[32], s2[32];
 	uint64_t zero, distinct;
 	int ret;
 
-	ret = parse_args(argc, argv, &a);
-	if (ret || (ret = need_positional("show", &a, 1, "one NAME")))
+	ret = open_named_image("show", argc, argv, &a, &r, &m);
+	if (ret)
 		return ret;
-	ret = repo_open(a.repo, &r);
-	if (ret) {
-		ret = errline(a.repo, strerror(-ret));
-		goto out;
-	}
-	if (repo_load_image(r, a.pos[0], &m, err, sizeof(err))) {
-		ret = errline(a.repo, err);
-		goto out;
-	}
 	if (a.json) {
 		json_t *j = image_json(a.pos[0], m);
 
