@@ -6,10 +6,19 @@
  * backoff see one request, not one per slice. Shutdown stays prompt because rackdiskd
  * calls fetcher_stop() before fetchsrv_stop(): every waiter then returns -ESHUTDOWN at
  * once and the connection threads can be joined.
+ *
+ * A FETCH that names its place (image id, chunk index) feeds the fetcher's sequential
+ * readahead (fetcher_note_access), which also decides what is taken from peers ahead of
+ * the reader. The manifests it needs are the local copies rackdiskd keeps next to this
+ * socket (<state_dir>/images/<id>.json, appliance.h): each is loaded once, on the first
+ * FETCH that names it, checked against its id, and kept until fetchsrv_stop() (the
+ * fetcher borrows it). A hint that cannot be used (unknown image, index out of range,
+ * entry not the requested hash) is counted and ignored; the FETCH itself is unaffected.
  */
 #include "appliance/fetchsrv.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -32,6 +41,19 @@
 #include "target/fetch_proto.h"
 
 #define STOP_WAIT_MS 5000
+/* Images whose manifests are kept for readahead; an appliance serves far fewer. */
+#define IMAGES_MAX 256
+/* A manifest copy that could not be loaded is tried again after this long. */
+#define IMAGE_RETRY_NS (10ull * 1000 * 1000 * 1000)
+
+_Static_assert(FETCHSRV_MAX_TIMEOUT_MS == FETCH_PROTO_TIMEOUT_MAX_MS, "one timeout limit");
+
+/* The manifest of an image named by FETCH hints; m NULL: loading failed at failed_ns. */
+struct hint_image {
+	struct chunk_hash id;
+	struct manifest *m;
+	uint64_t failed_ns;
+};
 
 struct fetchsrv {
 	struct fetcher *f;
@@ -44,9 +66,13 @@ struct fetchsrv {
 	int conns[FETCHSRV_MAX_CONNS]; /* -1 = free slot */
 	unsigned nconns;
 	atomic_bool stopping;
+	char images_dir[PATH_MAX];
+	pthread_mutex_t img_lock;
+	struct hint_image images[IMAGES_MAX]; /* protected by img_lock; m never changes once set */
+	unsigned nimages;
 	struct {
 		atomic_uint_fast64_t connections, requests, fetch_ok, fetch_err, prefetches,
-			touches, bad_requests;
+			touches, bad_requests, hints, hints_ignored;
 	} st;
 };
 
@@ -55,51 +81,111 @@ struct conn_arg {
 	int slot;
 };
 
-static int parse_hash(const char *tok, struct chunk_hash *h)
+/* Loads and checks <images_dir>/<id>.json; NULL when it cannot be used. */
+static struct manifest *load_image(struct fetchsrv *s, const struct chunk_hash *id)
 {
-	return tok && strlen(tok) == HASH_HEX_LEN ? hash_from_hex(tok, HASH_HEX_LEN, h) : -EINVAL;
+	char hex[HASH_HEX_LEN + 1], path[PATH_MAX + 80], err[200] = "", *buf = NULL;
+	struct manifest *m = NULL;
+	size_t len;
+	int ret;
+
+	hash_to_hex(id, hex);
+	snprintf(path, sizeof(path), "%s/%s.json", s->images_dir, hex);
+	ret = read_file(path, MANIFEST_MAX_BYTES, &buf, &len);
+	if (ret) {
+		log_warn("fetch socket: no readahead for image %s: %s: %s", hex, path,
+			 strerror(-ret));
+		return NULL;
+	}
+	ret = manifest_parse(buf, len, &m, err, sizeof(err));
+	free(buf);
+	if (ret) {
+		log_warn("fetch socket: no readahead for image %s: %s: %s", hex, path, err);
+		return NULL;
+	}
+	if (!hash_equal(&m->id, id)) {
+		log_warn("fetch socket: no readahead for image %s: %s is another image", hex,
+			 path);
+		manifest_free(m);
+		return NULL;
+	}
+	return m;
 }
 
-static int parse_u64(const char *tok, uint64_t max, uint64_t *out)
+/* The manifest of image id for readahead, loading it on first use; NULL if unusable. */
+static const struct manifest *hint_manifest(struct fetchsrv *s, const struct chunk_hash *id)
 {
-	char *end;
-	unsigned long long v;
+	struct hint_image *hi = NULL;
+	struct manifest *m;
+	uint64_t now;
 
-	if (!tok || *tok < '0' || *tok > '9')
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(tok, &end, 10);
-	if (errno || *end || v > max)
-		return -EINVAL;
-	*out = v;
-	return 0;
+	pthread_mutex_lock(&s->img_lock);
+	for (unsigned i = 0; i < s->nimages && !hi; i++)
+		if (hash_equal(&s->images[i].id, id))
+			hi = &s->images[i];
+	now = now_ns();
+	if (hi && (hi->m || now - hi->failed_ns < IMAGE_RETRY_NS)) {
+		pthread_mutex_unlock(&s->img_lock);
+		return hi->m;
+	}
+	if (!hi && s->nimages == IMAGES_MAX) {
+		pthread_mutex_unlock(&s->img_lock);
+		return NULL;
+	}
+	if (!hi) {
+		hi = &s->images[s->nimages++];
+		hi->id = *id;
+	}
+	/* Loading under the lock keeps one load per image; it happens once per image
+	 * (or once per IMAGE_RETRY_NS while its copy is unusable). */
+	m = load_image(s, id);
+	hi->m = m;
+	hi->failed_ns = m ? 0 : now;
+	pthread_mutex_unlock(&s->img_lock);
+	return m;
 }
 
-static int do_fetch(struct fetchsrv *s, const struct chunk_hash *h, uint32_t len,
-		    uint64_t timeout_ms)
+/* Passes a FETCH's place to the readahead when it is the requested chunk's place. */
+static void note_access(struct fetchsrv *s, const struct fetch_req *r)
+{
+	const struct manifest *m;
+
+	if (!r->has_pos || !s->f)
+		return;
+	m = hint_manifest(s, &r->image);
+	if (!m || r->idx >= m->nchunks || manifest_chunk_is_zero(m, r->idx) ||
+	    !hash_equal(&m->hashes[r->idx], &r->h)) {
+		atomic_fetch_add(&s->st.hints_ignored, 1);
+		return;
+	}
+	atomic_fetch_add(&s->st.hints, 1);
+	fetcher_note_access(s->f, m, r->idx);
+}
+
+static int do_fetch(struct fetchsrv *s, const struct fetch_req *r)
 {
 	if (!s->f)
 		return -ENOTCONN;
 	if (atomic_load(&s->stopping))
 		return -ESHUTDOWN;
-	return fetcher_fetch(s->f, h, len, now_ns() + timeout_ms * 1000000ULL);
+	note_access(s, r);
+	return fetcher_fetch(s->f, &r->h, r->len, now_ns() + r->timeout_ms * 1000000ULL);
 }
 
 int fetchsrv_handle_line(struct fetchsrv *s, char *line, char *reply, size_t replylen)
 {
-	char *save = NULL, *cmd = strtok_r(line, " ", &save);
-	struct chunk_hash h;
-	uint64_t len, tmo;
+	struct fetch_req req, *r = &req;
 	int ret;
 
 	atomic_fetch_add(&s->st.requests, 1);
-	if (cmd && !strcmp(cmd, "FETCH")) {
-		if (parse_hash(strtok_r(NULL, " ", &save), &h) ||
-		    parse_u64(strtok_r(NULL, " ", &save), CHUNK_SIZE_MAX, &len) || !len ||
-		    parse_u64(strtok_r(NULL, " ", &save), FETCHSRV_MAX_TIMEOUT_MS, &tmo) ||
-		    strtok_r(NULL, " ", &save))
-			goto bad;
-		ret = do_fetch(s, &h, (uint32_t)len, tmo);
+	if (fetch_proto_parse(line, strlen(line), r)) {
+		atomic_fetch_add(&s->st.bad_requests, 1);
+		snprintf(reply, replylen, "ERR %d malformed request\n", EPROTO);
+		return -EPROTO;
+	}
+	switch (r->cmd) {
+	case FETCH_CMD_FETCH:
+		ret = do_fetch(s, r);
 		if (ret) {
 			atomic_fetch_add(&s->st.fetch_err, 1);
 			snprintf(reply, replylen, "ERR %d %s\n", -ret, strerror(-ret));
@@ -107,41 +193,21 @@ int fetchsrv_handle_line(struct fetchsrv *s, char *line, char *reply, size_t rep
 			atomic_fetch_add(&s->st.fetch_ok, 1);
 			snprintf(reply, replylen, "OK\n");
 		}
-		return 0;
-	}
-	if (cmd && !strcmp(cmd, "PREFETCH")) {
-		if (parse_hash(strtok_r(NULL, " ", &save), &h) ||
-		    parse_u64(strtok_r(NULL, " ", &save), CHUNK_SIZE_MAX, &len) || !len ||
-		    strtok_r(NULL, " ", &save))
-			goto bad;
+		break;
+	case FETCH_CMD_PREFETCH:
 		atomic_fetch_add(&s->st.prefetches, 1);
 		if (s->f)
-			fetcher_prefetch(s->f, &h, (uint32_t)len);
+			fetcher_prefetch(s->f, &r->h, r->len);
 		snprintf(reply, replylen, "OK\n");
-		return 0;
-	}
-	if (cmd && !strcmp(cmd, "TOUCH")) {
-		struct chunk_hash hs[FETCH_PROTO_TOUCH_MAX];
-		unsigned n = 0;
-		char *tok;
-
-		while ((tok = strtok_r(NULL, " ", &save))) {
-			if (n == FETCH_PROTO_TOUCH_MAX || parse_hash(tok, &hs[n]))
-				goto bad;
-			n++;
-		}
-		if (!n)
-			goto bad;
-		for (unsigned i = 0; i < n && s->cs; i++)
-			chunkstore_touch(s->cs, &hs[i]);
-		atomic_fetch_add(&s->st.touches, n);
+		break;
+	case FETCH_CMD_TOUCH:
+		for (unsigned i = 0; i < r->ntouch && s->cs; i++)
+			chunkstore_touch(s->cs, &r->touch[i]);
+		atomic_fetch_add(&s->st.touches, r->ntouch);
 		snprintf(reply, replylen, "OK\n");
-		return 0;
+		break;
 	}
-bad:
-	atomic_fetch_add(&s->st.bad_requests, 1);
-	snprintf(reply, replylen, "ERR %d malformed request\n", EPROTO);
-	return -EPROTO;
+	return 0;
 }
 
 static int write_all(int fd, const char *p, size_t n)
@@ -281,6 +347,29 @@ static void *accept_main(void *p)
 	return NULL;
 }
 
+/* The socket is <state_dir>/rackdiskd.sock and the manifest copies are in
+ * <state_dir>/images/ (appliance.h's layout), so the images sit next to the socket. */
+static void images_dir_of(const char *sock_path, char *buf, size_t len)
+{
+	const char *slash = strrchr(sock_path, '/');
+	int dlen = slash ? (int)(slash - sock_path) : 1;
+
+	snprintf(buf, len, "%.*s/images", dlen, slash ? sock_path : ".");
+}
+
+/* Hands every kept manifest back from the fetcher's readahead and frees it. */
+static void forget_images(struct fetchsrv *s)
+{
+	for (unsigned i = 0; i < s->nimages; i++) {
+		if (!s->images[i].m)
+			continue;
+		if (s->f)
+			fetcher_forget_image(s->f, s->images[i].m);
+		manifest_free(s->images[i].m);
+	}
+	s->nimages = 0;
+}
+
 int fetchsrv_start(const char *path, struct fetcher *f, struct chunkstore *cs,
 		   struct fetchsrv **out)
 {
@@ -297,6 +386,8 @@ int fetchsrv_start(const char *path, struct fetcher *f, struct chunkstore *cs,
 	s->cs = cs;
 	s->wake_fd = -1;
 	snprintf(s->path, sizeof(s->path), "%s", path);
+	images_dir_of(path, s->images_dir, sizeof(s->images_dir));
+	pthread_mutex_init(&s->img_lock, NULL);
 	for (int i = 0; i < FETCHSRV_MAX_CONNS; i++)
 		s->conns[i] = -1;
 	pthread_mutex_init(&s->lock, NULL);
@@ -326,6 +417,7 @@ fail:
 		close(s->wake_fd);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->cond);
+	pthread_mutex_destroy(&s->img_lock);
 	free(s);
 	return ret;
 }
@@ -360,8 +452,10 @@ void fetchsrv_stop(struct fetchsrv *s)
 		log_warn("fetch socket: %u connection(s) did not finish", left);
 		return;
 	}
+	forget_images(s);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->cond);
+	pthread_mutex_destroy(&s->img_lock);
 	free(s);
 }
 
@@ -374,4 +468,6 @@ void fetchsrv_get_stats(struct fetchsrv *s, struct fetchsrv_stats *st)
 	st->prefetches = atomic_load(&s->st.prefetches);
 	st->touches = atomic_load(&s->st.touches);
 	st->bad_requests = atomic_load(&s->st.bad_requests);
+	st->hints = atomic_load(&s->st.hints);
+	st->hints_ignored = atomic_load(&s->st.hints_ignored);
 }

@@ -22,6 +22,9 @@ struct fetchsrv;
 
 struct fetchsrv_stats {
 	uint64_t connections, requests, fetch_ok, fetch_err, prefetches, touches, bad_requests;
+	/* FETCH places passed to the readahead, and places ignored (unknown image, index
+	 * out of range, manifest entry not the requested hash). */
+	uint64_t hints, hints_ignored;
 };
 
 /* Listens on path (removing a stale socket file there). */

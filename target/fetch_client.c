@@ -276,12 +276,13 @@ static int request(struct fetch_client *fc, const char *line, size_t len, uint64
 	}
 }
 
-int fetch_client_fetch(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,
-		       uint64_t deadline_ns)
+static int fetch(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,
+		 const struct chunk_hash *image, uint64_t idx, uint64_t deadline_ns)
 {
-	char hex[HASH_HEX_LEN + 1], line[128];
+	char line[FETCH_PROTO_FETCH_LINE_MAX];
 	uint64_t now = now_ns(), left_ms, margin_ms;
-	int n, ret;
+	size_t n;
+	int ret;
 
 	STAT_INC(fc, fetches);
 	if (now >= deadline_ns) {
@@ -292,16 +293,26 @@ int fetch_client_fetch(struct fetch_client *fc, const struct chunk_hash *h, uint
 	 * ETIMEDOUT" arrives before our deadline and the connection stays usable. */
 	left_ms = (deadline_ns - now) / 1000000ull;
 	margin_ms = MIN(left_ms / 10, 250);
-	left_ms = MAX(left_ms - margin_ms, 1);
-	hash_to_hex(h, hex);
-	n = snprintf(line, sizeof(line), "FETCH %s %u %llu\n", hex, len,
-		     (unsigned long long)left_ms);
-	ret = request(fc, line, (size_t)n, deadline_ns, true);
+	left_ms = MIN(MAX(left_ms - margin_ms, 1), FETCH_PROTO_TIMEOUT_MAX_MS);
+	n = fetch_proto_format_fetch(line, sizeof(line), h, len, (uint32_t)left_ms, image, idx);
+	ret = request(fc, line, n, deadline_ns, true);
 	if (ret == -ETIMEDOUT)
 		STAT_INC(fc, fetch_timeouts);
 	else if (ret)
 		STAT_INC(fc, fetch_errors);
 	return ret;
+}
+
+int fetch_client_fetch(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,
+		       uint64_t deadline_ns)
+{
+	return fetch(fc, h, len, NULL, 0, deadline_ns);
+}
+
+int fetch_client_fetch_at(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,
+			  const struct chunk_hash *image, uint64_t idx, uint64_t deadline_ns)
+{
+	return fetch(fc, h, len, image, idx, deadline_ns);
 }
 
 /* Best-effort requests: dropped while the server recently failed. */

@@ -40,6 +40,11 @@ void fetch_client_free(struct fetch_client *fc);
 int fetch_client_fetch(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,
 		       uint64_t deadline_ns);
 
+/* FETCH with the chunk's place: index idx of image *image (the LUN's base image). The
+ * place lets rackdiskd see the access pattern and read ahead (fetch_proto.h). */
+int fetch_client_fetch_at(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,
+			  const struct chunk_hash *image, uint64_t idx, uint64_t deadline_ns);
+
 /* PREFETCH: starts a background fill; waits only for the acknowledgement. Best effort:
  * fails at once when the socket cannot be reached. */
 int fetch_client_prefetch(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,

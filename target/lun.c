@@ -57,7 +57,8 @@ static int lun_miss(void *arg, const struct chunk_hash *h, uint64_t idx, uint32_
 
 	if (!l->fc)
 		return -EIO;
-	return fetch_client_fetch(l->fc, h, len, deadline_ns);
+	/* The place (image, index) lets rackdiskd's readahead follow this LUN's reads. */
+	return fetch_client_fetch_at(l->fc, h, len, &l->cfg.image_id, idx, deadline_ns);
 }
 
 static void touch_send(struct lun *l, const struct chunk_hash *hs, size_t n)
