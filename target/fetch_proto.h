@@ -20,7 +20,8 @@
  *    order; a connection carries one request at a time (each tgtd worker thread keeps
  *    its own connection and reconnects after an error).
  *
- *      FETCH <hash> <len> <timeout_ms>\n   make the chunk present in the chunk store,
+ *      FETCH <hash> <len> <timeout_ms> [<image_id> <idx>]\n
+ *                                          make the chunk present in the chunk store,
  *                                          waiting at most timeout_ms
  *        -> OK\n                           it is in the store now
  *        -> ERR <errno> <text>\n           errno as a positive number: ETIMEDOUT (deadline
@@ -30,14 +31,65 @@
  *      TOUCH <hash> [<hash>...]\n          the module read these chunks (hits), for the
  *        -> OK\n                           eviction policy; at most FETCH_PROTO_TOUCH_MAX
  *
- *    <hash> is 64 lowercase hex digits, <len> the chunk's length in bytes. A line longer
- *    than FETCH_PROTO_LINE_MAX is an error and the server closes the connection.
+ *    <hash> is 64 lowercase hex digits, <len> the chunk's length in bytes (1 to
+ *    CHUNK_SIZE_MAX), <timeout_ms> at most FETCH_PROTO_TIMEOUT_MAX_MS. A line longer
+ *    than FETCH_PROTO_LINE_MAX is an error and the server closes the connection, as it
+ *    does after any malformed line (reply "ERR 71 malformed request").
+ *
+ *    FETCH's optional pair says where the chunk sits: <image_id> (64 hex, the LUN's base
+ *    image, lun.json "image_id") and <idx> (decimal chunk index in that image's
+ *    manifest). It is a hint for rackdiskd's sequential readahead (cluster/fetcher.h,
+ *    fetcher_note_access), which can only see the access pattern through it: the hash
+ *    alone does not say where a chunk is (one chunk may sit at many indexes, in many
+ *    images). Both fields or neither; the three-field form of the first version is still
+ *    valid. The server ignores the hint (and still fetches) when it does not know the
+ *    image or when manifest entry <idx> is not <hash>.
+ *
+ * fetch_proto_parse()/fetch_proto_format_fetch() below are the one reading and the one
+ * writing of these lines, used by both sides (appliance/fetchsrv.c, fetch_client.c).
  */
 #ifndef RACKDISK_TARGET_FETCH_PROTO_H
 #define RACKDISK_TARGET_FETCH_PROTO_H
 
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/hash.h"
+
 #define LUN_CONFIG_FILE "lun.json"
 #define FETCH_PROTO_TOUCH_MAX 64
 #define FETCH_PROTO_LINE_MAX (16 + FETCH_PROTO_TOUCH_MAX * 65 + 16)
+#define FETCH_PROTO_TIMEOUT_MAX_MS 600000u
+/* Longest FETCH line: the name, two hashes, three numbers, separators and '\n'. */
+#define FETCH_PROTO_FETCH_LINE_MAX (6 + 2 * (HASH_HEX_LEN + 1) + 3 * 21 + 1)
+
+enum fetch_proto_cmd { FETCH_CMD_FETCH = 1, FETCH_CMD_PREFETCH, FETCH_CMD_TOUCH };
+
+/* One parsed request line. */
+struct fetch_req {
+	enum fetch_proto_cmd cmd;
+	struct chunk_hash h;      /* FETCH, PREFETCH */
+	uint32_t len;             /* FETCH, PREFETCH */
+	uint32_t timeout_ms;      /* FETCH */
+	bool has_pos;             /* FETCH with its image_id and idx */
+	struct chunk_hash image;  /* valid when has_pos */
+	uint64_t idx;             /* valid when has_pos */
+	unsigned ntouch;          /* TOUCH: 1..FETCH_PROTO_TOUCH_MAX hashes */
+	struct chunk_hash touch[FETCH_PROTO_TOUCH_MAX];
+};
+
+/*
+ * Parses one request line (it may end in '\n'; it is not modified). Returns 0, or
+ * -EPROTO for anything the protocol above does not allow: unknown command, missing,
+ * extra or malformed fields, a length of 0 or over CHUNK_SIZE_MAX, a timeout over
+ * FETCH_PROTO_TIMEOUT_MAX_MS, half of FETCH's pair, an embedded NUL or newline.
+ */
+int fetch_proto_parse(const char *line, size_t len, struct fetch_req *r);
+
+/* Writes a FETCH line ending in '\n' into buf (FETCH_PROTO_FETCH_LINE_MAX bytes hold the
+ * longest); image NULL leaves the place out. Returns the line's length. */
+size_t fetch_proto_format_fetch(char *buf, size_t size, const struct chunk_hash *h, uint32_t len,
+				uint32_t timeout_ms, const struct chunk_hash *image, uint64_t idx);
 
 #endif
