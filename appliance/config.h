@@ -71,6 +71,9 @@ struct config {
 	char ipc_socket[CONFIG_PATH];   /* spawn: <state_dir>/tgtd.ipc; external: "" = tgt's */
 	bool direct_io;                 /* false: lun.json "direct_io" */
 
+	/* [target] */
+	char trace_dir[CONFIG_PATH];    /* "" = off; else lun.json "trace" = <dir>/<disk>.trace */
+
 	/* [api] */
 	struct config_addr api_listen;  /* 127.0.0.1:7470 */
 	uint64_t api_max_body;          /* 64K */

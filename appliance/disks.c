@@ -108,6 +108,19 @@ static int write_lun_json(struct appliance *a, const char *dir, const struct dis
 		      "direct_io", a->cfg.direct_io);
 	if (!j)
 		return -ENOMEM;
+	/* [target] trace_dir: the tgt module records this disk's reads (target/trace.h). */
+	if (a->cfg.trace_dir[0]) {
+		ret = mkdir_p(a->cfg.trace_dir, 0755);
+		if (!ret)
+			ret = config_path_fmt(path, sizeof(path), "%s/%s.trace", a->cfg.trace_dir,
+					      r->name);
+		if (!ret && json_object_set_new(j, "trace", json_string(path)))
+			ret = -ENOMEM;
+		if (ret) {
+			json_decref(j);
+			return ret;
+		}
+	}
 	text = json_dumps(j, JSON_INDENT(2));
 	json_decref(j);
 	if (!text)

@@ -23,6 +23,10 @@
  * A fetch that misses its deadline ends the command with BUSY status, which initiators
  * (QEMU, Linux, ESXi) retry; a chunk that no source could serve ends it with MEDIUM ERROR
  * / UNRECOVERED READ ERROR.
+ *
+ * With lun.json's "trace" set, every READ is recorded (target/trace.h): its start when
+ * tgtd submits it (bs_rackdisk_submit, on the event loop), its end when the worker has
+ * the data. Off, that costs one branch on each of the two paths.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -46,6 +50,7 @@
 
 #include "cache/disk.h"
 #include "target/lun.h"
+#include "target/trace.h"
 
 /* Bytes a worker handles at once for WRITE SAME and VERIFY, whatever the command's size. */
 #define RD_PIECE (1024 * 1024)
@@ -56,6 +61,7 @@
 
 struct rackdisk_info {
 	struct lun *lun;
+	struct trace *trace;  /* NULL: not recording reads */
 	/* This LU's SERVICE ACTION IN(16) table: tgt's, with GET LBA STATUS replaced. */
 	struct service_action sai[8];
 };
@@ -121,7 +127,7 @@ static unsigned fua_flags(struct scsi_cmd *cmd)
 	return ((cmd->scb[1] & 0x08) ? DISK_FUA : 0) | wce_flags(cmd);
 }
 
-static void rd_read(struct scsi_cmd *cmd, struct disk *d)
+static void rd_read(struct scsi_cmd *cmd, struct disk *d, struct trace *trace)
 {
 	uint32_t length = scsi_get_in_length(cmd);
 	int ret;
@@ -131,6 +137,21 @@ static void rd_read(struct scsi_cmd *cmd, struct disk *d)
 	ret = disk_read(d, scsi_get_in_buffer(cmd), length, cmd->offset);
 	if (ret)
 		cmd_error_errno(cmd, ret, 0);
+	if (trace)
+		trace_end(trace, cmd, trace_now_ns(), cmd->offset, length, !ret);
+}
+
+static bool is_read(const struct scsi_cmd *cmd)
+{
+	switch (cmd->scb[0]) {
+	case READ_6:
+	case READ_10:
+	case READ_12:
+	case READ_16:
+		return true;
+	default:
+		return false;
+	}
 }
 
 /* Compares [off, off+len) of the disk with data, where data repeats every `period`
@@ -410,7 +431,7 @@ static void bs_rackdisk_request(struct scsi_cmd *cmd)
 	case READ_10:
 	case READ_12:
 	case READ_16:
-		rd_read(cmd, d);
+		rd_read(cmd, d, rd->trace);
 		break;
 	case WRITE_6:
 	case WRITE_10:
@@ -558,6 +579,51 @@ static tgtadm_err rd_template_setup(struct scsi_lu *lu)
 	return TGTADM_SUCCESS;
 }
 
+/* Starts the read trace lun.json asks for. An operator who set trace_dir wants the trace,
+ * so a file that cannot be created fails the LUN rather than go unrecorded. */
+static int rd_trace_open(struct rackdisk_info *rd)
+{
+	const struct lun_config *c = lun_config(rd->lun);
+	int ret;
+
+	rd->trace = NULL;
+	if (!c->trace)
+		return 0;
+	ret = trace_open(c->trace, &c->image_id, disk_size(lun_disk(rd->lun)), &rd->trace);
+	if (ret)
+		eprintf("rackdisk %s: cannot create trace %s: %s\n", c->name, c->trace,
+			strerror(-ret));
+	return ret;
+}
+
+static void rd_trace_close(struct rackdisk_info *rd)
+{
+	const struct lun_config *c = lun_config(rd->lun);
+	uint64_t n;
+	int ret;
+
+	if (!rd->trace)
+		return;
+	n = trace_count(rd->trace);
+	ret = trace_close(rd->trace);
+	rd->trace = NULL;
+	if (ret)
+		eprintf("rackdisk %s: cannot rewrite trace %s sorted (its lines are in "
+			"completion order): %s\n", c->name, c->trace, strerror(-ret));
+	else
+		dprintf("rackdisk %s: %" PRIu64 " reads traced in %s\n", c->name, n, c->trace);
+}
+
+/* tgtd's event loop submits commands in arrival order: the trace's start of a READ. */
+static int bs_rackdisk_submit(struct scsi_cmd *cmd)
+{
+	struct rackdisk_info *rd = RDP(cmd->dev);
+
+	if (rd->trace && is_read(cmd))
+		trace_begin(rd->trace, cmd, trace_now_ns());
+	return bs_thread_cmd_submit(cmd);
+}
+
 static int bs_rackdisk_open(struct scsi_lu *lu, char *path, int *fd, uint64_t *size)
 {
 	struct rackdisk_info *rd = RDP(lu);
@@ -575,9 +641,11 @@ static int bs_rackdisk_open(struct scsi_lu *lu, char *path, int *fd, uint64_t *s
 	*fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (*fd < 0) {
 		eprintf("rackdisk: cannot open %s, %m\n", path);
-		lun_close(rd->lun);
-		rd->lun = NULL;
-		return -1;
+		goto fail;
+	}
+	if (rd_trace_open(rd)) {
+		close(*fd);
+		goto fail;
 	}
 	*size = disk_size(lun_disk(rd->lun));
 
@@ -587,12 +655,17 @@ static int bs_rackdisk_open(struct scsi_lu *lu, char *path, int *fd, uint64_t *s
 	if (!lu->attrs.no_auto_lbppbe)
 		update_lbppbe(lu, DISK_GRAIN);
 	return 0;
+fail:
+	lun_close(rd->lun);
+	rd->lun = NULL;
+	return -1;
 }
 
 static void bs_rackdisk_close(struct scsi_lu *lu)
 {
 	struct rackdisk_info *rd = RDP(lu);
 
+	rd_trace_close(rd);
 	lun_close(rd->lun);
 	rd->lun = NULL;
 	close(lu->fd);
@@ -624,7 +697,7 @@ static struct backingstore_template rackdisk_bst = {
 	.bs_close		= bs_rackdisk_close,
 	.bs_init		= bs_rackdisk_init,
 	.bs_exit		= bs_rackdisk_exit,
-	.bs_cmd_submit		= bs_thread_cmd_submit,
+	.bs_cmd_submit		= bs_rackdisk_submit,
 	.bs_oflags_supported	= 0,
 };
 

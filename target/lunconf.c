@@ -88,6 +88,15 @@ static int parse_fields(json_t *root, struct lun_config *c, char *err, size_t er
 			return fail(err, errlen, -EINVAL, "lun.json: \"direct_io\" is not a boolean");
 		c->direct_io = json_is_true(v);
 	}
+
+	/* The module creates the file itself: a directory path would fail there, later and
+	 * less clearly, so it is refused here. */
+	ret = get_path(root, "trace", false, &c->trace, err, errlen);
+	if (ret)
+		return ret;
+	if (c->trace && c->trace[strlen(c->trace) - 1] == '/')
+		return fail(err, errlen, -EINVAL, "lun.json: \"trace\" must name a file, not a "
+			    "directory");
 	return 0;
 }
 
@@ -142,5 +151,6 @@ void lun_config_free(struct lun_config *c)
 	free(c->manifest);
 	free(c->chunk_dir);
 	free(c->socket);
+	free(c->trace);
 	memset(c, 0, sizeof(*c));
 }

@@ -27,6 +27,7 @@ struct lun_config {
 	char *socket;             /* absolute path of the fetch socket; NULL: no fetches */
 	uint32_t io_timeout_ms;   /* deadline of a read that misses, 1..LUN_IO_TIMEOUT_MAX_MS */
 	bool direct_io;
+	char *trace;              /* absolute path of the read trace (target/trace.h); NULL: off */
 };
 
 /*
