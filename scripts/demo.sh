@@ -6,9 +6,14 @@
 #               publish a second image sharing most of its content (deduplication),
 #               serve the repository with nginx, and list, show and verify the images
 #               over HTTP.
-#   2. appliance: start rackdiskd (with its own tgtd) on free loopback ports, create a
-#               disk from the sample image, read it whole and write to it through QEMU's
-#               iSCSI driver, print the counters and a QEMU command line for a VM.
+#   2. appliance: start redis-server (the cluster's chunk directory) and appliance A
+#               (rackdiskd with its own tgtd) on free loopback ports, create a disk from
+#               the sample image, read it whole and write to it through QEMU's iSCSI
+#               driver, print the counters and a QEMU command line for a VM.
+#   3. cluster: start appliance B in the same cluster (same Redis, same token), create a
+#               disk of the same image on B and read it whole: every chunk comes from A's
+#               peer server, none from the seed. Prints bytes by source (local, peer,
+#               seed) for each appliance.
 #
 # Then it keeps running until Ctrl-C; with DEMO_EXIT=1, or when stdin is not a terminal,
 # it exits after printing. Every server goes through start_bg and is stopped by cleanup
@@ -20,6 +25,8 @@ RACKDISK=${RACKDISK:-$ROOT/build/rackdisk}
 RACKDISKD=${RACKDISKD:-$ROOT/build/rackdiskd}
 WORK=$(mktemp -d /tmp/rackdisk-demo.XXXXXX)
 PIDS=()
+declare -A APIS=() # appliance name -> API URL
+APP_ORDER=()
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -47,7 +54,7 @@ cleanup() {
 	local rc=$? i
 	trap - EXIT INT TERM
 	[ -z "${SLEEP_PID:-}" ] || kill "$SLEEP_PID" 2>/dev/null || true
-	# Newest first: rackdiskd (which stops its tgtd) before the seed it reads from.
+	# Newest first: the rackdiskds (each stops its tgtd) before Redis and the seed.
 	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
 		stop_pid "${PIDS[i]}"
 	done
@@ -177,19 +184,34 @@ install_module() {
 	mv "$dst.tmp.$$" "$dst"
 }
 
-# start_appliance: rackdiskd + its tgtd on free ports; sets API, APP_DIR, DAEMON_PID.
+# start_redis: redis-server on a free loopback port, no persistence; sets REDIS_URL.
+start_redis() {
+	local dir=$WORK/redis port
+	port=$(free_port)
+	mkdir -p "$dir"
+	start_bg redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save "" \
+		--appendonly no --daemonize no --loglevel warning --logfile "$dir/redis.log"
+	wait_port "$port"
+	REDIS_URL=redis://127.0.0.1:$port/0
+}
+
+# start_appliance NAME: rackdiskd + its tgtd on free ports, in the cluster (Redis at
+# REDIS_URL, token file $WORK/cluster.token, peer server on a free loopback port); sets
+# API, APP_DIR, DAEMON_PID and APIS[NAME].
 start_appliance() {
-	local api_port portal_port control_port
-	APP_DIR=$WORK/app
+	local name=$1 api_port portal_port control_port peer_port
+	APP_DIR=$WORK/app-$name
 	mkdir -p "$APP_DIR"
 	api_port=$(free_port)
 	portal_port=$(free_port)
+	peer_port=$(free_port)
 	# tgtadm -C takes a port below 32768; with a private IPC socket it only has to be
 	# distinct from other tgtds' on this machine.
 	control_port=$((1000 + RANDOM % 31000))
 	cat >"$APP_DIR/rackdisk.conf" <<EOF
 [node]
-name = demo
+name = $name
+rack = demo-rack
 state_dir = $APP_DIR/state
 
 [cache]
@@ -206,18 +228,48 @@ io_timeout_ms = 10000
 
 [api]
 listen = 127.0.0.1:$api_port
+
+[cluster]
+redis = $REDIS_URL
+listen = 127.0.0.1:$peer_port
+token_file = $WORK/cluster.token
 EOF
 	start_bg "$RACKDISKD" --config "$APP_DIR/rackdisk.conf" 2>"$APP_DIR/rackdiskd.log"
 	DAEMON_PID=${PIDS[-1]}
 	API=http://127.0.0.1:$api_port
+	APIS[$name]=$API
+	APP_ORDER+=("$name")
 	for _ in $(seq 1 200); do
 		curl -sf "$API/api/v1/health" >/dev/null && return 0
 		kill -0 "$DAEMON_PID" 2>/dev/null || break
 		sleep 0.1
 	done
-	echo "demo: rackdiskd did not start; its log:" >&2
+	echo "demo: rackdiskd $name did not start; its log:" >&2
 	cat "$APP_DIR/rackdiskd.log" >&2
 	return 1
+}
+
+tgtd_pid_of() { # API
+	curl -s "$1/api/v1/health" | grep -o '"tgtd_pid": *[0-9]*' | grep -o '[0-9]*$'
+}
+
+# metric API NAME{LABELS}: one value from /metrics (0 if absent).
+metric() {
+	curl -s "$1/metrics" | awk -v k="$2" '$1 == k { v = $2 } END { print (v == "" ? 0 : v) }'
+}
+
+# print_sources: chunk bytes obtained by source, one line per appliance.
+print_sources() {
+	local name s
+	printf '  %-12s %12s %12s %12s\n' "bytes from:" local peer seed
+	for name in "${APP_ORDER[@]}"; do
+		printf '  %-12s' "$name"
+		for s in local peer seed; do
+			printf ' %12d' \
+				"$(metric "${APIS[$name]}" "rackdisk_chunk_fetch_bytes_total{source=\"$s\"}")"
+		done
+		printf '\n'
+	done
 }
 
 elapsed() { # START_NS: seconds since, 2 decimals
@@ -228,13 +280,21 @@ elapsed() { # START_NS: seconds since, 2 decimals
 demo_appliance() {
 	local out url t0 tgtd_pid img=$WORK/sample-v1.img size
 
-	section "appliance: start rackdiskd (own tgtd, tgt module bs_rackdisk.so)"
+	section "appliance: start redis-server (the cluster's chunk directory)"
+	start_redis
+	head -c 24 /dev/urandom | base64 >"$WORK/cluster.token"
+	chmod 600 "$WORK/cluster.token"
+	say "Redis at $REDIS_URL; the cluster token (shared by all appliances) in" \
+		"$WORK/cluster.token"
+
+	section "appliance: start rackdiskd A (own tgtd, tgt module bs_rackdisk.so)"
 	install_module
-	start_appliance
-	tgtd_pid=$(curl -s "$API/api/v1/health" | grep -o '"tgtd_pid": *[0-9]*' | grep -o '[0-9]*$')
+	start_appliance demo-a
+	tgtd_pid=$(tgtd_pid_of "$API")
 	say "config $APP_DIR/rackdisk.conf:"
 	sed 's/^/      /' "$APP_DIR/rackdisk.conf"
-	say "processes: nginx ${PIDS[0]}, rackdiskd $DAEMON_PID, tgtd $tgtd_pid"
+	say "processes: nginx ${PIDS[0]}, redis-server ${PIDS[1]}, rackdiskd $DAEMON_PID," \
+		"tgtd $tgtd_pid"
 
 	section "appliance: create a disk from sample-v1 (a thin clone: nothing is copied yet)"
 	printf '  $ %s\n' "$RACKDISK --api $API disk create demo1 --image sample-v1 --size 64M"
@@ -276,11 +336,61 @@ demo_appliance() {
 	say "(any initiator may log in: the disk was created without --initiator)"
 }
 
+# --- 3. cluster ------------------------------------------------------------------------
+
+# wait_peer_alive API NAME: until the appliance at API sees NAME alive (bounded, 10 s).
+wait_peer_alive() {
+	local api=$1 name=$2
+	for _ in $(seq 1 100); do
+		curl -s "$api/api/v1/peers" | /usr/bin/python3 -c '
+import json, sys
+sys.exit(0 if any(p["name"] == sys.argv[1] and p["alive"] for p in json.load(sys.stdin))
+         else 1)' "$name" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	echo "demo: $name not seen alive through $api" >&2
+	return 1
+}
+
+demo_cluster() {
+	local out url t0 img=$WORK/sample-v1.img size api_a=$API tgtd_pid
+
+	section "cluster: start appliance B (same Redis and token, its own cache, tgtd, portal)"
+	start_appliance demo-b
+	tgtd_pid=$(tgtd_pid_of "$API")
+	say "processes: rackdiskd $DAEMON_PID, tgtd $tgtd_pid (appliance B)"
+	wait_peer_alive "$API" demo-a
+	run "$RACKDISK" --api "$API" peers
+
+	section "cluster: B creates a disk of sample-v1 and reads it whole"
+	printf '  $ %s\n' "$RACKDISK --api $API disk create demo2 --image sample-v1 --size 64M"
+	out=$("$RACKDISK" --api "$API" disk create demo2 --image sample-v1 --size 64M)
+	printf '%s\n' "$out" | sed 's/^/    /'
+	url=$(printf '%s\n' "$out" | tail -n1)
+	[[ $url == iscsi://* ]] || { echo "demo: no iSCSI URL from disk create on B" >&2; return 1; }
+	t0=$(date +%s%N)
+	run qemu-img convert -f raw -O raw "$url" "$WORK/b.raw"
+	say "B's cold read (chunks come from A's peer server, not the seed): $(elapsed "$t0")"
+	size=$(stat -c %s "$img")
+	run cmp -n "$size" "$img" "$WORK/b.raw"
+	say "B's read equals the source image byte for byte"
+	rm -f "$WORK/b.raw"
+
+	section "cluster: bytes by source (chunk bytes each appliance obtained)"
+	print_sources
+	say "A read the image from the seed; B took every chunk from A (peer) and none from"
+	say "the seed. What B fetched from each peer:"
+	run "$RACKDISK" --api "$API" peers
+	printf '  $ curl -s %s/metrics | grep ^rackdisk_peer_server_\n' "$api_a"
+	curl -s "$api_a/metrics" | grep '^rackdisk_peer_server_' | sed 's/^/    /'
+}
+
 main() {
 	[ -x "$RACKDISK" ] || { echo "demo: $RACKDISK missing; run make build" >&2; exit 1; }
 	[ -x "$RACKDISKD" ] || { echo "demo: $RACKDISKD missing; run make build" >&2; exit 1; }
 	demo_images
 	demo_appliance
+	demo_cluster
 	if [ "${DEMO_EXIT:-0}" = 1 ] || [ ! -t 0 ]; then
 		section "demo: done (cleaning up $WORK)"
 		return 0

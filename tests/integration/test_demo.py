@@ -1,6 +1,8 @@
 """`make demo` end to end: scripts/demo.sh with DEMO_EXIT=1 publishes the sample images,
-starts nginx and rackdiskd (with its tgtd), reads and writes a disk through QEMU's iSCSI
-driver, prints the URL, counters and a QEMU command line, then exits and leaves no server
+starts nginx, redis-server and appliance A (rackdiskd with its tgtd), reads and writes a
+disk through QEMU's iSCSI driver, prints the URL, counters and a QEMU command line; then
+appliance B reads a disk of the same image, whose chunks all come from A (peer bytes > 0,
+seed bytes 0 in the demo's bytes-by-source table); then it exits and leaves no server
 behind. Also: SIGINT while it waits is a clean exit that stops everything."""
 import os
 import re
@@ -13,13 +15,19 @@ from servers import BUILD
 
 DEMO = os.path.join(os.path.dirname(BUILD), "scripts", "demo.sh")
 URL_RE = re.compile(r"^\s*iSCSI URL: (iscsi://127\.0\.0\.1:\d+/\S+:demo1/1)$", re.M)
-PROCS_RE = re.compile(r"processes: nginx (\d+), rackdiskd (\d+), tgtd (\d+)")
+PROCS_RE = re.compile(r"processes: nginx (\d+), redis-server (\d+), rackdiskd (\d+),"
+                      r" tgtd (\d+)")
+PROCS_B_RE = re.compile(r"processes: rackdiskd (\d+), tgtd (\d+) \(appliance B\)")
+SOURCES_RE = re.compile(r"^\s*bytes from:\s+local\s+peer\s+seed\n"
+                        r"\s*demo-a\s+(\d+)\s+(\d+)\s+(\d+)\n"
+                        r"\s*demo-b\s+(\d+)\s+(\d+)\s+(\d+)$", re.M)
 WORK_RE = re.compile(r"(/tmp/rackdisk-demo\.\w+)")
 
 
 def processes_under(workdir):
-    """pids whose command line names the demo's work dir (nginx -p, rackdiskd --config)
-    or whose environment does (tgtd's TGT_IPC_SOCKET)."""
+    """pids whose command line names the demo's work dir (nginx -p, rackdiskd --config),
+    whose environment does (tgtd's TGT_IPC_SOCKET) or whose working directory is in it
+    (redis-server --dir, which rewrites its command line)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -27,10 +35,12 @@ def processes_under(workdir):
                 cmd = f.read()
             with open(f"/proc/{pid}/environ", "rb") as f:
                 env = f.read()
+            cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue
-        if int(pid) != os.getpid() and (workdir.encode() in cmd or workdir.encode() in env) \
-                and pid_alive(int(pid)):
+        inside = workdir.encode() in cmd or workdir.encode() in env or \
+            cwd == workdir or cwd.startswith(workdir + "/")
+        if int(pid) != os.getpid() and inside and pid_alive(int(pid)):
             found.append((int(pid), cmd.replace(b"\0", b" ").decode(errors="replace")))
     return found
 
@@ -46,9 +56,20 @@ def check_output(out):
     assert seed_bytes and int(seed_bytes.group(1)) > 0, out[-3000:]
     assert "wrote 1048576/1048576 bytes at offset 0" in out
     assert "Pattern verification failed" not in out
+    # B read a disk of the same image: every chunk it needed came from A's peer server,
+    # none from the seed; A got exactly those bytes from the seed (it read only that
+    # image), so B took each of A's chunks once.
+    src = SOURCES_RE.search(out)
+    assert src, out[-3000:]
+    a_local, a_peer, a_seed, b_local, b_peer, b_seed = map(int, src.groups())
+    assert b_peer > 0 and b_seed == 0, src.group(0)
+    assert a_seed > 0 and a_peer == 0 and b_peer == a_seed, src.group(0)
+    assert "B's read equals the source image byte for byte" in out
     procs = PROCS_RE.search(out)
-    assert procs, out[-3000:]
-    return [int(p) for p in procs.groups()], WORK_RE.search(out).group(1)
+    procs_b = PROCS_B_RE.search(out)
+    assert procs and procs_b, out[-3000:]
+    pids = [int(p) for p in procs.groups() + procs_b.groups()]
+    return pids, WORK_RE.search(out).group(1)
 
 
 def test_demo_runs_and_leaves_nothing_behind():
@@ -57,7 +78,7 @@ def test_demo_runs_and_leaves_nothing_behind():
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     pids, work = check_output(p.stdout)
     assert p.stdout.rstrip().endswith("demo: stopped, cleaned up")
-    # nginx, rackdiskd and the tgtd it spawned are gone (a zombie reaped later is gone too).
+    # nginx, redis-server, both rackdiskds and the tgtds they spawned are gone (a zombie reaped later is gone too).
     assert wait_until(lambda: not any(pid_alive(x) for x in pids), 10), pids
     assert not processes_under(work)
     assert not os.path.exists(work)
@@ -79,6 +100,8 @@ def test_demo_waits_then_ctrl_c_cleans_up():
             if "press Ctrl-C" in line or time.monotonic() > deadline:
                 break
         text = "".join(out)
+        if "press Ctrl-C" not in text and proc.poll() is not None:
+            text += proc.stderr.read()  # it ended early: say why
         assert "press Ctrl-C" in text, text[-3000:]
         pids, work = check_output(text)
         time.sleep(0.5)
