@@ -148,7 +148,7 @@ static void test_bad_lines(void **state)
 			fail_msg("accepted: \"%s\"", bad[i]);
 	}
 	/* An embedded NUL or newline is not part of any line. */
-	assert_int_equal(fetch_proto_parse("FETCH " HEX_A "\0 4096 1", 80, &r), -EPROTO);
+	assert_int_equal(fetch_proto_parse("FETCH " HEX_A "\0 4096 1", 78, &r), -EPROTO);
 	assert_int_equal(fetch_proto_parse("TOUCH " HEX_A "\nTOUCH " HEX_A, 141, &r), -EPROTO);
 	/* Longer than the protocol's limit. */
 	{
