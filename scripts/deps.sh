@@ -11,6 +11,7 @@ PKGS=(
 	libaio-dev libmicrohttpd-dev libinih-dev libcmocka-dev
 	tgt redis-server nginx-light qemu-utils libiscsi-bin libiscsi-dev
 	python3 python3-pytest iproute2 util-linux e2fsprogs gnuplot-nox
+	qemu-system-x86 busybox-static syslinux syslinux-common mtools dosfstools fdisk cpio
 )
 
 missing=()
