@@ -1,17 +1,30 @@
-"""iscsi_cold.py [--size-mib N] [--rounds N] [--workers N] [--readahead N] [--depth N]:
-cold whole-disk sequential read through iSCSI from an empty cache, against curl
-downloading the raw image from the same nginx (issue 4 target: <= 1.5x curl's time).
+"""iscsi_cold.py [--size-mib N] [--rounds N] [--workers N] [--readahead N] [--depth N]
+[--seed-rate RATE] [--variants loopback,limited]: cold whole-disk sequential read through
+iSCSI from an empty cache, against curl downloading the raw image from the same nginx
+over the same link (issue 4 target: <= 1.5x curl's time).
 
 A realistic image (tests/bench/bench_publish_gen.py: random, text, zero and repeated
 extents) is published with 1 MiB chunks into a repository that nginx serves, the raw file
 beside it. Each round starts a fresh appliance (rackdiskd + tgtd, empty cache), creates
 a disk and reads it whole with `qemu-img bench` (1 MiB sequential reads at depth N, the
 shape of a guest's sequential read), then once more warm. curl fetches the raw file from
-the same nginx in the same round. The fetcher's counters of each round are printed, to
-see where the time goes, and so is the same read from tgt's own rdwr store on the raw
-file (a private tgtd): what iSCSI on this machine costs with no rackdisk at all.
+the same nginx in the same round. Both readers discard what they read (qemu-img bench
+keeps it in memory, curl writes to /dev/null): neither pays for a destination file.
+
+Two variants, printed side by side:
+  loopback  nginx on 127.0.0.1, no rate limit. On this path the iSCSI transport alone
+            costs more than curl (tgt's own rdwr store on the raw file, read the same way,
+            is printed as a second reference line).
+  limited   nginx in a network namespace created for the run (name rdcold-<pid>,
+            addresses in 10.214.0.0/24, a veth pair to the host namespace) whose seed side
+            sends through `tc qdisc tbf rate RATE` (env BENCH_SEED_RATE or --seed-rate,
+            default 1gbit): a seed behind a realistic link. curl and the appliance both
+            fetch through that same link. The namespace is removed at the end, also on
+            failure (try/finally and atexit).
+The fetcher's counters of each round are printed, to see where the time goes.
 """
 import argparse
+import atexit
 import os
 import shutil
 import subprocess
@@ -23,13 +36,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
 from appliance_helpers import RACKDISK, Appliance, install_module, servable  # noqa: E402
-from servers import Nginx  # noqa: E402
+from servers import Nginx, stop_process  # noqa: E402
 from tgt_helpers import Tgtd  # noqa: E402
 
 MIB = 1 << 20
+NS_PREFIX = "rdcold-"
 
 
-def timed(cmd, timeout=600):
+def timed(cmd, timeout=900):
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     dt = time.monotonic() - t0
@@ -43,6 +57,159 @@ def bench_read(url, size, depth):
                   "-s", "1M", "-S", "1M", "-o", "0", url])
 
 
+def sh(*cmd):
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30)
+
+
+class SeedNetns:
+    """A network namespace holding the seed's end of a veth pair, rate-limited on the
+    seed side. Addresses: a /30 of 10.214.0.0/24 picked from the pid, so two runs at once
+    do not collide."""
+
+    def __init__(self, rate):
+        pid = os.getpid()
+        self.name = f"{NS_PREFIX}{pid}"
+        base = 4 * (pid % 64)
+        self.host_ip, self.seed_ip = f"10.214.0.{base + 1}", f"10.214.0.{base + 2}"
+        self.host_if, self.seed_if = f"rdch{pid % 100000}", f"rdcs{pid % 100000}"
+        self.rate = rate
+        self.up = False
+
+    def start(self):
+        self.remove_stale()
+        atexit.register(self.stop)
+        self.up = True
+        sh("ip", "netns", "add", self.name)
+        sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.seed_if,
+           "netns", self.name)
+        sh("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
+        sh("ip", "link", "set", self.host_if, "up")
+        self.run("ip", "addr", "add", f"{self.seed_ip}/30", "dev", self.seed_if)
+        self.run("ip", "link", "set", self.seed_if, "up")
+        self.run("ip", "link", "set", "lo", "up")
+        # The seed's sending side: everything the seed serves crosses this queue.
+        self.run("tc", "qdisc", "add", "dev", self.seed_if, "root", "tbf", "rate", self.rate,
+                 "burst", "1mb", "latency", "20ms")
+        return self
+
+    def run(self, *cmd):
+        sh("ip", "netns", "exec", self.name, *cmd)
+
+    def stop(self):
+        if not self.up:
+            return
+        self.up = False
+        # Deleting one end of a veth pair deletes both; the namespace goes once no
+        # process is left in it (the caller stops nginx first).
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=30)
+
+    @staticmethod
+    def remove_stale():
+        """Namespaces of earlier runs whose process is gone (killed before cleanup)."""
+        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if not name.startswith(NS_PREFIX):
+                continue
+            try:
+                os.kill(int(name[len(NS_PREFIX):]), 0)
+                continue
+            except (ValueError, ProcessLookupError):
+                pass
+            except PermissionError:
+                continue
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
+class NetnsNginx(Nginx):
+    """servers.Nginx listening on the seed address inside the namespace."""
+
+    def __init__(self, root, workdir, netns):
+        super().__init__(root, workdir)
+        self.netns = netns
+
+    @property
+    def url(self):
+        return f"http://{self.netns.seed_ip}:{self.port}"
+
+    def write_conf(self):
+        super().write_conf()
+        path = os.path.join(self.dir, "nginx.conf")
+        with open(path) as f:
+            conf = f.read()
+        with open(path, "w") as f:
+            f.write(conf.replace(f"listen 127.0.0.1:{self.port}",
+                                 f"listen {self.netns.seed_ip}:{self.port}"))
+
+    def start(self):
+        self.write_conf()
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns.name, "nginx", "-p", self.dir, "-c",
+             os.path.join(self.dir, "nginx.conf")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while subprocess.run(["curl", "-sf", "-o", "/dev/null", "--max-time", "1",
+                              f"{self.url}/tags/"]).returncode:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nginx in {self.netns.name} did not start: "
+                                   f"{self.proc.stderr.read() if self.proc.poll() else ''}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self):
+        if self.proc:
+            stop_process(self.proc)
+        self.proc = None
+
+
+def run_variant(label, nginx, size, args, seed_extra):
+    """Rounds of curl + cold + warm reads against nginx; returns a result dict."""
+    url_raw = f"{nginx.url}/image.raw"
+    # Page cache warm for both sides: nginx serves both from memory.
+    timed(["curl", "-sf", "-o", "/dev/null", url_raw])
+    rows = []
+    for rnd in range(1, args.rounds + 1):
+        curl = timed(["curl", "-sf", "-o", "/dev/null", url_raw])
+        app = Appliance(nginx.url, name=f"cold{rnd}", extra={
+            "seed": seed_extra, "node": [], "iscsi": ["io_timeout_ms = 60000"]})
+        try:
+            app.start()
+            p = app.cli("disk", "create", "d1", "--image", "cold")
+            if p.returncode:
+                raise RuntimeError(p.stderr)
+            url = p.stdout.strip().split("\n")[-1]
+            cold = bench_read(url, size, args.depth)
+            warm = bench_read(url, size, args.depth)
+            _, st = app.request("GET", "/api/v1/cache")
+        finally:
+            app.cleanup()
+        f = st["fetch"]
+        rows.append((cold / curl, curl, cold, warm))
+        print(f"{label} round {rnd}: curl {curl:.2f} s ({size / MIB / curl:.0f} MiB/s) | "
+              f"iSCSI cold {cold:.2f} s ({size / MIB / cold:.0f} MiB/s) = "
+              f"{cold / curl:.2f}x curl | warm re-read {warm:.2f} s "
+              f"({size / MIB / warm:.0f} MiB/s)")
+        print(f"  fetcher: seed {f['seed']['fetches']} chunks, "
+              f"{f['seed']['failures']} failures, {f['retries']} retries, "
+              f"{f['timeouts']} timeouts, {f['coalesced']} coalesced, "
+              f"{f['readahead']} readahead; store {st['store']['chunks']} chunks, "
+              f"{st['store']['inserts']} inserts")
+    rows.sort()
+    return rows[len(rows) // 2]  # the median round by ratio
+
+
+def rdwr_reference(work, repo, size, args):
+    tgtd = Tgtd(os.path.join(work, "tgtd"))
+    try:
+        tgtd.start()
+        rdwr_url = tgtd.add_lun(1, os.path.join(repo, "image.raw"), bstype="rdwr")
+        bench_read(rdwr_url, size, args.depth)  # page cache warm, as for curl
+        return min(bench_read(rdwr_url, size, args.depth) for _ in range(args.rounds))
+    finally:
+        tgtd.cleanup()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=256)
@@ -50,11 +217,16 @@ def main():
     ap.add_argument("--workers", type=int, default=0, help="[seed] workers (0: default)")
     ap.add_argument("--readahead", type=int, default=-1, help="[seed] readahead (-1: default)")
     ap.add_argument("--depth", type=int, default=16)
+    ap.add_argument("--seed-rate", default=os.environ.get("BENCH_SEED_RATE", "1gbit"),
+                    help="tc rate of the limited variant's seed link (env BENCH_SEED_RATE)")
+    ap.add_argument("--variants", default="loopback,limited")
     args = ap.parse_args()
+    variants = args.variants.split(",")
 
     install_module()
     work = tempfile.mkdtemp(prefix="rdcold", dir="/tmp")
-    nginx = None
+    nginx = netns = None
+    results = {}
     try:
         raw = os.path.join(work, "image.raw")
         repo = os.path.join(work, "repo")
@@ -65,7 +237,6 @@ def main():
         # The raw file is served by the same nginx, for curl.
         os.rename(raw, os.path.join(repo, "image.raw"))
         servable(repo)
-        nginx = Nginx(repo, os.path.join(work, "nginx")).start()
         size = os.path.getsize(os.path.join(repo, "image.raw"))
         nobj = sum(len(f) for _, _, f in os.walk(os.path.join(repo, "chunks")))
         print(f"image: {size // MIB} MiB, 1 MiB chunks, {nobj} distinct non-zero objects "
@@ -76,53 +247,35 @@ def main():
             seed_extra.append(f"workers = {args.workers}")
         if args.readahead >= 0:
             seed_extra.append(f"readahead = {args.readahead}")
-        # Page cache warm for both sides: nginx serves both from memory.
-        timed(["curl", "-sf", "-o", "/dev/null", f"{nginx.url}/image.raw"])
-        ratios = []
-        for rnd in range(1, args.rounds + 1):
-            curl = timed(["curl", "-sf", "-o", "/dev/null", f"{nginx.url}/image.raw"])
-            app = Appliance(nginx.url, name=f"cold{rnd}", extra={
-                "seed": seed_extra,
-                "node": [], "iscsi": ["io_timeout_ms = 60000"]})
-            try:
-                app.start()
-                p = app.cli("disk", "create", "d1", "--image", "cold")
-                if p.returncode:
-                    raise RuntimeError(p.stderr)
-                url = p.stdout.strip().split("\n")[-1]
-                cold = bench_read(url, size, args.depth)
-                warm = bench_read(url, size, args.depth)
-                _, st = app.request("GET", "/api/v1/cache")
-            finally:
-                app.cleanup()
-            f = st["fetch"]
-            ratios.append(cold / curl)
-            print(f"round {rnd}: curl {curl:.2f} s ({size / MIB / curl:.0f} MiB/s) | "
-                  f"iSCSI cold {cold:.2f} s ({size / MIB / cold:.0f} MiB/s) = "
-                  f"{cold / curl:.2f}x curl (target <= 1.5x) | warm re-read {warm:.2f} s "
-                  f"({size / MIB / warm:.0f} MiB/s)")
-            print(f"  fetcher: seed {f['seed']['fetches']} chunks, "
-                  f"{f['seed']['failures']} failures, {f['retries']} retries, "
-                  f"{f['timeouts']} timeouts, {f['coalesced']} coalesced, "
-                  f"{f['readahead']} readahead; store {st['store']['chunks']} chunks, "
-                  f"{st['store']['inserts']} inserts")
-        tgtd = Tgtd(os.path.join(work, "tgtd"))
-        try:
-            tgtd.start()
-            rdwr_url = tgtd.add_lun(1, os.path.join(repo, "image.raw"), bstype="rdwr")
-            bench_read(rdwr_url, size, args.depth)  # page cache warm, as for curl
-            rdwr = min(bench_read(rdwr_url, size, args.depth) for _ in range(args.rounds))
-        finally:
-            tgtd.cleanup()
-        print(f"baseline: tgt rdwr on the raw file, same reads: {rdwr:.2f} s "
-              f"({size / MIB / rdwr:.0f} MiB/s) = {rdwr / curl:.2f}x curl")
-        ratios.sort()
-        print(f"bench-iscsi-cold: depth {args.depth}, median cold/curl ratio "
-              f"{ratios[len(ratios) // 2]:.2f}x over {args.rounds} round(s) (target <= 1.5x)")
+        if "loopback" in variants:
+            nginx = Nginx(repo, os.path.join(work, "nginx")).start()
+            results["loopback"] = run_variant("loopback", nginx, size, args, seed_extra)
+            nginx.stop()
+            nginx = None
+        if "limited" in variants:
+            netns = SeedNetns(args.seed_rate).start()
+            nginx = NetnsNginx(repo, os.path.join(work, "nginx-ns"), netns).start()
+            results["limited"] = run_variant(f"seed at {args.seed_rate}", nginx, size, args,
+                                             seed_extra)
+        rdwr = rdwr_reference(work, repo, size, args) if "loopback" in variants else None
     finally:
         if nginx:
             nginx.stop()
+        if netns:
+            netns.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nbench-iscsi-cold: {size // MIB} MiB image, depth {args.depth}, median round "
+          f"of {args.rounds} (target: iSCSI cold <= 1.5x curl)")
+    print(f"{'variant':22} {'curl':>14} {'iSCSI cold':>14} {'cold/curl':>10} {'warm re-read':>14}")
+    names = {"loopback": "loopback (unlimited)", "limited": f"seed at {args.seed_rate}"}
+    for k, (ratio, curl, cold, warm) in results.items():
+        print(f"{names[k]:22} {curl:8.2f} s     {cold:8.2f} s     {ratio:8.2f}x "
+              f"{warm:8.2f} s")
+    if rdwr is not None:
+        lc = results["loopback"][1]
+        print(f"{'tgt rdwr, raw file':22} {'':14} {rdwr:8.2f} s     {rdwr / lc:8.2f}x "
+              f"(reference: iSCSI alone, no rackdisk, vs loopback curl)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
 #!/usr/bin/python3
-"""Warm iSCSI benchmark: qemu-img bench against a fully cached rackdisk LUN and against
-tgt's rdwr store on a raw file of the same image, both in one private tgtd, same run.
+"""Warm iSCSI benchmark: qemu-img bench against a fully cached disk of a real appliance
+(rackdiskd with its own tgtd, the image published to a seed served by nginx, the disk
+created through the API) and against tgt's rdwr store on a raw file of the same image,
+exported by the same tgtd, same run.
 
-    iscsi_warm.py [--size MiB] [--rounds N]
+    iscsi_warm.py [--size MiB] [--rounds N] [--perf FILE]
+
+The cache is warmed by one whole sequential read of the disk before anything is timed
+(the bench checks that the store then holds every non-zero chunk and that the timed runs
+fetch nothing).
 
 Workloads (QEMU's iscsi driver, cache=none, aio in qemu-img's own event loop):
   seq-1M-d16   1 MiB sequential reads, queue depth 16
@@ -11,8 +17,9 @@ Workloads (QEMU's iscsi driver, cache=none, aio in qemu-img's own event loop):
                order over the whole image) - called "random" below
 Each workload runs rounds times on each LUN, alternating, after a warm-up pass; the best
 round counts. Prints MiB/s (and IOPS) for both and the ratio rackdisk/rdwr (target
->= 0.95). The rackdisk LUN reports its chunk hits (TOUCH) to a fetch server, as it would
-to rackdiskd.
+>= 0.95). --perf FILE records tgtd (perf record -g) during one extra seq-1M-d16 run on
+the rackdisk LUN and writes `perf report --no-children` to FILE (FILE.rdwr: the same
+on the rdwr LUN).
 """
 import argparse
 import os
@@ -22,8 +29,12 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
-from tgt_helpers import FetchServer, Tgtd, install_module, make_disk, make_raw  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+from appliance_helpers import (IQN_PREFIX, RACKDISK, Appliance, install_module,  # noqa: E402
+                               servable)
+from servers import Nginx  # noqa: E402
+from tgt_helpers import make_raw  # noqa: E402
 
 MiB = 1 << 20
 
@@ -39,31 +50,79 @@ def bench(url, size, depth, count, step):
     return count * size / secs / MiB, count / secs
 
 
+def add_rdwr_lun(app, raw):
+    """A target with tgt's rdwr store on raw in the appliance's own tgtd (same threads,
+    same portal): the baseline."""
+    iqn = f"{IQN_PREFIX}:rdwr-baseline"
+    for args in (("--op", "new", "--mode", "target", "--tid", "900", "-T", iqn),
+                 ("--op", "bind", "--mode", "target", "--tid", "900", "-I", "ALL"),
+                 ("--op", "new", "--mode", "logicalunit", "--tid", "900", "--lun", "1",
+                  "--bstype", "rdwr", "--backing-store", raw)):
+        r = app.tgtadm(*args)
+        if r.returncode:
+            raise RuntimeError(f"tgtadm {' '.join(args)}: {r.stderr}")
+    return f"iscsi://127.0.0.1:{app.portal_port}/{iqn}/1"
+
+
+def perf_record(app, url, image, out):
+    pid = app.tgtd_pid()
+    data = out + ".data"
+    rec = subprocess.Popen(["perf", "record", "-g", "-o", data, "-p", str(pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        bench(url, MiB, 16, max(image // MiB * 2, 256), MiB)
+    finally:
+        rec.send_signal(2)
+        rec.wait(60)
+    with open(out, "w") as f:
+        subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
+                        "--percent-limit", "0.5"], stdout=f, stderr=subprocess.DEVNULL,
+                       timeout=300)
+    print(f"perf profile of tgtd during seq-1M-d16 on {url}: {out}")
+
+
+def fetch_counters(app):
+    _, st = app.request("GET", "/api/v1/cache")
+    f = st["fetch"]
+    return st["store"]["chunks"], sum(f[s]["fetches"] for s in ("seed", "peer"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=256, help="image size in MiB")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--perf", default=os.environ.get("BENCH_PERF"),
+                    help="write a perf profile of tgtd (seq-1M-d16, rackdisk) here")
     args = ap.parse_args()
     image = args.size * MiB
 
     install_module()
-    work = tempfile.mkdtemp(prefix="rdbench", dir="/tmp")
-    tgtd = Tgtd(os.path.join(work, "tgtd"))
-    fs = None
+    work = tempfile.mkdtemp(prefix="rdwarm", dir="/tmp")
+    nginx = app = None
     try:
         raw = make_raw(os.path.join(work, "image.raw"), image, seed=99)
-        sock = os.path.join(work, "f.sock")
-        make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="all",
-                  socket_path=sock)
-        fs = FetchServer(sock, os.path.join(work, "store"), raw=None).start()
-        tgtd.start()
-        urls = {"rackdisk": tgtd.add_lun(1, os.path.join(work, "disk")),
-                "rdwr": tgtd.add_lun(2, raw, bstype="rdwr")}
+        repo = os.path.join(work, "repo")
+        subprocess.run([RACKDISK, "image", "publish", raw, "--repo", repo, "--name", "warm",
+                        "--chunk-size", "1M"], check=True, capture_output=True, timeout=600)
+        servable(repo)
+        servable(raw)
+        nginx = Nginx(repo, os.path.join(work, "nginx")).start()
+        app = Appliance(nginx.url, name="warm").start()
+        p = app.cli("disk", "create", "d1", "--image", "warm")
+        if p.returncode:
+            raise RuntimeError(p.stderr)
+        urls = {"rackdisk": p.stdout.strip().split("\n")[-1], "rdwr": add_rdwr_lun(app, raw)}
+        # Warm the cache: one whole sequential read through iSCSI.
+        bench(urls["rackdisk"], MiB, 16, image // MiB, MiB)
+        chunks, fetched = fetch_counters(app)
+        if chunks < image // MiB:
+            raise RuntimeError(f"cache not warm: {chunks} of {image // MiB} chunks")
         workloads = [
             ("seq-1M-d16", MiB, 16, max(image // MiB * 2, 256), MiB),
             ("rand-4K-d32", 4096, 32, 40000, 4096 * 7919),
         ]
-        print(f"warm iSCSI reads, {args.size} MiB image, qemu-img bench, best of {args.rounds}")
+        print(f"warm iSCSI reads, {args.size} MiB image (1 MiB chunks, {chunks} cached), "
+              f"rackdiskd + tgtd, qemu-img bench, best of {args.rounds}")
         print(f"{'workload':14} {'rackdisk':>22} {'rdwr (baseline)':>22} {'ratio':>7}")
         worst = None
         for name, size, depth, count, step in workloads:
@@ -79,12 +138,17 @@ def main():
             worst = ratio if worst is None else min(worst, ratio)
             cells = [f"{best[k][0]:8.1f} MiB/s {best[k][1]:7.0f}/s" for k in urls]
             print(f"{name:14} {cells[0]:>22} {cells[1]:>22} {ratio:6.2f}x")
-        print(f"touch reports received: {fs.counts['TOUCH']}")
+        if args.perf:
+            perf_record(app, urls["rackdisk"], image, args.perf)
+            perf_record(app, urls["rdwr"], image, args.perf + ".rdwr")
+        _, fetched_after = fetch_counters(app)
+        print(f"chunks fetched during the timed runs: {fetched_after - fetched} (must be 0)")
         print(f"worst ratio {worst:.2f}x (target >= 0.95x)")
     finally:
-        tgtd.cleanup()
-        if fs:
-            fs.stop()
+        if app:
+            app.cleanup()
+        if nginx:
+            nginx.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
