@@ -2,13 +2,16 @@
 redis-server and one nginx seed, all on loopback: the appliance config with a [cluster]
 section (appliance_helpers.Appliance takes extra config lines), Prometheus text parsing,
 per-chunk seed GET counts from nginx's access log, whole-disk reads through QEMU's iSCSI
-driver. Used by tests/integration/test_cluster_appliances.py and
+driver, and a slow TCP relay that keeps a peer transfer in flight for fault tests. Used by tests/integration/test_cluster_appliances.py and
 tests/bench/cluster_appliances.py.
 """
 import json
 import os
 import re
+import socket
 import subprocess
+import threading
+import time
 from collections import Counter
 
 from appliance_helpers import Appliance, wait_until
@@ -120,3 +123,105 @@ def same_as_image(out, raw):
     img = open(raw, "rb").read()
     got = open(out, "rb").read()
     return got[:len(img)] == img and not any(got[len(img):])
+
+
+def seconds(ms_line):
+    """'lease_ttl_ms = 1500' -> 1.5"""
+    return int(ms_line.split("=")[1]) / 1000.0
+
+
+def cluster_setting(a, key):
+    """A [cluster] setting of an appliance made by cluster_appliance(), in seconds (for
+    the *_ms keys), taken from its config lines so tests bound waits by what the
+    appliance was really given."""
+    lines = [l for l in a.extra["cluster"] if l.split("=")[0].strip() == key]
+    assert lines, key
+    return seconds(lines[-1])
+
+
+class SlowRelay:
+    """A TCP relay in front of a peer listener that forwards the responses slowly (rate
+    bytes/s, in small pieces, reading the upstream socket with a small receive buffer),
+    so the peer server is still sending a chunk when a test kills it. Requests pass at
+    once. down_bytes counts response bytes forwarded; every socket is closed by stop()."""
+
+    def __init__(self, upstream_port, rate=128 * 1024, piece=4096):
+        self.upstream = upstream_port
+        self.rate, self.piece = rate, piece
+        self.down_bytes = 0
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(64)
+        self.port = self.lsock.getsockname()[1]
+        self.socks, self.lock, self.stopping = [], threading.Lock(), False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def _track(self, s):
+        with self.lock:
+            self.socks.append(s)
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            self._track(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        u = socket.socket()
+        u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        self._track(u)
+        try:
+            u.settimeout(5)
+            u.connect(("127.0.0.1", self.upstream))
+        except OSError:
+            c.close()  # upstream dead: the client sees the connection close
+            return
+        threading.Thread(target=self._up, args=(c, u), daemon=True).start()
+        try:
+            u.settimeout(30)
+            while not self.stopping:
+                b = u.recv(self.piece)
+                if not b:
+                    break
+                c.sendall(b)
+                with self.lock:
+                    self.down_bytes += len(b)
+                time.sleep(len(b) / self.rate)
+        except OSError:
+            pass
+        for s in (c, u):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _up(self, c, u):
+        try:
+            c.settimeout(60)
+            while not self.stopping:
+                b = c.recv(65536)
+                if not b:
+                    break
+                u.sendall(b)
+        except OSError:
+            pass
+
+    def stop(self):
+        self.stopping = True
+        self.lsock.close()
+        with self.lock:
+            socks, self.socks = self.socks, []
+        for s in socks:
+            try:
+                s.close()
+            except OSError:
+                pass

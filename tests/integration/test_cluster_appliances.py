@@ -7,20 +7,34 @@ directory. Disks are read whole through QEMU's iSCSI driver (qemu-img convert).
 - three appliances read the same cold image at once: each chunk is GET from the seed
   exactly once (nginx's access log);
 - Redis stopped mid-read: the read completes from the seed with the right data, and an
-  appliance started while Redis is down starts and serves.
+  appliance started while Redis is down starts and serves; Redis restarted empty: the
+  appliances reconnect and re-announce their stores, and a reader is served by peers;
+- SIGKILL of the appliance holding seed fetch leases (its seed made slow by nginx's
+  limit_rate), and SIGKILL of an appliance while it is sending a chunk to a peer (a slow
+  relay keeps the transfer in flight): the reader finishes from the seed with the right
+  data within lease_ttl + peer_timeout + the time of a cold read from the seed;
+- a peer that serves wrong bytes (a proxy flipping a byte in front of a real appliance's
+  peer listener): detected, the chunk taken from the seed, the failures counted;
+- the peer listener of a real appliance: no or wrong token -> 401/403 and no data,
+  malformed paths -> 400, unknown chunk -> 404.
 """
+import hashlib
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
-from appliance_helpers import RACKDISKD, install_module, make_seed, wait_until
-from cluster_appliance_helpers import (chunk_gets, cluster_appliance, create_disk,
-                                       directory_connected, fetch_bytes, image_chunks,
-                                       metrics, read_disk, read_disk_cmd, same_as_image,
-                                       wait_cluster, write_token)
-from servers import Redis
+from appliance_helpers import (RACKDISKD, Appliance, install_module, make_seed,
+                               wait_until)
+from cluster_appliance_helpers import (TOKEN, SlowRelay, chunk_gets, cluster_appliance,
+                                       cluster_setting, create_disk, directory_connected,
+                                       fetch_bytes, image_chunks, metrics, read_disk,
+                                       read_disk_cmd, same_as_image, wait_cluster,
+                                       write_token)
+from cluster_helpers import LyingProxy, http_get
+from servers import Nginx, Redis
 
 IMAGE_MB = 8
 
@@ -35,8 +49,13 @@ def cluster(tmp_path):
     token = write_token(tmp_path / "token")
     apps = []
 
-    def make(name):
-        a = cluster_appliance(nginx.url, redis.url, name, token)
+    def make(name, seed_url=None, extra_cluster=(), cluster=True):
+        """A cluster appliance (cluster=False: a standalone one, no [cluster])."""
+        if cluster:
+            a = cluster_appliance(seed_url or nginx.url, redis.url, name, token,
+                                  extra_cluster=extra_cluster)
+        else:
+            a = Appliance(seed_url or nginx.url, name=name)
         apps.append(a)
         return a
 
@@ -47,6 +66,21 @@ def cluster(tmp_path):
             a.cleanup()
         redis.stop()
         nginx.stop()
+
+
+def timed_cold_read(a, disk, tmp_path):
+    """Seconds a cold whole-disk read takes on a (nothing cached there yet)."""
+    url = create_disk(a, disk, "deb")
+    t0 = time.monotonic()
+    read_disk(a, url, tmp_path / f"{disk}.raw")
+    return time.monotonic() - t0
+
+
+def fault_bound(a, t_seed):
+    """The longest a reader may take after a peer dies: a lease left by the dead node
+    expires within lease_ttl, a transfer from it is cut within peer_timeout, then the
+    seed serves as fast as for a cold read (t_seed, measured in the same test)."""
+    return cluster_setting(a, "lease_ttl_ms") + cluster_setting(a, "peer_timeout_ms") + t_seed
 
 
 def test_second_appliance_reads_from_the_first(cluster, tmp_path):
@@ -205,3 +239,168 @@ def test_cluster_config_errors_at_start(cluster, tmp_path):
     r = subprocess.run([RACKDISKD, "--check-config", "--config", a.conf],
                        capture_output=True, text=True, timeout=10)
     assert r.returncode == 2 and "advertise is required" in r.stderr
+
+
+def test_redis_restarted_empty_directory_recovers_by_reannounce(cluster, tmp_path):
+    nginx, raws, redis, make = cluster
+    repo = os.path.join(str(tmp_path / "seed"), "repo")
+    hashes, chunk_size = image_chunks(repo, "deb")
+    a, b = make("a").start(), make("b").start()
+    wait_cluster([a, b])
+    read_disk(a, create_disk(a, "va", "deb"), tmp_path / "a.raw")
+    bulk_before = metrics(a)["rackdisk_directory_bulk_announced_total"]
+    # Redis restarts with nothing in it (no persistence): node records and holder sets
+    # are gone until the appliances put them back.
+    redis.stop()
+    assert wait_until(lambda: not directory_connected(a), 15)
+    redis.start()
+    wait_cluster([a, b], timeout=30)
+    ma = metrics(a)
+    assert ma["rackdisk_directory_bulk_announced_total"] - bulk_before >= len(hashes), ma
+    assert ma["rackdisk_directory_reconnects_total"] >= 2
+    gets_before = sum(chunk_gets(nginx).values())
+    read_disk(b, create_disk(b, "vb", "deb"), tmp_path / "b.raw")
+    assert same_as_image(tmp_path / "b.raw", raws["deb"])
+    assert sum(chunk_gets(nginx).values()) == gets_before, "B went to the seed"
+    fb = fetch_bytes(b)
+    assert fb["seed"] == 0 and fb["peer"] == len(hashes) * chunk_size, fb
+
+
+def test_lease_holder_killed_reader_takes_over(cluster, tmp_path):
+    """A holds seed fetch leases while its seed crawls (limit_rate); A is SIGKILLed. B,
+    with a fast seed and a lease wait far above the bound, takes the leases over when
+    they expire and finishes within the bound."""
+    nginx, raws, _, make = cluster
+    repo = os.path.join(str(tmp_path / "seed"), "repo")
+    fast = Nginx(repo, tmp_path / "fast-nginx").start()
+    try:
+        solo = make("solo", seed_url=fast.url, cluster=False).start()
+        t_seed = timed_cold_read(solo, "vs", tmp_path)
+        solo.stop()
+        a = make("a").start()
+        b = make("b", seed_url=fast.url, extra_cluster=["lease_wait_ms = 120000"]).start()
+        wait_cluster([a, b])
+        url_a = create_disk(a, "va", "deb")
+        url_b = create_disk(b, "vb", "deb")
+        # A's seed now sends 4 KiB/s: a 64 KiB chunk takes many seconds, so A holds its
+        # leases (renewing them) until it dies.
+        nginx.stop()
+        nginx.extra = "limit_rate 4k;"
+        nginx.start()
+        p = subprocess.Popen(read_disk_cmd(url_a, tmp_path / "a.raw"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert wait_until(lambda: metrics(a)["rackdisk_leases_won_total"] >= 1, 30, 0.02)
+            a.kill()
+        finally:
+            p.kill()
+            p.wait()
+        t0 = time.monotonic()
+        read_disk(b, url_b, tmp_path / "b.raw")
+        took = time.monotonic() - t0
+        assert same_as_image(tmp_path / "b.raw", raws["deb"])
+        mb = metrics(b)
+        assert mb["rackdisk_lease_waits_total"] >= 1, mb
+        assert mb["rackdisk_lease_takeovers_total"] >= 1, mb
+        assert fetch_bytes(b)["peer"] == 0
+        bound = fault_bound(b, t_seed)
+        assert took < bound, f"{took:.2f} s > {bound:.2f} s"
+    finally:
+        fast.stop()
+
+
+def test_peer_killed_mid_transfer_reader_falls_back(cluster, tmp_path):
+    """B reads from A through a relay that forwards slowly, so A's peer server is in the
+    middle of sending a chunk when A is SIGKILLed: B's read completes from the seed."""
+    _, raws, _, make = cluster
+    a = make("a")
+    relay = SlowRelay(a.peer_port, rate=64 * 1024).start()
+    try:
+        a.extra["cluster"].append(f"advertise = 127.0.0.1:{relay.port}")
+        a.write_conf()
+        a.start()
+        # A's cold read from the seed is the seed time of the bound.
+        t_seed = timed_cold_read(a, "va", tmp_path)
+        b = make("b").start()
+        wait_cluster([a, b])
+        url = create_disk(b, "vb", "deb")
+        p = subprocess.Popen(read_disk_cmd(url, tmp_path / "b.raw"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            # some of a chunk's body has gone through (the headers are < 1 KiB), not all
+            assert wait_until(lambda: relay.down_bytes > 8192, 30, 0.005)
+            a.kill()
+            t0 = time.monotonic()
+            _, err = p.communicate(timeout=120)
+            took = time.monotonic() - t0
+            assert p.returncode == 0, err + b.log_text()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        assert same_as_image(tmp_path / "b.raw", raws["deb"])
+        fb = fetch_bytes(b)
+        assert fb["seed"] > 0, fb
+        assert metrics(b)['rackdisk_peer_failures_total{peer="a"}'] >= 1
+        bound = fault_bound(b, t_seed)
+        assert took < bound, f"{took:.2f} s > {bound:.2f} s"
+    finally:
+        relay.stop()
+
+
+def test_lying_peer_detected_chunks_from_seed(cluster, tmp_path):
+    """A's peer listener is reached only through a proxy that flips a byte of every chunk
+    body: B detects every one, takes the chunks from the seed, counts A's failures."""
+    nginx, raws, _, make = cluster
+    repo = os.path.join(str(tmp_path / "seed"), "repo")
+    hashes, chunk_size = image_chunks(repo, "deb")
+    a = make("a")
+    proxy = LyingProxy(a.peer_port).start()
+    try:
+        a.extra["cluster"].append(f"advertise = 127.0.0.1:{proxy.port}")
+        a.write_conf()
+        a.start()
+        b = make("b").start()
+        wait_cluster([a, b])
+        read_disk(a, create_disk(a, "va", "deb"), tmp_path / "a.raw")
+        before = metrics(b).get('rackdisk_peer_failures_total{peer="a"}', 0)
+        read_disk(b, create_disk(b, "vb", "deb"), tmp_path / "b.raw")
+        assert same_as_image(tmp_path / "b.raw", raws["deb"]), "B returned wrong bytes"
+        fb = fetch_bytes(b)
+        assert fb["peer"] == 0 and fb["seed"] == len(hashes) * chunk_size, fb
+        assert proxy.requests >= len(hashes)
+        mb = metrics(b)
+        assert mb['rackdisk_peer_failures_total{peer="a"}'] - before >= len(hashes), mb
+        p = b.cli("peers", "--json")
+        assert p.returncode == 0, p.stderr
+        liar = next(x for x in json.loads(p.stdout) if x["name"] == "a")
+        assert liar["failures"] >= len(hashes) and liar["bytes"] == 0, liar
+    finally:
+        proxy.stop()
+
+
+def test_peer_listener_rejects_bad_requests(cluster, tmp_path):
+    _, _, _, make = cluster
+    repo = os.path.join(str(tmp_path / "seed"), "repo")
+    hashes, _ = image_chunks(repo, "deb")
+    a = make("a").start()
+    read_disk(a, create_disk(a, "va", "deb"), tmp_path / "a.raw")
+    h = hashes[0]
+    status, data = http_get(a.peer_port, f"/v1/chunks/{h}", TOKEN)
+    assert status == 200 and hashlib.sha256(data).hexdigest() == h
+    for token, want in ((None, 401), ("wrong-token", 403)):
+        status, body = http_get(a.peer_port, f"/v1/chunks/{h}", token)
+        assert status == want, token
+        assert data[:64] not in body and len(body) < 200
+    for path in ("/v1/chunks/xyz", f"/v1/chunks/{h[:-1]}", f"/v1/chunks/{h}0",
+                 f"/v1/chunks/{h[:-1]}G", "/v1/chunks/", "/etc/passwd",
+                 f"/v1/chunks/{h}/x", f"/v1/chunks/../chunks/{h}"):
+        status, body = http_get(a.peer_port, path, TOKEN)
+        assert status == 400, path
+        assert data[:64] not in body
+    status, _ = http_get(a.peer_port, "/v1/chunks/" + "0" * 64, TOKEN)
+    assert status == 404
+    m = metrics(a)
+    assert m['rackdisk_peer_server_requests_total{status="401"}'] >= 1
+    assert m['rackdisk_peer_server_requests_total{status="403"}'] >= 1
+    assert m['rackdisk_peer_server_requests_total{status="400"}'] >= 8
