@@ -203,6 +203,7 @@ def main():
         main_none = storm(repo, trace, raw, args.racks, args.vms, directory=False, **kw)
         show("peers", main_peers, unique)
         show("no peers", main_none, unique)
+        nora = None
         if args.readahead is None:
             # Readahead fetches chunks past the end of a sequential run that the trace
             # never reads; without it the seed/unique ratio shows the directory alone.
@@ -228,6 +229,7 @@ def main():
                                                                           "seed_gets_by_chunk")},
             "seed_over_unique": main_peers["bytes"]["seed"] / unique,
             "seed_over_unique_no_peers": main_none["bytes"]["seed"] / unique,
+            "seed_over_unique_readahead0": nora["bytes"]["seed"] / unique if nora else None,
             "sweep": [{k: r[k] for k in ("racks", "vms_per_rack", "peers", "p50_s", "p99_s",
                                          "bytes", "failed")} for r in sweep],
         }
@@ -235,10 +237,11 @@ def main():
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=1)
         print("storm-summary " + json.dumps({k: summary[k] for k in (
-            "seed_over_unique", "seed_over_unique_no_peers")} | {
+            "seed_over_unique", "seed_over_unique_no_peers", "seed_over_unique_readahead0")
+            if summary[k] is not None} | {
             "p50_s": main_peers["p50_s"], "p99_s": main_peers["p99_s"],
             "p50_s_no_peers": main_none["p50_s"], "p99_s_no_peers": main_none["p99_s"]}))
-        failed = main_peers["failed"] + main_none["failed"] + sum(r["failed"] for r in sweep)
+        failed = main_peers["failed"] + main_none["failed"] + (nora["failed"] if nora else 0) + sum(r["failed"] for r in sweep)
         if failed:
             sys.exit(f"storm: {failed} replays failed")
     finally:
