@@ -130,7 +130,7 @@ install: build
 
 bench: deps
 	@$(MAKE) --no-print-directory build
-	@$(MAKE) --no-print-directory $(BENCH_TARGETS)
+	@$(PYTHON) tests/bench/report.py $(BENCH_TARGETS)
 
 soak: deps
 	@$(MAKE) --no-print-directory build
