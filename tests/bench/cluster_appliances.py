@@ -3,9 +3,21 @@
 pairs on loopback), each figure printed beside its baseline from the same run:
 
 1. Peer throughput: B reads via iSCSI (qemu-img convert) a whole disk whose image A has
-   cached, so every chunk comes from A's peer server; baseline: one curl process
-   (keep-alive) fetching the same chunk URLs from A's peer listener. MB/s = distinct chunk
-   bytes / wall time. Target: B >= 0.8x curl.
+   cached, so every chunk comes from A's peer server. MB/s = distinct chunk bytes / wall
+   time. Target: B >= 0.8x the baseline.
+   Baseline: one curl process fetching the same chunk URLs from A's peer listener, in
+   image order, one keep-alive connection (checked: curl reports one connect), each body
+   written to /dev/null; no hash check, no store, no iSCSI. It is the transfer alone,
+   the floor of what B must do (B also checks every hash, stores every chunk, and serves
+   the whole disk, zero chunks included, through tgtd to qemu-img).
+   Printed beside it, same run, to show where B's time goes:
+   - iSCSI ceiling: B re-reading the same disk warm (every chunk local; best of two), i.e.
+     the iSCSI path alone; B's cold read can be no faster, so curl / warm bounds the ratio;
+   - peer share: what the cold read costs beyond the warm one (cold - warm), against
+     curl: how the peer path itself compares with the bare transfer;
+   - curl with 4 transfers at once (--parallel-max 4), as the fetcher's readahead keeps
+     several peer transfers in flight for a sequential reader;
+   - B's peer client: connections made (keep-alive) and readahead fills.
 2. Seed fetches per chunk: A, B, C read a disk of another image at the same time; chunk
    GETs in nginx's access log during that phase / distinct chunks GET. Target: 1.0.
 
@@ -23,22 +35,28 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
 from appliance_helpers import install_module, make_seed  # noqa: E402
 from cluster_appliance_helpers import (TOKEN, chunk_gets, cluster_appliance,  # noqa: E402
-                                       create_disk, fetch_bytes, image_chunks,
+                                       create_disk, fetch_bytes, image_chunks, metrics,
                                        read_disk, read_disk_cmd, same_as_image,
                                        wait_cluster, write_token)
 from servers import Redis  # noqa: E402
 
 
-def curl_chunks(addr, hashes, workdir):
-    """One curl process, every URL on one keep-alive connection. Returns seconds."""
+def curl_chunks(addr, hashes, workdir, parallel=1):
+    """One curl process fetching every URL, on one keep-alive connection (parallel=1) or
+    up to `parallel` at once. Returns (seconds, connections curl made)."""
     cfg = os.path.join(workdir, "curl.cfg")
     with open(cfg, "w") as f:
-        f.write(f'header = "Authorization: Bearer {TOKEN}"\nfail\nsilent\nshow-error\n')
+        f.write(f'header = "Authorization: Bearer {TOKEN}"\nfail\nsilent\nshow-error\n'
+                'write-out = "%{num_connects}\\n"\n')
+        if parallel > 1:
+            f.write(f"parallel\nparallel-max = {parallel}\n")
         for h in hashes:
             f.write(f'url = "http://{addr}/v1/chunks/{h}"\noutput = "/dev/null"\n')
     t0 = time.perf_counter()
-    subprocess.run(["curl", "--config", cfg], check=True, timeout=300)
-    return time.perf_counter() - t0
+    r = subprocess.run(["curl", "--config", cfg], check=True, timeout=300,
+                       capture_output=True, text=True)
+    t = time.perf_counter() - t0
+    return t, sum(int(x) for x in r.stdout.split())
 
 
 def main():
@@ -74,18 +92,37 @@ def main():
         fb = fetch_bytes(b)
         assert fb["peer"] == nbytes and fb["seed"] == 0, fb
         # Context: the same read once B holds every chunk (iSCSI + qemu-img alone).
-        t0 = time.perf_counter()
-        read_disk(b, url, out)
-        t_warm = time.perf_counter() - t0
-        t_curl = curl_chunks(f"127.0.0.1:{a.peer_port}", hashes, work)
-        mb_b, mb_curl = nbytes / t_b / 1e6, nbytes / t_curl / 1e6
+        # Best of two: the ceiling should not be inflated by one noisy pass.
+        t_warm = None
+        for _ in range(2):
+            t0 = time.perf_counter()
+            read_disk(b, url, out)
+            t = time.perf_counter() - t0
+            t_warm = t if t_warm is None else min(t_warm, t)
+        mb_ = metrics(b)
+        conns = mb_.get("rackdisk_peer_client_connections_total", 0)
+        ra = mb_.get("rackdisk_fetch_readahead_total", 0)
+        t_curl, curl_conns = curl_chunks(f"127.0.0.1:{a.peer_port}", hashes, work)
+        t_curl4, _ = curl_chunks(f"127.0.0.1:{a.peer_port}", hashes, work, parallel=4)
+        mb = lambda t: nbytes / t / 1e6  # noqa: E731
         print(f"peer throughput ({len(hashes)} chunks of {chunk_size} B, "
               f"{nbytes / 1e6:.1f} MB; image {args.size_mb} MiB):")
-        print(f"  B via iSCSI from A's cache: {mb_b:8.1f} MB/s  ({t_b:.2f} s)")
-        print(f"  baseline curl keep-alive:   {mb_curl:8.1f} MB/s  ({t_curl:.2f} s)")
-        print(f"  ratio {mb_b / mb_curl:.2f}x (target >= 0.8x)")
-        print(f"  context: B re-reading the disk warm (all local): {nbytes / t_warm / 1e6:.1f} "
-              f"MB/s of chunk bytes ({t_warm:.2f} s for the whole {args.size_mb} MiB disk)")
+        print(f"  B via iSCSI from A's cache: {mb(t_b):8.1f} MB/s  ({t_b:.2f} s)")
+        print(f"  baseline curl keep-alive:   {mb(t_curl):8.1f} MB/s  ({t_curl:.2f} s, "
+              f"{curl_conns} connection(s), bodies to /dev/null)")
+        print(f"  ratio {t_curl / t_b:.2f}x (target >= 0.8x)")
+        print(f"  iSCSI ceiling: B re-reading warm {mb(t_warm):.1f} MB/s of chunk bytes "
+              f"({t_warm:.2f} s for the whole {args.size_mb} MiB disk): the ratio can be at "
+              f"most {t_curl / t_warm:.2f}x")
+        extra = t_b - t_warm
+        if extra > 0:
+            print(f"  peer share: cold - warm = {extra:.2f} s, {mb(extra):.1f} MB/s; "
+                  f"{t_curl / extra:.2f}x curl")
+        else:
+            print(f"  peer share: cold - warm = {extra:.2f} s (within the noise)")
+        print(f"  context: curl 4 transfers at once {mb(t_curl4):.1f} MB/s ({t_curl4:.2f} s); "
+              f"B's peer client made {conns:.0f} connection(s) for {len(hashes)} chunks, "
+              f"{ra:.0f} readahead fills")
 
         # 2. seed fetches per chunk, three appliances at once on a cold image
         before = chunk_gets(nginx)
