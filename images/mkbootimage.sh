@@ -38,7 +38,7 @@ P1_SECTORS=63488       # 31 MiB
 P2_START=$((P1_START + P1_SECTORS))
 P2_SECTORS=$((DISK_MB * 2048 - P2_START))
 
-for tool in apt-get dpkg-deb mkfs.fat mcopy mmd syslinux sfdisk mke2fs cpio gzip; do
+for tool in apt-get dpkg-deb mkfs.fat mcopy mmd syslinux sfdisk mke2fs debugfs cpio gzip; do
 	command -v "$tool" >/dev/null || { echo "mkbootimage: $tool missing (make deps)" >&2; exit 1; }
 done
 
@@ -159,8 +159,15 @@ mmd -i "$FAT" ::/syslinux
 mcopy -m -i "$FAT" "$WORK/vmlinuz" "$WORK/initrd.gz" ::/
 mcopy -m -i "$FAT" "$WORK/syslinux.cfg" ::/syslinux/
 syslinux --install --offset $((P1_START * 512)) --directory /syslinux "$IMG"
-mke2fs -q -F -t ext4 -L root -U "$ROOT_UUID" -E "hash_seed=$HASH_SEED,offset=$((P2_START * 512))" \
-	-d "$RD" "$IMG" $((P2_SECTORS / 2))k
+ROOTFS=$WORK/root.ext4
+mke2fs -q -F -t ext4 -L root -U "$ROOT_UUID" -E "hash_seed=$HASH_SEED" -d "$RD" "$ROOTFS" \
+	$((P2_SECTORS / 2))k
+# mke2fs -d copies each file's ctime, which touch cannot set: pin them with debugfs (its
+# namei does not follow a final symlink, so links get theirs too).
+(cd "$RD" && find . -printf '/%P\n') | sed "s|\$| ctime @$SOURCE_DATE_EPOCH|; s|^|sif |" \
+	> "$WORK/ctimes"
+debugfs -w -f "$WORK/ctimes" "$ROOTFS" >/dev/null 2>&1
+dd if="$ROOTFS" of="$IMG" bs=512 seek="$P2_START" conv=notrunc,sparse status=none
 
 mkdir -p "$(dirname "$OUT")"
 mv "$IMG" "$OUT.tmp"
