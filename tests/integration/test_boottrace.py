@@ -3,6 +3,7 @@ rackdisk LUN and powers off, and the module's read trace of that boot (lun.json 
 target/trace.h) is well-formed, complete and names bytes the LUN serves as the image has
 them. Real nginx, rackdiskd, tgtd with bs_rackdisk.so, qemu-system-x86_64, qemu-img."""
 import os
+import struct
 import subprocess
 import sys
 
@@ -15,6 +16,14 @@ import tracefile  # noqa: E402
 from record import BootRecorder  # noqa: E402
 
 IMAGE = os.path.join(ROOT, "build", "boot", "boot.raw")
+
+
+def root_partition_offset(image):
+    """Byte offset of MBR partition 2 (the ext4 root, images/mkbootimage.sh)."""
+    with open(image, "rb") as f:
+        mbr = f.read(512)
+    entry = mbr[446 + 16:446 + 32]
+    return struct.unpack_from("<I", entry, 8)[0] * 512
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +61,11 @@ def test_boot_trace_is_complete_and_reads_the_image(recorder, tmp_path):
     assert trace.reads[0].start_us == 0
     for r in trace.reads:
         assert r.offset + r.length <= trace.size
+    # Reads the boot must have issued are there, where the image holds them: the BIOS
+    # reads the MBR first, the kernel reads the root filesystem's superblock.
+    assert (trace.reads[0].offset, trace.reads[0].length) == (0, 512)
+    sb = root_partition_offset(rec.image) + 1024
+    assert any(r.offset <= sb < r.offset + r.length for r in trace.reads)
 
     # The bytes the trace names, read back through iSCSI from a fresh disk of the same
     # image, are the image's bytes.
