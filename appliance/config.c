@@ -78,7 +78,7 @@ static const struct key_def keys[] = {
 	{"iscsi", "tgtadm_path", KT_PATH, F(tgtadm_path), 0, 0, false},
 	{"iscsi", "ipc_socket", KT_PATH, F(ipc_socket), 0, 0, true},
 	{"iscsi", "direct_io", KT_BOOL, F(direct_io), 0, 0, false},
-	{"target", "trace_dir", KT_PATH, F(trace_dir), 0, 0, true},
+	{"iscsi", "trace_dir", KT_PATH, F(trace_dir), 0, 0, true},
 	{"api", "listen", KT_ADDR, F(api_listen), 0, 0, false},
 	{"api", "max_body", KT_SIZE, F(api_max_body), 0, 0, false},
 };

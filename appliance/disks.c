@@ -108,7 +108,7 @@ static int write_lun_json(struct appliance *a, const char *dir, const struct dis
 		      "direct_io", a->cfg.direct_io);
 	if (!j)
 		return -ENOMEM;
-	/* [target] trace_dir: the tgt module records this disk's reads (target/trace.h). */
+	/* [iscsi] trace_dir: the tgt module records this disk's reads (target/trace.h). */
 	if (a->cfg.trace_dir[0]) {
 		ret = mkdir_p(a->cfg.trace_dir, 0755);
 		if (!ret)

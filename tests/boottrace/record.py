@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Records a boot trace (issue 6): publishes a boot image into a temporary seed repository
-served by nginx, starts one appliance (rackdiskd + its tgtd) with `[target] trace_dir`,
+served by nginx, starts one appliance (rackdiskd + its tgtd) with `[iscsi] trace_dir`,
 creates a disk from the image, boots it with qemu-system-x86_64 (TCG) through QEMU's iSCSI
 driver, waits for the guest's RACKDISK-BOOT-DONE marker and its power-off, removes the
 disk (which closes the LUN: the module rewrites its trace sorted) and saves the trace.
@@ -72,7 +72,7 @@ class BootRecorder:
         self.nginx = Nginx(repo, os.path.join(self.dir, "nginx")).start()
         install_module()
         self.app = Appliance(self.nginx.url, extra={
-            "target": [f"trace_dir = {self.traces}"],
+            "iscsi": [f"trace_dir = {self.traces}"],
         })
         self.app.start()
         return self
