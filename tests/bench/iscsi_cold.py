@@ -163,6 +163,17 @@ class NetnsNginx(Nginx):
         self.proc = None
 
 
+def chunk_bytes_sent(nginx):
+    """Body bytes nginx sent for chunk objects so far (access log, combined format)."""
+    total = 0
+    for line in nginx.requests("GET /chunks/"):
+        parts = line.split('"')
+        fields = parts[2].split() if len(parts) > 2 else []
+        if len(fields) >= 2 and fields[1].isdigit():
+            total += int(fields[1])
+    return total
+
+
 def run_variant(label, nginx, size, args, seed_extra):
     """Rounds of curl + cold + warm reads against nginx; returns a result dict."""
     url_raw = f"{nginx.url}/image.raw"
@@ -171,6 +182,7 @@ def run_variant(label, nginx, size, args, seed_extra):
     rows = []
     for rnd in range(1, args.rounds + 1):
         curl = timed(["curl", "-sf", "-o", "/dev/null", url_raw])
+        sent0 = chunk_bytes_sent(nginx)
         app = Appliance(nginx.url, name=f"cold{rnd}", extra={
             "seed": seed_extra, "node": [], "iscsi": ["io_timeout_ms = 60000"]})
         try:
@@ -184,6 +196,7 @@ def run_variant(label, nginx, size, args, seed_extra):
             _, st = app.request("GET", "/api/v1/cache")
         finally:
             app.cleanup()
+        sent = chunk_bytes_sent(nginx) - sent0
         f = st["fetch"]
         rows.append((cold / curl, curl, cold, warm))
         print(f"{label} round {rnd}: curl {curl:.2f} s ({size / MIB / curl:.0f} MiB/s) | "
@@ -194,7 +207,8 @@ def run_variant(label, nginx, size, args, seed_extra):
               f"{f['seed']['failures']} failures, {f['retries']} retries, "
               f"{f['timeouts']} timeouts, {f['coalesced']} coalesced, "
               f"{f['readahead']} readahead; store {st['store']['chunks']} chunks, "
-              f"{st['store']['inserts']} inserts")
+              f"{st['store']['inserts']} inserts; the seed sent {sent / MIB:.0f} MiB of chunk "
+              f"objects (zstd, deduplicated) where curl took {size / MIB:.0f} MiB")
     rows.sort()
     return rows[len(rows) // 2]  # the median round by ratio
 
