@@ -248,7 +248,8 @@ class FetchServer:
             if self.mode == "serve" and parts[1] in self.chunks:
                 self.put_chunk(parts[1])
             return "OK"
-        if op != "FETCH" or len(parts) != 4:
+        # FETCH <hash> <len> <timeout_ms> [<image_id> <idx>] (target/fetch_proto.h)
+        if op != "FETCH" or len(parts) not in (4, 6):
             return "ERR 22 bad request"
         if self.mode == "stall":
             time.sleep(int(parts[3]) / 1000.0 + 5)
