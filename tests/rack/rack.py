@@ -13,7 +13,11 @@ Every host is a namespace with one veth into the core namespace's bridge; all ad
 are in 10.213.0.0/16 (rack K: 10.213.K.J for appliance J, 10.213.K.200 for its
 initiators), nothing is added to the machine's own namespace. The seed's uplink is shaped
 with `tc qdisc tbf` (a WAN link, 200mbit by default). Each appliance runs rackdiskd with
-its own tgtd (its own state directory, tgtd control port and IPC socket).
+its own tgtd (its own state directory, tgtd control port and IPC socket). With
+appliance_rate (--appliance-rate), each appliance's own link is shaped too, both ways
+(tbf on its eth0 for what it sends, on its bridge port for what it receives), like a
+NIC of that speed: peer transfers and the iSCSI traffic to its initiators share it.
+Default: unshaped (veth speed).
 
 Namespaces are named rdrack-<pid>-<n>-<host>, so `rack.py cleanup-stale` can remove the
 ones a dead process left behind (and the processes still in them) without touching a
@@ -22,6 +26,7 @@ is idempotent and best effort, so a failure half way through setup still tears d
 
 CLI:  rack.py cleanup-stale
       rack.py up [--racks K] [--per-rack N] [--seed-rate RATE] [--no-directory]
+                 [--appliance-rate RATE]
                  (builds a cluster with a sample image, prints it, waits for Ctrl-C)
 """
 import atexit
@@ -306,10 +311,13 @@ class Cluster:
     host per rack. repo: a published repository directory for nginx to serve."""
 
     def __init__(self, repo, racks=2, per_rack=1, seed_rate="200mbit", directory=True,
-                 cache_size="2G", readahead=None, extra_conf=None):
+                 cache_size="2G", readahead=None, extra_conf=None, appliance_rate=None):
         if not 1 <= racks <= 200 or not 1 <= per_rack <= 99:
             raise ValueError("racks 1..200, per_rack 1..99")
         rate_bytes(seed_rate)
+        if appliance_rate is not None:
+            rate_bytes(appliance_rate)
+        self.appliance_rate = appliance_rate
         self.repo = os.path.abspath(repo)
         self.racks, self.per_rack = racks, per_rack
         self.seed_rate = seed_rate
@@ -364,19 +372,30 @@ class Cluster:
         run(["ip", "-n", host.ns, "addr", "add", f"{host.addr}/16", "dev", "eth0"])
         run(["ip", "-n", host.ns, "link", "set", "eth0", "up"])
 
+    @staticmethod
+    def _tbf(ns, dev, rate, latency):
+        # burst: 4 ms of the rate, at least 64 KiB (a veth hands tbf GSO packets of up
+        # to 64 KiB; a smaller bucket would stall them).
+        burst = max(64 * 1024, rate_bytes(rate) // 250)
+        run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
+             "burst", str(burst), "latency", latency])
+
     def _network(self):
         self._add_ns(self.core)
         run(["ip", "-n", self.core.ns, "link", "add", "br0", "type", "bridge"])
         run(["ip", "-n", self.core.ns, "link", "set", "br0", "up"])
         self._attach(self.seed, "seed")
         # The WAN link: the seed's egress, i.e. everything appliances download from it.
-        burst = max(64 * 1024, rate_bytes(self.seed_rate) // 250)
-        run(["tc", "-n", self.seed.ns, "qdisc", "add", "dev", "eth0", "root", "tbf",
-             "rate", self.seed_rate, "burst", str(burst), "latency", "100ms"])
+        self._tbf(self.seed.ns, "eth0", self.seed_rate, "100ms")
         if self.directory:
             self._attach(self.redis, "redis")
         for a in self.appliances:
             self._attach(a, a.name)
+            if self.appliance_rate:
+                # Egress on each side of the veth: what the appliance sends (its eth0)
+                # and what the bridge sends it (its port in the core namespace).
+                self._tbf(a.ns, "eth0", self.appliance_rate, "50ms")
+                self._tbf(self.core.ns, a.name, self.appliance_rate, "50ms")
         for h in self.initiators.values():
             self._attach(h, h.name)
 
@@ -518,6 +537,8 @@ def main():
     up.add_argument("--per-rack", type=int, default=1)
     up.add_argument("--seed-rate", default="200mbit")
     up.add_argument("--no-directory", action="store_true")
+    up.add_argument("--appliance-rate", default=None,
+                    help="shape each appliance's link both ways (tc tbf), e.g. 1gbit")
     up.add_argument("--size-mb", type=int, default=64)
     args = ap.parse_args()
     if args.cmd == "cleanup-stale":
@@ -533,12 +554,14 @@ def main():
         run(["bash", SAMPLE, raw, str(args.size_mb)], timeout=300)
         run([RACKDISK, "image", "publish", raw, "--repo", repo, "--name", "img"], timeout=300)
         with Cluster(repo, args.racks, args.per_rack, args.seed_rate,
-                     not args.no_directory) as c:
+                     not args.no_directory, appliance_rate=args.appliance_rate) as c:
             for a in c.appliances:
                 print(f"{a.name}: ns {a.ns} api {a.api} portal {a.addr}:{PORTAL_PORT}")
             for k, h in c.initiators.items():
                 print(f"rack {k} initiators: ns {h.ns} ({h.addr})")
             print(f"seed: ns {c.seed.ns} http://{SEED_ADDR}/ ({args.seed_rate}); image tag img")
+            if args.appliance_rate:
+                print(f"appliance links shaped at {args.appliance_rate} each way")
             print("Ctrl-C to tear down")
             try:
                 while True:
