@@ -124,6 +124,24 @@ def cluster_appliance_rows(name, text):
     return rows or None
 
 
+def peer_link_rows(name, text):
+    """tests/rack/peer_bench.py: one row per image (B via iSCSI over a shaped link vs curl)."""
+    m = re.search(r"^peer-link-summary (\{.*\})$", text, re.M)
+    if not m:
+        return None
+    s = json.loads(m.group(1))
+    rows = []
+    for tag in ("sample", "random"):
+        v = s.get(tag)
+        if not v:
+            continue
+        rows.append(row(f"{name}: {tag} image over {s['rate']} links",
+                        f"{v['mbps_b']} MB/s (warm ceiling {v['mbps_warm']} MB/s, "
+                        f"max {v['ceiling']:.2f}x)",
+                        f"{v['mbps_curl']} MB/s (curl)", v["ratio"], ">=", s["target"]))
+    return rows or None
+
+
 def seed_rows(name, text):
     c = re.search(r"curl raw image \(baseline\)\s+" + NUM + " s", text)
     f = re.search(r"fetcher, 8 workers[^0-9]*\d+\s+" + NUM + r" s.*ratio " + NUM + "x", text)
@@ -145,7 +163,8 @@ def evict_rows(name, text):
 
 
 PARSERS = {"bench-cache-store-evict": evict_rows, "bench-storm": storm_rows, "bench-publish": publish_rows, "bench-peer": peer_rows,
-           "bench-cluster-appliances": cluster_appliance_rows, "bench-seed": seed_rows}
+           "bench-cluster-appliances": cluster_appliance_rows, "bench-seed": seed_rows,
+           "bench-peer-link": peer_link_rows}
 
 
 def parse(name, text):
