@@ -82,6 +82,9 @@ static void fetch_metrics(FILE *f, struct fetcher *fe)
 	    "Requests that joined a fill already in flight.", st.coalesced);
 	one(f, "rackdisk_fetch_readahead_total", "counter", "Chunks fetched by readahead.",
 	    st.readahead);
+	one(f, "rackdisk_fetch_readahead_no_peer_total", "counter",
+	    "Cluster readahead fills dropped: no peer held the chunk (the seed is not asked).",
+	    st.readahead_no_peer);
 	one(f, "rackdisk_fetch_not_found_total", "counter",
 	    "Chunks the seed did not have (HTTP 404).", st.not_found);
 	one(f, "rackdisk_fetch_prefetch_dropped_total", "counter",

@@ -40,6 +40,23 @@
 #define FILL_BUCKETS   1024
 #define RA_STREAMS     4  /* sequential streams tracked per image */
 #define RA_SCAN_FACTOR 64 /* zero chunks skipped per wanted chunk, at most */
+/*
+ * A stream earns readahead after RA_MIN_RUN forward accesses, and its window then doubles
+ * from one chunk per access up to readahead_chunks. A boot reads many short runs: a fixed
+ * window queued readahead_chunks past the end of each of them, which made the seed send
+ * 1.1-1.45x the chunks a boot storm read (tests/rack/storm.py). A whole-disk read reaches
+ * the full window after a few chunks.
+ */
+#define RA_MIN_RUN 3
+/*
+ * In a cluster (a peer hook is set) readahead takes a chunk only from a peer that holds
+ * it; a chunk no appliance holds comes from the seed only when a reader asks for it. So
+ * the seed sends the cluster the chunks its VMs read and no speculative ones (the
+ * product's promise: a boot storm costs the seed one copy of the bytes read). A reader
+ * that joins such a fill clears peer_only, and the fill then goes on to the seed.
+ * A standalone appliance has no other source and reads ahead from the seed.
+ */
+#define FILL_NO_PEER 2 /* fill_run: a peer_only fill found no peer */
 #define LOG_WINDOW_NS  (10ULL * 1000000000ULL)
 #define LOG_BURST      5 /* warnings per window; the rest are counted and summarised */
 
@@ -58,6 +75,7 @@ struct fill {
 	int result;
 	bool done;
 	bool background; /* running on a background slot */
+	bool peer_only;  /* readahead in a cluster: from a peer or not at all (see RA_MIN_RUN) */
 	enum fill_queue queued;
 	unsigned refs;	     /* waiters + 1 while in the table */
 	pthread_cond_t cond; /* broadcast when done */
@@ -420,6 +438,13 @@ static int fill_run(struct worker_ctx *w, struct fill *fl, enum fetch_source *sr
 			*src = FETCH_SRC_PEER;
 			return 0;
 		}
+		if (r == -ENOENT) {
+			pthread_mutex_lock(&f->lock);
+			r = fl->peer_only ? FILL_NO_PEER : 0;
+			pthread_mutex_unlock(&f->lock);
+			if (r)
+				return r;
+		}
 		r = try_seed(w, fl);
 		if (r == 0) {
 			*src = FETCH_SRC_SEED;
@@ -487,9 +512,16 @@ static void *worker_main(void *arg)
 	w.seed = (unsigned)now_ns() ^ (unsigned)(uintptr_t)&w;
 	pthread_mutex_lock(&f->lock);
 	while ((fl = next_fill(f)) != NULL) {
-		pthread_mutex_unlock(&f->lock);
-		r = fill_run(&w, fl, &src);
-		pthread_mutex_lock(&f->lock);
+		do {
+			pthread_mutex_unlock(&f->lock);
+			r = fill_run(&w, fl, &src);
+			pthread_mutex_lock(&f->lock);
+			/* else a reader joined after fill_run gave up: fetch it for the reader */
+		} while (r == FILL_NO_PEER && !fl->peer_only);
+		if (r == FILL_NO_PEER) {
+			f->st.readahead_no_peer++;
+			r = -ENOENT;
+		}
 		if (fl->background) {
 			f->bg_running--;
 			pthread_cond_signal(&f->work);
@@ -636,6 +668,7 @@ int fetcher_fetch(struct fetcher *f, const struct chunk_hash *h, uint32_t len, u
 	if (fl) {
 		f->st.coalesced++;
 		fl->deadline_ns = MAX(fl->deadline_ns, deadline_ns);
+		fl->peer_only = false;
 		promote(f, fl);
 	} else {
 		fl = fill_new(f, h, len, deadline_ns);
@@ -660,7 +693,8 @@ out:
 }
 
 /* Queues a background fill unless one exists or the queue is full. f->lock held. */
-static void prefetch_locked(struct fetcher *f, const struct chunk_hash *h, uint32_t len)
+static void prefetch_locked(struct fetcher *f, const struct chunk_hash *h, uint32_t len,
+			    bool peer_only)
 {
 	struct fill *fl;
 
@@ -675,6 +709,7 @@ static void prefetch_locked(struct fetcher *f, const struct chunk_hash *h, uint3
 		f->st.prefetch_dropped++;
 		return;
 	}
+	fl->peer_only = peer_only;
 	f->st.prefetches++;
 	enqueue(f, fl, Q_BACKGROUND);
 }
@@ -684,7 +719,7 @@ void fetcher_prefetch(struct fetcher *f, const struct chunk_hash *h, uint32_t le
 	if (len == 0 || len > CHUNK_SIZE_MAX || chunkstore_contains(f->store, h))
 		return;
 	pthread_mutex_lock(&f->lock);
-	prefetch_locked(f, h, len);
+	prefetch_locked(f, h, len, false);
 	pthread_mutex_unlock(&f->lock);
 }
 
@@ -721,7 +756,7 @@ static bool ra_update(struct fetcher *f, struct ra_image *im, uint64_t idx, uint
 	const struct manifest *m = im->m;
 	uint64_t end, scan_limit;
 	struct ra_stream *s = NULL, *lru = &im->s[0];
-	unsigned want = 0;
+	unsigned want = 0, window;
 
 	for (unsigned i = 0; i < RA_STREAMS; i++) {
 		struct ra_stream *c = &im->s[i];
@@ -741,11 +776,13 @@ static bool ra_update(struct fetcher *f, struct ra_image *im, uint64_t idx, uint
 		s->last = idx;
 	}
 	s->used = ++f->ra_clock;
-	if (s->run < 2)
+	if (s->run < RA_MIN_RUN)
 		return false;
-	/* The next readahead_chunks non-zero chunks after idx; zero chunks are free. */
-	scan_limit = MIN(m->nchunks, idx + 1 + (uint64_t)f->o.readahead_chunks * RA_SCAN_FACTOR);
-	for (end = idx + 1; end < scan_limit && want < f->o.readahead_chunks; end++)
+	window = s->run - RA_MIN_RUN >= 31 ? f->o.readahead_chunks
+					   : MIN(f->o.readahead_chunks, 1u << (s->run - RA_MIN_RUN));
+	/* The next `window` non-zero chunks after idx; zero chunks are free. */
+	scan_limit = MIN(m->nchunks, idx + 1 + (uint64_t)window * RA_SCAN_FACTOR);
+	for (end = idx + 1; end < scan_limit && want < window; end++)
 		if (!manifest_chunk_is_zero(m, end))
 			want++;
 	*from = MAX(s->next, idx + 1);
@@ -775,7 +812,7 @@ void fetcher_note_access(struct fetcher *f, const struct manifest *m, uint64_t i
 			continue;
 		pthread_mutex_lock(&f->lock);
 		uint64_t before = f->st.prefetches;
-		prefetch_locked(f, &m->hashes[i], manifest_chunk_len(m, i));
+		prefetch_locked(f, &m->hashes[i], manifest_chunk_len(m, i), f->have_peer);
 		f->st.readahead += f->st.prefetches - before;
 		pthread_mutex_unlock(&f->lock);
 	}

@@ -56,6 +56,7 @@ struct fetcher_stats {
 	uint64_t seed_requests;      /* HTTP requests to the seed */
 	uint64_t seed_connects;      /* new seed connections (requests - connects were reused) */
 	uint64_t inflight;           /* fills queued or running now */
+	uint64_t readahead_no_peer;  /* cluster readahead fills dropped: no peer held the chunk */
 };
 extern const double fetcher_latency_bounds[16]; /* last one is +Inf */
 

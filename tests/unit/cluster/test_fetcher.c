@@ -453,22 +453,78 @@ static void test_readahead_sequential(void **state)
 	fetcher_note_access(e->f, m, 10);
 	usleep(100000);
 	assert_int_equal(stats(e).readahead, 0);
-	/* Two consecutive chunks: the next RA non-zero chunks (2, 5, 6) are fetched. */
+	/* Two forward accesses are not a stream yet (RA_MIN_RUN = 3). */
 	for (unsigned i = 0; i < 2; i++) {
 		fetcher_note_access(e->f, m, i);
 		assert_int_equal(fetcher_fetch(e->f, &m->hashes[i], CHUNK, now_ns() + 2000 * MS),
 				 0);
 	}
-	assert_true(wait_contains(e, &m->hashes[2], 3000));
+	usleep(100000);
+	assert_int_equal(stats(e).readahead, 0);
+	/* The third earns a window of one non-zero chunk: 5 (3 and 4 are zero, free). */
+	fetcher_note_access(e->f, m, 2);
 	assert_true(wait_contains(e, &m->hashes[5], 3000));
-	assert_true(wait_contains(e, &m->hashes[6], 3000));
-	st = stats(e);
-	assert_int_equal(st.readahead, RA);
-	assert_false(chunkstore_contains(e->cs, &m->hashes[7]));
-	/* The reader skips the prefetched chunks (no misses) and continues at 7. */
-	fetcher_note_access(e->f, m, 7);
+	assert_int_equal(stats(e).readahead, 1);
+	/* The reader skips the prefetched chunk (no miss) and continues at 6: window 2. */
+	fetcher_note_access(e->f, m, 6);
+	assert_true(wait_contains(e, &m->hashes[7], 3000));
 	assert_true(wait_contains(e, &m->hashes[8], 3000));
-	assert_int_equal(stats(e).readahead, RA + RA);
+	assert_int_equal(stats(e).readahead, 3);
+	/* Then at 9: the window would be 4, capped at readahead_chunks (RA = 3). */
+	fetcher_note_access(e->f, m, 9);
+	assert_true(wait_contains(e, &m->hashes[12], 3000));
+	st = stats(e);
+	assert_int_equal(st.readahead, 3 + RA);
+	usleep(100000);
+	assert_false(chunkstore_contains(e->cs, &m->hashes[13]));
+	fetcher_forget_image(e->f, m);
+	manifest_free(m);
+}
+
+/*
+ * In a cluster, readahead takes chunks only from peers: with no peer holding them it
+ * drops them (the seed sends nothing speculative), and a reader that joins a readahead
+ * fill still gets the chunk from the seed.
+ */
+static void test_cluster_readahead_peer_only(void **state)
+{
+	enum { NCH = 8, RA = 4 };
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct fetcher_opts o = {.readahead_chunks = RA};
+	struct peer_ctl peer = {.sleep_ms = 0, .rc = -ENOENT};
+	struct manifest *m;
+	struct fetcher_stats st;
+
+	assert_int_equal(manifest_new((uint64_t)NCH * CHUNK, CHUNK, &m), 0);
+	for (unsigned i = 0; i < NCH; i++) {
+		make_chunk(e->repo, 300 + i, &m->hashes[i], data);
+		m->zero[i] = 0;
+	}
+	env_fetcher(e, NULL, &o);
+	set_peer(e, &peer);
+	for (unsigned i = 0; i < 3; i++) {
+		fetcher_note_access(e->f, m, i);
+		assert_int_equal(fetcher_fetch(e->f, &m->hashes[i], CHUNK, now_ns() + 2000 * MS),
+				 0);
+	}
+	/* The third access queued chunk 3 as readahead; no peer has it: dropped. */
+	for (unsigned i = 0; i < 100 && stats(e).readahead_no_peer < 1; i++)
+		usleep(10000);
+	st = stats(e);
+	assert_int_equal(st.readahead, 1);
+	assert_int_equal(st.readahead_no_peer, 1);
+	assert_false(chunkstore_contains(e->cs, &m->hashes[3]));
+	assert_int_equal(st.fetches[FETCH_SRC_SEED], 3);
+	/* A reader asking for it gets it from the seed. */
+	assert_int_equal(fetcher_fetch(e->f, &m->hashes[3], CHUNK, now_ns() + 2000 * MS), 0);
+	assert_true(chunkstore_contains(e->cs, &m->hashes[3]));
+	/* A reader that joins a readahead fill still queued or running takes it to the seed. */
+	peer.sleep_ms = 300;
+	fetcher_note_access(e->f, m, 4); /* run 4: window 2 -> chunks 5, 6 */
+	assert_int_equal(fetcher_fetch(e->f, &m->hashes[4], CHUNK, now_ns() + 2000 * MS), 0);
+	assert_int_equal(fetcher_fetch(e->f, &m->hashes[5], CHUNK, now_ns() + 3000 * MS), 0);
+	assert_true(chunkstore_contains(e->cs, &m->hashes[5]));
 	fetcher_forget_image(e->f, m);
 	manifest_free(m);
 }
@@ -587,6 +643,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_peer_hook_before_seed, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_readahead_sequential, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_cluster_readahead_peer_only, env_setup,
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_background_queue_bounded, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_attempt_completes_after_waiter_left, env_setup,
