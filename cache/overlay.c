@@ -596,9 +596,9 @@ static int log_scan(const struct ovl_src *src, struct overlay *o, struct log_cop
 		rc = src_read(src, lh, OVERLAY_LOG_BLOCK, log_off(pos));
 		if (rc < 0)
 			goto out;
-		if (memcmp(lh->magic, OVERLAY_LOG_MAGIC, sizeof(lh->magic)) != 0 ||
-		    lh->count == 0 || lh->count > OVERLAY_LOG_REC_PAGES ||
-		    lh->count > o->log_blocks - pos - 1 || lh->gen <= prev)
+		if (memcmp(lh->magic, OVERLAY_LOG_MAGIC, sizeof(lh->magic)) != 0 || lh->count == 0 ||
+		    lh->count > OVERLAY_LOG_REC_PAGES || lh->count > o->log_blocks - pos - 1 ||
+		    lh->gen <= prev)
 			break;
 		log_hdr_sum(o->nonce, lh, sum);
 		if (memcmp(sum, lh->sum, sizeof(sum)) != 0 && !SKIP_SUMS)
@@ -1160,7 +1160,7 @@ static int flush_locked(struct overlay *o, bool force_home)
 		}
 		rc = flush_pages(o, items, snap, n, gen, buf);
 		if (rc == 0 && o->log_fd >= 0) {
-			/* Only now, every page durable at home: end the chain (invariant 3). */
+			/* Only now, with every page durable at home: end the chain (invariant 3). */
 			memset(o->log_buf, 0, OVERLAY_LOG_BLOCK);
 			rc = pwrite_full(o->log_fd, o->log_buf, OVERLAY_LOG_BLOCK, log_off(0));
 		}

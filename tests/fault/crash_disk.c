@@ -17,12 +17,8 @@
  * The disk must also open after every kill (a torn map update is never fatal: overlay.c
  * invariants 3, 4).
  *
- * -L BLOCKS recreates the overlay with a map log of BLOCKS 4 KiB blocks (overlay.c; the
- * default is OVERLAY_LOG_BLOCKS): a log of 4 holds two one-page records, so nearly every
- * third flush is a checkpoint and kills land inside checkpoints and log restarts.
- *
- * Usage: crash_disk [-n KILLS] [-s SEED] [-t MAX_SECONDS] [-L BLOCKS]. Exits 0 when every
- * check passed for every kill; the loop is bounded by both KILLS and MAX_SECONDS (at least
+ * Usage: crash_disk [-n KILLS] [-s SEED] [-t MAX_SECONDS]. Exits 0 when every check
+ * passed for every kill; the loop is bounded by both KILLS and MAX_SECONDS (at least
  * 20 kills must then have happened).
  */
 #include <dirent.h>
@@ -36,7 +32,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cache/overlay.h"
 #include "tests/unit/cache/disk_fixture.h"
 
 #define CS (64u * 1024)
@@ -325,39 +320,25 @@ int main(int argc, char **argv)
 	static struct content before[NSECT];
 	unsigned kills = 200, max_s = 120, seed = (unsigned)time(NULL);
 	uint64_t seq_next = 1, t_end;
-	int opt, failures = 0, log_blocks = -1;
+	int opt, failures = 0;
 	unsigned done = 0;
 
-	while ((opt = getopt(argc, argv, "n:s:t:L:")) != -1) {
+	while ((opt = getopt(argc, argv, "n:s:t:")) != -1) {
 		if (opt == 'n')
 			kills = (unsigned)atoi(optarg);
 		else if (opt == 's')
 			seed = (unsigned)atoi(optarg);
 		else if (opt == 't')
 			max_s = (unsigned)atoi(optarg);
-		else if (opt == 'L')
-			log_blocks = atoi(optarg);
 		else
 			return 2;
 	}
-	printf("crash: %u kills (at most %u s), seed %u, map log %d blocks\n", kills, max_s,
-	       seed, log_blocks < 0 ? (int)OVERLAY_LOG_BLOCKS : log_blocks);
+	printf("crash: %u kills (at most %u s), seed %u\n", kills, max_s, seed);
 	fflush(stdout);
 	srand(seed);
 	if (fx_setup(&fx, IMAGE_SIZE, CS, 4, false, DISK_SIZE, seed) < 0) {
 		fprintf(stderr, "crash: setup failed\n");
 		return 1;
-	}
-	if (log_blocks >= 0) {
-		char p[PATH_MAX + 32];
-
-		snprintf(p, sizeof(p), "%s/%s", fx.disk_dir, OVERLAY_MAP_FILE);
-		unlink(p);
-		if (overlay_create_log(fx.disk_dir, &fx.m->id, DISK_SIZE,
-				       (uint32_t)log_blocks) < 0) {
-			fprintf(stderr, "crash: overlay with a log of %d failed\n", log_blocks);
-			return 1;
-		}
 	}
 	/* Half the non-zero chunks start cached; the child's misses insert the rest. */
 	for (uint64_t i = 0; i < fx.m->nchunks; i += 2)

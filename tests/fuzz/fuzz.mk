@@ -2,9 +2,7 @@
 # and the manifest parser. `make fuzz-smoke` (in `make test`) runs each for FUZZ_SMOKE_TIME
 # seconds from the seed corpus in tests/fuzz/corpus/<target>/; `make fuzz` runs each for
 # FUZZ_TIME seconds. New inputs go to $(BUILD)/fuzz/work/<target>/, crashes to
-# $(BUILD)/fuzz/artifacts/; the committed corpus is only read. `make fuzz-corpus` rewrites the
-# overlay_map seeds from real overlays (tests/fuzz/gen_overlay_corpus.c) after a format
-# change.
+# $(BUILD)/fuzz/artifacts/; the committed corpus is only read.
 FUZZ_CC         ?= clang
 FUZZ_SMOKE_TIME ?= 15
 FUZZ_TIME       ?= 600
@@ -43,14 +41,6 @@ define fuzz_run
 			| tr '\n' ' '; echo; \
 	done
 endef
-
-$(BUILD)/tests/fuzz/gen_overlay_corpus: tests/fuzz/gen_overlay_corpus.c $(RD_LIBS)
-	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $< -o $@ $(LDFLAGS) $(RD_LIBS) $(LDLIBS)
-
-.PHONY: fuzz-corpus
-fuzz-corpus: $(BUILD)/tests/fuzz/gen_overlay_corpus
-	$< tests/fuzz/corpus/overlay_map
 
 .PHONY: fuzz-smoke fuzz fuzz-build
 fuzz-build: $(FUZZ_BINS)

@@ -1,11 +1,10 @@
 /*
  * fuzz_overlay_map.c - libFuzzer target for the overlay map parser (cache/overlay.c).
  *
- * The input is a whole overlay.map image (format version 2: headers, the log of records
- * and the home slots; seeds from `make fuzz-corpus`). Whatever it holds, overlay_parse()
- * must return 0 or a negative errno without crashing, leaking or reading out of bounds;
- * when it accepts the map, every grain must be in a valid state and runs must agree with
- * the states one by one.
+ * The input is a whole overlay.map image. Whatever it holds, overlay_parse() must return
+ * 0 or a negative errno without crashing, leaking or reading out of bounds; when it
+ * accepts the map, every grain must be in a valid state and runs must agree with the
+ * states one by one.
  */
 #include <stddef.h>
 #include <stdint.h>

@@ -545,7 +545,6 @@ static void test_corrupt_map_detected(void **state)
 	struct t *t = *state;
 	char path[PATH_MAX + 32];
 	uint8_t junk[32];
-	uint64_t home;
 	int fd, n = 0;
 
 	do_write(t, 0, 8192, 18, DISK_FUA); /* to the map's log */
@@ -560,9 +559,11 @@ static void test_corrupt_map_detected(void **state)
 	fd = open(path, O_RDWR);
 	assert_true(fd >= 0);
 	memset(junk, 0xcd, sizeof(junk));
-	home = OVERLAY_PAGES_OFF(OVERLAY_LOG_BLOCKS);
-	assert_int_equal(pwrite_full(fd, junk, sizeof(junk), home + 200), 0);
-	assert_int_equal(pwrite_full(fd, junk, sizeof(junk), home + OVERLAY_SLOT_SIZE + 200), 0);
+	assert_int_equal(pwrite_full(fd, junk, sizeof(junk),
+				     OVERLAY_PAGES_OFF(OVERLAY_LOG_BLOCKS) + 200), 0);
+	assert_int_equal(pwrite_full(fd, junk, sizeof(junk),
+				     OVERLAY_PAGES_OFF(OVERLAY_LOG_BLOCKS) + OVERLAY_SLOT_SIZE + 200),
+			 0);
 	close(fd);
 	assert_int_equal(fx_open_disk(&t->fx, &t->d), -EUCLEAN);
 	t->d = NULL;
