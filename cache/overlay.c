@@ -1,7 +1,6 @@
 /*
  * overlay.c - a disk's copy-on-write overlay: overlay.data (grain g at byte g * 4096) and
- * overlay.map (2 bits of state per grain, A/B home copies of each page and a log;
- * format version 2 in overlay_format.h).
+ * overlay.map (2 bits of state per grain, A/B page copies; format in overlay_format.h).
  *
  * Why identity mapping rather than an allocator: an allocating overlay must never reuse a
  * block that a durable map entry still points at (UNMAP frees block B of grain 1, a write
@@ -11,38 +10,21 @@
  * many grains into one pwrite at the disk offset, and lets UNMAP release space by
  * punching a hole. This is the layout of dm-clone (a bitmap over a same-size target).
  *
- * Why a log: a flush must sync the data file and then the map, so its map step is pure
- * overhead over a plain file's fdatasync. Writing each dirty page to its home slot costs
- * scattered buffered writes plus a second fdatasync; appending all of them as one record
- * to a pre-written log region with a single O_DIRECT|O_DSYNC pwrite costs one sequential
- * write and one cache flush, and commits no filesystem metadata (invariant 10). Pages
- * reach their home slots at a checkpoint, when a flush does not fit the log's remaining
- * space or one record: rare (4 MiB of log holds ~110 flushes of 8 pages).
- *
  * Invariants (tests/unit/cache/test_overlay.c and tests/fault/ check them):
  *  1. Grain g's overlay data is at bytes [g * 4096, (g + 1) * 4096) of overlay.data and
  *     nowhere else; no other grain ever uses those bytes. Hence no two grains share a
  *     block and no block is ever reused by another grain.
  *  2. A grain becomes DATA in memory only after its data write has returned (disk.c), and
- *     a map page copy (home slot or log record) is written only after an fdatasync of
- *     overlay.data that began after the page was snapshotted: a durable DATA entry always
- *     describes durable data. A checkpoint snapshots the log-resident pages it moves home
- *     before that same fdatasync, never after.
- *  3. A home copy is written only to the slot that does not hold the page's newest valid
- *     home copy, with a generation larger than every earlier one; a log record is written
- *     only at the end of the record chain since the last checkpoint, and the log restarts
- *     from its start only after a checkpoint has made every log-resident page durable at
- *     home; the checkpoint then zeroes the log's first block, so every record a later
- *     chain walk accepts is newer than the home copies (a stale record never stands in
- *     for corrupt home slots). So the newest valid copy of a page is never overwritten:
- *     a torn write loses only the update in progress (whose flush has not returned). A
- *     record write that fails forces the next flush to checkpoint, so no record is ever
- *     appended after a possibly torn one (which would hide it from the chain walk).
- *  4. A page's first home copy is durable before its second slot is written. After a
- *     page's first home write at least one of its slots is always valid: a page with no
- *     valid slot, a non-zero byte and no valid log copy is corruption, never the trace of
- *     a crash. (Slot 0 torn with slot 1 all zero is a first home write that did not
- *     finish: the log, or nothing, holds the page.)
+ *     a map page is written only after an fdatasync of overlay.data that began after the
+ *     page was snapshotted: a durable DATA entry always describes durable data.
+ *  3. A page copy is written only to the slot that does not hold the page's newest valid
+ *     copy, with a generation larger than every earlier one; the newest valid copy is
+ *     never overwritten, so a torn write loses only the update in progress (whose flush
+ *     has not returned).
+ *  4. A page's first copy is durable before its second slot is written. After a page's
+ *     first flush at least one of its slots is always valid: a page with no valid slot
+ *     and a non-zero byte is corruption, never the trace of a crash. (Slot 0 torn with
+ *     slot 1 all zero is a first flush that did not finish: the page is all IMAGE.)
  *  5. Every header and page copy carries a SHA-256 over its contents (pages also over the
  *     overlay's nonce); a copy with a wrong sum, magic, page number or state value (3),
  *     or with state bits beyond the disk's end, is never used.
@@ -53,17 +35,6 @@
  *     (snapshotted) after the call.
  *  8. ZERO and IMAGE grains never read overlay.data, so a hole punched by an UNMAP that
  *     is not yet durable can only make a grain read zeros: the UNMAP's own result.
- *  9. Generations strictly increase per flush across home slots and the log (a failed
- *     flush burns its generation), and at load o->gen is the largest generation of any
- *     valid home copy or chained record, winning or not. Records past the chain's end
- *     predate the last checkpoint, whose home copies carry a larger generation: a new
- *     copy always beats every stale one.
- * 10. The log region is written (zeros) when the map is created, so a record's
- *     O_DIRECT|O_DSYNC write never allocates or converts extents and its sync commits no
- *     filesystem metadata. Where O_DIRECT is refused (tmpfs) the log is written buffered
- *     with O_DSYNC: the same ordering, only slower.
- * 11. Format version 1 maps are refused at open with a clear error (-EPROTONOSUPPORT),
- *     never misread: pre-release, no upgrade path.
  */
 #include "cache/overlay.h"
 
@@ -99,9 +70,7 @@ struct ovl_page {
 	uint64_t w[OVERLAY_PAGE_WORDS]; /* atomic access only */
 	int dirty;                      /* atomic: changed since the last snapshot */
 	/* Owned by the flush lock: */
-	int cur_slot;                   /* home slot with the newest valid home copy, -1 none */
-	bool in_log;                    /* the newest durable copy is a log record's */
-	bool queued;                    /* in the flush being built */
+	int cur_slot;                   /* slot holding the newest valid copy, -1 none */
 	uint64_t gen;
 };
 
@@ -113,8 +82,6 @@ struct ovl_table {
 
 struct overlay {
 	int map_fd, data_fd;
-	int log_fd;              /* map file, O_DIRECT|O_DSYNC (or O_DSYNC); -1 without log */
-	uint32_t log_blocks;     /* from the header; 0: no log */
 	struct ovl_table *table; /* atomic */
 	uint64_t size;           /* atomic */
 	struct chunk_hash image_id;
@@ -124,13 +91,10 @@ struct overlay {
 	uint64_t gen;       /* newest page generation used */
 	uint64_t hdr_gen;
 	int hdr_slot;       /* slot of the newest valid header */
-	uint32_t log_pos;   /* next record's block; log_blocks: full, checkpoint next */
-	uint8_t *log_buf;   /* one record, 4 KiB-aligned for O_DIRECT */
 	/* Atomics: */
 	uint64_t flush_begun, flush_done;
 	uint64_t data_grains;
 	uint64_t n_flushes, n_joined, n_pages_written, n_punch_unsupported;
-	uint64_t n_log_records, n_checkpoints;
 	bool punch_warned;
 	/* Pages found corrupt at load (tolerant loads only, for fsck). */
 	uint64_t *corrupt;
@@ -173,14 +137,9 @@ static inline uint64_t npages_of(uint64_t size)
 	return DIV_ROUND_UP(ngrains_of(size), OVERLAY_PAGE_GRAINS);
 }
 
-static inline uint64_t slot_off(const struct overlay *o, uint64_t page, int slot)
+static inline uint64_t slot_off(uint64_t page, int slot)
 {
-	return OVERLAY_PAGES_OFF(o->log_blocks) + (2 * page + (uint64_t)slot) * OVERLAY_SLOT_SIZE;
-}
-
-static inline uint64_t log_off(uint32_t block)
-{
-	return OVERLAY_LOG_OFF + (uint64_t)block * OVERLAY_LOG_BLOCK;
+	return OVERLAY_PAGES_OFF + (2 * page + (uint64_t)slot) * OVERLAY_SLOT_SIZE;
 }
 
 /* ---- header and page encoding ---- */
@@ -203,30 +162,21 @@ static void hdr_encode(const struct overlay *o, uint64_t gen, uint64_t size,
 	h->size = size;
 	memcpy(h->image_id, o->image_id.b, sizeof(h->image_id));
 	memcpy(h->nonce, o->nonce, sizeof(h->nonce));
-	h->log_blocks = o->log_blocks;
 	hdr_sum(h, h->sum);
 }
 
-static bool log_blocks_valid(uint32_t n)
-{
-	return n == 0 || (n >= 2 && n <= OVERLAY_LOG_MAX);
-}
-
-/* 1: valid; 0: invalid; -1: a sound header of an older format version (invariant 11). */
-static int hdr_valid(const struct overlay_hdr_disk *h)
+static bool hdr_valid(const struct overlay_hdr_disk *h)
 {
 	uint8_t sum[32];
 
 	if (memcmp(h->magic, OVERLAY_HDR_MAGIC, sizeof(h->magic)) != 0)
-		return 0;
+		return false;
 	hdr_sum(h, sum);
 	if (memcmp(sum, h->sum, sizeof(sum)) != 0 && !SKIP_SUMS)
-		return 0;
-	if (h->version != OVERLAY_VERSION)
-		return h->version >= 1 && h->version < OVERLAY_VERSION ? -1 : 0;
-	return h->grain == OVERLAY_GRAIN && h->page_grains == OVERLAY_PAGE_GRAINS &&
-	       h->slot_size == OVERLAY_SLOT_SIZE && h->size > 0 && h->size % 512 == 0 &&
-	       h->size <= OVERLAY_MAX_SIZE && log_blocks_valid(h->log_blocks);
+		return false;
+	return h->version == OVERLAY_VERSION && h->grain == OVERLAY_GRAIN &&
+	       h->page_grains == OVERLAY_PAGE_GRAINS && h->slot_size == OVERLAY_SLOT_SIZE &&
+	       h->size > 0 && h->size % 512 == 0 && h->size <= OVERLAY_MAX_SIZE;
 }
 
 static void page_sum(const uint8_t nonce[16], const struct overlay_page_hdr *ph,
@@ -257,16 +207,21 @@ static void page_encode(const uint8_t nonce[16], uint64_t page_no, uint64_t gen,
 	memcpy(slot + sizeof(ph), words, OVERLAY_PAGE_WORDS * 8);
 }
 
-/* Validates a page copy's words against its header ph (which names page_no, and whose
- * sum is checked) (invariant 5); ngrains bounds the state bits that may be set. */
-static bool words_valid(const uint8_t nonce[16], const struct overlay_page_hdr *ph,
-			uint64_t ngrains, const uint64_t *words)
+/* Validates a page copy (invariant 5); ngrains bounds the state bits that may be set. */
+static bool page_valid(const uint8_t nonce[16], uint64_t page_no, uint64_t ngrains,
+		       const uint8_t *slot, uint64_t *gen)
 {
+	struct overlay_page_hdr ph;
+	uint64_t words[OVERLAY_PAGE_WORDS];
 	uint8_t sum[32];
-	uint64_t first = ph->page_no * OVERLAY_PAGE_GRAINS;
+	uint64_t first = page_no * OVERLAY_PAGE_GRAINS;
 
-	page_sum(nonce, ph, words, sum);
-	if (memcmp(sum, ph->sum, sizeof(sum)) != 0 && !SKIP_SUMS)
+	memcpy(&ph, slot, sizeof(ph));
+	memcpy(words, slot + sizeof(ph), sizeof(words));
+	if (memcmp(ph.magic, OVERLAY_PAGE_MAGIC, sizeof(ph.magic)) != 0 || ph.page_no != page_no)
+		return false;
+	page_sum(nonce, &ph, words, sum);
+	if (memcmp(sum, ph.sum, sizeof(sum)) != 0 && !SKIP_SUMS)
 		return false;
 	for (unsigned i = 0; i < OVERLAY_PAGE_WORDS; i++) {
 		uint64_t w = words[i];
@@ -280,45 +235,8 @@ static bool words_valid(const uint8_t nonce[16], const struct overlay_page_hdr *
 				return false; /* state beyond the disk's end */
 		}
 	}
-	return true;
-}
-
-/* Validates a home slot's copy of page page_no. */
-static bool page_valid(const uint8_t nonce[16], uint64_t page_no, uint64_t ngrains,
-		       const uint8_t *slot, uint64_t *gen)
-{
-	struct overlay_page_hdr ph;
-	uint64_t words[OVERLAY_PAGE_WORDS];
-
-	memcpy(&ph, slot, sizeof(ph));
-	memcpy(words, slot + sizeof(ph), sizeof(words));
-	if (memcmp(ph.magic, OVERLAY_PAGE_MAGIC, sizeof(ph.magic)) != 0 || ph.page_no != page_no ||
-	    !words_valid(nonce, &ph, ngrains, words))
-		return false;
 	*gen = ph.gen;
 	return true;
-}
-
-/* The page header a copy of page_no at gen carries (its sum still to be set). */
-static void page_hdr_init(struct overlay_page_hdr *ph, uint64_t page_no, uint64_t gen)
-{
-	memset(ph, 0, sizeof(*ph));
-	memcpy(ph->magic, OVERLAY_PAGE_MAGIC, sizeof(ph->magic));
-	ph->page_no = page_no;
-	ph->gen = gen;
-}
-
-static void log_hdr_sum(const uint8_t nonce[16], const struct overlay_log_hdr *lh,
-			uint8_t out[32])
-{
-	enum { HEAD = offsetof(struct overlay_log_hdr, sum) };
-	uint8_t in[16 + OVERLAY_LOG_BLOCK];
-	size_t elen = (size_t)lh->count * sizeof(struct overlay_log_entry);
-
-	memcpy(in, nonce, 16);
-	memcpy(in + 16, lh, HEAD);
-	memcpy(in + 16 + HEAD, lh->e, elen);
-	SHA256(in, 16 + HEAD + elen, out);
 }
 
 /* ---- in-memory map ---- */
@@ -545,124 +463,17 @@ static struct overlay *overlay_alloc(void)
 		return NULL;
 	o->map_fd = -1;
 	o->data_fd = -1;
-	o->log_fd = -1;
 	pthread_mutex_init(&o->flush_mtx, NULL);
 	return o;
 }
 
-/* A valid page copy found in the log: its words are at byte off of the map. */
-struct log_copy {
-	uint64_t page_no, gen, off;
-};
-
-static int log_copy_cmp(const void *a, const void *b)
-{
-	const struct log_copy *x = a, *y = b;
-
-	if (x->page_no != y->page_no)
-		return x->page_no < y->page_no ? -1 : 1;
-	return (x->gen < y->gen) - (x->gen > y->gen); /* newest first */
-}
-
-/*
- * Walks the log's record chain (overlay_format.h), collecting the valid page copies
- * sorted by page with only each page's newest kept. Every valid record's generation
- * raises o->gen (invariant 9). Bounded by the log's blocks.
- */
-static int log_scan(const struct ovl_src *src, struct overlay *o, struct log_copy **out,
-		    size_t *nout)
-{
-	uint64_t ngrains = ngrains_of(o->size), npages = npages_of(o->size), prev = 0;
-	struct overlay_log_hdr *lh = NULL;
-	uint64_t *words = NULL;
-	struct log_copy *c = NULL;
-	size_t n = 0, cap = 0, k = 0;
-	uint32_t pos = 0;
-	int rc = 0;
-
-	*out = NULL;
-	*nout = 0;
-	if (!o->log_blocks)
-		return 0;
-	lh = malloc(OVERLAY_LOG_BLOCK);
-	words = malloc(OVERLAY_LOG_BLOCK);
-	if (!lh || !words) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	while (pos + 1 < o->log_blocks && log_off(pos) < src->len) {
-		uint8_t sum[32];
-
-		rc = src_read(src, lh, OVERLAY_LOG_BLOCK, log_off(pos));
-		if (rc < 0)
-			goto out;
-		if (memcmp(lh->magic, OVERLAY_LOG_MAGIC, sizeof(lh->magic)) != 0 || lh->count == 0 ||
-		    lh->count > OVERLAY_LOG_REC_PAGES || lh->count > o->log_blocks - pos - 1 ||
-		    lh->gen <= prev)
-			break;
-		log_hdr_sum(o->nonce, lh, sum);
-		if (memcmp(sum, lh->sum, sizeof(sum)) != 0 && !SKIP_SUMS)
-			break;
-		if (lh->gen > o->gen)
-			o->gen = lh->gen;
-		for (uint32_t i = 0; i < lh->count; i++) {
-			struct overlay_page_hdr ph;
-			uint64_t off = log_off(pos + 1 + i);
-
-			if (lh->e[i].page_no >= npages)
-				continue;
-			rc = src_read(src, words, OVERLAY_LOG_BLOCK, off);
-			if (rc < 0)
-				goto out;
-			page_hdr_init(&ph, lh->e[i].page_no, lh->gen);
-			memcpy(ph.sum, lh->e[i].sum, sizeof(ph.sum));
-			if (!words_valid(o->nonce, &ph, ngrains, words))
-				continue;
-			if (n == cap) {
-				size_t ncap = cap ? 2 * cap : 64;
-				struct log_copy *nc = realloc(c, ncap * sizeof(*c));
-
-				if (!nc) {
-					rc = -ENOMEM;
-					goto out;
-				}
-				c = nc;
-				cap = ncap;
-			}
-			c[n++] = (struct log_copy){ .page_no = lh->e[i].page_no, .gen = lh->gen,
-						    .off = off };
-		}
-		prev = lh->gen;
-		pos += 1 + lh->count;
-	}
-	rc = 0;
-	if (n) {
-		qsort(c, n, sizeof(*c), log_copy_cmp);
-		for (size_t i = 0; i < n; i++)
-			if (k == 0 || c[i].page_no != c[k - 1].page_no)
-				c[k++] = c[i];
-	}
-	*out = c;
-	*nout = k;
-	c = NULL;
-out:
-	free(c);
-	free(words);
-	free(lh);
-	return rc;
-}
-
-/*
- * Loads page p from its two home slots and its newest log copy lc (NULL: none) into t
- * (invariants 3-5). Returns 1 when corrupt.
- */
+/* Loads page p from its two slots into t (invariants 3-5). Returns 1 when corrupt. */
 static int load_page(struct overlay *o, struct ovl_table *t, uint64_t p, const uint8_t *slots,
-		     const struct log_copy *lc, const struct ovl_src *src,
 		     overlay_report_fn report, void *arg)
 {
 	uint64_t ngrains = ngrains_of(o->size), gen[2];
-	bool valid[2], from_log;
-	int best = -1, rc;
+	bool valid[2];
+	int best = -1;
 	struct ovl_page *pg;
 
 	for (int s = 0; s < 2; s++) {
@@ -670,51 +481,30 @@ static int load_page(struct overlay *o, struct ovl_table *t, uint64_t p, const u
 		if (valid[s] && (best < 0 || gen[s] > gen[best]))
 			best = s;
 	}
-	if (best < 0 && !lc) {
+	if (best < 0) {
 		bool zero0 = buf_is_zero(slots, OVERLAY_SLOT_SIZE);
 		bool zero1 = buf_is_zero(slots + OVERLAY_SLOT_SIZE, OVERLAY_SLOT_SIZE);
 
 		if (zero1)
-			return 0; /* never written, or a first home write torn (invariant 4) */
+			return 0; /* never written, or a first flush torn (invariant 4) */
 		report_page(report, arg, p,
 			    zero0 ? "slot 1 written without slot 0" : "no valid copy (corrupt)");
 		return 1;
 	}
-	from_log = lc && (best < 0 || lc->gen > gen[best]);
 	pg = page_new();
 	if (!pg)
 		return -ENOMEM;
-	if (from_log) {
-		rc = src_read(src, pg->w, sizeof(pg->w), lc->off);
-		if (rc < 0) {
-			free(pg);
-			return rc;
-		}
-	} else {
-		memcpy(pg->w, slots + best * OVERLAY_SLOT_SIZE + sizeof(struct overlay_page_hdr),
-		       sizeof(pg->w));
-	}
-	/* Only slot 0 valid and slot 1 all zero: a first home write that had not written its
-	 * second copy; the next home write goes to the other slot, keeping invariant 4. */
+	memcpy(pg->w, slots + best * OVERLAY_SLOT_SIZE + sizeof(struct overlay_page_hdr),
+	       sizeof(pg->w));
+	/* Only slot 0 valid and slot 1 all zero: a first flush that had not written its
+	 * second copy; the next flush writes the other slot, keeping invariant 4. */
 	pg->cur_slot = best;
-	pg->in_log = from_log;
-	pg->gen = from_log ? lc->gen : gen[best];
+	pg->gen = gen[best];
 	for (unsigned i = 0; i < OVERLAY_PAGE_WORDS; i++)
 		o->data_grains += data_count(pg->w[i]);
-	if (pg->gen > o->gen)
-		o->gen = pg->gen;
+	if (gen[best] > o->gen)
+		o->gen = gen[best];
 	t->pages[p] = pg;
-	return 0;
-}
-
-static int add_corrupt(struct overlay *o, uint64_t p)
-{
-	uint64_t *c = realloc(o->corrupt, (o->ncorrupt + 1) * sizeof(*c));
-
-	if (!c)
-		return -ENOMEM;
-	o->corrupt = c;
-	o->corrupt[o->ncorrupt++] = p;
 	return 0;
 }
 
@@ -724,10 +514,7 @@ static int overlay_load(const struct ovl_src *src, overlay_report_fn report, voi
 	struct overlay_hdr_disk h[2];
 	struct overlay *o = overlay_alloc();
 	uint8_t *slots = malloc(2 * OVERLAY_SLOT_SIZE);
-	struct log_copy *lc = NULL;
-	size_t nlc = 0, li = 0;
-	uint64_t npages, p;
-	bool in_log = false, old = false;
+	uint64_t npages, bad = 0;
 	int best = -1, rc;
 
 	if (!o || !slots) {
@@ -738,24 +525,18 @@ static int overlay_load(const struct ovl_src *src, overlay_report_fn report, voi
 		rc = src_read(src, &h[s], sizeof(h[s]), (uint64_t)s * OVERLAY_HDR_SLOT);
 		if (rc < 0)
 			goto fail;
-		rc = hdr_valid(&h[s]);
-		old |= rc < 0;
-		if (rc > 0 && (best < 0 || h[s].gen > h[best].gen))
+		if (hdr_valid(&h[s]) && (best < 0 || h[s].gen > h[best].gen))
 			best = s;
 	}
 	if (best < 0) {
 		if (report)
-			report(arg, OVERLAY_MAP_FILE,
-			       old ? "overlay format version 1 is no longer supported "
-				     "(pre-release format change): recreate the disk"
-				   : "no valid header");
-		rc = old ? -EPROTONOSUPPORT : -EINVAL;
+			report(arg, OVERLAY_MAP_FILE, "no valid header");
+		rc = -EINVAL;
 		goto fail;
 	}
 	o->size = h[best].size;
 	o->hdr_gen = h[best].gen;
 	o->hdr_slot = best;
-	o->log_blocks = h[best].log_blocks;
 	memcpy(o->image_id.b, h[best].image_id, sizeof(o->image_id.b));
 	memcpy(o->nonce, h[best].nonce, sizeof(o->nonce));
 	npages = npages_of(o->size);
@@ -764,41 +545,35 @@ static int overlay_load(const struct ovl_src *src, overlay_report_fn report, voi
 		rc = -ENOMEM;
 		goto fail;
 	}
-	rc = log_scan(src, o, &lc, &nlc);
-	if (rc < 0)
-		goto fail;
-	for (p = 0; p < npages; p++) {
-		const struct log_copy *c = li < nlc && lc[li].page_no == p ? &lc[li++] : NULL;
+	for (uint64_t p = 0; p < npages; p++) {
+		if (slot_off(p, 0) >= src->len)
+			break; /* the rest was never written */
+		rc = src_read(src, slots, 2 * OVERLAY_SLOT_SIZE, slot_off(p, 0));
+		if (rc < 0)
+			goto fail;
+		rc = load_page(o, o->table, p, slots, report, arg);
+		if (rc < 0)
+			goto fail;
+		if (rc == 1) {
+			uint64_t *c = realloc(o->corrupt, (o->ncorrupt + 1) * sizeof(*c));
 
-		if (slot_off(o, p, 0) >= src->len && !c) {
-			if (li >= nlc)
-				break; /* the rest was never written */
-			p = lc[li].page_no - 1; /* skip to the next page in the log */
-			continue;
+			if (!c) {
+				rc = -ENOMEM;
+				goto fail;
+			}
+			o->corrupt = c;
+			o->corrupt[o->ncorrupt++] = p;
+			bad++;
 		}
-		rc = src_read(src, slots, 2 * OVERLAY_SLOT_SIZE, slot_off(o, p, 0));
-		if (rc < 0)
-			goto fail;
-		rc = load_page(o, o->table, p, slots, c, src, report, arg);
-		if (rc < 0)
-			goto fail;
-		if (rc == 1 && (rc = add_corrupt(o, p)) < 0)
-			goto fail;
-		in_log |= o->table->pages[p] && o->table->pages[p]->in_log;
 	}
-	if (o->ncorrupt && !tolerant) {
+	if (bad && !tolerant) {
 		rc = -EUCLEAN;
 		goto fail;
 	}
-	/* Log-resident pages: the next flush checkpoints before it writes any record, so no
-	 * new record can overwrite a winning one (invariant 3). */
-	o->log_pos = in_log ? o->log_blocks : 0;
-	free(lc);
 	free(slots);
 	*out = o;
 	return 0;
 fail:
-	free(lc);
 	free(slots);
 	overlay_close(o);
 	return rc;
@@ -866,25 +641,6 @@ static int overlay_open_mode(const char *dir, bool tolerant, overlay_report_fn r
 		rc = -EUCLEAN;
 		goto fail;
 	}
-	if (o->log_blocks) {
-		rc = path_in(dir, OVERLAY_MAP_FILE, path, sizeof(path));
-		if (rc < 0)
-			goto fail;
-		/* Invariant 10: O_DIRECT where the filesystem has it, O_DSYNC always. */
-		o->log_fd = open(path, O_RDWR | O_CLOEXEC | O_DIRECT | O_DSYNC);
-		if (o->log_fd < 0 && errno == EINVAL)
-			o->log_fd = open(path, O_RDWR | O_CLOEXEC | O_DSYNC);
-		if (o->log_fd < 0) {
-			rc = -errno;
-			goto fail;
-		}
-		if (posix_memalign((void **)&o->log_buf, OVERLAY_LOG_BLOCK,
-				   (1 + OVERLAY_LOG_REC_PAGES) * OVERLAY_LOG_BLOCK)) {
-			o->log_buf = NULL;
-			rc = -ENOMEM;
-			goto fail;
-		}
-	}
 	*out = o;
 	return 0;
 fail:
@@ -894,18 +650,9 @@ fail:
 	return rc;
 }
 
-static void log_report(void *arg, const char *path, const char *problem)
-{
-	log_error("overlay %s/%s: %s", (const char *)arg, path, problem);
-}
-
 int overlay_open(const char *dir, struct overlay **out)
 {
-	int rc = overlay_open_mode(dir, false, NULL, NULL, out);
-
-	if (rc == -EPROTONOSUPPORT) /* say why: the caller only sees the errno */
-		overlay_open_mode(dir, false, log_report, (void *)dir, out);
-	return rc;
+	return overlay_open_mode(dir, false, NULL, NULL, out);
 }
 
 void overlay_close(struct overlay *o)
@@ -918,9 +665,6 @@ void overlay_close(struct overlay *o)
 		close(o->map_fd);
 	if (o->data_fd >= 0)
 		close(o->data_fd);
-	if (o->log_fd >= 0)
-		close(o->log_fd);
-	free(o->log_buf);
 	for (t = o->table; t; t = next) {
 		next = t->retired_next;
 		/* Retired tables share their pages with the current one. */
@@ -936,16 +680,14 @@ void overlay_close(struct overlay *o)
 
 /* ---- creating, flushing, growing ---- */
 
-int overlay_create_log(const char *dir, const struct chunk_hash *image_id, uint64_t size,
-		       uint32_t log_blocks)
+int overlay_create(const char *dir, const struct chunk_hash *image_id, uint64_t size)
 {
 	char map_path[PATH_MAX], data_path[PATH_MAX];
-	uint64_t map_len = OVERLAY_PAGES_OFF(log_blocks);
 	struct overlay tmp;
 	uint8_t *buf = NULL;
 	int fd = -1, rc;
 
-	if (size == 0 || size % 512 || size > OVERLAY_MAX_SIZE || !log_blocks_valid(log_blocks))
+	if (size == 0 || size % 512 || size > OVERLAY_MAX_SIZE)
 		return -EINVAL;
 	rc = mkdir_p(dir, 0755);
 	if (rc < 0)
@@ -965,13 +707,11 @@ int overlay_create_log(const char *dir, const struct chunk_hash *image_id, uint6
 	}
 	memset(&tmp, 0, sizeof(tmp));
 	tmp.image_id = *image_id;
-	tmp.log_blocks = log_blocks;
 	if (getrandom(tmp.nonce, sizeof(tmp.nonce), 0) != (ssize_t)sizeof(tmp.nonce)) {
 		rc = -EIO;
 		goto out;
 	}
-	/* The log's zeros are written, not a hole or fallocated (invariant 10). */
-	buf = calloc(1, map_len);
+	buf = calloc(1, OVERLAY_PAGES_OFF);
 	if (!buf) {
 		rc = -ENOMEM;
 		goto out;
@@ -980,16 +720,11 @@ int overlay_create_log(const char *dir, const struct chunk_hash *image_id, uint6
 	hdr_encode(&tmp, 1, size, (struct overlay_hdr_disk *)buf);
 	hdr_encode(&tmp, 1, size, (struct overlay_hdr_disk *)(buf + OVERLAY_HDR_SLOT));
 	/* The map appears atomically, after the data file is durable (invariant 6). */
-	rc = write_file_atomic(map_path, buf, map_len);
+	rc = write_file_atomic(map_path, buf, OVERLAY_PAGES_OFF);
 out:
 	free(buf);
 	close(fd);
 	return rc;
-}
-
-int overlay_create(const char *dir, const struct chunk_hash *image_id, uint64_t size)
-{
-	return overlay_create_log(dir, image_id, size, OVERLAY_LOG_BLOCKS);
 }
 
 struct flush_item {
@@ -1004,7 +739,7 @@ static int write_slot(struct overlay *o, const struct flush_item *it, int slot, 
 {
 	page_encode(o->nonce, it->page_no, gen, words, buf);
 	__atomic_add_fetch(&o->n_pages_written, 1, __ATOMIC_RELAXED);
-	return pwrite_full(o->map_fd, buf, OVERLAY_SLOT_SIZE, slot_off(o, it->page_no, slot));
+	return pwrite_full(o->map_fd, buf, OVERLAY_SLOT_SIZE, slot_off(it->page_no, slot));
 }
 
 /* Writes the snapshotted pages (invariants 3, 4). */
@@ -1036,73 +771,15 @@ static int flush_pages(struct overlay *o, struct flush_item *items, uint64_t (*s
 	return 0;
 }
 
-/* Appends the snapshotted pages as one record at log_pos: one O_DIRECT|O_DSYNC write. */
-static int log_append(struct overlay *o, const struct flush_item *items, uint64_t (*snap)[512],
-		      size_t n, uint64_t gen)
-{
-	struct overlay_log_hdr *lh = (struct overlay_log_hdr *)o->log_buf;
-	int rc;
-
-	memset(lh, 0, OVERLAY_LOG_BLOCK);
-	memcpy(lh->magic, OVERLAY_LOG_MAGIC, sizeof(lh->magic));
-	lh->gen = gen;
-	lh->count = (uint32_t)n;
-	for (size_t i = 0; i < n; i++) {
-		struct overlay_page_hdr ph;
-
-		page_hdr_init(&ph, items[i].page_no, gen);
-		page_sum(o->nonce, &ph, snap[i], lh->e[i].sum);
-		lh->e[i].page_no = items[i].page_no;
-		memcpy(o->log_buf + (1 + i) * OVERLAY_LOG_BLOCK, snap[i], OVERLAY_LOG_BLOCK);
-	}
-	log_hdr_sum(o->nonce, lh, lh->sum);
-	rc = pwrite_full(o->log_fd, o->log_buf, (1 + n) * OVERLAY_LOG_BLOCK, log_off(o->log_pos));
-	__atomic_add_fetch(&o->n_pages_written, n, __ATOMIC_RELAXED);
-	__atomic_add_fetch(&o->n_log_records, 1, __ATOMIC_RELAXED);
-	return rc;
-}
-
-/* Adds page p (snapshotting its words) to the flush being built. */
-static int queue_page(struct flush_item **items, uint64_t (**snap)[512], size_t *n,
-		      size_t *cap, struct ovl_page *pg, uint64_t p)
-{
-	if (*n == *cap) {
-		size_t ncap = *cap ? 2 * *cap : 16;
-		void *ni = realloc(*items, ncap * sizeof(**items));
-		void *ns;
-
-		if (ni)
-			*items = ni;
-		ns = ni ? realloc(*snap, ncap * sizeof(**snap)) : NULL;
-		if (!ni || !ns)
-			return -ENOMEM;
-		*snap = ns;
-		*cap = ncap;
-	}
-	for (unsigned i = 0; i < OVERLAY_PAGE_WORDS; i++)
-		(*snap)[*n][i] = __atomic_load_n(&pg->w[i], __ATOMIC_ACQUIRE);
-	(*items)[*n] = (struct flush_item){ .pg = pg, .page_no = p,
-					    .slot = pg->cur_slot < 0 ? 0 : 1 - pg->cur_slot,
-					    .first = pg->cur_slot < 0 };
-	pg->queued = true;
-	(*n)++;
-	return 0;
-}
-
-/*
- * One flush under flush_mtx: snapshot dirty pages, sync data, then either append them to
- * the log as one record or, when they do not fit (or force_home), checkpoint: write them
- * and every log-resident page to their home slots, sync, and restart the log.
- */
-static int flush_locked(struct overlay *o, bool force_home)
+/* One flush under flush_mtx: snapshot dirty pages, sync data, write and sync the map. */
+static int flush_locked(struct overlay *o)
 {
 	struct ovl_table *t = table_of(o);
 	struct flush_item *items = NULL;
 	uint64_t (*snap)[512] = NULL;
 	uint8_t *buf = NULL;
-	size_t n = 0, cap = 0, ndirty = 0;
+	size_t n = 0, cap = 0;
 	uint64_t gen = o->gen + 1;
-	bool to_log = false;
 	int rc = 0;
 
 	for (uint64_t p = 0; p < t->npages; p++) {
@@ -1110,81 +787,56 @@ static int flush_locked(struct overlay *o, bool force_home)
 
 		if (!pg || !__atomic_exchange_n(&pg->dirty, 0, __ATOMIC_ACQ_REL))
 			continue;
-		rc = queue_page(&items, &snap, &n, &cap, pg, p);
-		if (rc < 0) {
-			__atomic_store_n(&pg->dirty, 1, __ATOMIC_RELEASE);
-			ndirty = n;
-			goto out;
-		}
-	}
-	ndirty = n;
-	to_log = !force_home && o->log_fd >= 0 && n <= OVERLAY_LOG_REC_PAGES &&
-		 o->log_pos < o->log_blocks && n < o->log_blocks - o->log_pos;
-	if (!to_log && (n || force_home)) {
-		/* Checkpoint: the log-resident pages go home too, snapshotted before the data
-		 * sync below (invariant 2). */
-		for (uint64_t p = 0; p < t->npages; p++) {
-			struct ovl_page *pg = page_of(t, p);
+		if (n == cap) {
+			size_t ncap = cap ? 2 * cap : 16;
+			void *ni = realloc(items, ncap * sizeof(*items));
+			void *ns;
 
-			if (!pg || !pg->in_log || pg->queued)
-				continue;
-			rc = queue_page(&items, &snap, &n, &cap, pg, p);
-			if (rc < 0)
+			if (ni)
+				items = ni;
+			ns = ni ? realloc(snap, ncap * sizeof(*snap)) : NULL;
+			if (!ni || !ns) {
+				__atomic_store_n(&pg->dirty, 1, __ATOMIC_RELEASE);
+				rc = -ENOMEM;
 				goto out;
+			}
+			snap = ns;
+			cap = ncap;
 		}
+		for (unsigned i = 0; i < OVERLAY_PAGE_WORDS; i++)
+			snap[n][i] = __atomic_load_n(&pg->w[i], __ATOMIC_ACQUIRE);
+		items[n] = (struct flush_item){ .pg = pg, .page_no = p,
+						.slot = pg->cur_slot < 0 ? 0 : 1 - pg->cur_slot,
+						.first = pg->cur_slot < 0 };
+		n++;
 	}
 	/* Invariant 2: the data behind every snapshotted DATA grain is durable first. */
 	if (fdatasync(o->data_fd) < 0) {
 		rc = -errno;
 		goto out;
 	}
-	if (!n)
-		goto out;
-	if (to_log) {
-		rc = log_append(o, items, snap, n, gen);
-		if (rc < 0) {
-			/* The record may be torn: never append after it (invariant 3). */
-			o->log_pos = o->log_blocks;
-			goto out;
-		}
-		o->log_pos += (uint32_t)(1 + n);
-		for (size_t i = 0; i < n; i++) {
-			items[i].pg->in_log = true;
-			items[i].pg->gen = gen;
-		}
-	} else {
+	if (n) {
 		buf = malloc(OVERLAY_SLOT_SIZE);
 		if (!buf) {
 			rc = -ENOMEM;
 			goto out;
 		}
 		rc = flush_pages(o, items, snap, n, gen, buf);
-		if (rc == 0 && o->log_fd >= 0) {
-			/* Only now, with every page durable at home: end the chain (invariant 3). */
-			memset(o->log_buf, 0, OVERLAY_LOG_BLOCK);
-			rc = pwrite_full(o->log_fd, o->log_buf, OVERLAY_LOG_BLOCK, log_off(0));
-		}
 		if (rc < 0)
 			goto out;
+		o->gen = gen;
 		for (size_t i = 0; i < n; i++) {
 			items[i].pg->cur_slot = items[i].slot;
-			items[i].pg->in_log = false;
 			items[i].pg->gen = gen;
 		}
-		/* Every page is home and durable: the log may be overwritten from its start. */
-		o->log_pos = 0;
-		__atomic_add_fetch(&o->n_checkpoints, 1, __ATOMIC_RELAXED);
 	}
 out:
-	/* Invariant 9: a generation is used once, whatever happened. */
-	o->gen = gen;
-	for (size_t i = 0; i < n; i++) {
-		items[i].pg->queued = false;
-		/* The pages may not be durable: write them again next time. Their home slot
-		 * bookkeeping is unchanged, so the next home write goes to the same, non-newest
-		 * slot (invariant 3). Log-resident pages queued by a checkpoint stay in_log and
-		 * need no re-dirtying (they are written again by the next checkpoint). */
-		if (rc < 0 && i < ndirty)
+	if (rc < 0) {
+		/* The pages may not be durable: write them again next time. Their slot
+		 * bookkeeping is unchanged, so the next write goes to the same, non-newest
+		 * slot (invariant 3). gen is burnt so it is never reused. */
+		o->gen = gen;
+		for (size_t i = 0; i < n; i++)
 			__atomic_store_n(&items[i].pg->dirty, 1, __ATOMIC_RELEASE);
 	}
 	free(buf);
@@ -1209,7 +861,7 @@ int overlay_flush(struct overlay *o)
 		return 0;
 	}
 	me = __atomic_add_fetch(&o->flush_begun, 1, __ATOMIC_ACQ_REL);
-	rc = flush_locked(o, false);
+	rc = flush_locked(o);
 	if (rc == 0)
 		__atomic_store_n(&o->flush_done, me, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&o->flush_mtx);
@@ -1270,8 +922,6 @@ void overlay_get_stats(const struct overlay *o, struct overlay_stats *st)
 	st->flushes_joined = __atomic_load_n(&o->n_joined, __ATOMIC_RELAXED);
 	st->pages_written = __atomic_load_n(&o->n_pages_written, __ATOMIC_RELAXED);
 	st->punch_unsupported = __atomic_load_n(&o->n_punch_unsupported, __ATOMIC_RELAXED);
-	st->log_records = __atomic_load_n(&o->n_log_records, __ATOMIC_RELAXED);
-	st->checkpoints = __atomic_load_n(&o->n_checkpoints, __ATOMIC_RELAXED);
 }
 
 /* ---- fsck ---- */
@@ -1301,8 +951,7 @@ static int rebuild_page(struct overlay *o, uint64_t p)
 			return rc;
 		pos = h;
 	}
-	/* Make the page exist and be written to both home slots by the checkpoint below, as a
-	 * first home write does. */
+	/* Make the page exist and be written to both slots, as a first flush does. */
 	if (!page_get_or_alloc(o->table, p))
 		return -ENOMEM;
 	__atomic_store_n(&o->table->pages[p]->dirty, 1, __ATOMIC_RELEASE);
@@ -1315,8 +964,8 @@ int overlay_fsck(const char *dir, bool repair, overlay_report_fn report, void *a
 	int rc, problems;
 
 	rc = overlay_open_mode(dir, true, report, arg, &o);
-	if (rc == -EINVAL || rc == -EUCLEAN || rc == -ENOENT || rc == -EPROTONOSUPPORT)
-		return 1; /* reported: no header, old format, missing or short data file */
+	if (rc == -EINVAL || rc == -EUCLEAN || rc == -ENOENT)
+		return 1; /* reported: no header, missing or short data file */
 	if (rc < 0)
 		return rc;
 	problems = (int)o->ncorrupt;
@@ -1328,10 +977,7 @@ int overlay_fsck(const char *dir, bool repair, overlay_report_fn report, void *a
 			report_page(report, arg, o->corrupt[i],
 				    "rebuilt from the data file (unmapped grains read the image)");
 		}
-		/* A checkpoint: every page home, the bad slots overwritten. */
-		pthread_mutex_lock(&o->flush_mtx);
-		rc = flush_locked(o, true);
-		pthread_mutex_unlock(&o->flush_mtx);
+		rc = overlay_flush(o);
 		if (rc < 0)
 			goto out;
 	}

@@ -30,20 +30,13 @@ struct overlay;
 /* Problem reporter for load and fsck (path may be a file or "page N"). */
 typedef void (*overlay_report_fn)(void *arg, const char *path, const char *problem);
 
-/* Creates overlay.data and overlay.map in dir (which must not hold a map), with a log of
- * OVERLAY_LOG_BLOCKS. */
+/* Creates overlay.data and overlay.map in dir (which must not hold a map). */
 int overlay_create(const char *dir, const struct chunk_hash *image_id, uint64_t size);
-
-/* The same with a log of log_blocks 4 KiB blocks: 0 (every flush writes home slots) or
- * [2, OVERLAY_LOG_MAX]. For tests and fuzz seeds; disks use overlay_create(). */
-int overlay_create_log(const char *dir, const struct chunk_hash *image_id, uint64_t size,
-		       uint32_t log_blocks);
 
 /*
  * Opens dir's overlay. A page with no valid copy fails the open with -EUCLEAN (run
  * disk_fsck); a torn newer copy beside a valid older one is the normal trace of a crash
- * and is not an error. A map of format version 1 fails with -EPROTONOSUPPORT (logged:
- * recreate the disk).
+ * and is not an error.
  */
 int overlay_open(const char *dir, struct overlay **out);
 void overlay_close(struct overlay *o);
@@ -52,8 +45,7 @@ void overlay_close(struct overlay *o);
  * Parses a whole overlay.map image held in memory (the fuzzer's entry point, and what
  * fsck does through the same code). The result has no files: overlay_flush() and
  * overlay_grow() on it fail with -EBADF. report may be NULL. Returns 0, -EUCLEAN when a
- * page is corrupt (after reporting every problem), -EINVAL for a bad header,
- * -EPROTONOSUPPORT for a format version 1 header.
+ * page is corrupt (after reporting every problem), -EINVAL for a bad header.
  */
 int overlay_parse(const void *buf, size_t len, overlay_report_fn report, void *arg,
 		  struct overlay **out);
@@ -80,9 +72,7 @@ int overlay_set(struct overlay *o, uint64_t g, uint64_t n, enum overlay_state st
 /* Releases the data file's space for grains [g, g+n) (punches a hole). */
 int overlay_punch(struct overlay *o, uint64_t g, uint64_t n);
 
-/* Makes every overlay_set() and data write completed before the call durable: syncs the
- * data file, then appends the dirty map pages to the log in one write (or checkpoints
- * them to their home slots when the log is full). */
+/* Makes every overlay_set() and data write completed before the call durable. */
 int overlay_flush(struct overlay *o);
 
 /* Grows to new_size bytes (durable on return). The caller excludes overlay_set(). */
@@ -94,8 +84,6 @@ struct overlay_stats {
 	uint64_t flushes_joined; /* calls satisfied by a flush that started after them */
 	uint64_t pages_written;
 	uint64_t punch_unsupported; /* punches the filesystem refused (space not released) */
-	uint64_t log_records;       /* flushes whose map pages went to the log */
-	uint64_t checkpoints;       /* flushes that wrote pages to their home slots */
 };
 void overlay_get_stats(const struct overlay *o, struct overlay_stats *st);
 

@@ -8,70 +8,44 @@
  *   overlay.map   the state of every grain, 2 bits each: IMAGE (read the base image),
  *                 DATA (read overlay.data), ZERO (reads as zeros).
  *
- * overlay.map layout, format version 2 (all integers little-endian):
+ * overlay.map layout (all integers little-endian):
  *
- *   0        4096     8192                  LOG_END = 8192 + log_blocks * 4096
- *   +--------+--------+---------------------+-----------+-----------+-----------+------
- *   | hdr A  | hdr B  | log (log_blocks x   | page 0 s0 | page 0 s1 | page 1 s0 | ...
- *   |        |        | 4 KiB blocks)       |           |           |           |
- *   +--------+--------+---------------------+-----------+-----------+-----------+------
+ *   0        4096     8192                    8192 + 2 * SLOT       8192 + 4 * SLOT
+ *   +--------+--------+-----------+-----------+-----------+-----------+------
+ *   | hdr A  | hdr B  | page 0 s0 | page 0 s1 | page 1 s0 | page 1 s1 | ...
+ *   +--------+--------+-----------+-----------+-----------+-----------+------
  *
  *   header slot (4096 bytes, struct overlay_hdr_disk then zeros):
  *     magic "RDOVMAP\0" | version | grain | page_grains | slot_size | gen | size |
- *     image_id[32] | nonce[16] | log_blocks | reserved | sum[32] = SHA-256 of the bytes
- *     before it
- *   page slot (OVERLAY_SLOT_SIZE = 64 + 4096 bytes), the "home" copies of a page:
+ *     image_id[32] | nonce[16] | reserved | sum[32] = SHA-256 of the bytes before it
+ *   page slot (OVERLAY_SLOT_SIZE = 64 + 4096 bytes):
  *     magic "RDOVPAG\0" | page_no | gen | reserved | sum[32] | 512 x le64 state words
  *     sum = SHA-256(nonce of the overlay | slot header up to sum | state words)
  *   state word w of page p holds grains p * 16384 + w * 32 + [0, 32), grain i of the word
  *   in bits 2i..2i+1.
- *   log record (1 + count blocks, 4 KiB-aligned, written by one O_DIRECT|O_DSYNC pwrite):
- *     block 0: magic "RDOVLOG\0" | gen | count | reserved | sum[32] |
- *              count x { page_no, page_sum[32] }, zeros to 4096
- *       sum = SHA-256(nonce | block 0 up to sum | the count entries)
- *       page_sum = the sum the same copy would carry in a page slot (page header with
- *       magic "RDOVPAG\0", page_no, gen of the record), over that page's words
- *     blocks 1..count: the 512 state words of entry i's page
- *   Records follow one another from the log's start; the chain ends at the first block
- *   that is not a valid record header or whose gen is not larger than the previous one.
- *   log_blocks is 0 (no log: every flush writes page slots) or in [2, OVERLAY_LOG_MAX].
  *
- * Both the header and each page have two home slots (A/B). An update writes the slot that
- * does not hold the newest valid copy, with a larger generation, so a torn write only ever
- * damages the copy being replaced; at load the valid copy with the largest generation
- * wins, among the two home slots and the log. A page whose both slots are all zero bytes
- * and with no log copy was never written: all its grains are IMAGE. A page with no valid
- * copy but some non-zero byte in its slots is corrupt.
- *
- * Format history: version 1 (no log, page slots from byte 8192) is refused at open with
- * "overlay format version 1 ... recreate the disk" (-EPROTONOSUPPORT); rackdisk is
- * pre-release, so there is no upgrade path.
+ * Both the header and each page have two slots (A/B). An update writes the slot that does
+ * not hold the newest valid copy, with a larger generation, so a torn write only ever
+ * damages the copy being replaced; at load the valid slot with the larger generation
+ * wins. A page whose both slots are all zero bytes was never written: all its grains are
+ * IMAGE. A page with no valid slot but some non-zero byte is corrupt.
  */
 #ifndef RACKDISK_CACHE_OVERLAY_FORMAT_H
 #define RACKDISK_CACHE_OVERLAY_FORMAT_H
 
 #include <stdint.h>
 
-#define OVERLAY_VERSION 2u
+#define OVERLAY_VERSION 1u
 #define OVERLAY_GRAIN 4096u
 #define OVERLAY_GRAIN_SHIFT 12
 #define OVERLAY_HDR_MAGIC "RDOVMAP"  /* 8 bytes with the NUL */
 #define OVERLAY_PAGE_MAGIC "RDOVPAG" /* 8 bytes with the NUL */
-#define OVERLAY_LOG_MAGIC "RDOVLOG"  /* 8 bytes with the NUL */
 #define OVERLAY_HDR_SLOT 4096u
 #define OVERLAY_PAGE_WORDS 512u
 #define OVERLAY_PAGE_GRAINS (OVERLAY_PAGE_WORDS * 32u) /* 16384 grains = 64 MiB of disk */
 #define OVERLAY_PAGE_SHIFT 14
 #define OVERLAY_SLOT_SIZE (sizeof(struct overlay_page_hdr) + OVERLAY_PAGE_WORDS * 8u)
-#define OVERLAY_LOG_OFF (2u * OVERLAY_HDR_SLOT)
-#define OVERLAY_LOG_BLOCK 4096u
-/* 4 MiB of log: ~110 flushes of 8 new pages between checkpoints. */
-#define OVERLAY_LOG_BLOCKS 1024u
-#define OVERLAY_LOG_MAX 65536u /* the largest log_blocks a header may carry (256 MiB) */
-/* Pages one record holds: entries after the 64-byte record header in its 4 KiB block. */
-#define OVERLAY_LOG_REC_PAGES ((OVERLAY_LOG_BLOCK - 64u) / 40u)
-#define OVERLAY_PAGES_OFF(log_blocks) \
-	(OVERLAY_LOG_OFF + (uint64_t)(log_blocks) * OVERLAY_LOG_BLOCK)
+#define OVERLAY_PAGES_OFF (2u * OVERLAY_HDR_SLOT)
 /* The largest disk an overlay describes: bounds the page table a (hostile) header can ask
  * for to 1 Mi entries. */
 #define OVERLAY_MAX_SIZE (64ull << 40)
@@ -93,8 +67,7 @@ struct overlay_hdr_disk {
 	uint64_t size;
 	uint8_t image_id[32];
 	uint8_t nonce[16];
-	uint32_t log_blocks;
-	uint8_t reserved[20];
+	uint8_t reserved[24];
 	uint8_t sum[32];
 };
 
@@ -106,28 +79,9 @@ struct overlay_page_hdr {
 	uint8_t sum[32];
 };
 
-struct overlay_log_entry {
-	uint64_t page_no;
-	uint8_t sum[32];
-};
-
-struct overlay_log_hdr {
-	char magic[8];
-	uint64_t gen;
-	uint32_t count;
-	uint32_t reserved0;
-	uint64_t reserved[1];
-	uint8_t sum[32];
-	struct overlay_log_entry e[];
-};
-
 _Static_assert(sizeof(struct overlay_hdr_disk) == 144, "overlay header layout");
 _Static_assert(sizeof(struct overlay_hdr_disk) <= OVERLAY_HDR_SLOT, "header fits its slot");
 _Static_assert(sizeof(struct overlay_page_hdr) == 64, "overlay page header layout");
-_Static_assert(sizeof(struct overlay_log_hdr) == 64, "overlay log record header layout");
-_Static_assert(sizeof(struct overlay_log_entry) == 40, "overlay log entry layout");
-_Static_assert(64 + OVERLAY_LOG_REC_PAGES * 40 <= OVERLAY_LOG_BLOCK, "log entries fit");
-_Static_assert(OVERLAY_PAGE_WORDS * 8 == OVERLAY_LOG_BLOCK, "a page's words fill a block");
 _Static_assert(OVERLAY_SLOT_SIZE == 4160, "overlay page slot size");
 _Static_assert(OVERLAY_PAGE_GRAINS == 1u << OVERLAY_PAGE_SHIFT, "page grains power of two");
 _Static_assert(OVERLAY_GRAIN == 1u << OVERLAY_GRAIN_SHIFT, "grain power of two");

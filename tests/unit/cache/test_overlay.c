@@ -1,12 +1,7 @@
 /*
  * test_overlay.c - the overlay map: grain states and runs, flush and reload, and the
  * numbered invariants of cache/overlay.c (torn copies, corrupt pages, checksums over the
- * nonce, invalid state values, grow ordering, concurrent updates, the map log: records,
- * checkpoints, wrap, torn records, stale records, the refused version 1 format).
- *
- * Most home-slot tests build maps without a log (overlay_create_log(..., 0)), where every
- * flush writes home slots; the log tests use small logs so that checkpoints and wraps
- * happen within a few flushes.
+ * nonce, invalid state values, grow ordering, concurrent updates).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -59,20 +54,11 @@ static int teardown(void **state)
 	return 0;
 }
 
-static struct overlay *make_log(struct ctx *c, uint64_t size, uint32_t log_blocks)
-{
-	struct overlay *o = NULL;
-
-	assert_int_equal(overlay_create_log(c->dir, &c->id, size, log_blocks), 0);
-	assert_int_equal(overlay_open(c->dir, &o), 0);
-	return o;
-}
-
 static struct overlay *make(struct ctx *c, uint64_t size)
 {
 	struct overlay *o = NULL;
 
-	assert_int_equal(overlay_create_log(c->dir, &c->id, size, 0), 0);
+	assert_int_equal(overlay_create(c->dir, &c->id, size), 0);
 	assert_int_equal(overlay_open(c->dir, &o), 0);
 	return o;
 }
@@ -104,30 +90,7 @@ static void slurp(const char *path, uint8_t **buf, size_t *len)
 
 static uint64_t slot_pos(uint64_t page, int slot)
 {
-	return OVERLAY_PAGES_OFF(0) + (2 * page + (uint64_t)slot) * OVERLAY_SLOT_SIZE;
-}
-
-static uint64_t lslot_pos(uint32_t log_blocks, uint64_t page, int slot)
-{
-	return OVERLAY_PAGES_OFF(log_blocks) + (2 * page + (uint64_t)slot) * OVERLAY_SLOT_SIZE;
-}
-
-static uint64_t log_pos(uint32_t block)
-{
-	return OVERLAY_LOG_OFF + (uint64_t)block * OVERLAY_LOG_BLOCK;
-}
-
-/* Parses the map file as it is on disk now. */
-static struct overlay *parse_file(struct ctx *c, int *rc)
-{
-	struct overlay *p = NULL;
-	uint8_t *buf;
-	size_t len;
-
-	slurp(c->map, &buf, &len);
-	*rc = overlay_parse(buf, len, NULL, NULL, &p);
-	free(buf);
-	return p;
+	return OVERLAY_PAGES_OFF + (2 * page + (uint64_t)slot) * OVERLAY_SLOT_SIZE;
 }
 
 static void test_create_open_fresh(void **state)
@@ -455,8 +418,7 @@ static void *flush_thread(void *arg)
 static void test_concurrent_set(void **state)
 {
 	struct ctx *c = *state;
-	/* A small log: the concurrent flushes append, checkpoint and wrap. */
-	struct overlay *o = make_log(c, 64 * MiB, 4);
+	struct overlay *o = make(c, 64 * MiB);
 	enum { N = 4 };
 	struct setter s[N];
 	pthread_t t[N], ft;
@@ -486,236 +448,6 @@ static void test_concurrent_set(void **state)
 	overlay_close(o);
 }
 
-/* The log: a flush appends one record and writes no home slot; a reopen finds the pages
- * in the log; the next flush after it checkpoints (invariant 3); invariant 10: the log
- * region is allocated at create. */
-static void test_log_record_and_checkpoint(void **state)
-{
-	struct ctx *c = *state;
-	struct overlay *o = make_log(c, 300 * MiB, 16), *p;
-	struct overlay_stats s;
-	struct stat sb;
-	uint8_t *buf;
-	size_t len;
-	int rc;
-
-	assert_int_equal(stat(c->map, &sb), 0);
-	assert_int_equal((uint64_t)sb.st_size, OVERLAY_PAGES_OFF(16));
-	assert_true((uint64_t)sb.st_blocks * 512 >= OVERLAY_PAGES_OFF(16)); /* not sparse */
-	assert_int_equal(overlay_set(o, 7, 100, OVL_DATA), 0);
-	assert_int_equal(overlay_set(o, 40000, 3, OVL_ZERO), 0);
-	assert_int_equal(overlay_flush(o), 0);
-	overlay_get_stats(o, &s);
-	assert_int_equal(s.log_records, 1);
-	assert_int_equal(s.checkpoints, 0);
-	assert_int_equal(s.pages_written, 2);
-	/* Home slots untouched (the file did not grow), the record is at the log's start. */
-	slurp(c->map, &buf, &len);
-	assert_int_equal(len, OVERLAY_PAGES_OFF(16));
-	assert_memory_equal(buf + log_pos(0), OVERLAY_LOG_MAGIC, 8);
-	assert_true(buf_is_zero(buf + log_pos(3), OVERLAY_LOG_BLOCK)); /* 1 + 2 blocks used */
-	free(buf);
-	p = parse_file(c, &rc);
-	assert_int_equal(rc, 0);
-	assert_int_equal(overlay_state_of(p, 106), OVL_DATA);
-	assert_int_equal(overlay_state_of(p, 40002), OVL_ZERO);
-	overlay_close(p);
-	/* Second record follows the first. */
-	assert_int_equal(overlay_set(o, 200, 1, OVL_DATA), 0);
-	assert_int_equal(overlay_flush(o), 0);
-	slurp(c->map, &buf, &len);
-	assert_memory_equal(buf + log_pos(3), OVERLAY_LOG_MAGIC, 8);
-	free(buf);
-	o = reopen(c, o);
-	assert_int_equal(overlay_state_of(o, 200), OVL_DATA);
-	assert_int_equal(overlay_state_of(o, 40000), OVL_ZERO);
-	assert_int_equal(overlay_data_grains(o), 101);
-	/* Log-resident pages after a reopen: the next flush checkpoints them all home. */
-	assert_int_equal(overlay_set(o, 300, 1, OVL_ZERO), 0);
-	assert_int_equal(overlay_flush(o), 0);
-	overlay_get_stats(o, &s);
-	assert_int_equal(s.checkpoints, 1);
-	assert_int_equal(s.log_records, 0);
-	assert_int_equal(s.pages_written, 4); /* two pages, first home write: both slots */
-	overlay_close(o);
-	/* Home copies alone now describe everything: wipe the log and parse. */
-	slurp(c->map, &buf, &len);
-	memset(buf + OVERLAY_LOG_OFF, 0, 16 * OVERLAY_LOG_BLOCK);
-	assert_int_equal(overlay_parse(buf, len, NULL, NULL, &p), 0);
-	assert_int_equal(overlay_state_of(p, 200), OVL_DATA);
-	assert_int_equal(overlay_state_of(p, 300), OVL_ZERO);
-	assert_int_equal(overlay_state_of(p, 40001), OVL_ZERO);
-	overlay_close(p);
-	free(buf);
-}
-
-/* Invariants 3, 9: many flushes through a small log (appends, checkpoints, wraps over
- * stale records); after every flush the map on disk holds exactly the flushed states. */
-static void test_log_wrap(void **state)
-{
-	struct ctx *c = *state;
-	struct overlay *o = make_log(c, 200 * MiB, 8), *p;
-	uint64_t pages[3] = { 0, 1, 2 };
-	struct overlay_stats s;
-	int rc;
-
-	for (unsigned i = 0; i < 40; i++) {
-		/* 1 to 3 dirty pages: records of 2 to 4 blocks in a log of 8. */
-		for (unsigned k = 0; k <= i % 3; k++)
-			assert_int_equal(overlay_set(o, pages[k] * OVERLAY_PAGE_GRAINS + i, 1,
-						     i % 2 ? OVL_DATA : OVL_ZERO), 0);
-		assert_int_equal(overlay_flush(o), 0);
-		p = parse_file(c, &rc);
-		assert_int_equal(rc, 0);
-		for (uint64_t g = 0; g < 3 * OVERLAY_PAGE_GRAINS; g += 1)
-			if (overlay_state_of(p, g) != overlay_state_of(o, g))
-				fail_msg("flush %u: grain %llu differs on disk", i,
-					 (unsigned long long)g);
-		overlay_close(p);
-	}
-	overlay_get_stats(o, &s);
-	assert_true(s.checkpoints >= 5);
-	assert_true(s.log_records >= 10);
-	assert_int_equal(s.checkpoints + s.log_records, 40);
-	o = reopen(c, o);
-	assert_int_equal(overlay_state_of(o, 39), OVL_DATA);
-	assert_int_equal(overlay_state_of(o, OVERLAY_PAGE_GRAINS + 37), OVL_DATA);
-	overlay_close(o);
-}
-
-/* Invariant 3: a torn newest record loses only its own flush; a torn header ends the
- * chain; invariant 5: a record copy with a wrong sum is never used. */
-static void test_log_torn_record(void **state)
-{
-	struct ctx *c = *state;
-	struct overlay *o = make_log(c, 64 * MiB, 16), *p;
-	uint8_t *buf;
-	size_t len;
-
-	assert_int_equal(overlay_set(o, 1, 1, OVL_DATA), 0);
-	assert_int_equal(overlay_flush(o), 0); /* record at block 0, 2 blocks */
-	assert_int_equal(overlay_set(o, 2, 1, OVL_DATA), 0);
-	assert_int_equal(overlay_flush(o), 0); /* record at block 2 */
-	overlay_close(o);
-	slurp(c->map, &buf, &len);
-	/* Torn words of the newest record: the previous copy wins. */
-	buf[log_pos(3) + 100] ^= 0x10;
-	assert_int_equal(overlay_parse(buf, len, NULL, NULL, &p), 0);
-	assert_int_equal(overlay_state_of(p, 1), OVL_DATA);
-	assert_int_equal(overlay_state_of(p, 2), OVL_IMAGE);
-	overlay_close(p);
-	buf[log_pos(3) + 100] ^= 0x10;
-	/* A wrong entry sum in the record header: the whole record is refused. */
-	buf[log_pos(2) + 64 + 8 + 5] ^= 1;
-	assert_int_equal(overlay_parse(buf, len, NULL, NULL, &p), 0);
-	assert_int_equal(overlay_state_of(p, 2), OVL_IMAGE);
-	overlay_close(p);
-	buf[log_pos(2) + 64 + 8 + 5] ^= 1;
-	/* Torn first record header: the chain ends there, nothing is in the map. */
-	buf[log_pos(0) + 20] ^= 1;
-	assert_int_equal(overlay_parse(buf, len, NULL, NULL, &p), 0);
-	assert_int_equal(overlay_state_of(p, 1), OVL_IMAGE);
-	assert_int_equal(overlay_state_of(p, 2), OVL_IMAGE);
-	overlay_close(p);
-	buf[log_pos(0) + 20] ^= 1;
-	/* The record of a different overlay (another nonce) is not accepted. */
-	{
-		struct overlay_hdr_disk h;
-
-		memcpy(&h, buf, sizeof(h));
-		h.nonce[0] ^= 1;
-		SHA256((const uint8_t *)&h, offsetof(struct overlay_hdr_disk, sum), h.sum);
-		memcpy(buf, &h, sizeof(h));
-		memcpy(buf + OVERLAY_HDR_SLOT, &h, sizeof(h));
-		assert_int_equal(overlay_parse(buf, len, NULL, NULL, &p), 0);
-		assert_int_equal(overlay_state_of(p, 1), OVL_IMAGE);
-		overlay_close(p);
-	}
-	free(buf);
-	/* The live file, reopened: both records valid; the next update checkpoints. */
-	assert_int_equal(overlay_open(c->dir, &o), 0);
-	assert_int_equal(overlay_state_of(o, 2), OVL_DATA);
-	overlay_close(o);
-}
-
-/* Invariants 3, 4: home slots torn during a checkpoint's first home write, with the page's
- * copy still in the log, are not corruption; the log copy wins. */
-static void test_log_covers_torn_home(void **state)
-{
-	struct ctx *c = *state;
-	struct overlay *o = make_log(c, 64 * MiB, 16);
-	uint8_t junk[200];
-	int n = 0;
-
-	assert_int_equal(overlay_set(o, 9, 2, OVL_DATA), 0);
-	assert_int_equal(overlay_flush(o), 0);
-	overlay_close(o);
-	memset(junk, 0x5c, sizeof(junk));
-	patch(c->map, lslot_pos(16, 0, 0) + 500, junk, sizeof(junk));
-	assert_int_equal(overlay_open(c->dir, &o), 0);
-	assert_int_equal(overlay_state_of(o, 10), OVL_DATA);
-	overlay_close(o);
-	assert_int_equal(overlay_fsck(c->dir, false, report_count, &n), 0);
-	assert_int_equal(n, 0);
-	/* Both home slots garbage and no log copy: corrupt. */
-	assert_int_equal(overlay_open(c->dir, &o), 0);
-	assert_int_equal(overlay_set(o, 12, 1, OVL_ZERO), 0);
-	assert_int_equal(overlay_flush(o), 0); /* checkpoint: home slots 0 and 1 */
-	overlay_close(o);
-	patch(c->map, lslot_pos(16, 0, 0) + 500, junk, sizeof(junk));
-	patch(c->map, lslot_pos(16, 0, 1) + 500, junk, sizeof(junk));
-	assert_int_equal(overlay_open(c->dir, &o), -EUCLEAN);
-}
-
-/* Invariant 11: a sound version 1 header is refused with its own error and message. */
-static char last_problem[256];
-static void report_keep(void *arg, const char *path, const char *problem)
-{
-	snprintf(last_problem, sizeof(last_problem), "%s", problem);
-	(void)arg;
-	(void)path;
-}
-
-static void test_v1_refused(void **state)
-{
-	struct ctx *c = *state;
-	struct overlay *o = make_log(c, 64 * MiB, 16), *p = NULL;
-	struct overlay_hdr_disk h;
-	uint8_t *buf;
-	size_t len;
-	int n = 0;
-
-	overlay_close(o);
-	slurp(c->map, &buf, &len);
-	for (int s = 0; s < 2; s++) {
-		memcpy(&h, buf + s * OVERLAY_HDR_SLOT, sizeof(h));
-		h.version = 1;
-		h.log_blocks = 0;
-		SHA256((const uint8_t *)&h, offsetof(struct overlay_hdr_disk, sum), h.sum);
-		memcpy(buf + s * OVERLAY_HDR_SLOT, &h, sizeof(h));
-	}
-	assert_int_equal(overlay_parse(buf, len, report_keep, NULL, &p), -EPROTONOSUPPORT);
-	assert_non_null(strstr(last_problem, "version 1"));
-	patch(c->map, 0, buf, 2 * OVERLAY_HDR_SLOT);
-	assert_int_equal(overlay_open(c->dir, &o), -EPROTONOSUPPORT);
-	assert_int_equal(overlay_fsck(c->dir, false, report_count, &n), 1);
-	assert_int_equal(n, 1);
-	/* A version from the future, or a bad log size, is simply an invalid header. */
-	h.version = OVERLAY_VERSION + 1;
-	SHA256((const uint8_t *)&h, offsetof(struct overlay_hdr_disk, sum), h.sum);
-	memcpy(buf, &h, sizeof(h));
-	memcpy(buf + OVERLAY_HDR_SLOT, &h, sizeof(h));
-	assert_int_equal(overlay_parse(buf, len, NULL, NULL, &p), -EINVAL);
-	h.version = OVERLAY_VERSION;
-	h.log_blocks = 1;
-	SHA256((const uint8_t *)&h, offsetof(struct overlay_hdr_disk, sum), h.sum);
-	memcpy(buf, &h, sizeof(h));
-	memcpy(buf + OVERLAY_HDR_SLOT, &h, sizeof(h));
-	assert_int_equal(overlay_parse(buf, len, NULL, NULL, &p), -EINVAL);
-	free(buf);
-	assert_int_equal(overlay_create_log("/tmp/rd-ovl-never", &c->id, MiB, 1), -EINVAL);
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -730,11 +462,6 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_state_past_end_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_grow, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_set, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log_record_and_checkpoint, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log_wrap, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log_torn_record, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log_covers_torn_home, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_v1_refused, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
