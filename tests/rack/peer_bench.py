@@ -154,6 +154,9 @@ def one_round(repo, tag, raw, args, work):
         before = b.fetch_bytes()
         cold = replay(c.initiators[2], trace, url, raw=raw, timeout=args.timeout)
         after = b.fetch_bytes()
+        m = b.metrics()
+        conns_b = int(m.get("rackdisk_peer_client_connections_total", 0))
+        readahead = int(m.get("rackdisk_fetch_readahead_total", 0))
         d = {s: after[s] - before[s] for s in after}
         if d["seed"] != 0 or d["peer"] != unique:
             raise BenchError(f"B's cold read: seed {d['seed']} B (want 0), peer {d['peer']} "
@@ -165,7 +168,8 @@ def one_round(repo, tag, raw, args, work):
     return {"curl_s": t_curl, "curl_connections": conns, "b_s": cold["elapsed_s"],
             "b_login_s": cold["connect_s"], "warm_s": warm["elapsed_s"],
             "ratio": t_curl / cold["elapsed_s"], "ceiling": t_curl / warm["elapsed_s"],
-            "b_bytes": d, "chunks": len(chunks), "unique_bytes": unique,
+            "b_bytes": d, "b_peer_connections": conns_b, "b_readahead": readahead,
+            "chunks": len(chunks), "unique_bytes": unique,
             "disk_bytes": manifest["size"]}
 
 
@@ -229,6 +233,8 @@ def main():
                   f"({med['curl_s']:.3f} s, one keep-alive connection, bodies to /dev/null)")
             print(f"  ratio {med['ratio']:.2f}x (target >= 0.8x; rounds "
                   f"{', '.join('%.2f' % r['ratio'] for r in rounds)})")
+            print(f"  context: B's peer client made {r0['b_peer_connections']} connection(s), "
+                  f"{r0['b_readahead']} readahead fills for {r0['chunks']} chunks (round 1)")
             print(f"  iSCSI ceiling: B re-reading warm {mbps['warm_s']:.1f} MB/s of chunk bytes "
                   f"({med['warm_s']:.3f} s for the whole disk): the ratio can be at most "
                   f"{med['ceiling']:.2f}x")
