@@ -13,7 +13,8 @@
  *       "chunk_dir": "/abs/path/cache",            -- the chunk store root (reader mode)
  *       "socket": "/abs/path/rackdiskd.sock",      -- the fetch socket below
  *       "io_timeout_ms": 30000,                    -- deadline of a read that misses
- *       "direct_io": false}
+ *       "direct_io": false,
+ *       "trace": "/abs/path/<disk>.trace"}        -- optional: record reads (target/trace.h)
  *
  * 2. The fetch socket is a unix stream socket served by rackdiskd. Requests and replies
  *    are single text lines ending in '\n'; each request gets exactly one reply, in
