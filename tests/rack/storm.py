@@ -9,6 +9,10 @@ empty caches, empty Redis). Reported:
     the iSCSI login is not counted), p50 and p99 (nearest rank);
   - bytes by source summed over the appliances (/metrics
     rackdisk_chunk_fetch_bytes_total{source=seed|peer|local});
+  - bytes from local caches: the chunk bytes the VMs read (VMs x unique bytes below) less
+    what their appliances fetched from the seed and from peers, i.e. chunks a VM found
+    already in its appliance's cache (the tgt module serves those without rackdiskd, so
+    the fetch counters' "local" source sees only misses that raced a fill);
   - seed bytes / unique bytes of the trace, where unique bytes = the distinct non-zero
     chunks (by hash) that the trace's reads touch, times their lengths (target <= 1.05).
 The same storm is run without the directory (no [cluster] redis: every appliance pulls
@@ -153,9 +157,10 @@ def storm(repo, trace, raw, racks, vms, per_rack, directory, seed_rate, readahea
 
 def show(label, r, unique):
     b = r["bytes"]
+    cached = max(0, len(r["vms"]) * unique - b["seed"] - b["peer"])
     print(f"  {label:<12} p50 {r['p50_s']:7.3f} s  p99 {r['p99_s']:7.3f} s   "
           f"seed {b['seed'] / MIB:7.1f} MiB  peer {b['peer'] / MIB:7.1f} MiB  "
-          f"local {b['local'] / MIB:7.1f} MiB   seed/unique {b['seed'] / unique:.3f}   "
+          f"local cache {cached / MIB:7.1f} MiB   seed/unique {b['seed'] / unique:.3f}   "
           f"seed GETs {r['seed_gets']} of {r['seed_distinct']} chunks"
           + (f"   FAILED VMs {r['failed']}" if r["failed"] else ""))
 
