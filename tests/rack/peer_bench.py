@@ -41,7 +41,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -193,13 +192,7 @@ def main():
     if not 1 <= args.rounds <= 20 or not 1 <= args.depth <= 64 or args.read_size <= 0:
         sys.exit("peer_bench: --rounds 1..20, --depth 1..64, --read-size > 0")
     rack.rate_bytes(args.rate)
-    rack.exit_on_sigterm()
-    ok, why = rack.netns_available()
-    if not ok:
-        sys.exit(f"peer_bench: network namespaces unavailable: {why}")
-    from appliance_helpers import install_module
-    install_module()
-    rack.cleanup_stale(verbose=False)
+    rack.bench_prepare("peer_bench")
     work = tempfile.mkdtemp(prefix=f"rdrack-{os.getpid()}-peerbench", dir="/tmp")
     summary = {"rate": args.rate, "seed_rate": args.seed_rate, "rounds": args.rounds,
                "size_mb": args.size_mb, "target": 0.8}

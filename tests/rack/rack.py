@@ -527,6 +527,19 @@ def exit_on_sigterm():
     signal.signal(signal.SIGHUP, handler)
 
 
+def bench_prepare(name):
+    """What a benchmark on the harness does first: SIGTERM tears down, namespaces are
+    available (else exit with the reason), the tgt module is installed, and namespaces a
+    crashed earlier run left behind are removed."""
+    exit_on_sigterm()
+    ok, why = netns_available()
+    if not ok:
+        sys.exit(f"{name}: network namespaces unavailable: {why}")
+    from appliance_helpers import install_module
+    install_module()
+    cleanup_stale(verbose=False)
+
+
 def main():
     import argparse
     ap = argparse.ArgumentParser(description="rackdisk rack simulation (network namespaces)")

@@ -181,13 +181,7 @@ def main():
     ap.add_argument("--timeout", type=int, default=300, help="per replay, seconds")
     ap.add_argument("--json", default=os.path.join(BUILD, "bench", "storm.json"))
     args = ap.parse_args()
-    rack.exit_on_sigterm()
-    ok, why = rack.netns_available()
-    if not ok:
-        sys.exit(f"storm: network namespaces unavailable: {why}")
-    from appliance_helpers import install_module
-    install_module()
-    rack.cleanup_stale(verbose=False)
+    rack.bench_prepare("storm")
     work = tempfile.mkdtemp(prefix=f"rdrack-{os.getpid()}-storm", dir="/tmp")
     try:
         trace, raw, repo, synthetic = prepare(work, args.size_mb, args.chunk_size)
