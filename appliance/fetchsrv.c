@@ -14,6 +14,8 @@
  * FETCH that names it, checked against its id, and kept until fetchsrv_stop() (the
  * fetcher borrows it). A hint that cannot be used (unknown image, index out of range,
  * entry not the requested hash) is counted and ignored; the FETCH itself is unaffected.
+ * HIT carries the same place for a read the module served from the store; it feeds the
+ * readahead in the same way and does nothing else.
  */
 #include "appliance/fetchsrv.h"
 
@@ -145,7 +147,7 @@ static const struct manifest *hint_manifest(struct fetchsrv *s, const struct chu
 	return m;
 }
 
-/* Passes a FETCH's place to the readahead when it is the requested chunk's place. */
+/* Passes a FETCH's or HIT's place to the readahead when it is that chunk's place. */
 static void note_access(struct fetchsrv *s, const struct fetch_req *r)
 {
 	const struct manifest *m;
@@ -198,6 +200,11 @@ int fetchsrv_handle_line(struct fetchsrv *s, char *line, char *reply, size_t rep
 		atomic_fetch_add(&s->st.prefetches, 1);
 		if (s->f)
 			fetcher_prefetch(s->f, &r->h, r->len);
+		snprintf(reply, replylen, "OK\n");
+		break;
+	case FETCH_CMD_HIT:
+		/* A hit needs no fill: only its place, for the readahead. */
+		note_access(s, r);
 		snprintf(reply, replylen, "OK\n");
 		break;
 	case FETCH_CMD_TOUCH:

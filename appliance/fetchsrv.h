@@ -1,7 +1,7 @@
 /*
  * fetchsrv.h - the fetch socket: rackdiskd's side of target/fetch_proto.h. The tgt module
  * (inside tgtd) asks here for chunks it misses; each request is served by the fetcher
- * (FETCH, PREFETCH) or the chunk store (TOUCH).
+ * (FETCH, PREFETCH, HIT) or the chunk store (TOUCH).
  *
  * One thread per connection (tgtd keeps one connection per worker thread, so there are
  * few), at most FETCHSRV_MAX_CONNS at once; more are refused by closing them.
@@ -22,8 +22,8 @@ struct fetchsrv;
 
 struct fetchsrv_stats {
 	uint64_t connections, requests, fetch_ok, fetch_err, prefetches, touches, bad_requests;
-	/* FETCH places passed to the readahead, and places ignored (unknown image, index
-	 * out of range, manifest entry not the requested hash). */
+	/* FETCH and HIT places passed to the readahead, and places ignored (unknown image,
+	 * index out of range, manifest entry not the requested hash). */
 	uint64_t hints, hints_ignored;
 };
 

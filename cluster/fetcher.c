@@ -40,6 +40,10 @@
 #define FILL_BUCKETS   1024
 #define RA_STREAMS     4  /* sequential streams tracked per image */
 #define RA_SCAN_FACTOR 64 /* zero chunks skipped per wanted chunk, at most */
+/* An access up to RA_BEHIND chunks behind a stream's last one still belongs to it (and
+ * neither advances nor resets it): a reader with several reads in flight reports them
+ * out of order, and a reset stream would start its ramp again. */
+#define RA_BEHIND      8
 /*
  * A stream earns readahead after RA_MIN_RUN forward accesses, and its window then doubles
  * from one chunk per access up to readahead_chunks. A boot reads many short runs: a fixed
@@ -745,10 +749,10 @@ static struct ra_image *ra_find(struct fetcher *f, const struct manifest *m, boo
 
 /*
  * Updates the stream that idx continues and returns the index range [*from, *to) to
- * queue. An access continues a stream when it is the stream's chunk again, the next one,
- * or any chunk up to the first one readahead has not queued yet: the reader may only
- * report misses, and chunks that readahead already fetched are not misses, so a
- * sequential reader is seen jumping forward over them.
+ * queue. An access continues a stream when it is the stream's chunk again, a little
+ * behind it (RA_BEHIND), the next one, or any chunk up to the first one readahead has
+ * not queued yet: a reader that reports only misses (no HIT, fetch_proto.h) is seen
+ * jumping forward over the chunks readahead already fetched.
  */
 static bool ra_update(struct fetcher *f, struct ra_image *im, uint64_t idx, uint64_t *from,
 		      uint64_t *to)
@@ -758,15 +762,20 @@ static bool ra_update(struct fetcher *f, struct ra_image *im, uint64_t idx, uint
 	struct ra_stream *s = NULL, *lru = &im->s[0];
 	unsigned want = 0, window;
 
-	for (unsigned i = 0; i < RA_STREAMS; i++) {
+	/* A stream idx continues forward first; only then one it is a little behind. */
+	for (unsigned i = 0; i < RA_STREAMS && !s; i++) {
 		struct ra_stream *c = &im->s[i];
 
-		if (c->used && idx >= c->last && idx <= MAX(c->last + 1, c->next)) {
+		if (c->used && idx >= c->last && idx <= MAX(c->last + 1, c->next))
 			s = c;
-			break;
-		}
 		if (c->used < lru->used)
 			lru = c;
+	}
+	for (unsigned i = 0; i < RA_STREAMS && !s; i++) {
+		struct ra_stream *c = &im->s[i];
+
+		if (c->used && idx < c->last && idx + RA_BEHIND >= c->last)
+			s = c;
 	}
 	if (!s) {
 		s = lru;

@@ -37,8 +37,8 @@ struct fetch_client {
 	uint64_t quiet_until_ns;     /* best-effort requests dropped until then */
 	struct fetch_client_stats st;
 
-	/* TOUCH has its own connection on which requests are sent without waiting for
-	 * their replies: the reads that report hits never wait on rackdiskd. */
+	/* TOUCH and HIT have their own connection on which requests are sent without
+	 * waiting for their replies: the reads that report hits never wait on rackdiskd. */
 	pthread_mutex_t touch_lock;
 	int touch_fd;                /* -1 when closed; protected by touch_lock */
 	unsigned touch_owed;         /* replies not read yet */
@@ -403,36 +403,25 @@ static int touch_send_locked(struct fetch_client *fc, const char *line, size_t l
 	return 0;
 }
 
-int fetch_client_touch(struct fetch_client *fc, const struct chunk_hash *hs, size_t n,
-		       uint64_t deadline_ns)
+/*
+ * Sends a one-way line (TOUCH, HIT) on the touch connection: never waits for a reply and
+ * never waits behind another thread. Dropped (counted) while the server recently failed,
+ * another thread is sending, or the server lags.
+ */
+static int oneway(struct fetch_client *fc, const char *line, size_t len, uint64_t deadline_ns)
 {
-	char line[FETCH_PROTO_LINE_MAX];
 	uint64_t now = now_ns();
-	size_t i, len;
 	bool quiet;
 	int ret;
 
-	if (n == 0)
-		return 0;
-	if (n > FETCH_PROTO_TOUCH_MAX)
-		return -EINVAL;
 	pthread_mutex_lock(&fc->lock);
-	fc->st.touches++;
 	quiet = now < fc->quiet_until_ns;
 	if (quiet)
 		fc->st.dropped++;
 	pthread_mutex_unlock(&fc->lock);
 	if (quiet)
 		return -EAGAIN;
-	memcpy(line, "TOUCH", 5);
-	len = 5;
-	for (i = 0; i < n; i++) {
-		line[len++] = ' ';
-		hash_to_hex(&hs[i], line + len);
-		len += HASH_HEX_LEN;
-	}
-	line[len++] = '\n';
-	/* Another thread is sending a batch: this one is dropped rather than waited for. */
+	/* Another thread is sending a line: this one is dropped rather than waited for. */
 	if (pthread_mutex_trylock(&fc->touch_lock))
 		ret = -EBUSY;
 	else {
@@ -447,6 +436,39 @@ int fetch_client_touch(struct fetch_client *fc, const struct chunk_hash *hs, siz
 		pthread_mutex_unlock(&fc->lock);
 	}
 	return ret;
+}
+
+int fetch_client_touch(struct fetch_client *fc, const struct chunk_hash *hs, size_t n,
+		       uint64_t deadline_ns)
+{
+	char line[FETCH_PROTO_LINE_MAX];
+	size_t i, len;
+
+	if (n == 0)
+		return 0;
+	if (n > FETCH_PROTO_TOUCH_MAX)
+		return -EINVAL;
+	STAT_INC(fc, touches);
+	memcpy(line, "TOUCH", 5);
+	len = 5;
+	for (i = 0; i < n; i++) {
+		line[len++] = ' ';
+		hash_to_hex(&hs[i], line + len);
+		len += HASH_HEX_LEN;
+	}
+	line[len++] = '\n';
+	return oneway(fc, line, len, deadline_ns);
+}
+
+int fetch_client_hit(struct fetch_client *fc, const struct chunk_hash *image, uint64_t idx,
+		     const struct chunk_hash *h, uint64_t deadline_ns)
+{
+	char line[FETCH_PROTO_HIT_LINE_MAX];
+	size_t len;
+
+	STAT_INC(fc, hits);
+	len = fetch_proto_format_hit(line, sizeof(line), image, idx, h);
+	return oneway(fc, line, len, deadline_ns);
 }
 
 void fetch_client_get_stats(struct fetch_client *fc, struct fetch_client_stats *st)

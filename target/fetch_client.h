@@ -23,6 +23,7 @@ struct fetch_client;
 struct fetch_client_stats {
 	uint64_t fetches, fetch_errors, fetch_timeouts;
 	uint64_t prefetches, touches, dropped;  /* dropped: best-effort requests not sent */
+	uint64_t hits;                          /* HIT requests (sent or dropped) */
 	uint64_t connects;
 };
 
@@ -58,6 +59,12 @@ int fetch_client_prefetch(struct fetch_client *fc, const struct chunk_hash *h, u
  * path nothing. */
 int fetch_client_touch(struct fetch_client *fc, const struct chunk_hash *hs, size_t n,
 		       uint64_t deadline_ns);
+
+/* HIT: reports that chunk idx of image *image (hash *h) was read from the store, for
+ * rackdiskd's readahead (fetch_proto.h). One-way like TOUCH, on the same connection and
+ * with the same dropping rules: it never waits for rackdiskd. */
+int fetch_client_hit(struct fetch_client *fc, const struct chunk_hash *image, uint64_t idx,
+		     const struct chunk_hash *h, uint64_t deadline_ns);
 
 void fetch_client_get_stats(struct fetch_client *fc, struct fetch_client_stats *st);
 

@@ -67,6 +67,17 @@ static int parse_fetch(char **save, struct fetch_req *r)
 	return 0;
 }
 
+/* HIT <image_id> <idx> <hash> */
+static int parse_hit(char **save, struct fetch_req *r)
+{
+	if (parse_hash(strtok_r(NULL, " ", save), &r->image) ||
+	    parse_u64(strtok_r(NULL, " ", save), UINT64_MAX, &r->idx) ||
+	    parse_hash(strtok_r(NULL, " ", save), &r->h) || strtok_r(NULL, " ", save))
+		return -EPROTO;
+	r->has_pos = true;
+	return 0;
+}
+
 int fetch_proto_parse(const char *line, size_t len, struct fetch_req *r)
 {
 	char buf[FETCH_PROTO_LINE_MAX + 1], *save = NULL, *cmd, *tok;
@@ -91,6 +102,10 @@ int fetch_proto_parse(const char *line, size_t len, struct fetch_req *r)
 		    parse_len(strtok_r(NULL, " ", &save), &r->len) || strtok_r(NULL, " ", &save))
 			return -EPROTO;
 		return 0;
+	}
+	if (!strcmp(cmd, "HIT")) {
+		r->cmd = FETCH_CMD_HIT;
+		return parse_hit(&save, r);
 	}
 	if (!strcmp(cmd, "TOUCH")) {
 		r->cmd = FETCH_CMD_TOUCH;
@@ -118,5 +133,17 @@ size_t fetch_proto_format_fetch(char *buf, size_t size, const struct chunk_hash 
 	} else {
 		n = snprintf(buf, size, "FETCH %s %u %u\n", hex, len, timeout_ms);
 	}
+	return n < 0 ? 0 : MIN((size_t)n, size ? size - 1 : 0);
+}
+
+size_t fetch_proto_format_hit(char *buf, size_t size, const struct chunk_hash *image,
+			      uint64_t idx, const struct chunk_hash *h)
+{
+	char hex[HASH_HEX_LEN + 1], ihex[HASH_HEX_LEN + 1];
+	int n;
+
+	hash_to_hex(h, hex);
+	hash_to_hex(image, ihex);
+	n = snprintf(buf, size, "HIT %s %llu %s\n", ihex, (unsigned long long)idx, hex);
 	return n < 0 ? 0 : MIN((size_t)n, size ? size - 1 : 0);
 }

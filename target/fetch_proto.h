@@ -31,6 +31,9 @@
  *        -> OK\n
  *      TOUCH <hash> [<hash>...]\n          the module read these chunks (hits), for the
  *        -> OK\n                           eviction policy; at most FETCH_PROTO_TOUCH_MAX
+ *      HIT <image_id> <idx> <hash>\n       the module read chunk <idx> of image <image_id>
+ *        -> OK\n                           from the store (no FETCH was needed): the
+ *                                          place of a hit, for the readahead (below)
  *
  *    <hash> is 64 lowercase hex digits, <len> the chunk's length in bytes (1 to
  *    CHUNK_SIZE_MAX), <timeout_ms> at most FETCH_PROTO_TIMEOUT_MAX_MS. A line longer
@@ -45,6 +48,14 @@
  *    images). Both fields or neither; the three-field form of the first version is still
  *    valid. The server ignores the hint (and still fetches) when it does not know the
  *    image or when manifest entry <idx> is not <hash>.
+ *
+ *    HIT carries the same place for a chunk the module found in the store. Without it
+ *    the readahead hears only of misses: once it has filled chunks ahead of a sequential
+ *    reader, the reader hits them, goes quiet, and the window is not refilled until the
+ *    reader misses again (a stall per window). The module sends HIT without waiting for
+ *    its reply (fetch_client_hit), at most once per chunk index within a short interval,
+ *    and only for a chunk that continues a forward run (lun.c); the server validates it
+ *    like FETCH's pair and otherwise ignores it.
  *
  * fetch_proto_parse()/fetch_proto_format_fetch() below are the one reading and the one
  * writing of these lines, used by both sides (appliance/fetchsrv.c, fetch_client.c).
@@ -64,16 +75,18 @@
 #define FETCH_PROTO_TIMEOUT_MAX_MS 600000u
 /* Longest FETCH line: the name, two hashes, three numbers, separators and '\n'. */
 #define FETCH_PROTO_FETCH_LINE_MAX (6 + 2 * (HASH_HEX_LEN + 1) + 3 * 21 + 1)
+/* Longest HIT line: the name, two hashes, one number, separators and '\n'. */
+#define FETCH_PROTO_HIT_LINE_MAX (4 + 2 * (HASH_HEX_LEN + 1) + 21 + 1)
 
-enum fetch_proto_cmd { FETCH_CMD_FETCH = 1, FETCH_CMD_PREFETCH, FETCH_CMD_TOUCH };
+enum fetch_proto_cmd { FETCH_CMD_FETCH = 1, FETCH_CMD_PREFETCH, FETCH_CMD_TOUCH, FETCH_CMD_HIT };
 
 /* One parsed request line. */
 struct fetch_req {
 	enum fetch_proto_cmd cmd;
-	struct chunk_hash h;      /* FETCH, PREFETCH */
+	struct chunk_hash h;      /* FETCH, PREFETCH, HIT */
 	uint32_t len;             /* FETCH, PREFETCH */
 	uint32_t timeout_ms;      /* FETCH */
-	bool has_pos;             /* FETCH with its image_id and idx */
+	bool has_pos;             /* FETCH with its image_id and idx; always for HIT */
 	struct chunk_hash image;  /* valid when has_pos */
 	uint64_t idx;             /* valid when has_pos */
 	unsigned ntouch;          /* TOUCH: 1..FETCH_PROTO_TOUCH_MAX hashes */
@@ -92,5 +105,10 @@ int fetch_proto_parse(const char *line, size_t len, struct fetch_req *r);
  * longest); image NULL leaves the place out. Returns the line's length. */
 size_t fetch_proto_format_fetch(char *buf, size_t size, const struct chunk_hash *h, uint32_t len,
 				uint32_t timeout_ms, const struct chunk_hash *image, uint64_t idx);
+
+/* Writes a HIT line ending in '\n' into buf (FETCH_PROTO_HIT_LINE_MAX bytes hold it).
+ * Returns the line's length. */
+size_t fetch_proto_format_hit(char *buf, size_t size, const struct chunk_hash *image,
+			      uint64_t idx, const struct chunk_hash *h);
 
 #endif

@@ -6,6 +6,13 @@
  * Chunk hits are reported back in TOUCH batches so that rackdiskd's eviction sees the
  * reads the module serves; that report is best effort and never delays a read by more
  * than one short exchange per FETCH_PROTO_TOUCH_MAX hits.
+ *
+ * rackdiskd's readahead sees a reader's place through FETCH (misses) and HIT (hits). A
+ * hit is reported when it continues a forward run: one of the few chunks just before it
+ * was read (hit or miss) within HINT_REPEAT_NS. So a sequential reader tells rackdiskd about each
+ * chunk it reaches, readahead keeps its window filled ahead of it, and a random reader
+ * sends nothing. Each index is reported at most once per HINT_REPEAT_NS (a chunk is
+ * read in many pieces), on the one-way connection (fetch_client_hit): never a wait.
  */
 #include "target/lun.h"
 
@@ -30,6 +37,14 @@
  * that a chunk is in use, not how often (direct-mapped memory of recent reports). */
 #define TOUCH_REPEAT_NS (2000ull * 1000 * 1000)
 #define TOUCH_RECENT 4096
+/* Chunk indexes read recently (direct-mapped by index): the forward-run test and the
+ * once-per-index limit of HIT. Longer than a sequential reader takes per chunk. */
+#define HINT_RECENT 1024
+#define HINT_REPEAT_NS (2000ull * 1000 * 1000)
+/* A read continues a forward run when one of the HINT_BEHIND chunks before it was read
+ * lately: an initiator with several reads in flight sees them complete out of order. */
+#define HINT_BEHIND 8
+#define HINT_SCAN 64
 /* One PRE-FETCH command spends at most this long queueing fills. */
 #define PREFETCH_BUDGET_NS (2000ull * 1000 * 1000)
 
@@ -48,7 +63,59 @@ struct lun {
 		struct chunk_hash h;
 		uint64_t when_ns;
 	} recent[TOUCH_RECENT];                           /* protected by touch_lock */
+	struct {
+		uint64_t idx_1;   /* chunk index + 1; 0 = empty */
+		uint64_t when_ns;
+		bool hinted;      /* rackdiskd heard of it (FETCH or HIT) at when_ns */
+	} seen[HINT_RECENT];                              /* protected by touch_lock */
+	struct lun_stats st;                              /* protected by touch_lock */
 };
+
+/* True when chunk idx was read within HINT_REPEAT_NS of now. touch_lock held. */
+static bool seen_recently(struct lun *l, uint64_t idx, uint64_t now)
+{
+	unsigned slot = (unsigned)(idx % HINT_RECENT);
+
+	return l->seen[slot].idx_1 == idx + 1 && now - l->seen[slot].when_ns < HINT_REPEAT_NS;
+}
+
+/* True when one of the HINT_BEHIND non-zero chunks before idx was read lately. Zero
+ * chunks are stepped over (at most HINT_SCAN of them): they are never read from the
+ * store, and readahead skips them too. touch_lock held. */
+static bool run_before(struct lun *l, uint64_t idx, uint64_t now)
+{
+	unsigned nonzero = 0;
+
+	for (uint64_t i = idx; i > 0 && idx - i < HINT_SCAN && nonzero < HINT_BEHIND; i--) {
+		if (manifest_chunk_is_zero(l->image, i - 1))
+			continue;
+		if (seen_recently(l, i - 1, now))
+			return true;
+		nonzero++;
+	}
+	return false;
+}
+
+/*
+ * Records a read of chunk idx; returns true when it should be reported as a HIT: not
+ * already reported lately, and a chunk shortly before it was read lately (a forward run).
+ * `fetched`: the read missed and FETCH carried the place already. touch_lock held.
+ */
+static bool seen_note(struct lun *l, uint64_t idx, uint64_t now, bool fetched)
+{
+	unsigned slot = (unsigned)(idx % HINT_RECENT);
+	bool again = seen_recently(l, idx, now), hint;
+
+	if (again && l->seen[slot].hinted)
+		return false;
+	hint = !fetched && run_before(l, idx, now);
+	if (!again || hint || fetched) {
+		l->seen[slot].idx_1 = idx + 1;
+		l->seen[slot].when_ns = now;
+		l->seen[slot].hinted = hint || fetched;
+	}
+	return hint;
+}
 
 static int lun_miss(void *arg, const struct chunk_hash *h, uint64_t idx, uint32_t len,
 		    uint64_t deadline_ns)
@@ -57,6 +124,9 @@ static int lun_miss(void *arg, const struct chunk_hash *h, uint64_t idx, uint32_
 
 	if (!l->fc)
 		return -EIO;
+	pthread_mutex_lock(&l->touch_lock);
+	seen_note(l, idx, now_ns(), true);
+	pthread_mutex_unlock(&l->touch_lock);
 	/* The place (image, index) lets rackdiskd's readahead follow this LUN's reads. */
 	return fetch_client_fetch_at(l->fc, h, len, &l->cfg.image_id, idx, deadline_ns);
 }
@@ -67,34 +137,58 @@ static void touch_send(struct lun *l, const struct chunk_hash *hs, size_t n)
 		fetch_client_touch(l->fc, hs, n, now_ns() + BEST_EFFORT_NS);
 }
 
+/* The manifest index of h when h is an entry of the LUN's manifest (the disk passes
+ * &image->hashes[idx], cache/disk.c); UINT64_MAX otherwise. The hash alone cannot say:
+ * one chunk may sit at many indexes. */
+static uint64_t entry_index(const struct lun *l, const struct chunk_hash *h)
+{
+	const struct manifest *m = l->image;
+	uintptr_t p = (uintptr_t)h, base = (uintptr_t)m->hashes;
+
+	if (p < base || p >= base + m->nchunks * sizeof(*h) || (p - base) % sizeof(*h))
+		return UINT64_MAX;
+	return (p - base) / sizeof(*h);
+}
+
 static void lun_on_access(void *arg, const struct chunk_hash *h)
 {
 	struct chunk_hash batch[FETCH_PROTO_TOUCH_MAX];
 	struct lun *l = arg;
-	uint64_t now, slot;
+	uint64_t now, slot, idx;
 	size_t n = 0;
+	bool hint = false, touch = true;
 
 	if (!l->fc)
 		return;
 	memcpy(&slot, h->b, sizeof(slot));
 	slot %= TOUCH_RECENT;
+	idx = entry_index(l, h);
 	now = now_ns();
 	pthread_mutex_lock(&l->touch_lock);
-	if (hash_equal(&l->recent[slot].h, h) && now - l->recent[slot].when_ns < TOUCH_REPEAT_NS) {
-		pthread_mutex_unlock(&l->touch_lock);
-		return;
+	if (idx != UINT64_MAX) {
+		hint = seen_note(l, idx, now, false);
+		if (hint)
+			l->st.hits_reported++;
 	}
-	l->recent[slot].h = *h;
-	l->recent[slot].when_ns = now;
-	if (l->ntouch == 0)
-		l->touch_first_ns = now;
-	l->touch[l->ntouch++] = *h;
-	if (l->ntouch == FETCH_PROTO_TOUCH_MAX || now - l->touch_first_ns > TOUCH_MAX_AGE_NS) {
-		n = l->ntouch;
-		memcpy(batch, l->touch, n * sizeof(batch[0]));
-		l->ntouch = 0;
+	if (hash_equal(&l->recent[slot].h, h) && now - l->recent[slot].when_ns < TOUCH_REPEAT_NS)
+		touch = false;
+	if (touch) {
+		l->recent[slot].h = *h;
+		l->recent[slot].when_ns = now;
+		if (l->ntouch == 0)
+			l->touch_first_ns = now;
+		l->touch[l->ntouch++] = *h;
+		if (l->ntouch == FETCH_PROTO_TOUCH_MAX ||
+		    now - l->touch_first_ns > TOUCH_MAX_AGE_NS) {
+			n = l->ntouch;
+			memcpy(batch, l->touch, n * sizeof(batch[0]));
+			l->ntouch = 0;
+		}
 	}
 	pthread_mutex_unlock(&l->touch_lock);
+	/* The hit first: readahead is waiting for it, the eviction policy is not. */
+	if (hint)
+		fetch_client_hit(l->fc, &l->cfg.image_id, idx, h, now + BEST_EFFORT_NS);
 	touch_send(l, batch, n);
 }
 
@@ -229,6 +323,13 @@ const struct lun_config *lun_config(const struct lun *l)
 struct fetch_client *lun_fetch_client(struct lun *l)
 {
 	return l->fc;
+}
+
+void lun_get_stats(struct lun *l, struct lun_stats *st)
+{
+	pthread_mutex_lock(&l->touch_lock);
+	*st = l->st;
+	pthread_mutex_unlock(&l->touch_lock);
 }
 
 struct prefetch_ctx {

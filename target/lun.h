@@ -34,6 +34,11 @@ int lun_prefetch(struct lun *l, uint64_t off, uint64_t len);
 /* Sends the hits batched so far (normally sent when a batch is full or a second old). */
 void lun_flush_touches(struct lun *l);
 
+struct lun_stats {
+	uint64_t hits_reported;   /* chunk hits reported to rackdiskd's readahead (HIT) */
+};
+void lun_get_stats(struct lun *l, struct lun_stats *st);
+
 /* NULL when lun.json names no fetch socket. */
 struct fetch_client *lun_fetch_client(struct lun *l);
 

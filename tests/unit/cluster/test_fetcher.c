@@ -482,6 +482,46 @@ static void test_readahead_sequential(void **state)
 }
 
 /*
+ * A reader with several reads in flight reports them out of order (HIT lines from many
+ * tgtd threads): accesses a little behind a stream belong to it, so they neither reset
+ * it nor push it out of the table, and the next forward access keeps the window.
+ */
+static void test_readahead_out_of_order(void **state)
+{
+	enum { NCH = 24, RA = 4 };
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct fetcher_opts o = {.readahead_chunks = RA};
+	struct manifest *m;
+	uint64_t before;
+
+	assert_int_equal(manifest_new((uint64_t)NCH * CHUNK, CHUNK, &m), 0);
+	for (unsigned i = 0; i < NCH; i++) {
+		make_chunk(e->repo, 300 + i, &m->hashes[i], data);
+		m->zero[i] = 0;
+	}
+	env_fetcher(e, NULL, &o);
+	for (unsigned i = 0; i <= 6; i++)
+		fetcher_note_access(e->f, m, i);
+	/* Runs 3..7 queued 3, 4-5, 6-9, 10 (window 1, 2, 4, 4): through chunk 10. */
+	assert_true(wait_contains(e, &m->hashes[10], 3000));
+	before = stats(e).readahead;
+	assert_int_equal(before, 8);
+	/* More accesses behind the stream than it has slots: without the tolerance each
+	 * would start a stream and the last would evict the reader's own. */
+	for (unsigned i = 5; i >= 2; i--)
+		fetcher_note_access(e->f, m, i);
+	usleep(50000);
+	assert_int_equal(stats(e).readahead, before);
+	/* The stream goes on: 7 keeps the full window and queues 11. */
+	fetcher_note_access(e->f, m, 7);
+	assert_true(wait_contains(e, &m->hashes[11], 3000));
+	assert_int_equal(stats(e).readahead, before + 1);
+	fetcher_forget_image(e->f, m);
+	manifest_free(m);
+}
+
+/*
  * In a cluster, readahead takes chunks only from peers: with no peer holding them it
  * drops them (the seed sends nothing speculative), and a reader that joins a readahead
  * fill still gets the chunk from the seed.
@@ -643,6 +683,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_peer_hook_before_seed, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_readahead_sequential, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_readahead_out_of_order, env_setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_cluster_readahead_peer_only, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_background_queue_bounded, env_setup,

@@ -304,6 +304,44 @@ static void test_touch_and_reconnect(void **state)
 	server_stop(&srv);
 }
 
+/* HIT goes out on the one-way connection: it returns at once even while the server
+ * never replies (M_STALL), and the server receives exactly the protocol's line. */
+static void test_hit_never_waits(void **state)
+{
+	char line[FETCH_PROTO_LINE_MAX + 2], want[FETCH_PROTO_HIT_LINE_MAX];
+	struct fetch_client_stats st;
+	struct fetch_client *fc;
+	struct chunk_hash image;
+	uint64_t t0;
+	size_t i;
+
+	hash_compute("image", 5, &image);
+	server_start(&srv);
+	srv.mode = M_STALL;
+	assert_int_equal(fetch_client_new(srv.path, &fc), 0);
+	t0 = now_ns();
+	for (i = 0; i < 3; i++)
+		assert_int_equal(fetch_client_hit(fc, &image, 100 + i, &H1, now_ns() + 2000000000ull),
+				 0);
+	/* Three lines with no reply took far less than any reply timeout. */
+	assert_true(now_ns() - t0 < 500000000ull);
+	/* (The scripted server reads the first line of what arrives together.) */
+	fetch_proto_format_hit(want, sizeof(want), &image, 100, &H1);
+	want[strlen(want) - 1] = '\0';
+	for (i = 0; i < 100; i++) {
+		last_line(line, sizeof(line));
+		if (!strcmp(line, want))
+			break;
+		usleep(10000);
+	}
+	assert_string_equal(line, want);
+	fetch_client_get_stats(fc, &st);
+	assert_int_equal(st.hits, 3);
+	assert_int_equal(st.dropped, 0);
+	fetch_client_free(fc);
+	server_stop(&srv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -311,6 +349,7 @@ int main(void)
 		cmocka_unit_test_setup(test_stall_keeps_deadline, setup),
 		cmocka_unit_test_setup(test_absent_server, setup),
 		cmocka_unit_test_setup(test_touch_and_reconnect, setup),
+		cmocka_unit_test_setup(test_hit_never_waits, setup),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

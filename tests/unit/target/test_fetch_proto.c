@@ -108,6 +108,33 @@ static void test_prefetch_and_touch(void **state)
 	assert_int_equal(fetch_proto_parse(line, len, &r), -EPROTO);
 }
 
+/* HIT: a hit's place (image id, index) and hash; the longest line fits its buffer. */
+static void test_hit(void **state)
+{
+	char line[FETCH_PROTO_HIT_LINE_MAX];
+	struct chunk_hash a, b;
+	struct fetch_req r;
+	size_t n;
+
+	assert_int_equal(hash_from_hex(HEX_A, HASH_HEX_LEN, &a), 0);
+	assert_int_equal(hash_from_hex(HEX_B, HASH_HEX_LEN, &b), 0);
+	assert_int_equal(parse("HIT " HEX_B " 42 " HEX_A, &r), 0);
+	assert_int_equal(r.cmd, FETCH_CMD_HIT);
+	assert_true(r.has_pos);
+	assert_true(hash_equal(&r.image, &b));
+	assert_true(hash_equal(&r.h, &a));
+	assert_int_equal(r.idx, 42);
+	n = fetch_proto_format_hit(line, sizeof(line), &b, UINT64_MAX, &a);
+	assert_int_equal(n, strlen(line));
+	assert_int_equal(line[n - 1], '\n');
+	assert_int_equal(fetch_proto_parse(line, n, &r), 0);
+	assert_int_equal(r.cmd, FETCH_CMD_HIT);
+	assert_int_equal(r.idx, UINT64_MAX);
+	assert_true(hash_equal(&r.image, &b) && hash_equal(&r.h, &a));
+	n = fetch_proto_format_hit(line, sizeof(line), &a, 7, &b);
+	assert_string_equal(line, "HIT " HEX_A " 7 " HEX_B "\n");
+}
+
 static void test_bad_lines(void **state)
 {
 	static const char *const bad[] = {
@@ -140,6 +167,14 @@ static void test_bad_lines(void **state)
 		"PREFETCH " HEX_A " 4096 1",
 		"TOUCH",
 		"TOUCH zz",
+		"HIT",
+		"HIT " HEX_B,
+		"HIT " HEX_B " 3",
+		"HIT " HEX_B " x " HEX_A,
+		"HIT " HEX_B " -1 " HEX_A,
+		"HIT " HEX_B " 3 " HEX_A " extra",
+		"HIT 3 " HEX_B " " HEX_A,
+		"HIT " HEX_B " 18446744073709551616 " HEX_A,
 	};
 	struct fetch_req r;
 
@@ -166,6 +201,7 @@ int main(void)
 		cmocka_unit_test(test_fetch_with_place),
 		cmocka_unit_test(test_format_round_trip),
 		cmocka_unit_test(test_prefetch_and_touch),
+		cmocka_unit_test(test_hit),
 		cmocka_unit_test(test_bad_lines),
 	};
 
