@@ -61,6 +61,13 @@
  * A standalone appliance has no other source and reads ahead from the seed.
  */
 #define FILL_NO_PEER 2 /* fill_run: a peer_only fill found no peer */
+/*
+ * Peer-only readahead costs the seed nothing, so its window (peer_readahead_chunks) is
+ * wider: a reader with several reads in flight keeps that many chunks in demand fills
+ * already, and a window no wider than its queue depth never runs ahead of it (a 1 MiB x
+ * 8 initiator over 1 MiB chunks: tests/rack/peer_bench.py). The ramp is the same.
+ */
+#define RA_PEER_DEFAULT 16
 #define LOG_WINDOW_NS  (10ULL * 1000000000ULL)
 #define LOG_BURST      5 /* warnings per window; the rest are counted and summarised */
 
@@ -569,6 +576,8 @@ int fetcher_create(const struct fetcher_opts *o, struct fetcher **out)
 		f->o.prefetch_timeout_ms = 30000;
 	if (!f->o.readahead_chunks)
 		f->o.readahead_chunks = 4;
+	if (!f->o.peer_readahead_chunks)
+		f->o.peer_readahead_chunks = MAX(RA_PEER_DEFAULT, f->o.readahead_chunks);
 	if (f->o.no_readahead)
 		f->o.readahead_chunks = 0;
 	f->bg_limit = f->o.workers > 1 ? f->o.workers - 1 : 1;
@@ -760,7 +769,7 @@ static bool ra_update(struct fetcher *f, struct ra_image *im, uint64_t idx, uint
 	const struct manifest *m = im->m;
 	uint64_t end, scan_limit;
 	struct ra_stream *s = NULL, *lru = &im->s[0];
-	unsigned want = 0, window;
+	unsigned want = 0, window, cap;
 
 	/* A stream idx continues forward first; only then one it is a little behind. */
 	for (unsigned i = 0; i < RA_STREAMS && !s; i++) {
@@ -787,8 +796,8 @@ static bool ra_update(struct fetcher *f, struct ra_image *im, uint64_t idx, uint
 	s->used = ++f->ra_clock;
 	if (s->run < RA_MIN_RUN)
 		return false;
-	window = s->run - RA_MIN_RUN >= 31 ? f->o.readahead_chunks
-					   : MIN(f->o.readahead_chunks, 1u << (s->run - RA_MIN_RUN));
+	cap = f->have_peer ? f->o.peer_readahead_chunks : f->o.readahead_chunks;
+	window = s->run - RA_MIN_RUN >= 31 ? cap : MIN(cap, 1u << (s->run - RA_MIN_RUN));
 	/* The next `window` non-zero chunks after idx; zero chunks are free. */
 	scan_limit = MIN(m->nchunks, idx + 1 + (uint64_t)window * RA_SCAN_FACTOR);
 	for (end = idx + 1; end < scan_limit && want < window; end++)

@@ -36,6 +36,9 @@ struct fetcher_opts {
 	uint64_t connect_timeout_ms; /* seed connect (default 3000) */
 	bool no_readahead;           /* disables readahead (fetcher_note_access is a no-op) */
 	const char *seed_ca_file;    /* PEM CA bundle for an https seed (NULL: the system's) */
+	/* Readahead window in a cluster (a peer hook is set), where readahead takes chunks
+	 * from peers only; 0: the larger of 16 and readahead_chunks. */
+	unsigned peer_readahead_chunks;
 };
 
 struct fetcher_stats {

@@ -569,6 +569,39 @@ static void test_cluster_readahead_peer_only(void **state)
 	manifest_free(m);
 }
 
+/*
+ * In a cluster the window grows to peer_readahead_chunks, past readahead_chunks: with the
+ * same ramp (1, 2, 4, 8 chunks from the third access on), accesses 0..7 queue through
+ * chunk 15, where a standalone window of RA = 4 would stop at 11.
+ */
+static void test_cluster_readahead_window(void **state)
+{
+	enum { NCH = 40, RA = 4, PEER_RA = 8 };
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct fetcher_opts o = {.readahead_chunks = RA, .peer_readahead_chunks = PEER_RA};
+	struct peer_ctl peer = {.sleep_ms = 0, .rc = -ENOENT};
+	struct manifest *m;
+
+	assert_int_equal(manifest_new((uint64_t)NCH * CHUNK, CHUNK, &m), 0);
+	for (unsigned i = 0; i < NCH; i++) {
+		make_chunk(e->repo, 500 + i, &m->hashes[i], data);
+		m->zero[i] = 0;
+	}
+	env_fetcher(e, NULL, &o);
+	set_peer(e, &peer);
+	for (unsigned i = 0; i <= 7; i++)
+		fetcher_note_access(e->f, m, i);
+	/* Queued: 3 | 4-5 | 6-8 | 9-13 | 14 | 15 = 13 fills, none of them from the seed. */
+	for (unsigned i = 0; i < 300 && stats(e).readahead_no_peer < 13; i++)
+		usleep(10000);
+	assert_int_equal(stats(e).readahead, 13);
+	assert_int_equal(stats(e).readahead_no_peer, 13);
+	assert_int_equal(stats(e).fetches[FETCH_SRC_SEED], 0);
+	fetcher_forget_image(e->f, m);
+	manifest_free(m);
+}
+
 static void test_background_queue_bounded(void **state)
 {
 	enum { N = 12 };
@@ -684,6 +717,8 @@ int main(void)
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_readahead_sequential, env_setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_readahead_out_of_order, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_cluster_readahead_window, env_setup,
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_cluster_readahead_peer_only, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_background_queue_bounded, env_setup,
