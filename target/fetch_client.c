@@ -26,8 +26,10 @@
 #define RECONNECT_NS (50ull * 1000 * 1000)
 /* After a best-effort request fails, drop best-effort requests for this long. */
 #define BACKOFF_NS (1000ull * 1000 * 1000)
-/* TOUCH replies not yet read beyond which batches are dropped (the server lags). */
-#define TOUCH_OWED_MAX 16
+/* One-way (TOUCH, HIT) replies not yet read beyond which lines are dropped (the server
+ * lags). A burst of reads completing together sends a HIT each before any reply can be
+ * read; 64 lines are a few KiB in the socket's buffer. */
+#define TOUCH_OWED_MAX 64
 
 struct fetch_client {
 	char *path;
