@@ -622,6 +622,8 @@ int disk_lba_status(struct disk *d, uint64_t off, uint64_t *run_len, bool *mappe
 
 void disk_get_stats(struct disk *d, struct disk_stats *st)
 {
+	struct overlay_stats os;
+
 	st->reads = __atomic_load_n(&d->n_reads, __ATOMIC_RELAXED);
 	st->writes = __atomic_load_n(&d->n_writes, __ATOMIC_RELAXED);
 	st->flushes = __atomic_load_n(&d->n_flushes, __ATOMIC_RELAXED);
@@ -630,6 +632,10 @@ void disk_get_stats(struct disk *d, struct disk_stats *st)
 	st->bytes_written = __atomic_load_n(&d->b_written, __ATOMIC_RELAXED);
 	st->misses = __atomic_load_n(&d->n_misses, __ATOMIC_RELAXED);
 	st->overlay_bytes = overlay_data_grains(d->ov) * DISK_GRAIN;
+	overlay_get_stats(d->ov, &os);
+	st->map_pages_written = os.pages_written;
+	st->map_skipped = os.map_skipped;
+	st->recovered = os.recovered;
 }
 
 /* ---- lifecycle ---- */

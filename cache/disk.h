@@ -105,6 +105,9 @@ struct disk_stats {
 	uint64_t bytes_read, bytes_written;
 	uint64_t overlay_bytes;   /* overlay space in use */
 	uint64_t misses;          /* miss callbacks made */
+	uint64_t map_pages_written; /* overlay map page copies written */
+	uint64_t map_skipped;     /* flushes that synced the data file alone (overlay.c inv. 9) */
+	uint64_t recovered;       /* grains recovered from the data file at an unclean open */
 };
 void disk_get_stats(struct disk *d, struct disk_stats *st);
 

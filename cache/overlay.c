@@ -35,6 +35,19 @@
  *     (snapshotted) after the call.
  *  8. ZERO and IMAGE grains never read overlay.data, so a hole punched by an UNMAP that
  *     is not yet durable can only make a grain read zeros: the UNMAP's own result.
+ *  9. On a HOLES overlay (the header flag, set at create only on a filesystem that never
+ *     shows an allocated block before its data is on disk: ext4 data=ordered, tmpfs) the
+ *     durable state of a grain is DATA if its map entry is DATA, or if its map entry is
+ *     IMAGE and overlay.data holds its block. Hence a flush whose only changes are
+ *     IMAGE -> DATA syncs overlay.data alone: the filesystem commits each new block's
+ *     allocation only after its data, so "allocated" already means "data durable"
+ *     (the map still describes only durable data, as invariant 2 asks). Such a flush
+ *     first makes UNCLEAN durable in the header; an open that finds UNCLEAN takes every
+ *     allocated IMAGE grain as DATA; a clean close writes every page and clears it.
+ *     Nothing else allocates blocks of IMAGE grains: a grain's block is written only by
+ *     a data write that then sets DATA, and ZERO -> DATA (whose block may still be
+ *     allocated after a punch the filesystem refused) always writes the map.
+ *     This is what makes a first write cost one device flush, as on a plain file.
  */
 #include "cache/overlay.h"
 
@@ -46,8 +59,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <openssl/sha.h>
@@ -68,7 +84,10 @@
 
 struct ovl_page {
 	uint64_t w[OVERLAY_PAGE_WORDS]; /* atomic access only */
-	int dirty;                      /* atomic: changed since the last snapshot */
+	int dirty;                      /* atomic: a change the next flush must write */
+	int lazy;                       /* atomic: IMAGE -> DATA changes only (invariant 9) */
+	uint64_t lazy_seq;              /* atomic: counts lazy changes */
+	uint64_t lazy_durable;          /* atomic: lazy_seq of the newest durable copy */
 	/* Owned by the flush lock: */
 	int cur_slot;                   /* slot holding the newest valid copy, -1 none */
 	uint64_t gen;
@@ -91,15 +110,22 @@ struct overlay {
 	uint64_t gen;       /* newest page generation used */
 	uint64_t hdr_gen;
 	int hdr_slot;       /* slot of the newest valid header */
+	uint32_t hdr_flags; /* OVERLAY_HDR_* of the newest header */
+	bool lazy_ok;       /* HOLES: IMAGE -> DATA may skip the map (invariant 9) */
+	bool writer;        /* close may write (not for a read-only fsck) */
 	/* Atomics: */
 	uint64_t flush_begun, flush_done;
 	uint64_t data_grains;
 	uint64_t n_flushes, n_joined, n_pages_written, n_punch_unsupported;
+	uint64_t n_map_skipped, n_recovered, n_punch_flushes;
 	bool punch_warned;
 	/* Pages found corrupt at load (tolerant loads only, for fsck). */
 	uint64_t *corrupt;
 	size_t ncorrupt;
 };
+
+static int flush_locked(struct overlay *o, bool all);
+static int hdr_write(struct overlay *o, uint64_t size, uint32_t flags);
 
 /* A map image to parse: a file or a memory buffer. Reads past the end give zeros. */
 struct ovl_src {
@@ -149,7 +175,7 @@ static void hdr_sum(const struct overlay_hdr_disk *h, uint8_t out[32])
 	SHA256((const uint8_t *)h, offsetof(struct overlay_hdr_disk, sum), out);
 }
 
-static void hdr_encode(const struct overlay *o, uint64_t gen, uint64_t size,
+static void hdr_encode(const struct overlay *o, uint64_t gen, uint64_t size, uint32_t flags,
 		       struct overlay_hdr_disk *h)
 {
 	memset(h, 0, sizeof(*h));
@@ -162,6 +188,7 @@ static void hdr_encode(const struct overlay *o, uint64_t gen, uint64_t size,
 	h->size = size;
 	memcpy(h->image_id, o->image_id.b, sizeof(h->image_id));
 	memcpy(h->nonce, o->nonce, sizeof(h->nonce));
+	h->flags = flags;
 	hdr_sum(h, h->sum);
 }
 
@@ -176,7 +203,10 @@ static bool hdr_valid(const struct overlay_hdr_disk *h)
 		return false;
 	return h->version == OVERLAY_VERSION && h->grain == OVERLAY_GRAIN &&
 	       h->page_grains == OVERLAY_PAGE_GRAINS && h->slot_size == OVERLAY_SLOT_SIZE &&
-	       h->size > 0 && h->size % 512 == 0 && h->size <= OVERLAY_MAX_SIZE;
+	       h->size > 0 && h->size % 512 == 0 && h->size <= OVERLAY_MAX_SIZE &&
+	       !(h->flags & ~OVERLAY_HDR_FLAGS) &&
+	       /* UNCLEAN is only ever set on a HOLES overlay (invariant 9). */
+	       (!(h->flags & OVERLAY_HDR_UNCLEAN) || (h->flags & OVERLAY_HDR_HOLES));
 }
 
 static void page_sum(const uint8_t nonce[16], const struct overlay_page_hdr *ph,
@@ -390,7 +420,7 @@ int overlay_set(struct overlay *o, uint64_t g, uint64_t n, enum overlay_state st
 		uint64_t p = g >> OVERLAY_PAGE_SHIFT;
 		struct ovl_page *pg = page_of(t, p);
 		uint64_t page_end = MIN(end, (p + 1) << OVERLAY_PAGE_SHIFT);
-		bool changed = false;
+		bool strict = false, lazy = false;
 
 		if (!pg && st == OVL_IMAGE) {
 			g = page_end;
@@ -415,21 +445,58 @@ int overlay_set(struct overlay *o, uint64_t g, uint64_t n, enum overlay_state st
 
 				__atomic_add_fetch(&o->data_grains, (uint64_t)delta,
 						   __ATOMIC_RELAXED);
-				changed = true;
+				/* Invariant 9: only IMAGE -> DATA may lag in the map; a ZERO
+				 * grain's block may still be allocated (a punch the filesystem
+				 * refused), so ZERO -> DATA is written like any change. */
+				if (st == OVL_DATA && o->lazy_ok && !(old & mask & PATTERN_ZERO))
+					lazy = true;
+				else
+					strict = true;
 			}
 			g += cnt;
 		}
-		/* Released after the state words: a flush that sees dirty also sees them. */
-		if (changed)
+		/* Released after the state words: a flush that sees a flag also sees them. */
+		if (strict)
 			__atomic_store_n(&pg->dirty, 1, __ATOMIC_RELEASE);
+		if (lazy) {
+			__atomic_add_fetch(&pg->lazy_seq, 1, __ATOMIC_ACQ_REL);
+			__atomic_store_n(&pg->lazy, 1, __ATOMIC_RELEASE);
+		}
 	}
 	return 0;
+}
+
+/* Whether the durable map holds every lazy change of the pages of [g, g+n). */
+static bool map_covers(const struct overlay *o, uint64_t g, uint64_t n)
+{
+	const struct ovl_table *t = table_of(o);
+
+	for (uint64_t p = g >> OVERLAY_PAGE_SHIFT; p <= (g + n - 1) >> OVERLAY_PAGE_SHIFT; p++) {
+		const struct ovl_page *pg = p < t->npages ? page_of(t, p) : NULL;
+
+		if (pg && __atomic_load_n(&pg->lazy_seq, __ATOMIC_ACQUIRE) !=
+				  __atomic_load_n(&pg->lazy_durable, __ATOMIC_ACQUIRE))
+			return false;
+	}
+	return true;
 }
 
 int overlay_punch(struct overlay *o, uint64_t g, uint64_t n)
 {
 	if (o->data_fd < 0)
 		return -EBADF;
+	if (!n)
+		return 0;
+	/* Invariant 9: a grain whose DATA lives only in the allocation must not lose its
+	 * block before its new state (ZERO, set by the caller) is in the durable map, or a
+	 * crash would show the image there. */
+	if (o->lazy_ok && !map_covers(o, g, n)) {
+		int rc = overlay_flush(o);
+
+		if (rc < 0)
+			return rc;
+		__atomic_add_fetch(&o->n_punch_flushes, 1, __ATOMIC_RELAXED);
+	}
 	if (fallocate(o->data_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 		      (off_t)(g * OVERLAY_GRAIN), (off_t)(n * OVERLAY_GRAIN)) == 0)
 		return 0;
@@ -537,6 +604,8 @@ static int overlay_load(const struct ovl_src *src, overlay_report_fn report, voi
 	o->size = h[best].size;
 	o->hdr_gen = h[best].gen;
 	o->hdr_slot = best;
+	o->hdr_flags = h[best].flags;
+	o->lazy_ok = (h[best].flags & OVERLAY_HDR_HOLES) != 0;
 	memcpy(o->image_id.b, h[best].image_id, sizeof(o->image_id.b));
 	memcpy(o->nonce, h[best].nonce, sizeof(o->nonce));
 	npages = npages_of(o->size);
@@ -594,6 +663,50 @@ static int path_in(const char *dir, const char *name, char *buf, size_t len)
 	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
+/*
+ * Invariant 9 at open after an unclean stop: every IMAGE grain whose block the data file
+ * holds is DATA. Its pages become lazy-dirty, written by the next map write.
+ */
+static int recover_allocated(struct overlay *o)
+{
+	uint64_t ngrains = ngrains_of(o->size);
+	off_t end = (off_t)(ngrains * OVERLAY_GRAIN), pos = 0;
+
+	/* Each pass moves pos past one allocated extent: bounded by the file's extents. */
+	while (pos < end) {
+		off_t d = lseek(o->data_fd, pos, SEEK_DATA), h;
+		uint64_t g, g1;
+
+		if (d < 0)
+			return errno == ENXIO ? 0 : -errno;
+		if (d >= end)
+			break;
+		h = lseek(o->data_fd, d, SEEK_HOLE);
+		if (h < 0)
+			return -errno;
+		if (h > end)
+			h = end;
+		if (h <= d)
+			h = d + OVERLAY_GRAIN;
+		g1 = DIV_ROUND_UP((uint64_t)h, OVERLAY_GRAIN);
+		for (g = (uint64_t)d / OVERLAY_GRAIN; g < g1;) {
+			enum overlay_state st;
+			uint64_t run = overlay_run(o, g, g1 - g, &st);
+
+			if (st == OVL_IMAGE) {
+				int rc = overlay_set(o, g, run, OVL_DATA);
+
+				if (rc < 0)
+					return rc;
+				o->n_recovered += run;
+			}
+			g += run;
+		}
+		pos = h;
+	}
+	return 0;
+}
+
 /* Opens dir's files and loads the map; tolerant keeps corrupt pages (as IMAGE). */
 static int overlay_open_mode(const char *dir, bool tolerant, overlay_report_fn report, void *arg,
 			     struct overlay **out)
@@ -641,6 +754,23 @@ static int overlay_open_mode(const char *dir, bool tolerant, overlay_report_fn r
 		rc = -EUCLEAN;
 		goto fail;
 	}
+	if (o->hdr_flags & OVERLAY_HDR_UNCLEAN) {
+		rc = recover_allocated(o);
+		if (rc < 0)
+			goto fail;
+		if (o->n_recovered)
+			log_info("overlay %s: not closed cleanly; %llu grains written since the "
+				 "map's last write recovered from the data file", dir,
+				 (unsigned long long)o->n_recovered);
+	}
+	o->writer = !tolerant;
+	/* Invariant 9: UNCLEAN for as long as a writer has the overlay open, so that any
+	 * crash, even before the first flush, makes the next open read the allocation. */
+	if (o->writer && o->lazy_ok && !(o->hdr_flags & OVERLAY_HDR_UNCLEAN)) {
+		rc = hdr_write(o, o->size, o->hdr_flags | OVERLAY_HDR_UNCLEAN);
+		if (rc < 0)
+			goto fail;
+	}
 	*out = o;
 	return 0;
 fail:
@@ -655,12 +785,42 @@ int overlay_open(const char *dir, struct overlay **out)
 	return overlay_open_mode(dir, false, NULL, NULL, out);
 }
 
+/* Clean close: writes every page the map still lacks, then clears UNCLEAN (invariant 9). */
+static int close_clean(struct overlay *o)
+{
+	struct ovl_table *t = table_of(o);
+	bool pending = (o->hdr_flags & OVERLAY_HDR_UNCLEAN) != 0;
+	int rc;
+
+	for (uint64_t p = 0; p < t->npages && !pending; p++) {
+		struct ovl_page *pg = page_of(t, p);
+
+		pending = pg && (__atomic_load_n(&pg->lazy, __ATOMIC_ACQUIRE) ||
+				 __atomic_load_n(&pg->dirty, __ATOMIC_ACQUIRE));
+	}
+	if (!pending)
+		return 0;
+	pthread_mutex_lock(&o->flush_mtx);
+	rc = flush_locked(o, true);
+	if (rc == 0 && (o->hdr_flags & OVERLAY_HDR_UNCLEAN))
+		rc = hdr_write(o, o->size, o->hdr_flags & ~OVERLAY_HDR_UNCLEAN);
+	pthread_mutex_unlock(&o->flush_mtx);
+	return rc;
+}
+
 void overlay_close(struct overlay *o)
 {
 	struct ovl_table *t, *next;
 
 	if (!o)
 		return;
+	if (o->writer && o->map_fd >= 0 && o->data_fd >= 0) {
+		int rc = close_clean(o);
+
+		if (rc < 0)
+			log_warn("overlay: clean close failed (%s); the next open recovers from the "
+				 "data file", strerror(-rc));
+	}
 	if (o->map_fd >= 0)
 		close(o->map_fd);
 	if (o->data_fd >= 0)
@@ -680,11 +840,62 @@ void overlay_close(struct overlay *o)
 
 /* ---- creating, flushing, growing ---- */
 
+/* The ext4 mount behind st_dev uses data=writeback (blocks may be allocated on disk before
+ * their data): /proc/self/mountinfo's super options. Unknown counts as yes. */
+static bool mount_is_writeback(dev_t dev)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char line[4096];
+	bool found = false, wb = true;
+
+	if (!f)
+		return true;
+	/* "36 35 98:0 /root /mnt rw,noatime - ext4 /dev/vda rw,data=ordered" */
+	for (int i = 0; i < 100000 && fgets(line, sizeof(line), f); i++) {
+		unsigned maj, min;
+		const char *sep;
+
+		if (sscanf(line, "%*u %*u %u:%u", &maj, &min) != 2 || maj != major(dev) ||
+		    min != minor(dev))
+			continue;
+		sep = strstr(line, " - ");
+		if (!sep)
+			continue;
+		found = true;
+		wb = strstr(sep, "data=writeback") != NULL;
+		break;
+	}
+	fclose(f);
+	return !found || wb;
+}
+
+/*
+ * Whether fd's filesystem may carry IMAGE -> DATA grains in its allocation alone
+ * (invariant 9): it must report the fresh, sparse file as one hole (so SEEK_DATA tells
+ * allocated blocks from holes), and it must be one whose crash behaviour is known never
+ * to show an allocated block before its data: ext4 in data=ordered or data=journal mode,
+ * or tmpfs (which loses everything together). Anything else keeps the strict map.
+ */
+static bool holes_trusted(int fd)
+{
+	struct statfs sfs;
+	struct stat st;
+
+	if (lseek(fd, 0, SEEK_DATA) >= 0 || errno != ENXIO)
+		return false;
+	if (fstatfs(fd, &sfs) < 0 || fstat(fd, &st) < 0)
+		return false;
+	if (sfs.f_type == TMPFS_MAGIC)
+		return true;
+	return sfs.f_type == EXT4_SUPER_MAGIC && !mount_is_writeback(st.st_dev);
+}
+
 int overlay_create(const char *dir, const struct chunk_hash *image_id, uint64_t size)
 {
 	char map_path[PATH_MAX], data_path[PATH_MAX];
 	struct overlay tmp;
 	uint8_t *buf = NULL;
+	uint32_t flags;
 	int fd = -1, rc;
 
 	if (size == 0 || size % 512 || size > OVERLAY_MAX_SIZE)
@@ -717,8 +928,12 @@ int overlay_create(const char *dir, const struct chunk_hash *image_id, uint64_t 
 		goto out;
 	}
 	/* Both header slots valid from the start, so a torn grow always leaves one. */
-	hdr_encode(&tmp, 1, size, (struct overlay_hdr_disk *)buf);
-	hdr_encode(&tmp, 1, size, (struct overlay_hdr_disk *)(buf + OVERLAY_HDR_SLOT));
+	flags = holes_trusted(fd) ? OVERLAY_HDR_HOLES : 0;
+	if (!flags)
+		log_info("overlay %s: the filesystem's holes are not trusted; every flush that "
+			 "allocates writes the map", dir);
+	hdr_encode(&tmp, 1, size, flags, (struct overlay_hdr_disk *)buf);
+	hdr_encode(&tmp, 1, size, flags, (struct overlay_hdr_disk *)(buf + OVERLAY_HDR_SLOT));
 	/* The map appears atomically, after the data file is durable (invariant 6). */
 	rc = write_file_atomic(map_path, buf, OVERLAY_PAGES_OFF);
 out:
@@ -730,6 +945,7 @@ out:
 struct flush_item {
 	struct ovl_page *pg;
 	uint64_t page_no;
+	uint64_t lazy_seq; /* the page's lazy_seq before its words were snapshotted */
 	int slot;
 	bool first;
 };
@@ -771,8 +987,33 @@ static int flush_pages(struct overlay *o, struct flush_item *items, uint64_t (*s
 	return 0;
 }
 
-/* One flush under flush_mtx: snapshot dirty pages, sync data, write and sync the map. */
-static int flush_locked(struct overlay *o)
+/* Writes a new header copy (to the slot not holding the newest) and syncs it. */
+static int hdr_write(struct overlay *o, uint64_t size, uint32_t flags)
+{
+	struct overlay_hdr_disk h;
+	int rc;
+
+	hdr_encode(o, o->hdr_gen + 1, size, flags, &h);
+	rc = pwrite_full(o->map_fd, &h, sizeof(h), (uint64_t)(1 - o->hdr_slot) * OVERLAY_HDR_SLOT);
+	if (rc == 0 && fdatasync(o->map_fd) < 0)
+		rc = -errno;
+	if (rc < 0)
+		return rc; /* the same slot and generation are used again next time */
+	o->hdr_gen++;
+	o->hdr_slot = 1 - o->hdr_slot;
+	o->hdr_flags = flags;
+	return 0;
+}
+
+/*
+ * One flush under flush_mtx. A page with a strict change (dirty) makes the flush write
+ * the map: every changed page, lazy ones too, is snapshotted, the data synced, the pages
+ * written and synced (invariants 2-4). Without one, syncing the data is the whole flush:
+ * the IMAGE -> DATA grains it made durable are in the data file's allocation, which
+ * UNCLEAN tells the next open to read (invariant 9). all: write lazy pages as well
+ * (clean close).
+ */
+static int flush_locked(struct overlay *o, bool all)
 {
 	struct ovl_table *t = table_of(o);
 	struct flush_item *items = NULL;
@@ -780,12 +1021,28 @@ static int flush_locked(struct overlay *o)
 	uint8_t *buf = NULL;
 	size_t n = 0, cap = 0;
 	uint64_t gen = o->gen + 1;
+	bool strict = all, lazy = false;
 	int rc = 0;
 
-	for (uint64_t p = 0; p < t->npages; p++) {
+	for (uint64_t p = 0; p < t->npages && !strict; p++) {
 		struct ovl_page *pg = page_of(t, p);
 
-		if (!pg || !__atomic_exchange_n(&pg->dirty, 0, __ATOMIC_ACQ_REL))
+		if (pg && __atomic_load_n(&pg->dirty, __ATOMIC_ACQUIRE))
+			strict = true;
+		if (pg && __atomic_load_n(&pg->lazy, __ATOMIC_ACQUIRE))
+			lazy = true;
+	}
+	for (uint64_t p = 0; p < t->npages && strict; p++) {
+		struct ovl_page *pg = page_of(t, p);
+		uint64_t lazy_seq;
+		int was_dirty, was_lazy;
+
+		if (!pg)
+			continue;
+		/* Both exchanged: the page's copy covers both kinds of change. */
+		was_dirty = __atomic_exchange_n(&pg->dirty, 0, __ATOMIC_ACQ_REL);
+		was_lazy = __atomic_exchange_n(&pg->lazy, 0, __ATOMIC_ACQ_REL);
+		if (!was_dirty && !was_lazy)
 			continue;
 		if (n == cap) {
 			size_t ncap = cap ? 2 * cap : 16;
@@ -803,9 +1060,11 @@ static int flush_locked(struct overlay *o)
 			snap = ns;
 			cap = ncap;
 		}
+		/* lazy_seq first: every lazy change it counts is in the words read after. */
+		lazy_seq = __atomic_load_n(&pg->lazy_seq, __ATOMIC_ACQUIRE);
 		for (unsigned i = 0; i < OVERLAY_PAGE_WORDS; i++)
 			snap[n][i] = __atomic_load_n(&pg->w[i], __ATOMIC_ACQUIRE);
-		items[n] = (struct flush_item){ .pg = pg, .page_no = p,
+		items[n] = (struct flush_item){ .pg = pg, .page_no = p, .lazy_seq = lazy_seq,
 						.slot = pg->cur_slot < 0 ? 0 : 1 - pg->cur_slot,
 						.first = pg->cur_slot < 0 };
 		n++;
@@ -813,6 +1072,14 @@ static int flush_locked(struct overlay *o)
 	/* Invariant 2: the data behind every snapshotted DATA grain is durable first. */
 	if (fdatasync(o->data_fd) < 0) {
 		rc = -errno;
+		goto out;
+	}
+	if (!strict) {
+		/* Invariant 9: the grains left out of the map are recovered at open. */
+		if (lazy && !(o->hdr_flags & OVERLAY_HDR_UNCLEAN))
+			rc = hdr_write(o, o->size, o->hdr_flags | OVERLAY_HDR_UNCLEAN);
+		if (rc == 0 && lazy)
+			__atomic_add_fetch(&o->n_map_skipped, 1, __ATOMIC_RELAXED);
 		goto out;
 	}
 	if (n) {
@@ -828,6 +1095,8 @@ static int flush_locked(struct overlay *o)
 		for (size_t i = 0; i < n; i++) {
 			items[i].pg->cur_slot = items[i].slot;
 			items[i].pg->gen = gen;
+			__atomic_store_n(&items[i].pg->lazy_durable, items[i].lazy_seq,
+					 __ATOMIC_RELEASE);
 		}
 	}
 out:
@@ -861,7 +1130,7 @@ int overlay_flush(struct overlay *o)
 		return 0;
 	}
 	me = __atomic_add_fetch(&o->flush_begun, 1, __ATOMIC_ACQ_REL);
-	rc = flush_locked(o);
+	rc = flush_locked(o, false);
 	if (rc == 0)
 		__atomic_store_n(&o->flush_done, me, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&o->flush_mtx);
@@ -871,7 +1140,6 @@ int overlay_flush(struct overlay *o)
 
 int overlay_grow(struct overlay *o, uint64_t new_size)
 {
-	struct overlay_hdr_disk h;
 	struct ovl_table *t, *old;
 	uint64_t npages;
 	int rc = 0;
@@ -902,14 +1170,9 @@ int overlay_grow(struct overlay *o, uint64_t new_size)
 		t->retired_next = old;
 		__atomic_store_n(&o->table, t, __ATOMIC_RELEASE);
 	}
-	hdr_encode(o, o->hdr_gen + 1, new_size, &h);
-	rc = pwrite_full(o->map_fd, &h, sizeof(h), (uint64_t)(1 - o->hdr_slot) * OVERLAY_HDR_SLOT);
-	if (rc == 0 && fdatasync(o->map_fd) < 0)
-		rc = -errno;
+	rc = hdr_write(o, new_size, o->hdr_flags);
 	if (rc < 0)
 		goto out;
-	o->hdr_gen++;
-	o->hdr_slot = 1 - o->hdr_slot;
 	__atomic_store_n(&o->size, new_size, __ATOMIC_RELEASE);
 out:
 	pthread_mutex_unlock(&o->flush_mtx);
@@ -922,6 +1185,10 @@ void overlay_get_stats(const struct overlay *o, struct overlay_stats *st)
 	st->flushes_joined = __atomic_load_n(&o->n_joined, __ATOMIC_RELAXED);
 	st->pages_written = __atomic_load_n(&o->n_pages_written, __ATOMIC_RELAXED);
 	st->punch_unsupported = __atomic_load_n(&o->n_punch_unsupported, __ATOMIC_RELAXED);
+	st->map_skipped = __atomic_load_n(&o->n_map_skipped, __ATOMIC_RELAXED);
+	st->recovered = o->n_recovered;
+	st->punch_flushes = __atomic_load_n(&o->n_punch_flushes, __ATOMIC_RELAXED);
+	st->lazy_map = o->lazy_ok;
 }
 
 /* ---- fsck ---- */
@@ -969,6 +1236,10 @@ int overlay_fsck(const char *dir, bool repair, overlay_report_fn report, void *a
 	if (rc < 0)
 		return rc;
 	problems = (int)o->ncorrupt;
+	/* Grains recovered after an unclean stop are the normal trace of a crash, not a
+	 * problem (overlay_open_mode logs them). A repair writes the rebuilt pages and, at
+	 * close, the recovered grains. */
+	o->writer = repair;
 	if (repair && o->ncorrupt) {
 		for (size_t i = 0; i < o->ncorrupt; i++) {
 			rc = rebuild_page(o, o->corrupt[i]);

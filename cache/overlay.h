@@ -39,6 +39,8 @@ int overlay_create(const char *dir, const struct chunk_hash *image_id, uint64_t 
  * and is not an error.
  */
 int overlay_open(const char *dir, struct overlay **out);
+/* Writes the map pages that flushes left out and marks the overlay clean (a failure is
+ * logged: the next open recovers as after a crash), then frees it. */
 void overlay_close(struct overlay *o);
 
 /*
@@ -69,10 +71,14 @@ uint64_t overlay_run(const struct overlay *o, uint64_t g, uint64_t n, enum overl
  */
 int overlay_set(struct overlay *o, uint64_t g, uint64_t n, enum overlay_state st);
 
-/* Releases the data file's space for grains [g, g+n) (punches a hole). */
+/* Releases the data file's space for grains [g, g+n) (punches a hole), which the caller
+ * has set ZERO. When the durable map may lack some of those grains' DATA (invariant 9 of
+ * overlay.c) it flushes first. */
 int overlay_punch(struct overlay *o, uint64_t g, uint64_t n);
 
-/* Makes every overlay_set() and data write completed before the call durable. */
+/* Makes every overlay_set() and data write completed before the call durable. A flush
+ * whose only map changes are grains going IMAGE -> DATA syncs the data file alone when the
+ * overlay may (invariant 9 of overlay.c); close then writes the map. */
 int overlay_flush(struct overlay *o);
 
 /* Grows to new_size bytes (durable on return). The caller excludes overlay_set(). */
@@ -84,6 +90,10 @@ struct overlay_stats {
 	uint64_t flushes_joined; /* calls satisfied by a flush that started after them */
 	uint64_t pages_written;
 	uint64_t punch_unsupported; /* punches the filesystem refused (space not released) */
+	uint64_t map_skipped;       /* flushes that left IMAGE -> DATA grains to the data file */
+	uint64_t recovered;         /* grains taken from the data file at an unclean open */
+	uint64_t punch_flushes;     /* punches that first flushed the map (invariant 9) */
+	bool lazy_map;              /* the overlay may skip the map (HOLES, invariant 9) */
 };
 void overlay_get_stats(const struct overlay *o, struct overlay_stats *st);
 

@@ -17,7 +17,7 @@
  *
  *   header slot (4096 bytes, struct overlay_hdr_disk then zeros):
  *     magic "RDOVMAP\0" | version | grain | page_grains | slot_size | gen | size |
- *     image_id[32] | nonce[16] | reserved | sum[32] = SHA-256 of the bytes before it
+ *     image_id[32] | nonce[16] | flags | reserved | sum[32] = SHA-256 of the bytes before it
  *   page slot (OVERLAY_SLOT_SIZE = 64 + 4096 bytes):
  *     magic "RDOVPAG\0" | page_no | gen | reserved | sum[32] | 512 x le64 state words
  *     sum = SHA-256(nonce of the overlay | slot header up to sum | state words)
@@ -50,6 +50,22 @@
  * for to 1 Mi entries. */
 #define OVERLAY_MAX_SIZE (64ull << 40)
 
+/*
+ * Header flags. Headers written before flags existed hold 0 there (the bytes were
+ * reserved and zero): a strict overlay, closed cleanly. Any other bit makes a header
+ * invalid, so a future flag is never silently ignored.
+ *   HOLES    the data file's filesystem reports holes truthfully and never shows an
+ *            allocated block before its data is on disk (probed at create); the map may
+ *            then lag behind the data file for grains going IMAGE -> DATA (overlay.c,
+ *            invariant 9).
+ *   UNCLEAN  set (durably) before the first flush that left such grains out of the map,
+ *            cleared by a clean close that wrote them: while set, open takes every IMAGE
+ *            grain whose block the data file holds as DATA.
+ */
+#define OVERLAY_HDR_HOLES 0x1u
+#define OVERLAY_HDR_UNCLEAN 0x2u
+#define OVERLAY_HDR_FLAGS (OVERLAY_HDR_HOLES | OVERLAY_HDR_UNCLEAN)
+
 /* Grain states (2 bits). 3 is invalid and makes a page corrupt. */
 enum overlay_state {
 	OVL_IMAGE = 0,
@@ -67,7 +83,8 @@ struct overlay_hdr_disk {
 	uint64_t size;
 	uint8_t image_id[32];
 	uint8_t nonce[16];
-	uint8_t reserved[24];
+	uint32_t flags; /* OVERLAY_HDR_* */
+	uint8_t reserved[20];
 	uint8_t sum[32];
 };
 

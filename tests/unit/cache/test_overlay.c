@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -93,6 +94,60 @@ static uint64_t slot_pos(uint64_t page, int slot)
 	return OVERLAY_PAGES_OFF + (2 * page + (uint64_t)slot) * OVERLAY_SLOT_SIZE;
 }
 
+/* Rewrites both header copies with flags (sum recomputed from the documented format). */
+static void set_hdr_flags(struct ctx *c, uint32_t flags)
+{
+	for (int s = 0; s < 2; s++) {
+		struct overlay_hdr_disk h;
+		uint8_t *buf;
+		size_t len;
+
+		slurp(c->map, &buf, &len);
+		memcpy(&h, buf + s * OVERLAY_HDR_SLOT, sizeof(h));
+		free(buf);
+		h.flags = flags;
+		SHA256((const uint8_t *)&h, offsetof(struct overlay_hdr_disk, sum), h.sum);
+		patch(c->map, (uint64_t)s * OVERLAY_HDR_SLOT, &h, sizeof(h));
+	}
+}
+
+static uint32_t newest_hdr_flags(struct ctx *c)
+{
+	struct overlay_hdr_disk h[2];
+	uint8_t *buf;
+	size_t len;
+
+	slurp(c->map, &buf, &len);
+	memcpy(&h[0], buf, sizeof(h[0]));
+	memcpy(&h[1], buf + OVERLAY_HDR_SLOT, sizeof(h[1]));
+	free(buf);
+	return h[1].gen > h[0].gen ? h[1].flags : h[0].flags;
+}
+
+/* A strict overlay: as one created on a filesystem whose holes are not trusted. */
+static struct overlay *make_strict(struct ctx *c, uint64_t size)
+{
+	struct overlay *o = make(c, size);
+
+	overlay_close(o);
+	set_hdr_flags(c, 0);
+	o = NULL;
+	assert_int_equal(overlay_open(c->dir, &o), 0);
+	return o;
+}
+
+/* Writes grains [g, g+n) of the data file with byte v and sets them DATA, as disk.c does. */
+static void write_grains(struct overlay *o, uint64_t g, uint64_t n, int v)
+{
+	uint8_t buf[OVERLAY_GRAIN];
+
+	memset(buf, v, sizeof(buf));
+	for (uint64_t i = 0; i < n; i++)
+		assert_int_equal(pwrite_full(overlay_data_fd(o), buf, sizeof(buf),
+					     (g + i) * OVERLAY_GRAIN), 0);
+	assert_int_equal(overlay_set(o, g, n, OVL_DATA), 0);
+}
+
 static void test_create_open_fresh(void **state)
 {
 	struct ctx *c = *state;
@@ -160,14 +215,15 @@ static void test_flush_reopen(void **state)
 	overlay_get_stats(o, &s);
 	/* Two pages, each written to both slots on its first flush (invariant 4). */
 	assert_int_equal(s.pages_written, 4);
-	assert_int_equal(overlay_set(o, 200, 1, OVL_DATA), 0); /* not flushed */
+	assert_int_equal(overlay_set(o, 200, 1, OVL_DATA), 0); /* not flushed: close writes it */
 	o = reopen(c, o);
 	assert_int_equal(overlay_state_of(o, 6), OVL_IMAGE);
 	assert_int_equal(overlay_state_of(o, 7), OVL_DATA);
 	assert_int_equal(overlay_state_of(o, 106), OVL_DATA);
 	assert_int_equal(overlay_state_of(o, 107), OVL_IMAGE);
+	assert_int_equal(overlay_state_of(o, 200), OVL_DATA);
 	assert_int_equal(overlay_state_of(o, 40002), OVL_ZERO);
-	assert_int_equal(overlay_data_grains(o), 100);
+	assert_int_equal(overlay_data_grains(o), 101);
 	/* A flush with nothing dirty writes no page. */
 	assert_int_equal(overlay_flush(o), 0);
 	overlay_get_stats(o, &s);
@@ -179,7 +235,7 @@ static void test_flush_reopen(void **state)
 static void test_torn_newest_copy(void **state)
 {
 	struct ctx *c = *state;
-	struct overlay *o = make(c, 64 * MiB);
+	struct overlay *o = make_strict(c, 64 * MiB); /* every flush writes the page */
 	uint8_t junk[100];
 
 	assert_int_equal(overlay_set(o, 1, 1, OVL_DATA), 0);
@@ -361,7 +417,8 @@ static void test_state_past_end_refused(void **state)
 static void test_grow(void **state)
 {
 	struct ctx *c = *state;
-	struct overlay *o = make(c, 10 * MiB);
+	/* Strict: only grows write the header, so the slots' order is known. */
+	struct overlay *o = make_strict(c, 10 * MiB);
 	char data[128];
 	struct stat sb;
 	uint8_t junk[16];
@@ -387,6 +444,193 @@ static void test_grow(void **state)
 	patch(c->map, 40, junk, sizeof(junk));
 	assert_int_equal(overlay_open(c->dir, &o), 0);
 	assert_int_equal(overlay_size(o), 200 * MiB);
+	overlay_close(o);
+}
+
+/* Invariant 9: a flush of first writes syncs the data file alone; after a crash (the
+ * child exits without closing) open takes the allocated IMAGE grains as DATA; a clean
+ * close writes them to the map and clears UNCLEAN. */
+static void test_lazy_map_recovered(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make(c, 64 * MiB), *p = NULL;
+	struct overlay_stats s;
+	uint8_t *buf;
+	size_t len;
+	pid_t pid;
+	int wst;
+
+	overlay_get_stats(o, &s);
+	assert_true(s.lazy_map); /* /tmp is ext4 (data=ordered) or tmpfs here */
+	overlay_close(o);
+	assert_int_equal(newest_hdr_flags(c), OVERLAY_HDR_HOLES);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct overlay *q = NULL;
+		struct overlay_stats cs;
+
+		if (overlay_open(c->dir, &q) < 0)
+			_exit(10);
+		write_grains(q, 3, 3, 0x33);
+		if (overlay_flush(q) < 0)
+			_exit(11);
+		overlay_get_stats(q, &cs);
+		if (cs.pages_written != 0 || cs.map_skipped != 1)
+			_exit(12);
+		write_grains(q, 9, 1, 0x99); /* not flushed */
+		_exit(0); /* a crash: no close */
+	}
+	assert_int_equal(waitpid(pid, &wst, 0), pid);
+	assert_true(WIFEXITED(wst));
+	assert_int_equal(WEXITSTATUS(wst), 0);
+	/* The map alone lags: grains 3-5 are IMAGE there, and UNCLEAN says so. */
+	assert_int_equal(newest_hdr_flags(c), OVERLAY_HDR_HOLES | OVERLAY_HDR_UNCLEAN);
+	slurp(c->map, &buf, &len);
+	assert_int_equal(overlay_parse(buf, len, NULL, NULL, &p), 0);
+	assert_int_equal(overlay_state_of(p, 3), OVL_IMAGE);
+	overlay_close(p);
+	free(buf);
+	/* Open recovers them from the data file (and grain 9, whose page survived too). */
+	assert_int_equal(overlay_open(c->dir, &o), 0);
+	overlay_get_stats(o, &s);
+	assert_int_equal(s.recovered, 4);
+	assert_int_equal(overlay_state_of(o, 2), OVL_IMAGE);
+	assert_int_equal(overlay_state_of(o, 3), OVL_DATA);
+	assert_int_equal(overlay_state_of(o, 5), OVL_DATA);
+	assert_int_equal(overlay_state_of(o, 6), OVL_IMAGE);
+	assert_int_equal(overlay_state_of(o, 9), OVL_DATA);
+	assert_int_equal(overlay_data_grains(o), 4);
+	/* ZERO -> DATA always writes the map (its block may still be allocated). */
+	assert_int_equal(overlay_set(o, 4, 1, OVL_ZERO), 0);
+	assert_int_equal(overlay_punch(o, 4, 1), 0);
+	assert_int_equal(overlay_flush(o), 0);
+	overlay_get_stats(o, &s);
+	assert_true(s.pages_written > 0);
+	len = s.pages_written;
+	write_grains(o, 4, 1, 0x44);
+	assert_int_equal(overlay_flush(o), 0);
+	overlay_get_stats(o, &s);
+	assert_true(s.pages_written > len);
+	overlay_close(o);
+	/* A clean close: the map holds everything and UNCLEAN is gone. */
+	assert_int_equal(newest_hdr_flags(c), OVERLAY_HDR_HOLES);
+	slurp(c->map, &buf, &len);
+	assert_int_equal(overlay_parse(buf, len, NULL, NULL, &p), 0);
+	assert_int_equal(overlay_state_of(p, 3), OVL_DATA);
+	assert_int_equal(overlay_state_of(p, 9), OVL_DATA);
+	overlay_close(p);
+	free(buf);
+	assert_int_equal(overlay_open(c->dir, &o), 0);
+	overlay_get_stats(o, &s);
+	assert_int_equal(s.recovered, 0);
+	assert_int_equal(overlay_state_of(o, 4), OVL_DATA);
+	overlay_close(o);
+}
+
+/* Invariant 9's limit: a ZERO grain keeps its state over an allocated block (a refused
+ * punch) when open recovers after a crash. */
+static void test_lazy_map_zero_kept(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make(c, 64 * MiB);
+	pid_t pid;
+	int wst;
+
+	write_grains(o, 7, 1, 0x77);
+	assert_int_equal(overlay_set(o, 7, 1, OVL_ZERO), 0); /* no punch: block stays */
+	assert_int_equal(overlay_flush(o), 0);
+	overlay_close(o);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct overlay *q = NULL;
+
+		if (overlay_open(c->dir, &q) < 0)
+			_exit(10);
+		write_grains(q, 8, 1, 0x88);
+		_exit(overlay_flush(q) < 0 ? 11 : 0);
+	}
+	assert_int_equal(waitpid(pid, &wst, 0), pid);
+	assert_true(WIFEXITED(wst));
+	assert_int_equal(WEXITSTATUS(wst), 0);
+	assert_int_equal(overlay_open(c->dir, &o), 0);
+	assert_int_equal(overlay_state_of(o, 7), OVL_ZERO);
+	assert_int_equal(overlay_state_of(o, 8), OVL_DATA);
+	overlay_close(o);
+}
+
+/* Invariant 9 and UNMAP: a grain that is DATA only through its block keeps the block
+ * until its ZERO state is in the durable map, so a crash never shows the image there. */
+static void test_lazy_map_punch(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make(c, 128 * MiB);
+	pid_t pid;
+	int wst;
+
+	overlay_close(o);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct overlay *q = NULL;
+		struct overlay_stats cs;
+
+		if (overlay_open(c->dir, &q) < 0)
+			_exit(10);
+		write_grains(q, 2, 2, 0x22);
+		write_grains(q, 20000, 1, 0x20); /* another page */
+		if (overlay_flush(q) < 0)
+			_exit(11);
+		if (overlay_set(q, 2, 1, OVL_ZERO) < 0 || overlay_punch(q, 2, 1) < 0)
+			_exit(12);
+		overlay_get_stats(q, &cs);
+		if (cs.punch_flushes != 1)
+			_exit(13);
+		/* The page's lazy changes are durable now: no second flush. */
+		if (overlay_set(q, 3, 1, OVL_ZERO) < 0 || overlay_punch(q, 3, 1) < 0)
+			_exit(14);
+		overlay_get_stats(q, &cs);
+		_exit(cs.punch_flushes == 1 ? 0 : 15);
+	}
+	assert_int_equal(waitpid(pid, &wst, 0), pid);
+	assert_true(WIFEXITED(wst));
+	assert_int_equal(WEXITSTATUS(wst), 0);
+	assert_int_equal(overlay_open(c->dir, &o), 0);
+	assert_int_equal(overlay_state_of(o, 2), OVL_ZERO);
+	/* Grain 3's ZERO was not flushed: its block is gone, the durable map says DATA (the
+	 * first punch's flush wrote it), so it reads zeros as the unmap asked. */
+	assert_int_equal(overlay_state_of(o, 3), OVL_DATA);
+	assert_int_equal(lseek(overlay_data_fd(o), 3 * OVERLAY_GRAIN, SEEK_HOLE),
+			 3 * OVERLAY_GRAIN);
+	assert_int_equal(overlay_state_of(o, 20000), OVL_DATA);
+	overlay_close(o);
+}
+
+/* A header without HOLES writes the map at every flush; flags are checked. */
+static void test_strict_header(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make_strict(c, 64 * MiB);
+	struct overlay_stats s;
+
+	overlay_get_stats(o, &s);
+	assert_false(s.lazy_map);
+	write_grains(o, 1, 1, 0x11);
+	assert_int_equal(overlay_flush(o), 0);
+	overlay_get_stats(o, &s);
+	assert_int_equal(s.pages_written, 2);
+	assert_int_equal(s.map_skipped, 0);
+	overlay_close(o);
+	assert_int_equal(newest_hdr_flags(c), 0);
+	/* Unknown flags, and UNCLEAN without HOLES, make a header invalid. */
+	set_hdr_flags(c, 0x4);
+	assert_int_equal(overlay_open(c->dir, &o), -EINVAL);
+	set_hdr_flags(c, OVERLAY_HDR_UNCLEAN);
+	assert_int_equal(overlay_open(c->dir, &o), -EINVAL);
+	set_hdr_flags(c, OVERLAY_HDR_HOLES | OVERLAY_HDR_UNCLEAN);
+	assert_int_equal(overlay_open(c->dir, &o), 0);
+	assert_int_equal(overlay_state_of(o, 1), OVL_DATA);
 	overlay_close(o);
 }
 
@@ -462,6 +706,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_state_past_end_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_grow, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_set, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lazy_map_recovered, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lazy_map_zero_kept, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lazy_map_punch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_strict_header, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
