@@ -5,8 +5,8 @@ build/tests/mkdisk, and a fake rackdiskd fetch server.
   module directory is compiled in (BSDIR, /usr/lib/tgt/backing-store), so a private one
   is not possible; the copy is atomic (temp file + rename) so a running tgtd that has the
   old file mapped is not disturbed.
-- Tgtd runs `tgtd -f` with its own TGT_IPC_SOCKET and control port (below 32768), and a
-  portal on 127.0.0.1:<free port>. stop() deletes every target first (so each LUN is
+- Tgtd runs `tgtd -f` with its own TGT_IPC_SOCKET and control port (below 32768), a
+  portal on 127.0.0.1:<free port> and rackdiskd's malloc settings for tgtd. stop() deletes every target first (so each LUN is
   closed, i.e. bs_close flushes the disk), then `tgtadm --op delete --mode system` (tgtd
   ignores SIGTERM), then SIGKILL if it is still there. kill() is SIGKILL.
 - FetchServer speaks target/fetch_proto.h on a unix socket. mode "serve" makes a chunk
@@ -32,6 +32,12 @@ TGT_MODDIR = "/usr/lib/tgt/backing-store"
 MODULE = os.path.join(BUILD, "bs_rackdisk.so")
 MKDISK = os.path.join(BUILD, "tests", "mkdisk")
 IQN_PREFIX = "iqn.2026-11.io.rackdisk.test"
+# The malloc settings rackdiskd gives the tgtd it spawns (target/tgtmgr.c,
+# TGTD_MALLOC_TUNABLES: data buffers from a heap that is not trimmed, so no page faults
+# per command). A private Tgtd gets them too, so the rdwr references of the benches run
+# in a tgtd tuned exactly like the appliance's.
+TGTD_MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold=33554432:"
+                        "glibc.malloc.trim_threshold=67108864")
 
 
 def install_module():
@@ -79,6 +85,8 @@ class Tgtd:
     def env(self):
         e = dict(os.environ)
         e["TGT_IPC_SOCKET"] = self.ipc
+        theirs = e.get("GLIBC_TUNABLES")
+        e["GLIBC_TUNABLES"] = TGTD_MALLOC_TUNABLES + (f":{theirs}" if theirs else "")
         return e
 
     def start(self, timeout=10.0):
