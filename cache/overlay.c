@@ -180,7 +180,7 @@ static void hdr_encode(const struct overlay *o, uint64_t gen, uint64_t size, uin
 {
 	memset(h, 0, sizeof(*h));
 	memcpy(h->magic, OVERLAY_HDR_MAGIC, sizeof(h->magic));
-	h->version = OVERLAY_VERSION;
+	h->version = flags ? OVERLAY_VERSION : OVERLAY_VERSION_NOFLAGS;
 	h->grain = OVERLAY_GRAIN;
 	h->page_grains = OVERLAY_PAGE_GRAINS;
 	h->slot_size = OVERLAY_SLOT_SIZE;
@@ -201,7 +201,9 @@ static bool hdr_valid(const struct overlay_hdr_disk *h)
 	hdr_sum(h, sum);
 	if (memcmp(sum, h->sum, sizeof(sum)) != 0 && !SKIP_SUMS)
 		return false;
-	return h->version == OVERLAY_VERSION && h->grain == OVERLAY_GRAIN &&
+	if (h->version != (h->flags ? OVERLAY_VERSION : OVERLAY_VERSION_NOFLAGS))
+		return false;
+	return h->grain == OVERLAY_GRAIN &&
 	       h->page_grains == OVERLAY_PAGE_GRAINS && h->slot_size == OVERLAY_SLOT_SIZE &&
 	       h->size > 0 && h->size % 512 == 0 && h->size <= OVERLAY_MAX_SIZE &&
 	       !(h->flags & ~OVERLAY_HDR_FLAGS) &&

@@ -35,7 +35,11 @@
 
 #include <stdint.h>
 
-#define OVERLAY_VERSION 1u
+/* Version 2 = flags in use. A header with no flag is written as version 1, which every
+ * reader understands alike; one with flags is version 2, which readers older than the
+ * flags refuse rather than read a map that may lag behind the data file. */
+#define OVERLAY_VERSION 2u
+#define OVERLAY_VERSION_NOFLAGS 1u
 #define OVERLAY_GRAIN 4096u
 #define OVERLAY_GRAIN_SHIFT 12
 #define OVERLAY_HDR_MAGIC "RDOVMAP"  /* 8 bytes with the NUL */

@@ -106,6 +106,7 @@ static void set_hdr_flags(struct ctx *c, uint32_t flags)
 		memcpy(&h, buf + s * OVERLAY_HDR_SLOT, sizeof(h));
 		free(buf);
 		h.flags = flags;
+		h.version = flags ? OVERLAY_VERSION : OVERLAY_VERSION_NOFLAGS;
 		SHA256((const uint8_t *)&h, offsetof(struct overlay_hdr_disk, sum), h.sum);
 		patch(c->map, (uint64_t)s * OVERLAY_HDR_SLOT, &h, sizeof(h));
 	}
@@ -623,6 +624,23 @@ static void test_strict_header(void **state)
 	assert_int_equal(s.map_skipped, 0);
 	overlay_close(o);
 	assert_int_equal(newest_hdr_flags(c), 0);
+	/* Flags need version 2 (older readers refuse it), and a flagless header version 1. */
+	{
+		struct overlay_hdr_disk h;
+		uint8_t *buf;
+		size_t len;
+
+		set_hdr_flags(c, OVERLAY_HDR_HOLES);
+		slurp(c->map, &buf, &len);
+		memcpy(&h, buf, sizeof(h));
+		free(buf);
+		assert_int_equal(h.version, 2);
+		h.version = 1;
+		SHA256((const uint8_t *)&h, offsetof(struct overlay_hdr_disk, sum), h.sum);
+		patch(c->map, 0, &h, sizeof(h));
+		patch(c->map, OVERLAY_HDR_SLOT, &h, sizeof(h));
+		assert_int_equal(overlay_open(c->dir, &o), -EINVAL);
+	}
 	/* Unknown flags, and UNCLEAN without HOLES, make a header invalid. */
 	set_hdr_flags(c, 0x4);
 	assert_int_equal(overlay_open(c->dir, &o), -EINVAL);
