@@ -156,6 +156,11 @@ def one_round(repo, tag, raw, args, work):
         m = b.metrics()
         conns_b = int(m.get("rackdisk_peer_client_connections_total", 0))
         readahead = int(m.get("rackdisk_fetch_readahead_total", 0))
+        # How far readahead ran ahead of the reader: the reader's misses (FETCHes) that
+        # joined a fill already under way waited for it; those that found the chunk had
+        # only missed the module's view of the store.
+        waited = int(m.get("rackdisk_fetch_coalesced_total", 0))
+        requests = int(m.get("rackdisk_fetch_socket_requests_total", 0))
         d = {s: after[s] - before[s] for s in after}
         if d["seed"] != 0 or d["peer"] != unique:
             raise BenchError(f"B's cold read: seed {d['seed']} B (want 0), peer {d['peer']} "
@@ -168,6 +173,7 @@ def one_round(repo, tag, raw, args, work):
             "b_login_s": cold["connect_s"], "warm_s": warm["elapsed_s"],
             "ratio": t_curl / cold["elapsed_s"], "ceiling": t_curl / warm["elapsed_s"],
             "b_bytes": d, "b_peer_connections": conns_b, "b_readahead": readahead,
+            "b_waited": waited, "b_socket_requests": requests,
             "chunks": len(chunks), "unique_bytes": unique,
             "disk_bytes": manifest["size"]}
 
@@ -227,7 +233,9 @@ def main():
             print(f"  ratio {med['ratio']:.2f}x (target >= 0.8x; rounds "
                   f"{', '.join('%.2f' % r['ratio'] for r in rounds)})")
             print(f"  context: B's peer client made {r0['b_peer_connections']} connection(s), "
-                  f"{r0['b_readahead']} readahead fills for {r0['chunks']} chunks (round 1)")
+                  f"{r0['b_readahead']} readahead fills for {r0['chunks']} chunks; the reader "
+                  f"waited on {r0['b_waited']} fills under way; {r0['b_socket_requests']} "
+                  f"fetch-socket requests (round 1)")
             print(f"  iSCSI ceiling: B re-reading warm {mbps['warm_s']:.1f} MB/s of chunk bytes "
                   f"({med['warm_s']:.3f} s for the whole disk): the ratio can be at most "
                   f"{med['ceiling']:.2f}x")
