@@ -7,6 +7,10 @@
  * speaks it. A private tgtd gets its own management socket (TGT_IPC_SOCKET) and control
  * port, so several appliances and the system's tgtd can share one machine.
  *
+ * A spawned tgtd runs with glibc malloc tunables that keep its per-command data buffers
+ * mapped (tgtmgr.c, TGTD_MALLOC_TUNABLES); GLIBC_TUNABLES in our environment is appended,
+ * so an operator's own settings win.
+ *
  * Supervision: when a spawned tgtd exits, it is restarted with a growing backoff (1 s up
  * to 30 s) and on_restart is called (from the supervisor thread) once it answers, so the
  * owner can re-export its disks. tgtmgr_stop() removes every target (closing the LUNs
@@ -63,7 +67,8 @@ struct tgtmgr_target {
 /* Lists targets (parses `tgtadm --op show --mode target`). *out is malloc'd. */
 int tgtmgr_list(struct tgtmgr *tm, struct tgtmgr_target **out, size_t *n);
 
-/* Creates target tid named iqn with LUN 1 = backing store path of type bstype. */
+/* Creates target tid named iqn with LUN 1 = backing store path of type bstype. The target
+ * offers larger iSCSI PDUs and bursts than tgt's defaults (tgtmgr.c, target_params). */
 int tgtmgr_export(struct tgtmgr *tm, int tid, const char *iqn, const char *bstype,
 		  const char *path, char *err, size_t errlen);
 /* Binds an initiator name ("ALL" for any) to target tid. */

@@ -2,7 +2,8 @@
 """Warm iSCSI benchmark: qemu-img bench against a fully cached disk of a real appliance
 (rackdiskd with its own tgtd, the image published to a seed served by nginx, the disk
 created through the API) and against tgt's rdwr store on a raw file of the same image,
-exported by the same tgtd, same run.
+exported by the same tgtd (so with the same malloc tuning), on a target with the same
+iSCSI limits as rackdiskd's, same run.
 
     iscsi_warm.py [--size MiB] [--rounds N] [--perf FILE]
 
@@ -35,7 +36,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 from appliance_helpers import (IQN_PREFIX, RACKDISK, Appliance, install_module,  # noqa: E402
                                servable)
 from servers import Nginx  # noqa: E402
-from tgt_helpers import make_raw  # noqa: E402
+from tgt_helpers import TARGET_PARAMS, make_raw  # noqa: E402
 
 MiB = 1 << 20
 
@@ -55,7 +56,11 @@ def add_rdwr_lun(app, raw):
     """A target with tgt's rdwr store on raw in the appliance's own tgtd (same threads,
     same portal): the baseline."""
     iqn = f"{IQN_PREFIX}:rdwr-baseline"
-    for args in (("--op", "new", "--mode", "target", "--tid", "900", "-T", iqn),
+    # The target limits rackdiskd sets on its own targets (target/tgtmgr.c), so both LUNs
+    # negotiate the same PDU sizes.
+    params = tuple(("--op", "update", "--mode", "target", "--tid", "900", "--name", k,
+                    "--value", v) for k, v in TARGET_PARAMS)
+    for args in (("--op", "new", "--mode", "target", "--tid", "900", "-T", iqn), *params,
                  ("--op", "bind", "--mode", "target", "--tid", "900", "-I", "ALL"),
                  ("--op", "new", "--mode", "logicalunit", "--tid", "900", "--lun", "1",
                   "--bstype", "rdwr", "--backing-store", raw)):

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from appliance_helpers import Appliance, install_module, make_seed
+from tgt_helpers import TARGET_PARAMS
 
 MiB = 1 << 20
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -94,3 +95,18 @@ def test_operator_tunables_follow_ours(appliance, monkeypatch):
     env = tgtd_tunables(a.tgtd_pid())
     assert env[-1] == "glibc.malloc.trim_threshold=1048576"
     assert any(e.startswith("glibc.malloc.mmap_threshold=") for e in env[:-1])
+
+
+def test_targets_offer_large_pdus_and_bursts(appliance):
+    """rackdiskd's targets offer 256 KiB PDUs and 1 MiB bursts (tgt: 8 KiB and 256 KiB),
+    so a 1 MiB write is a few Data-Out PDUs and one R2T, not 128 PDUs and four R2Ts."""
+    a = appliance().start()
+    p = a.cli("disk", "create", "d1", "--image", "big")
+    assert p.returncode == 0, p.stderr
+    tid = next(iter(a.targets()))
+    r = a.tgtadm("--op", "show", "--mode", "target", "--tid", str(tid))
+    assert r.returncode == 0, r.stderr
+    params = dict(line.strip().split("=", 1) for line in r.stdout.splitlines()
+                  if "=" in line)
+    for name, value in TARGET_PARAMS:
+        assert params.get(name) == value, f"{name}: {params.get(name)}"

@@ -38,6 +38,10 @@ IQN_PREFIX = "iqn.2026-11.io.rackdisk.test"
 # in a tgtd tuned exactly like the appliance's.
 TGTD_MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold=33554432:"
                         "glibc.malloc.trim_threshold=67108864")
+# The iSCSI limits rackdiskd gives every target it creates (target/tgtmgr.c,
+# target_params); Tgtd.add_lun sets them too, for the same reason.
+TARGET_PARAMS = (("MaxRecvDataSegmentLength", "262144"), ("FirstBurstLength", "262144"),
+                 ("MaxBurstLength", "1048576"))
 
 
 def install_module():
@@ -127,6 +131,9 @@ class Tgtd:
         iqn = f"{IQN_PREFIX}:t{tid}"
         self.adm("--op", "new", "--mode", "target", "--tid", str(tid), "-T", iqn)
         self.targets[tid] = iqn
+        for name, value in TARGET_PARAMS:
+            self.adm("--op", "update", "--mode", "target", "--tid", str(tid), "--name", name,
+                     "--value", value)
         self.adm("--op", "bind", "--mode", "target", "--tid", str(tid), "-I", "ALL")
         r = self.adm("--op", "new", "--mode", "logicalunit", "--tid", str(tid), "--lun", "1",
                      "--bstype", bstype, "--backing-store", str(backing), check=check)
