@@ -54,7 +54,7 @@ struct disk {
 	struct chunkstore *store;
 	disk_miss_fn miss;
 	void *miss_arg;
-	void (*on_access)(void *arg, const struct chunk_hash *h);
+	void (*on_access)(void *arg, const struct chunk_hash *h, uint64_t idx);
 	uint64_t io_timeout_ns;
 	struct chunk_slot *slots;
 	unsigned slot_mask;
@@ -244,7 +244,7 @@ static int chunk_pread(struct disk *d, uint64_t idx, void *buf, size_t len, uint
 	close(fd);
 done:
 	if (rc == 0 && d->on_access)
-		d->on_access(d->miss_arg, &d->img->hashes[idx]);
+		d->on_access(d->miss_arg, &d->img->hashes[idx], idx);
 	return rc;
 }
 

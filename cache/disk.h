@@ -41,9 +41,10 @@ struct disk_opts {
 	disk_miss_fn miss;            /* may be NULL: a miss is then -EIO */
 	void *miss_arg;
 	uint64_t io_timeout_ns;       /* deadline for a read that misses; 0 = 30 s */
-	/* Optional: called for every image chunk a read used (hit or filled), so that a
-	 * reader-mode owner can report accesses to the store's owner. */
-	void (*on_chunk_access)(void *arg, const struct chunk_hash *h);
+	/* Optional: called for every image chunk a read used (hit or filled), with its
+	 * index in the image, so that a reader-mode owner can report accesses to the
+	 * store's owner and where a reader is (one chunk may sit at many indexes). */
+	void (*on_chunk_access)(void *arg, const struct chunk_hash *h, uint64_t idx);
 	/* Chunk files the disk keeps open for reads (a power of two is used, rounded up);
 	 * 0 = 256. Descriptors of chunks evicted meanwhile keep their space until their
 	 * slot is reused or the disk is closed. */

@@ -137,24 +137,11 @@ static void touch_send(struct lun *l, const struct chunk_hash *hs, size_t n)
 		fetch_client_touch(l->fc, hs, n, now_ns() + BEST_EFFORT_NS);
 }
 
-/* The manifest index of h when h is an entry of the LUN's manifest (the disk passes
- * &image->hashes[idx], cache/disk.c); UINT64_MAX otherwise. The hash alone cannot say:
- * one chunk may sit at many indexes. */
-static uint64_t entry_index(const struct lun *l, const struct chunk_hash *h)
-{
-	const struct manifest *m = l->image;
-	uintptr_t p = (uintptr_t)h, base = (uintptr_t)m->hashes;
-
-	if (p < base || p >= base + m->nchunks * sizeof(*h) || (p - base) % sizeof(*h))
-		return UINT64_MAX;
-	return (p - base) / sizeof(*h);
-}
-
-static void lun_on_access(void *arg, const struct chunk_hash *h)
+static void lun_on_access(void *arg, const struct chunk_hash *h, uint64_t idx)
 {
 	struct chunk_hash batch[FETCH_PROTO_TOUCH_MAX];
 	struct lun *l = arg;
-	uint64_t now, slot, idx;
+	uint64_t now, slot;
 	size_t n = 0;
 	bool hint = false, touch = true;
 
@@ -162,14 +149,11 @@ static void lun_on_access(void *arg, const struct chunk_hash *h)
 		return;
 	memcpy(&slot, h->b, sizeof(slot));
 	slot %= TOUCH_RECENT;
-	idx = entry_index(l, h);
 	now = now_ns();
 	pthread_mutex_lock(&l->touch_lock);
-	if (idx != UINT64_MAX) {
-		hint = seen_note(l, idx, now, false);
-		if (hint)
-			l->st.hits_reported++;
-	}
+	hint = seen_note(l, idx, now, false);
+	if (hint)
+		l->st.hits_reported++;
 	if (hash_equal(&l->recent[slot].h, h) && now - l->recent[slot].when_ns < TOUCH_REPEAT_NS)
 		touch = false;
 	if (touch) {

@@ -347,6 +347,7 @@ struct missctx {
 	uint64_t last_idx;
 	uint32_t last_len;
 	int accesses;
+	uint64_t last_access_idx;
 };
 
 static int miss_cb(void *arg, const struct chunk_hash *h, uint64_t idx, uint32_t len,
@@ -369,10 +370,14 @@ static int miss_cb(void *arg, const struct chunk_hash *h, uint64_t idx, uint32_t
 	return 0;
 }
 
-static void access_cb(void *arg, const struct chunk_hash *h)
+static void access_cb(void *arg, const struct chunk_hash *h, uint64_t idx)
 {
-	((struct missctx *)arg)->accesses++;
-	(void)h;
+	struct missctx *mc = arg;
+
+	mc->accesses++;
+	mc->last_access_idx = idx;
+	assert_true(idx < mc->fx->m->nchunks);
+	assert_memory_equal(h->b, mc->fx->m->hashes[idx].b, HASH_LEN);
 }
 
 static void test_miss_callback(void **state)
@@ -398,6 +403,7 @@ static void test_miss_callback(void **state)
 	assert_int_equal(mc.last_idx, 8);
 	assert_int_equal(mc.last_len, 1000);
 	assert_true(mc.accesses >= 1);
+	assert_int_equal(mc.last_access_idx, 8);
 	assert_int_equal(disk_read(d, buf, sizeof(buf), 8 * CS + 10), 0);
 	assert_int_equal(mc.calls, 1); /* now cached */
 	/* A callback that cannot deliver before the deadline: -ETIMEDOUT, in bounded time. */
