@@ -37,7 +37,7 @@ IQN_PREFIX = "iqn.2026-11.io.rackdisk.test"
 # per command). A private Tgtd gets them too, so the rdwr references of the benches run
 # in a tgtd tuned exactly like the appliance's.
 TGTD_MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold=33554432:"
-                        "glibc.malloc.trim_threshold=67108864")
+                        "glibc.malloc.trim_threshold=67108864:glibc.malloc.hugetlb=1")
 # The iSCSI limits rackdiskd gives every target it creates (target/tgtmgr.c,
 # target_params); Tgtd.add_lun sets them too, for the same reason.
 TARGET_PARAMS = (("MaxRecvDataSegmentLength", "262144"), ("FirstBurstLength", "262144"),
