@@ -11,11 +11,12 @@ shape of a guest's sequential read), then once more warm. curl fetches the raw f
 the same nginx in the same round. Both readers discard what they read (qemu-img bench
 keeps it in memory, curl writes to /dev/null): neither pays for a destination file.
 
---tgtd-in-service: a fresh tgtd's first ~64 MiB of 1 MiB reads fault in its heap (tgt
-allocates each command's buffer; rackdiskd's malloc settings keep it mapped afterwards),
-about 0.2 s of CPU that an appliance in service has paid long ago. With the flag, each
-round first reads the raw image through an rdwr LUN of the appliance's tgtd; the rackdisk
-cache is still empty when the timed cold read starts.
+--tgtd-in-service: a fresh tgtd's first reads fault in the heap that then holds its
+command buffers (tgt allocates one per command; rackdiskd's malloc settings keep it mapped
+afterwards), a cost an appliance in service has paid long ago: ~0.25 s of tgtd CPU for this
+image with 4 KiB pages, little with the transparent huge pages rackdiskd asks for. With
+the flag, each round first reads the raw image through an rdwr LUN of the appliance's
+tgtd; the rackdisk cache is still empty when the timed cold read starts.
 
 Two variants, printed side by side:
   loopback  nginx on 127.0.0.1, no rate limit. On this path the iSCSI transport alone
