@@ -58,6 +58,7 @@ struct config {
 	unsigned lease_ttl_ms;          /* 3000 */
 	unsigned heartbeat_ttl_ms;      /* 10000 */
 	unsigned peer_timeout_ms;       /* 5000 */
+	unsigned cluster_readahead;     /* 16 chunks: peer-only readahead window */
 
 	/* [iscsi] */
 	struct config_addr portal;      /* 0.0.0.0:3260 */

@@ -149,6 +149,9 @@ static int open_store_and_fetcher(struct appliance *a)
 		.retry_max_ms = a->cfg.seed_retry_max_ms,
 		.request_timeout_ms = a->cfg.seed_request_timeout_ms,
 		.readahead_chunks = a->cfg.seed_readahead,
+		/* At least one: 0 in fetcher_opts means "default", and readahead = 0 below
+		 * turns every readahead off anyway. */
+		.peer_readahead_chunks = a->cfg.cluster_readahead ? a->cfg.cluster_readahead : 1,
 		.no_readahead = a->cfg.seed_readahead == 0,
 	};
 	int ret;

@@ -101,7 +101,7 @@ static void test_every_key_is_applied(void **state)
 		"[cache]\ndir = /ssd/cache\nsize = 1.5G\nverify_on_open = yes\ndirect_io = on\n"
 		"[seed]\nurl = file:///repo\nworkers = 3\nretry_initial_ms = 5\n"
 		"retry_max_ms = 50\nrequest_timeout_ms = 1000\nreadahead = 0\n"
-		"[cluster]\nredis =\nlisten = [::1]:9000\nadvertise =\ntoken_file =\n"
+		"[cluster]\nredis =\nlisten = [::1]:9000\nadvertise =\ntoken_file =\nreadahead = 32\n"
 		"[iscsi]\nportal = 127.0.0.1:13260\ntgtd = external\ncontrol_port = 32767\n"
 		"iqn_prefix = iqn.2001-04.com.example:rack\nio_timeout_ms = 2500\n"
 		"advertise = storage.example\ntgtd_path = /opt/tgtd\ntgtadm_path = /opt/tgtadm\n"
@@ -121,6 +121,7 @@ static void test_every_key_is_applied(void **state)
 	assert_true(cfg.seed_retry_initial_ms == 5 && cfg.seed_retry_max_ms == 50);
 	assert_true(cfg.seed_request_timeout_ms == 1000);
 	assert_int_equal(cfg.seed_readahead, 0);
+	assert_int_equal(cfg.cluster_readahead, 32);
 	assert_string_equal(cfg.cluster_listen.host, "::1");
 	assert_int_equal(cfg.cluster_listen.port, 9000);
 	assert_string_equal(cfg.cluster_advertise.host, "");
@@ -147,6 +148,7 @@ static void test_cluster_defaults(void **state)
 	assert_int_equal(cfg.lease_ttl_ms, 3000);
 	assert_int_equal(cfg.heartbeat_ttl_ms, 10000);
 	assert_int_equal(cfg.peer_timeout_ms, 5000);
+	assert_int_equal(cfg.cluster_readahead, 16);
 	/* standalone: nothing is derived, a wildcard listen is fine */
 	assert_string_equal(cfg.cluster_advertise.host, "");
 }
