@@ -252,6 +252,11 @@ int metrics_render(struct appliance *a, char **out, size_t *len)
 	    "FETCH requests answered with an error.", fs.fetch_err);
 	one(f, "rackdisk_chunk_touches_total", "counter",
 	    "Chunk reads the tgt module served from the store (hits it reported).", fs.touches);
+	one(f, "rackdisk_readahead_hints_total", "counter",
+	    "Read places (FETCH and HIT) the tgt module reported to the readahead.", fs.hints);
+	one(f, "rackdisk_readahead_hints_ignored_total", "counter",
+	    "Reported places ignored: unknown image, index out of range, hash mismatch.",
+	    fs.hints_ignored);
 	one(f, "rackdisk_tgtd_restarts_total", "counter", "Times the spawned tgtd was restarted.",
 	    tgtmgr_restarts(a->tgt));
 	one(f, "rackdisk_cluster_enabled", "gauge", "1 when [cluster] redis is set.",

@@ -247,6 +247,9 @@ def test_metrics_serves_required_series(appliance, tmp_path):
               "rackdisk_cache_hits_total", "rackdisk_cache_misses_total", "rackdisk_disks"):
         assert k in values
     assert values["rackdisk_disks"] == 1
+    # The cold read's misses told the readahead where the reader was.
+    assert values["rackdisk_readahead_hints_total"] > 0
+    assert values["rackdisk_readahead_hints_ignored_total"] == 0
     assert 'rackdisk_disk_read_bytes_total{disk="m1"}' in values
     # Per-disk IO comes from tgtd's counters of the sessions logged in: hold one open.
     q = subprocess.Popen(["qemu-io", "-f", "raw", a.url("m1")], stdin=subprocess.PIPE,
