@@ -137,16 +137,42 @@ static struct overlay *make_strict(struct ctx *c, uint64_t size)
 	return o;
 }
 
-/* Writes grains [g, g+n) of the data file with byte v and sets them DATA, as disk.c does. */
-static void write_grains(struct overlay *o, uint64_t g, uint64_t n, int v)
+/* Writes grains [g, g+n) of the data file with byte v and sets them DATA, as disk.c does.
+ * No cmocka assertion: crash_child()'s steps call it in a forked child. */
+static int put_grains(struct overlay *o, uint64_t g, uint64_t n, int v)
 {
 	uint8_t buf[OVERLAY_GRAIN];
 
 	memset(buf, v, sizeof(buf));
 	for (uint64_t i = 0; i < n; i++)
-		assert_int_equal(pwrite_full(overlay_data_fd(o), buf, sizeof(buf),
-					     (g + i) * OVERLAY_GRAIN), 0);
-	assert_int_equal(overlay_set(o, g, n, OVL_DATA), 0);
+		if (pwrite_full(overlay_data_fd(o), buf, sizeof(buf), (g + i) * OVERLAY_GRAIN) < 0)
+			return -1;
+	return overlay_set(o, g, n, OVL_DATA) < 0 ? -1 : 0;
+}
+
+static void write_grains(struct overlay *o, uint64_t g, uint64_t n, int v)
+{
+	assert_int_equal(put_grains(o, g, n, v), 0);
+}
+
+/*
+ * A crash: a child process opens dir's overlay, runs step on it (which returns 0 or the
+ * number of the check that failed) and exits without closing; the parent asserts 0.
+ */
+static void crash_child(struct ctx *c, int (*step)(struct overlay *q))
+{
+	pid_t pid = fork();
+	int wst;
+
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct overlay *q = NULL;
+
+		_exit(overlay_open(c->dir, &q) < 0 ? 100 : step(q));
+	}
+	assert_int_equal(waitpid(pid, &wst, 0), pid);
+	assert_true(WIFEXITED(wst));
+	assert_int_equal(WEXITSTATUS(wst), 0);
 }
 
 static void test_create_open_fresh(void **state)
@@ -448,6 +474,18 @@ static void test_grow(void **state)
 	overlay_close(o);
 }
 
+static int step_first_writes(struct overlay *q)
+{
+	struct overlay_stats cs;
+
+	if (put_grains(q, 3, 3, 0x33) < 0 || overlay_flush(q) < 0)
+		return 11;
+	overlay_get_stats(q, &cs);
+	if (cs.pages_written != 0 || cs.map_skipped != 1)
+		return 12;
+	return put_grains(q, 9, 1, 0x99) < 0 ? 13 : 0; /* not flushed */
+}
+
 /* Invariant 9: a flush of first writes syncs the data file alone; after a crash (the
  * child exits without closing) open takes the allocated IMAGE grains as DATA; a clean
  * close writes them to the map and clears UNCLEAN. */
@@ -458,33 +496,12 @@ static void test_lazy_map_recovered(void **state)
 	struct overlay_stats s;
 	uint8_t *buf;
 	size_t len;
-	pid_t pid;
-	int wst;
 
 	overlay_get_stats(o, &s);
 	assert_true(s.lazy_map); /* /tmp is ext4 (data=ordered) or tmpfs here */
 	overlay_close(o);
 	assert_int_equal(newest_hdr_flags(c), OVERLAY_HDR_HOLES);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		struct overlay *q = NULL;
-		struct overlay_stats cs;
-
-		if (overlay_open(c->dir, &q) < 0)
-			_exit(10);
-		write_grains(q, 3, 3, 0x33);
-		if (overlay_flush(q) < 0)
-			_exit(11);
-		overlay_get_stats(q, &cs);
-		if (cs.pages_written != 0 || cs.map_skipped != 1)
-			_exit(12);
-		write_grains(q, 9, 1, 0x99); /* not flushed */
-		_exit(0); /* a crash: no close */
-	}
-	assert_int_equal(waitpid(pid, &wst, 0), pid);
-	assert_true(WIFEXITED(wst));
-	assert_int_equal(WEXITSTATUS(wst), 0);
+	crash_child(c, step_first_writes);
 	/* The map alone lags: grains 3-5 are IMAGE there, and UNCLEAN says so. */
 	assert_int_equal(newest_hdr_flags(c), OVERLAY_HDR_HOLES | OVERLAY_HDR_UNCLEAN);
 	slurp(c->map, &buf, &len);
@@ -529,36 +546,47 @@ static void test_lazy_map_recovered(void **state)
 	overlay_close(o);
 }
 
+static int step_write_8(struct overlay *q)
+{
+	return put_grains(q, 8, 1, 0x88) < 0 || overlay_flush(q) < 0 ? 11 : 0;
+}
+
 /* Invariant 9's limit: a ZERO grain keeps its state over an allocated block (a refused
  * punch) when open recovers after a crash. */
 static void test_lazy_map_zero_kept(void **state)
 {
 	struct ctx *c = *state;
 	struct overlay *o = make(c, 64 * MiB);
-	pid_t pid;
-	int wst;
 
 	write_grains(o, 7, 1, 0x77);
 	assert_int_equal(overlay_set(o, 7, 1, OVL_ZERO), 0); /* no punch: block stays */
 	assert_int_equal(overlay_flush(o), 0);
 	overlay_close(o);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		struct overlay *q = NULL;
-
-		if (overlay_open(c->dir, &q) < 0)
-			_exit(10);
-		write_grains(q, 8, 1, 0x88);
-		_exit(overlay_flush(q) < 0 ? 11 : 0);
-	}
-	assert_int_equal(waitpid(pid, &wst, 0), pid);
-	assert_true(WIFEXITED(wst));
-	assert_int_equal(WEXITSTATUS(wst), 0);
+	crash_child(c, step_write_8);
 	assert_int_equal(overlay_open(c->dir, &o), 0);
 	assert_int_equal(overlay_state_of(o, 7), OVL_ZERO);
 	assert_int_equal(overlay_state_of(o, 8), OVL_DATA);
 	overlay_close(o);
+}
+
+static int step_unmap_lazy(struct overlay *q)
+{
+	struct overlay_stats cs;
+
+	/* Grain 20000 is on another page. */
+	if (put_grains(q, 2, 2, 0x22) < 0 || put_grains(q, 20000, 1, 0x20) < 0 ||
+	    overlay_flush(q) < 0)
+		return 11;
+	if (overlay_set(q, 2, 1, OVL_ZERO) < 0 || overlay_punch(q, 2, 1) < 0)
+		return 12;
+	overlay_get_stats(q, &cs);
+	if (cs.punch_flushes != 1)
+		return 13;
+	/* The page's lazy changes are durable now: no second flush. */
+	if (overlay_set(q, 3, 1, OVL_ZERO) < 0 || overlay_punch(q, 3, 1) < 0)
+		return 14;
+	overlay_get_stats(q, &cs);
+	return cs.punch_flushes == 1 ? 0 : 15;
 }
 
 /* Invariant 9 and UNMAP: a grain that is DATA only through its block keeps the block
@@ -567,36 +595,9 @@ static void test_lazy_map_punch(void **state)
 {
 	struct ctx *c = *state;
 	struct overlay *o = make(c, 128 * MiB);
-	pid_t pid;
-	int wst;
 
 	overlay_close(o);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		struct overlay *q = NULL;
-		struct overlay_stats cs;
-
-		if (overlay_open(c->dir, &q) < 0)
-			_exit(10);
-		write_grains(q, 2, 2, 0x22);
-		write_grains(q, 20000, 1, 0x20); /* another page */
-		if (overlay_flush(q) < 0)
-			_exit(11);
-		if (overlay_set(q, 2, 1, OVL_ZERO) < 0 || overlay_punch(q, 2, 1) < 0)
-			_exit(12);
-		overlay_get_stats(q, &cs);
-		if (cs.punch_flushes != 1)
-			_exit(13);
-		/* The page's lazy changes are durable now: no second flush. */
-		if (overlay_set(q, 3, 1, OVL_ZERO) < 0 || overlay_punch(q, 3, 1) < 0)
-			_exit(14);
-		overlay_get_stats(q, &cs);
-		_exit(cs.punch_flushes == 1 ? 0 : 15);
-	}
-	assert_int_equal(waitpid(pid, &wst, 0), pid);
-	assert_true(WIFEXITED(wst));
-	assert_int_equal(WEXITSTATUS(wst), 0);
+	crash_child(c, step_unmap_lazy);
 	assert_int_equal(overlay_open(c->dir, &o), 0);
 	assert_int_equal(overlay_state_of(o, 2), OVL_ZERO);
 	/* Grain 3's ZERO was not flushed: its block is gone, the durable map says DATA (the
