@@ -317,19 +317,27 @@ int fetch_client_fetch_at(struct fetch_client *fc, const struct chunk_hash *h, u
 	return fetch(fc, h, len, image, idx, deadline_ns);
 }
 
-/* Best-effort requests: dropped while the server recently failed. */
-static int best_effort(struct fetch_client *fc, const char *line, size_t len, uint64_t deadline_ns)
+/* Whether best-effort and one-way requests are held back (the server recently failed);
+ * a request held back is counted as dropped. */
+static bool quiet_now(struct fetch_client *fc)
 {
 	uint64_t now = now_ns();
 	bool quiet;
-	int ret;
 
 	pthread_mutex_lock(&fc->lock);
 	quiet = now < fc->quiet_until_ns;
 	if (quiet)
 		fc->st.dropped++;
 	pthread_mutex_unlock(&fc->lock);
-	if (quiet)
+	return quiet;
+}
+
+/* Best-effort requests: dropped while the server recently failed. */
+static int best_effort(struct fetch_client *fc, const char *line, size_t len, uint64_t deadline_ns)
+{
+	int ret;
+
+	if (quiet_now(fc))
 		return -EAGAIN;
 	ret = request(fc, line, len, deadline_ns, false);
 	if (ret && ret != -EINVAL) {
@@ -412,16 +420,9 @@ static int touch_send_locked(struct fetch_client *fc, const char *line, size_t l
  */
 static int oneway(struct fetch_client *fc, const char *line, size_t len, uint64_t deadline_ns)
 {
-	uint64_t now = now_ns();
-	bool quiet;
 	int ret;
 
-	pthread_mutex_lock(&fc->lock);
-	quiet = now < fc->quiet_until_ns;
-	if (quiet)
-		fc->st.dropped++;
-	pthread_mutex_unlock(&fc->lock);
-	if (quiet)
+	if (quiet_now(fc))
 		return -EAGAIN;
 	/* Another thread is sending a line: this one is dropped rather than waited for. */
 	if (pthread_mutex_trylock(&fc->touch_lock))
