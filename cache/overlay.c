@@ -41,12 +41,16 @@
  *     IMAGE and overlay.data holds its block. Hence a flush whose only changes are
  *     IMAGE -> DATA syncs overlay.data alone: the filesystem commits each new block's
  *     allocation only after its data, so "allocated" already means "data durable"
- *     (the map still describes only durable data, as invariant 2 asks). Such a flush
- *     first makes UNCLEAN durable in the header; an open that finds UNCLEAN takes every
- *     allocated IMAGE grain as DATA; a clean close writes every page and clears it.
- *     Nothing else allocates blocks of IMAGE grains: a grain's block is written only by
- *     a data write that then sets DATA, and ZERO -> DATA (whose block may still be
- *     allocated after a punch the filesystem refused) always writes the map.
+ *     (the map still describes only durable data, as invariant 2 asks). UNCLEAN is
+ *     durable in the header for as long as a writer has the overlay open (written at
+ *     open, so even a write killed before its first flush is covered); an open that
+ *     finds UNCLEAN takes every allocated IMAGE grain as DATA; a clean close writes
+ *     every page and clears it. Nothing else allocates blocks of IMAGE grains: a grain's
+ *     block is written only by a data write that then sets DATA (one killed in between
+ *     was in flight, and may show its new bytes), and ZERO -> DATA (whose block may
+ *     still be allocated after a punch the filesystem refused) always writes the map.
+ *     A punch of a grain whose DATA the durable map may lack flushes the map first
+ *     (its ZERO state), so a crash never shows the image in place of its data.
  *     This is what makes a first write cost one device flush, as on a plain file.
  */
 #include "cache/overlay.h"

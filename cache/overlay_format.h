@@ -62,9 +62,9 @@
  *            allocated block before its data is on disk (probed at create); the map may
  *            then lag behind the data file for grains going IMAGE -> DATA (overlay.c,
  *            invariant 9).
- *   UNCLEAN  set (durably) before the first flush that left such grains out of the map,
- *            cleared by a clean close that wrote them: while set, open takes every IMAGE
- *            grain whose block the data file holds as DATA.
+ *   UNCLEAN  set (durably) when a writer opens the overlay, cleared by a clean close that
+ *            wrote every page: while set, open takes every IMAGE grain whose block the
+ *            data file holds as DATA.
  */
 #define OVERLAY_HDR_HOLES 0x1u
 #define OVERLAY_HDR_UNCLEAN 0x2u
