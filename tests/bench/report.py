@@ -125,17 +125,22 @@ def cluster_appliance_rows(name, text):
 
 
 def peer_link_rows(name, text):
-    """tests/rack/peer_bench.py: one row per image (B via iSCSI over a shaped link vs curl)."""
+    """tests/rack/peer_bench.py: one row per variant, image x frontend (B via iSCSI over a
+    shaped link vs curl in the same round; the warm ceiling bounds the ratio). Older logs
+    (one entry per image, shared NIC) still parse."""
     m = re.search(r"^peer-link-summary (\{.*\})$", text, re.M)
     if not m:
         return None
     s = json.loads(m.group(1))
+    variants = s.get("variants")
+    if variants is None:
+        variants = [s[t] | {"image": t, "frontend": "shared"} for t in ("sample", "random")
+                    if s.get(t)]
+    where = {"shared": "shared NIC", "separate": "separate frontend"}
     rows = []
-    for tag in ("sample", "random"):
-        v = s.get(tag)
-        if not v:
-            continue
-        rows.append(row(f"{name}: {tag} image over {s['rate']} links",
+    for v in variants:
+        fe = where.get(v["frontend"], v["frontend"])
+        rows.append(row(f"{name}: {v['image']} image, {fe}, {s['rate']} links",
                         f"{v['mbps_b']} MB/s (warm ceiling {v['mbps_warm']} MB/s, "
                         f"max {v['ceiling']:.2f}x)",
                         f"{v['mbps_curl']} MB/s (curl)", v["ratio"], ">=", s["target"]))

@@ -7,6 +7,22 @@ In a rack, peers talk over a network link; this variant gives each appliance a N
 --rate (tc tbf, both ways; default 1gbit) and asks whether B's peer path keeps that link
 as busy as curl does.
 
+Two topologies (rack.py's frontend option):
+  shared    one NIC per appliance carries both the peer transfers and the iSCSI traffic
+            to its initiators. B's cold read sends the whole disk, zero chunks included,
+            out of that NIC while curl's baseline moves only the non-zero chunks, so on
+            an image with zero chunks the ratio is bounded by the topology, not the peer
+            path (the warm ceiling shows the bound);
+  separate  a storage-frontend network: traffic between an appliance and the initiator
+            hosts is not shaped, peer/seed/Redis traffic is (like Ceph's public vs
+            cluster networks). The ceiling is then the iSCSI path, not the link.
+Each round checks from the qdiscs' byte counters (rack.Cluster.link_bytes) that B's cold
+read took the intended way: with "shared" the disk went out through B's shaper; with
+"separate" it went out through the unshaped frontend band while the peer bytes came in
+through the shaper. With "separate", round 1 also measures the topology directly: curl
+of the first chunks from A's peer listener from rack 1's initiator host (frontend,
+unshaped) and from B (peer link, shaped).
+
 Cluster: 2 racks x 1 appliance (A = r1a1, B = r2a1), Redis directory, seed uplink
 --seed-rate (the harness default, 200mbit), appliance links shaped at --rate. Per round
 and per image, a fresh cluster (so B's cache and Redis start empty):
@@ -27,10 +43,12 @@ and per image, a fresh cluster (so B's cache and Redis start empty):
 MB/s = distinct non-zero chunk bytes / time, for all three. Ratio = curl_time / B_cold_time
 (target >= 0.8x), median over --rounds rounds (default 2).
 
-Images (--images, default both): "sample", the harness's sample image
-(scripts/make-sample-image.sh: text, random, repeated and free space; --size-mb MiB), and
-"random", --size-mb MiB of pseudo-random bytes (every chunk distinct and non-zero: the
-disk B serves is exactly the bytes curl fetches, so the link bounds both the same way).
+Variants (--variants, default sample:shared,sample:separate,random:shared), each IMAGE:
+FRONTEND with its own curl baseline from the same round. Images: "sample", the harness's
+sample image (scripts/make-sample-image.sh: text, random, repeated and free space;
+--size-mb MiB, about half of it zero chunks), and "random", --size-mb MiB of pseudo-random
+bytes (every chunk distinct and non-zero: the disk B serves is exactly the bytes curl
+fetches, so the link bounds both the same way).
 
 Output: human-readable lines and a last line `peer-link-summary {json}` (parsed by
 tests/bench/report.py). Exit 1 when a read fails or a sanity check does not hold.
@@ -135,24 +153,65 @@ def curl_chunks(host, peer, chunks, workdir):
     return sum(float(t) for _, t in rows), sum(int(c) for c, _ in rows)
 
 
-def one_round(repo, tag, raw, args, work):
+def link_delta(before, after):
+    return {w: {k: after[w][k] - before[w][k] for k in after[w]} for w in after}
+
+
+def check_link(frontend, link, disk_bytes, peer_bytes):
+    """B's cold read took the intended way through B's link (qdisc byte counters, headers
+    included, so every bound is one-sided or loose). Returns a problem or None."""
+    tx, rx = link["tx"], link["rx"]
+    if frontend == "shared":
+        if tx["frontend"] or rx["frontend"]:
+            return f"shared frontend yet unshaped bytes counted: {link}"
+        if tx["shaped"] < disk_bytes or rx["shaped"] < peer_bytes:
+            return f"B's shaper carried less than the disk out / peer bytes in: {link}"
+        return None
+    if tx["frontend"] < disk_bytes:
+        return f"the disk ({disk_bytes} B) did not go out through the frontend band: {link}"
+    if rx["shaped"] < peer_bytes:
+        return f"the peer bytes ({peer_bytes} B) did not come in through the shaper: {link}"
+    # What B sends on the cluster network during the read: peer requests, ACKs, Redis.
+    if tx["shaped"] > disk_bytes // 10:
+        return f"iSCSI data seems to have gone through B's shaper: {link}"
+    return None
+
+
+def frontend_probe(c, a, b, chunks, work, nbytes=32 * MIB):
+    """curl of A's first chunks (up to nbytes) from rack 1's initiator host and from B:
+    {"initiator"|"peer": MB/s}. With frontend "separate" the first is unshaped."""
+    part, n = [], 0
+    for h, ln in chunks:
+        if n >= nbytes:
+            break
+        part.append((h, ln))
+        n += ln
+    out = {}
+    for who, host in (("initiator", c.initiators[1]), ("peer", b)):
+        t, _ = curl_chunks(host, f"{a.addr}:{PEER_PORT}", part, work)
+        out[who] = n / t / 1e6
+    return out
+
+
+def one_round(repo, tag, raw, frontend, args, work, probe=False):
     image_id, manifest = load_manifest(repo, tag)
     chunks = distinct_chunks(manifest)
     unique = sum(n for _, n in chunks)
     trace = os.path.join(work, f"{tag}.trace")
     write_trace(trace, image_id, manifest["size"], args.read_size, args.depth)
     with Cluster(repo, racks=2, per_rack=1, seed_rate=args.seed_rate,
-                 appliance_rate=args.rate) as c:
+                 appliance_rate=args.rate, frontend=frontend) as c:
         a, b = c.rack_appliances(1)[0], c.rack_appliances(2)[0]
         replay(c.initiators[1], trace, a.create_disk("warm-a", tag), timeout=args.timeout)
         fa = a.fetch_bytes()
         if fa["seed"] != unique:
             raise BenchError(f"A's seed bytes {fa['seed']} != image chunk bytes {unique}")
         t_curl, conns = curl_chunks(b, f"{a.addr}:{PEER_PORT}", chunks, work)
+        probed = frontend_probe(c, a, b, chunks, work) if probe else None
         url = b.create_disk("cold-b", tag)
-        before = b.fetch_bytes()
+        before, link0 = b.fetch_bytes(), c.link_bytes(b)
         cold = replay(c.initiators[2], trace, url, raw=raw, timeout=args.timeout)
-        after = b.fetch_bytes()
+        after, link = b.fetch_bytes(), link_delta(link0, c.link_bytes(b))
         m = b.metrics()
         conns_b = int(m.get("rackdisk_peer_client_connections_total", 0))
         readahead = int(m.get("rackdisk_fetch_readahead_total", 0))
@@ -165,6 +224,9 @@ def one_round(repo, tag, raw, args, work):
         if d["seed"] != 0 or d["peer"] != unique:
             raise BenchError(f"B's cold read: seed {d['seed']} B (want 0), peer {d['peer']} "
                              f"B (want {unique})")
+        problem = check_link(frontend, link, manifest["size"], unique)
+        if problem:
+            raise BenchError(f"{tag}/{frontend}: {problem}")
         warm = replay(c.initiators[2], trace, url, timeout=args.timeout)
         fb = b.fetch_bytes()
         if fb["seed"] != 0 or fb["peer"] != unique:
@@ -172,10 +234,71 @@ def one_round(repo, tag, raw, args, work):
     return {"curl_s": t_curl, "curl_connections": conns, "b_s": cold["elapsed_s"],
             "b_login_s": cold["connect_s"], "warm_s": warm["elapsed_s"],
             "ratio": t_curl / cold["elapsed_s"], "ceiling": t_curl / warm["elapsed_s"],
-            "b_bytes": d, "b_peer_connections": conns_b, "b_readahead": readahead,
+            "b_bytes": d, "b_link": link, "probe": probed,
+            "b_peer_connections": conns_b, "b_readahead": readahead,
             "b_waited": waited, "b_socket_requests": requests,
             "chunks": len(chunks), "unique_bytes": unique,
             "disk_bytes": manifest["size"]}
+
+
+def parse_variants(text):
+    out = []
+    for v in (x.strip() for x in text.split(",") if x.strip()):
+        tag, _, frontend = v.partition(":")
+        frontend = frontend or "shared"
+        if tag not in ("sample", "random") or frontend not in rack.FRONTENDS:
+            sys.exit(f"peer_bench: bad variant {v!r} (IMAGE:FRONTEND, image sample|random, "
+                     f"frontend {'|'.join(rack.FRONTENDS)})")
+        if (tag, frontend) not in out:
+            out.append((tag, frontend))
+    if not out:
+        sys.exit("peer_bench: no variant")
+    return out
+
+
+def report(tag, frontend, rounds, args):
+    """Prints one variant's figures; returns its summary entry."""
+    r0 = rounds[0]
+    med = {k: statistics.median(r[k] for r in rounds)
+           for k in ("curl_s", "b_s", "warm_s", "ratio", "ceiling")}
+    u = r0["unique_bytes"]
+    mbps = {k: u / med[k] / 1e6 for k in ("curl_s", "b_s", "warm_s")}
+    where = ("shared NIC: iSCSI to the initiator and peer traffic on one link" if
+             frontend == "shared" else
+             "separate frontend: iSCSI to the initiator unshaped, peer traffic on the link")
+    print(f"{tag} image, {where}: {r0['chunks']} distinct non-zero chunks = "
+          f"{u / 1e6:.1f} MB of a {r0['disk_bytes'] / MIB:.0f} MiB disk "
+          f"(median of {len(rounds)}):")
+    print(f"  B via iSCSI from A over the link: {mbps['b_s']:8.1f} MB/s  "
+          f"({med['b_s']:.3f} s; peer {r0['b_bytes']['peer']} B, seed 0 B)")
+    print(f"  baseline curl from B's netns:     {mbps['curl_s']:8.1f} MB/s  "
+          f"({med['curl_s']:.3f} s, one keep-alive connection, bodies to /dev/null)")
+    print(f"  ratio {med['ratio']:.2f}x (target >= 0.8x; rounds "
+          f"{', '.join('%.2f' % r['ratio'] for r in rounds)})")
+    print(f"  context: B's peer client made {r0['b_peer_connections']} connection(s), "
+          f"{r0['b_readahead']} readahead fills for {r0['chunks']} chunks; the reader "
+          f"waited on {r0['b_waited']} fills under way; {r0['b_socket_requests']} "
+          f"fetch-socket requests (round 1)")
+    lk = r0["b_link"]
+    print(f"  B's link during the cold read (tc counters, round 1): out shaped "
+          f"{lk['tx']['shaped'] / 1e6:.1f} MB, out unshaped frontend "
+          f"{lk['tx']['frontend'] / 1e6:.1f} MB; in shaped {lk['rx']['shaped'] / 1e6:.1f} MB, "
+          f"in unshaped frontend {lk['rx']['frontend'] / 1e6:.1f} MB")
+    if r0["probe"]:
+        print(f"  topology check (round 1): curl from A's peer listener to rack 1's "
+              f"initiator host {r0['probe']['initiator']:.1f} MB/s (frontend), to B "
+              f"{r0['probe']['peer']:.1f} MB/s (peer link, {args.rate})")
+    print(f"  iSCSI ceiling: B re-reading warm {mbps['warm_s']:.1f} MB/s of chunk bytes "
+          f"({med['warm_s']:.3f} s for the whole disk): the ratio can be at most "
+          f"{med['ceiling']:.2f}x")
+    return {k: round(v, 4) for k, v in med.items()} | {
+        "image": tag, "frontend": frontend,
+        "mbps_b": round(mbps["b_s"], 1), "mbps_curl": round(mbps["curl_s"], 1),
+        "mbps_warm": round(mbps["warm_s"], 1), "chunks": r0["chunks"],
+        "unique_bytes": u, "disk_bytes": r0["disk_bytes"], "b_link": lk,
+        "probe_mbps": ({k: round(v, 1) for k, v in r0["probe"].items()}
+                       if r0["probe"] else None),
+        "ratios": [round(r["ratio"], 4) for r in rounds]}
 
 
 def main():
@@ -185,65 +308,42 @@ def main():
     ap.add_argument("--seed-rate", default="200mbit", help="seed uplink (tc tbf)")
     ap.add_argument("--size-mb", type=int, default=128)
     ap.add_argument("--chunk-size", default="1M")
-    ap.add_argument("--images", default="sample,random",
-                    help="comma list of sample, random (default both)")
+    ap.add_argument("--variants", default="sample:shared,sample:separate,random:shared",
+                    help="comma list of IMAGE:FRONTEND, image sample|random, frontend "
+                    "shared|separate (default sample:shared,sample:separate,random:shared)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--read-size", type=int, default=MIB, help="initiator read size, bytes")
     ap.add_argument("--depth", type=int, default=8, help="initiator reads in flight")
     ap.add_argument("--timeout", type=int, default=300, help="per read of a disk, seconds")
     args = ap.parse_args()
-    images = [x for x in args.images.split(",") if x]
-    if not images or any(x not in ("sample", "random") for x in images):
-        sys.exit("peer_bench: --images takes sample and/or random")
+    variants = parse_variants(args.variants)
     if not 1 <= args.rounds <= 20 or not 1 <= args.depth <= 64 or args.read_size <= 0:
         sys.exit("peer_bench: --rounds 1..20, --depth 1..64, --read-size > 0")
     rack.rate_bytes(args.rate)
     rack.bench_prepare("peer_bench")
     work = tempfile.mkdtemp(prefix=f"rdrack-{os.getpid()}-peerbench", dir="/tmp")
     summary = {"rate": args.rate, "seed_rate": args.seed_rate, "rounds": args.rounds,
-               "size_mb": args.size_mb, "target": 0.8}
+               "size_mb": args.size_mb, "target": 0.8, "variants": []}
     try:
-        repo, raws = prepare(work, args.size_mb, args.chunk_size, images)
+        repo, raws = prepare(work, args.size_mb, args.chunk_size,
+                             list(dict.fromkeys(t for t, _ in variants)))
         print(f"peer throughput over a {args.rate} link per appliance (tc tbf both ways), "
               f"2 racks x 1 appliance, seed {args.seed_rate}; {args.rounds} round(s), fresh "
               f"cluster each; B's initiator: {args.read_size // 1024} KiB reads, "
               f"{args.depth} in flight")
-        for tag in images:
+        for tag, frontend in variants:
             rounds = []
             for n in range(args.rounds):
-                r = one_round(repo, tag, raws[tag], args, work)
+                r = one_round(repo, tag, raws[tag], frontend, args, work,
+                              probe=(frontend == "separate" and n == 0))
                 rounds.append(r)
                 mb = lambda t: r["unique_bytes"] / t / 1e6  # noqa: E731
-                print(f"  {tag} round {n + 1}: curl {r['curl_s']:.3f} s "
+                print(f"  {tag}/{frontend} round {n + 1}: curl {r['curl_s']:.3f} s "
                       f"{mb(r['curl_s']):.1f} MB/s ({r['curl_connections']} connection(s)); "
                       f"B cold {r['b_s']:.3f} s {mb(r['b_s']):.1f} MB/s; "
                       f"B warm {r['warm_s']:.3f} s {mb(r['warm_s']):.1f} MB/s; "
-                      f"ratio {r['ratio']:.2f}x")
-            r0 = rounds[0]
-            med = {k: statistics.median(r[k] for r in rounds)
-                   for k in ("curl_s", "b_s", "warm_s", "ratio", "ceiling")}
-            u = r0["unique_bytes"]
-            mbps = {k: u / med[k] / 1e6 for k in ("curl_s", "b_s", "warm_s")}
-            print(f"{tag} image: {r0['chunks']} distinct non-zero chunks = {u / 1e6:.1f} MB "
-                  f"of a {r0['disk_bytes'] / MIB:.0f} MiB disk (median of {args.rounds}):")
-            print(f"  B via iSCSI from A over the link: {mbps['b_s']:8.1f} MB/s  "
-                  f"({med['b_s']:.3f} s; peer {r0['b_bytes']['peer']} B, seed 0 B)")
-            print(f"  baseline curl from B's netns:     {mbps['curl_s']:8.1f} MB/s  "
-                  f"({med['curl_s']:.3f} s, one keep-alive connection, bodies to /dev/null)")
-            print(f"  ratio {med['ratio']:.2f}x (target >= 0.8x; rounds "
-                  f"{', '.join('%.2f' % r['ratio'] for r in rounds)})")
-            print(f"  context: B's peer client made {r0['b_peer_connections']} connection(s), "
-                  f"{r0['b_readahead']} readahead fills for {r0['chunks']} chunks; the reader "
-                  f"waited on {r0['b_waited']} fills under way; {r0['b_socket_requests']} "
-                  f"fetch-socket requests (round 1)")
-            print(f"  iSCSI ceiling: B re-reading warm {mbps['warm_s']:.1f} MB/s of chunk bytes "
-                  f"({med['warm_s']:.3f} s for the whole disk): the ratio can be at most "
-                  f"{med['ceiling']:.2f}x")
-            summary[tag] = {k: round(v, 4) for k, v in med.items()} | {
-                "mbps_b": round(mbps["b_s"], 1), "mbps_curl": round(mbps["curl_s"], 1),
-                "mbps_warm": round(mbps["warm_s"], 1), "chunks": r0["chunks"],
-                "unique_bytes": u, "disk_bytes": r0["disk_bytes"],
-                "ratios": [round(r["ratio"], 4) for r in rounds]}
+                      f"ratio {r['ratio']:.2f}x", flush=True)
+            summary["variants"].append(report(tag, frontend, rounds, args))
         print("peer-link-summary " + json.dumps(summary))
     except (BenchError, RackError) as e:
         sys.exit(f"peer_bench: {e}")

@@ -16,8 +16,26 @@ with `tc qdisc tbf` (a WAN link, 200mbit by default). Each appliance runs rackdi
 its own tgtd (its own state directory, tgtd control port and IPC socket). With
 appliance_rate (--appliance-rate), each appliance's own link is shaped too, both ways
 (tbf on its eth0 for what it sends, on its bridge port for what it receives), like a
-NIC of that speed: peer transfers and the iSCSI traffic to its initiators share it.
-Default: unshaped (veth speed).
+NIC of that speed. Default: unshaped (veth speed).
+
+Which traffic that NIC carries is the frontend option (--frontend, Cluster(frontend=)):
+  shared    (default) one NIC for everything: peer transfers, seed downloads, Redis and
+            the iSCSI traffic to the rack's initiators all share appliance_rate;
+  separate  a storage-frontend network to the hypervisors apart from the cluster network
+            (like Ceph's public vs cluster networks, or a ToR link much faster than the
+            inter-rack share): traffic between an appliance and an initiator host
+            (10.213.K.200, any rack) is not shaped; peer, seed and Redis traffic is.
+            Each shaped device gets a root `htb` qdisc (this kernel has no `prio`)
+            with two classes at 100gbit, i.e. not limiting: 1:20, the default, holds
+            the same tbf as "shared"; 1:10 a plain pfifo. A u32 filter (address &
+            0xffff00ff == 10.213.0.200: the destination on the appliance's eth0, the
+            source on its bridge port) sends initiator packets to 1:10; ARP and all
+            other packets take the default class, i.e. the tbf. Cluster.link_bytes(a)
+            reads the bytes each leaf carried (tc -s), so a benchmark can prove which
+            traffic went through the shaper. tests/rack/peer_bench.py checks those
+            counters every round and measures the split: curl of chunks from A's peer
+            listener by rack 1's initiator host (frontend: veth speed) and by B (peer
+            link: the rate).
 
 Namespaces are named rdrack-<pid>-<n>-<host>, so `rack.py cleanup-stale` can remove the
 ones a dead process left behind (and the processes still in them) without touching a
@@ -26,7 +44,7 @@ is idempotent and best effort, so a failure half way through setup still tears d
 
 CLI:  rack.py cleanup-stale
       rack.py up [--racks K] [--per-rack N] [--seed-rate RATE] [--no-directory]
-                 [--appliance-rate RATE]
+                 [--appliance-rate RATE] [--frontend shared|separate]
                  (builds a cluster with a sample image, prints it, waits for Ctrl-C)
 """
 import atexit
@@ -55,6 +73,9 @@ REDIS_ADDR = f"{NET}.0.2"
 IQN_PREFIX = "iqn.2026-11.io.rackdisk.rack"
 TOKEN = "rack-harness-cluster-token"
 API_PORT, PEER_PORT, PORTAL_PORT = 7470, 7480, 3260
+INITIATOR_HOST = 200  # rack K's initiator host is 10.213.K.200
+FRONTENDS = ("shared", "separate")
+FRONTEND_RATE = "100gbit"  # "unshaped" for frontend "separate": above any veth here
 
 _open_clusters = []
 _serial = itertools.count(1)
@@ -311,13 +332,17 @@ class Cluster:
     host per rack. repo: a published repository directory for nginx to serve."""
 
     def __init__(self, repo, racks=2, per_rack=1, seed_rate="200mbit", directory=True,
-                 cache_size="2G", readahead=None, extra_conf=None, appliance_rate=None):
+                 cache_size="2G", readahead=None, extra_conf=None, appliance_rate=None,
+                 frontend="shared"):
         if not 1 <= racks <= 200 or not 1 <= per_rack <= 99:
             raise ValueError("racks 1..200, per_rack 1..99")
+        if frontend not in FRONTENDS:
+            raise ValueError(f"frontend: one of {', '.join(FRONTENDS)}")
         rate_bytes(seed_rate)
         if appliance_rate is not None:
             rate_bytes(appliance_rate)
         self.appliance_rate = appliance_rate
+        self.frontend = frontend
         self.repo = os.path.abspath(repo)
         self.racks, self.per_rack = racks, per_rack
         self.seed_rate = seed_rate
@@ -373,12 +398,54 @@ class Cluster:
         run(["ip", "-n", host.ns, "link", "set", "eth0", "up"])
 
     @staticmethod
-    def _tbf(ns, dev, rate, latency):
+    def _tbf(ns, dev, rate, latency, parent=("root",)):
         # burst: 4 ms of the rate, at least 64 KiB (a veth hands tbf GSO packets of up
         # to 64 KiB; a smaller bucket would stall them).
         burst = max(64 * 1024, rate_bytes(rate) // 250)
-        run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
+        run(["tc", "-n", ns, "qdisc", "add", "dev", dev, *parent, "tbf", "rate", rate,
              "burst", str(burst), "latency", latency])
+
+    # u32 key for "an initiator host's address": 10.213.*.200, at offset 16 (destination)
+    # or 12 (source) of the IPv4 header.
+    _INITIATOR_KEY = "0x%02x%02x00%02x" % (*map(int, NET.split(".")), INITIATOR_HOST)
+
+    def _shape_appliance(self, ns, dev, initiator_is):
+        """Shapes dev's egress at appliance_rate. Frontend "separate": packets whose
+        `initiator_is` ("dst" or "src") address is an initiator host bypass the tbf."""
+        if self.frontend == "shared":
+            self._tbf(ns, dev, self.appliance_rate, "50ms")
+            return
+        # This kernel has no prio qdisc; htb is only the classifier's holder here: both
+        # classes get FRONTEND_RATE, far above what a veth moves on this machine, so the
+        # one shaper is the same tbf as with "shared", under class 1:20.
+        tc = ["tc", "-n", ns]
+        run(tc + ["qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "20"])
+        for cls in ("1:10", "1:20"):
+            run(tc + ["class", "add", "dev", dev, "parent", "1:", "classid", cls, "htb",
+                      "rate", FRONTEND_RATE, "quantum", "60000"])
+        run(tc + ["qdisc", "add", "dev", dev, "parent", "1:10", "handle", "10:", "pfifo",
+                  "limit", "1000"])
+        self._tbf(ns, dev, self.appliance_rate, "50ms", parent=("parent", "1:20", "handle",
+                                                              "20:"))
+        run(tc + ["filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1",
+                  "u32", "match", "u32", self._INITIATOR_KEY, "0xffff00ff", "at",
+                  "16" if initiator_is == "dst" else "12", "flowid", "1:10"])
+
+    def link_bytes(self, appliance):
+        """Bytes through appliance's shaped link so far, from the qdiscs' counters:
+        {"tx"|"rx": {"shaped": B, "frontend": B}}; tx = what the appliance sent (its
+        eth0), rx = what it received (its bridge port). "frontend" is the unshaped
+        initiator band (always 0 with frontend "shared"). {} when not shaped."""
+        if not self.appliance_rate:
+            return {}
+        out = {}
+        for way, ns, dev in (("tx", appliance.ns, "eth0"), ("rx", self.core.ns,
+                                                            appliance.name)):
+            qs = json.loads(run(["tc", "-n", ns, "-s", "-j", "qdisc", "show", "dev",
+                                 dev]).stdout)
+            kinds = {q["kind"]: int(q.get("bytes", 0)) for q in qs}
+            out[way] = {"shaped": kinds.get("tbf", 0), "frontend": kinds.get("pfifo", 0)}
+        return out
 
     def _network(self):
         self._add_ns(self.core)
@@ -394,8 +461,8 @@ class Cluster:
             if self.appliance_rate:
                 # Egress on each side of the veth: what the appliance sends (its eth0)
                 # and what the bridge sends it (its port in the core namespace).
-                self._tbf(a.ns, "eth0", self.appliance_rate, "50ms")
-                self._tbf(self.core.ns, a.name, self.appliance_rate, "50ms")
+                self._shape_appliance(a.ns, "eth0", "dst")
+                self._shape_appliance(self.core.ns, a.name, "src")
         for h in self.initiators.values():
             self._attach(h, h.name)
 
@@ -552,6 +619,9 @@ def main():
     up.add_argument("--no-directory", action="store_true")
     up.add_argument("--appliance-rate", default=None,
                     help="shape each appliance's link both ways (tc tbf), e.g. 1gbit")
+    up.add_argument("--frontend", choices=FRONTENDS, default="shared",
+                    help="with --appliance-rate: 'separate' leaves traffic to the "
+                    "initiators unshaped (a storage-frontend network); default shared")
     up.add_argument("--size-mb", type=int, default=64)
     args = ap.parse_args()
     if args.cmd == "cleanup-stale":
@@ -567,14 +637,17 @@ def main():
         run(["bash", SAMPLE, raw, str(args.size_mb)], timeout=300)
         run([RACKDISK, "image", "publish", raw, "--repo", repo, "--name", "img"], timeout=300)
         with Cluster(repo, args.racks, args.per_rack, args.seed_rate,
-                     not args.no_directory, appliance_rate=args.appliance_rate) as c:
+                     not args.no_directory, appliance_rate=args.appliance_rate,
+                     frontend=args.frontend) as c:
             for a in c.appliances:
                 print(f"{a.name}: ns {a.ns} api {a.api} portal {a.addr}:{PORTAL_PORT}")
             for k, h in c.initiators.items():
                 print(f"rack {k} initiators: ns {h.ns} ({h.addr})")
             print(f"seed: ns {c.seed.ns} http://{SEED_ADDR}/ ({args.seed_rate}); image tag img")
             if args.appliance_rate:
-                print(f"appliance links shaped at {args.appliance_rate} each way")
+                print(f"appliance links shaped at {args.appliance_rate} each way; frontend "
+                      f"{args.frontend}" + (" (initiator traffic unshaped)"
+                                            if args.frontend == "separate" else ""))
             print("Ctrl-C to tear down")
             try:
                 while True:
