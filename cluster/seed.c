@@ -47,6 +47,7 @@ struct seed {
 /* One transfer's receive state. */
 struct seed_rx {
 	struct seed *s;
+	CURL *curl; /* for the response's Content-Length; NULL for a directory seed */
 	char *buf;
 	size_t len, cap, max;
 	bool too_big;
@@ -210,7 +211,15 @@ static size_t seed_write_cb(char *data, size_t size, size_t nmemb, void *arg)
 	}
 	if (rx->len + n > rx->cap) {
 		size_t cap = rx->cap ? rx->cap : 64 * 1024;
+		curl_off_t clen = -1;
 		char *nb;
+
+		/* Sized once from Content-Length: growing a ~1 MiB object by doubling from
+		 * 64 KiB copied it about twice more in realloc (a tenth of a cold read's CPU). */
+		if (!rx->cap && rx->curl &&
+		    curl_easy_getinfo(rx->curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &clen) ==
+			    CURLE_OK && clen > 0)
+			cap = (size_t)MIN((uint64_t)clen, (uint64_t)rx->max);
 
 		while (cap < rx->len + n)
 			cap *= 2;
@@ -357,6 +366,7 @@ static int seed_http_get(struct seed *s, const char *rel, struct seed_rx *rx, ui
 	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS,
 			 (long)MIN((uint64_t)timeout_ms, s->o.connect_timeout_ms));
+	rx->curl = c;
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, rx);
 	curl_easy_setopt(c, CURLOPT_XFERINFODATA, rx);
 	rc = curl_easy_perform(c);

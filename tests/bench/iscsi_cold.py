@@ -1,4 +1,4 @@
-"""iscsi_cold.py [--size-mib N] [--rounds N] [--workers N] [--readahead N] [--depth N]
+"""iscsi_cold.py [--size-mib N] [--rounds N] [--workers N] [--readahead N] [--depth N] [--perf F]
 [--seed-rate RATE] [--variants loopback,limited] [--tgtd-in-service]: cold whole-disk
 sequential read through iSCSI from an empty cache, against curl downloading the raw image
 from the same nginx over the same link (issue 4 target: <= 1.5x curl's time).
@@ -40,6 +40,7 @@ import atexit
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -200,6 +201,31 @@ def chunk_bytes_sent(nginx):
     return total
 
 
+def perf_start(base, label, rnd, pids):
+    """perf record -g of rackdiskd and tgtd during a cold read into BASE.LABEL.ROUND."""
+    if not base:
+        return None
+    out = f"{base}.{label}.{rnd}"
+    rec = subprocess.Popen(["perf", "record", "-g", "-o", out + ".data", "-p",
+                            ",".join(str(p) for p in pids.values())],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # perf attaches before the read starts
+    return rec, out
+
+
+def perf_stop(rec):
+    if not rec:
+        return
+    proc, out = rec
+    proc.send_signal(signal.SIGINT)
+    proc.wait(60)
+    with open(out, "w") as f:
+        subprocess.run(["perf", "report", "-i", out + ".data", "--no-children", "--stdio",
+                        "--sort", "comm,dso,sym", "-g", "none", "--percent-limit", "0.3"],
+                       stdout=f, stderr=subprocess.DEVNULL, timeout=300)
+    print(f"  perf profile of rackdiskd and tgtd during the cold read: {out}")
+
+
 def run_variant(label, nginx, size, args, seed_extra, raw):
     """Rounds of curl + cold + warm reads against nginx; returns a result dict."""
     url_raw = f"{nginx.url}/image.raw"
@@ -224,7 +250,11 @@ def run_variant(label, nginx, size, args, seed_extra, raw):
             pids = {"rackdiskd": app.proc.pid, "tgtd": app.tgtd_pid()}
             cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
             reader0 = children_cpu()
-            cold = bench_read(url, size, args.depth)
+            rec = perf_start(args.perf, label, rnd, pids)
+            try:
+                cold = bench_read(url, size, args.depth)
+            finally:
+                perf_stop(rec)
             cpu = {k: cpu_seconds(v) - cpu0[k] for k, v in pids.items()}
             cpu["qemu-img"] = children_cpu() - reader0
             warm = bench_read(url, size, args.depth)
@@ -276,6 +306,9 @@ def main():
     ap.add_argument("--seed-rate", default=os.environ.get("BENCH_SEED_RATE", "1gbit"),
                     help="tc rate of the limited variant's seed link (env BENCH_SEED_RATE)")
     ap.add_argument("--variants", default="loopback,limited")
+    ap.add_argument("--perf", default=None,
+                    help="perf record rackdiskd + tgtd during each cold read into "
+                         "PERF.<variant>.<round> (report) and .data")
     ap.add_argument("--tgtd-in-service", action="store_true",
                     help="before each cold read, read the raw image once through an rdwr LUN "
                          "of the appliance's tgtd (a tgtd that has served I/O; the rackdisk "

@@ -16,12 +16,15 @@ Workloads (QEMU's iscsi driver, cache=none, aio in qemu-img's own event loop):
   rand-4K-d32  4 KiB reads at depth 32; qemu-img bench only steps through the image, so
                the step is a prime number of 4 KiB blocks (a scattered, cache-hostile
                order over the whole image) - called "random" below
-Each workload runs rounds times on each LUN, alternating (and alternating which goes
-first), after a warm-up pass. Prints the best MiB/s (and IOPS) of each LUN and the median
-of the per-round ratios rackdisk/rdwr with their range (target >= 0.95): on a shared
-machine one pass swings by +-20%, pairing the two LUNs round by round cancels most of it. --perf FILE records tgtd (perf record -g) during one extra seq-1M-d16 run on
-the rackdisk LUN and writes `perf report --no-children` to FILE (FILE.rdwr: the same
-on the rdwr LUN).
+Each workload runs rounds times (default 9) on each LUN, alternating (and alternating which
+goes first), after a warm-up pass. Prints the best MiB/s (and IOPS) of each LUN and the
+median of the per-round ratios rackdisk/rdwr with their range (target >= 0.95): on a
+shared machine one pass swings by +-20%, pairing the two LUNs round by round cancels most
+of it, and nine pairs keep one bad pass from moving the median.
+
+--perf FILE records tgtd (perf record -g) during one extra run of --perf-workload (default
+seq-1M-d16) on the rackdisk LUN and writes `perf report --no-children` to FILE (FILE.rdwr:
+the same on the rdwr LUN), with a line giving bs_rackdisk.so's share of tgtd's samples.
 """
 import argparse
 import os
@@ -70,13 +73,14 @@ def add_rdwr_lun(app, raw):
     return f"iscsi://127.0.0.1:{app.portal_port}/{iqn}/1"
 
 
-def perf_record(app, url, image, out):
+def perf_record(app, url, workload, out):
+    name, size, depth, count, step = workload
     pid = app.tgtd_pid()
     data = out + ".data"
     rec = subprocess.Popen(["perf", "record", "-g", "-o", data, "-p", str(pid)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        bench(url, MiB, 16, max(image // MiB * 2, 256), MiB)
+        bench(url, size, depth, count, step)
     finally:
         rec.send_signal(2)
         rec.wait(60)
@@ -84,7 +88,13 @@ def perf_record(app, url, image, out):
         subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
                         "--percent-limit", "0.5"], stdout=f, stderr=subprocess.DEVNULL,
                        timeout=300)
-    print(f"perf profile of tgtd during seq-1M-d16 on {url}: {out}")
+    r = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio", "--sort",
+                        "dso", "-g", "none"], capture_output=True, text=True, timeout=300)
+    shares = dict((m.group(2), float(m.group(1))) for m in
+                  re.finditer(r"^\s+([0-9.]+)%\s+(\S+)", r.stdout, re.M))
+    print(f"perf profile of tgtd during {name} on {url}: {out}; share of tgtd's samples: "
+          + ", ".join(f"{k} {v:.2f}%" for k, v in sorted(shares.items(), key=lambda x: -x[1])
+                      if v >= 0.1 or k == "bs_rackdisk.so"))
 
 
 def fetch_counters(app):
@@ -96,9 +106,11 @@ def fetch_counters(app):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=256, help="image size in MiB")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--perf", default=os.environ.get("BENCH_PERF"),
-                    help="write a perf profile of tgtd (seq-1M-d16, rackdisk) here")
+                    help="write a perf profile of tgtd (rackdisk; FILE.rdwr: rdwr) here")
+    ap.add_argument("--perf-workload", default="seq-1M-d16",
+                    help="the workload --perf records (seq-1M-d16 or rand-4K-d32)")
     args = ap.parse_args()
     image = args.size * MiB
 
@@ -156,8 +168,9 @@ def main():
                            f"vs rdwr {best['rdwr'][0]:.1f} MiB/s, median ratio {ratio:.2f}x "
                            f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}, target >= 0.95x)")
         if args.perf:
-            perf_record(app, urls["rackdisk"], image, args.perf)
-            perf_record(app, urls["rdwr"], image, args.perf + ".rdwr")
+            w = next(w for w in workloads if w[0] == args.perf_workload)
+            perf_record(app, urls["rackdisk"], w, args.perf)
+            perf_record(app, urls["rdwr"], w, args.perf + ".rdwr")
         _, fetched_after = fetch_counters(app)
         print(f"chunks fetched during the timed runs: {fetched_after - fetched} (0 expected)")
         print("\n".join(summary))
