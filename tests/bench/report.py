@@ -111,9 +111,13 @@ def cluster_appliance_rows(name, text):
     r = re.search(r"ratio " + NUM + r"x \(target >= " + NUM, text)
     g = re.search(NUM + r" per chunk \(target " + NUM + r"; baseline without the cluster: " +
                   NUM, text)
+    w = re.search(r"iSCSI ceiling: B re-reading warm " + NUM + r" MB/s.*at most " + NUM + "x",
+                  text)
     rows = []
     if b and c and r:
-        rows.append(row(f"{name}: peer reads via iSCSI", f"{b.group(1)} MB/s",
+        fig = f"{b.group(1)} MB/s" + (f" (warm ceiling {w.group(1)} MB/s, max {w.group(2)}x)"
+                                      if w else "")
+        rows.append(row(f"{name}: peer reads via iSCSI", fig,
                         f"{c.group(1)} MB/s (curl)", float(r.group(1)), ">=",
                         float(r.group(2))))
     if g:
