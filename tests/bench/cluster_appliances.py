@@ -53,7 +53,7 @@ from cluster_appliance_helpers import (TOKEN, chunk_gets, cluster_appliance,  # 
                                        create_disk, fetch_bytes, image_chunks, metrics,
                                        read_disk, read_disk_cmd, same_as_image,
                                        wait_cluster, write_token)
-from peer_bench import load_manifest, write_trace  # noqa: E402
+from peer_bench import load_manifest, write_extent_trace, write_trace  # noqa: E402
 from servers import Redis  # noqa: E402
 
 RDREPLAY = os.environ.get("RDREPLAY", os.path.join(ROOT, "build", "tests", "rack", "rdreplay"))
@@ -75,30 +75,6 @@ def curl_chunks(addr, hashes, workdir, parallel=1):
                        capture_output=True, text=True)
     t = time.perf_counter() - t0
     return t, sum(int(x) for x in r.stdout.split())
-
-
-def write_extent_trace(path, image_id, manifest, read_size, depth):
-    """An rdreplay trace reading only the allocated extents (runs of non-zero chunks), in
-    order, in reads of at most read_size; read i ends at i + depth, so `depth` reads are
-    in flight (the format of peer_bench.write_trace). Returns the bytes it reads."""
-    cs, size = manifest["chunk_size"], manifest["size"]
-    runs, start = [], None
-    for i, h in enumerate(manifest["chunks"] + [None]):
-        if h and start is None:
-            start = i * cs
-        elif not h and start is not None:
-            runs.append((start, min(i * cs, size)))
-            start = None
-    n = total = 0
-    with open(path, "w") as f:
-        f.write(f"# rackdisk-trace 1\n# image {image_id} size {size}\n")
-        for lo, hi in runs:
-            for off in range(lo, hi, read_size):
-                ln = min(read_size, hi - off)
-                f.write(f"{n} {n} {n + depth} {off} {ln}\n")
-                n += 1
-                total += ln
-    return total
 
 
 def replay_read(a, trace, url, raw, timeout=300):

@@ -42,6 +42,10 @@ from servers import Nginx  # noqa: E402
 from tgt_helpers import TARGET_PARAMS, make_raw  # noqa: E402
 
 MiB = 1 << 20
+# Extra tgtadm --params for the baseline LUN (env RDWR_LUN_PARAMS), e.g.
+# "thin_provisioning=1" to give it the thin flag rackdiskd's LUNs carry (target/tgtmgr.c),
+# so the initiator treats both alike. Default: none, tgt's plain rdwr LUN.
+RDWR_LUN_PARAMS = os.environ.get("RDWR_LUN_PARAMS", "")
 
 
 def bench(url, size, depth, count, step):
@@ -55,7 +59,7 @@ def bench(url, size, depth, count, step):
     return count * size / secs / MiB, count / secs
 
 
-def add_rdwr_lun(app, raw):
+def add_rdwr_lun(app, raw, lun_params=RDWR_LUN_PARAMS):
     """A target with tgt's rdwr store on raw in the appliance's own tgtd (same threads,
     same portal): the baseline."""
     iqn = f"{IQN_PREFIX}:rdwr-baseline"
@@ -66,7 +70,9 @@ def add_rdwr_lun(app, raw):
     for args in (("--op", "new", "--mode", "target", "--tid", "900", "-T", iqn), *params,
                  ("--op", "bind", "--mode", "target", "--tid", "900", "-I", "ALL"),
                  ("--op", "new", "--mode", "logicalunit", "--tid", "900", "--lun", "1",
-                  "--bstype", "rdwr", "--backing-store", raw)):
+                  "--bstype", "rdwr", "--backing-store", raw, "--blocksize", "512"),
+                 *((("--op", "update", "--mode", "logicalunit", "--tid", "900", "--lun", "1",
+                     "--params", lun_params),) if lun_params else ())):
         r = app.tgtadm(*args)
         if r.returncode:
             raise RuntimeError(f"tgtadm {' '.join(args)}: {r.stderr}")

@@ -144,6 +144,8 @@ def peer_link_rows(name, text):
     rows = []
     for v in variants:
         fe = where.get(v["frontend"], v["frontend"])
+        if v.get("reader") == "extents":
+            fe += ", allocated extents read"
         rows.append(row(f"{name}: {v['image']} image, {fe}, {s['rate']} links",
                         f"{v['mbps_b']} MB/s (warm ceiling {v['mbps_warm']} MB/s, "
                         f"max {v['ceiling']:.2f}x)",
@@ -240,7 +242,7 @@ plot '{dat}' using 1:2 with linespoints lw 2 title 'p50, peers', \\
     p = subprocess.run(["gnuplot"], input=script, capture_output=True, text=True, timeout=60)
     if p.returncode:
         return f"gnuplot failed: {p.stderr.strip()[:300]}"
-    return f"![boot time vs racks](storm.png) (data: storm.dat)"
+    return "![boot time vs racks](storm.png) (data: storm.dat)"
 
 
 def main():

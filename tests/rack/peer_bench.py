@@ -23,6 +23,17 @@ through the shaper. With "separate", round 1 also measures the topology directly
 of the first chunks from A's peer listener from rack 1's initiator host (frontend,
 unshaped) and from B (peer link, shaped).
 
+Two readers (the optional third field of a variant):
+  whole     B's initiator reads every block of the disk in order, zero chunks included;
+            those never come from a peer, but they cross the iSCSI link and, being read
+            in order, after the non-zero chunks before them: on the sample image the
+            read is then peer time + zero-tail time, which curl's baseline never pays;
+  extents   only the allocated extents GET LBA STATUS reports (the non-zero chunks,
+            merged into runs), which is what `qemu-img convert` of the disk reads
+            (write_extent_trace; tests/bench/cluster_appliances.py reads the same way).
+Round 1 also prints how busy the machine's cores were during B's cold and warm reads
+(/proc/stat): every host of the cluster shares them.
+
 Cluster: 2 racks x 1 appliance (A = r1a1, B = r2a1), Redis directory, seed uplink
 --seed-rate (the harness default, 200mbit), appliance links shaped at --rate. Per round
 and per image, a fresh cluster (so B's cache and Redis start empty):
@@ -69,6 +80,11 @@ import rack  # noqa: E402
 from rack import PEER_PORT, RACKDISK, RDREPLAY, ROOT, TOKEN, Cluster, RackError  # noqa: E402
 
 MIB = 1 << 20
+# How B's initiator reads the disk: "whole", every block in order, zero chunks included
+# (a guest's dd); "extents", only the allocated extents that GET LBA STATUS reports,
+# i.e. the non-zero chunks (what `qemu-img convert` of the disk reads).
+READERS = ("whole", "extents")
+DEFAULT_VARIANTS = "sample:shared,sample:shared:extents,sample:separate,random:shared"
 
 
 class BenchError(RuntimeError):
@@ -100,6 +116,30 @@ def write_trace(path, image_id, size, read_size, depth):
         f.write(f"# rackdisk-trace 1\n# image {image_id} size {size}\n")
         for i, off in enumerate(range(0, size, read_size)):
             f.write(f"{i} {i} {i + depth} {off} {min(read_size, size - off)}\n")
+
+
+def write_extent_trace(path, image_id, manifest, read_size, depth):
+    """An rdreplay trace reading only the allocated extents (runs of non-zero chunks), in
+    order, in reads of at most read_size; read i ends at i + depth, so `depth` reads are
+    in flight (the format of write_trace). Returns the bytes it reads."""
+    cs, size = manifest["chunk_size"], manifest["size"]
+    runs, start = [], None
+    for i, h in enumerate(manifest["chunks"] + [None]):
+        if h and start is None:
+            start = i * cs
+        elif not h and start is not None:
+            runs.append((start, min(i * cs, size)))
+            start = None
+    n = total = 0
+    with open(path, "w") as f:
+        f.write(f"# rackdisk-trace 1\n# image {image_id} size {size}\n")
+        for lo, hi in runs:
+            for off in range(lo, hi, read_size):
+                ln = min(read_size, hi - off)
+                f.write(f"{n} {n} {n + depth} {off} {ln}\n")
+                n += 1
+                total += ln
+    return total
 
 
 def prepare(work, size_mb, chunk_size, images):
@@ -193,14 +233,48 @@ def frontend_probe(c, a, b, chunks, work, nbytes=32 * MIB):
     return out
 
 
-def one_round(repo, tag, raw, frontend, args, work, probe=False):
+def cpu_ticks():
+    """(busy, total) jiffies of the whole machine from /proc/stat (every namespace shares
+    the two cores: A, B, both tgtds, the initiator)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    return sum(v) - idle, sum(v)
+
+
+def tcp_counters(host):
+    """{RetransSegs, TCPTimeouts, TCPLossProbes}: host's namespace's TCP counters."""
+    out = {}
+    for f in ("/proc/net/snmp", "/proc/net/netstat"):
+        lines = host.run("cat", f).stdout.splitlines()
+        for head, vals in zip(lines[::2], lines[1::2]):
+            names, nums = head.split()[1:], vals.split()[1:]
+            out.update(zip(names, (int(x) for x in nums)))
+    return {k: out.get(k, 0) for k in ("RetransSegs", "TCPTimeouts", "TCPLossProbes")}
+
+
+def busy_share(t0, t1):
+    return (t1[0] - t0[0]) / max(1, t1[1] - t0[1])
+
+
+def one_round(repo, tag, raw, frontend, reader, args, work, probe=False):
     image_id, manifest = load_manifest(repo, tag)
     chunks = distinct_chunks(manifest)
     unique = sum(n for _, n in chunks)
-    trace = os.path.join(work, f"{tag}.trace")
-    write_trace(trace, image_id, manifest["size"], args.read_size, args.depth)
+    trace = os.path.join(work, f"{tag}.{reader}.trace")
+    if reader == "whole":
+        write_trace(trace, image_id, manifest["size"], args.read_size, args.depth)
+        read_bytes = manifest["size"]
+    else:
+        read_bytes = write_extent_trace(trace, image_id, manifest, args.read_size,
+                                        args.depth)
+    extra = {}
+    for kv in args.conf:
+        key, value = kv.split("=", 1)
+        sec, name = key.split(".", 1)
+        extra.setdefault(sec, []).append(f"{name} = {value}")
     with Cluster(repo, racks=2, per_rack=1, seed_rate=args.seed_rate,
-                 appliance_rate=args.rate, frontend=frontend) as c:
+                 appliance_rate=args.rate, frontend=frontend, extra_conf=extra) as c:
         a, b = c.rack_appliances(1)[0], c.rack_appliances(2)[0]
         replay(c.initiators[1], trace, a.create_disk("warm-a", tag), timeout=args.timeout)
         fa = a.fetch_bytes()
@@ -210,7 +284,10 @@ def one_round(repo, tag, raw, frontend, args, work, probe=False):
         probed = frontend_probe(c, a, b, chunks, work) if probe else None
         url = b.create_disk("cold-b", tag)
         before, link0 = b.fetch_bytes(), c.link_bytes(b)
+        t0, tcp0 = cpu_ticks(), tcp_counters(a)
         cold = replay(c.initiators[2], trace, url, raw=raw, timeout=args.timeout)
+        cpu_cold = busy_share(t0, cpu_ticks())
+        tcp = {k: v - tcp0[k] for k, v in tcp_counters(a).items()}
         after, link = b.fetch_bytes(), link_delta(link0, c.link_bytes(b))
         m = b.metrics()
         conns_b = int(m.get("rackdisk_peer_client_connections_total", 0))
@@ -224,10 +301,12 @@ def one_round(repo, tag, raw, frontend, args, work, probe=False):
         if d["seed"] != 0 or d["peer"] != unique:
             raise BenchError(f"B's cold read: seed {d['seed']} B (want 0), peer {d['peer']} "
                              f"B (want {unique})")
-        problem = check_link(frontend, link, manifest["size"], unique)
+        problem = check_link(frontend, link, read_bytes, unique)
         if problem:
-            raise BenchError(f"{tag}/{frontend}: {problem}")
+            raise BenchError(f"{tag}/{frontend}/{reader}: {problem}")
+        t0 = cpu_ticks()
         warm = replay(c.initiators[2], trace, url, timeout=args.timeout)
+        cpu_warm = busy_share(t0, cpu_ticks())
         fb = b.fetch_bytes()
         if fb["seed"] != 0 or fb["peer"] != unique:
             raise BenchError(f"B's warm re-read fetched: {fb}")
@@ -235,28 +314,31 @@ def one_round(repo, tag, raw, frontend, args, work, probe=False):
             "b_login_s": cold["connect_s"], "warm_s": warm["elapsed_s"],
             "ratio": t_curl / cold["elapsed_s"], "ceiling": t_curl / warm["elapsed_s"],
             "b_bytes": d, "b_link": link, "probe": probed,
+            "cpu_cold": cpu_cold, "cpu_warm": cpu_warm, "a_tcp": tcp,
             "b_peer_connections": conns_b, "b_readahead": readahead,
             "b_waited": waited, "b_socket_requests": requests,
             "chunks": len(chunks), "unique_bytes": unique,
-            "disk_bytes": manifest["size"]}
+            "disk_bytes": manifest["size"], "read_bytes": read_bytes}
 
 
 def parse_variants(text):
     out = []
     for v in (x.strip() for x in text.split(",") if x.strip()):
-        tag, _, frontend = v.partition(":")
-        frontend = frontend or "shared"
-        if tag not in ("sample", "random") or frontend not in rack.FRONTENDS:
-            sys.exit(f"peer_bench: bad variant {v!r} (IMAGE:FRONTEND, image sample|random, "
-                     f"frontend {'|'.join(rack.FRONTENDS)})")
-        if (tag, frontend) not in out:
-            out.append((tag, frontend))
+        tag, frontend, reader = (v.split(":") + ["", ""])[:3]
+        frontend, reader = frontend or "shared", reader or "whole"
+        if (tag not in ("sample", "random") or frontend not in rack.FRONTENDS or
+                reader not in READERS or v.count(":") > 2):
+            sys.exit(f"peer_bench: bad variant {v!r} (IMAGE:FRONTEND[:READER], image "
+                     f"sample|random, frontend {'|'.join(rack.FRONTENDS)}, reader "
+                     f"{'|'.join(READERS)})")
+        if (tag, frontend, reader) not in out:
+            out.append((tag, frontend, reader))
     if not out:
         sys.exit("peer_bench: no variant")
     return out
 
 
-def report(tag, frontend, rounds, args):
+def report(tag, frontend, reader, rounds, args):
     """Prints one variant's figures; returns its summary entry."""
     r0 = rounds[0]
     med = {k: statistics.median(r[k] for r in rounds)
@@ -266,8 +348,11 @@ def report(tag, frontend, rounds, args):
     where = ("shared NIC: iSCSI to the initiator and peer traffic on one link" if
              frontend == "shared" else
              "separate frontend: iSCSI to the initiator unshaped, peer traffic on the link")
-    print(f"{tag} image, {where}: {r0['chunks']} distinct non-zero chunks = "
-          f"{u / 1e6:.1f} MB of a {r0['disk_bytes'] / MIB:.0f} MiB disk "
+    how = ("the whole disk, zero chunks included" if reader == "whole" else
+           f"its allocated extents ({r0['read_bytes'] / 1e6:.1f} MB, as qemu-img convert "
+           f"reads it)")
+    print(f"{tag} image, {where}; B's initiator reads {how}: {r0['chunks']} distinct "
+          f"non-zero chunks = {u / 1e6:.1f} MB of a {r0['disk_bytes'] / MIB:.0f} MiB disk "
           f"(median of {len(rounds)}):")
     print(f"  B via iSCSI from A over the link: {mbps['b_s']:8.1f} MB/s  "
           f"({med['b_s']:.3f} s; peer {r0['b_bytes']['peer']} B, seed 0 B)")
@@ -288,14 +373,24 @@ def report(tag, frontend, rounds, args):
         print(f"  topology check (round 1): curl from A's peer listener to rack 1's "
               f"initiator host {r0['probe']['initiator']:.1f} MB/s (frontend), to B "
               f"{r0['probe']['peer']:.1f} MB/s (peer link, {args.rate})")
+    print(f"  A's TCP during B's cold read (round 1): " +
+          ", ".join(f"{k} {v}" for k, v in r0["a_tcp"].items()))
+    ncpu = os.cpu_count()
+    print(f"  machine CPU busy (all hosts share {ncpu} cores), round 1: "
+          f"{r0['cpu_cold'] * 100:.0f}% during B's cold read, {r0['cpu_warm'] * 100:.0f}% "
+          f"during the warm re-read ({r0['cpu_cold'] * ncpu * r0['b_s']:.2f} and "
+          f"{r0['cpu_warm'] * ncpu * r0['warm_s']:.2f} CPU-seconds); near 100% means the "
+          f"read is CPU-bound here, not link-bound")
     print(f"  iSCSI ceiling: B re-reading warm {mbps['warm_s']:.1f} MB/s of chunk bytes "
           f"({med['warm_s']:.3f} s for the whole disk): the ratio can be at most "
           f"{med['ceiling']:.2f}x")
     return {k: round(v, 4) for k, v in med.items()} | {
-        "image": tag, "frontend": frontend,
+        "image": tag, "frontend": frontend, "reader": reader,
         "mbps_b": round(mbps["b_s"], 1), "mbps_curl": round(mbps["curl_s"], 1),
         "mbps_warm": round(mbps["warm_s"], 1), "chunks": r0["chunks"],
-        "unique_bytes": u, "disk_bytes": r0["disk_bytes"], "b_link": lk,
+        "cpu_busy_cold": round(r0["cpu_cold"], 3), "cpu_busy_warm": round(r0["cpu_warm"], 3),
+        "unique_bytes": u, "disk_bytes": r0["disk_bytes"], "read_bytes": r0["read_bytes"],
+        "b_link": lk,
         "probe_mbps": ({k: round(v, 1) for k, v in r0["probe"].items()}
                        if r0["probe"] else None),
         "ratios": [round(r["ratio"], 4) for r in rounds]}
@@ -308,12 +403,16 @@ def main():
     ap.add_argument("--seed-rate", default="200mbit", help="seed uplink (tc tbf)")
     ap.add_argument("--size-mb", type=int, default=128)
     ap.add_argument("--chunk-size", default="1M")
-    ap.add_argument("--variants", default="sample:shared,sample:separate,random:shared",
-                    help="comma list of IMAGE:FRONTEND, image sample|random, frontend "
-                    "shared|separate (default sample:shared,sample:separate,random:shared)")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS,
+                    help="comma list of IMAGE:FRONTEND[:READER], image sample|random, "
+                    "frontend shared|separate, reader whole|extents (default "
+                    f"{DEFAULT_VARIANTS})")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--read-size", type=int, default=MIB, help="initiator read size, bytes")
     ap.add_argument("--depth", type=int, default=8, help="initiator reads in flight")
+    ap.add_argument("--conf", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="an extra rackdiskd.conf line for every appliance (repeatable), "
+                         "e.g. cluster.readahead=32")
     ap.add_argument("--timeout", type=int, default=300, help="per read of a disk, seconds")
     args = ap.parse_args()
     variants = parse_variants(args.variants)
@@ -326,24 +425,24 @@ def main():
                "size_mb": args.size_mb, "target": 0.8, "variants": []}
     try:
         repo, raws = prepare(work, args.size_mb, args.chunk_size,
-                             list(dict.fromkeys(t for t, _ in variants)))
+                             list(dict.fromkeys(t for t, _, _ in variants)))
         print(f"peer throughput over a {args.rate} link per appliance (tc tbf both ways), "
               f"2 racks x 1 appliance, seed {args.seed_rate}; {args.rounds} round(s), fresh "
               f"cluster each; B's initiator: {args.read_size // 1024} KiB reads, "
               f"{args.depth} in flight")
-        for tag, frontend in variants:
+        for tag, frontend, reader in variants:
             rounds = []
             for n in range(args.rounds):
-                r = one_round(repo, tag, raws[tag], frontend, args, work,
+                r = one_round(repo, tag, raws[tag], frontend, reader, args, work,
                               probe=(frontend == "separate" and n == 0))
                 rounds.append(r)
                 mb = lambda t: r["unique_bytes"] / t / 1e6  # noqa: E731
-                print(f"  {tag}/{frontend} round {n + 1}: curl {r['curl_s']:.3f} s "
+                print(f"  {tag}/{frontend}/{reader} round {n + 1}: curl {r['curl_s']:.3f} s "
                       f"{mb(r['curl_s']):.1f} MB/s ({r['curl_connections']} connection(s)); "
                       f"B cold {r['b_s']:.3f} s {mb(r['b_s']):.1f} MB/s; "
                       f"B warm {r['warm_s']:.3f} s {mb(r['warm_s']):.1f} MB/s; "
                       f"ratio {r['ratio']:.2f}x", flush=True)
-            summary["variants"].append(report(tag, frontend, rounds, args))
+            summary["variants"].append(report(tag, frontend, reader, rounds, args))
         print("peer-link-summary " + json.dumps(summary))
     except (BenchError, RackError) as e:
         sys.exit(f"peer_bench: {e}")
