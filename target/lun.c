@@ -59,8 +59,11 @@ struct lun {
 	struct chunk_hash touch[FETCH_PROTO_TOUCH_MAX];   /* protected by touch_lock */
 	size_t ntouch;
 	uint64_t touch_first_ns;
+	/* recent[] and seen[] are written under touch_lock; access_known() reads their
+	 * words without it (relaxed atomics), hence the atomic stores. */
 	struct {
 		struct chunk_hash h;
+		uint64_t tag;     /* h's first 8 bytes, for access_known() */
 		uint64_t when_ns;
 	} recent[TOUCH_RECENT];                           /* protected by touch_lock */
 	struct {
@@ -110,11 +113,32 @@ static bool seen_note(struct lun *l, uint64_t idx, uint64_t now, bool fetched)
 		return false;
 	hint = !fetched && run_before(l, idx, now);
 	if (!again || hint || fetched) {
-		l->seen[slot].idx_1 = idx + 1;
-		l->seen[slot].when_ns = now;
-		l->seen[slot].hinted = hint || fetched;
+		__atomic_store_n(&l->seen[slot].idx_1, idx + 1, __ATOMIC_RELAXED);
+		__atomic_store_n(&l->seen[slot].when_ns, now, __ATOMIC_RELAXED);
+		__atomic_store_n(&l->seen[slot].hinted, hint || fetched, __ATOMIC_RELAXED);
 	}
 	return hint;
+}
+
+/*
+ * True when lun_on_access() would do nothing for this read: the chunk was reported as
+ * touched, and its index as a HIT (or FETCH), within the repeat intervals. That is nearly
+ * every read of a warm disk, so it is answered without touch_lock: 16 tgtd worker
+ * threads taking one mutex per 4 KiB read made them queue on it. Racy by design (the
+ * words are read one by one while a writer may be mid-update): a wrong answer either
+ * takes the lock for nothing or skips one advisory report, never more.
+ */
+static bool access_known(struct lun *l, uint64_t tag, uint64_t idx, uint64_t now)
+{
+	uint64_t slot = tag % TOUCH_RECENT;
+	unsigned s = (unsigned)(idx % HINT_RECENT);
+
+	return __atomic_load_n(&l->recent[slot].tag, __ATOMIC_RELAXED) == tag &&
+	       now - __atomic_load_n(&l->recent[slot].when_ns, __ATOMIC_RELAXED) <
+		       TOUCH_REPEAT_NS &&
+	       __atomic_load_n(&l->seen[s].idx_1, __ATOMIC_RELAXED) == idx + 1 &&
+	       now - __atomic_load_n(&l->seen[s].when_ns, __ATOMIC_RELAXED) < HINT_REPEAT_NS &&
+	       __atomic_load_n(&l->seen[s].hinted, __ATOMIC_RELAXED);
 }
 
 static int lun_miss(void *arg, const struct chunk_hash *h, uint64_t idx, uint32_t len,
@@ -141,15 +165,17 @@ static void lun_on_access(void *arg, const struct chunk_hash *h, uint64_t idx)
 {
 	struct chunk_hash batch[FETCH_PROTO_TOUCH_MAX];
 	struct lun *l = arg;
-	uint64_t now, slot;
+	uint64_t now, tag, slot;
 	size_t n = 0;
 	bool hint = false, touch = true;
 
 	if (!l->fc)
 		return;
-	memcpy(&slot, h->b, sizeof(slot));
-	slot %= TOUCH_RECENT;
+	memcpy(&tag, h->b, sizeof(tag));
+	slot = tag % TOUCH_RECENT;
 	now = now_ns();
+	if (access_known(l, tag, idx, now))
+		return;
 	pthread_mutex_lock(&l->touch_lock);
 	hint = seen_note(l, idx, now, false);
 	if (hint)
@@ -158,7 +184,8 @@ static void lun_on_access(void *arg, const struct chunk_hash *h, uint64_t idx)
 		touch = false;
 	if (touch) {
 		l->recent[slot].h = *h;
-		l->recent[slot].when_ns = now;
+		__atomic_store_n(&l->recent[slot].tag, tag, __ATOMIC_RELAXED);
+		__atomic_store_n(&l->recent[slot].when_ns, now, __ATOMIC_RELAXED);
 		if (l->ntouch == 0)
 			l->touch_first_ns = now;
 		l->touch[l->ntouch++] = *h;

@@ -20,7 +20,10 @@ Each workload runs rounds times (default 9) on each LUN, alternating (and altern
 goes first), after a warm-up pass. Prints the best MiB/s (and IOPS) of each LUN and the
 median of the per-round ratios rackdisk/rdwr with their range (target >= 0.95): on a
 shared machine one pass swings by +-20%, pairing the two LUNs round by round cancels most
-of it, and nine pairs keep one bad pass from moving the median.
+of it, and nine pairs keep one bad pass from moving the median. It also prints the CPU
+each LUN's requests cost (tgtd's and qemu-img's CPU time over all rounds / requests):
+the two processes share the machine's 2 cores, so this bounds IOPS, and it varies much
+less with other load than a pass's throughput does.
 
 --perf FILE records tgtd (perf record -g) during one extra run of --perf-workload (default
 seq-1M-d16) on the rackdisk LUN and writes `perf report --no-children` to FILE (FILE.rdwr:
@@ -29,6 +32,7 @@ the same on the rdwr LUN), with a line giving bs_rackdisk.so's share of tgtd's s
 import argparse
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -57,6 +61,18 @@ def bench(url, size, depth, count, step):
     m = re.search(r"Run completed in ([0-9.]+) seconds", r.stdout)
     secs = float(m.group(1))
     return count * size / secs / MiB, count / secs
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        v = f.read().rsplit(")", 1)[1].split()
+    return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def add_rdwr_lun(app, raw, lun_params=RDWR_LUN_PARAMS):
@@ -150,17 +166,23 @@ def main():
         print(f"{'workload':14} {'rackdisk (best)':>22} {'rdwr (best)':>22} "
               f"{'median ratio (range)':>22}")
         worst = None
-        summary = []
+        summary, cpu_lines = [], []
+        tgtd = app.tgtd_pid()
         for name, size, depth, count, step in workloads:
             for url in urls.values():  # warm-up: page cache and connections
                 bench(url, size, depth, count // 4, step)
             best = {k: (0.0, 0.0) for k in urls}
+            cpu = {k: [0.0, 0.0, 0] for k in urls}  # tgtd s, qemu-img s, requests
             ratios = []
             for rnd in range(args.rounds):
                 res = {}
                 # Alternate which LUN goes first, so neither always runs after the other.
                 for k in (list(urls) if rnd % 2 == 0 else list(urls)[::-1]):
+                    c0, q0 = cpu_seconds(tgtd), children_cpu()
                     res[k] = bench(urls[k], size, depth, count, step)
+                    cpu[k][0] += cpu_seconds(tgtd) - c0
+                    cpu[k][1] += children_cpu() - q0
+                    cpu[k][2] += count
                     if res[k][0] > best[k][0]:
                         best[k] = res[k]
                 ratios.append(res["rackdisk"][0] / res["rdwr"][0])
@@ -170,6 +192,14 @@ def main():
             cells = [f"{best[k][0]:8.1f} MiB/s {best[k][1]:7.0f}/s" for k in urls]
             print(f"{name:14} {cells[0]:>22} {cells[1]:>22} {ratio:6.2f}x "
                   f"({ratios[0]:.2f}-{ratios[-1]:.2f})")
+            # CPU per request, summed over the rounds: less sensitive to the machine's
+            # other load than throughput, and on 2 cores the sum is what bounds IOPS.
+            per = {k: (v[0] / v[2] * 1e6, v[1] / v[2] * 1e6) for k, v in cpu.items()}
+            cpu_lines.append(
+                f"{name:14} CPU per request: " + " | ".join(
+                    f"{k} tgtd {t:.1f} us + qemu-img {q:.1f} us = {t + q:.1f} us"
+                    for k, (t, q) in per.items()) +
+                f"; rdwr/rackdisk {sum(per['rdwr']) / sum(per['rackdisk']):.3f}")
             summary.append(f"bench-iscsi-warm {name}: rackdisk {best['rackdisk'][0]:.1f} MiB/s "
                            f"vs rdwr {best['rdwr'][0]:.1f} MiB/s, median ratio {ratio:.2f}x "
                            f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}, target >= 0.95x)")
@@ -177,6 +207,7 @@ def main():
             w = next(w for w in workloads if w[0] == args.perf_workload)
             perf_record(app, urls["rackdisk"], w, args.perf)
             perf_record(app, urls["rdwr"], w, args.perf + ".rdwr")
+        print("\n".join(cpu_lines))
         _, fetched_after = fetch_counters(app)
         print(f"chunks fetched during the timed runs: {fetched_after - fetched} (0 expected)")
         print("\n".join(summary))
