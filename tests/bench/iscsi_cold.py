@@ -38,7 +38,6 @@ fresh 1 MiB buffer per command and no store read faster than ~300 MiB/s on loopb
 import argparse
 import atexit
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -52,7 +51,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 from appliance_helpers import RACKDISK, Appliance, install_module, servable  # noqa: E402
 from servers import Nginx, stop_process  # noqa: E402
 from tgt_helpers import Tgtd  # noqa: E402
-from iscsi_warm import add_rdwr_lun  # noqa: E402
+from iscsi_warm import add_rdwr_lun, children_cpu, cpu_seconds  # noqa: E402
 
 MIB = 1 << 20
 NS_PREFIX = "rdcold-"
@@ -65,18 +64,6 @@ def timed(cmd, timeout=900):
     if p.returncode:
         raise RuntimeError(f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr}")
     return dt
-
-
-def cpu_seconds(pid):
-    """User + system CPU time of a process so far (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu():
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
 
 
 def bench_read(url, size, depth):
@@ -276,7 +263,7 @@ def run_variant(label, nginx, size, args, seed_extra, raw):
               f"objects (zstd, deduplicated) where curl took {size / MIB:.0f} MiB")
         # Where a loopback cold read's time goes on a small machine: the CPU the three
         # processes need, against the cores there are (curl + nginx need far less).
-        print(f"  CPU during the cold read: " +
+        print("  CPU during the cold read: " +
               ", ".join(f"{k} {v:.2f} s" for k, v in cpu.items()) +
               f"; sum {sum(cpu.values()):.2f} s on {os.cpu_count()} cores")
     rows.sort()
