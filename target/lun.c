@@ -123,8 +123,8 @@ static bool seen_note(struct lun *l, uint64_t idx, uint64_t now, bool fetched)
 /*
  * True when lun_on_access() would do nothing for this read: the chunk was reported as
  * touched, and its index as a HIT (or FETCH), within the repeat intervals. That is nearly
- * every read of a warm disk, so it is answered without touch_lock: 16 tgtd worker
- * threads taking one mutex per 4 KiB read made them queue on it. Racy by design (the
+ * every read of a warm disk, so it is answered without touch_lock, which tgtd's 16
+ * worker threads would otherwise all take once per 4 KiB read. Racy by design (the
  * words are read one by one while a writer may be mid-update): a wrong answer either
  * takes the lock for nothing or skips one advisory report, never more.
  */
