@@ -268,13 +268,9 @@ def one_round(repo, tag, raw, frontend, reader, args, work, probe=False):
     else:
         read_bytes = write_extent_trace(trace, image_id, manifest, args.read_size,
                                         args.depth)
-    extra = {}
-    for kv in args.conf:
-        key, value = kv.split("=", 1)
-        sec, name = key.split(".", 1)
-        extra.setdefault(sec, []).append(f"{name} = {value}")
     with Cluster(repo, racks=2, per_rack=1, seed_rate=args.seed_rate,
-                 appliance_rate=args.rate, frontend=frontend, extra_conf=extra) as c:
+                 appliance_rate=args.rate, frontend=frontend,
+                 extra_conf=args.extra_conf) as c:
         a, b = c.rack_appliances(1)[0], c.rack_appliances(2)[0]
         replay(c.initiators[1], trace, a.create_disk("warm-a", tag), timeout=args.timeout)
         fa = a.fetch_bytes()
@@ -319,6 +315,19 @@ def one_round(repo, tag, raw, frontend, reader, args, work, probe=False):
             "b_waited": waited, "b_socket_requests": requests,
             "chunks": len(chunks), "unique_bytes": unique,
             "disk_bytes": manifest["size"], "read_bytes": read_bytes}
+
+
+def parse_conf(items):
+    """--conf SECTION.KEY=VALUE lines as {section: ["key = value"]} for rack.Cluster."""
+    extra = {}
+    for kv in items:
+        key, eq, value = kv.partition("=")
+        sec, dot, name = key.strip().partition(".")
+        if not eq or not dot or not sec or not name.strip() or "\n" in kv:
+            sys.exit(f"peer_bench: bad --conf {kv!r} (SECTION.KEY=VALUE, e.g. "
+                     f"cluster.readahead=32)")
+        extra.setdefault(sec, []).append(f"{name.strip()} = {value.strip()}")
+    return extra
 
 
 def parse_variants(text):
@@ -373,7 +382,7 @@ def report(tag, frontend, reader, rounds, args):
         print(f"  topology check (round 1): curl from A's peer listener to rack 1's "
               f"initiator host {r0['probe']['initiator']:.1f} MB/s (frontend), to B "
               f"{r0['probe']['peer']:.1f} MB/s (peer link, {args.rate})")
-    print(f"  A's TCP during B's cold read (round 1): " +
+    print("  A's TCP during B's cold read (round 1): " +
           ", ".join(f"{k} {v}" for k, v in r0["a_tcp"].items()))
     ncpu = os.cpu_count()
     print(f"  machine CPU busy (all hosts share {ncpu} cores), round 1: "
@@ -416,6 +425,7 @@ def main():
     ap.add_argument("--timeout", type=int, default=300, help="per read of a disk, seconds")
     args = ap.parse_args()
     variants = parse_variants(args.variants)
+    args.extra_conf = parse_conf(args.conf)
     if not 1 <= args.rounds <= 20 or not 1 <= args.depth <= 64 or args.read_size <= 0:
         sys.exit("peer_bench: --rounds 1..20, --depth 1..64, --read-size > 0")
     rack.rate_bytes(args.rate)
