@@ -14,8 +14,13 @@
  * storage, not the guest's CPU. Reads are issued in trace order, so the reads that may
  * still block read i are among the ones in flight: checking those is enough.
  *
+ * Each read lands directly in one of a pool of reusable buffers (libiscsi's iovec reads,
+ * as QEMU's iscsi driver does), so the reader costs the socket copy alone: no per-PDU
+ * reassembly and no fresh pages to fault in per read.
+ *
  * With --verify RAW every read's bytes are compared with the raw image (bytes past its
- * end must be zero). Prints one JSON object on stdout; exit 0 when every read succeeded
+ * end must be zero); the buffer is poisoned before each verified read, so a short
+ * transfer cannot pass on what an earlier read left there. Prints one JSON object on stdout; exit 0 when every read succeeded
  * and matched, 1 when a read failed or mismatched, 2 on a usage, trace or setup error.
  */
 #include <errno.h>
@@ -49,8 +54,15 @@ struct trace_read {
 	uint64_t off;
 	uint64_t len;
 	unsigned idx;
+	unsigned slot; /* buffer slot while in flight */
 	bool done;
 	struct replay *rp; /* set when issued: the callback's way back */
+};
+
+/* A read's destination; slots are reused, and the iovec outlives the task. */
+struct slot {
+	unsigned char *buf;
+	struct scsi_iovec iov;
 };
 
 struct trace {
@@ -67,6 +79,10 @@ struct replay {
 	const unsigned char *raw; /* mapped image for --verify, or NULL */
 	uint64_t raw_size;
 	unsigned *inflight; /* indices of issued, uncompleted reads */
+	struct slot *slots; /* max_inflight of them, buffers allocated on first use */
+	unsigned *free_slots; /* stack of unused slot numbers */
+	unsigned nfree;
+	uint64_t max_len; /* the longest read in the trace: every buffer's size */
 	unsigned ninflight;
 	unsigned max_inflight;
 	unsigned peak_inflight;
@@ -249,19 +265,19 @@ static void read_done(struct iscsi_context *iscsi, int status, void *command_dat
 	r->done = true;
 	rp->completed++;
 	inflight_remove(rp, r->idx);
-	if (status != SCSI_STATUS_GOOD || !task || task->datain.size < 0 ||
-	    (uint64_t)task->datain.size != r->len) {
+	if (status != SCSI_STATUS_GOOD || !task ||
+	    (task->residual_status != SCSI_RESIDUAL_NO_RESIDUAL && task->residual)) {
 		rp->errors++;
 		if (rp->errors <= 10)
 			fprintf(stderr, "rdreplay: read %" PRIu64 " (offset %" PRIu64 ", %" PRIu64
-				" bytes) failed: status %d, %d bytes: %s\n", r->seq, r->off,
-				r->len, status, task ? task->datain.size : -1,
-				iscsi_get_error(iscsi));
+				" bytes) failed: status %d, residual %zu: %s\n", r->seq, r->off,
+				r->len, status, task ? (size_t)task->residual : 0, iscsi_get_error(iscsi));
 	} else {
 		rp->bytes += r->len;
 		if (rp->raw)
-			verify(rp, r, task->datain.data);
+			verify(rp, r, rp->slots[r->slot].buf);
 	}
+	rp->free_slots[rp->nfree++] = r->slot;
 	if (task)
 		scsi_free_scsi_task(task);
 }
@@ -280,10 +296,26 @@ static bool ready(const struct replay *rp, const struct trace_read *r)
 static int issue(struct replay *rp, struct trace_read *r)
 {
 	struct scsi_task *task;
+	struct slot *sl;
 
 	r->rp = rp;
-	task = iscsi_read16_task(rp->iscsi, rp->lun, r->off / rp->block_size, (uint32_t)r->len,
-				 (int)rp->block_size, 0, 0, 0, 0, 0, read_done, r);
+	r->slot = rp->free_slots[--rp->nfree];
+	sl = &rp->slots[r->slot];
+	if (!sl->buf) {
+		sl->buf = malloc(rp->max_len);
+		if (!sl->buf) {
+			fprintf(stderr, "rdreplay: out of memory for a %" PRIu64 "-byte buffer\n",
+				rp->max_len);
+			return -ENOMEM;
+		}
+		memset(sl->buf, 0, rp->max_len); /* fault it in now, not during the replay */
+	}
+	if (rp->raw)
+		memset(sl->buf, 0xa5, r->len);
+	sl->iov = (struct scsi_iovec){.iov_base = sl->buf, .iov_len = r->len};
+	task = iscsi_read16_iov_task(rp->iscsi, rp->lun, r->off / rp->block_size,
+				     (uint32_t)r->len, (int)rp->block_size, 0, 0, 0, 0, 0, read_done,
+				     r, &sl->iov, 1);
 	if (!task) {
 		fprintf(stderr, "rdreplay: cannot queue read %" PRIu64 ": %s\n", r->seq,
 			iscsi_get_error(rp->iscsi));
@@ -498,8 +530,14 @@ int main(int argc, char **argv)
 	if (raw_path && map_raw(raw_path, &t, &rp.raw, &rp.raw_size) < 0)
 		goto out;
 	rp.inflight = calloc(rp.max_inflight, sizeof(*rp.inflight));
-	if (!rp.inflight)
+	rp.slots = calloc(rp.max_inflight, sizeof(*rp.slots));
+	rp.free_slots = calloc(rp.max_inflight, sizeof(*rp.free_slots));
+	if (!rp.inflight || !rp.slots || !rp.free_slots)
 		goto out;
+	for (unsigned i = 0; i < rp.max_inflight; i++)
+		rp.free_slots[rp.nfree++] = rp.max_inflight - 1 - i;
+	for (size_t i = 0; i < t.n; i++)
+		rp.max_len = MAX(rp.max_len, t.r[i].len);
 	t_connect = now_ns();
 	if (connect_lun(&rp, argv[optind + 1], initiator, &lun_bytes) < 0)
 		goto out;
@@ -524,6 +562,11 @@ out:
 	}
 	if (rp.raw)
 		munmap((void *)rp.raw, rp.raw_size);
+	if (rp.slots)
+		for (unsigned i = 0; i < rp.max_inflight; i++)
+			free(rp.slots[i].buf);
+	free(rp.slots);
+	free(rp.free_slots);
 	free(rp.inflight);
 	free(t.r);
 	return status;
