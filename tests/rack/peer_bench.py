@@ -54,8 +54,9 @@ and per image, a fresh cluster (so B's cache and Redis start empty):
 MB/s = distinct non-zero chunk bytes / time, for all three. Ratio = curl_time / B_cold_time
 (target >= 0.8x), median over --rounds rounds (default 2).
 
-Variants (--variants, default sample:shared,sample:separate,random:shared), each IMAGE:
-FRONTEND with its own curl baseline from the same round. Images: "sample", the harness's
+Variants (--variants, default sample:shared, sample:shared:extents, sample:separate,
+sample:separate:extents, random:shared), each IMAGE:FRONTEND[:READER] with its own curl
+baseline from the same round. Images: "sample", the harness's
 sample image (scripts/make-sample-image.sh: text, random, repeated and free space;
 --size-mb MiB, about half of it zero chunks), and "random", --size-mb MiB of pseudo-random
 bytes (every chunk distinct and non-zero: the disk B serves is exactly the bytes curl
@@ -84,7 +85,8 @@ MIB = 1 << 20
 # (a guest's dd); "extents", only the allocated extents that GET LBA STATUS reports,
 # i.e. the non-zero chunks (what `qemu-img convert` of the disk reads).
 READERS = ("whole", "extents")
-DEFAULT_VARIANTS = "sample:shared,sample:shared:extents,sample:separate,random:shared"
+DEFAULT_VARIANTS = ("sample:shared,sample:shared:extents,sample:separate,"
+                    "sample:separate:extents,random:shared")
 
 
 class BenchError(RuntimeError):
