@@ -83,6 +83,7 @@ struct replay {
 	unsigned *free_slots; /* stack of unused slot numbers */
 	unsigned nfree;
 	uint64_t max_len; /* the longest read in the trace: every buffer's size */
+	unsigned nbuf;    /* buffers allocated */
 	unsigned ninflight;
 	unsigned max_inflight;
 	unsigned peak_inflight;
@@ -293,6 +294,56 @@ static bool ready(const struct replay *rp, const struct trace_read *r)
 	return true;
 }
 
+static int slot_alloc(struct replay *rp, struct slot *sl)
+{
+	sl->buf = malloc(rp->max_len);
+	if (!sl->buf) {
+		fprintf(stderr, "rdreplay: out of memory for a %" PRIu64 "-byte buffer\n",
+			rp->max_len);
+		return -ENOMEM;
+	}
+	memset(sl->buf, 0, rp->max_len); /* faulted in now: first touches cost time */
+	rp->nbuf++;
+	return 0;
+}
+
+/*
+ * The most reads the replay rule can have in flight at once, at most cap: read i may
+ * overlap every earlier read that ends after it starts. A min-heap of those reads' ends
+ * (it never holds more than cap: the scan stops when the peak reaches cap).
+ */
+static unsigned trace_peak(const struct trace *t, unsigned cap)
+{
+	uint64_t *heap = malloc(((size_t)cap + 1) * sizeof(*heap));
+	unsigned n = 0, peak = 0;
+
+	if (!heap)
+		return cap;
+	for (size_t i = 0; i < t->n && peak < cap; i++) {
+		const struct trace_read *r = &t->r[i];
+		unsigned k, c;
+
+		while (n && heap[0] <= r->start_us) { /* pop ended reads */
+			uint64_t last = heap[--n];
+
+			for (k = 0; (c = 2 * k + 1) < n; k = c) {
+				if (c + 1 < n && heap[c + 1] < heap[c])
+					c++;
+				if (heap[c] >= last)
+					break;
+				heap[k] = heap[c];
+			}
+			heap[k] = last;
+		}
+		for (k = n++; k && heap[(k - 1) / 2] > r->end_us; k = (k - 1) / 2)
+			heap[k] = heap[(k - 1) / 2];
+		heap[k] = r->end_us;
+		peak = MAX(peak, n);
+	}
+	free(heap);
+	return peak;
+}
+
 static int issue(struct replay *rp, struct trace_read *r)
 {
 	struct scsi_task *task;
@@ -301,15 +352,8 @@ static int issue(struct replay *rp, struct trace_read *r)
 	r->rp = rp;
 	r->slot = rp->free_slots[--rp->nfree];
 	sl = &rp->slots[r->slot];
-	if (!sl->buf) {
-		sl->buf = malloc(rp->max_len);
-		if (!sl->buf) {
-			fprintf(stderr, "rdreplay: out of memory for a %" PRIu64 "-byte buffer\n",
-				rp->max_len);
-			return -ENOMEM;
-		}
-		memset(sl->buf, 0, rp->max_len); /* fault it in now, not during the replay */
-	}
+	if (!sl->buf && slot_alloc(rp, sl) < 0)
+		return -ENOMEM;
 	if (rp->raw)
 		memset(sl->buf, 0xa5, r->len);
 	sl->iov = (struct scsi_iovec){.iov_base = sl->buf, .iov_len = r->len};
@@ -538,6 +582,10 @@ int main(int argc, char **argv)
 		rp.free_slots[rp.nfree++] = rp.max_inflight - 1 - i;
 	for (size_t i = 0; i < t.n; i++)
 		rp.max_len = MAX(rp.max_len, t.r[i].len);
+	/* Every buffer the replay can need, faulted in before the clock starts. */
+	for (unsigned i = 0, peak = trace_peak(&t, rp.max_inflight); i < peak; i++)
+		if (slot_alloc(&rp, &rp.slots[rp.free_slots[rp.nfree - 1 - i]]) < 0)
+			goto out;
 	t_connect = now_ns();
 	if (connect_lun(&rp, argv[optind + 1], initiator, &lun_bytes) < 0)
 		goto out;
@@ -549,11 +597,12 @@ int main(int argc, char **argv)
 	status = ret < 0 || rp.errors || rp.mismatches ? 1 : 0;
 	printf("{\"trace_reads\": %zu, \"reads\": %zu, \"bytes\": %" PRIu64 ", "
 	       "\"elapsed_s\": %.6f, \"connect_s\": %.6f, \"mismatches\": %" PRIu64 ", "
-	       "\"errors\": %" PRIu64 ", \"peak_inflight\": %u, \"verified\": %s, "
+	       "\"errors\": %" PRIu64 ", \"peak_inflight\": %u, \"buffers\": %u, "
+	       "\"verified\": %s, "
 	       "\"completed\": %s}\n",
 	       t.n, rp.completed, rp.bytes, (double)(t1 - t0) / 1e9,
 	       (double)(t0 - t_connect) / 1e9, rp.mismatches, rp.errors, rp.peak_inflight,
-	       rp.raw ? "true" : "false", ret < 0 ? "false" : "true");
+	       rp.nbuf, rp.raw ? "true" : "false", ret < 0 ? "false" : "true");
 out:
 	if (rp.iscsi) {
 		if (status == 0)
