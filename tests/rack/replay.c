@@ -20,8 +20,9 @@
  *
  * With --verify RAW every read's bytes are compared with the raw image (bytes past its
  * end must be zero); the buffer is poisoned before each verified read, so a short
- * transfer cannot pass on what an earlier read left there. Prints one JSON object on stdout; exit 0 when every read succeeded
- * and matched, 1 when a read failed or mismatched, 2 on a usage, trace or setup error.
+ * transfer cannot pass on what an earlier read left there. Prints one JSON object on
+ * stdout; exit 0 when every read succeeded and matched, 1 when a read failed or
+ * mismatched, 2 on a usage, trace or setup error.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -79,7 +80,7 @@ struct replay {
 	const unsigned char *raw; /* mapped image for --verify, or NULL */
 	uint64_t raw_size;
 	unsigned *inflight; /* indices of issued, uncompleted reads */
-	struct slot *slots; /* max_inflight of them, buffers allocated on first use */
+	struct slot *slots; /* max_inflight of them; trace_peak()'s worth have buffers */
 	unsigned *free_slots; /* stack of unused slot numbers */
 	unsigned nfree;
 	uint64_t max_len; /* the longest read in the trace: every buffer's size */
@@ -272,7 +273,8 @@ static void read_done(struct iscsi_context *iscsi, int status, void *command_dat
 		if (rp->errors <= 10)
 			fprintf(stderr, "rdreplay: read %" PRIu64 " (offset %" PRIu64 ", %" PRIu64
 				" bytes) failed: status %d, residual %zu: %s\n", r->seq, r->off,
-				r->len, status, task ? (size_t)task->residual : 0, iscsi_get_error(iscsi));
+				r->len, status, task ? (size_t)task->residual : 0,
+				iscsi_get_error(iscsi));
 	} else {
 		rp->bytes += r->len;
 		if (rp->raw)
@@ -358,8 +360,8 @@ static int issue(struct replay *rp, struct trace_read *r)
 		memset(sl->buf, 0xa5, r->len);
 	sl->iov = (struct scsi_iovec){.iov_base = sl->buf, .iov_len = r->len};
 	task = iscsi_read16_iov_task(rp->iscsi, rp->lun, r->off / rp->block_size,
-				     (uint32_t)r->len, (int)rp->block_size, 0, 0, 0, 0, 0, read_done,
-				     r, &sl->iov, 1);
+				     (uint32_t)r->len, (int)rp->block_size, 0, 0, 0, 0, 0,
+				     read_done, r, &sl->iov, 1);
 	if (!task) {
 		fprintf(stderr, "rdreplay: cannot queue read %" PRIu64 ": %s\n", r->seq,
 			iscsi_get_error(rp->iscsi));
