@@ -56,6 +56,9 @@ SOAK_TARGETS  :=
 # Extra test targets run by `make test` (crash tests, fuzz smoke runs, ...).
 TEST_TARGETS  :=
 
+# The included .mk files define rules too; plain `make` must still mean `make all`.
+.DEFAULT_GOAL := all
+
 include $(sort $(wildcard */*.mk)) $(sort $(wildcard tests/*/*.mk))
 
 
