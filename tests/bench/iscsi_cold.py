@@ -33,7 +33,8 @@ qemu-img used during the cold read, to see where the time goes.
 
 The run also measures, once, how fast this machine writes memory it has not used before
 against the same memory written again (256 MiB, anonymous). On a VM whose host takes back
-freed guest memory (virtio-balloon free page reporting) the first is 100x slower, and a
+freed guest memory (this one loads virtio_balloon, and a new mapping is slow again right
+after the last one was unmapped) the first is ~100x slower here, and a
 cold read pays it for every chunk it writes into fresh page-cache pages and for tgtd's
 new command buffers; curl, writing to /dev/null, pays it for nothing. A figure for
 reading the results, not part of the ratio.
