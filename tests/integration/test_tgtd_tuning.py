@@ -110,3 +110,31 @@ def test_targets_offer_large_pdus_and_bursts(appliance):
                   if "=" in line)
     for name, value in TARGET_PARAMS:
         assert params.get(name) == value, f"{name}: {params.get(name)}"
+
+
+def heap_resident(pid):
+    """Resident bytes of pid's [heap] mapping (0 when it has none)."""
+    rss, in_heap = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if fields and "-" in fields[0] and not fields[0].endswith(":"):
+                in_heap = fields[-1] == "[heap]"
+            elif in_heap and fields[0] == "Rss:":
+                rss += int(fields[1]) * 1024
+    return rss
+
+
+def test_first_lu_faults_in_tgtds_heap(appliance):
+    """The first rackdisk LU a tgtd opens faults 16 MiB of its heap in and frees it to the
+    heap's top (bs_rackdisk.c, rd_warm_heap): a VM's first reads then find their data
+    buffers mapped instead of waiting, a pair of 1 MiB buffers at a time, while tgtd's
+    event loop faults in a new 2 MiB page. Before any read, the heap is already resident."""
+    a = appliance().start()
+    pid = a.tgtd_pid()
+    before = heap_resident(pid)
+    assert before < 8 * MiB, f"a tgtd with no LU already has {before} heap bytes resident"
+    p = a.cli("disk", "create", "d1", "--image", "big")
+    assert p.returncode == 0, p.stderr
+    after = heap_resident(pid)
+    assert after >= 16 * MiB, f"tgtd's heap: {after} bytes resident after the first LU"
