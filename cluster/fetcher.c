@@ -756,12 +756,25 @@ static struct ra_image *ra_find(struct fetcher *f, const struct manifest *m, boo
 	return im;
 }
 
+/* True when every chunk in [from, to) is a zero chunk, looking at RA_SCAN_FACTOR at most. */
+static bool ra_zero_gap(const struct manifest *m, uint64_t from, uint64_t to)
+{
+	if (to - from > RA_SCAN_FACTOR)
+		return false;
+	for (uint64_t i = from; i < to; i++)
+		if (!manifest_chunk_is_zero(m, i))
+			return false;
+	return true;
+}
+
 /*
  * Updates the stream that idx continues and returns the index range [*from, *to) to
  * queue. An access continues a stream when it is the stream's chunk again, a little
  * behind it (RA_BEHIND), the next one, or any chunk up to the first one readahead has
  * not queued yet: a reader that reports only misses (no HIT, fetch_proto.h) is seen
- * jumping forward over the chunks readahead already fetched.
+ * jumping forward over the chunks readahead already fetched. Zero chunks are never
+ * reported (the module serves them itself), so a jump over zero chunks alone continues
+ * a stream too: a disk read in order after a run of them is still one stream.
  */
 static bool ra_update(struct fetcher *f, struct ra_image *im, uint64_t idx, uint64_t *from,
 		      uint64_t *to)
@@ -775,7 +788,9 @@ static bool ra_update(struct fetcher *f, struct ra_image *im, uint64_t idx, uint
 	for (unsigned i = 0; i < RA_STREAMS && !s; i++) {
 		struct ra_stream *c = &im->s[i];
 
-		if (c->used && idx >= c->last && idx <= MAX(c->last + 1, c->next))
+		if (c->used && idx >= c->last &&
+		    (idx <= MAX(c->last + 1, c->next) ||
+		     ra_zero_gap(m, MAX(c->last + 1, c->next), idx)))
 			s = c;
 		if (c->used < lru->used)
 			lru = c;

@@ -482,6 +482,45 @@ static void test_readahead_sequential(void **state)
 }
 
 /*
+ * Zero chunks are never reported (the module serves them), so a reader reading in order
+ * past a run of them is seen jumping over it: that jump continues its stream. A jump over
+ * a non-zero chunk does not: that reader skipped data, and a new stream starts.
+ */
+static void test_readahead_continues_over_zero_chunks(void **state)
+{
+	enum { NCH = 24, RA = 4 };
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct fetcher_opts o = {.readahead_chunks = RA};
+	struct manifest *m;
+
+	assert_int_equal(manifest_new((uint64_t)NCH * CHUNK, CHUNK, &m), 0);
+	for (unsigned i = 0; i < NCH; i++) {
+		if (i >= 1 && i <= 6)
+			continue; /* zero chunks 1-6 */
+		make_chunk(e->repo, 500 + i, &m->hashes[i], data);
+		m->zero[i] = 0;
+	}
+	env_fetcher(e, NULL, &o);
+	/* 0, then 7 over the zero run, then 8: the third forward access of one stream. */
+	fetcher_note_access(e->f, m, 0);
+	fetcher_note_access(e->f, m, 7);
+	usleep(50000);
+	assert_int_equal(stats(e).readahead, 0);
+	fetcher_note_access(e->f, m, 8);
+	assert_true(wait_contains(e, &m->hashes[9], 3000));
+	assert_int_equal(stats(e).readahead, 1);
+	/* 12 skips 10 and 11 (data; 10 was not queued): a new stream, no readahead. */
+	fetcher_note_access(e->f, m, 12);
+	fetcher_note_access(e->f, m, 13);
+	usleep(100000);
+	assert_int_equal(stats(e).readahead, 1);
+	assert_false(chunkstore_contains(e->cs, &m->hashes[14]));
+	fetcher_forget_image(e->f, m);
+	manifest_free(m);
+}
+
+/*
  * A reader with several reads in flight reports them out of order (HIT lines from many
  * tgtd threads): accesses a little behind a stream belong to it, so they neither reset
  * it nor push it out of the table, and the next forward access keeps the window.
@@ -717,6 +756,8 @@ int main(void)
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_readahead_sequential, env_setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_readahead_out_of_order, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_readahead_continues_over_zero_chunks, env_setup,
+						env_teardown),
 		cmocka_unit_test_setup_teardown(test_cluster_readahead_window, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_cluster_readahead_peer_only, env_setup,
