@@ -32,9 +32,11 @@ The fetcher's counters of each round are printed, and the CPU time rackdiskd, tg
 qemu-img used during the cold read, to see where the time goes.
 
 The run also measures, once, how fast this machine writes memory it has not used before
-against the same memory written again (256 MiB, anonymous). On a VM whose host takes back
-freed guest memory (this one loads virtio_balloon, and a new mapping is slow again right
-after the last one was unmapped) the first is ~100x slower here, and a
+against the same memory written again (256 MiB, anonymous). On the development VM the
+first is ~100x slower, and a new mapping is slow again right after the last one was
+unmapped. The guest is paravirtualized (its kernel profiles show pvm_* hooks); turning its
+free page reporting off (page_reporting_order, free_bitmap_enable) did not change the
+figure, so the host taking back freed memory is not the cause. A
 cold read pays it for every chunk it writes into fresh page-cache pages and for tgtd's
 new command buffers; curl, writing to /dev/null, pays it for nothing. A figure for
 reading the results, not part of the ratio.
