@@ -631,12 +631,13 @@ static int bs_rackdisk_submit(struct scsi_cmd *cmd)
 }
 
 /*
- * tgt allocates each command's data buffer on its event loop (posix_memalign) and the
- * worker's read is the first to write it. A fresh tgtd's heap grows as it goes, so with
- * rackdiskd's tunables (hugetlb=1: 2 MiB pages) every second 1 MiB buffer of a VM's first
- * reads faults in and zeroes a new 2 MiB page on the event loop itself, before the next
- * command is even read. On a 2-core VM that was 8-10 ms per pair: a cold read's first 8
- * commands reached the module over 40 ms, not 0.4 ms (module read trace, peer_bench).
+ * tgt allocates each command's data buffer on its event loop (posix_memalign). A fresh
+ * tgtd's heap grows as it goes, and malloc writes its chunk headers into the new memory,
+ * so with rackdiskd's tunables (hugetlb=1: 2 MiB pages) every second 1 MiB buffer of a
+ * VM's first reads faults in and zeroes a new 2 MiB page on the event loop itself, before
+ * the next command is read. On the 2-core development VM the module's read trace showed
+ * a cold read's first 8 commands arriving in pairs 8-10 ms apart, over ~40 ms; with the
+ * heap warmed they all arrived within 0.4 ms (tests/rack/peer_bench.py's cluster).
  * So the first LU to open faults RD_WARM_HEAP of heap in and frees it: with
  * trim_threshold above it, the memory stays in the heap's top for those buffers. Called on
  * the event loop (LU creation), once per process; with an operator's tunables that trim
