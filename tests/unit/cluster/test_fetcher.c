@@ -432,22 +432,34 @@ static bool wait_contains(struct env *e, const struct chunk_hash *h, uint64_t ms
 	return chunkstore_contains(e->cs, h);
 }
 
+/* A manifest of nch chunks of CHUNK bytes, each published in e's repository (chunk i from
+ * seed + i), except the zero chunks [zero_from, zero_to). */
+static struct manifest *test_image(struct env *e, unsigned nch, unsigned seed, unsigned zero_from,
+				   unsigned zero_to)
+{
+	static uint8_t data[CHUNK];
+	struct manifest *m;
+
+	assert_int_equal(manifest_new((uint64_t)nch * CHUNK, CHUNK, &m), 0);
+	for (unsigned i = 0; i < nch; i++) {
+		if (i >= zero_from && i < zero_to)
+			continue;
+		make_chunk(e->repo, seed + i, &m->hashes[i], data);
+		m->zero[i] = 0;
+	}
+	return m;
+}
+
 static void test_readahead_sequential(void **state)
 {
 	enum { NCH = 16, RA = 3 };
 	struct env *e = *state;
-	static uint8_t data[CHUNK];
 	struct fetcher_opts o = {.readahead_chunks = RA};
 	struct manifest *m;
 	struct fetcher_stats st;
 
-	assert_int_equal(manifest_new((uint64_t)NCH * CHUNK, CHUNK, &m), 0);
-	for (unsigned i = 0; i < NCH; i++) {
-		if (i == 3 || i == 4)
-			continue; /* zero chunks: skipped, and not counted in the window */
-		make_chunk(e->repo, 100 + i, &m->hashes[i], data);
-		m->zero[i] = 0;
-	}
+	/* Chunks 3 and 4 are zero: skipped, and not counted in the window. */
+	m = test_image(e, NCH, 100, 3, 5);
 	env_fetcher(e, NULL, &o);
 	/* A random access does not trigger readahead. */
 	fetcher_note_access(e->f, m, 10);
@@ -490,17 +502,10 @@ static void test_readahead_continues_over_zero_chunks(void **state)
 {
 	enum { NCH = 24, RA = 4 };
 	struct env *e = *state;
-	static uint8_t data[CHUNK];
 	struct fetcher_opts o = {.readahead_chunks = RA};
 	struct manifest *m;
 
-	assert_int_equal(manifest_new((uint64_t)NCH * CHUNK, CHUNK, &m), 0);
-	for (unsigned i = 0; i < NCH; i++) {
-		if (i >= 1 && i <= 6)
-			continue; /* zero chunks 1-6 */
-		make_chunk(e->repo, 500 + i, &m->hashes[i], data);
-		m->zero[i] = 0;
-	}
+	m = test_image(e, NCH, 500, 1, 7); /* zero chunks 1-6 */
 	env_fetcher(e, NULL, &o);
 	/* 0, then 7 over the zero run, then 8: the third forward access of one stream. */
 	fetcher_note_access(e->f, m, 0);
@@ -529,16 +534,11 @@ static void test_readahead_out_of_order(void **state)
 {
 	enum { NCH = 24, RA = 4 };
 	struct env *e = *state;
-	static uint8_t data[CHUNK];
 	struct fetcher_opts o = {.readahead_chunks = RA};
 	struct manifest *m;
 	uint64_t before;
 
-	assert_int_equal(manifest_new((uint64_t)NCH * CHUNK, CHUNK, &m), 0);
-	for (unsigned i = 0; i < NCH; i++) {
-		make_chunk(e->repo, 300 + i, &m->hashes[i], data);
-		m->zero[i] = 0;
-	}
+	m = test_image(e, NCH, 300, 0, 0);
 	env_fetcher(e, NULL, &o);
 	for (unsigned i = 0; i <= 6; i++)
 		fetcher_note_access(e->f, m, i);
@@ -569,17 +569,12 @@ static void test_cluster_readahead_peer_only(void **state)
 {
 	enum { NCH = 8, RA = 4 };
 	struct env *e = *state;
-	static uint8_t data[CHUNK];
 	struct fetcher_opts o = {.readahead_chunks = RA};
 	struct peer_ctl peer = {.sleep_ms = 0, .rc = -ENOENT};
 	struct manifest *m;
 	struct fetcher_stats st;
 
-	assert_int_equal(manifest_new((uint64_t)NCH * CHUNK, CHUNK, &m), 0);
-	for (unsigned i = 0; i < NCH; i++) {
-		make_chunk(e->repo, 300 + i, &m->hashes[i], data);
-		m->zero[i] = 0;
-	}
+	m = test_image(e, NCH, 300, 0, 0);
 	env_fetcher(e, NULL, &o);
 	set_peer(e, &peer);
 	for (unsigned i = 0; i < 3; i++) {
@@ -617,16 +612,11 @@ static void test_cluster_readahead_window(void **state)
 {
 	enum { NCH = 40, RA = 4, PEER_RA = 8 };
 	struct env *e = *state;
-	static uint8_t data[CHUNK];
 	struct fetcher_opts o = {.readahead_chunks = RA, .peer_readahead_chunks = PEER_RA};
 	struct peer_ctl peer = {.sleep_ms = 0, .rc = -ENOENT};
 	struct manifest *m;
 
-	assert_int_equal(manifest_new((uint64_t)NCH * CHUNK, CHUNK, &m), 0);
-	for (unsigned i = 0; i < NCH; i++) {
-		make_chunk(e->repo, 500 + i, &m->hashes[i], data);
-		m->zero[i] = 0;
-	}
+	m = test_image(e, NCH, 500, 0, 0);
 	env_fetcher(e, NULL, &o);
 	set_peer(e, &peer);
 	for (unsigned i = 0; i <= 7; i++)
