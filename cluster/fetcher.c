@@ -756,9 +756,12 @@ static struct ra_image *ra_find(struct fetcher *f, const struct manifest *m, boo
 	return im;
 }
 
-/* True when every chunk in [from, to) is a zero chunk, looking at RA_SCAN_FACTOR at most. */
+/* True when every chunk in [from, to) is a zero chunk (an empty range included), looking
+ * at RA_SCAN_FACTOR chunks at most. */
 static bool ra_zero_gap(const struct manifest *m, uint64_t from, uint64_t to)
 {
+	if (to <= from)
+		return true;
 	if (to - from > RA_SCAN_FACTOR)
 		return false;
 	for (uint64_t i = from; i < to; i++)
@@ -788,9 +791,7 @@ static bool ra_update(struct fetcher *f, struct ra_image *im, uint64_t idx, uint
 	for (unsigned i = 0; i < RA_STREAMS && !s; i++) {
 		struct ra_stream *c = &im->s[i];
 
-		if (c->used && idx >= c->last &&
-		    (idx <= MAX(c->last + 1, c->next) ||
-		     ra_zero_gap(m, MAX(c->last + 1, c->next), idx)))
+		if (c->used && idx >= c->last && ra_zero_gap(m, MAX(c->last + 1, c->next), idx))
 			s = c;
 		if (c->used < lru->used)
 			lru = c;
