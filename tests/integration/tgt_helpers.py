@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import socketserver
@@ -26,18 +27,29 @@ import tempfile
 import threading
 import time
 
-from servers import BUILD, free_port, wait_port
+from servers import BUILD, ROOT, free_port, wait_port
 
 TGT_MODDIR = "/usr/lib/tgt/backing-store"
 MODULE = os.path.join(BUILD, "bs_rackdisk.so")
 MKDISK = os.path.join(BUILD, "tests", "mkdisk")
 IQN_PREFIX = "iqn.2026-11.io.rackdisk.test"
+
+
+def _tgtd_malloc_tunables():
+    """The string literals of target/tgtmgr.c's TGTD_MALLOC_TUNABLES, joined."""
+    with open(os.path.join(ROOT, "target", "tgtmgr.c")) as f:
+        src = f.read()
+    body = re.search(r"#define TGTD_MALLOC_TUNABLES((?:.*\\\n)*.*)", src).group(1)
+    return "".join(re.findall(r'"([^"]*)"', body))
+
+
 # The malloc settings rackdiskd gives the tgtd it spawns (target/tgtmgr.c,
 # TGTD_MALLOC_TUNABLES: data buffers from a heap that is not trimmed, so no page faults
 # per command). A private Tgtd gets them too, so the rdwr references of the benches run
-# in a tgtd tuned exactly like the appliance's.
-TGTD_MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold=33554432:"
-                        "glibc.malloc.trim_threshold=67108864:glibc.malloc.hugetlb=1")
+# in a tgtd tuned exactly like the appliance's. Read from the source, so the two cannot
+# drift apart.
+TGTD_MALLOC_TUNABLES = _tgtd_malloc_tunables()
+
 # The iSCSI limits rackdiskd gives every target it creates (target/tgtmgr.c,
 # target_params); Tgtd.add_lun sets them too, for the same reason.
 TARGET_PARAMS = (("MaxRecvDataSegmentLength", "262144"), ("FirstBurstLength", "262144"),
