@@ -33,6 +33,7 @@
 #include <time.h>
 
 #include "cluster/seed.h"
+#include "common/hugebuf.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "images/manifest.h"
@@ -301,11 +302,12 @@ static void fill_complete(struct fetcher *f, struct fill *fl, int result, enum f
 
 /* ---- one fill, run by a worker ----------------------------------------------------- */
 
+/* A worker's buffers are hugebufs: mapped once, with one fault per 2 MiB, and kept. */
 struct worker_ctx {
 	struct fetcher *f;
-	void *buf;
-	size_t cap;
-	unsigned seed; /* rand_r state for backoff jitter */
+	struct hugebuf chunk; /* the chunk, as received from a peer or decompressed */
+	struct hugebuf rx;    /* the seed's compressed object */
+	unsigned seed;        /* rand_r state for backoff jitter */
 };
 
 /* Sleeps for the backoff before the next attempt; false when the fill must end now
@@ -339,8 +341,9 @@ static bool backoff_wait(struct worker_ctx *w, struct fill *fl, uint64_t *backof
 }
 
 /* Tries the peer hook; 0 when the chunk is now in the store. Lock not held. */
-static int try_peer(struct fetcher *f, struct fill *fl, uint64_t deadline_ns)
+static int try_peer(struct worker_ctx *w, struct fill *fl, uint64_t deadline_ns)
 {
+	struct fetcher *f = w->f;
 	struct fetcher_peer_ops peer;
 	bool have;
 	int r;
@@ -351,7 +354,10 @@ static int try_peer(struct fetcher *f, struct fill *fl, uint64_t deadline_ns)
 	pthread_mutex_unlock(&f->lock);
 	if (!have)
 		return -ENOENT;
-	r = peer.fetch(peer.arg, &fl->h, fl->len, deadline_ns);
+	r = hugebuf_reserve(&w->chunk, fl->len);
+	if (r)
+		return r;
+	r = peer.fetch(peer.arg, &fl->h, w->chunk.p, fl->len, deadline_ns);
 	if (r == 0 || r == -ENOENT)
 		return r;
 	pthread_mutex_lock(&f->lock);
@@ -370,23 +376,18 @@ static int try_seed(struct worker_ctx *w, struct fill *fl)
 	uint64_t supp = 0;
 	int r;
 
-	if (w->cap < fl->len) {
-		void *nb = realloc(w->buf, fl->len);
-
-		if (!nb)
-			return -ENOMEM;
-		w->buf = nb;
-		w->cap = fl->len;
-	}
+	r = hugebuf_reserve(&w->chunk, fl->len);
+	if (r)
+		return r;
 	/*
 	 * The request is bounded by request_timeout_ms, not by the deadline: a transfer that
 	 * has started may finish after its waiters have given up, so the chunk is in the
 	 * store when the command is retried (and a caller that waits in short slices does
 	 * not cut every slow transfer short). Waiters never wait past their own deadlines.
 	 */
-	r = seed_get_chunk(f->seed, &fl->h, w->buf, fl->len, 0);
+	r = seed_get_chunk(f->seed, &fl->h, w->chunk.p, fl->len, &w->rx, 0);
 	if (r == 0) {
-		r = chunkstore_insert(f->store, &fl->h, w->buf, fl->len);
+		r = chunkstore_insert(f->store, &fl->h, w->chunk.p, fl->len);
 		if (r == 0)
 			return 0;
 		hash_to_hex(&fl->h, hex);
@@ -444,7 +445,7 @@ static int fill_run(struct worker_ctx *w, struct fill *fl, enum fetch_source *sr
 			*src = FETCH_SRC_LOCAL;
 			return 0;
 		}
-		r = try_peer(f, fl, deadline);
+		r = try_peer(w, fl, deadline);
 		if (r == 0) {
 			*src = FETCH_SRC_PEER;
 			return 0;
@@ -542,7 +543,8 @@ static void *worker_main(void *arg)
 		fill_complete(f, fl, r, src);
 	}
 	pthread_mutex_unlock(&f->lock);
-	free(w.buf);
+	hugebuf_release(&w.chunk);
+	hugebuf_release(&w.rx);
 	return NULL;
 }
 

@@ -96,12 +96,14 @@ void fetcher_forget_image(struct fetcher *f, const struct manifest *m);
 void fetcher_get_stats(struct fetcher *f, struct fetcher_stats *st);
 
 /*
- * Peer hook (issue "The cluster"): tried before the seed. Returns 0 with the chunk in
- * the store, -ENOENT when no peer has it (go to the seed), or another negative errno.
+ * Peer hook (issue "The cluster"): tried before the seed. Receives the chunk into buf
+ * (len bytes, the calling worker's) and stores it. Returns 0 with the chunk in the store,
+ * -ENOENT when no peer has it (go to the seed), or another negative errno.
  */
 struct fetcher_peer_ops {
 	void *arg;
-	int (*fetch)(void *arg, const struct chunk_hash *h, uint32_t len, uint64_t deadline_ns);
+	int (*fetch)(void *arg, const struct chunk_hash *h, void *buf, uint32_t len,
+		     uint64_t deadline_ns);
 };
 void fetcher_set_peer_ops(struct fetcher *f, const struct fetcher_peer_ops *ops);
 

@@ -23,8 +23,6 @@
 struct pc_handle {
 	CURL *curl;
 	EVP_MD_CTX *md;	/* SHA-256 computed as the body arrives, while it is in cache */
-	uint8_t *buf;   /* receive buffer for peer_client_fetch */
-	size_t cap;
 };
 
 struct peer_client {
@@ -90,7 +88,6 @@ static void handle_free(struct pc_handle *hd)
 {
 	curl_easy_cleanup(hd->curl);
 	EVP_MD_CTX_free(hd->md);
-	free(hd->buf);
 	free(hd);
 }
 
@@ -203,31 +200,15 @@ int peer_client_get(struct peer_client *pc, const char *addr, const struct chunk
 }
 
 int peer_client_fetch(struct peer_client *pc, const char *addr, const struct chunk_hash *h,
-		      uint32_t len, uint64_t deadline_ns)
+		      void *buf, uint32_t len, uint64_t deadline_ns)
 {
-	struct pc_handle *hd;
 	int rc;
 
 	if (!pc->store)
 		return -EINVAL;
-	hd = handle_get(pc);
-	if (!hd)
-		return -ENOMEM;
-	if (hd->cap < len) {
-		uint8_t *b = realloc(hd->buf, len);
-
-		if (!b) {
-			rc = -ENOMEM;
-			goto out;
-		}
-		hd->buf = b;
-		hd->cap = len;
-	}
-	rc = request(pc, hd, addr, h, hd->buf, len, deadline_ns);
+	rc = peer_client_get(pc, addr, h, buf, len, deadline_ns);
 	if (!rc)
-		rc = chunkstore_insert(pc->store, h, hd->buf, len);
-out:
-	handle_put(pc, hd);
+		rc = chunkstore_insert(pc->store, h, buf, len);
 	return rc;
 }
 

@@ -38,13 +38,14 @@ int peer_client_create(const struct peer_client_opts *o, struct peer_client **ou
 void peer_client_destroy(struct peer_client *pc);
 
 /*
- * Fetches chunk *h (len bytes) from the peer server at addr ("host:port"), checks its
- * hash and inserts it into the store. Returns 0, -ENOENT (the peer does not have it),
- * -EBADMSG (wrong bytes or length), -ETIMEDOUT (deadline_ns, CLOCK_MONOTONIC, passed),
- * -EACCES (token refused), -ECONNREFUSED / -EIO (transport), or the store's error.
+ * Fetches chunk *h (len bytes) from the peer server at addr ("host:port") into buf (the
+ * caller's scratch, len bytes), checks its hash and inserts it into the store. Returns 0,
+ * -ENOENT (the peer does not have it), -EBADMSG (wrong bytes or length), -ETIMEDOUT
+ * (deadline_ns, CLOCK_MONOTONIC, passed), -EACCES (token refused), -ECONNREFUSED / -EIO
+ * (transport), or the store's error.
  */
 int peer_client_fetch(struct peer_client *pc, const char *addr, const struct chunk_hash *h,
-		      uint32_t len, uint64_t deadline_ns);
+		      void *buf, uint32_t len, uint64_t deadline_ns);
 
 /* Same, into buf[0..len) without storing (benchmarks, tools). */
 int peer_client_get(struct peer_client *pc, const char *addr, const struct chunk_hash *h,

@@ -139,8 +139,8 @@ static void order_holders(struct peers *p, struct directory_holder *v, int n)
  * Looks the chunk up and tries its holders. 0: fetched. -ENOENT: no holder could serve.
  * -ENOTCONN (etc.): the directory failed. -ETIMEDOUT: deadline passed.
  */
-static int try_holders(struct peers *p, const struct chunk_hash *h, uint32_t len,
-		       uint64_t deadline_ns)
+static int try_holders(struct peers *p, const struct chunk_hash *h, void *buf,
+		       uint32_t len, uint64_t deadline_ns)
 {
 	struct directory_holder v[MAX_HOLDERS];
 	int n, i, rc = -ENOENT;
@@ -153,7 +153,7 @@ static int try_holders(struct peers *p, const struct chunk_hash *h, uint32_t len
 	for (i = 0; i < n && tries < p->max_tries; i++, tries++) {
 		if (now_ns() >= deadline_ns)
 			return -ETIMEDOUT;
-		rc = peer_client_fetch(p->client, v[i].addr, h, len, deadline_ns);
+		rc = peer_client_fetch(p->client, v[i].addr, h, buf, len, deadline_ns);
 		note_result(p, &v[i], rc, len);
 		if (rc == 0) {
 			ST_ADD(p, peer_hits, 1);
@@ -184,10 +184,10 @@ static bool dir_error(int rc)
  * between our last lookup and our acquire: look once more, so that race never costs a
  * second seed fetch. 0: fetched from a peer (lease released). -ENOENT: go to the seed.
  */
-static int won_lease(struct peers *p, const struct chunk_hash *h, uint32_t len,
+static int won_lease(struct peers *p, const struct chunk_hash *h, void *buf, uint32_t len,
 		     uint64_t deadline_ns)
 {
-	int rc = try_holders(p, h, len, deadline_ns);
+	int rc = try_holders(p, h, buf, len, deadline_ns);
 
 	if (rc == 0) {
 		directory_lease_release(p->dir, h);
@@ -211,8 +211,8 @@ static void sleep_until(uint64_t t_ns)
 }
 
 /* Step 3: another node is fetching *h from the seed; wait for it, bounded. */
-static int wait_for_lease(struct peers *p, const struct chunk_hash *h, uint32_t len,
-			  uint64_t deadline_ns, int64_t holder)
+static int wait_for_lease(struct peers *p, const struct chunk_hash *h, void *buf,
+			  uint32_t len, uint64_t deadline_ns, int64_t holder)
 {
 	uint64_t start = now_ns();
 	uint64_t until = MIN(deadline_ns, start + p->lease_wait_ms * 1000000ULL);
@@ -231,7 +231,7 @@ static int wait_for_lease(struct peers *p, const struct chunk_hash *h, uint32_t 
 			ST_ADD(p, lease_takeovers, 1);
 		} else {
 			sleep_until(MIN(until, now_ns() + p->poll_ms * 1000000ULL));
-			rc = try_holders(p, h, len, deadline_ns);
+			rc = try_holders(p, h, buf, len, deadline_ns);
 			if (rc == 0) {
 				ST_ADD(p, lease_wait_hits, 1);
 				goto out;
@@ -241,7 +241,7 @@ static int wait_for_lease(struct peers *p, const struct chunk_hash *h, uint32_t 
 		}
 		rc = directory_lease_acquire(p->dir, h, deadline_ns, &holder);
 		if (rc == 0) {
-			rc = won_lease(p, h, len, deadline_ns);
+			rc = won_lease(p, h, buf, len, deadline_ns);
 			if (rc && alive != 0) /* it expired: the holder stalled or died */
 				ST_ADD(p, lease_takeovers, 1);
 			goto out;
@@ -256,14 +256,14 @@ out:
 	return rc;
 }
 
-int peers_fetch(struct peers *p, const struct chunk_hash *h, uint32_t len,
+int peers_fetch(struct peers *p, const struct chunk_hash *h, void *buf, uint32_t len,
 		uint64_t deadline_ns)
 {
 	int64_t holder = 0;
 	int rc;
 
 	ST_ADD(p, calls, 1);
-	rc = try_holders(p, h, len, deadline_ns);
+	rc = try_holders(p, h, buf, len, deadline_ns);
 	if (rc == 0 || rc == -ETIMEDOUT || rc == -ENOSPC)
 		return rc;
 	if (dir_error(rc))
@@ -271,10 +271,10 @@ int peers_fetch(struct peers *p, const struct chunk_hash *h, uint32_t len,
 	ST_ADD(p, no_holder, 1);
 	rc = directory_lease_acquire(p->dir, h, deadline_ns, &holder);
 	if (rc == 0)
-		return won_lease(p, h, len, deadline_ns);
+		return won_lease(p, h, buf, len, deadline_ns);
 	if (rc != -EBUSY)
 		goto seed;
-	rc = wait_for_lease(p, h, len, deadline_ns, holder);
+	rc = wait_for_lease(p, h, buf, len, deadline_ns, holder);
 	if (rc == 0 || rc == -ETIMEDOUT || rc == -ENOSPC)
 		return rc;
 	if (!dir_error(rc))
@@ -285,9 +285,10 @@ seed:
 	return -ENOENT;
 }
 
-static int ops_fetch(void *arg, const struct chunk_hash *h, uint32_t len, uint64_t deadline_ns)
+static int ops_fetch(void *arg, const struct chunk_hash *h, void *buf, uint32_t len,
+		     uint64_t deadline_ns)
 {
-	return peers_fetch(arg, h, len, deadline_ns);
+	return peers_fetch(arg, h, buf, len, deadline_ns);
 }
 
 struct fetcher_peer_ops peers_fetcher_ops(struct peers *p)

@@ -71,7 +71,7 @@ void peers_destroy(struct peers *p);
 struct fetcher_peer_ops peers_fetcher_ops(struct peers *p);
 
 /* 0: chunk *h is in the store; -ENOENT: go to the seed; -ETIMEDOUT: deadline passed. */
-int peers_fetch(struct peers *p, const struct chunk_hash *h, uint32_t len,
+int peers_fetch(struct peers *p, const struct chunk_hash *h, void *buf, uint32_t len,
 		uint64_t deadline_ns);
 
 void peers_get_stats(struct peers *p, struct peers_stats *st);

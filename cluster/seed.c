@@ -16,6 +16,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -23,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "images/chunkobj.h"
@@ -47,9 +50,8 @@ struct seed {
 /* One transfer's receive state. */
 struct seed_rx {
 	struct seed *s;
-	CURL *curl; /* for the response's Content-Length; NULL for a directory seed */
-	char *buf;
-	size_t len, cap, max;
+	char *buf;       /* max bytes, the caller's hugebuf */
+	size_t len, max;
 	bool too_big;
 };
 
@@ -209,27 +211,6 @@ static size_t seed_write_cb(char *data, size_t size, size_t nmemb, void *arg)
 		rx->too_big = true;
 		return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
 	}
-	if (rx->len + n > rx->cap) {
-		size_t cap = rx->cap ? rx->cap : 64 * 1024;
-		curl_off_t clen = -1;
-		char *nb;
-
-		/* Sized once from Content-Length: growing a ~1 MiB object by doubling from
-		 * 64 KiB copied it about twice more in realloc (a tenth of a cold read's CPU). */
-		if (!rx->cap && rx->curl &&
-		    curl_easy_getinfo(rx->curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &clen) ==
-			    CURLE_OK && clen > 0)
-			cap = (size_t)MIN((uint64_t)clen, (uint64_t)rx->max);
-
-		while (cap < rx->len + n)
-			cap *= 2;
-		cap = MIN(cap, rx->max);
-		nb = realloc(rx->buf, cap);
-		if (!nb)
-			return 0;
-		rx->buf = nb;
-		rx->cap = cap;
-	}
 	memcpy(rx->buf + rx->len, data, n);
 	rx->len += n;
 	return n;
@@ -366,7 +347,6 @@ static int seed_http_get(struct seed *s, const char *rel, struct seed_rx *rx, ui
 	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS,
 			 (long)MIN((uint64_t)timeout_ms, s->o.connect_timeout_ms));
-	rx->curl = c;
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, rx);
 	curl_easy_setopt(c, CURLOPT_XFERINFODATA, rx);
 	rc = curl_easy_perform(c);
@@ -389,21 +369,41 @@ static int seed_http_get(struct seed *s, const char *rel, struct seed_rx *rx, ui
 	return ret;
 }
 
+/* Reads the file at path into rx (at most rx->max bytes, else -EFBIG). */
+static int read_object(const char *path, struct seed_rx *rx)
+{
+	struct stat st;
+	int fd, ret;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0)
+		ret = -errno;
+	else if ((uint64_t)st.st_size > rx->max)
+		ret = -EFBIG;
+	else
+		ret = pread_full(fd, rx->buf, (size_t)st.st_size, 0);
+	if (ret == 0)
+		rx->len = (size_t)st.st_size;
+	close(fd);
+	return ret;
+}
+
 static int seed_file_get(struct seed *s, const char *rel, struct seed_rx *rx)
 {
 	char path[PATH_MAX];
-	size_t n = 0;
+	size_t n;
 	int ret;
 
 	if ((size_t)snprintf(path, sizeof(path), "%s/%s", s->dir, rel) >= sizeof(path))
 		return -ENAMETOOLONG;
 	if (atomic_load(&s->cancelled))
 		return -ECANCELED;
-	ret = read_file(path, rx->max, &rx->buf, &n);
-	if (ret == 0)
-		rx->len = n;
-	else if (ret != -ENOENT && ret != -EFBIG && ret != -ENOMEM)
+	ret = read_object(path, rx);
+	if (ret != 0 && ret != -ENOENT && ret != -EFBIG)
 		ret = -EIO;
+	n = rx->len;
 	pthread_mutex_lock(&s->lock);
 	s->stats.requests++;
 	s->stats.bytes_received += n;
@@ -412,7 +412,7 @@ static int seed_file_get(struct seed *s, const char *rel, struct seed_rx *rx)
 }
 
 int seed_get_chunk(struct seed *s, const struct chunk_hash *h, void *out, size_t len,
-		   uint64_t deadline_ns)
+		   struct hugebuf *rxbuf, uint64_t deadline_ns)
 {
 	struct seed_rx rx = {.s = s};
 	char rel[128];
@@ -424,6 +424,10 @@ int seed_get_chunk(struct seed *s, const struct chunk_hash *h, void *out, size_t
 		return -ECANCELED;
 	/* Room for one byte more than the bound, so an oversized object is seen as such. */
 	rx.max = chunkobj_bound(len) + 1;
+	ret = hugebuf_reserve(rxbuf, rx.max);
+	if (ret)
+		return ret;
+	rx.buf = rxbuf->p;
 	chunkobj_path(h, rel, sizeof(rel));
 	if (s->base)
 		ret = seed_http_get(s, rel, &rx, deadline_ns);
@@ -433,6 +437,5 @@ int seed_get_chunk(struct seed *s, const struct chunk_hash *h, void *out, size_t
 		ret = -EFBIG;
 	if (ret == 0)
 		ret = chunkobj_decode(rx.buf, rx.len, out, len, h);
-	free(rx.buf);
 	return ret;
 }

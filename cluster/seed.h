@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "common/hash.h"
+#include "common/hugebuf.h"
 
 struct seed;
 
@@ -38,8 +39,10 @@ void seed_close(struct seed *s);
 const char *seed_url(const struct seed *s);
 
 /*
- * Fetches chunk *h into out[0..len), decompressed and verified. deadline_ns
- * (CLOCK_MONOTONIC, 0 = none) caps the request on top of request_timeout_ms.
+ * Fetches chunk *h into out[0..len), decompressed and verified. The object is received
+ * into rxbuf, the caller's, reserved here to the largest valid object for len (and kept
+ * for the next call). deadline_ns (CLOCK_MONOTONIC, 0 = none) caps the request on top of
+ * request_timeout_ms.
  * Errors:
  *   -ENOENT     the repository has no such object (HTTP 404/410, no file);
  *   -EBADMSG    corrupt or truncated object, -EMSGSIZE wrong decompressed size,
@@ -51,7 +54,7 @@ const char *seed_url(const struct seed *s);
  *   -ECANCELED  seed_cancel() was called, -ENOMEM.
  */
 int seed_get_chunk(struct seed *s, const struct chunk_hash *h, void *out, size_t len,
-		   uint64_t deadline_ns);
+		   struct hugebuf *rxbuf, uint64_t deadline_ns);
 
 /* True for the errors above that mean the seed sent bad bytes. */
 static inline int seed_err_is_corrupt(int err)

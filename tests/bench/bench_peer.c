@@ -211,7 +211,8 @@ int main(int argc, char **argv)
 			goto out;
 		t0 = now_ns();
 		for (i = 0; i < nchunks; i++)
-			if (peer_client_fetch(cli, addr, &hs[i], csize, now_ns() + 10000000000ULL))
+			if (peer_client_fetch(cli, addr, &hs[i], buf, csize,
+					      now_ns() + 10000000000ULL))
 				goto out;
 		best_fetch = MIN(best_fetch, now_ns() - t0);
 		peer_client_destroy(cli);

@@ -22,6 +22,9 @@
 #define TOKEN "s3cret-token"
 #define MS 1000000ULL
 
+/* peer_client_fetch's receive buffer (the fetch worker's, in rackdiskd). */
+static uint8_t scratch[CHUNK];
+
 struct env {
 	char dir_a[64], dir_b[64];
 	struct chunkstore *a, *b;      /* a serves, b receives */
@@ -287,14 +290,14 @@ static void test_client_fetch(void **state)
 
 	for (i = 0; i < 3; i++) {
 		assert_false(chunkstore_contains(e->b, &e->h[i]));
-		assert_int_equal(peer_client_fetch(e->cli, e->addr, &e->h[i], CHUNK, dl), 0);
+		assert_int_equal(peer_client_fetch(e->cli, e->addr, &e->h[i], scratch, CHUNK, dl), 0);
 		assert_true(chunkstore_contains(e->b, &e->h[i]));
 		assert_int_equal(chunkstore_get(e->b, &e->h[i], &ref), 0);
 		assert_int_equal(pread_full(chunk_ref_fd(ref), buf, CHUNK, 0), 0);
 		assert_memory_equal(buf, e->data[i], CHUNK);
 		chunkstore_put(e->b, ref);
 	}
-	assert_int_equal(peer_client_fetch(e->cli, e->addr, &e->h[3], CHUNK, dl), -ENOENT);
+	assert_int_equal(peer_client_fetch(e->cli, e->addr, &e->h[3], scratch, CHUNK, dl), -ENOENT);
 	assert_false(chunkstore_contains(e->b, &e->h[3]));
 	/* a length that is not the chunk's is wrong data, not a chunk */
 	assert_int_equal(peer_client_get(e->cli, e->addr, &e->h[0], buf, CHUNK - 1, dl),
@@ -318,7 +321,7 @@ static void test_client_wrong_token(void **state)
 	struct peer_client *c;
 
 	assert_int_equal(peer_client_create(&co, &c), 0);
-	assert_int_equal(peer_client_fetch(c, e->addr, &e->h[0], CHUNK, now_ns() + 5000 * MS),
+	assert_int_equal(peer_client_fetch(c, e->addr, &e->h[0], scratch, CHUNK, now_ns() + 5000 * MS),
 			 -EACCES);
 	assert_false(chunkstore_contains(e->b, &e->h[0]));
 	peer_client_destroy(c);
@@ -364,18 +367,18 @@ static void test_client_detects_wrong_bytes(void **state)
 	assert_non_null(d);
 	info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
 	snprintf(addr, sizeof(addr), "127.0.0.1:%u", info->port);
-	assert_int_equal(peer_client_fetch(e->cli, addr, &e->h[0], CHUNK, dl), -EBADMSG);
+	assert_int_equal(peer_client_fetch(e->cli, addr, &e->h[0], scratch, CHUNK, dl), -EBADMSG);
 	assert_false(chunkstore_contains(e->b, &e->h[0]));
 	l.len = CHUNK * 2; /* too long: cut short, still wrong */
-	assert_int_equal(peer_client_fetch(e->cli, addr, &e->h[0], CHUNK, dl), -EBADMSG);
+	assert_int_equal(peer_client_fetch(e->cli, addr, &e->h[0], scratch, CHUNK, dl), -EBADMSG);
 	l.len = 10; /* too short */
-	assert_int_equal(peer_client_fetch(e->cli, addr, &e->h[0], CHUNK, dl), -EBADMSG);
+	assert_int_equal(peer_client_fetch(e->cli, addr, &e->h[0], scratch, CHUNK, dl), -EBADMSG);
 	assert_false(chunkstore_contains(e->b, &e->h[0]));
 	peer_client_get_stats(e->cli, &st);
 	assert_int_equal(st.bad_data, 3);
 	assert_int_equal(st.ok, 0);
 	/* the real peer still serves it */
-	assert_int_equal(peer_client_fetch(e->cli, e->addr, &e->h[0], CHUNK, dl), 0);
+	assert_int_equal(peer_client_fetch(e->cli, e->addr, &e->h[0], scratch, CHUNK, dl), 0);
 	MHD_stop_daemon(d);
 }
 
@@ -394,16 +397,16 @@ static void test_client_deadline(void **state)
 	assert_int_equal(getsockname(s, (struct sockaddr *)&a, &l), 0);
 	snprintf(addr, sizeof(addr), "127.0.0.1:%d", ntohs(a.sin_port));
 	t0 = now_ns();
-	assert_int_equal(peer_client_fetch(e->cli, addr, &e->h[1], CHUNK, now_ns() + 300 * MS),
+	assert_int_equal(peer_client_fetch(e->cli, addr, &e->h[1], scratch, CHUNK, now_ns() + 300 * MS),
 			 -ETIMEDOUT);
 	assert_true(fx_ms_since(t0) < 2000);
 	close(s);
 	/* a closed port: refused at once */
 	snprintf(addr, sizeof(addr), "127.0.0.1:%d", fx_free_port());
-	assert_int_equal(peer_client_fetch(e->cli, addr, &e->h[1], CHUNK, now_ns() + 2000 * MS),
+	assert_int_equal(peer_client_fetch(e->cli, addr, &e->h[1], scratch, CHUNK, now_ns() + 2000 * MS),
 			 -ECONNREFUSED);
 	/* a deadline already passed */
-	assert_int_equal(peer_client_fetch(e->cli, e->addr, &e->h[1], CHUNK, now_ns() - 1),
+	assert_int_equal(peer_client_fetch(e->cli, e->addr, &e->h[1], scratch, CHUNK, now_ns() - 1),
 			 -ETIMEDOUT);
 }
 

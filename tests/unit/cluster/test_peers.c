@@ -24,6 +24,10 @@
 #define TOKEN "peers-token"
 #define MS 1000000ULL
 
+/* peers_fetch's receive buffer (the fetch worker's, in rackdiskd); one per thread, as the
+ * cold-image test fetches from several at once. */
+static __thread uint8_t scratch[CHUNK];
+
 static struct fx_redis redis;
 
 struct node {
@@ -131,7 +135,7 @@ static void test_fetch_from_holder(void **state)
 
 	fx_chunk(1, data, CHUNK, &h);
 	assert_int_equal(chunkstore_insert(a->cs, &h, data, CHUNK), 0); /* announces */
-	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 5000 * MS), 0);
+	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 5000 * MS), 0);
 	check_chunk(b, &h, data);
 	assert_int_equal(served(a), CHUNK);
 	peers_get_stats(b->p, &st);
@@ -164,7 +168,7 @@ static void test_same_rack_first(void **state)
 		fx_chunk(10 + i, data, CHUNK, &h);
 		assert_int_equal(chunkstore_insert(far->cs, &h, data, CHUNK), 0);
 		assert_int_equal(chunkstore_insert(near->cs, &h, data, CHUNK), 0);
-		assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 5000 * MS), 0);
+		assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 5000 * MS), 0);
 	}
 	assert_int_equal(served(near), 8ULL * CHUNK);
 	assert_int_equal(served(far), 0);
@@ -172,7 +176,7 @@ static void test_same_rack_first(void **state)
 	node_free(near);
 	fx_chunk(99, data, CHUNK, &h);
 	assert_int_equal(chunkstore_insert(far->cs, &h, data, CHUNK), 0);
-	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 5000 * MS), 0);
+	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 5000 * MS), 0);
 	assert_int_equal(served(far), CHUNK);
 	node_free(far);
 	node_free(b);
@@ -216,7 +220,7 @@ static void test_lying_holder_skipped(void **state)
 	fx_chunk(20, data, CHUNK, &h);
 	assert_int_equal(chunkstore_insert(a->cs, &h, data, CHUNK), 0);
 	assert_int_equal(directory_announce(ld, &h), 0);
-	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 5000 * MS), 0);
+	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 5000 * MS), 0);
 	check_chunk(b, &h, data);
 	peers_get_stats(b->p, &st);
 	assert_int_equal(st.bad_data, 1);
@@ -252,7 +256,7 @@ static void test_stale_holder_repaired(void **state)
 	assert_int_equal(directory_announce(a->d, &h), 0);
 	assert_int_equal(directory_lookup(b->d, &h, hd, 4), 1);
 	/* 404 from a: entry removed; nobody else: b takes the lease and goes to the seed */
-	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 5000 * MS), -ENOENT);
+	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 5000 * MS), -ENOENT);
 	peers_get_stats(b->p, &st);
 	assert_int_equal(st.stale, 1);
 	assert_int_equal(st.leases_won, 1);
@@ -283,7 +287,7 @@ static void *reader_main(void *arg)
 
 	pthread_barrier_wait(&barrier);
 	for (i = 0; i < NCHUNKS && !r->rc; i++) {
-		int rc = peers_fetch(r->n->p, &cold_h[i], CHUNK, now_ns() + 10000 * MS);
+		int rc = peers_fetch(r->n->p, &cold_h[i], scratch, CHUNK, now_ns() + 10000 * MS);
 
 		if (rc == -ENOENT) {
 			/* the seed: slow, so the others find the lease taken */
@@ -370,7 +374,7 @@ static void test_dead_lease_holder_taken_over(void **state)
 	assert_int_equal(directory_lease_holder(b->d, &h, &holder), 0);
 	assert_true(holder > 0);
 	t0 = now_ns();
-	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 10000 * MS), -ENOENT);
+	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 10000 * MS), -ENOENT);
 	/* lease TTL 600 ms: taken over long before the 5 s wait bound */
 	assert_true(fx_ms_since(t0) < 3000);
 	peers_get_stats(b->p, &st);
@@ -396,14 +400,14 @@ static void test_stalled_lease_holder_bounded(void **state)
 	/* a holds the lease and keeps renewing it, but never finishes */
 	assert_int_equal(directory_lease_acquire(a->d, &h, now_ns() + 60000 * MS, &holder), 0);
 	t0 = now_ns();
-	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 10000 * MS), -ENOENT);
+	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 10000 * MS), -ENOENT);
 	ms = fx_ms_since(t0);
 	assert_true(ms >= 400 && ms < 2500);
 	peers_get_stats(b->p, &st);
 	assert_int_equal(st.lease_wait_timeouts, 1);
 	/* the caller's deadline bounds the wait too */
 	t0 = now_ns();
-	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 200 * MS), -ETIMEDOUT);
+	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 200 * MS), -ETIMEDOUT);
 	assert_true(fx_ms_since(t0) < 1500);
 	node_free(a);
 	node_free(b);
@@ -421,7 +425,7 @@ static void test_redis_down_goes_to_seed(void **state)
 	assert_int_equal(chunkstore_insert(a->cs, &h, data, CHUNK), 0);
 	fx_redis_stop(&redis);
 	t0 = now_ns();
-	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 5000 * MS), -ENOENT);
+	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 5000 * MS), -ENOENT);
 	assert_true(fx_ms_since(t0) < 1500);
 	peers_get_stats(b->p, &st);
 	assert_int_equal(st.directory_down, 1);
@@ -432,8 +436,8 @@ static void test_redis_down_goes_to_seed(void **state)
 	assert_int_equal(fx_redis_start(&redis), 0);
 	assert_int_equal(directory_wait_ready(a->d, 8000), 0);
 	assert_int_equal(directory_wait_ready(b->d, 8000), 0);
-	assert_int_equal(peers_fetch(b->p, &h, CHUNK, now_ns() + 5000 * MS), 0);
-	assert_int_equal(peers_fetch(b->p, &h2, CHUNK, now_ns() + 5000 * MS), 0);
+	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 5000 * MS), 0);
+	assert_int_equal(peers_fetch(b->p, &h2, scratch, CHUNK, now_ns() + 5000 * MS), 0);
 	check_chunk(b, &h2, data);
 	assert_int_equal(served(a), 2ULL * CHUNK);
 	node_free(a);
