@@ -354,9 +354,6 @@ static int try_peer(struct worker_ctx *w, struct fill *fl, uint64_t deadline_ns)
 	pthread_mutex_unlock(&f->lock);
 	if (!have)
 		return -ENOENT;
-	r = hugebuf_reserve(&w->chunk, fl->len);
-	if (r)
-		return r;
 	r = peer.fetch(peer.arg, &fl->h, w->chunk.p, fl->len, deadline_ns);
 	if (r == 0 || r == -ENOENT)
 		return r;
@@ -376,9 +373,6 @@ static int try_seed(struct worker_ctx *w, struct fill *fl)
 	uint64_t supp = 0;
 	int r;
 
-	r = hugebuf_reserve(&w->chunk, fl->len);
-	if (r)
-		return r;
 	/*
 	 * The request is bounded by request_timeout_ms, not by the deadline: a transfer that
 	 * has started may finish after its waiters have given up, so the chunk is in the
@@ -436,6 +430,10 @@ static int fill_run(struct worker_ctx *w, struct fill *fl, enum fetch_source *sr
 	uint64_t backoff = f->o.retry_initial_ms, deadline;
 	int r;
 
+	/* try_peer and try_seed receive the chunk into w->chunk. */
+	r = hugebuf_reserve(&w->chunk, fl->len);
+	if (r)
+		return r;
 	for (;;) {
 		deadline = fill_deadline(f, fl);
 		if (now_ns() >= deadline)
