@@ -68,12 +68,16 @@ def read_whole(url, size):
     assert r.returncode == 0, r.stderr
 
 
-def test_spawned_tgtd_reads_without_page_faults_per_command(appliance, seed):
+def appliance_with_disk(appliance, seed):
+    """A started appliance exporting disk d1 of image "big": (appliance, URL, image size)."""
     a = appliance().start()
     p = a.cli("disk", "create", "d1", "--image", "big")
     assert p.returncode == 0, p.stderr
-    url = p.stdout.strip().split("\n")[-1]
-    size = os.path.getsize(seed[1]["big"])
+    return a, p.stdout.strip().split("\n")[-1], os.path.getsize(seed[1]["big"])
+
+
+def test_spawned_tgtd_reads_without_page_faults_per_command(appliance, seed):
+    a, url, size = appliance_with_disk(appliance, seed)
     pid = a.tgtd_pid()
     assert any(t.startswith("glibc.malloc.mmap_threshold=") for t in tgtd_tunables(pid))
     # The first read fills the cache; the next ones warm tgtd's buffers.
@@ -146,11 +150,7 @@ def test_heap_stays_near_the_buffers_in_flight(appliance, seed):
     fit them: the heap grew to 50-130 MiB for 8 reads in flight, each new MiB faulted in
     and zeroed on tgtd's event loop during the VM's first reads. With tcache_count=0
     (TGTD_MALLOC_TUNABLES) the heap stays at the warm-up plus the buffers in flight."""
-    a = appliance().start()
-    p = a.cli("disk", "create", "d1", "--image", "big")
-    assert p.returncode == 0, p.stderr
-    url = p.stdout.strip().split("\n")[-1]
-    size = os.path.getsize(seed[1]["big"])
+    a, url, size = appliance_with_disk(appliance, seed)
     pid = a.tgtd_pid()
     for _ in range(12):
         read_whole(url, size)
