@@ -393,7 +393,6 @@ static int read_object(const char *path, struct seed_rx *rx)
 static int seed_file_get(struct seed *s, const char *rel, struct seed_rx *rx)
 {
 	char path[PATH_MAX];
-	size_t n;
 	int ret;
 
 	if ((size_t)snprintf(path, sizeof(path), "%s/%s", s->dir, rel) >= sizeof(path))
@@ -403,10 +402,9 @@ static int seed_file_get(struct seed *s, const char *rel, struct seed_rx *rx)
 	ret = read_object(path, rx);
 	if (ret != 0 && ret != -ENOENT && ret != -EFBIG)
 		ret = -EIO;
-	n = rx->len;
 	pthread_mutex_lock(&s->lock);
 	s->stats.requests++;
-	s->stats.bytes_received += n;
+	s->stats.bytes_received += rx->len;
 	pthread_mutex_unlock(&s->lock);
 	return ret;
 }
