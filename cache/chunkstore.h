@@ -40,7 +40,7 @@ struct chunkstore_opts {
 	const char *dir;     /* the store's root; chunks/ is created below it */
 	uint64_t capacity;   /* bytes of chunk data; 0 = unlimited */
 	bool reader;	     /* reader mode (see above) */
-	bool direct_io;	     /* read with O_DIRECT where the filesystem allows it */
+	bool direct_io;	     /* read and insert with O_DIRECT where the filesystem allows it */
 	bool verify_on_open; /* owner: re-hash every chunk while rebuilding the index */
 	struct chunkstore_hooks hooks;
 };
@@ -65,8 +65,9 @@ struct chunkstore_stats {
  * readers started after open never see a file torn by a power loss. The owner must open
  * the store before starting any reader of it.
  * Reader: <dir>/chunks must exist (-ENOENT otherwise); nothing is scanned or written.
- * direct_io falls back to buffered reads (logged) where the filesystem refuses O_DIRECT;
- * buffered is the default because it is faster for cached chunks (cache/aio.c).
+ * direct_io: reads, and inserts of aligned data, bypass the page cache. It falls back to
+ * buffered I/O (logged) where the filesystem refuses O_DIRECT; buffered is the default
+ * because it is faster for cached chunks (cache/aio.c).
  */
 int chunkstore_open(const struct chunkstore_opts *o, struct chunkstore **out);
 /* Owner: syncfs()es the store's filesystem and writes <dir>/clean (the next open then

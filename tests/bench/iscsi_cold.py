@@ -18,10 +18,13 @@ image with 4 KiB pages, little with the transparent huge pages rackdiskd asks fo
 the flag, each round first reads the raw image through an rdwr LUN of the appliance's
 tgtd; the rackdisk cache is still empty when the timed cold read starts.
 
-Two variants, printed side by side:
+Three variants, printed side by side:
   loopback  nginx on 127.0.0.1, no rate limit. On this path the iSCSI transport alone
             costs more than curl (tgt's own rdwr store on the raw file, read the same way,
             is printed as a second reference line).
+  direct    the same nginx, with `direct_io = true` in the appliance's [cache] and [iscsi]
+            sections: chunks are inserted and read with O_DIRECT, so the cold read writes
+            no page cache (see the machine line below for why that matters here).
   limited   nginx in a network namespace created for the run (name rdcold-<pid>,
             addresses in 10.214.0.0/24, a veth pair to the host namespace) whose seed side
             sends through `tc qdisc tbf rate RATE` (env BENCH_SEED_RATE or --seed-rate,
@@ -261,8 +264,9 @@ def perf_stop(rec):
     print(f"  perf profile of rackdiskd and tgtd during the cold read: {out}")
 
 
-def run_variant(label, nginx, size, args, seed_extra, raw):
-    """Rounds of curl + cold + warm reads against nginx; returns a result dict."""
+def run_variant(label, nginx, size, args, seed_extra, raw, direct=False):
+    """Rounds of curl + cold + warm reads against nginx; returns a result dict. With
+    direct, the appliance sets direct_io in [cache] and [iscsi]."""
     url_raw = f"{nginx.url}/image.raw"
     # Page cache warm for both sides: nginx serves both from memory.
     timed(["curl", "-sf", "-o", "/dev/null", url_raw])
@@ -270,8 +274,10 @@ def run_variant(label, nginx, size, args, seed_extra, raw):
     for rnd in range(1, args.rounds + 1):
         curl = timed(["curl", "-sf", "-o", "/dev/null", url_raw])
         sent0 = chunk_bytes_sent(nginx)
+        io = ["direct_io = true"] if direct else []
         app = Appliance(nginx.url, name=f"cold{rnd}", extra={
-            "seed": seed_extra, "node": [], "iscsi": ["io_timeout_ms = 60000"]})
+            "seed": seed_extra, "node": [], "cache": io,
+            "iscsi": ["io_timeout_ms = 60000", *io]})
         try:
             app.start()
             p = app.cli("disk", "create", "d1", "--image", "cold")
@@ -340,7 +346,7 @@ def main():
     ap.add_argument("--depth", type=int, default=16)
     ap.add_argument("--seed-rate", default=os.environ.get("BENCH_SEED_RATE", "1gbit"),
                     help="tc rate of the limited variant's seed link (env BENCH_SEED_RATE)")
-    ap.add_argument("--variants", default="loopback,limited")
+    ap.add_argument("--variants", default="loopback,direct,limited")
     ap.add_argument("--perf", default=None,
                     help="perf record rackdiskd + tgtd during each cold read into "
                          "PERF.<variant>.<round> (report) and .data")
@@ -382,9 +388,14 @@ def main():
             seed_extra.append(f"workers = {args.workers}")
         if args.readahead >= 0:
             seed_extra.append(f"readahead = {args.readahead}")
-        if "loopback" in variants:
+        if "loopback" in variants or "direct" in variants:
             nginx = Nginx(repo, os.path.join(work, "nginx")).start()
-            results["loopback"] = run_variant("loopback", nginx, size, args, seed_extra, raw)
+            if "loopback" in variants:
+                results["loopback"] = run_variant("loopback", nginx, size, args, seed_extra,
+                                                  raw)
+            if "direct" in variants:
+                results["direct"] = run_variant("loopback, direct_io", nginx, size, args,
+                                                seed_extra, raw, direct=True)
             nginx.stop()
             nginx = None
         if "limited" in variants:
@@ -403,7 +414,8 @@ def main():
     print(f"\n{size // MIB} MiB image, depth {args.depth}, median round of {args.rounds}, "
           f"{'tgtd in service' if args.tgtd_in_service else 'fresh appliance and tgtd'}")
     print(f"{'variant':22} {'curl':>14} {'iSCSI cold':>14} {'cold/curl':>10} {'warm re-read':>14}")
-    names = {"loopback": "loopback (unlimited)", "limited": f"seed at {args.seed_rate}"}
+    names = {"loopback": "loopback (unlimited)", "direct": "loopback, direct_io",
+             "limited": f"seed at {args.seed_rate}"}
     for k, (ratio, curl, cold, warm) in results.items():
         print(f"{names[k]:22} {curl:8.2f} s     {cold:8.2f} s     {ratio:8.2f}x "
               f"{warm:8.2f} s")

@@ -15,12 +15,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
+#include "cache/aio.h"
 #include "cache/chunkstore.h"
 #include "common/hash.h"
 #include "common/util.h"
@@ -881,6 +883,84 @@ static void test_direct_io_reads(void **state)
 	chunkstore_close(cs);
 }
 
+/* Pages of the file at path that are in the page cache. */
+static size_t resident_pages(const char *path)
+{
+	struct stat st;
+	unsigned char vec[1024];
+	size_t n = 0, pages;
+	void *m;
+	int fd = open(path, O_RDONLY);
+
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	pages = ((size_t)st.st_size + 4095) / 4096;
+	assert_true(pages > 0 && pages <= sizeof(vec));
+	m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(m != MAP_FAILED);
+	assert_int_equal(mincore(m, (size_t)st.st_size, vec), 0);
+	for (size_t i = 0; i < pages; i++)
+		n += vec[i] & 1;
+	munmap(m, (size_t)st.st_size);
+	close(fd);
+	return n;
+}
+
+/* Chunk number i in a buffer at offset `skew` from an AIO_ALIGN boundary (free *base). */
+static uint8_t *make_placed(unsigned i, size_t len, size_t skew, struct chunk_hash *h,
+			    uint8_t **base)
+{
+	uint8_t *b = make_chunk(i, len, h);
+
+	assert_int_equal(posix_memalign((void **)base, AIO_ALIGN, len + AIO_ALIGN), 0);
+	memcpy(*base + skew, b, len);
+	free(b);
+	return *base + skew;
+}
+
+/* A direct_io store writes aligned chunks past the page cache, and the rest through it. */
+static void test_direct_io_inserts(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore_opts o = {.dir = f->dir, .direct_io = true};
+	const size_t len = 64 * 4096;
+	struct chunk_hash ha, hu, hs, hb;
+	uint8_t *a, *u, *b, *base[3];
+	char pa[512], pu[512], ps[512], pb[512];
+	struct chunkstore *cs;
+
+	assert_true(aio_direct_supported(f->dir)); /* the fixture is on a real disk */
+	a = make_placed(7, len, 0, &ha, &base[0]);
+	u = make_placed(8, len, AIO_ALIGN / 2 + 1, &hu, &base[1]);
+	b = make_placed(10, len, 0, &hb, &base[2]);
+	hs = hash_n(9, len - 100);
+	assert_int_equal(chunkstore_open(&o, &cs), 0);
+	assert_int_equal(chunkstore_insert(cs, &ha, a, len), 0);
+	assert_int_equal(chunkstore_insert(cs, &hu, u, len), 0); /* unaligned buffer */
+	assert_int_equal(insert_n(cs, 9, len - 100), 0);	   /* short length */
+	chunk_file(f->dir, &ha, pa, sizeof(pa));
+	chunk_file(f->dir, &hu, pu, sizeof(pu));
+	chunk_file(f->dir, &hs, ps, sizeof(ps));
+	chunk_file(f->dir, &hb, pb, sizeof(pb));
+	assert_int_equal(resident_pages(pa), 0);
+	assert_int_equal(resident_pages(pu), 64);
+	assert_int_equal(resident_pages(ps), 64);
+	assert_int_equal(get_check(cs, 7, len), 0);
+	assert_int_equal(get_check(cs, 8, len), 0);
+	assert_int_equal(get_check(cs, 9, len - 100), 0);
+	chunkstore_close(cs);
+	/* A buffered store fills the page cache with the same kind of insert. */
+	o.direct_io = false;
+	assert_int_equal(chunkstore_open(&o, &cs), 0);
+	assert_int_equal(chunkstore_insert(cs, &hb, b, len), 0);
+	assert_int_equal(resident_pages(pb), 64);
+	assert_int_equal(get_check(cs, 10, len), 0);
+	assert_int_equal(get_check(cs, 7, len), 0);
+	chunkstore_close(cs);
+	for (int i = 0; i < 3; i++)
+		free(base[i]);
+}
+
 static unsigned count_fds(void)
 {
 	unsigned n = 0;
@@ -946,6 +1026,7 @@ int main(void)
 		T(test_inv7_concurrent_inserts_and_reads),
 		T(test_fsck_reports_and_repairs),
 		T(test_direct_io_reads),
+		T(test_direct_io_inserts),
 		T(test_reader_fd_cache_bounded),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
