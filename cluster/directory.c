@@ -590,20 +590,26 @@ int directory_list_nodes(struct directory *d, struct directory_node *out, int ma
 		redisAppendCommand(d->ctx, "HGETALL %snode:%lld", d->prefix,
 				   (long long)out[i].node_id);
 	}
+	/* Read every reply even after an error reply (a stray key of the wrong type, an ACL
+	 * refusal): one left unread would answer the connection's next command. */
 	for (i = 0; i < n; i++) {
-		rc = dir_pipeline_reply_locked(d, &x);
-		if (rc)
-			goto out;
-		out[i].ttl_ms = x->type == REDIS_REPLY_INTEGER && x->integer >= 0 ? x->integer : -1;
-		out[i].alive = out[i].ttl_ms >= 0;
-		freeReplyObject(x);
-		rc = dir_pipeline_reply_locked(d, &x);
-		if (rc)
-			goto out;
-		node_from_hash(x, &out[i]);
-		freeReplyObject(x);
+		int r1 = dir_pipeline_reply_locked(d, &x), r2;
+
+		if (!r1) {
+			out[i].ttl_ms = x->type == REDIS_REPLY_INTEGER && x->integer >= 0 ?
+						x->integer : -1;
+			out[i].alive = out[i].ttl_ms >= 0;
+			freeReplyObject(x);
+		}
+		r2 = dir_pipeline_reply_locked(d, &x);
+		if (!r2) {
+			node_from_hash(x, &out[i]);
+			freeReplyObject(x);
+		}
+		rc = rc ? rc : r1 ? r1 : r2;
 	}
-	rc = n;
+	if (!rc)
+		rc = n;
 out:
 	pthread_mutex_unlock(&d->lock);
 	if (r)

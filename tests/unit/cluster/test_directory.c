@@ -172,6 +172,56 @@ static void test_announce_lookup_withdraw(void **state)
 	directory_destroy(b);
 }
 
+/* An error reply inside list_nodes' pipeline (a stray key of the wrong type) fails that
+ * call only: the connection's next commands still get their own replies. */
+static void test_list_nodes_error_reply_keeps_pipeline(void **state)
+{
+	struct directory *a = dir_new("a9", "r1", NULL), *b = dir_new("b9", "r2", NULL);
+	struct directory_holder hd[4];
+	struct directory_node nodes[8];
+	struct chunk_hash h, free_h;
+	uint8_t buf[CHUNK];
+	int64_t holder = -1;
+	redisContext *c;
+	redisReply *rep;
+
+	fx_chunk(9, buf, sizeof(buf), &h);
+	fx_chunk(10, buf, sizeof(buf), &free_h);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	assert_int_equal(directory_announce(a, &h), 0);
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_non_null(c);
+	assert_int_equal(c->err, 0);
+	rep = redisCommand(c, "HSET t:nodes:byname ghost 99");
+	freeReplyObject(rep);
+	rep = redisCommand(c, "SET t:node:99 not-a-hash");
+	freeReplyObject(rep);
+	rep = redisCommand(c, "SET t:alive:99 1");
+	freeReplyObject(rep);
+	/* listed after the ghost (a small hash keeps insertion order): replies follow its */
+	rep = redisCommand(c, "HDEL t:nodes:byname a9");
+	freeReplyObject(rep);
+	rep = redisCommand(c, "HSET t:nodes:byname a9 %lld", (long long)directory_node_id(a));
+	freeReplyObject(rep);
+	redisFree(c);
+
+	assert_int_equal(directory_list_nodes(b, nodes, 8), -EIO);
+	/* each of these would read a stale reply if list_nodes left one unread */
+	assert_int_equal(directory_lookup(b, &h, hd, 4), 1);
+	assert_int_equal(hd[0].node_id, directory_node_id(a));
+	assert_int_equal(directory_node_alive(b, directory_node_id(a)), 1);
+	assert_int_equal(directory_lease_acquire(b, &free_h, now_ns() + 5000000000ULL, &holder),
+			 0);
+	assert_int_equal(directory_lease_holder(a, &free_h, &holder), 0);
+	assert_int_equal(holder, directory_node_id(b));
+	assert_int_equal(directory_lease_release(b, &free_h), 0);
+	assert_int_equal(directory_list_nodes(b, nodes, 8), -EIO);
+	assert_int_equal(directory_lookup(b, &h, hd, 4), 1);
+	directory_destroy(a);
+	directory_destroy(b);
+}
+
 static void test_heartbeat_expires(void **state)
 {
 	struct directory *b = dir_new("b3", "r1", NULL), *a;
@@ -450,6 +500,8 @@ int main(void)
 		cmocka_unit_test(test_bad_options),
 		cmocka_unit_test_setup_teardown(test_register_ids, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_announce_lookup_withdraw, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_list_nodes_error_reply_keeps_pipeline, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_heartbeat_expires, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bulk_announce, setup, teardown),
 		cmocka_unit_test(test_password_and_db),
