@@ -336,20 +336,31 @@ out:
  */
 static void rd_write_same(struct scsi_cmd *cmd, struct disk *d)
 {
-	uint32_t blksize = 1U << cmd->dev->blk_shift;
+	struct scsi_lu *lu = cmd->dev;
+	uint32_t blksize = 1U << lu->blk_shift;
 	uint32_t outlen = scsi_get_out_length(cmd);
 	const char *blk = scsi_get_out_buffer(cmd);
 	int unmap = cmd->scb[1] & 0x08;
 	int lbdata = cmd->scb[1] & 0x06;
 	int ndob = cmd->scb[0] == WRITE_SAME_16 && (cmd->scb[1] & 0x01);
-	uint64_t off = cmd->offset, end = cmd->offset + cmd->tl, lba;
+	uint64_t off = cmd->offset, end, lba, count;
 	uint32_t n, i;
 	char *buf;
 	int zero, ret = 0;
 
+	/* The length comes from the CDB: tgt keeps it in 32 bits of bytes (cmd->tl), which
+	 * wraps from 4 GiB (a count of 0, "to the end of the LUN", on any large disk). */
+	count = scsi_rw_count(cmd->scb);
+	if (!count)
+		count = (lu->size >> lu->blk_shift) - (off >> lu->blk_shift);
+	end = off + (count << lu->blk_shift);
+	if (end > lu->size || end < off) {
+		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
+		return;
+	}
 	zero = ndob || outlen < blksize || buf_is_zero(blk, blksize);
 	if (unmap) {
-		ret = disk_unmap(d, off, cmd->tl, 0);
+		ret = disk_unmap(d, off, end - off, wce_flags(cmd));
 		if (ret)
 			cmd_error_errno(cmd, ret, 1);
 		return;
@@ -406,7 +417,8 @@ static void rd_unmap(struct scsi_cmd *cmd, struct disk *d)
 		}
 		if (!nblocks)
 			continue;
-		ret = disk_unmap(d, lba << lu->blk_shift, nblocks << lu->blk_shift, 0);
+		ret = disk_unmap(d, lba << lu->blk_shift, nblocks << lu->blk_shift,
+				 wce_flags(cmd));
 		if (ret) {
 			cmd_error_errno(cmd, ret, 1);
 			return;
@@ -510,11 +522,12 @@ static int rd_get_lba_status(int host_no, struct scsi_cmd *cmd)
 		asc = ASC_MEDIUM_NOT_PRESENT;
 		goto sense;
 	}
-	offset = get_unaligned_be64(&cmd->scb[2]) << lu->blk_shift;
-	if (offset >= lu->size || !rd->lun) {
+	offset = get_unaligned_be64(&cmd->scb[2]);
+	if (offset >= lu->size >> lu->blk_shift || !rd->lun) { /* before the shift wraps */
 		asc = ASC_LBA_OUT_OF_RANGE;
 		goto sense;
 	}
+	offset <<= lu->blk_shift;
 	alloc_len = get_unaligned_be32(&cmd->scb[10]);
 	if (alloc_len < 4 || scsi_get_in_length(cmd) < alloc_len)
 		goto sense;

@@ -213,6 +213,34 @@ def test_unmap_reads_zeros_and_is_deallocated(tgtd, work):
     assert r["sha256"] == hashlib.sha256(exp[:MiB]).hexdigest()
 
 
+def test_write_same_to_the_end_of_a_large_lun(tgtd, work):
+    """WRITE SAME(16) with a count of 0 covers the LUN to its end. tgt keeps the byte
+    count in 32 bits: on a LUN of 4 GiB + 4 MiB the whole-LUN count reads as 4 MiB, so
+    the module must take it from the CDB, or the command returns GOOD and leaves the rest
+    of the LUN as it was."""
+    raw = make_raw(os.path.join(work, "img.raw"), 4 * MiB, seed=8)
+    size = 4096 * MiB + 4 * MiB
+    make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="all",
+              size=size)
+    url = tgtd.add_lun(1, os.path.join(work, "disk"))
+    last, far = size // 512 - 1, 4096 * MiB // 512 + 100
+    zero = hashlib.sha256(bytes(512)).hexdigest()
+    for lba in (last, far, 8):
+        assert iscsi_cmd(url, "write", lba, 1, 0x5A)["status"] == "GOOD"
+    # without UNMAP, the last 16 blocks: written
+    assert iscsi_cmd(url, "writesame", last - 15, 0, 0x11)["status"] == "GOOD"
+    for lba in (last - 15, last):
+        r = iscsi_cmd(url, "read", lba, 1)
+        assert r["sha256"] == hashlib.sha256(b"\x11" * 512).hexdigest(), (lba, r)
+    # with UNMAP, the whole LUN: every block reads zeros afterwards
+    assert iscsi_cmd(url, "writesame", 0, 0, 0, "unmap")["status"] == "GOOD"
+    for lba in (last, far, 8):
+        assert iscsi_cmd(url, "read", lba, 1)["sha256"] == zero, lba
+    # GET LBA STATUS beyond the end (an LBA whose byte offset wraps to 0) is refused
+    r = iscsi_cmd(url, "lbastatus", 1 << 63)
+    assert (r["status"], r["key"], r["asc"]) == ("CHECK_CONDITION", 5, 0x21), r
+
+
 def test_stalled_fetch_ends_within_deadline_and_other_luns_work(tgtd, work, servers):
     raw = make_raw(os.path.join(work, "img.raw"), 4 * MiB, seed=8)
     deadline_ms = 1500

@@ -10,6 +10,7 @@
  *   iscsi_cmd URL orwrite LBA BLOCKS BYTE
  *   iscsi_cmd URL prefetch LBA BLOCKS
  *   iscsi_cmd URL sync LBA BLOCKS            SYNCHRONIZE CACHE(16)
+ *   iscsi_cmd URL writesame LBA BLOCKS BYTE [unmap]   WRITE SAME(16); BLOCKS 0: to the end
  *   iscsi_cmd URL lbastatus LBA              -> the descriptors
  *
  * Prints one JSON line. Exit status 0 when the command was delivered (whatever its
@@ -150,6 +151,10 @@ int main(int argc, char **argv)
 		t = iscsi_orwrite_sync(iscsi, url->lun, lba, buf, len, BLOCK, 0, 0, 0, 0, 0);
 	} else if (!strcmp(op, "prefetch") && argc == 5) {
 		t = iscsi_prefetch16_sync(iscsi, url->lun, lba, (int)blocks, 0, 0);
+	} else if (!strcmp(op, "writesame") && (argc == 6 || argc == 7)) {
+		memset(buf, (int)strtoul(argv[5], NULL, 0), BLOCK);
+		t = iscsi_writesame16_sync(iscsi, url->lun, lba, buf, BLOCK, blocks, 0,
+					   argc == 7 && !strcmp(argv[6], "unmap"), 0, 0);
 	} else if (!strcmp(op, "sync") && argc == 5) {
 		t = iscsi_synchronizecache16_sync(iscsi, url->lun, lba, blocks, 0, 0);
 	} else if (!strcmp(op, "lbastatus") && argc == 4) {
@@ -185,7 +190,7 @@ out:
 	iscsi_destroy_context(iscsi);
 	return ret;
 usage:
-	fprintf(stderr, "usage: iscsi_cmd URL read|write|caw|orwrite|prefetch|sync|lbastatus LBA "
-			"[BLOCKS [BYTE...]]\n");
+	fprintf(stderr, "usage: iscsi_cmd URL read|write|caw|orwrite|prefetch|sync|writesame|"
+			"lbastatus LBA [BLOCKS [BYTE...]]\n");
 	return 2;
 }
