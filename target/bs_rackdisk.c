@@ -91,7 +91,12 @@ static void cmd_error_errno(struct scsi_cmd *cmd, int err, int writing)
 	switch (err) {
 	case -ETIMEDOUT:
 	case -EAGAIN:
-		/* The data may arrive soon (the fetch goes on in rackdiskd): ask for a retry. */
+	case -ECONNRESET:
+	case -ECONNREFUSED:
+	case -EPIPE:
+	case -ESHUTDOWN:
+		/* The data may arrive soon (the fetch goes on in rackdiskd, or rackdiskd is
+		 * restarting): ask for a retry. */
 		scsi_set_result(cmd, SAM_STAT_BUSY);
 		break;
 	case -EIO:
@@ -104,7 +109,11 @@ static void cmd_error_errno(struct scsi_cmd *cmd, int err, int writing)
 		break;
 	case -ENOSPC:
 	case -EDQUOT:
-		cmd_error_sense(cmd, DATA_PROTECT, ASC_SPACE_ALLOC_FAILED);
+		/* A read finds the chunk store full of chunks in use: that passes. */
+		if (!writing)
+			scsi_set_result(cmd, SAM_STAT_BUSY);
+		else
+			cmd_error_sense(cmd, DATA_PROTECT, ASC_SPACE_ALLOC_FAILED);
 		break;
 	case -EROFS:
 	case -EACCES:

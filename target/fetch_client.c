@@ -124,6 +124,20 @@ static int conn_get(struct fetch_client *fc, bool *reused)
 	return fd >= 0 ? fd : conn_open(fc);
 }
 
+/* Closes every idle connection: they all belong to a server that has gone away. */
+static void conn_flush(struct fetch_client *fc)
+{
+	int fds[POOL_MAX], n, i;
+
+	pthread_mutex_lock(&fc->lock);
+	n = fc->nidle;
+	memcpy(fds, fc->idle, (size_t)n * sizeof(fds[0]));
+	fc->nidle = 0;
+	pthread_mutex_unlock(&fc->lock);
+	for (i = 0; i < n; i++)
+		close(fds[i]);
+}
+
 static void conn_put(struct fetch_client *fc, int fd)
 {
 	pthread_mutex_lock(&fc->lock);
@@ -234,10 +248,33 @@ static bool server_absent(int err)
 	return err == -ENOENT || err == -ECONNREFUSED || err == -EAGAIN;
 }
 
+/* The server went away during the exchange, or answered that it is stopping. */
+static bool server_gone(int err)
+{
+	return err == -EPIPE || err == -ECONNRESET || err == -ESHUTDOWN;
+}
+
+/* Sleeps RECONNECT_NS, or until deadline_ns if that is sooner. */
+static void pause_until(uint64_t deadline_ns)
+{
+	uint64_t now = now_ns(), pause = RECONNECT_NS;
+	struct timespec ts;
+
+	if (now >= deadline_ns)
+		return;
+	if (deadline_ns - now < pause)
+		pause = deadline_ns - now;
+	ts.tv_sec = (time_t)(pause / 1000000000ull);
+	ts.tv_nsec = (long)(pause % 1000000000ull);
+	nanosleep(&ts, NULL);
+}
+
 /*
- * One request/reply exchange. A connection taken from the pool may have been closed by a
- * restarted server; every request is idempotent, so such a failure is retried once on a
- * fresh connection. With `patient`, an absent server is retried until the deadline.
+ * One request/reply exchange; every request is idempotent. A connection taken from the
+ * pool may belong to a server that has restarted since: the first such failure empties
+ * the pool (its other connections are just as dead) and retries on a fresh connection.
+ * With `patient`, a server that is absent, goes away mid-request or answers that it is
+ * stopping (rackdiskd restarting) is retried every RECONNECT_NS until the deadline.
  */
 static int request(struct fetch_client *fc, const char *line, size_t len, uint64_t deadline_ns,
 		   bool patient)
@@ -251,30 +288,31 @@ static int request(struct fetch_client *fc, const char *line, size_t len, uint64
 			return -ETIMEDOUT;
 		fd = conn_get(fc, &reused);
 		if (fd < 0) {
-			uint64_t now = now_ns(), pause = RECONNECT_NS;
-			struct timespec ts;
-
 			if (!patient || !server_absent(fd))
 				return fd;
-			if (now >= deadline_ns)
-				return -ETIMEDOUT;
-			if (deadline_ns - now < pause)
-				pause = deadline_ns - now;
-			ts.tv_sec = (time_t)(pause / 1000000000ull);
-			ts.tv_nsec = (long)(pause % 1000000000ull);
-			nanosleep(&ts, NULL);
+			pause_until(deadline_ns);
 			continue;
 		}
 		ret = send_line(fd, line, len, deadline_ns);
 		if (!ret)
 			ret = recv_line(fd, reply, sizeof(reply), deadline_ns);
 		if (!ret) {
-			conn_put(fc, fd);
-			return parse_reply(reply);
+			ret = parse_reply(reply);
+			if (!(patient && ret == -ESHUTDOWN)) {
+				conn_put(fc, fd);
+				return ret;
+			}
 		}
 		close(fd);
-		if (!(reused && attempts++ == 0 && (ret == -EPIPE || ret == -ECONNRESET)))
+		if (!server_gone(ret))
 			return ret;
+		if (reused && attempts++ == 0) {
+			conn_flush(fc);
+			continue;
+		}
+		if (!patient)
+			return ret;
+		pause_until(deadline_ns);
 	}
 }
 

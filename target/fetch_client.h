@@ -34,7 +34,8 @@ void fetch_client_free(struct fetch_client *fc);
 /*
  * FETCH: asks rackdiskd to make chunk *h (len bytes) present in the chunk store and
  * waits for the answer until deadline_ns (CLOCK_MONOTONIC). While the socket cannot be
- * reached (rackdiskd restarting) it keeps trying until the deadline.
+ * reached, goes away mid-request or answers that it is stopping (rackdiskd restarting), it
+ * keeps trying until the deadline.
  * Returns 0 (the chunk is in the store), -ETIMEDOUT (deadline passed), -EIO (every
  * source failed) or another negative errno from the server or the socket.
  */

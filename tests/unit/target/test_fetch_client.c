@@ -23,7 +23,10 @@
 #include "target/fetch_client.h"
 #include "target/fetch_proto.h"
 
-enum mode { M_OK, M_ERR_EIO, M_ERR_TIMEDOUT, M_STALL, M_CLOSE_AFTER_REPLY, M_GARBAGE };
+enum mode {
+	M_OK, M_ERR_EIO, M_ERR_TIMEDOUT, M_STALL, M_CLOSE_AFTER_REPLY, M_GARBAGE, M_SLOW,
+	M_SHUTDOWN
+};
 
 struct server {
 	char path[108];
@@ -68,6 +71,8 @@ static void serve_conn(struct server *s, int fd)
 		case M_ERR_TIMEDOUT: reply = "ERR 110 deadline\n"; break;
 		case M_GARBAGE: reply = "MAYBE\n"; break;
 		case M_CLOSE_AFTER_REPLY: reply = "OK\n"; break;
+		case M_SLOW: usleep(100000); reply = "OK\n"; break;
+		case M_SHUTDOWN: reply = "ERR 108 shutting down\n"; break;
 		default: reply = NULL; break;
 		}
 		if (reply && write(fd, reply, strlen(reply)) < 0)
@@ -304,6 +309,63 @@ static void test_touch_and_reconnect(void **state)
 	server_stop(&srv);
 }
 
+struct fetch_arg {
+	struct fetch_client *fc;
+	int ret;
+};
+
+static void *fetch_main(void *arg)
+{
+	struct fetch_arg *fa = arg;
+
+	fa->ret = fetch_client_fetch(fa->fc, &H1, 4096, now_ns() + 3000000000ull);
+	return NULL;
+}
+
+/* After a restart of the server every pooled connection is dead: the first failure
+ * empties the pool, and the FETCH goes on over a new connection. */
+static void test_restart_with_full_pool(void **state)
+{
+	struct fetch_arg fa[4];
+	pthread_t thr[4];
+	struct fetch_client *fc;
+	struct late_start ls = {.s = &srv, .delay_ms = 200};
+	pthread_t starter;
+	uint64_t t0, dt;
+	int i;
+
+	server_start(&srv);
+	assert_int_equal(fetch_client_new(srv.path, &fc), 0);
+	srv.mode = M_SLOW; /* four FETCHes at once: four pooled connections */
+	for (i = 0; i < 4; i++) {
+		fa[i] = (struct fetch_arg){.fc = fc};
+		assert_int_equal(pthread_create(&thr[i], NULL, fetch_main, &fa[i]), 0);
+	}
+	for (i = 0; i < 4; i++) {
+		pthread_join(thr[i], NULL);
+		assert_int_equal(fa[i].ret, 0);
+	}
+	server_stop(&srv);
+	server_start(&srv);
+	srv.mode = M_OK;
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 1000000000ull), 0);
+
+	/* A server that answers it is stopping is retried until the deadline ... */
+	srv.mode = M_SHUTDOWN;
+	t0 = now_ns();
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, t0 + 300000000ull), -ETIMEDOUT);
+	dt = now_ns() - t0;
+	assert_true(dt >= 290000000ull && dt < 800000000ull);
+	/* ... and a FETCH it refused that way succeeds once it is back. */
+	server_stop(&srv);
+	srv.mode = M_OK;
+	assert_int_equal(pthread_create(&starter, NULL, start_later, &ls), 0);
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 3000000000ull), 0);
+	pthread_join(starter, NULL);
+	fetch_client_free(fc);
+	server_stop(&srv);
+}
+
 /* HIT goes out on the one-way connection: it returns at once even while the server
  * never replies (M_STALL), and the server receives exactly the protocol's line. */
 static void test_hit_never_waits(void **state)
@@ -349,6 +411,7 @@ int main(void)
 		cmocka_unit_test_setup(test_stall_keeps_deadline, setup),
 		cmocka_unit_test_setup(test_absent_server, setup),
 		cmocka_unit_test_setup(test_touch_and_reconnect, setup),
+		cmocka_unit_test_setup(test_restart_with_full_pool, setup),
 		cmocka_unit_test_setup(test_hit_never_waits, setup),
 	};
 
