@@ -267,7 +267,7 @@ static enum MHD_Result get_cache(struct api *api, struct MHD_Connection *c)
 	json_t *j, *fetch;
 
 	chunkstore_get_stats(api->a->store, &cs);
-	fetcher_get_stats(api->a->fetcher, &fs);
+	appliance_fetch_stats(api->a, &fs);
 	fetch = json_pack("{s:I, s:I, s:I, s:I, s:I}", "retries", (json_int_t)fs.retries,
 			  "timeouts", (json_int_t)fs.timeouts, "coalesced",
 			  (json_int_t)fs.coalesced, "readahead", (json_int_t)fs.readahead,

@@ -82,6 +82,11 @@ int appliance_disk_get(struct appliance *a, const char *name, struct diskrec *ou
 int appliance_disk_list(struct appliance *a, struct diskrec **out, size_t *n);
 /* Makes tgtd's targets match the disk records (start, tgtd restart). */
 int appliance_reconcile(struct appliance *a);
+
+/* The fetcher's counters, with the peer hook's failed requests (transport, wrong bytes)
+ * added to source "peer" (metrics.c). */
+struct fetcher_stats;
+void appliance_fetch_stats(struct appliance *a, struct fetcher_stats *st);
 /* Removes leftovers of interrupted creates and deletes (diskrec.c invariant 3). */
 void appliance_disks_cleanup(struct appliance *a);
 

@@ -42,12 +42,26 @@ static void one(FILE *f, const char *name, const char *type, const char *help, u
 	fprintf(f, "%s %llu\n", name, (unsigned long long)v);
 }
 
-static void fetch_metrics(FILE *f, struct fetcher *fe)
+void appliance_fetch_stats(struct appliance *a, struct fetcher_stats *st)
+{
+	struct peering_stats ps;
+
+	fetcher_get_stats(a->fetcher, st);
+	if (!a->peering)
+		return;
+	/* The peer hook tries holders until one serves, and tells the fetcher only
+	 * whether one did: the failed requests are in its own counters. */
+	peering_get_stats(a->peering, &ps);
+	st->failures[FETCH_SRC_PEER] += ps.peers.peer_failures + ps.peers.bad_data;
+	st->bad_hash[FETCH_SRC_PEER] += ps.peers.bad_data;
+}
+
+static void fetch_metrics(FILE *f, struct appliance *a)
 {
 	struct fetcher_stats st;
 	const char *h = "rackdisk_chunk_fetch_duration_seconds";
 
-	fetcher_get_stats(fe, &st);
+	appliance_fetch_stats(a, &st);
 	by_source(f, "rackdisk_chunk_fetches_total", "Chunks obtained, by source.", st.fetches);
 	by_source(f, "rackdisk_chunk_fetch_bytes_total", "Chunk bytes obtained, by source.",
 		  st.bytes);
@@ -139,7 +153,7 @@ static void peer_metrics(FILE *f, struct peering *p)
 		if (!v[i].self)
 			fprintf(f, "rackdisk_peer_failures_total{peer=\"%s\"} %llu\n",
 				v[i].node.name,
-				(unsigned long long)(v[i].failures + v[i].bad_data));
+				(unsigned long long)v[i].failures); /* bad_data included */
 	head(f, "rackdisk_peer_up", "gauge", "1 when the peer's heartbeat is alive.");
 	for (int i = 0; i < n; i++)
 		if (!v[i].self)
@@ -178,6 +192,9 @@ static void cluster_metrics(FILE *f, struct peering *p)
 	    "Lease waits that reached the bound (then the seed).", st.peers.lease_wait_timeouts);
 	one(f, "rackdisk_lease_takeovers_total", "counter",
 	    "Leases of dead holders broken and taken over.", st.peers.lease_takeovers);
+	one(f, "rackdisk_leases_abandoned_total", "counter",
+	    "Leases released early because this node's seed fetch failed.",
+	    st.peers.leases_abandoned);
 	head(f, req, "counter", "Requests to this node's peer chunk server, by status.");
 	for (int i = 0; i < PEER_ST_COUNT; i++)
 		fprintf(f, "%s{status=\"%d\"} %llu\n", req, peer_status_code[i],
@@ -243,7 +260,7 @@ int metrics_render(struct appliance *a, char **out, size_t *len)
 	one(f, "rackdisk_up", "gauge", "1 while rackdiskd runs.", 1);
 	one(f, "rackdisk_uptime_seconds", "gauge", "Seconds since rackdiskd started.",
 	    (now_ns() - a->started_ns) / 1000000000ULL);
-	fetch_metrics(f, a->fetcher);
+	fetch_metrics(f, a);
 	cache_metrics(f, a->store);
 	fetchsrv_get_stats(a->fsrv, &fs);
 	one(f, "rackdisk_fetch_socket_requests_total", "counter",

@@ -340,8 +340,10 @@ static bool backoff_wait(struct worker_ctx *w, struct fill *fl, uint64_t *backof
 	return true;
 }
 
-/* Tries the peer hook; 0 when the chunk is now in the store. Lock not held. */
-static int try_peer(struct worker_ctx *w, struct fill *fl, uint64_t deadline_ns)
+/* Tries the peer hook; 0 when the chunk is now in the store. Lock not held. *leased is
+ * set when the hook was asked without FETCHER_PEER_NO_LEASE. */
+static int try_peer(struct worker_ctx *w, struct fill *fl, uint64_t deadline_ns,
+		    unsigned flags, bool *leased)
 {
 	struct fetcher *f = w->f;
 	struct fetcher_peer_ops peer;
@@ -354,7 +356,9 @@ static int try_peer(struct worker_ctx *w, struct fill *fl, uint64_t deadline_ns)
 	pthread_mutex_unlock(&f->lock);
 	if (!have)
 		return -ENOENT;
-	r = peer.fetch(peer.arg, &fl->h, w->chunk.p, fl->len, deadline_ns);
+	if (!(flags & FETCHER_PEER_NO_LEASE))
+		*leased = true;
+	r = peer.fetch(peer.arg, &fl->h, w->chunk.p, fl->len, deadline_ns, flags);
 	if (r == 0 || r == -ENOENT)
 		return r;
 	pthread_mutex_lock(&f->lock);
@@ -424,16 +428,24 @@ static uint64_t fill_deadline(struct fetcher *f, struct fill *fl)
 	return d;
 }
 
-static int fill_run(struct worker_ctx *w, struct fill *fl, enum fetch_source *src)
+static bool fill_peer_only(struct fetcher *f, struct fill *fl)
+{
+	bool po;
+
+	pthread_mutex_lock(&f->lock);
+	po = fl->peer_only;
+	pthread_mutex_unlock(&f->lock);
+	return po;
+}
+
+static int fill_attempts(struct worker_ctx *w, struct fill *fl, enum fetch_source *src,
+			 bool *leased)
 {
 	struct fetcher *f = w->f;
 	uint64_t backoff = f->o.retry_initial_ms, deadline;
+	bool po;
 	int r;
 
-	/* try_peer and try_seed receive the chunk into w->chunk. */
-	r = hugebuf_reserve(&w->chunk, fl->len);
-	if (r)
-		return r;
 	for (;;) {
 		deadline = fill_deadline(f, fl);
 		if (now_ns() >= deadline)
@@ -443,18 +455,19 @@ static int fill_run(struct worker_ctx *w, struct fill *fl, enum fetch_source *sr
 			*src = FETCH_SRC_LOCAL;
 			return 0;
 		}
-		r = try_peer(w, fl, deadline);
+		po = fill_peer_only(f, fl);
+		r = try_peer(w, fl, deadline, po ? FETCHER_PEER_NO_LEASE : 0, leased);
 		if (r == 0) {
 			*src = FETCH_SRC_PEER;
 			return 0;
 		}
-		if (r == -ENOENT) {
-			pthread_mutex_lock(&f->lock);
-			r = fl->peer_only ? FILL_NO_PEER : 0;
-			pthread_mutex_unlock(&f->lock);
-			if (r)
-				return r;
+		if (po) {
+			if (fill_peer_only(f, fl))
+				return FILL_NO_PEER;
+			continue; /* a reader joined: ask again, now for the seed's lease too */
 		}
+		if (r == -ENOSPC) /* our store is full: the seed's copy would not fit either */
+			return r;
 		r = try_seed(w, fl);
 		if (r == 0) {
 			*src = FETCH_SRC_SEED;
@@ -468,6 +481,28 @@ static int fill_run(struct worker_ctx *w, struct fill *fl, enum fetch_source *sr
 		if (r)
 			return r;
 	}
+}
+
+static int fill_run(struct worker_ctx *w, struct fill *fl, enum fetch_source *src)
+{
+	struct fetcher *f = w->f;
+	struct fetcher_peer_ops peer;
+	bool leased = false;
+	int r;
+
+	/* try_peer and try_seed receive the chunk into w->chunk. */
+	r = hugebuf_reserve(&w->chunk, fl->len);
+	if (r)
+		return r;
+	r = fill_attempts(w, fl, src, &leased);
+	if (r < 0 && leased) {
+		pthread_mutex_lock(&f->lock);
+		peer = f->peer;
+		pthread_mutex_unlock(&f->lock);
+		if (peer.abandon)
+			peer.abandon(peer.arg, &fl->h);
+	}
+	return r;
 }
 
 static void warn_gave_up(struct fetcher *f, struct fill *fl)

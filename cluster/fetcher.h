@@ -99,11 +99,18 @@ void fetcher_get_stats(struct fetcher *f, struct fetcher_stats *st);
  * Peer hook (issue "The cluster"): tried before the seed. Receives the chunk into buf
  * (len bytes, the calling worker's) and stores it. Returns 0 with the chunk in the store,
  * -ENOENT when no peer has it (go to the seed), or another negative errno.
+ * flags: FETCHER_PEER_NO_LEASE for a readahead fill, which takes a chunk only from a
+ * holder and never goes to the seed: it must not take the cluster's seed lease either.
+ * abandon (optional): a fill that called fetch without that flag ended without the chunk
+ * in the store (the seed failed, the deadline passed, the store is full): release what
+ * fetch took for the seed fetch (the lease), so that other nodes stop waiting for it.
  */
+#define FETCHER_PEER_NO_LEASE 0x1u
 struct fetcher_peer_ops {
 	void *arg;
 	int (*fetch)(void *arg, const struct chunk_hash *h, void *buf, uint32_t len,
-		     uint64_t deadline_ns);
+		     uint64_t deadline_ns, unsigned flags);
+	void (*abandon)(void *arg, const struct chunk_hash *h);
 };
 void fetcher_set_peer_ops(struct fetcher *f, const struct fetcher_peer_ops *ops);
 

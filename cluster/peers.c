@@ -285,15 +285,42 @@ seed:
 	return -ENOENT;
 }
 
-static int ops_fetch(void *arg, const struct chunk_hash *h, void *buf, uint32_t len,
-		     uint64_t deadline_ns)
+int peers_fetch_from_holders(struct peers *p, const struct chunk_hash *h, void *buf,
+			     uint32_t len, uint64_t deadline_ns)
 {
+	int rc;
+
+	ST_ADD(p, calls, 1);
+	rc = try_holders(p, h, buf, len, deadline_ns);
+	if (rc == 0 || rc == -ETIMEDOUT || rc == -ENOSPC)
+		return rc;
+	if (dir_error(rc))
+		ST_ADD(p, directory_down, 1);
+	return -ENOENT;
+}
+
+void peers_abandon(struct peers *p, const struct chunk_hash *h)
+{
+	if (directory_lease_release(p->dir, h) == 0)
+		ST_ADD(p, leases_abandoned, 1);
+}
+
+static int ops_fetch(void *arg, const struct chunk_hash *h, void *buf, uint32_t len,
+		     uint64_t deadline_ns, unsigned flags)
+{
+	if (flags & FETCHER_PEER_NO_LEASE)
+		return peers_fetch_from_holders(arg, h, buf, len, deadline_ns);
 	return peers_fetch(arg, h, buf, len, deadline_ns);
+}
+
+static void ops_abandon(void *arg, const struct chunk_hash *h)
+{
+	peers_abandon(arg, h);
 }
 
 struct fetcher_peer_ops peers_fetcher_ops(struct peers *p)
 {
-	struct fetcher_peer_ops ops = {.arg = p, .fetch = ops_fetch};
+	struct fetcher_peer_ops ops = {.arg = p, .fetch = ops_fetch, .abandon = ops_abandon};
 
 	return ops;
 }

@@ -13,6 +13,9 @@
  *      fetch from it; if the lease holder's heartbeat is gone, break its lease and take
  *      it over; after lease_wait_ms (or the caller's deadline) stop waiting -> -ENOENT.
  * Redis down at any step -> -ENOENT at once: the seed serves.
+ * Readahead (FETCHER_PEER_NO_LEASE) does step 1 only: it never goes to the seed, so it
+ * must not hold the lease that makes other nodes wait. A fill that won the lease and then
+ * failed releases it (peers_abandon), so waiters take over without waiting out the TTL.
  *
  * Thread safety: every call may be made from any thread at once.
  */
@@ -52,6 +55,7 @@ struct peers_stats {
 	uint64_t lease_wait_hits;     /* ... and then got it from that node */
 	uint64_t lease_wait_timeouts; /* ... and gave up at the bound: went to the seed */
 	uint64_t lease_takeovers;     /* broke the lease of a dead holder */
+	uint64_t leases_abandoned;    /* released because our seed fetch failed */
 	uint64_t lease_wait_ns;       /* total time spent waiting */
 };
 
@@ -73,6 +77,13 @@ struct fetcher_peer_ops peers_fetcher_ops(struct peers *p);
 /* 0: chunk *h is in the store; -ENOENT: go to the seed; -ETIMEDOUT: deadline passed. */
 int peers_fetch(struct peers *p, const struct chunk_hash *h, void *buf, uint32_t len,
 		uint64_t deadline_ns);
+/* Step 1 only, for readahead (FETCHER_PEER_NO_LEASE): 0, or -ENOENT when no holder
+ * could serve it; never takes a lease, so never makes other nodes wait. */
+int peers_fetch_from_holders(struct peers *p, const struct chunk_hash *h, void *buf,
+			     uint32_t len, uint64_t deadline_ns);
+/* The fill that called peers_fetch for *h ends without the chunk: release our lease on
+ * it, if we took one, so that waiting nodes take over at once. */
+void peers_abandon(struct peers *p, const struct chunk_hash *h);
 
 void peers_get_stats(struct peers *p, struct peers_stats *st);
 /* Peers this node has fetched from (or tried): up to max; returns the count. */

@@ -170,6 +170,8 @@ static void assert_stored(struct env *e, const struct chunk_hash *h, const void 
 struct peer_ctl {
 	pthread_mutex_t lock;
 	unsigned calls;
+	unsigned no_lease_calls; /* calls with FETCHER_PEER_NO_LEASE */
+	unsigned abandons;
 	uint64_t sleep_ms; /* each call sleeps this long, then... */
 	int rc;		   /* ...returns this (0: inserts data first) */
 	struct chunkstore *cs;
@@ -179,12 +181,13 @@ struct peer_ctl {
 /* Receives into the worker's buffer (len bytes, written whole) and stores from it, as
  * peers_fetch does. */
 static int peer_fetch(void *arg, const struct chunk_hash *h, void *buf, uint32_t len,
-		      uint64_t deadline_ns)
+		      uint64_t deadline_ns, unsigned flags)
 {
 	struct peer_ctl *p = arg;
 
 	pthread_mutex_lock(&p->lock);
 	p->calls++;
+	p->no_lease_calls += !!(flags & FETCHER_PEER_NO_LEASE);
 	pthread_mutex_unlock(&p->lock);
 	usleep((useconds_t)(p->sleep_ms * 1000));
 	if (p->rc == 0) {
@@ -194,9 +197,28 @@ static int peer_fetch(void *arg, const struct chunk_hash *h, void *buf, uint32_t
 	return p->rc;
 }
 
+static void peer_abandon(void *arg, const struct chunk_hash *h)
+{
+	struct peer_ctl *p = arg;
+
+	pthread_mutex_lock(&p->lock);
+	p->abandons++;
+	pthread_mutex_unlock(&p->lock);
+}
+
+static unsigned peer_count(struct peer_ctl *p, const unsigned *field)
+{
+	unsigned v;
+
+	pthread_mutex_lock(&p->lock);
+	v = *field;
+	pthread_mutex_unlock(&p->lock);
+	return v;
+}
+
 static void set_peer(struct env *e, struct peer_ctl *p)
 {
-	struct fetcher_peer_ops ops = {.arg = p, .fetch = peer_fetch};
+	struct fetcher_peer_ops ops = {.arg = p, .fetch = peer_fetch, .abandon = peer_abandon};
 
 	pthread_mutex_init(&p->lock, NULL);
 	p->cs = e->cs;
@@ -425,6 +447,33 @@ static void test_peer_hook_before_seed(void **state)
 	assert_stored(e, &h, data);
 }
 
+/* A fill that asked the hook for the seed's lease and then failed gives it back; a full
+ * store reported by the hook is final (no seed download that could not be stored). */
+static void test_failed_fill_abandons_lease(void **state)
+{
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct peer_ctl peer = {.rc = -ENOENT, .data = data};
+	struct chunk_hash h;
+
+	fill_random(data, CHUNK, 12);
+	hash_compute(data, CHUNK, &h); /* not in the repository: the seed says 404 */
+	env_fetcher(e, NULL, NULL);
+	set_peer(e, &peer);
+	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, now_ns() + 2000 * MS), -EIO);
+	assert_int_equal(peer_count(&peer, &peer.abandons), 1);
+	assert_int_equal(stats(e).seed_requests, 1);
+	peer.rc = -ENOSPC;
+	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, now_ns() + 2000 * MS), -ENOSPC);
+	assert_int_equal(stats(e).seed_requests, 1);
+	assert_int_equal(peer_count(&peer, &peer.abandons), 2);
+	/* a fill that succeeds keeps nothing to abandon */
+	make_chunk(e->repo, 13, &h, data);
+	peer.rc = -ENOENT;
+	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, now_ns() + 2000 * MS), 0);
+	assert_int_equal(peer_count(&peer, &peer.abandons), 2);
+}
+
 static bool wait_contains(struct env *e, const struct chunk_hash *h, uint64_t ms)
 {
 	uint64_t end = now_ns() + ms * MS;
@@ -595,6 +644,10 @@ static void test_cluster_readahead_peer_only(void **state)
 	assert_int_equal(st.readahead_no_peer, 1);
 	assert_false(chunkstore_contains(e->cs, &m->hashes[3]));
 	assert_int_equal(st.fetches[FETCH_SRC_SEED], 3);
+	/* the readahead asked the hook without the lease; the three reads with it */
+	assert_int_equal(peer_count(&peer, &peer.no_lease_calls), 1);
+	assert_int_equal(peer_count(&peer, &peer.calls), 4);
+	assert_int_equal(peer_count(&peer, &peer.abandons), 0);
 	/* A reader asking for it gets it from the seed. */
 	assert_int_equal(fetcher_fetch(e->f, &m->hashes[3], CHUNK, now_ns() + 2000 * MS), 0);
 	assert_true(chunkstore_contains(e->cs, &m->hashes[3]));
@@ -684,11 +737,14 @@ static void test_stop_wakes_waiters(void **state)
 {
 	struct env *e = *state;
 	static uint8_t data[CHUNK];
-	struct peer_ctl peer = {.sleep_ms = 600, .rc = -ENOENT};
+	/* static: the worker is still in the hook when the test returns, and calls it
+	 * (abandon) until the teardown's fetcher_destroy has joined it */
+	static struct peer_ctl peer;
 	struct racer r;
 	struct chunk_hash h;
 	uint64_t t0;
 
+	peer = (struct peer_ctl){.sleep_ms = 600, .rc = -ENOENT};
 	make_chunk(e->repo, 15, &h, data);
 	env_fetcher(e, NULL, NULL);
 	set_peer(e, &peer);
@@ -756,6 +812,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_readahead_continues_over_zero_chunks, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_cluster_readahead_window, env_setup,
+						env_teardown),
+		cmocka_unit_test_setup_teardown(test_failed_fill_abandons_lease, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_cluster_readahead_peer_only, env_setup,
 						env_teardown),

@@ -300,6 +300,47 @@ static void *reader_main(void *arg)
 	return NULL;
 }
 
+/* Readahead asks holders only: no lease, so nobody waits for a seed fetch that never
+ * comes. A demand fetch that took the lease and then failed gives it back. */
+static void test_readahead_takes_no_lease_and_abandon_releases(void **state)
+{
+	struct node *a = node_new("a", "r1", 2000), *b = node_new("b", "r1", 2000);
+	static uint8_t data[CHUNK];
+	struct peers_stats st;
+	struct chunk_hash h;
+	int64_t holder = -1;
+	uint64_t t0;
+
+	fx_chunk(31, data, CHUNK, &h);
+	assert_int_equal(peers_fetch_from_holders(b->p, &h, scratch, CHUNK,
+						  now_ns() + 5000 * MS), -ENOENT);
+	assert_int_equal(directory_lease_holder(a->d, &h, &holder), 0);
+	assert_int_equal(holder, 0);
+	/* b takes the lease for a seed fetch; a, asking for the chunk, would wait for it */
+	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 5000 * MS), -ENOENT);
+	assert_int_equal(directory_lease_holder(a->d, &h, &holder), 0);
+	assert_int_equal(holder, directory_node_id(b->d));
+	/* b's seed fetch failed: released at once, and a's fetch takes the lease without a
+	 * wait (lease_wait_ms is 2000 here) */
+	peers_abandon(b->p, &h);
+	peers_get_stats(b->p, &st);
+	assert_int_equal(st.leases_abandoned, 1);
+	assert_int_equal(directory_lease_holder(a->d, &h, &holder), 0);
+	assert_int_equal(holder, 0);
+	t0 = now_ns();
+	assert_int_equal(peers_fetch(a->p, &h, scratch, CHUNK, now_ns() + 5000 * MS), -ENOENT);
+	assert_true(now_ns() - t0 < 500 * MS);
+	peers_get_stats(a->p, &st);
+	assert_int_equal(st.lease_waits, 0);
+	assert_int_equal(st.leases_won, 1);
+	/* abandoning a lease this node does not hold changes nothing */
+	peers_abandon(b->p, &h);
+	assert_int_equal(directory_lease_holder(b->d, &h, &holder), 0);
+	assert_int_equal(holder, directory_node_id(a->d));
+	node_free(a);
+	node_free(b);
+}
+
 static void test_one_seed_fetch_per_chunk(void **state)
 {
 	struct node *n[NNODES];
@@ -451,6 +492,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_same_rack_first, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lying_holder_skipped, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stale_holder_repaired, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_readahead_takes_no_lease_and_abandon_releases,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_one_seed_fetch_per_chunk, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dead_lease_holder_taken_over, setup,
 						teardown),
