@@ -601,8 +601,11 @@ int chunkstore_get(struct chunkstore *cs, const struct chunk_hash *h, struct chu
 	ret = fdcache_get(&cs->fdc, h, &ref->slot);
 	if (!ret && !verified) {
 		ret = check_first_use(cs, e, ref->slot);
-		if (ret) {
+		if (ret)
 			fdcache_put(&cs->fdc, ref->slot);
+		/* Torn, corrupt or unreadable: dropped. A passing failure (no memory for the
+		 * check) leaves a good chunk in place for the next caller. */
+		if (ret == -ENOENT || ret == -EIO) {
 			drop_bad(cs, e, true);
 			e = NULL;
 		}

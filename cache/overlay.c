@@ -36,7 +36,8 @@
  *  8. ZERO and IMAGE grains never read overlay.data, so a hole punched by an UNMAP that
  *     is not yet durable can only make a grain read zeros: the UNMAP's own result.
  *  9. On a HOLES overlay (the header flag, set at create only on a filesystem that never
- *     shows an allocated block before its data is on disk: ext4 data=ordered, tmpfs) the
+ *     shows an allocated block before its data is on disk, at 4 KiB granularity: ext4
+ *     with a journal in data=ordered mode, tmpfs without huge pages; see holes_trusted) the
  *     durable state of a grain is DATA if its map entry is DATA, or if its map entry is
  *     IMAGE and overlay.data holds its block. Hence a flush whose only changes are
  *     IMAGE -> DATA syncs overlay.data alone: the filesystem commits each new block's
@@ -117,6 +118,9 @@ struct overlay {
 	uint32_t hdr_flags; /* OVERLAY_HDR_* of the newest header */
 	bool lazy_ok;       /* HOLES: IMAGE -> DATA may skip the map (invariant 9) */
 	bool writer;        /* close may write (not for a read-only fsck) */
+	/* The data file's fdatasync failed: the kernel has dropped the unwritten pages and
+	 * a later fdatasync would succeed without them, so every later flush fails. */
+	int data_err;
 	/* Atomics: */
 	uint64_t flush_begun, flush_done;
 	uint64_t data_grains;
@@ -846,17 +850,53 @@ void overlay_close(struct overlay *o)
 
 /* ---- creating, flushing, growing ---- */
 
-/* The ext4 mount behind st_dev uses data=writeback (blocks may be allocated on disk before
- * their data): /proc/self/mountinfo's super options. Unknown counts as yes. */
-static bool mount_is_writeback(dev_t dev)
+/*
+ * The ext4 filesystem on dev journals in data=ordered or data=journal mode: the effective
+ * options in /proc/fs/ext4/<device>/options (mountinfo omits a default mode taken from the
+ * superblock, and an ext4 without a journal shows no data= at all). Unknown counts as no.
+ */
+static bool ext4_data_ordered(dev_t dev)
+{
+	char path[PATH_MAX], link[256], opts[4096];
+	const char *name;
+	ssize_t n;
+	size_t len = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u", major(dev), minor(dev));
+	n = readlink(path, link, sizeof(link) - 1);
+	if (n <= 0)
+		return false;
+	link[n] = '\0';
+	name = strrchr(link, '/');
+	name = name ? name + 1 : link;
+	snprintf(path, sizeof(path), "/proc/fs/ext4/%s/options", name);
+	f = fopen(path, "re");
+	if (!f)
+		return false;
+	/* one option per line */
+	while (len < sizeof(opts) - 1 && fgets(opts + len, (int)(sizeof(opts) - len), f)) {
+		if (!strcmp(opts + len, "data=ordered\n") || !strcmp(opts + len, "data=journal\n")) {
+			fclose(f);
+			return true;
+		}
+	}
+	fclose(f);
+	return false;
+}
+
+/* The tmpfs behind dev may back files with huge pages (mount option huge=, or the
+ * system-wide shmem_enabled "force"): SEEK_DATA then reports a whole 2 MiB folio as data,
+ * and recovery would take 511 unwritten grains as written. Unknown counts as yes. */
+static bool tmpfs_may_use_huge_pages(dev_t dev)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "re");
-	char line[4096];
-	bool found = false, wb = true;
+	char line[4096], shmem[256] = "";
+	bool found = false, huge = true;
 
 	if (!f)
 		return true;
-	/* "36 35 98:0 /root /mnt rw,noatime - ext4 /dev/vda rw,data=ordered" */
+	/* "36 35 0:21 / /dev/shm rw,nosuid - tmpfs tmpfs rw,size=65536k,huge=always" */
 	for (int i = 0; i < 100000 && fgets(line, sizeof(line), f); i++) {
 		unsigned maj, min;
 		const char *sep;
@@ -868,19 +908,27 @@ static bool mount_is_writeback(dev_t dev)
 		if (!sep)
 			continue;
 		found = true;
-		wb = strstr(sep, "data=writeback") != NULL;
+		huge = strstr(sep, "huge=") && !strstr(sep, "huge=never");
 		break;
 	}
 	fclose(f);
-	return !found || wb;
+	f = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "re");
+	if (f) {
+		if (!fgets(shmem, sizeof(shmem), f))
+			shmem[0] = '\0';
+		fclose(f);
+	}
+	return !found || huge || strstr(shmem, "[force]");
 }
 
 /*
  * Whether fd's filesystem may carry IMAGE -> DATA grains in its allocation alone
  * (invariant 9): it must report the fresh, sparse file as one hole (so SEEK_DATA tells
  * allocated blocks from holes), and it must be one whose crash behaviour is known never
- * to show an allocated block before its data: ext4 in data=ordered or data=journal mode,
- * or tmpfs (which loses everything together). Anything else keeps the strict map.
+ * to show an allocated block before its data, at 4 KiB granularity: ext4 with a journal in
+ * data=ordered or data=journal mode, or tmpfs without huge pages (which loses everything
+ * together). Anything else (ext4 without a journal or in data=writeback, tmpfs with huge
+ * pages, other filesystems) keeps the strict map.
  */
 static bool holes_trusted(int fd)
 {
@@ -892,8 +940,8 @@ static bool holes_trusted(int fd)
 	if (fstatfs(fd, &sfs) < 0 || fstat(fd, &st) < 0)
 		return false;
 	if (sfs.f_type == TMPFS_MAGIC)
-		return true;
-	return sfs.f_type == EXT4_SUPER_MAGIC && !mount_is_writeback(st.st_dev);
+		return !tmpfs_may_use_huge_pages(st.st_dev);
+	return sfs.f_type == EXT4_SUPER_MAGIC && ext4_data_ordered(st.st_dev);
 }
 
 int overlay_create(const char *dir, const struct chunk_hash *image_id, uint64_t size)
@@ -1030,6 +1078,8 @@ static int flush_locked(struct overlay *o, bool all)
 	bool strict = all, lazy = false;
 	int rc = 0;
 
+	if (o->data_err)
+		return o->data_err;
 	for (uint64_t p = 0; p < t->npages && !strict; p++) {
 		struct ovl_page *pg = page_of(t, p);
 
@@ -1078,6 +1128,12 @@ static int flush_locked(struct overlay *o, bool all)
 	/* Invariant 2: the data behind every snapshotted DATA grain is durable first. */
 	if (fdatasync(o->data_fd) < 0) {
 		rc = -errno;
+		if (rc == -EIO || rc == -ENOSPC || rc == -EDQUOT) {
+			o->data_err = rc;
+			log_error("overlay: writing its data file failed (%s); acknowledged "
+				  "writes may be lost, and every later flush fails until the "
+				  "disk is reopened", strerror(-rc));
+		}
 		goto out;
 	}
 	if (!strict) {

@@ -20,7 +20,7 @@
 #include "images/manifest.h"
 
 struct fixture {
-	char root[64];
+	char root[128];
 	char store_dir[PATH_MAX];
 	char disk_dir[PATH_MAX];
 	struct chunkstore *cs;
@@ -72,7 +72,9 @@ static inline int fx_setup(struct fixture *fx, uint64_t size, uint32_t chunk_siz
 	int rc;
 
 	memset(fx, 0, sizeof(*fx));
-	snprintf(fx->root, sizeof(fx->root), "/tmp/rd-disk-XXXXXX");
+	/* RD_FIXTURE_DIR: another filesystem (tests/bench/on_ext4_journal.sh) */
+	snprintf(fx->root, sizeof(fx->root), "%s/rd-disk-XXXXXX",
+		 getenv("RD_FIXTURE_DIR") ? getenv("RD_FIXTURE_DIR") : "/tmp");
 	if (!mkdtemp(fx->root))
 		return -errno;
 	snprintf(fx->store_dir, sizeof(fx->store_dir), "%s/store", fx->root);
