@@ -135,12 +135,27 @@ static void order_holders(struct peers *p, struct directory_holder *v, int n)
 	}
 }
 
+/* Holders one peers_fetch() call has tried and that failed: not asked again in it. */
+struct tried {
+	int64_t id[MAX_HOLDERS];
+	unsigned n;
+};
+
+static bool tried_has(const struct tried *t, int64_t id)
+{
+	for (unsigned i = 0; i < t->n; i++)
+		if (t->id[i] == id)
+			return true;
+	return false;
+}
+
 /*
- * Looks the chunk up and tries its holders. 0: fetched. -ENOENT: no holder could serve.
+ * Looks the chunk up and tries its holders, but not those in *t (the holders this call
+ * tried already; failures are added). 0: fetched. -ENOENT: no holder could serve.
  * -ENOTCONN (etc.): the directory failed. -ETIMEDOUT: deadline passed.
  */
 static int try_holders(struct peers *p, const struct chunk_hash *h, void *buf,
-		       uint32_t len, uint64_t deadline_ns)
+		       uint32_t len, uint64_t deadline_ns, struct tried *t)
 {
 	struct directory_holder v[MAX_HOLDERS];
 	int n, i, rc = -ENOENT;
@@ -150,11 +165,16 @@ static int try_holders(struct peers *p, const struct chunk_hash *h, void *buf,
 	if (n < 0)
 		return n;
 	order_holders(p, v, n);
-	for (i = 0; i < n && tries < p->max_tries; i++, tries++) {
+	for (i = 0; i < n && tries < p->max_tries; i++) {
+		if (tried_has(t, v[i].node_id))
+			continue;
 		if (now_ns() >= deadline_ns)
 			return -ETIMEDOUT;
+		tries++;
 		rc = peer_client_fetch(p->client, v[i].addr, h, buf, len, deadline_ns);
 		note_result(p, &v[i], rc, len);
+		if (rc != 0 && t->n < MAX_HOLDERS)
+			t->id[t->n++] = v[i].node_id;
 		if (rc == 0) {
 			ST_ADD(p, peer_hits, 1);
 			ST_ADD(p, peer_bytes, len);
@@ -185,9 +205,9 @@ static bool dir_error(int rc)
  * second seed fetch. 0: fetched from a peer (lease released). -ENOENT: go to the seed.
  */
 static int won_lease(struct peers *p, const struct chunk_hash *h, void *buf, uint32_t len,
-		     uint64_t deadline_ns)
+		     uint64_t deadline_ns, struct tried *t)
 {
-	int rc = try_holders(p, h, buf, len, deadline_ns);
+	int rc = try_holders(p, h, buf, len, deadline_ns, t);
 
 	if (rc == 0) {
 		directory_lease_release(p->dir, h);
@@ -195,7 +215,7 @@ static int won_lease(struct peers *p, const struct chunk_hash *h, void *buf, uin
 		return 0;
 	}
 	ST_ADD(p, leases_won, 1);
-	return rc == -ETIMEDOUT || rc == -ENOSPC ? rc : -ENOENT;
+	return rc == -ENOSPC ? rc : -ENOENT; /* at peer_dl too: we hold the lease */
 }
 
 static void sleep_until(uint64_t t_ns)
@@ -210,12 +230,14 @@ static void sleep_until(uint64_t t_ns)
 	nanosleep(&ts, NULL);
 }
 
-/* Step 3: another node is fetching *h from the seed; wait for it, bounded. */
+/* Step 3: another node is fetching *h from the seed; wait for it, bounded by peer_dl
+ * (the peer phase's share of the deadline) as well as lease_wait_ms. */
 static int wait_for_lease(struct peers *p, const struct chunk_hash *h, void *buf,
-			  uint32_t len, uint64_t deadline_ns, int64_t holder)
+			  uint32_t len, uint64_t deadline_ns, uint64_t peer_dl, int64_t holder,
+			  struct tried *t)
 {
 	uint64_t start = now_ns();
-	uint64_t until = MIN(deadline_ns, start + p->lease_wait_ms * 1000000ULL);
+	uint64_t until = MIN(peer_dl, start + p->lease_wait_ms * 1000000ULL);
 	unsigned iter, max_iter = p->lease_wait_ms / MAX(p->poll_ms, 1u) + 16;
 	int rc = -ENOENT;
 
@@ -231,7 +253,7 @@ static int wait_for_lease(struct peers *p, const struct chunk_hash *h, void *buf
 			ST_ADD(p, lease_takeovers, 1);
 		} else {
 			sleep_until(MIN(until, now_ns() + p->poll_ms * 1000000ULL));
-			rc = try_holders(p, h, buf, len, deadline_ns);
+			rc = try_holders(p, h, buf, len, until, t);
 			if (rc == 0) {
 				ST_ADD(p, lease_wait_hits, 1);
 				goto out;
@@ -241,7 +263,7 @@ static int wait_for_lease(struct peers *p, const struct chunk_hash *h, void *buf
 		}
 		rc = directory_lease_acquire(p->dir, h, deadline_ns, &holder);
 		if (rc == 0) {
-			rc = won_lease(p, h, buf, len, deadline_ns);
+			rc = won_lease(p, h, buf, len, peer_dl, t);
 			if (rc && alive != 0) /* it expired: the holder stalled or died */
 				ST_ADD(p, lease_takeovers, 1);
 			goto out;
@@ -256,25 +278,41 @@ out:
 	return rc;
 }
 
+/*
+ * The peer phase (holders, the recheck after winning the lease, lease waits) gets half of
+ * the time left: holders whose heartbeat is alive but whose server stalls must leave the
+ * seed enough of the deadline to serve.
+ */
+static uint64_t peer_deadline(uint64_t deadline_ns)
+{
+	uint64_t now = now_ns();
+
+	return deadline_ns > now ? now + (deadline_ns - now) / 2 : deadline_ns;
+}
+
 int peers_fetch(struct peers *p, const struct chunk_hash *h, void *buf, uint32_t len,
 		uint64_t deadline_ns)
 {
+	uint64_t peer_dl = peer_deadline(deadline_ns);
+	struct tried t = {.n = 0};
 	int64_t holder = 0;
 	int rc;
 
 	ST_ADD(p, calls, 1);
-	rc = try_holders(p, h, buf, len, deadline_ns);
-	if (rc == 0 || rc == -ETIMEDOUT || rc == -ENOSPC)
+	rc = try_holders(p, h, buf, len, peer_dl, &t);
+	if (rc == 0 || rc == -ENOSPC)
 		return rc;
+	if (rc == -ETIMEDOUT) /* the peer phase's share is spent: the seed, unleased */
+		return -ENOENT;
 	if (dir_error(rc))
 		goto seed;
 	ST_ADD(p, no_holder, 1);
 	rc = directory_lease_acquire(p->dir, h, deadline_ns, &holder);
 	if (rc == 0)
-		return won_lease(p, h, buf, len, deadline_ns);
+		return won_lease(p, h, buf, len, peer_dl, &t);
 	if (rc != -EBUSY)
 		goto seed;
-	rc = wait_for_lease(p, h, buf, len, deadline_ns, holder);
+	rc = wait_for_lease(p, h, buf, len, deadline_ns, peer_dl, holder, &t);
 	if (rc == 0 || rc == -ETIMEDOUT || rc == -ENOSPC)
 		return rc;
 	if (!dir_error(rc))
@@ -288,10 +326,11 @@ seed:
 int peers_fetch_from_holders(struct peers *p, const struct chunk_hash *h, void *buf,
 			     uint32_t len, uint64_t deadline_ns)
 {
+	struct tried t = {.n = 0};
 	int rc;
 
 	ST_ADD(p, calls, 1);
-	rc = try_holders(p, h, buf, len, deadline_ns);
+	rc = try_holders(p, h, buf, len, deadline_ns, &t);
 	if (rc == 0 || rc == -ETIMEDOUT || rc == -ENOSPC)
 		return rc;
 	if (dir_error(rc))

@@ -12,6 +12,9 @@
  *   3. another node holds the lease: poll (every poll_ms) for a holder to appear and
  *      fetch from it; if the lease holder's heartbeat is gone, break its lease and take
  *      it over; after lease_wait_ms (or the caller's deadline) stop waiting -> -ENOENT.
+ * Steps 1-3 together get half of the time left before the caller's deadline, and a holder
+ * that failed is not asked again in the same call: holders alive in the directory whose
+ * servers stall must leave the seed time to serve.
  * Redis down at any step -> -ENOENT at once: the seed serves.
  * Readahead (FETCHER_PEER_NO_LEASE) does step 1 only: it never goes to the seed, so it
  * must not hold the lease that makes other nodes wait. A fill that won the lease and then

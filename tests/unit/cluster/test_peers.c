@@ -446,11 +446,63 @@ static void test_stalled_lease_holder_bounded(void **state)
 	assert_true(ms >= 400 && ms < 2500);
 	peers_get_stats(b->p, &st);
 	assert_int_equal(st.lease_wait_timeouts, 1);
-	/* the caller's deadline bounds the wait too */
+	/* the caller's deadline bounds the wait too: at half of it, the rest is the seed's */
 	t0 = now_ns();
-	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 200 * MS), -ETIMEDOUT);
-	assert_true(fx_ms_since(t0) < 1500);
+	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 400 * MS), -ENOENT);
+	ms = fx_ms_since(t0);
+	assert_true(ms >= 150 && ms < 1500);
 	node_free(a);
+	node_free(b);
+}
+
+/* A listener that never accepts: connects complete, requests are never answered. */
+static int stalled_listener(char *addr, size_t len)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t sl = sizeof(sa);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	assert_true(fd >= 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(fd, 16), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
+	snprintf(addr, len, "127.0.0.1:%u", ntohs(sa.sin_port));
+	return fd;
+}
+
+/* Three holders whose heartbeats are alive but whose servers stall: the peer phase ends
+ * at half the deadline, so the seed still has the other half. */
+static void test_stalled_holders_leave_the_seed_time(void **state)
+{
+	struct node *b = node_new("b", "r1", 2000);
+	struct directory *sd[3];
+	static uint8_t data[CHUNK];
+	struct peers_peer_stats ps[8];
+	struct chunk_hash h;
+	char addr[64], name[8];
+	int fds[3], i, n;
+	uint64_t t0, ms;
+
+	fx_chunk(70, data, CHUNK, &h);
+	for (i = 0; i < 3; i++) {
+		fds[i] = stalled_listener(addr, sizeof(addr));
+		snprintf(name, sizeof(name), "s%d", i);
+		sd[i] = dir_for(name, "r1", addr);
+		assert_int_equal(directory_wait_ready(sd[i], 5000), 0);
+		assert_int_equal(directory_announce(sd[i], &h), 0);
+	}
+	t0 = now_ns();
+	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 4000 * MS), -ENOENT);
+	ms = fx_ms_since(t0);
+	assert_true(ms >= 1800 && ms < 3000);
+	/* one stalled holder took the peer phase's 2 s; none was asked twice */
+	n = peers_list(b->p, ps, 8);
+	for (i = 0; i < n; i++)
+		assert_true(ps[i].failures <= 1);
+	for (i = 0; i < 3; i++) {
+		directory_destroy(sd[i]);
+		close(fds[i]);
+	}
 	node_free(b);
 }
 
@@ -498,6 +550,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_dead_lease_holder_taken_over, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_stalled_lease_holder_bounded, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_stalled_holders_leave_the_seed_time, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_redis_down_goes_to_seed, setup, teardown),
 	};
