@@ -28,10 +28,13 @@
  *    evicted and its key pushed to G;
  *    M's tail: freq > 0 -> reinserted at M's head with freq - 1; otherwise evicted.
  * Pinned nodes (pins > 0) are rotated to their queue's head without aging and never
- * chosen; when a queue holds only pinned nodes the other queue is tried, and when both do
- * evict_victim() returns NULL. Every step either removes a node, decrements a frequency
- * (at most 3 per node) or rotates a pinned node (at most once per node per queue), so the
- * loop is bounded by 5 * nodes + 2 steps.
+ * chosen. A queue is exhausted once as many pinned nodes in a row as it holds have been
+ * rotated (a full turn with no progress); any other step (a frequency decrement, a
+ * promotion) restarts that count, because the node it touched may be the victim on the
+ * next turn. When both queues are exhausted evict_victim() returns NULL. Every step either
+ * removes a node, decrements a frequency (at most 3 per node), promotes a node (once) or
+ * rotates a pinned node (at most once per node between two other steps), which bounds the
+ * loop; 5 * nodes + 2 steps is its budget.
  *
  * The ghost is a ring of fingerprints plus an open-addressing map fingerprint -> insertion
  * sequence number; an entry is live while it is still in the ring (the paper's section 5
@@ -349,6 +352,7 @@ static struct evict_node *small_step(struct evict_policy *p, uint64_t *pinned_se
 		n->queue = Q_MAIN;
 		fifo_push_head(&p->main, n);
 		p->promotions++;
+		*pinned_seen = 0;
 		return NULL;
 	}
 	n->queue = Q_NONE;
@@ -369,6 +373,7 @@ static struct evict_node *main_step(struct evict_policy *p, uint64_t *pinned_see
 	if (n->freq > 0) {
 		n->freq--;
 		fifo_push_head(&p->main, n);
+		*pinned_seen = 0;
 		return NULL;
 	}
 	n->queue = Q_NONE;
@@ -385,7 +390,7 @@ struct evict_node *evict_victim(struct evict_policy *p)
 	uint64_t budget = 5 * (p->small.count + p->main.count) + 2;
 
 	while (budget--) {
-		/* a queue is exhausted once we have rotated past every node in it */
+		/* a queue is exhausted after a full turn of pinned nodes in a row */
 		bool s_ok = p->small.count && pin_s < p->small.count;
 		bool m_ok = p->main.count && pin_m < p->main.count;
 		struct evict_node *v;

@@ -136,6 +136,30 @@ static void test_pinned_never_chosen(void **state)
 	}
 }
 
+/* Pinned nodes beside hot ones: a hot node needs a turn per credit to cool down, and the
+ * pinned ones met on each turn must not make the queue look exhausted meanwhile. */
+static void test_pinned_beside_hot_still_evicts(void **state)
+{
+	struct evict_policy *p = evict_new(EVICT_S3FIFO, 10 * SZ);
+	struct obj *o = objs(3);
+
+	/* all three in main through the ghost */
+	for (int i = 0; i < 3; i++)
+		evict_insert(p, &o[i].node);
+	for (int i = 0; i < 3; i++)
+		assert_ptr_equal(evict_victim(p), &o[i].node);
+	for (int i = 0; i < 3; i++)
+		evict_insert(p, &o[i].node);
+	o[0].node.pins = 1;
+	o[1].node.pins = 1;
+	for (int k = 0; k < 3; k++)
+		evict_access(p, &o[2].node);
+	assert_ptr_equal(evict_victim(p), &o[2].node);
+	assert_null(evict_victim(p)); /* only pinned ones left */
+	evict_free(p);
+	free(o);
+}
+
 static void test_lru_order(void **state)
 {
 	struct evict_policy *p = evict_new(EVICT_LRU, 3 * SZ);
@@ -220,6 +244,7 @@ int main(void)
 		cmocka_unit_test(test_ghost_readmits_to_main),
 		cmocka_unit_test(test_main_frequency_ages),
 		cmocka_unit_test(test_pinned_never_chosen),
+		cmocka_unit_test(test_pinned_beside_hot_still_evicts),
 		cmocka_unit_test(test_lru_order),
 		cmocka_unit_test(test_scan_resistance_vs_lru),
 		cmocka_unit_test(test_victim_bounded_with_many_credits),
