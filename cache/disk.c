@@ -156,12 +156,12 @@ static int ref_to_fd(struct disk *d, const struct chunk_hash *h, struct chunk_re
 }
 
 /* Returns an open descriptor of chunk idx, calling the miss callback while it is absent
- * until the I/O deadline. */
-static int chunk_open(struct disk *d, uint64_t idx)
+ * until the command's deadline: *deadline, set at the command's first miss to io_timeout
+ * from then, so that a command spanning several missing chunks ends within one timeout. */
+static int chunk_open(struct disk *d, uint64_t idx, uint64_t *deadline)
 {
 	const struct chunk_hash *h = &d->img->hashes[idx];
 	uint32_t len = chunk_len(d->img, idx);
-	uint64_t deadline = 0;
 	struct chunk_ref *ref;
 	int rc;
 
@@ -179,9 +179,9 @@ static int chunk_open(struct disk *d, uint64_t idx)
 			return rc;
 		if (!d->miss)
 			return -EIO;
-		if (!deadline)
-			deadline = now_ns() + d->io_timeout_ns;
-		if (now_ns() >= deadline)
+		if (!*deadline)
+			*deadline = now_ns() + d->io_timeout_ns;
+		if (now_ns() >= *deadline)
 			return -ETIMEDOUT;
 		if (tries >= MISS_RETRIES) {
 			log_warn("disk: chunk %llu still missing after its miss callback",
@@ -189,7 +189,7 @@ static int chunk_open(struct disk *d, uint64_t idx)
 			return -EIO;
 		}
 		stat_add(&d->n_misses, 1);
-		rc = d->miss(d->miss_arg, h, idx, len, deadline);
+		rc = d->miss(d->miss_arg, h, idx, len, *deadline);
 		if (rc < 0)
 			return rc;
 	}
@@ -216,7 +216,8 @@ static void slot_install(struct chunk_slot *s, uint64_t idx, int fd)
 }
 
 /* Reads len bytes at coff of image chunk idx straight into buf. */
-static int chunk_pread(struct disk *d, uint64_t idx, void *buf, size_t len, uint32_t coff)
+static int chunk_pread(struct disk *d, uint64_t idx, void *buf, size_t len, uint32_t coff,
+		       uint64_t *deadline)
 {
 	struct chunk_slot *s = &d->slots[idx & d->slot_mask];
 	int rc, fd;
@@ -231,13 +232,13 @@ static int chunk_pread(struct disk *d, uint64_t idx, void *buf, size_t len, uint
 			}
 			__atomic_sub_fetch(&s->users, 1, __ATOMIC_SEQ_CST);
 		}
-		fd = chunk_open(d, idx);
+		fd = chunk_open(d, idx, deadline);
 		if (fd < 0)
 			return fd;
 		slot_install(s, idx, fd);
 	}
 	/* Other readers keep taking the slot: read through a private descriptor. */
-	fd = chunk_open(d, idx);
+	fd = chunk_open(d, idx, deadline);
 	if (fd < 0)
 		return fd;
 	rc = pread_full(fd, buf, len, coff);
@@ -249,7 +250,8 @@ done:
 }
 
 /* Reads [pos, pos+len) of the base image: chunks, zero chunks, zeros past its end. */
-static int read_image(struct disk *d, uint8_t *buf, size_t len, uint64_t pos)
+static int read_image(struct disk *d, uint8_t *buf, size_t len, uint64_t pos,
+		      uint64_t *deadline)
 {
 	const struct manifest *m = d->img;
 
@@ -267,7 +269,7 @@ static int read_image(struct disk *d, uint8_t *buf, size_t len, uint64_t pos)
 		if (manifest_chunk_is_zero(m, idx)) {
 			memset(buf, 0, n);
 		} else {
-			rc = chunk_pread(d, idx, buf, n, coff);
+			rc = chunk_pread(d, idx, buf, n, coff, deadline);
 			if (rc < 0)
 				return rc;
 		}
@@ -278,8 +280,10 @@ static int read_image(struct disk *d, uint8_t *buf, size_t len, uint64_t pos)
 	return 0;
 }
 
-/* The merged read, without range check or statistics (also used under range locks). */
-static int read_merged(struct disk *d, uint8_t *buf, size_t len, uint64_t off)
+/* The merged read, without range check or statistics (also used under range locks).
+ * *deadline is the command's (see chunk_open), 0 until its first miss. */
+static int read_merged(struct disk *d, uint8_t *buf, size_t len, uint64_t off,
+		       uint64_t *deadline)
 {
 	uint64_t end = off + len, pos = off;
 	uint64_t gend = DIV_ROUND_UP(end, DISK_GRAIN);
@@ -299,7 +303,7 @@ static int read_merged(struct disk *d, uint8_t *buf, size_t len, uint64_t off)
 			memset(buf + (pos - off), 0, n);
 			break;
 		default:
-			rc = read_image(d, buf + (pos - off), n, pos);
+			rc = read_image(d, buf + (pos - off), n, pos, deadline);
 			break;
 		}
 		if (rc < 0)
@@ -309,7 +313,7 @@ static int read_merged(struct disk *d, uint8_t *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-int disk_read(struct disk *d, void *buf, size_t len, uint64_t off)
+int disk_read_until(struct disk *d, void *buf, size_t len, uint64_t off, uint64_t *deadline)
 {
 	int rc = range_ok(d, off, len);
 
@@ -317,14 +321,22 @@ int disk_read(struct disk *d, void *buf, size_t len, uint64_t off)
 		return rc;
 	stat_add(&d->n_reads, 1);
 	stat_add(&d->b_read, len);
-	return read_merged(d, buf, len, off);
+	return read_merged(d, buf, len, off, deadline);
+}
+
+int disk_read(struct disk *d, void *buf, size_t len, uint64_t off)
+{
+	uint64_t deadline = 0;
+
+	return disk_read_until(d, buf, len, off, &deadline);
 }
 
 /* ---- writes (range locks held) ---- */
 
 /* Writes n bytes at pos inside grain g: in place when the grain is DATA, else as a
  * read-modify-write of the whole grain (invariant 1). */
-static int write_partial(struct disk *d, uint64_t g, const uint8_t *src, size_t n, uint64_t pos)
+static int write_partial(struct disk *d, uint64_t g, const uint8_t *src, size_t n, uint64_t pos,
+			 uint64_t *deadline)
 {
 	uint8_t tmp[DISK_GRAIN] __attribute__((aligned(64)));
 	enum overlay_state st = overlay_state_of(d->ov, g);
@@ -334,7 +346,7 @@ static int write_partial(struct disk *d, uint64_t g, const uint8_t *src, size_t 
 		return pwrite_full(fd, src, n, pos);
 	if (st == OVL_ZERO)
 		memset(tmp, 0, sizeof(tmp));
-	else if ((rc = read_merged(d, tmp, DISK_GRAIN, g * DISK_GRAIN)) < 0)
+	else if ((rc = read_merged(d, tmp, DISK_GRAIN, g * DISK_GRAIN, deadline)) < 0)
 		return rc;
 	memcpy(tmp + (pos - g * DISK_GRAIN), src, n);
 	rc = pwrite_full(fd, tmp, DISK_GRAIN, g * DISK_GRAIN);
@@ -343,7 +355,8 @@ static int write_partial(struct disk *d, uint64_t g, const uint8_t *src, size_t 
 	return overlay_set(d->ov, g, 1, OVL_DATA);
 }
 
-static int write_locked(struct disk *d, const uint8_t *buf, size_t len, uint64_t off)
+static int write_locked(struct disk *d, const uint8_t *buf, size_t len, uint64_t off,
+			uint64_t *deadline)
 {
 	uint64_t end = off + len, hg, tg, fg0, fg1;
 	bool head, tail;
@@ -359,14 +372,14 @@ static int write_locked(struct disk *d, const uint8_t *buf, size_t len, uint64_t
 	fg1 = end % DISK_GRAIN ? tg : tg + 1;
 	if (head) {
 		rc = write_partial(d, hg, buf, (size_t)(MIN(end, (hg + 1) * DISK_GRAIN) - off),
-				   off);
+				   off, deadline);
 		if (rc < 0)
 			return rc;
 	}
 	if (tail) {
 		uint64_t gpos = tg * DISK_GRAIN; /* >= off: tg > hg, or off is aligned */
 
-		rc = write_partial(d, tg, buf + (gpos - off), (size_t)(end - gpos), gpos);
+		rc = write_partial(d, tg, buf + (gpos - off), (size_t)(end - gpos), gpos, deadline);
 		if (rc < 0)
 			return rc;
 	}
@@ -384,11 +397,11 @@ static int write_locked(struct disk *d, const uint8_t *buf, size_t len, uint64_t
 }
 
 /* Writes zeros over [off, off+len), which holds no whole grain but its own edges. */
-static int write_zeros(struct disk *d, uint64_t off, uint64_t len)
+static int write_zeros(struct disk *d, uint64_t off, uint64_t len, uint64_t *deadline)
 {
 	while (len) {
 		size_t n = (size_t)MIN(len, (off / DISK_GRAIN + 1) * DISK_GRAIN - off);
-		int rc = write_locked(d, zero_grain, n, off);
+		int rc = write_locked(d, zero_grain, n, off, deadline);
 
 		if (rc < 0)
 			return rc;
@@ -400,13 +413,14 @@ static int write_zeros(struct disk *d, uint64_t off, uint64_t len)
 
 int disk_write(struct disk *d, const void *buf, size_t len, uint64_t off, unsigned flags)
 {
+	uint64_t deadline = 0;
 	int rc = range_ok(d, off, len);
 
 	if (rc < 0)
 		return rc;
 	stat_add(&d->n_writes, 1);
 	lock_range(d, off, len);
-	rc = write_locked(d, buf, len, off);
+	rc = write_locked(d, buf, len, off, &deadline);
 	unlock_range(d, off, len);
 	if (rc == 0) {
 		stat_add(&d->b_written, len);
@@ -451,7 +465,7 @@ static int unmap_grains(struct disk *d, uint64_t g0, uint64_t g1)
 
 int disk_unmap(struct disk *d, uint64_t off, uint64_t len, unsigned flags)
 {
-	uint64_t end = off + len, fg0, fg1;
+	uint64_t end = off + len, fg0, fg1, deadline = 0;
 	int rc = range_ok(d, off, len);
 
 	if (rc < 0 || !len)
@@ -463,12 +477,12 @@ int disk_unmap(struct disk *d, uint64_t off, uint64_t len, unsigned flags)
 		fg1 = DIV_ROUND_UP(end, DISK_GRAIN); /* the disk's last, short grain */
 	lock_range(d, off, len);
 	if (fg0 >= fg1) {
-		rc = write_zeros(d, off, len);
+		rc = write_zeros(d, off, len, &deadline);
 		goto out;
 	}
-	rc = write_zeros(d, off, fg0 * DISK_GRAIN - off);
+	rc = write_zeros(d, off, fg0 * DISK_GRAIN - off, &deadline);
 	if (rc == 0 && end > fg1 * DISK_GRAIN)
-		rc = write_zeros(d, fg1 * DISK_GRAIN, end - fg1 * DISK_GRAIN);
+		rc = write_zeros(d, fg1 * DISK_GRAIN, end - fg1 * DISK_GRAIN, &deadline);
 	if (rc == 0)
 		rc = unmap_grains(d, fg0, fg1);
 out:
@@ -482,6 +496,7 @@ int disk_compare_and_write(struct disk *d, const void *cmp, const void *data, si
 			   uint64_t off, unsigned flags, uint64_t *miscompare_off)
 {
 	const uint8_t *c = cmp;
+	uint64_t deadline = 0;
 	uint8_t *cur;
 	int rc = range_ok(d, off, len);
 
@@ -492,7 +507,7 @@ int disk_compare_and_write(struct disk *d, const void *cmp, const void *data, si
 		return -ENOMEM;
 	stat_add(&d->n_writes, 1);
 	lock_range(d, off, len);
-	rc = read_merged(d, cur, len, off);
+	rc = read_merged(d, cur, len, off, &deadline);
 	if (rc == 0 && memcmp(cur, c, len) != 0) {
 		size_t i = 0;
 
@@ -503,7 +518,7 @@ int disk_compare_and_write(struct disk *d, const void *cmp, const void *data, si
 		rc = -EILSEQ;
 	}
 	if (rc == 0)
-		rc = write_locked(d, data, len, off);
+		rc = write_locked(d, data, len, off, &deadline);
 	unlock_range(d, off, len);
 	free(cur);
 	if (rc == 0) {

@@ -40,7 +40,8 @@ struct disk_opts {
 	struct chunkstore *store;     /* borrowed */
 	disk_miss_fn miss;            /* may be NULL: a miss is then -EIO */
 	void *miss_arg;
-	uint64_t io_timeout_ns;       /* deadline for a read that misses; 0 = 30 s */
+	uint64_t io_timeout_ns;       /* a command's misses wait at most this, from its first
+				       * miss, however many chunks it spans; 0 = 30 s */
 	/* Optional: called for every image chunk a read used (hit or filled), with its
 	 * index in the image, so that a reader-mode owner can report accesses to the
 	 * store's owner and where a reader is (one chunk may sit at many indexes). */
@@ -62,6 +63,9 @@ void disk_close(struct disk *d);
 uint64_t disk_size(const struct disk *d);
 
 int disk_read(struct disk *d, void *buf, size_t len, uint64_t off);
+/* disk_read() as one piece of a larger command: *deadline is that command's (0 until its
+ * first miss sets it), so pass the same variable for every piece. */
+int disk_read_until(struct disk *d, void *buf, size_t len, uint64_t off, uint64_t *deadline);
 
 #define DISK_FUA 0x1u
 int disk_write(struct disk *d, const void *buf, size_t len, uint64_t off, unsigned flags);

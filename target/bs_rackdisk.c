@@ -176,7 +176,7 @@ static int rd_compare(struct disk *d, const char *data, size_t period, uint64_t 
 		      uint64_t len, uint64_t *mis)
 {
 	char *buf;
-	uint64_t done = 0;
+	uint64_t done = 0, deadline = 0; /* one deadline for the whole command */
 	size_t n, i;
 	int ret = 0;
 
@@ -185,7 +185,7 @@ static int rd_compare(struct disk *d, const char *data, size_t period, uint64_t 
 		return -ENOMEM;
 	while (done < len) {
 		n = len - done < RD_PIECE ? (size_t)(len - done) : RD_PIECE;
-		ret = disk_read(d, buf, n, off + done);
+		ret = disk_read_until(d, buf, n, off + done, &deadline);
 		if (ret)
 			break;
 		for (i = 0; i < n; i++) {

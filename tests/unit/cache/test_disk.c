@@ -343,7 +343,8 @@ static void test_threads_caw(void **state)
 struct missctx {
 	struct fixture *fx;
 	int calls;
-	int mode; /* 0 insert, 1 sleep past the deadline, 2 say yes but do nothing */
+	int mode; /* 0 insert, 1 sleep past the deadline, 2 say yes but do nothing,
+		   * 3 insert after 120 ms */
 	uint64_t last_idx;
 	uint32_t last_len;
 	int accesses;
@@ -360,7 +361,9 @@ static int miss_cb(void *arg, const struct chunk_hash *h, uint64_t idx, uint32_t
 	m->last_len = len;
 	if (!hash_equal(h, &m->fx->m->hashes[idx]))
 		return -EINVAL;
-	if (m->mode == 0)
+	if (m->mode == 3)
+		usleep(120000);
+	if (m->mode == 0 || m->mode == 3)
 		return fx_insert_chunk(m->fx, idx);
 	if (m->mode == 1) {
 		while (now_ns() < deadline_ns)
@@ -411,6 +414,21 @@ static void test_miss_callback(void **state)
 	t0 = now_ns();
 	assert_int_equal(disk_read(d, buf, sizeof(buf), 2 * CS), -ETIMEDOUT);
 	assert_true(now_ns() - t0 >= 150000000ull && now_ns() - t0 < 5000000000ull);
+	/* The deadline is the command's: chunks arriving in 120 ms each, within one
+	 * io_timeout (200 ms) but not three, end a read of three of them at its deadline
+	 * (what arrived stays for the retry). */
+	{
+		uint8_t *big = malloc(3 * CS);
+
+		assert_non_null(big);
+		mc.mode = 3;
+		t0 = now_ns();
+		assert_int_equal(disk_read(d, big, 3 * CS, 5 * CS), -ETIMEDOUT);
+		assert_true(now_ns() - t0 >= 150000000ull && now_ns() - t0 < 330000000ull);
+		assert_int_equal(disk_read(d, big, 3 * CS, 5 * CS), 0);
+		assert_memory_equal(big, fx.image + 5 * CS, 3 * CS);
+		free(big);
+	}
 	/* A callback that says "present" while the chunk is not: -EIO after a few tries. */
 	mc.mode = 2;
 	mc.calls = 0;
@@ -428,7 +446,7 @@ static void test_miss_callback(void **state)
 	/* Without a callback a miss is -EIO. */
 	o.miss = NULL;
 	assert_int_equal(disk_open(&o, &d), 0);
-	assert_int_equal(disk_read(d, buf, sizeof(buf), 5 * CS), -EIO);
+	assert_int_equal(disk_read(d, buf, sizeof(buf), 2 * CS), -EIO); /* never filled */
 	disk_close(d);
 	fx_teardown(&fx);
 }
