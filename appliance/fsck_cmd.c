@@ -83,7 +83,9 @@ static int check_disks(const char *state_dir, bool repair, unsigned *problems, u
 		if (ret < 0) {
 			char msg[128];
 
-			snprintf(msg, sizeof(msg), "overlay check failed: %s", strerror(-ret));
+			snprintf(msg, sizeof(msg), "overlay check failed: %s",
+				 ret == -EBUSY ? "in use (a tgtd still serves this disk; stop it "
+						 "first)" : strerror(-ret));
 			report(problems, path, msg);
 		}
 	}

@@ -65,6 +65,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/magic.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -733,6 +734,13 @@ static int overlay_open_mode(const char *dir, bool tolerant, overlay_report_fn r
 	src.fd = open(path, O_RDWR | O_CLOEXEC);
 	if (src.fd < 0)
 		return -errno;
+	/* One opener at a time (tgtd's module, or fsck): a repair beside a live writer would
+	 * clear UNCLEAN under it and lose its lazily mapped grains at the next crash. The
+	 * lock goes with the descriptor, so a crashed holder never leaves it behind. */
+	if (flock(src.fd, LOCK_EX | LOCK_NB) < 0) {
+		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
+		goto fail;
+	}
 	if (fstat(src.fd, &st) < 0) {
 		rc = -errno;
 		goto fail;

@@ -618,6 +618,10 @@ static void test_wrong_image_refused(void **state)
 	struct disk_opts o = { .dir = t->fx.disk_dir, .image = t->fx.m, .store = t->fx.cs };
 	struct chunk_hash saved = t->fx.m->id;
 
+	/* one opener at a time (overlay.c): refused while the fixture's disk is open */
+	assert_int_equal(disk_open(&o, &d2), -EBUSY);
+	disk_close(t->d);
+	t->d = NULL;
 	t->fx.m->id.b[0] ^= 1;
 	assert_int_equal(disk_open(&o, &d2), -EINVAL);
 	t->fx.m->id = saved;

@@ -728,6 +728,21 @@ static void test_concurrent_set(void **state)
 	overlay_close(o);
 }
 
+/* One opener at a time: a second open, or a repair, while a writer has it is refused. */
+static void test_second_opener_refused(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make(c, 64 * MiB), *p = NULL;
+
+	assert_int_equal(overlay_open(c->dir, &p), -EBUSY);
+	assert_null(p);
+	assert_int_equal(overlay_fsck(c->dir, true, NULL, NULL), -EBUSY);
+	overlay_close(o);
+	assert_int_equal(overlay_fsck(c->dir, true, NULL, NULL), 0);
+	assert_int_equal(overlay_open(c->dir, &p), 0);
+	overlay_close(p);
+}
+
 /* Whether an overlay created on a filesystem mounted at c->dir/mnt (from `mount_cmd`,
  * run with the mountpoint as its last argument) skips the map for first writes. */
 static bool lazy_on(struct ctx *c, const char *prep_cmd, const char *mount_cmd)
@@ -791,6 +806,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_lazy_map_zero_kept, setup_shm, teardown),
 		cmocka_unit_test_setup_teardown(test_lazy_map_punch, setup_shm, teardown),
 		cmocka_unit_test_setup_teardown(test_strict_header, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_second_opener_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_holes_trusted_only_where_safe, setup, teardown),
 	};
 
