@@ -496,10 +496,13 @@ static int fill_run(struct worker_ctx *w, struct fill *fl, enum fetch_source *sr
 		return r;
 	r = fill_attempts(w, fl, src, &leased);
 	if (r < 0 && leased) {
+		bool have;
+
 		pthread_mutex_lock(&f->lock);
 		peer = f->peer;
+		have = f->have_peer; /* cleared by peering_stop: the directory is left */
 		pthread_mutex_unlock(&f->lock);
-		if (peer.abandon)
+		if (have && peer.abandon)
 			peer.abandon(peer.arg, &fl->h);
 	}
 	return r;
