@@ -74,7 +74,7 @@ struct fetchsrv {
 	unsigned nimages;
 	struct {
 		atomic_uint_fast64_t connections, requests, fetch_ok, fetch_err, prefetches,
-			touches, bad_requests, hints, hints_ignored;
+			touches, bad_requests, hints, hints_ignored, checks, checks_dropped;
 	} st;
 };
 
@@ -205,6 +205,13 @@ int fetchsrv_handle_line(struct fetchsrv *s, char *line, char *reply, size_t rep
 	case FETCH_CMD_HIT:
 		/* A hit needs no fill: only its place, for the readahead. */
 		note_access(s, r);
+		snprintf(reply, replylen, "OK\n");
+		break;
+	case FETCH_CMD_CHECK:
+		/* The module found the file bad: drop it if so, so that its FETCH refills. */
+		atomic_fetch_add(&s->st.checks, 1);
+		if (s->cs && chunkstore_recheck(s->cs, &r->h) == 1)
+			atomic_fetch_add(&s->st.checks_dropped, 1);
 		snprintf(reply, replylen, "OK\n");
 		break;
 	case FETCH_CMD_TOUCH:
@@ -477,4 +484,6 @@ void fetchsrv_get_stats(struct fetchsrv *s, struct fetchsrv_stats *st)
 	st->bad_requests = atomic_load(&s->st.bad_requests);
 	st->hints = atomic_load(&s->st.hints);
 	st->hints_ignored = atomic_load(&s->st.hints_ignored);
+	st->checks = atomic_load(&s->st.checks);
+	st->checks_dropped = atomic_load(&s->st.checks_dropped);
 }

@@ -267,6 +267,9 @@ int metrics_render(struct appliance *a, char **out, size_t *len)
 	    "Requests from the tgt module on the fetch socket.", fs.requests);
 	one(f, "rackdisk_fetch_socket_errors_total", "counter",
 	    "FETCH requests answered with an error.", fs.fetch_err);
+	one(f, "rackdisk_chunk_corrupt_reports_total", "counter",
+	    "Chunk files the tgt module found torn or corrupt (not served; re-checked here).",
+	    fs.checks);
 	one(f, "rackdisk_chunk_touches_total", "counter",
 	    "Chunk reads the tgt module served from the store (hits it reported).", fs.touches);
 	one(f, "rackdisk_readahead_hints_total", "counter",

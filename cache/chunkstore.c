@@ -13,10 +13,17 @@
  *     when it was absent (crash, power loss, kill -9, a new store) re-hashes every chunk
  *     file and drops the bad ones before open returns, i.e. before the owner serves any
  *     chunk and before any reader is started (rackdiskd opens the store before it spawns
- *     tgtd; readers never verify). With the marker present, open still removes tmp/ and
- *     empty, oversized or misnamed files, and the owner re-hashes a chunk found at open
- *     the first time it serves it. A torn or corrupt file is never served by
- *     chunkstore_get().
+ *     tgtd). With the marker present, open still removes tmp/ and empty, oversized or
+ *     misnamed files, and the owner re-hashes a chunk found at open the first time it
+ *     serves it. A torn or corrupt file is never served by chunkstore_get().
+ *  1a. Readers (the tgt module, another process) learn from <dir>/session, written by the
+ *     owner's open, which chunks that owner vouches for: "verified" (its open re-hashed
+ *     every file, and it verifies what it inserts), or "since <ns>" (a clean open: files
+ *     changed at or after that CLOCK_REALTIME instant are its own verified inserts; older
+ *     ones were not re-hashed). A reader re-hashes a file the session does not vouch for
+ *     (no session file: every file) the first time it opens it, and answers -EBADMSG for
+ *     a bad one, dropping its descriptor, so that its owner can be told (rackdiskd
+ *     re-checks and drops it, chunkstore_recheck) and a fresh copy is opened next time.
  *  2. A chunk is announced once its file is in place under chunks/ and it is in the index
  *     (a peer told about it can read it at once), but before it is on stable storage:
  *     until the next syncfs (close) or the kernel's own writeback (vm.dirty_expire, 30 s
@@ -68,6 +75,16 @@
 
 #define SLAB_ENTRIES		4096
 #define CHUNKSTORE_CLEAN_MARKER "clean"
+#define CHUNKSTORE_SESSION	"session" /* invariant 1a */
+
+enum { SESSION_NONE, SESSION_VERIFIED, SESSION_SINCE };
+
+/* Hashes of chunks a reader has verified (or its owner vouches for): open addressing. */
+struct vset {
+	struct chunk_hash *v;
+	bool *used;
+	size_t cap, n;
+};
 
 enum { ST_FILLING = 1, ST_PRESENT, ST_REMOVING };
 
@@ -104,6 +121,10 @@ struct chunkstore {
 	struct evict_policy *policy;
 	struct chunkstore_stats st; /* guarded by lock but for stat_add() counters */
 	uint64_t tmp_seq;
+	/* Reader: what the owner's session vouches for, and what we verified (lock). */
+	int session;
+	uint64_t session_since_ns;
+	struct vset verified;
 
 	struct fdcache fdc;
 };
@@ -120,6 +141,57 @@ static uint64_t hkey(const struct chunk_hash *h)
 
 	memcpy(&k, h->b, sizeof(k)); /* SHA-256 bytes are uniform already */
 	return k ? k : 1;
+}
+
+/* ---- the reader's verified set ---- */
+
+static bool vset_has(const struct vset *vs, const struct chunk_hash *h)
+{
+	if (!vs->cap)
+		return false;
+	for (size_t i = hkey(h) & (vs->cap - 1);; i = (i + 1) & (vs->cap - 1)) {
+		if (!vs->used[i])
+			return false;
+		if (hash_equal(&vs->v[i], h))
+			return true;
+	}
+}
+
+static void vset_put(struct vset *vs, const struct chunk_hash *h)
+{
+	size_t i = hkey(h) & (vs->cap - 1);
+
+	while (vs->used[i] && !hash_equal(&vs->v[i], h))
+		i = (i + 1) & (vs->cap - 1);
+	if (!vs->used[i]) {
+		vs->used[i] = true;
+		vs->v[i] = *h;
+		vs->n++;
+	}
+}
+
+/* Adds h; -ENOMEM leaves the set as it was (the chunk is then verified again later). */
+static int vset_add(struct vset *vs, const struct chunk_hash *h)
+{
+	if (2 * (vs->n + 1) > vs->cap) {
+		struct vset big = {.cap = vs->cap ? 2 * vs->cap : 1024};
+
+		big.v = malloc(big.cap * sizeof(*big.v));
+		big.used = calloc(big.cap, sizeof(*big.used));
+		if (!big.v || !big.used) {
+			free(big.v);
+			free(big.used);
+			return -ENOMEM;
+		}
+		for (size_t i = 0; i < vs->cap; i++)
+			if (vs->used[i])
+				vset_put(&big, &vs->v[i]);
+		free(vs->v);
+		free(vs->used);
+		*vs = big;
+	}
+	vset_put(vs, h);
+	return 0;
 }
 
 static void hex_parts(const struct chunk_hash *h, char hex[HASH_HEX_LEN + 1], unsigned *hh)
@@ -448,8 +520,58 @@ static int rebuild_index(struct chunkstore *cs, bool verify, bool unclean)
 	return ret;
 }
 
+/*
+ * Invariant 1a: tells readers which files this owner vouches for. Files changed from
+ * since_ns (taken before the scan) on are this session's inserts. A failure leaves no
+ * session file: readers then verify every file they open.
+ */
+static void write_session(struct chunkstore *cs, bool all_verified, uint64_t since_ns)
+{
+	char path[PATH_MAX], buf[64];
+	int n, ret;
+
+	snprintf(path, sizeof(path), "%s/%s", cs->dir, CHUNKSTORE_SESSION);
+	n = all_verified ? snprintf(buf, sizeof(buf), "verified\n") :
+			   snprintf(buf, sizeof(buf), "since %llu\n",
+				    (unsigned long long)since_ns);
+	ret = write_file_atomic(path, buf, (size_t)n);
+	if (ret) {
+		unlinkat(cs->dir_fd, CHUNKSTORE_SESSION, 0);
+		log_warn("chunk store %s: cannot write %s (%s): readers will re-hash every "
+			 "chunk they open", cs->dir, path, strerror(-ret));
+	}
+}
+
+static void read_session(struct chunkstore *cs)
+{
+	char path[PATH_MAX], *buf = NULL;
+	unsigned long long since;
+	size_t len;
+
+	cs->session = SESSION_NONE;
+	snprintf(path, sizeof(path), "%s/%s", cs->dir, CHUNKSTORE_SESSION);
+	if (read_file(path, 64, &buf, &len))
+		return;
+	if (!strcmp(buf, "verified\n")) {
+		cs->session = SESSION_VERIFIED;
+	} else if (sscanf(buf, "since %llu", &since) == 1) {
+		cs->session = SESSION_SINCE;
+		cs->session_since_ns = since;
+	}
+	free(buf);
+}
+
+static uint64_t realtime_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 int chunkstore_open(const struct chunkstore_opts *o, struct chunkstore **out)
 {
+	uint64_t since_ns = realtime_ns();
 	struct chunkstore *cs;
 	int ret;
 
@@ -494,7 +616,10 @@ int chunkstore_open(const struct chunkstore_opts *o, struct chunkstore **out)
 		ret = rebuild_index(cs, o->verify_on_open, !clean);
 		if (ret)
 			goto fail;
+		write_session(cs, o->verify_on_open || !clean, since_ns);
 		cs->owner_open = true;
+	} else {
+		read_session(cs);
 	}
 	*out = cs;
 	return 0;
@@ -528,6 +653,8 @@ void chunkstore_close(struct chunkstore *cs)
 	pthread_mutex_destroy(&cs->lock);
 	pthread_cond_destroy(&cs->cond);
 	fdcache_destroy(&cs->fdc);
+	free(cs->verified.v);
+	free(cs->verified.used);
 	free(cs->dir);
 	free(cs);
 }
@@ -581,6 +708,45 @@ static int check_first_use(struct chunkstore *cs, struct cs_entry *e, struct fd_
 	return 0;
 }
 
+/*
+ * Reader, invariant 1a: 0 when the file behind s may be served (vouched for by the owner's
+ * session, or re-hashed here once), -EBADMSG when it is torn or corrupt.
+ */
+static int reader_check(struct chunkstore *cs, struct fd_slot *s, const struct chunk_hash *h)
+{
+	struct stat st;
+	bool known;
+	int ret;
+
+	pthread_mutex_lock(&cs->lock);
+	known = vset_has(&cs->verified, h);
+	pthread_mutex_unlock(&cs->lock);
+	if (known || cs->session == SESSION_VERIFIED)
+		return 0;
+	if (cs->session == SESSION_SINCE && fstat(s->fd, &st) == 0 &&
+	    (uint64_t)st.st_ctim.tv_sec * 1000000000ull + (uint64_t)st.st_ctim.tv_nsec >=
+		    cs->session_since_ns) {
+		ret = 1;
+	} else {
+		ret = cs_verify_fd(s->fd, s->len, h);
+		stat_add(&cs->st.reader_verified, 1);
+	}
+	if (ret < 0)
+		return ret;
+	if (!ret) {
+		char hex[HASH_HEX_LEN + 1];
+
+		hash_to_hex(h, hex);
+		log_warn("chunk store %s: chunk %s is torn or corrupt; not served", cs->dir, hex);
+		stat_add(&cs->st.reader_corrupt, 1);
+		return -EBADMSG;
+	}
+	pthread_mutex_lock(&cs->lock);
+	vset_add(&cs->verified, h);
+	pthread_mutex_unlock(&cs->lock);
+	return 0;
+}
+
 int chunkstore_get(struct chunkstore *cs, const struct chunk_hash *h, struct chunk_ref **out)
 {
 	struct chunk_ref *ref = calloc(1, sizeof(*ref));
@@ -599,7 +765,13 @@ int chunkstore_get(struct chunkstore *cs, const struct chunk_hash *h, struct chu
 		}
 	}
 	ret = fdcache_get(&cs->fdc, h, &ref->slot);
-	if (!ret && !verified) {
+	if (!ret && cs->reader) {
+		ret = reader_check(cs, ref->slot, h);
+		if (ret) {
+			fdcache_put(&cs->fdc, ref->slot);
+			fdcache_drop(&cs->fdc, h); /* a fresh copy is opened next time */
+		}
+	} else if (!ret && !verified) {
 		ret = check_first_use(cs, e, ref->slot);
 		if (ret)
 			fdcache_put(&cs->fdc, ref->slot);
@@ -662,6 +834,44 @@ int chunkstore_read(struct chunkstore *cs, struct chunk_ref *ref, void *buf, siz
 		ret = aio_pread(s->fd, buf, len, off, false);
 	if (!ret)
 		stat_add(&cs->st.bytes_read, len);
+	return ret;
+}
+
+int chunkstore_recheck(struct chunkstore *cs, const struct chunk_hash *h)
+{
+	bool verified;
+	struct cs_entry *e;
+	struct fd_slot *slot;
+	char hex[HASH_HEX_LEN + 1];
+	int ret;
+
+	if (cs->reader)
+		return -EROFS;
+	e = pin_entry(cs, h, &verified);
+	if (!e)
+		return 0;
+	/* Through a descriptor of the file as it is now: a cached one may be of an older
+	 * copy that was replaced. */
+	fdcache_drop(&cs->fdc, h);
+	ret = fdcache_get(&cs->fdc, h, &slot);
+	if (ret == 0) {
+		ret = slot->len == e->node.size ? cs_verify_fd(slot->fd, slot->len, h) : 0;
+		fdcache_put(&cs->fdc, slot);
+		ret = ret < 0 ? ret : ret == 1 ? 0 : -ENOENT;
+	}
+	if (ret == -ENOENT) {
+		hash_to_hex(h, hex);
+		log_warn("chunk store %s: chunk %s reported torn or corrupt by a reader and found "
+			 "so; dropped", cs->dir, hex);
+		drop_bad(cs, e, true);
+		return 1;
+	}
+	if (ret == 0) {
+		pthread_mutex_lock(&cs->lock);
+		e->verified = true;
+		pthread_mutex_unlock(&cs->lock);
+	}
+	unpin_entry(cs, e);
 	return ret;
 }
 

@@ -52,6 +52,8 @@ struct chunkstore_stats {
 	uint64_t nchunks, bytes_used, capacity;
 	uint64_t pinned;	  /* chunks pinned right now */
 	uint64_t dropped_corrupt; /* files found torn or corrupt and removed */
+	uint64_t reader_verified; /* reader: files re-hashed at first open (invariant 1a) */
+	uint64_t reader_corrupt;  /* reader: ... and found torn or corrupt (not served) */
 };
 
 /*
@@ -76,7 +78,9 @@ void chunkstore_close(struct chunkstore *cs);
 
 /*
  * Looks a chunk up and pins it. -ENOENT on a miss (also for a chunk found torn or corrupt,
- * which the owner then drops). Readers keep up to 1024 idle descriptors open (LRU), so a
+ * which the owner then drops). A reader answers -EBADMSG for a file it found torn or
+ * corrupt the first time it opened it (invariant 1a in chunkstore.c); its owner should be
+ * told (chunkstore_recheck). Readers keep up to 1024 idle descriptors open (LRU), so a
  * hot chunk costs no open(); a reader holding a descriptor of a chunk the owner has since
  * evicted still reads the right bytes (chunks are immutable).
  */
@@ -103,6 +107,11 @@ int chunkstore_insert(struct chunkstore *cs, const struct chunk_hash *h, const v
 /* (Reader mode: -EROFS. len 0 or above 16 MiB: -EINVAL.) */
 
 bool chunkstore_contains(struct chunkstore *cs, const struct chunk_hash *h);
+
+/* Owner: re-hashes chunk *h's file now, whatever was verified before (a reader reported
+ * it bad, invariant 1a), and drops it when it is torn or corrupt. Returns 1 when it was
+ * dropped, 0 when it is good or absent, or a negative errno (-EROFS for a reader). */
+int chunkstore_recheck(struct chunkstore *cs, const struct chunk_hash *h);
 
 /* Records accesses seen by another process (the tgt module) for the eviction policy. */
 void chunkstore_touch(struct chunkstore *cs, const struct chunk_hash *h);

@@ -55,12 +55,13 @@ struct disk {
 	disk_miss_fn miss;
 	void *miss_arg;
 	void (*on_access)(void *arg, const struct chunk_hash *h, uint64_t idx);
+	void (*on_bad)(void *arg, const struct chunk_hash *h, uint32_t len, uint64_t deadline_ns);
 	uint64_t io_timeout_ns;
 	struct chunk_slot *slots;
 	unsigned slot_mask;
 	pthread_mutex_t locks[LOCK_STRIPES];
 	/* Statistics (atomics). */
-	uint64_t n_reads, n_writes, n_flushes, n_unmaps, n_misses;
+	uint64_t n_reads, n_writes, n_flushes, n_unmaps, n_misses, n_bad_chunks;
 	uint64_t b_read, b_written;
 };
 
@@ -175,8 +176,16 @@ static int chunk_open(struct disk *d, uint64_t idx, uint64_t *deadline)
 			chunkstore_put(d->store, ref);
 			return rc;
 		}
-		if (rc != -ENOENT)
+		if (rc == -EBADMSG) {
+			/* A reader found the file torn or corrupt (chunkstore.c invariant 1a):
+			 * the owner re-checks and drops it, and the miss fetches a fresh copy. */
+			stat_add(&d->n_bad_chunks, 1);
+			if (d->on_bad)
+				d->on_bad(d->miss_arg, h, len, *deadline ? *deadline :
+					  now_ns() + d->io_timeout_ns);
+		} else if (rc != -ENOENT) {
 			return rc;
+		}
 		if (!d->miss)
 			return -EIO;
 		if (!*deadline)
@@ -646,6 +655,7 @@ void disk_get_stats(struct disk *d, struct disk_stats *st)
 	st->bytes_read = __atomic_load_n(&d->b_read, __ATOMIC_RELAXED);
 	st->bytes_written = __atomic_load_n(&d->b_written, __ATOMIC_RELAXED);
 	st->misses = __atomic_load_n(&d->n_misses, __ATOMIC_RELAXED);
+	st->bad_chunks = __atomic_load_n(&d->n_bad_chunks, __ATOMIC_RELAXED);
 	st->overlay_bytes = overlay_data_grains(d->ov) * DISK_GRAIN;
 	overlay_get_stats(d->ov, &os);
 	st->map_pages_written = os.pages_written;
@@ -690,6 +700,7 @@ int disk_open(const struct disk_opts *opts, struct disk **out)
 	d->miss = opts->miss;
 	d->miss_arg = opts->miss_arg;
 	d->on_access = opts->on_chunk_access;
+	d->on_bad = opts->on_bad_chunk;
 	d->io_timeout_ns = opts->io_timeout_ns ? opts->io_timeout_ns : DEFAULT_IO_TIMEOUT_NS;
 	d->slots = aligned_alloc(64, nslots * sizeof(*d->slots));
 	if (!d->slots) {

@@ -46,6 +46,11 @@ struct disk_opts {
 	 * index in the image, so that a reader-mode owner can report accesses to the
 	 * store's owner and where a reader is (one chunk may sit at many indexes). */
 	void (*on_chunk_access)(void *arg, const struct chunk_hash *h, uint64_t idx);
+	/* Optional: a reader store found chunk *h's file torn or corrupt (chunkstore.c
+	 * invariant 1a): tell its owner, who re-checks and drops it, before the miss
+	 * callback asks for a fresh copy. Called with miss_arg. */
+	void (*on_bad_chunk)(void *arg, const struct chunk_hash *h, uint32_t len,
+			     uint64_t deadline_ns);
 	/* Chunk files the disk keeps open for reads (a power of two is used, rounded up);
 	 * 0 = 256. Descriptors of chunks evicted meanwhile keep their space until their
 	 * slot is reused or the disk is closed. */
@@ -110,6 +115,7 @@ struct disk_stats {
 	uint64_t bytes_read, bytes_written;
 	uint64_t overlay_bytes;   /* overlay space in use */
 	uint64_t misses;          /* miss callbacks made */
+	uint64_t bad_chunks;      /* chunk files a reader store found torn or corrupt */
 	uint64_t map_pages_written; /* overlay map page copies written */
 	uint64_t map_skipped;     /* flushes that synced the data file alone (overlay.c inv. 9) */
 	uint64_t recovered;       /* grains recovered from the data file at an unclean open */

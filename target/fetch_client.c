@@ -399,6 +399,17 @@ int fetch_client_prefetch(struct fetch_client *fc, const struct chunk_hash *h, u
 	return best_effort(fc, line, (size_t)n, deadline_ns);
 }
 
+int fetch_client_check(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,
+		       uint64_t deadline_ns)
+{
+	char hex[HASH_HEX_LEN + 1], line[128];
+	int n;
+
+	hash_to_hex(h, hex);
+	n = snprintf(line, sizeof(line), "CHECK %s %u\n", hex, len);
+	return request(fc, line, (size_t)n, deadline_ns, false);
+}
+
 /* Reads the TOUCH replies that have arrived, without waiting. -ECONNRESET: closed. */
 static int touch_drain(struct fetch_client *fc)
 {

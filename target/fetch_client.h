@@ -42,6 +42,12 @@ void fetch_client_free(struct fetch_client *fc);
 int fetch_client_fetch(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,
 		       uint64_t deadline_ns);
 
+/* CHECK: the chunk's file was found torn or corrupt; rackdiskd re-hashes it and drops
+ * it if so. One attempt (no waiting for an absent server): the FETCH that follows is
+ * the patient one. */
+int fetch_client_check(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,
+		       uint64_t deadline_ns);
+
 /* FETCH with the chunk's place: index idx of image *image (the LUN's base image). The
  * place lets rackdiskd see the access pattern and read ahead (fetch_proto.h). */
 int fetch_client_fetch_at(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,

@@ -96,8 +96,8 @@ int fetch_proto_parse(const char *line, size_t len, struct fetch_req *r)
 		r->cmd = FETCH_CMD_FETCH;
 		return parse_fetch(&save, r);
 	}
-	if (!strcmp(cmd, "PREFETCH")) {
-		r->cmd = FETCH_CMD_PREFETCH;
+	if (!strcmp(cmd, "PREFETCH") || !strcmp(cmd, "CHECK")) {
+		r->cmd = cmd[0] == 'P' ? FETCH_CMD_PREFETCH : FETCH_CMD_CHECK;
 		if (parse_hash(strtok_r(NULL, " ", &save), &r->h) ||
 		    parse_len(strtok_r(NULL, " ", &save), &r->len) || strtok_r(NULL, " ", &save))
 			return -EPROTO;

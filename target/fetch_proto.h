@@ -34,6 +34,10 @@
  *      HIT <image_id> <idx> <hash>\n       the module read chunk <idx> of image <image_id>
  *        -> OK\n                           from the store (no FETCH was needed): the
  *                                          place of a hit, for the readahead (below)
+ *      CHECK <hash> <len>\n                the module found the chunk's file torn or
+ *        -> OK\n                           corrupt (cache/chunkstore.c invariant 1a):
+ *                                          re-hash it now and drop it if bad; the FETCH
+ *                                          that follows then brings a fresh copy
  *
  *    <hash> is 64 lowercase hex digits, <len> the chunk's length in bytes (1 to
  *    CHUNK_SIZE_MAX), <timeout_ms> at most FETCH_PROTO_TIMEOUT_MAX_MS. A line longer
@@ -78,13 +82,19 @@
 /* Longest HIT line: the name, two hashes, one number, separators and '\n'. */
 #define FETCH_PROTO_HIT_LINE_MAX (4 + 2 * (HASH_HEX_LEN + 1) + 21 + 1)
 
-enum fetch_proto_cmd { FETCH_CMD_FETCH = 1, FETCH_CMD_PREFETCH, FETCH_CMD_TOUCH, FETCH_CMD_HIT };
+enum fetch_proto_cmd {
+	FETCH_CMD_FETCH = 1,
+	FETCH_CMD_PREFETCH,
+	FETCH_CMD_TOUCH,
+	FETCH_CMD_HIT,
+	FETCH_CMD_CHECK
+};
 
 /* One parsed request line. */
 struct fetch_req {
 	enum fetch_proto_cmd cmd;
-	struct chunk_hash h;      /* FETCH, PREFETCH, HIT */
-	uint32_t len;             /* FETCH, PREFETCH */
+	struct chunk_hash h;      /* FETCH, PREFETCH, HIT, CHECK */
+	uint32_t len;             /* FETCH, PREFETCH, CHECK */
 	uint32_t timeout_ms;      /* FETCH */
 	bool has_pos;             /* FETCH with its image_id and idx; always for HIT */
 	struct chunk_hash image;  /* valid when has_pos */

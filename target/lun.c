@@ -155,6 +155,16 @@ static int lun_miss(void *arg, const struct chunk_hash *h, uint64_t idx, uint32_
 	return fetch_client_fetch_at(l->fc, h, len, &l->cfg.image_id, idx, deadline_ns);
 }
 
+/* The chunk store found *h's file bad (cache/chunkstore.c invariant 1a): rackdiskd
+ * re-checks and drops it; the miss that follows fetches a fresh copy. */
+static void lun_on_bad(void *arg, const struct chunk_hash *h, uint32_t len, uint64_t deadline_ns)
+{
+	struct lun *l = arg;
+
+	if (l->fc)
+		fetch_client_check(l->fc, h, len, deadline_ns);
+}
+
 static void touch_send(struct lun *l, const struct chunk_hash *hs, size_t n)
 {
 	if (l->fc && n)
@@ -279,6 +289,7 @@ static int open_parts(struct lun *l, const char *dir, char *err, size_t errlen)
 	dopts.miss_arg = l;
 	dopts.io_timeout_ns = (uint64_t)l->cfg.io_timeout_ms * 1000000ull;
 	dopts.on_chunk_access = lun_on_access;
+	dopts.on_bad_chunk = lun_on_bad;
 	ret = disk_open(&dopts, &l->disk);
 	if (ret)
 		snprintf(err, errlen, "disk %s: %s", dir, strerror(-ret));

@@ -271,6 +271,43 @@ def test_metrics_serves_required_series(appliance, tmp_path):
     assert cache["fetch"]["seed"]["fetches"] == fetched
 
 
+def test_chunk_rotted_while_stopped_is_never_served(appliance, seed, tmp_path):
+    """A chunk file damaged while rackdiskd was stopped (same length, other bytes): after a
+    clean restart the owner does not re-hash its store, so the tgt module checks each file
+    the new session does not vouch for (chunkstore.c invariant 1a), tells rackdiskd
+    (CHECK), which drops it, and the read gets a fresh copy from the seed."""
+    _, raws = seed
+    img = open(raws["deb"], "rb").read()
+    a = appliance().start()
+    assert a.cli("disk", "create", "c1", "--image", "deb").returncode == 0
+
+    def read_all(name):
+        out = tmp_path / name
+        r = subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", a.url("c1"),
+                            str(out)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr + a.log_text()
+        return open(out, "rb").read()
+
+    assert read_all("cold.raw")[:len(img)] == img
+    assert a.stop() == 0
+    chunks = os.path.join(a.state, "cache", "chunks")
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(chunks) for f in fs)
+    assert files
+    victim = files[0]
+    size = os.path.getsize(victim)
+    with open(victim, "r+b") as f:
+        f.write(bytes([0xA5]) * size)
+    time.sleep(0.05)  # the file's change time stays before the next session's start
+    a.start()
+    got = read_all("after.raw")
+    assert got[:len(img)] == img, "a damaged chunk file was served"
+    st, text = a.request("GET", "/metrics")
+    values = dict(l.rsplit(" ", 1) for l in text.splitlines() if l and not l.startswith("#"))
+    assert float(values["rackdisk_chunk_corrupt_reports_total"]) >= 1, text
+    assert float(values['rackdisk_chunk_fetches_total{source="seed"}']) >= 1, text
+    assert os.path.getsize(victim) == size and open(victim, "rb").read(16) != bytes([0xA5]) * 16
+
+
 def test_fsck_offline(appliance):
     a = appliance().start()
     assert a.cli("disk", "create", "f1", "--image", "deb").returncode == 0

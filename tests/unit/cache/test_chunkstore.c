@@ -883,6 +883,79 @@ static void test_direct_io_reads(void **state)
 	chunkstore_close(cs);
 }
 
+static struct chunkstore_stats reader_stats(struct chunkstore *cs)
+{
+	struct chunkstore_stats st;
+
+	chunkstore_get_stats(cs, &st);
+	return st;
+}
+
+/* Invariant 1a: a reader re-hashes, once, each file its owner's session does not vouch
+ * for, and refuses a bad one (-EBADMSG) until the owner, told, drops it. */
+static void test_inv1a_reader_verifies_what_the_owner_did_not(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore *owner = open_store(f->dir, 0, false), *rd;
+	struct chunk_ref *ref;
+	struct chunk_hash ha = hash_n(1, CLEN), hb = hash_n(2, CLEN), hc = hash_n(3, CLEN);
+	char pa[512], sess[300];
+	uint8_t junk[CLEN];
+
+	assert_int_equal(insert_n(owner, 1, CLEN), 0);
+	assert_int_equal(insert_n(owner, 2, CLEN), 0);
+	chunkstore_close(owner); /* clean */
+	/* bit rot while stopped: same length, other bytes */
+	chunk_file(f->dir, &ha, pa, sizeof(pa));
+	memset(junk, 0x5a, sizeof(junk));
+	write_raw(pa, junk, sizeof(junk));
+	usleep(20000); /* past the coarse clock of file times */
+	owner = open_store(f->dir, 0, false); /* clean open: no re-hash */
+	assert_int_equal(insert_n(owner, 3, CLEN), 0); /* this session's: verified */
+	rd = open_store(f->dir, 0, true);
+	assert_int_equal(chunkstore_get(rd, &ha, &ref), -EBADMSG);
+	assert_int_equal(reader_stats(rd).reader_corrupt, 1);
+	assert_int_equal(chunkstore_get(rd, &hb, &ref), 0);
+	chunkstore_put(rd, ref);
+	assert_int_equal(reader_stats(rd).reader_verified, 2);
+	assert_int_equal(chunkstore_get(rd, &hb, &ref), 0); /* once per reader */
+	chunkstore_put(rd, ref);
+	assert_int_equal(chunkstore_get(rd, &hc, &ref), 0); /* vouched for: not hashed */
+	chunkstore_put(rd, ref);
+	assert_int_equal(reader_stats(rd).reader_verified, 2);
+	assert_int_equal(get_check(rd, 3, CLEN), 0);
+	/* the owner, told, re-checks: a, bad, is dropped; b is fine */
+	assert_int_equal(chunkstore_recheck(owner, &ha), 1);
+	assert_false(file_exists(pa));
+	assert_int_equal(chunkstore_recheck(owner, &hb), 0);
+	assert_int_equal(chunkstore_recheck(owner, &ha), 0);
+	assert_int_equal(chunkstore_get(rd, &ha, &ref), -ENOENT);
+	/* a fresh copy is served */
+	assert_int_equal(insert_n(owner, 1, CLEN), 0);
+	assert_int_equal(get_check(rd, 1, CLEN), 0);
+	assert_int_equal(chunkstore_recheck(rd, &ha), -EROFS);
+	chunkstore_close(rd);
+	/* without a session file a reader vouches for nothing: c is hashed too */
+	snprintf(sess, sizeof(sess), "%s/session", f->dir);
+	assert_int_equal(unlink(sess), 0);
+	rd = open_store(f->dir, 0, true);
+	assert_int_equal(get_check(rd, 3, CLEN), 0);
+	assert_int_equal(reader_stats(rd).reader_verified, 1);
+	chunkstore_close(rd);
+	chunkstore_close(owner);
+	/* after an unclean stop the owner's open re-hashes everything: "verified" */
+	owner = open_store(f->dir, 0, false);
+	chunkstore_close(owner);
+	snprintf(pa, sizeof(pa), "%s/clean", f->dir);
+	assert_int_equal(unlink(pa), 0);
+	owner = open_store(f->dir, 0, false);
+	rd = open_store(f->dir, 0, true);
+	assert_int_equal(get_check(rd, 2, CLEN), 0);
+	assert_int_equal(reader_stats(rd).reader_verified, 0);
+	chunkstore_close(rd);
+	chunkstore_close(owner);
+}
+
 /* Pages of the file at path that are in the page cache. */
 static size_t resident_pages(const char *path)
 {
@@ -1027,6 +1100,7 @@ int main(void)
 		T(test_fsck_reports_and_repairs),
 		T(test_direct_io_reads),
 		T(test_direct_io_inserts),
+		T(test_inv1a_reader_verifies_what_the_owner_did_not),
 		T(test_reader_fd_cache_bounded),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -95,6 +95,13 @@ static void test_prefetch_and_touch(void **state)
 	assert_int_equal(parse("PREFETCH " HEX_B " 65536", &r), 0);
 	assert_int_equal(r.cmd, FETCH_CMD_PREFETCH);
 	assert_int_equal(r.len, 65536);
+	/* CHECK: a chunk file the module found bad */
+	assert_int_equal(parse("CHECK " HEX_A " 4096", &r), 0);
+	assert_int_equal(r.cmd, FETCH_CMD_CHECK);
+	assert_int_equal(r.len, 4096);
+	assert_int_equal(parse("CHECK " HEX_A, &r), -EPROTO);
+	assert_int_equal(parse("CHECK " HEX_A " 4096 1", &r), -EPROTO);
+	assert_int_equal(parse("CHECK " HEX_A " 0", &r), -EPROTO);
 	assert_int_equal(parse("TOUCH " HEX_A " " HEX_B, &r), 0);
 	assert_int_equal(r.cmd, FETCH_CMD_TOUCH);
 	assert_int_equal(r.ntouch, 2);
