@@ -418,22 +418,15 @@ static int try_seed(struct worker_ctx *w, struct fill *fl)
 	return 1;
 }
 
-static uint64_t fill_deadline(struct fetcher *f, struct fill *fl)
-{
-	uint64_t d;
-
-	pthread_mutex_lock(&f->lock);
-	d = fl->deadline_ns;
-	pthread_mutex_unlock(&f->lock);
-	return d;
-}
-
-static bool fill_peer_only(struct fetcher *f, struct fill *fl)
+/* A fill's deadline and peer_only flag, which joining readers change (under f->lock). */
+static bool fill_peer_only(struct fetcher *f, struct fill *fl, uint64_t *deadline)
 {
 	bool po;
 
 	pthread_mutex_lock(&f->lock);
 	po = fl->peer_only;
+	if (deadline)
+		*deadline = fl->deadline_ns;
 	pthread_mutex_unlock(&f->lock);
 	return po;
 }
@@ -447,7 +440,7 @@ static int fill_attempts(struct worker_ctx *w, struct fill *fl, enum fetch_sourc
 	int r;
 
 	for (;;) {
-		deadline = fill_deadline(f, fl);
+		po = fill_peer_only(f, fl, &deadline);
 		if (now_ns() >= deadline)
 			return -ETIMEDOUT;
 		/* Another fill may have completed between our caller's check and now. */
@@ -455,14 +448,13 @@ static int fill_attempts(struct worker_ctx *w, struct fill *fl, enum fetch_sourc
 			*src = FETCH_SRC_LOCAL;
 			return 0;
 		}
-		po = fill_peer_only(f, fl);
 		r = try_peer(w, fl, deadline, po ? FETCHER_PEER_NO_LEASE : 0, leased);
 		if (r == 0) {
 			*src = FETCH_SRC_PEER;
 			return 0;
 		}
 		if (po) {
-			if (fill_peer_only(f, fl))
+			if (fill_peer_only(f, fl, NULL))
 				return FILL_NO_PEER;
 			continue; /* a reader joined: ask again, now for the seed's lease too */
 		}

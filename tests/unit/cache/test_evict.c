@@ -91,18 +91,23 @@ static void test_ghost_readmits_to_main(void **state)
 	free(o);
 }
 
+/* Puts o[0..n) in main through the ghost: inserted, evicted from small, inserted again. */
+static void into_main(struct evict_policy *p, struct obj *o, int n)
+{
+	for (int i = 0; i < n; i++)
+		evict_insert(p, &o[i].node);
+	for (int i = 0; i < n; i++)
+		assert_ptr_equal(evict_victim(p), &o[i].node);
+	for (int i = 0; i < n; i++)
+		evict_insert(p, &o[i].node);
+}
+
 static void test_main_frequency_ages(void **state)
 {
 	struct evict_policy *p = evict_new(EVICT_S3FIFO, 10 * SZ);
 	struct obj *o = objs(3);
 
-	/* put all three in main through the ghost */
-	for (int i = 0; i < 3; i++)
-		evict_insert(p, &o[i].node);
-	for (int i = 0; i < 3; i++)
-		assert_ptr_equal(evict_victim(p), &o[i].node);
-	for (int i = 0; i < 3; i++)
-		evict_insert(p, &o[i].node);
+	into_main(p, o, 3);
 	for (int k = 0; k < 5; k++) /* capped at 3 */
 		evict_access(p, &o[0].node);
 	evict_access(p, &o[1].node);
@@ -143,13 +148,7 @@ static void test_pinned_beside_hot_still_evicts(void **state)
 	struct evict_policy *p = evict_new(EVICT_S3FIFO, 10 * SZ);
 	struct obj *o = objs(3);
 
-	/* all three in main through the ghost */
-	for (int i = 0; i < 3; i++)
-		evict_insert(p, &o[i].node);
-	for (int i = 0; i < 3; i++)
-		assert_ptr_equal(evict_victim(p), &o[i].node);
-	for (int i = 0; i < 3; i++)
-		evict_insert(p, &o[i].node);
+	into_main(p, o, 3);
 	o[0].node.pins = 1;
 	o[1].node.pins = 1;
 	for (int k = 0; k < 3; k++)
