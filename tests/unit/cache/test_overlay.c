@@ -30,11 +30,12 @@ struct ctx {
 	struct chunk_hash id;
 };
 
-static int setup(void **state)
+/* A fresh directory below base (a context with it). */
+static int setup_in(void **state, const char *base)
 {
 	struct ctx *c = calloc(1, sizeof(*c));
 
-	snprintf(c->dir, sizeof(c->dir), "/tmp/rd-ovl-XXXXXX");
+	snprintf(c->dir, sizeof(c->dir), "%s/rd-ovl-XXXXXX", base);
 	if (!mkdtemp(c->dir))
 		return -1;
 	snprintf(c->map, sizeof(c->map), "%s/%s", c->dir, OVERLAY_MAP_FILE);
@@ -43,19 +44,16 @@ static int setup(void **state)
 	return 0;
 }
 
+static int setup(void **state)
+{
+	return setup_in(state, "/tmp");
+}
+
 /* For the lazy-map tests: tmpfs without huge pages, a filesystem whose holes overlay.c
  * trusts on any machine (the root filesystem may be ext4 without a journal). */
 static int setup_shm(void **state)
 {
-	struct ctx *c = calloc(1, sizeof(*c));
-
-	snprintf(c->dir, sizeof(c->dir), "/dev/shm/rd-ovl-XXXXXX");
-	if (!mkdtemp(c->dir))
-		return -1;
-	snprintf(c->map, sizeof(c->map), "%s/%s", c->dir, OVERLAY_MAP_FILE);
-	memset(c->id.b, 0x5a, sizeof(c->id.b));
-	*state = c;
-	return 0;
+	return setup_in(state, "/dev/shm");
 }
 
 static int teardown(void **state)
