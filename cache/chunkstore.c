@@ -571,7 +571,7 @@ static uint64_t realtime_ns(void)
 
 int chunkstore_open(const struct chunkstore_opts *o, struct chunkstore **out)
 {
-	uint64_t since_ns = realtime_ns();
+	uint64_t since_ns;
 	struct chunkstore *cs;
 	int ret;
 
@@ -602,6 +602,10 @@ int chunkstore_open(const struct chunkstore_opts *o, struct chunkstore **out)
 	ret = open_dirs(cs);
 	if (ret)
 		goto fail;
+	/* After the lock (open_dirs): no earlier owner can write anything from now on.
+	 * File times use a coarse clock, up to a tick behind: an insert in the first tick
+	 * may look older and be re-hashed by a reader once, which is only slower. */
+	since_ns = realtime_ns();
 	cs->fdc.chunks_fd = cs->chunks_fd;
 	/* A reader cannot create a probe file: its descriptors fall back one by one. */
 	if (o->direct_io && !cs->direct)

@@ -911,6 +911,7 @@ static void test_inv1a_reader_verifies_what_the_owner_did_not(void **state)
 	write_raw(pa, junk, sizeof(junk));
 	usleep(20000); /* past the coarse clock of file times */
 	owner = open_store(f->dir, 0, false); /* clean open: no re-hash */
+	usleep(20000); /* file times use a coarse clock: a tick after the session's start */
 	assert_int_equal(insert_n(owner, 3, CLEN), 0); /* this session's: verified */
 	rd = open_store(f->dir, 0, true);
 	assert_int_equal(chunkstore_get(rd, &ha, &ref), -EBADMSG);
