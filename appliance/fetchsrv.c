@@ -74,7 +74,7 @@ struct fetchsrv {
 	unsigned nimages;
 	struct {
 		atomic_uint_fast64_t connections, requests, fetch_ok, fetch_err, prefetches,
-			touches, bad_requests, hints, hints_ignored, checks, checks_dropped;
+			touches, bad_requests, hints, hints_ignored, checks;
 	} st;
 };
 
@@ -208,10 +208,11 @@ int fetchsrv_handle_line(struct fetchsrv *s, char *line, char *reply, size_t rep
 		snprintf(reply, replylen, "OK\n");
 		break;
 	case FETCH_CMD_CHECK:
-		/* The module found the file bad: drop it if so, so that its FETCH refills. */
+		/* The module found the file bad: drop it if so, so that its FETCH refills
+		 * (a drop counts in the store's dropped_corrupt). */
 		atomic_fetch_add(&s->st.checks, 1);
-		if (s->cs && chunkstore_recheck(s->cs, &r->h) == 1)
-			atomic_fetch_add(&s->st.checks_dropped, 1);
+		if (s->cs)
+			chunkstore_recheck(s->cs, &r->h);
 		snprintf(reply, replylen, "OK\n");
 		break;
 	case FETCH_CMD_TOUCH:
@@ -485,5 +486,4 @@ void fetchsrv_get_stats(struct fetchsrv *s, struct fetchsrv_stats *st)
 	st->hints = atomic_load(&s->st.hints);
 	st->hints_ignored = atomic_load(&s->st.hints_ignored);
 	st->checks = atomic_load(&s->st.checks);
-	st->checks_dropped = atomic_load(&s->st.checks_dropped);
 }

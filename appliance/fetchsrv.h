@@ -25,8 +25,9 @@ struct fetchsrv_stats {
 	/* FETCH and HIT places passed to the readahead, and places ignored (unknown image,
 	 * index out of range, manifest entry not the requested hash). */
 	uint64_t hints, hints_ignored;
-	/* CHECK requests (the module found a chunk file bad), and files they dropped. */
-	uint64_t checks, checks_dropped;
+	/* CHECK requests (the module found a chunk file bad; drops are the store's
+	 * dropped_corrupt). */
+	uint64_t checks;
 };
 
 /* Listens on path (removing a stale socket file there). */

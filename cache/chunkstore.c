@@ -846,7 +846,6 @@ int chunkstore_recheck(struct chunkstore *cs, const struct chunk_hash *h)
 	bool verified;
 	struct cs_entry *e;
 	struct fd_slot *slot;
-	char hex[HASH_HEX_LEN + 1];
 	int ret;
 
 	if (cs->reader)
@@ -855,25 +854,16 @@ int chunkstore_recheck(struct chunkstore *cs, const struct chunk_hash *h)
 	if (!e)
 		return 0;
 	/* Through a descriptor of the file as it is now: a cached one may be of an older
-	 * copy that was replaced. */
+	 * copy that was replaced. Missing counts as bad, as in chunkstore_get. */
 	fdcache_drop(&cs->fdc, h);
 	ret = fdcache_get(&cs->fdc, h, &slot);
 	if (ret == 0) {
-		ret = slot->len == e->node.size ? cs_verify_fd(slot->fd, slot->len, h) : 0;
+		ret = check_first_use(cs, e, slot);
 		fdcache_put(&cs->fdc, slot);
-		ret = ret < 0 ? ret : ret == 1 ? 0 : -ENOENT;
 	}
 	if (ret == -ENOENT) {
-		hash_to_hex(h, hex);
-		log_warn("chunk store %s: chunk %s reported torn or corrupt by a reader and found "
-			 "so; dropped", cs->dir, hex);
 		drop_bad(cs, e, true);
 		return 1;
-	}
-	if (ret == 0) {
-		pthread_mutex_lock(&cs->lock);
-		e->verified = true;
-		pthread_mutex_unlock(&cs->lock);
 	}
 	unpin_entry(cs, e);
 	return ret;

@@ -865,10 +865,9 @@ void overlay_close(struct overlay *o)
  */
 static bool ext4_data_ordered(dev_t dev)
 {
-	char path[PATH_MAX], link[256], opts[4096];
+	char path[PATH_MAX], link[256], opt[256];
 	const char *name;
 	ssize_t n;
-	size_t len = 0;
 	FILE *f;
 
 	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u", major(dev), minor(dev));
@@ -883,8 +882,8 @@ static bool ext4_data_ordered(dev_t dev)
 	if (!f)
 		return false;
 	/* one option per line */
-	while (len < sizeof(opts) - 1 && fgets(opts + len, (int)(sizeof(opts) - len), f)) {
-		if (!strcmp(opts + len, "data=ordered\n") || !strcmp(opts + len, "data=journal\n")) {
+	while (fgets(opt, sizeof(opt), f)) {
+		if (!strcmp(opt, "data=ordered\n") || !strcmp(opt, "data=journal\n")) {
 			fclose(f);
 			return true;
 		}

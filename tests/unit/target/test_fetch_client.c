@@ -239,12 +239,22 @@ static void *start_later(void *arg)
 	return NULL;
 }
 
+/* A FETCH made while the server is down succeeds once ls starts it. */
+static void fetch_while_it_comes_up(struct fetch_client *fc, struct late_start *ls)
+{
+	pthread_t thr;
+
+	srv.mode = M_OK;
+	assert_int_equal(pthread_create(&thr, NULL, start_later, ls), 0);
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 3000000000ull), 0);
+	pthread_join(thr, NULL);
+}
+
 static void test_absent_server(void **state)
 {
 	struct fetch_client *fc;
 	struct late_start ls = {.s = &srv, .delay_ms = 200};
 	struct chunk_hash hs[FETCH_PROTO_TOUCH_MAX + 1];
-	pthread_t thr;
 	uint64_t t0, dt;
 
 	unlink(srv.path);
@@ -262,10 +272,7 @@ static void test_absent_server(void **state)
 	assert_int_equal(fetch_client_touch(fc, hs, FETCH_PROTO_TOUCH_MAX + 1, t0), -EINVAL);
 
 	/* A FETCH made while the server is down succeeds once it comes up. */
-	srv.mode = M_OK;
-	assert_int_equal(pthread_create(&thr, NULL, start_later, &ls), 0);
-	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 3000000000ull), 0);
-	pthread_join(thr, NULL);
+	fetch_while_it_comes_up(fc, &ls);
 	fetch_client_free(fc);
 	server_stop(&srv);
 }
@@ -330,7 +337,6 @@ static void test_restart_with_full_pool(void **state)
 	pthread_t thr[4];
 	struct fetch_client *fc;
 	struct late_start ls = {.s = &srv, .delay_ms = 200};
-	pthread_t starter;
 	uint64_t t0, dt;
 	int i;
 
@@ -358,10 +364,7 @@ static void test_restart_with_full_pool(void **state)
 	assert_true(dt >= 290000000ull && dt < 800000000ull);
 	/* ... and a FETCH it refused that way succeeds once it is back. */
 	server_stop(&srv);
-	srv.mode = M_OK;
-	assert_int_equal(pthread_create(&starter, NULL, start_later, &ls), 0);
-	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 3000000000ull), 0);
-	pthread_join(starter, NULL);
+	fetch_while_it_comes_up(fc, &ls);
 	fetch_client_free(fc);
 	server_stop(&srv);
 }
