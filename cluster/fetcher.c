@@ -361,6 +361,8 @@ static int try_peer(struct worker_ctx *w, struct fill *fl, uint64_t deadline_ns,
 	r = peer.fetch(peer.arg, &fl->h, w->chunk.p, fl->len, deadline_ns, flags);
 	if (r == 0 || r == -ENOENT)
 		return r;
+	if (r == -ECANCELED) /* fetcher_stop: not the peer's failure */
+		return -ESHUTDOWN;
 	pthread_mutex_lock(&f->lock);
 	f->st.failures[FETCH_SRC_PEER]++;
 	if (r == -EILSEQ || r == -EBADMSG || r == -EMSGSIZE)
@@ -453,6 +455,8 @@ static int fill_attempts(struct worker_ctx *w, struct fill *fl, enum fetch_sourc
 			*src = FETCH_SRC_PEER;
 			return 0;
 		}
+		if (r == -ESHUTDOWN)
+			return r;
 		if (po) {
 			if (fill_peer_only(f, fl, NULL))
 				return FILL_NO_PEER;
@@ -644,8 +648,13 @@ fail:
 
 void fetcher_stop(struct fetcher *f)
 {
+	struct fetcher_peer_ops peer;
+	bool have;
+
 	pthread_mutex_lock(&f->lock);
 	f->stopping = true;
+	peer = f->peer;
+	have = f->have_peer;
 	pthread_cond_broadcast(&f->work);
 	pthread_cond_broadcast(&f->stop);
 	for (unsigned b = 0; b < FILL_BUCKETS; b++)
@@ -654,6 +663,8 @@ void fetcher_stop(struct fetcher *f)
 	pthread_mutex_unlock(&f->lock);
 	if (f->seed)
 		seed_cancel(f->seed);
+	if (have && peer.cancel)
+		peer.cancel(peer.arg);
 }
 
 void fetcher_destroy(struct fetcher *f)

@@ -104,6 +104,8 @@ void fetcher_get_stats(struct fetcher *f, struct fetcher_stats *st);
  * abandon (optional): a fill that called fetch without that flag ended without the chunk
  * in the store (the seed failed, the deadline passed, the store is full): release what
  * fetch took for the seed fetch (the lease), so that other nodes stop waiting for it.
+ * cancel (optional): fetcher_stop() calls it once; every fetch under way or later then
+ * returns -ECANCELED promptly (shutdown does not wait out the peer phase).
  */
 #define FETCHER_PEER_NO_LEASE 0x1u
 struct fetcher_peer_ops {
@@ -111,6 +113,7 @@ struct fetcher_peer_ops {
 	int (*fetch)(void *arg, const struct chunk_hash *h, void *buf, uint32_t len,
 		     uint64_t deadline_ns, unsigned flags);
 	void (*abandon)(void *arg, const struct chunk_hash *h);
+	void (*cancel)(void *arg);
 };
 void fetcher_set_peer_ops(struct fetcher *f, const struct fetcher_peer_ops *ops);
 

@@ -12,6 +12,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +35,7 @@ struct peer_client {
 	struct pc_handle **idle;      /* pool of idle handles */
 	unsigned nidle;
 	struct peer_client_stats st;  /* __atomic updates */
+	atomic_bool cancelled;        /* peer_client_cancel(): every request ends */
 };
 
 struct sink {
@@ -58,6 +60,15 @@ static size_t on_data(char *p, size_t size, size_t n, void *arg)
 	s->pos += bytes;
 	EVP_DigestUpdate(s->md, p, bytes);
 	return bytes;
+}
+
+/* Ends a transfer under way once peer_client_cancel() has been called. */
+static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+		       curl_off_t ulnow)
+{
+	struct peer_client *pc = arg;
+
+	return atomic_load(&pc->cancelled) ? 1 : 0;
 }
 
 static struct pc_handle *handle_get(struct peer_client *pc)
@@ -130,6 +141,8 @@ static int request(struct peer_client *pc, struct pc_handle *hd, const char *add
 	CURLcode cc;
 	int rc;
 
+	if (atomic_load(&pc->cancelled))
+		return -ECANCELED;
 	if (now >= deadline_ns)
 		return -ETIMEDOUT;
 	left_ms = MIN((deadline_ns - now) / 1000000ULL, (uint64_t)pc->request_ms);
@@ -151,10 +164,15 @@ static int request(struct peer_client *pc, struct pc_handle *hd, const char *add
 	curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 64L * 1024);
 	curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http");
+	curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+	curl_easy_setopt(c, CURLOPT_XFERINFODATA, pc);
 	cc = curl_easy_perform(c);
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
 	if (curl_easy_getinfo(c, CURLINFO_NUM_CONNECTS, &connects) == CURLE_OK)
 		ST_ADD(pc, connects, (uint64_t)connects);
+	if (cc == CURLE_ABORTED_BY_CALLBACK)
+		return -ECANCELED;
 	if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && s.overflow)) {
 		rc = map_curl_error(cc);
 		ST_ADD(pc, errors, rc != -ETIMEDOUT);
@@ -241,6 +259,11 @@ int peer_client_create(const struct peer_client_opts *o, struct peer_client **ou
 fail:
 	peer_client_destroy(pc);
 	return rc;
+}
+
+void peer_client_cancel(struct peer_client *pc)
+{
+	atomic_store(&pc->cancelled, true);
 }
 
 void peer_client_destroy(struct peer_client *pc)

@@ -42,7 +42,7 @@ void peer_client_destroy(struct peer_client *pc);
  * caller's scratch, len bytes), checks its hash and inserts it into the store. Returns 0,
  * -ENOENT (the peer does not have it), -EBADMSG (wrong bytes or length), -ETIMEDOUT
  * (deadline_ns, CLOCK_MONOTONIC, passed), -EACCES (token refused), -ECONNREFUSED / -EIO
- * (transport), or the store's error.
+ * (transport), -ECANCELED (peer_client_cancel), or the store's error.
  */
 int peer_client_fetch(struct peer_client *pc, const char *addr, const struct chunk_hash *h,
 		      void *buf, uint32_t len, uint64_t deadline_ns);
@@ -50,6 +50,9 @@ int peer_client_fetch(struct peer_client *pc, const char *addr, const struct chu
 /* Same, into buf[0..len) without storing (benchmarks, tools). */
 int peer_client_get(struct peer_client *pc, const char *addr, const struct chunk_hash *h,
 		    void *buf, uint32_t len, uint64_t deadline_ns);
+
+/* Shutdown: requests under way end at once with -ECANCELED, and so does every later one. */
+void peer_client_cancel(struct peer_client *pc);
 
 void peer_client_get_stats(struct peer_client *pc, struct peer_client_stats *st);
 

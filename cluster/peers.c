@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,7 @@ struct peers {
 	struct peer_health *health;
 	size_t nhealth, cap_health;
 	struct peers_stats st;           /* __atomic updates */
+	atomic_bool cancelled;           /* peers_cancel(): every call ends at once */
 };
 
 #define ST_ADD(p, field, n) __atomic_fetch_add(&(p)->st.field, (n), __ATOMIC_RELAXED)
@@ -152,7 +154,8 @@ static bool tried_has(const struct tried *t, int64_t id)
 /*
  * Looks the chunk up and tries its holders, but not those in *t (the holders this call
  * tried already; failures are added). 0: fetched. -ENOENT: no holder could serve.
- * -ENOTCONN (etc.): the directory failed. -ETIMEDOUT: deadline passed.
+ * -ENOTCONN (etc.): the directory failed. -ETIMEDOUT: deadline passed. -ECANCELED:
+ * peers_cancel().
  */
 static int try_holders(struct peers *p, const struct chunk_hash *h, void *buf,
 		       uint32_t len, uint64_t deadline_ns, struct tried *t)
@@ -161,6 +164,8 @@ static int try_holders(struct peers *p, const struct chunk_hash *h, void *buf,
 	int n, i, rc = -ENOENT;
 	unsigned tries = 0;
 
+	if (atomic_load(&p->cancelled))
+		return -ECANCELED;
 	n = directory_lookup(p->dir, h, v, MAX_HOLDERS);
 	if (n < 0)
 		return n;
@@ -168,10 +173,14 @@ static int try_holders(struct peers *p, const struct chunk_hash *h, void *buf,
 	for (i = 0; i < n && tries < p->max_tries; i++) {
 		if (tried_has(t, v[i].node_id))
 			continue;
+		if (atomic_load(&p->cancelled))
+			return -ECANCELED;
 		if (now_ns() >= deadline_ns)
 			return -ETIMEDOUT;
 		tries++;
 		rc = peer_client_fetch(p->client, v[i].addr, h, buf, len, deadline_ns);
+		if (rc == -ECANCELED)
+			return rc;
 		note_result(p, &v[i], rc, len);
 		if (rc != 0 && t->n < MAX_HOLDERS)
 			t->id[t->n++] = v[i].node_id;
@@ -196,7 +205,7 @@ static int try_holders(struct peers *p, const struct chunk_hash *h, void *buf,
 
 static bool dir_error(int rc)
 {
-	return rc < 0 && rc != -ENOENT && rc != -EBUSY && rc != -ETIMEDOUT;
+	return rc < 0 && rc != -ENOENT && rc != -EBUSY && rc != -ETIMEDOUT && rc != -ECANCELED;
 }
 
 /*
@@ -214,6 +223,8 @@ static int won_lease(struct peers *p, const struct chunk_hash *h, void *buf, uin
 		ST_ADD(p, lease_recheck_hits, 1);
 		return 0;
 	}
+	if (rc == -ECANCELED)
+		return rc; /* the fill ends and abandons the lease */
 	ST_ADD(p, leases_won, 1);
 	return rc == -ENOSPC ? rc : -ENOENT; /* at peer_dl too: we hold the lease */
 }
@@ -243,7 +254,13 @@ static int wait_for_lease(struct peers *p, const struct chunk_hash *h, void *buf
 
 	ST_ADD(p, lease_waits, 1);
 	for (iter = 0; iter < max_iter && now_ns() < until; iter++) {
-		int alive = directory_node_alive(p->dir, holder);
+		int alive;
+
+		if (atomic_load(&p->cancelled)) {
+			rc = -ECANCELED;
+			goto out;
+		}
+		alive = directory_node_alive(p->dir, holder);
 
 		if (alive == 0) {
 			/* the holder is dead: its lease would expire anyway; take over now */
@@ -258,7 +275,7 @@ static int wait_for_lease(struct peers *p, const struct chunk_hash *h, void *buf
 				ST_ADD(p, lease_wait_hits, 1);
 				goto out;
 			}
-			if (dir_error(rc) || rc == -ENOSPC)
+			if (dir_error(rc) || rc == -ENOSPC || rc == -ECANCELED)
 				goto out;
 		}
 		rc = directory_lease_acquire(p->dir, h, deadline_ns, &holder);
@@ -300,7 +317,7 @@ int peers_fetch(struct peers *p, const struct chunk_hash *h, void *buf, uint32_t
 
 	ST_ADD(p, calls, 1);
 	rc = try_holders(p, h, buf, len, peer_dl, &t);
-	if (rc == 0 || rc == -ENOSPC)
+	if (rc == 0 || rc == -ENOSPC || rc == -ECANCELED)
 		return rc;
 	if (rc == -ETIMEDOUT) /* the peer phase's share is spent: the seed, unleased */
 		return -ENOENT;
@@ -313,7 +330,7 @@ int peers_fetch(struct peers *p, const struct chunk_hash *h, void *buf, uint32_t
 	if (rc != -EBUSY)
 		goto seed;
 	rc = wait_for_lease(p, h, buf, len, deadline_ns, peer_dl, holder, &t);
-	if (rc == 0 || rc == -ETIMEDOUT || rc == -ENOSPC)
+	if (rc == 0 || rc == -ETIMEDOUT || rc == -ENOSPC || rc == -ECANCELED)
 		return rc;
 	if (!dir_error(rc))
 		return -ENOENT;
@@ -331,7 +348,7 @@ int peers_fetch_from_holders(struct peers *p, const struct chunk_hash *h, void *
 
 	ST_ADD(p, calls, 1);
 	rc = try_holders(p, h, buf, len, deadline_ns, &t);
-	if (rc == 0 || rc == -ETIMEDOUT || rc == -ENOSPC)
+	if (rc == 0 || rc == -ETIMEDOUT || rc == -ENOSPC || rc == -ECANCELED)
 		return rc;
 	if (dir_error(rc))
 		ST_ADD(p, directory_down, 1);
@@ -342,6 +359,12 @@ void peers_abandon(struct peers *p, const struct chunk_hash *h)
 {
 	if (directory_lease_release(p->dir, h) == 0)
 		ST_ADD(p, leases_abandoned, 1);
+}
+
+void peers_cancel(struct peers *p)
+{
+	atomic_store(&p->cancelled, true);
+	peer_client_cancel(p->client);
 }
 
 static int ops_fetch(void *arg, const struct chunk_hash *h, void *buf, uint32_t len,
@@ -357,9 +380,15 @@ static void ops_abandon(void *arg, const struct chunk_hash *h)
 	peers_abandon(arg, h);
 }
 
+static void ops_cancel(void *arg)
+{
+	peers_cancel(arg);
+}
+
 struct fetcher_peer_ops peers_fetcher_ops(struct peers *p)
 {
-	struct fetcher_peer_ops ops = {.arg = p, .fetch = ops_fetch, .abandon = ops_abandon};
+	struct fetcher_peer_ops ops = {.arg = p, .fetch = ops_fetch, .abandon = ops_abandon,
+					  .cancel = ops_cancel};
 
 	return ops;
 }

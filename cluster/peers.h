@@ -77,7 +77,8 @@ void peers_destroy(struct peers *p);
 /* The hook for fetcher_set_peer_ops(); p must outlive the fetcher. */
 struct fetcher_peer_ops peers_fetcher_ops(struct peers *p);
 
-/* 0: chunk *h is in the store; -ENOENT: go to the seed; -ETIMEDOUT: deadline passed. */
+/* 0: chunk *h is in the store; -ENOENT: go to the seed; -ETIMEDOUT: deadline passed;
+ * -ECANCELED: peers_cancel(). */
 int peers_fetch(struct peers *p, const struct chunk_hash *h, void *buf, uint32_t len,
 		uint64_t deadline_ns);
 /* Step 1 only, for readahead (FETCHER_PEER_NO_LEASE): 0, or -ENOENT when no holder
@@ -87,6 +88,9 @@ int peers_fetch_from_holders(struct peers *p, const struct chunk_hash *h, void *
 /* The fill that called peers_fetch for *h ends without the chunk: release our lease on
  * it, if we took one, so that waiting nodes take over at once. */
 void peers_abandon(struct peers *p, const struct chunk_hash *h);
+/* Shutdown (fetcher_stop, through the hook's cancel op): every call under way, lease waits
+ * included, and every later one returns -ECANCELED at once. */
+void peers_cancel(struct peers *p);
 
 void peers_get_stats(struct peers *p, struct peers_stats *st);
 /* Peers this node has fetched from (or tried): up to max; returns the count. */

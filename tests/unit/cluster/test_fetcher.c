@@ -110,6 +110,10 @@ static int env_teardown(void **state)
 	struct env *e = *state;
 	char cmd[600];
 
+	/* the tests' peer hooks live on their stacks: unhook before the stop calls cancel,
+	 * as peering_stop() does in the daemon */
+	if (e->f)
+		fetcher_set_peer_ops(e->f, NULL);
 	fetcher_destroy(e->f);
 	chunkstore_close(e->cs);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", e->root);
@@ -176,6 +180,11 @@ struct peer_ctl {
 	int rc;		   /* ...returns this (0: inserts data first) */
 	struct chunkstore *cs;
 	const void *data;
+	bool until_cancel;   /* instead: waits (at most 5 s) for the cancel op */
+	bool cancelled;
+	unsigned cancels;
+	uint64_t returned_ns; /* when a call last returned */
+	pthread_cond_t cond;
 };
 
 /* Receives into the worker's buffer (len bytes, written whole) and stores from it, as
@@ -188,6 +197,20 @@ static int peer_fetch(void *arg, const struct chunk_hash *h, void *buf, uint32_t
 	pthread_mutex_lock(&p->lock);
 	p->calls++;
 	p->no_lease_calls += !!(flags & FETCHER_PEER_NO_LEASE);
+	if (p->until_cancel) {
+		uint64_t until = now_ns() + 5000 * MS;
+
+		while (!p->cancelled && now_ns() < until) {
+			struct timespec ts = {0, 10 * 1000000L};
+
+			pthread_mutex_unlock(&p->lock);
+			nanosleep(&ts, NULL);
+			pthread_mutex_lock(&p->lock);
+		}
+		p->returned_ns = now_ns();
+		pthread_mutex_unlock(&p->lock);
+		return -ECANCELED;
+	}
 	pthread_mutex_unlock(&p->lock);
 	usleep((useconds_t)(p->sleep_ms * 1000));
 	if (p->rc == 0) {
@@ -206,6 +229,16 @@ static void peer_abandon(void *arg, const struct chunk_hash *h)
 	pthread_mutex_unlock(&p->lock);
 }
 
+static void peer_cancel(void *arg)
+{
+	struct peer_ctl *p = arg;
+
+	pthread_mutex_lock(&p->lock);
+	p->cancels++;
+	p->cancelled = true;
+	pthread_mutex_unlock(&p->lock);
+}
+
 static unsigned peer_count(struct peer_ctl *p, const unsigned *field)
 {
 	unsigned v;
@@ -218,7 +251,8 @@ static unsigned peer_count(struct peer_ctl *p, const unsigned *field)
 
 static void set_peer(struct env *e, struct peer_ctl *p)
 {
-	struct fetcher_peer_ops ops = {.arg = p, .fetch = peer_fetch, .abandon = peer_abandon};
+	struct fetcher_peer_ops ops = {.arg = p, .fetch = peer_fetch, .abandon = peer_abandon,
+				       .cancel = peer_cancel};
 
 	pthread_mutex_init(&p->lock, NULL);
 	p->cs = e->cs;
@@ -759,6 +793,46 @@ static void test_stop_wakes_waiters(void **state)
 	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, now_ns() + 1000 * MS), -ESHUTDOWN);
 }
 
+/* fetcher_stop() cancels the peer hook: a worker in the peer phase (here one that would
+ * take 5 s) returns at once, the fill ends -ESHUTDOWN without counting a peer failure,
+ * and the lease the fetch took is abandoned. */
+static void test_stop_cancels_the_peer_phase(void **state)
+{
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	static struct peer_ctl peer; /* static: see test_stop_wakes_waiters */
+	struct fetcher_stats st;
+	struct racer r;
+	struct chunk_hash h;
+	uint64_t t0, until;
+
+	peer = (struct peer_ctl){.until_cancel = true};
+	make_chunk(e->repo, 16, &h, data);
+	env_fetcher(e, NULL, NULL);
+	set_peer(e, &peer);
+	r = (struct racer){.e = e, .h = &h};
+	assert_int_equal(pthread_create(&r.tid, NULL, late_fetch, &r), 0);
+	until = now_ns() + 3000 * MS;
+	while (peer_count(&peer, &peer.calls) == 0 && now_ns() < until)
+		usleep(5000);
+	assert_int_equal(peer_count(&peer, &peer.calls), 1);
+	t0 = now_ns();
+	fetcher_stop(e->f);
+	pthread_join(r.tid, NULL);
+	assert_int_equal(r.rc, -ESHUTDOWN);
+	until = now_ns() + 3000 * MS;
+	while (peer_count(&peer, &peer.abandons) == 0 && now_ns() < until)
+		usleep(5000);
+	assert_int_equal(peer_count(&peer, &peer.cancels), 1);
+	assert_int_equal(peer_count(&peer, &peer.abandons), 1);
+	pthread_mutex_lock(&peer.lock);
+	assert_true(peer.returned_ns > t0 && peer.returned_ns - t0 < 1000 * MS);
+	pthread_mutex_unlock(&peer.lock);
+	fetcher_get_stats(e->f, &st);
+	assert_int_equal(st.failures[FETCH_SRC_PEER], 0);
+	assert_int_equal(st.failures[FETCH_SRC_SEED], 0);
+}
+
 /* The seed client alone: a local repository, a hash mismatch, a missing object. */
 static void test_seed_client_errors(void **state)
 {
@@ -820,6 +894,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_background_queue_bounded, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_attempt_completes_after_waiter_left, env_setup,
+						env_teardown),
+		cmocka_unit_test_setup_teardown(test_stop_cancels_the_peer_phase, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_stop_wakes_waiters, env_setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_seed_client_errors, env_setup, env_teardown),

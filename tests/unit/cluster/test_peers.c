@@ -506,6 +506,95 @@ static void test_stalled_holders_leave_the_seed_time(void **state)
 	node_free(b);
 }
 
+/* A peers_fetch in another thread, for peers_cancel() to end. */
+struct bg_fetch {
+	struct node *n;
+	struct chunk_hash h;
+	uint64_t deadline_ns;
+	int rc;
+	pthread_t tid;
+};
+
+static void *bg_fetch_main(void *arg)
+{
+	struct bg_fetch *f = arg;
+
+	f->rc = peers_fetch(f->n->p, &f->h, scratch, CHUNK, f->deadline_ns);
+	return NULL;
+}
+
+/* Cancels after ms and returns how long the fetch went on after that. */
+static uint64_t cancel_after(struct bg_fetch *f, unsigned ms)
+{
+	uint64_t t0;
+
+	assert_int_equal(pthread_create(&f->tid, NULL, bg_fetch_main, f), 0);
+	usleep(ms * 1000);
+	t0 = now_ns();
+	peers_cancel(f->n->p);
+	assert_int_equal(pthread_join(f->tid, NULL), 0);
+	return fx_ms_since(t0);
+}
+
+/* Shutdown does not wait out the peer phase: a transfer from a holder that stalls ends
+ * at peers_cancel(), not at the deadline, and later calls end at once; neither is
+ * counted as the peer's failure. */
+static void test_cancel_ends_a_stalled_transfer(void **state)
+{
+	struct bg_fetch f = {.n = node_new("b", "r1", 2000)};
+	static uint8_t data[CHUNK];
+	struct peers_peer_stats ps[4];
+	struct directory *sd;
+	struct peers_stats st;
+	char addr[64];
+	uint64_t t0;
+	int fd, n;
+
+	fx_chunk(72, data, CHUNK, &f.h);
+	fd = stalled_listener(addr, sizeof(addr));
+	sd = dir_for("s", "r1", addr);
+	assert_int_equal(directory_wait_ready(sd, 5000), 0);
+	assert_int_equal(directory_announce(sd, &f.h), 0);
+	f.deadline_ns = now_ns() + 20000 * MS;
+	assert_true(cancel_after(&f, 300) < 1000);
+	assert_int_equal(f.rc, -ECANCELED);
+	t0 = now_ns();
+	assert_int_equal(peers_fetch(f.n->p, &f.h, scratch, CHUNK, now_ns() + 20000 * MS),
+			 -ECANCELED);
+	assert_true(fx_ms_since(t0) < 200);
+	n = peers_list(f.n->p, ps, 4);
+	for (int i = 0; i < n; i++)
+		assert_int_equal(ps[i].failures, 0);
+	peers_get_stats(f.n->p, &st);
+	assert_int_equal(st.peer_failures, 0);
+	assert_int_equal(st.directory_down, 0);
+	directory_destroy(sd);
+	close(fd);
+	node_free(f.n);
+}
+
+/* A lease wait (another node fetching from the seed) ends at peers_cancel() too. */
+static void test_cancel_ends_a_lease_wait(void **state)
+{
+	struct node *a = node_new("a", "r1", 20000);
+	struct bg_fetch f = {.n = node_new("b", "r1", 20000)};
+	static uint8_t data[CHUNK];
+	struct peers_stats st;
+	int64_t holder;
+
+	fx_chunk(73, data, CHUNK, &f.h);
+	assert_int_equal(directory_lease_acquire(a->d, &f.h, now_ns() + 60000 * MS, &holder), 0);
+	f.deadline_ns = now_ns() + 30000 * MS;
+	assert_true(cancel_after(&f, 500) < 1000);
+	assert_int_equal(f.rc, -ECANCELED);
+	peers_get_stats(f.n->p, &st);
+	assert_int_equal(st.lease_waits, 1);
+	assert_int_equal(st.lease_wait_timeouts, 0);
+	assert_int_equal(st.directory_down, 0);
+	node_free(a);
+	node_free(f.n);
+}
+
 static void test_redis_down_goes_to_seed(void **state)
 {
 	struct node *a = node_new("a", "r1", 2000), *b = node_new("b", "r1", 2000);
@@ -553,6 +642,9 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_stalled_holders_leave_the_seed_time, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_cancel_ends_a_stalled_transfer, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_cancel_ends_a_lease_wait, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_redis_down_goes_to_seed, setup, teardown),
 	};
 
