@@ -18,9 +18,8 @@
 
 int parse_size(const char *s, uint64_t *out)
 {
-	char *end;
-	double v;
-	uint64_t mult = 1;
+	uint64_t whole = 0, mult = 1, frac_num = 0, frac_den = 1, v, part;
+	const char *p;
 
 	if (!s)
 		return -EINVAL;
@@ -28,29 +27,55 @@ int parse_size(const char *s, uint64_t *out)
 		s++;
 	if (!isdigit((unsigned char)*s))
 		return -EINVAL;
-	errno = 0;
-	v = strtod(s, &end);
-	if (errno || end == s || v < 0)
-		return -EINVAL;
-	switch (toupper((unsigned char)*end)) {
-	case 'K': mult = KiB; end++; break;
-	case 'M': mult = MiB; end++; break;
-	case 'G': mult = GiB; end++; break;
-	case 'T': mult = 1024 * GiB; end++; break;
-	case 'P': mult = 1024 * 1024 * GiB; end++; break;
+	/* digits only (no sign, hex or exponent), then an optional fraction */
+	for (p = s; isdigit((unsigned char)*p); p++) {
+		if (whole > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+			return -EINVAL;
+		whole = whole * 10 + (uint64_t)(*p - '0');
+	}
+	if (*p == '.') {
+		p++;
+		if (!isdigit((unsigned char)*p))
+			return -EINVAL;
+		for (; isdigit((unsigned char)*p); p++) {
+			if (frac_den < 1000000000000000ULL) { /* 15 digits: finer than a byte */
+				frac_num = frac_num * 10 + (uint64_t)(*p - '0');
+				frac_den *= 10;
+			}
+		}
+	}
+	switch (toupper((unsigned char)*p)) {
+	case 'K': mult = KiB; p++; break;
+	case 'M': mult = MiB; p++; break;
+	case 'G': mult = GiB; p++; break;
+	case 'T': mult = 1024 * GiB; p++; break;
+	case 'P': mult = 1024 * 1024 * GiB; p++; break;
 	default: break;
 	}
-	if (mult > 1 && (*end == 'i' || *end == 'I'))
-		end++;
-	if (*end == 'B' || *end == 'b')
-		end++;
-	while (isspace((unsigned char)*end))
-		end++;
-	if (*end)
+	if (mult > 1 && (*p == 'i' || *p == 'I'))
+		p++;
+	if (*p == 'B' || *p == 'b')
+		p++;
+	while (isspace((unsigned char)*p))
+		p++;
+	if (*p)
 		return -EINVAL;
-	if (v * (double)mult >= 18446744073709551615.0)
-		return -ERANGE;
-	*out = (uint64_t)llround(v * (double)mult);
+	if (whole > UINT64_MAX / mult)
+		return -EINVAL;
+	v = whole * mult;
+	/* a fraction of the unit, rounded to the nearest byte */
+	part = 0;
+	if (frac_num) {
+		if (mult == 1)
+			return -EINVAL; /* a fraction of a byte */
+		part = (uint64_t)(((unsigned __int128)frac_num * mult + frac_den / 2) / frac_den);
+	}
+	if (part > UINT64_MAX - v)
+		return -EINVAL;
+	v += part;
+	if (v == 0 && (whole || frac_num))
+		return -EINVAL; /* rounded away to nothing */
+	*out = v;
 	return 0;
 }
 

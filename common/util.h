@@ -19,8 +19,10 @@
 
 /*
  * Parses a size such as "4096", "64K", "1M", "64G", "1.5T" (binary units, optional "iB"
- * or "B" suffix). Returns 0 and *out, or -EINVAL for anything else (empty, negative,
- * trailing junk, overflow).
+ * or "B" suffix; decimal digits only; a fraction only with a unit, rounded to the
+ * nearest byte). Returns 0 and *out, or -EINVAL for anything else (empty, negative,
+ * hex or exponent forms, trailing junk, a fraction of a byte, a non-zero size that
+ * rounds to 0, more than 2^64 - 1 bytes).
  */
 int parse_size(const char *s, uint64_t *out);
 
