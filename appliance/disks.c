@@ -155,8 +155,10 @@ static int alloc_tid(struct appliance *a, const struct diskrec *recs, size_t nre
 	return tid > TID_MAX ? -ENOSPC : tid;
 }
 
-/* Creates target + LUN + ACLs + CHAP of a record in tgtd. */
-static int export_disk(struct appliance *a, const struct diskrec *r, char *err, size_t errlen)
+/* Creates target + LUN + ACLs + CHAP of a record in tgtd (fresh: a new disk, whose CHAP
+ * account must not exist yet; see tgtmgr_bind_chap). */
+static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh, char *err,
+		       size_t errlen)
 {
 	char iqn[DISKREC_IQN_MAX], dir[PATH_MAX];
 	int ret;
@@ -171,8 +173,8 @@ static int export_disk(struct appliance *a, const struct diskrec *r, char *err, 
 	for (unsigned i = 0; !ret && i < r->ninitiators; i++)
 		ret = tgtmgr_bind_initiator(a->tgt, r->tid, r->initiators[i], err, errlen);
 	if (!ret && r->chap_user[0])
-		ret = tgtmgr_bind_chap(a->tgt, r->tid, r->chap_user, r->chap_password, err,
-				       errlen);
+		ret = tgtmgr_bind_chap(a->tgt, r->tid, r->chap_user, r->chap_password, fresh,
+				       err, errlen);
 	if (ret)
 		tgtmgr_unexport(a->tgt, r->tid, true);
 	return ret;
@@ -291,6 +293,16 @@ static int create_locked(struct appliance *a, const struct disk_request *req,
 		snprintf(err, errlen, "listing disks: %s", strerror(-ret));
 		return ret;
 	}
+	/* tgtd's CHAP accounts are global by user name: two disks cannot have one user with
+	 * two passwords, and deleting one disk would remove the other's authentication */
+	for (size_t i = 0; r->chap_user[0] && i < nrecs; i++) {
+		if (!strcmp(recs[i].chap_user, r->chap_user)) {
+			snprintf(err, errlen, "CHAP user '%s' is already used by disk '%s'",
+				 r->chap_user, recs[i].name);
+			free(recs);
+			return -EEXIST;
+		}
+	}
 	tid = alloc_tid(a, recs, nrecs);
 	free(recs);
 	if (tid < 0) {
@@ -301,7 +313,7 @@ static int create_locked(struct appliance *a, const struct disk_request *req,
 	ret = make_disk_dir(a, r, err, errlen);
 	if (ret)
 		return ret;
-	ret = export_disk(a, r, err, errlen);
+	ret = export_disk(a, r, true, err, errlen);
 	if (ret) {
 		remove_disk_dir(a, r->name);
 		return ret;
@@ -325,6 +337,22 @@ int appliance_disk_create(struct appliance *a, const struct disk_request *req,
 		log_info("created disk %s (image %s, %llu bytes, target %d)", out->name,
 			 req->image, (unsigned long long)out->size, out->tid);
 	return ret;
+}
+
+/* True when a disk other than name uses CHAP user (records of older versions may share
+ * one): its account is then left in tgtd. */
+static bool chap_user_shared(struct appliance *a, const char *name, const char *user)
+{
+	struct diskrec *recs = NULL;
+	size_t n = 0;
+	bool shared = false;
+
+	if (diskrec_list(a->disks_dir, &recs, &n))
+		return true; /* unknown: keeping an account is the safe side */
+	for (size_t i = 0; i < n && !shared; i++)
+		shared = strcmp(recs[i].name, name) && !strcmp(recs[i].chap_user, user);
+	free(recs);
+	return shared;
 }
 
 static int delete_locked(struct appliance *a, const char *name, bool force, char *err,
@@ -365,7 +393,7 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 			goto out;
 		}
 	}
-	if (r.chap_user[0])
+	if (r.chap_user[0] && !chap_user_shared(a, name, r.chap_user))
 		tgtmgr_account_delete(a->tgt, r.chap_user);
 	ret = remove_disk_dir(a, name);
 	if (ret)
@@ -459,7 +487,7 @@ static int reexport(struct appliance *a, struct diskrec *r, struct diskrec *recs
 				return ret;
 		}
 	}
-	ret = export_disk(a, r, err, sizeof(err));
+	ret = export_disk(a, r, false, err, sizeof(err));
 	if (ret)
 		log_error("exporting disk %s (target %d): %s", r->name, r->tid, err);
 	else

@@ -796,11 +796,12 @@ int tgtmgr_bind_initiator(struct tgtmgr *tm, int tid, const char *initiator, cha
 }
 
 int tgtmgr_bind_chap(struct tgtmgr *tm, int tid, const char *user, const char *password,
-		     char *err, size_t errlen)
+		     bool fresh, char *err, size_t errlen)
 {
 	const char *anew[] = {"--mode", "account", "--op", "new", "--user", user,
 			      "--password", password, NULL};
 	char tids[16];
+	bool created;
 	int ret;
 
 	snprintf(tids, sizeof(tids), "%d", tid);
@@ -808,9 +809,17 @@ int tgtmgr_bind_chap(struct tgtmgr *tm, int tid, const char *user, const char *p
 			       "--user", user, NULL};
 
 	ret = tgtmgr_adm(tm, anew, NULL, err, errlen);
+	if (ret == -EEXIST && fresh) {
+		snprintf(err, errlen, "tgtd already has a CHAP account named '%s'", user);
+		return ret;
+	}
 	if (ret && ret != -EEXIST)
 		return ret;
-	return tgtmgr_adm(tm, abind, NULL, err, errlen);
+	created = ret == 0;
+	ret = tgtmgr_adm(tm, abind, NULL, err, errlen);
+	if (ret && created)
+		tgtmgr_account_delete(tm, user);
+	return ret;
 }
 
 int tgtmgr_unexport(struct tgtmgr *tm, int tid, bool force)

@@ -74,9 +74,15 @@ int tgtmgr_export(struct tgtmgr *tm, int tid, const char *iqn, const char *bstyp
 /* Binds an initiator name ("ALL" for any) to target tid. */
 int tgtmgr_bind_initiator(struct tgtmgr *tm, int tid, const char *initiator, char *err,
 			  size_t errlen);
-/* Creates (if needed) CHAP account user/password and binds it to target tid. */
+/*
+ * Creates CHAP account user/password and binds it to target tid. tgtd's accounts are
+ * global by user name: with fresh, an account of that name that exists already is an
+ * error (-EEXIST; it may hold another password); without (re-exporting a record whose
+ * account tgtd kept), it is used as it is. An account this call created is deleted
+ * again when the bind fails.
+ */
 int tgtmgr_bind_chap(struct tgtmgr *tm, int tid, const char *user, const char *password,
-		     char *err, size_t errlen);
+		     bool fresh, char *err, size_t errlen);
 /* Deletes target tid (force: also when initiators are logged in). -ENOENT if absent. */
 int tgtmgr_unexport(struct tgtmgr *tm, int tid, bool force);
 /* Deletes a CHAP account; -ENOENT if absent. */

@@ -141,6 +141,47 @@ def test_chap_disk(app):
     assert "rduser" not in app.tgtadm("--op", "show", "--mode", "account").stdout
 
 
+def iscsi_login_ok(url):
+    return subprocess.run(["iscsi-readcapacity16", url], capture_output=True,
+                          timeout=30).returncode == 0
+
+
+def test_chap_user_is_one_disk_s(app):
+    """tgtd's CHAP accounts are global by user name: a second disk with the same user (and
+    another password) was created with the first disk's account, and deleting the first
+    disk then removed the second's authentication. Now the second create is a 409 and
+    changes nothing; a tgtd account the appliance did not make is never taken over."""
+    st, d = app.request("POST", "/api/v1/disks", {
+        "name": "chapa", "image": "deb", "chap": {"user": "u1", "password": "passwordAAAA1"}})
+    assert st == 201, d
+    try:
+        url = app.url("chapa")
+        assert iscsi_login_ok(url.replace("iscsi://", "iscsi://u1%passwordAAAA1@"))
+        assert not iscsi_login_ok(url)
+        assert_error(app.request("POST", "/api/v1/disks", {
+            "name": "chapb", "image": "deb",
+            "chap": {"user": "u1", "password": "passwordBBBB2"}}), 409,
+            "CHAP user 'u1' is already used by disk 'chapa'")
+        assert list(app.targets().values()) == [url.split("/")[3]]
+        # an account tgtd has that no disk record names (the operator's own)
+        app.tgtadm("--mode", "account", "--op", "new", "--user", "opuser",
+                   "--password", "operator-secret1")
+        assert_error(app.request("POST", "/api/v1/disks", {
+            "name": "chapc", "image": "deb",
+            "chap": {"user": "opuser", "password": "passwordCCCC3"}}), 409,
+            "tgtd already has a CHAP account named 'opuser'")
+        assert "opuser" in app.tgtadm("--op", "show", "--mode", "account").stdout
+        assert app.request("GET", "/api/v1/disks/chapc")[0] == 404
+        assert len(app.targets()) == 1
+        # the first disk still authenticates with its own password only
+        assert iscsi_login_ok(url.replace("iscsi://", "iscsi://u1%passwordAAAA1@"))
+        assert not iscsi_login_ok(url.replace("iscsi://", "iscsi://u1%passwordBBBB2@"))
+    finally:
+        app.tgtadm("--mode", "account", "--op", "delete", "--user", "opuser")
+        app.request("DELETE", "/api/v1/disks/chapa")
+    assert app.targets() == {}
+
+
 def test_health_cache_peers(app):
     st, h = app.request("GET", "/api/v1/health")
     assert st == 200 and h["status"] == "ok"
