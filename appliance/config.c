@@ -423,10 +423,43 @@ fail:
 	return 0;
 }
 
-/* inih reader: one line per call, so ps->line is the line the handler is looking at. */
+/* Records the first error found by the reader (the handler sees only keys). */
+static void reader_error(struct parse_state *ps, const char *what)
+{
+	if (ps->err_line)
+		return;
+	snprintf(ps->err, ps->errlen, "%s:%d: %s", ps->name, ps->line, what);
+	ps->err_line = ps->line;
+}
+
+/* A [section] header line names a section some key belongs to: inih calls the handler
+ * for keys only, so an empty unknown section would pass unnoticed. */
+static void check_section_line(struct parse_state *ps, const char *line)
+{
+	const char *end;
+	char name[64], what[96];
+
+	while (isspace((unsigned char)*line))
+		line++;
+	if (*line != '[' || !(end = strchr(line, ']')) || (size_t)(end - line - 1) >= sizeof(name))
+		return; /* not a header, or a malformed one: inih reports it */
+	snprintf(name, sizeof(name), "%.*s", (int)(end - line - 1), line + 1);
+	for (size_t i = 0; i < ARRAY_SIZE(keys); i++)
+		if (!strcmp(keys[i].section, name))
+			return;
+	snprintf(what, sizeof(what), "unknown section [%s]", name);
+	reader_error(ps, what);
+}
+
+/*
+ * inih reader: one line per call, so ps->line is the line the handler is looking at.
+ * inih reads lines into a buffer of INI_MAX_LINE bytes and would parse the rest of a
+ * longer one as a line of its own: such a line is an error here, and parsing stops.
+ */
 static char *reader(char *buf, int size, void *stream)
 {
 	struct parse_state *ps = stream;
+	bool more;
 	char *ret;
 
 	if (ps->file) {
@@ -446,8 +479,29 @@ static char *reader(char *buf, int size, void *stream)
 		buf[i] = '\0';
 		ret = buf;
 	}
-	if (ret)
-		ps->line++;
+	if (!ret)
+		return NULL;
+	ps->line++;
+	if (!strchr(ret, '\n')) {
+		if (ps->file) {
+			int ch = getc(ps->file);
+
+			more = ch != EOF;
+			if (more)
+				ungetc(ch, ps->file);
+		} else {
+			more = ps->text[ps->pos] != '\0';
+		}
+		if (more) {
+			char what[64];
+
+			snprintf(what, sizeof(what), "line too long (at most %d characters)",
+				 size - 2);
+			reader_error(ps, what);
+			return NULL;
+		}
+	}
+	check_section_line(ps, ret);
 	return ret;
 }
 

@@ -209,8 +209,35 @@ static void test_external_tgtd_keeps_default_ipc(void **state)
 static void test_unknown_key_and_section(void **state)
 {
 	assert_bad(MINIMAL "[cache]\nsize = 1G\nsise = 2G\n", 7, "unknown key 'sise' in [cache]");
-	assert_bad(MINIMAL "[chache]\nsize = 1G\n", 6, "unknown section [chache]");
+	assert_bad(MINIMAL "[chache]\nsize = 1G\n", 5, "unknown section [chache]");
 	assert_bad("name = a1\n" MINIMAL, 1, "outside any [section]");
+	/* a section with no keys: inih reports only keys, so this passed unnoticed */
+	assert_bad(MINIMAL "[bogus]\n", 5, "unknown section [bogus]");
+	assert_bad(MINIMAL "  [bogus]  ; a comment\n[cache]\nsize = 1G\n", 5,
+		   "unknown section [bogus]");
+}
+
+/* inih reads a line into 200 bytes; the rest of a longer line was parsed as a line of
+ * its own, or blamed on the next line. A long line is an error naming its line. */
+static void test_long_line(void **state)
+{
+	char text[1024], url[400];
+
+	memset(url, 'a', sizeof(url) - 1);
+	url[sizeof(url) - 1] = '\0';
+	snprintf(text, sizeof(text), "[node]\nname = a1\n[seed]\nurl = http://seed.example/%s\n",
+		 url);
+	assert_bad(text, 4, "line too long (at most 198 characters)");
+	/* a URL ending in ?x=1 whose tail inih read as a key */
+	snprintf(text, sizeof(text), "[node]\nname = a1\n[seed]\nurl = http://s.example/%.*s?x=1\n"
+		 "[cache]\nsize = 1G\n", 180, url);
+	assert_bad(text, 4, "line too long");
+	/* the longest line that fits, last in the file and without its newline too */
+	snprintf(text, sizeof(text), "[node]\nname = a1\n[seed]\nurl = http://s.example/%.*s\n",
+		 198 - 23, url);
+	assert_int_equal(load(text), 0);
+	text[strlen(text) - 1] = '\0';
+	assert_int_equal(load(text), 0);
 }
 
 static void test_repeated_key(void **state)
@@ -352,6 +379,7 @@ int main(void)
 		cmocka_unit_test(test_cluster_bad_values),
 		cmocka_unit_test(test_external_tgtd_keeps_default_ipc),
 		cmocka_unit_test(test_unknown_key_and_section),
+		cmocka_unit_test(test_long_line),
 		cmocka_unit_test(test_repeated_key),
 		cmocka_unit_test(test_bad_sizes),
 		cmocka_unit_test(test_bad_portals_and_addresses),
