@@ -215,9 +215,14 @@ static enum MHD_Result get_disk(struct api *api, struct MHD_Connection *c, const
 		return send_error(c, 400, "invalid disk name");
 	ret = appliance_disk_get(api->a, name, &r);
 	if (ret) {
-		snprintf(msg, sizeof(msg), "no disk named '%s'", name);
-		return send_error(c, api_status_for_errno(ret), ret == -ENOENT ? msg
-									: strerror(-ret));
+		if (ret == -ENOENT)
+			snprintf(msg, sizeof(msg), "no disk named '%s'", name);
+		else if (ret == -EUCLEAN)
+			snprintf(msg, sizeof(msg), "the record of disk '%s' is damaged (see "
+				 "rackdiskd's log)", name);
+		else
+			snprintf(msg, sizeof(msg), "%s", strerror(-ret));
+		return send_error(c, api_status_for_errno(ret), msg);
 	}
 	j = disk_json(api->a, &r);
 	if (j && !tgtmgr_lun_stats(api->a->tgt, r.tid, r.lun, &st))

@@ -147,6 +147,13 @@ static int parse_fields(json_t *j, struct disk_request *req, char *err, size_t e
 						      "(iqn., eui. or naa.)", i);
 				return -EINVAL;
 			}
+			for (size_t k = 0; k < i; k++) {
+				if (!strcmp(req->initiators[k], json_string_value(v))) {
+					snprintf(err, errlen, "\"initiators\"[%zu] repeats [%zu]",
+						 i, k);
+					return -EINVAL;
+				}
+			}
 			snprintf(req->initiators[i], sizeof(req->initiators[i]), "%s",
 				 json_string_value(v));
 			req->ninitiators++;

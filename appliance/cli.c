@@ -66,12 +66,17 @@ static int call(const struct cli_opts *o, const char *method, const char *path, 
 	char *text = NULL;
 	json_error_t jerr;
 	long status = 0;
+	size_t n;
 	CURL *c;
 	CURLcode cc;
 	int ret = 1;
 
 	*out = NULL;
-	snprintf(url, sizeof(url), "%s%s", o->api, path);
+	/* "http://host:port/" is the same API as without the slash */
+	n = strlen(o->api);
+	while (n > 0 && o->api[n - 1] == '/')
+		n--;
+	snprintf(url, sizeof(url), "%.*s%s", (int)n, o->api, path);
 	c = curl_easy_init();
 	if (!c) {
 		fail("cannot initialise libcurl");

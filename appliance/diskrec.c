@@ -218,14 +218,23 @@ int diskrec_load(const char *dir, struct diskrec *r, char *err, size_t errlen)
 		snprintf(err, errlen, "%s: %s", path, strerror(-ret));
 		return ret;
 	}
+	/* a record that does not parse is damaged on this side: -EUCLEAN, not -EINVAL (the
+	 * API answers 500, not 400: the request was fine) */
 	j = json_loadb(text, len, 0, &jerr);
 	free(text);
 	if (!j) {
-		snprintf(err, errlen, "%s: %s", path, jerr.text);
-		return -EINVAL;
+		snprintf(err, errlen, "%s is damaged: %s", path, jerr.text);
+		return -EUCLEAN;
 	}
 	ret = diskrec_from_json(j, r, err, errlen);
 	json_decref(j);
+	if (ret == -EINVAL) {
+		char why[192];
+
+		snprintf(why, sizeof(why), "%s", err);
+		snprintf(err, errlen, "%s is damaged: %s", path, why);
+		ret = -EUCLEAN;
+	}
 	return ret;
 }
 

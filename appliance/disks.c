@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -253,35 +254,41 @@ static int remove_disk_dir(struct appliance *a, const char *name)
 	return ret;
 }
 
+static int disk_exists(struct appliance *a, const char *name, char *err, size_t errlen)
+{
+	char dir[PATH_MAX];
+
+	appliance_disk_dir(a, name, dir, sizeof(dir));
+	if (access(dir, F_OK) == 0) {
+		snprintf(err, errlen, "disk '%s' already exists", name);
+		return -EEXIST;
+	}
+	return 0;
+}
+
 static int create_locked(struct appliance *a, const struct disk_request *req,
-			 struct diskrec *r, char *err, size_t errlen)
+			 const struct image_info *image, struct diskrec *r, char *err,
+			 size_t errlen)
 {
 	struct diskrec *recs = NULL;
-	struct image_info info;
-	char dir[PATH_MAX];
 	size_t nrecs = 0;
 	int ret, tid;
 
-	appliance_disk_dir(a, req->name, dir, sizeof(dir));
-	if (access(dir, F_OK) == 0) {
-		snprintf(err, errlen, "disk '%s' already exists", req->name);
-		return -EEXIST;
-	}
-	ret = resolve_image(a, req->image, &info, err, errlen);
+	ret = disk_exists(a, req->name, err, errlen);
 	if (ret)
 		return ret;
-	if (req->size && req->size < info.size) {
+	if (req->size && req->size < image->size) {
 		snprintf(err, errlen, "size %llu is smaller than image '%s' (%llu bytes)",
 			 (unsigned long long)req->size, req->image,
-			 (unsigned long long)info.size);
+			 (unsigned long long)image->size);
 		return -EINVAL;
 	}
 	memset(r, 0, sizeof(*r));
 	snprintf(r->name, sizeof(r->name), "%s", req->name);
-	snprintf(r->image_tag, sizeof(r->image_tag), "%s", info.tag);
-	r->image_id = info.id;
+	snprintf(r->image_tag, sizeof(r->image_tag), "%s", image->tag);
+	r->image_id = image->id;
 	/* An image's size need not be a multiple of 512; the disk's must. */
-	r->size = req->size ? req->size : (info.size + 511) / 512 * 512;
+	r->size = req->size ? req->size : (image->size + 511) / 512 * 512;
 	r->ninitiators = req->ninitiators;
 	memcpy(r->initiators, req->initiators, sizeof(r->initiators));
 	snprintf(r->chap_user, sizeof(r->chap_user), "%s", req->chap_user);
@@ -292,6 +299,15 @@ static int create_locked(struct appliance *a, const struct disk_request *req,
 	if (ret) {
 		snprintf(err, errlen, "listing disks: %s", strerror(-ret));
 		return ret;
+	}
+	/* IQNs are lowercase, names need not be: "Db" and "db" would be one target */
+	for (size_t i = 0; i < nrecs; i++) {
+		if (!strcasecmp(recs[i].name, r->name)) {
+			snprintf(err, errlen, "disk '%s' already exists (IQNs ignore case)",
+				 recs[i].name);
+			free(recs);
+			return -EEXIST;
+		}
 	}
 	/* tgtd's CHAP accounts are global by user name: two disks cannot have one user with
 	 * two passwords, and deleting one disk would remove the other's authentication */
@@ -324,14 +340,29 @@ static int create_locked(struct appliance *a, const struct disk_request *req,
 int appliance_disk_create(struct appliance *a, const struct disk_request *req,
 			  struct diskrec *out, char *err, size_t errlen)
 {
+	struct image_info info;
 	int ret;
 
 	if (!name_is_valid(req->name)) {
 		snprintf(err, errlen, "invalid disk name '%s'", req->name);
 		return -EINVAL;
 	}
+	/* iSCSI names are at most 223 bytes (RFC 7143): a longer IQN would be cut short */
+	if (strlen(a->cfg.iqn_prefix) + 1 + strlen(req->name) >= DISKREC_IQN_MAX) {
+		snprintf(err, errlen, "disk name '%s' is too long for iqn_prefix '%s': its IQN "
+			 "would be %zu bytes, iSCSI allows %d", req->name, a->cfg.iqn_prefix,
+			 strlen(a->cfg.iqn_prefix) + 1 + strlen(req->name), DISKREC_IQN_MAX - 1);
+		return -EINVAL;
+	}
+	/* The image first, without the lock: a pull may wait on the seed for as long as its
+	 * request timeout, and the lock is also taken by listings and /metrics. */
+	ret = disk_exists(a, req->name, err, errlen);
+	if (!ret)
+		ret = resolve_image(a, req->image, &info, err, errlen);
+	if (ret)
+		return ret;
 	pthread_mutex_lock(&a->lock);
-	ret = create_locked(a, req, out, err, errlen);
+	ret = create_locked(a, req, &info, out, err, errlen);
 	pthread_mutex_unlock(&a->lock);
 	if (!ret)
 		log_info("created disk %s (image %s, %llu bytes, target %d)", out->name,
@@ -387,7 +418,13 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 			ret = -EBUSY;
 			goto out;
 		}
-		ret = tgtmgr_unexport(a->tgt, r.tid, true);
+		/* force only when asked: an initiator may log in after the list above */
+		ret = tgtmgr_unexport(a->tgt, r.tid, force);
+		if (ret == -EBUSY) {
+			snprintf(err, errlen, "disk '%s' is in use by an initiator session; log it "
+					      "out or delete with force", name);
+			goto out;
+		}
 		if (ret && ret != -ENOENT) {
 			snprintf(err, errlen, "tgtd refused to delete target %d", r.tid);
 			goto out;
@@ -431,6 +468,8 @@ int appliance_disk_get(struct appliance *a, const char *name, struct diskrec *ou
 	pthread_mutex_lock(&a->lock);
 	ret = diskrec_load(dir, out, err, sizeof(err));
 	pthread_mutex_unlock(&a->lock);
+	if (ret && ret != -ENOENT)
+		log_warn("disk %s: %s", name, err);
 	return ret;
 }
 

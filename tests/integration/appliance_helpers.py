@@ -63,9 +63,10 @@ class Appliance:
     """rackdiskd with a private tgtd. `extra` adds raw lines to sections, e.g.
     {"iscsi": ["io_timeout_ms = 2000"]}."""
 
-    def __init__(self, seed_url, name="a1", extra=None):
+    def __init__(self, seed_url, name="a1", extra=None, iqn_prefix=IQN_PREFIX):
         self.seed_url = seed_url
         self.name = name
+        self.iqn_prefix = iqn_prefix
         self.extra = extra or {}
         self.dir = tempfile.mkdtemp(prefix="rdapp", dir="/tmp")
         self.state = os.path.join(self.dir, "state")
@@ -88,7 +89,7 @@ class Appliance:
             "cache": ["size = 1G"],
             "seed": [f"url = {self.seed_url}", "request_timeout_ms = 3000"],
             "iscsi": [f"portal = 127.0.0.1:{self.portal_port}", "tgtd = spawn",
-                      f"control_port = {self.control_port}", f"iqn_prefix = {IQN_PREFIX}"],
+                      f"control_port = {self.control_port}", f"iqn_prefix = {self.iqn_prefix}"],
             "api": [f"listen = 127.0.0.1:{self.api_port}"],
         }
         for sec, lines in self.extra.items():
@@ -169,7 +170,7 @@ class Appliance:
         return out
 
     def url(self, disk):
-        return f"iscsi://127.0.0.1:{self.portal_port}/{IQN_PREFIX}:{disk}/1"
+        return f"iscsi://127.0.0.1:{self.portal_port}/{self.iqn_prefix}:{disk.lower()}/1"
 
     def stop(self, timeout=20.0):
         """SIGTERM; returns rackdiskd's exit status (None if it was not running)."""

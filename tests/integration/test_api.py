@@ -1,10 +1,15 @@
 """rackdiskd's REST API under hostile and mistaken input: every refusal is a JSON
 {"error": ...} with the right status, and nothing is created by a refused request.
 Also the CLI's behaviour when the daemon cannot be reached."""
+import functools
+import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -45,6 +50,8 @@ def assert_error(resp, status, needle=""):
     ({"name": "d", "image": "deb", "size": 1000}, "multiple of 512"),
     ({"name": "d", "image": "deb", "size": "1P"}, "64T"),
     ({"name": "d", "image": "deb", "initiators": ["not an iqn"]}, '"initiators"[0]'),
+    ({"name": "d", "image": "deb", "initiators": ["iqn.2026-01.x:a", "iqn.2026-01.x:a"]},
+     '"initiators"[1] repeats [0]'),
     ({"name": "d", "image": "deb", "chap": {"user": "u", "password": "short"}}, "chap"),
     ({"name": "d", "image": "deb", "owner": "me"}, 'unknown field "owner"'),
 ])
@@ -182,6 +189,48 @@ def test_chap_user_is_one_disk_s(app):
     assert app.targets() == {}
 
 
+def test_names_that_differ_in_case_are_one_disk(app):
+    """IQNs are lowercase: "Dup1" and "dup1" would be one target."""
+    st, d = app.request("POST", "/api/v1/disks", {"name": "Dup1", "image": "deb"})
+    assert st == 201, d
+    try:
+        assert_error(app.request("POST", "/api/v1/disks", {"name": "dup1", "image": "deb"}),
+                     409, "disk 'Dup1' already exists (IQNs ignore case)")
+        assert len(app.targets()) == 1
+    finally:
+        assert app.request("DELETE", "/api/v1/disks/Dup1")[0] == 200
+    assert app.targets() == {}
+
+
+def test_damaged_record_is_a_server_error(app):
+    """A disk.json that does not parse is the server's problem: 500 with a message, not
+    400 "Invalid argument" (the request was fine)."""
+    assert app.request("POST", "/api/v1/disks", {"name": "dmg", "image": "deb"})[0] == 201
+    rec = os.path.join(app.state, "disks", "dmg", "disk.json")
+    with open(rec) as f:
+        good = f.read()
+    try:
+        with open(rec, "w") as f:
+            f.write(good.replace('"tid"', '"tidd"'))
+        assert_error(app.request("GET", "/api/v1/disks/dmg"), 500,
+                     "the record of disk 'dmg' is damaged")
+        assert "is damaged" in app.log_text()
+        assert_error(app.request("DELETE", "/api/v1/disks/dmg"), 500, "is damaged")
+    finally:
+        with open(rec, "w") as f:
+            f.write(good)
+    assert app.request("DELETE", "/api/v1/disks/dmg")[0] == 200
+    assert app.targets() == {}
+
+
+def test_cli_api_url_with_trailing_slash(app):
+    for api in (app.api + "/", app.api + "//"):
+        p = subprocess.run([RACKDISK, "--api", api, "disk", "ls", "--json"],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout) == []
+
+
 def test_health_cache_peers(app):
     st, h = app.request("GET", "/api/v1/health")
     assert st == 200 and h["status"] == "ok"
@@ -239,3 +288,69 @@ def test_image_commands_dispatch(app):
     assert p.returncode == 0 and json.loads(p.stdout)["tag"] == "deb"
     p = app.cli("image", "show", "../deb")
     assert p.returncode == 2
+
+
+def test_disk_name_too_long_for_the_iqn_prefix(tmp_path):
+    """iSCSI names are at most 223 bytes: with a long iqn_prefix, a long disk name made an
+    IQN that was cut short (two such names were one target). Now it is a 400."""
+    install_module()
+    nginx, _ = make_seed(tmp_path / "seed")
+    prefix = "iqn.2026-11.io." + "x" * 135
+    a = Appliance(nginx.url, iqn_prefix=prefix)
+    try:
+        a.start()
+        name = "n" * 80
+        assert_error(a.request("POST", "/api/v1/disks", {"name": name, "image": "deb"}), 400,
+                     f"disk name '{name}' is too long for iqn_prefix")
+        assert a.targets() == {}
+        st, d = a.request("POST", "/api/v1/disks", {"name": "n" * 72, "image": "deb"})
+        assert st == 201, d
+        assert list(a.targets().values()) == [f"{prefix}:{'n' * 72}"]
+    finally:
+        a.cleanup()
+        nginx.stop()
+
+
+class SlowTagHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a repository directory; tags/slow answers after DELAY seconds."""
+    DELAY = 1.5
+
+    def do_GET(self):
+        if self.path.endswith("/tags/slow"):
+            time.sleep(self.DELAY)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_slow_image_pull_does_not_block_listings(tmp_path):
+    """A disk create whose image is pulled from a slow seed held the appliance's lock for
+    the whole pull, so /metrics (and disk ls) waited behind it."""
+    install_module()
+    nginx, _ = make_seed(tmp_path / "seed")
+    nginx.stop()
+    repo = str(tmp_path / "seed" / "repo")
+    shutil.copy(os.path.join(repo, "tags", "deb"), os.path.join(repo, "tags", "slow"))
+    srv = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(SlowTagHandler, directory=repo))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    a = Appliance(f"http://127.0.0.1:{srv.server_address[1]}/")
+    try:
+        a.start()
+        created = {}
+        t = threading.Thread(target=lambda: created.update(
+            r=a.request("POST", "/api/v1/disks", {"name": "slow1", "image": "slow"})))
+        t.start()
+        time.sleep(0.3)
+        st, _ = a.request("GET", "/metrics")
+        st2, disks = a.request("GET", "/api/v1/disks")
+        answered_during_pull = t.is_alive()
+        t.join(30)
+        assert st == 200 and st2 == 200 and disks == []
+        assert created["r"][0] == 201, created
+        assert answered_during_pull, "/metrics waited for the image pull"
+    finally:
+        a.cleanup()
+        srv.shutdown()
+        srv.server_close()
