@@ -180,13 +180,17 @@ static void test_diskrec_round_trip(void **state)
 	assert_string_equal(json_string_value(json_object_get(j, "chap_user")), "u");
 	json_decref(j);
 
-	/* A corrupt record is refused with a reason, not half-loaded. */
+	/* A corrupt record is refused with a reason, not half-loaded: -EUCLEAN, the
+	 * server's problem (the API answers 500), not a bad request's -EINVAL. */
 	snprintf(path, sizeof(path), "%s/disk.json", dir);
 	assert_int_equal(write_file_atomic(path, "{\"name\": \"d1\", \"tid\": 0}", 24), 0);
-	assert_int_equal(diskrec_load(dir, &back, err, sizeof(err)), -EINVAL);
+	assert_int_equal(diskrec_load(dir, &back, err, sizeof(err)), -EUCLEAN);
+	assert_non_null(strstr(err, "disk.json is damaged: "));
 	assert_int_equal(write_file_atomic(path, "{\"name\": \"../x\", \"image_id\": \"00\"}", 35),
 			 0);
-	assert_int_equal(diskrec_load(dir, &back, err, sizeof(err)), -EINVAL);
+	assert_int_equal(diskrec_load(dir, &back, err, sizeof(err)), -EUCLEAN);
+	assert_int_equal(write_file_atomic(path, "{\"name\"", 7), 0);
+	assert_int_equal(diskrec_load(dir, &back, err, sizeof(err)), -EUCLEAN);
 	unlink(path);
 	assert_int_equal(diskrec_load(dir, &back, err, sizeof(err)), -ENOENT);
 	rmdir(dir);
