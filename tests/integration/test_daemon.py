@@ -51,7 +51,8 @@ GOOD = "[node]\nname = a1\nstate_dir = /tmp/x\n[seed]\nurl = http://127.0.0.1:1/
 @pytest.mark.parametrize("text,line,needle", [
     (GOOD + "[cache]\nsize = huge\n", 7, "[cache] size = 'huge' is not a size"),
     (GOOD + "[cache]\ncolour = red\n", 7, "unknown key 'colour' in [cache]"),
-    (GOOD + "[nfs]\nx = 1\n", 7, "unknown section [nfs]"),
+    (GOOD + "[nfs]\nx = 1\n", 6, "unknown section [nfs]"),
+    (GOOD + "[nfs]\n", 6, "unknown section [nfs]"),
     (GOOD + "[iscsi]\nportal = 0.0.0.0\n", 7, "[iscsi] portal"),
     (GOOD + "[iscsi]\ntgtd = sometimes\n", 7, "spawn or external"),
     ("[node]\nname = ../a1\n", 2, "[node] name"),
