@@ -243,6 +243,25 @@ def test_truncated_or_corrupt_qcow2(tmp_path, seeded):
     assert snapshot(repo) == before
 
 
+@pytest.mark.parametrize("opts", [["-F", "raw", "-b", "{secret}"],
+                                  ["-o", "data_file={secret},data_file_raw=on"]],
+                         ids=["backing_file", "data_file"])
+def test_qcow2_reading_another_file_is_refused(tmp_path, seeded, opts):
+    # A qcow2 naming a backing or data file would publish that host file's bytes.
+    repo, before = seeded
+    secret = write(tmp_path / "secret", b"secret!\n" * 8192)  # 64K: create keeps it whole
+    evil = str(tmp_path / "evil.qcow2")
+    args = [o.format(secret=secret) for o in opts]
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *args, evil, "64K"],
+                   check=True)
+    secret_before = open(secret, "rb").read()
+    line = assert_one_line_error(rd("publish", evil, "--repo", repo, "--name", "evil"),
+                                 "evil.qcow2", "refused")
+    assert ("backing file" if "-b" in opts else "external data file") in line
+    assert snapshot(repo) == before
+    assert open(secret, "rb").read() == secret_before
+
+
 @pytest.mark.parametrize("size", ["1000", "32K", "32M", "100K", "96K", "abc", "0", "-64K", ""])
 def test_bad_chunk_size(tmp_path, seeded, size):
     repo, before = seeded
