@@ -3,19 +3,23 @@
  *
  * Invariants of a repository directory, as this file keeps them:
  *   1. A file under chunks/, manifests/ or tags/ is complete: it is written under tmp/,
- *      made durable and only then renamed into place.
+ *      made durable and only then moved into place. Objects and manifests are named by
+ *      their content and never replaced (link: an existing name is the same bytes); tags
+ *      and tags/index are replaced by rename.
  *   2. Every chunk object a manifest lists is durable under chunks/ before the manifest is
  *      renamed into manifests/ (objects: syncfs, rename, syncfs; then the manifest).
  *   3. A tag is written after its manifest is durable, so a tag never points at a
  *      half-published image; tags/index is rewritten after the tag, from the tags/ listing.
- *   4. A failed publish unlinks every object and manifest it created, and its temporary
- *      files, and never writes a tag: the repository is left as it was.
+ *   4. A failed publish unlinks its temporary files and never writes a tag. It leaves the
+ *      objects and the manifest it moved into chunks/ and manifests/: from that moment
+ *      another publish may use them (it found them present, or installed the same bytes
+ *      concurrently), and an orphan object is harmless where a missing one breaks an image.
  *   5. An object is written at most once per publish: the first worker to meet a hash
  *      claims it (claim set), later duplicates only record the hash.
  *
  * Pipeline: the calling thread reads the input sequentially into a ring of slot buffers
  * (the input is read once); workers take filled slots, and per chunk: zero test, SHA-256,
- * claim, existence test, zstd, write to tmp/c.<pid>.<index>. Renames into chunks/ happen
+ * claim, existence test, zstd, write to tmp/c.<pid>.<index>. Links into chunks/ happen
  * after a single syncfs (much cheaper than an fsync per object), then a second syncfs makes
  * the names durable before the manifest is written.
  */
@@ -58,7 +62,7 @@ struct publish {
 	const char *dir;
 	struct manifest *m;
 	uint8_t *created; /* per chunk index: this publish wrote its object (tmp or final) */
-	uint8_t *renamed; /* per chunk index: the object was renamed into chunks/ */
+	uint8_t *renamed; /* per chunk index: the object left tmp/ (linked into chunks/) */
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -161,9 +165,24 @@ static int write_new_file(const char *path, const void *buf, size_t len, bool sy
 	return ret;
 }
 
-/* Invariant 1 for one small file (manifest, tag, index): tmp/, fsync, rename, fsync dir. */
+/*
+ * Moves tmp to dst without replacing an existing dst (invariant 1): link, then unlink the
+ * temporary name. 0 also when dst exists: content-addressed, it holds the same bytes.
+ */
+static int install_new(const char *tmp, const char *dst)
+{
+	if (link(tmp, dst) < 0 && errno != EEXIST)
+		return -errno;
+	unlink(tmp);
+	return 0;
+}
+
+/*
+ * Invariant 1 for one small file: tmp/, fsync, move, fsync dir. A manifest (replace false)
+ * is installed by install_new; a tag or the index replaces the old one by rename.
+ */
 static int install_file(const char *dir, const char *rel, const char *rel_dir, const void *buf,
-			size_t len)
+			size_t len, bool replace)
 {
 	char tmp[PATH_MAX], dst[PATH_MAX], d[PATH_MAX];
 	int ret;
@@ -175,8 +194,8 @@ static int install_file(const char *dir, const char *rel, const char *rel_dir, c
 	ret = write_new_file(tmp, buf, len, true);
 	if (ret)
 		return ret;
-	if (rename(tmp, dst) < 0) {
-		ret = -errno;
+	ret = replace ? (rename(tmp, dst) < 0 ? -errno : 0) : install_new(tmp, dst);
+	if (ret) {
 		unlink(tmp);
 		return ret;
 	}
@@ -394,19 +413,18 @@ static int commit_objects(struct publish *p)
 			continue;
 		tmp_object_path(p, i, tmp, sizeof(tmp));
 		object_path(p, &p->m->hashes[i], dst, sizeof(dst));
-		if (rename(tmp, dst) < 0) {
+		/* Present by now means another publish stored it meanwhile: the same bytes. */
+		ret = install_new(tmp, dst);
+		if (ret == -ENOENT) {
 			/* The object exists under tmp/, so ENOENT means a new <hh>/ directory. */
-			ret = -errno;
-			if (ret == -ENOENT) {
-				snprintf(hh, sizeof(hh), "%s", dst);
-				*strrchr(hh, '/') = '\0';
-				ret = mkdir(hh, 0755) < 0 && errno != EEXIST ? -errno : 0;
-				if (!ret && rename(tmp, dst) < 0)
-					ret = -errno;
-			}
-			if (ret)
-				break;
+			snprintf(hh, sizeof(hh), "%s", dst);
+			*strrchr(hh, '/') = '\0';
+			ret = mkdir(hh, 0755) < 0 && errno != EEXIST ? -errno : 0;
+			if (!ret)
+				ret = install_new(tmp, dst);
 		}
+		if (ret)
+			break;
 		p->renamed[i] = 1;
 	}
 	if (!ret)
@@ -414,18 +432,15 @@ static int commit_objects(struct publish *p)
 	return ret;
 }
 
-/* Invariant 4: remove what this publish created. */
+/* Invariant 4: remove this publish's temporary objects, never an object in chunks/. */
 static void rollback_objects(struct publish *p)
 {
 	char path[PATH_MAX];
 
 	for (uint64_t i = 0; i < p->m->nchunks; i++) {
-		if (!p->created[i])
+		if (!p->created[i] || p->renamed[i])
 			continue;
-		if (p->renamed[i])
-			object_path(p, &p->m->hashes[i], path, sizeof(path));
-		else
-			tmp_object_path(p, i, path, sizeof(path));
+		tmp_object_path(p, i, path, sizeof(path));
 		unlink(path);
 	}
 }
@@ -476,7 +491,7 @@ static int write_index(struct publish *p)
 	if (read_file(path, 64 * MiB, &old, &oldlen) == 0 && oldlen == b.len &&
 	    (b.len == 0 || !memcmp(old, b.p, b.len)))
 		goto out;
-	ret = install_file(p->dir, "tags/" REPO_TAGS_INDEX, "tags", b.p ? b.p : "", b.len);
+	ret = install_file(p->dir, "tags/" REPO_TAGS_INDEX, "tags", b.p ? b.p : "", b.len, true);
 	if (!ret)
 		p->bytes += b.len;
 out:
@@ -491,7 +506,6 @@ static int commit_image(struct publish *p, struct publish_result *res, char *err
 {
 	char hex[HASH_HEX_LEN + 1], rel[256], path[PATH_MAX + 256], tagline[HASH_HEX_LEN + 2];
 	char *text = NULL, *old = NULL;
-	bool made_manifest = false;
 	size_t len, oldlen;
 	int ret;
 
@@ -509,19 +523,18 @@ static int commit_image(struct publish *p, struct publish_result *res, char *err
 	snprintf(rel, sizeof(rel), "manifests/%s.json", hex);
 	snprintf(path, sizeof(path), "%s/%s", p->dir, rel);
 	if (!file_exists(path)) {
-		ret = install_file(p->dir, rel, "manifests", text, len);
+		ret = install_file(p->dir, rel, "manifests", text, len, false);
 		if (ret) {
 			snprintf(err, errlen, "writing manifest: %s", strerror(-ret));
 			goto fail;
 		}
-		made_manifest = true;
 		p->bytes += len;
 	}
 	snprintf(rel, sizeof(rel), "tags/%s", p->o->name);
 	snprintf(path, sizeof(path), "%s/%s", p->dir, rel);
 	snprintf(tagline, sizeof(tagline), "%s\n", hex);
 	if (read_file(path, 4096, &old, &oldlen) || strcmp(old, tagline)) {
-		ret = install_file(p->dir, rel, "tags", tagline, strlen(tagline));
+		ret = install_file(p->dir, rel, "tags", tagline, strlen(tagline), true);
 		if (ret) {
 			snprintf(err, errlen, "writing tag: %s", strerror(-ret));
 			goto fail;
@@ -538,11 +551,7 @@ static int commit_image(struct publish *p, struct publish_result *res, char *err
 	}
 	goto out;
 fail:
-	if (made_manifest) {
-		snprintf(path, sizeof(path), "%s/manifests/%s.json", p->dir, hex);
-		unlink(path);
-	}
-	rollback_objects(p);
+	rollback_objects(p); /* and the manifest stays, like the objects: invariant 4 */
 out:
 	free(old);
 	free(text);

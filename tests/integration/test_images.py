@@ -197,6 +197,56 @@ def test_verify_finds_a_flipped_byte_in_any_object(tmp_path, nginx_factory):
     rd_ok("verify", "--repo", repo, "s")
 
 
+# A preloaded access() that reports every object and manifest missing: the publish then
+# stores all of them, as when another publish installs them between its existence test and
+# its move into place. Built with the system compiler into the test's directory.
+LATE_ARRIVALS_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <string.h>
+int access(const char *path, int mode)
+{
+	static int (*real)(const char *, int);
+	if (strstr(path, "/chunks/") || strstr(path, "/manifests/")) {
+		errno = ENOENT;
+		return -1;
+	}
+	if (!real)
+		real = (int (*)(const char *, int))dlsym(RTLD_NEXT, "access");
+	return real(path, mode);
+}
+"""
+
+
+def late_arrivals_env(tmp_path):
+    src = write(tmp_path / "late.c", LATE_ARRIVALS_C.encode())
+    so = str(tmp_path / "late.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", so, src, "-ldl"], check=True)
+    return dict(os.environ, LD_PRELOAD=so)
+
+
+def test_failed_publish_keeps_objects_and_manifest_others_use(tmp_path):
+    repo = str(tmp_path / "repo")
+    src = write(tmp_path / "x.raw", random_bytes(MIB, 31))
+    publish(src, repo, "a")
+    image_id, manifest = manifest_of(repo, "a")
+    before = objects(repo)
+    # The second publish of the same image stores every object and the manifest again
+    # (they "arrive" after its existence tests), then fails at its tag: a directory.
+    os.makedirs(os.path.join(repo, "tags", "b", "x"))
+    p = subprocess.run([RACKDISK, "image", "publish", src, "--repo", repo, "--name", "b",
+                        "--chunk-size", "64K"], capture_output=True, text=True, timeout=120,
+                       env=late_arrivals_env(tmp_path))
+    assert_one_line_error(p, "writing tag")
+    # Nothing image a uses was taken away; only temporary files were removed.
+    assert objects(repo) == before
+    assert os.path.exists(os.path.join(repo, "manifests", image_id + ".json"))
+    assert os.listdir(os.path.join(repo, "tmp")) == []
+    assert reassemble(repo, manifest) == open(src, "rb").read()
+    rd_ok("verify", "--repo", repo, "a")
+
+
 # --- bad input: one-line error, non-zero exit, repository unchanged -----------------
 
 @pytest.fixture
