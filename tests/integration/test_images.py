@@ -449,6 +449,22 @@ def test_bad_chunk_objects(tmp_path, seeded, nginx_factory):
     assert snapshot(repo) == before
 
 
+def test_verify_checks_a_short_last_chunk_at_its_own_length(tmp_path, seeded):
+    # The last chunk (100 bytes) names the hash of a full 64K chunk: that object decodes to
+    # 64K, so chunk 1 can never be read, even though chunk 0 reads fine.
+    repo, _ = seeded
+    _, manifest = manifest_of(repo, "seed")
+    h = manifest["chunks"][0]
+    cs = manifest["chunk_size"]
+    raw = json.dumps({"format": 1, "size": cs + 100, "chunk_size": cs, "hash": "sha256",
+                      "chunks": [h, h]}, separators=(",", ":")).encode()
+    put_manifest(repo, "short", raw)
+    p = rd("verify", "--repo", repo, "short")
+    assert p.returncode != 0
+    assert p.stderr == f"rackdisk: chunk 1 ({h}): wrong size\n"
+    assert "2 objects checked, 1 bad" in p.stdout
+
+
 def test_usage_errors(tmp_path):
     for args in (["publish", "x", "--name", "n"], ["verify", "--repo", str(tmp_path)],
                  ["frobnicate"], ["ls", "--repo", str(tmp_path), "--bogus"]):
