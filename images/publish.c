@@ -19,9 +19,14 @@
  *
  * Pipeline: the calling thread reads the input sequentially into a ring of slot buffers
  * (the input is read once); workers take filled slots, and per chunk: zero test, SHA-256,
- * claim, existence test, zstd, write to tmp/c.<pid>.<index>. Links into chunks/ happen
+ * claim, existence test, zstd, write to tmp/c.<run>.<index>. Links into chunks/ happen
  * after a single syncfs (much cheaper than an fsync per object), then a second syncfs makes
  * the names durable before the manifest is written.
+ *
+ * <run> is random, drawn once per publish: a pid is not unique enough for a name created
+ * exclusively (a crashed publish leaves its files behind, and publishers in containers share
+ * pid 1 and the repository), and a reused name would also let one publish install another's
+ * temporary file.
  */
 #include "images/publish.h"
 
@@ -33,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -60,6 +66,7 @@ struct publish {
 	const struct publish_opts *o;
 	int level;
 	const char *dir;
+	char run[17]; /* this publish's part of temporary names, 16 random hex digits */
 	struct manifest *m;
 	uint8_t *created; /* per chunk index: this publish wrote its object (tmp or final) */
 	uint8_t *renamed; /* per chunk index: the object left tmp/ (linked into chunks/) */
@@ -136,7 +143,7 @@ static void set_error(struct publish *p, int err, const char *fmt, ...)
 
 static void tmp_object_path(const struct publish *p, uint64_t idx, char *buf, size_t len)
 {
-	snprintf(buf, len, "%s/tmp/c.%d.%llu", p->dir, (int)getpid(), (unsigned long long)idx);
+	snprintf(buf, len, "%s/tmp/c.%s.%llu", p->dir, p->run, (unsigned long long)idx);
 }
 
 static void object_path(const struct publish *p, const struct chunk_hash *h, char *buf, size_t len)
@@ -181,16 +188,15 @@ static int install_new(const char *tmp, const char *dst)
  * Invariant 1 for one small file: tmp/, fsync, move, fsync dir. A manifest (replace false)
  * is installed by install_new; a tag or the index replaces the old one by rename.
  */
-static int install_file(const char *dir, const char *rel, const char *rel_dir, const void *buf,
-			size_t len, bool replace)
+static int install_file(const struct publish *p, const char *rel, const char *rel_dir,
+			const void *buf, size_t len, bool replace)
 {
 	char tmp[PATH_MAX], dst[PATH_MAX], d[PATH_MAX];
 	int ret;
 
-	snprintf(tmp, sizeof(tmp), "%s/tmp/f.%d", dir, (int)getpid());
-	snprintf(dst, sizeof(dst), "%s/%s", dir, rel);
-	snprintf(d, sizeof(d), "%s/%s", dir, rel_dir);
-	unlink(tmp); /* a leftover of a crashed publish with the same pid */
+	snprintf(tmp, sizeof(tmp), "%s/tmp/f.%s", p->dir, p->run);
+	snprintf(dst, sizeof(dst), "%s/%s", p->dir, rel);
+	snprintf(d, sizeof(d), "%s/%s", p->dir, rel_dir);
 	ret = write_new_file(tmp, buf, len, true);
 	if (ret)
 		return ret;
@@ -491,7 +497,7 @@ static int write_index(struct publish *p)
 	if (read_file(path, 64 * MiB, &old, &oldlen) == 0 && oldlen == b.len &&
 	    (b.len == 0 || !memcmp(old, b.p, b.len)))
 		goto out;
-	ret = install_file(p->dir, "tags/" REPO_TAGS_INDEX, "tags", b.p ? b.p : "", b.len, true);
+	ret = install_file(p, "tags/" REPO_TAGS_INDEX, "tags", b.p ? b.p : "", b.len, true);
 	if (!ret)
 		p->bytes += b.len;
 out:
@@ -523,7 +529,7 @@ static int commit_image(struct publish *p, struct publish_result *res, char *err
 	snprintf(rel, sizeof(rel), "manifests/%s.json", hex);
 	snprintf(path, sizeof(path), "%s/%s", p->dir, rel);
 	if (!file_exists(path)) {
-		ret = install_file(p->dir, rel, "manifests", text, len, false);
+		ret = install_file(p, rel, "manifests", text, len, false);
 		if (ret) {
 			snprintf(err, errlen, "writing manifest: %s", strerror(-ret));
 			goto fail;
@@ -534,7 +540,7 @@ static int commit_image(struct publish *p, struct publish_result *res, char *err
 	snprintf(path, sizeof(path), "%s/%s", p->dir, rel);
 	snprintf(tagline, sizeof(tagline), "%s\n", hex);
 	if (read_file(path, 4096, &old, &oldlen) || strcmp(old, tagline)) {
-		ret = install_file(p->dir, rel, "tags", tagline, strlen(tagline), true);
+		ret = install_file(p, rel, "tags", tagline, strlen(tagline), true);
 		if (ret) {
 			snprintf(err, errlen, "writing tag: %s", strerror(-ret));
 			goto fail;
@@ -582,9 +588,10 @@ const char *publish_printable(const char *s, char *buf, size_t len)
 	return buf;
 }
 
-static int prepare_repo(const char *dir, char *err, size_t errlen)
+static int prepare_repo(const struct publish *p, char *err, size_t errlen)
 {
 	static const char *sub[] = {"chunks", "manifests", "tags", "tmp"};
+	const char *dir = p->dir;
 	char path[PATH_MAX];
 	int ret = mkdir_p(dir, 0755);
 
@@ -594,7 +601,7 @@ static int prepare_repo(const char *dir, char *err, size_t errlen)
 	}
 	if (!ret) {
 		/* Existing directories on a read-only mount pass mkdir: probe with a file. */
-		snprintf(path, sizeof(path), "%s/tmp/probe.%d", dir, (int)getpid());
+		snprintf(path, sizeof(path), "%s/tmp/probe.%s", dir, p->run);
 		ret = write_new_file(path, "", 0, false);
 		unlink(path);
 	}
@@ -602,6 +609,22 @@ static int prepare_repo(const char *dir, char *err, size_t errlen)
 		snprintf(err, errlen, "repository %s: cannot write: %s",
 			 publish_printable(dir, path, sizeof(path)), strerror(-ret));
 	return ret;
+}
+
+/* Draws p->run: random, so that no other run, even a crashed one, used its names. */
+static int pick_run_name(struct publish *p)
+{
+	static const char digits[] = "0123456789abcdef";
+	uint8_t r[8];
+
+	if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r))
+		return -errno;
+	for (size_t i = 0; i < sizeof(r); i++) {
+		p->run[2 * i] = digits[r[i] >> 4];
+		p->run[2 * i + 1] = digits[r[i] & 15];
+	}
+	p->run[2 * sizeof(r)] = '\0';
+	return 0;
 }
 
 static int nproc(void)
@@ -644,7 +667,12 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 		snprintf(err, errlen, "%s: %s", publish_printable(o->src, q, sizeof(q)), why);
 		goto out;
 	}
-	ret = prepare_repo(o->repo_dir, err, errlen);
+	ret = pick_run_name(&p);
+	if (ret) {
+		snprintf(err, errlen, "random temporary names: %s", strerror(-ret));
+		goto out;
+	}
+	ret = prepare_repo(&p, err, errlen);
 	if (ret)
 		goto out;
 	snprintf(tmpdir, sizeof(tmpdir), "%s/tmp", o->repo_dir);

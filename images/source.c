@@ -120,9 +120,16 @@ static int open_qcow2(const char *path, const char *tmpdir, struct image_source 
 	struct stat st;
 	int ret, fd;
 
-	if (snprintf(tmp, sizeof(tmp), "%s/qcow2-raw.%d", tmpdir, (int)getpid()) >=
-	    (int)sizeof(tmp))
+	if (snprintf(tmp, sizeof(tmp), "%s/qcow2-raw.XXXXXX", tmpdir) >= (int)sizeof(tmp))
 		return -ENAMETOOLONG;
+	/* A name of our own (publishers in containers share pids); qemu-img writes into it. */
+	fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "converted qcow2: %s", strerror(-ret));
+		return ret;
+	}
+	close(fd);
 	ret = run_capture(convert, -1, out, sizeof(out));
 	if (ret != 0) {
 		unlink(tmp);

@@ -247,6 +247,26 @@ def test_failed_publish_keeps_objects_and_manifest_others_use(tmp_path):
     rd_ok("verify", "--repo", repo, "a")
 
 
+@pytest.mark.parametrize("stale", [["c.1.0", "c.1.1"], ["probe.1"], ["f.1"]],
+                         ids=["chunk", "probe", "file"])
+def test_leftovers_of_a_crashed_publish_with_the_same_pid(tmp_path, stale):
+    # Run as pid 1 of a new pid namespace (as in a container, every time), after a crashed
+    # run of pid 1 left temporary files under the names a pid-based scheme would pick. The
+    # files stay: they could as well belong to a live publish of another container's pid 1.
+    repo = str(tmp_path / "repo")
+    os.makedirs(os.path.join(repo, "tmp"))
+    for name in stale:
+        write(os.path.join(repo, "tmp", name), b"left by a crash")
+    src = write(tmp_path / "x.raw", random_bytes(256 * KIB, 41))
+    p = subprocess.run(["unshare", "--pid", "--fork", RACKDISK, "image", "publish", src,
+                        "--repo", repo, "--name", "x", "--chunk-size", "64K"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    _, manifest = manifest_of(repo, "x")
+    assert reassemble(repo, manifest) == open(src, "rb").read()
+    assert sorted(os.listdir(os.path.join(repo, "tmp"))) == sorted(stale)
+
+
 # --- bad input: one-line error, non-zero exit, repository unchanged -----------------
 
 @pytest.fixture
