@@ -2,10 +2,12 @@
 same directory served by a real nginx on loopback. Images are small (a few MiB, 64 KiB
 chunks) so the whole file runs in seconds."""
 import hashlib
+import http.server
 import json
 import os
 import random
 import subprocess
+import threading
 
 import pytest
 
@@ -483,6 +485,50 @@ def test_verify_checks_a_short_last_chunk_at_its_own_length(tmp_path, seeded):
     assert p.returncode != 0
     assert p.stderr == f"rackdisk: chunk 1 ({h}): wrong size\n"
     assert "2 objects checked, 1 bad" in p.stdout
+
+
+@pytest.fixture
+def wordy_404_server():
+    """serve(root) starts an HTTP server on a free loopback port whose 404 page is 8 KiB
+    (more than any tag file may hold); returns its URL. Stopped at teardown."""
+    servers = []
+
+    def serve(root):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                path = os.path.join(root, self.path.lstrip("/"))
+                if os.path.isfile(path):
+                    status, body = 200, open(path, "rb").read()
+                else:
+                    status, body = 404, b"<html>" + b"not found " * 800 + b"</html>"
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}"
+
+    yield serve
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_big_404_page_means_missing(seeded, wordy_404_server):
+    repo, _ = seeded
+    image_id, _ = manifest_of(repo, "seed")
+    url = wordy_404_server(repo)
+    assert_one_line_error(rd("show", "--repo", url, "absent"), "absent", "no such image")
+    # No tag of that name: the 64-hex name is taken as an image id.
+    show = json.loads(rd_ok("show", "--repo", url, image_id, "--json").stdout)
+    assert show["id"] == image_id
+    rd_ok("verify", "--repo", url, image_id)
 
 
 def test_usage_errors(tmp_path):
