@@ -141,17 +141,48 @@ static void set_error(struct publish *p, int err, const char *fmt, ...)
 	pthread_mutex_unlock(&p->lock);
 }
 
-static void tmp_object_path(const struct publish *p, uint64_t idx, char *buf, size_t len)
+static int path_fmt(char *buf, size_t len, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* snprintf for a file name: -ENAMETOOLONG rather than a truncated name, which would be
+ * another file. */
+static int path_fmt(char *buf, size_t len, const char *fmt, ...)
 {
-	snprintf(buf, len, "%s/tmp/c.%s.%llu", p->dir, p->run, (unsigned long long)idx);
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, len, fmt, ap);
+	va_end(ap);
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
-static void object_path(const struct publish *p, const struct chunk_hash *h, char *buf, size_t len)
+static int tmp_object_path(const struct publish *p, uint64_t idx, char *buf, size_t len)
+{
+	return path_fmt(buf, len, "%s/tmp/c.%s.%llu", p->dir, p->run, (unsigned long long)idx);
+}
+
+static int object_path(const struct publish *p, const struct chunk_hash *h, char *buf, size_t len)
 {
 	char rel[128];
 
 	chunkobj_path(h, rel, sizeof(rel));
-	snprintf(buf, len, "%s/%s", p->dir, rel);
+	return path_fmt(buf, len, "%s/%s", p->dir, rel);
+}
+
+/* The longest names publish makes under the repository fit in PATH_MAX (the object names,
+ * chunks/<hh>/<hash>, are shorter than a manifest's). Checked before anything is written. */
+static int check_path_room(const struct publish *p)
+{
+	char buf[PATH_MAX];
+	int ret;
+
+	ret = path_fmt(buf, sizeof(buf), "%s/manifests/%0*d.json", p->dir, HASH_HEX_LEN, 0);
+	if (!ret)
+		ret = path_fmt(buf, sizeof(buf), "%s/tags/%s", p->dir, p->o->name);
+	if (!ret)
+		ret = path_fmt(buf, sizeof(buf), "%s/tmp/c.%s.%llu", p->dir, p->run, ULLONG_MAX);
+	return ret;
 }
 
 /* Writes buf to path (created exclusively), optionally fsyncs it; unlinks it on error. */
@@ -194,9 +225,10 @@ static int install_file(const struct publish *p, const char *rel, const char *re
 	char tmp[PATH_MAX], dst[PATH_MAX], d[PATH_MAX];
 	int ret;
 
-	snprintf(tmp, sizeof(tmp), "%s/tmp/f.%s", p->dir, p->run);
-	snprintf(dst, sizeof(dst), "%s/%s", p->dir, rel);
-	snprintf(d, sizeof(d), "%s/%s", p->dir, rel_dir);
+	if (path_fmt(tmp, sizeof(tmp), "%s/tmp/f.%s", p->dir, p->run) ||
+	    path_fmt(dst, sizeof(dst), "%s/%s", p->dir, rel) ||
+	    path_fmt(d, sizeof(d), "%s/%s", p->dir, rel_dir))
+		return -ENAMETOOLONG;
 	ret = write_new_file(tmp, buf, len, true);
 	if (ret)
 		return ret;
@@ -230,7 +262,9 @@ static int store_chunk(struct publish *p, const struct slot *s, uint8_t *zbuf, s
 	pthread_mutex_unlock(&p->lock);
 	if (!first)
 		return 0;
-	object_path(p, h, path, sizeof(path));
+	ret = object_path(p, h, path, sizeof(path));
+	if (ret)
+		return ret;
 	if (file_exists(path)) {
 		pthread_mutex_lock(&p->lock);
 		p->present++;
@@ -240,8 +274,9 @@ static int store_chunk(struct publish *p, const struct slot *s, uint8_t *zbuf, s
 	n = chunkobj_encode(s->buf, s->len, zbuf, zcap, p->level);
 	if (n < 0)
 		return (int)n;
-	tmp_object_path(p, s->idx, path, sizeof(path));
-	ret = write_new_file(path, zbuf, (size_t)n, false);
+	ret = tmp_object_path(p, s->idx, path, sizeof(path));
+	if (!ret)
+		ret = write_new_file(path, zbuf, (size_t)n, false);
 	if (ret)
 		return ret;
 	p->created[s->idx] = 1; /* each index belongs to one worker: no lock needed */
@@ -417,8 +452,11 @@ static int commit_objects(struct publish *p)
 	for (uint64_t i = 0; !ret && i < p->m->nchunks; i++) {
 		if (!p->created[i])
 			continue;
-		tmp_object_path(p, i, tmp, sizeof(tmp));
-		object_path(p, &p->m->hashes[i], dst, sizeof(dst));
+		if (tmp_object_path(p, i, tmp, sizeof(tmp)) ||
+		    object_path(p, &p->m->hashes[i], dst, sizeof(dst))) {
+			ret = -ENAMETOOLONG;
+			break;
+		}
 		/* Present by now means another publish stored it meanwhile: the same bytes. */
 		ret = install_new(tmp, dst);
 		if (ret == -ENOENT) {
@@ -446,8 +484,8 @@ static void rollback_objects(struct publish *p)
 	for (uint64_t i = 0; i < p->m->nchunks; i++) {
 		if (!p->created[i] || p->renamed[i])
 			continue;
-		tmp_object_path(p, i, path, sizeof(path));
-		unlink(path);
+		if (!tmp_object_path(p, i, path, sizeof(path)))
+			unlink(path);
 	}
 }
 
@@ -493,7 +531,9 @@ static int write_index(struct publish *p)
 	ret = repo_list_tags(r, index_add, &b);
 	if (ret)
 		goto out;
-	snprintf(path, sizeof(path), "%s/tags/" REPO_TAGS_INDEX, p->dir);
+	ret = path_fmt(path, sizeof(path), "%s/tags/" REPO_TAGS_INDEX, p->dir);
+	if (ret)
+		goto out;
 	if (read_file(path, 64 * MiB, &old, &oldlen) == 0 && oldlen == b.len &&
 	    (b.len == 0 || !memcmp(old, b.p, b.len)))
 		goto out;
@@ -510,7 +550,7 @@ out:
 /* Manifest, then tag, then index (invariant 3). */
 static int commit_image(struct publish *p, struct publish_result *res, char *err, size_t errlen)
 {
-	char hex[HASH_HEX_LEN + 1], rel[256], path[PATH_MAX + 256], tagline[HASH_HEX_LEN + 2];
+	char hex[HASH_HEX_LEN + 1], rel[256], path[PATH_MAX], tagline[HASH_HEX_LEN + 2];
 	char *text = NULL, *old = NULL;
 	size_t len, oldlen;
 	int ret;
@@ -527,8 +567,8 @@ static int commit_image(struct publish *p, struct publish_result *res, char *err
 	}
 	hash_to_hex(&p->m->id, hex);
 	snprintf(rel, sizeof(rel), "manifests/%s.json", hex);
-	snprintf(path, sizeof(path), "%s/%s", p->dir, rel);
-	if (!file_exists(path)) {
+	ret = path_fmt(path, sizeof(path), "%s/%s", p->dir, rel);
+	if (!ret && !file_exists(path)) {
 		ret = install_file(p, rel, "manifests", text, len, false);
 		if (ret) {
 			snprintf(err, errlen, "writing manifest: %s", strerror(-ret));
@@ -536,8 +576,13 @@ static int commit_image(struct publish *p, struct publish_result *res, char *err
 		}
 		p->bytes += len;
 	}
-	snprintf(rel, sizeof(rel), "tags/%s", p->o->name);
-	snprintf(path, sizeof(path), "%s/%s", p->dir, rel);
+	snprintf(rel, sizeof(rel), "tags/%s", p->o->name); /* a valid name fits */
+	if (!ret)
+		ret = path_fmt(path, sizeof(path), "%s/%s", p->dir, rel);
+	if (ret) {
+		snprintf(err, errlen, "repository: %s", strerror(-ret));
+		goto fail;
+	}
 	snprintf(tagline, sizeof(tagline), "%s\n", hex);
 	if (read_file(path, 4096, &old, &oldlen) || strcmp(old, tagline)) {
 		ret = install_file(p, rel, "tags", tagline, strlen(tagline), true);
@@ -593,17 +638,25 @@ static int prepare_repo(const struct publish *p, char *err, size_t errlen)
 	static const char *sub[] = {"chunks", "manifests", "tags", "tmp"};
 	const char *dir = p->dir;
 	char path[PATH_MAX];
-	int ret = mkdir_p(dir, 0755);
+	int ret;
 
+	if (check_path_room(p)) {
+		snprintf(err, errlen, "repository: path too long for the names under it");
+		return -ENAMETOOLONG;
+	}
+	ret = mkdir_p(dir, 0755);
 	for (size_t i = 0; !ret && i < ARRAY_SIZE(sub); i++) {
-		snprintf(path, sizeof(path), "%s/%s", dir, sub[i]);
-		ret = mkdir_p(path, 0755);
+		ret = path_fmt(path, sizeof(path), "%s/%s", dir, sub[i]);
+		if (!ret)
+			ret = mkdir_p(path, 0755);
 	}
 	if (!ret) {
 		/* Existing directories on a read-only mount pass mkdir: probe with a file. */
-		snprintf(path, sizeof(path), "%s/tmp/probe.%s", dir, p->run);
-		ret = write_new_file(path, "", 0, false);
-		unlink(path);
+		ret = path_fmt(path, sizeof(path), "%s/tmp/probe.%s", dir, p->run);
+		if (!ret) {
+			ret = write_new_file(path, "", 0, false);
+			unlink(path);
+		}
 	}
 	if (ret)
 		snprintf(err, errlen, "repository %s: cannot write: %s",
@@ -675,7 +728,7 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 	ret = prepare_repo(&p, err, errlen);
 	if (ret)
 		goto out;
-	snprintf(tmpdir, sizeof(tmpdir), "%s/tmp", o->repo_dir);
+	snprintf(tmpdir, sizeof(tmpdir), "%s/tmp", o->repo_dir); /* fits: check_path_room */
 	ret = source_open(o->src, tmpdir, &src, why, sizeof(why));
 	if (ret) {
 		snprintf(err, errlen, "%s: %s", publish_printable(o->src, q, sizeof(q)), why);

@@ -356,6 +356,20 @@ def test_bad_name(tmp_path, seeded, name):
         assert_one_line_error(p, "invalid image name")
 
 
+def test_repository_path_too_long_for_its_names(tmp_path):
+    # The repository path itself is legal, but chunks/<hh>/<hash> and manifests/<id>.json
+    # under it would pass PATH_MAX (4096 with the NUL): publish must not truncate them.
+    src = write(tmp_path / "x.raw", random_bytes(256 * KIB, 51))
+    repo = str(tmp_path)
+    while len(repo) < 4036 - 201:
+        repo += "/" + "d" * 200
+    repo += "/" + "r" * (4036 - len(repo) - 1)
+    assert len(repo) == 4036
+    p = rd("publish", src, "--repo", repo, "--name", "x")
+    assert_one_line_error(p, "path too long")
+    assert not os.path.exists(repo)
+
+
 def test_unwritable_repository(tmp_path, mounts):
     src = write(tmp_path / "x.raw", random_bytes(256 * KIB, 2))
     # A file where the repository directory should be.
