@@ -10,6 +10,8 @@
  *      renamed into manifests/ (objects: syncfs, rename, syncfs; then the manifest).
  *   3. A tag is written after its manifest is durable, so a tag never points at a
  *      half-published image; tags/index is rewritten after the tag, from the tags/ listing.
+ *      Both happen under an exclusive flock of tags/.lock, so that concurrent publishes
+ *      each list the others' tags (without it, the last index written could miss a tag).
  *   4. A failed publish unlinks its temporary files and never writes a tag. It leaves the
  *      objects and the manifest it moved into chunks/ and manifests/: from that moment
  *      another publish may use them (it found them present, or installed the same bytes
@@ -38,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -547,13 +550,38 @@ out:
 	return ret;
 }
 
+/*
+ * Takes the repository's tag lock (invariant 3): an fd holding an exclusive flock of
+ * tags/.lock, released by close. A dot name is not a tag name: listings skip it.
+ */
+static int lock_tags(const struct publish *p)
+{
+	char path[PATH_MAX];
+	int fd, ret;
+
+	ret = path_fmt(path, sizeof(path), "%s/tags/.lock", p->dir);
+	if (ret)
+		return ret;
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	while (flock(fd, LOCK_EX) < 0) {
+		if (errno != EINTR) {
+			ret = -errno;
+			close(fd);
+			return ret;
+		}
+	}
+	return fd;
+}
+
 /* Manifest, then tag, then index (invariant 3). */
 static int commit_image(struct publish *p, struct publish_result *res, char *err, size_t errlen)
 {
 	char hex[HASH_HEX_LEN + 1], rel[256], path[PATH_MAX], tagline[HASH_HEX_LEN + 2];
 	char *text = NULL, *old = NULL;
 	size_t len, oldlen;
-	int ret;
+	int ret, lock = -1;
 
 	ret = commit_objects(p);
 	if (ret) {
@@ -583,6 +611,12 @@ static int commit_image(struct publish *p, struct publish_result *res, char *err
 		snprintf(err, errlen, "repository: %s", strerror(-ret));
 		goto fail;
 	}
+	lock = lock_tags(p);
+	if (lock < 0) {
+		ret = lock;
+		snprintf(err, errlen, "locking tags/.lock: %s", strerror(-ret));
+		goto fail;
+	}
 	snprintf(tagline, sizeof(tagline), "%s\n", hex);
 	if (read_file(path, 4096, &old, &oldlen) || strcmp(old, tagline)) {
 		ret = install_file(p, rel, "tags", tagline, strlen(tagline), true);
@@ -604,6 +638,8 @@ static int commit_image(struct publish *p, struct publish_result *res, char *err
 fail:
 	rollback_objects(p); /* and the manifest stays, like the objects: invariant 4 */
 out:
+	if (lock >= 0)
+		close(lock);
 	free(old);
 	free(text);
 	return ret;

@@ -9,6 +9,7 @@
  *   tags/index                every tag name, one per line (rewritten after each tag), so
  *                             that tags can be listed over any HTTP server; "index" is
  *                             therefore not a usable tag name
+ *   tags/.lock                flocked by publish around writing a tag and tags/index
  *   tmp/                      publish's temporary files (renamed into place when complete)
  *
  * A repo handle is not thread-safe: use one per thread (each holds its own keep-alive

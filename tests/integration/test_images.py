@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -113,6 +114,81 @@ def test_ls_lists_tags_from_dir_and_http(tmp_path, nginx_factory):
     os.unlink(os.path.join(repo, "tags", "index"))
     listed = json.loads(rd_ok("ls", "--repo", web.url, "--json").stdout)
     assert [e["name"] for e in listed] == sorted(ids)
+
+
+# A preloaded closedir() that, after the tags/ listing, creates PAUSE_DIR/listed and waits
+# for PAUSE_DIR/go: it holds a publish between listing the tags and writing tags/index.
+PAUSE_AFTER_LISTING_C = r"""
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static DIR *tags;
+DIR *opendir(const char *path)
+{
+	DIR *(*real)(const char *) = (DIR *(*)(const char *))dlsym(RTLD_NEXT, "opendir");
+	DIR *d = real(path);
+	size_t n = strlen(path);
+	if (n >= 5 && !strcmp(path + n - 5, "/tags"))
+		tags = d;
+	return d;
+}
+int closedir(DIR *d)
+{
+	int (*real)(DIR *) = (int (*)(DIR *))dlsym(RTLD_NEXT, "closedir");
+	const char *dir = getenv("PAUSE_DIR");
+	char path[4096];
+	if (d == tags && dir) {
+		snprintf(path, sizeof(path), "%s/listed", dir);
+		close(open(path, O_WRONLY | O_CREAT, 0644));
+		snprintf(path, sizeof(path), "%s/go", dir);
+		for (int i = 0; i < 3000 && access(path, F_OK); i++)
+			usleep(10000);
+	}
+	return real(d);
+}
+"""
+
+
+def test_concurrent_publishes_keep_every_tag_in_the_index(tmp_path):
+    # Publish a lists the tags, then b publishes from start to end, then a writes
+    # tags/index: unserialised, a's index (listed before b's tag existed) drops b.
+    repo = str(tmp_path / "repo")
+    publish(write(tmp_path / "first.raw", random_bytes(64 * KIB, 60)), repo, "first")
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    shim_src = write(tmp_path / "pause.c", PAUSE_AFTER_LISTING_C.encode())
+    shim = str(tmp_path / "pause.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", shim, shim_src, "-ldl"], check=True)
+
+    def start(name, seed, env=None):
+        return subprocess.Popen([RACKDISK, "image", "publish",
+                                 write(tmp_path / f"{name}.raw", random_bytes(64 * KIB, seed)),
+                                 "--repo", repo, "--name", name, "--chunk-size", "64K"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+    a = start("a", 61, dict(os.environ, LD_PRELOAD=shim, PAUSE_DIR=str(pause)))
+    for _ in range(3000):
+        if (pause / "listed").exists() or a.poll() is not None:
+            break
+        time.sleep(0.01)
+    assert (pause / "listed").exists(), a.stderr.read()
+    b = start("b", 62)
+    try:
+        b.wait(timeout=1.5)  # done (50 ms), unless it waits for a's lock
+    except subprocess.TimeoutExpired:
+        pass
+    (pause / "go").touch()
+    assert a.wait(timeout=60) == 0, a.stderr.read()
+    assert b.wait(timeout=60) == 0, b.stderr.read()
+    with open(os.path.join(repo, "tags", "index")) as f:
+        assert f.read() == "a\nb\nfirst\n"
+    listed = json.loads(rd_ok("ls", "--repo", repo, "--json").stdout)
+    assert [e["name"] for e in listed] == ["a", "b", "first"]  # the lock file is no tag
 
 
 def test_publish_qcow2_equals_raw(tmp_path):
