@@ -7,7 +7,7 @@
  *      their content and never replaced (link: an existing name is the same bytes); tags
  *      and tags/index are replaced by rename.
  *   2. Every chunk object a manifest lists is durable under chunks/ before the manifest is
- *      renamed into manifests/ (objects: syncfs, rename, syncfs; then the manifest).
+ *      installed in manifests/ (objects: syncfs, link, syncfs; then the manifest).
  *   3. A tag is written after its manifest is durable, so a tag never points at a
  *      half-published image; tags/index is rewritten after the tag, from the tags/ listing.
  *      Both happen under an exclusive flock of tags/.lock, so that concurrent publishes
