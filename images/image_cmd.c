@@ -220,8 +220,8 @@ static int cmd_publish(int argc, char **argv)
 /* verify ----------------------------------------------------------------------------- */
 
 struct verify_item {
-	uint64_t idx;  /* first chunk with this hash */
-	uint64_t uses; /* chunks with this hash */
+	uint64_t idx;  /* first chunk with this hash and length */
+	uint64_t uses; /* chunks with this hash and length */
 	int err;
 	bool truncated;
 };
@@ -282,10 +282,19 @@ out:
 
 static const struct manifest *sort_m;
 
-static int cmp_by_hash(const void *a, const void *b)
+static int cmp_object(const struct manifest *m, const struct verify_item *x,
+		      const struct verify_item *y)
+{
+	uint32_t lx = manifest_chunk_len(m, x->idx), ly = manifest_chunk_len(m, y->idx);
+	int c = memcmp(m->hashes[x->idx].b, m->hashes[y->idx].b, HASH_LEN);
+
+	return c ? c : (lx > ly) - (lx < ly);
+}
+
+static int cmp_by_object(const void *a, const void *b)
 {
 	const struct verify_item *x = a, *y = b;
-	int c = memcmp(sort_m->hashes[x->idx].b, sort_m->hashes[y->idx].b, HASH_LEN);
+	int c = cmp_object(sort_m, x, y);
 
 	return c ? c : (x->idx > y->idx) - (x->idx < y->idx);
 }
@@ -297,7 +306,11 @@ static int cmp_by_idx(const void *a, const void *b)
 	return (x->idx > y->idx) - (x->idx < y->idx);
 }
 
-/* One item per distinct hash, in chunk order: an object is checked once. */
+/*
+ * One item per distinct (hash, length), in chunk order: an object is checked once per
+ * length it is read at. A short last chunk naming a full chunk's hash is its own check (it
+ * can never be read: the object decodes to the wrong size).
+ */
 static size_t distinct_items(const struct manifest *m, struct verify_item *items)
 {
 	size_t n = 0, k = 0;
@@ -306,9 +319,9 @@ static size_t distinct_items(const struct manifest *m, struct verify_item *items
 		if (!m->zero[i])
 			items[n++] = (struct verify_item){.idx = i, .uses = 1};
 	sort_m = m;
-	qsort(items, n, sizeof(*items), cmp_by_hash);
+	qsort(items, n, sizeof(*items), cmp_by_object);
 	for (size_t i = 0; i < n; i++) {
-		if (k && hash_equal(&m->hashes[items[k - 1].idx], &m->hashes[items[i].idx]))
+		if (k && !cmp_object(m, &items[k - 1], &items[i]))
 			items[k - 1].uses++;
 		else
 			items[k++] = items[i];

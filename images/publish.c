@@ -3,21 +3,32 @@
  *
  * Invariants of a repository directory, as this file keeps them:
  *   1. A file under chunks/, manifests/ or tags/ is complete: it is written under tmp/,
- *      made durable and only then renamed into place.
+ *      made durable and only then moved into place. Objects and manifests are named by
+ *      their content and never replaced (link: an existing name is the same bytes); tags
+ *      and tags/index are replaced by rename.
  *   2. Every chunk object a manifest lists is durable under chunks/ before the manifest is
- *      renamed into manifests/ (objects: syncfs, rename, syncfs; then the manifest).
+ *      installed in manifests/ (objects: syncfs, link, syncfs; then the manifest).
  *   3. A tag is written after its manifest is durable, so a tag never points at a
  *      half-published image; tags/index is rewritten after the tag, from the tags/ listing.
- *   4. A failed publish unlinks every object and manifest it created, and its temporary
- *      files, and never writes a tag: the repository is left as it was.
+ *      Both happen under an exclusive flock of tags/.lock, so that concurrent publishes
+ *      each list the others' tags (without it, the last index written could miss a tag).
+ *   4. A failed publish unlinks its temporary files and never writes a tag. It leaves the
+ *      objects and the manifest it moved into chunks/ and manifests/: from that moment
+ *      another publish may use them (it found them present, or installed the same bytes
+ *      concurrently), and an orphan object is harmless where a missing one breaks an image.
  *   5. An object is written at most once per publish: the first worker to meet a hash
  *      claims it (claim set), later duplicates only record the hash.
  *
  * Pipeline: the calling thread reads the input sequentially into a ring of slot buffers
  * (the input is read once); workers take filled slots, and per chunk: zero test, SHA-256,
- * claim, existence test, zstd, write to tmp/c.<pid>.<index>. Renames into chunks/ happen
+ * claim, existence test, zstd, write to tmp/c.<run>.<index>. Links into chunks/ happen
  * after a single syncfs (much cheaper than an fsync per object), then a second syncfs makes
  * the names durable before the manifest is written.
+ *
+ * <run> is random, drawn once per publish: a pid is not unique enough for a name created
+ * exclusively (a crashed publish leaves its files behind, and publishers in containers share
+ * pid 1 and the repository), and a reused name would also let one publish install another's
+ * temporary file.
  */
 #include "images/publish.h"
 
@@ -29,6 +40,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -56,9 +69,10 @@ struct publish {
 	const struct publish_opts *o;
 	int level;
 	const char *dir;
+	char run[17]; /* this publish's part of temporary names, 16 random hex digits */
 	struct manifest *m;
 	uint8_t *created; /* per chunk index: this publish wrote its object (tmp or final) */
-	uint8_t *renamed; /* per chunk index: the object was renamed into chunks/ */
+	uint8_t *renamed; /* per chunk index: the object left tmp/ (linked into chunks/) */
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -130,17 +144,48 @@ static void set_error(struct publish *p, int err, const char *fmt, ...)
 	pthread_mutex_unlock(&p->lock);
 }
 
-static void tmp_object_path(const struct publish *p, uint64_t idx, char *buf, size_t len)
+static int path_fmt(char *buf, size_t len, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* snprintf for a file name: -ENAMETOOLONG rather than a truncated name, which would be
+ * another file. */
+static int path_fmt(char *buf, size_t len, const char *fmt, ...)
 {
-	snprintf(buf, len, "%s/tmp/c.%d.%llu", p->dir, (int)getpid(), (unsigned long long)idx);
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, len, fmt, ap);
+	va_end(ap);
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
-static void object_path(const struct publish *p, const struct chunk_hash *h, char *buf, size_t len)
+static int tmp_object_path(const struct publish *p, uint64_t idx, char *buf, size_t len)
+{
+	return path_fmt(buf, len, "%s/tmp/c.%s.%llu", p->dir, p->run, (unsigned long long)idx);
+}
+
+static int object_path(const struct publish *p, const struct chunk_hash *h, char *buf, size_t len)
 {
 	char rel[128];
 
 	chunkobj_path(h, rel, sizeof(rel));
-	snprintf(buf, len, "%s/%s", p->dir, rel);
+	return path_fmt(buf, len, "%s/%s", p->dir, rel);
+}
+
+/* The longest names publish makes under the repository fit in PATH_MAX (the object names,
+ * chunks/<hh>/<hash>, are shorter than a manifest's). Checked before anything is written. */
+static int check_path_room(const struct publish *p)
+{
+	char buf[PATH_MAX];
+	int ret;
+
+	ret = path_fmt(buf, sizeof(buf), "%s/manifests/%0*d.json", p->dir, HASH_HEX_LEN, 0);
+	if (!ret)
+		ret = path_fmt(buf, sizeof(buf), "%s/tags/%s", p->dir, p->o->name);
+	if (!ret)
+		ret = path_fmt(buf, sizeof(buf), "%s/tmp/c.%s.%llu", p->dir, p->run, ULLONG_MAX);
+	return ret;
 }
 
 /* Writes buf to path (created exclusively), optionally fsyncs it; unlinks it on error. */
@@ -161,22 +206,37 @@ static int write_new_file(const char *path, const void *buf, size_t len, bool sy
 	return ret;
 }
 
-/* Invariant 1 for one small file (manifest, tag, index): tmp/, fsync, rename, fsync dir. */
-static int install_file(const char *dir, const char *rel, const char *rel_dir, const void *buf,
-			size_t len)
+/*
+ * Moves tmp to dst without replacing an existing dst (invariant 1): link, then unlink the
+ * temporary name. 0 also when dst exists: content-addressed, it holds the same bytes.
+ */
+static int install_new(const char *tmp, const char *dst)
+{
+	if (link(tmp, dst) < 0 && errno != EEXIST)
+		return -errno;
+	unlink(tmp);
+	return 0;
+}
+
+/*
+ * Invariant 1 for one small file: tmp/, fsync, move, fsync dir. A manifest (replace false)
+ * is installed by install_new; a tag or the index replaces the old one by rename.
+ */
+static int install_file(const struct publish *p, const char *rel, const char *rel_dir,
+			const void *buf, size_t len, bool replace)
 {
 	char tmp[PATH_MAX], dst[PATH_MAX], d[PATH_MAX];
 	int ret;
 
-	snprintf(tmp, sizeof(tmp), "%s/tmp/f.%d", dir, (int)getpid());
-	snprintf(dst, sizeof(dst), "%s/%s", dir, rel);
-	snprintf(d, sizeof(d), "%s/%s", dir, rel_dir);
-	unlink(tmp); /* a leftover of a crashed publish with the same pid */
+	if (path_fmt(tmp, sizeof(tmp), "%s/tmp/f.%s", p->dir, p->run) ||
+	    path_fmt(dst, sizeof(dst), "%s/%s", p->dir, rel) ||
+	    path_fmt(d, sizeof(d), "%s/%s", p->dir, rel_dir))
+		return -ENAMETOOLONG;
 	ret = write_new_file(tmp, buf, len, true);
 	if (ret)
 		return ret;
-	if (rename(tmp, dst) < 0) {
-		ret = -errno;
+	ret = replace ? (rename(tmp, dst) < 0 ? -errno : 0) : install_new(tmp, dst);
+	if (ret) {
 		unlink(tmp);
 		return ret;
 	}
@@ -205,7 +265,9 @@ static int store_chunk(struct publish *p, const struct slot *s, uint8_t *zbuf, s
 	pthread_mutex_unlock(&p->lock);
 	if (!first)
 		return 0;
-	object_path(p, h, path, sizeof(path));
+	ret = object_path(p, h, path, sizeof(path));
+	if (ret)
+		return ret;
 	if (file_exists(path)) {
 		pthread_mutex_lock(&p->lock);
 		p->present++;
@@ -215,8 +277,9 @@ static int store_chunk(struct publish *p, const struct slot *s, uint8_t *zbuf, s
 	n = chunkobj_encode(s->buf, s->len, zbuf, zcap, p->level);
 	if (n < 0)
 		return (int)n;
-	tmp_object_path(p, s->idx, path, sizeof(path));
-	ret = write_new_file(path, zbuf, (size_t)n, false);
+	ret = tmp_object_path(p, s->idx, path, sizeof(path));
+	if (!ret)
+		ret = write_new_file(path, zbuf, (size_t)n, false);
 	if (ret)
 		return ret;
 	p->created[s->idx] = 1; /* each index belongs to one worker: no lock needed */
@@ -392,21 +455,23 @@ static int commit_objects(struct publish *p)
 	for (uint64_t i = 0; !ret && i < p->m->nchunks; i++) {
 		if (!p->created[i])
 			continue;
-		tmp_object_path(p, i, tmp, sizeof(tmp));
-		object_path(p, &p->m->hashes[i], dst, sizeof(dst));
-		if (rename(tmp, dst) < 0) {
-			/* The object exists under tmp/, so ENOENT means a new <hh>/ directory. */
-			ret = -errno;
-			if (ret == -ENOENT) {
-				snprintf(hh, sizeof(hh), "%s", dst);
-				*strrchr(hh, '/') = '\0';
-				ret = mkdir(hh, 0755) < 0 && errno != EEXIST ? -errno : 0;
-				if (!ret && rename(tmp, dst) < 0)
-					ret = -errno;
-			}
-			if (ret)
-				break;
+		if (tmp_object_path(p, i, tmp, sizeof(tmp)) ||
+		    object_path(p, &p->m->hashes[i], dst, sizeof(dst))) {
+			ret = -ENAMETOOLONG;
+			break;
 		}
+		/* Present by now means another publish stored it meanwhile: the same bytes. */
+		ret = install_new(tmp, dst);
+		if (ret == -ENOENT) {
+			/* The object exists under tmp/, so ENOENT means a new <hh>/ directory. */
+			snprintf(hh, sizeof(hh), "%s", dst);
+			*strrchr(hh, '/') = '\0';
+			ret = mkdir(hh, 0755) < 0 && errno != EEXIST ? -errno : 0;
+			if (!ret)
+				ret = install_new(tmp, dst);
+		}
+		if (ret)
+			break;
 		p->renamed[i] = 1;
 	}
 	if (!ret)
@@ -414,19 +479,16 @@ static int commit_objects(struct publish *p)
 	return ret;
 }
 
-/* Invariant 4: remove what this publish created. */
+/* Invariant 4: remove this publish's temporary objects, never an object in chunks/. */
 static void rollback_objects(struct publish *p)
 {
 	char path[PATH_MAX];
 
 	for (uint64_t i = 0; i < p->m->nchunks; i++) {
-		if (!p->created[i])
+		if (!p->created[i] || p->renamed[i])
 			continue;
-		if (p->renamed[i])
-			object_path(p, &p->m->hashes[i], path, sizeof(path));
-		else
-			tmp_object_path(p, i, path, sizeof(path));
-		unlink(path);
+		if (!tmp_object_path(p, i, path, sizeof(path)))
+			unlink(path);
 	}
 }
 
@@ -472,11 +534,13 @@ static int write_index(struct publish *p)
 	ret = repo_list_tags(r, index_add, &b);
 	if (ret)
 		goto out;
-	snprintf(path, sizeof(path), "%s/tags/" REPO_TAGS_INDEX, p->dir);
+	ret = path_fmt(path, sizeof(path), "%s/tags/" REPO_TAGS_INDEX, p->dir);
+	if (ret)
+		goto out;
 	if (read_file(path, 64 * MiB, &old, &oldlen) == 0 && oldlen == b.len &&
 	    (b.len == 0 || !memcmp(old, b.p, b.len)))
 		goto out;
-	ret = install_file(p->dir, "tags/" REPO_TAGS_INDEX, "tags", b.p ? b.p : "", b.len);
+	ret = install_file(p, "tags/" REPO_TAGS_INDEX, "tags", b.p ? b.p : "", b.len, true);
 	if (!ret)
 		p->bytes += b.len;
 out:
@@ -486,14 +550,38 @@ out:
 	return ret;
 }
 
+/*
+ * Takes the repository's tag lock (invariant 3): an fd holding an exclusive flock of
+ * tags/.lock, released by close. A dot name is not a tag name: listings skip it.
+ */
+static int lock_tags(const struct publish *p)
+{
+	char path[PATH_MAX];
+	int fd, ret;
+
+	ret = path_fmt(path, sizeof(path), "%s/tags/.lock", p->dir);
+	if (ret)
+		return ret;
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	while (flock(fd, LOCK_EX) < 0) {
+		if (errno != EINTR) {
+			ret = -errno;
+			close(fd);
+			return ret;
+		}
+	}
+	return fd;
+}
+
 /* Manifest, then tag, then index (invariant 3). */
 static int commit_image(struct publish *p, struct publish_result *res, char *err, size_t errlen)
 {
-	char hex[HASH_HEX_LEN + 1], rel[256], path[PATH_MAX + 256], tagline[HASH_HEX_LEN + 2];
+	char hex[HASH_HEX_LEN + 1], rel[256], path[PATH_MAX], tagline[HASH_HEX_LEN + 2];
 	char *text = NULL, *old = NULL;
-	bool made_manifest = false;
 	size_t len, oldlen;
-	int ret;
+	int ret, lock = -1;
 
 	ret = commit_objects(p);
 	if (ret) {
@@ -507,21 +595,31 @@ static int commit_image(struct publish *p, struct publish_result *res, char *err
 	}
 	hash_to_hex(&p->m->id, hex);
 	snprintf(rel, sizeof(rel), "manifests/%s.json", hex);
-	snprintf(path, sizeof(path), "%s/%s", p->dir, rel);
-	if (!file_exists(path)) {
-		ret = install_file(p->dir, rel, "manifests", text, len);
+	ret = path_fmt(path, sizeof(path), "%s/%s", p->dir, rel);
+	if (!ret && !file_exists(path)) {
+		ret = install_file(p, rel, "manifests", text, len, false);
 		if (ret) {
 			snprintf(err, errlen, "writing manifest: %s", strerror(-ret));
 			goto fail;
 		}
-		made_manifest = true;
 		p->bytes += len;
 	}
-	snprintf(rel, sizeof(rel), "tags/%s", p->o->name);
-	snprintf(path, sizeof(path), "%s/%s", p->dir, rel);
+	snprintf(rel, sizeof(rel), "tags/%s", p->o->name); /* a valid name fits */
+	if (!ret)
+		ret = path_fmt(path, sizeof(path), "%s/%s", p->dir, rel);
+	if (ret) {
+		snprintf(err, errlen, "repository: %s", strerror(-ret));
+		goto fail;
+	}
+	lock = lock_tags(p);
+	if (lock < 0) {
+		ret = lock;
+		snprintf(err, errlen, "locking tags/.lock: %s", strerror(-ret));
+		goto fail;
+	}
 	snprintf(tagline, sizeof(tagline), "%s\n", hex);
 	if (read_file(path, 4096, &old, &oldlen) || strcmp(old, tagline)) {
-		ret = install_file(p->dir, rel, "tags", tagline, strlen(tagline));
+		ret = install_file(p, rel, "tags", tagline, strlen(tagline), true);
 		if (ret) {
 			snprintf(err, errlen, "writing tag: %s", strerror(-ret));
 			goto fail;
@@ -538,12 +636,10 @@ static int commit_image(struct publish *p, struct publish_result *res, char *err
 	}
 	goto out;
 fail:
-	if (made_manifest) {
-		snprintf(path, sizeof(path), "%s/manifests/%s.json", p->dir, hex);
-		unlink(path);
-	}
-	rollback_objects(p);
+	rollback_objects(p); /* and the manifest stays, like the objects: invariant 4 */
 out:
+	if (lock >= 0)
+		close(lock);
 	free(old);
 	free(text);
 	return ret;
@@ -573,26 +669,51 @@ const char *publish_printable(const char *s, char *buf, size_t len)
 	return buf;
 }
 
-static int prepare_repo(const char *dir, char *err, size_t errlen)
+static int prepare_repo(const struct publish *p, char *err, size_t errlen)
 {
 	static const char *sub[] = {"chunks", "manifests", "tags", "tmp"};
+	const char *dir = p->dir;
 	char path[PATH_MAX];
-	int ret = mkdir_p(dir, 0755);
+	int ret;
 
+	if (check_path_room(p)) {
+		snprintf(err, errlen, "repository: path too long for the names under it");
+		return -ENAMETOOLONG;
+	}
+	ret = mkdir_p(dir, 0755);
 	for (size_t i = 0; !ret && i < ARRAY_SIZE(sub); i++) {
-		snprintf(path, sizeof(path), "%s/%s", dir, sub[i]);
-		ret = mkdir_p(path, 0755);
+		ret = path_fmt(path, sizeof(path), "%s/%s", dir, sub[i]);
+		if (!ret)
+			ret = mkdir_p(path, 0755);
 	}
 	if (!ret) {
 		/* Existing directories on a read-only mount pass mkdir: probe with a file. */
-		snprintf(path, sizeof(path), "%s/tmp/probe.%d", dir, (int)getpid());
-		ret = write_new_file(path, "", 0, false);
-		unlink(path);
+		ret = path_fmt(path, sizeof(path), "%s/tmp/probe.%s", dir, p->run);
+		if (!ret) {
+			ret = write_new_file(path, "", 0, false);
+			unlink(path);
+		}
 	}
 	if (ret)
 		snprintf(err, errlen, "repository %s: cannot write: %s",
 			 publish_printable(dir, path, sizeof(path)), strerror(-ret));
 	return ret;
+}
+
+/* Draws p->run: random, so that no other run, even a crashed one, used its names. */
+static int pick_run_name(struct publish *p)
+{
+	static const char digits[] = "0123456789abcdef";
+	uint8_t r[8];
+
+	if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r))
+		return -errno;
+	for (size_t i = 0; i < sizeof(r); i++) {
+		p->run[2 * i] = digits[r[i] >> 4];
+		p->run[2 * i + 1] = digits[r[i] & 15];
+	}
+	p->run[2 * sizeof(r)] = '\0';
+	return 0;
 }
 
 static int nproc(void)
@@ -635,10 +756,15 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 		snprintf(err, errlen, "%s: %s", publish_printable(o->src, q, sizeof(q)), why);
 		goto out;
 	}
-	ret = prepare_repo(o->repo_dir, err, errlen);
+	ret = pick_run_name(&p);
+	if (ret) {
+		snprintf(err, errlen, "random temporary names: %s", strerror(-ret));
+		goto out;
+	}
+	ret = prepare_repo(&p, err, errlen);
 	if (ret)
 		goto out;
-	snprintf(tmpdir, sizeof(tmpdir), "%s/tmp", o->repo_dir);
+	snprintf(tmpdir, sizeof(tmpdir), "%s/tmp", o->repo_dir); /* fits: check_path_room */
 	ret = source_open(o->src, tmpdir, &src, why, sizeof(why));
 	if (ret) {
 		snprintf(err, errlen, "%s: %s", publish_printable(o->src, q, sizeof(q)), why);

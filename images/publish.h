@@ -41,8 +41,8 @@ struct publish_result {
 
 /*
  * Publishes o->src as o->name. Returns 0, or a negative errno with a one-line reason in
- * err ("<what>: <why>"). A failed publish removes the objects and manifest it created and
- * never touches a tag.
+ * err ("<what>: <why>"). A failed publish removes its temporary files and never touches a
+ * tag; objects and a manifest it already installed stay (other images may share them).
  */
 int publish_image(const struct publish_opts *o, struct publish_result *res, char *err,
 		  size_t errlen);

@@ -33,6 +33,7 @@ struct repo {
 };
 
 struct membuf {
+	CURL *curl;
 	char *p;
 	size_t len, cap, max;
 	int too_big;
@@ -119,7 +120,13 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
 {
 	struct membuf *b = arg;
 	size_t n = size * nmemb;
+	long status = 0;
 
+	/* An error page is not the object: read past it, so that its size (a big 404 page)
+	 * cannot turn "not there" into "too big"; http_fetch maps the status. */
+	curl_easy_getinfo(b->curl, CURLINFO_RESPONSE_CODE, &status);
+	if (status < 200 || status > 299)
+		return n;
 	if (b->len + n > b->max) {
 		b->too_big = 1;
 		return 0; /* makes curl fail the transfer with CURLE_WRITE_ERROR */
@@ -144,7 +151,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
 
 static int http_fetch(struct repo *r, const char *rel, size_t max, char **out, size_t *len)
 {
-	struct membuf b = {.max = max};
+	struct membuf b = {.curl = r->curl, .max = max};
 	char url[PATH_MAX + 256];
 	long status = 0;
 	CURLcode rc;

@@ -9,7 +9,8 @@
  *   tags/index                every tag name, one per line (rewritten after each tag), so
  *                             that tags can be listed over any HTTP server; "index" is
  *                             therefore not a usable tag name
- *   tmp/                      publish's temporary files (renamed into place when complete)
+ *   tags/.lock                flocked by publish around writing a tag and tags/index
+ *   tmp/                      publish's temporary files (moved into place when complete)
  *
  * A repo handle is not thread-safe: use one per thread (each holds its own keep-alive
  * HTTP connection). Every call returns 0 or a negative errno; -ENOENT means the object

@@ -1,6 +1,11 @@
 /*
  * source.c - see source.h. qemu-img is run with posix_spawnp, its output captured so the
  * first line of its complaint can become the one-line error the operator sees.
+ *
+ * A qcow2 file can name other files whose bytes become part of the image: a backing file,
+ * an external data file. Publishing runs with the operator's rights, often root, so such an
+ * image would copy any host file into a repository that a whole rack can read. qemu-img info
+ * (which opens no backing file) is asked first, and an image naming either is refused.
  */
 #include "images/source.h"
 
@@ -13,7 +18,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <sys/mman.h>
 #include <unistd.h>
+
+#include <jansson.h>
 
 extern char **environ;
 
@@ -23,10 +31,11 @@ static const unsigned char qcow2_magic[4] = {'Q', 'F', 'I', 0xfb};
 #define QEMU_CHECK_LEAKS 3
 
 /*
- * Runs argv, collecting its stdout and stderr (first outlen-1 bytes) into out.
- * Returns the exit status (0..255), or a negative errno when it could not run.
+ * Runs argv, collecting its stderr (first outlen-1 bytes) into out, and its stdout too
+ * unless stdout_fd >= 0 receives it. Returns the exit status (0..255), or a negative errno
+ * when it could not run.
  */
-static int run_capture(char *const argv[], char *out, size_t outlen)
+static int run_capture(char *const argv[], int stdout_fd, char *out, size_t outlen)
 {
 	posix_spawn_file_actions_t fa;
 	size_t used = 0;
@@ -38,7 +47,7 @@ static int run_capture(char *const argv[], char *out, size_t outlen)
 		return -errno;
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-	posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
+	posix_spawn_file_actions_adddup2(&fa, stdout_fd >= 0 ? stdout_fd : pfd[1], 1);
 	posix_spawn_file_actions_adddup2(&fa, pfd[1], 2);
 	ret = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
@@ -111,10 +120,17 @@ static int open_qcow2(const char *path, const char *tmpdir, struct image_source 
 	struct stat st;
 	int ret, fd;
 
-	if (snprintf(tmp, sizeof(tmp), "%s/qcow2-raw.%d", tmpdir, (int)getpid()) >=
-	    (int)sizeof(tmp))
+	if (snprintf(tmp, sizeof(tmp), "%s/qcow2-raw.XXXXXX", tmpdir) >= (int)sizeof(tmp))
 		return -ENAMETOOLONG;
-	ret = run_capture(convert, out, sizeof(out));
+	/* A name of our own (publishers in containers share pids); qemu-img writes into it. */
+	fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "converted qcow2: %s", strerror(-ret));
+		return ret;
+	}
+	close(fd);
+	ret = run_capture(convert, -1, out, sizeof(out));
 	if (ret != 0) {
 		unlink(tmp);
 		first_line(out, line, sizeof(line));
@@ -139,6 +155,66 @@ static int open_qcow2(const char *path, const char *tmpdir, struct image_source 
 	return 0;
 }
 
+/* A member of qemu-img info's JSON that names another file, or NULL. */
+static const char *external_file(json_t *info)
+{
+	json_t *data = json_object_get(json_object_get(info, "format-specific"), "data");
+
+	if (json_object_get(info, "backing-filename") ||
+	    json_object_get(info, "full-backing-filename"))
+		return "a backing file";
+	if (json_object_get(data, "data-file"))
+		return "an external data file";
+	return NULL;
+}
+
+/* Refuses a qcow2 that reads another file (see the top of this file). */
+static int check_self_contained(const char *path, char *err, size_t errlen)
+{
+	char *info[] = {"qemu-img", "info", "--output=json", "-f", "qcow2", (char *)path, NULL};
+	char out[4096], line[512];
+	const char *what;
+	json_t *j = NULL;
+	int fd, ret;
+
+	fd = memfd_create("qemu-img-info", MFD_CLOEXEC);
+	if (fd < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "cannot run qemu-img: %s", strerror(-ret));
+		return ret;
+	}
+	ret = run_capture(info, fd, out, sizeof(out));
+	if (ret < 0) {
+		snprintf(err, errlen, "cannot run qemu-img: %s", strerror(-ret));
+		goto out;
+	}
+	if (ret != 0) {
+		first_line(out, line, sizeof(line));
+		snprintf(err, errlen, "corrupt or truncated qcow2 (qemu-img info: %s)", line);
+		ret = -EBADMSG;
+		goto out;
+	}
+	if (lseek(fd, 0, SEEK_SET) == 0)
+		j = json_loadfd(fd, 0, NULL);
+	if (!json_is_object(j)) {
+		snprintf(err, errlen, "cannot read qcow2 (qemu-img info: no JSON description)");
+		ret = -EBADMSG;
+		goto out;
+	}
+	what = external_file(j);
+	if (what) {
+		snprintf(err, errlen,
+			 "qcow2 with %s: refused (it would publish another file; "
+			 "qemu-img convert it to a standalone image first)",
+			 what);
+		ret = -EPERM;
+	}
+out:
+	json_decref(j);
+	close(fd);
+	return ret;
+}
+
 int source_check(const char *path, char *err, size_t errlen)
 {
 	char *check[] = {"qemu-img", "check", "-f", "qcow2", (char *)path, NULL};
@@ -157,7 +233,10 @@ int source_check(const char *path, char *err, size_t errlen)
 	}
 	if (!source_is_qcow2(path))
 		return 0;
-	ret = run_capture(check, out, sizeof(out));
+	ret = check_self_contained(path, err, errlen);
+	if (ret)
+		return ret;
+	ret = run_capture(check, -1, out, sizeof(out));
 	if (ret < 0) {
 		snprintf(err, errlen, "cannot run qemu-img: %s", strerror(-ret));
 		return ret;

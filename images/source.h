@@ -2,7 +2,8 @@
  * source.h - the input of `rackdisk image publish`: a raw file or block device, or a qcow2
  * file read through qemu-img. Internal to images/.
  *
- * A qcow2 file is first checked with `qemu-img check` (source_check), then converted by `qemu-img
+ * A qcow2 file is first checked (source_check): `qemu-img info` must show no backing file and
+ * no external data file, `qemu-img check` no corruption. It is then converted by `qemu-img
  * convert` into a sparse raw file in a temporary directory (the repository's tmp/), which
  * is unlinked as soon as it is open: no exit path can leave it behind once opened.
  */
@@ -21,8 +22,9 @@ struct image_source {
 
 /*
  * Checks, without writing anything, that path can be published: it exists, is a file or
- * a block device, and if it is a qcow2, `qemu-img check` finds no corruption (leaked
- * clusters are harmless to a reader and accepted). -errno and a one-line reason.
+ * a block device, and if it is a qcow2, it reads no other file (a backing file or an external
+ * data file: -EPERM) and `qemu-img check` finds no corruption (leaked clusters are harmless
+ * to a reader and accepted). -errno and a one-line reason.
  */
 int source_check(const char *path, char *err, size_t errlen);
 

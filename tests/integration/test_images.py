@@ -2,10 +2,13 @@
 same directory served by a real nginx on loopback. Images are small (a few MiB, 64 KiB
 chunks) so the whole file runs in seconds."""
 import hashlib
+import http.server
 import json
 import os
 import random
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -113,6 +116,81 @@ def test_ls_lists_tags_from_dir_and_http(tmp_path, nginx_factory):
     assert [e["name"] for e in listed] == sorted(ids)
 
 
+# A preloaded closedir() that, after the tags/ listing, creates PAUSE_DIR/listed and waits
+# for PAUSE_DIR/go: it holds a publish between listing the tags and writing tags/index.
+PAUSE_AFTER_LISTING_C = r"""
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static DIR *tags;
+DIR *opendir(const char *path)
+{
+	DIR *(*real)(const char *) = (DIR *(*)(const char *))dlsym(RTLD_NEXT, "opendir");
+	DIR *d = real(path);
+	size_t n = strlen(path);
+	if (n >= 5 && !strcmp(path + n - 5, "/tags"))
+		tags = d;
+	return d;
+}
+int closedir(DIR *d)
+{
+	int (*real)(DIR *) = (int (*)(DIR *))dlsym(RTLD_NEXT, "closedir");
+	const char *dir = getenv("PAUSE_DIR");
+	char path[4096];
+	if (d == tags && dir) {
+		snprintf(path, sizeof(path), "%s/listed", dir);
+		close(open(path, O_WRONLY | O_CREAT, 0644));
+		snprintf(path, sizeof(path), "%s/go", dir);
+		for (int i = 0; i < 3000 && access(path, F_OK); i++)
+			usleep(10000);
+	}
+	return real(d);
+}
+"""
+
+
+def test_concurrent_publishes_keep_every_tag_in_the_index(tmp_path):
+    # Publish a lists the tags, then b publishes from start to end, then a writes
+    # tags/index: unserialised, a's index (listed before b's tag existed) drops b.
+    repo = str(tmp_path / "repo")
+    publish(write(tmp_path / "first.raw", random_bytes(64 * KIB, 60)), repo, "first")
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    shim_src = write(tmp_path / "pause.c", PAUSE_AFTER_LISTING_C.encode())
+    shim = str(tmp_path / "pause.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", shim, shim_src, "-ldl"], check=True)
+
+    def start(name, seed, env=None):
+        return subprocess.Popen([RACKDISK, "image", "publish",
+                                 write(tmp_path / f"{name}.raw", random_bytes(64 * KIB, seed)),
+                                 "--repo", repo, "--name", name, "--chunk-size", "64K"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+    a = start("a", 61, dict(os.environ, LD_PRELOAD=shim, PAUSE_DIR=str(pause)))
+    for _ in range(3000):
+        if (pause / "listed").exists() or a.poll() is not None:
+            break
+        time.sleep(0.01)
+    assert (pause / "listed").exists(), a.stderr.read()
+    b = start("b", 62)
+    try:
+        b.wait(timeout=1.5)  # done (50 ms), unless it waits for a's lock
+    except subprocess.TimeoutExpired:
+        pass
+    (pause / "go").touch()
+    assert a.wait(timeout=60) == 0, a.stderr.read()
+    assert b.wait(timeout=60) == 0, b.stderr.read()
+    with open(os.path.join(repo, "tags", "index")) as f:
+        assert f.read() == "a\nb\nfirst\n"
+    listed = json.loads(rd_ok("ls", "--repo", repo, "--json").stdout)
+    assert [e["name"] for e in listed] == ["a", "b", "first"]  # the lock file is no tag
+
+
 def test_publish_qcow2_equals_raw(tmp_path):
     raw = sample_image(tmp_path / "s.img", size_mb=6)
     qcow = str(tmp_path / "s.qcow2")
@@ -197,6 +275,76 @@ def test_verify_finds_a_flipped_byte_in_any_object(tmp_path, nginx_factory):
     rd_ok("verify", "--repo", repo, "s")
 
 
+# A preloaded access() that reports every object and manifest missing: the publish then
+# stores all of them, as when another publish installs them between its existence test and
+# its move into place. Built with the system compiler into the test's directory.
+LATE_ARRIVALS_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <string.h>
+int access(const char *path, int mode)
+{
+	static int (*real)(const char *, int);
+	if (strstr(path, "/chunks/") || strstr(path, "/manifests/")) {
+		errno = ENOENT;
+		return -1;
+	}
+	if (!real)
+		real = (int (*)(const char *, int))dlsym(RTLD_NEXT, "access");
+	return real(path, mode);
+}
+"""
+
+
+def late_arrivals_env(tmp_path):
+    src = write(tmp_path / "late.c", LATE_ARRIVALS_C.encode())
+    so = str(tmp_path / "late.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", so, src, "-ldl"], check=True)
+    return dict(os.environ, LD_PRELOAD=so)
+
+
+def test_failed_publish_keeps_objects_and_manifest_others_use(tmp_path):
+    repo = str(tmp_path / "repo")
+    src = write(tmp_path / "x.raw", random_bytes(MIB, 31))
+    publish(src, repo, "a")
+    image_id, manifest = manifest_of(repo, "a")
+    before = objects(repo)
+    # The second publish of the same image stores every object and the manifest again
+    # (they "arrive" after its existence tests), then fails at its tag: a directory.
+    os.makedirs(os.path.join(repo, "tags", "b", "x"))
+    p = subprocess.run([RACKDISK, "image", "publish", src, "--repo", repo, "--name", "b",
+                        "--chunk-size", "64K"], capture_output=True, text=True, timeout=120,
+                       env=late_arrivals_env(tmp_path))
+    assert_one_line_error(p, "writing tag")
+    # Nothing image a uses was taken away; only temporary files were removed.
+    assert objects(repo) == before
+    assert os.path.exists(os.path.join(repo, "manifests", image_id + ".json"))
+    assert os.listdir(os.path.join(repo, "tmp")) == []
+    assert reassemble(repo, manifest) == open(src, "rb").read()
+    rd_ok("verify", "--repo", repo, "a")
+
+
+@pytest.mark.parametrize("stale", [["c.1.0", "c.1.1"], ["probe.1"], ["f.1"]],
+                         ids=["chunk", "probe", "file"])
+def test_leftovers_of_a_crashed_publish_with_the_same_pid(tmp_path, stale):
+    # Run as pid 1 of a new pid namespace (as in a container, every time), after a crashed
+    # run of pid 1 left temporary files under the names a pid-based scheme would pick. The
+    # files stay: they could as well belong to a live publish of another container's pid 1.
+    repo = str(tmp_path / "repo")
+    os.makedirs(os.path.join(repo, "tmp"))
+    for name in stale:
+        write(os.path.join(repo, "tmp", name), b"left by a crash")
+    src = write(tmp_path / "x.raw", random_bytes(256 * KIB, 41))
+    p = subprocess.run(["unshare", "--pid", "--fork", RACKDISK, "image", "publish", src,
+                        "--repo", repo, "--name", "x", "--chunk-size", "64K"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    _, manifest = manifest_of(repo, "x")
+    assert reassemble(repo, manifest) == open(src, "rb").read()
+    assert sorted(os.listdir(os.path.join(repo, "tmp"))) == sorted(stale)
+
+
 # --- bad input: one-line error, non-zero exit, repository unchanged -----------------
 
 @pytest.fixture
@@ -243,6 +391,25 @@ def test_truncated_or_corrupt_qcow2(tmp_path, seeded):
     assert snapshot(repo) == before
 
 
+@pytest.mark.parametrize("opts", [["-F", "raw", "-b", "{secret}"],
+                                  ["-o", "data_file={secret},data_file_raw=on"]],
+                         ids=["backing_file", "data_file"])
+def test_qcow2_reading_another_file_is_refused(tmp_path, seeded, opts):
+    # A qcow2 naming a backing or data file would publish that host file's bytes.
+    repo, before = seeded
+    secret = write(tmp_path / "secret", b"secret!\n" * 8192)  # 64K: create keeps it whole
+    evil = str(tmp_path / "evil.qcow2")
+    args = [o.format(secret=secret) for o in opts]
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *args, evil, "64K"],
+                   check=True)
+    secret_before = open(secret, "rb").read()
+    line = assert_one_line_error(rd("publish", evil, "--repo", repo, "--name", "evil"),
+                                 "evil.qcow2", "refused")
+    assert ("backing file" if "-b" in opts else "external data file") in line
+    assert snapshot(repo) == before
+    assert open(secret, "rb").read() == secret_before
+
+
 @pytest.mark.parametrize("size", ["1000", "32K", "32M", "100K", "96K", "abc", "0", "-64K", ""])
 def test_bad_chunk_size(tmp_path, seeded, size):
     repo, before = seeded
@@ -263,6 +430,20 @@ def test_bad_name(tmp_path, seeded, name):
     if name and not name.startswith("-"):  # "-opt" is an unknown option to show
         p = rd("show", "--repo", repo, name)
         assert_one_line_error(p, "invalid image name")
+
+
+def test_repository_path_too_long_for_its_names(tmp_path):
+    # The repository path itself is legal, but chunks/<hh>/<hash> and manifests/<id>.json
+    # under it would pass PATH_MAX (4096 with the NUL): publish must not truncate them.
+    src = write(tmp_path / "x.raw", random_bytes(256 * KIB, 51))
+    repo = str(tmp_path)
+    while len(repo) < 4036 - 201:
+        repo += "/" + "d" * 200
+    repo += "/" + "r" * (4036 - len(repo) - 1)
+    assert len(repo) == 4036
+    p = rd("publish", src, "--repo", repo, "--name", "x")
+    assert_one_line_error(p, "path too long")
+    assert not os.path.exists(repo)
 
 
 def test_unwritable_repository(tmp_path, mounts):
@@ -378,6 +559,66 @@ def test_bad_chunk_objects(tmp_path, seeded, nginx_factory):
                        h_hash: "wrong hash", h_missing: "missing"}
         assert "5 bad" in p.stdout
     assert snapshot(repo) == before
+
+
+def test_verify_checks_a_short_last_chunk_at_its_own_length(tmp_path, seeded):
+    # The last chunk (100 bytes) names the hash of a full 64K chunk: that object decodes to
+    # 64K, so chunk 1 can never be read, even though chunk 0 reads fine.
+    repo, _ = seeded
+    _, manifest = manifest_of(repo, "seed")
+    h = manifest["chunks"][0]
+    cs = manifest["chunk_size"]
+    raw = json.dumps({"format": 1, "size": cs + 100, "chunk_size": cs, "hash": "sha256",
+                      "chunks": [h, h]}, separators=(",", ":")).encode()
+    put_manifest(repo, "short", raw)
+    p = rd("verify", "--repo", repo, "short")
+    assert p.returncode != 0
+    assert p.stderr == f"rackdisk: chunk 1 ({h}): wrong size\n"
+    assert "2 objects checked, 1 bad" in p.stdout
+
+
+@pytest.fixture
+def wordy_404_server():
+    """serve(root) starts an HTTP server on a free loopback port whose 404 page is 8 KiB
+    (more than any tag file may hold); returns its URL. Stopped at teardown."""
+    servers = []
+
+    def serve(root):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                path = os.path.join(root, self.path.lstrip("/"))
+                if os.path.isfile(path):
+                    status, body = 200, open(path, "rb").read()
+                else:
+                    status, body = 404, b"<html>" + b"not found " * 800 + b"</html>"
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}"
+
+    yield serve
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_big_404_page_means_missing(seeded, wordy_404_server):
+    repo, _ = seeded
+    image_id, _ = manifest_of(repo, "seed")
+    url = wordy_404_server(repo)
+    assert_one_line_error(rd("show", "--repo", url, "absent"), "absent", "no such image")
+    # No tag of that name: the 64-hex name is taken as an image id.
+    show = json.loads(rd_ok("show", "--repo", url, image_id, "--json").stdout)
+    assert show["id"] == image_id
+    rd_ok("verify", "--repo", url, image_id)
 
 
 def test_usage_errors(tmp_path):
