@@ -169,13 +169,16 @@ static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh,
 	ret = tgtmgr_export(a->tgt, r->tid, iqn, BSTYPE, dir, err, errlen);
 	if (ret)
 		return ret;
-	if (!r->ninitiators)
+	/* CHAP before the ACL: a target is reachable only once both are in place, so a
+	 * crash between the steps leaves one nobody can use, never one without its CHAP
+	 * (and reconcile then replaces it: access_matches) */
+	if (r->chap_user[0])
+		ret = tgtmgr_bind_chap(a->tgt, r->tid, r->chap_user, r->chap_password, fresh,
+				       err, errlen);
+	if (!ret && !r->ninitiators)
 		ret = tgtmgr_bind_initiator(a->tgt, r->tid, "ALL", err, errlen);
 	for (unsigned i = 0; !ret && i < r->ninitiators; i++)
 		ret = tgtmgr_bind_initiator(a->tgt, r->tid, r->initiators[i], err, errlen);
-	if (!ret && r->chap_user[0])
-		ret = tgtmgr_bind_chap(a->tgt, r->tid, r->chap_user, r->chap_password, fresh,
-				       err, errlen);
 	if (ret)
 		tgtmgr_unexport(a->tgt, r->tid, true);
 	return ret;
@@ -483,6 +486,28 @@ int appliance_disk_list(struct appliance *a, struct diskrec **out, size_t *n)
 	return ret;
 }
 
+/* The target lets in whom the record says, no one else: its CHAP account and its ACL (a
+ * crash between export steps, or an operator's tgtadm, can leave them otherwise). */
+static bool access_matches(const struct tgtmgr_target *t, const struct diskrec *r)
+{
+	if (r->chap_user[0] ? t->naccounts != 1 || strcmp(t->account, r->chap_user)
+			    : t->naccounts != 0)
+		return false;
+	if (!r->ninitiators)
+		return t->nacl == 1 && !strcmp(t->acl[0], "ALL");
+	if (t->nacl != r->ninitiators)
+		return false;
+	for (unsigned i = 0; i < r->ninitiators; i++) {
+		bool found = false;
+
+		for (unsigned k = 0; k < t->nacl && k < TGTMGR_ACL_MAX && !found; k++)
+			found = !strcmp(t->acl[k], r->initiators[i]);
+		if (!found)
+			return false;
+	}
+	return true;
+}
+
 static bool target_matches(struct appliance *a, const struct tgtmgr_target *t,
 			   const struct diskrec *r)
 {
@@ -490,7 +515,8 @@ static bool target_matches(struct appliance *a, const struct tgtmgr_target *t,
 
 	appliance_disk_iqn(a, r->name, iqn, sizeof(iqn));
 	appliance_disk_dir(a, r->name, dir, sizeof(dir));
-	return t->tid == r->tid && !strcmp(t->name, iqn) && !strcmp(t->backing, dir);
+	return t->tid == r->tid && !strcmp(t->name, iqn) && !strcmp(t->backing, dir) &&
+	       access_matches(t, r);
 }
 
 static bool is_ours(struct appliance *a, const char *iqn)

@@ -644,6 +644,7 @@ static const char *skip_ws(const char *p)
 int tgtmgr_parse_show(const char *text, struct tgtmgr_target **out, size_t *n)
 {
 	struct tgtmgr_target *v = NULL, *cur = NULL;
+	enum { SEC_OTHER, SEC_ACCOUNT, SEC_ACL } sec = SEC_OTHER;
 	size_t cnt = 0, cap = 0;
 	long lun = -1;
 	const char *line = text;
@@ -679,6 +680,19 @@ int tgtmgr_parse_show(const char *text, struct tgtmgr_target **out, size_t *n)
 			cur->tid = tid;
 			copy_trunc(cur->name, sizeof(cur->name), skip_ws(colon + 1));
 			lun = -1;
+			sec = SEC_OTHER;
+		} else if (cur && p - line == 4 && buf[0] && buf[strlen(buf) - 1] == ':') {
+			/* a section of the target ("    ACL information:") */
+			sec = !strcmp(buf, "Account information:") ? SEC_ACCOUNT
+			      : !strcmp(buf, "ACL information:")   ? SEC_ACL
+								   : SEC_OTHER;
+		} else if (cur && sec == SEC_ACCOUNT && buf[0]) {
+			if (!strstr(buf, " (outgoing)") && cur->naccounts++ == 0)
+				copy_trunc(cur->account, sizeof(cur->account), buf);
+		} else if (cur && sec == SEC_ACL && buf[0]) {
+			if (cur->nacl < TGTMGR_ACL_MAX)
+				copy_trunc(cur->acl[cur->nacl], sizeof(cur->acl[0]), buf);
+			cur->nacl++;
 		} else if (cur && !strncmp(buf, "I_T nexus: ", 11)) {
 			cur->nsessions++;
 		} else if (cur && !strncmp(buf, "LUN: ", 5)) {

@@ -57,11 +57,16 @@ unsigned tgtmgr_restarts(struct tgtmgr *tm);
  */
 int tgtmgr_adm(struct tgtmgr *tm, const char *const *args, char **out, char *err, size_t errlen);
 
+#define TGTMGR_ACL_MAX 33 /* ACL entries kept per target (nacl counts them all) */
 struct tgtmgr_target {
 	int tid;
 	char name[224];
 	char backing[4096]; /* LUN 1's backing-store path, "" if none */
 	int nsessions;      /* I_T nexuses logged in */
+	unsigned naccounts; /* incoming CHAP accounts bound */
+	char account[256];  /* the first of them, "" if none */
+	unsigned nacl;      /* ACL entries: initiator names, addresses or "ALL" */
+	char acl[TGTMGR_ACL_MAX][224];
 };
 
 /* Lists targets (parses `tgtadm --op show --mode target`). *out is malloc'd. */

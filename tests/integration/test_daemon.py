@@ -220,6 +220,44 @@ def test_sighup_reconciles(appliance):
     assert wait_until(lambda: len(a.targets()) == 1, 10), a.log_text()
 
 
+def acl_and_accounts(a, tid):
+    """(ACL entries, incoming CHAP accounts) of target tid, from tgtadm's show."""
+    out, acl, acc, sec, cur = a.tgtadm("--op", "show", "--mode", "target").stdout, [], [], None, None
+    for line in out.splitlines():
+        if line.startswith("Target "):
+            cur = int(line.split()[1].rstrip(":"))
+            sec = None
+        elif line.startswith("    ") and not line.startswith("     "):
+            sec = line.strip()
+        elif cur == tid and line.strip():
+            {"ACL information:": acl, "Account information:": acc}.get(sec, []).append(
+                line.strip())
+    return acl, acc
+
+
+def test_sighup_restores_a_targets_access(appliance):
+    """Reconcile compared a target's tid, name and backing store, not who may use it: an
+    ACL opened to ALL or a CHAP account unbound (an operator's tgtadm, or a crash between
+    export steps) stayed so. Now such a target is replaced by the record's."""
+    a = appliance().start()
+    assert a.request("POST", "/api/v1/disks", {
+        "name": "acl1", "image": "deb", "initiators": ["iqn.2026-01.example:host-a"],
+        "chap": {"user": "acluser", "password": "acl-secret-1234"}})[0] == 201
+    (tid,) = a.targets()
+    want = (["iqn.2026-01.example:host-a"], ["acluser"])
+    assert acl_and_accounts(a, tid) == want
+    for args in (("--op", "bind", "--mode", "target", "--tid", str(tid),
+                  "--initiator-address", "ALL"),
+                 ("--op", "unbind", "--mode", "account", "--tid", str(tid),
+                  "--user", "acluser")):
+        assert a.tgtadm(*args).returncode == 0
+    assert acl_and_accounts(a, tid) == (["ALL", "iqn.2026-01.example:host-a"], [])
+    a.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: acl_and_accounts(a, tid) == want, 10), \
+        (acl_and_accounts(a, tid), a.log_text())
+    assert list(a.targets()) == [tid]
+
+
 def test_metrics_serves_required_series(appliance, tmp_path):
     a = appliance().start()
     assert a.cli("disk", "create", "m1", "--image", "deb").returncode == 0

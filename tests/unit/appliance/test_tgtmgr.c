@@ -37,8 +37,11 @@ static const char *show =
 	"            Backing store path: /var/lib/rackdisk/disks/d1\n"
 	"            Backing store flags: \n"
 	"    Account information:\n"
+	"        u1\n"
+	"        back (outgoing)\n"
 	"    ACL information:\n"
-	"        ALL\n"
+	"        iqn.2026-01.example:host-a\n"
+	"        iqn.2026-01.example:host-b\n"
 	"Target 12: iqn.2001-04.com.example:other\n"
 	"    System information:\n"
 	"        Driver: iscsi\n"
@@ -61,10 +64,18 @@ static void test_parse_show(void **state)
 	assert_string_equal(t[0].name, "iqn.2026-11.io.rackdisk:d1");
 	assert_string_equal(t[0].backing, "/var/lib/rackdisk/disks/d1");
 	assert_int_equal(t[0].nsessions, 1);
+	/* access: the incoming account, and the ACL (reconcile compares them to the record) */
+	assert_int_equal(t[0].naccounts, 1);
+	assert_string_equal(t[0].account, "u1");
+	assert_int_equal(t[0].nacl, 2);
+	assert_string_equal(t[0].acl[0], "iqn.2026-01.example:host-a");
+	assert_string_equal(t[0].acl[1], "iqn.2026-01.example:host-b");
 	assert_int_equal(t[1].tid, 12);
 	assert_string_equal(t[1].name, "iqn.2001-04.com.example:other");
 	assert_string_equal(t[1].backing, "");
 	assert_int_equal(t[1].nsessions, 0);
+	assert_int_equal(t[1].naccounts, 0);
+	assert_int_equal(t[1].nacl, 0);
 	free(t);
 }
 
