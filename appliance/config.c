@@ -68,7 +68,7 @@ static const struct key_def keys[] = {
 	{"cluster", "lease_ttl_ms", KT_UINT, F(lease_ttl_ms), 300, 600000, false},
 	{"cluster", "heartbeat_ttl_ms", KT_UINT, F(heartbeat_ttl_ms), 1000, 3600000, false},
 	{"cluster", "peer_timeout_ms", KT_UINT, F(peer_timeout_ms), 100, 600000, false},
-	{"cluster", "readahead", KT_UINT, F(cluster_readahead), 0, 1024, false},
+	{"cluster", "readahead", KT_UINT, F(cluster_readahead), 1, 1024, false},
 	{"iscsi", "portal", KT_ADDR, F(portal), 0, 0, false},
 	{"iscsi", "tgtd", KT_TGTD, F(tgtd_spawn), 0, 0, false},
 	{"iscsi", "control_port", KT_UINT, F(control_port), 0, 32767, false},

@@ -28,8 +28,9 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: rackdisk [--api URL] [--json] COMMAND ...\n"
-		"  image publish SRC --repo DIR --name NAME [--chunk-size SIZE]\n"
-		"  image verify --repo DIR|URL NAME\n"
+		"  image publish SRC --repo DIR --name NAME [--chunk-size SIZE] [--level N]\n"
+		"       [--workers N] [--json]\n"
+		"  image verify --repo DIR|URL NAME|ID [--workers N] [--json]\n"
 		"  image ls --repo DIR|URL        image show --repo DIR|URL NAME\n"
 		"  image ls | pull TAG | show TAG          (images pulled by rackdiskd)\n"
 		"  disk create NAME --image TAG [--size S] [--initiator IQN]...\n"
@@ -41,10 +42,13 @@ static void usage(FILE *f)
 		"The API is --api URL, else $RACKDISK_API, else " DEFAULT_API ".\n");
 }
 
+/* arg given alone ("--repo") or with its value ("--repo=DIR") */
 static bool has_arg(int argc, char **argv, const char *arg)
 {
+	size_t n = strlen(arg);
+
 	for (int i = 0; i < argc; i++)
-		if (!strcmp(argv[i], arg))
+		if (!strncmp(argv[i], arg, n) && (argv[i][n] == '\0' || argv[i][n] == '='))
 			return true;
 	return false;
 }

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <curl/curl.h>
 
@@ -393,8 +394,14 @@ static int list_dir(struct repo *r, struct names *ns)
 
 	snprintf(path, sizeof(path), "%s/tags", r->dir);
 	d = opendir(path);
+	if (!d && errno == ENOENT) {
+		struct stat st;
+
+		/* an empty repository has no tags/ yet; a mistyped path is no repository */
+		return stat(r->dir, &st) < 0 ? -errno : S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+	}
 	if (!d)
-		return errno == ENOENT ? 0 : -errno; /* an empty repository has no tags/ yet */
+		return -errno;
 	while (!ret && (de = readdir(d)) != NULL)
 		if (de->d_type == DT_REG || de->d_type == DT_UNKNOWN)
 			ret = names_add(ns, de->d_name, strlen(de->d_name));

@@ -116,6 +116,21 @@ def test_ls_lists_tags_from_dir_and_http(tmp_path, nginx_factory):
     assert [e["name"] for e in listed] == sorted(ids)
 
 
+def test_ls_repo_spelled_with_equals_and_a_missing_repo(tmp_path):
+    """`--repo=DIR` is a repository command too (it went to the daemon and exited 2), and
+    a mistyped repository path is an error, not an empty list."""
+    repo = str(tmp_path / "repo")
+    publish(write(tmp_path / "a.raw", random_bytes(64 * KIB, 1)), repo, "a1")
+    listed = json.loads(rd_ok("ls", f"--repo={repo}", "--json").stdout)
+    assert [e["name"] for e in listed] == ["a1"]
+    assert_one_line_error(rd("ls", "--repo", str(tmp_path / "nosuch")),
+                          "No such file or directory")
+    assert_one_line_error(rd("ls", "--repo", os.path.join(repo, "tags", "a1")),
+                          "Not a directory")
+    os.makedirs(tmp_path / "empty")
+    assert rd_ok("ls", "--repo", str(tmp_path / "empty"), "--json").stdout.strip() == "[]"
+
+
 # A preloaded closedir() that, after the tags/ listing, creates PAUSE_DIR/listed and waits
 # for PAUSE_DIR/go: it holds a publish between listing the tags and writing tags/index.
 PAUSE_AFTER_LISTING_C = r"""

@@ -296,6 +296,8 @@ static void test_bad_names_and_values(void **state)
 		   "from 1 to 256");
 	assert_bad(MINIMAL "[cache]\ndirect_io = perhaps\n", 6, "true or false");
 	assert_bad(MINIMAL "[cluster]\nredis = http://r/\n", 6, "redis://");
+	/* 0 looked like "off" (as [seed] readahead = 0 is) but meant a window of 1 */
+	assert_bad(MINIMAL "[cluster]\nreadahead = 0\n", 6, "from 1 to 1024");
 	assert_bad("[node]\nname = a1\n[seed]\nurl = http://x/\nretry_initial_ms = 500\n"
 		   "retry_max_ms = 100\n",
 		   0, "retry_max_ms is smaller");
