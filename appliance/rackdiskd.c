@@ -14,9 +14,12 @@
  */
 #include <errno.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "appliance/api.h"
@@ -231,6 +234,44 @@ static void stop_all(struct appliance *a, struct api *api)
 	a->peering = NULL;
 }
 
+/*
+ * systemd's readiness protocol (sd_notify(3), Type=notify in rackdiskd.service): one
+ * datagram to $NOTIFY_SOCKET ("@..." is an abstract socket). Does nothing without it.
+ * The variable is taken out of the environment at start: the tgtd rackdiskd spawns links
+ * libsystemd and would report itself ready on the same socket.
+ */
+static char notify_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+
+static void notify_init(void)
+{
+	const char *p = getenv("NOTIFY_SOCKET");
+
+	if (p && (p[0] == '/' || p[0] == '@') && strlen(p) < sizeof(notify_path))
+		memcpy(notify_path, p, strlen(p) + 1);
+	unsetenv("NOTIFY_SOCKET");
+}
+
+static void notify_systemd(const char *state)
+{
+	const char *path = notify_path;
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	socklen_t len;
+	int fd;
+
+	if (!path[0])
+		return;
+	memcpy(sa.sun_path, path, strlen(path));
+	if (path[0] == '@')
+		sa.sun_path[0] = '\0';
+	len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa, len) < 0)
+		log_warn("cannot notify systemd (%s): %s", state, strerror(errno));
+	close(fd);
+}
+
 static int wait_signals(struct appliance *a, const sigset_t *set)
 {
 	for (;;) {
@@ -243,6 +284,7 @@ static int wait_signals(struct appliance *a, const sigset_t *set)
 			appliance_reconcile(a);
 			continue;
 		}
+		notify_systemd("STOPPING=1");
 		log_info("%s: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 		return sig;
 	}
@@ -292,6 +334,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	log_init("rackdiskd", a->cfg.log_level, 1);
+	notify_init(); /* before any thread or child: unsetenv */
 	/* Before any thread exists, so that every thread inherits the mask. */
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
@@ -337,6 +380,7 @@ int main(int argc, char **argv)
 	log_info("ready: API on http://%s/api/v1, iSCSI portal %s:%u",
 		 config_addr_str(&a->cfg.api_listen, abuf, sizeof(abuf)), a->cfg.portal.host,
 		 a->cfg.portal.port);
+	notify_systemd("READY=1");
 	wait_signals(a, &set);
 	stop_all(a, api);
 	log_info("stopped");

@@ -5,11 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# qemu-block-extra: QEMU's iscsi:// driver (qemu-utils only recommends it); libclang-rt-14-dev:
+# libFuzzer for `make fuzz` and the fuzz smoke run of `make test`; systemd: systemd-analyze
+# checks the unit. Installed with --no-install-recommends, so every one is named here.
 PKGS=(
 	build-essential pkg-config clang dpkg-dev
 	libssl-dev libzstd-dev zstd libcurl4-openssl-dev curl libjansson-dev libhiredis-dev
 	libaio-dev libmicrohttpd-dev libinih-dev libcmocka-dev
-	tgt redis-server nginx-light qemu-utils libiscsi-bin libiscsi-dev
+	tgt redis-server nginx-light qemu-utils qemu-block-extra libiscsi-bin libiscsi-dev
+	libclang-rt-14-dev systemd
 	python3 python3-pytest iproute2 util-linux e2fsprogs gnuplot-nox
 	qemu-system-x86 busybox-static syslinux syslinux-common mtools dosfstools fdisk cpio
 )
@@ -56,10 +60,17 @@ fi
 if [ $need_src = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$tgt_ver" ]; then
 	# The tgt module is compiled against the headers of the exact installed tgt version
 	# (its private data sits after struct scsi_lu), so fetch that version's source package.
-	if ! grep -rqs '^Types: deb-src' /etc/apt/sources.list.d/ &&
-		! grep -qs '^deb-src' /etc/apt/sources.list; then
-		echo "deps: adding a deb-src entry ($SRC_LIST)"
-		sed -e 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources > "$SRC_LIST"
+	if ! grep -rqsE '^Types:.*deb-src' /etc/apt/sources.list.d/ &&
+		! grep -rqs '^deb-src' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+		echo "deps: adding a deb-src entry"
+		if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+			sed -e 's/^Types: deb$/Types: deb-src/' \
+				/etc/apt/sources.list.d/debian.sources > "$SRC_LIST"
+		else
+			# a classic sources.list: the same lines as deb-src
+			grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list |
+				sed -e 's/^deb /deb-src /' > "${SRC_LIST%.sources}.list"
+		fi
 		updated=0
 	fi
 	apt_update

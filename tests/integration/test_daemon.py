@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 
@@ -258,6 +259,40 @@ def test_sighup_restores_a_targets_access(appliance):
     assert list(a.targets()) == [tid]
 
 
+def test_systemd_notify_ready_and_stopping(appliance, tmp_path, monkeypatch):
+    """rackdiskd.service is Type=notify: READY=1 once the API answers, STOPPING=1 at
+    SIGTERM, on $NOTIFY_SOCKET (here an abstract datagram socket the test owns)."""
+    name = f"rdtest-notify-{os.getpid()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind("\0" + name)
+        sock.settimeout(20)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        a = appliance().start()
+        assert sock.recv(256) == b"READY=1"
+        assert a.health()["status"] == "ok"
+        a.proc.send_signal(signal.SIGTERM)
+        assert sock.recv(256) == b"STOPPING=1"
+        assert a.proc.wait(30) == 0
+    finally:
+        sock.close()
+
+
+def test_systemd_unit_verifies(tmp_path):
+    """The unit `make install` installs passes systemd-analyze verify (with the binary
+    where this build has it)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(here))
+    with open(os.path.join(root, "appliance", "rackdiskd.service")) as f:
+        unit = f.read()
+    assert "Type=notify" in unit and "ExecStartPre" not in unit
+    path = tmp_path / "rackdiskd.service"
+    path.write_text(unit.replace("/usr/local/sbin/rackdiskd", RACKDISKD))
+    r = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
+
 def test_metrics_serves_required_series(appliance, tmp_path):
     a = appliance().start()
     assert a.cli("disk", "create", "m1", "--image", "deb").returncode == 0
@@ -286,6 +321,12 @@ def test_metrics_serves_required_series(appliance, tmp_path):
               "rackdisk_cache_hits_total", "rackdisk_cache_misses_total", "rackdisk_disks"):
         assert k in values
     assert values["rackdisk_disks"] == 1
+    # Every family served is in the README's metrics table (and typed as there).
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "..", "..", "README.md")) as f:
+        documented = dict(re.findall(r"^\| `(rackdisk_[a-z_]+)` \| (\w+) \|", f.read(), re.M))
+    served = dict(re.findall(r"^# TYPE (rackdisk_[a-z_]+) (\w+)$", text, re.M))
+    assert served and {k: v for k, v in served.items() if documented.get(k) != v} == {}
     # The cold read's misses told the readahead where the reader was.
     assert values["rackdisk_readahead_hints_total"] > 0
     assert values["rackdisk_readahead_hints_ignored_total"] == 0
