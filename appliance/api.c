@@ -264,6 +264,24 @@ static enum MHD_Result delete_disk(struct api *api, struct MHD_Connection *c, co
 	return send_json(c, 200, json_pack("{s:s}", "deleted", name));
 }
 
+static enum MHD_Result patch_disk(struct api *api, struct MHD_Connection *c, const char *name,
+				  struct req *rq)
+{
+	struct diskrec r;
+	uint64_t size;
+	char err[512];
+	int ret;
+
+	if (!name_is_valid(name))
+		return send_error(c, 400, "invalid disk name");
+	if (api_parse_resize_request(rq->body, rq->len, &size, err, sizeof(err)))
+		return send_error(c, 400, err);
+	ret = appliance_disk_resize(api->a, name, size, &r, err, sizeof(err));
+	if (ret)
+		return send_error(c, api_status_for_errno(ret), err);
+	return send_json(c, 200, disk_json(api->a, &r));
+}
+
 static enum MHD_Result get_cache(struct api *api, struct MHD_Connection *c)
 {
 	static const char *src[FETCH_SRC_COUNT] = {"local", "peer", "seed"};
@@ -359,6 +377,7 @@ static enum MHD_Result route(struct api *api, struct MHD_Connection *c, const ch
 {
 	bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
 	bool post = !strcmp(method, "POST"), del = !strcmp(method, "DELETE");
+	bool patch = !strcmp(method, "PATCH");
 
 	if (!strcmp(url, "/metrics"))
 		return get ? get_metrics(api, c) : send_error(c, 405, "method not allowed");
@@ -389,6 +408,8 @@ static enum MHD_Result route(struct api *api, struct MHD_Connection *c, const ch
 	if (!strncmp(url, "/disks/", 7)) {
 		if (get)
 			return get_disk(api, c, url + 7);
+		if (patch)
+			return patch_disk(api, c, url + 7, rq);
 		return del ? delete_disk(api, c, url + 7) : send_error(c, 405, "method not allowed");
 	}
 	return send_error(c, 404, "no such endpoint");

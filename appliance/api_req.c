@@ -96,6 +96,33 @@ static int parse_chap(json_t *chap, struct disk_request *req, char *err, size_t 
 	return 0;
 }
 
+/* A disk size: a JSON integer (bytes) or a string ("10G"), a multiple of 512, up to 64T. */
+static int parse_size_json(json_t *size, uint64_t *out, char *err, size_t errlen)
+{
+	if (json_is_integer(size)) {
+		json_int_t n = json_integer_value(size);
+
+		if (n <= 0 || (uint64_t)n > API_DISK_SIZE_MAX) {
+			snprintf(err, errlen, "\"size\" must be from 1 byte to 64T");
+			return -EINVAL;
+		}
+		*out = (uint64_t)n;
+	} else if (json_is_string(size)) {
+		if (api_parse_size_value(json_string_value(size), out)) {
+			snprintf(err, errlen, "\"size\" must be a size such as 10G, up to 64T");
+			return -EINVAL;
+		}
+	} else {
+		snprintf(err, errlen, "\"size\" must be a number of bytes or a string like 10G");
+		return -EINVAL;
+	}
+	if (*out % 512) {
+		snprintf(err, errlen, "\"size\" must be a multiple of 512 bytes");
+		return -EINVAL;
+	}
+	return 0;
+}
+
 static int parse_fields(json_t *j, struct disk_request *req, char *err, size_t errlen)
 {
 	json_t *name = json_object_get(j, "name"), *image = json_object_get(j, "image");
@@ -114,27 +141,8 @@ static int parse_fields(json_t *j, struct disk_request *req, char *err, size_t e
 		return -EINVAL;
 	}
 	snprintf(req->image, sizeof(req->image), "%s", json_string_value(image));
-	if (json_is_integer(size)) {
-		json_int_t n = json_integer_value(size);
-
-		if (n <= 0 || (uint64_t)n > API_DISK_SIZE_MAX) {
-			snprintf(err, errlen, "\"size\" must be from 1 byte to 64T");
-			return -EINVAL;
-		}
-		req->size = (uint64_t)n;
-	} else if (json_is_string(size)) {
-		if (api_parse_size_value(json_string_value(size), &req->size)) {
-			snprintf(err, errlen, "\"size\" must be a size such as 10G, up to 64T");
-			return -EINVAL;
-		}
-	} else if (size && !json_is_null(size)) {
-		snprintf(err, errlen, "\"size\" must be a number of bytes or a string like 10G");
+	if (size && !json_is_null(size) && parse_size_json(size, &req->size, err, errlen))
 		return -EINVAL;
-	}
-	if (req->size % 512) {
-		snprintf(err, errlen, "\"size\" must be a multiple of 512 bytes");
-		return -EINVAL;
-	}
 	if (ini && !json_is_null(ini)) {
 		if (!json_is_array(ini) || json_array_size(ini) > DISKREC_MAX_INITIATORS) {
 			snprintf(err, errlen, "\"initiators\" must be an array of at most %d names",
@@ -176,6 +184,27 @@ int api_parse_disk_request(const char *body, size_t len, struct disk_request *re
 	if (!j)
 		return -EINVAL;
 	ret = only_keys(j, keys, err, errlen) ? parse_fields(j, req, err, errlen) : -EINVAL;
+	json_decref(j);
+	return ret;
+}
+
+int api_parse_resize_request(const char *body, size_t len, uint64_t *size, char *err,
+			     size_t errlen)
+{
+	static const char *const keys[] = {"size", NULL};
+	json_t *j, *s;
+	int ret = -EINVAL;
+
+	j = load_object(body, len, err, errlen);
+	if (!j)
+		return -EINVAL;
+	if (only_keys(j, keys, err, errlen)) {
+		s = json_object_get(j, "size");
+		if (!s)
+			snprintf(err, errlen, "\"size\" is required");
+		else
+			ret = parse_size_json(s, size, err, errlen);
+	}
 	json_decref(j);
 	return ret;
 }

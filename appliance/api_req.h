@@ -30,6 +30,10 @@ struct disk_request {
 int api_parse_disk_request(const char *body, size_t len, struct disk_request *req, char *err,
 			   size_t errlen);
 
+/* PATCH /api/v1/disks/<name>: {"size": ...} (a disk's new, larger size). */
+int api_parse_resize_request(const char *body, size_t len, uint64_t *size, char *err,
+			     size_t errlen);
+
 /* POST /api/v1/images: {"tag": "<name>"} (alias "name"). */
 int api_parse_image_request(const char *body, size_t len, char *tag, size_t taglen, char *err,
 			    size_t errlen);

@@ -78,6 +78,10 @@ int appliance_disk_create(struct appliance *a, const struct disk_request *req,
 /* -EBUSY when initiators are logged in and !force. */
 int appliance_disk_delete(struct appliance *a, const char *name, bool force, char *err,
 			  size_t errlen);
+/* Grows disk name to size bytes (a multiple of 512), offline: -EBUSY while initiators are
+ * logged in, -EINVAL for a smaller size. *out: the record after. */
+int appliance_disk_resize(struct appliance *a, const char *name, uint64_t size,
+			  struct diskrec *out, char *err, size_t errlen);
 int appliance_disk_get(struct appliance *a, const char *name, struct diskrec *out);
 int appliance_disk_list(struct appliance *a, struct diskrec **out, size_t *n);
 /* Makes tgtd's targets match the disk records (start, tgtd restart). */

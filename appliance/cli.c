@@ -319,6 +319,42 @@ static int disk_create(const struct cli_opts *o, int argc, char **argv)
 	return 0;
 }
 
+/* disk resize NAME --size S: grows the disk (offline: no initiator logged in). */
+static int disk_resize(const struct cli_opts *o, int argc, char **argv)
+{
+	const char *name = NULL, *size = NULL;
+	char path[512], sz[32];
+	json_t *body, *j = NULL;
+	int ret;
+
+	for (int i = 2; i < argc; i++) {
+		if (!strcmp(argv[i], "--size") && i + 1 < argc)
+			size = argv[++i];
+		else if (argv[i][0] != '-' && !name)
+			name = argv[i];
+		else
+			return usage_err("usage: rackdisk disk resize NAME --size S");
+	}
+	if (!name || !size)
+		return usage_err("usage: rackdisk disk resize NAME --size S");
+	if (!name_is_valid(name)) {
+		fail("invalid disk name '%s' (1 to 128 of A-Z a-z 0-9 . _ -, no '/' or '..')", name);
+		return 1;
+	}
+	snprintf(path, sizeof(path), "/api/v1/disks/%s", name);
+	body = json_pack("{s:s}", "size", size);
+	ret = call(o, "PATCH", path, body, &j);
+	json_decref(body);
+	if (ret)
+		return ret;
+	if (o->json)
+		print_json(j);
+	else
+		printf("disk %s is now %s\n", jstr(j, "name"), size_str(jnum(j, "size"), sz, sizeof(sz)));
+	json_decref(j);
+	return 0;
+}
+
 int cli_disk_main(const struct cli_opts *o, int argc, char **argv)
 {
 	const char *sub = argc > 1 ? argv[1] : NULL;
@@ -328,9 +364,11 @@ int cli_disk_main(const struct cli_opts *o, int argc, char **argv)
 	int ret;
 
 	if (!sub)
-		return usage_err("usage: rackdisk disk create|ls|show|rm ...");
+		return usage_err("usage: rackdisk disk create|ls|show|resize|rm ...");
 	if (!strcmp(sub, "create"))
 		return disk_create(o, argc, argv);
+	if (!strcmp(sub, "resize"))
+		return disk_resize(o, argc, argv);
 	if (!strcmp(sub, "ls")) {
 		if (argc > 2)
 			return usage_err("usage: rackdisk disk ls [--json]");
@@ -386,7 +424,7 @@ int cli_disk_main(const struct cli_opts *o, int argc, char **argv)
 		json_decref(j);
 		return 0;
 	}
-	return usage_err("usage: rackdisk disk create|ls|show|rm ...");
+	return usage_err("usage: rackdisk disk create|ls|show|resize|rm ...");
 }
 
 /* --- cache, peers --- */

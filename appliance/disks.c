@@ -24,6 +24,7 @@
 #include <jansson.h>
 
 #include "cache/disk.h"
+#include "cache/overlay.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "images/manifest.h"
@@ -457,6 +458,108 @@ int appliance_disk_delete(struct appliance *a, const char *name, bool force, cha
 	pthread_mutex_unlock(&a->lock);
 	if (!ret)
 		log_info("deleted disk %s", name);
+	return ret;
+}
+
+/*
+ * Grows a disk offline: its target is deleted (never while an initiator is logged in),
+ * the overlay grown (durable on return; its flock proves tgtd let go of it), the record
+ * updated, and the target created again, also when growing failed. The record is saved
+ * after the overlay grew, so a crash in between leaves a disk larger than its record
+ * says, never one smaller.
+ */
+static int resize_locked(struct appliance *a, const char *name, uint64_t size,
+			 struct diskrec *r, char *err, size_t errlen)
+{
+	char dir[PATH_MAX], xerr[256] = "";
+	struct tgtmgr_target *t = NULL;
+	struct overlay *o = NULL;
+	bool exported = false;
+	size_t nt = 0;
+	int ret, xret;
+
+	appliance_disk_dir(a, name, dir, sizeof(dir));
+	ret = diskrec_load(dir, r, err, errlen);
+	if (ret) {
+		if (ret == -ENOENT)
+			snprintf(err, errlen, "no disk named '%s'", name);
+		return ret;
+	}
+	if (size < r->size) {
+		snprintf(err, errlen, "disk '%s' has %llu bytes: a disk only grows", name,
+			 (unsigned long long)r->size);
+		return -EINVAL;
+	}
+	if (size == r->size)
+		return 0;
+	ret = tgtmgr_list(a->tgt, &t, &nt);
+	if (ret) {
+		snprintf(err, errlen, "cannot list tgtd's targets: %s", strerror(-ret));
+		return ret;
+	}
+	for (size_t i = 0; i < nt && !ret; i++) {
+		if (t[i].tid != r->tid)
+			continue;
+		exported = true;
+		if (t[i].nsessions) {
+			snprintf(err, errlen, "disk '%s' is in use by %d initiator session(s); log "
+					      "them out first (a disk grows offline)", name,
+				 t[i].nsessions);
+			ret = -EBUSY;
+		}
+	}
+	free(t);
+	if (ret)
+		return ret;
+	if (exported) {
+		ret = tgtmgr_unexport(a->tgt, r->tid, false);
+		if (ret == -EBUSY)
+			snprintf(err, errlen, "disk '%s' is in use by an initiator session; log it "
+					      "out first (a disk grows offline)", name);
+		else if (ret && ret != -ENOENT)
+			snprintf(err, errlen, "tgtd refused to delete target %d", r->tid);
+		if (ret && ret != -ENOENT)
+			return ret;
+	}
+	ret = overlay_open(dir, &o);
+	if (!ret) {
+		ret = overlay_grow(o, size);
+		overlay_close(o);
+	}
+	if (!ret) {
+		uint64_t old = r->size;
+
+		r->size = size;
+		ret = diskrec_save(dir, r);
+		if (ret) /* the disk grew; the record says otherwise until the next resize */
+			r->size = old;
+	}
+	if (ret)
+		snprintf(err, errlen, "growing disk '%s': %s", name, strerror(-ret));
+	xret = export_disk(a, r, false, xerr, sizeof(xerr));
+	if (xret) {
+		log_error("exporting disk %s again after a resize: %s", name, xerr);
+		if (!ret)
+			snprintf(err, errlen, "disk '%s' grew, but exporting it again failed: %s "
+					      "(SIGHUP retries)", name, xerr);
+	}
+	return ret ? ret : xret;
+}
+
+int appliance_disk_resize(struct appliance *a, const char *name, uint64_t size,
+			  struct diskrec *out, char *err, size_t errlen)
+{
+	int ret;
+
+	if (!name_is_valid(name)) {
+		snprintf(err, errlen, "invalid disk name '%s'", name);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&a->lock);
+	ret = resize_locked(a, name, size, out, err, errlen);
+	pthread_mutex_unlock(&a->lock);
+	if (!ret)
+		log_info("disk %s is now %llu bytes", name, (unsigned long long)out->size);
 	return ret;
 }
 

@@ -36,6 +36,7 @@ static void usage(FILE *f)
 		"  disk create NAME --image TAG [--size S] [--initiator IQN]...\n"
 		"       [--chap-user U --chap-password P]  (prints the iSCSI URL last)\n"
 		"  disk ls | show NAME | rm NAME [--force]\n"
+		"  disk resize NAME --size S               (grows it; no initiator logged in)\n"
 		"  cache stats\n"
 		"  peers\n"
 		"  fsck --config FILE | --cache DIR --state DIR [--repair]   (offline)\n"

@@ -354,3 +354,80 @@ def test_slow_image_pull_does_not_block_listings(tmp_path):
         a.cleanup()
         srv.shutdown()
         srv.server_close()
+
+
+def virtual_size(url):
+    r = subprocess.run(["qemu-img", "info", "--output=json", url], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["virtual-size"]
+
+
+def qemu_io(url, *cmds):
+    args = ["qemu-io", "-f", "raw"]
+    for c in cmds:
+        args += ["-c", c]
+    r = subprocess.run(args + [url], capture_output=True, text=True, timeout=60)
+    # a pattern mismatch prints "Pattern verification failed"
+    assert r.returncode == 0 and "failed" not in r.stdout, (r.stdout, r.stderr)
+    return r.stdout
+
+
+def test_disk_resize_grows_offline(app, tmp_path):
+    """PATCH /disks/<name> {"size"} (`rackdisk disk resize`): DESIGN's disks may grow. The
+    image's bytes stay, the new tail reads zeros and takes writes, the size survives a
+    restart; a smaller size, a disk in use and bad bodies are refused."""
+    st, d = app.request("POST", "/api/v1/disks", {"name": "grow1", "image": "deb"})
+    assert st == 201, d
+    url, old = app.url("grow1"), d["size"]
+    try:
+        before = tmp_path / "before.raw"
+        subprocess.run(["qemu-img", "convert", "-O", "raw", url, str(before)], check=True,
+                       timeout=120)
+        st, d = app.request("PATCH", "/api/v1/disks/grow1", {"size": "16M"})
+        assert st == 200 and d["size"] == 16 << 20, d
+        assert virtual_size(url) == 16 << 20
+        after = tmp_path / "after.raw"
+        subprocess.run(["qemu-img", "convert", "-O", "raw", url, str(after)], check=True,
+                       timeout=120)
+        data = after.read_bytes()
+        assert data[:old] == before.read_bytes() and data[old:] == bytes(len(data) - old)
+        qemu_io(url, "write -P 0x5a 15M 64k")
+        assert "read 65536/65536 bytes" in qemu_io(url, "read -P 0x5a 15M 64k")
+        # refusals: smaller, not a size, unknown field, no size, not found
+        assert_error(app.request("PATCH", "/api/v1/disks/grow1", {"size": "8M"}), 400,
+                     "a disk only grows")
+        assert_error(app.request("PATCH", "/api/v1/disks/grow1", {"size": 1000}), 400,
+                     "multiple of 512")
+        assert_error(app.request("PATCH", "/api/v1/disks/grow1", {"size": "lots"}), 400,
+                     '"size"')
+        assert_error(app.request("PATCH", "/api/v1/disks/grow1", {"size": "32M", "x": 1}),
+                     400, 'unknown field "x"')
+        assert_error(app.request("PATCH", "/api/v1/disks/grow1", {}), 400,
+                     '"size" is required')
+        assert_error(app.request("PATCH", "/api/v1/disks/nosuch", {"size": "32M"}), 404,
+                     "no disk named 'nosuch'")
+        # in use: an initiator logged in (qemu-io holds its session open)
+        q = subprocess.Popen(["qemu-io", "-f", "raw", url], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            q.stdin.write("read 0 4k\n")
+            q.stdin.flush()
+            assert q.stdout.readline()
+            assert_error(app.request("PATCH", "/api/v1/disks/grow1", {"size": "32M"}), 409,
+                         "in use")
+        finally:
+            q.stdin.close()
+            q.wait(30)
+        assert virtual_size(url) == 16 << 20
+        # the CLI, and a restart
+        r = app.cli("disk", "resize", "grow1", "--size", "24M")
+        assert r.returncode == 0 and r.stdout.strip() == "disk grow1 is now 24.0 MiB", r
+        app.stop()
+        app.start()
+        assert app.request("GET", "/api/v1/disks/grow1")[1]["size"] == 24 << 20
+        assert virtual_size(url) == 24 << 20
+        assert "read 65536/65536 bytes" in qemu_io(url, "read -P 0x5a 15M 64k")
+    finally:
+        app.request("DELETE", "/api/v1/disks/grow1?force=1")
+    assert app.targets() == {}
