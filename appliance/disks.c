@@ -395,12 +395,25 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 {
 	char dir[PATH_MAX], iqn[DISKREC_IQN_MAX];
 	struct tgtmgr_target *t = NULL;
+	bool damaged = false;
 	struct diskrec r;
 	size_t nt = 0;
 	int ret;
 
 	appliance_disk_dir(a, name, dir, sizeof(dir));
 	ret = diskrec_load(dir, &r, err, errlen);
+	if (ret == -EUCLEAN && force) {
+		/* a record that does not parse: its target is found by IQN, and its CHAP
+		 * account (if any) is left in tgtd, since the record no longer names it */
+		log_warn("deleting disk %s with a damaged record: %s", name, err);
+		memset(&r, 0, sizeof(r));
+		damaged = true;
+		ret = 0;
+	} else if (ret == -EUCLEAN) {
+		size_t n = strlen(err);
+
+		snprintf(err + n, errlen - n, "; delete with force to remove the disk");
+	}
 	if (ret) {
 		if (ret == -ENOENT)
 			snprintf(err, errlen, "no disk named '%s'", name);
@@ -413,8 +426,9 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 		return ret;
 	}
 	for (size_t i = 0; i < nt; i++) {
-		if (t[i].tid != r.tid || strcmp(t[i].name, iqn))
+		if ((!damaged && t[i].tid != r.tid) || strcmp(t[i].name, iqn))
 			continue;
+		r.tid = t[i].tid;
 		if (t[i].nsessions && !force) {
 			snprintf(err, errlen, "disk '%s' is in use by %d initiator session(s); "
 					      "log them out or delete with force", name,

@@ -215,11 +215,19 @@ def test_damaged_record_is_a_server_error(app):
         assert_error(app.request("GET", "/api/v1/disks/dmg"), 500,
                      "the record of disk 'dmg' is damaged")
         assert "is damaged" in app.log_text()
-        assert_error(app.request("DELETE", "/api/v1/disks/dmg"), 500, "is damaged")
+        assert_error(app.request("DELETE", "/api/v1/disks/dmg"), 500,
+                     "delete with force to remove the disk")
+        assert len(app.targets()) == 1
+        # with force it goes, its target found by IQN
+        st, body = app.request("DELETE", "/api/v1/disks/dmg?force=1")
+        assert st == 200, body
+        assert app.targets() == {}
+        assert not os.path.exists(os.path.dirname(rec))
     finally:
-        with open(rec, "w") as f:
-            f.write(good)
-    assert app.request("DELETE", "/api/v1/disks/dmg")[0] == 200
+        if os.path.exists(rec):
+            with open(rec, "w") as f:
+                f.write(good)
+            app.request("DELETE", "/api/v1/disks/dmg?force=1")
     assert app.targets() == {}
 
 
