@@ -32,6 +32,7 @@
  */
 #include "images/publish.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -43,6 +44,7 @@
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/util.h"
@@ -669,6 +671,30 @@ const char *publish_printable(const char *s, char *buf, size_t len)
 	return buf;
 }
 
+/* A temporary file this old is a crashed publish's: a live one does not run for days. */
+#define STALE_TMP_SECONDS (3 * 24 * 3600)
+
+/* Removes what crashed publishes left in tmp/ (it can be a whole image's objects). */
+static void sweep_stale_tmp(const struct publish *p)
+{
+	time_t now = time(NULL);
+	char path[PATH_MAX];
+	struct dirent *de;
+	struct stat st;
+	DIR *d;
+
+	if (path_fmt(path, sizeof(path), "%s/tmp", p->dir) || !(d = opendir(path)))
+		return;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.' ||
+		    fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    !S_ISREG(st.st_mode) || now - st.st_mtime < STALE_TMP_SECONDS)
+			continue;
+		unlinkat(dirfd(d), de->d_name, 0);
+	}
+	closedir(d);
+}
+
 static int prepare_repo(const struct publish *p, char *err, size_t errlen)
 {
 	static const char *sub[] = {"chunks", "manifests", "tags", "tmp"};
@@ -697,6 +723,8 @@ static int prepare_repo(const struct publish *p, char *err, size_t errlen)
 	if (ret)
 		snprintf(err, errlen, "repository %s: cannot write: %s",
 			 publish_printable(dir, path, sizeof(path)), strerror(-ret));
+	else
+		sweep_stale_tmp(p);
 	return ret;
 }
 

@@ -360,6 +360,24 @@ def test_leftovers_of_a_crashed_publish_with_the_same_pid(tmp_path, stale):
     assert sorted(os.listdir(os.path.join(repo, "tmp"))) == sorted(stale)
 
 
+def test_days_old_temporary_files_are_swept(tmp_path):
+    """A crashed publish can leave a whole image's objects in tmp/; a publish removes
+    temporary files older than three days (a live publish does not run that long) and
+    keeps recent ones (they may be a concurrent publish's)."""
+    repo = str(tmp_path / "repo")
+    tmp = os.path.join(repo, "tmp")
+    os.makedirs(tmp)
+    old = [write(os.path.join(tmp, n), b"left by a crash") for n in ("c.dead.0", "f.dead")]
+    recent = write(os.path.join(tmp, "c.live.0"), b"a concurrent publish's")
+    week_ago = time.time() - 7 * 86400
+    for path in old:
+        os.utime(path, (week_ago, week_ago))
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(recent, (two_days_ago, two_days_ago))
+    publish(write(tmp_path / "x.raw", random_bytes(64 * KIB, 42)), repo, "x")
+    assert os.listdir(tmp) == ["c.live.0"]
+
+
 # --- bad input: one-line error, non-zero exit, repository unchanged -----------------
 
 @pytest.fixture
