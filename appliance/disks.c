@@ -390,14 +390,54 @@ static bool chap_user_shared(struct appliance *a, const char *name, const char *
 	return shared;
 }
 
+/*
+ * Deletes the target of disk name: the one with its IQN and target id tid (any id when
+ * tid is 0), never while an initiator is logged in unless force; advice ends the
+ * message then. Returns 0 (also when there was no such target) or a negative errno.
+ */
+static int unexport_disk(struct appliance *a, const char *name, int tid, bool force,
+			 const char *advice, char *err, size_t errlen)
+{
+	char iqn[DISKREC_IQN_MAX];
+	struct tgtmgr_target *t = NULL;
+	size_t nt = 0;
+	int ret;
+
+	appliance_disk_iqn(a, name, iqn, sizeof(iqn));
+	ret = tgtmgr_list(a->tgt, &t, &nt);
+	if (ret) {
+		snprintf(err, errlen, "cannot list tgtd's targets: %s", strerror(-ret));
+		return ret;
+	}
+	for (size_t i = 0; i < nt && !ret; i++) {
+		if ((tid && t[i].tid != tid) || strcmp(t[i].name, iqn))
+			continue;
+		if (t[i].nsessions && !force) {
+			snprintf(err, errlen, "disk '%s' is in use by %d initiator session(s); log "
+					      "them out %s", name, t[i].nsessions, advice);
+			ret = -EBUSY;
+			break;
+		}
+		/* force only when asked: an initiator may log in after the list above */
+		ret = tgtmgr_unexport(a->tgt, t[i].tid, force);
+		if (ret == -EBUSY)
+			snprintf(err, errlen, "disk '%s' is in use by an initiator session; log it "
+					      "out %s", name, advice);
+		else if (ret && ret != -ENOENT)
+			snprintf(err, errlen, "tgtd refused to delete target %d", t[i].tid);
+		else
+			ret = 0;
+	}
+	free(t);
+	return ret;
+}
+
 static int delete_locked(struct appliance *a, const char *name, bool force, char *err,
 			 size_t errlen)
 {
-	char dir[PATH_MAX], iqn[DISKREC_IQN_MAX];
-	struct tgtmgr_target *t = NULL;
+	char dir[PATH_MAX];
 	bool damaged = false;
 	struct diskrec r;
-	size_t nt = 0;
 	int ret;
 
 	appliance_disk_dir(a, name, dir, sizeof(dir));
@@ -419,42 +459,15 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 			snprintf(err, errlen, "no disk named '%s'", name);
 		return ret;
 	}
-	appliance_disk_iqn(a, name, iqn, sizeof(iqn));
-	ret = tgtmgr_list(a->tgt, &t, &nt);
-	if (ret) {
-		snprintf(err, errlen, "cannot list tgtd's targets: %s", strerror(-ret));
+	ret = unexport_disk(a, name, damaged ? 0 : r.tid, force, "or delete with force", err,
+			    errlen);
+	if (ret)
 		return ret;
-	}
-	for (size_t i = 0; i < nt; i++) {
-		if ((!damaged && t[i].tid != r.tid) || strcmp(t[i].name, iqn))
-			continue;
-		r.tid = t[i].tid;
-		if (t[i].nsessions && !force) {
-			snprintf(err, errlen, "disk '%s' is in use by %d initiator session(s); "
-					      "log them out or delete with force", name,
-				 t[i].nsessions);
-			ret = -EBUSY;
-			goto out;
-		}
-		/* force only when asked: an initiator may log in after the list above */
-		ret = tgtmgr_unexport(a->tgt, r.tid, force);
-		if (ret == -EBUSY) {
-			snprintf(err, errlen, "disk '%s' is in use by an initiator session; log it "
-					      "out or delete with force", name);
-			goto out;
-		}
-		if (ret && ret != -ENOENT) {
-			snprintf(err, errlen, "tgtd refused to delete target %d", r.tid);
-			goto out;
-		}
-	}
 	if (r.chap_user[0] && !chap_user_shared(a, name, r.chap_user))
 		tgtmgr_account_delete(a->tgt, r.chap_user);
 	ret = remove_disk_dir(a, name);
 	if (ret)
 		snprintf(err, errlen, "removing disk '%s': %s", name, strerror(-ret));
-out:
-	free(t);
 	return ret;
 }
 
@@ -486,10 +499,7 @@ static int resize_locked(struct appliance *a, const char *name, uint64_t size,
 			 struct diskrec *r, char *err, size_t errlen)
 {
 	char dir[PATH_MAX], xerr[256] = "";
-	struct tgtmgr_target *t = NULL;
 	struct overlay *o = NULL;
-	bool exported = false;
-	size_t nt = 0;
 	int ret, xret;
 
 	appliance_disk_dir(a, name, dir, sizeof(dir));
@@ -506,35 +516,9 @@ static int resize_locked(struct appliance *a, const char *name, uint64_t size,
 	}
 	if (size == r->size)
 		return 0;
-	ret = tgtmgr_list(a->tgt, &t, &nt);
-	if (ret) {
-		snprintf(err, errlen, "cannot list tgtd's targets: %s", strerror(-ret));
-		return ret;
-	}
-	for (size_t i = 0; i < nt && !ret; i++) {
-		if (t[i].tid != r->tid)
-			continue;
-		exported = true;
-		if (t[i].nsessions) {
-			snprintf(err, errlen, "disk '%s' is in use by %d initiator session(s); log "
-					      "them out first (a disk grows offline)", name,
-				 t[i].nsessions);
-			ret = -EBUSY;
-		}
-	}
-	free(t);
+	ret = unexport_disk(a, name, r->tid, false, "first (a disk grows offline)", err, errlen);
 	if (ret)
 		return ret;
-	if (exported) {
-		ret = tgtmgr_unexport(a->tgt, r->tid, false);
-		if (ret == -EBUSY)
-			snprintf(err, errlen, "disk '%s' is in use by an initiator session; log it "
-					      "out first (a disk grows offline)", name);
-		else if (ret && ret != -ENOENT)
-			snprintf(err, errlen, "tgtd refused to delete target %d", r->tid);
-		if (ret && ret != -ENOENT)
-			return ret;
-	}
 	ret = overlay_open(dir, &o);
 	if (!ret) {
 		ret = overlay_grow(o, size);

@@ -423,7 +423,10 @@ def test_disk_resize_grows_offline(app, tmp_path):
             q.stdin.flush()
             assert q.stdout.readline()
             assert_error(app.request("PATCH", "/api/v1/disks/grow1", {"size": "32M"}), 409,
-                         "in use")
+                         "log them out first (a disk grows offline)")
+            assert_error(app.request("DELETE", "/api/v1/disks/grow1"), 409,
+                         "log them out or delete with force")
+            assert app.request("GET", "/api/v1/disks/grow1")[0] == 200
         finally:
             q.stdin.close()
             q.wait(30)
