@@ -319,6 +319,15 @@ static int disk_create(const struct cli_opts *o, int argc, char **argv)
 	return 0;
 }
 
+/* A disk name the API would accept; otherwise says why (exit 1). */
+static bool disk_name_ok(const char *name)
+{
+	if (name_is_valid(name))
+		return true;
+	fail("invalid disk name '%s' (1 to 128 of A-Z a-z 0-9 . _ -, no '/' or '..')", name);
+	return false;
+}
+
 /* disk resize NAME --size S: grows the disk (offline: no initiator logged in). */
 static int disk_resize(const struct cli_opts *o, int argc, char **argv)
 {
@@ -337,10 +346,8 @@ static int disk_resize(const struct cli_opts *o, int argc, char **argv)
 	}
 	if (!name || !size)
 		return usage_err("usage: rackdisk disk resize NAME --size S");
-	if (!name_is_valid(name)) {
-		fail("invalid disk name '%s' (1 to 128 of A-Z a-z 0-9 . _ -, no '/' or '..')", name);
+	if (!disk_name_ok(name))
 		return 1;
-	}
 	snprintf(path, sizeof(path), "/api/v1/disks/%s", name);
 	body = json_pack("{s:s}", "size", size);
 	ret = call(o, "PATCH", path, body, &j);
@@ -406,11 +413,8 @@ int cli_disk_main(const struct cli_opts *o, int argc, char **argv)
 			return usage_err(!strcmp(sub, "rm") ? "usage: rackdisk disk rm NAME [--force]"
 							    : "usage: rackdisk disk show NAME "
 							      "[--json]");
-		if (!name_is_valid(name)) {
-			fail("invalid disk name '%s' (1 to 128 of A-Z a-z 0-9 . _ -, no '/' or "
-			     "'..')", name);
+		if (!disk_name_ok(name))
 			return 1;
-		}
 		snprintf(path, sizeof(path), "/api/v1/disks/%s%s", name, force ? "?force=1" : "");
 		ret = call(o, !strcmp(sub, "rm") ? "DELETE" : "GET", path, NULL, &j);
 		if (ret)

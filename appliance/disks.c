@@ -436,18 +436,16 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 			 size_t errlen)
 {
 	char dir[PATH_MAX];
-	bool damaged = false;
 	struct diskrec r;
 	int ret;
 
 	appliance_disk_dir(a, name, dir, sizeof(dir));
 	ret = diskrec_load(dir, &r, err, errlen);
 	if (ret == -EUCLEAN && force) {
-		/* a record that does not parse: its target is found by IQN, and its CHAP
-		 * account (if any) is left in tgtd, since the record no longer names it */
+		/* a record that does not parse: tid 0 finds its target by IQN alone, and its
+		 * CHAP account (if any) is left in tgtd, since the record no longer names it */
 		log_warn("deleting disk %s with a damaged record: %s", name, err);
 		memset(&r, 0, sizeof(r));
-		damaged = true;
 		ret = 0;
 	} else if (ret == -EUCLEAN) {
 		size_t n = strlen(err);
@@ -459,8 +457,7 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 			snprintf(err, errlen, "no disk named '%s'", name);
 		return ret;
 	}
-	ret = unexport_disk(a, name, damaged ? 0 : r.tid, force, "or delete with force", err,
-			    errlen);
+	ret = unexport_disk(a, name, r.tid, force, "or delete with force", err, errlen);
 	if (ret)
 		return ret;
 	if (r.chap_user[0] && !chap_user_shared(a, name, r.chap_user))
