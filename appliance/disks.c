@@ -490,7 +490,7 @@ int appliance_disk_delete(struct appliance *a, const char *name, bool force, cha
  * the overlay grown (durable on return; its flock proves tgtd let go of it), the record
  * updated, and the target created again, also when growing failed. The record is saved
  * after the overlay grew, so a crash in between leaves a disk larger than its record
- * says, never one smaller.
+ * says, never one smaller, and the next reconcile corrects the record.
  */
 static int resize_locked(struct appliance *a, const char *name, uint64_t size,
 			 struct diskrec *r, char *err, size_t errlen)
@@ -526,7 +526,7 @@ static int resize_locked(struct appliance *a, const char *name, uint64_t size,
 
 		r->size = size;
 		ret = diskrec_save(dir, r);
-		if (ret) /* the disk grew; the record says otherwise until the next resize */
+		if (ret) /* the disk grew; the next reconcile saves its size (adopt_overlay_size) */
 			r->size = old;
 	}
 	if (ret)
@@ -624,6 +624,36 @@ static bool is_ours(struct appliance *a, const char *iqn)
 	return !strncmp(iqn, a->cfg.iqn_prefix, n) && iqn[n] == ':';
 }
 
+/*
+ * The overlay is the truth about a disk's size (the LUN takes it from there): a resize
+ * that grew the overlay but did not save the record (a crash, or a failed save) left the
+ * record smaller, which the record is now made to say.
+ */
+static void adopt_overlay_size(struct appliance *a, struct diskrec *r, const char *dir)
+{
+	uint64_t size, old = r->size;
+	int ret;
+
+	ret = overlay_read_size(dir, &size);
+	if (ret) {
+		log_warn("disk %s: reading its overlay's size: %s", r->name, strerror(-ret));
+		return;
+	}
+	if (size <= r->size)
+		return;
+	r->size = size;
+	ret = diskrec_save(dir, r);
+	if (ret) {
+		r->size = old;
+		log_error("disk %s: saving its size %llu (its record says %llu): %s", r->name,
+			  (unsigned long long)size, (unsigned long long)old, strerror(-ret));
+		return;
+	}
+	log_warn("disk %s: its overlay has %llu bytes, its record said %llu (a resize did not "
+		 "finish); the record now says %llu", r->name, (unsigned long long)size,
+		 (unsigned long long)old, (unsigned long long)size);
+}
+
 /* Exports record r, moving it to a free tid when a foreign target holds its tid. */
 static int reexport(struct appliance *a, struct diskrec *r, struct diskrec *recs, size_t nrecs,
 		    const struct tgtmgr_target *t, size_t nt)
@@ -689,6 +719,7 @@ static int reconcile_locked(struct appliance *a)
 
 		/* lun.json follows the current configuration (socket, timeouts). */
 		appliance_disk_dir(a, recs[j].name, dir, sizeof(dir));
+		adopt_overlay_size(a, &recs[j], dir);
 		if (write_lun_json(a, dir, &recs[j]))
 			log_warn("rewriting lun.json of disk %s failed", recs[j].name);
 		for (size_t i = 0; i < nt && !present; i++)

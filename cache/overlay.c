@@ -798,6 +798,37 @@ fail:
 	return rc;
 }
 
+int overlay_read_size(const char *dir, uint64_t *size)
+{
+	struct overlay_hdr_disk h[2];
+	char path[PATH_MAX];
+	int fd, best = -1, rc;
+
+	rc = path_in(dir, OVERLAY_MAP_FILE, path, sizeof(path));
+	if (rc < 0)
+		return rc;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	for (int s = 0; s < 2; s++) {
+		ssize_t n = pread(fd, &h[s], sizeof(h[s]), (off_t)s * OVERLAY_HDR_SLOT);
+
+		if (n < 0) {
+			rc = -errno;
+			close(fd);
+			return rc;
+		}
+		if (n == (ssize_t)sizeof(h[s]) && hdr_valid(&h[s]) &&
+		    (best < 0 || h[s].gen > h[best].gen))
+			best = s;
+	}
+	close(fd);
+	if (best < 0)
+		return -EUCLEAN;
+	*size = h[best].size;
+	return 0;
+}
+
 int overlay_open(const char *dir, struct overlay **out)
 {
 	return overlay_open_mode(dir, false, NULL, NULL, out);

@@ -39,6 +39,9 @@ int overlay_create(const char *dir, const struct chunk_hash *image_id, uint64_t 
  * and is not an error.
  */
 int overlay_open(const char *dir, struct overlay **out);
+/* The disk size in dir's overlay header (newest valid copy), without opening the overlay
+ * or taking its lock: -EUCLEAN when neither header copy is valid. */
+int overlay_read_size(const char *dir, uint64_t *size);
 /* Writes the map pages that flushes left out and marks the overlay clean (a failure is
  * logged: the next open recovers as after a crash), then frees it. */
 void overlay_close(struct overlay *o);

@@ -435,8 +435,20 @@ def test_disk_resize_grows_offline(app, tmp_path):
         r = app.cli("disk", "resize", "grow1", "--size", "24M")
         assert r.returncode == 0 and r.stdout.strip() == "disk grow1 is now 24.0 MiB", r
         app.stop()
+        # A crash between growing the overlay and saving the record leaves the record at
+        # the old size: the next start takes the overlay's size.
+        rec = os.path.join(app.state, "disks", "grow1", "disk.json")
+        with open(rec) as f:
+            j = json.load(f)
+        assert j["size"] == 24 << 20
+        j["size"] = 16 << 20
+        with open(rec, "w") as f:
+            json.dump(j, f)
         app.start()
         assert app.request("GET", "/api/v1/disks/grow1")[1]["size"] == 24 << 20
+        with open(rec) as f:
+            assert json.load(f)["size"] == 24 << 20
+        assert "a resize did not finish" in app.log_text()
         assert virtual_size(url) == 24 << 20
         assert "read 65536/65536 bytes" in qemu_io(url, "read -P 0x5a 15M 64k")
     finally:

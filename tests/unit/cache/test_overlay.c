@@ -464,6 +464,7 @@ static void test_grow(void **state)
 	char data[128];
 	struct stat sb;
 	uint8_t junk[16];
+	uint64_t size;
 
 	assert_int_equal(overlay_set(o, 100, 1, OVL_DATA), 0);
 	assert_int_equal(overlay_grow(o, 200 * MiB), 0);
@@ -480,13 +481,21 @@ static void test_grow(void **state)
 	assert_int_equal(overlay_size(o), 200 * MiB);
 	assert_int_equal(overlay_state_of(o, 40000), OVL_ZERO);
 	assert_int_equal(overlay_grow(o, 300 * MiB), 0);
+	/* overlay_read_size needs neither the lock nor a close */
+	assert_int_equal(overlay_read_size(c->dir, &size), 0);
+	assert_int_equal(size, 300 * MiB);
 	overlay_close(o);
 	/* Tear the newest header (slot A after two grows): the older size comes back. */
 	memset(junk, 0xab, sizeof(junk));
 	patch(c->map, 40, junk, sizeof(junk));
+	assert_int_equal(overlay_read_size(c->dir, &size), 0);
+	assert_int_equal(size, 200 * MiB);
 	assert_int_equal(overlay_open(c->dir, &o), 0);
 	assert_int_equal(overlay_size(o), 200 * MiB);
 	overlay_close(o);
+	/* Both copies torn: no size. */
+	patch(c->map, OVERLAY_HDR_SLOT + 40, junk, sizeof(junk));
+	assert_int_equal(overlay_read_size(c->dir, &size), -EUCLEAN);
 }
 
 static int step_first_writes(struct overlay *q)
