@@ -5,7 +5,8 @@
  *
  * Repair removes what the owner could not trust anyway (torn chunks, temp files) and is
  * refused while rackdiskd answers on the fetch socket: the daemon owns the store then.
- * Exit: 0 clean, 1 problems found (listed, one per line), 2 usage.
+ * Exit: 0 clean, 1 problems found (listed, one per line; with --json, one JSON object
+ * with a "problems" array), 2 usage.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -16,6 +17,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "appliance/cli.h"
 #include "appliance/config.h"
 #include "appliance/diskrec.h"
@@ -23,12 +26,21 @@
 #include "cache/disk.h"
 #include "common/util.h"
 
+struct findings {
+	unsigned n;
+	json_t *list; /* with --json: [{"path", "problem"}], printed at the end */
+};
+
 static void report(void *arg, const char *path, const char *problem)
 {
-	unsigned *n = arg;
+	struct findings *f = arg;
 
-	(*n)++;
-	printf("%s: %s\n", path, problem);
+	f->n++;
+	if (!f->list)
+		printf("%s: %s\n", path, problem);
+	else if (json_array_append_new(f->list, json_pack("{s:s, s:s}", "path", path,
+							  "problem", problem)))
+		fprintf(stderr, "rackdisk: out of memory listing a problem of %s\n", path);
 }
 
 /* True when something accepts connections on the daemon's fetch socket. */
@@ -48,7 +60,8 @@ static bool daemon_running(const char *state_dir)
 	return up;
 }
 
-static int check_disks(const char *state_dir, bool repair, unsigned *problems, unsigned *ndisks)
+static int check_disks(const char *state_dir, bool repair, struct findings *problems,
+		       unsigned *ndisks)
 {
 	char dir[PATH_MAX], path[PATH_MAX];
 	struct dirent *de;
@@ -97,7 +110,8 @@ int cli_fsck_main(const struct cli_opts *o, int argc, char **argv)
 {
 	const char *cfg_path = NULL, *cache = NULL, *state = NULL;
 	static struct config cfg;
-	unsigned problems = 0, ndisks = 0;
+	struct findings problems = {0};
+	unsigned ndisks = 0;
 	bool repair = false;
 	char err[1024];
 	int ret;
@@ -128,25 +142,47 @@ int cli_fsck_main(const struct cli_opts *o, int argc, char **argv)
 	}
 	if (!cache || !state)
 		goto usage;
+	if (o->json && !(problems.list = json_array())) {
+		fprintf(stderr, "rackdisk: out of memory\n");
+		return 1;
+	}
 	if (repair && daemon_running(state)) {
 		fprintf(stderr, "rackdisk: rackdiskd is running on %s; stop it before fsck "
 				"--repair\n", state);
+		json_decref(problems.list);
 		return 1;
 	}
 	ret = chunkstore_fsck(cache, repair, report, &problems);
 	if (ret < 0) {
 		fprintf(stderr, "rackdisk: checking the chunk store %s: %s\n", cache,
 			strerror(-ret));
+		json_decref(problems.list);
 		return 1;
 	}
 	ret = check_disks(state, repair, &problems, &ndisks);
 	if (ret < 0) {
 		fprintf(stderr, "rackdisk: checking the disks in %s: %s\n", state, strerror(-ret));
+		json_decref(problems.list);
 		return 1;
 	}
-	printf("fsck: chunk store %s and %u disk(s) in %s: %u problem(s)%s\n", cache, ndisks,
-	       state, problems, problems && repair ? " (repaired where possible)" : "");
-	return problems ? 1 : 0;
+	if (problems.list) {
+		json_t *j = json_pack("{s:s, s:s, s:I, s:b, s:o}", "cache", cache, "state", state,
+				      "disks", (json_int_t)ndisks, "repair", repair, "problems",
+				      problems.list);
+
+		if (!j || json_dumpf(j, stdout, JSON_INDENT(2)) < 0) {
+			fprintf(stderr, "rackdisk: out of memory\n");
+			json_decref(j);
+			return 1;
+		}
+		putchar('\n');
+		json_decref(j);
+	} else {
+		printf("fsck: chunk store %s and %u disk(s) in %s: %u problem(s)%s\n", cache,
+		       ndisks, state, problems.n,
+		       problems.n && repair ? " (repaired where possible)" : "");
+	}
+	return problems.n ? 1 : 0;
 usage:
 	fprintf(stderr, "usage: rackdisk fsck --config FILE [--repair]\n"
 			"       rackdisk fsck --cache DIR --state DIR [--repair]\n");

@@ -404,3 +404,10 @@ def test_fsck_offline(appliance):
         f.write("{")
     p = a.cli("fsck", "--cache", os.path.join(a.state, "cache"), "--state", a.state)
     assert p.returncode == 1 and "disk.json" in p.stdout
+    # --json: one object, the same finding, the same exit
+    p = a.cli("--json", "fsck", "--config", a.conf)
+    assert p.returncode == 1, p.stdout + p.stderr
+    j = json.loads(p.stdout)
+    assert j["disks"] == 1 and j["repair"] is False and len(j["problems"]) == 1, j
+    assert j["problems"][0]["path"].endswith("/disks/f1"), j
+    assert "disk.json" in j["problems"][0]["problem"], j
