@@ -140,7 +140,7 @@ BENCH_ORDER := $(filter-out bench-cache-store-open,$(BENCH_TARGETS)) \
 
 bench: deps
 	@$(MAKE) --no-print-directory build
-	@$(PYTHON) tests/bench/report.py $(BENCH_ORDER)
+	@BENCH_HOLD_PAGE_REPORTING=$(BENCH_HOLD_PAGE_REPORTING) $(PYTHON) tests/bench/report.py $(BENCH_ORDER)
 
 soak: deps
 	@$(MAKE) --no-print-directory build
