@@ -97,6 +97,9 @@ $(BUILD)/tests/unit/%: tests/unit/%.c $(RD_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $< -o $@ $(LDFLAGS) $(RD_LIBS) $(LDLIBS) -lcmocka
 
+# Fault injection on the overlay map's writes and syncs (the test defines the wrappers).
+$(BUILD)/tests/unit/cache/test_overlay_faults: LDFLAGS += -Wl,--wrap=pwrite64 -Wl,--wrap=fdatasync
+
 test-unit: $(UNIT_BINS)
 	@bash scripts/run-unit.sh $(UNIT_BINS)
 

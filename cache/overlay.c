@@ -1067,6 +1067,15 @@ static int flush_pages(struct overlay *o, struct flush_item *items, uint64_t (*s
 		return -errno;
 	if (!nfirst)
 		return 0;
+	/* A first page's copy in its slot is now durable, and may be its only valid one:
+	 * from here on, should anything fail, its next write goes to the other slot with a
+	 * larger generation (invariants 3, 4), not to this slot as a first flush again. */
+	for (size_t i = 0; i < n; i++) {
+		if (items[i].first) {
+			items[i].pg->cur_slot = items[i].slot;
+			items[i].pg->gen = gen;
+		}
+	}
 	for (size_t i = 0; i < n; i++) {
 		if (!items[i].first)
 			continue;
@@ -1202,8 +1211,9 @@ static int flush_locked(struct overlay *o, bool all)
 out:
 	if (rc < 0) {
 		/* The pages may not be durable: write them again next time. Their slot
-		 * bookkeeping is unchanged, so the next write goes to the same, non-newest
-		 * slot (invariant 3). gen is burnt so it is never reused. */
+		 * bookkeeping is unchanged (but for first pages whose first copy is durable,
+		 * flush_pages), so the next write goes to a non-newest slot (invariant 3).
+		 * gen is burnt so it is never reused. */
 		o->gen = gen;
 		for (size_t i = 0; i < n; i++)
 			__atomic_store_n(&items[i].pg->dirty, 1, __ATOMIC_RELEASE);
