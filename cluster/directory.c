@@ -412,9 +412,41 @@ static int collect_fn(void *arg, const struct chunk_hash *h, uint32_t len)
 	return 0;
 }
 
+/*
+ * The heartbeat and the lease renewals, each when due. The directory thread runs them
+ * between its waits, and between the batches of a re-announce it makes itself: a
+ * re-announce of a large store takes seconds (about 3.6 s per million chunks), longer
+ * than a lease's TTL and, for a few million chunks, than the heartbeat's, and neither may
+ * lapse meanwhile: other nodes would take over our leases and fetch those chunks from
+ * the seed too, or take us for dead.
+ */
+static void dir_housekeep(struct directory *d)
+{
+	uint64_t now = now_ns();
+
+	if (now >= d->next_hb_ns) {
+		dir_heartbeat(d);
+		d->next_hb_ns = now + d->hb_interval_ms * 1000000ULL;
+	}
+	if (now >= d->next_renew_ns) {
+		dir_leases_renew(d);
+		d->next_renew_ns = now + d->lease_renew_ms * 1000000ULL;
+	}
+}
+
+/* The directory this thread is the background thread of (set by dir_thread). */
+static __thread struct directory *dir_of_thread;
+
+static bool on_dir_thread(struct directory *d)
+{
+	return dir_of_thread == d;
+}
+
 /* Sends SADDs for v[0..n) in pipelined batches of d->batch commands. */
 static int announce_batches(struct directory *d, const struct chunk_hash *v, size_t n)
 {
+	bool housekeep = on_dir_thread(d);
+
 	char key[DIR_KEY_MAX];
 	size_t i = 0;
 	int rc = 0;
@@ -442,6 +474,8 @@ static int announce_batches(struct directory *d, const struct chunk_hash *v, siz
 		if (!rc)
 			DIR_STAT_ADD(d, bulk_announced, end - i);
 		i = end;
+		if (housekeep && !rc)
+			dir_housekeep(d);
 	}
 	return rc;
 }
@@ -659,7 +693,9 @@ static void dir_reconnect(struct directory *d)
 static void *dir_thread(void *arg)
 {
 	struct directory *d = arg;
-	uint64_t next_hb = 0, next_renew = 0, next_connect = 0;
+	uint64_t next_connect = 0;
+
+	dir_of_thread = d;
 
 	pthread_mutex_lock(&d->thread_lock);
 	while (!d->stopping) {
@@ -674,16 +710,13 @@ static void *dir_thread(void *arg)
 		if (!connected && now >= next_connect) {
 			dir_reconnect(d);
 			next_connect = now + MIN(d->hb_interval_ms, 1000u) * 1000000ULL;
-			next_hb = now_ns() + d->hb_interval_ms * 1000000ULL;
-		} else if (connected && now >= next_hb) {
-			dir_heartbeat(d);
-			next_hb = now + d->hb_interval_ms * 1000000ULL;
+			/* the registration wrote a heartbeat, but a re-announce may have
+			 * taken a while since: another one now */
+			d->next_hb_ns = now_ns();
+		} else if (connected) {
+			dir_housekeep(d);
 		}
-		if (connected && now >= next_renew) {
-			dir_leases_renew(d);
-			next_renew = now + d->lease_renew_ms * 1000000ULL;
-		}
-		wake = MIN(next_hb, next_renew);
+		wake = MIN(d->next_hb_ns, d->next_renew_ns);
 		if (!connected)
 			wake = MIN(wake, next_connect);
 		pthread_mutex_lock(&d->thread_lock);

@@ -41,6 +41,7 @@ struct directory {
 	/* background thread */
 	pthread_t thread;
 	bool thread_started, stopping, left;
+	uint64_t next_hb_ns, next_renew_ns; /* the thread's timers (that thread only) */
 	pthread_mutex_t thread_lock;
 	pthread_cond_t thread_cond;
 

@@ -39,6 +39,25 @@ static struct directory *dir_new(const char *name, const char *rack, const char 
 	return d;
 }
 
+/* dir_new with an announce batch of 1 and the given TTLs (renewals at a third). */
+static struct directory *dir_new_slow(const char *name, uint32_t lease_ttl, uint32_t hb_ttl)
+{
+	char def[128], addr[64];
+	struct directory_opts o = {
+		.node_name = name, .rack = "r1", .prefix = "t:",
+		.heartbeat_ttl_ms = hb_ttl, .heartbeat_interval_ms = hb_ttl / 3,
+		.lease_ttl_ms = lease_ttl, .lease_renew_ms = lease_ttl / 3, .announce_batch = 1,
+	};
+	struct directory *d = NULL;
+
+	fx_redis_url(&redis, 0, def, sizeof(def));
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", 10000 + name[0]);
+	o.url = def;
+	o.advertise = addr;
+	assert_int_equal(directory_create(&o, &d), 0);
+	return d;
+}
+
 static int setup(void **state)
 {
 	memset(&redis, 0, sizeof(redis));
@@ -493,6 +512,97 @@ static void test_lease_stalled_holder_expires(void **state)
 	directory_destroy(b);
 }
 
+/* PTTL of key on c: -2 when the key is gone. */
+static long long pttl(redisContext *c, const char *key)
+{
+	redisReply *r = redisCommand(c, "PTTL %s", key);
+	long long v;
+
+	assert_non_null(r);
+	assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+	v = r->integer;
+	freeReplyObject(r);
+	return v;
+}
+
+/*
+ * A re-announce after a reconnect takes a while on a large store (here one SADD per
+ * round trip over many chunks: longer than a lease's TTL). The directory thread used to
+ * make it before anything else, so meanwhile it renewed no lease and wrote no heartbeat:
+ * other nodes then took over our leases (and fetched those chunks from the seed too) or
+ * took us for dead. Both keys must live throughout.
+ */
+static void test_reannounce_keeps_heartbeat_and_leases(void **state)
+{
+	char sdir[64], hex[HASH_HEX_LEN + 1], lkey[128], akey[64];
+	struct chunkstore_hooks hk = {0};
+	struct chunkstore *cs = fx_store_open(sdir, hk);
+	struct directory_stats st;
+	static uint8_t buf[CHUNK];
+	struct chunk_hash h, x;
+	struct directory *a;
+	redisContext *c;
+	redisReply *r;
+	uint64_t t0, took = 0, probe;
+	uint32_t lease_ttl, hb_ttl;
+	int64_t holder;
+	unsigned i, n = 30000;
+
+	assert_non_null(cs);
+	for (i = 0; i < n; i++) {
+		fx_chunk(50000 + i, buf, sizeof(buf), &x);
+		assert_int_equal(chunkstore_insert(cs, &x, buf, sizeof(buf)), 0);
+	}
+	/* How long one such announce takes here: the TTLs are set well below it. */
+	t0 = now_ns();
+	a = dir_new_slow("p9", 300, 600);
+	directory_attach_store(a, cs);
+	assert_int_equal(directory_wait_ready(a, 60000), 0);
+	probe = fx_ms_since(t0);
+	directory_destroy(a);
+	lease_ttl = (uint32_t)MAX(200, probe / 4);
+	hb_ttl = (uint32_t)MAX(400, probe / 2);
+
+	a = dir_new_slow("a9", lease_ttl, hb_ttl);
+	directory_attach_store(a, cs);
+	assert_int_equal(directory_wait_ready(a, 60000), 0);
+	fx_chunk(9, buf, sizeof(buf), &h);
+	assert_int_equal(directory_lease_acquire(a, &h, now_ns() + 120000 * 1000000ULL,
+						 &holder), 0);
+	hash_to_hex(&h, hex);
+	snprintf(lkey, sizeof(lkey), "t:lease:%s", hex);
+	snprintf(akey, sizeof(akey), "t:alive:%lld", (long long)directory_node_id(a));
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	directory_get_stats(a, &st);
+	assert_int_equal(st.bulk_announced, n);
+	/* drop a's connection: it reconnects and re-announces all n chunks */
+	r = redisCommand(c, "CLIENT KILL TYPE normal");
+	assert_non_null(r);
+	freeReplyObject(r);
+	t0 = now_ns();
+	do {
+		assert_true(pttl(c, lkey) > 0);
+		assert_true(pttl(c, akey) > 0);
+		fx_sleep_ms(20);
+		directory_get_stats(a, &st);
+		if (st.bulk_announced >= 2 * n && !took)
+			took = fx_ms_since(t0);
+	} while ((!took || fx_ms_since(t0) < took + 2 * hb_ttl) && fx_ms_since(t0) < 60000);
+	assert_true(took > 0);
+	/* the re-announce outlasted the lease's TTL, or this proved nothing */
+	if (took < 3 * lease_ttl / 2)
+		fail_msg("the re-announce took %llu ms, the lease TTL is %u ms (the probe took "
+			 "%llu ms)", (unsigned long long)took, lease_ttl,
+			 (unsigned long long)probe);
+	assert_true(st.reconnects >= 2);
+	assert_int_equal(directory_lease_release(a, &h), 0);
+	redisFree(c);
+	directory_destroy(a);
+	chunkstore_close(cs);
+	fx_rm_rf(sdir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -509,6 +619,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_lease_exclusive_and_released_by_announce,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lease_stalled_holder_expires, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_reannounce_keeps_heartbeat_and_leases, setup,
 						teardown),
 	};
 
