@@ -1026,6 +1026,11 @@ int chunkstore_insert(struct chunkstore *cs, const struct chunk_hash *h, const v
 		index_del(cs, e);
 	} else {
 		e->state = ST_PRESENT;
+		/* Pinned until announced: evicted in between, its withdraw would come
+		 * before the announce, and the directory would name us for a chunk we no
+		 * longer have (invariant 3: withdrawn before evicted, never announced after). */
+		if (!e->node.pins++)
+			cs->st.pinned++;
 		evict_insert(cs->policy, &e->node);
 		cs->st.nchunks++;
 		cs->st.inserts++;
@@ -1033,10 +1038,13 @@ int chunkstore_insert(struct chunkstore *cs, const struct chunk_hash *h, const v
 	}
 	pthread_cond_broadcast(&cs->cond);
 	pthread_mutex_unlock(&cs->lock);
+	if (ret)
+		return ret;
 	/* Invariant 2: in place and indexed (not yet durable) before anyone hears of it. */
-	if (!ret && cs->hooks.announce)
+	if (cs->hooks.announce)
 		cs->hooks.announce(cs->hooks.arg, h);
-	return ret;
+	unpin_entry(cs, e);
+	return 0;
 }
 
 /* ---- enumeration and counters ---- */

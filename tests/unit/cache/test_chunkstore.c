@@ -632,6 +632,52 @@ static void test_inv2_inv3_hook_order(void **state)
 	chunkstore_close(cs);
 }
 
+/* An insert made while chunk 0 is being announced, in a store with room for one chunk. */
+static int nested_rc = 1;
+
+static void on_announce_insert(void *arg, const struct chunk_hash *h)
+{
+	struct chunk_hash h0 = hash_n(0, CLEN);
+
+	hook("announce", h);
+	if (!memcmp(h, &h0, sizeof(h0)))
+		nested_rc = insert_n(F->cs, 1, CLEN);
+	hook("announced", h);
+}
+
+/*
+ * Invariant 3 against a concurrent insert: a chunk is not evicted between entering the
+ * index and the end of its announce. It was evictable there, so its withdraw could come
+ * first and the announce then named us for a chunk we no longer had.
+ */
+static void test_inv3_not_evicted_before_announced(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore_opts o = {.dir = f->dir,
+				    .capacity = CLEN,
+				    .hooks = {.announce = on_announce_insert,
+					      .withdraw = on_withdraw}};
+	struct chunkstore *cs;
+	char hex0[HASH_HEX_LEN + 1], want[80];
+	struct chunk_hash h0 = hash_n(0, CLEN);
+
+	assert_int_equal(chunkstore_open(&o, &cs), 0);
+	f->cs = cs;
+	hash_to_hex(&h0, hex0);
+	assert_int_equal(insert_n(cs, 0, CLEN), 0);
+	/* chunk 0 was pinned by its announce: no room for chunk 1 (invariant 4) */
+	assert_int_equal(nested_rc, -ENOSPC);
+	assert_int_equal(f->nevents, 2);
+	snprintf(want, sizeof(want), "announce %.8s file=1 indexed=1", hex0);
+	assert_string_equal(f->events[0], want);
+	snprintf(want, sizeof(want), "announced %.8s file=1 indexed=1", hex0);
+	assert_string_equal(f->events[1], want);
+	/* once announced it is evictable as before */
+	assert_int_equal(insert_n(cs, 1, CLEN), 0);
+	assert_false(chunkstore_contains(cs, &h0));
+	chunkstore_close(cs);
+}
+
 /* ---- invariants 4 and 5: capacity, eviction order, pinning ---- */
 
 static void test_inv5_capacity_and_eviction_order(void **state)
@@ -1094,6 +1140,7 @@ int main(void)
 		T(test_inv1_unclean_stop_verifies_all_at_open),
 		T(test_inv1_failed_open_leaves_no_marker),
 		T(test_inv2_inv3_hook_order),
+		T(test_inv3_not_evicted_before_announced),
 		T(test_inv5_capacity_and_eviction_order),
 		T(test_inv4_pinned_never_evicted),
 		T(test_inv6_single_owner_and_reader_mode),
