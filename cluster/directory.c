@@ -446,13 +446,16 @@ static bool on_dir_thread(struct directory *d)
 static int announce_batches(struct directory *d, const struct chunk_hash *v, size_t n)
 {
 	bool housekeep = on_dir_thread(d);
-
 	char key[DIR_KEY_MAX];
 	size_t i = 0;
 	int rc = 0;
 
-	while (i < n && !rc) {
+	/* An error reply (Redis out of memory, say) fails that SADD, not the batches after
+	 * it: they are all sent, and the first error returned. Only a lost connection, which
+	 * the next reconnect's re-announce covers, ends the loop. */
+	while (i < n && rc != -ENOTCONN) {
 		size_t end = MIN(n, i + d->batch), j;
+		int brc = 0;
 
 		pthread_mutex_lock(&d->lock);
 		if (!d->ctx || d->node_id < 0) {
@@ -468,13 +471,17 @@ static int announce_batches(struct directory *d, const struct chunk_hash *v, siz
 		for (j = i; j < end && d->ctx; j++) {
 			int r = dir_pipeline_reply_locked(d, NULL);
 
-			rc = rc ? rc : r;
+			brc = brc ? brc : r;
 		}
+		if (!d->ctx)
+			brc = -ENOTCONN;
 		pthread_mutex_unlock(&d->lock);
-		if (!rc)
+		if (!brc)
 			DIR_STAT_ADD(d, bulk_announced, end - i);
+		if (brc == -ENOTCONN || !rc)
+			rc = brc;
 		i = end;
-		if (housekeep && !rc)
+		if (housekeep && brc != -ENOTCONN)
 			dir_housekeep(d);
 	}
 	return rc;

@@ -603,6 +603,64 @@ static void test_reannounce_keeps_heartbeat_and_leases(void **state)
 	fx_rm_rf(sdir);
 }
 
+static int first_fn(void *arg, const struct chunk_hash *h, uint32_t len)
+{
+	struct chunk_hash *first = arg;
+
+	*first = *h;
+	return 1; /* stop: the first one is enough */
+}
+
+/*
+ * An error reply to one SADD of a bulk announce (here a key of the wrong type; in
+ * production, Redis out of memory) used to end the announce there: every chunk after it
+ * stayed unannounced until the next reconnect, while the node reported ready.
+ */
+static void test_bulk_announce_goes_on_after_an_error_reply(void **state)
+{
+	char sdir[64], hex[HASH_HEX_LEN + 1];
+	struct chunkstore_hooks hk = {0};
+	struct chunkstore *cs = fx_store_open(sdir, hk);
+	struct directory_holder hd[4];
+	static uint8_t buf[CHUNK];
+	struct chunk_hash hs[10], first;
+	struct directory *a, *b;
+	redisContext *c;
+	redisReply *r;
+	int i, found = 0;
+
+	assert_non_null(cs);
+	for (i = 0; i < 10; i++) {
+		fx_chunk(3000 + i, buf, sizeof(buf), &hs[i]);
+		assert_int_equal(chunkstore_insert(cs, &hs[i], buf, sizeof(buf)), 0);
+	}
+	/* the first chunk the announce sends gets an error reply */
+	assert_true(chunkstore_foreach(cs, first_fn, &first) >= 0);
+	hash_to_hex(&first, hex);
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	r = redisCommand(c, "SET t:chunk:%s not-a-set", hex);
+	assert_non_null(r);
+	freeReplyObject(r);
+	a = dir_new_slow("a10", 600, 1500); /* one SADD per batch */
+	directory_attach_store(a, cs);
+	b = dir_new("b10", "r1", NULL);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	for (i = 0; i < 10; i++) {
+		if (!memcmp(&hs[i], &first, sizeof(first)))
+			continue;
+		assert_int_equal(directory_lookup(b, &hs[i], hd, 4), 1);
+		found++;
+	}
+	assert_int_equal(found, 9);
+	redisFree(c);
+	directory_destroy(a);
+	directory_destroy(b);
+	chunkstore_close(cs);
+	fx_rm_rf(sdir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -622,6 +680,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_reannounce_keeps_heartbeat_and_leases, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_bulk_announce_goes_on_after_an_error_reply,
+						setup, teardown),
 	};
 
 	log_init("test_directory", LOG_LVL_WARN, 0);
