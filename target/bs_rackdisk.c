@@ -435,6 +435,25 @@ static void rd_unmap(struct scsi_cmd *cmd, struct disk *d)
 	}
 }
 
+/*
+ * PRE-FETCH (10/16): fills run in rackdiskd; the command completes at once. The length
+ * comes from the CDB, as for WRITE SAME: tgt's cmd->tl is 32 bits of bytes, which wraps
+ * from 4 GiB, and a count of 0 means "to the end of the medium" (SBC-3), for which
+ * cmd->tl is 0. sbc_rw has checked the range against the LU's size.
+ */
+static void rd_prefetch(struct scsi_cmd *cmd, struct lun *l)
+{
+	struct scsi_lu *lu = cmd->dev;
+	uint64_t count = scsi_rw_count(cmd->scb), off = cmd->offset, len;
+
+	if (off >= lu->size)
+		return;
+	len = count ? count << lu->blk_shift : lu->size - off;
+	if (len > lu->size - off)
+		len = lu->size - off;
+	lun_prefetch(l, off, len);
+}
+
 static void rd_sync_cache(struct scsi_cmd *cmd, struct disk *d)
 {
 	int ret;
@@ -495,8 +514,7 @@ static void bs_rackdisk_request(struct scsi_cmd *cmd)
 		break;
 	case PRE_FETCH_10:
 	case PRE_FETCH_16:
-		/* Fills run in rackdiskd; the command completes at once. */
-		lun_prefetch(rd->lun, cmd->offset, cmd->tl);
+		rd_prefetch(cmd, rd->lun);
 		break;
 	default:
 		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_INVALID_OP_CODE);

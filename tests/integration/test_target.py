@@ -302,6 +302,26 @@ def test_prefetch_asks_for_missing_chunks_and_touch_reports_hits(tgtd, work, ser
     assert {hashes[i] for i in (0, 2, 3, 4, 5)} <= fs.touched
 
 
+def test_prefetch_with_zero_blocks_fetches_to_the_end(tgtd, work, servers):
+    """PRE-FETCH's NUMBER OF LOGICAL BLOCKS 0 means "to the end of the medium" (SBC-3):
+    every missing chunk from the LBA on is filled, none before it."""
+    raw = make_raw(os.path.join(work, "img.raw"), 6 * MiB + 64 * 1024, seed=12,
+                   zero_chunks={3})
+    make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="none",
+              socket_path=os.path.join(work, "f.sock"))
+    fs = fetch_server(servers, work, raw)
+    url = tgtd.add_lun(1, os.path.join(work, "disk"))
+    hashes = chunk_hashes(raw)
+    assert len(hashes) == 7
+    r = iscsi_cmd(url, "prefetch", (MiB + 4096) // 512, 0)  # from inside chunk 1
+    assert r["status"] == "GOOD"
+    # Chunks 1, 2, 4, 5 and the short last one 6; chunk 3 is all zero, chunk 0 before.
+    assert sorted(fs.prefetched) == sorted([hashes[i] for i in (1, 2, 4, 5, 6)])
+    qemu_img("convert", "-f", "raw", "-O", "raw", url, os.path.join(work, "o.raw"))
+    assert fs.counts["FETCH"] == 1  # chunk 0 only
+    assert read_file(os.path.join(work, "o.raw")) == read_file(raw)
+
+
 def test_bad_lun_json_refuses_the_lun(tgtd, work):
     d = os.path.join(work, "bad")
     os.makedirs(d)
