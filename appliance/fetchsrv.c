@@ -20,6 +20,7 @@
 #include "appliance/fetchsrv.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
@@ -68,13 +69,17 @@ struct fetchsrv {
 	int conns[FETCHSRV_MAX_CONNS]; /* -1 = free slot */
 	unsigned nconns;
 	atomic_bool stopping;
+	atomic_uint idle_ms;
+	uint64_t refuse_logged_ns; /* protected by lock */
+	uint64_t refused_unlogged; /* protected by lock */
 	char images_dir[PATH_MAX];
 	pthread_mutex_t img_lock;
 	struct hint_image images[IMAGES_MAX]; /* protected by img_lock; m never changes once set */
 	unsigned nimages;
 	struct {
 		atomic_uint_fast64_t connections, requests, fetch_ok, fetch_err, prefetches,
-			touches, bad_requests, hints, hints_ignored, checks;
+			touches, bad_requests, hints, hints_ignored, checks, refused,
+			idle_closed;
 	} st;
 };
 
@@ -240,7 +245,26 @@ static int write_all(int fd, const char *p, size_t n)
 	return 0;
 }
 
-/* Serves one connection: lines in, one reply each, in order. */
+/*
+ * Waits for bytes on fd for at most the idle timeout: 1 when some (or EOF, an error, or
+ * fetchsrv_stop's shutdown()) can be read, 0 when the connection stayed idle.
+ */
+static int wait_request(struct fetchsrv *s, int fd)
+{
+	struct pollfd pf = {fd, POLLIN, 0};
+	uint64_t deadline = now_ns() + atomic_load(&s->idle_ms) * 1000000ULL, now;
+	int ret;
+
+	while ((now = now_ns()) < deadline) {
+		ret = poll(&pf, 1, (int)DIV_ROUND_UP(deadline - now, 1000000ULL));
+		if (ret > 0 || (ret < 0 && errno != EINTR))
+			return 1;
+	}
+	return 0;
+}
+
+/* Serves one connection: lines in, one reply each, in order. Returns when the client
+ * closes it, after an error, or when no byte of a request came for the idle timeout. */
 static void serve(struct fetchsrv *s, int fd)
 {
 	char buf[FETCH_PROTO_LINE_MAX + 1], reply[256];
@@ -255,6 +279,12 @@ static void serve(struct fetchsrv *s, int fd)
 			if (have == FETCH_PROTO_LINE_MAX) {
 				log_warn("fetch socket: request line too long; closing");
 				atomic_fetch_add(&s->st.bad_requests, 1);
+				return;
+			}
+			/* No request is in progress here (each is answered before the next
+			 * line is read), so closing loses nothing: the client reconnects. */
+			if (!wait_request(s, fd)) {
+				atomic_fetch_add(&s->st.idle_closed, 1);
 				return;
 			}
 			r = recv(fd, buf + have, FETCH_PROTO_LINE_MAX - have, 0);
@@ -296,6 +326,32 @@ static void *conn_main(void *p)
 	return NULL;
 }
 
+/*
+ * Refuses a connection for lack of a slot. No reply line: one would precede any request
+ * (the protocol answers requests), and the client's send on the closed socket fails
+ * (EPIPE) before it could read it. The client treats the close like a restarting
+ * server and retries within its deadline; idle connections free slots meanwhile.
+ */
+static void refuse_conn(struct fetchsrv *s, int fd)
+{
+	uint64_t now = now_ns(), n = 0;
+
+	close(fd);
+	atomic_fetch_add(&s->st.refused, 1);
+	pthread_mutex_lock(&s->lock);
+	s->refused_unlogged++;
+	if (!s->refuse_logged_ns ||
+	    now - s->refuse_logged_ns >= FETCHSRV_REFUSE_LOG_MS * 1000000ULL) {
+		n = s->refused_unlogged;
+		s->refused_unlogged = 0;
+		s->refuse_logged_ns = now;
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (n)
+		log_warn("fetch socket: all %d connections in use; refused %" PRIu64
+			 " connection(s)", FETCHSRV_MAX_CONNS, n);
+}
+
 static void start_conn(struct fetchsrv *s, int fd)
 {
 	struct conn_arg *ca = malloc(sizeof(*ca));
@@ -312,10 +368,14 @@ static void start_conn(struct fetchsrv *s, int fd)
 		s->nconns++;
 	}
 	pthread_mutex_unlock(&s->lock);
-	if (slot < 0 || !ca) {
-		log_warn("fetch socket: too many connections; refusing one");
-		free(ca);
+	if (!ca) {
+		log_warn("fetch socket: out of memory; refusing a connection");
 		close(fd);
+		return;
+	}
+	if (slot < 0) {
+		free(ca);
+		refuse_conn(s, fd);
 		return;
 	}
 	ca->s = s;
@@ -400,6 +460,7 @@ int fetchsrv_start(const char *path, struct fetcher *f, struct chunkstore *cs,
 	s->f = f;
 	s->cs = cs;
 	s->wake_fd = -1;
+	atomic_init(&s->idle_ms, FETCHSRV_IDLE_MS);
 	snprintf(s->path, sizeof(s->path), "%s", path);
 	images_dir_of(path, s->images_dir, sizeof(s->images_dir));
 	pthread_mutex_init(&s->img_lock, NULL);
@@ -474,6 +535,11 @@ void fetchsrv_stop(struct fetchsrv *s)
 	free(s);
 }
 
+void fetchsrv_set_idle_ms(struct fetchsrv *s, unsigned ms)
+{
+	atomic_store(&s->idle_ms, ms);
+}
+
 void fetchsrv_get_stats(struct fetchsrv *s, struct fetchsrv_stats *st)
 {
 	st->connections = atomic_load(&s->st.connections);
@@ -486,4 +552,6 @@ void fetchsrv_get_stats(struct fetchsrv *s, struct fetchsrv_stats *st)
 	st->hints = atomic_load(&s->st.hints);
 	st->hints_ignored = atomic_load(&s->st.hints_ignored);
 	st->checks = atomic_load(&s->st.checks);
+	st->refused = atomic_load(&s->st.refused);
+	st->idle_closed = atomic_load(&s->st.idle_closed);
 }

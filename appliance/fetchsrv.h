@@ -3,8 +3,13 @@
  * (inside tgtd) asks here for chunks it misses; each request is served by the fetcher
  * (FETCH, PREFETCH, HIT) or the chunk store (TOUCH).
  *
- * One thread per connection (tgtd keeps one connection per worker thread, so there are
- * few), at most FETCHSRV_MAX_CONNS at once; more are refused by closing them.
+ * One thread per connection, at most FETCHSRV_MAX_CONNS at once; more are refused by
+ * closing them (logged at most once per FETCHSRV_REFUSE_LOG_MS, counted in `refused`).
+ * Each LUN's client keeps a pool of connections (one per tgtd worker thread that used
+ * it), so after a boot storm of many LUNs most connections sit idle: a connection that
+ * waits longer than the idle timeout (FETCHSRV_IDLE_MS) for its next request is closed,
+ * which frees its slot and thread. The client reopens one when it next needs it
+ * (fetch_client.c retries a pooled connection found closed on a fresh one).
  */
 #ifndef RACKDISK_APPLIANCE_FETCHSRV_H
 #define RACKDISK_APPLIANCE_FETCHSRV_H
@@ -16,7 +21,10 @@ struct chunkstore;
 struct fetcher;
 struct fetchsrv;
 
-#define FETCHSRV_MAX_CONNS 256
+#define FETCHSRV_MAX_CONNS 1024
+/* A connection idle this long (waiting for its next request line) is closed. */
+#define FETCHSRV_IDLE_MS 10000
+#define FETCHSRV_REFUSE_LOG_MS 10000
 /* Longest wait a FETCH may ask for. */
 #define FETCHSRV_MAX_TIMEOUT_MS 600000
 
@@ -28,6 +36,8 @@ struct fetchsrv_stats {
 	/* CHECK requests (the module found a chunk file bad; drops are the store's
 	 * dropped_corrupt). */
 	uint64_t checks;
+	/* Connections refused for lack of a slot; idle connections closed. */
+	uint64_t refused, idle_closed;
 };
 
 /* Listens on path (removing a stale socket file there). */
@@ -35,6 +45,9 @@ int fetchsrv_start(const char *path, struct fetcher *f, struct chunkstore *cs,
 		   struct fetchsrv **out);
 /* Stops accepting, ends every connection, waits for their threads (bounded). */
 void fetchsrv_stop(struct fetchsrv *s);
+/* Sets the idle timeout (FETCHSRV_IDLE_MS by default); tests shorten it. A connection
+ * already waiting picks the new value up at its next wait. */
+void fetchsrv_set_idle_ms(struct fetchsrv *s, unsigned ms);
 void fetchsrv_get_stats(struct fetchsrv *s, struct fetchsrv_stats *st);
 
 /*

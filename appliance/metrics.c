@@ -267,6 +267,11 @@ int metrics_render(struct appliance *a, char **out, size_t *len)
 	    "Requests from the tgt module on the fetch socket.", fs.requests);
 	one(f, "rackdisk_fetch_socket_errors_total", "counter",
 	    "FETCH requests answered with an error.", fs.fetch_err);
+	one(f, "rackdisk_fetch_socket_refused_total", "counter",
+	    "Fetch socket connections refused: every slot was in use.", fs.refused);
+	one(f, "rackdisk_fetch_socket_idle_closed_total", "counter",
+	    "Fetch socket connections closed after waiting idle for a request.",
+	    fs.idle_closed);
 	one(f, "rackdisk_chunk_corrupt_reports_total", "counter",
 	    "Chunk files the tgt module found torn or corrupt (not served; re-checked here).",
 	    fs.checks);

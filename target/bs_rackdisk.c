@@ -9,7 +9,7 @@
  * block on a fetch up to the LUN's deadline (io_timeout_ms) without holding up tgtd's
  * event loop or other LUNs; completions go back to the event loop through bs_thread.
  *
- * Two things differ from the file-backed stores, both set up per LU in bs_init (each LU
+ * Three things differ from the file-backed stores, all set up per LU in bs_init (each LU
  * carries its own copy of the device type template, so nothing global changes):
  *  - GET LBA STATUS: tgt answers it by looking for holes in lu->fd. A rackdisk disk has
  *    no such file: image ranges not yet fetched would look like holes, and an initiator
@@ -19,6 +19,8 @@
  *  - COMPARE AND WRITE: the worker does it with disk_compare_and_write(), atomic against
  *    every other writer (rdwr's read-compare-write is not). tgt 1.0.85's SBC table routes
  *    it to sbc_rw; should a tgt build leave it out, this LU's table routes it there.
+ *  - UNMAP: tgt's sbc_unmap builds error sense even after handing the command to the
+ *    worker; this LU's entry (rd_unmap_perform) does its checks and nothing after that.
  *
  * A fetch that misses its deadline ends the command with BUSY status, which initiators
  * (QEMU, Linux, ESXi) retry; a chunk that no source could serve ends it with MEDIUM ERROR
@@ -400,30 +402,51 @@ static void rd_write_same(struct scsi_cmd *cmd, struct disk *d)
 		cmd_error_errno(cmd, ret, 1);
 }
 
-/* UNMAP: the parameter list is an 8-byte header and 16-byte block descriptors. */
+/*
+ * UNMAP (worker side): the parameter list is an 8-byte header and 16-byte block
+ * descriptors (SBC-3 5.28). Its length is the CDB's PARAMETER LIST LENGTH bounded by
+ * what was transferred: 0 is no list (nothing to do), 1 to 7 cannot hold the header.
+ * The header's UNMAP BLOCK DESCRIPTOR DATA LENGTH, bounded by the list, says how many
+ * descriptors there are; an incomplete last one is ignored. Every descriptor is checked
+ * before any range is released, so a bad one leaves the disk unchanged.
+ */
 static void rd_unmap(struct scsi_cmd *cmd, struct disk *d)
 {
 	struct scsi_lu *lu = cmd->dev;
-	uint32_t length = scsi_get_out_length(cmd);
+	uint32_t length = scsi_get_out_length(cmd), plen = get_unaligned_be16(&cmd->scb[7]);
 	const uint8_t *p = scsi_get_out_buffer(cmd);
 	uint64_t lba, nblocks, blocks = lu->size >> lu->blk_shift;
+	uint32_t bdlen, n, i;
 	int ret;
 
 	if (!lu->attrs.thinprovisioning) {
-		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_INVALID_FIELD_IN_CDB);
+		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_INVALID_OP_CODE);
 		return;
 	}
+	if (plen > 0 && plen < 8) {
+		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_PARAMETER_LIST_LENGTH_ERR);
+		return;
+	}
+	if (plen < length)
+		length = plen;
 	if (length < 8)
 		return;
-	length -= 8;
+	bdlen = get_unaligned_be16(&p[2]);
+	if (bdlen > length - 8)
+		bdlen = length - 8;
+	n = bdlen / 16;
 	p += 8;
-	for (; length >= 16; length -= 16, p += 16) {
-		lba = get_unaligned_be64(&p[0]);
-		nblocks = get_unaligned_be32(&p[8]);
+	for (i = 0; i < n; i++) {
+		lba = get_unaligned_be64(&p[i * 16]);
+		nblocks = get_unaligned_be32(&p[i * 16 + 8]);
 		if (lba > blocks || nblocks > blocks - lba) {
 			cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
 			return;
 		}
+	}
+	for (i = 0; i < n; i++) {
+		lba = get_unaligned_be64(&p[i * 16]);
+		nblocks = get_unaligned_be32(&p[i * 16 + 8]);
 		if (!nblocks)
 			continue;
 		ret = disk_unmap(d, lba << lu->blk_shift, nblocks << lu->blk_shift,
@@ -433,6 +456,25 @@ static void rd_unmap(struct scsi_cmd *cmd, struct disk *d)
 			return;
 		}
 	}
+}
+
+/*
+ * PRE-FETCH (10/16): fills run in rackdiskd; the command completes at once. The length
+ * comes from the CDB, as for WRITE SAME: tgt's cmd->tl is 32 bits of bytes, which wraps
+ * from 4 GiB, and a count of 0 means "to the end of the medium" (SBC-3), for which
+ * cmd->tl is 0. sbc_rw has checked the range against the LU's size.
+ */
+static void rd_prefetch(struct scsi_cmd *cmd, struct lun *l)
+{
+	struct scsi_lu *lu = cmd->dev;
+	uint64_t count = scsi_rw_count(cmd->scb), off = cmd->offset, len;
+
+	if (off >= lu->size)
+		return;
+	len = count ? count << lu->blk_shift : lu->size - off;
+	if (len > lu->size - off)
+		len = lu->size - off;
+	lun_prefetch(l, off, len);
 }
 
 static void rd_sync_cache(struct scsi_cmd *cmd, struct disk *d)
@@ -495,8 +537,7 @@ static void bs_rackdisk_request(struct scsi_cmd *cmd)
 		break;
 	case PRE_FETCH_10:
 	case PRE_FETCH_16:
-		/* Fills run in rackdiskd; the command completes at once. */
-		lun_prefetch(rd->lun, cmd->offset, cmd->tl);
+		rd_prefetch(cmd, rd->lun);
 		break;
 	default:
 		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_INVALID_OP_CODE);
@@ -578,7 +619,55 @@ sense:
 	return SAM_STAT_CHECK_CONDITION;
 }
 
-/* Gives this LU its own SERVICE ACTION IN(16) table and COMPARE AND WRITE entry. */
+/*
+ * UNMAP (event loop side), instead of tgt's sbc_unmap: the same checks, but a command
+ * handed to the worker returns GOOD and touches nothing else. sbc_unmap falls through to
+ * its error path after a successful submit: it builds ILLEGAL REQUEST sense and an out
+ * residual of the whole list on the event loop while the worker runs rd_unmap, so every
+ * UNMAP that worked came back GOOD with stale sense and a residual underflow, and a
+ * worker's own sense raced with it.
+ */
+static int rd_unmap_perform(int host_no, struct scsi_cmd *cmd)
+{
+	struct scsi_lu *lu = cmd->dev;
+	unsigned char key = ILLEGAL_REQUEST;
+	uint16_t asc = ASC_INVALID_FIELD_IN_CDB;
+
+	if (device_reserved(cmd))
+		return SAM_STAT_RESERVATION_CONFLICT;
+	if (cmd->scb[1] & 0x01) /* ANCHOR: no anchored state */
+		goto sense;
+	if (lu->attrs.removable && !lu->attrs.online) {
+		key = NOT_READY;
+		asc = ASC_MEDIUM_NOT_PRESENT;
+		goto sense;
+	}
+	if (!lu->attrs.thinprovisioning) {
+		asc = ASC_INVALID_OP_CODE;
+		goto sense;
+	}
+	if (lu->attrs.readonly || lu->attrs.swp) {
+		key = DATA_PROTECT;
+		asc = ASC_WRITE_PROTECT;
+		goto sense;
+	}
+	if (lu->bst->bs_cmd_submit(cmd)) {
+		key = HARDWARE_ERROR;
+		asc = ASC_INTERNAL_TGT_FAILURE;
+		goto sense;
+	}
+	return SAM_STAT_GOOD;
+
+sense:
+	cmd->offset = 0;
+	scsi_set_in_resid_by_actual(cmd, 0);
+	scsi_set_out_resid_by_actual(cmd, 0);
+	sense_data_build(cmd, key, asc);
+	return SAM_STAT_CHECK_CONDITION;
+}
+
+/* Gives this LU its own SERVICE ACTION IN(16) table and its own COMPARE AND WRITE and
+ * UNMAP entries. */
 static tgtadm_err rd_template_setup(struct scsi_lu *lu)
 {
 	struct device_type_template *t = &lu->dev_type_template;
@@ -600,6 +689,7 @@ static tgtadm_err rd_template_setup(struct scsi_lu *lu)
 	memset(&rd->sai[i], 0, sizeof(rd->sai[i]));
 	t->ops[SERVICE_ACTION_IN].service_actions = rd->sai;
 
+	t->ops[UNMAP].cmd_perform = rd_unmap_perform;
 	if (t->ops[COMPARE_AND_WRITE].cmd_perform == spc_illegal_op) {
 		t->ops[COMPARE_AND_WRITE].cmd_perform = t->ops[WRITE_16].cmd_perform;
 		t->ops[COMPARE_AND_WRITE].pr_conflict_bits = t->ops[WRITE_16].pr_conflict_bits;

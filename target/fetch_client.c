@@ -439,24 +439,31 @@ static void touch_close(struct fetch_client *fc)
 static int touch_send_locked(struct fetch_client *fc, const char *line, size_t len,
 			     uint64_t deadline_ns)
 {
+	bool reused;
 	int ret;
 
 	if (fc->touch_fd >= 0 && touch_drain(fc) < 0)
 		touch_close(fc);
-	if (fc->touch_fd < 0) {
-		ret = conn_open(fc);
-		if (ret < 0)
-			return ret;
-		fc->touch_fd = ret;
-	}
-	if (fc->touch_owed >= TOUCH_OWED_MAX)
-		return -EAGAIN;
-	/* The socket buffer takes a whole line at once unless the server stopped reading,
-	 * and then send_line gives up at the (short) deadline. */
-	ret = send_line(fc->touch_fd, line, len, deadline_ns);
-	if (ret) {
+	for (;;) {
+		reused = fc->touch_fd >= 0;
+		if (!reused) {
+			ret = conn_open(fc);
+			if (ret < 0)
+				return ret;
+			fc->touch_fd = ret;
+		}
+		if (fc->touch_owed >= TOUCH_OWED_MAX)
+			return -EAGAIN;
+		/* The socket buffer takes a whole line at once unless the server stopped
+		 * reading, and then send_line gives up at the (short) deadline. */
+		ret = send_line(fc->touch_fd, line, len, deadline_ns);
+		if (!ret)
+			break;
 		touch_close(fc);
-		return ret;
+		/* The server may have closed the connection as idle just after the drain
+		 * above looked: that is no failure, try once on a fresh one. */
+		if (!reused || !server_gone(ret))
+			return ret;
 	}
 	fc->touch_owed++;
 	return 0;

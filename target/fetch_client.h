@@ -5,7 +5,9 @@
  * connection (or opens one), sends one line, waits for its one reply line and gives the
  * connection back, so each tgtd worker thread in effect has its own connection and no
  * request waits behind another. A connection that saw an error or a timeout is closed,
- * never reused: its reply stream is no longer in step.
+ * never reused: its reply stream is no longer in step. rackdiskd closes a connection that
+ * stays idle (appliance/fetchsrv.h, FETCHSRV_IDLE_MS): a pooled connection found closed
+ * is not an error, the request is retried once on a fresh connection.
  *
  * Thread safety: every call may be made from many threads at once.
  * Errors: 0 or a negative errno; the server's "ERR <errno>" comes back as -errno.

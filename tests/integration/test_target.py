@@ -302,6 +302,90 @@ def test_prefetch_asks_for_missing_chunks_and_touch_reports_hits(tgtd, work, ser
     assert {hashes[i] for i in (0, 2, 3, 4, 5)} <= fs.touched
 
 
+def test_prefetch_with_zero_blocks_fetches_to_the_end(tgtd, work, servers):
+    """PRE-FETCH's NUMBER OF LOGICAL BLOCKS 0 means "to the end of the medium" (SBC-3):
+    every missing chunk from the LBA on is filled, none before it."""
+    raw = make_raw(os.path.join(work, "img.raw"), 6 * MiB + 64 * 1024, seed=12,
+                   zero_chunks={3})
+    make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="none",
+              socket_path=os.path.join(work, "f.sock"))
+    fs = fetch_server(servers, work, raw)
+    url = tgtd.add_lun(1, os.path.join(work, "disk"))
+    hashes = chunk_hashes(raw)
+    assert len(hashes) == 7
+    r = iscsi_cmd(url, "prefetch", (MiB + 4096) // 512, 0)  # from inside chunk 1
+    assert r["status"] == "GOOD"
+    # Chunks 1, 2, 4, 5 and the short last one 6; chunk 3 is all zero, chunk 0 before.
+    assert sorted(fs.prefetched) == sorted([hashes[i] for i in (1, 2, 4, 5, 6)])
+    qemu_img("convert", "-f", "raw", "-O", "raw", url, os.path.join(work, "o.raw"))
+    assert fs.counts["FETCH"] == 1  # chunk 0 only
+    assert read_file(os.path.join(work, "o.raw")) == read_file(raw)
+
+
+def unmap_list(descriptors, bdlen=None):
+    """An UNMAP parameter list as hex: the 8-byte header (its BLOCK DESCRIPTOR DATA LENGTH
+    bdlen, by default the descriptors' length) and 16-byte (lba, blocks) descriptors."""
+    body = b"".join(lba.to_bytes(8, "big") + n.to_bytes(4, "big") + bytes(4)
+                    for lba, n in descriptors)
+    bdlen = len(body) if bdlen is None else bdlen
+    return ((6 + bdlen).to_bytes(2, "big") + bdlen.to_bytes(2, "big") + bytes(4) + body).hex()
+
+
+def test_unmap_is_good_without_sense_or_residual(tgtd, work, servers):
+    """A successful UNMAP answers GOOD and nothing else: tgt's own UNMAP handler left
+    ILLEGAL REQUEST sense and an underflow of the whole list on every success (libiscsi
+    drops sense sent with GOOD, so the residual is what shows it)."""
+    raw = make_raw(os.path.join(work, "img.raw"), 4 * MiB, seed=13)
+    make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="all")
+    url = tgtd.add_lun(1, os.path.join(work, "disk"))
+    r = iscsi_cmd(url, "unmap", MiB // 512, 2048)
+    assert (r["status"], r["residual_status"], r["residual"], r["sense"]) == \
+        ("GOOD", "none", 0, False)
+    assert iscsi_cmd(url, "read", MiB // 512, 2048)["sha256"] == \
+        hashlib.sha256(bytes(MiB)).hexdigest()
+    assert iscsi_cmd(url, "read", 0, 2048)["sha256"] == \
+        hashlib.sha256(read_file(raw)[:MiB]).hexdigest()
+
+
+def test_unmap_range_checks_and_parameter_list(tgtd, work, servers):
+    """UNMAP's parameter list per SBC-3: a descriptor past the end is LBA OUT OF RANGE
+    (and nothing is released); a list of 1 to 7 bytes is PARAMETER LIST LENGTH ERROR; no
+    list, or no descriptor, is GOOD; the header's BLOCK DESCRIPTOR DATA LENGTH says how
+    many descriptors count (bytes beyond it, and an incomplete last one, are ignored)."""
+    raw = make_raw(os.path.join(work, "img.raw"), 4 * MiB, seed=14)
+    make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="all")
+    url = tgtd.add_lun(1, os.path.join(work, "disk"))
+    blocks = 4 * MiB // 512
+    zeros = hashlib.sha256(bytes(4096)).hexdigest()
+
+    r = iscsi_cmd(url, "unmap", blocks - 8, 16)
+    assert (r["status"], r["key"], r["asc"], r["ascq"]) == ("CHECK_CONDITION", 5, 0x21, 0)
+    # Two descriptors, the second past the end: the first is not released either.
+    r = iscsi_cmd(url, "unmapraw", 40, unmap_list([(0, 8), (blocks, 1)]))
+    assert (r["status"], r["key"], r["asc"]) == ("CHECK_CONDITION", 5, 0x21)
+    assert iscsi_cmd(url, "read", 0, 8)["sha256"] != zeros
+
+    r = iscsi_cmd(url, "unmapraw", 4, "00060000")
+    assert (r["status"], r["key"], r["asc"], r["ascq"]) == ("CHECK_CONDITION", 5, 0x1a, 0)
+    for plen, hexlist in ((0, ""), (8, unmap_list([]))):
+        r = iscsi_cmd(url, "unmapraw", plen, hexlist)
+        assert (r["status"], r["residual_status"], r["sense"]) == ("GOOD", "none", False)
+
+    # Only the first descriptor is within the descriptor data length (16 of 32 bytes).
+    r = iscsi_cmd(url, "unmapraw", 40, unmap_list([(0, 8), (blocks, 1)], bdlen=16))
+    assert (r["status"], r["sense"]) == ("GOOD", False)
+    assert iscsi_cmd(url, "read", 0, 8)["sha256"] == zeros
+    # 24 bytes of descriptors: the incomplete second one is ignored.
+    r = iscsi_cmd(url, "unmapraw", 40, unmap_list([(8, 8), (blocks, 1)], bdlen=24))
+    assert (r["status"], r["sense"]) == ("GOOD", False)
+    assert iscsi_cmd(url, "read", 8, 8)["sha256"] == zeros
+    # The CDB's PARAMETER LIST LENGTH bounds the list: a descriptor beyond it is not read.
+    r = iscsi_cmd(url, "unmapraw", 24, unmap_list([(16, 8), (blocks, 1)]))
+    assert (r["status"], r["sense"]) == ("GOOD", False)
+    assert iscsi_cmd(url, "read", 16, 8)["sha256"] == zeros
+    assert iscsi_cmd(url, "read", 24, 8)["sha256"] != zeros
+
+
 def test_bad_lun_json_refuses_the_lun(tgtd, work):
     d = os.path.join(work, "bad")
     os.makedirs(d)

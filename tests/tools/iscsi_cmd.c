@@ -12,8 +12,15 @@
  *   iscsi_cmd URL sync LBA BLOCKS            SYNCHRONIZE CACHE(16)
  *   iscsi_cmd URL writesame LBA BLOCKS BYTE [unmap]   WRITE SAME(16); BLOCKS 0: to the end
  *   iscsi_cmd URL lbastatus LBA              -> the descriptors
+ *   iscsi_cmd URL unmap LBA BLOCKS           UNMAP with one block descriptor
+ *   iscsi_cmd URL unmapraw PLEN HEX          UNMAP with PARAMETER LIST LENGTH PLEN and
+ *                                            the parameter list HEX (any length) as Data-Out
  *
- * Prints one JSON line. Exit status 0 when the command was delivered (whatever its
+ * Prints one JSON line. unmap and unmapraw add the response's residual ("residual_status":
+ * "none", "underflow" or "overflow", "residual": bytes) and whether libiscsi handed back
+ * sense data ("sense": true/false). libiscsi keeps the sense of a CHECK CONDITION only: a
+ * sense segment sent with GOOD status is dropped, so stale sense on a GOOD UNMAP shows
+ * only through the residual tgt sets along with it. Exit status 0 when the command was delivered (whatever its
  * SCSI status), 1 on connection errors, 2 on usage errors.
  */
 #include <inttypes.h>
@@ -81,6 +88,46 @@ static void report(const struct scsi_task *t, double ms, const char *extra)
 	       ms, extra ? ", " : "", extra ? extra : "");
 }
 
+/* The residual, and whether libiscsi handed back sense data (see the top). */
+static void unmap_extra(const struct scsi_task *t, char *extra, size_t size)
+{
+	static const char *const names[] = {"none", "underflow", "overflow"};
+
+	if (!t)
+		return;
+	snprintf(extra, size, "\"residual_status\": \"%s\", \"residual\": %zu, \"sense\": %s",
+		 t->residual_status <= SCSI_RESIDUAL_OVERFLOW ? names[t->residual_status] : "?",
+		 t->residual, t->datain.size > 0 ? "true" : "false");
+}
+
+/* UNMAP with PARAMETER LIST LENGTH plen; hex is sent as the parameter list. */
+static struct scsi_task *unmap_raw(struct iscsi_context *iscsi, int lun, uint16_t plen,
+				   const char *hex, unsigned char *buf)
+{
+	unsigned char cdb[10] = {0x42, 0, 0, 0, 0, 0, 0, (unsigned char)(plen >> 8),
+				 (unsigned char)plen, 0};
+	struct iscsi_data data = {.data = buf};
+	struct scsi_task *t;
+	unsigned int byte;
+	size_t i, n = strlen(hex) / 2;
+
+	for (i = 0; i < n && i < BLOCK; i++) {
+		if (sscanf(hex + 2 * i, "%2x", &byte) != 1)
+			return NULL;
+		buf[i] = (unsigned char)byte;
+	}
+	data.size = (size_t)i;
+	t = scsi_create_task(sizeof(cdb), cdb, data.size ? SCSI_XFER_WRITE : SCSI_XFER_NONE,
+			     (int)data.size);
+	if (!t)
+		return NULL;
+	if (!iscsi_scsi_command_sync(iscsi, lun, t, &data)) {
+		scsi_free_scsi_task(t);
+		return NULL;
+	}
+	return t;
+}
+
 static double elapsed_ms(uint64_t t0)
 {
 	return (double)(now_ns() - t0) / 1e6;
@@ -102,7 +149,7 @@ int main(int argc, char **argv)
 		goto usage;
 	op = argv[2];
 	lba = strtoull(argv[3], NULL, 0);
-	if (argc > 4)
+	if (argc > 4 && strcmp(op, "unmapraw"))
 		blocks = (uint32_t)strtoul(argv[4], NULL, 0);
 	len = blocks * BLOCK;
 
@@ -172,6 +219,14 @@ int main(int argc, char **argv)
 						      (int)st->descriptors[i].provisioning);
 			snprintf(extra + n, sizeof(extra) - n, "]");
 		}
+	} else if (!strcmp(op, "unmap") && argc == 5) {
+		struct unmap_list ul = {.lba = lba, .num = blocks};
+
+		t = iscsi_unmap_sync(iscsi, url->lun, 0, 0, &ul, 1);
+		unmap_extra(t, extra, sizeof(extra));
+	} else if (!strcmp(op, "unmapraw") && argc == 5) {
+		t = unmap_raw(iscsi, url->lun, (uint16_t)lba, argv[4], buf);
+		unmap_extra(t, extra, sizeof(extra));
 	} else {
 		iscsi_logout_sync(iscsi);
 		goto usage;
@@ -191,6 +246,7 @@ out:
 	return ret;
 usage:
 	fprintf(stderr, "usage: iscsi_cmd URL read|write|caw|orwrite|prefetch|sync|writesame|"
-			"lbastatus LBA [BLOCKS [BYTE...]]\n");
+			"lbastatus|unmap LBA [BLOCKS [BYTE...]]\n"
+			"       iscsi_cmd URL unmapraw PLEN HEX\n");
 	return 2;
 }

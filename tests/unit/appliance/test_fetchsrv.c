@@ -1,10 +1,13 @@
 /*
- * test_fetchsrv.c - the fetch socket's HIT request (target/fetch_proto.h) on rackdiskd's
- * side: a hit's place drives the fetcher's readahead like a FETCH's place, so a reader
- * that only hits chunks readahead filled keeps the window moving; a place that is not
- * the chunk's (wrong hash, unknown image, index out of range) is counted and ignored.
- * Real fetcher, chunk store and directory repository; requests go through
- * fetchsrv_handle_line (no socket client needed).
+ * test_fetchsrv.c - the fetch socket (target/fetch_proto.h) on rackdiskd's side.
+ *  - HIT: a hit's place drives the fetcher's readahead like a FETCH's place, so a reader
+ *    that only hits chunks readahead filled keeps the window moving; a place that is not
+ *    the chunk's (wrong hash, unknown image, index out of range) is counted and ignored.
+ *    These requests go through fetchsrv_handle_line (no socket client needed).
+ *  - Connection slots: an idle connection is closed after the idle timeout and the
+ *    module's client (target/fetch_client.c) carries on over a fresh one; idle clients,
+ *    more than the slots, do not starve a new client.
+ * Real fetcher, chunk store and directory repository.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -14,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -25,6 +30,7 @@
 #include "common/hash.h"
 #include "common/util.h"
 #include "images/manifest.h"
+#include "target/fetch_client.h"
 #include "target/fetch_proto.h"
 
 #define CHUNK (64 * 1024)
@@ -215,11 +221,136 @@ static void test_bad_hits_ignored(void **state)
 	assert_int_equal(strncmp(reply, "ERR 71", 6), 0);
 }
 
+static bool wait_idle_closed(struct env *e, uint64_t n, unsigned ms)
+{
+	struct fetchsrv_stats ss;
+
+	for (unsigned i = 0; i <= ms / 10; i++) {
+		fetchsrv_get_stats(e->s, &ss);
+		if (ss.idle_closed >= n)
+			return true;
+		usleep(10000);
+	}
+	return false;
+}
+
+/*
+ * The server closes a connection that waits longer than its idle timeout for a request,
+ * and the client, whose pool still holds that connection, gets its answer over a fresh
+ * one: FETCH (patient), PREFETCH and CHECK (one attempt) alike, with no error or drop.
+ */
+static void test_idle_connection_closed_client_reconnects(void **state)
+{
+	struct env *e = *state;
+	struct fetch_client *fc;
+	struct fetch_client_stats cs;
+	struct fetchsrv_stats ss;
+
+	fetchsrv_set_idle_ms(e->s, 100);
+	assert_int_equal(fetch_client_new(e->sock, &fc), 0);
+	assert_int_equal(fetch_client_fetch(fc, &e->m->hashes[0], CHUNK, now_ns() + 5000000000ULL), 0);
+	assert_true(wait_idle_closed(e, 1, 3000));
+	usleep(20000);
+	assert_int_equal(fetch_client_fetch(fc, &e->m->hashes[1], CHUNK, now_ns() + 5000000000ULL), 0);
+	assert_true(wait_idle_closed(e, 2, 3000));
+	usleep(20000);
+	assert_int_equal(fetch_client_prefetch(fc, &e->m->hashes[2], CHUNK, now_ns() + 2000000000ULL), 0);
+	assert_true(wait_idle_closed(e, 3, 3000));
+	usleep(20000);
+	assert_int_equal(fetch_client_check(fc, &e->m->hashes[0], CHUNK, now_ns() + 2000000000ULL), 0);
+	fetch_client_get_stats(fc, &cs);
+	assert_int_equal(cs.connects, 4);
+	assert_int_equal(cs.fetch_errors + cs.fetch_timeouts + cs.dropped, 0);
+	assert_true(chunkstore_contains(e->cs, &e->m->hashes[1]));
+	fetchsrv_get_stats(e->s, &ss);
+	assert_int_equal(ss.fetch_ok, 2);
+	assert_int_equal(ss.refused, 0);
+	fetch_client_free(fc);
+}
+
+/* Opens n connections that never send a request; returns them in fds. */
+static void open_idle(struct env *e, int *fds, unsigned n)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	struct fetchsrv_stats ss;
+
+	assert_true(strlen(e->sock) < sizeof(sa.sun_path));
+	memcpy(sa.sun_path, e->sock, strlen(e->sock) + 1);
+	for (unsigned i = 0; i < n; i++) {
+		fds[i] = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		assert_true(fds[i] >= 0);
+		assert_int_equal(connect(fds[i], (struct sockaddr *)&sa, sizeof(sa)), 0);
+	}
+	/* Every one accepted (or refused) before the real client comes. */
+	for (unsigned i = 0; i < 500; i++) {
+		fetchsrv_get_stats(e->s, &ss);
+		if (ss.connections + ss.refused >= n)
+			break;
+		usleep(10000);
+	}
+	assert_true(ss.connections + ss.refused >= n);
+}
+
+static void close_idle(int *fds, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		close(fds[i]);
+}
+
+/* A new LUN's client among 300 idle connections (as many LUNs' pools after a boot
+ * storm, more than the slots once were) is served at once. */
+static void test_many_idle_clients_within_slots(void **state)
+{
+	struct env *e = *state;
+	struct fetch_client *fc;
+	struct fetchsrv_stats ss;
+	unsigned n = 300;
+	int fds[300];
+
+	open_idle(e, fds, n);
+	assert_int_equal(fetch_client_new(e->sock, &fc), 0);
+	assert_int_equal(fetch_client_fetch(fc, &e->m->hashes[0], CHUNK, now_ns() + 2000000000ULL), 0);
+	fetchsrv_get_stats(e->s, &ss);
+	assert_int_equal(ss.refused, 0);
+	fetch_client_free(fc);
+	close_idle(fds, n);
+}
+
+/* More idle connections than slots: some are refused, and the new client's FETCH
+ * succeeds within its deadline once the idle timeout frees slots. */
+static void test_idle_clients_beyond_slots_do_not_starve(void **state)
+{
+	struct env *e = *state;
+	struct fetch_client *fc;
+	struct fetchsrv_stats ss;
+	unsigned n = FETCHSRV_MAX_CONNS + 8;
+	int *fds = calloc(n, sizeof(*fds));
+
+	assert_non_null(fds);
+	fetchsrv_set_idle_ms(e->s, 300);
+	open_idle(e, fds, n);
+	fetchsrv_get_stats(e->s, &ss);
+	assert_int_equal(ss.refused, 8);
+	assert_int_equal(fetch_client_new(e->sock, &fc), 0);
+	assert_int_equal(fetch_client_fetch(fc, &e->m->hashes[0], CHUNK, now_ns() + 5000000000ULL), 0);
+	fetchsrv_get_stats(e->s, &ss);
+	assert_true(ss.idle_closed > 0);
+	fetch_client_free(fc);
+	close_idle(fds, n);
+	free(fds);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_hits_drive_readahead, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_hits_ignored, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_idle_connection_closed_client_reconnects,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_many_idle_clients_within_slots, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_idle_clients_beyond_slots_do_not_starve,
+						setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
