@@ -586,6 +586,22 @@ static int load_page(struct overlay *o, struct ovl_table *t, uint64_t p, const u
 	return 0;
 }
 
+/* Reads both header copies into h; *best is the index of the newest valid one, -1 when
+ * neither is valid. Returns 0 or a negative errno. */
+static int hdr_newest(const struct ovl_src *src, struct overlay_hdr_disk h[2], int *best)
+{
+	*best = -1;
+	for (int s = 0; s < 2; s++) {
+		int rc = src_read(src, &h[s], sizeof(h[s]), (uint64_t)s * OVERLAY_HDR_SLOT);
+
+		if (rc < 0)
+			return rc;
+		if (hdr_valid(&h[s]) && (*best < 0 || h[s].gen > h[*best].gen))
+			*best = s;
+	}
+	return 0;
+}
+
 static int overlay_load(const struct ovl_src *src, overlay_report_fn report, void *arg,
 			bool tolerant, struct overlay **out)
 {
@@ -599,13 +615,9 @@ static int overlay_load(const struct ovl_src *src, overlay_report_fn report, voi
 		rc = -ENOMEM;
 		goto fail;
 	}
-	for (int s = 0; s < 2; s++) {
-		rc = src_read(src, &h[s], sizeof(h[s]), (uint64_t)s * OVERLAY_HDR_SLOT);
-		if (rc < 0)
-			goto fail;
-		if (hdr_valid(&h[s]) && (best < 0 || h[s].gen > h[best].gen))
-			best = s;
-	}
+	rc = hdr_newest(src, h, &best);
+	if (rc < 0)
+		goto fail;
 	if (best < 0) {
 		if (report)
 			report(arg, OVERLAY_MAP_FILE, "no valid header");
@@ -801,28 +813,27 @@ fail:
 int overlay_read_size(const char *dir, uint64_t *size)
 {
 	struct overlay_hdr_disk h[2];
+	struct ovl_src src = { .fd = -1 };
 	char path[PATH_MAX];
-	int fd, best = -1, rc;
+	struct stat st;
+	int best, rc;
 
 	rc = path_in(dir, OVERLAY_MAP_FILE, path, sizeof(path));
 	if (rc < 0)
 		return rc;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	src.fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (src.fd < 0)
 		return -errno;
-	for (int s = 0; s < 2; s++) {
-		ssize_t n = pread(fd, &h[s], sizeof(h[s]), (off_t)s * OVERLAY_HDR_SLOT);
-
-		if (n < 0) {
-			rc = -errno;
-			close(fd);
-			return rc;
-		}
-		if (n == (ssize_t)sizeof(h[s]) && hdr_valid(&h[s]) &&
-		    (best < 0 || h[s].gen > h[best].gen))
-			best = s;
+	if (fstat(src.fd, &st) < 0) {
+		rc = -errno;
+		close(src.fd);
+		return rc;
 	}
-	close(fd);
+	src.len = (uint64_t)st.st_size;
+	rc = hdr_newest(&src, h, &best);
+	close(src.fd);
+	if (rc < 0)
+		return rc;
 	if (best < 0)
 		return -EUCLEAN;
 	*size = h[best].size;

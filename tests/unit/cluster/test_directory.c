@@ -21,41 +21,41 @@
 
 static struct fx_redis redis;
 
-static struct directory *dir_new(const char *name, const char *rack, const char *url)
+/* Creates a directory with o on url (NULL: the test's Redis), advertising a port of its own. */
+static struct directory *dir_create(struct directory_opts *o, const char *url)
 {
 	char def[128], addr[64];
+	struct directory *d = NULL;
+
+	fx_redis_url(&redis, 0, def, sizeof(def));
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", 10000 + o->node_name[0]);
+	o->url = url ? url : def;
+	o->advertise = addr;
+	assert_int_equal(directory_create(o, &d), 0);
+	return d;
+}
+
+static struct directory *dir_new(const char *name, const char *rack, const char *url)
+{
 	struct directory_opts o = {
 		.node_name = name, .rack = rack, .prefix = "t:",
 		.heartbeat_ttl_ms = 1500, .heartbeat_interval_ms = 300,
 		.lease_ttl_ms = 600, .lease_renew_ms = 150, .announce_batch = 1000,
 	};
-	struct directory *d = NULL;
 
-	fx_redis_url(&redis, 0, def, sizeof(def));
-	snprintf(addr, sizeof(addr), "127.0.0.1:%d", 10000 + name[0]);
-	o.url = url ? url : def;
-	o.advertise = addr;
-	assert_int_equal(directory_create(&o, &d), 0);
-	return d;
+	return dir_create(&o, url);
 }
 
 /* dir_new with an announce batch of 1 and the given TTLs (renewals at a third). */
 static struct directory *dir_new_slow(const char *name, uint32_t lease_ttl, uint32_t hb_ttl)
 {
-	char def[128], addr[64];
 	struct directory_opts o = {
 		.node_name = name, .rack = "r1", .prefix = "t:",
 		.heartbeat_ttl_ms = hb_ttl, .heartbeat_interval_ms = hb_ttl / 3,
 		.lease_ttl_ms = lease_ttl, .lease_renew_ms = lease_ttl / 3, .announce_batch = 1,
 	};
-	struct directory *d = NULL;
 
-	fx_redis_url(&redis, 0, def, sizeof(def));
-	snprintf(addr, sizeof(addr), "127.0.0.1:%d", 10000 + name[0]);
-	o.url = def;
-	o.advertise = addr;
-	assert_int_equal(directory_create(&o, &d), 0);
-	return d;
+	return dir_create(&o, NULL);
 }
 
 static int setup(void **state)
