@@ -420,16 +420,16 @@ static int write_zeros(struct disk *d, uint64_t off, uint64_t len, uint64_t *dea
 	return 0;
 }
 
-int disk_write(struct disk *d, const void *buf, size_t len, uint64_t off, unsigned flags)
+int disk_write_until(struct disk *d, const void *buf, size_t len, uint64_t off,
+		     unsigned flags, uint64_t *deadline)
 {
-	uint64_t deadline = 0;
 	int rc = range_ok(d, off, len);
 
 	if (rc < 0)
 		return rc;
 	stat_add(&d->n_writes, 1);
 	lock_range(d, off, len);
-	rc = write_locked(d, buf, len, off, &deadline);
+	rc = write_locked(d, buf, len, off, deadline);
 	unlock_range(d, off, len);
 	if (rc == 0) {
 		stat_add(&d->b_written, len);
@@ -437,6 +437,13 @@ int disk_write(struct disk *d, const void *buf, size_t len, uint64_t off, unsign
 			rc = disk_flush(d);
 	}
 	return rc;
+}
+
+int disk_write(struct disk *d, const void *buf, size_t len, uint64_t off, unsigned flags)
+{
+	uint64_t deadline = 0;
+
+	return disk_write_until(d, buf, len, off, flags, &deadline);
 }
 
 int disk_flush(struct disk *d)
@@ -472,9 +479,10 @@ static int unmap_grains(struct disk *d, uint64_t g0, uint64_t g1)
 	return 0;
 }
 
-int disk_unmap(struct disk *d, uint64_t off, uint64_t len, unsigned flags)
+int disk_unmap_until(struct disk *d, uint64_t off, uint64_t len, unsigned flags,
+		     uint64_t *deadline)
 {
-	uint64_t end = off + len, fg0, fg1, deadline = 0;
+	uint64_t end = off + len, fg0, fg1;
 	int rc = range_ok(d, off, len);
 
 	if (rc < 0 || !len)
@@ -486,12 +494,12 @@ int disk_unmap(struct disk *d, uint64_t off, uint64_t len, unsigned flags)
 		fg1 = DIV_ROUND_UP(end, DISK_GRAIN); /* the disk's last, short grain */
 	lock_range(d, off, len);
 	if (fg0 >= fg1) {
-		rc = write_zeros(d, off, len, &deadline);
+		rc = write_zeros(d, off, len, deadline);
 		goto out;
 	}
-	rc = write_zeros(d, off, fg0 * DISK_GRAIN - off, &deadline);
+	rc = write_zeros(d, off, fg0 * DISK_GRAIN - off, deadline);
 	if (rc == 0 && end > fg1 * DISK_GRAIN)
-		rc = write_zeros(d, fg1 * DISK_GRAIN, end - fg1 * DISK_GRAIN, &deadline);
+		rc = write_zeros(d, fg1 * DISK_GRAIN, end - fg1 * DISK_GRAIN, deadline);
 	if (rc == 0)
 		rc = unmap_grains(d, fg0, fg1);
 out:
@@ -501,11 +509,18 @@ out:
 	return rc;
 }
 
-int disk_compare_and_write(struct disk *d, const void *cmp, const void *data, size_t len,
-			   uint64_t off, unsigned flags, uint64_t *miscompare_off)
+int disk_unmap(struct disk *d, uint64_t off, uint64_t len, unsigned flags)
+{
+	uint64_t deadline = 0;
+
+	return disk_unmap_until(d, off, len, flags, &deadline);
+}
+
+int disk_compare_and_write_until(struct disk *d, const void *cmp, const void *data,
+				 size_t len, uint64_t off, unsigned flags,
+				 uint64_t *miscompare_off, uint64_t *deadline)
 {
 	const uint8_t *c = cmp;
-	uint64_t deadline = 0;
 	uint8_t *cur;
 	int rc = range_ok(d, off, len);
 
@@ -516,7 +531,7 @@ int disk_compare_and_write(struct disk *d, const void *cmp, const void *data, si
 		return -ENOMEM;
 	stat_add(&d->n_writes, 1);
 	lock_range(d, off, len);
-	rc = read_merged(d, cur, len, off, &deadline);
+	rc = read_merged(d, cur, len, off, deadline);
 	if (rc == 0 && memcmp(cur, c, len) != 0) {
 		size_t i = 0;
 
@@ -527,7 +542,7 @@ int disk_compare_and_write(struct disk *d, const void *cmp, const void *data, si
 		rc = -EILSEQ;
 	}
 	if (rc == 0)
-		rc = write_locked(d, data, len, off, &deadline);
+		rc = write_locked(d, data, len, off, deadline);
 	unlock_range(d, off, len);
 	free(cur);
 	if (rc == 0) {
@@ -536,6 +551,15 @@ int disk_compare_and_write(struct disk *d, const void *cmp, const void *data, si
 			rc = disk_flush(d);
 	}
 	return rc;
+}
+
+int disk_compare_and_write(struct disk *d, const void *cmp, const void *data, size_t len,
+			   uint64_t off, unsigned flags, uint64_t *miscompare_off)
+{
+	uint64_t deadline = 0;
+
+	return disk_compare_and_write_until(d, cmp, data, len, off, flags, miscompare_off,
+					    &deadline);
 }
 
 int disk_grow(struct disk *d, uint64_t new_size)

@@ -90,6 +90,18 @@ int disk_unmap(struct disk *d, uint64_t off, uint64_t len, unsigned flags);
 int disk_compare_and_write(struct disk *d, const void *cmp, const void *data, size_t len,
 			   uint64_t off, unsigned flags, uint64_t *miscompare_off);
 
+/* disk_write(), disk_unmap() and disk_compare_and_write() as one step of a larger command
+ * (WRITE SAME's pieces, UNMAP's descriptors, ORWRITE's read and retries), with that
+ * command's deadline as for disk_read_until(): pass the same variable, 0 at first, to
+ * every step, so that the whole command ends within one io_timeout of its first miss. */
+int disk_write_until(struct disk *d, const void *buf, size_t len, uint64_t off,
+		     unsigned flags, uint64_t *deadline);
+int disk_unmap_until(struct disk *d, uint64_t off, uint64_t len, unsigned flags,
+		     uint64_t *deadline);
+int disk_compare_and_write_until(struct disk *d, const void *cmp, const void *data,
+				 size_t len, uint64_t off, unsigned flags,
+				 uint64_t *miscompare_off, uint64_t *deadline);
+
 /* Grows the disk (never shrinks); the new space reads as zeros. Durable on return. */
 int disk_grow(struct disk *d, uint64_t new_size);
 

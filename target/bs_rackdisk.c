@@ -172,13 +172,14 @@ static bool is_read(const struct scsi_cmd *cmd)
 }
 
 /* Compares [off, off+len) of the disk with data, where data repeats every `period`
- * bytes (the whole buffer, or one block for VERIFY with BYTCHK=11b). Returns 0, 1 with
- * *mis set on a miscompare, or a negative errno. */
+ * bytes (the whole buffer, or one block for VERIFY with BYTCHK=11b). *deadline is the
+ * command's (disk_read_until). Returns 0, 1 with *mis set on a miscompare, or a negative
+ * errno. */
 static int rd_compare(struct disk *d, const char *data, size_t period, uint64_t off,
-		      uint64_t len, uint64_t *mis)
+		      uint64_t len, uint64_t *mis, uint64_t *deadline)
 {
 	char *buf;
-	uint64_t done = 0, deadline = 0; /* one deadline for the whole command */
+	uint64_t done = 0;
 	size_t n, i;
 	int ret = 0;
 
@@ -187,7 +188,7 @@ static int rd_compare(struct disk *d, const char *data, size_t period, uint64_t 
 		return -ENOMEM;
 	while (done < len) {
 		n = len - done < RD_PIECE ? (size_t)(len - done) : RD_PIECE;
-		ret = disk_read_until(d, buf, n, off + done, &deadline);
+		ret = disk_read_until(d, buf, n, off + done, deadline);
 		if (ret)
 			break;
 		for (i = 0; i < n; i++) {
@@ -215,7 +216,7 @@ static void rd_write(struct scsi_cmd *cmd, struct disk *d, int verify)
 	uint32_t length = scsi_get_out_length(cmd);
 	char *buf = scsi_get_out_buffer(cmd);
 	unsigned flags;
-	uint64_t mis;
+	uint64_t mis, deadline = 0;
 	int ret;
 
 	/* WRITE AND VERIFY promises the data is on the medium: make it durable. */
@@ -225,14 +226,14 @@ static void rd_write(struct scsi_cmd *cmd, struct disk *d, int verify)
 		flags = wce_flags(cmd);
 	else
 		flags = fua_flags(cmd);
-	ret = disk_write(d, buf, length, cmd->offset, flags);
+	ret = disk_write_until(d, buf, length, cmd->offset, flags, &deadline);
 	if (ret) {
 		cmd_error_errno(cmd, ret, 1);
 		return;
 	}
 	if (!verify)
 		return;
-	ret = rd_compare(d, buf, length, cmd->offset, length, &mis);
+	ret = rd_compare(d, buf, length, cmd->offset, length, &mis, &deadline);
 	if (ret < 0)
 		cmd_error_errno(cmd, ret, 0);
 	else if (ret)
@@ -245,7 +246,7 @@ static void rd_verify(struct scsi_cmd *cmd, struct disk *d)
 {
 	uint32_t blksize = 1U << cmd->dev->blk_shift;
 	uint32_t outlen = scsi_get_out_length(cmd);
-	uint64_t len, mis;
+	uint64_t len, mis, deadline = 0;
 	size_t period;
 	int ret;
 
@@ -262,7 +263,8 @@ static void rd_verify(struct scsi_cmd *cmd, struct disk *d)
 	}
 	if (!len)
 		return;
-	ret = rd_compare(d, scsi_get_out_buffer(cmd), period, cmd->offset, len, &mis);
+	ret = rd_compare(d, scsi_get_out_buffer(cmd), period, cmd->offset, len, &mis,
+			 &deadline);
 	if (ret < 0)
 		cmd_error_errno(cmd, ret, 0);
 	else if (ret)
@@ -301,13 +303,14 @@ static void rd_compare_and_write(struct scsi_cmd *cmd, struct disk *d)
 }
 
 /* ORWRITE: read, OR, and write only if the range did not change meanwhile (a
- * compare-and-write of what was read), so the update is atomic against other writers. */
+ * compare-and-write of what was read), so the update is atomic against other writers.
+ * The reads and the retries share the command's deadline. */
 static void rd_orwrite(struct scsi_cmd *cmd, struct disk *d)
 {
 	uint32_t length = scsi_get_out_length(cmd);
 	char *src = scsi_get_out_buffer(cmd);
 	char *old, *new;
-	uint64_t mis;
+	uint64_t mis, deadline = 0;
 	uint32_t i;
 	int ret = -ENOMEM, tries;
 
@@ -320,13 +323,13 @@ static void rd_orwrite(struct scsi_cmd *cmd, struct disk *d)
 	if (!old || !new)
 		goto out;
 	for (tries = 0; tries < RD_ORWRITE_TRIES; tries++) {
-		ret = disk_read(d, old, length, cmd->offset);
+		ret = disk_read_until(d, old, length, cmd->offset, &deadline);
 		if (ret)
 			break;
 		for (i = 0; i < length; i++)
 			new[i] = old[i] | src[i];
-		ret = disk_compare_and_write(d, old, new, length, cmd->offset, fua_flags(cmd),
-					     &mis);
+		ret = disk_compare_and_write_until(d, old, new, length, cmd->offset,
+						   fua_flags(cmd), &mis, &deadline);
 		if (ret != -EILSEQ)
 			break;
 	}
@@ -343,7 +346,8 @@ out:
  * WRITE SAME (10/16). With the UNMAP bit the range is deallocated and then reads as
  * zeros (LBPRZ), whatever the Data-Out block holds: that is what tgt's own stores do and
  * what initiators (libiscsi's WriteSame*.Unmap* tests) expect. Without it the blocks are
- * written, so GET LBA STATUS reports them mapped as SBC requires, even for zeros.
+ * written, so GET LBA STATUS reports them mapped as SBC requires, even for zeros. The
+ * pieces share one deadline: the command ends within io_timeout of its first miss.
  */
 static void rd_write_same(struct scsi_cmd *cmd, struct disk *d)
 {
@@ -354,7 +358,7 @@ static void rd_write_same(struct scsi_cmd *cmd, struct disk *d)
 	int unmap = cmd->scb[1] & 0x08;
 	int lbdata = cmd->scb[1] & 0x06;
 	int ndob = cmd->scb[0] == WRITE_SAME_16 && (cmd->scb[1] & 0x01);
-	uint64_t off = cmd->offset, end, lba, count;
+	uint64_t off = cmd->offset, end, lba, count, deadline = 0;
 	uint32_t n, i;
 	char *buf;
 	int zero, ret = 0;
@@ -371,7 +375,7 @@ static void rd_write_same(struct scsi_cmd *cmd, struct disk *d)
 	}
 	zero = ndob || outlen < blksize || buf_is_zero(blk, blksize);
 	if (unmap) {
-		ret = disk_unmap(d, off, end - off, wce_flags(cmd));
+		ret = disk_unmap_until(d, off, end - off, wce_flags(cmd), &deadline);
 		if (ret)
 			cmd_error_errno(cmd, ret, 1);
 		return;
@@ -394,7 +398,7 @@ static void rd_write_same(struct scsi_cmd *cmd, struct disk *d)
 			else
 				put_unaligned_be64(lba, buf + i);
 		}
-		ret = disk_write(d, buf, n, off, wce_flags(cmd));
+		ret = disk_write_until(d, buf, n, off, wce_flags(cmd), &deadline);
 		off += n;
 	}
 	free(buf);
@@ -408,14 +412,15 @@ static void rd_write_same(struct scsi_cmd *cmd, struct disk *d)
  * what was transferred: 0 is no list (nothing to do), 1 to 7 cannot hold the header.
  * The header's UNMAP BLOCK DESCRIPTOR DATA LENGTH, bounded by the list, says how many
  * descriptors there are; an incomplete last one is ignored. Every descriptor is checked
- * before any range is released, so a bad one leaves the disk unchanged.
+ * before any range is released, so a bad one leaves the disk unchanged. The descriptors
+ * share one deadline (their unaligned edges may each need a chunk).
  */
 static void rd_unmap(struct scsi_cmd *cmd, struct disk *d)
 {
 	struct scsi_lu *lu = cmd->dev;
 	uint32_t length = scsi_get_out_length(cmd), plen = get_unaligned_be16(&cmd->scb[7]);
 	const uint8_t *p = scsi_get_out_buffer(cmd);
-	uint64_t lba, nblocks, blocks = lu->size >> lu->blk_shift;
+	uint64_t lba, nblocks, blocks = lu->size >> lu->blk_shift, deadline = 0;
 	uint32_t bdlen, n, i;
 	int ret;
 
@@ -449,8 +454,8 @@ static void rd_unmap(struct scsi_cmd *cmd, struct disk *d)
 		nblocks = get_unaligned_be32(&p[i * 16 + 8]);
 		if (!nblocks)
 			continue;
-		ret = disk_unmap(d, lba << lu->blk_shift, nblocks << lu->blk_shift,
-				 wce_flags(cmd));
+		ret = disk_unmap_until(d, lba << lu->blk_shift, nblocks << lu->blk_shift,
+				       wce_flags(cmd), &deadline);
 		if (ret) {
 			cmd_error_errno(cmd, ret, 1);
 			return;

@@ -46,9 +46,9 @@ def servers():
         s.stop()
 
 
-def fetch_server(servers, work, raw, mode="serve", name="f.sock", store="store"):
+def fetch_server(servers, work, raw, mode="serve", name="f.sock", store="store", delay=0.0):
     fs = FetchServer(os.path.join(work, name), os.path.join(work, store), raw=raw,
-                     mode=mode).start()
+                     mode=mode, delay=delay).start()
     servers.append(fs)
     return fs
 
@@ -270,6 +270,52 @@ def test_stalled_fetch_ends_within_deadline_and_other_luns_work(tgtd, work, serv
     assert r["status"] == "BUSY"  # initiators retry BUSY (QEMU does)
     assert r["ms"] >= deadline_ms * 0.9
     assert elapsed < deadline_ms / 1000 + 5
+
+
+@pytest.mark.parametrize("op", ["writesame", "unmap"])
+def test_multi_step_write_ends_within_one_deadline(tgtd, work, servers, op):
+    """A command the worker runs in steps (WRITE SAME in 1 MiB pieces, UNMAP descriptor by
+    descriptor) has one deadline, not one per step. Four uncached chunks each needed for a
+    read-modify-write of an unaligned edge, each arriving 0.6 s after its FETCH: every
+    step fits in the 1.5 s deadline, the command (2.4 s) does not, so it ends BUSY at its
+    deadline. What was written before stays; the initiator's retry finds those chunks
+    cached and completes."""
+    raw = make_raw(os.path.join(work, "img.raw"), 4 * MiB, seed=15)
+    deadline_ms, delay = 1500, 0.6
+    make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="none",
+              socket_path=os.path.join(work, "f.sock"), timeout_ms=deadline_ms)
+    fs = fetch_server(servers, work, raw, mode="slow", delay=delay)
+    url = tgtd.add_lun(1, os.path.join(work, "disk"))
+    blk = MiB // 512
+    if op == "writesame":
+        # Pieces [512, 1M+512), [1M+512, 2M+512), [2M+512, 3M+512): their unaligned edges
+        # lie in chunks 0 and 1, 2, 3.
+        args = ("writesame", 1, 3 * blk, 0x33)
+    else:
+        # Eight blocks from 512 bytes into each of chunks 0 to 3: sub-grain, written as
+        # zeros over the chunk's data.
+        args = ("unmapraw", 8 + 4 * 16, unmap_list([(i * blk + 1, 8) for i in range(4)]))
+    t0 = time.monotonic()
+    r = iscsi_cmd(url, *args)
+    elapsed = time.monotonic() - t0
+    assert r["status"] == "BUSY", r
+    assert elapsed < deadline_ms / 1000 + 0.5, elapsed  # not 4 x 0.6 s
+    assert fs.counts["FETCH"] >= 3
+    # The retry completes: the chunks fetched before the deadline are cached now.
+    for _ in range(4):
+        r = iscsi_cmd(url, *args)
+        if r["status"] == "GOOD":
+            break
+    assert r["status"] == "GOOD", r
+    data = read_file(raw)
+    if op == "writesame":
+        want = data[:512] + b"\x33" * (3 * MiB) + data[3 * MiB + 512:]
+    else:
+        want = bytearray(data)
+        for i in range(4):
+            want[i * MiB + 512:i * MiB + 512 + 4096] = bytes(4096)
+    qemu_img("convert", "-f", "raw", "-O", "raw", url, os.path.join(work, "o.raw"))
+    assert read_file(os.path.join(work, "o.raw")) == bytes(want)
 
 
 def test_failed_fetch_is_medium_error_and_cached_ranges_work(tgtd, work, servers):

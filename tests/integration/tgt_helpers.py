@@ -11,8 +11,10 @@ build/tests/mkdisk, and a fake rackdiskd fetch server.
   ignores SIGTERM), then SIGKILL if it is still there. kill() is SIGKILL.
 - FetchServer speaks target/fetch_proto.h on a unix socket. mode "serve" makes a chunk
   present by writing its file atomically into the chunk store (chunks/<hh>/<hash>, the
-  layout of DESIGN.md section 3) from a raw image; "stall" never answers FETCH; "fail"
-  answers ERR 5 (EIO). TOUCH and PREFETCH are answered OK in every mode and counted.
+  layout of DESIGN.md section 3) from a raw image; "slow" does the same `delay` seconds
+  after each FETCH arrives (a seed or peer that serves, but slowly); "stall" never answers
+  FETCH; "fail" answers ERR 5 (EIO). TOUCH and PREFETCH are answered OK in every mode and
+  counted.
 """
 import hashlib
 import json
@@ -227,10 +229,12 @@ def make_raw(path, size, seed=1, zero_chunks=(), chunk_size=1 << 20):
 class FetchServer:
     """A stand-in for rackdiskd's fetch socket (see module docstring)."""
 
-    def __init__(self, sock_path, store, raw=None, chunk_size=1 << 20, mode="serve"):
+    def __init__(self, sock_path, store, raw=None, chunk_size=1 << 20, mode="serve",
+                 delay=0.0):
         self.path = str(sock_path)
         self.store = str(store)
         self.mode = mode
+        self.delay = delay
         self.counts = {"FETCH": 0, "PREFETCH": 0, "TOUCH": 0}
         self.touched = set()
         self.prefetched = []
@@ -283,6 +287,8 @@ class FetchServer:
             return None
         if self.mode == "fail":
             return "ERR 5 every source failed"
+        if self.mode == "slow":
+            time.sleep(self.delay)
         h = parts[1]
         if h not in self.chunks:
             return "ERR 2 unknown chunk"

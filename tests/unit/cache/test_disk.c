@@ -451,6 +451,70 @@ static void test_miss_callback(void **state)
 	fx_teardown(&fx);
 }
 
+/*
+ * The _until writes share a command's deadline across steps, as disk_read_until does:
+ * the target module runs WRITE SAME piece by piece, UNMAP descriptor by descriptor and
+ * ORWRITE as a read and a compare-and-write. Chunks arrive 120 ms after each miss; one
+ * io_timeout (200 ms) covers one such step but not three, so the third step of a command
+ * ends with -ETIMEDOUT, while the same steps each with their own deadline all succeed.
+ */
+static void test_steps_share_the_command_deadline(void **state)
+{
+	struct fixture fx;
+	struct missctx mc = { .fx = &fx, .mode = 3 };
+	struct disk *d;
+	struct disk_opts o;
+	uint8_t buf[16], cmp[16];
+	uint64_t deadline, t0, mis;
+
+	/* 12 chunks, none cached; a sub-grain step inside chunk i needs chunk i (RMW). */
+	assert_int_equal(fx_setup(&fx, 12 * CS, CS, 0, false, 0, 4), 0);
+	o = (struct disk_opts){ .dir = fx.disk_dir, .image = fx.m, .store = fx.cs,
+				.miss = miss_cb, .miss_arg = &mc, .io_timeout_ns = 200000000 };
+	assert_int_equal(disk_open(&o, &d), 0);
+	memset(buf, 0x5a, sizeof(buf));
+
+	/* Writes: chunks 0, 1, 2 as steps of one command. */
+	deadline = 0;
+	t0 = now_ns();
+	assert_int_equal(disk_write_until(d, buf, 16, 0 * CS + 7, 0, &deadline), 0);
+	assert_int_equal(disk_write_until(d, buf, 16, 1 * CS + 7, 0, &deadline), 0);
+	assert_int_equal(disk_write_until(d, buf, 16, 2 * CS + 7, 0, &deadline), -ETIMEDOUT);
+	assert_true(now_ns() - t0 < 1000000000ull);
+	/* Unmaps (sub-grain: written as zeros): chunks 3, 4, 5. */
+	deadline = 0;
+	assert_int_equal(disk_unmap_until(d, 3 * CS + 7, 16, 0, &deadline), 0);
+	assert_int_equal(disk_unmap_until(d, 4 * CS + 7, 16, 0, &deadline), 0);
+	assert_int_equal(disk_unmap_until(d, 5 * CS + 7, 16, 0, &deadline), -ETIMEDOUT);
+	/* Compare-and-writes: chunks 6, 7, 8. */
+	deadline = 0;
+	memcpy(cmp, fx.image + 6 * CS + 7, 16);
+	assert_int_equal(disk_compare_and_write_until(d, cmp, buf, 16, 6 * CS + 7, 0, &mis,
+						      &deadline), 0);
+	memcpy(cmp, fx.image + 7 * CS + 7, 16);
+	assert_int_equal(disk_compare_and_write_until(d, cmp, buf, 16, 7 * CS + 7, 0, &mis,
+						      &deadline), 0);
+	memcpy(cmp, fx.image + 8 * CS + 7, 16);
+	assert_int_equal(disk_compare_and_write_until(d, cmp, buf, 16, 8 * CS + 7, 0, &mis,
+						      &deadline), -ETIMEDOUT);
+	/* A read step after the deadline passed fails at once, without a miss. */
+	mc.calls = 0;
+	assert_int_equal(disk_read_until(d, buf, 16, 9 * CS, &deadline), -ETIMEDOUT);
+	assert_int_equal(mc.calls, 0);
+
+	/* The same steps each with a deadline of their own (the plain calls) all succeed. */
+	assert_int_equal(disk_write(d, buf, 16, 9 * CS + 7, 0), 0);
+	assert_int_equal(disk_write(d, buf, 16, 10 * CS + 7, 0), 0);
+	assert_int_equal(disk_write(d, buf, 16, 11 * CS + 7, 0), 0);
+	assert_int_equal(disk_unmap(d, 2 * CS + 7, 16, 0), 0);
+	assert_int_equal(disk_read(d, cmp, 16, 2 * CS + 7), 0);
+	assert_true(buf_is_zero(cmp, 16));
+	assert_int_equal(disk_read(d, cmp, 16, 1 * CS + 7), 0);
+	assert_memory_equal(cmp, buf, 16);
+	disk_close(d);
+	fx_teardown(&fx);
+}
+
 struct missing {
 	uint64_t idx[64];
 	int n;
@@ -644,6 +708,7 @@ int main(void)
 		T(test_threads_sub_grain),
 		T(test_threads_caw),
 		cmocka_unit_test(test_miss_callback),
+		cmocka_unit_test(test_steps_share_the_command_deadline),
 		cmocka_unit_test(test_missing_chunks),
 		T(test_lba_status),
 		T(test_fua_durable_map),
