@@ -487,15 +487,12 @@ static int announce_batches(struct directory *d, const struct chunk_hash *v, siz
 	return rc;
 }
 
-int directory_announce_all(struct directory *d)
+/* Announces every chunk of store (NULL: none); the number announced, or -errno. */
+static int announce_store(struct directory *d, struct chunkstore *store)
 {
 	struct collect c = {0};
-	struct chunkstore *store;
 	int rc;
 
-	pthread_mutex_lock(&d->lock);
-	store = d->store;
-	pthread_mutex_unlock(&d->lock);
 	if (!store)
 		return 0;
 	/* copy the hashes out first: no network round trip while the store is iterating */
@@ -508,6 +505,16 @@ int directory_announce_all(struct directory *d)
 out:
 	free(c.v);
 	return rc;
+}
+
+int directory_announce_all(struct directory *d)
+{
+	struct chunkstore *store;
+
+	pthread_mutex_lock(&d->lock);
+	store = d->store;
+	pthread_mutex_unlock(&d->lock);
+	return announce_store(d, store);
 }
 
 static const char lua_lookup[] =
@@ -664,6 +671,8 @@ static void dir_reconnect(struct directory *d)
 {
 	int64_t id = -1;
 	redisContext *c = dir_connect(d, &id);
+	struct chunkstore *store;
+	bool late = false;
 	int n;
 
 	if (!c)
@@ -681,7 +690,10 @@ static void dir_reconnect(struct directory *d)
 	DIR_STAT_ADD(d, reconnects, 1);
 
 	/* invariant 3: the directory recovers by re-announcing the whole store */
-	n = directory_announce_all(d);
+	pthread_mutex_lock(&d->lock);
+	store = d->store;
+	pthread_mutex_unlock(&d->lock);
+	n = announce_store(d, store);
 	if (n < 0)
 		log_warn("directory: re-announce failed: %s", strerror(-n));
 	else
@@ -693,8 +705,13 @@ static void dir_reconnect(struct directory *d)
 		d->ready = true;
 		__atomic_store_n(&d->st.connected, true, __ATOMIC_RELAXED);
 		pthread_cond_broadcast(&d->ready_cond);
+		/* A store attached after the announce above read d->store, but before ready
+		 * was set, was skipped by directory_attach_store too: announce it now. */
+		late = d->store != store;
 	}
 	pthread_mutex_unlock(&d->lock);
+	if (late && (n = directory_announce_all(d)) < 0)
+		log_warn("directory: announce of the attached store failed: %s", strerror(-n));
 }
 
 static void *dir_thread(void *arg)
@@ -771,7 +788,8 @@ void directory_attach_store(struct directory *d, struct chunkstore *store)
 	d->store = store;
 	ready = d->ready;
 	pthread_mutex_unlock(&d->lock);
-	/* already connected: the announce at connect time did not see the store */
+	/* Already connected: the announce at connect time did not see the store. Not yet
+	 * ready: dir_reconnect announces it, also when its own announce ran before this. */
 	if (ready)
 		directory_announce_all(d);
 }

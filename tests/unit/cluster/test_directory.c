@@ -6,9 +6,11 @@
  * leases (exclusive, released by the announce, renewed, expired when the holder dies
  * or stalls).
  */
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
@@ -329,6 +331,80 @@ static void test_bulk_announce(void **state)
 	chunkstore_close(cs);
 	fx_rm_rf(sdir);
 	free(hs);
+}
+
+/*
+ * A store attached while the first connect is between its announce (which found no
+ * store) and becoming ready was announced by neither: directory_attach_store saw "not
+ * ready" and skipped it, the connect's announce had run before. The directory thread is
+ * held in that window by stderr: a pipe filled to the brim blocks the log line the
+ * connect writes after its announce. No assertion runs while stderr is that pipe (cmocka
+ * reports failures there).
+ */
+static void test_store_attached_during_first_connect_is_announced(void **state)
+{
+	char sdir[64];
+	struct chunkstore_hooks hk = {0};
+	struct chunkstore *cs = fx_store_open(sdir, hk);
+	struct directory *a, *b;
+	struct directory_holder hd[4];
+	struct directory_stats st = {0};
+	static uint8_t buf[CHUNK], sink[65536];
+	struct chunk_hash h;
+	int pfd[2], saved, flags, i;
+	bool ready_early;
+
+	assert_non_null(cs);
+	fx_chunk(7, buf, sizeof(buf), &h);
+	assert_int_equal(chunkstore_insert(cs, &h, buf, sizeof(buf)), 0);
+	assert_int_equal(pipe(pfd), 0);
+	flags = fcntl(pfd[1], F_GETFL);
+	assert_int_equal(fcntl(pfd[1], F_SETFL, flags | O_NONBLOCK), 0);
+	while (write(pfd[1], sink, sizeof(sink)) > 0)
+		;
+	while (write(pfd[1], sink, 1) > 0)
+		;
+	assert_int_equal(fcntl(pfd[1], F_SETFL, flags), 0);
+	saved = dup(STDERR_FILENO);
+	assert_true(saved >= 0);
+
+	log_init("test_directory", LOG_LVL_INFO, 0); /* the connect's line is info */
+	dup2(pfd[1], STDERR_FILENO);
+	a = dir_new("a9", "r1", NULL);
+	/* Registered (the reconnect count rises before the announce), then parked in the
+	 * log line after it, or at the latest in the blocked write the line becomes. */
+	for (i = 0; i < 500 && !st.reconnects; i++) {
+		usleep(10000);
+		directory_get_stats(a, &st);
+	}
+	usleep(200000);
+	ready_early = directory_wait_ready(a, 0) == 0;
+	directory_attach_store(a, cs);
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	log_init("test_directory", LOG_LVL_WARN, 0);
+	flags = fcntl(pfd[0], F_GETFL);
+	fcntl(pfd[0], F_SETFL, flags | O_NONBLOCK);
+	/* drain until the thread's line has gone through and it is ready */
+	for (i = 0; i < 500 && directory_wait_ready(a, 0) != 0; i++) {
+		while (read(pfd[0], sink, sizeof(sink)) > 0)
+			;
+		usleep(10000);
+	}
+	close(pfd[0]);
+	close(pfd[1]);
+
+	assert_true(st.reconnects >= 1);
+	assert_false(ready_early); /* the thread was held in the window */
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	b = dir_new("b9", "r1", NULL);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	assert_int_equal(directory_lookup(b, &h, hd, 4), 1);
+	assert_string_equal(hd[0].name, "a9");
+	directory_destroy(a);
+	directory_destroy(b);
+	chunkstore_close(cs);
+	fx_rm_rf(sdir);
 }
 
 static void test_password_and_db(void **state)
@@ -672,6 +748,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_heartbeat_expires, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bulk_announce, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_store_attached_during_first_connect_is_announced,
+						setup, teardown),
 		cmocka_unit_test(test_password_and_db),
 		cmocka_unit_test_setup_teardown(test_redis_down_and_back, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lease_exclusive_and_released_by_announce,
