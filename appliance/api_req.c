@@ -130,9 +130,10 @@ static int parse_fields(json_t *j, struct disk_request *req, char *err, size_t e
 	json_t *chap = json_object_get(j, "chap"), *v;
 	size_t i;
 
-	if (!json_is_string(name) || !name_is_valid(json_string_value(name))) {
-		snprintf(err, errlen, "\"name\" must be 1 to 128 of A-Z a-z 0-9 . _ - not "
-				      "starting with '.' or '-' (no '/' or '..')");
+	if (!json_is_string(name) || !disk_name_is_valid(json_string_value(name))) {
+		snprintf(err, errlen, "\"name\" must be 1 to 128 of A-Z a-z 0-9 . - not "
+				      "starting with '.' or '-' (no '_': iSCSI target names "
+				      "cannot hold it; no '/' or '..')");
 		return -EINVAL;
 	}
 	snprintf(req->name, sizeof(req->name), "%s", json_string_value(name));

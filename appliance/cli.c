@@ -322,9 +322,10 @@ static int disk_create(const struct cli_opts *o, int argc, char **argv)
 /* A disk name the API would accept; otherwise says why (exit 1). */
 static bool disk_name_ok(const char *name)
 {
-	if (name_is_valid(name))
+	if (disk_name_is_valid(name))
 		return true;
-	fail("invalid disk name '%s' (1 to 128 of A-Z a-z 0-9 . _ -, no '/' or '..')", name);
+	fail("invalid disk name '%s' (1 to 128 of A-Z a-z 0-9 . -, no '_' as iSCSI target "
+	     "names cannot hold it, no '/' or '..')", name);
 	return false;
 }
 

@@ -229,7 +229,7 @@ int appliance_image_list(struct appliance *a, struct image_info **out, size_t *n
 	if (!d)
 		return errno == ENOENT ? 0 : -errno;
 	while ((de = readdir(d))) {
-		if (!name_is_valid(de->d_name) || strstr(de->d_name, ".tmp."))
+		if (!name_is_valid(de->d_name)) /* also skips write_file_atomic's temp files */
 			continue;
 		if (cnt == cap) {
 			size_t nc = cap ? cap * 2 : 16;

@@ -111,6 +111,11 @@ bool name_is_valid(const char *name)
 	return true;
 }
 
+bool disk_name_is_valid(const char *name)
+{
+	return name_is_valid(name) && !strchr(name, '_');
+}
+
 uint64_t now_ns(void)
 {
 	struct timespec ts;
@@ -174,12 +179,20 @@ int fsync_dir(const char *dir)
 
 int write_file_atomic(const char *path, const void *buf, size_t len)
 {
+	static unsigned long seq;
 	char tmp[PATH_MAX], dir[PATH_MAX];
+	const char *base = strrchr(path, '/');
+	size_t dlen = base ? (size_t)(base - path) + 1 : 0;
 	int fd, ret;
 
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp))
+	/* A hidden name of its own per call: threads of one process (concurrent pulls of
+	 * one image) must not share a temp file, and listings skip it. */
+	base = base ? base + 1 : path;
+	if (snprintf(tmp, sizeof(tmp), "%.*s.%s.tmp.%d.%lu", (int)dlen, path, base,
+		     (int)getpid(), __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED)) >=
+	    (int)sizeof(tmp))
 		return -ENAMETOOLONG;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return -errno;
 	ret = pwrite_full(fd, buf, len, 0);

@@ -36,11 +36,17 @@ const char *format_size(uint64_t n, char *buf, size_t len);
  */
 bool name_is_valid(const char *name);
 
+/* A disk name: a valid name without '_', since it becomes the end of the disk's iSCSI
+ * target name, where RFC 3720 (and tgtd) allow only letters, digits, '.', '-' and ':'. */
+bool disk_name_is_valid(const char *name);
+
 /* Monotonic clock in nanoseconds. */
 uint64_t now_ns(void);
 
-/* Writes len bytes at path atomically: temp file in the same directory, fsync, rename,
- * fsync of the directory. Returns 0 or a negative errno; on error nothing is left. */
+/* Writes len bytes at path atomically: a temp file of the call's own in the same
+ * directory (".NAME.tmp.PID.SEQ", hidden), fsync, rename, fsync of the directory. Safe
+ * from concurrent threads; the last rename wins. Returns 0 or a negative errno; on an
+ * error before the rename nothing is left. */
 int write_file_atomic(const char *path, const void *buf, size_t len);
 
 /* Reads a whole file (at most max bytes) into a malloc'd NUL-terminated buffer. */

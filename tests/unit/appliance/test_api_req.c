@@ -68,6 +68,7 @@ static void test_disk_request_bad_names(void **state)
 	assert_refused("{\"name\": \"\", \"image\": \"deb\"}", "\"name\"");
 	assert_refused("{\"name\": \"-x\", \"image\": \"deb\"}", "\"name\"");
 	assert_refused("{\"name\": \"a b\", \"image\": \"deb\"}", "\"name\"");
+	assert_refused("{\"name\": \"vm_01\", \"image\": \"deb\"}", "no '_'");
 	assert_refused("{\"name\": 5, \"image\": \"deb\"}", "\"name\"");
 	assert_refused("{\"image\": \"deb\"}", "\"name\"");
 	assert_refused("{\"name\": \"d\", \"image\": \"../deb\"}", "\"image\"");

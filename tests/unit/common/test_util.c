@@ -1,12 +1,18 @@
 /*
  * test_util.c - parse_size: the forms the config, the API and the CLI accept, and the
- * ones they must refuse rather than misread.
+ * ones they must refuse rather than misread. write_file_atomic from concurrent threads.
  */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <dirent.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -70,11 +76,81 @@ static void test_parse_size_refuses(void **state)
 	assert_int_equal(parse_size(NULL, &(uint64_t){0}), -EINVAL);
 }
 
+/*
+ * Two threads replacing one file (rackdiskd pulls one image for two concurrent disk
+ * creates): every write succeeds, the file holds one writer's complete content, and no
+ * temp file is left. A temp name shared by the threads made one's rename fail (ENOENT)
+ * after the other had renamed the file away, or publish a file another had truncated.
+ */
+#define AW_ROUNDS 300
+
+struct aw {
+	const char *path;
+	char fill;
+	int failures;
+	int first_error;
+};
+
+static void *aw_thread(void *arg)
+{
+	struct aw *w = arg;
+	char buf[8192];
+
+	memset(buf, w->fill, sizeof(buf));
+	for (int i = 0; i < AW_ROUNDS; i++) {
+		int rc = write_file_atomic(w->path, buf, sizeof(buf));
+
+		if (rc) {
+			w->failures++;
+			w->first_error = w->first_error ? w->first_error : rc;
+		}
+	}
+	return NULL;
+}
+
+static void test_write_file_atomic_concurrent(void **state)
+{
+	char dir[] = "/tmp/rd-util-XXXXXX", path[64], *data = NULL;
+	struct aw w[2] = { { .fill = 'a' }, { .fill = 'b' } };
+	pthread_t t[2];
+	struct dirent *de;
+	size_t len = 0;
+	int entries = 0;
+	DIR *d;
+
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/manifest", dir);
+	for (int i = 0; i < 2; i++) {
+		w[i].path = path;
+		assert_int_equal(pthread_create(&t[i], NULL, aw_thread, &w[i]), 0);
+	}
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	assert_int_equal(w[0].failures, 0);
+	assert_int_equal(w[1].failures, 0);
+	assert_int_equal(read_file(path, 1 << 20, &data, &len), 0);
+	assert_int_equal(len, 8192);
+	for (size_t i = 1; i < len; i++)
+		assert_int_equal(data[i], data[0]);
+	assert_true(data[0] == 'a' || data[0] == 'b');
+	free(data);
+	d = opendir(dir);
+	assert_non_null(d);
+	while ((de = readdir(d)))
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			entries++;
+	closedir(d);
+	assert_int_equal(entries, 1); /* no temp file left */
+	unlink(path);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_size_accepts),
 		cmocka_unit_test(test_parse_size_refuses),
+		cmocka_unit_test(test_write_file_atomic_concurrent),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
