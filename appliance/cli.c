@@ -493,7 +493,8 @@ int cli_peers_main(const struct cli_opts *o, int argc, char **argv)
 		char b[32];
 
 		/* FROM/FAILURES: what this node fetched from each peer, and how often it
-		 * failed (transport, refusal or wrong bytes). */
+		 * failed (transport, refusal or wrong bytes: "failures" counts them all,
+		 * "bad_data" is the wrong bytes among them). */
 		printf("%-20s %-4s %-12s %-24s %-5s %10s %8s\n", "NODE", "ID", "RACK", "ADDRESS",
 		       "STATE", "FROM", "FAILURES");
 		json_array_foreach(j, i, v) {
@@ -503,7 +504,7 @@ int cli_peers_main(const struct cli_opts *o, int argc, char **argv)
 			       jnum(v, "id"), jstr(v, "rack"),
 			       jstr(v, "address")[0] ? jstr(v, "address") : "-", jstr(v, "state"),
 			       self ? "-" : size_str(jnum(v, "bytes"), b, sizeof(b)),
-			       jnum(v, "failures") + jnum(v, "bad_data"),
+			       jnum(v, "failures"),
 			       self ? "  (this node)" : "");
 		}
 	}

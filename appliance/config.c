@@ -581,6 +581,13 @@ static int finish(struct parse_state *ps)
 					      "for a unix socket", ps->name, c->ipc_socket);
 		return -EINVAL;
 	}
+	/* A disk's directory is a tgtadm parameter, and tgtadm splits parameters at ','. */
+	if (strchr(c->state_dir, ',')) {
+		snprintf(ps->err, ps->errlen, "%s: [node] state_dir '%s' must not contain ',' "
+					      "(disk directories under it are passed to tgtadm, "
+					      "which cannot hold one)", ps->name, c->state_dir);
+		return -EINVAL;
+	}
 	if (strlen(c->state_dir) + 20 > 107) {
 		snprintf(ps->err, ps->errlen, "%s: [node] state_dir '%s' is too long (its "
 					      "fetch socket must fit a unix socket path)",

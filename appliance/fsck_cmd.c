@@ -81,10 +81,17 @@ static int check_disks(const char *state_dir, bool repair, struct findings *prob
 			continue;
 		if (config_path_fmt(path, sizeof(path), "%s/%s", dir, de->d_name))
 			continue;
-		if (!name_is_valid(de->d_name)) {
+		if (!strcmp(de->d_name, "lost+found"))
+			continue; /* disks/ is a file system's root */
+		if (!strncmp(de->d_name, ".new-", 5) || !strncmp(de->d_name, ".trash-", 7)) {
 			/* diskrec.c invariant 3: leftovers of an interrupted create/delete. */
 			report(problems, path, "leftover of an interrupted create or delete "
 					       "(removed by rackdiskd at start)");
+			continue;
+		}
+		if (!name_is_valid(de->d_name)) {
+			report(problems, path, "not a disk (no disk has such a name; rackdiskd "
+					       "ignores it): move it out of the disks directory");
 			continue;
 		}
 		(*ndisks)++;

@@ -375,6 +375,13 @@ def test_lying_peer_detected_chunks_from_seed(cluster, tmp_path):
         assert p.returncode == 0, p.stderr
         liar = next(x for x in json.loads(p.stdout) if x["name"] == "a")
         assert liar["failures"] >= len(hashes) and liar["bytes"] == 0, liar
+        assert liar["bad_data"] >= len(hashes), liar
+        # The table's FAILURES column is the same count (wrong bytes are among the
+        # failures; it used to add them a second time).
+        p = b.cli("peers")
+        assert p.returncode == 0, p.stderr
+        line = next(l for l in p.stdout.splitlines() if l.startswith("a "))
+        assert int(line.split()[-1]) == liar["failures"], (line, liar)
     finally:
         proxy.stop()
 

@@ -411,3 +411,14 @@ def test_fsck_offline(appliance):
     assert j["disks"] == 1 and j["repair"] is False and len(j["problems"]) == 1, j
     assert j["problems"][0]["path"].endswith("/disks/f1"), j
     assert "disk.json" in j["problems"][0]["problem"], j
+    # Entries of the disks directory that are not disks: lost+found (disks/ as a file
+    # system's root) is no problem; a leftover of an interrupted create and anything
+    # else are each reported as what they are.
+    for d in ("lost+found", ".new-f2", "not a disk"):
+        os.makedirs(os.path.join(a.state, "disks", d))
+    p = a.cli("--json", "fsck", "--config", a.conf)
+    assert p.returncode == 1, p.stdout + p.stderr
+    probs = {os.path.basename(x["path"]): x["problem"] for x in json.loads(p.stdout)["problems"]}
+    assert "lost+found" not in probs, probs
+    assert "interrupted create" in probs[".new-f2"], probs
+    assert "not a disk" in probs["not a disk"], probs

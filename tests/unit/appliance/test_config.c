@@ -283,6 +283,7 @@ static void test_bad_names_and_values(void **state)
 	assert_bad("[node]\nname = .hidden\n", 2, "is not valid");
 	assert_bad(MINIMAL "[node]\nrack = r 1\n", 6, "[node] rack");
 	assert_bad(MINIMAL "[node]\nstate_dir = relative/dir\n", 6, "absolute path");
+	assert_bad(MINIMAL "[node]\nstate_dir = /srv/a,b\n", 0, "must not contain ','");
 	assert_bad(MINIMAL "[node]\nlog_level = loud\n", 6, "debug, info, warn or error");
 	assert_bad(MINIMAL "[iscsi]\ntgtd = maybe\n", 6, "spawn or external");
 	assert_bad(MINIMAL "[iscsi]\ncontrol_port = 40000\n", 6, "from 0 to 32767");
