@@ -179,9 +179,8 @@ static enum MHD_Result post_image(struct api *api, struct MHD_Connection *c, str
 
 	if (api_parse_image_request(rq->body, rq->len, tag, sizeof(tag), err, sizeof(err)))
 		return send_error(c, 400, err);
-	pthread_mutex_lock(&api->a->lock);
-	ret = appliance_image_pull(api->a, tag, &info, err, sizeof(err));
-	pthread_mutex_unlock(&api->a->lock);
+	/* not under a->lock: a pull waits on the seed (appliance_image_pull_serial) */
+	ret = appliance_image_pull_serial(api->a, tag, &info, err, sizeof(err));
 	if (ret)
 		return send_error(c, api_status_for_errno(ret), err);
 	return send_json(c, 200, image_json(&info));

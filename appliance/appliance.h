@@ -10,8 +10,10 @@
  *   rackdiskd.sock       the fetch socket (target/fetch_proto.h)
  *   tgtd.ipc.<port>      the spawned tgtd's management socket
  *
- * Every operation that changes disks or images holds a->lock, so a create, a delete and
- * a reconcile never interleave. Errors: negative errno, with a one-line reason in err
+ * Every operation that changes disks holds a->lock, so a create, a delete and a
+ * reconcile never interleave. Image pulls do not: they wait on the seed, and a->lock is
+ * also taken by listings and /metrics; pulls of one tag take turns instead
+ * (appliance_image_pull_serial). Errors: negative errno, with a one-line reason in err
  * that the API returns to the client as is.
  */
 #ifndef RACKDISK_APPLIANCE_APPLIANCE_H
@@ -59,9 +61,13 @@ struct image_info {
 	uint64_t nchunks, zero_chunks;
 };
 
-/* Resolves tag on the seed, fetches its manifest, checks it, keeps a copy. */
+/* Resolves tag on the seed, fetches its manifest, checks it, keeps a copy. Not
+ * serialised: callers use appliance_image_pull_serial. */
 int appliance_image_pull(struct appliance *a, const char *tag, struct image_info *out,
 			 char *err, size_t errlen);
+/* appliance_image_pull without a->lock, one pull of a given tag at a time (disks.c). */
+int appliance_image_pull_serial(struct appliance *a, const char *tag, struct image_info *out,
+				char *err, size_t errlen);
 /* A pulled image by tag or id; -ENOENT if not pulled. */
 int appliance_image_get(struct appliance *a, const char *ref, struct image_info *out,
 			char *err, size_t errlen);

@@ -185,6 +185,57 @@ static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh,
 	return ret;
 }
 
+/*
+ * Pulls in progress, by tag (appliance_image_pull_serial). Process-wide: rackdiskd runs
+ * one appliance, and the entries live on the pullers' stacks.
+ */
+struct pull {
+	const struct appliance *a;
+	const char *tag;
+	struct pull *next;
+};
+
+static pthread_mutex_t pulls_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pulls_done = PTHREAD_COND_INITIALIZER;
+static struct pull *pulls;
+
+static bool pull_running(const struct appliance *a, const char *tag)
+{
+	for (const struct pull *p = pulls; p; p = p->next)
+		if (p->a == a && !strcmp(p->tag, tag))
+			return true;
+	return false;
+}
+
+/*
+ * Without a->lock: a pull waits on the seed for up to its request timeout twice (tag,
+ * manifest), and the lock is also taken by listings, /metrics and the reconcile after a
+ * tgtd restart. Pulls of one tag take turns, so a slow pull cannot write the tag file
+ * after a later one (which may have resolved a newer id); the wait is bounded by the
+ * pulls ahead, each bounded by the seed's timeouts.
+ */
+int appliance_image_pull_serial(struct appliance *a, const char *tag, struct image_info *out,
+				char *err, size_t errlen)
+{
+	struct pull self = {.a = a, .tag = tag}, **pp;
+	int ret;
+
+	pthread_mutex_lock(&pulls_lock);
+	while (pull_running(a, tag))
+		pthread_cond_wait(&pulls_done, &pulls_lock);
+	self.next = pulls;
+	pulls = &self;
+	pthread_mutex_unlock(&pulls_lock);
+	ret = appliance_image_pull(a, tag, out, err, errlen);
+	pthread_mutex_lock(&pulls_lock);
+	for (pp = &pulls; *pp != &self; pp = &(*pp)->next)
+		;
+	*pp = self.next;
+	pthread_cond_broadcast(&pulls_done);
+	pthread_mutex_unlock(&pulls_lock);
+	return ret;
+}
+
 /* Resolves the request's image, pulling a tag the appliance does not have yet. */
 static int resolve_image(struct appliance *a, const char *ref, struct image_info *info,
 			 char *err, size_t errlen)
@@ -195,7 +246,7 @@ static int resolve_image(struct appliance *a, const char *ref, struct image_info
 	ret = appliance_image_get(a, ref, info, err, errlen);
 	if (ret != -ENOENT || !hash_from_hex(ref, strlen(ref), &id))
 		return ret;
-	return appliance_image_pull(a, ref, info, err, errlen);
+	return appliance_image_pull_serial(a, ref, info, err, errlen);
 }
 
 /* Builds the disk in .new-<name> and renames it into place (diskrec.c invariant 1). */
