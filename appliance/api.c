@@ -128,20 +128,42 @@ static json_t *disk_json(struct appliance *a, const struct diskrec *r)
 	json_object_del(j, "format");
 	json_object_set_new(j, "iqn", json_string(iqn));
 	json_object_set_new(j, "url", json_string(url));
+	json_object_set_new(j, "state", json_string("ok"));
 	return j;
 }
 
+/* A disk whose record is damaged: what is known of it, and what to do. */
+static json_t *damaged_json(struct appliance *a, const struct diskrec_damaged *b)
+{
+	char iqn[DISKREC_IQN_MAX], msg[sizeof(b->error) + 128];
+	json_t *j;
+
+	appliance_disk_iqn(a, b->name, iqn, sizeof(iqn));
+	snprintf(msg, sizeof(msg), "%s; restore it and send rackdiskd SIGHUP, or delete the "
+		 "disk with force", b->error);
+	j = json_pack("{s:s, s:s, s:s, s:s}", "name", b->name, "state", "damaged", "iqn", iqn,
+		      "error", msg);
+	if (j && b->tid)
+		json_object_set_new(j, "tid", json_integer(b->tid));
+	return j;
+}
+
+/* "status" is "degraded" while a disk's record is damaged (appliance_reconcile). */
 static enum MHD_Result get_health(struct api *api, struct MHD_Connection *c)
 {
 	struct appliance *a = api->a;
+	int damaged = appliance_disks_damaged(a);
 
-	return send_json(c, 200, json_pack("{s:s, s:s, s:s, s:I, s:i, s:b, s:I}", "status", "ok",
-					   "node", a->cfg.node_name, "rack", a->cfg.rack,
-					   "uptime_s",
+	if (damaged < 0)
+		log_warn("health: listing the disks: %s", strerror(-damaged));
+	return send_json(c, 200, json_pack("{s:s, s:s, s:s, s:I, s:i, s:b, s:I, s:i}", "status",
+					   damaged > 0 ? "degraded" : "ok", "node",
+					   a->cfg.node_name, "rack", a->cfg.rack, "uptime_s",
 					   (json_int_t)((now_ns() - a->started_ns) / 1000000000ULL),
 					   "tgtd_pid", (int)tgtmgr_pid(a->tgt), "tgtd_spawned",
 					   a->cfg.tgtd_spawn, "reconciles",
-					   (json_int_t)a->reconciles));
+					   (json_int_t)a->reconciles, "damaged_disks",
+					   damaged > 0 ? damaged : 0));
 }
 
 static enum MHD_Result get_images(struct api *api, struct MHD_Connection *c)
@@ -179,27 +201,33 @@ static enum MHD_Result post_image(struct api *api, struct MHD_Connection *c, str
 
 	if (api_parse_image_request(rq->body, rq->len, tag, sizeof(tag), err, sizeof(err)))
 		return send_error(c, 400, err);
-	pthread_mutex_lock(&api->a->lock);
-	ret = appliance_image_pull(api->a, tag, &info, err, sizeof(err));
-	pthread_mutex_unlock(&api->a->lock);
+	/* not under a->lock: a pull waits on the seed (appliance_image_pull_serial) */
+	ret = appliance_image_pull_serial(api->a, tag, &info, err, sizeof(err));
 	if (ret)
 		return send_error(c, api_status_for_errno(ret), err);
 	return send_json(c, 200, image_json(&info));
 }
 
+/* Every disk by name, those with a damaged record too ("state": "damaged"). */
 static enum MHD_Result get_disks(struct api *api, struct MHD_Connection *c)
 {
+	struct diskrec_damaged *bad = NULL;
 	struct diskrec *v = NULL;
-	size_t n = 0;
+	size_t n = 0, nbad = 0, i = 0, k = 0;
 	json_t *arr;
-	int ret = appliance_disk_list(api->a, &v, &n);
+	int ret = appliance_disk_scan(api->a, &v, &n, &bad, &nbad);
 
 	if (ret)
 		return send_error(c, api_status_for_errno(ret), strerror(-ret));
 	arr = json_array();
-	for (size_t i = 0; i < n; i++)
-		json_array_append_new(arr, disk_json(api->a, &v[i]));
+	while (arr && (i < n || k < nbad)) {
+		if (k == nbad || (i < n && strcmp(v[i].name, bad[k].name) < 0))
+			json_array_append_new(arr, disk_json(api->a, &v[i++]));
+		else
+			json_array_append_new(arr, damaged_json(api->a, &bad[k++]));
+	}
 	free(v);
+	free(bad);
 	return send_json(c, 200, arr);
 }
 

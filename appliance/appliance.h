@@ -10,8 +10,10 @@
  *   rackdiskd.sock       the fetch socket (target/fetch_proto.h)
  *   tgtd.ipc.<port>      the spawned tgtd's management socket
  *
- * Every operation that changes disks or images holds a->lock, so a create, a delete and
- * a reconcile never interleave. Errors: negative errno, with a one-line reason in err
+ * Every operation that changes disks holds a->lock, so a create, a delete and a
+ * reconcile never interleave. Image pulls do not: they wait on the seed, and a->lock is
+ * also taken by listings and /metrics; pulls of one tag take turns instead
+ * (appliance_image_pull_serial). Errors: negative errno, with a one-line reason in err
  * that the API returns to the client as is.
  */
 #ifndef RACKDISK_APPLIANCE_APPLIANCE_H
@@ -28,6 +30,7 @@
 #include "common/hash.h"
 
 struct chunkstore;
+struct disk_tid;
 struct fetcher;
 struct fetchsrv;
 struct peering;
@@ -47,6 +50,10 @@ struct appliance {
 	pthread_mutex_t lock;
 	uint64_t started_ns;
 	uint64_t reconciles;
+	/* The target id of each disk as last seen (disks.c), so that a disk whose record
+	 * becomes damaged keeps its tid across tgtd restarts. Under lock. */
+	struct disk_tid *disk_tids;
+	size_t ndisk_tids;
 };
 
 /* --- images (appliance/images_local.c) --- */
@@ -59,9 +66,13 @@ struct image_info {
 	uint64_t nchunks, zero_chunks;
 };
 
-/* Resolves tag on the seed, fetches its manifest, checks it, keeps a copy. */
+/* Resolves tag on the seed, fetches its manifest, checks it, keeps a copy. Not
+ * serialised: callers use appliance_image_pull_serial. */
 int appliance_image_pull(struct appliance *a, const char *tag, struct image_info *out,
 			 char *err, size_t errlen);
+/* appliance_image_pull without a->lock, one pull of a given tag at a time (disks.c). */
+int appliance_image_pull_serial(struct appliance *a, const char *tag, struct image_info *out,
+				char *err, size_t errlen);
 /* A pulled image by tag or id; -ENOENT if not pulled. */
 int appliance_image_get(struct appliance *a, const char *ref, struct image_info *out,
 			char *err, size_t errlen);
@@ -83,8 +94,16 @@ int appliance_disk_delete(struct appliance *a, const char *name, bool force, cha
 int appliance_disk_resize(struct appliance *a, const char *name, uint64_t size,
 			  struct diskrec *out, char *err, size_t errlen);
 int appliance_disk_get(struct appliance *a, const char *name, struct diskrec *out);
+/* The disks with a readable record (damaged ones are logged and skipped). */
 int appliance_disk_list(struct appliance *a, struct diskrec **out, size_t *n);
-/* Makes tgtd's targets match the disk records (start, tgtd restart). */
+/* Every disk: readable records in *out, damaged ones (with the tid they keep, 0 if not
+ * known) in *damaged; both malloc'd. */
+int appliance_disk_scan(struct appliance *a, struct diskrec **out, size_t *n,
+			struct diskrec_damaged **damaged, size_t *ndamaged);
+/* How many disks have a damaged record (without a->lock), or a negative errno. */
+int appliance_disks_damaged(struct appliance *a);
+/* Makes tgtd's targets match the disk records (start, SIGHUP, tgtd restart). A disk
+ * whose record is damaged keeps its target and tid and is logged as an error. */
 int appliance_reconcile(struct appliance *a);
 
 /* The fetcher's counters, with the peer hook's failed requests (transport, wrong bytes)

@@ -9,6 +9,9 @@
  *     its files, so a crash never leaves a half-deleted disk under its name.
  *  3. Leftover ".new-*" and ".trash-*" directories are garbage, removed at start.
  *  4. disk.json is replaced atomically (write_file_atomic), never edited in place.
+ *  5. A directory named by a valid name whose disk.json cannot be used is still a disk,
+ *     with a damaged record (diskrec_scan lists it apart): its name, its target and its
+ *     target id stay its own until the record is restored or the disk deleted.
  */
 #include "appliance/diskrec.h"
 
@@ -243,56 +246,110 @@ static int cmp_rec(const void *a, const void *b)
 	return strcmp(((const struct diskrec *)a)->name, ((const struct diskrec *)b)->name);
 }
 
-int diskrec_list(const char *disks_dir, struct diskrec **out, size_t *n)
+static int cmp_damaged(const void *a, const void *b)
 {
+	return strcmp(((const struct diskrec_damaged *)a)->name,
+		      ((const struct diskrec_damaged *)b)->name);
+}
+
+/* Grows *v (of *cap elements of size) to hold one more than n; -ENOMEM. */
+static int grow(void **v, size_t *cap, size_t n, size_t size)
+{
+	size_t nc = *cap ? *cap * 2 : 16;
+	void *nv;
+
+	if (n < *cap)
+		return 0;
+	nv = realloc(*v, nc * size);
+	if (!nv)
+		return -ENOMEM;
+	*v = nv;
+	*cap = nc;
+	return 0;
+}
+
+/* Loads the record of directory name into *r, or says in err why it cannot be used. */
+static int load_entry(const char *disks_dir, const char *name, struct diskrec *r, char *err,
+		      size_t errlen)
+{
+	char path[PATH_MAX];
+	int ret;
+
+	ret = config_path_fmt(path, sizeof(path), "%s/%s", disks_dir, name);
+	if (ret) {
+		snprintf(err, errlen, "path of disk '%s' too long", name);
+		return ret;
+	}
+	ret = diskrec_load(path, r, err, errlen);
+	if (!ret && strcmp(r->name, name)) {
+		snprintf(err, errlen, "%s/%s is damaged: it names disk '%s'", path, DISKREC_FILE,
+			 r->name);
+		ret = -EUCLEAN;
+	}
+	return ret;
+}
+
+int diskrec_scan(const char *disks_dir, struct diskrec **out, size_t *n,
+		 struct diskrec_damaged **damaged, size_t *ndamaged)
+{
+	struct diskrec_damaged *bad = NULL;
 	struct diskrec *v = NULL;
-	size_t cnt = 0, cap = 0;
+	size_t cnt = 0, cap = 0, nbad = 0, capbad = 0;
 	struct dirent *de;
 	DIR *d;
 	int ret = 0;
 
 	*out = NULL;
 	*n = 0;
+	*damaged = NULL;
+	*ndamaged = 0;
 	d = opendir(disks_dir);
 	if (!d)
 		return errno == ENOENT ? 0 : -errno;
 	while ((de = readdir(d))) {
-		char path[PATH_MAX], err[256];
-
 		if (!name_is_valid(de->d_name))
 			continue; /* invariant 1: only complete disks have a plain name */
-		if (cnt == cap) {
-			size_t nc = cap ? cap * 2 : 16;
-			struct diskrec *nv = realloc(v, nc * sizeof(*v));
-
-			if (!nv) {
-				ret = -ENOMEM;
-				goto out;
-			}
-			v = nv;
-			cap = nc;
+		ret = grow((void **)&v, &cap, cnt, sizeof(*v));
+		if (!ret)
+			ret = grow((void **)&bad, &capbad, nbad, sizeof(*bad));
+		if (ret)
+			goto out;
+		memset(&bad[nbad], 0, sizeof(bad[nbad]));
+		if (load_entry(disks_dir, de->d_name, &v[cnt], bad[nbad].error,
+			       sizeof(bad[nbad].error))) {
+			/* a valid name has at most DISKREC_NAME_MAX - 1 bytes */
+			memcpy(bad[nbad].name, de->d_name, strlen(de->d_name) + 1);
+			nbad++;
+		} else {
+			cnt++;
 		}
-		if (config_path_fmt(path, sizeof(path), "%s/%s", disks_dir, de->d_name))
-			continue;
-		if (diskrec_load(path, &v[cnt], err, sizeof(err))) {
-			log_warn("skipping disk '%s': %s", de->d_name, err);
-			continue;
-		}
-		if (strcmp(v[cnt].name, de->d_name)) {
-			log_warn("skipping disk '%s': its record names '%s'", de->d_name,
-				 v[cnt].name);
-			continue;
-		}
-		cnt++;
 	}
 	qsort(v, cnt, sizeof(*v), cmp_rec);
+	qsort(bad, nbad, sizeof(*bad), cmp_damaged);
 out:
 	closedir(d);
 	if (ret) {
 		free(v);
+		free(bad);
 		return ret;
 	}
 	*out = v;
 	*n = cnt;
+	*damaged = bad;
+	*ndamaged = nbad;
 	return 0;
+}
+
+int diskrec_list(const char *disks_dir, struct diskrec **out, size_t *n)
+{
+	struct diskrec_damaged *bad;
+	size_t nbad;
+	int ret;
+
+	ret = diskrec_scan(disks_dir, out, n, &bad, &nbad);
+	for (size_t i = 0; !ret && i < nbad; i++)
+		log_warn("skipping disk '%s': %s", bad[i].name, bad[i].error);
+	if (!ret)
+		free(bad);
+	return ret;
 }

@@ -8,6 +8,7 @@
 #ifndef RACKDISK_APPLIANCE_DISKREC_H
 #define RACKDISK_APPLIANCE_DISKREC_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -46,8 +47,22 @@ int diskrec_from_json(json_t *j, struct diskrec *r, char *err, size_t errlen);
 int diskrec_save(const char *dir, const struct diskrec *r);
 int diskrec_load(const char *dir, struct diskrec *r, char *err, size_t errlen);
 
-/* Every record under disks_dir (directories named by a valid name only), sorted by
- * name. *out is malloc'd. Unreadable records are logged and skipped. */
+/*
+ * A disk whose record cannot be used: its directory is there (named by a valid name),
+ * its disk.json is missing, unreadable, does not parse, is invalid or names another disk.
+ * The disk still exists; only its record is damaged.
+ */
+struct diskrec_damaged {
+	char name[DISKREC_NAME_MAX]; /* the directory's name */
+	char error[PATH_MAX + 256];  /* why, naming the file */
+	int tid;                     /* 0 here; appliance/disks.c fills in what it knows */
+};
+
+/* Every disk directory under disks_dir (named by a valid name only), sorted by name: the
+ * readable records in *out, the others in *damaged (both malloc'd). Logs nothing. */
+int diskrec_scan(const char *disks_dir, struct diskrec **out, size_t *n,
+		 struct diskrec_damaged **damaged, size_t *ndamaged);
+/* diskrec_scan's readable records; damaged ones are logged and skipped. */
 int diskrec_list(const char *disks_dir, struct diskrec **out, size_t *n);
 
 /* An iSCSI initiator name (iqn., eui. or naa. form, RFC 3720 3.2.6.3). */

@@ -7,6 +7,12 @@
  * Targets whose name starts with "<iqn_prefix>:" belong to this appliance: reconcile
  * removes those without a record and leaves every other target alone (an external tgtd
  * may serve other things).
+ *
+ * A disk whose record is damaged (diskrec_damaged: its directory is there, its disk.json
+ * cannot be used) is kept as it is: its target, found by IQN, is neither removed nor
+ * replaced, its target id is given to no other disk (remembered across tgtd restarts,
+ * struct disk_tid), its name stays taken, and it is reported (log, GET disks, health)
+ * until the record is restored and a reconcile adopts it again.
  */
 #include "appliance/appliance.h"
 
@@ -134,8 +140,67 @@ static int write_lun_json(struct appliance *a, const char *dir, const struct dis
 	return ret;
 }
 
-/* The lowest tid used neither by a record nor by any target of tgtd. */
-static int alloc_tid(struct appliance *a, const struct diskrec *recs, size_t nrecs)
+/* The target id of a disk as this daemon last saw it: a disk whose record becomes
+ * damaged keeps it, also when its target is gone (a tgtd restart). */
+struct disk_tid {
+	char name[DISKREC_NAME_MAX];
+	int tid;
+};
+
+static struct disk_tid *find_tid(struct appliance *a, const char *name)
+{
+	for (size_t i = 0; i < a->ndisk_tids; i++)
+		if (!strcmp(a->disk_tids[i].name, name))
+			return &a->disk_tids[i];
+	return NULL;
+}
+
+static void remember_tid(struct appliance *a, const char *name, int tid)
+{
+	struct disk_tid *e = find_tid(a, name), *nv;
+
+	if (!e) {
+		nv = realloc(a->disk_tids, (a->ndisk_tids + 1) * sizeof(*nv));
+		if (!nv) {
+			log_warn("out of memory remembering the target id of disk %s", name);
+			return;
+		}
+		a->disk_tids = nv;
+		e = &nv[a->ndisk_tids++];
+		snprintf(e->name, sizeof(e->name), "%s", name);
+	}
+	e->tid = tid;
+}
+
+static void forget_tid(struct appliance *a, const char *name)
+{
+	struct disk_tid *e = find_tid(a, name);
+
+	if (e)
+		*e = a->disk_tids[--a->ndisk_tids];
+}
+
+/* The tid of each damaged disk: its target's in t (by IQN), else the one remembered, else
+ * 0 (unknown: a daemon started after the record was damaged, its target gone). */
+static void damaged_tids(struct appliance *a, struct diskrec_damaged *bad, size_t nbad,
+			 const struct tgtmgr_target *t, size_t nt)
+{
+	for (size_t i = 0; i < nbad; i++) {
+		const struct disk_tid *e = find_tid(a, bad[i].name);
+		char iqn[DISKREC_IQN_MAX];
+
+		bad[i].tid = e ? e->tid : 0;
+		appliance_disk_iqn(a, bad[i].name, iqn, sizeof(iqn));
+		for (size_t j = 0; j < nt; j++)
+			if (!strcmp(t[j].name, iqn))
+				bad[i].tid = t[j].tid;
+	}
+}
+
+/* The lowest tid used neither by a record, nor by a damaged disk, nor by any target of
+ * tgtd. */
+static int alloc_tid(struct appliance *a, const struct diskrec *recs, size_t nrecs,
+		     const struct diskrec_damaged *bad, size_t nbad)
 {
 	struct tgtmgr_target *t = NULL;
 	size_t nt = 0;
@@ -148,6 +213,8 @@ static int alloc_tid(struct appliance *a, const struct diskrec *recs, size_t nre
 
 		for (size_t i = 0; i < nrecs && !used; i++)
 			used = recs[i].tid == tid;
+		for (size_t i = 0; i < nbad && !used; i++)
+			used = bad[i].tid == tid;
 		for (size_t i = 0; i < nt && !used; i++)
 			used = t[i].tid == tid;
 		if (!used)
@@ -185,6 +252,57 @@ static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh,
 	return ret;
 }
 
+/*
+ * Pulls in progress, by tag (appliance_image_pull_serial). Process-wide: rackdiskd runs
+ * one appliance, and the entries live on the pullers' stacks.
+ */
+struct pull {
+	const struct appliance *a;
+	const char *tag;
+	struct pull *next;
+};
+
+static pthread_mutex_t pulls_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pulls_done = PTHREAD_COND_INITIALIZER;
+static struct pull *pulls;
+
+static bool pull_running(const struct appliance *a, const char *tag)
+{
+	for (const struct pull *p = pulls; p; p = p->next)
+		if (p->a == a && !strcmp(p->tag, tag))
+			return true;
+	return false;
+}
+
+/*
+ * Without a->lock: a pull waits on the seed for up to its request timeout twice (tag,
+ * manifest), and the lock is also taken by listings, /metrics and the reconcile after a
+ * tgtd restart. Pulls of one tag take turns, so a slow pull cannot write the tag file
+ * after a later one (which may have resolved a newer id); the wait is bounded by the
+ * pulls ahead, each bounded by the seed's timeouts.
+ */
+int appliance_image_pull_serial(struct appliance *a, const char *tag, struct image_info *out,
+				char *err, size_t errlen)
+{
+	struct pull self = {.a = a, .tag = tag}, **pp;
+	int ret;
+
+	pthread_mutex_lock(&pulls_lock);
+	while (pull_running(a, tag))
+		pthread_cond_wait(&pulls_done, &pulls_lock);
+	self.next = pulls;
+	pulls = &self;
+	pthread_mutex_unlock(&pulls_lock);
+	ret = appliance_image_pull(a, tag, out, err, errlen);
+	pthread_mutex_lock(&pulls_lock);
+	for (pp = &pulls; *pp != &self; pp = &(*pp)->next)
+		;
+	*pp = self.next;
+	pthread_cond_broadcast(&pulls_done);
+	pthread_mutex_unlock(&pulls_lock);
+	return ret;
+}
+
 /* Resolves the request's image, pulling a tag the appliance does not have yet. */
 static int resolve_image(struct appliance *a, const char *ref, struct image_info *info,
 			 char *err, size_t errlen)
@@ -195,7 +313,7 @@ static int resolve_image(struct appliance *a, const char *ref, struct image_info
 	ret = appliance_image_get(a, ref, info, err, errlen);
 	if (ret != -ENOENT || !hash_from_hex(ref, strlen(ref), &id))
 		return ret;
-	return appliance_image_pull(a, ref, info, err, errlen);
+	return appliance_image_pull_serial(a, ref, info, err, errlen);
 }
 
 /* Builds the disk in .new-<name> and renames it into place (diskrec.c invariant 1). */
@@ -274,8 +392,9 @@ static int create_locked(struct appliance *a, const struct disk_request *req,
 			 const struct image_info *image, struct diskrec *r, char *err,
 			 size_t errlen)
 {
+	struct diskrec_damaged *bad = NULL;
 	struct diskrec *recs = NULL;
-	size_t nrecs = 0;
+	size_t nrecs = 0, nbad = 0;
 	int ret, tid;
 
 	ret = disk_exists(a, req->name, err, errlen);
@@ -299,18 +418,25 @@ static int create_locked(struct appliance *a, const struct disk_request *req,
 	snprintf(r->chap_password, sizeof(r->chap_password), "%s", req->chap_password);
 	r->lun = 1;
 	r->created = (int64_t)time(NULL);
-	ret = diskrec_list(a->disks_dir, &recs, &nrecs);
+	ret = diskrec_scan(a->disks_dir, &recs, &nrecs, &bad, &nbad);
 	if (ret) {
 		snprintf(err, errlen, "listing disks: %s", strerror(-ret));
 		return ret;
 	}
 	/* IQNs are lowercase, names need not be: "Db" and "db" would be one target */
+	ret = -EEXIST;
 	for (size_t i = 0; i < nrecs; i++) {
 		if (!strcasecmp(recs[i].name, r->name)) {
 			snprintf(err, errlen, "disk '%s' already exists (IQNs ignore case)",
 				 recs[i].name);
-			free(recs);
-			return -EEXIST;
+			goto out;
+		}
+	}
+	for (size_t i = 0; i < nbad; i++) {
+		if (!strcasecmp(bad[i].name, r->name)) {
+			snprintf(err, errlen, "disk '%s' already exists (IQNs ignore case; its "
+				 "record is damaged)", bad[i].name);
+			goto out;
 		}
 	}
 	/* tgtd's CHAP accounts are global by user name: two disks cannot have one user with
@@ -319,26 +445,29 @@ static int create_locked(struct appliance *a, const struct disk_request *req,
 		if (!strcmp(recs[i].chap_user, r->chap_user)) {
 			snprintf(err, errlen, "CHAP user '%s' is already used by disk '%s'",
 				 r->chap_user, recs[i].name);
-			free(recs);
-			return -EEXIST;
+			goto out;
 		}
 	}
-	tid = alloc_tid(a, recs, nrecs);
-	free(recs);
+	damaged_tids(a, bad, nbad, NULL, 0); /* alloc_tid sees the live targets itself */
+	tid = alloc_tid(a, recs, nrecs, bad, nbad);
 	if (tid < 0) {
 		snprintf(err, errlen, "no free target id");
-		return tid;
+		ret = tid;
+		goto out;
 	}
 	r->tid = tid;
 	ret = make_disk_dir(a, r, err, errlen);
 	if (ret)
-		return ret;
+		goto out;
 	ret = export_disk(a, r, true, err, errlen);
-	if (ret) {
+	if (ret)
 		remove_disk_dir(a, r->name);
-		return ret;
-	}
-	return 0;
+	else
+		remember_tid(a, r->name, r->tid);
+out:
+	free(recs);
+	free(bad);
+	return ret;
 }
 
 int appliance_disk_create(struct appliance *a, const struct disk_request *req,
@@ -378,15 +507,20 @@ int appliance_disk_create(struct appliance *a, const struct disk_request *req,
  * one): its account is then left in tgtd. */
 static bool chap_user_shared(struct appliance *a, const char *name, const char *user)
 {
+	struct diskrec_damaged *bad = NULL;
 	struct diskrec *recs = NULL;
-	size_t n = 0;
-	bool shared = false;
+	size_t n = 0, nbad = 0;
+	bool shared;
 
-	if (diskrec_list(a->disks_dir, &recs, &n))
-		return true; /* unknown: keeping an account is the safe side */
+	/* unknown (no list, or a damaged record that may name user): keeping an account is
+	 * the safe side */
+	if (diskrec_scan(a->disks_dir, &recs, &n, &bad, &nbad))
+		return true;
+	shared = nbad > 0;
 	for (size_t i = 0; i < n && !shared; i++)
 		shared = strcmp(recs[i].name, name) && !strcmp(recs[i].chap_user, user);
 	free(recs);
+	free(bad);
 	return shared;
 }
 
@@ -465,6 +599,8 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 	ret = remove_disk_dir(a, name);
 	if (ret)
 		snprintf(err, errlen, "removing disk '%s': %s", name, strerror(-ret));
+	else
+		forget_tid(a, name);
 	return ret;
 }
 
@@ -584,6 +720,34 @@ int appliance_disk_list(struct appliance *a, struct diskrec **out, size_t *n)
 	return ret;
 }
 
+int appliance_disk_scan(struct appliance *a, struct diskrec **out, size_t *n,
+			struct diskrec_damaged **damaged, size_t *ndamaged)
+{
+	int ret;
+
+	pthread_mutex_lock(&a->lock);
+	ret = diskrec_scan(a->disks_dir, out, n, damaged, ndamaged);
+	if (!ret)
+		damaged_tids(a, *damaged, *ndamaged, NULL, 0);
+	pthread_mutex_unlock(&a->lock);
+	return ret;
+}
+
+int appliance_disks_damaged(struct appliance *a)
+{
+	struct diskrec_damaged *bad = NULL;
+	struct diskrec *recs = NULL;
+	size_t n = 0, nbad = 0;
+	int ret;
+
+	/* Without a->lock, so that health never waits: the scan reads only complete disk
+	 * directories and records replaced atomically (diskrec.c invariants 1, 2, 4). */
+	ret = diskrec_scan(a->disks_dir, &recs, &n, &bad, &nbad);
+	free(recs);
+	free(bad);
+	return ret ? ret : (int)MIN(nbad, (size_t)INT_MAX);
+}
+
 /* The target lets in whom the record says, no one else: its CHAP account and its ACL (a
  * crash between export steps, or an operator's tgtadm, can leave them otherwise). */
 static bool access_matches(const struct tgtmgr_target *t, const struct diskrec *r)
@@ -654,31 +818,90 @@ static void adopt_overlay_size(struct appliance *a, struct diskrec *r, const cha
 		 (unsigned long long)old, (unsigned long long)size);
 }
 
-/* Exports record r, moving it to a free tid when a foreign target holds its tid. */
-static int reexport(struct appliance *a, struct diskrec *r, struct diskrec *recs, size_t nrecs,
-		    const struct tgtmgr_target *t, size_t nt)
+/* What one reconcile works from: the records, the damaged disks, and tgtd's targets as
+ * they were listed first, with those it removed as stale. */
+struct recon {
+	struct diskrec *recs;
+	size_t nrecs;
+	struct diskrec_damaged *bad;
+	size_t nbad;
+	struct tgtmgr_target *t;
+	size_t nt;
+	bool *removed;
+};
+
+/* The damaged disk whose target t is (by IQN), or NULL. */
+static const struct diskrec_damaged *damaged_owner(struct appliance *a, const struct recon *c,
+						   const struct tgtmgr_target *t)
 {
+	char iqn[DISKREC_IQN_MAX];
+
+	for (size_t i = 0; i < c->nbad; i++) {
+		appliance_disk_iqn(a, c->bad[i].name, iqn, sizeof(iqn));
+		if (!strcmp(t->name, iqn))
+			return &c->bad[i];
+	}
+	return NULL;
+}
+
+/* Logs what an operator must know about a damaged disk, and how to fix it. */
+static void log_damaged(struct appliance *a, const struct recon *c,
+			const struct diskrec_damaged *b)
+{
+	char iqn[DISKREC_IQN_MAX], tid[64] = "";
+	bool live = false;
+
+	appliance_disk_iqn(a, b->name, iqn, sizeof(iqn));
+	for (size_t i = 0; i < c->nt && !live; i++)
+		live = !strcmp(c->t[i].name, iqn);
+	if (b->tid)
+		snprintf(tid, sizeof(tid), "; target id %d stays reserved for it", b->tid);
+	log_error("disk %s has a damaged record: %s. %s%s. Fix: restore its disk.json "
+		  "(`rackdisk fsck` lists damaged records) and send rackdiskd SIGHUP, or delete "
+		  "the disk with `rackdisk disk rm %s --force`", b->name, b->error,
+		  live ? "Its target is kept as it is"
+		       : "It is not exported until then (its access rules are in the record)",
+		  tid, b->name);
+}
+
+/* True when r, the j-th record, cannot be exported at its tid: a target still there holds
+ * it (another disk's, a damaged disk's, or not ours: stale ones of ours are removed by
+ * now), a record before r has it (and is exported first), or a damaged disk keeps it. */
+static bool tid_taken(const struct recon *c, size_t j)
+{
+	int tid = c->recs[j].tid;
+
+	for (size_t i = 0; i < c->nt; i++)
+		if (c->t[i].tid == tid && !c->removed[i])
+			return true;
+	for (size_t i = 0; i < j; i++)
+		if (c->recs[i].tid == tid)
+			return true;
+	for (size_t i = 0; i < c->nbad; i++)
+		if (c->bad[i].tid == tid)
+			return true;
+	return false;
+}
+
+/* Exports the j-th record, moving it to a free tid when its own is taken. */
+static int reexport(struct appliance *a, struct recon *c, size_t j)
+{
+	struct diskrec *r = &c->recs[j];
 	char err[256] = "", dir[PATH_MAX];
 	int ret;
 
-	for (size_t j = 0; j < nt; j++) {
-		if (t[j].tid != r->tid)
-			continue;
-		if (is_ours(a, t[j].name)) {
-			tgtmgr_unexport(a->tgt, t[j].tid, true);
-		} else {
-			int tid = alloc_tid(a, recs, nrecs);
+	if (tid_taken(c, j)) {
+		int tid = alloc_tid(a, c->recs, c->nrecs, c->bad, c->nbad);
 
-			if (tid < 0)
-				return tid;
-			log_warn("target id %d of disk %s is taken by %s; moving it to %d",
-				 r->tid, r->name, t[j].name, tid);
-			r->tid = tid;
-			appliance_disk_dir(a, r->name, dir, sizeof(dir));
-			ret = diskrec_save(dir, r);
-			if (ret)
-				return ret;
-		}
+		if (tid < 0)
+			return tid;
+		log_warn("target id %d of disk %s is taken by another target or disk; moving it "
+			 "to %d", r->tid, r->name, tid);
+		r->tid = tid;
+		appliance_disk_dir(a, r->name, dir, sizeof(dir));
+		ret = diskrec_save(dir, r);
+		if (ret)
+			return ret;
 	}
 	ret = export_disk(a, r, false, err, sizeof(err));
 	if (ret)
@@ -688,50 +911,69 @@ static int reexport(struct appliance *a, struct diskrec *r, struct diskrec *recs
 	return ret;
 }
 
+/* Removes our targets that no record wants, keeping those of damaged disks. */
+static void remove_stale(struct appliance *a, struct recon *c)
+{
+	for (size_t i = 0; i < c->nt; i++) {
+		bool wanted = false;
+		int ret;
+
+		if (!is_ours(a, c->t[i].name))
+			continue;
+		for (size_t j = 0; j < c->nrecs && !wanted; j++)
+			wanted = target_matches(a, &c->t[i], &c->recs[j]);
+		if (wanted || damaged_owner(a, c, &c->t[i]))
+			continue;
+		log_info("removing stale target %d (%s)", c->t[i].tid, c->t[i].name);
+		ret = tgtmgr_unexport(a->tgt, c->t[i].tid, true);
+		c->removed[i] = !ret || ret == -ENOENT;
+	}
+}
+
 static int reconcile_locked(struct appliance *a)
 {
-	struct tgtmgr_target *t = NULL;
-	struct diskrec *recs = NULL;
-	size_t nt = 0, nrecs = 0;
+	struct recon c = {0};
 	int ret, failed = 0;
 
-	ret = diskrec_list(a->disks_dir, &recs, &nrecs);
+	ret = diskrec_scan(a->disks_dir, &c.recs, &c.nrecs, &c.bad, &c.nbad);
 	if (!ret)
-		ret = tgtmgr_list(a->tgt, &t, &nt);
+		ret = tgtmgr_list(a->tgt, &c.t, &c.nt);
+	if (!ret && !(c.removed = calloc(c.nt ? c.nt : 1, sizeof(*c.removed))))
+		ret = -ENOMEM;
 	if (ret)
 		goto out;
-	/* Stale targets of ours: no record, or a record that says otherwise. */
-	for (size_t i = 0; i < nt; i++) {
-		bool wanted = false;
-
-		if (!is_ours(a, t[i].name))
-			continue;
-		for (size_t j = 0; j < nrecs && !wanted; j++)
-			wanted = target_matches(a, &t[i], &recs[j]);
-		if (!wanted) {
-			log_info("removing stale target %d (%s)", t[i].tid, t[i].name);
-			tgtmgr_unexport(a->tgt, t[i].tid, true);
-		}
-	}
-	for (size_t j = 0; j < nrecs; j++) {
+	damaged_tids(a, c.bad, c.nbad, c.t, c.nt);
+	for (size_t i = 0; i < c.nbad; i++)
+		log_damaged(a, &c, &c.bad[i]);
+	remove_stale(a, &c);
+	for (size_t j = 0; j < c.nrecs; j++) {
 		char dir[PATH_MAX];
 		bool present = false;
 
 		/* lun.json follows the current configuration (socket, timeouts). */
-		appliance_disk_dir(a, recs[j].name, dir, sizeof(dir));
-		adopt_overlay_size(a, &recs[j], dir);
-		if (write_lun_json(a, dir, &recs[j]))
-			log_warn("rewriting lun.json of disk %s failed", recs[j].name);
-		for (size_t i = 0; i < nt && !present; i++)
-			present = target_matches(a, &t[i], &recs[j]);
-		if (!present && reexport(a, &recs[j], recs, nrecs, t, nt))
+		appliance_disk_dir(a, c.recs[j].name, dir, sizeof(dir));
+		adopt_overlay_size(a, &c.recs[j], dir);
+		if (write_lun_json(a, dir, &c.recs[j]))
+			log_warn("rewriting lun.json of disk %s failed", c.recs[j].name);
+		for (size_t i = 0; i < c.nt && !present; i++)
+			present = target_matches(a, &c.t[i], &c.recs[j]);
+		if (!present && reexport(a, &c, j))
 			failed++;
 	}
+	/* what is known now replaces what was remembered (disks deleted by hand go) */
+	a->ndisk_tids = 0;
+	for (size_t j = 0; j < c.nrecs; j++)
+		remember_tid(a, c.recs[j].name, c.recs[j].tid);
+	for (size_t i = 0; i < c.nbad; i++)
+		if (c.bad[i].tid)
+			remember_tid(a, c.bad[i].name, c.bad[i].tid);
 	a->reconciles++;
 	ret = failed ? -EIO : 0;
 out:
-	free(t);
-	free(recs);
+	free(c.removed);
+	free(c.t);
+	free(c.recs);
+	free(c.bad);
 	return ret;
 }
 

@@ -474,3 +474,58 @@ def test_disk_resize_grows_offline(app, tmp_path):
     finally:
         app.request("DELETE", "/api/v1/disks/grow1?force=1")
     assert app.targets() == {}
+
+
+class SlowerTagHandler(SlowTagHandler):
+    DELAY = 2.5
+
+
+def test_image_pull_does_not_hold_the_appliance_lock(tmp_path):
+    """POST /images held the appliance's lock for the whole pull, so /metrics, disk
+    listings and creates (and the reconcile after a tgtd restart) waited behind a slow
+    seed. Now the pull runs without it; two pulls of one tag take turns and both succeed,
+    and a pull of another tag does not wait for them."""
+    install_module()
+    nginx, _ = make_seed(tmp_path / "seed")
+    nginx.stop()
+    repo = str(tmp_path / "seed" / "repo")
+    shutil.copy(os.path.join(repo, "tags", "deb"), os.path.join(repo, "tags", "slow"))
+    srv = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(SlowerTagHandler, directory=repo))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    a = Appliance(f"http://127.0.0.1:{srv.server_address[1]}/")
+    with open(a.conf) as f:
+        conf = f.read()
+    with open(a.conf, "w") as f:  # the slow tag answers within the seed's request timeout
+        f.write(conf.replace("request_timeout_ms = 3000", "request_timeout_ms = 10000"))
+    try:
+        a.start()
+        pulls = []
+
+        def pull():
+            pulls.append(a.request("POST", "/api/v1/images", {"tag": "slow"}))
+        threads = [threading.Thread(target=pull) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        st, _ = a.request("GET", "/metrics")
+        st2, disks = a.request("GET", "/api/v1/disks")
+        st3, im = a.request("POST", "/api/v1/images", {"tag": "deb"})
+        st4, d = a.request("POST", "/api/v1/disks", {"name": "fast1", "image": "deb"})
+        took = time.monotonic() - t0
+        in_progress = all(t.is_alive() for t in threads)
+        for t in threads:
+            t.join(30)
+        assert st == 200 and st2 == 200 and disks == []
+        assert st3 == 200 and st4 == 201, (im, d)
+        assert took < 1.0, f"requests waited {took:.1f} s behind the image pull"
+        assert in_progress, "the pulls were over before the test looked"
+        assert [p[0] for p in pulls] == [200, 200], pulls
+        assert {p[1]["id"] for p in pulls} == {im["id"]}
+        st, images = a.request("GET", "/api/v1/images")
+        assert sorted(i["tag"] for i in images) == ["deb", "slow"], images
+    finally:
+        a.cleanup()
+        srv.shutdown()
+        srv.server_close()

@@ -422,3 +422,108 @@ def test_fsck_offline(appliance):
     assert "lost+found" not in probs, probs
     assert "interrupted create" in probs[".new-f2"], probs
     assert "not a disk" in probs["not a disk"], probs
+
+
+def nexuses(a, tid):
+    """I_T nexuses (logged-in sessions) of target tid, from tgtadm's show."""
+    out, cur, n = a.tgtadm("--op", "show", "--mode", "target").stdout, None, 0
+    for line in out.splitlines():
+        if line.startswith("Target "):
+            cur = int(line.split()[1].rstrip(":"))
+        elif cur == tid and line.strip().startswith("I_T nexus:"):
+            n += 1
+    return n
+
+
+def reconciled(a, before):
+    """Waits until rackdiskd has reconciled more than `before` times."""
+    return wait_until(lambda: a.health()["reconciles"] > before, 15)
+
+
+def test_damaged_record_keeps_the_disk_exported(appliance):
+    """A disk.json that could not be read made reconcile (SIGHUP, a tgtd restart, a start
+    with an external tgtd) remove the disk's target as stale, cutting its initiators off;
+    the disk then vanished from GET disks and its tid went to the next create. Now the
+    disk is kept as it is: its target and tid stay, it is listed as damaged (GET disks,
+    health, an error in the log naming the file), and it comes back once the record is
+    restored, no other disk's target touched."""
+    a = appliance().start()
+    for n in ("k1", "k2"):
+        assert a.cli("disk", "create", n, "--image", "deb").returncode == 0
+    before = a.targets()
+    (tid1,) = [t for t, iqn in before.items() if iqn.endswith(":k1")]
+    rec = os.path.join(a.state, "disks", "k1", "disk.json")
+    with open(rec) as f:
+        good = f.read()
+    q = subprocess.Popen(["qemu-io", "-f", "raw", a.url("k1")], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        q.stdin.write("read 0 64k\n")
+        q.stdin.flush()
+        assert "read 65536/65536" in q.stdout.readline() + q.stdout.readline()
+        assert nexuses(a, tid1) == 1
+        with open(rec, "w") as f:
+            f.write(good[:len(good) // 2])
+        n = a.health()["reconciles"]
+        a.proc.send_signal(signal.SIGHUP)
+        assert reconciled(a, n), a.log_text()
+        # the target and its session stay
+        assert a.targets() == before, a.log_text()
+        assert nexuses(a, tid1) == 1
+        q.stdin.write("read 64k 64k\n")
+        q.stdin.flush()
+        assert "read 65536/65536" in q.stdout.readline() + q.stdout.readline()
+    finally:
+        q.stdin.close()
+        q.wait(30)
+    log = a.log_text()
+    assert "removing stale target" not in log
+    assert rec in log and "rackdisk fsck" in log, log
+    # reported where an operator looks
+    st, disks = a.request("GET", "/api/v1/disks")
+    assert st == 200 and [(d["name"], d["state"]) for d in disks] == \
+        [("k1", "damaged"), ("k2", "ok")], disks
+    assert disks[0]["tid"] == tid1 and "disk.json" in disks[0]["error"], disks
+    h = a.health()
+    assert h["damaged_disks"] == 1 and h["status"] == "degraded", h
+    # what the log tells the operator to run names the file
+    p = a.cli("--json", "fsck", "--config", a.conf)
+    assert p.returncode == 1 and any(
+        x["path"].endswith("/disks/k1") and "disk.json" in x["problem"]
+        for x in json.loads(p.stdout)["problems"]), p.stdout + p.stderr
+    # its name and tid stay taken
+    st, body = a.request("POST", "/api/v1/disks", {"name": "K1", "image": "deb"})
+    assert st == 409, body
+    st, d3 = a.request("POST", "/api/v1/disks", {"name": "k3", "image": "deb"})
+    assert st == 201 and d3["tid"] not in before, d3
+    # a tgtd restart: the damaged disk cannot be exported (its ACL is in the record), the
+    # others are; its tid is still not given to a new disk
+    old = a.tgtd_pid()
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: a.tgtd_pid() not in (0, old), 15), a.log_text()
+    want = {t: i for t, i in before.items() if t != tid1}
+    want[d3["tid"]] = d3["iqn"]
+    assert wait_until(lambda: a.tgtadm("--op", "show", "--mode", "target").returncode == 0
+                      and a.targets() == want, 15), a.log_text()
+    st, d4 = a.request("POST", "/api/v1/disks", {"name": "k4", "image": "deb"})
+    assert st == 201 and d4["tid"] != tid1, d4
+    want[d4["tid"]] = d4["iqn"]
+    st, disks = a.request("GET", "/api/v1/disks")
+    assert disks[0]["name"] == "k1" and disks[0]["tid"] == tid1, disks
+    # repaired: back to normal, every other target as it was
+    with open(rec, "w") as f:
+        f.write(good)
+    n = a.health()["reconciles"]
+    a.proc.send_signal(signal.SIGHUP)
+    assert reconciled(a, n), a.log_text()
+    want[tid1] = before[tid1]
+    assert a.targets() == want, a.log_text()
+    st, disks = a.request("GET", "/api/v1/disks")
+    assert [(d["name"], d["state"], d["tid"]) for d in disks] == \
+        [("k1", "ok", tid1), ("k2", "ok", disks[1]["tid"]), ("k3", "ok", d3["tid"]),
+         ("k4", "ok", d4["tid"])], disks
+    h = a.health()
+    assert h["damaged_disks"] == 0 and h["status"] == "ok", h
+    r = subprocess.run(["qemu-io", "-f", "raw", "-c", "read 0 64k", a.url("k1")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "read 65536/65536" in r.stdout, r.stdout + r.stderr
