@@ -390,6 +390,13 @@ int cli_disk_main(const struct cli_opts *o, int argc, char **argv)
 			json_array_foreach(j, i, v) {
 				char sz[32];
 
+				if (!strcmp(jstr(v, "state"), "damaged")) {
+					/* no record to show: say so, and why */
+					printf("%-20s %-20s %10s %5llu  DAMAGED: %s\n",
+					       jstr(v, "name"), "-", "-", jnum(v, "tid"),
+					       jstr(v, "error"));
+					continue;
+				}
 				printf("%-20s %-20s %10s %5llu  %s\n", jstr(v, "name"),
 				       jstr(v, "image"), size_str(jnum(v, "size"), sz, sizeof(sz)),
 				       jnum(v, "tid"), jstr(v, "url"));

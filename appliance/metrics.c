@@ -225,7 +225,12 @@ static void disk_metrics(FILE *f, struct appliance *a)
 
 	if (appliance_disk_list(a, &recs, &n))
 		n = 0;
+	int damaged = appliance_disks_damaged(a);
+
 	one(f, "rackdisk_disks", "gauge", "Disks defined on this appliance.", n);
+	one(f, "rackdisk_disks_damaged", "gauge",
+	    "Disks whose record (disk.json) cannot be read; kept exported as they were.",
+	    damaged > 0 ? (uint64_t)damaged : 0);
 	st = calloc(n ? n : 1, sizeof(*st));
 	/* One tgtadm run for every disk: a scrape must stay cheap with many disks. */
 	if (n && tgtmgr_stat_all(a->tgt, &text))

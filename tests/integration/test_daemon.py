@@ -486,6 +486,11 @@ def test_damaged_record_keeps_the_disk_exported(appliance):
     assert disks[0]["tid"] == tid1 and "disk.json" in disks[0]["error"], disks
     h = a.health()
     assert h["damaged_disks"] == 1 and h["status"] == "degraded", h
+    st, text = a.request("GET", "/metrics")
+    assert st == 200 and "\nrackdisk_disks_damaged 1\n" in text, text
+    p = a.cli("disk", "ls")
+    line = next(l for l in p.stdout.splitlines() if l.startswith("k1 "))
+    assert "DAMAGED" in line and "disk.json" in line, p.stdout
     # what the log tells the operator to run names the file
     p = a.cli("--json", "fsck", "--config", a.conf)
     assert p.returncode == 1 and any(
@@ -524,6 +529,7 @@ def test_damaged_record_keeps_the_disk_exported(appliance):
          ("k4", "ok", d4["tid"])], disks
     h = a.health()
     assert h["damaged_disks"] == 0 and h["status"] == "ok", h
+    assert "\nrackdisk_disks_damaged 0\n" in a.request("GET", "/metrics")[1]
     r = subprocess.run(["qemu-io", "-f", "raw", "-c", "read 0 64k", a.url("k1")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "read 65536/65536" in r.stdout, r.stdout + r.stderr
