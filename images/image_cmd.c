@@ -196,7 +196,7 @@ static int cmd_publish(int argc, char **argv)
 		return errline(a.repo, "publish writes to a repository directory, not a URL");
 	if (a.chunk_size && (parse_size(a.chunk_size, &cs) || !manifest_chunk_size_valid(cs))) {
 		snprintf(err, sizeof(err), "chunk size '%s'", P(a.chunk_size));
-		return errline(err, "not a power of two from 64K to 16M");
+		return errline(err, "not a power of two from 64K to 16M"), EXIT_USAGE;
 	}
 	o.src = a.pos[0];
 	o.repo_dir = !strncmp(a.repo, "file://", 7) ? a.repo + 7 : a.repo;

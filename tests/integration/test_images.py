@@ -449,6 +449,7 @@ def test_bad_chunk_size(tmp_path, seeded, size):
     src = write(tmp_path / "x.raw", random_bytes(128 * KIB, 1))
     p = rd("publish", src, "--repo", repo, "--name", "x", "--chunk-size", size)
     assert_one_line_error(p, "chunk size")
+    assert p.returncode == 2, "a bad option value is a usage error"
     assert snapshot(repo) == before
 
 
