@@ -218,6 +218,31 @@ def test_publish_qcow2_equals_raw(tmp_path):
     assert os.listdir(os.path.join(repo, "tmp")) == []
 
 
+def test_qcow2_names_with_a_colon_are_files_not_protocols(tmp_path):
+    # qemu-img reads "file:x.qcow2" as protocol "file" and path "x.qcow2", and
+    # "a:b.qcow2" as an unknown protocol "a": publish must convert the file it checked.
+    # The repository name "file:repo" is also relative and has a colon (qemu-img writes
+    # the converted raw file under it).
+    work = tmp_path / "work"
+    work.mkdir()
+    images = {}
+    for name, seed in (("file:x.qcow2", 21), ("x.qcow2", 22), ("a:b.qcow2", 23)):
+        raw = write(tmp_path / f"{seed}.raw", random_bytes(512 * KIB, seed))
+        images[name] = open(raw, "rb").read()
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw,
+                        os.path.join(str(work), name)], check=True)
+    for name, tag, repo in (("file:x.qcow2", "fx", str(tmp_path / "repo")),
+                            ("a:b.qcow2", "ab", str(tmp_path / "repo")),
+                            ("file:x.qcow2", "fx", "file:repo")):
+        p = subprocess.run([RACKDISK, "image", "publish", name, "--repo", repo, "--name", tag,
+                            "--chunk-size", "64K", "--json"],
+                           cwd=str(work), capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, (name, repo, p.stderr)
+        assert json.loads(p.stdout)["format"] == "qcow2"
+        _, m = manifest_of(os.path.join(str(work), repo), tag)
+        assert m["chunks"] == chunk_hashes(images[name], 64 * KIB), (name, repo)
+        assert os.listdir(os.path.join(str(work), repo, "tmp")) == []
+
 def test_shared_chunks_are_stored_once(tmp_path):
     cs = 64 * KIB
     base = bytearray(random_bytes(4 * MIB, 7))
