@@ -192,6 +192,10 @@ static int cmd_publish(int argc, char **argv)
 		fprintf(stderr, "rackdisk: image publish: --name is required\n");
 		return EXIT_USAGE;
 	}
+	if (publish_check_name(a.name, err, sizeof(err))) {
+		fprintf(stderr, "rackdisk: %s\n", err);
+		return EXIT_USAGE;
+	}
 	if (!strncmp(a.repo, "http://", 7) || !strncmp(a.repo, "https://", 8))
 		return errline(a.repo, "publish writes to a repository directory, not a URL");
 	if (a.chunk_size && (parse_size(a.chunk_size, &cs) || !manifest_chunk_size_valid(cs))) {

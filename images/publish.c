@@ -671,6 +671,27 @@ const char *publish_printable(const char *s, char *buf, size_t len)
 	return buf;
 }
 
+int publish_check_name(const char *name, char *err, size_t errlen)
+{
+	char q[PATH_MAX];
+
+	if (!repo_tag_name_valid(name)) {
+		snprintf(err, errlen,
+			 "name '%s': invalid (use 1-128 of A-Z a-z 0-9 . _ -, not "
+			 "starting with . or -; \"index\" is reserved)",
+			 publish_printable(name ? name : "", q, sizeof(q)));
+		return -EINVAL;
+	}
+	if (repo_name_is_id(name)) {
+		snprintf(err, errlen,
+			 "name '%s': 64 hex digits spell an image id, and such a tag would hide "
+			 "the image with that id; choose another name",
+			 name);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 /* A temporary file this old is a crashed publish's: a live one does not run for days. */
 #define STALE_TMP_SECONDS (3 * 24 * 3600)
 
@@ -765,14 +786,9 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 	pthread_mutex_init(&p.lock, NULL);
 	pthread_cond_init(&p.cond, NULL);
 	p.level = o->level ? o->level : PUBLISH_ZSTD_LEVEL;
-	if (!repo_tag_name_valid(o->name)) {
-		snprintf(err, errlen,
-			 "name '%s': invalid (use 1-128 of A-Z a-z 0-9 . _ -, not "
-			 "starting with . or -; \"index\" is reserved)",
-			 publish_printable(o->name, q, sizeof(q)));
-		ret = -EINVAL;
+	ret = publish_check_name(o->name, err, errlen);
+	if (ret)
 		goto out;
-	}
 	if (!manifest_chunk_size_valid(cs)) {
 		snprintf(err, errlen, "chunk size %u: not a power of two from 64K to 16M", cs);
 		ret = -EINVAL;

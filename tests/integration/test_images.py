@@ -485,10 +485,28 @@ def test_bad_name(tmp_path, seeded, name):
     src = write(tmp_path / "x.raw", random_bytes(128 * KIB, 1))
     p = rd("publish", src, "--repo", repo, "--name", name)
     assert_one_line_error(p, "name")
+    assert p.returncode == 2, "a bad option value is a usage error"
     assert snapshot(repo) == before
     if name and not name.startswith("-"):  # "-opt" is an unknown option to show
         p = rd("show", "--repo", repo, name)
         assert_one_line_error(p, "invalid image name")
+
+
+def test_name_spelled_like_an_image_id_is_refused(tmp_path, seeded):
+    # show/verify read NAME as a tag first, then as an id: a tag of 64 hex digits would
+    # hide the image with that id, so publish refuses such a name, in either case.
+    repo, before = seeded
+    seed_id, _ = manifest_of(repo, "seed")
+    src = write(tmp_path / "x.raw", random_bytes(128 * KIB, 1))
+    for name in (seed_id, seed_id.upper(), "0" * 64):
+        p = rd("publish", src, "--repo", repo, "--name", name)
+        assert_one_line_error(p, name, "64 hex digits", "image id")
+        assert p.returncode == 2, "a bad option value is a usage error"
+        assert snapshot(repo) == before
+    assert json.loads(rd_ok("show", "--repo", repo, seed_id, "--json").stdout)["id"] == seed_id
+    # 63 or 65 hex digits, or 64 characters that are not all hex, are names like any other.
+    for name in ("a" * 63, "a" * 65, "g" + "a" * 63):
+        publish(src, repo, name)
 
 
 def test_repository_path_too_long_for_its_names(tmp_path):
