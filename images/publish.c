@@ -367,9 +367,16 @@ static void read_input(struct publish *p, struct image_source *src)
 		s->idx = i;
 		s->len = manifest_chunk_len(p->m, i);
 		ret = source_read(src, s->buf, s->len);
+		if (ret == -ENODATA) {
+			set_error(p, ret,
+				  "reading input: it ended early, short of its %llu bytes (it "
+				  "shrank while being published)",
+				  (unsigned long long)p->m->size);
+			return;
+		}
 		if (ret) {
-			set_error(p, ret, "reading input: %s",
-				  ret == -EIO ? "file ended early" : strerror(-ret));
+			set_error(p, ret, "reading input at byte %llu: %s",
+				  (unsigned long long)(i << p->m->chunk_shift), strerror(-ret));
 			return;
 		}
 		pthread_mutex_lock(&p->lock);

@@ -327,7 +327,7 @@ int source_read(struct image_source *src, void *buf, size_t len)
 			return -errno;
 		}
 		if (n == 0)
-			return -EIO;
+			return -ENODATA; /* not -EIO: that is what a failing device returns */
 		p += n;
 		len -= (size_t)n;
 	}

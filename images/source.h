@@ -38,7 +38,11 @@ int source_open(const char *path, const char *tmpdir, struct image_source *src, 
 /* True when path starts with the qcow2 magic; false for anything else or unreadable. */
 bool source_is_qcow2(const char *path);
 
-/* Reads exactly len bytes at the current position; -EIO when the input ends early. */
+/*
+ * Reads exactly len bytes at the current position. -ENODATA when the input ends before
+ * (it shrank since source_open measured it); a failed read returns its own -errno (-EIO for
+ * a device error), never -ENODATA.
+ */
 int source_read(struct image_source *src, void *buf, size_t len);
 
 void source_close(struct image_source *src);
