@@ -785,11 +785,13 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 	struct image_source src = {.fd = -1};
 	struct publish p = {.o = o, .dir = o->repo_dir};
 	uint32_t cs = o->chunk_size ? o->chunk_size : CHUNK_SIZE_DEFAULT;
-	char tmpdir[PATH_MAX], why[384], q[PATH_MAX];
+	char tmpdir[PATH_MAX], why[384] = "", q[PATH_MAX];
 	uint64_t t0 = now_ns();
 	int ret;
 
 	memset(res, 0, sizeof(*res));
+	if (errlen)
+		err[0] = '\0';
 	pthread_mutex_init(&p.lock, NULL);
 	pthread_cond_init(&p.cond, NULL);
 	p.level = o->level ? o->level : PUBLISH_ZSTD_LEVEL;

@@ -162,6 +162,7 @@ static int open_qcow2(const char *path, const char *tmpdir, struct image_source 
 	}
 	if (fstat(fd, &st) < 0) {
 		ret = -errno;
+		snprintf(err, errlen, "converted qcow2: %s", strerror(-ret));
 		close(fd);
 		return ret;
 	}
@@ -243,6 +244,8 @@ int source_check(const char *path, char *err, size_t errlen)
 	struct stat st;
 	int ret;
 
+	if (errlen)
+		err[0] = '\0';
 	if (stat(path, &st) < 0) {
 		ret = -errno;
 		snprintf(err, errlen, "cannot open: %s", strerror(-ret));
@@ -284,6 +287,8 @@ int source_open(const char *path, const char *tmpdir, struct image_source *src, 
 
 	memset(src, 0, sizeof(*src));
 	src->fd = -1;
+	if (errlen)
+		err[0] = '\0';
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 || fstat(fd, &st) < 0) {
 		ret = -errno;

@@ -21,6 +21,9 @@ struct image_source {
 };
 
 /*
+ * The functions below that take err write a one-line reason there on every error, and
+ * leave it empty on success.
+ *
  * Checks, without writing anything, that path can be published: it exists, is a file or
  * a block device, and if it is a qcow2, it reads no other file (a backing file or an external
  * data file: -EPERM) and `qemu-img check` finds no corruption (leaked clusters are harmless

@@ -1,7 +1,8 @@
 /*
  * test_publish_faults.c - publish_image when reading its input goes wrong, injected by
- * wrapping read (tests/unit/images.mk links this test with -Wl,--wrap=read). The wrapper
- * acts only on the file it is aimed at (found through /proc/self/fd), so the repository
+ * wrapping read and fstat (tests/unit/images.mk links this test with -Wl,--wrap=read and
+ * -Wl,--wrap=fstat64: with a 64-bit off_t, fstat is fstat64). A wrapper acts only on the
+ * file it is aimed at (found through /proc/self/fd), so qemu-img's pipes and the repository
  * files are read as usual.
  *
  * Each failure must say what happened (an input that shrank is not a device error) and
@@ -33,8 +34,10 @@ enum read_fault { READ_OK, READ_SHRINK, READ_EIO };
 static enum read_fault read_fault;
 static char read_target[PATH_MAX]; /* the file the read fault applies to */
 static int reads_seen;		   /* reads of read_target so far */
+static const char *fstat_fail;	   /* fstat of a file whose name holds this fails (EIO) */
 
 ssize_t __real_read(int fd, void *buf, size_t len);
+int __real_fstat64(int fd, struct stat64 *st);
 
 /* The name fd was opened under ("... (deleted)" once unlinked), or "" */
 static void fd_name(int fd, char *buf, size_t len)
@@ -65,6 +68,20 @@ ssize_t __wrap_read(int fd, void *buf, size_t len)
 		}
 	}
 	return __real_read(fd, buf, len);
+}
+
+int __wrap_fstat64(int fd, struct stat64 *st)
+{
+	char name[PATH_MAX];
+
+	if (fstat_fail) {
+		fd_name(fd, name, sizeof(name));
+		if (strstr(name, fstat_fail)) {
+			errno = EIO;
+			return -1;
+		}
+	}
+	return __real_fstat64(fd, st);
 }
 
 /* ---- fixture ---- */
@@ -103,6 +120,7 @@ static int setup(void **state)
 	read_fault = READ_OK;
 	snprintf(read_target, sizeof(read_target), "%s", c->src);
 	reads_seen = 0;
+	fstat_fail = NULL;
 	*state = c;
 	return 0;
 }
@@ -113,6 +131,7 @@ static int teardown(void **state)
 	char cmd[128];
 
 	read_fault = READ_OK;
+	fstat_fail = NULL;
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", c->dir);
 	assert_int_equal(system(cmd), 0);
 	free(c);
@@ -173,8 +192,27 @@ static void test_unfaulted_publish_succeeds(void **state)
 	struct ctx *c = *state;
 
 	assert_int_equal(publish_image(&c->o, &c->res, c->err, sizeof(c->err)), 0);
+	assert_string_equal(c->err, "");
 	assert_int_equal(c->res.chunks, 4);
 	assert_int_equal(count_files(c, "tags"), 3); /* x, index, .lock */
+}
+
+/* fstat of the converted raw file fails: the reason is written, not left unset. */
+static void test_qcow2_fstat_failure_says_why(void **state)
+{
+	struct ctx *c = *state;
+	char qcow[128], cmd[512];
+
+	snprintf(qcow, sizeof(qcow), "%s/in.qcow2", c->dir);
+	snprintf(cmd, sizeof(cmd), "qemu-img convert -q -f raw -O qcow2 '%s' '%s'", c->src,
+		 qcow);
+	assert_int_equal(system(cmd), 0);
+	c->o.src = qcow;
+	fstat_fail = "/tmp/qcow2-raw.";
+	assert_int_equal(publish_image(&c->o, &c->res, c->err, sizeof(c->err)), -EIO);
+	snprintf(cmd, sizeof(cmd), "%s: converted qcow2: Input/output error", qcow);
+	assert_string_equal(c->err, cmd);
+	assert_nothing_written(c);
 }
 
 int main(void)
@@ -185,6 +223,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_read_error_is_reported_as_a_read_error, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_unfaulted_publish_succeeds, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_qcow2_fstat_failure_says_why, setup,
+						teardown),
 	};
 
 	return cmocka_run_group_tests_name("publish faults", tests, NULL, NULL);

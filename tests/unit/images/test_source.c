@@ -1,5 +1,6 @@
 /*
- * test_source.c - the input of publish: reading a raw file that shrinks after it was opened.
+ * test_source.c - the input of publish: reading a raw file that shrinks after it was opened,
+ * and the error messages of source_check and source_open.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -72,11 +73,35 @@ static void test_input_that_shrinks_ends_early(void **state)
 	source_close(&src);
 }
 
+/* The reason is written on every error, and the buffer is emptied on success. */
+static void test_errors_say_why(void **state)
+{
+	struct ctx *c = *state;
+	struct image_source src;
+	char err[256], missing[128];
+
+	snprintf(missing, sizeof(missing), "%s/missing.raw", c->dir);
+	memset(err, 'X', sizeof(err));
+	assert_int_equal(source_check(missing, err, sizeof(err)), -ENOENT);
+	assert_string_equal(err, "cannot open: No such file or directory");
+	memset(err, 'X', sizeof(err));
+	assert_int_equal(source_open(c->dir, c->dir, &src, err, sizeof(err)), -EISDIR);
+	assert_string_equal(err, "not a regular file or block device");
+	memset(err, 'X', sizeof(err));
+	assert_int_equal(source_check(c->file, err, sizeof(err)), 0);
+	assert_string_equal(err, "");
+	memset(err, 'X', sizeof(err));
+	assert_int_equal(source_open(c->file, c->dir, &src, err, sizeof(err)), 0);
+	assert_string_equal(err, "");
+	source_close(&src);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_input_that_shrinks_ends_early, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_errors_say_why, setup, teardown),
 	};
 
 	return cmocka_run_group_tests_name("source", tests, NULL, NULL);
