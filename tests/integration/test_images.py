@@ -509,6 +509,21 @@ def test_name_spelled_like_an_image_id_is_refused(tmp_path, seeded):
         publish(src, repo, name)
 
 
+def test_image_too_big_for_a_manifest_is_refused_before_reading(tmp_path, seeded):
+    # 4 TiB at 64K chunks is 64 Mi chunks: even all zero (null, 5 bytes each) the manifest
+    # would pass the 256 MiB every reader enforces. Refused at once, before the input is
+    # read (a sparse file: reading it would take many minutes), and nothing is written.
+    repo, before = seeded
+    src = str(tmp_path / "huge.raw")
+    with open(src, "wb") as f:
+        f.truncate(4 << 40)
+    p = rd("publish", src, "--repo", repo, "--name", "huge", "--chunk-size", "64K",
+           timeout=60)
+    assert_one_line_error(p, "4.0 TiB", "manifest", "268435456-byte limit",
+                          "--chunk-size 2M or larger")
+    assert p.returncode == 1  # as for other bad input (an empty image, say)
+    assert snapshot(repo) == before
+
 def test_repository_path_too_long_for_its_names(tmp_path):
     # The repository path itself is legal, but chunks/<hh>/<hash> and manifests/<id>.json
     # under it would pass PATH_MAX (4096 with the NUL): publish must not truncate them.

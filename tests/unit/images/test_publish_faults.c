@@ -23,13 +23,16 @@
 
 #include <cmocka.h>
 
+#include "images/manifest.h"
 #include "images/publish.h"
 
 #define KIB 1024
 
 /* ---- fault injection ---- */
 
-enum read_fault { READ_OK, READ_SHRINK, READ_EIO };
+/* READ_DATA: every read of the target returns bytes that are not zero (a sparse file then
+ * stands for a huge image holding data, read at the speed of its holes). */
+enum read_fault { READ_OK, READ_SHRINK, READ_EIO, READ_DATA };
 
 static enum read_fault read_fault;
 static char read_target[PATH_MAX]; /* the file the read fault applies to */
@@ -54,6 +57,16 @@ ssize_t __wrap_read(int fd, void *buf, size_t len)
 {
 	char name[PATH_MAX];
 
+	if (read_fault == READ_DATA) {
+		ssize_t n = __real_read(fd, buf, len);
+
+		fd_name(fd, name, sizeof(name));
+		if (n > 0 && !strcmp(name, read_target)) {
+			reads_seen++;
+			memset(buf, 0xa5, 1);
+		}
+		return n;
+	}
 	if (read_fault != READ_OK) {
 		fd_name(fd, name, sizeof(name));
 		if (!strcmp(name, read_target) && reads_seen++ == 1) {
@@ -113,8 +126,11 @@ static int setup(void **state)
 	fd = open(c->src, O_WRONLY | O_CREAT | O_EXCL, 0644);
 	if (fd < 0 || write(fd, buf, sizeof(buf)) != (ssize_t)sizeof(buf) || close(fd) < 0)
 		return -1;
-	c->o = (struct publish_opts){.src = c->src, .repo_dir = c->repo, .name = "x",
-				     .chunk_size = 64 * KIB, .workers = 2};
+	c->o = (struct publish_opts){.src = c->src,
+				     .repo_dir = c->repo,
+				     .name = "x",
+				     .chunk_size = 64 * KIB,
+				     .workers = 2};
 	memset(c->err, 'X', sizeof(c->err) - 1); /* an unwritten message shows as garbage */
 	c->err[sizeof(c->err) - 1] = '\0';
 	read_fault = READ_OK;
@@ -197,6 +213,29 @@ static void test_unfaulted_publish_succeeds(void **state)
 	assert_int_equal(count_files(c, "tags"), 3); /* x, index, .lock */
 }
 
+/*
+ * An image whose manifest would pass MANIFEST_MAX_BYTES is refused while it is read, as
+ * soon as the chunks holding data make that certain, and leaves nothing (invariant 6 of
+ * publish.c). The image is just under the size at which even an all-zero manifest passes
+ * the limit (that one is refused before reading: tests/integration/test_images.py), so a
+ * few hundred chunks of data decide.
+ */
+static void test_manifest_over_the_limit_is_refused_while_reading(void **state)
+{
+	struct ctx *c = *state;
+	uint64_t n = 0;
+
+	while (manifest_text_len((n + 1000) * 64 * KIB, 64 * KIB, 0) <= MANIFEST_MAX_BYTES)
+		n += 1000; /* n chunks fit if all are zero; 1000 more would not */
+	assert_int_equal(truncate(c->src, (off_t)(n * 64 * KIB)), 0);
+	read_fault = READ_DATA;
+	assert_int_equal(publish_image(&c->o, &c->res, c->err, sizeof(c->err)), -E2BIG);
+	assert_non_null(strstr(c->err, "268435456-byte limit"));
+	assert_non_null(strstr(c->err, "--chunk-size 1M or larger")); /* 3.3 M chunks at 1M */
+	assert_true(reads_seen < 20000); /* refused early: not after reading 3 TiB */
+	assert_nothing_written(c);
+}
+
 /* fstat of the converted raw file fails: the reason is written, not left unset. */
 static void test_qcow2_fstat_failure_says_why(void **state)
 {
@@ -204,8 +243,7 @@ static void test_qcow2_fstat_failure_says_why(void **state)
 	char qcow[128], cmd[512];
 
 	snprintf(qcow, sizeof(qcow), "%s/in.qcow2", c->dir);
-	snprintf(cmd, sizeof(cmd), "qemu-img convert -q -f raw -O qcow2 '%s' '%s'", c->src,
-		 qcow);
+	snprintf(cmd, sizeof(cmd), "qemu-img convert -q -f raw -O qcow2 '%s' '%s'", c->src, qcow);
 	assert_int_equal(system(cmd), 0);
 	c->o.src = qcow;
 	fstat_fail = "/tmp/qcow2-raw.";
@@ -223,8 +261,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_read_error_is_reported_as_a_read_error, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_unfaulted_publish_succeeds, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_qcow2_fstat_failure_says_why, setup,
-						teardown),
+		cmocka_unit_test_setup_teardown(
+			test_manifest_over_the_limit_is_refused_while_reading, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_qcow2_fstat_failure_says_why, setup, teardown),
 	};
 
 	return cmocka_run_group_tests_name("publish faults", tests, NULL, NULL);
