@@ -192,11 +192,15 @@ static int cmd_publish(int argc, char **argv)
 		fprintf(stderr, "rackdisk: image publish: --name is required\n");
 		return EXIT_USAGE;
 	}
+	if (publish_check_name(a.name, err, sizeof(err))) {
+		fprintf(stderr, "rackdisk: %s\n", err);
+		return EXIT_USAGE;
+	}
 	if (!strncmp(a.repo, "http://", 7) || !strncmp(a.repo, "https://", 8))
 		return errline(a.repo, "publish writes to a repository directory, not a URL");
 	if (a.chunk_size && (parse_size(a.chunk_size, &cs) || !manifest_chunk_size_valid(cs))) {
 		snprintf(err, sizeof(err), "chunk size '%s'", P(a.chunk_size));
-		return errline(err, "not a power of two from 64K to 16M");
+		return errline(err, "not a power of two from 64K to 16M"), EXIT_USAGE;
 	}
 	o.src = a.pos[0];
 	o.repo_dir = !strncmp(a.repo, "file://", 7) ? a.repo + 7 : a.repo;

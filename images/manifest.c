@@ -205,14 +205,42 @@ out:
 	return ret;
 }
 
+static uint64_t decimal_digits(uint64_t v)
+{
+	uint64_t n = 1;
+
+	while (v >= 10) {
+		v /= 10;
+		n++;
+	}
+	return n;
+}
+
+uint64_t manifest_text_len(uint64_t size, uint32_t chunk_size, uint64_t nonzero)
+{
+	/* {"format":1,"size":S,"chunk_size":C,"hash":"sha256","chunks":[E,E,...]}\n with E
+	 * either "<64 hex>" or null: 63 bytes around S, C and the entries. */
+	uint64_t n = size / chunk_size + (size % chunk_size != 0);
+
+	return 63 + decimal_digits(size) + decimal_digits(chunk_size) +
+	       nonzero * (HASH_HEX_LEN + 2) + (n - nonzero) * 4 + (n ? n - 1 : 0);
+}
+
 int manifest_serialize(struct manifest *m, char **buf, size_t *len)
 {
 	json_t *root = NULL, *arr = NULL;
 	char hex[HASH_HEX_LEN + 1];
 	char *text = NULL, *res;
+	uint64_t nonzero = 0;
 	size_t n;
 	int ret = -ENOMEM;
 
+	/* Writing what every reader refuses (manifest_parse, repo fetches) would publish an
+	 * image nobody can use; checked first, as the text itself can take a gigabyte. */
+	for (uint64_t i = 0; i < m->nchunks; i++)
+		nonzero += !m->zero[i];
+	if (manifest_text_len(m->size, m->chunk_size, nonzero) > MANIFEST_MAX_BYTES)
+		return -E2BIG;
 	root = json_object();
 	arr = json_array();
 	if (!root || !arr)

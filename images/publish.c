@@ -18,6 +18,10 @@
  *      concurrently), and an orphan object is harmless where a missing one breaks an image.
  *   5. An object is written at most once per publish: the first worker to meet a hash
  *      claims it (claim set), later duplicates only record the hash.
+ *   6. No manifest over MANIFEST_MAX_BYTES is written (every reader refuses one): an image
+ *      whose manifest would pass it is refused before its input is read when even all-zero
+ *      chunks would, else by the worker whose chunk holding data makes it pass, and then
+ *      leaves nothing behind (invariant 4, before any object reached chunks/).
  *
  * Pipeline: the calling thread reads the input sequentially into a ring of slot buffers
  * (the input is read once); workers take filled slots, and per chunk: zero test, SHA-256,
@@ -86,10 +90,10 @@ struct publish {
 	size_t nfree;
 	int eof;
 	int err; /* first error (negative errno); stops everyone */
-	char errmsg[256];
+	char errmsg[384];
 	struct claim_set claims;
 
-	uint64_t zero, distinct, new_objects, present, bytes; /* under lock */
+	uint64_t zero, nonzero, distinct, new_objects, present, bytes; /* under lock */
 };
 
 /* Claim set ------------------------------------------------------------------------- */
@@ -250,6 +254,41 @@ static bool file_exists(const char *path)
 	return access(path, F_OK) == 0;
 }
 
+/*
+ * The error for an image whose manifest would pass MANIFEST_MAX_BYTES with `nonzero` chunks
+ * holding data (so far): names the limit and the smallest chunk size at which the manifest
+ * fits whatever the image holds (invariant 6).
+ */
+static void manifest_limit_error(uint64_t size, uint32_t cs, uint64_t nonzero, char *buf,
+				 size_t len)
+{
+	char s1[32], s2[32], data[64], hint[96];
+	uint32_t big = cs;
+
+	if (nonzero)
+		snprintf(data, sizeof(data), "%llu of them holding data so far",
+			 (unsigned long long)nonzero);
+	else
+		snprintf(data, sizeof(data), "even if all were zero");
+	do
+		big *= 2;
+	while (big <= CHUNK_SIZE_MAX &&
+	       manifest_text_len(size, big, size / big + (size % big != 0)) > MANIFEST_MAX_BYTES);
+	if (big <= CHUNK_SIZE_MAX)
+		snprintf(hint, sizeof(hint), "publish it with --chunk-size %u%s or larger",
+			 (unsigned)(big >= MiB ? big / MiB : big / KiB), big >= MiB ? "M" : "K");
+	else if (cs < CHUNK_SIZE_MAX)
+		snprintf(hint, sizeof(hint), "only --chunk-size 16M, the largest, may fit it");
+	else
+		snprintf(hint, sizeof(hint), "it is too large to publish");
+	snprintf(buf, len,
+		 "image of %s: at chunk size %s its manifest (%llu chunks, %s) would pass the "
+		 "%u-byte limit that readers accept; %s",
+		 format_size(size, s1, sizeof(s1)), format_size(cs, s2, sizeof(s2)),
+		 (unsigned long long)(size / cs + (size % cs != 0)), data, MANIFEST_MAX_BYTES,
+		 hint);
+}
+
 /* Workers --------------------------------------------------------------------------- */
 
 static int store_chunk(struct publish *p, const struct slot *s, uint8_t *zbuf, size_t zcap)
@@ -294,6 +333,8 @@ static int store_chunk(struct publish *p, const struct slot *s, uint8_t *zbuf, s
 
 static void process(struct publish *p, const struct slot *s, uint8_t *zbuf, size_t zcap)
 {
+	char msg[384];
+	uint64_t nonzero;
 	int ret;
 
 	if (buf_is_zero(s->buf, s->len)) {
@@ -301,6 +342,15 @@ static void process(struct publish *p, const struct slot *s, uint8_t *zbuf, size
 		p->zero++;
 		pthread_mutex_unlock(&p->lock);
 		return; /* m->zero[] starts all ones */
+	}
+	pthread_mutex_lock(&p->lock);
+	nonzero = ++p->nonzero;
+	pthread_mutex_unlock(&p->lock);
+	/* Invariant 6: the chunks not seen yet count as zero, so this only refuses for sure. */
+	if (manifest_text_len(p->m->size, p->m->chunk_size, nonzero) > MANIFEST_MAX_BYTES) {
+		manifest_limit_error(p->m->size, p->m->chunk_size, nonzero, msg, sizeof(msg));
+		set_error(p, -E2BIG, "%s", msg);
+		return;
 	}
 	hash_compute(s->buf, s->len, &p->m->hashes[s->idx]);
 	p->m->zero[s->idx] = 0;
@@ -367,9 +417,16 @@ static void read_input(struct publish *p, struct image_source *src)
 		s->idx = i;
 		s->len = manifest_chunk_len(p->m, i);
 		ret = source_read(src, s->buf, s->len);
+		if (ret == -ENODATA) {
+			set_error(p, ret,
+				  "reading input: it ended early, short of its %llu bytes (it "
+				  "shrank while being published)",
+				  (unsigned long long)p->m->size);
+			return;
+		}
 		if (ret) {
-			set_error(p, ret, "reading input: %s",
-				  ret == -EIO ? "file ended early" : strerror(-ret));
+			set_error(p, ret, "reading input at byte %llu: %s",
+				  (unsigned long long)(i << p->m->chunk_shift), strerror(-ret));
 			return;
 		}
 		pthread_mutex_lock(&p->lock);
@@ -591,10 +648,12 @@ static int commit_image(struct publish *p, struct publish_result *res, char *err
 		goto fail;
 	}
 	ret = manifest_serialize(p->m, &text, &len);
-	if (ret) {
+	if (ret == -E2BIG) /* the workers' check makes this unreachable: invariant 6 */
+		manifest_limit_error(p->m->size, p->m->chunk_size, p->nonzero, err, errlen);
+	else if (ret)
 		snprintf(err, errlen, "manifest: %s", strerror(-ret));
+	if (ret)
 		goto fail;
-	}
 	hash_to_hex(&p->m->id, hex);
 	snprintf(rel, sizeof(rel), "manifests/%s.json", hex);
 	ret = path_fmt(path, sizeof(path), "%s/%s", p->dir, rel);
@@ -669,6 +728,27 @@ const char *publish_printable(const char *s, char *buf, size_t len)
 	}
 	buf[o] = '\0';
 	return buf;
+}
+
+int publish_check_name(const char *name, char *err, size_t errlen)
+{
+	char q[PATH_MAX];
+
+	if (!repo_tag_name_valid(name)) {
+		snprintf(err, errlen,
+			 "name '%s': invalid (use 1-128 of A-Z a-z 0-9 . _ -, not "
+			 "starting with . or -; \"index\" is reserved)",
+			 publish_printable(name ? name : "", q, sizeof(q)));
+		return -EINVAL;
+	}
+	if (repo_name_is_id(name)) {
+		snprintf(err, errlen,
+			 "name '%s': 64 hex digits spell an image id, and such a tag would hide "
+			 "the image with that id; choose another name",
+			 name);
+		return -EINVAL;
+	}
+	return 0;
 }
 
 /* A temporary file this old is a crashed publish's: a live one does not run for days. */
@@ -757,22 +837,19 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 	struct image_source src = {.fd = -1};
 	struct publish p = {.o = o, .dir = o->repo_dir};
 	uint32_t cs = o->chunk_size ? o->chunk_size : CHUNK_SIZE_DEFAULT;
-	char tmpdir[PATH_MAX], why[384], q[PATH_MAX];
+	char tmpdir[PATH_MAX], why[384] = "", q[PATH_MAX];
 	uint64_t t0 = now_ns();
 	int ret;
 
 	memset(res, 0, sizeof(*res));
+	if (errlen)
+		err[0] = '\0';
 	pthread_mutex_init(&p.lock, NULL);
 	pthread_cond_init(&p.cond, NULL);
 	p.level = o->level ? o->level : PUBLISH_ZSTD_LEVEL;
-	if (!repo_tag_name_valid(o->name)) {
-		snprintf(err, errlen,
-			 "name '%s': invalid (use 1-128 of A-Z a-z 0-9 . _ -, not "
-			 "starting with . or -; \"index\" is reserved)",
-			 publish_printable(o->name, q, sizeof(q)));
-		ret = -EINVAL;
+	ret = publish_check_name(o->name, err, errlen);
+	if (ret)
 		goto out;
-	}
 	if (!manifest_chunk_size_valid(cs)) {
 		snprintf(err, errlen, "chunk size %u: not a power of two from 64K to 16M", cs);
 		ret = -EINVAL;
@@ -801,6 +878,11 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 	if (src.size == 0) {
 		snprintf(err, errlen, "%s: empty image", publish_printable(o->src, q, sizeof(q)));
 		ret = -EINVAL;
+		goto out;
+	}
+	if (manifest_text_len(src.size, cs, 0) > MANIFEST_MAX_BYTES) { /* invariant 6 */
+		manifest_limit_error(src.size, cs, 0, err, errlen);
+		ret = -E2BIG;
 		goto out;
 	}
 	ret = manifest_new(src.size, cs, &p.m);

@@ -17,7 +17,7 @@
 struct publish_opts {
 	const char *src;      /* raw file, block device or qcow2 */
 	const char *repo_dir; /* created if missing */
-	const char *name;     /* tag to point at the image; must pass name_is_valid() */
+	const char *name;     /* tag to point at the image; must pass publish_check_name() */
 	uint32_t chunk_size;  /* 0: CHUNK_SIZE_DEFAULT */
 	int level;	      /* zstd level; 0: PUBLISH_ZSTD_LEVEL */
 	int workers;	      /* 0: one per online CPU */
@@ -46,6 +46,12 @@ struct publish_result {
  */
 int publish_image(const struct publish_opts *o, struct publish_result *res, char *err,
 		  size_t errlen);
+
+/*
+ * 0 when name can be published as a tag: repo_tag_name_valid() and not spelled like an
+ * image id (repo_name_is_id). Else -EINVAL and a one-line reason in err.
+ */
+int publish_check_name(const char *name, char *err, size_t errlen);
 
 /* Copies s into buf with control characters spelled \xNN, for one-line messages. */
 const char *publish_printable(const char *s, char *buf, size_t len);

@@ -279,7 +279,7 @@ out:
 	return ret;
 }
 
-static bool is_hex_id(const char *s)
+bool repo_name_is_id(const char *s)
 {
 	struct chunk_hash h;
 
@@ -301,7 +301,7 @@ int repo_load_image(struct repo *r, const char *name_or_id, struct manifest **ou
 		return -EINVAL;
 	}
 	ret = repo_resolve_tag(r, name_or_id, &id);
-	if (ret == -ENOENT && is_hex_id(name_or_id))
+	if (ret == -ENOENT && repo_name_is_id(name_or_id))
 		ret = hash_from_hex(name_or_id, HASH_HEX_LEN, &id);
 	if (ret) {
 		if (err)

@@ -47,6 +47,11 @@ int repo_fetch(struct repo *r, const char *rel, size_t max, char **out, size_t *
 /* A usable tag name: name_is_valid() and not REPO_TAGS_INDEX. */
 bool repo_tag_name_valid(const char *name);
 
+/* True when s is spelled like an image id: 64 hex digits, either case. repo_load_image reads
+ * such a string as a tag first, so a tag spelled so would hide the image with that id:
+ * publish refuses to write one. */
+bool repo_name_is_id(const char *s);
+
 /* Resolves a tag name to an image id. -EINVAL for an invalid name. */
 int repo_resolve_tag(struct repo *r, const char *name, struct chunk_hash *id);
 

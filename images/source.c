@@ -6,6 +6,11 @@
  * an external data file. Publishing runs with the operator's rights, often root, so such an
  * image would copy any host file into a repository that a whole rack can read. qemu-img info
  * (which opens no backing file) is asked first, and an image naming either is refused.
+ *
+ * qemu-img reads a file name as "protocol:rest" when a ':' comes before any '/' ("file:x.qcow2"
+ * opens x.qcow2, "backup-10:30.qcow2" names an unknown protocol "backup-10"), and takes a name
+ * starting with '-' for an option. Every name it is given (qemu_name) therefore starts with
+ * '/' or "./": the file qemu-img opens is the file that was checked.
  */
 #include "images/source.h"
 
@@ -97,6 +102,14 @@ static void first_line(const char *text, char *buf, size_t len)
 	snprintf(buf, len, "%.*s", (int)n, p);
 }
 
+/* path as qemu-img must be given it to open that very file (see the top of this file). */
+static int qemu_name(const char *path, char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "%s%s", path[0] == '/' ? "" : "./", path);
+
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
 bool source_is_qcow2(const char *path)
 {
 	unsigned char magic[4];
@@ -114,14 +127,16 @@ bool source_is_qcow2(const char *path)
 static int open_qcow2(const char *path, const char *tmpdir, struct image_source *src, char *err,
 		      size_t errlen)
 {
-	char out[4096], line[512], tmp[PATH_MAX];
-	char *convert[] = {"qemu-img", "convert",    "-f", "qcow2", "-O",
-			   "raw",      (char *)path, tmp,  NULL};
+	char out[4096], line[512], tmp[PATH_MAX], qsrc[PATH_MAX + 2], qtmp[PATH_MAX + 2];
+	char *convert[] = {"qemu-img", "convert", "-f", "qcow2", "-O", "raw", qsrc, qtmp, NULL};
 	struct stat st;
 	int ret, fd;
 
-	if (snprintf(tmp, sizeof(tmp), "%s/qcow2-raw.XXXXXX", tmpdir) >= (int)sizeof(tmp))
+	if (snprintf(tmp, sizeof(tmp), "%s/qcow2-raw.XXXXXX", tmpdir) >= (int)sizeof(tmp) ||
+	    qemu_name(path, qsrc, sizeof(qsrc))) {
+		snprintf(err, errlen, "converted qcow2: %s", strerror(ENAMETOOLONG));
 		return -ENAMETOOLONG;
+	}
 	/* A name of our own (publishers in containers share pids); qemu-img writes into it. */
 	fd = mkostemp(tmp, O_CLOEXEC);
 	if (fd < 0) {
@@ -130,6 +145,7 @@ static int open_qcow2(const char *path, const char *tmpdir, struct image_source 
 		return ret;
 	}
 	close(fd);
+	qemu_name(tmp, qtmp, sizeof(qtmp)); /* fits: qtmp has room for tmp and "./" */
 	ret = run_capture(convert, -1, out, sizeof(out));
 	if (ret != 0) {
 		unlink(tmp);
@@ -146,6 +162,7 @@ static int open_qcow2(const char *path, const char *tmpdir, struct image_source 
 	}
 	if (fstat(fd, &st) < 0) {
 		ret = -errno;
+		snprintf(err, errlen, "converted qcow2: %s", strerror(-ret));
 		close(fd);
 		return ret;
 	}
@@ -171,12 +188,17 @@ static const char *external_file(json_t *info)
 /* Refuses a qcow2 that reads another file (see the top of this file). */
 static int check_self_contained(const char *path, char *err, size_t errlen)
 {
-	char *info[] = {"qemu-img", "info", "--output=json", "-f", "qcow2", (char *)path, NULL};
-	char out[4096], line[512];
+	char out[4096], line[512], qpath[PATH_MAX + 2];
+	char *info[] = {"qemu-img", "info", "--output=json", "-f", "qcow2", qpath, NULL};
 	const char *what;
 	json_t *j = NULL;
 	int fd, ret;
 
+	ret = qemu_name(path, qpath, sizeof(qpath));
+	if (ret) {
+		snprintf(err, errlen, "cannot open: %s", strerror(-ret));
+		return ret;
+	}
 	fd = memfd_create("qemu-img-info", MFD_CLOEXEC);
 	if (fd < 0) {
 		ret = -errno;
@@ -217,11 +239,13 @@ out:
 
 int source_check(const char *path, char *err, size_t errlen)
 {
-	char *check[] = {"qemu-img", "check", "-f", "qcow2", (char *)path, NULL};
-	char out[4096], line[512];
+	char out[4096], line[512], qpath[PATH_MAX + 2];
+	char *check[] = {"qemu-img", "check", "-f", "qcow2", qpath, NULL};
 	struct stat st;
 	int ret;
 
+	if (errlen)
+		err[0] = '\0';
 	if (stat(path, &st) < 0) {
 		ret = -errno;
 		snprintf(err, errlen, "cannot open: %s", strerror(-ret));
@@ -233,6 +257,11 @@ int source_check(const char *path, char *err, size_t errlen)
 	}
 	if (!source_is_qcow2(path))
 		return 0;
+	ret = qemu_name(path, qpath, sizeof(qpath));
+	if (ret) {
+		snprintf(err, errlen, "cannot open: %s", strerror(-ret));
+		return ret;
+	}
 	ret = check_self_contained(path, err, errlen);
 	if (ret)
 		return ret;
@@ -258,6 +287,8 @@ int source_open(const char *path, const char *tmpdir, struct image_source *src, 
 
 	memset(src, 0, sizeof(*src));
 	src->fd = -1;
+	if (errlen)
+		err[0] = '\0';
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 || fstat(fd, &st) < 0) {
 		ret = -errno;
@@ -301,7 +332,7 @@ int source_read(struct image_source *src, void *buf, size_t len)
 			return -errno;
 		}
 		if (n == 0)
-			return -EIO;
+			return -ENODATA; /* not -EIO: that is what a failing device returns */
 		p += n;
 		len -= (size_t)n;
 	}

@@ -21,6 +21,9 @@ struct image_source {
 };
 
 /*
+ * The functions below that take err write a one-line reason there on every error, and
+ * leave it empty on success.
+ *
  * Checks, without writing anything, that path can be published: it exists, is a file or
  * a block device, and if it is a qcow2, it reads no other file (a backing file or an external
  * data file: -EPERM) and `qemu-img check` finds no corruption (leaked clusters are harmless
@@ -38,7 +41,11 @@ int source_open(const char *path, const char *tmpdir, struct image_source *src, 
 /* True when path starts with the qcow2 magic; false for anything else or unreadable. */
 bool source_is_qcow2(const char *path);
 
-/* Reads exactly len bytes at the current position; -EIO when the input ends early. */
+/*
+ * Reads exactly len bytes at the current position. -ENODATA when the input ends before
+ * (it shrank since source_open measured it); a failed read returns its own -errno (-EIO for
+ * a device error), never -ENODATA.
+ */
 int source_read(struct image_source *src, void *buf, size_t len);
 
 void source_close(struct image_source *src);

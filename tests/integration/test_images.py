@@ -218,6 +218,31 @@ def test_publish_qcow2_equals_raw(tmp_path):
     assert os.listdir(os.path.join(repo, "tmp")) == []
 
 
+def test_qcow2_names_with_a_colon_are_files_not_protocols(tmp_path):
+    # qemu-img reads "file:x.qcow2" as protocol "file" and path "x.qcow2", and
+    # "a:b.qcow2" as an unknown protocol "a": publish must convert the file it checked.
+    # The repository name "file:repo" is also relative and has a colon (qemu-img writes
+    # the converted raw file under it).
+    work = tmp_path / "work"
+    work.mkdir()
+    images = {}
+    for name, seed in (("file:x.qcow2", 21), ("x.qcow2", 22), ("a:b.qcow2", 23)):
+        raw = write(tmp_path / f"{seed}.raw", random_bytes(512 * KIB, seed))
+        images[name] = open(raw, "rb").read()
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw,
+                        os.path.join(str(work), name)], check=True)
+    for name, tag, repo in (("file:x.qcow2", "fx", str(tmp_path / "repo")),
+                            ("a:b.qcow2", "ab", str(tmp_path / "repo")),
+                            ("file:x.qcow2", "fx", "file:repo")):
+        p = subprocess.run([RACKDISK, "image", "publish", name, "--repo", repo, "--name", tag,
+                            "--chunk-size", "64K", "--json"],
+                           cwd=str(work), capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, (name, repo, p.stderr)
+        assert json.loads(p.stdout)["format"] == "qcow2"
+        _, m = manifest_of(os.path.join(str(work), repo), tag)
+        assert m["chunks"] == chunk_hashes(images[name], 64 * KIB), (name, repo)
+        assert os.listdir(os.path.join(str(work), repo, "tmp")) == []
+
 def test_shared_chunks_are_stored_once(tmp_path):
     cs = 64 * KIB
     base = bytearray(random_bytes(4 * MIB, 7))
@@ -449,6 +474,7 @@ def test_bad_chunk_size(tmp_path, seeded, size):
     src = write(tmp_path / "x.raw", random_bytes(128 * KIB, 1))
     p = rd("publish", src, "--repo", repo, "--name", "x", "--chunk-size", size)
     assert_one_line_error(p, "chunk size")
+    assert p.returncode == 2, "a bad option value is a usage error"
     assert snapshot(repo) == before
 
 
@@ -459,11 +485,44 @@ def test_bad_name(tmp_path, seeded, name):
     src = write(tmp_path / "x.raw", random_bytes(128 * KIB, 1))
     p = rd("publish", src, "--repo", repo, "--name", name)
     assert_one_line_error(p, "name")
+    assert p.returncode == 2, "a bad option value is a usage error"
     assert snapshot(repo) == before
     if name and not name.startswith("-"):  # "-opt" is an unknown option to show
         p = rd("show", "--repo", repo, name)
         assert_one_line_error(p, "invalid image name")
 
+
+def test_name_spelled_like_an_image_id_is_refused(tmp_path, seeded):
+    # show/verify read NAME as a tag first, then as an id: a tag of 64 hex digits would
+    # hide the image with that id, so publish refuses such a name, in either case.
+    repo, before = seeded
+    seed_id, _ = manifest_of(repo, "seed")
+    src = write(tmp_path / "x.raw", random_bytes(128 * KIB, 1))
+    for name in (seed_id, seed_id.upper(), "0" * 64):
+        p = rd("publish", src, "--repo", repo, "--name", name)
+        assert_one_line_error(p, name, "64 hex digits", "image id")
+        assert p.returncode == 2, "a bad option value is a usage error"
+        assert snapshot(repo) == before
+    assert json.loads(rd_ok("show", "--repo", repo, seed_id, "--json").stdout)["id"] == seed_id
+    # 63 or 65 hex digits, or 64 characters that are not all hex, are names like any other.
+    for name in ("a" * 63, "a" * 65, "g" + "a" * 63):
+        publish(src, repo, name)
+
+
+def test_image_too_big_for_a_manifest_is_refused_before_reading(tmp_path, seeded):
+    # 4 TiB at 64K chunks is 64 Mi chunks: even all zero (null, 5 bytes each) the manifest
+    # would pass the 256 MiB every reader enforces. Refused at once, before the input is
+    # read (a sparse file: reading it would take many minutes), and nothing is written.
+    repo, before = seeded
+    src = str(tmp_path / "huge.raw")
+    with open(src, "wb") as f:
+        f.truncate(4 << 40)
+    p = rd("publish", src, "--repo", repo, "--name", "huge", "--chunk-size", "64K",
+           timeout=60)
+    assert_one_line_error(p, "4.0 TiB", "manifest", "268435456-byte limit",
+                          "--chunk-size 2M or larger")
+    assert p.returncode == 1  # as for other bad input (an empty image, say)
+    assert snapshot(repo) == before
 
 def test_repository_path_too_long_for_its_names(tmp_path):
     # The repository path itself is legal, but chunks/<hh>/<hash> and manifests/<id>.json

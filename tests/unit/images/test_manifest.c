@@ -178,6 +178,64 @@ static void test_round_trip(void **state)
 	manifest_free(back);
 }
 
+/* manifest_text_len is exactly the length manifest_serialize writes. */
+static void test_text_len_is_the_serialized_length(void **state)
+{
+	static const struct {
+		uint64_t size;
+		uint32_t cs;
+	} shapes[] = {
+		{0, 65536},	     {1, 65536},
+		{65536, 65536},	     {5 * 1048576 + 17, 1048576},
+		{123456789, 131072}, {9, 16u * 1024 * 1024},
+	};
+
+	for (size_t k = 0; k < sizeof(shapes) / sizeof(shapes[0]); k++) {
+		for (int every = 1; every <= 3; every++) { /* all, half, a third hold data */
+			struct manifest *m = NULL;
+			uint64_t nonzero = 0;
+			char *text = NULL;
+			size_t len;
+
+			assert_int_equal(manifest_new(shapes[k].size, shapes[k].cs, &m), 0);
+			for (uint64_t i = 0; i < m->nchunks; i += (uint64_t)every) {
+				m->zero[i] = 0;
+				nonzero++;
+			}
+			assert_int_equal(manifest_serialize(m, &text, &len), 0);
+			assert_int_equal(manifest_text_len(shapes[k].size, shapes[k].cs, nonzero),
+					 len);
+			assert_int_equal(
+				manifest_text_len(shapes[k].size, shapes[k].cs, 0),
+				len - nonzero * 62); /* "<64 hex>" is 62 bytes more than null */
+			free(text);
+			manifest_free(m);
+		}
+	}
+}
+
+/*
+ * A manifest every reader would refuse (over MANIFEST_MAX_BYTES) is never serialised: 4.1 M
+ * chunks holding data would take 274,700,079 bytes. The limit falls between 4,006,498 and
+ * 4,006,499 such chunks at 64 KiB.
+ */
+static void test_serialize_refuses_what_readers_refuse(void **state)
+{
+	const uint64_t n = 4100000, fit = 4006498;
+	struct manifest *m = NULL;
+	char *text = NULL;
+	size_t len = 0;
+
+	assert_int_equal(manifest_text_len(n * 65536, 65536, n), 274700079);
+	assert_true(manifest_text_len(fit * 65536, 65536, fit) <= MANIFEST_MAX_BYTES);
+	assert_true(manifest_text_len((fit + 1) * 65536, 65536, fit + 1) > MANIFEST_MAX_BYTES);
+	assert_int_equal(manifest_new(n * 65536, 65536, &m), 0);
+	memset(m->zero, 0, n); /* every chunk holds data (all with the zero hash: no matter) */
+	assert_int_equal(manifest_serialize(m, &text, &len), -E2BIG);
+	assert_null(text);
+	manifest_free(m);
+}
+
 static void test_chunk_size_valid(void **state)
 {
 	assert_true(manifest_chunk_size_valid(64 * 1024));
@@ -193,10 +251,16 @@ static void test_chunk_size_valid(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_valid),		cmocka_unit_test(test_malformed),
-		cmocka_unit_test(test_unknown_version), cmocka_unit_test(test_sizes_disagree),
-		cmocka_unit_test(test_bad_hex),		cmocka_unit_test(test_too_big),
-		cmocka_unit_test(test_round_trip),	cmocka_unit_test(test_chunk_size_valid),
+		cmocka_unit_test(test_valid),
+		cmocka_unit_test(test_malformed),
+		cmocka_unit_test(test_unknown_version),
+		cmocka_unit_test(test_sizes_disagree),
+		cmocka_unit_test(test_bad_hex),
+		cmocka_unit_test(test_too_big),
+		cmocka_unit_test(test_round_trip),
+		cmocka_unit_test(test_chunk_size_valid),
+		cmocka_unit_test(test_text_len_is_the_serialized_length),
+		cmocka_unit_test(test_serialize_refuses_what_readers_refuse),
 	};
 
 	return cmocka_run_group_tests_name("manifest", tests, NULL, NULL);

@@ -1,0 +1,5 @@
+# Unit tests of images/ that need more than the pattern rule in the top-level Makefile.
+
+# Fault injection on publish's reads of its input and its fstat of a converted qcow2 (the
+# test defines the wrappers; with a 64-bit off_t, fstat is fstat64).
+$(BUILD)/tests/unit/images/test_publish_faults: LDFLAGS += -Wl,--wrap=read -Wl,--wrap=fstat64
