@@ -114,8 +114,14 @@ int appliance_image_pull(struct appliance *a, const char *tag, struct image_info
 	size_t len;
 	int ret;
 
-	if (!name_is_valid(tag)) {
+	if (!repo_tag_name_valid(tag)) {
 		snprintf(err, errlen, "invalid image tag '%s'", tag);
+		return -EINVAL;
+	}
+	if (repo_name_is_id(tag)) {
+		/* publish refuses such tags: this is an image id, which is pulled by a tag */
+		snprintf(err, errlen, "'%s' is an image id, not a tag: pull the image by a tag "
+			 "that names it", tag);
 		return -EINVAL;
 	}
 	ret = repo_open(a->cfg.seed_url, &r);

@@ -529,3 +529,13 @@ def test_image_pull_does_not_hold_the_appliance_lock(tmp_path):
         a.cleanup()
         srv.shutdown()
         srv.server_close()
+
+
+def test_pull_refuses_ids_and_the_index_as_tags(app):
+    """A pull names a tag: a 64-hex string is an image id (publish refuses such tags, and
+    reading it as a tag would hide the image with that id), and "index" is the seed's
+    list of tags, not a tag."""
+    assert_error(app.request("POST", "/api/v1/images", {"tag": "ab" * 32}), 400,
+                 "is an image id, not a tag")
+    assert_error(app.request("POST", "/api/v1/images", {"tag": "index"}), 400,
+                 "invalid image tag")
