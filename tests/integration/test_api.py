@@ -352,17 +352,24 @@ class SlowTagHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_slow_image_pull_does_not_block_listings(tmp_path):
-    """A disk create whose image is pulled from a slow seed held the appliance's lock for
-    the whole pull, so /metrics (and disk ls) waited behind it."""
+def slow_tag_seed(tmp_path, handler):
+    """A seed repository with the sample image as tags "deb" and "slow", served by a
+    threaded HTTP server with handler (which delays what it chooses). Returns the server."""
     install_module()
     nginx, _ = make_seed(tmp_path / "seed")
     nginx.stop()
     repo = str(tmp_path / "seed" / "repo")
     shutil.copy(os.path.join(repo, "tags", "deb"), os.path.join(repo, "tags", "slow"))
     srv = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(SlowTagHandler, directory=repo))
+        ("127.0.0.1", 0), functools.partial(handler, directory=repo))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_slow_image_pull_does_not_block_listings(tmp_path):
+    """A disk create whose image is pulled from a slow seed held the appliance's lock for
+    the whole pull, so /metrics (and disk ls) waited behind it."""
+    srv = slow_tag_seed(tmp_path, SlowTagHandler)
     a = Appliance(f"http://127.0.0.1:{srv.server_address[1]}/")
     try:
         a.start()
@@ -485,14 +492,7 @@ def test_image_pull_does_not_hold_the_appliance_lock(tmp_path):
     listings and creates (and the reconcile after a tgtd restart) waited behind a slow
     seed. Now the pull runs without it; two pulls of one tag take turns and both succeed,
     and a pull of another tag does not wait for them."""
-    install_module()
-    nginx, _ = make_seed(tmp_path / "seed")
-    nginx.stop()
-    repo = str(tmp_path / "seed" / "repo")
-    shutil.copy(os.path.join(repo, "tags", "deb"), os.path.join(repo, "tags", "slow"))
-    srv = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(SlowerTagHandler, directory=repo))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = slow_tag_seed(tmp_path, SlowerTagHandler)
     a = Appliance(f"http://127.0.0.1:{srv.server_address[1]}/")
     with open(a.conf) as f:
         conf = f.read()
