@@ -192,7 +192,9 @@ int write_file_atomic(const char *path, const void *buf, size_t len)
 		     (int)getpid(), __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED)) >=
 	    (int)sizeof(tmp))
 		return -ENAMETOOLONG;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	/* O_TRUNC, not O_EXCL: a file of this name can only be left by a dead process that
+	 * had our pid (a container restarted), and it is ours to overwrite. */
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return -errno;
 	ret = pwrite_full(fd, buf, len, 0);

@@ -44,9 +44,9 @@ bool disk_name_is_valid(const char *name);
 uint64_t now_ns(void);
 
 /* Writes len bytes at path atomically: a temp file of the call's own in the same
- * directory (".NAME.tmp.PID.SEQ", hidden), fsync, rename, fsync of the directory. Safe
- * from concurrent threads; the last rename wins. Returns 0 or a negative errno; on an
- * error before the rename nothing is left. */
+ * directory (".NAME.tmp.PID.SEQ", hidden; one a dead process left is overwritten), fsync,
+ * rename, fsync of the directory. Safe from concurrent threads; the last rename wins.
+ * Returns 0 or a negative errno; on an error before the rename nothing is left. */
 int write_file_atomic(const char *path, const void *buf, size_t len);
 
 /* Reads a whole file (at most max bytes) into a malloc'd NUL-terminated buffer. */

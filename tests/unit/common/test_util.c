@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -145,12 +146,43 @@ static void test_write_file_atomic_concurrent(void **state)
 	rmdir(dir);
 }
 
+/* Temp files a crashed process left, which had our pid (a restarted container gives a
+ * daemon the same pid): their names are this process's too, and must not stop a write. */
+static void test_write_file_atomic_over_a_dead_process_leftover(void **state)
+{
+	char dir[] = "/tmp/rd-util-XXXXXX", path[64], tmp[96], *data = NULL;
+	size_t len = 0;
+	int fd;
+
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/rec", dir);
+	for (unsigned long seq = 1; seq <= 4000; seq++) {
+		snprintf(tmp, sizeof(tmp), "%s/.rec.tmp.%d.%lu", dir, (int)getpid(), seq);
+		fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		assert_true(fd >= 0);
+		assert_int_equal(write(fd, "torn", 4), 4);
+		close(fd);
+	}
+	assert_int_equal(write_file_atomic(path, "whole", 5), 0);
+	assert_int_equal(read_file(path, 64, &data, &len), 0);
+	assert_int_equal(len, 5);
+	assert_memory_equal(data, "whole", 5);
+	free(data);
+	for (unsigned long seq = 1; seq <= 4000; seq++) {
+		snprintf(tmp, sizeof(tmp), "%s/.rec.tmp.%d.%lu", dir, (int)getpid(), seq);
+		unlink(tmp);
+	}
+	unlink(path);
+	assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_size_accepts),
 		cmocka_unit_test(test_parse_size_refuses),
 		cmocka_unit_test(test_write_file_atomic_concurrent),
+		cmocka_unit_test(test_write_file_atomic_over_a_dead_process_leftover),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
