@@ -219,18 +219,18 @@ static void disk_metrics(FILE *f, struct appliance *a)
 				      "Write commands completed (tgtd, current sessions).",
 				      "Commands that failed (tgtd, current sessions)."};
 	struct tgtmgr_lun_stats *st = NULL;
+	struct diskrec_damaged *bad = NULL;
 	struct diskrec *recs = NULL;
 	char *text = NULL;
-	size_t n = 0;
+	size_t n = 0, nbad = 0;
 
-	if (appliance_disk_list(a, &recs, &n))
-		n = 0;
-	int damaged = appliance_disks_damaged(a);
-
+	/* One scan of the records gives both the disks and the damaged ones. */
+	if (appliance_disk_scan(a, &recs, &n, &bad, &nbad))
+		n = nbad = 0;
+	free(bad);
 	one(f, "rackdisk_disks", "gauge", "Disks defined on this appliance.", n);
 	one(f, "rackdisk_disks_damaged", "gauge",
-	    "Disks whose record (disk.json) cannot be read; kept exported as they were.",
-	    damaged > 0 ? (uint64_t)damaged : 0);
+	    "Disks whose record (disk.json) cannot be read; kept exported as they were.", nbad);
 	st = calloc(n ? n : 1, sizeof(*st));
 	/* One tgtadm run for every disk: a scrape must stay cheap with many disks. */
 	if (n && tgtmgr_stat_all(a->tgt, &text))
