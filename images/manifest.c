@@ -39,7 +39,7 @@ int manifest_new(uint64_t size, uint32_t chunk_size, struct manifest **out)
 
 	if (!manifest_chunk_size_valid(chunk_size))
 		return -EINVAL;
-	n = size / chunk_size + (size % chunk_size != 0);
+	n = manifest_nchunks(size, chunk_size);
 	if (n > SIZE_MAX / sizeof(struct chunk_hash))
 		return -ENOMEM;
 	m = calloc(1, sizeof(*m));
@@ -179,7 +179,7 @@ int manifest_parse(const char *buf, size_t len, struct manifest **out, char *err
 		goto out;
 	}
 	/* Compare counts before allocating: a hostile size must not cost memory. */
-	want = size / cs + (size % cs != 0);
+	want = manifest_nchunks(size, cs);
 	if (want != json_array_size(arr)) {
 		ret = fail(err, errlen, -ERANGE,
 			   "sizes disagree: size %llu at chunk size %llu needs %llu entries, "
@@ -220,7 +220,7 @@ uint64_t manifest_text_len(uint64_t size, uint32_t chunk_size, uint64_t nonzero)
 {
 	/* {"format":1,"size":S,"chunk_size":C,"hash":"sha256","chunks":[E,E,...]}\n with E
 	 * either "<64 hex>" or null: 63 bytes around S, C and the entries. */
-	uint64_t n = size / chunk_size + (size % chunk_size != 0);
+	uint64_t n = manifest_nchunks(size, chunk_size);
 
 	return 63 + decimal_digits(size) + decimal_digits(chunk_size) +
 	       nonzero * (HASH_HEX_LEN + 2) + (n - nonzero) * 4 + (n ? n - 1 : 0);

@@ -71,6 +71,13 @@ int manifest_serialize(struct manifest *m, char **buf, size_t *len);
  */
 uint64_t manifest_text_len(uint64_t size, uint32_t chunk_size, uint64_t nonzero);
 
+/* How many chunks an image of `size` bytes has at `chunk_size` (the last may be short);
+ * never overflows, whatever a hostile manifest says. */
+static inline uint64_t manifest_nchunks(uint64_t size, uint64_t chunk_size)
+{
+	return size / chunk_size + (size % chunk_size != 0);
+}
+
 void manifest_free(struct manifest *m);
 
 /* Length in bytes of chunk idx (the last one may be short). */

@@ -273,7 +273,7 @@ static void manifest_limit_error(uint64_t size, uint32_t cs, uint64_t nonzero, c
 	do
 		big *= 2;
 	while (big <= CHUNK_SIZE_MAX &&
-	       manifest_text_len(size, big, size / big + (size % big != 0)) > MANIFEST_MAX_BYTES);
+	       manifest_text_len(size, big, manifest_nchunks(size, big)) > MANIFEST_MAX_BYTES);
 	if (big <= CHUNK_SIZE_MAX)
 		snprintf(hint, sizeof(hint), "publish it with --chunk-size %u%s or larger",
 			 (unsigned)(big >= MiB ? big / MiB : big / KiB), big >= MiB ? "M" : "K");
@@ -285,7 +285,7 @@ static void manifest_limit_error(uint64_t size, uint32_t cs, uint64_t nonzero, c
 		 "image of %s: at chunk size %s its manifest (%llu chunks, %s) would pass the "
 		 "%u-byte limit that readers accept; %s",
 		 format_size(size, s1, sizeof(s1)), format_size(cs, s2, sizeof(s2)),
-		 (unsigned long long)(size / cs + (size % cs != 0)), data, MANIFEST_MAX_BYTES,
+		 (unsigned long long)manifest_nchunks(size, cs), data, MANIFEST_MAX_BYTES,
 		 hint);
 }
 
