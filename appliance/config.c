@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster/directory.h"
 #include "common/util.h"
 
 enum key_type {
@@ -334,12 +335,17 @@ static int set_key(struct config *c, const struct key_def *k, const char *v, cha
 		if (strchr(v, ' ') || strlen(v) >= k->size)
 			goto bad_fmt;
 		return set_str(p, k->size, v);
-	case KT_REDIS:
-		if ((strncmp(v, "redis://", 8) && strncmp(v, "unix://", 7)) || strchr(v, ' ')) {
-			snprintf(why, whylen, "must be a redis://HOST:PORT/DB or unix:// URL");
+	case KT_REDIS: {
+		/* The parser the directory connects with: what passes here connects. */
+		struct directory_url u;
+
+		if (strchr(v, ' ') || directory_parse_url(v, &u)) {
+			snprintf(why, whylen, "must be redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] "
+					      "(port 1-65535) or unix:///PATH");
 			return -EINVAL;
 		}
 		return set_str(p, k->size, v);
+	}
 	case KT_IQN:
 		if (!config_iqn_valid(v)) {
 			snprintf(why, whylen, "must look like iqn.YYYY-MM.reversed.domain "

@@ -97,10 +97,22 @@ static void pick_iscsi_host(struct appliance *a)
  * it). Redis being down is not an error here: the directory connects in the background
  * and reads go to the seed until it does. A missing or empty token is.
  */
+/* Reads [cluster] token_file into token; on failure err says why, naming the file. */
+static int load_token(const struct config *c, char *token, size_t len, char *err,
+		      size_t errlen)
+{
+	int ret = peer_token_load(c->token_file, token, len);
+
+	if (ret)
+		snprintf(err, errlen, "[cluster] token_file %.*s: %s", 400, c->token_file,
+			 ret == -EINVAL ? "empty, or its first line is too long" : strerror(-ret));
+	return ret;
+}
+
 static int create_peering(struct appliance *a)
 {
 	const struct config *c = &a->cfg;
-	char token[512], listen[300], advertise[300];
+	char token[512], listen[300], advertise[300], err[600];
 	struct peering_opts po = {
 		.redis_url = c->redis,
 		.prefix = c->cluster_prefix,
@@ -118,11 +130,9 @@ static int create_peering(struct appliance *a)
 
 	if (!c->redis[0])
 		return 0;
-	ret = peer_token_load(c->token_file, token, sizeof(token));
+	ret = load_token(c, token, sizeof(token), err, sizeof(err));
 	if (ret) {
-		log_error("[cluster] token_file %s: %s", c->token_file,
-			  ret == -EINVAL ? "empty, or its first line is too long"
-					 : strerror(-ret));
+		log_error("%s", err);
 		return ret;
 	}
 	ret = peering_create(&po, &a->peering);
@@ -328,6 +338,18 @@ int main(int argc, char **argv)
 	if (config_load(cfg_path, &a->cfg, err, sizeof(err))) {
 		fprintf(stderr, "rackdiskd: %s\n", err);
 		return 2;
+	}
+	if (a->cfg.redis[0]) {
+		/* A token file that cannot be read is a config error (exit 2, which the unit's
+		 * RestartPreventExitStatus does not retry), caught by --check-config too. */
+		char token[512];
+
+		ret = load_token(&a->cfg, token, sizeof(token), err, sizeof(err));
+		explicit_bzero(token, sizeof(token));
+		if (ret) {
+			fprintf(stderr, "rackdiskd: %s: %s\n", cfg_path, err);
+			return 2;
+		}
 	}
 	if (check_only) {
 		printf("%s: ok\n", cfg_path);

@@ -889,6 +889,8 @@ void directory_leave(struct directory *d)
 {
 	char key[DIR_KEY_MAX];
 
+	if (!d)
+		return;
 	dir_stop_thread(d);
 	if (d->left)
 		return;

@@ -216,21 +216,29 @@ def test_redis_stopped_mid_read_reads_go_to_the_seed(cluster, tmp_path):
 
 
 def test_cluster_config_errors_at_start(cluster, tmp_path):
-    """A missing or empty token stops the start with a clear line; a wildcard listen
-    without advertise is a config error (exit 2)."""
+    """A missing or empty token, an unparsable Redis URL and a wildcard listen without
+    advertise are config errors: one clear line and exit 2 (which systemd does not
+    retry), from --check-config as from a start."""
     nginx, _, redis, make = cluster
     empty = tmp_path / "empty.token"
     empty.write_text("\n")
-    for token, needle in ((str(empty), "empty"),
-                          (str(tmp_path / "missing.token"), "No such file")):
+    for key, value, needle in (("token_file", str(empty), "empty"),
+                               ("token_file", str(tmp_path / "missing.token"),
+                                "No such file"),
+                               # passed a prefix check, then crashed the start (SIGSEGV)
+                               ("redis", "redis://127.0.0.1:notaport/0", "port 1-65535")):
         a = make("t")
-        a.extra["cluster"] = [l for l in a.extra["cluster"] if not l.startswith("token_file")]
-        a.extra["cluster"].append(f"token_file = {token}")
+        a.extra["cluster"] = [l for l in a.extra["cluster"] if not l.startswith(key)]
+        a.extra["cluster"].append(f"{key} = {value}")
         a.write_conf()
+        r = subprocess.run([RACKDISKD, "--check-config", "--config", a.conf],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 2 and f"[cluster] {key}" in r.stderr, r
+        assert needle in r.stderr and len(r.stderr.strip().split("\n")) == 1, r.stderr
         with pytest.raises(RuntimeError) as e:
             a.start(timeout=10)
-        assert "[cluster] token_file" in str(e.value) and needle in str(e.value)
-        assert a.proc.returncode == 1
+        assert f"[cluster] {key}" in str(e.value) and needle in str(e.value)
+        assert a.proc.returncode == 2
         a.proc = None
     a = make("w")
     a.extra["cluster"] = [l for l in a.extra["cluster"] if not l.startswith("listen")]

@@ -297,6 +297,12 @@ static void test_bad_names_and_values(void **state)
 		   "from 1 to 256");
 	assert_bad(MINIMAL "[cache]\ndirect_io = perhaps\n", 6, "true or false");
 	assert_bad(MINIMAL "[cluster]\nredis = http://r/\n", 6, "redis://");
+	/* Once passed by a prefix check, then refused by the directory at start (and the
+	 * daemon crashed on that path): every URL the directory cannot parse is refused. */
+	assert_bad(MINIMAL "[cluster]\nredis = redis://127.0.0.1:notaport/x\n", 6, "port 1-65535");
+	assert_bad(MINIMAL "[cluster]\nredis = redis://127.0.0.1:6379/zero\n", 6, "redis://");
+	assert_bad(MINIMAL "[cluster]\nredis = redis://:6379\n", 6, "redis://");
+	assert_bad(MINIMAL "[cluster]\nredis = unix://relative.sock\n", 6, "unix:///PATH");
 	/* 0 looked like "off" (as [seed] readahead = 0 is) but meant a window of 1 */
 	assert_bad(MINIMAL "[cluster]\nreadahead = 0\n", 6, "from 1 to 1024");
 	assert_bad("[node]\nname = a1\n[seed]\nurl = http://x/\nretry_initial_ms = 500\n"
