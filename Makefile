@@ -124,15 +124,28 @@ demo: deps
 	@$(MAKE) --no-print-directory build
 	@bash scripts/demo.sh
 
+# The unit goes where systemd looks for installed (vendor) units, so that an operator's
+# own copy in /etc/systemd/system, or a drop-in, survives the next install.
+SYSTEMD_UNITDIR ?= $(PREFIX)/lib/systemd/system
+
 install: build
+	@inst=$$(dpkg-query -W -f='$${Version}' tgt 2>/dev/null); \
+	built=$$(cat $(BUILD)/deps/tgt.version 2>/dev/null); \
+	if [ -n "$$inst" ] && [ "$$inst" != "$$built" ]; then \
+		echo "install: tgt $$inst is installed but the module was built against tgt" \
+		     "'$$built': run make deps && make, then make install" >&2; exit 1; fi
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(TGT_MODDIR)
 	install -m 0755 $(BUILD)/rackdisk $(DESTDIR)$(PREFIX)/bin/rackdisk
 	if [ -f $(BUILD)/rackdiskd ]; then install -m 0755 $(BUILD)/rackdiskd $(DESTDIR)$(PREFIX)/sbin/rackdiskd; fi
 	if [ -f $(BUILD)/bs_rackdisk.so ]; then install -m 0755 $(BUILD)/bs_rackdisk.so $(DESTDIR)$(TGT_MODDIR)/bs_rackdisk.so; fi
-	install -d $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/rackdisk
-	sed 's|/usr/local/|$(PREFIX)/|g' appliance/rackdiskd.service > $(DESTDIR)/etc/systemd/system/rackdiskd.service
+	install -d $(DESTDIR)$(SYSTEMD_UNITDIR) $(DESTDIR)/etc/rackdisk
+	sed 's|/usr/local/|$(PREFIX)/|g' appliance/rackdiskd.service > $(DESTDIR)$(SYSTEMD_UNITDIR)/rackdiskd.service
 	install -m 0644 appliance/rackdisk.conf.example $(DESTDIR)/etc/rackdisk/rackdisk.conf.example
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/rackdisk/README.md
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+		systemctl daemon-reload && \
+		if systemctl -q is-active rackdiskd; then echo "install: rackdiskd runs the" \
+			"old daemon and module until: systemctl restart rackdiskd"; fi; fi
 
 # bench-cache-store-open runs last: it removes a tree of 1M files, and on ext4 without a
 # journal every inode created in the next few minutes skips the recently deleted ones

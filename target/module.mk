@@ -14,7 +14,9 @@ BS_RACKDISK_OBJ := $(call obj,target/bs_rackdisk.c)
 BS_RACKDISK_LIBS := $(LIBTARGET) $(LIBCACHE) $(LIBIMAGES) $(LIBCOMMON)
 
 $(BS_RACKDISK_OBJ): CPPFLAGS += -isystem $(TGT_SRC)/usr $(TGT_DEFS)
-$(BS_RACKDISK_OBJ): $(TGT_SRC)/usr/tgtd.h
+# The stamp changes when `make deps` fetches another tgt version's source (the headers'
+# own times come from the tarball and may be older than the object).
+$(BS_RACKDISK_OBJ): $(TGT_SRC)/usr/tgtd.h $(BUILD)/deps/tgt.version
 
 $(BUILD)/bs_rackdisk.so: $(BS_RACKDISK_OBJ) $(BS_RACKDISK_LIBS) target/bs_rackdisk.map
 	$(CC) -shared -fPIC $(LDFLAGS) -Wl,--version-script=target/bs_rackdisk.map \

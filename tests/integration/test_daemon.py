@@ -293,6 +293,31 @@ def test_systemd_unit_verifies(tmp_path):
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
 
 
+def test_make_install_layout(tmp_path):
+    """`make install` puts the unit where systemd finds vendor units (so a copy in
+    /etc/systemd/system, needed for tgtd = external, survives the next install), with
+    ExecStart under PREFIX, and with DESTDIR does not touch the running system."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(here))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    for prefix in ("/usr/local", "/opt/rd"):
+        dest = tmp_path / prefix.strip("/").replace("/", "_")
+        r = subprocess.run(["make", "-s", "-C", root, "install", f"DESTDIR={dest}",
+                            f"PREFIX={prefix}"], capture_output=True, text=True,
+                           timeout=300, env=env)
+        assert r.returncode == 0, r.stderr
+        unit = dest / prefix.strip("/") / "lib/systemd/system/rackdiskd.service"
+        text = unit.read_text()
+        assert f"ExecStart={prefix}/sbin/rackdiskd --config /etc/rackdisk/rackdisk.conf" in text
+        assert not (dest / "etc/systemd").exists()
+        for f in (f"{prefix}/sbin/rackdiskd", f"{prefix}/bin/rackdisk",
+                  "usr/lib/tgt/backing-store/bs_rackdisk.so",
+                  "etc/rackdisk/rackdisk.conf.example",
+                  f"{prefix}/share/doc/rackdisk/README.md"):
+            assert (dest / f.strip("/")).is_file(), f
+        assert "restart" not in r.stdout  # no daemon-reload or advice with DESTDIR
+
+
 def test_metrics_serves_required_series(appliance, tmp_path):
     a = appliance().start()
     assert a.cli("disk", "create", "m1", "--image", "deb").returncode == 0
