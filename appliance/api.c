@@ -48,6 +48,7 @@ unsigned api_status_for_errno(int err)
 		return 404;
 	case -EEXIST:
 	case -EBUSY:
+	case -EUCLEAN: /* a damaged disk record: the request was fine, the disk is not */
 		return 409;
 	case -EFBIG:
 	case -E2BIG:
@@ -235,21 +236,21 @@ static enum MHD_Result get_disk(struct api *api, struct MHD_Connection *c, const
 {
 	struct tgtmgr_lun_stats st;
 	struct diskrec r;
-	char msg[300];
+	char msg[PATH_MAX + 512];
 	json_t *j;
 	int ret;
 
 	if (!name_is_valid(name))
 		return send_error(c, 400, "invalid disk name");
-	ret = appliance_disk_get(api->a, name, &r);
+	ret = appliance_disk_get(api->a, name, &r, msg, sizeof(msg));
 	if (ret) {
-		if (ret == -ENOENT)
-			snprintf(msg, sizeof(msg), "no disk named '%s'", name);
-		else if (ret == -EUCLEAN)
-			snprintf(msg, sizeof(msg), "the record of disk '%s' is damaged (see "
-				 "rackdiskd's log)", name);
-		else
-			snprintf(msg, sizeof(msg), "%s", strerror(-ret));
+		if (ret == -EUCLEAN) {
+			size_t n = strlen(msg);
+
+			snprintf(msg + n, sizeof(msg) - n, "; restore the file and send rackdiskd "
+				 "SIGHUP, or remove the disk with `rackdisk disk rm %s --force`",
+				 name);
+		}
 		return send_error(c, api_status_for_errno(ret), msg);
 	}
 	j = disk_json(api->a, &r);

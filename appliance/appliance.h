@@ -93,7 +93,9 @@ int appliance_disk_delete(struct appliance *a, const char *name, bool force, cha
  * logged in, -EINVAL for a smaller size. *out: the record after. */
 int appliance_disk_resize(struct appliance *a, const char *name, uint64_t size,
 			  struct diskrec *out, char *err, size_t errlen);
-int appliance_disk_get(struct appliance *a, const char *name, struct diskrec *out);
+/* -ENOENT: no such disk; -EUCLEAN: its record is damaged (err says why). */
+int appliance_disk_get(struct appliance *a, const char *name, struct diskrec *out, char *err,
+		       size_t errlen);
 /* The disks with a readable record (damaged ones are logged and skipped). */
 int appliance_disk_list(struct appliance *a, struct diskrec **out, size_t *n);
 /* Every disk: readable records in *out, damaged ones (with the tid they keep, 0 if not

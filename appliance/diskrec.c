@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "appliance/config.h"
 #include "common/log.h"
@@ -222,7 +223,7 @@ int diskrec_load(const char *dir, struct diskrec *r, char *err, size_t errlen)
 		return ret;
 	}
 	/* a record that does not parse is damaged on this side: -EUCLEAN, not -EINVAL (the
-	 * API answers 500, not 400: the request was fine) */
+	 * API answers 409, not 400: the request was fine, the disk is not) */
 	j = json_loadb(text, len, 0, &jerr);
 	free(text);
 	if (!j) {
@@ -268,11 +269,11 @@ static int grow(void **v, size_t *cap, size_t n, size_t size)
 	return 0;
 }
 
-/* Loads the record of directory name into *r, or says in err why it cannot be used. */
-static int load_entry(const char *disks_dir, const char *name, struct diskrec *r, char *err,
+int diskrec_load_disk(const char *disks_dir, const char *name, struct diskrec *r, char *err,
 		      size_t errlen)
 {
 	char path[PATH_MAX];
+	struct stat st;
 	int ret;
 
 	ret = config_path_fmt(path, sizeof(path), "%s/%s", disks_dir, name);
@@ -280,8 +281,15 @@ static int load_entry(const char *disks_dir, const char *name, struct diskrec *r
 		snprintf(err, errlen, "path of disk '%s' too long", name);
 		return ret;
 	}
+	if (stat(path, &st) && errno == ENOENT) {
+		snprintf(err, errlen, "no disk named '%s'", name);
+		return -ENOENT;
+	}
 	ret = diskrec_load(path, r, err, errlen);
-	if (!ret && strcmp(r->name, name)) {
+	if (ret == -ENOENT) {
+		snprintf(err, errlen, "%s/%s is damaged: it is missing", path, DISKREC_FILE);
+		ret = -EUCLEAN;
+	} else if (!ret && strcmp(r->name, name)) {
 		snprintf(err, errlen, "%s/%s is damaged: it names disk '%s'", path, DISKREC_FILE,
 			 r->name);
 		ret = -EUCLEAN;
@@ -315,8 +323,8 @@ int diskrec_scan(const char *disks_dir, struct diskrec **out, size_t *n,
 		if (ret)
 			goto out;
 		memset(&bad[nbad], 0, sizeof(bad[nbad]));
-		if (load_entry(disks_dir, de->d_name, &v[cnt], bad[nbad].error,
-			       sizeof(bad[nbad].error))) {
+		if (diskrec_load_disk(disks_dir, de->d_name, &v[cnt], bad[nbad].error,
+				      sizeof(bad[nbad].error))) {
 			/* a valid name has at most DISKREC_NAME_MAX - 1 bytes */
 			memcpy(bad[nbad].name, de->d_name, strlen(de->d_name) + 1);
 			nbad++;

@@ -46,6 +46,14 @@ int diskrec_from_json(json_t *j, struct diskrec *r, char *err, size_t errlen);
  * is created mode 0700. */
 int diskrec_save(const char *dir, const struct diskrec *r);
 int diskrec_load(const char *dir, struct diskrec *r, char *err, size_t errlen);
+/*
+ * The record of disk name under disks_dir, as every reader of a disk needs it: -ENOENT
+ * only when there is no such disk (no directory), -EUCLEAN when the disk is there but
+ * its record cannot be used (disk.json missing, not JSON, invalid, or naming another
+ * disk), other errors as reading gave them. err says why, naming the file.
+ */
+int diskrec_load_disk(const char *disks_dir, const char *name, struct diskrec *r, char *err,
+		      size_t errlen);
 
 /*
  * A disk whose record cannot be used: its directory is there (named by a valid name),

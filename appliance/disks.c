@@ -574,7 +574,7 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 	int ret;
 
 	appliance_disk_dir(a, name, dir, sizeof(dir));
-	ret = diskrec_load(dir, &r, err, errlen);
+	ret = diskrec_load_disk(a->disks_dir, name, &r, err, errlen);
 	if (ret == -EUCLEAN && force) {
 		/* a record that does not parse: tid 0 finds its target by IQN alone, and its
 		 * CHAP account (if any) is left in tgtd, since the record no longer names it */
@@ -584,13 +584,11 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 	} else if (ret == -EUCLEAN) {
 		size_t n = strlen(err);
 
-		snprintf(err + n, errlen - n, "; delete with force to remove the disk");
+		snprintf(err + n, errlen - n, "; delete with force to remove the disk, or "
+			 "restore the file and send rackdiskd SIGHUP");
 	}
-	if (ret) {
-		if (ret == -ENOENT)
-			snprintf(err, errlen, "no disk named '%s'", name);
+	if (ret)
 		return ret;
-	}
 	ret = unexport_disk(a, name, r.tid, force, "or delete with force", err, errlen);
 	if (ret)
 		return ret;
@@ -636,12 +634,9 @@ static int resize_locked(struct appliance *a, const char *name, uint64_t size,
 	int ret, xret;
 
 	appliance_disk_dir(a, name, dir, sizeof(dir));
-	ret = diskrec_load(dir, r, err, errlen);
-	if (ret) {
-		if (ret == -ENOENT)
-			snprintf(err, errlen, "no disk named '%s'", name);
+	ret = diskrec_load_disk(a->disks_dir, name, r, err, errlen);
+	if (ret)
 		return ret;
-	}
 	if (size < r->size) {
 		snprintf(err, errlen, "disk '%s' has %llu bytes: a disk only grows", name,
 			 (unsigned long long)r->size);
@@ -694,16 +689,17 @@ int appliance_disk_resize(struct appliance *a, const char *name, uint64_t size,
 	return ret;
 }
 
-int appliance_disk_get(struct appliance *a, const char *name, struct diskrec *out)
+int appliance_disk_get(struct appliance *a, const char *name, struct diskrec *out, char *err,
+		       size_t errlen)
 {
-	char dir[PATH_MAX], err[256];
 	int ret;
 
-	if (!name_is_valid(name))
+	if (!name_is_valid(name)) {
+		snprintf(err, errlen, "invalid disk name");
 		return -EINVAL;
-	appliance_disk_dir(a, name, dir, sizeof(dir));
+	}
 	pthread_mutex_lock(&a->lock);
-	ret = diskrec_load(dir, out, err, sizeof(err));
+	ret = diskrec_load_disk(a->disks_dir, name, out, err, errlen);
 	pthread_mutex_unlock(&a->lock);
 	if (ret && ret != -ENOENT)
 		log_warn("disk %s: %s", name, err);

@@ -206,21 +206,34 @@ def test_names_that_differ_in_case_are_one_disk(app):
     assert app.targets() == {}
 
 
-def test_damaged_record_is_a_server_error(app):
-    """A disk.json that does not parse is the server's problem: 500 with a message, not
-    400 "Invalid argument" (the request was fine)."""
+@pytest.mark.parametrize("damage", ["bad", "missing", "other"])
+def test_damaged_record_is_409_with_the_fix(app, damage):
+    """A disk whose disk.json cannot be used (does not parse, is missing, or names another
+    disk) is a disk in a bad state: 409 naming the file and the fix, not 400 (the request
+    was fine) nor 404 (the disk is there: reconcile keeps it exported), and GET never
+    shows another disk's record. rm --force removes it, its target found by IQN."""
     assert app.request("POST", "/api/v1/disks", {"name": "dmg", "image": "deb"})[0] == 201
     rec = os.path.join(app.state, "disks", "dmg", "disk.json")
     with open(rec) as f:
         good = f.read()
     try:
-        with open(rec, "w") as f:
-            f.write(good.replace('"tid"', '"tidd"'))
-        assert_error(app.request("GET", "/api/v1/disks/dmg"), 500,
-                     "the record of disk 'dmg' is damaged")
+        if damage == "missing":
+            os.unlink(rec)
+        else:
+            with open(rec, "w") as f:
+                f.write(good.replace('"tid"', '"tidd"') if damage == "bad"
+                        else good.replace('"dmg"', '"dmh"'))
+        why = {"bad": "disk.json is damaged: ", "missing": "disk.json is damaged: it is "
+               "missing", "other": "disk.json is damaged: it names disk 'dmh'"}[damage]
+        assert_error(app.request("GET", "/api/v1/disks/dmg"), 409, why)
+        st, body = app.request("GET", "/api/v1/disks/dmg")
+        assert "rackdisk disk rm dmg --force" in body["error"] and rec in body["error"], body
         assert "is damaged" in app.log_text()
-        assert_error(app.request("DELETE", "/api/v1/disks/dmg"), 500,
+        assert_error(app.request("DELETE", "/api/v1/disks/dmg"), 409,
                      "delete with force to remove the disk")
+        assert_error(app.request("PATCH", "/api/v1/disks/dmg", {"size": "64M"}), 409, why)
+        p = app.cli("disk", "show", "dmg")
+        assert p.returncode == 1 and why in p.stderr, p.stderr
         assert len(app.targets()) == 1
         # with force it goes, its target found by IQN
         st, body = app.request("DELETE", "/api/v1/disks/dmg?force=1")
@@ -228,7 +241,7 @@ def test_damaged_record_is_a_server_error(app):
         assert app.targets() == {}
         assert not os.path.exists(os.path.dirname(rec))
     finally:
-        if os.path.exists(rec):
+        if os.path.exists(os.path.dirname(rec)):
             with open(rec, "w") as f:
                 f.write(good)
             app.request("DELETE", "/api/v1/disks/dmg?force=1")
