@@ -191,7 +191,7 @@ static void cluster_metrics(FILE *f, struct peering *p)
 	one(f, "rackdisk_lease_wait_timeouts_total", "counter",
 	    "Lease waits that reached the bound (then the seed).", st.peers.lease_wait_timeouts);
 	one(f, "rackdisk_lease_takeovers_total", "counter",
-	    "Leases of dead holders broken and taken over.", st.peers.lease_takeovers);
+	    "Leases taken over after a wait: the holder died, stalled or gave up.", st.peers.lease_takeovers);
 	one(f, "rackdisk_leases_abandoned_total", "counter",
 	    "Leases released early because this node's seed fetch failed.",
 	    st.peers.leases_abandoned);

@@ -226,8 +226,14 @@ int peer_client_fetch(struct peer_client *pc, const char *addr, const struct chu
 		return -EINVAL;
 	rc = peer_client_get(pc, addr, h, buf, len, deadline_ns);
 	if (!rc)
-		rc = chunkstore_insert(pc->store, h, buf, len);
+		rc = peer_client_keep(pc, h, buf, len);
 	return rc;
+}
+
+int peer_client_keep(struct peer_client *pc, const struct chunk_hash *h, const void *buf,
+		     uint32_t len)
+{
+	return pc->store ? chunkstore_insert(pc->store, h, buf, len) : -EINVAL;
 }
 
 int peer_client_create(const struct peer_client_opts *o, struct peer_client **out)

@@ -47,9 +47,12 @@ void peer_client_destroy(struct peer_client *pc);
 int peer_client_fetch(struct peer_client *pc, const char *addr, const struct chunk_hash *h,
 		      void *buf, uint32_t len, uint64_t deadline_ns);
 
-/* Same, into buf[0..len) without storing (benchmarks, tools). */
+/* Same, into buf[0..len) without storing (benchmarks, tools, and callers that tell the
+ * peer's failures from their own store's: peer_client_keep stores what this got). */
 int peer_client_get(struct peer_client *pc, const char *addr, const struct chunk_hash *h,
 		    void *buf, uint32_t len, uint64_t deadline_ns);
+int peer_client_keep(struct peer_client *pc, const struct chunk_hash *h, const void *buf,
+		     uint32_t len);
 
 /* Shutdown: requests under way end at once with -ECANCELED, and so does every later one. */
 void peer_client_cancel(struct peer_client *pc);

@@ -151,7 +151,7 @@ void peering_get_stats(struct peering *p, struct peering_stats *st)
 int peering_list(struct peering *p, struct peering_peer *out, int max)
 {
 	struct directory_node *nodes;
-	struct peers_peer_stats ps[64];
+	struct peers_peer_stats *ps = NULL;
 	int n, np = 0, i, j;
 	int64_t self = directory_node_id(p->dir);
 
@@ -161,8 +161,14 @@ int peering_list(struct peering *p, struct peering_peer *out, int max)
 	if (!nodes)
 		return -ENOMEM;
 	n = directory_list_nodes(p->dir, nodes, max);
+	/* every peer this node has asked (a listed node may be any of them: a fixed-size
+	 * array here showed zeros, a counter reset to Prometheus, past its end) */
 	if (p->peers)
-		np = peers_list(p->peers, ps, (int)(sizeof(ps) / sizeof(ps[0])));
+		np = peers_list_all(p->peers, &ps);
+	if (np < 0) {
+		free(nodes);
+		return np;
+	}
 	for (i = 0; i < n; i++) {
 		memset(&out[i], 0, sizeof(out[i]));
 		out[i].node = nodes[i];
@@ -178,5 +184,6 @@ int peering_list(struct peering *p, struct peering_peer *out, int max)
 		}
 	}
 	free(nodes);
+	free(ps);
 	return n;
 }

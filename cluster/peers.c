@@ -137,7 +137,10 @@ static void order_holders(struct peers *p, struct directory_holder *v, int n)
 	}
 }
 
-/* Holders one peers_fetch() call has tried and that failed: not asked again in it. */
+/* Holders one peers_fetch() call has tried and that failed: not asked again in it. A
+ * holder that answered 404 is not among them: its entry is gone from the directory, so if
+ * a later lookup names it again, it has announced the chunk since (the lease holder we
+ * wait for answers 404 until its seed fetch lands). */
 struct tried {
 	int64_t id[MAX_HOLDERS];
 	unsigned n;
@@ -178,13 +181,22 @@ static int try_holders(struct peers *p, const struct chunk_hash *h, void *buf,
 		if (now_ns() >= deadline_ns)
 			return -ETIMEDOUT;
 		tries++;
-		rc = peer_client_fetch(p->client, v[i].addr, h, buf, len, deadline_ns);
+		rc = peer_client_get(p->client, v[i].addr, h, buf, len, deadline_ns);
 		if (rc == -ECANCELED)
 			return rc;
 		note_result(p, &v[i], rc, len);
-		if (rc != 0 && t->n < MAX_HOLDERS)
+		if (rc != 0 && rc != -ENOENT && t->n < MAX_HOLDERS)
 			t->id[t->n++] = v[i].node_id;
 		if (rc == 0) {
+			/* the peer served good bytes: a failure to keep them is ours, not its */
+			rc = peer_client_keep(p->client, h, buf, len);
+			if (rc == -ENOSPC) /* our own store is full: no other peer helps */
+				return rc;
+			if (rc) { /* the seed path meets the same store and reports it */
+				log_error("peers: cannot store a chunk from node %lld: %s",
+					  (long long)v[i].node_id, strerror(-rc));
+				return -ENOENT;
+			}
 			ST_ADD(p, peer_hits, 1);
 			ST_ADD(p, peer_bytes, len);
 			return 0;
@@ -197,8 +209,6 @@ static int try_holders(struct peers *p, const struct chunk_hash *h, void *buf,
 		} else {
 			ST_ADD(p, peer_failures, 1);
 		}
-		if (rc == -ENOSPC) /* our own store is full: no other peer helps */
-			return rc;
 	}
 	return -ENOENT;
 }
@@ -281,7 +291,9 @@ static int wait_for_lease(struct peers *p, const struct chunk_hash *h, void *buf
 		rc = directory_lease_acquire(p->dir, h, deadline_ns, &holder);
 		if (rc == 0) {
 			rc = won_lease(p, h, buf, len, peer_dl, t);
-			if (rc && alive != 0) /* it expired: the holder stalled or died */
+			/* it expired (the holder stalled or died) or was given up without the
+			 * chunk: either way this node now fetches it for the cluster */
+			if (rc && alive != 0)
 				ST_ADD(p, lease_takeovers, 1);
 			goto out;
 		}
@@ -427,6 +439,18 @@ void peers_get_stats(struct peers *p, struct peers_stats *st)
 {
 	__atomic_thread_fence(__ATOMIC_ACQUIRE);
 	*st = p->st;
+}
+
+int peers_list_all(struct peers *p, struct peers_peer_stats **out)
+{
+	int n;
+
+	pthread_mutex_lock(&p->lock);
+	*out = malloc((p->nhealth ? p->nhealth : 1) * sizeof(**out));
+	for (n = 0; *out && (size_t)n < p->nhealth; n++)
+		(*out)[n] = p->health[n].s;
+	pthread_mutex_unlock(&p->lock);
+	return *out ? n : -ENOMEM;
 }
 
 int peers_list(struct peers *p, struct peers_peer_stats *out, int max)

@@ -57,7 +57,8 @@ struct peers_stats {
 	uint64_t lease_waits;         /* waited for another node's seed fetch */
 	uint64_t lease_wait_hits;     /* ... and then got it from that node */
 	uint64_t lease_wait_timeouts; /* ... and gave up at the bound: went to the seed */
-	uint64_t lease_takeovers;     /* broke the lease of a dead holder */
+	uint64_t lease_takeovers;     /* fetched for the cluster after waiting on a lease
+					 whose holder died, stalled or gave it up */
 	uint64_t leases_abandoned;    /* released because our seed fetch failed */
 	uint64_t lease_wait_ns;       /* total time spent waiting */
 };
@@ -95,5 +96,7 @@ void peers_cancel(struct peers *p);
 void peers_get_stats(struct peers *p, struct peers_stats *st);
 /* Peers this node has fetched from (or tried): up to max; returns the count. */
 int peers_list(struct peers *p, struct peers_peer_stats *out, int max);
+/* Every peer asked so far, in *out (malloc'd, the caller frees): their count, or -ENOMEM. */
+int peers_list_all(struct peers *p, struct peers_peer_stats **out);
 
 #endif

@@ -265,6 +265,84 @@ static void test_stale_holder_repaired(void **state)
 	node_free(b);
 }
 
+struct late_holder {
+	struct node *n;
+	const struct chunk_hash *h;
+	const uint8_t *data;
+};
+
+/* The lease holder's seed fetch lands: the chunk is stored (and announced), then the
+ * lease is released, as a fetch worker does. */
+static void *late_holder_main(void *arg)
+{
+	struct late_holder *lh = arg;
+
+	fx_sleep_ms(400);
+	if (chunkstore_insert(lh->n->cs, lh->h, lh->data, CHUNK) == 0)
+		directory_lease_release(lh->n->d, lh->h);
+	return NULL;
+}
+
+/* A holder that answered 404 was never asked again in that call: b, waiting on a's lease
+ * after a stale entry of a's said 404, skipped a once a's seed fetch landed and a
+ * announced the chunk, won the lease and went to the seed for a second copy. */
+static void test_holder_that_said_404_is_asked_again(void **state)
+{
+	struct node *a = node_new("a", "r1", 5000), *b = node_new("b", "r1", 5000);
+	static uint8_t data[CHUNK];
+	struct late_holder lh = {.n = a, .data = data};
+	struct peers_stats st;
+	struct chunk_hash h;
+	int64_t holder = -1;
+	pthread_t t;
+
+	fx_chunk(32, data, CHUNK, &h);
+	lh.h = &h;
+	/* a: a stale entry (a withdraw lost in an outage), and the lease for its seed fetch */
+	assert_int_equal(directory_announce(a->d, &h), 0);
+	assert_int_equal(directory_lease_acquire(a->d, &h, now_ns() + 10000 * MS, &holder), 0);
+	assert_int_equal(pthread_create(&t, NULL, late_holder_main, &lh), 0);
+	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 8000 * MS), 0);
+	pthread_join(t, NULL);
+	check_chunk(b, &h, data);
+	peers_get_stats(b->p, &st);
+	assert_int_equal(st.stale, 1);       /* a's first answer: 404 */
+	assert_int_equal(st.lease_waits, 1);
+	assert_int_equal(st.peer_hits, 1);   /* then a served it */
+	assert_int_equal(st.leases_won, 0);  /* no second seed fetch */
+	node_free(a);
+	node_free(b);
+}
+
+/* Our own store failing to keep a peer's good chunk is our failure, not the peer's: it
+ * was counted against the peer (penalised, rackdisk_peer_failures_total), and when the
+ * store's error was ENOENT, taken for a 404 that removed the peer's valid entry. */
+static void test_own_store_failure_is_not_the_peers(void **state)
+{
+	struct node *a = node_new("a", "r1", 2000), *b = node_new("b", "r1", 2000);
+	struct directory_holder hd[4];
+	struct peers_peer_stats ps[4];
+	static uint8_t data[CHUNK];
+	struct peers_stats st;
+	struct chunk_hash h;
+
+	fx_chunk(33, data, CHUNK, &h);
+	assert_int_equal(chunkstore_insert(a->cs, &h, data, CHUNK), 0);
+	assert_int_equal(directory_lookup(b->d, &h, hd, 4), 1);
+	fx_rm_rf(b->sdir); /* b's store can no longer create files */
+	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 5000 * MS), -ENOENT);
+	peers_get_stats(b->p, &st);
+	assert_int_equal(st.stale, 0);
+	assert_int_equal(st.peer_failures, 0);
+	assert_int_equal(peers_list(b->p, ps, 4), 1);
+	assert_int_equal(ps[0].ok, 2); /* asked again after b took the lease (the recheck) */
+	assert_int_equal(ps[0].failures, 0);
+	assert_int_equal(ps[0].not_found, 0);
+	assert_int_equal(directory_lookup(b->d, &h, hd, 4), 1); /* a's entry stays */
+	node_free(a);
+	node_free(b);
+}
+
 /* ---- concurrent cold reads: the lease makes one node go to the "seed" ---- */
 
 #define NCHUNKS 6
@@ -633,6 +711,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_same_rack_first, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lying_holder_skipped, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stale_holder_repaired, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_holder_that_said_404_is_asked_again, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_own_store_failure_is_not_the_peers, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_readahead_takes_no_lease_and_abandon_releases,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_one_seed_fetch_per_chunk, setup, teardown),
