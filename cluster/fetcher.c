@@ -462,6 +462,12 @@ static int fill_attempts(struct worker_ctx *w, struct fill *fl, enum fetch_sourc
 				return FILL_NO_PEER;
 			continue; /* a reader joined: ask again, now for the seed's lease too */
 		}
+		/* The peer phase ran out of the deadline it was given (a lease wait). The seed
+		 * now would be an unleased second copy of what the lease holder is fetching,
+		 * for nobody: unless a reader that joined since moved the deadline, the fill
+		 * ends here, and a retry finds the chunk from the holder. */
+		if (r == -ETIMEDOUT)
+			continue;
 		if (r == -ENOSPC) /* our store is full: the seed's copy would not fit either */
 			return r;
 		r = try_seed(w, fl);

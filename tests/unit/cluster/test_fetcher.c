@@ -283,6 +283,35 @@ static void test_fetch_from_directory_repo(void **state)
 	assert_int_equal(stats(e).inflight, 0);
 }
 
+/* The peer phase spent the fill's deadline (a lease wait on another node's seed fetch):
+ * the fill ends there. It went on to an unleased seed GET that nobody waited for, a
+ * second seed copy of the chunk the lease holder was fetching. */
+static void test_peer_phase_past_the_deadline_starts_no_seed_fetch(void **state)
+{
+	struct env *e = *state;
+	static uint8_t data[CHUNK];
+	struct peer_ctl peer = {.sleep_ms = 500, .rc = -ETIMEDOUT};
+	struct chunk_hash h;
+	uint64_t until;
+
+	make_chunk(e->repo, 9, &h, data);
+	env_fetcher(e, NULL, NULL);
+	set_peer(e, &peer);
+	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, now_ns() + 300 * MS), -ETIMEDOUT);
+	until = now_ns() + 5000 * MS; /* the fill ends after the peer call returns */
+	while (stats(e).inflight && now_ns() < until)
+		usleep(10000);
+	assert_int_equal(stats(e).inflight, 0);
+	assert_int_equal(peer.calls, 1);
+	assert_int_equal(stats(e).seed_requests, 0);
+	assert_false(chunkstore_contains(e->cs, &h));
+	/* a retry (the initiator's, after BUSY) is a new fill with a new deadline */
+	peer.rc = -ENOENT;
+	peer.sleep_ms = 0;
+	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, now_ns() + 5000 * MS), 0);
+	assert_int_equal(stats(e).seed_requests, 1);
+}
+
 struct racer {
 	struct env *e;
 	const struct chunk_hash *h;
@@ -870,6 +899,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_fetch_from_directory_repo, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_single_flight, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_peer_phase_past_the_deadline_starts_no_seed_fetch,
+						env_setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_waiter_deadline_fill_continues, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_dead_seed_deadline, env_setup, env_teardown),
