@@ -18,6 +18,7 @@
  */
 #include "cluster/directory.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -39,6 +40,34 @@ static int copy_span(char *dst, size_t cap, const char *s, size_t n)
 		return -EINVAL;
 	memcpy(dst, s, n);
 	dst[n] = '\0';
+	return 0;
+}
+
+/* Decodes %XX escapes in place, as redis-cli and the usual clients read a URL's user and
+ * password (a password with '@', ':' or '/' can only be written so); -EINVAL for a bad
+ * escape or an escaped NUL. */
+static int pct_decode(char *s)
+{
+	char *w = s;
+
+	for (; *s; s++) {
+		if (*s == '%') {
+			char hex[3] = {s[1], s[1] ? s[2] : 0, 0};
+			char *end;
+			long v;
+
+			if (!isxdigit((unsigned char)hex[0]) || !isxdigit((unsigned char)hex[1]))
+				return -EINVAL;
+			v = strtol(hex, &end, 16);
+			if (!v)
+				return -EINVAL;
+			*w++ = (char)v;
+			s += 2;
+		} else {
+			*w++ = *s;
+		}
+	}
+	*w = '\0';
 	return 0;
 }
 
@@ -71,6 +100,9 @@ int directory_parse_url(const char *url, struct directory_url *out)
 		} else if (copy_span(out->password, sizeof(out->password), p, at - p)) {
 			return -EINVAL;
 		}
+		/* a user without a password would silently send no AUTH at all */
+		if (pct_decode(out->user) || pct_decode(out->password) || !out->password[0])
+			return -EINVAL;
 		p = at + 1;
 	}
 	colon = memrchr(p, ':', hostend - p);

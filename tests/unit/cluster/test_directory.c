@@ -104,6 +104,20 @@ static void test_parse_url(void **state)
 	assert_int_equal(directory_parse_url("redis://h:12x", &u), -EINVAL);
 	assert_int_equal(directory_parse_url("redis://h:1/x", &u), -EINVAL);
 	assert_int_equal(directory_parse_url("", &u), -EINVAL);
+	/* user and password are percent-decoded, as redis-cli reads them: a password with
+	 * '@' or '/' can only be written so (sent as typed, it never authenticated) */
+	assert_int_equal(directory_parse_url("redis://app:p%40ss%2fw%3Ard@h:1", &u), 0);
+	assert_string_equal(u.user, "app");
+	assert_string_equal(u.password, "p@ss/w:rd");
+	assert_string_equal(u.host, "h");
+	assert_int_equal(directory_parse_url("redis://a%2Bb:pw@h", &u), 0);
+	assert_string_equal(u.user, "a+b");
+	assert_int_equal(directory_parse_url("redis://app:p%4@h", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://app:p%zz@h", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://app:p%00@h", &u), -EINVAL);
+	/* a user with an empty password sent no AUTH at all, silently */
+	assert_int_equal(directory_parse_url("redis://app:@h", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://@h", &u), -EINVAL);
 }
 
 static void test_bad_options(void **state)
