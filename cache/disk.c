@@ -342,6 +342,32 @@ int disk_read(struct disk *d, void *buf, size_t len, uint64_t off)
 
 /* ---- writes (range locks held) ---- */
 
+/*
+ * A write to grains [g0, g1) failed after some of its bytes may have reached overlay.data:
+ * the blocks it allocated under grains that are not DATA (still IMAGE or ZERO) are given
+ * back. overlay.c invariant 9 lets only a write killed in flight leave such a block: an
+ * open after an unclean stop takes every allocated IMAGE grain as DATA, so a block left by
+ * a write that failed (the guest got an error and went on reading the image's bytes
+ * there) would show its bytes after some later crash. DATA grains keep theirs.
+ */
+static void unwrite_grains(struct disk *d, uint64_t g0, uint64_t g1)
+{
+	uint64_t g = g0;
+
+	while (g < g1) {
+		enum overlay_state st;
+		uint64_t run = overlay_run(d->ov, g, g1 - g, &st);
+		int rc;
+
+		if (st != OVL_DATA && (rc = overlay_punch(d->ov, g, run)) < 0)
+			log_error("disk: a failed write left grains %llu-%llu allocated and they "
+				  "cannot be freed (%s): after a crash they may read that write's "
+				  "bytes", (unsigned long long)g,
+				  (unsigned long long)(g + run - 1), strerror(-rc));
+		g += run;
+	}
+}
+
 /* Writes n bytes at pos inside grain g: in place when the grain is DATA, else as a
  * read-modify-write of the whole grain (invariant 1). */
 static int write_partial(struct disk *d, uint64_t g, const uint8_t *src, size_t n, uint64_t pos,
@@ -359,9 +385,11 @@ static int write_partial(struct disk *d, uint64_t g, const uint8_t *src, size_t 
 		return rc;
 	memcpy(tmp + (pos - g * DISK_GRAIN), src, n);
 	rc = pwrite_full(fd, tmp, DISK_GRAIN, g * DISK_GRAIN);
+	if (rc == 0)
+		rc = overlay_set(d->ov, g, 1, OVL_DATA);
 	if (rc < 0)
-		return rc;
-	return overlay_set(d->ov, g, 1, OVL_DATA);
+		unwrite_grains(d, g, g + 1);
+	return rc;
 }
 
 static int write_locked(struct disk *d, const uint8_t *buf, size_t len, uint64_t off,
@@ -396,11 +424,12 @@ static int write_locked(struct disk *d, const uint8_t *buf, size_t len, uint64_t
 		/* One pwrite at the disk offset (identity mapping), then the states. */
 		rc = pwrite_full(overlay_data_fd(d->ov), buf + (fg0 * DISK_GRAIN - off),
 				 (fg1 - fg0) * DISK_GRAIN, fg0 * DISK_GRAIN);
-		if (rc < 0)
+		if (rc == 0)
+			rc = overlay_set(d->ov, fg0, fg1 - fg0, OVL_DATA);
+		if (rc < 0) {
+			unwrite_grains(d, fg0, fg1);
 			return rc;
-		rc = overlay_set(d->ov, fg0, fg1 - fg0, OVL_DATA);
-		if (rc < 0)
-			return rc;
+		}
 	}
 	return 0;
 }

@@ -48,7 +48,8 @@
  *     finds UNCLEAN takes every allocated IMAGE grain as DATA; a clean close writes
  *     every page and clears it. Nothing else allocates blocks of IMAGE grains: a grain's
  *     block is written only by a data write that then sets DATA (one killed in between
- *     was in flight, and may show its new bytes), and ZERO -> DATA (whose block may
+ *     was in flight, and may show its new bytes; one that fails gives the blocks of
+ *     its grains that are not DATA back, disk.c unwrite_grains), and ZERO -> DATA (whose block may
  *     still be allocated after a punch the filesystem refused) always writes the map.
  *     A punch of a grain whose DATA the durable map may lack flushes the map first
  *     (its ZERO state), so a crash never shows the image in place of its data.

@@ -42,7 +42,8 @@ static inline int fx_rm_rf(const char *path)
 	char cmd[PATH_MAX + 32];
 	int n = snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
 
-	if (n < 0 || (size_t)n >= sizeof(cmd) || strstr(path, "/tmp/") != path)
+	if (n < 0 || (size_t)n >= sizeof(cmd) ||
+	    (strstr(path, "/tmp/") != path && strstr(path, "/dev/shm/rd-") != path))
 		return -EINVAL;
 	return system(cmd) == 0 ? 0 : -EIO;
 }
