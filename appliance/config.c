@@ -65,7 +65,9 @@ static const struct key_def keys[] = {
 	{"cluster", "advertise", KT_ADDR, F(cluster_advertise), 0, 0, true},
 	{"cluster", "token_file", KT_PATH, F(token_file), 0, 0, true},
 	{"cluster", "prefix", KT_PREFIX, F(cluster_prefix), 0, 0, false},
-	{"cluster", "lease_wait_ms", KT_UINT, F(lease_wait_ms), 0, 600000, false},
+	/* 1, not 0: the cluster code reads 0 as "the default" (10 s), the opposite of what it
+	 * looks like */
+	{"cluster", "lease_wait_ms", KT_UINT, F(lease_wait_ms), 1, 600000, false},
 	{"cluster", "lease_ttl_ms", KT_UINT, F(lease_ttl_ms), 300, 600000, false},
 	{"cluster", "heartbeat_ttl_ms", KT_UINT, F(heartbeat_ttl_ms), 1000, 3600000, false},
 	{"cluster", "peer_timeout_ms", KT_UINT, F(peer_timeout_ms), 100, 600000, false},

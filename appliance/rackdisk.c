@@ -31,7 +31,7 @@ static void usage(FILE *f)
 		"  image publish SRC --repo DIR --name NAME [--chunk-size SIZE] [--level N]\n"
 		"       [--workers N] [--json]\n"
 		"  image verify --repo DIR|URL NAME|ID [--workers N] [--json]\n"
-		"  image ls --repo DIR|URL        image show --repo DIR|URL NAME\n"
+		"  image ls --repo DIR|URL        image show --repo DIR|URL NAME|ID\n"
 		"  image ls | pull TAG | show TAG          (images pulled by rackdiskd)\n"
 		"  disk create NAME --image TAG [--size S] [--initiator IQN]...\n"
 		"       [--chap-user U --chap-password P]  (prints the iSCSI URL last)\n"

@@ -20,6 +20,12 @@
 # (rackdiskd stops its tgtd itself), and the temporary directory is removed.
 set -euo pipefail
 
+if [ "$(id -u)" != 0 ]; then
+	# rackdiskd's tgtd needs root, and the tgt module is installed into tgt's directory
+	echo "demo: run as root (sudo make demo)" >&2
+	exit 1
+fi
+
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RACKDISK=${RACKDISK:-$ROOT/build/rackdisk}
 RACKDISKD=${RACKDISKD:-$ROOT/build/rackdiskd}

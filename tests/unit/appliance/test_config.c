@@ -156,14 +156,14 @@ static void test_cluster_defaults(void **state)
 static void test_cluster_keys_applied(void **state)
 {
 	assert_int_equal(load(CLUSTER "listen = 10.1.2.3:7481\nprefix = rd:test:\n"
-				      "lease_wait_ms = 0\nlease_ttl_ms = 300\n"
+				      "lease_wait_ms = 1\nlease_ttl_ms = 300\n"
 				      "heartbeat_ttl_ms = 1000\npeer_timeout_ms = 750\n"
 				      "[node]\nrack = r9\n"),
 			 0);
 	assert_string_equal(cfg.redis, "redis://127.0.0.1:6379/0");
 	assert_string_equal(cfg.token_file, "/etc/t");
 	assert_string_equal(cfg.cluster_prefix, "rd:test:");
-	assert_int_equal(cfg.lease_wait_ms, 0);
+	assert_int_equal(cfg.lease_wait_ms, 1);
 	assert_int_equal(cfg.lease_ttl_ms, 300);
 	assert_int_equal(cfg.heartbeat_ttl_ms, 1000);
 	assert_int_equal(cfg.peer_timeout_ms, 750);
@@ -195,6 +195,8 @@ static void test_cluster_bad_values(void **state)
 	assert_bad(CLUSTER "heartbeat_ttl_ms = 999\n", 8, "from 1000");
 	assert_bad(CLUSTER "peer_timeout_ms = 50\n", 8, "from 100");
 	assert_bad(CLUSTER "lease_wait_ms = -1\n", 8, "integer");
+	/* 0 was accepted and then meant the default, 10 s of waiting */
+	assert_bad(CLUSTER "lease_wait_ms = 0\n", 8, "from 1 to 600000");
 	assert_bad(MINIMAL "[cluster]\ntoken_file = token\n", 6, "absolute path");
 	assert_bad(MINIMAL "[cluster]\nredis = redis://r\nadvertise = r:1\ntoken_file =\n", 0,
 		   "token_file is required");
