@@ -617,6 +617,13 @@ int chunkstore_open(const struct chunkstore_opts *o, struct chunkstore **out)
 		ret = take_clean_marker(cs, &clean);
 		if (ret)
 			goto fail;
+		/* Invariant 1a: the dead owner's session vouched for files a power loss may
+		 * have torn; readers must not trust them while the re-hash below runs. */
+		if (!clean && unlinkat(cs->dir_fd, CHUNKSTORE_SESSION, 0) == 0 &&
+		    fsync(cs->dir_fd) < 0) {
+			ret = -errno;
+			goto fail;
+		}
 		ret = rebuild_index(cs, o->verify_on_open, !clean);
 		if (ret)
 			goto fail;
