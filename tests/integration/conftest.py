@@ -14,6 +14,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 from servers import Nginx, Redis, free_port, ROOT, BUILD  # noqa: E402,F401
 
 
+def pytest_configure(config):
+    # pytest.ini's per-test timeout is the backstop against a wait with no bound; without
+    # the plugin it would be an ignored option and a hung test would hang `make test`.
+    if not config.pluginmanager.hasplugin("timeout"):
+        raise pytest.UsageError("pytest-timeout is not installed (Debian package "
+                                "python3-pytest-timeout): run `make deps`")
+
+
 @pytest.fixture
 def nginx_factory(tmp_path):
     """Starts nginx instances serving a directory; all are stopped at teardown."""
