@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from appliance_helpers import RACKDISK, Appliance, install_module, make_seed
+from appliance_helpers import RACKDISK, Appliance, QemuIo, install_module, make_seed
 from servers import free_port
 
 
@@ -443,20 +443,14 @@ def test_disk_resize_grows_offline(app, tmp_path):
         assert_error(app.request("PATCH", "/api/v1/disks/nosuch", {"size": "32M"}), 404,
                      "no disk named 'nosuch'")
         # in use: an initiator logged in (qemu-io holds its session open)
-        q = subprocess.Popen(["qemu-io", "-f", "raw", url], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            q.stdin.write("read 0 4k\n")
-            q.stdin.flush()
-            assert q.stdout.readline()
+        with QemuIo(url) as q:
+            q.cmd("read 0 4k")
+            assert "read 4096/4096" in "".join(q.read_lines(2))
             assert_error(app.request("PATCH", "/api/v1/disks/grow1", {"size": "32M"}), 409,
                          "log them out first (a disk grows offline)")
             assert_error(app.request("DELETE", "/api/v1/disks/grow1"), 409,
                          "log them out or delete with force")
             assert app.request("GET", "/api/v1/disks/grow1")[0] == 200
-        finally:
-            q.stdin.close()
-            q.wait(30)
         assert virtual_size(url) == 16 << 20
         # the CLI, and a restart
         r = app.cli("disk", "resize", "grow1", "--size", "24M")
