@@ -446,6 +446,7 @@ def test_damaged_record_keeps_the_disk_exported(appliance):
         assert a.cli("disk", "create", n, "--image", "deb").returncode == 0
     before = a.targets()
     (tid1,) = [t for t, iqn in before.items() if iqn.endswith(":k1")]
+    (tid2,) = [t for t, iqn in before.items() if iqn.endswith(":k2")]
     rec = os.path.join(a.state, "disks", "k1", "disk.json")
     with open(rec) as f:
         good = f.read()
@@ -512,7 +513,7 @@ def test_damaged_record_keeps_the_disk_exported(appliance):
     assert a.targets() == want, a.log_text()
     st, disks = a.request("GET", "/api/v1/disks")
     assert [(d["name"], d["state"], d["tid"]) for d in disks] == \
-        [("k1", "ok", tid1), ("k2", "ok", disks[1]["tid"]), ("k3", "ok", d3["tid"]),
+        [("k1", "ok", tid1), ("k2", "ok", tid2), ("k3", "ok", d3["tid"]),
          ("k4", "ok", d4["tid"])], disks
     h = a.health()
     assert h["damaged_disks"] == 0 and h["status"] == "ok", h
