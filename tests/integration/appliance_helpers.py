@@ -105,19 +105,23 @@ class Appliance:
                                      stderr=subprocess.STDOUT, start_new_session=True)
         logf.close()
         deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"rackdiskd exited with {self.proc.returncode}:\n"
-                                   f"{self.log_text()}")
-            try:
-                st, body = self.request("GET", "/api/v1/health", timeout=1)
-                if st == 200:
-                    return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"rackdiskd not answering:\n{self.log_text()}")
-            time.sleep(0.05)
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"rackdiskd exited with {self.proc.returncode}:\n"
+                                       f"{self.log_text()}")
+                try:
+                    st, body = self.request("GET", "/api/v1/health", timeout=1)
+                    if st == 200:
+                        return self
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"rackdiskd not answering:\n{self.log_text()}")
+                time.sleep(0.05)
+        except BaseException:
+            self.kill()  # rackdiskd and its tgtd (its process group), if still there
+            raise
 
     def log_text(self):
         try:

@@ -102,7 +102,11 @@ class Node:
         self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True, bufsize=1,
                                      env=dict(os.environ, no_proxy="*"))
-        self.ready = self._read(timeout)
+        try:
+            self.ready = self._read(timeout)
+        except BaseException:
+            self.stop()  # quit, SIGKILL if need be: a failed start leaves no process
+            raise
         return self
 
     def _read(self, timeout):

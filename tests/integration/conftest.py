@@ -33,14 +33,17 @@ def nginx_factory(tmp_path):
         started.append(n)
         return n
 
-    yield make
-    for n in started:
-        n.stop()
+    try:
+        yield make
+    finally:
+        for n in started:
+            n.stop()
 
 
 @pytest.fixture
 def redis_server(tmp_path):
     r = Redis(tmp_path / "redis")
-    r.start()
-    yield r
-    r.stop()
+    try:
+        yield r.start()
+    finally:
+        r.stop()

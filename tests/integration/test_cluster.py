@@ -183,8 +183,8 @@ def test_lying_peer_detected_and_counted(tmp_path, www, nginx_factory, redis_ser
                  advertise=f"127.0.0.1:{proxy.port}")
         a.port = a_port
         a.args[a.args.index("--listen") + 1] = f"127.0.0.1:{a_port}"
-        a.start()
         try:
+            a.start()
             b = nodes("b", nginx.url, redis_server.url)
             assert a.fetch(lst)["ok"] == len(chunks)
             res = b.fetch(lst)

@@ -33,9 +33,11 @@ def work():
 
 @pytest.fixture
 def tgtd(work):
-    t = Tgtd(os.path.join(work, "tgtd")).start()
-    yield t
-    t.cleanup()
+    t = Tgtd(os.path.join(work, "tgtd"))
+    try:
+        yield t.start()
+    finally:
+        t.cleanup()
 
 
 @pytest.fixture

@@ -114,16 +114,20 @@ class Tgtd:
              "--iscsi", f"portal=127.0.0.1:{self.port}"],
             stdout=logf, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True)
         logf.close()
-        wait_port(self.port, timeout, self.proc)
-        deadline = time.monotonic() + timeout
-        while True:
-            r = self.adm("--op", "show", "--mode", "sys", check=False)
-            if r.returncode == 0:
-                break
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"tgtd not answering: {r.stderr}\n{self.log_text()}")
-            time.sleep(0.05)
         self.targets = {}
+        try:
+            wait_port(self.port, timeout, self.proc)
+            deadline = time.monotonic() + timeout
+            while True:
+                r = self.adm("--op", "show", "--mode", "sys", check=False)
+                if r.returncode == 0:
+                    break
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"tgtd not answering: {r.stderr}\n{self.log_text()}")
+                time.sleep(0.05)
+        except BaseException:
+            self.kill()  # a tgtd that did not start has no LUN to flush
+            raise
         return self
 
     def log_text(self):
