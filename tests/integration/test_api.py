@@ -340,11 +340,13 @@ def test_disk_name_too_long_for_the_iqn_prefix(tmp_path):
 
 
 class SlowTagHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves a repository directory; tags/slow answers after DELAY seconds."""
+    """Serves a repository directory; tags/slow answers after DELAY seconds, and sets the
+    server's slow_request event when such a request arrives (a pull is in its handler)."""
     DELAY = 1.5
 
     def do_GET(self):
         if self.path.endswith("/tags/slow"):
+            self.server.slow_request.set()
             time.sleep(self.DELAY)
         super().do_GET()
 
@@ -362,6 +364,7 @@ def slow_tag_seed(tmp_path, handler):
     shutil.copy(os.path.join(repo, "tags", "deb"), os.path.join(repo, "tags", "slow"))
     srv = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(handler, directory=repo))
+    srv.slow_request = threading.Event()
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
 
@@ -377,7 +380,8 @@ def test_slow_image_pull_does_not_block_listings(tmp_path):
         t = threading.Thread(target=lambda: created.update(
             r=a.request("POST", "/api/v1/disks", {"name": "slow1", "image": "slow"})))
         t.start()
-        time.sleep(0.3)
+        # the create's pull is waiting on the slow seed
+        assert srv.slow_request.wait(20), "the create never asked the seed for the tag"
         st, _ = a.request("GET", "/metrics")
         st2, disks = a.request("GET", "/api/v1/disks")
         answered_during_pull = t.is_alive()
@@ -501,7 +505,8 @@ def test_image_pull_does_not_hold_the_appliance_lock(tmp_path):
         threads = [threading.Thread(target=pull) for _ in range(2)]
         for t in threads:
             t.start()
-        time.sleep(0.5)
+        # a pull is waiting on the slow seed
+        assert srv.slow_request.wait(20), "no pull asked the seed for the tag"
         t0 = time.monotonic()
         st, _ = a.request("GET", "/metrics")
         st2, disks = a.request("GET", "/api/v1/disks")
