@@ -305,8 +305,13 @@ def test_multi_step_write_ends_within_one_deadline(tgtd, work, servers, op):
     t0 = time.monotonic()
     r = iscsi_cmd(url, *args)
     elapsed = time.monotonic() - t0
+    # One deadline per step would complete the command (GOOD) after 4 x 0.6 s = 2.4 s.
     assert r["status"] == "BUSY", r
-    assert elapsed < deadline_ms / 1000 + 0.5, elapsed  # not 4 x 0.6 s
+    # It ends at its deadline: r["ms"] is the command alone as iscsi_cmd timed it (not
+    # the process start and login, which a loaded machine slows), with 0.6 s of slack,
+    # still below the 2.4 s of the per-step behaviour.
+    assert r["ms"] < deadline_ms + 600, r
+    assert elapsed < deadline_ms / 1000 + 10, elapsed  # the whole iscsi_cmd: no hang
     assert fs.counts["FETCH"] >= 3
     # The retry completes: the chunks fetched before the deadline are cached now.
     for _ in range(4):
