@@ -22,6 +22,34 @@ def pytest_configure(config):
                                 "python3-pytest-timeout): run `make deps`")
 
 
+# A skipped or xfailed test tested nothing: it must not let the run pass. Each one is
+# recorded here and makes the session's exit status "tests failed".
+_NOT_RUN = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped or hasattr(report, "wasxfail"):
+        kind = "xfail" if hasattr(report, "wasxfail") else "skipped"
+        _NOT_RUN.append(f"{report.nodeid} ({kind}, {report.when})")
+
+
+def pytest_collectreport(report):
+    if report.skipped:  # a whole module skipped (pytest.skip(allow_module_level=True))
+        _NOT_RUN.append(f"{report.nodeid} (skipped at collection)")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _NOT_RUN:
+        terminalreporter.section("tests that did not run count as failures", red=True)
+        for line in _NOT_RUN:
+            terminalreporter.line(line)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _NOT_RUN and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture
 def nginx_factory(tmp_path):
     """Starts nginx instances serving a directory; all are stopped at teardown."""
