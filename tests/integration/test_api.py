@@ -31,6 +31,21 @@ def app(tmp_path_factory):
         nginx.stop()
 
 
+@pytest.fixture
+def private_app(tmp_path):
+    """An appliance of the test's own, for a test that stops and restarts it (the module's
+    `app` is shared by the other tests)."""
+    install_module()
+    nginx, _ = make_seed(tmp_path / "seed")
+    a = Appliance(nginx.url)
+    try:
+        a.start()
+        yield a
+    finally:
+        a.cleanup()
+        nginx.stop()
+
+
 def assert_error(resp, status, needle=""):
     st, body = resp
     assert st == status, (st, body)
@@ -412,10 +427,12 @@ def qemu_io(url, *cmds):
     return r.stdout
 
 
-def test_disk_resize_grows_offline(app, tmp_path):
+def test_disk_resize_grows_offline(private_app, tmp_path):
     """PATCH /disks/<name> {"size"} (`rackdisk disk resize`): DESIGN's disks may grow. The
     image's bytes stay, the new tail reads zeros and takes writes, the size survives a
-    restart; a smaller size, a disk in use and bad bodies are refused."""
+    restart; a smaller size, a disk in use and bad bodies are refused. It stops and
+    restarts its appliance, so it has one of its own."""
+    app = private_app
     st, d = app.request("POST", "/api/v1/disks", {"name": "grow1", "image": "deb"})
     assert st == 201, d
     url, old = app.url("grow1"), d["size"]
