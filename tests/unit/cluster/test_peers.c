@@ -481,7 +481,7 @@ static void test_stalled_holders_leave_the_seed_time(void **state)
 	static uint8_t data[CHUNK];
 	struct peers_peer_stats ps[8];
 	struct chunk_hash h;
-	char addr[64], name[8];
+	char addr[64], name[16];
 	int fds[3], i, n;
 	uint64_t t0, ms;
 
