@@ -104,7 +104,10 @@ $(BUILD)/tests/unit/cache/test_disk_faults: LDFLAGS += -Wl,--wrap=pwrite64
 test-unit: $(UNIT_BINS)
 	@bash scripts/run-unit.sh $(UNIT_BINS)
 
-test-integration: build
+# The boot trace test boots $(BOOT_DIR)/boot.raw (tests/boottrace/boottrace.mk). Making it
+# downloads a Debian kernel and busybox-static (apt-get download), so it is made here,
+# before the tests, and never by a test.
+test-integration: build $(BOOT_DIR)/boot.raw
 	$(PYTHON) -m pytest -q -ra tests/integration
 
 # `make test`: everything the default CI run checks, after installing what it needs.

@@ -64,6 +64,7 @@ cleanup() {
 	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
 		stop_pid "${PIDS[i]}"
 	done
+	restore_module
 	rm -rf "$WORK"
 	if [ "$rc" -eq 0 ]; then
 		echo "demo: stopped, cleaned up"
@@ -180,14 +181,23 @@ demo_images() {
 
 # --- 2. appliance ----------------------------------------------------------------------
 
-# install_module: tgtd loads backing stores from its module directory at start.
+# install_module: tgtd loads backing stores from its module directory at start. A module
+# that was there (make install's, another tree's) is kept in $WORK and put back by
+# cleanup (restore_module), once the demo's tgtds are gone.
+MODULE_DST=/usr/lib/tgt/backing-store/bs_rackdisk.so
 install_module() {
-	local dir=/usr/lib/tgt/backing-store dst
-	dst=$dir/bs_rackdisk.so
-	cmp -s "$ROOT/build/bs_rackdisk.so" "$dst" && return 0
-	mkdir -p "$dir"
-	install -m 0755 "$ROOT/build/bs_rackdisk.so" "$dst.tmp.$$"
-	mv "$dst.tmp.$$" "$dst"
+	cmp -s "$ROOT/build/bs_rackdisk.so" "$MODULE_DST" && return 0
+	mkdir -p "$(dirname "$MODULE_DST")"
+	[ ! -f "$MODULE_DST" ] || cp -p "$MODULE_DST" "$WORK/previous-module.so"
+	install -m 0755 "$ROOT/build/bs_rackdisk.so" "$MODULE_DST.tmp.$$"
+	mv "$MODULE_DST.tmp.$$" "$MODULE_DST"
+}
+
+restore_module() {
+	[ -f "$WORK/previous-module.so" ] || return 0
+	cp -p "$WORK/previous-module.so" "$MODULE_DST.tmp.$$" &&
+		mv "$MODULE_DST.tmp.$$" "$MODULE_DST" ||
+		echo "demo: could not restore $MODULE_DST" >&2
 }
 
 # start_redis: redis-server on a free loopback port, no persistence; sets REDIS_URL.

@@ -7,14 +7,16 @@ cd "$(dirname "$0")/.."
 
 # qemu-block-extra: QEMU's iscsi:// driver (qemu-utils only recommends it); libclang-rt-14-dev:
 # libFuzzer for `make fuzz` and the fuzz smoke run of `make test`; systemd: systemd-analyze
-# checks the unit. Installed with --no-install-recommends, so every one is named here.
+# checks the unit; python3-pytest-timeout: the per-test time limit of the integration
+# tests (tests/integration/pytest.ini). Installed with --no-install-recommends, so every
+# one is named here.
 PKGS=(
 	build-essential pkg-config clang dpkg-dev
 	libssl-dev libzstd-dev zstd libcurl4-openssl-dev curl libjansson-dev libhiredis-dev
 	libaio-dev libmicrohttpd-dev libinih-dev libcmocka-dev
 	tgt redis-server nginx-light qemu-utils qemu-block-extra libiscsi-bin libiscsi-dev
 	libclang-rt-14-dev systemd
-	python3 python3-pytest iproute2 util-linux e2fsprogs gnuplot-nox
+	python3 python3-pytest python3-pytest-timeout iproute2 util-linux e2fsprogs gnuplot-nox
 	qemu-system-x86 busybox-static syslinux syslinux-common mtools dosfstools fdisk cpio
 )
 

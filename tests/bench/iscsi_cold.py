@@ -214,12 +214,16 @@ class NetnsNginx(Nginx):
              os.path.join(self.dir, "nginx.conf")],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
-        while subprocess.run(["curl", "-sf", "-o", "/dev/null", "--max-time", "1",
-                              f"{self.url}/tags/"]).returncode:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nginx in {self.netns.name} did not start: "
-                                   f"{self.proc.stderr.read() if self.proc.poll() else ''}")
-            time.sleep(0.1)
+        try:
+            while subprocess.run(["curl", "-sf", "-o", "/dev/null", "--max-time", "1",
+                                  f"{self.url}/tags/"], timeout=10).returncode:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"nginx in {self.netns.name} did not start: "
+                                       f"{self.proc.stderr.read() if self.proc.poll() else ''}")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()  # a failed start leaves no nginx behind
+            raise
         return self
 
     def stop(self):

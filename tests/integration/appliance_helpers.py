@@ -6,6 +6,7 @@ bytes). Everything started here is stopped by stop()/cleanup(), SIGKILL if need 
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import subprocess
@@ -104,19 +105,23 @@ class Appliance:
                                      stderr=subprocess.STDOUT, start_new_session=True)
         logf.close()
         deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"rackdiskd exited with {self.proc.returncode}:\n"
-                                   f"{self.log_text()}")
-            try:
-                st, body = self.request("GET", "/api/v1/health", timeout=1)
-                if st == 200:
-                    return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"rackdiskd not answering:\n{self.log_text()}")
-            time.sleep(0.05)
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"rackdiskd exited with {self.proc.returncode}:\n"
+                                       f"{self.log_text()}")
+                try:
+                    st, body = self.request("GET", "/api/v1/health", timeout=1)
+                    if st == 200:
+                        return self
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"rackdiskd not answering:\n{self.log_text()}")
+                time.sleep(0.05)
+        except BaseException:
+            self.kill()  # rackdiskd and its tgtd (its process group), if still there
+            raise
 
     def log_text(self):
         try:
@@ -206,6 +211,66 @@ class Appliance:
         except Exception:
             self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class QemuIo:
+    """An interactive qemu-io on an iSCSI URL, whose session stays logged in until close():
+    cmd() sends one command, read_lines() reads its output, each read bounded by a
+    timeout; close() ends qemu-io (EOF on its stdin) and SIGKILLs it if it has not exited
+    within its timeout. A context manager: closed on the way out, failed test or not."""
+
+    def __init__(self, url):
+        self.proc = subprocess.Popen(["qemu-io", "-f", "raw", url], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.buf = b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def cmd(self, line):
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def read_lines(self, n, timeout=30.0):
+        """The next n lines of output; TimeoutError if they have not all come within
+        timeout seconds (or qemu-io closed its output first)."""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while self.buf.count(b"\n") < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"qemu-io: {n} line(s) not there after {timeout} s: "
+                                   f"{self.buf!r}")
+            r, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if r:
+                b = os.read(fd, 65536)
+                if not b:
+                    raise EOFError(f"qemu-io exited ({self.proc.poll()}): {self.buf!r}")
+                self.buf += b
+        lines = self.buf.split(b"\n")
+        self.buf = b"\n".join(lines[n:])
+        return [l.decode(errors="replace") + "\n" for l in lines[:n]]
+
+    def close(self, timeout=30.0):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        return self.proc.returncode
 
 
 def pid_alive(pid):

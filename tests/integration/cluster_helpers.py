@@ -74,11 +74,11 @@ class Node:
     """One cluster_node process. cmd() sends a command line and returns its JSON answer."""
 
     def __init__(self, workdir, name, seed_url, redis_url, rack="r1", advertise=None,
-                 **opts):
+                 port=None, **opts):
         self.dir = Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
-        self.port = free_port()
+        self.port = port or free_port()
         self.advertise = advertise or f"127.0.0.1:{self.port}"
         self.store = self.dir / "store"
         tok = self.dir / "token"
@@ -102,7 +102,11 @@ class Node:
         self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True, bufsize=1,
                                      env=dict(os.environ, no_proxy="*"))
-        self.ready = self._read(timeout)
+        try:
+            self.ready = self._read(timeout)
+        except BaseException:
+            self.stop()  # quit, SIGKILL if need be: a failed start leaves no process
+            raise
         return self
 
     def _read(self, timeout):

@@ -30,6 +30,14 @@ def wait_port(port, timeout=10.0, proc=None):
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def tail(path, n=2000):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-n:]
+    except OSError:
+        return ""
+
+
 def stop_process(proc, timeout=10.0):
     if proc is None or proc.poll() is not None:
         return
@@ -93,11 +101,23 @@ http {{
             f.write(conf)
 
     def start(self):
+        """Starts nginx and waits until it listens; if that fails, nginx is stopped
+        before the error is raised (a caller registers the server only once start()
+        has returned)."""
         self.write_conf()
-        self.proc = subprocess.Popen(
-            ["nginx", "-p", self.dir, "-c", os.path.join(self.dir, "nginx.conf")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_port(self.port, proc=self.proc)
+        stderr = os.path.join(self.dir, "stderr.log")
+        with open(stderr, "ab") as errf:
+            self.proc = subprocess.Popen(
+                ["nginx", "-p", self.dir, "-c", os.path.join(self.dir, "nginx.conf")],
+                stdout=subprocess.DEVNULL, stderr=errf)
+        try:
+            wait_port(self.port, proc=self.proc)
+        except BaseException as e:
+            self.stop()
+            if isinstance(e, Exception):
+                raise RuntimeError(f"nginx did not start: {e}\n{tail(stderr)}"
+                                   f"{tail(os.path.join(self.dir, 'error.log'))}") from e
+            raise
         return self
 
     def stop(self):
@@ -135,7 +155,11 @@ class Redis:
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, proc=self.proc)
+        try:
+            wait_port(self.port, proc=self.proc)
+        except BaseException:
+            self.stop()  # a failed start leaves no redis-server behind
+            raise
         return self
 
     def stop(self):

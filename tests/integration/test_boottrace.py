@@ -2,6 +2,7 @@
 rackdisk LUN and powers off, and the module's read trace of that boot (lun.json "trace",
 target/trace.h) is well-formed, complete and names bytes the LUN serves as the image has
 them. Real nginx, rackdiskd, tgtd with bs_rackdisk.so, qemu-system-x86_64, qemu-img."""
+import glob
 import os
 import struct
 import subprocess
@@ -16,6 +17,9 @@ import tracefile  # noqa: E402
 from record import BootRecorder  # noqa: E402
 
 IMAGE = os.path.join(ROOT, "build", "boot", "boot.raw")
+# What images/mkbootimage.sh builds the image from (the prerequisites of its make rule).
+IMAGE_SOURCES = [os.path.join(ROOT, "images", "mkbootimage.sh")] + \
+    sorted(glob.glob(os.path.join(ROOT, "images", "boot", "*")))
 
 
 def root_partition_offset(image):
@@ -28,9 +32,14 @@ def root_partition_offset(image):
 
 @pytest.fixture(scope="module")
 def boot_image():
-    # make rebuilds it only when images/mkbootimage.sh or images/boot/* changed.
-    subprocess.run(["make", "--no-print-directory", "-C", ROOT, "build/boot/boot.raw"],
-                   check=True, capture_output=True, timeout=600)
+    """The image `make test-integration` makes first (it downloads packages, which a test
+    does not do): missing or older than its sources, the test fails at once."""
+    make = "run `make build/boot/boot.raw` (a prerequisite of `make test-integration`)"
+    if not os.path.exists(IMAGE):
+        pytest.fail(f"{IMAGE} is missing: {make}", pytrace=False)
+    newer = [s for s in IMAGE_SOURCES if os.path.getmtime(s) > os.path.getmtime(IMAGE)]
+    if newer:
+        pytest.fail(f"{IMAGE} is older than {', '.join(newer)}: {make}", pytrace=False)
     return IMAGE
 
 

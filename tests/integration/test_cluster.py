@@ -11,8 +11,11 @@ from collections import Counter
 
 import pytest
 
+from appliance_helpers import wait_until
+from cluster_appliance_helpers import SlowRelay
 from cluster_helpers import (TOKEN, LyingProxy, Node, http_get, make_www, publish, rmtree,
                              seed_gets, stored, write_list)
+from servers import free_port
 
 
 @pytest.fixture
@@ -119,22 +122,33 @@ def test_peer_killed_others_fall_back(tmp_path, www, nginx_factory, redis_server
     repo, chunks = publish(tmp_path, www, "killed", nchunks=24)
     nginx = nginx_factory(repo)
     lst = write_list(tmp_path / "list", chunks)
-    a = nodes("a", nginx.url, redis_server.url)
-    b = nodes("b", nginx.url, redis_server.url, peer_timeout_ms=1000)
-    assert a.fetch(lst)["ok"] == len(chunks)
-    # b starts reading from a, a dies under it (its heartbeat still looks alive)
-    b.send(f"fetch {lst} 2 20000")
-    time.sleep(0.02)
-    a.kill()
-    t0 = time.monotonic()
-    res = b.collect(60)
-    assert res["ok"] == len(chunks), res
-    assert time.monotonic() - t0 < 15
+    # b reaches a's peer server through a relay that forwards 512 KiB/s per connection
+    # (a 128 KiB chunk in a quarter second, the 24 in about 3 s on b's two threads), so
+    # a dies while b still has most of the chunks to fetch.
+    a_port = free_port()
+    relay = SlowRelay(a_port, rate=512 * 1024).start()
+    try:
+        a = nodes("a", nginx.url, redis_server.url, port=a_port,
+                  advertise=f"127.0.0.1:{relay.port}")
+        b = nodes("b", nginx.url, redis_server.url, peer_timeout_ms=1000)
+        assert a.fetch(lst)["ok"] == len(chunks)
+        # b starts reading from a; a dies once b has taken a chunk from it (its
+        # heartbeat still looks alive)
+        b.send(f"fetch {lst} 2 20000")
+        assert wait_until(lambda: b.stats()["fetches"]["peer"] >= 1, 30, 0.01), b.stats()
+        a.kill()
+        t0 = time.monotonic()
+        res = b.collect(60)
+        assert res["ok"] == len(chunks), res
+        assert time.monotonic() - t0 < 15
+    finally:
+        relay.stop()
     st = b.stats()
     assert st["fetches"]["peer"] + st["fetches"]["seed"] == len(chunks)
     assert len(stored(b.store)) == len(chunks)
-    if st["fetches"]["seed"]:
-        assert st["peers"]["peer_failures"] + st["peers"]["lease_waits"] >= 1
+    # b fell back: the chunks a had not sent came from the seed, after a failed
+    assert st["fetches"]["peer"] >= 1 and st["fetches"]["seed"] >= 1, st
+    assert st["peers"]["peer_failures"] + st["peers"]["lease_waits"] >= 1, st
 
 
 def test_redis_stopped_then_back(tmp_path, www, nginx_factory, redis_server, nodes):
@@ -175,7 +189,6 @@ def test_lying_peer_detected_and_counted(tmp_path, www, nginx_factory, redis_ser
     nginx = nginx_factory(repo)
     lst = write_list(tmp_path / "list", chunks)
     # a's peer server is reached through a proxy that corrupts every body
-    from servers import free_port
     a_port = free_port()
     proxy = LyingProxy(a_port).start()
     try:
@@ -183,8 +196,8 @@ def test_lying_peer_detected_and_counted(tmp_path, www, nginx_factory, redis_ser
                  advertise=f"127.0.0.1:{proxy.port}")
         a.port = a_port
         a.args[a.args.index("--listen") + 1] = f"127.0.0.1:{a_port}"
-        a.start()
         try:
+            a.start()
             b = nodes("b", nginx.url, redis_server.url)
             assert a.fetch(lst)["ok"] == len(chunks)
             res = b.fetch(lst)

@@ -45,7 +45,7 @@ def cluster(tmp_path):
     stopped at teardown, failed test or not."""
     install_module()
     nginx, raws = make_seed(tmp_path / "seed", tags=(("deb", IMAGE_MB, 1),))
-    redis = Redis(tmp_path / "redis").start()
+    redis = Redis(tmp_path / "redis")
     token = write_token(tmp_path / "token")
     apps = []
 
@@ -60,6 +60,7 @@ def cluster(tmp_path):
         return a
 
     try:
+        redis.start()
         yield nginx, raws, redis, make
     finally:
         for a in apps:

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from appliance_helpers import (RACKDISKD, Appliance, install_module, make_seed, pid_alive,
-                               wait_until)
+from appliance_helpers import (RACKDISKD, Appliance, QemuIo, install_module, make_seed,
+                               pid_alive, wait_until)
 
 
 @pytest.fixture
@@ -357,11 +357,8 @@ def test_metrics_serves_required_series(appliance, tmp_path):
     assert values["rackdisk_readahead_hints_ignored_total"] == 0
     assert 'rackdisk_disk_read_bytes_total{disk="m1"}' in values
     # Per-disk IO comes from tgtd's counters of the sessions logged in: hold one open.
-    q = subprocess.Popen(["qemu-io", "-f", "raw", a.url("m1")], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        q.stdin.write("read 0 256k\n")
-        q.stdin.flush()
+    with QemuIo(a.url("m1")) as q:
+        q.cmd("read 0 256k")
 
         def io_seen():
             # The initiator's own probing (INQUIRY, READ CAPACITY, ...) counts too.
@@ -369,9 +366,6 @@ def test_metrics_serves_required_series(appliance, tmp_path):
             m = re.search(r'^rackdisk_disk_read_bytes_total\{disk="m1"\} (\d+)$', t, re.M)
             return m is not None and int(m.group(1)) >= 262144
         assert wait_until(io_seen, 15), a.request("GET", "/metrics")[1][-800:]
-    finally:
-        q.stdin.close()
-        q.wait(30)
     st, cache = a.request("GET", "/api/v1/cache")
     assert cache["fetch"]["seed"]["fetches"] == fetched
 
@@ -477,15 +471,13 @@ def test_damaged_record_keeps_the_disk_exported(appliance):
         assert a.cli("disk", "create", n, "--image", "deb").returncode == 0
     before = a.targets()
     (tid1,) = [t for t, iqn in before.items() if iqn.endswith(":k1")]
+    (tid2,) = [t for t, iqn in before.items() if iqn.endswith(":k2")]
     rec = os.path.join(a.state, "disks", "k1", "disk.json")
     with open(rec) as f:
         good = f.read()
-    q = subprocess.Popen(["qemu-io", "-f", "raw", a.url("k1")], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        q.stdin.write("read 0 64k\n")
-        q.stdin.flush()
-        assert "read 65536/65536" in q.stdout.readline() + q.stdout.readline()
+    with QemuIo(a.url("k1")) as q:
+        q.cmd("read 0 64k")
+        assert "read 65536/65536" in "".join(q.read_lines(2))
         assert nexuses(a, tid1) == 1
         with open(rec, "w") as f:
             f.write(good[:len(good) // 2])
@@ -495,12 +487,8 @@ def test_damaged_record_keeps_the_disk_exported(appliance):
         # the target and its session stay
         assert a.targets() == before, a.log_text()
         assert nexuses(a, tid1) == 1
-        q.stdin.write("read 64k 64k\n")
-        q.stdin.flush()
-        assert "read 65536/65536" in q.stdout.readline() + q.stdout.readline()
-    finally:
-        q.stdin.close()
-        q.wait(30)
+        q.cmd("read 64k 64k")
+        assert "read 65536/65536" in "".join(q.read_lines(2))
     log = a.log_text()
     assert "removing stale target" not in log
     assert rec in log and "rackdisk fsck" in log, log
@@ -550,7 +538,7 @@ def test_damaged_record_keeps_the_disk_exported(appliance):
     assert a.targets() == want, a.log_text()
     st, disks = a.request("GET", "/api/v1/disks")
     assert [(d["name"], d["state"], d["tid"]) for d in disks] == \
-        [("k1", "ok", tid1), ("k2", "ok", disks[1]["tid"]), ("k3", "ok", d3["tid"]),
+        [("k1", "ok", tid1), ("k2", "ok", tid2), ("k3", "ok", d3["tid"]),
          ("k4", "ok", d4["tid"])], disks
     h = a.health()
     assert h["damaged_disks"] == 0 and h["status"] == "ok", h

@@ -6,6 +6,7 @@ seed bytes 0 in the demo's bytes-by-source table); then it exits and leaves no s
 behind. Also: SIGINT while it waits is a clean exit that stops everything."""
 import os
 import re
+import select
 import signal
 import subprocess
 import time
@@ -72,37 +73,104 @@ def check_output(out):
     return pids, WORK_RE.search(out).group(1)
 
 
-def test_demo_runs_and_leaves_nothing_behind():
-    p = subprocess.run(["bash", DEMO], env=dict(os.environ, DEMO_EXIT="1"),
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    pids, work = check_output(p.stdout)
-    assert p.stdout.rstrip().endswith("demo: stopped, cleaned up")
-    # nginx, redis-server, both rackdiskds and the tgtds they spawned are gone (a zombie reaped later is gone too).
-    assert wait_until(lambda: not any(pid_alive(x) for x in pids), 10), pids
-    assert not processes_under(work)
-    assert not os.path.exists(work)
+class Demo:
+    """scripts/demo.sh in its own process group. Its stdout is read without blocking, every
+    read bounded by a deadline (a demo that stops printing cannot hang the test); its
+    stderr goes to a file, so it can never fill a pipe nobody reads. kill() ends the
+    process group and every process still running in the demo's work dir."""
+
+    def __init__(self, tmp_path, demo_exit, stdin):
+        self.err_path = tmp_path / "demo.stderr"
+        with open(self.err_path, "wb") as errf:
+            self.proc = subprocess.Popen(["bash", DEMO],
+                                         env=dict(os.environ, DEMO_EXIT=demo_exit),
+                                         stdin=stdin, stdout=subprocess.PIPE, stderr=errf,
+                                         start_new_session=True)
+        self.buf = b""
+        self.eof = False
+
+    @property
+    def text(self):
+        return self.buf.decode(errors="replace")
+
+    def stderr(self):
+        try:
+            return self.err_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def read_until(self, done, timeout):
+        """Reads stdout until done(text) holds, EOF or timeout seconds; returns the text."""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while not self.eof and not done(self.text):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            r, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if r:
+                b = os.read(fd, 65536)
+                if b:
+                    self.buf += b
+                else:
+                    self.eof = True
+        return self.text
+
+    def finish(self, timeout):
+        """Reads to EOF and waits for the exit, both within timeout seconds; returns the
+        exit status, or None if the demo is still running then."""
+        deadline = time.monotonic() + timeout
+        self.read_until(lambda _: False, timeout)
+        try:
+            return self.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self):
+        """SIGKILL to the demo's process group and to anything left in its work dir."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        m = WORK_RE.search(self.text)
+        if m:
+            for pid, _ in processes_under(m.group(1)):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.proc.wait(10)
+        self.proc.stdout.close()
 
 
-def test_demo_waits_then_ctrl_c_cleans_up():
+def test_demo_runs_and_leaves_nothing_behind(tmp_path):
+    demo = Demo(tmp_path, "1", subprocess.DEVNULL)
+    try:
+        rc = demo.finish(300)
+        out = demo.text
+        assert rc == 0, f"exit {rc}\n{out[-3000:]}\n{demo.stderr()}"
+        pids, work = check_output(out)
+        assert out.rstrip().endswith("demo: stopped, cleaned up")
+        # nginx, redis-server, both rackdiskds and the tgtds they spawned are gone (a zombie
+        # reaped later is gone too).
+        assert wait_until(lambda: not any(pid_alive(x) for x in pids), 10), pids
+        assert not processes_under(work)
+        assert not os.path.exists(work)
+    finally:
+        demo.kill()
+
+
+def test_demo_waits_then_ctrl_c_cleans_up(tmp_path):
     # DEMO_EXIT=0 and a stdin that is a terminal: it waits; SIGINT (Ctrl-C) to the script
     # then ends it with status 0 and everything stopped.
     master, slave = os.openpty()
-    proc = subprocess.Popen(["bash", DEMO], env=dict(os.environ, DEMO_EXIT="0"),
-                            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    demo = Demo(tmp_path, "0", slave)
     os.close(slave)
-    out = []
+    proc = demo.proc
     try:
-        deadline = time.monotonic() + 240
-        for line in proc.stdout:
-            out.append(line)
-            if "press Ctrl-C" in line or time.monotonic() > deadline:
-                break
-        text = "".join(out)
-        if "press Ctrl-C" not in text and proc.poll() is not None:
-            text += proc.stderr.read()  # it ended early: say why
-        assert "press Ctrl-C" in text, text[-3000:]
+        text = demo.read_until(lambda t: "press Ctrl-C" in t, 240)
+        assert "press Ctrl-C" in text, \
+            f"exit {proc.poll()}\n{text[-3000:]}\n{demo.stderr()}"
         pids, work = check_output(text)
         time.sleep(0.5)
         assert proc.poll() is None, "the demo did not wait for Ctrl-C"
@@ -110,14 +178,13 @@ def test_demo_waits_then_ctrl_c_cleans_up():
         # The scan used below after exit sees the running servers, tgtd included.
         assert set(pids) <= {pid for pid, _ in processes_under(work)}, processes_under(work)
         proc.send_signal(signal.SIGINT)
-        rest, err = proc.communicate(timeout=60)
+        rc = demo.finish(60)
+        rest = demo.text[len(text):]
+        assert rc == 0, f"exit {rc}\n{rest}\n{demo.stderr()}"
+        assert "demo: stopped, cleaned up" in rest
+        assert wait_until(lambda: not any(pid_alive(x) for x in pids), 10), pids
+        assert not processes_under(work)
+        assert not os.path.exists(work)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        demo.kill()
         os.close(master)
-    assert proc.returncode == 0, rest + err
-    assert "demo: stopped, cleaned up" in rest
-    assert wait_until(lambda: not any(pid_alive(x) for x in pids), 10), pids
-    assert not processes_under(work)
-    assert not os.path.exists(work)

@@ -9,6 +9,7 @@ the storm is the test of the cluster's one-copy promise.
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -85,10 +86,17 @@ def test_failed_start_tears_down(image):
 
 
 def run_replay(tmp_path, text):
+    """rdreplay on a trace, from the host's namespace. Its portal is on loopback, a port
+    bound (not listening) for the whole run: a trace wrongly accepted makes its login
+    fail there, never sends a packet to a rack address (10.213.x exists only in the
+    harness's namespaces)."""
     p = tmp_path / "t.trace"
     p.write_text(text)
-    return subprocess.run([rack.RDREPLAY, str(p), "iscsi://10.213.0.9/iqn.x:y/1"],
-                          capture_output=True, text=True, timeout=20)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        return subprocess.run([rack.RDREPLAY, str(p), f"iscsi://127.0.0.1:{port}/iqn.x:y/1"],
+                              capture_output=True, text=True, timeout=20)
 
 
 @pytest.mark.parametrize("text,err", [

@@ -112,7 +112,7 @@ def recover(seed, s, raw, off, restore=None):
         if st == STATUS_GOOD:
             assert data == source(raw, off, CHUNK)
             return
-    pytest.fail(f"the read still fails (status {st:#x}) after the seed came back")
+    pytest.fail(f"the read still fails (status {st!r}) after the seed came back")
 
 
 def test_seed_stopped(rig, tmp_path):

@@ -4,7 +4,8 @@ build/tests/mkdisk, and a fake rackdiskd fetch server.
 - install_module() copies build/bs_rackdisk.so into tgt's module directory. tgtd's
   module directory is compiled in (BSDIR, /usr/lib/tgt/backing-store), so a private one
   is not possible; the copy is atomic (temp file + rename) so a running tgtd that has the
-  old file mapped is not disturbed.
+  old file mapped is not disturbed. A module that was there before (`make install`'s, or
+  another tree's) is put back, the same way, when the process exits.
 - Tgtd runs `tgtd -f` with its own TGT_IPC_SOCKET and control port (below 32768), a
   portal on 127.0.0.1:<free port> and rackdiskd's malloc settings for tgtd. stop() deletes every target first (so each LUN is
   closed, i.e. bs_close flushes the disk), then `tgtadm --op delete --mode system` (tgtd
@@ -16,6 +17,7 @@ build/tests/mkdisk, and a fake rackdiskd fetch server.
   FETCH; "fail" answers ERR 5 (EIO). TOUCH and PREFETCH are answered OK in every mode and
   counted.
 """
+import atexit
 import hashlib
 import json
 import os
@@ -58,8 +60,36 @@ TARGET_PARAMS = (("MaxRecvDataSegmentLength", "262144"), ("FirstBurstLength", "2
                  ("MaxBurstLength", "1048576"))
 
 
+# The module install_module() first replaced in this process: (path, bytes, mode), put
+# back at exit. None when it replaced nothing (or has not run).
+_previous = None
+_installed = set()   # paths this process wrote a module to
+
+
+def _write_atomic(dst, data, mode):
+    tmp = f"{dst}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)
+    os.rename(tmp, dst)
+
+
+def restore_module():
+    """Puts back the module install_module() replaced (at exit; callable earlier)."""
+    global _previous
+    if _previous is not None:
+        dst, data, mode = _previous
+        _previous = None
+        try:
+            _write_atomic(dst, data, mode)
+        except OSError as e:
+            print(f"tgt_helpers: could not restore {dst}: {e}")
+
+
 def install_module():
-    """Installs build/bs_rackdisk.so where tgtd loads modules (needs root)."""
+    """Installs build/bs_rackdisk.so where tgtd loads modules (needs root). The first time
+    it replaces a module this process did not write, that module is restored at exit."""
+    global _previous
     if not os.path.exists(MODULE):
         raise FileNotFoundError(f"{MODULE} missing: run make build")
     os.makedirs(TGT_MODDIR, exist_ok=True)
@@ -68,15 +98,17 @@ def install_module():
         new = f.read()
     try:
         with open(dst, "rb") as f:
-            if f.read() == new:
-                return dst
+            old = f.read()
+        mode = os.stat(dst).st_mode & 0o7777
     except FileNotFoundError:
-        pass
-    tmp = f"{dst}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(new)
-    os.chmod(tmp, 0o755)
-    os.rename(tmp, dst)
+        old = None
+    if old == new:
+        return dst
+    if old is not None and dst not in _installed and _previous is None:
+        _previous = (dst, old, mode)
+        atexit.register(restore_module)
+    _write_atomic(dst, new, 0o755)
+    _installed.add(dst)
     return dst
 
 
@@ -114,16 +146,20 @@ class Tgtd:
              "--iscsi", f"portal=127.0.0.1:{self.port}"],
             stdout=logf, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True)
         logf.close()
-        wait_port(self.port, timeout, self.proc)
-        deadline = time.monotonic() + timeout
-        while True:
-            r = self.adm("--op", "show", "--mode", "sys", check=False)
-            if r.returncode == 0:
-                break
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"tgtd not answering: {r.stderr}\n{self.log_text()}")
-            time.sleep(0.05)
         self.targets = {}
+        try:
+            wait_port(self.port, timeout, self.proc)
+            deadline = time.monotonic() + timeout
+            while True:
+                r = self.adm("--op", "show", "--mode", "sys", check=False)
+                if r.returncode == 0:
+                    break
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"tgtd not answering: {r.stderr}\n{self.log_text()}")
+                time.sleep(0.05)
+        except BaseException:
+            self.kill()  # a tgtd that did not start has no LUN to flush
+            raise
         return self
 
     def log_text(self):

@@ -371,12 +371,13 @@ static void *late_fetch(void *arg)
 	return NULL;
 }
 
-/* A waiter whose deadline passes leaves; the fill goes on for a waiter with more time. */
+/* A waiter whose deadline passes leaves; the fill goes on for a waiter with more time.
+ * The peer phase takes 2 s, so a waiter that stayed for the fill would take that long. */
 static void test_waiter_deadline_fill_continues(void **state)
 {
 	struct env *e = *state;
 	static uint8_t data[CHUNK];
-	struct peer_ctl peer = {.sleep_ms = 800, .rc = -ENOENT};
+	struct peer_ctl peer = {.sleep_ms = 2000, .rc = -ENOENT};
 	struct racer late;
 	struct chunk_hash h;
 	uint64_t t0, el;
@@ -389,7 +390,7 @@ static void test_waiter_deadline_fill_continues(void **state)
 	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, t0 + 150 * MS), -ETIMEDOUT);
 	el = now_ns() - t0;
 	assert_true(el >= 150 * MS);
-	assert_true(el < 650 * MS);
+	assert_true(el < 1200 * MS);
 	assert_int_equal(stats(e).timeouts, 1);
 	assert_int_equal(pthread_create(&late.tid, NULL, late_fetch, &late), 0);
 	pthread_join(late.tid, NULL);
@@ -415,7 +416,8 @@ static void test_dead_seed_deadline(void **state)
 	t0 = now_ns();
 	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, t0 + 400 * MS), -ETIMEDOUT);
 	el = now_ns() - t0;
-	assert_true(el < 900 * MS);
+	/* at the deadline, not after more retries (slack for a loaded machine) */
+	assert_true(el < 1500 * MS);
 	st = stats(e);
 	assert_true(st.failures[FETCH_SRC_SEED] >= 2);
 	assert_true(st.retries >= 1);
@@ -429,7 +431,7 @@ static void expect_never_stored(struct env *e, const struct chunk_hash *h)
 	uint64_t t0 = now_ns();
 
 	assert_int_equal(fetcher_fetch(e->f, h, CHUNK, t0 + 300 * MS), -ETIMEDOUT);
-	assert_true(now_ns() - t0 < 800 * MS);
+	assert_true(now_ns() - t0 < 1500 * MS);
 	st = stats(e);
 	assert_true(st.bad_hash[FETCH_SRC_SEED] >= 2); /* retried, each time refused */
 	assert_true(st.failures[FETCH_SRC_SEED] >= st.bad_hash[FETCH_SRC_SEED]);
@@ -807,18 +809,21 @@ static void test_stop_wakes_waiters(void **state)
 	struct chunk_hash h;
 	uint64_t t0;
 
-	peer = (struct peer_ctl){.sleep_ms = 600, .rc = -ENOENT};
+	peer = (struct peer_ctl){.sleep_ms = 2000, .rc = -ENOENT};
 	make_chunk(e->repo, 15, &h, data);
 	env_fetcher(e, NULL, NULL);
 	set_peer(e, &peer);
 	r = (struct racer){.e = e, .h = &h};
 	assert_int_equal(pthread_create(&r.tid, NULL, late_fetch, &r), 0);
-	usleep(100000);
+	/* the fill is in the peer hook (2 s) and the racer waits for it */
+	for (int i = 0; i < 500 && !peer_count(&peer, &peer.calls); i++)
+		usleep(10000);
+	assert_int_equal(peer_count(&peer, &peer.calls), 1);
 	t0 = now_ns();
 	fetcher_stop(e->f);
 	pthread_join(r.tid, NULL);
 	assert_int_equal(r.rc, -ESHUTDOWN);
-	assert_true(now_ns() - t0 < 300 * MS); /* did not wait for the peer's 600 ms */
+	assert_true(now_ns() - t0 < 1000 * MS); /* did not wait out the peer's 2 s */
 	assert_int_equal(fetcher_fetch(e->f, &h, CHUNK, now_ns() + 1000 * MS), -ESHUTDOWN);
 }
 

@@ -407,7 +407,9 @@ static void test_readahead_takes_no_lease_and_abandon_releases(void **state)
 	assert_int_equal(holder, 0);
 	t0 = now_ns();
 	assert_int_equal(peers_fetch(a->p, &h, scratch, CHUNK, now_ns() + 5000 * MS), -ENOENT);
-	assert_true(now_ns() - t0 < 500 * MS);
+	/* lease_waits == 0 is the proof that a did not wait; the time bound, with slack for
+	 * a loaded machine, stays below the 2000 ms a wait for b's lease would take */
+	assert_true(now_ns() - t0 < 1500 * MS);
 	peers_get_stats(a->p, &st);
 	assert_int_equal(st.lease_waits, 0);
 	assert_int_equal(st.leases_won, 1);
@@ -557,7 +559,7 @@ static void test_stalled_holders_leave_the_seed_time(void **state)
 	static uint8_t data[CHUNK];
 	struct peers_peer_stats ps[8];
 	struct chunk_hash h;
-	char addr[64], name[8];
+	char addr[64], name[16];
 	int fds[3], i, n;
 	uint64_t t0, ms;
 
@@ -639,7 +641,8 @@ static void test_cancel_ends_a_stalled_transfer(void **state)
 	t0 = now_ns();
 	assert_int_equal(peers_fetch(f.n->p, &f.h, scratch, CHUNK, now_ns() + 20000 * MS),
 			 -ECANCELED);
-	assert_true(fx_ms_since(t0) < 200);
+	/* at once: far from the 3 s request timeout or the 20 s deadline it would wait */
+	assert_true(fx_ms_since(t0) < 1000);
 	n = peers_list(f.n->p, ps, 4);
 	for (int i = 0; i < n; i++)
 		assert_int_equal(ps[i].failures, 0);
