@@ -740,9 +740,9 @@ static void *dir_thread(void *arg)
 		} else if (connected) {
 			dir_housekeep(d);
 		}
-		wake = MIN(d->next_hb_ns, d->next_renew_ns);
-		if (!connected)
-			wake = MIN(wake, next_connect);
+		/* disconnected, the housekeeping timers are long due but nothing to do: the
+		 * next connection attempt is the only wake-up (else the thread spins) */
+		wake = connected ? MIN(d->next_hb_ns, d->next_renew_ns) : next_connect;
 		pthread_mutex_lock(&d->thread_lock);
 		if (d->stopping)
 			break;

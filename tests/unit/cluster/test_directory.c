@@ -7,6 +7,7 @@
  * or stalls).
  */
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -737,6 +738,40 @@ static void test_bulk_announce_goes_on_after_an_error_reply(void **state)
 	fx_rm_rf(sdir);
 }
 
+static uint64_t cpu_us(void)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_SELF, &ru);
+	return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000ULL +
+		ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
+}
+
+/*
+ * While Redis was unreachable the directory thread spun between its connection attempts
+ * (its heartbeat timer, long due, made every wait zero): a whole core for as long as the
+ * outage lasted. It sleeps until the next attempt now.
+ */
+static void test_no_busy_loop_while_redis_is_unreachable(void **state)
+{
+	char url[64];
+	struct directory_opts o = {.node_name = "spin", .heartbeat_ttl_ms = 3000,
+				   .heartbeat_interval_ms = 1000};
+	struct directory *a;
+	uint64_t c0, used;
+
+	snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", fx_free_port()); /* nobody */
+	a = dir_create(&o, url);
+	fx_sleep_ms(100);
+	c0 = cpu_us();
+	fx_sleep_ms(2000);
+	used = cpu_us() - c0;
+	directory_destroy(a);
+	if (used > 300000)
+		fail_msg("%llu ms of CPU in 2 s while Redis was unreachable",
+			 (unsigned long long)used / 1000);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -760,6 +795,7 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_bulk_announce_goes_on_after_an_error_reply,
 						setup, teardown),
+		cmocka_unit_test(test_no_busy_loop_while_redis_is_unreachable),
 	};
 
 	log_init("test_directory", LOG_LVL_WARN, 0);
