@@ -5,7 +5,8 @@
  * Invariants:
  *  1. P lease:<h> holds the id of the one node fetching h from the seed, with a TTL of
  *     lease_ttl_ms; only that node renews it (every lease_renew_ms, from the directory
- *     thread) and only while its fetch may still succeed (until hold_until_ns).
+ *     thread, on that thread's own connection, so busy callers cannot delay it) and
+ *     only while its fetch may still succeed (until hold_until_ns).
  *  2. A node deletes a lease only if the value is still its own id (compare-and-delete
  *     in Lua), so a late release never frees a lease someone else has taken over.
  *  3. A holder that dies stops renewing: the key expires within lease_ttl_ms. A holder
@@ -203,25 +204,23 @@ void dir_leases_renew(struct directory *d)
 	if (!n || !v || !lost || id < 0)
 		goto out;
 
-	pthread_mutex_lock(&d->lock);
-	if (!d->ctx) {
-		pthread_mutex_unlock(&d->lock);
+	/* the thread's own connection: never queued behind the callers (directory.c inv. 5) */
+	if (!d->hk)
 		goto out;
-	}
 	DIR_STAT_ADD(d, commands, 1);
 	for (i = 0; i < n; i++) {
 		dir_chunk_key(d, "lease:", &v[i].h, key, sizeof(key));
 		if (now >= v[i].hold_until_ns)
-			redisAppendCommand(d->ctx, "EVAL %s 1 %s %lld", dir_lua_release, key,
+			redisAppendCommand(d->hk, "EVAL %s 1 %s %lld", dir_lua_release, key,
 					   (long long)id);
 		else
-			redisAppendCommand(d->ctx, "EVAL %s 1 %s %lld %u", lua_renew, key,
+			redisAppendCommand(d->hk, "EVAL %s 1 %s %lld %u", lua_renew, key,
 					   (long long)id, d->lease_ttl_ms);
 	}
-	for (i = 0; i < n && d->ctx; i++) {
+	for (i = 0; i < n && d->hk; i++) {
 		redisReply *r = NULL;
 
-		if (dir_pipeline_reply_locked(d, &r))
+		if (dir_hk_reply(d, &r))
 			continue;
 		if (now >= v[i].hold_until_ns) {
 			lost[i] = true;
@@ -234,7 +233,6 @@ void dir_leases_renew(struct directory *d)
 		}
 		freeReplyObject(r);
 	}
-	pthread_mutex_unlock(&d->lock);
 	for (i = 0; i < n; i++) {
 		if (!lost[i])
 			continue;

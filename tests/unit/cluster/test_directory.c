@@ -19,6 +19,7 @@
 #include "cluster/directory.h"
 #include "cluster_fixture.h"
 #include "common/log.h"
+#include "delay_proxy.h"
 
 #define CHUNK 4096
 
@@ -772,6 +773,158 @@ static void test_no_busy_loop_while_redis_is_unreachable(void **state)
 			 (unsigned long long)used / 1000);
 }
 
+/* ---- a slow Redis: replies late, but within the command timeout ---- */
+
+static struct directory *dir_via(const char *name, const struct fx_proxy *p)
+{
+	char url[128];
+	struct directory_opts o = {
+		.node_name = name, .rack = "r1", .prefix = "t:", .command_timeout_ms = 500,
+		.connect_timeout_ms = 500, .heartbeat_ttl_ms = 2000, .heartbeat_interval_ms = 600,
+		.lease_ttl_ms = 1500, .lease_renew_ms = 500,
+	};
+
+	snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", p->port);
+	return dir_create(&o, url);
+}
+
+struct looper {
+	struct directory *d;
+	unsigned seed;
+	bool *stop;
+	int rc;
+	uint64_t ms;
+};
+
+/* One lookup, timed. */
+static void *lookup_once(void *arg)
+{
+	struct looper *l = arg;
+	struct directory_holder hd[4];
+	uint8_t buf[64];
+	struct chunk_hash h;
+	uint64_t t0;
+
+	fx_chunk(l->seed, buf, sizeof(buf), &h);
+	t0 = now_ns();
+	l->rc = directory_lookup(l->d, &h, hd, 4);
+	l->ms = fx_ms_since(t0);
+	return NULL;
+}
+
+/* Lookups until *stop, as the fetch workers of a busy node make them. */
+static void *lookup_loop(void *arg)
+{
+	struct looper *l = arg;
+
+	while (!__atomic_load_n(l->stop, __ATOMIC_RELAXED))
+		lookup_once(l);
+	return NULL;
+}
+
+/*
+ * Every call shared one connection behind one lock, and only the reply had a timeout: ten
+ * callers on a Redis answering in 200 ms queued for up to 2 s. A call now waits for its
+ * turn no longer than the command timeout, and then goes to the seed (-EAGAIN, counted).
+ */
+static void test_wait_for_a_busy_connection_is_bounded(void **state)
+{
+	struct fx_proxy px = {.target = redis.port, .down_ms = 200};
+	struct looper l[10];
+	pthread_t t[10];
+	struct directory_stats st;
+	struct directory *a;
+	uint64_t worst = 0;
+	int i, busy = 0;
+
+	assert_int_equal(fx_proxy_start(&px), 0);
+	a = dir_via("a11", &px);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	for (i = 0; i < 10; i++) {
+		l[i] = (struct looper){.d = a, .seed = 100 + i};
+		assert_int_equal(pthread_create(&t[i], NULL, lookup_once, &l[i]), 0);
+	}
+	for (i = 0; i < 10; i++) {
+		pthread_join(t[i], NULL);
+		worst = MAX(worst, l[i].ms);
+		if (l[i].rc == -EAGAIN)
+			busy++;
+		else
+			assert_int_equal(l[i].rc, 0);
+	}
+	/* at most the command timeout for the turn, plus one 200 ms reply */
+	if (worst > 1000)
+		fail_msg("a lookup took %llu ms (command timeout 500 ms)",
+			 (unsigned long long)worst);
+	assert_true(busy >= 1);
+	directory_get_stats(a, &st);
+	assert_int_equal(st.busy_fails, busy);
+	assert_true(st.connected); /* a busy connection is not a broken one */
+	directory_destroy(a);
+	fx_proxy_stop(&px);
+}
+
+/*
+ * The heartbeat and the lease renewals queued behind the fetch workers' calls on the one
+ * connection: with a dozen workers on a Redis answering in 200 ms, a live node's lease
+ * expired (another node would take it over and fetch the chunk from the seed too) and
+ * its heartbeat lapsed (peers would take it for dead). Both live throughout now.
+ */
+static void test_busy_connection_keeps_heartbeat_and_leases(void **state)
+{
+	struct fx_proxy px = {.target = redis.port, .down_ms = 200};
+	char hex[HASH_HEX_LEN + 1], lkey[128], akey[64];
+	struct looper l[12];
+	pthread_t t[12];
+	struct directory_stats st;
+	struct directory *a;
+	struct chunk_hash h;
+	uint8_t buf[64];
+	long long lease_ttl = 1, hb_ttl = 1;
+	int64_t holder;
+	bool stop = false;
+	redisContext *c;
+	uint64_t t0;
+	int i;
+
+	assert_int_equal(fx_proxy_start(&px), 0);
+	a = dir_via("a12", &px);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	fx_chunk(12, buf, sizeof(buf), &h);
+	assert_int_equal(directory_lease_acquire(a, &h, now_ns() + 60000 * 1000000ULL, &holder),
+			 0);
+	hash_to_hex(&h, hex);
+	snprintf(lkey, sizeof(lkey), "t:lease:%s", hex);
+	snprintf(akey, sizeof(akey), "t:alive:%lld", (long long)directory_node_id(a));
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	for (i = 0; i < 12; i++) {
+		l[i] = (struct looper){.d = a, .seed = 200 + i, .stop = &stop};
+		assert_int_equal(pthread_create(&t[i], NULL, lookup_loop, &l[i]), 0);
+	}
+	/* 5 s: more than three lease TTLs and two heartbeat TTLs */
+	t0 = now_ns();
+	while (fx_ms_since(t0) < 5000 && lease_ttl > 0 && hb_ttl > 0) {
+		lease_ttl = pttl(c, lkey);
+		hb_ttl = pttl(c, akey);
+		fx_sleep_ms(50);
+	}
+	__atomic_store_n(&stop, true, __ATOMIC_RELAXED);
+	for (i = 0; i < 12; i++)
+		pthread_join(t[i], NULL);
+	directory_get_stats(a, &st);
+	if (lease_ttl <= 0 || hb_ttl <= 0)
+		fail_msg("after %llu ms the lease's PTTL is %lld, the heartbeat's %lld "
+			 "(renewed %llu)", (unsigned long long)fx_ms_since(t0), lease_ttl, hb_ttl,
+			 (unsigned long long)st.leases_renewed);
+	assert_true(st.leases_renewed >= 5);
+	assert_int_equal(st.leases_expired, 0);
+	assert_int_equal(directory_lease_release(a, &h), 0);
+	redisFree(c);
+	directory_destroy(a);
+	fx_proxy_stop(&px);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -796,6 +949,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_bulk_announce_goes_on_after_an_error_reply,
 						setup, teardown),
 		cmocka_unit_test(test_no_busy_loop_while_redis_is_unreachable),
+		cmocka_unit_test_setup_teardown(test_wait_for_a_busy_connection_is_bounded, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_busy_connection_keeps_heartbeat_and_leases,
+						setup, teardown),
 	};
 
 	log_init("test_directory", LOG_LVL_WARN, 0);
