@@ -173,6 +173,9 @@ static void cluster_metrics(FILE *f, struct peering *p)
 	one(f, "rackdisk_directory_errors_total", "counter",
 	    "Directory (Redis) calls that failed, including those refused while it is down.",
 	    st.dir.errors);
+	one(f, "rackdisk_directory_name_conflict", "gauge",
+	    "1 while this appliance stays out of the cluster: another live one has its node name.",
+	    st.dir.name_conflict);
 	one(f, "rackdisk_directory_busy_total", "counter",
 	    "Directory calls that gave up waiting for the busy Redis connection (then the seed).",
 	    st.dir.busy_fails);

@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/time.h>
 
 #include "cluster/directory_int.h"
@@ -295,13 +296,36 @@ int dir_hk_reply(struct directory *d, redisReply **out)
 
 /* ---- connection and registration (directory thread only) ---- */
 
+/*
+ * Registration, atomic: the id of this node's name (a new one for a new name), unless a
+ * live heartbeat under that id belongs to another process (its instance differs) that
+ * is not our own previous run: that is, it advertises another address, or we registered
+ * before (ARGV[7] = 1: a heartbeat replaced since was not ours). Then it returns that
+ * heartbeat's value, and the caller does not join.
+ */
 static const char lua_register[] =
 	"local id = redis.call('HGET', KEYS[1], ARGV[1]) "
 	"if not id then "
 	"  id = redis.call('INCR', KEYS[2]) "
 	"  redis.call('HSET', KEYS[1], ARGV[1], id) "
 	"end "
+	"local alive = ARGV[2] .. 'alive:' .. id "
+	"local v = redis.call('GET', alive) "
+	"if v and v ~= ARGV[5] then "
+	"  local _, addr = string.match(v, '^(%S+) (%S+)') "
+	"  if addr ~= ARGV[4] or ARGV[7] == '1' then return v end "
+	"end "
+	"redis.call('HSET', ARGV[2] .. 'node:' .. id, 'name', ARGV[1], 'addr', ARGV[4], "
+	"           'rack', ARGV[3]) "
+	"redis.call('SET', alive, ARGV[5], 'PX', ARGV[6]) "
 	"return tonumber(id)";
+
+/* The heartbeat, unless the key holds another process's value: then that value. */
+static const char lua_heartbeat[] =
+	"local v = redis.call('GET', KEYS[1]) "
+	"if v and v ~= ARGV[1] then return v end "
+	"redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
+	"return 0";
 
 static int ctx_cmd(redisContext *c, long long *ival, const char *fmt, ...)
 {
@@ -328,12 +352,6 @@ static void ms_to_tv(uint32_t ms, struct timeval *tv)
 {
 	tv->tv_sec = ms / 1000;
 	tv->tv_usec = (ms % 1000) * 1000;
-}
-
-static int heartbeat_value(struct directory *d, char *buf, size_t len)
-{
-	return snprintf(buf, len, "%s %s %s", d->rack, d->advertise, d->name) < (int)len ? 0 :
-		-ENAMETOOLONG;
 }
 
 /* A new connection, authenticated and on the right database; NULL on failure (logged). */
@@ -369,26 +387,75 @@ fail:
 	return NULL;
 }
 
-/* Registers on c (the thread's own connection): 0 and *id_out, or -errno. */
+/* The address in a heartbeat value ("rack addr name instance") into buf. */
+static void alive_addr(const char *v, size_t len, char *buf, size_t cap)
+{
+	const char *s1 = memchr(v, ' ', len), *s2;
+
+	s2 = s1 ? memchr(s1 + 1, ' ', len - (s1 + 1 - v)) : NULL;
+	if (!s2 || copy_span(buf, cap, s1 + 1, s2 - s1 - 1))
+		snprintf(buf, cap, "?");
+}
+
+/*
+ * Another live process holds our name: not joining. Logged when it starts and then once
+ * a minute (the thread retries at every heartbeat interval), counted in name_conflict.
+ */
+static void dir_name_conflict(struct directory *d, const char *v, size_t len, bool displaced)
+{
+	uint64_t now = now_ns();
+	char other[128];
+
+	alive_addr(v, len, other, sizeof(other));
+	if (!__atomic_load_n(&d->st.name_conflict, __ATOMIC_RELAXED) ||
+	    now - d->conflict_log_ns >= 60000000000ULL) {
+		if (displaced)
+			log_error("directory: the appliance at %s has registered node name \"%s\" "
+				  "too (this one advertises %s): node names must be unique in the "
+				  "cluster; leaving, trying to join again every %u ms (reads go to "
+				  "the seed meanwhile)", other, d->name, d->advertise,
+				  d->hb_interval_ms);
+		else
+			log_error("directory: node name \"%s\" is in use by the live appliance "
+				  "at %s (this one advertises %s): node names must be unique in the "
+				  "cluster; not joining, trying again every %u ms (reads go to the "
+				  "seed meanwhile)", d->name, other, d->advertise,
+				  d->hb_interval_ms);
+		d->conflict_log_ns = now;
+	}
+	__atomic_store_n(&d->st.name_conflict, true, __ATOMIC_RELAXED);
+	/* not a member: announces, withdraws and leases fail fast, so ours never touch
+	 * the other's entries under the id we would share */
+	__atomic_store_n(&d->node_id, -1, __ATOMIC_RELAXED);
+	__atomic_store_n(&d->st.node_id, -1, __ATOMIC_RELAXED);
+}
+
+/* Registers on c (the thread's own connection): 0 and *id_out, -EADDRINUSE when another
+ * live appliance has our name (see lua_register), or -errno. */
 static int dir_register(struct directory *d, redisContext *c, int64_t *id_out)
 {
-	char k1[DIR_KEY_MAX], k2[DIR_KEY_MAX], hb[512];
-	long long id = -1;
+	char k1[DIR_KEY_MAX], k2[DIR_KEY_MAX];
+	redisReply *r;
+	int rc = -EIO;
 
 	snprintf(k1, sizeof(k1), "%snodes:byname", d->prefix);
 	snprintf(k2, sizeof(k2), "%snodes:next", d->prefix);
-	if (ctx_cmd(c, &id, "EVAL %s 2 %s %s %s", lua_register, k1, k2, d->name) || id < 1)
-		return -EIO;
-	snprintf(k1, sizeof(k1), "%snode:%lld", d->prefix, id);
-	if (ctx_cmd(c, NULL, "HSET %s name %s addr %s rack %s", k1, d->name, d->advertise,
-		    d->rack))
-		return -EIO;
-	snprintf(k1, sizeof(k1), "%salive:%lld", d->prefix, id);
-	if (heartbeat_value(d, hb, sizeof(hb)) ||
-	    ctx_cmd(c, NULL, "SET %s %s PX %u", k1, hb, d->hb_ttl_ms))
-		return -EIO;
-	*id_out = id;
-	return 0;
+	r = redisCommand(c, "EVAL %s 2 %s %s %s %s %s %s %s %u %d", lua_register, k1, k2,
+			 d->name, d->prefix, d->rack, d->advertise, d->alive_value, d->hb_ttl_ms,
+			 d->registered);
+	if (!r)
+		return -ENOTCONN;
+	if (r->type == REDIS_REPLY_INTEGER && r->integer > 0) {
+		*id_out = r->integer;
+		rc = 0;
+	} else if (r->type == REDIS_REPLY_STRING) {
+		dir_name_conflict(d, r->str, r->len, false);
+		rc = -EADDRINUSE;
+	} else if (r->type == REDIS_REPLY_ERROR) {
+		log_warn("directory: redis: %s", r->str);
+	}
+	freeReplyObject(r);
+	return rc;
 }
 
 /* Opens the thread's own connection and registers on it; 0, or -errno (hk stays NULL). */
@@ -396,38 +463,71 @@ static int dir_connect_hk(struct directory *d)
 {
 	redisContext *c = dir_open(d);
 	int64_t id = -1, old = directory_node_id(d);
+	int rc;
 
 	if (!c)
 		return -ENOTCONN;
-	if (dir_register(d, c, &id)) {
+	rc = dir_register(d, c, &id);
+	if (rc) {
 		redisFree(c);
-		return -EIO;
+		return rc;
 	}
 	if (old >= 0 && old != id)
 		log_warn("directory: node id changed from %lld to %lld (Redis lost its data?)",
 			 (long long)old, (long long)id);
+	if (__atomic_exchange_n(&d->st.name_conflict, false, __ATOMIC_RELAXED))
+		log_info("directory: node name \"%s\" is ours again: joining", d->name);
 	__atomic_store_n(&d->node_id, id, __ATOMIC_RELAXED);
 	__atomic_store_n(&d->st.node_id, id, __ATOMIC_RELAXED);
+	d->registered = true;
 	d->hk = c;
 	return 0;
 }
 
-/* On the thread's own connection: never queued behind the callers (invariant 5). */
+static int dir_lock_thread(struct directory *d);
+
+/*
+ * Out of the cluster (directory thread): both connections closed, so every call fails
+ * fast and reads go to the seed until dir_reconnect() registers again.
+ */
+static void dir_drop_all(struct directory *d)
+{
+	redisFree(d->hk);
+	d->hk = NULL;
+	if (!dir_lock_thread(d)) {
+		if (d->ctx)
+			redisFree(d->ctx);
+		d->ctx = NULL;
+		pthread_mutex_unlock(&d->lock);
+	}
+	dir_set_broken(d);
+}
+
+/*
+ * On the thread's own connection: never queued behind the callers (invariant 5). Finding
+ * another process's heartbeat under our id means an appliance with our name registered
+ * meanwhile (a restart of ours would have stopped this process): we leave.
+ */
 static int dir_heartbeat(struct directory *d)
 {
-	char key[DIR_KEY_MAX], hb[512];
+	char key[DIR_KEY_MAX];
 	redisReply *r;
 
 	if (!d->hk)
 		return -ENOTCONN;
 	snprintf(key, sizeof(key), "%salive:%lld", d->prefix, (long long)directory_node_id(d));
-	if (heartbeat_value(d, hb, sizeof(hb)))
-		return -ENAMETOOLONG;
 	DIR_STAT_ADD(d, commands, 1);
-	r = redisCommand(d->hk, "SET %s %s PX %u", key, hb, d->hb_ttl_ms);
+	r = redisCommand(d->hk, "EVAL %s 1 %s %s %u", lua_heartbeat, key, d->alive_value,
+			 d->hb_ttl_ms);
 	if (!r) {
 		dir_hk_fail(d, "redis heartbeat");
 		return -ENOTCONN;
+	}
+	if (r->type == REDIS_REPLY_STRING) {
+		dir_name_conflict(d, r->str, r->len, true);
+		freeReplyObject(r);
+		dir_drop_all(d);
+		return -EADDRINUSE;
 	}
 	return dir_check_reply(d, r, NULL);
 }
@@ -442,7 +542,7 @@ int64_t directory_node_id(struct directory *d)
 
 int directory_announce(struct directory *d, const struct chunk_hash *h)
 {
-	char key[DIR_KEY_MAX], lkey[DIR_KEY_MAX];
+	char key[DIR_KEY_MAX], lkey[DIR_KEY_MAX], lval[64];
 	bool lease = dir_lease_forget(d, h);
 	int64_t id = directory_node_id(d);
 	int rc;
@@ -450,6 +550,7 @@ int directory_announce(struct directory *d, const struct chunk_hash *h)
 	DIR_STAT_ADD(d, announces, 1);
 	dir_chunk_key(d, "chunk:", h, key, sizeof(key));
 	dir_chunk_key(d, "lease:", h, lkey, sizeof(lkey));
+	dir_lease_value(d, id, lval, sizeof(lval));
 	rc = dir_lock(d);
 	if (rc)
 		return rc;
@@ -462,8 +563,7 @@ int directory_announce(struct directory *d, const struct chunk_hash *h)
 	DIR_STAT_ADD(d, commands, 1);
 	redisAppendCommand(d->ctx, "SADD %s %lld", key, (long long)id);
 	if (lease)
-		redisAppendCommand(d->ctx, "EVAL %s 1 %s %lld", dir_lua_release, lkey,
-				   (long long)id);
+		redisAppendCommand(d->ctx, "EVAL %s 1 %s %s", dir_lua_release, lkey, lval);
 	rc = dir_pipeline_reply_locked(d, NULL);
 	if (lease) {
 		int rc2 = dir_pipeline_reply_locked(d, NULL);
@@ -650,19 +750,22 @@ static const char lua_lookup[] =
 	"end "
 	"return out";
 
-/* "rack addr name" -> holder fields; -EINVAL when malformed. */
+/* "rack addr name[ instance]" -> holder fields; -EINVAL when malformed. */
 static int parse_alive(const char *v, size_t len, struct directory_holder *hd)
 {
-	const char *s1 = memchr(v, ' ', len), *s2;
+	const char *s1 = memchr(v, ' ', len), *s2, *s3;
 
 	if (!s1)
 		return -EINVAL;
 	s2 = memchr(s1 + 1, ' ', len - (s1 + 1 - v));
 	if (!s2)
 		return -EINVAL;
+	s3 = memchr(s2 + 1, ' ', len - (s2 + 1 - v));
+	if (!s3)
+		s3 = v + len;
 	if (copy_span(hd->rack, sizeof(hd->rack), v, s1 - v) ||
 	    copy_span(hd->addr, sizeof(hd->addr), s1 + 1, s2 - s1 - 1) ||
-	    copy_span(hd->name, sizeof(hd->name), s2 + 1, len - (s2 + 1 - v)))
+	    copy_span(hd->name, sizeof(hd->name), s2 + 1, s3 - s2 - 1))
 		return -EINVAL;
 	return 0;
 }
@@ -796,21 +899,21 @@ out:
  * never was), then a fresh shared connection, then the re-announce of the whole store
  * (invariant 3). Ready only if neither connection broke meanwhile.
  */
-static void dir_reconnect(struct directory *d)
+static int dir_reconnect(struct directory *d)
 {
 	redisContext *c, *old;
 	struct chunkstore *store;
 	uint64_t gen;
 	int n;
 
-	if (!d->hk && dir_connect_hk(d))
-		return;
+	if (!d->hk && (n = dir_connect_hk(d)))
+		return n;
 	c = dir_open(d);
 	if (!c)
-		return;
+		return -ENOTCONN;
 	if (dir_lock_thread(d)) {
 		redisFree(c);
-		return;
+		return -ESHUTDOWN;
 	}
 	old = d->ctx;
 	d->ctx = c;
@@ -839,6 +942,7 @@ static void dir_reconnect(struct directory *d)
 		pthread_cond_broadcast(&d->ready_cond);
 	}
 	pthread_mutex_unlock(&d->thread_lock);
+	return 0;
 }
 
 /* A store attached while ready: announce it (directory_wait_ready() waits for this). */
@@ -872,8 +976,12 @@ static void *dir_thread(void *arg)
 
 		pthread_mutex_unlock(&d->thread_lock);
 		if (!ready && now >= next_connect) {
-			dir_reconnect(d);
-			next_connect = now + MIN(d->hb_interval_ms, 1000u) * 1000000ULL;
+			/* a name in use by another appliance is retried at the heartbeat
+			 * interval: it is freed when that one's heartbeat expires */
+			uint32_t retry_ms = dir_reconnect(d) == -EADDRINUSE ?
+				d->hb_interval_ms : MIN(d->hb_interval_ms, 1000u);
+
+			next_connect = now + retry_ms * 1000000ULL;
 			/* the registration wrote a heartbeat, but a re-announce may have
 			 * taken a while since: another one now */
 			d->next_hb_ns = now_ns();
@@ -937,6 +1045,26 @@ void directory_attach_store(struct directory *d, struct chunkstore *store)
 	pthread_mutex_unlock(&d->thread_lock);
 }
 
+/*
+ * A random id for this process: in the heartbeat, so a second appliance configured with
+ * our name is told apart from us (and from our own previous run), and in our lease
+ * values, so no other process can renew or release our leases.
+ */
+static int dir_new_instance(struct directory *d)
+{
+	uint8_t b[8];
+	size_t i;
+
+	if (getrandom(b, sizeof(b), 0) != sizeof(b))
+		return -errno;
+	for (i = 0; i < sizeof(b); i++)
+		snprintf(d->instance + 2 * i, 3, "%02x", b[i]);
+	if (snprintf(d->alive_value, sizeof(d->alive_value), "%s %s %s %s", d->rack,
+		     d->advertise, d->name, d->instance) >= (int)sizeof(d->alive_value))
+		return -ENAMETOOLONG;
+	return 0;
+}
+
 static bool field_ok(const char *s)
 {
 	return s && *s && strlen(s) < 128 && !strpbrk(s, " \t\r\n");
@@ -975,6 +1103,10 @@ int directory_create(const struct directory_opts *o, struct directory **out)
 	d->advertise = strdup(o->advertise);
 	if (!d->prefix || !d->name || !d->rack || !d->advertise)
 		goto fail;
+	rc = dir_new_instance(d);
+	if (rc)
+		goto fail;
+	rc = -ENOMEM;
 	d->connect_ms = o->connect_timeout_ms ? o->connect_timeout_ms : 200;
 	d->command_ms = o->command_timeout_ms ? o->command_timeout_ms : 500;
 	d->hb_ttl_ms = o->heartbeat_ttl_ms ? o->heartbeat_ttl_ms : 10000;
@@ -1042,14 +1174,17 @@ void directory_leave(struct directory *d)
 	id = directory_node_id(d);
 	if (id >= 0) {
 		snprintf(key, sizeof(key), "%salive:%lld", d->prefix, (long long)id);
-		/* the thread's connection, now idle, if it has one: no wait for a turn */
+		/* Only our own heartbeat (an appliance that took our name keeps its own), on
+		 * the thread's connection, now idle, if it has one: no wait for a turn. */
 		if (d->hk) {
-			redisReply *r = redisCommand(d->hk, "DEL %s", key);
+			redisReply *r = redisCommand(d->hk, "EVAL %s 1 %s %s", dir_lua_release,
+						     key, d->alive_value);
 
 			if (r)
 				freeReplyObject(r);
 		} else {
-			dir_command(d, NULL, "DEL %s", key);
+			dir_command(d, NULL, "EVAL %s 1 %s %s", dir_lua_release, key,
+				    d->alive_value);
 		}
 	}
 	pthread_mutex_lock(&d->thread_lock);

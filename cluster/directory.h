@@ -12,10 +12,12 @@
  *   P nodes:next          INCR counter handing out node ids (1, 2, ...)
  *   P nodes:byname        hash  name -> node id (a restarted node keeps its id)
  *   P node:<id>           hash  name, addr, rack (for listings)
- *   P alive:<id>          string "rack addr name", with a TTL: the heartbeat
+ *   P alive:<id>          string "rack addr name instance", with a TTL: the heartbeat
+ *                         (instance: random per process; a second appliance with the
+ *                         same name finds it live under another address and stays out)
  *   P chunk:<hex>         set of node ids holding the chunk (an intset: ids are small)
- *   P lease:<hex>         string node id, with a TTL: that node is fetching the chunk
- *                         from the seed; others wait for it to announce the chunk
+ *   P lease:<hex>         string "id:instance", with a TTL: that node is fetching the
+ *                         chunk from the seed; others wait for it to announce the chunk
  *
  * Thread safety: every call may be made from any thread at once. The callers share one
  * connection, serialized (commands are sub-millisecond on a LAN and pipelined where it
@@ -60,6 +62,7 @@ struct directory_stats {
 	uint64_t lookups, lookup_holders;
 	uint64_t leases_taken, leases_busy, leases_released, leases_renewed, leases_expired;
 	uint64_t stale_removed;      /* holder entries dropped after a peer said 404 */
+	bool name_conflict;          /* kept out: another live appliance has our node name */
 };
 
 /* One live holder of a chunk, as returned by directory_lookup(). */

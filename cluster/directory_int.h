@@ -20,6 +20,8 @@ struct dir_lease {
 struct directory {
 	/* configuration (owned copies) */
 	char *prefix, *name, *rack, *advertise;
+	char instance[17];          /* random per process (dir_new_instance) */
+	char alive_value[400];      /* our heartbeat: "rack addr name instance" */
 	struct directory_url url;
 	uint32_t connect_ms, command_ms, hb_ttl_ms, hb_interval_ms, lease_ttl_ms, lease_renew_ms;
 	uint32_t batch;
@@ -52,6 +54,8 @@ struct directory {
 	bool announce_due;          /* a store was attached: the thread announces it */
 	uint64_t conn_gen;          /* counts connection failures (dir_set_broken) */
 	uint64_t next_hb_ns, next_renew_ns; /* the thread's timers (that thread only) */
+	bool registered;            /* registered once (that thread only; lua_register) */
+	uint64_t conflict_log_ns;   /* last "name in use" error (that thread only) */
 	pthread_mutex_t thread_lock;
 	pthread_cond_t thread_cond;  /* wakes the thread */
 	pthread_cond_t ready_cond;   /* ready or announce_due changed */
@@ -91,6 +95,9 @@ void dir_hk_fail(struct directory *d, const char *what);
 void dir_leases_renew(struct directory *d);
 /* lease.c: true (and the entry removed) if we held a lease on *h. */
 bool dir_lease_forget(struct directory *d, const struct chunk_hash *h);
+
+/* lease.c: our value of a lease, "<id>:<instance>". */
+void dir_lease_value(const struct directory *d, int64_t id, char *buf, size_t len);
 
 extern const char dir_lua_release[];
 

@@ -925,6 +925,132 @@ static void test_busy_connection_keeps_heartbeat_and_leases(void **state)
 	fx_proxy_stop(&px);
 }
 
+/* ---- two appliances configured with the same node name ---- */
+
+static struct directory *dir_named(const char *name, const char *advertise)
+{
+	char url[128];
+	struct directory_opts o = {
+		.url = url, .node_name = name, .advertise = advertise, .rack = "r1",
+		.prefix = "t:", .heartbeat_ttl_ms = 1500, .heartbeat_interval_ms = 300,
+		.lease_ttl_ms = 600, .lease_renew_ms = 150,
+	};
+	struct directory *d = NULL;
+
+	fx_redis_url(&redis, 0, url, sizeof(url));
+	assert_int_equal(directory_create(&o, &d), 0);
+	return d;
+}
+
+static bool name_conflict(struct directory *d)
+{
+	struct directory_stats st;
+
+	directory_get_stats(d, &st);
+	return st.name_conflict;
+}
+
+/*
+ * Two appliances given one node name shared one node id: both won every lease (both
+ * fetched from the seed), either could withdraw or release the other's entries, and the
+ * heartbeat's address flipped between them; nothing was logged. The second one, at
+ * another address, now stays out (and says why) until the first has gone.
+ */
+static void test_same_name_at_another_address_stays_out(void **state)
+{
+	struct directory *a = dir_named("twin", "127.0.0.1:1111"), *b, *c;
+	struct directory_holder hd[4];
+	struct chunk_hash h;
+	uint8_t buf[64];
+	int64_t holder = 0, ida;
+	int i;
+
+	fx_chunk(21, buf, sizeof(buf), &h);
+	c = dir_named("other", "127.0.0.1:3333");
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_wait_ready(c, 5000), 0);
+	ida = directory_node_id(a);
+	b = dir_named("twin", "127.0.0.1:2222");
+	assert_int_equal(directory_wait_ready(b, 1500), -ETIMEDOUT);
+	assert_true(name_conflict(b));
+	assert_false(name_conflict(a));
+	assert_int_equal(directory_node_id(b), -1);
+	/* only a holds the lease, and b cannot touch a's holder entries */
+	assert_int_equal(directory_lease_acquire(a, &h, now_ns() + 60000 * 1000000ULL, &holder),
+			 0);
+	assert_int_not_equal(directory_lease_acquire(b, &h, now_ns() + 60000 * 1000000ULL,
+						     &holder), 0);
+	assert_int_equal(directory_announce(a, &h), 0);
+	assert_int_not_equal(directory_withdraw(b, &h), 0);
+	for (i = 0; i < 5; i++) { /* a few of b's retries: a's heartbeat stays a's */
+		assert_int_equal(directory_lookup(c, &h, hd, 4), 1);
+		assert_string_equal(hd[0].addr, "127.0.0.1:1111");
+		fx_sleep_ms(200);
+	}
+	/* a leaves: b joins at its next try, under the name's id */
+	directory_destroy(a);
+	assert_int_equal(directory_wait_ready(b, 3000), 0);
+	assert_false(name_conflict(b));
+	assert_int_equal(directory_node_id(b), ida);
+	directory_destroy(b);
+	directory_destroy(c);
+}
+
+/*
+ * The same name at the same address is this appliance restarted (its old heartbeat may
+ * still be live after a crash): it joins at once. Should the old process still run, it
+ * finds its heartbeat replaced, leaves, and can no longer renew or free the leases, or
+ * delete the heartbeat, of the new one.
+ */
+static void test_same_name_same_address_joins_and_the_old_one_leaves(void **state)
+{
+	struct directory *a = dir_named("re", "127.0.0.1:4444"), *b;
+	char hex[HASH_HEX_LEN + 1], lkey[128], akey[64];
+	struct directory_holder hd[4];
+	struct chunk_hash h;
+	uint8_t buf[64];
+	int64_t holder = 0;
+	redisContext *c;
+	uint64_t t0;
+
+	fx_chunk(22, buf, sizeof(buf), &h);
+	hash_to_hex(&h, hex);
+	snprintf(lkey, sizeof(lkey), "t:lease:%s", hex);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	snprintf(akey, sizeof(akey), "t:alive:%lld", (long long)directory_node_id(a));
+	assert_int_equal(directory_lease_acquire(a, &h, now_ns() + 60000 * 1000000ULL, &holder),
+			 0);
+	t0 = now_ns();
+	b = dir_named("re", "127.0.0.1:4444");
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	assert_true(fx_ms_since(t0) < 1000); /* at once, not after the old heartbeat's TTL */
+	assert_int_equal(directory_node_id(b), directory_node_id(a));
+	/* b's fetch of h takes over the lease of its "previous run"; a's release of its own
+	 * leaves b's alone */
+	assert_int_equal(directory_lease_acquire(b, &h, now_ns() + 60000 * 1000000ULL, &holder),
+			 0);
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	directory_lease_release(a, &h);
+	assert_true(pttl(c, lkey) > 0);
+	/* a notices at its next heartbeat and stays out */
+	for (t0 = now_ns(); !name_conflict(a) && fx_ms_since(t0) < 3000;)
+		fx_sleep_ms(20);
+	assert_true(name_conflict(a));
+	assert_int_equal(directory_wait_ready(a, 700), -ETIMEDOUT);
+	assert_int_equal(directory_lookup(a, &h, hd, 4), -ENOTCONN); /* reads: the seed */
+	assert_false(name_conflict(b));
+	/* and its leave does not delete b's heartbeat */
+	directory_leave(a);
+	assert_true(pttl(c, akey) > 0);
+	assert_int_equal(directory_lease_holder(b, &h, &holder), 0);
+	assert_int_equal(holder, directory_node_id(b));
+	assert_int_equal(directory_lease_release(b, &h), 0);
+	redisFree(c);
+	directory_destroy(a);
+	directory_destroy(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -953,6 +1079,10 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_busy_connection_keeps_heartbeat_and_leases,
 						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_same_name_at_another_address_stays_out, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(
+			test_same_name_same_address_joins_and_the_old_one_leaves, setup, teardown),
 	};
 
 	log_init("test_directory", LOG_LVL_WARN, 0);
