@@ -6,8 +6,10 @@
  * path restores them):
  *  1. This node's id is in P chunk:<h> only after chunk h is durably in its store
  *     (the store calls the announce hook after the insert) and is removed before the
- *     chunk's file is removed (withdraw hook). A withdraw lost to an outage leaves a
- *     stale entry, which readers repair lazily when this node answers 404.
+ *     chunk's file is removed (withdraw hook). The bulk announce, which sends a
+ *     snapshot of the store, withdraws again after each batch what left the store
+ *     meanwhile (withdraw_gone_locked). A withdraw lost to an outage leaves a stale
+ *     entry, which readers repair lazily when this node answers 404.
  *  2. P alive:<id> exists only while this node runs: it has a TTL and only the
  *     directory thread refreshes it; directory_leave() deletes it.
  *  3. After every (re)connection the node registers (same name -> same id) and
@@ -24,7 +26,8 @@
  *     for longer than a short turn, between which it keeps up that housekeeping.
  *
  * Locks, in the order they nest: lock (the shared connection) -> thread_lock (the
- * thread's state, never held across I/O).
+ * thread's state, never held across I/O); lock -> the chunk store's lock (the bulk
+ * announce asks the store under lock). The store calls its hooks without its lock.
  */
 #include "cluster/directory.h"
 
@@ -674,8 +677,48 @@ static int dir_lock_thread(struct directory *d)
 	return 0;
 }
 
-/* Sends SADDs for v[0..n) in pipelined batches of d->batch commands (directory thread). */
-static int announce_batches(struct directory *d, const struct chunk_hash *v, size_t n)
+/*
+ * d->lock held, after a batch of SADDs for v[0..n): withdraws those no longer in store
+ * (pipelined); 0 or -errno. A chunk evicted after the bulk announce's snapshot, whose
+ * withdraw ran before its SADD, would otherwise stay listed for good (invariant 1). This
+ * closes that window. Eviction takes a chunk out of the present state, which is what
+ * chunkstore_contains() answers, before its withdraw hook runs (chunkstore.c invariant
+ * 3): a chunk still present here has its withdraw sent after our SADD's reply came, so
+ * it lands after it. And a chunk found gone here but inserted again since announces
+ * itself on this connection only once we release it, after our SREM.
+ */
+static int withdraw_gone_locked(struct directory *d, struct chunkstore *store,
+				const struct chunk_hash *v, size_t n, int64_t id)
+{
+	char key[DIR_KEY_MAX];
+	size_t j, k = 0;
+	int rc = 0;
+
+	for (j = 0; j < n; j++) {
+		if (chunkstore_contains(store, &v[j]))
+			continue;
+		dir_chunk_key(d, "chunk:", &v[j], key, sizeof(key));
+		redisAppendCommand(d->ctx, "SREM %s %lld", key, (long long)id);
+		k++;
+	}
+	if (!k)
+		return 0;
+	DIR_STAT_ADD(d, commands, 1);
+	DIR_STAT_ADD(d, withdraws, k);
+	for (j = 0; j < k && d->ctx; j++) {
+		int r = dir_pipeline_reply_locked(d, NULL);
+
+		rc = rc ? rc : r;
+	}
+	return d->ctx ? rc : -ENOTCONN;
+}
+
+/*
+ * Sends SADDs for v[0..n) (a snapshot of store) in pipelined batches of d->batch commands,
+ * each followed by the withdraw of what the store lost meanwhile (directory thread).
+ */
+static int announce_batches(struct directory *d, struct chunkstore *store,
+			    const struct chunk_hash *v, size_t n)
 {
 	char key[DIR_KEY_MAX];
 	size_t i = 0;
@@ -706,6 +749,11 @@ static int announce_batches(struct directory *d, const struct chunk_hash *v, siz
 
 			brc = brc ? brc : r;
 		}
+		if (d->ctx) {
+			int r = withdraw_gone_locked(d, store, v + i, end - i, id);
+
+			brc = brc ? brc : r;
+		}
 		if (!d->ctx)
 			brc = -ENOTCONN;
 		pthread_mutex_unlock(&d->lock);
@@ -731,7 +779,7 @@ static int announce_store(struct directory *d, struct chunkstore *store)
 	rc = chunkstore_foreach(store, collect_fn, &c);
 	if (rc < 0)
 		goto out;
-	rc = announce_batches(d, c.v, c.n);
+	rc = announce_batches(d, store, c.v, c.n);
 	if (!rc)
 		rc = (int)MIN(c.n, (size_t)INT32_MAX);
 out:
