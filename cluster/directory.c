@@ -8,8 +8,10 @@
  *     (the store calls the announce hook after the insert) and is removed before the
  *     chunk's file is removed (withdraw hook). The bulk announce, which sends a
  *     snapshot of the store, withdraws again after each batch what left the store
- *     meanwhile (withdraw_gone_locked). A withdraw lost to an outage leaves a stale
- *     entry, which readers repair lazily when this node answers 404.
+ *     meanwhile (withdraw_gone_locked). A withdraw lost to an outage (or to a busy
+ *     connection) leaves a stale entry; this node removes it when it answers a peer
+ *     404 (directory_not_held). Only the node itself removes its entries: it alone
+ *     can tell, under the connection's lock, that it has not fetched the chunk again.
  *  2. P alive:<id> exists only while this node runs: it has a TTL and only the
  *     directory thread refreshes it; directory_leave() deletes it.
  *  3. After every (re)connection the node registers (same name -> same id) and
@@ -592,15 +594,34 @@ int directory_withdraw(struct directory *d, const struct chunk_hash *h)
 	return dir_command(d, NULL, "SREM %s %lld", key, (long long)id);
 }
 
-int directory_remove_holder(struct directory *d, const struct chunk_hash *h, int64_t node_id)
+int directory_not_held(struct directory *d, const struct chunk_hash *h)
 {
 	char key[DIR_KEY_MAX];
+	struct chunkstore *store;
+	int64_t id = directory_node_id(d);
+	redisReply *r = NULL;
 	int rc;
 
+	if (id < 0)
+		return dir_command(d, NULL, "PING") ?: -ENOTCONN;
 	dir_chunk_key(d, "chunk:", h, key, sizeof(key));
-	rc = dir_command(d, NULL, "SREM %s %lld", key, (long long)node_id);
-	if (!rc)
+	rc = dir_lock(d);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&d->thread_lock);
+	store = d->store;
+	pthread_mutex_unlock(&d->thread_lock);
+	/* Asked under the connection's lock, as withdraw_gone_locked does: an insert since
+	 * (found present: nothing to do) announces only after our SREM. */
+	if (store && chunkstore_contains(store, h))
+		goto out;
+	rc = dir_command_locked(d, &r, "SREM %s %lld", key, (long long)id);
+	if (!rc && r->type == REDIS_REPLY_INTEGER && r->integer > 0)
 		DIR_STAT_ADD(d, stale_removed, 1);
+	if (r)
+		freeReplyObject(r);
+out:
+	pthread_mutex_unlock(&d->lock);
 	return rc;
 }
 

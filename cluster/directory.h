@@ -61,7 +61,7 @@ struct directory_stats {
 	uint64_t announces, withdraws, bulk_announced;
 	uint64_t lookups, lookup_holders;
 	uint64_t leases_taken, leases_busy, leases_released, leases_renewed, leases_expired;
-	uint64_t stale_removed;      /* holder entries dropped after a peer said 404 */
+	uint64_t stale_removed;      /* our stale entries dropped after we answered a 404 */
 	bool name_conflict;          /* kept out: another live appliance has our node name */
 };
 
@@ -123,8 +123,13 @@ int directory_withdraw(struct directory *d, const struct chunk_hash *h);
 int directory_lookup(struct directory *d, const struct chunk_hash *h,
 		     struct directory_holder *out, int max);
 
-/* A holder answered 404 for *h: drop it from the chunk's set (lazy repair). */
-int directory_remove_holder(struct directory *d, const struct chunk_hash *h, int64_t node_id);
+/*
+ * This node answered a peer 404 for *h: drops its own entry from the chunk's set unless
+ * the chunk is in the attached store again (lazy repair of a stale entry). Only a holder
+ * repairs its own entry: a peer's removal after a 404 could land after the holder had
+ * fetched the chunk again and announced it, and leave it unlisted.
+ */
+int directory_not_held(struct directory *d, const struct chunk_hash *h);
 
 /* All registered nodes, alive or not: up to max. Returns the count or -errno. */
 int directory_list_nodes(struct directory *d, struct directory_node *out, int max);
