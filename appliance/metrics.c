@@ -173,6 +173,12 @@ static void cluster_metrics(FILE *f, struct peering *p)
 	one(f, "rackdisk_directory_errors_total", "counter",
 	    "Directory (Redis) calls that failed, including those refused while it is down.",
 	    st.dir.errors);
+	one(f, "rackdisk_directory_name_conflict", "gauge",
+	    "1 while this appliance stays out of the cluster: another live one has its node name.",
+	    st.dir.name_conflict);
+	one(f, "rackdisk_directory_busy_total", "counter",
+	    "Directory calls that gave up waiting for the busy Redis connection (then the seed).",
+	    st.dir.busy_fails);
 	one(f, "rackdisk_directory_reconnects_total", "counter", "Connections made to Redis.",
 	    st.dir.reconnects);
 	one(f, "rackdisk_directory_announces_total", "counter", "Chunks announced one by one.",
@@ -180,7 +186,7 @@ static void cluster_metrics(FILE *f, struct peering *p)
 	one(f, "rackdisk_directory_bulk_announced_total", "counter",
 	    "Chunks re-announced in bulk after a (re)connection.", st.dir.bulk_announced);
 	one(f, "rackdisk_directory_down_fetches_total", "counter",
-	    "Misses that went straight to the seed because Redis was down.",
+	    "Misses that went straight to the seed because Redis was down or busy.",
 	    st.peers.directory_down);
 	one(f, "rackdisk_leases_won_total", "counter",
 	    "Seed fetches this node made for the cluster under a lease.", st.peers.leases_won);

@@ -6,15 +6,30 @@
  * path restores them):
  *  1. This node's id is in P chunk:<h> only after chunk h is durably in its store
  *     (the store calls the announce hook after the insert) and is removed before the
- *     chunk's file is removed (withdraw hook). A withdraw lost to an outage leaves a
- *     stale entry, which readers repair lazily when this node answers 404.
+ *     chunk's file is removed (withdraw hook). The bulk announce, which sends a
+ *     snapshot of the store, withdraws again after each batch what left the store
+ *     meanwhile (withdraw_gone_locked). A withdraw lost to an outage (or to a busy
+ *     connection) leaves a stale entry; this node removes it when it answers a peer
+ *     404 (directory_not_held). Only the node itself removes its entries: it alone
+ *     can tell, under the connection's lock, that it has not fetched the chunk again.
  *  2. P alive:<id> exists only while this node runs: it has a TTL and only the
  *     directory thread refreshes it; directory_leave() deletes it.
  *  3. After every (re)connection the node registers (same name -> same id) and
- *     re-announces its whole store before directory_wait_ready() reports ready.
- *  4. No call blocks longer than the command timeout: while the connection is down,
- *     calls fail at once with -ENOTCONN (counted as fast_fails) and callers go to
- *     the seed; only the directory thread connects.
+ *     re-announces its whole store before directory_wait_ready() reports ready; a
+ *     store attached later is announced before it reports ready again. Only the
+ *     directory thread connects and bulk-announces.
+ *  4. No call waits longer than twice the command timeout: at most command_ms for its
+ *     turn on the callers' shared connection (then -EAGAIN, counted as busy_fails) and
+ *     command_ms for the reply. While that connection is down, calls fail at once with
+ *     -ENOTCONN (fast_fails). Either way callers go to the seed.
+ *  5. The heartbeat and the lease renewals never wait for the callers: the directory
+ *     thread sends them on a connection of its own (hk), so a busy node is not taken
+ *     for dead and keeps its leases. The thread never blocks on the shared connection
+ *     for longer than a short turn, between which it keeps up that housekeeping.
+ *
+ * Locks, in the order they nest: lock (the shared connection) -> thread_lock (the
+ * thread's state, never held across I/O); lock -> the chunk store's lock (the bulk
+ * announce asks the store under lock). The store calls its hooks without its lock.
  */
 #include "cluster/directory.h"
 
@@ -24,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/time.h>
 
 #include "cluster/directory_int.h"
@@ -160,23 +176,72 @@ static void dir_log_rl(struct directory *d, const char *what, const char *why)
 		 why, (unsigned long long)__atomic_exchange_n(&d->suppressed, 0, __ATOMIC_RELAXED));
 }
 
-/* The connection broke (or timed out): drop it so calls fail fast until reconnect. */
-void dir_fail_locked(struct directory *d, const char *what)
+/* Marks the directory not ready (a connection broke) and wakes the thread to reconnect. */
+static void dir_set_broken(struct directory *d)
+{
+	pthread_mutex_lock(&d->thread_lock);
+	d->ready = false;
+	d->conn_gen++;
+	__atomic_store_n(&d->st.connected, false, __ATOMIC_RELAXED);
+	pthread_cond_signal(&d->thread_cond);
+	pthread_mutex_unlock(&d->thread_lock);
+}
+
+static void dir_drop_ctx(struct directory *d, redisContext **c, const char *what)
 {
 	char why[128];
 
-	snprintf(why, sizeof(why), "%s", d->ctx && d->ctx->errstr[0] ? d->ctx->errstr :
+	snprintf(why, sizeof(why), "%s", *c && (*c)->errstr[0] ? (*c)->errstr :
 		 "connection lost");
-	if (d->ctx) {
-		redisFree(d->ctx);
-		d->ctx = NULL;
+	if (*c) {
+		redisFree(*c);
+		*c = NULL;
 	}
-	d->ready = false;
-	__atomic_store_n(&d->st.connected, false, __ATOMIC_RELAXED);
 	DIR_STAT_ADD(d, errors, 1);
 	dir_log_rl(d, what, why);
-	/* wake the thread so it reconnects without waiting a whole interval */
-	pthread_cond_signal(&d->thread_cond);
+	dir_set_broken(d);
+}
+
+/* The shared connection broke (or timed out): drop it so calls fail fast until reconnect. */
+void dir_fail_locked(struct directory *d, const char *what)
+{
+	dir_drop_ctx(d, &d->ctx, what);
+}
+
+/* The thread's own connection broke: the thread reconnects both (dir_reconnect). */
+void dir_hk_fail(struct directory *d, const char *what)
+{
+	dir_drop_ctx(d, &d->hk, what);
+}
+
+/* Takes d->lock within ms: 0, or -ETIMEDOUT. */
+static int dir_lock_within(struct directory *d, uint32_t ms)
+{
+	struct timespec ts;
+	uint64_t t;
+
+	if (pthread_mutex_trylock(&d->lock) == 0)
+		return 0;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	t = (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec + ms * 1000000ULL;
+	ts.tv_sec = t / 1000000000ULL;
+	ts.tv_nsec = t % 1000000000ULL;
+	return pthread_mutex_clocklock(&d->lock, CLOCK_MONOTONIC, &ts) ? -ETIMEDOUT : 0;
+}
+
+/*
+ * Takes d->lock for a caller, waiting for its turn on the shared connection at most the
+ * command timeout (invariant 4): the callers behind a slow Redis would otherwise queue
+ * without bound. -EAGAIN when it stayed busy that long; the caller goes to the seed.
+ */
+int dir_lock(struct directory *d)
+{
+	if (dir_lock_within(d, d->command_ms) == 0)
+		return 0;
+	DIR_STAT_ADD(d, busy_fails, 1);
+	DIR_STAT_ADD(d, errors, 1);
+	dir_log_rl(d, "redis", "the connection stayed busy for the command timeout");
+	return -EAGAIN;
 }
 
 static int dir_check_reply(struct directory *d, redisReply *r, redisReply **out)
@@ -230,7 +295,9 @@ int dir_command(struct directory *d, redisReply **out, const char *fmt, ...)
 	va_list ap;
 	int rc;
 
-	pthread_mutex_lock(&d->lock);
+	rc = dir_lock(d);
+	if (rc)
+		return rc;
 	va_start(ap, fmt);
 	rc = dir_vcommand_locked(d, out, fmt, ap);
 	va_end(ap);
@@ -251,15 +318,51 @@ int dir_pipeline_reply_locked(struct directory *d, redisReply **out)
 	return dir_check_reply(d, r, out);
 }
 
+int dir_hk_reply(struct directory *d, redisReply **out)
+{
+	void *r = NULL;
+
+	if (!d->hk)
+		return -ENOTCONN;
+	if (redisGetReply(d->hk, &r) != REDIS_OK || !r) {
+		dir_hk_fail(d, "redis (heartbeat)");
+		return -ENOTCONN;
+	}
+	return dir_check_reply(d, r, out);
+}
+
 /* ---- connection and registration (directory thread only) ---- */
 
+/*
+ * Registration, atomic: the id of this node's name (a new one for a new name), unless a
+ * live heartbeat under that id belongs to another process (its instance differs) that
+ * is not our own previous run: that is, it advertises another address, or we registered
+ * before (ARGV[7] = 1: a heartbeat replaced since was not ours). Then it returns that
+ * heartbeat's value, and the caller does not join.
+ */
 static const char lua_register[] =
 	"local id = redis.call('HGET', KEYS[1], ARGV[1]) "
 	"if not id then "
 	"  id = redis.call('INCR', KEYS[2]) "
 	"  redis.call('HSET', KEYS[1], ARGV[1], id) "
 	"end "
+	"local alive = ARGV[2] .. 'alive:' .. id "
+	"local v = redis.call('GET', alive) "
+	"if v and v ~= ARGV[5] then "
+	"  local _, addr = string.match(v, '^(%S+) (%S+)') "
+	"  if addr ~= ARGV[4] or ARGV[7] == '1' then return v end "
+	"end "
+	"redis.call('HSET', ARGV[2] .. 'node:' .. id, 'name', ARGV[1], 'addr', ARGV[4], "
+	"           'rack', ARGV[3]) "
+	"redis.call('SET', alive, ARGV[5], 'PX', ARGV[6]) "
 	"return tonumber(id)";
+
+/* The heartbeat, unless the key holds another process's value: then that value. */
+static const char lua_heartbeat[] =
+	"local v = redis.call('GET', KEYS[1]) "
+	"if v and v ~= ARGV[1] then return v end "
+	"redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
+	"return 0";
 
 static int ctx_cmd(redisContext *c, long long *ival, const char *fmt, ...)
 {
@@ -288,19 +391,11 @@ static void ms_to_tv(uint32_t ms, struct timeval *tv)
 	tv->tv_usec = (ms % 1000) * 1000;
 }
 
-static int heartbeat_value(struct directory *d, char *buf, size_t len)
-{
-	return snprintf(buf, len, "%s %s %s", d->rack, d->advertise, d->name) < (int)len ? 0 :
-		-ENAMETOOLONG;
-}
-
-/* Connects and registers on a private context, so callers keep failing fast meanwhile. */
-static redisContext *dir_connect(struct directory *d, int64_t *id_out)
+/* A new connection, authenticated and on the right database; NULL on failure (logged). */
+static redisContext *dir_open(struct directory *d)
 {
 	struct timeval tv;
 	redisContext *c;
-	char k1[DIR_KEY_MAX], k2[DIR_KEY_MAX], hb[512];
-	long long id = -1;
 
 	ms_to_tv(d->connect_ms, &tv);
 	c = d->url.socket[0] ? redisConnectUnixWithTimeout(d->url.socket, tv) :
@@ -322,19 +417,6 @@ static redisContext *dir_connect(struct directory *d, int64_t *id_out)
 	}
 	if (d->url.db && ctx_cmd(c, NULL, "SELECT %d", d->url.db))
 		goto fail;
-	snprintf(k1, sizeof(k1), "%snodes:byname", d->prefix);
-	snprintf(k2, sizeof(k2), "%snodes:next", d->prefix);
-	if (ctx_cmd(c, &id, "EVAL %s 2 %s %s %s", lua_register, k1, k2, d->name) || id < 1)
-		goto fail;
-	snprintf(k1, sizeof(k1), "%snode:%lld", d->prefix, id);
-	if (ctx_cmd(c, NULL, "HSET %s name %s addr %s rack %s", k1, d->name, d->advertise,
-		    d->rack))
-		goto fail;
-	snprintf(k1, sizeof(k1), "%salive:%lld", d->prefix, id);
-	if (heartbeat_value(d, hb, sizeof(hb)) ||
-	    ctx_cmd(c, NULL, "SET %s %s PX %u", k1, hb, d->hb_ttl_ms))
-		goto fail;
-	*id_out = id;
 	return c;
 fail:
 	if (c)
@@ -342,49 +424,183 @@ fail:
 	return NULL;
 }
 
+/* The address in a heartbeat value ("rack addr name instance") into buf. */
+static void alive_addr(const char *v, size_t len, char *buf, size_t cap)
+{
+	const char *s1 = memchr(v, ' ', len), *s2;
+
+	s2 = s1 ? memchr(s1 + 1, ' ', len - (s1 + 1 - v)) : NULL;
+	if (!s2 || copy_span(buf, cap, s1 + 1, s2 - s1 - 1))
+		snprintf(buf, cap, "?");
+}
+
+/*
+ * Another live process holds our name: not joining. Logged when it starts and then once
+ * a minute (the thread retries at every heartbeat interval), counted in name_conflict.
+ */
+static void dir_name_conflict(struct directory *d, const char *v, size_t len, bool displaced)
+{
+	uint64_t now = now_ns();
+	char other[128];
+
+	alive_addr(v, len, other, sizeof(other));
+	if (!__atomic_load_n(&d->st.name_conflict, __ATOMIC_RELAXED) ||
+	    now - d->conflict_log_ns >= 60000000000ULL) {
+		if (displaced)
+			log_error("directory: the appliance at %s has registered node name \"%s\" "
+				  "too (this one advertises %s): node names must be unique in the "
+				  "cluster; leaving, trying to join again every %u ms (reads go to "
+				  "the seed meanwhile)", other, d->name, d->advertise,
+				  d->hb_interval_ms);
+		else
+			log_error("directory: node name \"%s\" is in use by the live appliance "
+				  "at %s (this one advertises %s): node names must be unique in the "
+				  "cluster; not joining, trying again every %u ms (reads go to the "
+				  "seed meanwhile)", d->name, other, d->advertise,
+				  d->hb_interval_ms);
+		d->conflict_log_ns = now;
+	}
+	__atomic_store_n(&d->st.name_conflict, true, __ATOMIC_RELAXED);
+	/* not a member: announces, withdraws and leases fail fast, so ours never touch
+	 * the other's entries under the id we would share */
+	__atomic_store_n(&d->node_id, -1, __ATOMIC_RELAXED);
+	__atomic_store_n(&d->st.node_id, -1, __ATOMIC_RELAXED);
+}
+
+/* Registers on c (the thread's own connection): 0 and *id_out, -EADDRINUSE when another
+ * live appliance has our name (see lua_register), or -errno. */
+static int dir_register(struct directory *d, redisContext *c, int64_t *id_out)
+{
+	char k1[DIR_KEY_MAX], k2[DIR_KEY_MAX];
+	redisReply *r;
+	int rc = -EIO;
+
+	snprintf(k1, sizeof(k1), "%snodes:byname", d->prefix);
+	snprintf(k2, sizeof(k2), "%snodes:next", d->prefix);
+	r = redisCommand(c, "EVAL %s 2 %s %s %s %s %s %s %s %u %d", lua_register, k1, k2,
+			 d->name, d->prefix, d->rack, d->advertise, d->alive_value, d->hb_ttl_ms,
+			 d->registered);
+	if (!r)
+		return -ENOTCONN;
+	if (r->type == REDIS_REPLY_INTEGER && r->integer > 0) {
+		*id_out = r->integer;
+		rc = 0;
+	} else if (r->type == REDIS_REPLY_STRING) {
+		dir_name_conflict(d, r->str, r->len, false);
+		rc = -EADDRINUSE;
+	} else if (r->type == REDIS_REPLY_ERROR) {
+		log_warn("directory: redis: %s", r->str);
+	}
+	freeReplyObject(r);
+	return rc;
+}
+
+/* Opens the thread's own connection and registers on it; 0, or -errno (hk stays NULL). */
+static int dir_connect_hk(struct directory *d)
+{
+	redisContext *c = dir_open(d);
+	int64_t id = -1, old = directory_node_id(d);
+	int rc;
+
+	if (!c)
+		return -ENOTCONN;
+	rc = dir_register(d, c, &id);
+	if (rc) {
+		redisFree(c);
+		return rc;
+	}
+	if (old >= 0 && old != id)
+		log_warn("directory: node id changed from %lld to %lld (Redis lost its data?)",
+			 (long long)old, (long long)id);
+	if (__atomic_exchange_n(&d->st.name_conflict, false, __ATOMIC_RELAXED))
+		log_info("directory: node name \"%s\" is ours again: joining", d->name);
+	__atomic_store_n(&d->node_id, id, __ATOMIC_RELAXED);
+	__atomic_store_n(&d->st.node_id, id, __ATOMIC_RELAXED);
+	d->registered = true;
+	d->hk = c;
+	return 0;
+}
+
+static int dir_lock_thread(struct directory *d);
+
+/*
+ * Out of the cluster (directory thread): both connections closed, so every call fails
+ * fast and reads go to the seed until dir_reconnect() registers again.
+ */
+static void dir_drop_all(struct directory *d)
+{
+	redisFree(d->hk);
+	d->hk = NULL;
+	if (!dir_lock_thread(d)) {
+		if (d->ctx)
+			redisFree(d->ctx);
+		d->ctx = NULL;
+		pthread_mutex_unlock(&d->lock);
+	}
+	dir_set_broken(d);
+}
+
+/*
+ * On the thread's own connection: never queued behind the callers (invariant 5). Finding
+ * another process's heartbeat under our id means an appliance with our name registered
+ * meanwhile (a restart of ours would have stopped this process): we leave.
+ */
 static int dir_heartbeat(struct directory *d)
 {
-	char key[DIR_KEY_MAX], hb[512];
+	char key[DIR_KEY_MAX];
+	redisReply *r;
 
-	snprintf(key, sizeof(key), "%salive:%lld", d->prefix, (long long)d->node_id);
-	if (heartbeat_value(d, hb, sizeof(hb)))
-		return -ENAMETOOLONG;
-	return dir_command(d, NULL, "SET %s %s PX %u", key, hb, d->hb_ttl_ms);
+	if (!d->hk)
+		return -ENOTCONN;
+	snprintf(key, sizeof(key), "%salive:%lld", d->prefix, (long long)directory_node_id(d));
+	DIR_STAT_ADD(d, commands, 1);
+	r = redisCommand(d->hk, "EVAL %s 1 %s %s %u", lua_heartbeat, key, d->alive_value,
+			 d->hb_ttl_ms);
+	if (!r) {
+		dir_hk_fail(d, "redis heartbeat");
+		return -ENOTCONN;
+	}
+	if (r->type == REDIS_REPLY_STRING) {
+		dir_name_conflict(d, r->str, r->len, true);
+		freeReplyObject(r);
+		dir_drop_all(d);
+		return -EADDRINUSE;
+	}
+	return dir_check_reply(d, r, NULL);
 }
 
 /* ---- holder sets ---- */
 
 int64_t directory_node_id(struct directory *d)
 {
-	int64_t id;
-
-	pthread_mutex_lock(&d->lock);
-	id = d->node_id;
-	pthread_mutex_unlock(&d->lock);
-	return id;
+	/* atomic, not under d->lock: callers must not queue for the connection to read it */
+	return __atomic_load_n(&d->node_id, __ATOMIC_RELAXED);
 }
 
 int directory_announce(struct directory *d, const struct chunk_hash *h)
 {
-	char key[DIR_KEY_MAX], lkey[DIR_KEY_MAX];
+	char key[DIR_KEY_MAX], lkey[DIR_KEY_MAX], lval[64];
 	bool lease = dir_lease_forget(d, h);
+	int64_t id = directory_node_id(d);
 	int rc;
 
 	DIR_STAT_ADD(d, announces, 1);
 	dir_chunk_key(d, "chunk:", h, key, sizeof(key));
 	dir_chunk_key(d, "lease:", h, lkey, sizeof(lkey));
-	pthread_mutex_lock(&d->lock);
-	if (!d->ctx || d->node_id < 0) {
+	dir_lease_value(d, id, lval, sizeof(lval));
+	rc = dir_lock(d);
+	if (rc)
+		return rc;
+	if (!d->ctx || id < 0) {
 		rc = dir_command_locked(d, NULL, "PING"); /* counts the fast fail */
 		rc = rc ? rc : -ENOTCONN;
 		goto out;
 	}
 	/* one round trip: the holder entry, then (if ours) the lease release */
 	DIR_STAT_ADD(d, commands, 1);
-	redisAppendCommand(d->ctx, "SADD %s %lld", key, (long long)d->node_id);
+	redisAppendCommand(d->ctx, "SADD %s %lld", key, (long long)id);
 	if (lease)
-		redisAppendCommand(d->ctx, "EVAL %s 1 %s %lld", dir_lua_release, lkey,
-				   (long long)d->node_id);
+		redisAppendCommand(d->ctx, "EVAL %s 1 %s %s", dir_lua_release, lkey, lval);
 	rc = dir_pipeline_reply_locked(d, NULL);
 	if (lease) {
 		int rc2 = dir_pipeline_reply_locked(d, NULL);
@@ -410,15 +626,34 @@ int directory_withdraw(struct directory *d, const struct chunk_hash *h)
 	return dir_command(d, NULL, "SREM %s %lld", key, (long long)id);
 }
 
-int directory_remove_holder(struct directory *d, const struct chunk_hash *h, int64_t node_id)
+int directory_not_held(struct directory *d, const struct chunk_hash *h)
 {
 	char key[DIR_KEY_MAX];
+	struct chunkstore *store;
+	int64_t id = directory_node_id(d);
+	redisReply *r = NULL;
 	int rc;
 
+	if (id < 0)
+		return dir_command(d, NULL, "PING") ?: -ENOTCONN;
 	dir_chunk_key(d, "chunk:", h, key, sizeof(key));
-	rc = dir_command(d, NULL, "SREM %s %lld", key, (long long)node_id);
-	if (!rc)
+	rc = dir_lock(d);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&d->thread_lock);
+	store = d->store;
+	pthread_mutex_unlock(&d->thread_lock);
+	/* Asked under the connection's lock, as withdraw_gone_locked does: an insert since
+	 * (found present: nothing to do) announces only after our SREM. */
+	if (store && chunkstore_contains(store, h))
+		goto out;
+	rc = dir_command_locked(d, &r, "SREM %s %lld", key, (long long)id);
+	if (!rc && r->type == REDIS_REPLY_INTEGER && r->integer > 0)
 		DIR_STAT_ADD(d, stale_removed, 1);
+	if (r)
+		freeReplyObject(r);
+out:
+	pthread_mutex_unlock(&d->lock);
 	return rc;
 }
 
@@ -445,39 +680,99 @@ static int collect_fn(void *arg, const struct chunk_hash *h, uint32_t len)
 }
 
 /*
- * The heartbeat and the lease renewals, each when due. The directory thread runs them
- * between its waits, and between the batches of a re-announce it makes itself: a
- * re-announce of a large store takes seconds (about 3.6 s per million chunks), longer
- * than a lease's TTL and, for a few million chunks, than the heartbeat's, and neither may
- * lapse meanwhile: other nodes would take over our leases and fetch those chunks from
- * the seed too, or take us for dead.
+ * The heartbeat and the lease renewals, each when due, on the thread's own connection.
+ * The directory thread runs them between its waits, between the batches of a
+ * re-announce, and while it waits for its turn on the shared connection: a re-announce
+ * of a large store takes seconds (about 3.6 s per million chunks), and the callers may
+ * keep that connection busy for as long, longer than a lease's TTL and the heartbeat's,
+ * and neither may lapse meanwhile: other nodes would take over our leases and fetch
+ * those chunks from the seed too, or take us for dead.
  */
 static void dir_housekeep(struct directory *d)
 {
 	uint64_t now = now_ns();
 
+	if (!d->hk)
+		return;
 	if (now >= d->next_hb_ns) {
 		dir_heartbeat(d);
 		d->next_hb_ns = now + d->hb_interval_ms * 1000000ULL;
 	}
-	if (now >= d->next_renew_ns) {
+	if (d->hk && now >= d->next_renew_ns) {
 		dir_leases_renew(d);
 		d->next_renew_ns = now + d->lease_renew_ms * 1000000ULL;
 	}
 }
 
-/* The directory this thread is the background thread of (set by dir_thread). */
-static __thread struct directory *dir_of_thread;
-
-static bool on_dir_thread(struct directory *d)
+static bool dir_stopping(struct directory *d)
 {
-	return dir_of_thread == d;
+	bool stopping;
+
+	pthread_mutex_lock(&d->thread_lock);
+	stopping = d->stopping;
+	pthread_mutex_unlock(&d->thread_lock);
+	return stopping;
 }
 
-/* Sends SADDs for v[0..n) in pipelined batches of d->batch commands. */
-static int announce_batches(struct directory *d, const struct chunk_hash *v, size_t n)
+/*
+ * Takes d->lock for the directory thread: in short turns, keeping up the housekeeping
+ * between them (invariant 5), until it gets it (0) or the directory stops (-ESHUTDOWN).
+ */
+static int dir_lock_thread(struct directory *d)
 {
-	bool housekeep = on_dir_thread(d);
+	uint32_t turn = MIN(d->command_ms, MAX(d->lease_renew_ms / 4, 10u));
+
+	while (dir_lock_within(d, turn)) {
+		if (dir_stopping(d))
+			return -ESHUTDOWN;
+		dir_housekeep(d);
+	}
+	return 0;
+}
+
+/*
+ * d->lock held, after a batch of SADDs for v[0..n): withdraws those no longer in store
+ * (pipelined); 0 or -errno. A chunk evicted after the bulk announce's snapshot, whose
+ * withdraw ran before its SADD, would otherwise stay listed for good (invariant 1). This
+ * closes that window. Eviction takes a chunk out of the present state, which is what
+ * chunkstore_contains() answers, before its withdraw hook runs (chunkstore.c invariant
+ * 3): a chunk still present here has its withdraw sent after our SADD's reply came, so
+ * it lands after it. And a chunk found gone here but inserted again since announces
+ * itself on this connection only once we release it, after our SREM.
+ */
+static int withdraw_gone_locked(struct directory *d, struct chunkstore *store,
+				const struct chunk_hash *v, size_t n, int64_t id)
+{
+	char key[DIR_KEY_MAX];
+	size_t j, k = 0;
+	int rc = 0;
+
+	for (j = 0; j < n; j++) {
+		if (chunkstore_contains(store, &v[j]))
+			continue;
+		dir_chunk_key(d, "chunk:", &v[j], key, sizeof(key));
+		redisAppendCommand(d->ctx, "SREM %s %lld", key, (long long)id);
+		k++;
+	}
+	if (!k)
+		return 0;
+	DIR_STAT_ADD(d, commands, 1);
+	DIR_STAT_ADD(d, withdraws, k);
+	for (j = 0; j < k && d->ctx; j++) {
+		int r = dir_pipeline_reply_locked(d, NULL);
+
+		rc = rc ? rc : r;
+	}
+	return d->ctx ? rc : -ENOTCONN;
+}
+
+/*
+ * Sends SADDs for v[0..n) (a snapshot of store) in pipelined batches of d->batch commands,
+ * each followed by the withdraw of what the store lost meanwhile (directory thread).
+ */
+static int announce_batches(struct directory *d, struct chunkstore *store,
+			    const struct chunk_hash *v, size_t n)
+{
 	char key[DIR_KEY_MAX];
 	size_t i = 0;
 	int rc = 0;
@@ -487,21 +782,28 @@ static int announce_batches(struct directory *d, const struct chunk_hash *v, siz
 	 * the next reconnect's re-announce covers, ends the loop. */
 	while (i < n && rc != -ENOTCONN) {
 		size_t end = MIN(n, i + d->batch), j;
+		int64_t id = directory_node_id(d);
 		int brc = 0;
 
-		pthread_mutex_lock(&d->lock);
-		if (!d->ctx || d->node_id < 0) {
+		if (dir_lock_thread(d))
+			return -ESHUTDOWN;
+		if (!d->ctx || id < 0) {
 			pthread_mutex_unlock(&d->lock);
 			return -ENOTCONN;
 		}
 		DIR_STAT_ADD(d, commands, 1);
 		for (j = i; j < end; j++) {
 			dir_chunk_key(d, "chunk:", &v[j], key, sizeof(key));
-			redisAppendCommand(d->ctx, "SADD %s %lld", key, (long long)d->node_id);
+			redisAppendCommand(d->ctx, "SADD %s %lld", key, (long long)id);
 		}
 		/* read every reply even after an error so the pipeline stays in step */
 		for (j = i; j < end && d->ctx; j++) {
 			int r = dir_pipeline_reply_locked(d, NULL);
+
+			brc = brc ? brc : r;
+		}
+		if (d->ctx) {
+			int r = withdraw_gone_locked(d, store, v + i, end - i, id);
 
 			brc = brc ? brc : r;
 		}
@@ -513,8 +815,7 @@ static int announce_batches(struct directory *d, const struct chunk_hash *v, siz
 		if (brc == -ENOTCONN || !rc)
 			rc = brc;
 		i = end;
-		if (housekeep && brc != -ENOTCONN)
-			dir_housekeep(d);
+		dir_housekeep(d);
 	}
 	return rc;
 }
@@ -531,22 +832,12 @@ static int announce_store(struct directory *d, struct chunkstore *store)
 	rc = chunkstore_foreach(store, collect_fn, &c);
 	if (rc < 0)
 		goto out;
-	rc = announce_batches(d, c.v, c.n);
+	rc = announce_batches(d, store, c.v, c.n);
 	if (!rc)
 		rc = (int)MIN(c.n, (size_t)INT32_MAX);
 out:
 	free(c.v);
 	return rc;
-}
-
-int directory_announce_all(struct directory *d)
-{
-	struct chunkstore *store;
-
-	pthread_mutex_lock(&d->lock);
-	store = d->store;
-	pthread_mutex_unlock(&d->lock);
-	return announce_store(d, store);
 }
 
 static const char lua_lookup[] =
@@ -560,19 +851,22 @@ static const char lua_lookup[] =
 	"end "
 	"return out";
 
-/* "rack addr name" -> holder fields; -EINVAL when malformed. */
+/* "rack addr name[ instance]" -> holder fields; -EINVAL when malformed. */
 static int parse_alive(const char *v, size_t len, struct directory_holder *hd)
 {
-	const char *s1 = memchr(v, ' ', len), *s2;
+	const char *s1 = memchr(v, ' ', len), *s2, *s3;
 
 	if (!s1)
 		return -EINVAL;
 	s2 = memchr(s1 + 1, ' ', len - (s1 + 1 - v));
 	if (!s2)
 		return -EINVAL;
+	s3 = memchr(s2 + 1, ' ', len - (s2 + 1 - v));
+	if (!s3)
+		s3 = v + len;
 	if (copy_span(hd->rack, sizeof(hd->rack), v, s1 - v) ||
 	    copy_span(hd->addr, sizeof(hd->addr), s1 + 1, s2 - s1 - 1) ||
-	    copy_span(hd->name, sizeof(hd->name), s2 + 1, len - (s2 + 1 - v)))
+	    copy_span(hd->name, sizeof(hd->name), s2 + 1, s3 - s2 - 1))
 		return -EINVAL;
 	return 0;
 }
@@ -652,7 +946,9 @@ int directory_list_nodes(struct directory *d, struct directory_node *out, int ma
 	int rc, n = 0, i;
 
 	snprintf(key, sizeof(key), "%snodes:byname", d->prefix);
-	pthread_mutex_lock(&d->lock);
+	rc = dir_lock(d);
+	if (rc)
+		return rc;
 	rc = dir_command_locked(d, &r, "HGETALL %s", key);
 	if (rc)
 		goto out;
@@ -699,51 +995,73 @@ out:
 
 /* ---- the directory thread ---- */
 
-static void dir_reconnect(struct directory *d)
+/*
+ * (Re)connects: the thread's own connection and the registration first (if it broke or
+ * never was), then a fresh shared connection, then the re-announce of the whole store
+ * (invariant 3). Ready only if neither connection broke meanwhile.
+ */
+static int dir_reconnect(struct directory *d)
 {
-	int64_t id = -1;
-	redisContext *c = dir_connect(d, &id);
+	redisContext *c, *old;
 	struct chunkstore *store;
-	bool late = false;
+	uint64_t gen;
 	int n;
 
+	if (!d->hk && (n = dir_connect_hk(d)))
+		return n;
+	c = dir_open(d);
 	if (!c)
-		return;
-	pthread_mutex_lock(&d->lock);
-	if (d->ctx)
-		redisFree(d->ctx);
+		return -ENOTCONN;
+	if (dir_lock_thread(d)) {
+		redisFree(c);
+		return -ESHUTDOWN;
+	}
+	old = d->ctx;
 	d->ctx = c;
-	if (d->node_id >= 0 && d->node_id != id)
-		log_warn("directory: node id changed from %lld to %lld (Redis lost its data?)",
-			 (long long)d->node_id, (long long)id);
-	d->node_id = id;
 	pthread_mutex_unlock(&d->lock);
-	__atomic_store_n(&d->st.node_id, id, __ATOMIC_RELAXED);
+	if (old)
+		redisFree(old);
 	DIR_STAT_ADD(d, reconnects, 1);
-
-	/* invariant 3: the directory recovers by re-announcing the whole store */
-	pthread_mutex_lock(&d->lock);
+	pthread_mutex_lock(&d->thread_lock);
+	gen = d->conn_gen;
 	store = d->store;
-	pthread_mutex_unlock(&d->lock);
+	d->announce_due = false; /* a store attached from now on is announced again */
+	pthread_mutex_unlock(&d->thread_lock);
+
 	n = announce_store(d, store);
 	if (n < 0)
 		log_warn("directory: re-announce failed: %s", strerror(-n));
 	else
 		log_info("directory: connected to %s:%d%s as node %lld (%s), announced %d chunks",
-		 d->url.socket[0] ? d->url.socket : d->url.host, d->url.port,
-		 d->url.socket[0] ? " (unix socket)" : "", (long long)id, d->name, n);
-	pthread_mutex_lock(&d->lock);
-	if (d->ctx == c) {
+			 d->url.socket[0] ? d->url.socket : d->url.host, d->url.port,
+			 d->url.socket[0] ? " (unix socket)" : "", (long long)directory_node_id(d),
+			 d->name, n);
+	pthread_mutex_lock(&d->thread_lock);
+	if (d->conn_gen == gen && d->hk) {
 		d->ready = true;
 		__atomic_store_n(&d->st.connected, true, __ATOMIC_RELAXED);
 		pthread_cond_broadcast(&d->ready_cond);
-		/* A store attached after the announce above read d->store, but before ready
-		 * was set, was skipped by directory_attach_store too: announce it now. */
-		late = d->store != store;
 	}
-	pthread_mutex_unlock(&d->lock);
-	if (late && (n = directory_announce_all(d)) < 0)
+	pthread_mutex_unlock(&d->thread_lock);
+	return 0;
+}
+
+/* A store attached while ready: announce it (directory_wait_ready() waits for this). */
+static void dir_announce_attached(struct directory *d)
+{
+	struct chunkstore *store;
+	int n;
+
+	pthread_mutex_lock(&d->thread_lock);
+	store = d->store;
+	d->announce_due = false;
+	pthread_mutex_unlock(&d->thread_lock);
+	n = announce_store(d, store);
+	if (n < 0)
 		log_warn("directory: announce of the attached store failed: %s", strerror(-n));
+	pthread_mutex_lock(&d->thread_lock);
+	pthread_cond_broadcast(&d->ready_cond);
+	pthread_mutex_unlock(&d->thread_lock);
 }
 
 static void *dir_thread(void *arg)
@@ -751,33 +1069,38 @@ static void *dir_thread(void *arg)
 	struct directory *d = arg;
 	uint64_t next_connect = 0;
 
-	dir_of_thread = d;
-
 	pthread_mutex_lock(&d->thread_lock);
 	while (!d->stopping) {
+		bool ready = d->ready, due = d->announce_due;
 		uint64_t now = now_ns(), wake;
-		bool connected;
 		struct timespec ts;
 
 		pthread_mutex_unlock(&d->thread_lock);
-		pthread_mutex_lock(&d->lock);
-		connected = d->ctx != NULL && d->ready;
-		pthread_mutex_unlock(&d->lock);
-		if (!connected && now >= next_connect) {
-			dir_reconnect(d);
-			next_connect = now + MIN(d->hb_interval_ms, 1000u) * 1000000ULL;
+		if (!ready && now >= next_connect) {
+			/* a name in use by another appliance is retried at the heartbeat
+			 * interval: it is freed when that one's heartbeat expires */
+			uint32_t retry_ms = dir_reconnect(d) == -EADDRINUSE ?
+				d->hb_interval_ms : MIN(d->hb_interval_ms, 1000u);
+
+			next_connect = now + retry_ms * 1000000ULL;
 			/* the registration wrote a heartbeat, but a re-announce may have
 			 * taken a while since: another one now */
 			d->next_hb_ns = now_ns();
-		} else if (connected) {
-			dir_housekeep(d);
+		} else if (ready && due) {
+			dir_announce_attached(d);
 		}
-		wake = MIN(d->next_hb_ns, d->next_renew_ns);
-		if (!connected)
-			wake = MIN(wake, next_connect);
+		dir_housekeep(d);
 		pthread_mutex_lock(&d->thread_lock);
 		if (d->stopping)
 			break;
+		/* The housekeeping timers only count with a connection to do it on (else,
+		 * long due, they would make the thread spin). The state is read again here:
+		 * a connection may have broken since the top of the loop. */
+		wake = d->hk ? MIN(d->next_hb_ns, d->next_renew_ns) : UINT64_MAX;
+		if (!d->ready)
+			wake = MIN(wake, next_connect);
+		else if (d->announce_due)
+			wake = 0;
 		now = now_ns();
 		if (wake > now) {
 			/* the condition uses CLOCK_MONOTONIC (set in directory_create) */
@@ -814,16 +1137,33 @@ struct chunkstore_hooks directory_store_hooks(struct directory *d)
 
 void directory_attach_store(struct directory *d, struct chunkstore *store)
 {
-	bool ready;
-
-	pthread_mutex_lock(&d->lock);
+	/* The thread announces it: at once if ready, else as part of its (re)connect, also
+	 * when that connect's own announce ran before this. */
+	pthread_mutex_lock(&d->thread_lock);
 	d->store = store;
-	ready = d->ready;
-	pthread_mutex_unlock(&d->lock);
-	/* Already connected: the announce at connect time did not see the store. Not yet
-	 * ready: dir_reconnect announces it, also when its own announce ran before this. */
-	if (ready)
-		directory_announce_all(d);
+	d->announce_due = store != NULL;
+	pthread_cond_signal(&d->thread_cond);
+	pthread_mutex_unlock(&d->thread_lock);
+}
+
+/*
+ * A random id for this process: in the heartbeat, so a second appliance configured with
+ * our name is told apart from us (and from our own previous run), and in our lease
+ * values, so no other process can renew or release our leases.
+ */
+static int dir_new_instance(struct directory *d)
+{
+	uint8_t b[8];
+	size_t i;
+
+	if (getrandom(b, sizeof(b), 0) != sizeof(b))
+		return -errno;
+	for (i = 0; i < sizeof(b); i++)
+		snprintf(d->instance + 2 * i, 3, "%02x", b[i]);
+	if (snprintf(d->alive_value, sizeof(d->alive_value), "%s %s %s %s", d->rack,
+		     d->advertise, d->name, d->instance) >= (int)sizeof(d->alive_value))
+		return -ENAMETOOLONG;
+	return 0;
 }
 
 static bool field_ok(const char *s)
@@ -864,6 +1204,10 @@ int directory_create(const struct directory_opts *o, struct directory **out)
 	d->advertise = strdup(o->advertise);
 	if (!d->prefix || !d->name || !d->rack || !d->advertise)
 		goto fail;
+	rc = dir_new_instance(d);
+	if (rc)
+		goto fail;
+	rc = -ENOMEM;
 	d->connect_ms = o->connect_timeout_ms ? o->connect_timeout_ms : 200;
 	d->command_ms = o->command_timeout_ms ? o->command_timeout_ms : 500;
 	d->hb_ttl_ms = o->heartbeat_ttl_ms ? o->heartbeat_ttl_ms : 10000;
@@ -897,11 +1241,11 @@ int directory_wait_ready(struct directory *d, uint32_t timeout_ms)
 		ts.tv_sec++;
 		ts.tv_nsec -= 1000000000L;
 	}
-	pthread_mutex_lock(&d->lock);
-	while (!d->ready && rc == 0)
-		rc = pthread_cond_timedwait(&d->ready_cond, &d->lock, &ts);
-	rc = d->ready ? 0 : -ETIMEDOUT;
-	pthread_mutex_unlock(&d->lock);
+	pthread_mutex_lock(&d->thread_lock);
+	while ((!d->ready || d->announce_due) && rc == 0)
+		rc = pthread_cond_timedwait(&d->ready_cond, &d->thread_lock, &ts);
+	rc = d->ready && !d->announce_due ? 0 : -ETIMEDOUT;
+	pthread_mutex_unlock(&d->thread_lock);
 	return rc;
 }
 
@@ -920,6 +1264,7 @@ static void dir_stop_thread(struct directory *d)
 void directory_leave(struct directory *d)
 {
 	char key[DIR_KEY_MAX];
+	int64_t id;
 
 	if (!d)
 		return;
@@ -927,13 +1272,25 @@ void directory_leave(struct directory *d)
 	if (d->left)
 		return;
 	d->left = true;
-	if (d->node_id >= 0) {
-		snprintf(key, sizeof(key), "%salive:%lld", d->prefix, (long long)d->node_id);
-		dir_command(d, NULL, "DEL %s", key);
+	id = directory_node_id(d);
+	if (id >= 0) {
+		snprintf(key, sizeof(key), "%salive:%lld", d->prefix, (long long)id);
+		/* Only our own heartbeat (an appliance that took our name keeps its own), on
+		 * the thread's connection, now idle, if it has one: no wait for a turn. */
+		if (d->hk) {
+			redisReply *r = redisCommand(d->hk, "EVAL %s 1 %s %s", dir_lua_release,
+						     key, d->alive_value);
+
+			if (r)
+				freeReplyObject(r);
+		} else {
+			dir_command(d, NULL, "EVAL %s 1 %s %s", dir_lua_release, key,
+				    d->alive_value);
+		}
 	}
-	pthread_mutex_lock(&d->lock);
+	pthread_mutex_lock(&d->thread_lock);
 	d->store = NULL;
-	pthread_mutex_unlock(&d->lock);
+	pthread_mutex_unlock(&d->thread_lock);
 }
 
 void directory_destroy(struct directory *d)
@@ -945,6 +1302,8 @@ void directory_destroy(struct directory *d)
 	dir_stop_thread(d);
 	if (d->ctx)
 		redisFree(d->ctx);
+	if (d->hk)
+		redisFree(d->hk);
 	free(d->leases);
 	free(d->prefix);
 	free(d->name);

@@ -12,13 +12,18 @@
  *   P nodes:next          INCR counter handing out node ids (1, 2, ...)
  *   P nodes:byname        hash  name -> node id (a restarted node keeps its id)
  *   P node:<id>           hash  name, addr, rack (for listings)
- *   P alive:<id>          string "rack addr name", with a TTL: the heartbeat
+ *   P alive:<id>          string "rack addr name instance", with a TTL: the heartbeat
+ *                         (instance: random per process; a second appliance with the
+ *                         same name finds it live under another address and stays out)
  *   P chunk:<hex>         set of node ids holding the chunk (an intset: ids are small)
- *   P lease:<hex>         string node id, with a TTL: that node is fetching the chunk
- *                         from the seed; others wait for it to announce the chunk
+ *   P lease:<hex>         string "id:instance", with a TTL: that node is fetching the
+ *                         chunk from the seed; others wait for it to announce the chunk
  *
- * Thread safety: every call may be made from any thread at once (one connection,
- * serialized; commands are sub-millisecond on a LAN and pipelined where it matters).
+ * Thread safety: every call may be made from any thread at once. The callers share one
+ * connection, serialized (commands are sub-millisecond on a LAN and pipelined where it
+ * matters); a call waits for its turn at most the command timeout, then fails with
+ * -EAGAIN. The background thread has a connection of its own for the heartbeat and the
+ * lease renewals, so a busy node neither looks dead nor loses its leases.
  */
 #ifndef RACKDISK_CLUSTER_DIRECTORY_H
 #define RACKDISK_CLUSTER_DIRECTORY_H
@@ -51,11 +56,13 @@ struct directory_stats {
 	int64_t node_id;             /* -1 until registered */
 	uint64_t commands, errors;   /* round trips made / failed (incl. fast fails when down) */
 	uint64_t fast_fails;         /* calls refused at once because the connection is down */
+	uint64_t busy_fails;         /* calls that gave up waiting for the busy connection */
 	uint64_t reconnects;         /* successful (re)connections */
 	uint64_t announces, withdraws, bulk_announced;
 	uint64_t lookups, lookup_holders;
 	uint64_t leases_taken, leases_busy, leases_released, leases_renewed, leases_expired;
-	uint64_t stale_removed;      /* holder entries dropped after a peer said 404 */
+	uint64_t stale_removed;      /* our stale entries dropped after we answered a 404 */
+	bool name_conflict;          /* kept out: another live appliance has our node name */
 };
 
 /* One live holder of a chunk, as returned by directory_lookup(). */
@@ -85,8 +92,9 @@ int directory_create(const struct directory_opts *o, struct directory **out);
 
 /*
  * Gives the directory the store to re-announce, in full, after each (re)connection
- * (the bulk announce at start is the first of those). Call once the store is open; the
- * store must outlive the directory or directory_leave().
+ * (the bulk announce at start is the first of those); the background thread announces
+ * it at once if connected (directory_wait_ready() waits for that). Call once the store
+ * is open; the store must outlive the directory or directory_leave().
  */
 void directory_attach_store(struct directory *d, struct chunkstore *store);
 
@@ -97,7 +105,8 @@ struct chunkstore_hooks directory_store_hooks(struct directory *d);
 void directory_leave(struct directory *d);
 void directory_destroy(struct directory *d);
 
-/* Waits (bounded) until connected and registered: 0, or -ETIMEDOUT. */
+/* Waits (bounded) until connected, registered and the attached store announced: 0, or
+ * -ETIMEDOUT. */
 int directory_wait_ready(struct directory *d, uint32_t timeout_ms);
 
 int64_t directory_node_id(struct directory *d);
@@ -106,18 +115,21 @@ int64_t directory_node_id(struct directory *d);
 int directory_announce(struct directory *d, const struct chunk_hash *h);
 int directory_withdraw(struct directory *d, const struct chunk_hash *h);
 
-/* Announces every chunk of the attached store, pipelined. Returns the count or -errno. */
-int directory_announce_all(struct directory *d);
-
 /*
  * Live holders of *h other than this node: up to max entries into out. Returns the
- * number found (>= 0) or a negative errno (-ENOTCONN when Redis is down).
+ * number found (>= 0) or a negative errno (-ENOTCONN when Redis is down, -EAGAIN when
+ * the connection stayed busy for the command timeout).
  */
 int directory_lookup(struct directory *d, const struct chunk_hash *h,
 		     struct directory_holder *out, int max);
 
-/* A holder answered 404 for *h: drop it from the chunk's set (lazy repair). */
-int directory_remove_holder(struct directory *d, const struct chunk_hash *h, int64_t node_id);
+/*
+ * This node answered a peer 404 for *h: drops its own entry from the chunk's set unless
+ * the chunk is in the attached store again (lazy repair of a stale entry). Only a holder
+ * repairs its own entry: a peer's removal after a 404 could land after the holder had
+ * fetched the chunk again and announced it, and leave it unlisted.
+ */
+int directory_not_held(struct directory *d, const struct chunk_hash *h);
 
 /* All registered nodes, alive or not: up to max. Returns the count or -errno. */
 int directory_list_nodes(struct directory *d, struct directory_node *out, int max);

@@ -20,16 +20,24 @@ struct dir_lease {
 struct directory {
 	/* configuration (owned copies) */
 	char *prefix, *name, *rack, *advertise;
+	char instance[17];          /* random per process (dir_new_instance) */
+	char alive_value[400];      /* our heartbeat: "rack addr name instance" */
 	struct directory_url url;
 	uint32_t connect_ms, command_ms, hb_ttl_ms, hb_interval_ms, lease_ttl_ms, lease_renew_ms;
 	uint32_t batch;
 
-	/* lock guards ctx and everything sent on it; one command (or pipeline) at a time */
+	/*
+	 * lock guards ctx and everything sent on it: the connection the callers share, one
+	 * command (or pipeline) at a time. Callers wait for it at most command_ms (dir_lock),
+	 * the directory thread in short turns (dir_lock_thread).
+	 */
 	pthread_mutex_t lock;
 	redisContext *ctx;          /* NULL while disconnected: calls fail fast */
-	int64_t node_id;            /* -1 until the first registration */
-	bool ready;                 /* connected and registered */
-	pthread_cond_t ready_cond;
+
+	/* The directory thread's own connection (that thread only; directory_leave uses it
+	 * once the thread has stopped): registration, heartbeat, lease renewals. */
+	redisContext *hk;
+	int64_t node_id;            /* __atomic; -1 until the first registration */
 
 	struct chunkstore *store;   /* borrowed, for the bulk re-announce */
 
@@ -38,12 +46,19 @@ struct directory {
 	struct dir_lease *leases;
 	size_t nleases, cap_leases;
 
-	/* background thread */
+	/* background thread; thread_lock guards stopping, ready, announce_due, conn_gen and
+	 * store, and is never held across I/O */
 	pthread_t thread;
 	bool thread_started, stopping, left;
+	bool ready;                 /* connected, registered and the store announced */
+	bool announce_due;          /* a store was attached: the thread announces it */
+	uint64_t conn_gen;          /* counts connection failures (dir_set_broken) */
 	uint64_t next_hb_ns, next_renew_ns; /* the thread's timers (that thread only) */
+	bool registered;            /* registered once (that thread only; lua_register) */
+	uint64_t conflict_log_ns;   /* last "name in use" error (that thread only) */
 	pthread_mutex_t thread_lock;
-	pthread_cond_t thread_cond;
+	pthread_cond_t thread_cond;  /* wakes the thread */
+	pthread_cond_t ready_cond;   /* ready or announce_due changed */
 
 	uint64_t last_log_ns, suppressed; /* rate-limited failure log */
 	struct directory_stats st;        /* updated with __atomic ops */
@@ -56,22 +71,33 @@ void dir_chunk_key(const struct directory *d, const char *kind, const struct chu
 		   char *buf, size_t len);
 
 /*
- * Runs one command (printf-like hiredis format). 0 and *out (caller frees with
- * freeReplyObject; may pass out NULL), -ENOTCONN when disconnected or the connection
- * broke (then dropped, the thread reconnects), -EIO on a Redis error reply.
- * Caller must not hold d->lock.
+ * Runs one command (printf-like hiredis format) on the shared connection. 0 and *out
+ * (caller frees with freeReplyObject; may pass out NULL), -ENOTCONN when disconnected or
+ * the connection broke (then dropped, the thread reconnects), -EAGAIN when it stayed
+ * busy for the command timeout, -EIO on a Redis error reply. Caller must not hold d->lock.
  */
 int dir_command(struct directory *d, redisReply **out, const char *fmt, ...);
+
+/* Takes d->lock within the command timeout: 0, or -EAGAIN (counted as busy_fails). */
+int dir_lock(struct directory *d);
 
 /* Same, with d->lock already held by the caller (for pipelines and multi-step calls). */
 int dir_command_locked(struct directory *d, redisReply **out, const char *fmt, ...);
 int dir_pipeline_reply_locked(struct directory *d, redisReply **out);
 void dir_fail_locked(struct directory *d, const char *what);
 
+/* The directory thread's own connection: one pipelined reply (dropping the connection
+ * when it broke), and dropping it. */
+int dir_hk_reply(struct directory *d, redisReply **out);
+void dir_hk_fail(struct directory *d, const char *what);
+
 /* lease.c: renews held leases (called by the directory thread). */
 void dir_leases_renew(struct directory *d);
 /* lease.c: true (and the entry removed) if we held a lease on *h. */
 bool dir_lease_forget(struct directory *d, const struct chunk_hash *h);
+
+/* lease.c: our value of a lease, "<id>:<instance>". */
+void dir_lease_value(const struct directory *d, int64_t id, char *buf, size_t len);
 
 extern const char dir_lua_release[];
 

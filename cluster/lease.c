@@ -5,9 +5,14 @@
  * Invariants:
  *  1. P lease:<h> holds the id of the one node fetching h from the seed, with a TTL of
  *     lease_ttl_ms; only that node renews it (every lease_renew_ms, from the directory
- *     thread) and only while its fetch may still succeed (until hold_until_ns).
- *  2. A node deletes a lease only if the value is still its own id (compare-and-delete
- *     in Lua), so a late release never frees a lease someone else has taken over.
+ *     thread, on that thread's own connection, so busy callers cannot delay it) and
+ *     only while its fetch may still succeed (until hold_until_ns).
+ *  2. The value is "<node id>:<instance>", the instance being random per process: a
+ *     node renews or deletes a lease only if the value is still exactly its own
+ *     (compare-and-delete in Lua), so a late release never frees a lease someone else
+ *     has taken over, and no other process (an appliance given the same node name by
+ *     mistake, for as long as it takes to notice) can renew or free ours. Acquiring
+ *     takes over a lease of our id from another instance: our own previous run.
  *  3. A holder that dies stops renewing: the key expires within lease_ttl_ms. A holder
  *     that stalls stops renewing at its deadline. Waiters bound their own wait too.
  *  4. The lease is released in the same round trip as the announce of the chunk
@@ -21,30 +26,55 @@
 #include "common/log.h"
 #include "common/util.h"
 
+/* Compare-and-delete: KEYS[1] only if it still holds ARGV[1]. */
 const char dir_lua_release[] =
 	"if redis.call('GET', KEYS[1]) == ARGV[1] then "
 	"  return redis.call('DEL', KEYS[1]) "
 	"end "
 	"return 0";
 
+/*
+ * ARGV[1] our value, ARGV[2] the TTL, ARGV[3] our node id. 0 when the lease is ours now,
+ * else the holder's node id (-1 when unreadable).
+ */
 static const char lua_acquire[] =
 	"local v = redis.call('GET', KEYS[1]) "
 	"if not v then "
 	"  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
 	"  return 0 "
 	"end "
-	/* our own id: a lease left by a previous run of this node, or a retry */
+	/* ours: a retry */
 	"if v == ARGV[1] then "
 	"  redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
 	"  return 0 "
 	"end "
-	"return tonumber(v) or -1";
+	/* our id, another instance: a lease left by a previous run of this node (the
+	 * registration lets one live process at a time have the id); it takes no more */
+	"local id = tonumber(string.match(v, '^%d+')) "
+	"if id == tonumber(ARGV[3]) then "
+	"  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
+	"  return 0 "
+	"end "
+	"return id or -1";
 
 static const char lua_renew[] =
 	"if redis.call('GET', KEYS[1]) == ARGV[1] then "
 	"  return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
 	"end "
 	"return 0";
+
+/* Deletes the lease of node ARGV[1], whichever of its instances took it. */
+static const char lua_break[] =
+	"local v = redis.call('GET', KEYS[1]) "
+	"if v and tonumber(string.match(v, '^%d+')) == tonumber(ARGV[1]) then "
+	"  return redis.call('DEL', KEYS[1]) "
+	"end "
+	"return 0";
+
+void dir_lease_value(const struct directory *d, int64_t id, char *buf, size_t len)
+{
+	snprintf(buf, len, "%lld:%s", (long long)id, d->instance);
+}
 
 static int lease_find(struct directory *d, const struct chunk_hash *h)
 {
@@ -100,7 +130,7 @@ bool dir_lease_forget(struct directory *d, const struct chunk_hash *h)
 int directory_lease_acquire(struct directory *d, const struct chunk_hash *h,
 			    uint64_t hold_until_ns, int64_t *holder)
 {
-	char key[DIR_KEY_MAX];
+	char key[DIR_KEY_MAX], val[64];
 	redisReply *r = NULL;
 	int64_t id = directory_node_id(d);
 	int rc;
@@ -109,8 +139,9 @@ int directory_lease_acquire(struct directory *d, const struct chunk_hash *h,
 	if (id < 0)
 		return dir_command(d, NULL, "PING") ?: -ENOTCONN;
 	dir_chunk_key(d, "lease:", h, key, sizeof(key));
-	rc = dir_command(d, &r, "EVAL %s 1 %s %lld %u", lua_acquire, key, (long long)id,
-			 d->lease_ttl_ms);
+	dir_lease_value(d, id, val, sizeof(val));
+	rc = dir_command(d, &r, "EVAL %s 1 %s %s %u %lld", lua_acquire, key, val,
+			 d->lease_ttl_ms, (long long)id);
 	if (rc)
 		return rc;
 	if (r->type != REDIS_REPLY_INTEGER) {
@@ -128,14 +159,16 @@ int directory_lease_acquire(struct directory *d, const struct chunk_hash *h,
 	return rc;
 }
 
-static int lease_delete_if(struct directory *d, const struct chunk_hash *h, int64_t id)
+/* Runs script (compare-and-delete) on *h's lease with arg: 0 when deleted, -ENOENT if not. */
+static int lease_delete_if(struct directory *d, const struct chunk_hash *h,
+			   const char *script, const char *arg)
 {
 	char key[DIR_KEY_MAX];
 	redisReply *r = NULL;
 	int rc;
 
 	dir_chunk_key(d, "lease:", h, key, sizeof(key));
-	rc = dir_command(d, &r, "EVAL %s 1 %s %lld", dir_lua_release, key, (long long)id);
+	rc = dir_command(d, &r, "EVAL %s 1 %s %s", script, key, arg);
 	if (rc)
 		return rc;
 	rc = r->type == REDIS_REPLY_INTEGER && r->integer > 0 ? 0 : -ENOENT;
@@ -145,11 +178,13 @@ static int lease_delete_if(struct directory *d, const struct chunk_hash *h, int6
 
 int directory_lease_release(struct directory *d, const struct chunk_hash *h)
 {
+	char val[64];
 	int rc;
 
 	if (!dir_lease_forget(d, h))
 		return -ENOENT;
-	rc = lease_delete_if(d, h, directory_node_id(d));
+	dir_lease_value(d, directory_node_id(d), val, sizeof(val));
+	rc = lease_delete_if(d, h, dir_lua_release, val);
 	if (!rc)
 		DIR_STAT_ADD(d, leases_released, 1);
 	return rc;
@@ -157,7 +192,10 @@ int directory_lease_release(struct directory *d, const struct chunk_hash *h)
 
 int directory_lease_break(struct directory *d, const struct chunk_hash *h, int64_t node_id)
 {
-	return lease_delete_if(d, h, node_id);
+	char id[24];
+
+	snprintf(id, sizeof(id), "%lld", (long long)node_id);
+	return lease_delete_if(d, h, lua_break, id);
 }
 
 int directory_lease_holder(struct directory *d, const struct chunk_hash *h, int64_t *holder)
@@ -189,7 +227,7 @@ void dir_leases_renew(struct directory *d)
 	size_t n, i;
 	uint64_t now = now_ns();
 	int64_t id = directory_node_id(d);
-	char key[DIR_KEY_MAX];
+	char key[DIR_KEY_MAX], val[64];
 
 	pthread_mutex_lock(&d->lease_lock);
 	n = d->nleases;
@@ -203,25 +241,23 @@ void dir_leases_renew(struct directory *d)
 	if (!n || !v || !lost || id < 0)
 		goto out;
 
-	pthread_mutex_lock(&d->lock);
-	if (!d->ctx) {
-		pthread_mutex_unlock(&d->lock);
+	/* the thread's own connection: never queued behind the callers (directory.c inv. 5) */
+	if (!d->hk)
 		goto out;
-	}
 	DIR_STAT_ADD(d, commands, 1);
+	dir_lease_value(d, id, val, sizeof(val));
 	for (i = 0; i < n; i++) {
 		dir_chunk_key(d, "lease:", &v[i].h, key, sizeof(key));
 		if (now >= v[i].hold_until_ns)
-			redisAppendCommand(d->ctx, "EVAL %s 1 %s %lld", dir_lua_release, key,
-					   (long long)id);
+			redisAppendCommand(d->hk, "EVAL %s 1 %s %s", dir_lua_release, key, val);
 		else
-			redisAppendCommand(d->ctx, "EVAL %s 1 %s %lld %u", lua_renew, key,
-					   (long long)id, d->lease_ttl_ms);
+			redisAppendCommand(d->hk, "EVAL %s 1 %s %s %u", lua_renew, key, val,
+					   d->lease_ttl_ms);
 	}
-	for (i = 0; i < n && d->ctx; i++) {
+	for (i = 0; i < n && d->hk; i++) {
 		redisReply *r = NULL;
 
-		if (dir_pipeline_reply_locked(d, &r))
+		if (dir_hk_reply(d, &r))
 			continue;
 		if (now >= v[i].hold_until_ns) {
 			lost[i] = true;
@@ -234,7 +270,6 @@ void dir_leases_renew(struct directory *d)
 		}
 		freeReplyObject(r);
 	}
-	pthread_mutex_unlock(&d->lock);
 	for (i = 0; i < n; i++) {
 		if (!lost[i])
 			continue;

@@ -31,6 +31,8 @@ const int peer_status_code[PEER_ST_COUNT] = {200, 400, 401, 403, 404, 405, 500};
 struct peer_server {
 	struct MHD_Daemon *mhd;
 	struct chunkstore *store;
+	void (*not_held)(void *arg, const struct chunk_hash *h);
+	void *not_held_arg;
 	struct chunk_hash token_hash; /* SHA-256 of the token: compared in constant time */
 	struct peer_server_stats st;  /* __atomic updates */
 };
@@ -40,6 +42,8 @@ struct peer_req {
 	struct chunk_ref *ref;
 	uint64_t len;
 	bool is_get;
+	bool not_held;              /* answered 404 for h: run the not_held hook at the end */
+	struct chunk_hash h;
 };
 
 #define ST_ADD(s, field, n) __atomic_fetch_add(&(s)->st.field, (n), __ATOMIC_RELAXED)
@@ -145,8 +149,11 @@ static enum MHD_Result serve_chunk(struct peer_server *s, struct MHD_Connection 
 	int fd = -1, rc;
 
 	rc = chunkstore_get(s->store, h, &ref);
-	if (rc == -ENOENT)
+	if (rc == -ENOENT) {
+		rq->not_held = true;
+		rq->h = *h;
 		return respond_text(s, c, PEER_ST_404, "no such chunk here\n");
+	}
 	if (rc)
 		return respond_text(s, c, PEER_ST_500, "chunk store error\n");
 	/*
@@ -242,6 +249,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 		}
 		chunkstore_put(s->store, rq->ref);
 	}
+	/* after the 404 went out: the repair's Redis round trip does not delay it */
+	if (rq->not_held && s->not_held)
+		s->not_held(s->not_held_arg, &rq->h);
 	free(rq);
 	*con_cls = NULL;
 }
@@ -268,6 +278,8 @@ int peer_server_start(const struct peer_server_opts *o, struct peer_server **out
 	if (!s)
 		return -ENOMEM;
 	s->store = o->store;
+	s->not_held = o->not_held;
+	s->not_held_arg = o->not_held_arg;
 	hash_compute(o->token, strlen(o->token), &s->token_hash);
 	if (ss.ss_family == AF_INET6)
 		flags |= MHD_USE_IPv6;

@@ -7,7 +7,8 @@
  *   405 other methods. Errors carry a one-line text body, never chunk data.
  *
  * The chunk is pinned in the store (chunkstore_get/put) from the request until the
- * response is finished, so it is not evicted mid-transfer.
+ * response is finished, so it is not evicted mid-transfer. After a 404 the not_held hook
+ * runs, outside the response's path: the directory repairs this node's own entry.
  * Thread safety: the server runs its own threads; stats may be read from any thread.
  */
 #ifndef RACKDISK_CLUSTER_PEER_SERVER_H
@@ -27,6 +28,10 @@ struct peer_server_opts {
 	unsigned threads;            /* default 4 */
 	unsigned max_connections;    /* default 256 */
 	unsigned idle_timeout_s;     /* keep-alive idle timeout (default 60) */
+	/* Optional: called from a server thread once a 404 has been sent for *h, so the
+	 * directory can drop this node's entry for a chunk it does not have. */
+	void (*not_held)(void *arg, const struct chunk_hash *h);
+	void *not_held_arg;
 };
 
 enum peer_status {

@@ -78,10 +78,16 @@ struct directory *peering_directory(struct peering *p)
 	return p->dir;
 }
 
+static void on_not_held(void *arg, const struct chunk_hash *h)
+{
+	directory_not_held(arg, h);
+}
+
 int peering_start(struct peering *p, struct chunkstore *store, struct fetcher *f)
 {
 	struct peer_server_opts so = {.listen = p->listen, .token = p->token, .store = store,
-				      .threads = p->server_threads};
+				      .threads = p->server_threads, .not_held = on_not_held,
+				      .not_held_arg = p->dir};
 	struct peer_client_opts co = {.store = store, .token = p->token,
 				      .request_timeout_ms = p->peer_timeout_ms};
 	struct peers_opts po = {.dir = p->dir, .rack = p->rack,

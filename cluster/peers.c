@@ -203,7 +203,6 @@ static int try_holders(struct peers *p, const struct chunk_hash *h, void *buf,
 		}
 		if (rc == -ENOENT) {
 			ST_ADD(p, stale, 1);
-			directory_remove_holder(p->dir, h, v[i].node_id);
 		} else if (rc == -EBADMSG) {
 			ST_ADD(p, bad_data, 1);
 		} else {

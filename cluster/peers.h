@@ -5,7 +5,8 @@
  *
  * peers_fetch(), behind struct fetcher_peer_ops:
  *   1. live holders from the directory, same rack first, peers that failed recently
- *      last; try up to max_tries of them. A 404 removes the stale directory entry.
+ *      last; try up to max_tries of them. A 404 means a stale directory entry: the
+ *      holder that answered it removes its own (directory_not_held), not we.
  *   2. nobody could serve it: take the chunk's lease. Won -> look up once more (a holder
  *      may have announced just before), else -ENOENT: the fetcher goes to the seed and
  *      the lease is released when the chunk is announced.

@@ -7,6 +7,7 @@
  * or stalls).
  */
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +19,7 @@
 #include "cluster/directory.h"
 #include "cluster_fixture.h"
 #include "common/log.h"
+#include "delay_proxy.h"
 
 #define CHUNK 4096
 
@@ -196,13 +198,16 @@ static void test_announce_lookup_withdraw(void **state)
 
 	assert_int_equal(directory_withdraw(a, &h), 0);
 	assert_int_equal(directory_lookup(b, &h, hd, 4), 0);
+	/* lazy repair: a (without a store) answered a peer 404 for h, and drops its entry */
+	assert_int_equal(directory_announce(a, &h), 0);
+	assert_int_equal(directory_lookup(b, &h, hd, 4), 1);
+	assert_int_equal(directory_not_held(a, &h), 0);
+	assert_int_equal(directory_lookup(b, &h, hd, 4), 0);
 	/* a holder whose heartbeat is gone is ignored */
 	assert_int_equal(directory_announce(a, &h), 0);
 	assert_int_equal(directory_lookup(b, &h, hd, 4), 1);
 	directory_leave(a);
 	assert_int_equal(directory_lookup(b, &h, hd, 4), 0);
-	/* lazy repair */
-	assert_int_equal(directory_remove_holder(b, &h, directory_node_id(a)), 0);
 	directory_destroy(a);
 	directory_destroy(b);
 }
@@ -305,6 +310,12 @@ static void hook_announce(void *arg, const struct chunk_hash *h)
 {
 	if (hooked)
 		directory_announce(hooked, h);
+}
+
+static void hook_withdraw(void *arg, const struct chunk_hash *h)
+{
+	if (hooked)
+		directory_withdraw(hooked, h);
 }
 
 static void test_bulk_announce(void **state)
@@ -751,6 +762,386 @@ static void test_bulk_announce_goes_on_after_an_error_reply(void **state)
 	fx_rm_rf(sdir);
 }
 
+static uint64_t cpu_us(void)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_SELF, &ru);
+	return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000ULL +
+		ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
+}
+
+/*
+ * While Redis was unreachable the directory thread spun between its connection attempts
+ * (its heartbeat timer, long due, made every wait zero): a whole core for as long as the
+ * outage lasted. It sleeps until the next attempt now.
+ */
+static void test_no_busy_loop_while_redis_is_unreachable(void **state)
+{
+	char url[64];
+	struct directory_opts o = {.node_name = "spin", .heartbeat_ttl_ms = 3000,
+				   .heartbeat_interval_ms = 1000};
+	struct directory *a;
+	uint64_t c0, used;
+
+	snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", fx_free_port()); /* nobody */
+	a = dir_create(&o, url);
+	fx_sleep_ms(100);
+	c0 = cpu_us();
+	fx_sleep_ms(2000);
+	used = cpu_us() - c0;
+	directory_destroy(a);
+	if (used > 300000)
+		fail_msg("%llu ms of CPU in 2 s while Redis was unreachable",
+			 (unsigned long long)used / 1000);
+}
+
+/* ---- a slow Redis: replies late, but within the command timeout ---- */
+
+static struct directory *dir_via(const char *name, const struct fx_proxy *p)
+{
+	char url[128];
+	struct directory_opts o = {
+		.node_name = name, .rack = "r1", .prefix = "t:", .command_timeout_ms = 500,
+		.connect_timeout_ms = 500, .heartbeat_ttl_ms = 2000, .heartbeat_interval_ms = 600,
+		.lease_ttl_ms = 1500, .lease_renew_ms = 500,
+	};
+
+	snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", p->port);
+	return dir_create(&o, url);
+}
+
+struct looper {
+	struct directory *d;
+	unsigned seed;
+	bool *stop;
+	int rc;
+	uint64_t ms;
+};
+
+/* One lookup, timed. */
+static void *lookup_once(void *arg)
+{
+	struct looper *l = arg;
+	struct directory_holder hd[4];
+	uint8_t buf[64];
+	struct chunk_hash h;
+	uint64_t t0;
+
+	fx_chunk(l->seed, buf, sizeof(buf), &h);
+	t0 = now_ns();
+	l->rc = directory_lookup(l->d, &h, hd, 4);
+	l->ms = fx_ms_since(t0);
+	return NULL;
+}
+
+/* Lookups until *stop, as the fetch workers of a busy node make them. */
+static void *lookup_loop(void *arg)
+{
+	struct looper *l = arg;
+
+	while (!__atomic_load_n(l->stop, __ATOMIC_RELAXED))
+		lookup_once(l);
+	return NULL;
+}
+
+/*
+ * Every call shared one connection behind one lock, and only the reply had a timeout: ten
+ * callers on a Redis answering in 200 ms queued for up to 2 s. A call now waits for its
+ * turn no longer than the command timeout, and then goes to the seed (-EAGAIN, counted).
+ */
+static void test_wait_for_a_busy_connection_is_bounded(void **state)
+{
+	struct fx_proxy px = {.target = redis.port, .down_ms = 200};
+	struct looper l[10];
+	pthread_t t[10];
+	struct directory_stats st;
+	struct directory *a;
+	uint64_t worst = 0;
+	int i, busy = 0;
+
+	assert_int_equal(fx_proxy_start(&px), 0);
+	a = dir_via("a11", &px);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	for (i = 0; i < 10; i++) {
+		l[i] = (struct looper){.d = a, .seed = 100 + i};
+		assert_int_equal(pthread_create(&t[i], NULL, lookup_once, &l[i]), 0);
+	}
+	for (i = 0; i < 10; i++) {
+		pthread_join(t[i], NULL);
+		worst = MAX(worst, l[i].ms);
+		if (l[i].rc == -EAGAIN)
+			busy++;
+		else
+			assert_int_equal(l[i].rc, 0);
+	}
+	/* at most the command timeout for the turn, plus one 200 ms reply */
+	if (worst > 1000)
+		fail_msg("a lookup took %llu ms (command timeout 500 ms)",
+			 (unsigned long long)worst);
+	assert_true(busy >= 1);
+	directory_get_stats(a, &st);
+	assert_int_equal(st.busy_fails, busy);
+	assert_true(st.connected); /* a busy connection is not a broken one */
+	directory_destroy(a);
+	fx_proxy_stop(&px);
+}
+
+/*
+ * The heartbeat and the lease renewals queued behind the fetch workers' calls on the one
+ * connection: with a dozen workers on a Redis answering in 200 ms, a live node's lease
+ * expired (another node would take it over and fetch the chunk from the seed too) and
+ * its heartbeat lapsed (peers would take it for dead). Both live throughout now.
+ */
+static void test_busy_connection_keeps_heartbeat_and_leases(void **state)
+{
+	struct fx_proxy px = {.target = redis.port, .down_ms = 200};
+	char hex[HASH_HEX_LEN + 1], lkey[128], akey[64];
+	struct looper l[12];
+	pthread_t t[12];
+	struct directory_stats st;
+	struct directory *a;
+	struct chunk_hash h;
+	uint8_t buf[64];
+	long long lease_ttl = 1, hb_ttl = 1;
+	int64_t holder;
+	bool stop = false;
+	redisContext *c;
+	uint64_t t0;
+	int i;
+
+	assert_int_equal(fx_proxy_start(&px), 0);
+	a = dir_via("a12", &px);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	fx_chunk(12, buf, sizeof(buf), &h);
+	assert_int_equal(directory_lease_acquire(a, &h, now_ns() + 60000 * 1000000ULL, &holder),
+			 0);
+	hash_to_hex(&h, hex);
+	snprintf(lkey, sizeof(lkey), "t:lease:%s", hex);
+	snprintf(akey, sizeof(akey), "t:alive:%lld", (long long)directory_node_id(a));
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	for (i = 0; i < 12; i++) {
+		l[i] = (struct looper){.d = a, .seed = 200 + i, .stop = &stop};
+		assert_int_equal(pthread_create(&t[i], NULL, lookup_loop, &l[i]), 0);
+	}
+	/* 5 s: more than three lease TTLs and two heartbeat TTLs */
+	t0 = now_ns();
+	while (fx_ms_since(t0) < 5000 && lease_ttl > 0 && hb_ttl > 0) {
+		lease_ttl = pttl(c, lkey);
+		hb_ttl = pttl(c, akey);
+		fx_sleep_ms(50);
+	}
+	__atomic_store_n(&stop, true, __ATOMIC_RELAXED);
+	for (i = 0; i < 12; i++)
+		pthread_join(t[i], NULL);
+	directory_get_stats(a, &st);
+	if (lease_ttl <= 0 || hb_ttl <= 0)
+		fail_msg("after %llu ms the lease's PTTL is %lld, the heartbeat's %lld "
+			 "(renewed %llu)", (unsigned long long)fx_ms_since(t0), lease_ttl, hb_ttl,
+			 (unsigned long long)st.leases_renewed);
+	assert_true(st.leases_renewed >= 5);
+	assert_int_equal(st.leases_expired, 0);
+	assert_int_equal(directory_lease_release(a, &h), 0);
+	redisFree(c);
+	directory_destroy(a);
+	fx_proxy_stop(&px);
+}
+
+/* ---- two appliances configured with the same node name ---- */
+
+static struct directory *dir_named(const char *name, const char *advertise)
+{
+	char url[128];
+	struct directory_opts o = {
+		.url = url, .node_name = name, .advertise = advertise, .rack = "r1",
+		.prefix = "t:", .heartbeat_ttl_ms = 1500, .heartbeat_interval_ms = 300,
+		.lease_ttl_ms = 600, .lease_renew_ms = 150,
+	};
+	struct directory *d = NULL;
+
+	fx_redis_url(&redis, 0, url, sizeof(url));
+	assert_int_equal(directory_create(&o, &d), 0);
+	return d;
+}
+
+static bool name_conflict(struct directory *d)
+{
+	struct directory_stats st;
+
+	directory_get_stats(d, &st);
+	return st.name_conflict;
+}
+
+/*
+ * Two appliances given one node name shared one node id: both won every lease (both
+ * fetched from the seed), either could withdraw or release the other's entries, and the
+ * heartbeat's address flipped between them; nothing was logged. The second one, at
+ * another address, now stays out (and says why) until the first has gone.
+ */
+static void test_same_name_at_another_address_stays_out(void **state)
+{
+	struct directory *a = dir_named("twin", "127.0.0.1:1111"), *b, *c;
+	struct directory_holder hd[4];
+	struct chunk_hash h;
+	uint8_t buf[64];
+	int64_t holder = 0, ida;
+	int i;
+
+	fx_chunk(21, buf, sizeof(buf), &h);
+	c = dir_named("other", "127.0.0.1:3333");
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_wait_ready(c, 5000), 0);
+	ida = directory_node_id(a);
+	b = dir_named("twin", "127.0.0.1:2222");
+	assert_int_equal(directory_wait_ready(b, 1500), -ETIMEDOUT);
+	assert_true(name_conflict(b));
+	assert_false(name_conflict(a));
+	assert_int_equal(directory_node_id(b), -1);
+	/* only a holds the lease, and b cannot touch a's holder entries */
+	assert_int_equal(directory_lease_acquire(a, &h, now_ns() + 60000 * 1000000ULL, &holder),
+			 0);
+	assert_int_not_equal(directory_lease_acquire(b, &h, now_ns() + 60000 * 1000000ULL,
+						     &holder), 0);
+	assert_int_equal(directory_announce(a, &h), 0);
+	assert_int_not_equal(directory_withdraw(b, &h), 0);
+	for (i = 0; i < 5; i++) { /* a few of b's retries: a's heartbeat stays a's */
+		assert_int_equal(directory_lookup(c, &h, hd, 4), 1);
+		assert_string_equal(hd[0].addr, "127.0.0.1:1111");
+		fx_sleep_ms(200);
+	}
+	/* a leaves: b joins at its next try, under the name's id */
+	directory_destroy(a);
+	assert_int_equal(directory_wait_ready(b, 3000), 0);
+	assert_false(name_conflict(b));
+	assert_int_equal(directory_node_id(b), ida);
+	directory_destroy(b);
+	directory_destroy(c);
+}
+
+/*
+ * The same name at the same address is this appliance restarted (its old heartbeat may
+ * still be live after a crash): it joins at once. Should the old process still run, it
+ * finds its heartbeat replaced, leaves, and can no longer renew or free the leases, or
+ * delete the heartbeat, of the new one.
+ */
+static void test_same_name_same_address_joins_and_the_old_one_leaves(void **state)
+{
+	struct directory *a = dir_named("re", "127.0.0.1:4444"), *b;
+	char hex[HASH_HEX_LEN + 1], lkey[128], akey[64];
+	struct directory_holder hd[4];
+	struct chunk_hash h;
+	uint8_t buf[64];
+	int64_t holder = 0;
+	redisContext *c;
+	uint64_t t0;
+
+	fx_chunk(22, buf, sizeof(buf), &h);
+	hash_to_hex(&h, hex);
+	snprintf(lkey, sizeof(lkey), "t:lease:%s", hex);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	snprintf(akey, sizeof(akey), "t:alive:%lld", (long long)directory_node_id(a));
+	assert_int_equal(directory_lease_acquire(a, &h, now_ns() + 60000 * 1000000ULL, &holder),
+			 0);
+	t0 = now_ns();
+	b = dir_named("re", "127.0.0.1:4444");
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	assert_true(fx_ms_since(t0) < 1000); /* at once, not after the old heartbeat's TTL */
+	assert_int_equal(directory_node_id(b), directory_node_id(a));
+	/* b's fetch of h takes over the lease of its "previous run"; a's release of its own
+	 * leaves b's alone */
+	assert_int_equal(directory_lease_acquire(b, &h, now_ns() + 60000 * 1000000ULL, &holder),
+			 0);
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	directory_lease_release(a, &h);
+	assert_true(pttl(c, lkey) > 0);
+	/* a notices at its next heartbeat and stays out */
+	for (t0 = now_ns(); !name_conflict(a) && fx_ms_since(t0) < 3000;)
+		fx_sleep_ms(20);
+	assert_true(name_conflict(a));
+	assert_int_equal(directory_wait_ready(a, 700), -ETIMEDOUT);
+	assert_int_equal(directory_lookup(a, &h, hd, 4), -ENOTCONN); /* reads: the seed */
+	assert_false(name_conflict(b));
+	/* and its leave does not delete b's heartbeat */
+	directory_leave(a);
+	assert_true(pttl(c, akey) > 0);
+	assert_int_equal(directory_lease_holder(b, &h, &holder), 0);
+	assert_int_equal(holder, directory_node_id(b));
+	assert_int_equal(directory_lease_release(b, &h), 0);
+	redisFree(c);
+	directory_destroy(a);
+	directory_destroy(b);
+}
+
+static int last_fn(void *arg, const struct chunk_hash *h, uint32_t len)
+{
+	struct chunk_hash *last = arg;
+
+	*last = *h;
+	return 0;
+}
+
+/*
+ * The bulk announce sends a snapshot of the store. A chunk evicted after the snapshot, its
+ * withdraw done before the announce reached it, was announced anyway and stayed listed
+ * for good: peers asked this node for a chunk it did not have. Here the last chunk the
+ * announce sends is dropped (as a missing file is) while the announce is under way,
+ * slowed by a proxy that holds each reply 1 ms.
+ */
+static void test_chunk_dropped_during_bulk_announce_is_not_listed(void **state)
+{
+	struct fx_proxy px = {.target = redis.port, .down_ms = 1};
+	struct chunkstore_hooks hk = {.announce = hook_announce, .withdraw = hook_withdraw};
+	char sdir[64], path[4096], url[128];
+	struct chunkstore *cs = fx_store_open(sdir, hk);
+	struct directory_opts o = {
+		.url = url, .node_name = "a13", .advertise = "127.0.0.1:1313", .prefix = "t:",
+		.heartbeat_ttl_ms = 3000, .heartbeat_interval_ms = 1000, .lease_ttl_ms = 600,
+		.lease_renew_ms = 150, .announce_batch = 1,
+	};
+	struct directory_holder hd[4];
+	struct directory_stats st = {0};
+	static uint8_t buf[CHUNK];
+	struct chunk_hash first, last;
+	struct directory *a, *b;
+	unsigned i, n = 1500;
+	uint64_t t0;
+
+	assert_non_null(cs);
+	for (i = 0; i < n; i++) {
+		fx_chunk(60000 + i, buf, sizeof(buf), &last);
+		assert_int_equal(chunkstore_insert(cs, &last, buf, sizeof(buf)), 0);
+	}
+	assert_true(chunkstore_foreach(cs, first_fn, &first) >= 0);
+	assert_true(chunkstore_foreach(cs, last_fn, &last) >= 0); /* sent last */
+	assert_int_equal(fx_proxy_start(&px), 0);
+	snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", px.port);
+	assert_int_equal(directory_create(&o, &a), 0);
+	hooked = a;
+	directory_attach_store(a, cs);
+	for (t0 = now_ns(); st.bulk_announced < 10 && fx_ms_since(t0) < 10000;) {
+		fx_sleep_ms(5);
+		directory_get_stats(a, &st);
+	}
+	assert_true(st.bulk_announced >= 10 && st.bulk_announced < n / 2);
+	chunkstore_path(cs, &last, path, sizeof(path));
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(chunkstore_recheck(cs, &last), 1); /* dropped: withdrawn */
+	assert_false(chunkstore_contains(cs, &last));
+	assert_int_equal(directory_wait_ready(a, 30000), 0);
+	b = dir_new("b13", "r1", NULL);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	assert_int_equal(directory_lookup(b, &first, hd, 4), 1);
+	assert_int_equal(directory_lookup(b, &last, hd, 4), 0);
+	hooked = NULL;
+	directory_destroy(a);
+	directory_destroy(b);
+	fx_proxy_stop(&px);
+	chunkstore_close(cs);
+	fx_rm_rf(sdir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -773,6 +1164,17 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_reannounce_keeps_heartbeat_and_leases, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_bulk_announce_goes_on_after_an_error_reply,
+						setup, teardown),
+		cmocka_unit_test(test_no_busy_loop_while_redis_is_unreachable),
+		cmocka_unit_test_setup_teardown(test_wait_for_a_busy_connection_is_bounded, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_busy_connection_keeps_heartbeat_and_leases,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_same_name_at_another_address_stays_out, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(
+			test_same_name_same_address_joins_and_the_old_one_leaves, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_chunk_dropped_during_bulk_announce_is_not_listed,
 						setup, teardown),
 	};
 
