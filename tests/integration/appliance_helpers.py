@@ -120,7 +120,16 @@ class Appliance:
                     raise TimeoutError(f"rackdiskd not answering:\n{self.log_text()}")
                 time.sleep(0.05)
         except BaseException:
+            proc = self.proc
             self.kill()  # rackdiskd and its tgtd (its process group), if still there
+            if proc.returncode is not None and proc.returncode >= 0:
+                # it exited by itself: anything left in its group goes, and its exit
+                # status stays readable (tests check how a failed start ends)
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                self.proc = proc
             raise
 
     def log_text(self):
