@@ -17,33 +17,32 @@ from appliance_helpers import RACKDISK, Appliance, QemuIo, install_module, make_
 from servers import free_port
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
+def running_appliance(seed_dir, extra=None, **seed):
+    """A started appliance on its own seed (make_seed's arguments); stopped with it."""
     install_module()
-    # "a.tmp.b": a valid tag that looks like the temp files of older writers
-    nginx, _ = make_seed(tmp_path_factory.mktemp("seed"), tags=(("deb", 8, 1), ("a.tmp.b", 4, 2)))
-    a = Appliance(nginx.url, extra={"api": ["max_body = 4K"]})
+    nginx, _ = make_seed(seed_dir, **seed)
+    a = Appliance(nginx.url, extra=extra)
     try:
         a.start()
         yield a
     finally:
         a.cleanup()
         nginx.stop()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    # "a.tmp.b": a valid tag that looks like the temp files of older writers
+    yield from running_appliance(tmp_path_factory.mktemp("seed"),
+                                 extra={"api": ["max_body = 4K"]},
+                                 tags=(("deb", 8, 1), ("a.tmp.b", 4, 2)))
 
 
 @pytest.fixture
 def private_app(tmp_path):
     """An appliance of the test's own, for a test that stops and restarts it (the module's
     `app` is shared by the other tests)."""
-    install_module()
-    nginx, _ = make_seed(tmp_path / "seed")
-    a = Appliance(nginx.url)
-    try:
-        a.start()
-        yield a
-    finally:
-        a.cleanup()
-        nginx.stop()
+    yield from running_appliance(tmp_path / "seed")
 
 
 def assert_error(resp, status, needle=""):

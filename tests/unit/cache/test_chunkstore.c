@@ -27,6 +27,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "tests/unit/stderr_hold.h"
 
 #define CLEN 4096u
 
@@ -975,31 +976,6 @@ static void *opener_main(void *arg)
 	return NULL;
 }
 
-/* Whether a thread of this process is blocked in write(2) (its /proc syscall line starts
- * with 1): the store's scan threads log what they find. */
-static bool a_thread_in_write(void)
-{
-	DIR *d = opendir("/proc/self/task");
-	struct dirent *de;
-	bool found = false;
-
-	while (d && !found && (de = readdir(d))) {
-		char path[300], line[32] = "";
-		FILE *f;
-
-		snprintf(path, sizeof(path), "/proc/self/task/%s/syscall", de->d_name);
-		f = de->d_name[0] != '.' ? fopen(path, "r") : NULL;
-		if (!f)
-			continue;
-		if (fgets(line, sizeof(line), f))
-			found = !strncmp(line, "1 ", 2);
-		fclose(f);
-	}
-	if (d)
-		closedir(d);
-	return found;
-}
-
 /*
  * Invariant 1a across an unclean stop: the owner that re-hashes the store at open must
  * not let the dead owner's session vouch for files meanwhile. The session file stayed
@@ -1014,9 +990,9 @@ static void test_inv1a_no_vouching_while_the_owner_rehashes(void **state)
 	struct fixture *f = *state;
 	struct chunkstore *cs = open_store(f->dir, 0, false), *rd = NULL;
 	struct opener op = {.dir = f->dir};
-	static uint8_t sink[65536];
+	struct stderr_hold hold;
 	uint8_t junk[CLEN];
-	int pfd[2], saved, flags, served = 0, rd_rc, i;
+	int served = 0, rd_rc, i;
 	bool held = false;
 	pthread_t t;
 	char p[512];
@@ -1031,24 +1007,10 @@ static void test_inv1a_no_vouching_while_the_owner_rehashes(void **state)
 		chunk_file(f->dir, &h, p, sizeof(p));
 		write_raw(p, junk, sizeof(junk));
 	}
-	assert_int_equal(pipe(pfd), 0);
-	flags = fcntl(pfd[1], F_GETFL);
-	assert_int_equal(fcntl(pfd[1], F_SETFL, flags | O_NONBLOCK), 0);
-	while (write(pfd[1], sink, sizeof(sink)) > 0)
-		;
-	while (write(pfd[1], sink, 1) > 0)
-		;
-	assert_int_equal(fcntl(pfd[1], F_SETFL, flags), 0);
-	saved = dup(STDERR_FILENO);
-	assert_true(saved >= 0);
-
-	dup2(pfd[1], STDERR_FILENO);
+	assert_int_equal(stderr_hold(&hold), 0);
 	if (pthread_create(&t, NULL, opener_main, &op) == 0) {
-		for (i = 0; i < 1000 && !held; i++) {
-			held = a_thread_in_write();
-			if (!held)
-				usleep(5000);
-		}
+		/* the store's scan threads log each bad file they find */
+		held = stderr_hold_wait_blocked(5000);
 		/* the held line keeps stderr's lock: this thread's own warnings (a reader
 		 * that finds a torn file says so) are not printed, or they would wait too */
 		log_init("rackdisk", LOG_LVL_ERROR, 1);
@@ -1067,22 +1029,17 @@ static void test_inv1a_no_vouching_while_the_owner_rehashes(void **state)
 			}
 		}
 		log_init("rackdisk", LOG_LVL_INFO, 1);
-		dup2(saved, STDERR_FILENO);
-		flags = fcntl(pfd[0], F_GETFL);
-		fcntl(pfd[0], F_SETFL, flags | O_NONBLOCK);
+		stderr_hold_restore(&hold);
 		for (i = 0; i < 2000 && !__atomic_load_n(&op.cs, __ATOMIC_ACQUIRE) && !op.rc; i++) {
-			while (read(pfd[0], sink, sizeof(sink)) > 0)
-				;
+			stderr_hold_drain(&hold);
 			usleep(5000);
 		}
 		pthread_join(t, NULL);
 	} else {
-		dup2(saved, STDERR_FILENO);
+		stderr_hold_restore(&hold);
 		rd_rc = -1;
 	}
-	close(saved);
-	close(pfd[0]);
-	close(pfd[1]);
+	stderr_hold_close(&hold);
 
 	assert_true(held);		  /* the owner was inside its re-hash */
 	assert_int_equal(rd_rc, 0);

@@ -19,6 +19,7 @@
 #include "cluster/directory.h"
 #include "cluster_fixture.h"
 #include "common/log.h"
+#include "tests/unit/stderr_hold.h"
 #include "delay_proxy.h"
 
 #define CHUNK 4096
@@ -374,27 +375,17 @@ static void test_store_attached_during_first_connect_is_announced(void **state)
 	struct directory *a, *b;
 	struct directory_holder hd[4];
 	struct directory_stats st = {0};
-	static uint8_t buf[CHUNK], sink[65536];
+	static uint8_t buf[CHUNK];
+	struct stderr_hold hold;
 	struct chunk_hash h;
-	int pfd[2], saved, flags, i;
-	bool ready_early;
+	bool ready_early, held;
+	int i;
 
 	assert_non_null(cs);
 	fx_chunk(7, buf, sizeof(buf), &h);
 	assert_int_equal(chunkstore_insert(cs, &h, buf, sizeof(buf)), 0);
-	assert_int_equal(pipe(pfd), 0);
-	flags = fcntl(pfd[1], F_GETFL);
-	assert_int_equal(fcntl(pfd[1], F_SETFL, flags | O_NONBLOCK), 0);
-	while (write(pfd[1], sink, sizeof(sink)) > 0)
-		;
-	while (write(pfd[1], sink, 1) > 0)
-		;
-	assert_int_equal(fcntl(pfd[1], F_SETFL, flags), 0);
-	saved = dup(STDERR_FILENO);
-	assert_true(saved >= 0);
-
 	log_init("test_directory", LOG_LVL_INFO, 0); /* the connect's line is info */
-	dup2(pfd[1], STDERR_FILENO);
+	assert_int_equal(stderr_hold(&hold), 0);
 	a = dir_new("a9", "r1", NULL);
 	/* Registered (the reconnect count rises before the announce), then parked in the
 	 * log line after it, or at the latest in the blocked write the line becomes. */
@@ -402,24 +393,20 @@ static void test_store_attached_during_first_connect_is_announced(void **state)
 		usleep(10000);
 		directory_get_stats(a, &st);
 	}
-	usleep(200000);
+	held = stderr_hold_wait_blocked(5000);
 	ready_early = directory_wait_ready(a, 0) == 0;
 	directory_attach_store(a, cs);
-	dup2(saved, STDERR_FILENO);
-	close(saved);
+	stderr_hold_restore(&hold);
 	log_init("test_directory", LOG_LVL_WARN, 0);
-	flags = fcntl(pfd[0], F_GETFL);
-	fcntl(pfd[0], F_SETFL, flags | O_NONBLOCK);
 	/* drain until the thread's line has gone through and it is ready */
 	for (i = 0; i < 500 && directory_wait_ready(a, 0) != 0; i++) {
-		while (read(pfd[0], sink, sizeof(sink)) > 0)
-			;
+		stderr_hold_drain(&hold);
 		usleep(10000);
 	}
-	close(pfd[0]);
-	close(pfd[1]);
+	stderr_hold_close(&hold);
 
 	assert_true(st.reconnects >= 1);
+	assert_true(held);
 	assert_false(ready_early); /* the thread was held in the window */
 	assert_int_equal(directory_wait_ready(a, 5000), 0);
 	b = dir_new("b9", "r1", NULL);
