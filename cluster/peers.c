@@ -451,14 +451,3 @@ int peers_list_all(struct peers *p, struct peers_peer_stats **out)
 	pthread_mutex_unlock(&p->lock);
 	return *out ? n : -ENOMEM;
 }
-
-int peers_list(struct peers *p, struct peers_peer_stats *out, int max)
-{
-	int n = 0;
-
-	pthread_mutex_lock(&p->lock);
-	for (; n < max && (size_t)n < p->nhealth; n++)
-		out[n] = p->health[n].s;
-	pthread_mutex_unlock(&p->lock);
-	return n;
-}

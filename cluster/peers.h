@@ -95,9 +95,8 @@ void peers_abandon(struct peers *p, const struct chunk_hash *h);
 void peers_cancel(struct peers *p);
 
 void peers_get_stats(struct peers *p, struct peers_stats *st);
-/* Peers this node has fetched from (or tried): up to max; returns the count. */
-int peers_list(struct peers *p, struct peers_peer_stats *out, int max);
-/* Every peer asked so far, in *out (malloc'd, the caller frees): their count, or -ENOMEM. */
+/* Every peer this node has fetched from (or tried), in *out (malloc'd, the caller frees):
+ * their count, or -ENOMEM. */
 int peers_list_all(struct peers *p, struct peers_peer_stats **out);
 
 #endif
