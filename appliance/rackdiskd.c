@@ -92,11 +92,6 @@ static void pick_iscsi_host(struct appliance *a)
 	snprintf(a->iscsi_host, sizeof(a->iscsi_host), "%s", h);
 }
 
-/*
- * [cluster] redis set: the directory client, before the store (whose hooks announce to
- * it). Redis being down is not an error here: the directory connects in the background
- * and reads go to the seed until it does. A missing or empty token is.
- */
 /* Reads [cluster] token_file into token; on failure err says why, naming the file. */
 static int load_token(const struct config *c, char *token, size_t len, char *err,
 		      size_t errlen)
@@ -109,10 +104,16 @@ static int load_token(const struct config *c, char *token, size_t len, char *err
 	return ret;
 }
 
-static int create_peering(struct appliance *a)
+/*
+ * [cluster] redis set: the directory client, before the store (whose hooks announce to
+ * it). Redis being down is not an error here: the directory connects in the background
+ * and reads go to the seed until it does. token: the cluster token main() read from
+ * [cluster] token_file (a missing or empty one stopped the start there).
+ */
+static int create_peering(struct appliance *a, const char *token)
 {
 	const struct config *c = &a->cfg;
-	char token[512], listen[300], advertise[300], err[600];
+	char listen[300], advertise[300];
 	struct peering_opts po = {
 		.redis_url = c->redis,
 		.prefix = c->cluster_prefix,
@@ -130,13 +131,7 @@ static int create_peering(struct appliance *a)
 
 	if (!c->redis[0])
 		return 0;
-	ret = load_token(c, token, sizeof(token), err, sizeof(err));
-	if (ret) {
-		log_error("%s", err);
-		return ret;
-	}
 	ret = peering_create(&po, &a->peering);
-	explicit_bzero(token, sizeof(token));
 	if (ret) {
 		log_error("[cluster] cannot set up the directory client (redis URL or "
 			  "options): %s", strerror(-ret));
@@ -147,7 +142,7 @@ static int create_peering(struct appliance *a)
 	return 0;
 }
 
-static int open_store_and_fetcher(struct appliance *a)
+static int open_store_and_fetcher(struct appliance *a, const char *token)
 {
 	struct chunkstore_opts so = {
 		.dir = a->cfg.cache_dir,
@@ -169,7 +164,7 @@ static int open_store_and_fetcher(struct appliance *a)
 	};
 	int ret;
 
-	ret = create_peering(a);
+	ret = create_peering(a, token);
 	if (ret)
 		return ret;
 	if (a->peering)
@@ -307,7 +302,7 @@ int main(int argc, char **argv)
 	const char *cfg_path = NULL;
 	bool check_only = false;
 	struct api *api = NULL;
-	char err[1024];
+	char err[1024], token[512] = "";
 	sigset_t set;
 	int ret;
 
@@ -339,19 +334,15 @@ int main(int argc, char **argv)
 		fprintf(stderr, "rackdiskd: %s\n", err);
 		return 2;
 	}
-	if (a->cfg.redis[0]) {
-		/* A token file that cannot be read is a config error (exit 2, which the unit's
-		 * RestartPreventExitStatus does not retry), caught by --check-config too. */
-		char token[512];
-
-		ret = load_token(&a->cfg, token, sizeof(token), err, sizeof(err));
-		explicit_bzero(token, sizeof(token));
-		if (ret) {
-			fprintf(stderr, "rackdiskd: %s: %s\n", cfg_path, err);
-			return 2;
-		}
+	/* A token file that cannot be read is a config error (exit 2, which the unit's
+	 * RestartPreventExitStatus does not retry), caught by --check-config too. Read once,
+	 * kept until the peer server and client have their copies. */
+	if (a->cfg.redis[0] && load_token(&a->cfg, token, sizeof(token), err, sizeof(err))) {
+		fprintf(stderr, "rackdiskd: %s: %s\n", cfg_path, err);
+		return 2;
 	}
 	if (check_only) {
+		explicit_bzero(token, sizeof(token));
 		printf("%s: ok\n", cfg_path);
 		return 0;
 	}
@@ -378,7 +369,8 @@ int main(int argc, char **argv)
 
 	ret = make_dirs(a);
 	if (!ret)
-		ret = open_store_and_fetcher(a);
+		ret = open_store_and_fetcher(a, token);
+	explicit_bzero(token, sizeof(token));
 	if (!ret) {
 		ret = fetchsrv_start(a->sock_path, a->fetcher, a->store, &a->fsrv);
 		if (ret)
