@@ -281,12 +281,10 @@ int diskrec_load_disk(const char *disks_dir, const char *name, struct diskrec *r
 		snprintf(err, errlen, "path of disk '%s' too long", name);
 		return ret;
 	}
-	if (stat(path, &st) && errno == ENOENT) {
-		snprintf(err, errlen, "no disk named '%s'", name);
-		return -ENOENT;
-	}
 	ret = diskrec_load(path, r, err, errlen);
-	if (ret == -ENOENT) {
+	if (ret == -ENOENT && stat(path, &st) && errno == ENOENT) {
+		snprintf(err, errlen, "no disk named '%s'", name);
+	} else if (ret == -ENOENT) { /* the disk is there, its record is not */
 		snprintf(err, errlen, "%s/%s is damaged: it is missing", path, DISKREC_FILE);
 		ret = -EUCLEAN;
 	} else if (!ret && strcmp(r->name, name)) {
