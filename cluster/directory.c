@@ -305,30 +305,29 @@ int dir_command(struct directory *d, redisReply **out, const char *fmt, ...)
 	return rc;
 }
 
-int dir_pipeline_reply_locked(struct directory *d, redisReply **out)
+/* The next reply on connection *c (pipelined commands); a broken one is dropped. */
+static int ctx_reply(struct directory *d, redisContext **c, const char *what,
+		     redisReply **out)
 {
 	void *r = NULL;
 
-	if (!d->ctx)
+	if (!*c)
 		return -ENOTCONN;
-	if (redisGetReply(d->ctx, &r) != REDIS_OK || !r) {
-		dir_fail_locked(d, "redis pipeline");
+	if (redisGetReply(*c, &r) != REDIS_OK || !r) {
+		dir_drop_ctx(d, c, what);
 		return -ENOTCONN;
 	}
 	return dir_check_reply(d, r, out);
 }
 
+int dir_pipeline_reply_locked(struct directory *d, redisReply **out)
+{
+	return ctx_reply(d, &d->ctx, "redis pipeline", out);
+}
+
 int dir_hk_reply(struct directory *d, redisReply **out)
 {
-	void *r = NULL;
-
-	if (!d->hk)
-		return -ENOTCONN;
-	if (redisGetReply(d->hk, &r) != REDIS_OK || !r) {
-		dir_hk_fail(d, "redis (heartbeat)");
-		return -ENOTCONN;
-	}
-	return dir_check_reply(d, r, out);
+	return ctx_reply(d, &d->hk, "redis (heartbeat)", out);
 }
 
 /* ---- connection and registration (directory thread only) ---- */
