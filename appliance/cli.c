@@ -262,6 +262,17 @@ static void print_disk(json_t *d)
 	printf("url:         %s\n", jstr(d, "url"));
 }
 
+/* A disk name the API would accept; otherwise says why (a usage error, exit 2, as a bad
+ * image tag is). */
+static bool disk_name_ok(const char *name)
+{
+	if (disk_name_is_valid(name))
+		return true;
+	fail("invalid disk name '%s' (1 to 128 of A-Z a-z 0-9 . -, no '_' as iSCSI target "
+	     "names cannot hold it, no '/' or '..')", name);
+	return false;
+}
+
 static int disk_create(const struct cli_opts *o, int argc, char **argv)
 {
 	const char *name = NULL, *image = NULL, *size = NULL, *cu = NULL, *cp = NULL;
@@ -295,6 +306,10 @@ static int disk_create(const struct cli_opts *o, int argc, char **argv)
 		return usage_err("usage: rackdisk disk create NAME --image TAG [--size S] "
 				 "[--initiator IQN]... [--chap-user U --chap-password P]");
 	}
+	if (!disk_name_ok(name)) {
+		json_decref(ini);
+		return 2;
+	}
 	body = json_pack("{s:s, s:s, s:o}", "name", name, "image", image, "initiators", ini);
 	if (size)
 		json_object_set_new(body, "size", json_string(size));
@@ -319,16 +334,6 @@ static int disk_create(const struct cli_opts *o, int argc, char **argv)
 	return 0;
 }
 
-/* A disk name the API would accept; otherwise says why (exit 1). */
-static bool disk_name_ok(const char *name)
-{
-	if (disk_name_is_valid(name))
-		return true;
-	fail("invalid disk name '%s' (1 to 128 of A-Z a-z 0-9 . -, no '_' as iSCSI target "
-	     "names cannot hold it, no '/' or '..')", name);
-	return false;
-}
-
 /* disk resize NAME --size S: grows the disk (offline: no initiator logged in). */
 static int disk_resize(const struct cli_opts *o, int argc, char **argv)
 {
@@ -348,7 +353,7 @@ static int disk_resize(const struct cli_opts *o, int argc, char **argv)
 	if (!name || !size)
 		return usage_err("usage: rackdisk disk resize NAME --size S");
 	if (!disk_name_ok(name))
-		return 1;
+		return 2;
 	snprintf(path, sizeof(path), "/api/v1/disks/%s", name);
 	body = json_pack("{s:s}", "size", size);
 	ret = call(o, "PATCH", path, body, &j);
@@ -422,7 +427,7 @@ int cli_disk_main(const struct cli_opts *o, int argc, char **argv)
 							    : "usage: rackdisk disk show NAME "
 							      "[--json]");
 		if (!disk_name_ok(name))
-			return 1;
+			return 2;
 		snprintf(path, sizeof(path), "/api/v1/disks/%s%s", name, force ? "?force=1" : "");
 		ret = call(o, !strcmp(sub, "rm") ? "DELETE" : "GET", path, NULL, &j);
 		if (ret)

@@ -104,6 +104,13 @@ int main(int argc, char **argv)
 		free(args);
 		return ret;
 	}
+	/* `rackdisk disk --help`, `rackdisk fsck --help`, ...: what the command takes, exit 0
+	 * (image's repository commands answer --help themselves, above). */
+	if (has_arg(n, args, "--help") || has_arg(n, args, "-h")) {
+		usage(stdout);
+		free(args);
+		return 0;
+	}
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	if (!strcmp(args[0], "image"))
 		ret = cli_image_main(&o, n, args);

@@ -307,11 +307,27 @@ def test_cli_usage_errors(app):
                  ["bogus"], ["disk", "create", "x", "--image", "deb", "--chap-user", "u"]):
         p = app.cli(*args)
         assert p.returncode == 2, (args, p.stderr)
-    p = app.cli("disk", "show", "../x")
-    assert p.returncode == 1 and "invalid disk name" in p.stderr
+    # A name no disk can have is a usage error (2), as a bad image tag is, and is refused
+    # before anything is asked of rackdiskd.
+    for args in (["disk", "show", "../x"], ["disk", "rm", "../x"],
+                 ["disk", "resize", "../x", "--size", "1G"]):
+        p = app.cli(*args)
+        assert p.returncode == 2 and "invalid disk name" in p.stderr, (args, p.stderr)
     p = app.cli("disk", "create", "vm_01", "--image", "deb")
-    assert p.returncode == 1 and "no '_'" in p.stderr, p.stderr
+    assert p.returncode == 2 and "no '_'" in p.stderr, p.stderr
     assert app.request("GET", "/api/v1/disks")[1] == []
+
+
+def test_cli_help_exits_0():
+    """--help after any command prints the usage on stdout and exits 0, without asking
+    a daemon (none runs here) or reading a config."""
+    for args in (["--help"], ["disk", "--help"], ["disk", "create", "--help"],
+                 ["fsck", "--help"], ["fsck", "--config", "/nonexistent", "-h"],
+                 ["peers", "--help"], ["cache", "stats", "--help"]):
+        p = subprocess.run([RACKDISK, "--api", "http://127.0.0.1:1", *args],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0 and p.stdout.startswith("usage: rackdisk"), (args, p)
+        assert "fsck --config FILE" in p.stdout and not p.stderr, (args, p.stderr)
 
 
 def test_every_pulled_tag_is_listed(app):
