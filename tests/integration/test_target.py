@@ -180,6 +180,45 @@ def test_fua_and_synced_writes_survive_sigkill(work, servers):
         t.cleanup()
 
 
+# tgt's caching mode page (sbc.c) with WCE (byte 2, 0x04) cleared, as an initiator's MODE
+# SELECT would leave it.
+WCE_OFF = "mode_page=8:0:18:0x10:0:0xff:0xff:0:0:0xff:0xff:0xff:0xff:0x80:0x14:0:0:0:0:0:0"
+
+
+def test_write_cache_off_makes_every_write_durable(work, servers):
+    """With the write cache off (WCE=0), a WRITE, an UNMAP and a WRITE SAME with its UNMAP
+    bit are each durable when acknowledged, with no FUA and no SYNCHRONIZE CACHE: each
+    survives SIGKILL of tgtd straight after it (one command per kill, as a later durable
+    command would flush an earlier one's map update too). The image's bytes under each
+    range are not zero, so a lost UNMAP reads as the image."""
+    raw = make_raw(os.path.join(work, "img.raw"), 4 * MiB, seed=12)
+    image = read_file(raw)
+    assert image[MiB:3 * MiB].count(0) < MiB, "the image must not be zeros here"
+    disk = os.path.join(work, "disk")
+    make_disk(raw, disk, os.path.join(work, "store"), cache="all")
+    blocks = MiB // 512
+    zeros = hashlib.sha256(bytes(MiB)).hexdigest()
+    steps = (
+        (("write", 0, 128, 0x33), 0, 128, hashlib.sha256(b"\x33" * 65536).hexdigest()),
+        (("unmap", blocks, blocks), blocks, blocks, zeros),
+        (("writesame", 2 * blocks, blocks, 0, "unmap"), 2 * blocks, blocks, zeros),
+    )
+    t = Tgtd(os.path.join(work, "tgtd")).start()
+    try:
+        url = t.add_lun(1, disk, params=WCE_OFF)
+        for cmd, lba, n, want in steps:
+            r = iscsi_cmd(url, *cmd)
+            assert r["status"] == "GOOD", (cmd, r)
+            t.kill()
+            t.start()
+            url = t.add_lun(1, disk, params=WCE_OFF)
+            assert iscsi_cmd(url, "read", lba, n)["sha256"] == want, cmd
+        r = iscsi_cmd(url, "read", 3 * blocks, blocks)
+        assert r["sha256"] == hashlib.sha256(image[3 * MiB:]).hexdigest()
+    finally:
+        t.cleanup()
+
+
 def test_compare_and_write_and_orwrite(tgtd, work):
     raw = make_raw(os.path.join(work, "img.raw"), 2 * MiB, seed=5)
     make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="all")
