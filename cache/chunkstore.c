@@ -587,6 +587,7 @@ int chunkstore_open(const struct chunkstore_opts *o, struct chunkstore **out)
 	pthread_cond_init(&cs->cond, NULL);
 	fdcache_init(&cs->fdc);
 	cs->reader = o->reader;
+	cs->fdc.sweep_unlinked = o->reader;
 	cs->direct = o->direct_io;
 	cs->hooks = o->hooks;
 	cs->capacity = o->capacity;

@@ -5,10 +5,15 @@
  *
  * Chunk files are immutable and only ever replaced by a file with the same bytes, so a
  * cached descriptor never serves wrong data, even after the owner has unlinked the file;
- * the owner drops a chunk's descriptor before it unlinks it. open() and close() run
+ * the owner drops a chunk's descriptor before it unlinks it. A reader (another process)
+ * is not told: it serves on from a descriptor of an evicted file, whose blocks stay
+ * allocated while it is open, so at most once per FDCACHE_SWEEP_NS a get closes the idle
+ * descriptors whose file has no name left. Without that, each LU's reader could hold up to
+ * FDCACHE_MAX evicted chunks' space beyond the store's capacity. open() and close() run
  * outside the lock.
  */
 #include "cache/chunkstore_int.h"
+#include "common/util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -106,6 +111,31 @@ static void close_list(struct fd_slot *s)
 	}
 }
 
+/* Takes idle slots whose file has been unlinked out of the table, if a sweep is due; the
+ * caller closes them unlocked. fstat of an open descriptor is cheap next to the I/O. */
+static struct fd_slot *fdc_sweep(struct fdcache *c)
+{
+	struct fd_slot *out = NULL, *s, *prev;
+	uint64_t now;
+
+	if (!c->sweep_unlinked || (now = now_ns()) < c->next_sweep_ns)
+		return NULL;
+	c->next_sweep_ns = now + FDCACHE_SWEEP_NS;
+	for (s = c->lru_tail; s; s = prev) {
+		struct stat st;
+
+		prev = s->lru_prev;
+		if (fstat(s->fd, &st) < 0 || st.st_nlink > 0)
+			continue;
+		lru_unlink(c, s);
+		fdc_table_del(c, s);
+		s->chain = out;
+		out = s;
+		c->swept++;
+	}
+	return out;
+}
+
 static struct fd_slot *fdc_lookup(struct fdcache *c, const struct chunk_hash *h)
 {
 	struct fd_slot *s = c->tab[fdc_bucket(h)];
@@ -123,6 +153,7 @@ int fdcache_get(struct fdcache *c, const struct chunk_hash *h, struct fd_slot **
 	unsigned hh;
 
 	pthread_mutex_lock(&c->lock);
+	trimmed = fdc_sweep(c);
 	s = fdc_lookup(c, h);
 	if (s) {
 		if (!s->refs++)
@@ -130,10 +161,12 @@ int fdcache_get(struct fdcache *c, const struct chunk_hash *h, struct fd_slot **
 		if (s->refs == 1)
 			c->busy++;
 		pthread_mutex_unlock(&c->lock);
+		close_list(trimmed);
 		*out = s;
 		return 0;
 	}
 	pthread_mutex_unlock(&c->lock);
+	close_list(trimmed);
 
 	ns = calloc(1, sizeof(*ns));
 	if (!ns)

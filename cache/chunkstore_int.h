@@ -54,6 +54,9 @@ int cs_verify_fd(int fd, uint32_t len, const struct chunk_hash *h);
 
 #define FDCACHE_MAX	1024
 #define FDCACHE_BUCKETS 2048
+/* A reader looks for idle descriptors of files its owner has evicted (unlinked) at most this
+ * often, at its next get: each one keeps the evicted file's blocks allocated. */
+#define FDCACHE_SWEEP_NS 1000000000ull
 
 /* An open descriptor for a chunk file, shared by every ref on that chunk. */
 struct fd_slot {
@@ -73,6 +76,9 @@ struct fdcache {
 	struct fd_slot *lru_head, *lru_tail; /* idle slots, most recent at head */
 	unsigned count;			     /* slots in tab */
 	uint64_t busy;			     /* slots with refs > 0 */
+	bool sweep_unlinked;		     /* a reader: close idle slots of evicted files */
+	uint64_t next_sweep_ns;
+	uint64_t swept;			     /* descriptors closed by sweeps */
 };
 
 void fdcache_init(struct fdcache *c);

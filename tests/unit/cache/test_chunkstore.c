@@ -1239,6 +1239,60 @@ static void test_reader_fd_cache_bounded(void **state)
 	assert_int_equal(count_fds(), base);
 }
 
+/* Descriptors this process holds on files that no longer have a name. */
+static unsigned count_deleted_fds(void)
+{
+	unsigned n = 0;
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *de;
+
+	assert_non_null(d);
+	while ((de = readdir(d))) {
+		char p[300], target[PATH_MAX];
+		ssize_t len;
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(p, sizeof(p), "/proc/self/fd/%s", de->d_name);
+		len = readlink(p, target, sizeof(target) - 1);
+		if (len > 0) {
+			target[len] = '\0';
+			n += strstr(target, " (deleted)") != NULL;
+		}
+	}
+	closedir(d);
+	return n;
+}
+
+/* A reader's idle descriptors of chunks its owner evicted are closed by its next get once
+ * a sweep is due (FDCACHE_SWEEP_NS, 1 s), so the evicted files' space is freed; they used
+ * to stay open until pushed out of the 1024-slot cache. */
+static void test_reader_closes_descriptors_of_evicted_chunks(void **state)
+{
+	struct fixture *f = *state;
+	struct chunkstore *owner = open_store(f->dir, 2 * CLEN, false), *reader;
+
+	assert_int_equal(insert_n(owner, 0, CLEN), 0);
+	assert_int_equal(insert_n(owner, 1, CLEN), 0);
+	reader = open_store(f->dir, 0, true);
+	assert_int_equal(get_check(reader, 0, CLEN), 0);
+	assert_int_equal(get_check(reader, 1, CLEN), 0);
+	assert_int_equal(count_deleted_fds(), 0);
+	assert_int_equal(insert_n(owner, 2, CLEN), 0); /* evicts 0 and then 1 */
+	assert_int_equal(insert_n(owner, 3, CLEN), 0);
+	assert_false(contains_n(owner, 0));
+	assert_false(contains_n(owner, 1));
+	assert_int_equal(count_deleted_fds(), 2); /* the reader still holds both */
+	usleep(1100 * 1000);
+	assert_int_equal(get_check(reader, 2, CLEN), 0);
+	assert_int_equal(count_deleted_fds(), 0);
+	/* a chunk still held keeps its descriptor */
+	assert_int_equal(get_check(reader, 3, CLEN), 0);
+	assert_int_equal(get_check(reader, 2, CLEN), 0);
+	chunkstore_close(reader);
+	chunkstore_close(owner);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1263,6 +1317,7 @@ int main(void)
 		T(test_inv1a_reader_verifies_what_the_owner_did_not),
 		T(test_inv1a_no_vouching_while_the_owner_rehashes),
 		T(test_reader_fd_cache_bounded),
+		T(test_reader_closes_descriptors_of_evicted_chunks),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
