@@ -204,6 +204,7 @@ static int drain(int fds[2], char *bufs[2], size_t lens[2], uint64_t deadline)
 					return -ENOMEM;
 				bufs[i] = nb;
 				caps[i] = cap;
+				nb[lens[i]] = '\0'; /* a read of 0 bytes next leaves it as text */
 			}
 			ssize_t r = read(fds[i], bufs[i] + lens[i], caps[i] - lens[i] - 1);
 			if (r < 0 && errno == EINTR)
@@ -634,78 +635,267 @@ static void copy_trunc(char *dst, size_t size, const char *src)
 	dst[n] = '\0';
 }
 
-static const char *skip_ws(const char *p)
+/*
+ * `tgtadm --op show --mode target` is free text, and one part of it is an initiator's: tgtd
+ * copies the InitiatorName and InitiatorAlias of each session into its "I_T nexus" lines
+ * unfiltered (usr/iscsi/session.c), so a login whose alias holds line breaks adds lines of
+ * its choosing, e.g. a "Target N:" whose LUN names another disk. Any initiator an ACL lets
+ * in (by default: any) can do that, and the reconcile deletes what the listing calls stale.
+ *
+ * So the parser accepts only the exact shape tgt prints (usr/target.c
+ * tgt_target_show_all): each target's sections in order, each line at its section's
+ * indent and of its section's kind, LUN numbers and LUN fields once each, tids and names
+ * once in the listing. An injected line can only go where a session's lines are, and the
+ * real lines after it are then out of place (a Connection line in a LUN section, a second
+ * "Target 1", a second "LUN: 1", ...), unless the injection is a whole fake target with a
+ * new tid and name, which names no disk of ours. Anything else fails with -EINVAL and a
+ * reason, and callers then change nothing on tgtd.
+ */
+enum show_sec { SH_TOP, SH_SYSINFO, SH_NEXUS, SH_LUNS, SH_ACCOUNTS, SH_ACLS };
+
+static const char *const lun_fields[] = {
+	"Type",		"SCSI ID",	   "SCSI SN",		"Size",
+	"Online",	"Removable media", "Prevent removal",	"Readonly",
+	"SWP",		"Thin-provisioning", "Backing store type", "Backing store path",
+	"Backing store flags",
+};
+#define N_LUN_FIELDS (sizeof(lun_fields) / sizeof(lun_fields[0]))
+#define SHOW_MAX_LUNS 64
+
+/* The line is `indent` spaces and then a non-space. */
+static bool at_indent(const char *line, size_t len, size_t indent)
 {
-	while (*p == ' ' || *p == '\t')
-		p++;
-	return p;
+	return len > indent && strspn(line, " ") == indent;
 }
 
-int tgtmgr_parse_show(const char *text, struct tgtmgr_target **out, size_t *n)
+/* s is one or more digits and nothing else. */
+static bool all_digits(const char *s)
 {
-	struct tgtmgr_target *v = NULL, *cur = NULL;
-	enum { SEC_OTHER, SEC_ACCOUNT, SEC_ACL } sec = SEC_OTHER;
-	size_t cnt = 0, cap = 0;
-	long lun = -1;
-	const char *line = text;
+	return *s && strspn(s, "0123456789") == strlen(s);
+}
 
-	while (line && *line) {
-		const char *eol = strchr(line, '\n');
-		size_t len = eol ? (size_t)(eol - line) : strlen(line);
-		const char *p = skip_ws(line);
-		char buf[4200];
+struct show_parse {
+	struct tgtmgr_target *v, *cur;
+	size_t cnt, cap;
+	enum show_sec sec;
+	long luns[SHOW_MAX_LUNS];
+	unsigned nluns, lun_seen; /* LUNs of cur; fields seen in the current LUN (bits) */
+	long lun;
+};
 
-		snprintf(buf, sizeof(buf), "%.*s", (int)(len - (size_t)(p - line)), p);
-		if (!strncmp(line, "Target ", 7)) {
-			int tid;
-			char *colon = strchr(buf, ':');
+static int show_new_target(struct show_parse *ps, const char *l, char *why, size_t whylen)
+{
+	const char *colon = strchr(l, ':');
+	char tids[16];
+	int tid;
 
-			if (sscanf(buf, "Target %d:", &tid) != 1 || !colon) {
-				free(v);
+	if (!colon || colon - l - 7 <= 0 || colon - l - 7 >= (long)sizeof(tids) ||
+	    colon[1] != ' ' || !colon[2]) {
+		snprintf(why, whylen, "a target line is not \"Target N: NAME\"");
+		return -EINVAL;
+	}
+	memcpy(tids, l + 7, (size_t)(colon - l - 7));
+	tids[colon - l - 7] = '\0';
+	if (!all_digits(tids) || (tid = atoi(tids)) <= 0) {
+		snprintf(why, whylen, "a target line is not \"Target N: NAME\"");
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < ps->cnt; i++) {
+		if (ps->v[i].tid == tid || !strcmp(ps->v[i].name, colon + 2)) {
+			snprintf(why, whylen, "target %d (%.64s) is listed twice", tid, colon + 2);
+			return -EINVAL;
+		}
+	}
+	if (strlen(colon + 2) >= sizeof(ps->v[0].name)) {
+		snprintf(why, whylen, "target %d's name is too long", tid);
+		return -EINVAL;
+	}
+	if (ps->cnt == ps->cap) {
+		size_t nc = ps->cap ? ps->cap * 2 : 16;
+		struct tgtmgr_target *nv = realloc(ps->v, nc * sizeof(*nv));
+
+		if (!nv)
+			return -ENOMEM;
+		ps->v = nv;
+		ps->cap = nc;
+	}
+	ps->cur = &ps->v[ps->cnt++];
+	memset(ps->cur, 0, sizeof(*ps->cur));
+	ps->cur->tid = tid;
+	copy_trunc(ps->cur->name, sizeof(ps->cur->name), colon + 2);
+	ps->sec = SH_TOP;
+	ps->nluns = 0;
+	ps->lun = -1;
+	return 0;
+}
+
+/* A "    X information:" header: the next section, in tgt's order, or an error. */
+static int show_section(struct show_parse *ps, const char *l)
+{
+	static const struct {
+		const char *line;
+		enum show_sec prev, sec;
+	} order[] = {
+		{"    System information:", SH_TOP, SH_SYSINFO},
+		{"    I_T nexus information:", SH_SYSINFO, SH_NEXUS},
+		{"    LUN information:", SH_NEXUS, SH_LUNS},
+		{"    Account information:", SH_LUNS, SH_ACCOUNTS},
+		{"    ACL information:", SH_ACCOUNTS, SH_ACLS},
+		{"    ACL information:", SH_LUNS, SH_ACLS}, /* drivers without accounts */
+	};
+
+	for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
+		if (!strcmp(l, order[i].line) && ps->sec == order[i].prev) {
+			ps->sec = order[i].sec;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+/* One line of a LUN section. */
+static int show_lun_line(struct show_parse *ps, const char *l, size_t len)
+{
+	struct tgtmgr_target *cur = ps->cur;
+
+	if (at_indent(l, len, 8) && !strncmp(l + 8, "LUN: ", 5) && all_digits(l + 13)) {
+		long lun = strtol(l + 13, NULL, 10);
+
+		for (unsigned i = 0; i < ps->nluns; i++)
+			if (ps->luns[i] == lun)
 				return -EINVAL;
-			}
-			if (cnt == cap) {
-				size_t nc = cap ? cap * 2 : 16;
-				struct tgtmgr_target *nv = realloc(v, nc * sizeof(*v));
+		if (ps->nluns == SHOW_MAX_LUNS)
+			return -EINVAL;
+		ps->luns[ps->nluns++] = lun;
+		ps->lun = lun;
+		ps->lun_seen = 0;
+		return 0;
+	}
+	if (ps->lun < 0 || !at_indent(l, len, 12))
+		return -EINVAL;
+	for (unsigned i = 0; i < N_LUN_FIELDS; i++) {
+		size_t fl = strlen(lun_fields[i]);
 
-				if (!nv) {
-					free(v);
-					return -ENOMEM;
-				}
-				v = nv;
-				cap = nc;
-			}
-			cur = &v[cnt++];
-			memset(cur, 0, sizeof(*cur));
-			cur->tid = tid;
-			copy_trunc(cur->name, sizeof(cur->name), skip_ws(colon + 1));
-			lun = -1;
-			sec = SEC_OTHER;
-		} else if (cur && p - line == 4 && buf[0] && buf[strlen(buf) - 1] == ':') {
-			/* a section of the target ("    ACL information:") */
-			sec = !strcmp(buf, "Account information:") ? SEC_ACCOUNT
-			      : !strcmp(buf, "ACL information:")   ? SEC_ACL
-								   : SEC_OTHER;
-		} else if (cur && sec == SEC_ACCOUNT && buf[0]) {
-			if (!strstr(buf, " (outgoing)") && cur->naccounts++ == 0)
-				copy_trunc(cur->account, sizeof(cur->account), buf);
-		} else if (cur && sec == SEC_ACL && buf[0]) {
-			if (cur->nacl < TGTMGR_ACL_MAX)
-				copy_trunc(cur->acl[cur->nacl], sizeof(cur->acl[0]), buf);
-			cur->nacl++;
-		} else if (cur && !strncmp(buf, "I_T nexus: ", 11)) {
-			cur->nsessions++;
-		} else if (cur && !strncmp(buf, "LUN: ", 5)) {
-			lun = strtol(buf + 5, NULL, 10);
-		} else if (cur && lun == 1 && !strncmp(buf, "Backing store path: ", 20)) {
-			copy_trunc(cur->backing, sizeof(cur->backing), buf + 20);
+		if (strncmp(l + 12, lun_fields[i], fl) || l[12 + fl] != ':')
+			continue;
+		if (ps->lun_seen & (1u << i))
+			return -EINVAL; /* a field twice in one LUN */
+		ps->lun_seen |= 1u << i;
+		if (ps->lun == 1 && !strcmp(lun_fields[i], "Backing store path")) {
+			const char *path = l + 12 + fl + 1 + (l[12 + fl + 1] == ' ');
+
+			if (strlen(path) >= sizeof(cur->backing))
+				return -EINVAL;
+			copy_trunc(cur->backing, sizeof(cur->backing), path);
 			if (!strcmp(cur->backing, "None"))
 				cur->backing[0] = '\0';
 		}
+		return 0;
+	}
+	return -EINVAL;
+}
+
+/* One line inside a target, after its "Target N:" line. */
+static int show_target_line(struct show_parse *ps, const char *l, size_t len)
+{
+	struct tgtmgr_target *cur = ps->cur;
+
+	if (at_indent(l, len, 4))
+		return show_section(ps, l);
+	switch (ps->sec) {
+	case SH_SYSINFO: /* Driver, State, and the iSCSI NOP settings when set */
+		return at_indent(l, len, 8) &&
+			       (!strncmp(l + 8, "Driver: ", 8) || !strncmp(l + 8, "State: ", 7) ||
+				!strncmp(l + 8, "Nop interval: ", 14) ||
+				!strncmp(l + 8, "Nop count: ", 11))
+			       ? 0
+			       : -EINVAL;
+	case SH_NEXUS: /* a session's lines (usr/iscsi/session.c); text after Initiator: is
+			  the initiator's */
+		if (at_indent(l, len, 8) && !strncmp(l + 8, "I_T nexus: ", 11) &&
+		    all_digits(l + 19)) {
+			cur->nsessions++;
+			return 0;
+		}
+		if (at_indent(l, len, 12) && (!strncmp(l + 12, "Initiator: ", 11) ||
+					      (!strncmp(l + 12, "Connection: ", 12) &&
+					       all_digits(l + 24))))
+			return 0;
+		return at_indent(l, len, 16) ? 0 : -EINVAL; /* the connection's address */
+	case SH_LUNS:
+		return show_lun_line(ps, l, len);
+	case SH_ACCOUNTS:
+		if (!at_indent(l, len, 8))
+			return -EINVAL;
+		if (!strstr(l, " (outgoing)") && cur->naccounts++ == 0)
+			copy_trunc(cur->account, sizeof(cur->account), l + 8);
+		return 0;
+	case SH_ACLS:
+		if (!at_indent(l, len, 8))
+			return -EINVAL;
+		if (cur->nacl < TGTMGR_ACL_MAX)
+			copy_trunc(cur->acl[cur->nacl], sizeof(cur->acl[0]), l + 8);
+		cur->nacl++;
+		return 0;
+	default:
+		return -EINVAL;
+	}
+}
+
+int tgtmgr_parse_show(const char *text, struct tgtmgr_target **out, size_t *n, char *why,
+		      size_t whylen)
+{
+	struct show_parse ps = {.sec = SH_TOP, .lun = -1};
+	const char *line = text;
+	unsigned lineno = 0;
+	char dummy[8];
+	int ret = 0;
+
+	if (!why || !whylen) {
+		why = dummy;
+		whylen = sizeof(dummy);
+	}
+	why[0] = '\0';
+	while (line && *line) {
+		const char *eol = strchr(line, '\n');
+		size_t len = eol ? (size_t)(eol - line) : strlen(line);
+		char buf[4200];
+
+		lineno++;
+		if (len >= sizeof(buf)) {
+			snprintf(why, whylen, "line %u is too long", lineno);
+			ret = -EINVAL;
+			break;
+		}
+		memcpy(buf, line, len);
+		buf[len] = '\0';
+		if (!strncmp(buf, "Target ", 7)) {
+			if (ps.cur && ps.sec != SH_ACLS) {
+				snprintf(why, whylen, "target %d ends before its ACL section",
+					 ps.cur->tid);
+				ret = -EINVAL;
+			} else {
+				ret = show_new_target(&ps, buf, why, whylen);
+			}
+		} else if (!ps.cur || (ret = show_target_line(&ps, buf, len)) == -EINVAL) {
+			snprintf(why, whylen, "line %u is not where tgt prints such a line: "
+				 "\"%.60s\"", lineno, buf);
+			ret = -EINVAL;
+		}
+		if (ret)
+			break;
 		line = eol ? eol + 1 : NULL;
 	}
-	*out = v;
-	*n = cnt;
+	if (!ret && ps.cur && ps.sec != SH_ACLS) {
+		snprintf(why, whylen, "target %d ends before its ACL section", ps.cur->tid);
+		ret = -EINVAL;
+	}
+	if (ret) {
+		free(ps.v);
+		return ret;
+	}
+	*out = ps.v;
+	*n = ps.cnt;
 	return 0;
 }
 
@@ -720,7 +910,12 @@ int tgtmgr_list(struct tgtmgr *tm, struct tgtmgr_target **out, size_t *n)
 		log_warn("listing tgtd's targets: %s", err);
 		return ret;
 	}
-	ret = tgtmgr_parse_show(text, out, n);
+	ret = tgtmgr_parse_show(text, out, n, err, sizeof(err));
+	if (ret == -EINVAL)
+		log_error("tgtd's target listing is not in the shape tgt prints (%s): an "
+			  "initiator's name or alias with line breaks in it? Nothing is changed "
+			  "on tgtd while it is; see `tgtadm --mode target --op show`, and log that "
+			  "initiator out", err);
 	free(text);
 	return ret;
 }

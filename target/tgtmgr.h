@@ -102,7 +102,9 @@ int tgtmgr_lun_stats(struct tgtmgr *tm, int tid, int lun, struct tgtmgr_lun_stat
 int tgtmgr_stat_all(struct tgtmgr *tm, char **text);
 
 /* Parsers, exposed for tests. */
-int tgtmgr_parse_show(const char *text, struct tgtmgr_target **out, size_t *n);
+/* -EINVAL, with why, for a listing not in the exact shape tgt prints (see tgtmgr.c). */
+int tgtmgr_parse_show(const char *text, struct tgtmgr_target **out, size_t *n, char *why,
+		      size_t whylen);
 /* Sums the lines of target tid (-1: any), LUN lun. */
 int tgtmgr_parse_stat(const char *text, int tid, int lun, struct tgtmgr_lun_stats *st);
 

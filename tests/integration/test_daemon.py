@@ -157,7 +157,8 @@ def test_disk_lifecycle_through_cli(appliance, seed, tmp_path):
     p = a.cli("disk", "create", "vm1", "--image", "deb")
     assert p.returncode == 1 and p.stderr.strip() == "rackdisk: disk 'vm1' already exists"
     p = a.cli("disk", "create", "../vm2", "--image", "deb")
-    assert p.returncode == 1 and "\"name\"" in p.stderr and len(p.stderr.splitlines()) == 1
+    assert p.returncode == 2 and "invalid disk name" in p.stderr, p.stderr
+    assert len(p.stderr.splitlines()) == 1
     p = a.cli("disk", "create", "vm3", "--image", "nosuch")
     assert p.returncode == 1 and "image 'nosuch' not found on the seed" in p.stderr
 
@@ -546,3 +547,46 @@ def test_damaged_record_keeps_the_disk_exported(appliance):
     r = subprocess.run(["qemu-io", "-f", "raw", "-c", "read 0 64k", a.url("k1")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "read 65536/65536" in r.stdout, r.stdout + r.stderr
+
+
+def test_initiator_alias_cannot_make_reconcile_remove_another_disk(appliance):
+    """tgtd prints a session's InitiatorAlias as it came, so an initiator let into one disk
+    could add a line "Target <tid of another disk>: <some name>" to the listing; the
+    reconcile took the other disk's real target as stale and deleted it (force), cutting
+    its initiators off. Now a listing not in tgt's exact shape is refused with an error
+    that says why, nothing is removed, and once that session is gone the next reconcile
+    works as before."""
+    iscsi_cmd = os.path.join(os.path.dirname(RACKDISKD), "tests", "iscsi_cmd")
+    a = appliance().start()
+    for n in ("j1", "j2"):
+        assert a.cli("disk", "create", n, "--image", "deb").returncode == 0
+    before = a.targets()
+    (tid2,) = [t for t, iqn in before.items() if iqn.endswith(":j2")]
+    prefix = before[tid2].rsplit(":", 1)[0]
+    alias = f"x\nTarget {tid2}: {prefix}:nosuchdisk"
+    holder = subprocess.Popen([iscsi_cmd, a.url("j1"), "hold", "60"], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(os.environ, ISCSI_CMD_ALIAS=alias))
+    try:
+        assert "LOGGED_IN" in holder.stdout.readline(), holder.stderr.read()
+        assert f"Target {tid2}: {prefix}:nosuchdisk" in a.tgtadm(
+            "--op", "show", "--mode", "target").stdout  # the line is there
+        a.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "not in the shape tgt prints" in a.log_text(), 15), \
+            a.log_text()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    log = a.log_text()
+    assert "removing stale target" not in log, log
+    assert "not in the shape tgt prints" in log, log
+    assert wait_until(lambda: a.targets() == before, 15), (a.targets(), before)
+    with QemuIo(a.url("j2")) as q:
+        q.cmd("read 0 64k")
+        assert "read 65536/65536" in "".join(q.read_lines(2))
+    # the session gone, the listing is whole again: a reconcile succeeds
+    n = a.health()["reconciles"]
+    a.proc.send_signal(signal.SIGHUP)
+    assert reconciled(a, n), a.log_text()
+    assert a.log_text().count("not in the shape tgt prints") == log.count(
+        "not in the shape tgt prints"), a.log_text()

@@ -15,6 +15,11 @@
  *   iscsi_cmd URL unmap LBA BLOCKS           UNMAP with one block descriptor
  *   iscsi_cmd URL unmapraw PLEN HEX          UNMAP with PARAMETER LIST LENGTH PLEN and
  *                                            the parameter list HEX (any length) as Data-Out
+ *   iscsi_cmd URL hold SECONDS               logs in, prints {"status": "LOGGED_IN"},
+ *                                            stays logged in SECONDS, logs out
+ *
+ * $ISCSI_CMD_ALIAS, when set, is sent as the InitiatorAlias at login (as it is: the tests
+ * put line breaks in it, as a hostile initiator would).
  *
  * Prints one JSON line. unmap and unmapraw add the response's residual ("residual_status":
  * "none", "underflow" or "overflow", "residual": bytes) and whether libiscsi handed back
@@ -28,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
@@ -159,6 +165,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "iscsi_cmd: bad URL %s\n", argv[1]);
 		return 1;
 	}
+	if (getenv("ISCSI_CMD_ALIAS"))
+		iscsi_set_alias(iscsi, getenv("ISCSI_CMD_ALIAS"));
 	iscsi_set_targetname(iscsi, url->target);
 	iscsi_set_session_type(iscsi, ISCSI_SESSION_NORMAL);
 	iscsi_set_header_digest(iscsi, ISCSI_HEADER_DIGEST_NONE_CRC32C);
@@ -169,6 +177,14 @@ int main(int argc, char **argv)
 	/* A bound on everything: a command the target never answers is reported, not waited
 	 * for forever. */
 	iscsi_set_timeout(iscsi, 120);
+	if (!strcmp(op, "hold") && argc == 4) {
+		printf("{\"status\": \"LOGGED_IN\"}\n");
+		fflush(stdout);
+		sleep((unsigned)lba);
+		iscsi_logout_sync(iscsi);
+		ret = 0;
+		goto out;
+	}
 	buf = calloc(1, (size_t)len * 2 + BLOCK);
 	if (!buf)
 		goto out;
@@ -247,6 +263,7 @@ out:
 usage:
 	fprintf(stderr, "usage: iscsi_cmd URL read|write|caw|orwrite|prefetch|sync|writesame|"
 			"lbastatus|unmap LBA [BLOCKS [BYTE...]]\n"
+			"       iscsi_cmd URL hold SECONDS\n"
 			"       iscsi_cmd URL unmapraw PLEN HEX\n");
 	return 2;
 }

@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,7 +59,7 @@ static void test_parse_show(void **state)
 	struct tgtmgr_target *t = NULL;
 	size_t n = 0;
 
-	assert_int_equal(tgtmgr_parse_show(show, &t, &n), 0);
+	assert_int_equal(tgtmgr_parse_show(show, &t, &n, NULL, 0), 0);
 	assert_int_equal(n, 2);
 	assert_int_equal(t[0].tid, 1);
 	assert_string_equal(t[0].name, "iqn.2026-11.io.rackdisk:d1");
@@ -84,10 +85,98 @@ static void test_parse_show_empty_and_garbage(void **state)
 	struct tgtmgr_target *t = NULL;
 	size_t n = 7;
 
-	assert_int_equal(tgtmgr_parse_show("", &t, &n), 0);
+	assert_int_equal(tgtmgr_parse_show("", &t, &n, NULL, 0), 0);
 	assert_int_equal(n, 0);
 	free(t);
-	assert_int_equal(tgtmgr_parse_show("Target x\n", &t, &n), -EINVAL);
+	assert_int_equal(tgtmgr_parse_show("Target x\n", &t, &n, NULL, 0), -EINVAL);
+}
+
+/* The first target of `show` with text in place of its session's alias. */
+static char *with_alias(const char *alias)
+{
+	const char *at = strstr(show, "alias: none\n");
+	size_t pre = (size_t)(at - show) + 7, len = strlen(show) + strlen(alias) + 1;
+	char *t = malloc(len);
+
+	assert_non_null(at);
+	assert_non_null(t);
+	snprintf(t, len, "%.*s%s%s", (int)pre, show, alias, at + 11);
+	return t;
+}
+
+/*
+ * tgtd prints an initiator's name and alias as they came: an alias with line breaks adds
+ * lines to the listing. Each injection below used to be taken as real: a fake "Target 12"
+ * naming d1's path (the reconcile removed the real target 12 as stale or mismatched), a
+ * second "LUN: 1" for target 1 with another path, a target with no ACL section. Every one
+ * is refused now, with a reason; an alias without line breaks is just text.
+ */
+static void test_parse_show_refuses_lines_an_initiator_injected(void **state)
+{
+	static const char *const bad[] = {
+		/* a whole fake target with a tid that exists further down */
+		"x\n            Connection: 0\n                IP Address: 10.0.0.9\n"
+		"    LUN information:\n    Account information:\n    ACL information:\n"
+		"        ALL\n"
+		"Target 12: iqn.2026-11.io.rackdisk:fake\n    System information:\n"
+		"        Driver: iscsi\n        State: ready\n    I_T nexus information:\n"
+		"        I_T nexus: 9\n            Initiator: y alias: z",
+		/* the same, with a fresh tid but the name of the target further down */
+		"x\n            Connection: 0\n                IP Address: 10.0.0.9\n"
+		"    LUN information:\n    Account information:\n    ACL information:\n"
+		"Target 77: iqn.2001-04.com.example:other\n    System information:\n"
+		"        Driver: iscsi\n        State: ready\n    I_T nexus information:\n"
+		"        I_T nexus: 9\n            Initiator: y alias: z",
+		/* the LUN section started early: the session's real lines land in it */
+		"x\n    LUN information:\n        LUN: 1\n"
+		"            Backing store path: /var/lib/rackdisk/disks/d2",
+		/* a target line alone: target 1 ends without its sections */
+		"x\nTarget 5: iqn.2026-11.io.rackdisk:d5",
+		/* a line at no indent tgt uses in that section */
+		"x\n      Backing store path: /x",
+		/* a Connection line that is not one */
+		"x\n            Connection: 0    LUN information:",
+	};
+	struct tgtmgr_target *t = NULL;
+	char why[256];
+	size_t n = 0;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char *text = with_alias(bad[i]);
+
+		why[0] = '\0';
+		assert_int_equal(tgtmgr_parse_show(text, &t, &n, why, sizeof(why)), -EINVAL);
+		assert_true(why[0] != '\0');
+		free(text);
+	}
+	/* a second "LUN: 1" in one target, and a LUN field twice in one LUN */
+	{
+		char *text = with_alias("none");
+		char *l1 = strstr(text, "        LUN: 1\n");
+		char *dup = malloc(strlen(text) + 64);
+
+		assert_non_null(l1);
+		assert_int_equal(tgtmgr_parse_show(text, &t, &n, NULL, 0), 0);
+		free(t);
+		sprintf(dup, "%.*s        LUN: 1\n%s", (int)(l1 - text), text, l1);
+		assert_int_equal(tgtmgr_parse_show(dup, &t, &n, NULL, 0), -EINVAL);
+		sprintf(dup, "%.*s            Type: disk\n%s", (int)(l1 - text + 15), text,
+			l1 + 15);
+		assert_int_equal(tgtmgr_parse_show(dup, &t, &n, NULL, 0), -EINVAL);
+		free(dup);
+		free(text);
+	}
+	/* an alias that is only odd text parses, as tgt prints it */
+	{
+		char *text = with_alias("Target 12: LUN: 1 (outgoing) ACL information:");
+
+		assert_int_equal(tgtmgr_parse_show(text, &t, &n, NULL, 0), 0);
+		assert_int_equal(n, 2);
+		assert_int_equal(t[0].nsessions, 1);
+		assert_string_equal(t[1].name, "iqn.2001-04.com.example:other");
+		free(t);
+		free(text);
+	}
 }
 
 static void test_parse_stat_sums_sessions(void **state)
@@ -124,6 +213,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_show),
 		cmocka_unit_test(test_parse_show_empty_and_garbage),
+		cmocka_unit_test(test_parse_show_refuses_lines_an_initiator_injected),
 		cmocka_unit_test(test_parse_stat_sums_sessions),
 	};
 
