@@ -247,6 +247,8 @@ static void print_disk(json_t *d)
 	       jnum(d, "size"));
 	printf("target:      %s (tid %llu, lun %llu)\n", jstr(d, "iqn"), jnum(d, "tid"),
 	       jnum(d, "lun"));
+	if (json_object_get(d, "scsi_id"))
+		printf("scsi id:     %s\n", jstr(d, "scsi_id"));
 	printf("initiators:  ");
 	if (!json_array_size(ini))
 		printf("any");

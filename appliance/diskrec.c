@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #include "appliance/config.h"
@@ -80,6 +81,23 @@ bool diskrec_chap_secret_valid(const char *s)
 	return true;
 }
 
+int diskrec_new_scsi_id(char id[DISKREC_SCSI_ID_LEN + 1])
+{
+	uint8_t b[DISKREC_SCSI_ID_LEN / 2];
+
+	if (getrandom(b, sizeof(b), 0) != (ssize_t)sizeof(b))
+		return -EIO;
+	for (size_t i = 0; i < sizeof(b); i++)
+		snprintf(id + 2 * i, 3, "%02x", b[i]);
+	return 0;
+}
+
+bool diskrec_scsi_id_valid(const char *id)
+{
+	return strlen(id) == DISKREC_SCSI_ID_LEN &&
+	       strspn(id, "0123456789abcdef") == DISKREC_SCSI_ID_LEN;
+}
+
 json_t *diskrec_to_json(const struct diskrec *r, bool include_secret)
 {
 	char hex[HASH_HEX_LEN + 1];
@@ -93,6 +111,8 @@ json_t *diskrec_to_json(const struct diskrec *r, bool include_secret)
 		      r->name, "image", r->image_tag, "image_id", hex, "size",
 		      (json_int_t)r->size, "initiators", ini, "tid", r->tid, "lun", r->lun,
 		      "created", (json_int_t)r->created);
+	if (j && r->scsi_id[0])
+		json_object_set_new(j, "scsi_id", json_string(r->scsi_id));
 	if (j && r->chap_user[0]) {
 		json_object_set_new(j, "chap_user", json_string(r->chap_user));
 		if (include_secret)
@@ -138,8 +158,14 @@ int diskrec_from_json(json_t *j, struct diskrec *r, char *err, size_t errlen)
 	    get_str(j, "image_id", hex, sizeof(hex), true, err, errlen) ||
 	    get_str(j, "chap_user", r->chap_user, sizeof(r->chap_user), false, err, errlen) ||
 	    get_str(j, "chap_password", r->chap_password, sizeof(r->chap_password), false, err,
-		    errlen))
+		    errlen) ||
+	    get_str(j, "scsi_id", r->scsi_id, sizeof(r->scsi_id), false, err, errlen))
 		return -EINVAL;
+	if (r->scsi_id[0] && !diskrec_scsi_id_valid(r->scsi_id)) {
+		snprintf(err, errlen, "\"scsi_id\" is not %d lowercase hex digits",
+			 DISKREC_SCSI_ID_LEN);
+		return -EINVAL;
+	}
 	if (!name_is_valid(r->name) || (r->image_tag[0] && !name_is_valid(r->image_tag))) {
 		snprintf(err, errlen, "invalid name");
 		return -EINVAL;

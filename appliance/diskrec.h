@@ -22,6 +22,10 @@
 #define DISKREC_NAME_MAX 129
 #define DISKREC_IQN_MAX 224
 #define DISKREC_CHAP_MAX 65
+/* The LUN's SCSI identity (tgt's scsi_id and scsi_sn): 32 lowercase hex digits, random at
+ * create, so no two disks anywhere share the serial number and NAA designators hosts and
+ * dm-multipath key on (tgt's default derives them from the target id alone). */
+#define DISKREC_SCSI_ID_LEN 32
 
 struct diskrec {
 	char name[DISKREC_NAME_MAX];
@@ -35,7 +39,12 @@ struct diskrec {
 	int tid;
 	int lun;
 	int64_t created;                  /* unix seconds */
+	char scsi_id[DISKREC_SCSI_ID_LEN + 1]; /* "" in records written before it existed */
 };
+
+/* A fresh random SCSI id (DISKREC_SCSI_ID_LEN hex digits). */
+int diskrec_new_scsi_id(char id[DISKREC_SCSI_ID_LEN + 1]);
+bool diskrec_scsi_id_valid(const char *id);
 
 /* JSON form of a record (include_secret: also the CHAP password, for the file only). */
 json_t *diskrec_to_json(const struct diskrec *r, bool include_secret);

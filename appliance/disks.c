@@ -229,12 +229,30 @@ static int alloc_tid(struct appliance *a, const struct diskrec *recs, size_t nre
 static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh, char *err,
 		       size_t errlen)
 {
-	char iqn[DISKREC_IQN_MAX], dir[PATH_MAX];
+	char iqn[DISKREC_IQN_MAX], dir[PATH_MAX], scsi_id[DISKREC_SCSI_ID_LEN + 1];
 	int ret;
 
 	appliance_disk_iqn(a, r->name, iqn, sizeof(iqn));
 	appliance_disk_dir(a, r->name, dir, sizeof(dir));
-	ret = tgtmgr_export(a->tgt, r->tid, iqn, BSTYPE, dir, err, errlen);
+	snprintf(scsi_id, sizeof(scsi_id), "%s", r->scsi_id);
+	if (!scsi_id[0]) {
+		/* A record from before SCSI ids: give it one now and keep it, so the disk's
+		 * identity stays the same from this export on. */
+		struct diskrec up = *r;
+
+		ret = diskrec_new_scsi_id(up.scsi_id);
+		if (!ret)
+			ret = diskrec_save(dir, &up);
+		if (ret) {
+			snprintf(err, errlen, "recording a SCSI id for disk '%s': %s", r->name,
+				 strerror(-ret));
+			return ret;
+		}
+		log_info("disk %s: recorded SCSI id %s (its serial number and NAA designators "
+			 "until now came from target id %d)", r->name, up.scsi_id, r->tid);
+		snprintf(scsi_id, sizeof(scsi_id), "%s", up.scsi_id);
+	}
+	ret = tgtmgr_export(a->tgt, r->tid, iqn, BSTYPE, dir, scsi_id, err, errlen);
 	if (ret)
 		return ret;
 	/* CHAP before the ACL: a target is reachable only once both are in place, so a
@@ -418,6 +436,11 @@ static int create_locked(struct appliance *a, const struct disk_request *req,
 	snprintf(r->chap_password, sizeof(r->chap_password), "%s", req->chap_password);
 	r->lun = 1;
 	r->created = (int64_t)time(NULL);
+	ret = diskrec_new_scsi_id(r->scsi_id);
+	if (ret) {
+		snprintf(err, errlen, "drawing a SCSI id: %s", strerror(-ret));
+		return ret;
+	}
 	ret = diskrec_scan(a->disks_dir, &recs, &nrecs, &bad, &nbad);
 	if (ret) {
 		snprintf(err, errlen, "listing disks: %s", strerror(-ret));

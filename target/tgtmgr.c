@@ -952,13 +952,18 @@ static int set_target_params(struct tgtmgr *tm, const char *tids, char *err, siz
 }
 
 int tgtmgr_export(struct tgtmgr *tm, int tid, const char *iqn, const char *bstype,
-		  const char *path, char *err, size_t errlen)
+		  const char *path, const char *scsi_id, char *err, size_t errlen)
 {
-	char tids[16];
+	char tids[16], params[160];
 	int ret;
 
 	if (strchr(path, ',') || strchr(iqn, ',')) {
 		snprintf(err, errlen, "tgtadm parameters cannot contain ','");
+		return -EINVAL;
+	}
+	if (scsi_id && (strlen(scsi_id) > 32 || strspn(scsi_id, "0123456789abcdef") !=
+							 strlen(scsi_id))) {
+		snprintf(err, errlen, "a SCSI id is at most 32 hex digits");
 		return -EINVAL;
 	}
 	snprintf(tids, sizeof(tids), "%d", tid);
@@ -967,11 +972,18 @@ int tgtmgr_export(struct tgtmgr *tm, int tid, const char *iqn, const char *bstyp
 	const char *lnew[] = {"--mode", "logicalunit", "--op", "new", "--tid", tids,
 			      "--lun", "1", "--bstype", bstype, "--backing-store", path,
 			      "--blocksize", "512", NULL};
-	/* Thin provisioning makes tgt report LBPME and answer GET LBA STATUS; the ids let
-	 * an operator recognise rackdisk LUNs in the guest. */
+	/* Thin provisioning makes tgt report LBPME and answer GET LBA STATUS; the vendor and
+	 * product let an operator recognise rackdisk LUNs in the guest. tgt derives the
+	 * serial number (VPD 0x80) and the NAA designators (VPD 0x83: a registered-extended
+	 * one from scsi_id's hex digits, the one hosts and dm-multipath prefer) from the tid
+	 * unless given: every appliance's first disk would look like one device. */
+	int plen = snprintf(params, sizeof(params),
+			    "thin_provisioning=1,vendor_id=RACKDISK,product_id=RACKDISK");
+	if (scsi_id && *scsi_id)
+		snprintf(params + plen, sizeof(params) - (size_t)plen, ",scsi_id=%s,scsi_sn=%s",
+			 scsi_id, scsi_id);
 	const char *lupd[] = {"--mode", "logicalunit", "--op", "update", "--tid", tids,
-			      "--lun", "1", "--params",
-			      "thin_provisioning=1,vendor_id=RACKDISK,product_id=RACKDISK", NULL};
+			      "--lun", "1", "--params", params, NULL};
 
 	ret = tgtmgr_adm(tm, tnew, NULL, err, errlen);
 	if (ret)

@@ -72,10 +72,12 @@ struct tgtmgr_target {
 /* Lists targets (parses `tgtadm --op show --mode target`). *out is malloc'd. */
 int tgtmgr_list(struct tgtmgr *tm, struct tgtmgr_target **out, size_t *n);
 
-/* Creates target tid named iqn with LUN 1 = backing store path of type bstype. The target
- * offers larger iSCSI PDUs and bursts than tgt's defaults (tgtmgr.c, target_params). */
+/* Creates target tid named iqn with LUN 1 = backing store path of type bstype, whose SCSI
+ * id and serial number are scsi_id (hex digits; NULL or "": tgt's, from the tid). The
+ * target offers larger iSCSI PDUs and bursts than tgt's defaults (tgtmgr.c,
+ * target_params). */
 int tgtmgr_export(struct tgtmgr *tm, int tid, const char *iqn, const char *bstype,
-		  const char *path, char *err, size_t errlen);
+		  const char *path, const char *scsi_id, char *err, size_t errlen);
 /* Binds an initiator name ("ALL" for any) to target tid. */
 int tgtmgr_bind_initiator(struct tgtmgr *tm, int tid, const char *initiator, char *err,
 			  size_t errlen);

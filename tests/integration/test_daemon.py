@@ -590,3 +590,56 @@ def test_initiator_alias_cannot_make_reconcile_remove_another_disk(appliance):
     assert reconciled(a, n), a.log_text()
     assert a.log_text().count("not in the shape tgt prints") == log.count(
         "not in the shape tgt prints"), a.log_text()
+
+
+def scsi_identity(url):
+    """(serial number, VPD 0x83 designators) as an initiator reads them."""
+    out = []
+    for page in ("128", "131"):  # 0x80, 0x83 (iscsi-inq takes decimal)
+        p = subprocess.run(["iscsi-inq", "-e", "1", "-c", page, url], capture_output=True,
+                           timeout=60)
+        assert p.returncode == 0, p.stderr
+        # iscsi-inq prints the NAA designators' bytes as they are
+        out.append(p.stdout.decode(errors="backslashreplace"))
+    return tuple(out)
+
+
+def test_every_disk_has_its_own_scsi_identity(appliance):
+    """tgt derives a LUN's serial number and NAA designators from its target id unless
+    told otherwise, so a new disk that got a deleted disk's tid (and every appliance's
+    first disk) looked to hosts and dm-multipath like the same device. Each disk now
+    has a random SCSI id, kept in its record, the same across restarts; a record from
+    before gets one at its next export, kept from then on."""
+    a = appliance().start()
+    assert a.cli("disk", "create", "s1", "--image", "deb").returncode == 0
+    tid1 = json.loads(a.cli("--json", "disk", "show", "s1").stdout)["tid"]
+    first = scsi_identity(a.url("s1"))
+    assert a.cli("disk", "rm", "s1").returncode == 0
+    assert a.cli("disk", "create", "s2", "--image", "deb").returncode == 0
+    d2 = json.loads(a.cli("--json", "disk", "show", "s2").stdout)
+    assert d2["tid"] == tid1  # the tid is reused ...
+    second = scsi_identity(a.url("s2"))
+    assert first[0] != second[0] and first[1] != second[1], (first, second)  # ... not its id
+    assert re.fullmatch(r"[0-9a-f]{32}", d2["scsi_id"]), d2
+    assert d2["scsi_id"] in second[0], second[0]
+    # the same after a restart of rackdiskd (and of its tgtd)
+    a.stop()
+    a.start()
+    assert scsi_identity(a.url("s2")) == second
+    # a record without one (written by an older rackdiskd) gets one, kept from then on
+    rec = os.path.join(a.state, "disks", "s2", "disk.json")
+    a.stop()
+    with open(rec) as f:
+        j = json.load(f)
+    del j["scsi_id"]
+    with open(rec, "w") as f:
+        json.dump(j, f)
+    a.start()
+    third = scsi_identity(a.url("s2"))
+    assert third[0] != second[0]
+    with open(rec) as f:
+        kept = json.load(f)["scsi_id"]
+    assert kept in third[0] and "recorded SCSI id" in a.log_text(), a.log_text()
+    a.stop()
+    a.start()
+    assert scsi_identity(a.url("s2")) == third
