@@ -180,6 +180,44 @@ static void forget_tid(struct appliance *a, const char *name)
 		*e = a->disk_tids[--a->ndisk_tids];
 }
 
+/* The password last given to a CHAP account in this tgtd, as SHA-256 (appliance.h). */
+struct chap_set {
+	char user[DISKREC_CHAP_MAX];
+	struct chunk_hash pw;
+};
+
+static struct chap_set *find_chap(struct appliance *a, const char *user)
+{
+	for (size_t i = 0; i < a->nchap_set; i++)
+		if (!strcmp(a->chap_set[i].user, user))
+			return &a->chap_set[i];
+	return NULL;
+}
+
+static void remember_chap(struct appliance *a, const char *user, const char *password)
+{
+	struct chap_set *e = find_chap(a, user), *nv;
+
+	if (!e) {
+		nv = realloc(a->chap_set, (a->nchap_set + 1) * sizeof(*nv));
+		if (!nv)
+			return; /* the next reconcile sets it again: slower, not wrong */
+		a->chap_set = nv;
+		e = &nv[a->nchap_set++];
+		snprintf(e->user, sizeof(e->user), "%s", user);
+	}
+	hash_compute(password, strlen(password), &e->pw);
+}
+
+static bool chap_is_set(struct appliance *a, const char *user, const char *password)
+{
+	const struct chap_set *e = find_chap(a, user);
+	struct chunk_hash h;
+
+	hash_compute(password, strlen(password), &h);
+	return e && hash_equal(&e->pw, &h);
+}
+
 /* The tid of each damaged disk: its target's in t (by IQN), else the one remembered, else
  * 0 (unknown: a daemon started after the record was damaged, its target gone). */
 static void damaged_tids(struct appliance *a, struct diskrec_damaged *bad, size_t nbad,
@@ -224,6 +262,60 @@ static int alloc_tid(struct appliance *a, const struct diskrec *recs, size_t nre
 	return tid > TID_MAX ? -ENOSPC : tid;
 }
 
+/* True when a disk other than name uses CHAP user (records of older versions may share
+ * one): its account is then left in tgtd. */
+static bool chap_user_shared(struct appliance *a, const char *name, const char *user)
+{
+	struct diskrec_damaged *bad = NULL;
+	struct diskrec *recs = NULL;
+	size_t n = 0, nbad = 0;
+	bool shared;
+
+	/* unknown (no list, or a damaged record that may name user): keeping an account is
+	 * the safe side */
+	if (diskrec_scan(a->disks_dir, &recs, &n, &bad, &nbad))
+		return true;
+	shared = nbad > 0;
+	for (size_t i = 0; i < n && !shared; i++)
+		shared = strcmp(recs[i].name, name) && !strcmp(recs[i].chap_user, user);
+	free(recs);
+	free(bad);
+	return shared;
+}
+
+/*
+ * Gives r's CHAP account the password in r (tgtadm cannot show the one tgtd holds, so
+ * which one it holds is remembered: chap_set). Not for an account another record names
+ * too (records of older versions may share one): replacing it would unbind it from that
+ * disk's target as well. acl_bound: r's ACL is in place on its target (taken away
+ * meanwhile: tgtmgr_replace_chap), not yet during an export.
+ */
+static int replace_chap(struct appliance *a, const struct diskrec *r, bool acl_bound,
+			char *err, size_t errlen)
+{
+	const char *acl[DISKREC_MAX_INITIATORS], *any = "ALL";
+	size_t nacl = 0;
+	int ret;
+
+	if (chap_user_shared(a, r->name, r->chap_user)) {
+		log_warn("disk %s: CHAP account %s is named by another disk's record too; its "
+			 "password in tgtd is left as it is", r->name, r->chap_user);
+		return 0;
+	}
+	if (acl_bound && !r->ninitiators)
+		acl[nacl++] = any;
+	for (unsigned i = 0; acl_bound && i < r->ninitiators; i++)
+		acl[nacl++] = r->initiators[i];
+	ret = tgtmgr_replace_chap(a->tgt, r->tid, r->chap_user, r->chap_password, acl, nacl,
+				  err, errlen);
+	if (ret)
+		return ret;
+	remember_chap(a, r->chap_user, r->chap_password);
+	log_info("disk %s: CHAP account %s given the password in its record", r->name,
+		 r->chap_user);
+	return 0;
+}
+
 /* Creates target + LUN + ACLs + CHAP of a record in tgtd (fresh: a new disk, whose CHAP
  * account must not exist yet; see tgtmgr_bind_chap). */
 static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh, char *err,
@@ -258,9 +350,16 @@ static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh,
 	/* CHAP before the ACL: a target is reachable only once both are in place, so a
 	 * crash between the steps leaves one nobody can use, never one without its CHAP
 	 * (and reconcile then replaces it: access_matches) */
-	if (r->chap_user[0])
+	if (r->chap_user[0]) {
 		ret = tgtmgr_bind_chap(a->tgt, r->tid, r->chap_user, r->chap_password, fresh,
 				       err, errlen);
+		if (ret == 0)
+			remember_chap(a, r->chap_user, r->chap_password);
+		else if (ret == 1) /* an account tgtd kept: its password may be another */
+			ret = chap_is_set(a, r->chap_user, r->chap_password)
+				      ? 0
+				      : replace_chap(a, r, false, err, errlen);
+	}
 	if (!ret && !r->ninitiators)
 		ret = tgtmgr_bind_initiator(a->tgt, r->tid, "ALL", err, errlen);
 	for (unsigned i = 0; !ret && i < r->ninitiators; i++)
@@ -524,27 +623,6 @@ int appliance_disk_create(struct appliance *a, const struct disk_request *req,
 		log_info("created disk %s (image %s, %llu bytes, target %d)", out->name,
 			 req->image, (unsigned long long)out->size, out->tid);
 	return ret;
-}
-
-/* True when a disk other than name uses CHAP user (records of older versions may share
- * one): its account is then left in tgtd. */
-static bool chap_user_shared(struct appliance *a, const char *name, const char *user)
-{
-	struct diskrec_damaged *bad = NULL;
-	struct diskrec *recs = NULL;
-	size_t n = 0, nbad = 0;
-	bool shared;
-
-	/* unknown (no list, or a damaged record that may name user): keeping an account is
-	 * the safe side */
-	if (diskrec_scan(a->disks_dir, &recs, &n, &bad, &nbad))
-		return true;
-	shared = nbad > 0;
-	for (size_t i = 0; i < n && !shared; i++)
-		shared = strcmp(recs[i].name, name) && !strcmp(recs[i].chap_user, user);
-	free(recs);
-	free(bad);
-	return shared;
 }
 
 /*
@@ -978,6 +1056,18 @@ static int reconcile_locked(struct appliance *a)
 			present = target_matches(a, &c.t[i], &c.recs[j]);
 		if (!present && reexport(a, &c, j))
 			failed++;
+		/* the account is there, but its password may not be the record's (changed
+		 * in the record, or set before this daemon started) */
+		if (present && c.recs[j].chap_user[0] &&
+		    !chap_is_set(a, c.recs[j].chap_user, c.recs[j].chap_password)) {
+			char err[256] = "";
+
+			if (replace_chap(a, &c.recs[j], true, err, sizeof(err))) {
+				log_error("disk %s: setting the password of CHAP account %s: %s",
+					  c.recs[j].name, c.recs[j].chap_user, err);
+				failed++;
+			}
+		}
 	}
 	/* what is known now replaces what was remembered (disks deleted by hand go) */
 	a->ndisk_tids = 0;

@@ -237,6 +237,11 @@ static void stop_all(struct appliance *a, struct api *api)
 		chunkstore_close(a->store);
 	peering_destroy(a->peering);
 	a->peering = NULL;
+	free(a->disk_tids);
+	free(a->chap_set);
+	a->disk_tids = NULL;
+	a->chap_set = NULL;
+	a->ndisk_tids = a->nchap_set = 0;
 }
 
 /*

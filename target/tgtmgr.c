@@ -1040,6 +1040,47 @@ int tgtmgr_bind_chap(struct tgtmgr *tm, int tid, const char *user, const char *p
 	ret = tgtmgr_adm(tm, abind, NULL, err, errlen);
 	if (ret && created)
 		tgtmgr_account_delete(tm, user);
+	return ret ? ret : created ? 0 : 1;
+}
+
+static int acl_op(struct tgtmgr *tm, const char *op, const char *tids, const char *entry,
+		  char *err, size_t errlen)
+{
+	bool any = !strcmp(entry, "ALL");
+	const char *args[] = {"--mode", "target", "--op", op, "--tid", tids,
+			      any ? "--initiator-address" : "--initiator-name", entry, NULL};
+
+	return tgtmgr_adm(tm, args, NULL, err, errlen);
+}
+
+int tgtmgr_replace_chap(struct tgtmgr *tm, int tid, const char *user, const char *password,
+			const char *const *acl, size_t nacl, char *err, size_t errlen)
+{
+	const char *anew[] = {"--mode", "account", "--op", "new", "--user", user,
+			      "--password", password, NULL};
+	char tids[16];
+	int ret = 0;
+
+	snprintf(tids, sizeof(tids), "%d", tid);
+	const char *abind[] = {"--mode", "account", "--op", "bind", "--tid", tids,
+			       "--user", user, NULL};
+
+	for (size_t i = 0; !ret && i < nacl; i++)
+		ret = acl_op(tm, "unbind", tids, acl[i], err, errlen);
+	if (!ret) {
+		ret = tgtmgr_account_delete(tm, user);
+		if (ret == -ENOENT)
+			ret = 0;
+		else if (ret)
+			snprintf(err, errlen, "deleting CHAP account '%s': %s", user,
+				 strerror(-ret));
+	}
+	if (!ret)
+		ret = tgtmgr_adm(tm, anew, NULL, err, errlen);
+	if (!ret)
+		ret = tgtmgr_adm(tm, abind, NULL, err, errlen);
+	for (size_t i = 0; !ret && i < nacl; i++)
+		ret = acl_op(tm, "bind", tids, acl[i], err, errlen);
 	return ret;
 }
 

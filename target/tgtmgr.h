@@ -85,11 +85,21 @@ int tgtmgr_bind_initiator(struct tgtmgr *tm, int tid, const char *initiator, cha
  * Creates CHAP account user/password and binds it to target tid. tgtd's accounts are
  * global by user name: with fresh, an account of that name that exists already is an
  * error (-EEXIST; it may hold another password); without (re-exporting a record whose
- * account tgtd kept), it is used as it is. An account this call created is deleted
- * again when the bind fails.
+ * account tgtd kept), it is used as it is, password and all. 0 when this call created
+ * the account, 1 when it bound one that was there; an account this call created is
+ * deleted again when the bind fails.
  */
 int tgtmgr_bind_chap(struct tgtmgr *tm, int tid, const char *user, const char *password,
 		     bool fresh, char *err, size_t errlen);
+/*
+ * Sets a new password on CHAP account user, bound to target tid alone. tgt has no update:
+ * the account is deleted and made again, and while a target has no account bound tgt
+ * lets initiators in without CHAP, so the target's ACL entries (acl, nacl; "ALL" for any)
+ * are taken away first and given back last: meanwhile nobody new logs in, and logged-in
+ * sessions stay. On an error the target may be left without its ACL (closed, not open).
+ */
+int tgtmgr_replace_chap(struct tgtmgr *tm, int tid, const char *user, const char *password,
+			const char *const *acl, size_t nacl, char *err, size_t errlen);
 /* Deletes target tid (force: also when initiators are logged in). -ENOENT if absent. */
 int tgtmgr_unexport(struct tgtmgr *tm, int tid, bool force);
 /* Deletes a CHAP account; -ENOENT if absent. */
