@@ -8,7 +8,8 @@
  *     any state --(stopping)--> DONE
  *
  * Every child is forked from the supervisor thread with PR_SET_PDEATHSIG, so a tgtd we
- * spawned never outlives the thread (and so the daemon) that supervises it.
+ * spawned never outlives the thread (and so the daemon) that supervises it. It has a
+ * process group of its own, so that terminal signals reach only the daemon (spawn()).
  */
 #include "target/tgtmgr.h"
 
@@ -138,11 +139,21 @@ static void free_env(char **env)
 	free(env);
 }
 
-/* fork + exec with stdout/stderr to the given fds (-1: inherit). Only async-signal-safe
- * calls between fork and exec: the process is multithreaded. */
+/*
+ * fork + exec with stdout/stderr to the given fds (-1: inherit). Only async-signal-safe
+ * calls between fork and exec: the process is multithreaded.
+ *
+ * The child gets a process group of its own: Ctrl-C and a terminal hangup signal the
+ * whole foreground group, and must reach rackdiskd alone, which closes every LUN before
+ * it stops tgtd (a tgtd in our group died of SIGINT at once, and of SIGHUP, which only
+ * asks rackdiskd to reconcile). PR_SET_PDEATHSIG, not the group, ends it with us. Out of
+ * the foreground group, a write to the terminal (tgtd logs to our stderr) would stop it
+ * with SIGTTOU under `stty tostop`: it is ignored, which exec keeps.
+ */
 static pid_t spawn(char *const argv[], char *const envp[], int out_fd, int err_fd,
 		   bool pdeathsig)
 {
+	struct sigaction ign = {.sa_handler = SIG_IGN};
 	pid_t parent = getpid();
 	pid_t pid = fork();
 
@@ -153,6 +164,8 @@ static pid_t spawn(char *const argv[], char *const envp[], int out_fd, int err_f
 		if (getppid() != parent)
 			_exit(127);
 	}
+	setpgid(0, 0);
+	sigaction(SIGTTOU, &ign, NULL);
 	if (out_fd >= 0)
 		dup2(out_fd, 1);
 	if (err_fd >= 0)
@@ -602,13 +615,16 @@ void tgtmgr_stop(struct tgtmgr *tm)
 	if (tm->o.spawn && tm->sup_started) {
 		const char *sysdel[] = {"--mode", "system", "--op", "delete", NULL};
 		struct tgtmgr_target *t = NULL;
-		size_t n = 0;
+		size_t n = 0, closed = 0;
 
 		/* Closing every LUN first lets the backing store flush and close its disk;
 		 * tgtd refuses to exit while it has targets. */
-		if (tgtmgr_pid(tm) && !tgtmgr_list(tm, &t, &n))
+		if (tgtmgr_pid(tm) && !tgtmgr_list(tm, &t, &n)) {
 			for (size_t i = 0; i < n; i++)
-				tgtmgr_unexport(tm, t[i].tid, true);
+				closed += tgtmgr_unexport(tm, t[i].tid, true) == 0;
+			log_info("stopping tgtd: %zu of %zu targets deleted (their LUNs closed)",
+				 closed, n);
+		}
 		free(t);
 		if (tgtmgr_pid(tm))
 			tgtmgr_adm(tm, sysdel, NULL, NULL, 0);

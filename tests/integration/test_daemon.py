@@ -210,6 +210,32 @@ def test_tgtd_restarted_and_reexported_after_crash(appliance):
     assert a.stop() == 0
 
 
+def test_terminal_signals_to_the_process_group_reach_rackdiskd_alone(appliance):
+    """Ctrl-C and a terminal hangup signal the whole foreground process group. The spawned
+    tgtd was in rackdiskd's and died of them at once (SIGHUP: restarted, its sessions
+    dropped; SIGINT: killed before rackdiskd closed any LUN). Now rackdiskd alone gets
+    them: SIGHUP reconciles, SIGINT stops after deleting every target (closing its LUN)."""
+    a = appliance().start()
+    for n in ("g1", "g2"):
+        assert a.cli("disk", "create", n, "--image", "deb").returncode == 0
+    tgtd = a.tgtd_pid()
+    n = a.health()["reconciles"]
+    os.killpg(a.proc.pid, signal.SIGHUP)
+    assert reconciled(a, n), a.log_text()
+    time.sleep(0.3)
+    assert pid_alive(tgtd) and a.tgtd_pid() == tgtd, a.log_text()
+    os.killpg(a.proc.pid, signal.SIGINT)
+    assert a.proc.wait(30) == 0
+    a.proc = None
+    with open(a.log, errors="replace") as f:
+        log = f.read()
+    assert "SIGINT: stopping" in log and "tgtd stopped" in log, log
+    assert "stopping tgtd: 2 of 2 targets deleted (their LUNs closed)" in log, log
+    assert "exited with status" not in log and "did not exit" not in log, log
+    assert "listing tgtd's targets" not in log, log
+    assert wait_until(lambda: not pid_alive(tgtd), 5)
+
+
 def test_sighup_reconciles(appliance):
     a = appliance().start()
     assert a.cli("disk", "create", "h1", "--image", "deb").returncode == 0
