@@ -139,9 +139,50 @@ static void free_env(char **env)
 	free(env);
 }
 
+/* The child's side of spawn(); efd: where to write execve's errno if it fails. */
+static _Noreturn void exec_child(char *const argv[], char *const envp[], int out_fd,
+				 int err_fd, bool pdeathsig, pid_t parent, int efd)
+{
+	struct sigaction ign = {.sa_handler = SIG_IGN};
+	sigset_t none;
+	int e, nul;
+
+	if (pdeathsig) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(127);
+	}
+	setpgid(0, 0);
+	sigaction(SIGTTOU, &ign, NULL);
+	if (efd < 3)
+		efd = fcntl(efd, F_DUPFD_CLOEXEC, 3); /* out of the way of 0-2 */
+	if (efd < 0)
+		_exit(127);
+	if (out_fd >= 0)
+		dup2(out_fd, 1);
+	if (err_fd >= 0)
+		dup2(err_fd, 2);
+	nul = open("/dev/null", O_RDONLY);
+	if (nul >= 0)
+		dup2(nul, 0);
+	/* Our listening sockets must not live on in tgtd; efd closes at exec (O_CLOEXEC). */
+	if (efd > 3)
+		close_range(3, (unsigned)efd - 1, 0);
+	close_range((unsigned)efd + 1, ~0U, 0);
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	execve(argv[0], argv, envp);
+	e = errno;
+	while (write(efd, &e, sizeof(e)) < 0 && errno == EINTR)
+		;
+	_exit(127);
+}
+
 /*
  * fork + exec with stdout/stderr to the given fds (-1: inherit). Only async-signal-safe
- * calls between fork and exec: the process is multithreaded.
+ * calls between fork and exec: the process is multithreaded. Returns the child's pid, or
+ * a negative errno; *exec_failed then tells whether it is execve's (the child reports it
+ * on a pipe that the exec closes, and is reaped here) rather than pipe2's or fork's.
  *
  * The child gets a process group of its own: Ctrl-C and a terminal hangup signal the
  * whole foreground group, and must reach rackdiskd alone, which closes every LUN before
@@ -151,35 +192,33 @@ static void free_env(char **env)
  * with SIGTTOU under `stty tostop`: it is ignored, which exec keeps.
  */
 static pid_t spawn(char *const argv[], char *const envp[], int out_fd, int err_fd,
-		   bool pdeathsig)
+		   bool pdeathsig, bool *exec_failed)
 {
-	struct sigaction ign = {.sa_handler = SIG_IGN};
-	pid_t parent = getpid();
-	pid_t pid = fork();
+	pid_t parent = getpid(), pid;
+	int ep[2], e = 0;
+	ssize_t r;
 
-	if (pid != 0)
-		return pid < 0 ? -errno : pid;
-	if (pdeathsig) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			_exit(127);
+	*exec_failed = false;
+	if (pipe2(ep, O_CLOEXEC) < 0)
+		return -errno;
+	pid = fork();
+	if (pid == 0)
+		exec_child(argv, envp, out_fd, err_fd, pdeathsig, parent, ep[1]);
+	e = errno;
+	close(ep[1]);
+	if (pid < 0) {
+		close(ep[0]);
+		return -e;
 	}
-	setpgid(0, 0);
-	sigaction(SIGTTOU, &ign, NULL);
-	if (out_fd >= 0)
-		dup2(out_fd, 1);
-	if (err_fd >= 0)
-		dup2(err_fd, 2);
-	int nul = open("/dev/null", O_RDONLY);
-	if (nul >= 0)
-		dup2(nul, 0);
-	/* Our listening sockets must not live on in tgtd. */
-	close_range(3, ~0U, 0);
-	sigset_t none;
-	sigemptyset(&none);
-	sigprocmask(SIG_SETMASK, &none, NULL);
-	execve(argv[0], argv, envp);
-	_exit(127);
+	while ((r = read(ep[0], &e, sizeof(e))) < 0 && errno == EINTR)
+		;
+	close(ep[0]);
+	if (r != sizeof(e))
+		return pid; /* EOF: the exec succeeded */
+	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+		;
+	*exec_failed = true;
+	return -e;
 }
 
 /* Reads fd into a growing buffer until EOF or the deadline. */
@@ -256,6 +295,7 @@ static int run_adm(struct tgtmgr *tm, const char *const *args, char **out, char 
 	int opipe[2] = {-1, -1}, epipe[2] = {-1, -1}, fds[2];
 	char *bufs[2] = {NULL, NULL};
 	size_t lens[2] = {0, 0}, n = 0;
+	bool exec_failed;
 	int ret, status;
 	pid_t pid;
 
@@ -274,12 +314,15 @@ static int run_adm(struct tgtmgr *tm, const char *const *args, char **out, char 
 		ret = -errno;
 		goto out;
 	}
-	pid = spawn((char *const *)argv, tm->envp, opipe[1], epipe[1], true);
+	pid = spawn((char *const *)argv, tm->envp, opipe[1], epipe[1], true, &exec_failed);
 	close(opipe[1]);
 	close(epipe[1]);
 	opipe[1] = epipe[1] = -1;
 	if (pid < 0) {
-		ret = (int)pid;
+		/* -ENOEXEC, not execve's errno: -ENOENT would read as "no such target". */
+		snprintf(err, errlen, "cannot %s %s: %s", exec_failed ? "execute" : "run",
+			 tm->tgtadm_path, strerror((int)-pid));
+		ret = exec_failed ? -ENOEXEC : (int)pid;
 		goto out;
 	}
 	fds[0] = opipe[0];
@@ -307,8 +350,6 @@ static int run_adm(struct tgtmgr *tm, const char *const *args, char **out, char 
 			msg += 8;
 		snprintf(err, errlen, "tgtadm: %s", *msg ? msg : "failed");
 		ret = map_adm_error(msg);
-		if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
-			ret = -ENOEXEC;
 		goto out;
 	}
 	if (out) {
@@ -380,13 +421,17 @@ static int start_tgtd(struct tgtmgr *tm)
 	unsigned timeout = tm->o.ready_timeout_ms ? tm->o.ready_timeout_ms : 10000;
 	uint64_t deadline = now_ns() + timeout * 1000000ULL;
 	char err[256] = "";
+	bool exec_failed;
 	int status, ret;
 	pid_t pid;
 
 	snprintf(portal_arg, sizeof(portal_arg), "portal=%s", tm->portal);
-	pid = spawn(argv, tm->envp, -1, -1, true);
-	if (pid < 0)
+	pid = spawn(argv, tm->envp, -1, -1, true, &exec_failed);
+	if (pid < 0) {
+		log_error("cannot %s %s: %s", exec_failed ? "execute" : "run", tm->tgtd_path,
+			  strerror((int)-pid));
 		return (int)pid;
+	}
 	pthread_mutex_lock(&tm->lock);
 	tm->pid = pid;
 	pthread_mutex_unlock(&tm->lock);
@@ -403,11 +448,16 @@ static int start_tgtd(struct tgtmgr *tm)
 				  tm->o.control_port, tm->portal);
 			return -ECHILD;
 		}
-		if (!tgtmgr_adm(tm, show, NULL, err, sizeof(err))) {
+		ret = tgtmgr_adm(tm, show, NULL, err, sizeof(err));
+		if (!ret) {
 			if (portal_listed(tm))
 				return 0;
 			log_error("tgtd could not listen on the portal %s (in use?)", tm->portal);
 			ret = -EADDRINUSE;
+			goto kill;
+		}
+		if (ret == -ENOEXEC) {
+			log_error("%s", err); /* tgtadm: waiting would not help */
 			goto kill;
 		}
 		sleep_ms(50);

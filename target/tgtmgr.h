@@ -53,7 +53,8 @@ unsigned tgtmgr_restarts(struct tgtmgr *tm);
 /*
  * Runs tgtadm with args (NULL-terminated, without the program name, -C and --lld, which
  * are added). On success *out (if not NULL) receives its malloc'd stdout. On failure
- * err receives tgtadm's message. Bounded by a 15 s timeout.
+ * err receives tgtadm's message. Bounded by a 15 s timeout. -ENOEXEC when tgtadm cannot
+ * be executed (err: "cannot execute PATH: why").
  */
 int tgtmgr_adm(struct tgtmgr *tm, const char *const *args, char **out, char *err, size_t errlen);
 

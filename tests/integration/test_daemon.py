@@ -59,6 +59,10 @@ GOOD = "[node]\nname = a1\nstate_dir = /tmp/x\n[seed]\nurl = http://127.0.0.1:1/
     ("[node]\nname = ../a1\n", 2, "[node] name"),
     ("[seed]\nurl = http://x/\n", None, "[node] name is required"),
     (GOOD + "[api\n", 6, "syntax error"),
+    (GOOD + "[iscsi]\ntgtd_path = /usr/sbin/nonexistent\n", None,
+     "[iscsi] tgtd_path '/usr/sbin/nonexistent' cannot be executed: No such file or directory"),
+    (GOOD + "[iscsi]\ntgtadm_path = /usr/sbin\n", None,
+     "[iscsi] tgtadm_path '/usr/sbin' cannot be executed: Is a directory"),
 ])
 def test_bad_config_exits_2_with_one_line(tmp_path, text, line, needle):
     p, conf = run_daemon(text, tmp_path)
@@ -79,6 +83,45 @@ def test_missing_config_file_and_usage(tmp_path):
     p = subprocess.run([RACKDISKD, "--check-config", "--config", str(tmp_path / "x")],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2
+
+
+def test_programs_that_cannot_run_are_config_errors(tmp_path):
+    """A tgtd_path or tgtadm_path that cannot be executed is a config error (exit 2, also
+    for --check-config) rather than a start that fails later; an external tgtd's path is
+    not checked (rackdiskd does not run it)."""
+    conf = tmp_path / "rd.conf"
+    conf.write_text(GOOD + "[iscsi]\ntgtadm_path = /usr/sbin/nonexistent\n")
+    p = subprocess.run([RACKDISKD, "--check-config", "--config", str(conf)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and p.stderr.strip() == (
+        f"rackdiskd: {conf}: [iscsi] tgtadm_path '/usr/sbin/nonexistent' cannot be "
+        "executed: No such file or directory"), p.stderr
+    conf.write_text(GOOD + "[iscsi]\ntgtd = external\ntgtd_path = /usr/sbin/nonexistent\n")
+    p = subprocess.run([RACKDISKD, "--check-config", "--config", str(conf)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("key", ["tgtd_path", "tgtadm_path"])
+def test_program_that_cannot_execute_fails_the_start_at_once(appliance, tmp_path, key):
+    """A program that passes the config check but that execve refuses: the log said "tgtd
+    started", then "exited at start with status 127 (another tgtd on control port ...?)"
+    (tgtd), or waited 10 s for "did not become ready" (tgtadm). Now the child reports
+    execve's errno and the start fails at once, naming the program."""
+    bad = tmp_path / "not-a-program"
+    bad.write_bytes(b"\x00garbage\n")
+    bad.chmod(0o755)
+    a = appliance(extra={"iscsi": [f"{key} = {bad}"]})
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError):
+        a.start()
+    assert a.proc.returncode == 1
+    assert time.monotonic() - t0 < 5
+    log = a.log_text()
+    assert f"cannot execute {bad}: Exec format error" in log, log
+    assert "exited at start" not in log and "did not become ready" not in log, log
+    if key == "tgtd_path":
+        assert "tgtd started" not in log, log
 
 
 def test_start_and_clean_stop_on_sigterm(appliance):
