@@ -494,6 +494,12 @@ static bool backoff(struct tgtmgr *tm, unsigned ms)
 	return stop;
 }
 
+unsigned tgtmgr_restart_delay(unsigned next_ms, uint64_t ran_ms)
+{
+	/* A tgtd that ran for a minute was healthy: start over at 1 s. */
+	return ran_ms > 60000 ? 1000 : next_ms;
+}
+
 static void *sup_main(void *arg)
 {
 	struct tgtmgr *tm = arg;
@@ -526,13 +532,11 @@ static void *sup_main(void *arg)
 			pthread_mutex_unlock(&tm->lock);
 			if (stopping)
 				break;
+			delay = tgtmgr_restart_delay(delay, (now_ns() - up) / 1000000);
 			log_error("tgtd (pid %d) exited with status %d; restarting in %u ms",
 				  (int)pid,
 				  WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
 				  delay);
-			/* A tgtd that ran for a minute was healthy: start over at 1 s. */
-			if (now_ns() - up > 60ULL * 1000000000ULL)
-				delay = 1000;
 		}
 		if (backoff(tm, delay))
 			break;

@@ -49,6 +49,9 @@ void tgtmgr_stop(struct tgtmgr *tm);
 pid_t tgtmgr_pid(struct tgtmgr *tm);
 /* Times the spawned tgtd was restarted after exiting. */
 unsigned tgtmgr_restarts(struct tgtmgr *tm);
+/* The wait before restarting a tgtd that exited after running ran_ms: next_ms (the backoff,
+ * doubled at each restart), or 1 s again after a run of over a minute. Exposed for tests. */
+unsigned tgtmgr_restart_delay(unsigned next_ms, uint64_t ran_ms);
 
 /*
  * Runs tgtadm with args (NULL-terminated, without the program name, -C and --lld, which
