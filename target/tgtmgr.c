@@ -7,6 +7,15 @@
  *   SPAWN --(answers tgtadm, portal listens)--> RUNNING --(exits)--> BACKOFF --> SPAWN
  *     any state --(stopping)--> DONE
  *
+ * A restart (restart(): SPAWN after BACKOFF, then the owner's on_restart re-exporting its
+ * disks into the new tgtd) is marked `restarting`, and tgtmgr_stop() deletes the targets
+ * only once it has ended, so that none is created after them (tgtd, left with a target,
+ * would refuse to exit and be killed with its LUNs open):
+ *   1. SPAWN checks `stopping` at each poll, and kills a tgtd not yet ready (which has no
+ *      target yet: nothing to close);
+ *   2. on_restart is not called once `stopping` is set;
+ *   3. an on_restart call in progress runs to its end.
+ *
  * Every child is forked from the supervisor thread with PR_SET_PDEATHSIG, so a tgtd we
  * spawned never outlives the thread (and so the daemon) that supervises it. It has a
  * process group of its own, so that terminal signals reach only the daemon (spawn()).
@@ -47,6 +56,7 @@ struct tgtmgr {
 	pthread_cond_t cond;
 	pid_t pid;               /* running tgtd, 0 if none */
 	bool stopping;
+	bool restarting;         /* in restart() (see the top of this file) */
 	bool start_done;         /* the first start finished (start_ret is valid) */
 	int start_ret;
 	unsigned restarts;
@@ -412,7 +422,18 @@ static bool child_exited(pid_t pid, int *status)
 	return r == pid || (r < 0 && errno == ECHILD);
 }
 
-/* Spawns tgtd and waits until it answers. Supervisor thread only. */
+static bool is_stopping(struct tgtmgr *tm)
+{
+	bool stopping;
+
+	pthread_mutex_lock(&tm->lock);
+	stopping = tm->stopping;
+	pthread_mutex_unlock(&tm->lock);
+	return stopping;
+}
+
+/* Spawns tgtd and waits until it answers; -ECANCELED when stopping meanwhile.
+ * Supervisor thread only. */
 static int start_tgtd(struct tgtmgr *tm)
 {
 	char portal_arg[300];
@@ -438,6 +459,11 @@ static int start_tgtd(struct tgtmgr *tm)
 	log_info("tgtd started (pid %d, portal %s, control port %d)", (int)pid, tm->portal,
 		 tm->o.control_port);
 	while (now_ns() < deadline) {
+		if (is_stopping(tm)) {
+			log_info("stopping: ending tgtd (pid %d), which was still starting", (int)pid);
+			ret = -ECANCELED;
+			goto kill;
+		}
 		if (child_exited(pid, &status)) {
 			pthread_mutex_lock(&tm->lock);
 			tm->pid = 0;
@@ -500,6 +526,35 @@ unsigned tgtmgr_restart_delay(unsigned next_ms, uint64_t ran_ms)
 	return ran_ms > 60000 ? 1000 : next_ms;
 }
 
+/* One restart: spawns tgtd and, once it answers, lets the owner re-export its disks.
+ * Returns false, doing nothing, when stopping. */
+static bool restart(struct tgtmgr *tm)
+{
+	bool call;
+	int ret;
+
+	pthread_mutex_lock(&tm->lock);
+	if (tm->stopping) {
+		pthread_mutex_unlock(&tm->lock);
+		return false;
+	}
+	tm->restarting = true;
+	pthread_mutex_unlock(&tm->lock);
+	ret = start_tgtd(tm);
+	pthread_mutex_lock(&tm->lock);
+	if (!ret)
+		tm->restarts++;
+	call = !ret && !tm->stopping && tm->o.on_restart;
+	pthread_mutex_unlock(&tm->lock);
+	if (call)
+		tm->o.on_restart(tm->o.arg);
+	pthread_mutex_lock(&tm->lock);
+	tm->restarting = false;
+	pthread_cond_broadcast(&tm->cond);
+	pthread_mutex_unlock(&tm->lock);
+	return true;
+}
+
 static void *sup_main(void *arg)
 {
 	struct tgtmgr *tm = arg;
@@ -541,13 +596,8 @@ static void *sup_main(void *arg)
 		if (backoff(tm, delay))
 			break;
 		delay = MIN(delay * 2, 30000u);
-		if (start_tgtd(tm))
-			continue;
-		pthread_mutex_lock(&tm->lock);
-		tm->restarts++;
-		pthread_mutex_unlock(&tm->lock);
-		if (tm->o.on_restart)
-			tm->o.on_restart(tm->o.arg);
+		if (!restart(tm))
+			break;
 	}
 	return NULL;
 }
@@ -665,6 +715,11 @@ void tgtmgr_stop(struct tgtmgr *tm)
 	pthread_mutex_lock(&tm->lock);
 	tm->stopping = true;
 	pthread_cond_broadcast(&tm->cond);
+	/* A restart ends first (see the top of this file). */
+	if (tm->restarting)
+		log_info("stopping tgtd: waiting for its restart (and the re-export) to end");
+	while (tm->restarting)
+		pthread_cond_wait(&tm->cond, &tm->lock);
 	pthread_mutex_unlock(&tm->lock);
 	if (tm->o.spawn && tm->sup_started) {
 		const char *sysdel[] = {"--mode", "system", "--op", "delete", NULL};

@@ -14,7 +14,9 @@
  * Supervision: when a spawned tgtd exits, it is restarted with a growing backoff (1 s up
  * to 30 s) and on_restart is called (from the supervisor thread) once it answers, so the
  * owner can re-export its disks. tgtmgr_stop() removes every target (closing the LUNs
- * cleanly), asks tgtd to exit and kills it if it does not within a few seconds.
+ * cleanly), asks tgtd to exit and kills it if it does not within a few seconds. Once it
+ * began, on_restart is no longer called, and it first waits for a call in progress to
+ * return (so no target is created after it removed them).
  *
  * Thread safety: every call may be made from any thread; tgtadm calls are serialised.
  * Errors: 0 or a negative errno; tgtadm's own refusal is -EIO with its message in the

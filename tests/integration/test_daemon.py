@@ -279,6 +279,77 @@ def test_terminal_signals_to_the_process_group_reach_rackdiskd_alone(appliance):
     assert wait_until(lambda: not pid_alive(tgtd), 5)
 
 
+def full_log(a):
+    with open(a.log, errors="replace") as f:
+        return f.read()
+
+
+def slow_when(marker, path, program, delay):
+    """Writes an executable at path that runs program, after delay seconds while marker
+    exists (one process: a killed wrapper leaves nothing behind)."""
+    path.write_text("#!/usr/bin/python3\nimport os, sys, time\n"
+                    f"if os.path.exists({str(marker)!r}):\n    time.sleep({delay})\n"
+                    f"os.execv({program!r}, [{program!r}] + sys.argv[1:])\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def stop_timed(a):
+    t0 = time.monotonic()
+    a.proc.send_signal(signal.SIGTERM)
+    rc = a.proc.wait(60)
+    a.proc = None
+    return rc, time.monotonic() - t0
+
+
+def test_sigterm_during_reexport_after_tgtd_restart(appliance, tmp_path):
+    """SIGTERM while the supervisor re-exported the disks after a tgtd restart: stop
+    deleted the targets while reconcile created new ones, tgtd then refused to exit and
+    was SIGKILLed 5 s later with LUNs open, and the log had a burst of "exporting disk
+    ... failed". Now stop waits for the re-export, then closes every LUN. tgtadm is slowed
+    (while a marker exists) so that SIGTERM surely comes during the re-export."""
+    slow = tmp_path / "slow"
+    tgtadm = slow_when(slow, tmp_path / "tgtadm", "/usr/sbin/tgtadm", 0.05)
+    a = appliance(extra={"iscsi": [f"tgtadm_path = {tgtadm}"]}).start()
+    names = [f"x{i}" for i in range(4)]
+    for n in names:
+        assert a.cli("disk", "create", n, "--image", "deb").returncode == 0
+    old = a.tgtd_pid()
+    slow.touch()
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: "tgtd restarted; re-exporting disks" in full_log(a), 20,
+                      step=0.01), a.log_text()
+    rc, took = stop_timed(a)
+    log = full_log(a).split("tgtd restarted; re-exporting disks", 1)[1]
+    assert rc == 0, log
+    assert "did not exit" not in log and "exporting disk" not in log, log
+    assert all(f"exported disk {n} as target" in log for n in names), log
+    assert f"stopping tgtd: {len(names)} of {len(names)} targets deleted" in log, log
+    assert took < 15, (took, log)
+
+
+def test_sigterm_while_a_restarted_tgtd_starts(appliance, tmp_path):
+    """SIGTERM while a restarted tgtd was not yet answering: stop found no targets to
+    delete, tgtd could not be asked to exit, and it was SIGKILLed after 5 s (meanwhile it
+    came up and the disks were exported again). Now the supervisor gives up on a tgtd that
+    is still starting (it has no LUN yet) and the re-export does not run."""
+    slow = tmp_path / "slow"
+    tgtd = slow_when(slow, tmp_path / "tgtd", "/usr/sbin/tgtd", 3)
+    a = appliance(extra={"iscsi": [f"tgtd_path = {tgtd}"]}).start()
+    assert a.cli("disk", "create", "y1", "--image", "deb").returncode == 0
+    old = a.tgtd_pid()
+    slow.touch()
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: full_log(a).count("tgtd started (pid") == 2, 20, step=0.01), \
+        a.log_text()
+    rc, took = stop_timed(a)
+    log = full_log(a)
+    assert rc == 0, log
+    assert took < 2, (took, log)
+    assert "did not exit" not in log and "re-exporting" not in log, log
+    assert "exited at start" not in log and "did not become ready" not in log, log
+
+
 def test_sighup_reconciles(appliance):
     a = appliance().start()
     assert a.cli("disk", "create", "h1", "--image", "deb").returncode == 0
