@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cluster/directory.h"
 #include "common/util.h"
@@ -648,6 +650,34 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
 	}
 	ret = parse(&ps);
 	fclose(ps.file);
+	return ret;
+}
+
+static int check_program(const char *key, const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+	int e;
+
+	if (stat(path, &st) < 0)
+		e = errno;
+	else if (!S_ISREG(st.st_mode))
+		e = S_ISDIR(st.st_mode) ? EISDIR : EACCES;
+	else if (access(path, X_OK) < 0)
+		e = errno;
+	else
+		return 0;
+	snprintf(err, errlen, "[iscsi] %s '%s' cannot be executed: %s", key, path, strerror(e));
+	return -e;
+}
+
+int config_check_programs(const struct config *c, char *err, size_t errlen)
+{
+	int ret = 0;
+
+	if (c->tgtd_spawn)
+		ret = check_program("tgtd_path", c->tgtd_path, err, errlen);
+	if (!ret)
+		ret = check_program("tgtadm_path", c->tgtadm_path, err, errlen);
 	return ret;
 }
 

@@ -92,6 +92,14 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen);
 int config_load_string(const char *name, const char *text, struct config *c, char *err,
 		       size_t errlen);
 
+/*
+ * Checks that the programs c names can be run: [iscsi] tgtadm_path, and tgtd_path with
+ * tgtd = spawn, must be regular files we may execute. Apart from config_load, which
+ * reads the file only: this looks at the machine. 0, or a negative errno with
+ * "[iscsi] KEY 'PATH' cannot be executed: WHY" in err.
+ */
+int config_check_programs(const struct config *c, char *err, size_t errlen);
+
 /* "host:port" / "[v6]:port" with port 1..65535. 0 or -EINVAL. */
 int config_parse_addr(const char *s, struct config_addr *out);
 

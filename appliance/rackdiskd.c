@@ -346,6 +346,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "rackdiskd: %s: %s\n", cfg_path, err);
 		return 2;
 	}
+	/* So is a tgtd or tgtadm that cannot be run: a clear exit 2 here, rather than a start
+	 * that fails later in tgtmgr. */
+	if (config_check_programs(&a->cfg, err, sizeof(err))) {
+		explicit_bzero(token, sizeof(token));
+		fprintf(stderr, "rackdiskd: %s: %s\n", cfg_path, err);
+		return 2;
+	}
 	if (check_only) {
 		explicit_bzero(token, sizeof(token));
 		printf("%s: ok\n", cfg_path);

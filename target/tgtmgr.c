@@ -7,8 +7,18 @@
  *   SPAWN --(answers tgtadm, portal listens)--> RUNNING --(exits)--> BACKOFF --> SPAWN
  *     any state --(stopping)--> DONE
  *
+ * A restart (restart(): SPAWN after BACKOFF, then the owner's on_restart re-exporting its
+ * disks into the new tgtd) is marked `restarting`, and tgtmgr_stop() deletes the targets
+ * only once it has ended, so that none is created after them (tgtd, left with a target,
+ * would refuse to exit and be killed with its LUNs open):
+ *   1. SPAWN checks `stopping` at each poll, and kills a tgtd not yet ready (which has no
+ *      target yet: nothing to close);
+ *   2. on_restart is not called once `stopping` is set;
+ *   3. an on_restart call in progress runs to its end.
+ *
  * Every child is forked from the supervisor thread with PR_SET_PDEATHSIG, so a tgtd we
- * spawned never outlives the thread (and so the daemon) that supervises it.
+ * spawned never outlives the thread (and so the daemon) that supervises it. It has a
+ * process group of its own, so that terminal signals reach only the daemon (spawn()).
  */
 #include "target/tgtmgr.h"
 
@@ -46,6 +56,7 @@ struct tgtmgr {
 	pthread_cond_t cond;
 	pid_t pid;               /* running tgtd, 0 if none */
 	bool stopping;
+	bool restarting;         /* in restart() (see the top of this file) */
 	bool start_done;         /* the first start finished (start_ret is valid) */
 	int start_ret;
 	unsigned restarts;
@@ -138,35 +149,86 @@ static void free_env(char **env)
 	free(env);
 }
 
-/* fork + exec with stdout/stderr to the given fds (-1: inherit). Only async-signal-safe
- * calls between fork and exec: the process is multithreaded. */
-static pid_t spawn(char *const argv[], char *const envp[], int out_fd, int err_fd,
-		   bool pdeathsig)
+/* The child's side of spawn(); efd: where to write execve's errno if it fails. */
+static _Noreturn void exec_child(char *const argv[], char *const envp[], int out_fd,
+				 int err_fd, bool pdeathsig, pid_t parent, int efd)
 {
-	pid_t parent = getpid();
-	pid_t pid = fork();
+	struct sigaction ign = {.sa_handler = SIG_IGN};
+	sigset_t none;
+	int e, nul;
 
-	if (pid != 0)
-		return pid < 0 ? -errno : pid;
 	if (pdeathsig) {
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (getppid() != parent)
 			_exit(127);
 	}
+	setpgid(0, 0);
+	sigaction(SIGTTOU, &ign, NULL);
+	if (efd < 3)
+		efd = fcntl(efd, F_DUPFD_CLOEXEC, 3); /* out of the way of 0-2 */
+	if (efd < 0)
+		_exit(127);
 	if (out_fd >= 0)
 		dup2(out_fd, 1);
 	if (err_fd >= 0)
 		dup2(err_fd, 2);
-	int nul = open("/dev/null", O_RDONLY);
+	nul = open("/dev/null", O_RDONLY);
 	if (nul >= 0)
 		dup2(nul, 0);
-	/* Our listening sockets must not live on in tgtd. */
-	close_range(3, ~0U, 0);
-	sigset_t none;
+	/* Our listening sockets must not live on in tgtd; efd closes at exec (O_CLOEXEC). */
+	if (efd > 3)
+		close_range(3, (unsigned)efd - 1, 0);
+	close_range((unsigned)efd + 1, ~0U, 0);
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	execve(argv[0], argv, envp);
+	e = errno;
+	while (write(efd, &e, sizeof(e)) < 0 && errno == EINTR)
+		;
 	_exit(127);
+}
+
+/*
+ * fork + exec with stdout/stderr to the given fds (-1: inherit). Only async-signal-safe
+ * calls between fork and exec: the process is multithreaded. Returns the child's pid, or
+ * a negative errno; *exec_failed then tells whether it is execve's (the child reports it
+ * on a pipe that the exec closes, and is reaped here) rather than pipe2's or fork's.
+ *
+ * The child gets a process group of its own: Ctrl-C and a terminal hangup signal the
+ * whole foreground group, and must reach rackdiskd alone, which closes every LUN before
+ * it stops tgtd (a tgtd in our group died of SIGINT at once, and of SIGHUP, which only
+ * asks rackdiskd to reconcile). PR_SET_PDEATHSIG, not the group, ends it with us. Out of
+ * the foreground group, a write to the terminal (tgtd logs to our stderr) would stop it
+ * with SIGTTOU under `stty tostop`: it is ignored, which exec keeps.
+ */
+static pid_t spawn(char *const argv[], char *const envp[], int out_fd, int err_fd,
+		   bool pdeathsig, bool *exec_failed)
+{
+	pid_t parent = getpid(), pid;
+	int ep[2], e = 0;
+	ssize_t r;
+
+	*exec_failed = false;
+	if (pipe2(ep, O_CLOEXEC) < 0)
+		return -errno;
+	pid = fork();
+	if (pid == 0)
+		exec_child(argv, envp, out_fd, err_fd, pdeathsig, parent, ep[1]);
+	e = errno;
+	close(ep[1]);
+	if (pid < 0) {
+		close(ep[0]);
+		return -e;
+	}
+	while ((r = read(ep[0], &e, sizeof(e))) < 0 && errno == EINTR)
+		;
+	close(ep[0]);
+	if (r != sizeof(e))
+		return pid; /* EOF: the exec succeeded */
+	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+		;
+	*exec_failed = true;
+	return -e;
 }
 
 /* Reads fd into a growing buffer until EOF or the deadline. */
@@ -244,6 +306,7 @@ static int run_adm(struct tgtmgr *tm, const char *const *args, char **out, char 
 	int opipe[2] = {-1, -1}, epipe[2] = {-1, -1}, fds[2];
 	char *bufs[2] = {NULL, NULL};
 	size_t lens[2] = {0, 0}, n = 0;
+	bool exec_failed;
 	int ret, status;
 	pid_t pid;
 
@@ -262,12 +325,15 @@ static int run_adm(struct tgtmgr *tm, const char *const *args, char **out, char 
 		ret = -errno;
 		goto out;
 	}
-	pid = spawn((char *const *)argv, tm->envp, opipe[1], epipe[1], true);
+	pid = spawn((char *const *)argv, tm->envp, opipe[1], epipe[1], true, &exec_failed);
 	close(opipe[1]);
 	close(epipe[1]);
 	opipe[1] = epipe[1] = -1;
 	if (pid < 0) {
-		ret = (int)pid;
+		/* -ENOEXEC, not execve's errno: -ENOENT would read as "no such target". */
+		snprintf(err, errlen, "cannot %s %s: %s", exec_failed ? "execute" : "run",
+			 tm->tgtadm_path, strerror((int)-pid));
+		ret = exec_failed ? -ENOEXEC : (int)pid;
 		goto out;
 	}
 	fds[0] = opipe[0];
@@ -295,8 +361,6 @@ static int run_adm(struct tgtmgr *tm, const char *const *args, char **out, char 
 			msg += 8;
 		snprintf(err, errlen, "tgtadm: %s", *msg ? msg : "failed");
 		ret = map_adm_error(msg);
-		if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
-			ret = -ENOEXEC;
 		goto out;
 	}
 	if (out) {
@@ -359,7 +423,18 @@ static bool child_exited(pid_t pid, int *status)
 	return r == pid || (r < 0 && errno == ECHILD);
 }
 
-/* Spawns tgtd and waits until it answers. Supervisor thread only. */
+static bool is_stopping(struct tgtmgr *tm)
+{
+	bool stopping;
+
+	pthread_mutex_lock(&tm->lock);
+	stopping = tm->stopping;
+	pthread_mutex_unlock(&tm->lock);
+	return stopping;
+}
+
+/* Spawns tgtd and waits until it answers; -ECANCELED when stopping meanwhile.
+ * Supervisor thread only. */
 static int start_tgtd(struct tgtmgr *tm)
 {
 	char portal_arg[300];
@@ -368,19 +443,28 @@ static int start_tgtd(struct tgtmgr *tm)
 	unsigned timeout = tm->o.ready_timeout_ms ? tm->o.ready_timeout_ms : 10000;
 	uint64_t deadline = now_ns() + timeout * 1000000ULL;
 	char err[256] = "";
+	bool exec_failed;
 	int status, ret;
 	pid_t pid;
 
 	snprintf(portal_arg, sizeof(portal_arg), "portal=%s", tm->portal);
-	pid = spawn(argv, tm->envp, -1, -1, true);
-	if (pid < 0)
+	pid = spawn(argv, tm->envp, -1, -1, true, &exec_failed);
+	if (pid < 0) {
+		log_error("cannot %s %s: %s", exec_failed ? "execute" : "run", tm->tgtd_path,
+			  strerror((int)-pid));
 		return (int)pid;
+	}
 	pthread_mutex_lock(&tm->lock);
 	tm->pid = pid;
 	pthread_mutex_unlock(&tm->lock);
 	log_info("tgtd started (pid %d, portal %s, control port %d)", (int)pid, tm->portal,
 		 tm->o.control_port);
 	while (now_ns() < deadline) {
+		if (is_stopping(tm)) {
+			log_info("stopping: ending tgtd (pid %d), which was still starting", (int)pid);
+			ret = -ECANCELED;
+			goto kill;
+		}
 		if (child_exited(pid, &status)) {
 			pthread_mutex_lock(&tm->lock);
 			tm->pid = 0;
@@ -391,11 +475,16 @@ static int start_tgtd(struct tgtmgr *tm)
 				  tm->o.control_port, tm->portal);
 			return -ECHILD;
 		}
-		if (!tgtmgr_adm(tm, show, NULL, err, sizeof(err))) {
+		ret = tgtmgr_adm(tm, show, NULL, err, sizeof(err));
+		if (!ret) {
 			if (portal_listed(tm))
 				return 0;
 			log_error("tgtd could not listen on the portal %s (in use?)", tm->portal);
 			ret = -EADDRINUSE;
+			goto kill;
+		}
+		if (ret == -ENOEXEC) {
+			log_error("%s", err); /* tgtadm: waiting would not help */
 			goto kill;
 		}
 		sleep_ms(50);
@@ -432,6 +521,41 @@ static bool backoff(struct tgtmgr *tm, unsigned ms)
 	return stop;
 }
 
+unsigned tgtmgr_restart_delay(unsigned next_ms, uint64_t ran_ms)
+{
+	/* A tgtd that ran for a minute was healthy: start over at 1 s. */
+	return ran_ms > 60000 ? 1000 : next_ms;
+}
+
+/* One restart: spawns tgtd and, once it answers, lets the owner re-export its disks.
+ * Returns false, doing nothing, when stopping. */
+static bool restart(struct tgtmgr *tm)
+{
+	bool call;
+	int ret;
+
+	pthread_mutex_lock(&tm->lock);
+	if (tm->stopping) {
+		pthread_mutex_unlock(&tm->lock);
+		return false;
+	}
+	tm->restarting = true;
+	pthread_mutex_unlock(&tm->lock);
+	ret = start_tgtd(tm);
+	pthread_mutex_lock(&tm->lock);
+	if (!ret)
+		tm->restarts++;
+	call = !ret && !tm->stopping && tm->o.on_restart;
+	pthread_mutex_unlock(&tm->lock);
+	if (call)
+		tm->o.on_restart(tm->o.arg);
+	pthread_mutex_lock(&tm->lock);
+	tm->restarting = false;
+	pthread_cond_broadcast(&tm->cond);
+	pthread_mutex_unlock(&tm->lock);
+	return true;
+}
+
 static void *sup_main(void *arg)
 {
 	struct tgtmgr *tm = arg;
@@ -464,24 +588,17 @@ static void *sup_main(void *arg)
 			pthread_mutex_unlock(&tm->lock);
 			if (stopping)
 				break;
+			delay = tgtmgr_restart_delay(delay, (now_ns() - up) / 1000000);
 			log_error("tgtd (pid %d) exited with status %d; restarting in %u ms",
 				  (int)pid,
 				  WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
 				  delay);
-			/* A tgtd that ran for a minute was healthy: start over at 1 s. */
-			if (now_ns() - up > 60ULL * 1000000000ULL)
-				delay = 1000;
 		}
 		if (backoff(tm, delay))
 			break;
 		delay = MIN(delay * 2, 30000u);
-		if (start_tgtd(tm))
-			continue;
-		pthread_mutex_lock(&tm->lock);
-		tm->restarts++;
-		pthread_mutex_unlock(&tm->lock);
-		if (tm->o.on_restart)
-			tm->o.on_restart(tm->o.arg);
+		if (!restart(tm))
+			break;
 	}
 	return NULL;
 }
@@ -599,17 +716,25 @@ void tgtmgr_stop(struct tgtmgr *tm)
 	pthread_mutex_lock(&tm->lock);
 	tm->stopping = true;
 	pthread_cond_broadcast(&tm->cond);
+	/* A restart ends first (see the top of this file). */
+	if (tm->restarting)
+		log_info("stopping tgtd: waiting for its restart (and the re-export) to end");
+	while (tm->restarting)
+		pthread_cond_wait(&tm->cond, &tm->lock);
 	pthread_mutex_unlock(&tm->lock);
 	if (tm->o.spawn && tm->sup_started) {
 		const char *sysdel[] = {"--mode", "system", "--op", "delete", NULL};
 		struct tgtmgr_target *t = NULL;
-		size_t n = 0;
+		size_t n = 0, closed = 0;
 
 		/* Closing every LUN first lets the backing store flush and close its disk;
 		 * tgtd refuses to exit while it has targets. */
-		if (tgtmgr_pid(tm) && !tgtmgr_list(tm, &t, &n))
+		if (tgtmgr_pid(tm) && !tgtmgr_list(tm, &t, &n)) {
 			for (size_t i = 0; i < n; i++)
-				tgtmgr_unexport(tm, t[i].tid, true);
+				closed += tgtmgr_unexport(tm, t[i].tid, true) == 0;
+			log_info("stopping tgtd: %zu of %zu targets deleted (their LUNs closed)",
+				 closed, n);
+		}
 		free(t);
 		if (tgtmgr_pid(tm))
 			tgtmgr_adm(tm, sysdel, NULL, NULL, 0);

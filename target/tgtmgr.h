@@ -14,7 +14,9 @@
  * Supervision: when a spawned tgtd exits, it is restarted with a growing backoff (1 s up
  * to 30 s) and on_restart is called (from the supervisor thread) once it answers, so the
  * owner can re-export its disks. tgtmgr_stop() removes every target (closing the LUNs
- * cleanly), asks tgtd to exit and kills it if it does not within a few seconds.
+ * cleanly), asks tgtd to exit and kills it if it does not within a few seconds. Once it
+ * began, on_restart is no longer called, and it first waits for a call in progress to
+ * return (so no target is created after it removed them).
  *
  * Thread safety: every call may be made from any thread; tgtadm calls are serialised.
  * Errors: 0 or a negative errno; tgtadm's own refusal is -EIO with its message in the
@@ -49,11 +51,15 @@ void tgtmgr_stop(struct tgtmgr *tm);
 pid_t tgtmgr_pid(struct tgtmgr *tm);
 /* Times the spawned tgtd was restarted after exiting. */
 unsigned tgtmgr_restarts(struct tgtmgr *tm);
+/* The wait before restarting a tgtd that exited after running ran_ms: next_ms (the backoff,
+ * doubled at each restart), or 1 s again after a run of over a minute. Exposed for tests. */
+unsigned tgtmgr_restart_delay(unsigned next_ms, uint64_t ran_ms);
 
 /*
  * Runs tgtadm with args (NULL-terminated, without the program name, -C and --lld, which
  * are added). On success *out (if not NULL) receives its malloc'd stdout. On failure
- * err receives tgtadm's message. Bounded by a 15 s timeout.
+ * err receives tgtadm's message. Bounded by a 15 s timeout. -ENOEXEC when tgtadm cannot
+ * be executed (err: "cannot execute PATH: why").
  */
 int tgtmgr_adm(struct tgtmgr *tm, const char *const *args, char **out, char *err, size_t errlen);
 

@@ -121,7 +121,7 @@ class Appliance:
                 time.sleep(0.05)
         except BaseException:
             proc = self.proc
-            self.kill()  # rackdiskd and its tgtd (its process group), if still there
+            self.kill()  # rackdiskd (and so its tgtd), if still there
             if proc.returncode is not None and proc.returncode >= 0:
                 # it exited by itself: anything left in its group goes, and its exit
                 # status stays readable (tests check how a failed start ends)
@@ -207,7 +207,8 @@ class Appliance:
             pid = self.proc.pid
             self.proc.kill()
             self.proc.wait()
-            # The daemon's process group holds tgtd (start_new_session).
+            # Anything else left in the daemon's process group (start_new_session); its
+            # tgtd, in a group of its own, dies with it (PR_SET_PDEATHSIG).
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -59,6 +59,10 @@ GOOD = "[node]\nname = a1\nstate_dir = /tmp/x\n[seed]\nurl = http://127.0.0.1:1/
     ("[node]\nname = ../a1\n", 2, "[node] name"),
     ("[seed]\nurl = http://x/\n", None, "[node] name is required"),
     (GOOD + "[api\n", 6, "syntax error"),
+    (GOOD + "[iscsi]\ntgtd_path = /usr/sbin/nonexistent\n", None,
+     "[iscsi] tgtd_path '/usr/sbin/nonexistent' cannot be executed: No such file or directory"),
+    (GOOD + "[iscsi]\ntgtadm_path = /usr/sbin\n", None,
+     "[iscsi] tgtadm_path '/usr/sbin' cannot be executed: Is a directory"),
 ])
 def test_bad_config_exits_2_with_one_line(tmp_path, text, line, needle):
     p, conf = run_daemon(text, tmp_path)
@@ -79,6 +83,45 @@ def test_missing_config_file_and_usage(tmp_path):
     p = subprocess.run([RACKDISKD, "--check-config", "--config", str(tmp_path / "x")],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2
+
+
+def test_programs_that_cannot_run_are_config_errors(tmp_path):
+    """A tgtd_path or tgtadm_path that cannot be executed is a config error (exit 2, also
+    for --check-config) rather than a start that fails later; an external tgtd's path is
+    not checked (rackdiskd does not run it)."""
+    conf = tmp_path / "rd.conf"
+    conf.write_text(GOOD + "[iscsi]\ntgtadm_path = /usr/sbin/nonexistent\n")
+    p = subprocess.run([RACKDISKD, "--check-config", "--config", str(conf)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and p.stderr.strip() == (
+        f"rackdiskd: {conf}: [iscsi] tgtadm_path '/usr/sbin/nonexistent' cannot be "
+        "executed: No such file or directory"), p.stderr
+    conf.write_text(GOOD + "[iscsi]\ntgtd = external\ntgtd_path = /usr/sbin/nonexistent\n")
+    p = subprocess.run([RACKDISKD, "--check-config", "--config", str(conf)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("key", ["tgtd_path", "tgtadm_path"])
+def test_program_that_cannot_execute_fails_the_start_at_once(appliance, tmp_path, key):
+    """A program that passes the config check but that execve refuses: the log said "tgtd
+    started", then "exited at start with status 127 (another tgtd on control port ...?)"
+    (tgtd), or waited 10 s for "did not become ready" (tgtadm). Now the child reports
+    execve's errno and the start fails at once, naming the program."""
+    bad = tmp_path / "not-a-program"
+    bad.write_bytes(b"\x00garbage\n")
+    bad.chmod(0o755)
+    a = appliance(extra={"iscsi": [f"{key} = {bad}"]})
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError):
+        a.start()
+    assert a.proc.returncode == 1
+    assert time.monotonic() - t0 < 5
+    log = a.log_text()
+    assert f"cannot execute {bad}: Exec format error" in log, log
+    assert "exited at start" not in log and "did not become ready" not in log, log
+    if key == "tgtd_path":
+        assert "tgtd started" not in log, log
 
 
 def test_start_and_clean_stop_on_sigterm(appliance):
@@ -209,6 +252,103 @@ def test_tgtd_restarted_and_reexported_after_crash(appliance):
     st, text = a.request("GET", "/metrics")
     assert "rackdisk_tgtd_restarts_total 1" in text
     assert a.stop() == 0
+
+
+def test_terminal_signals_to_the_process_group_reach_rackdiskd_alone(appliance):
+    """Ctrl-C and a terminal hangup signal the whole foreground process group. The spawned
+    tgtd was in rackdiskd's and died of them at once (SIGHUP: restarted, its sessions
+    dropped; SIGINT: killed before rackdiskd closed any LUN). Now rackdiskd alone gets
+    them: SIGHUP reconciles, SIGINT stops after deleting every target (closing its LUN)."""
+    a = appliance().start()
+    for n in ("g1", "g2"):
+        assert a.cli("disk", "create", n, "--image", "deb").returncode == 0
+    tgtd = a.tgtd_pid()
+    n = a.health()["reconciles"]
+    os.killpg(a.proc.pid, signal.SIGHUP)
+    assert reconciled(a, n), a.log_text()
+    time.sleep(0.3)
+    assert pid_alive(tgtd) and a.tgtd_pid() == tgtd, a.log_text()
+    os.killpg(a.proc.pid, signal.SIGINT)
+    assert a.proc.wait(30) == 0
+    a.proc = None
+    with open(a.log, errors="replace") as f:
+        log = f.read()
+    assert "SIGINT: stopping" in log and "tgtd stopped" in log, log
+    assert "stopping tgtd: 2 of 2 targets deleted (their LUNs closed)" in log, log
+    assert "exited with status" not in log and "did not exit" not in log, log
+    assert "listing tgtd's targets" not in log, log
+    assert wait_until(lambda: not pid_alive(tgtd), 5)
+
+
+def full_log(a):
+    with open(a.log, errors="replace") as f:
+        return f.read()
+
+
+def slow_when(marker, path, program, delay):
+    """Writes an executable at path that runs program, after delay seconds while marker
+    exists (one process: a killed wrapper leaves nothing behind)."""
+    path.write_text("#!/usr/bin/python3\nimport os, sys, time\n"
+                    f"if os.path.exists({str(marker)!r}):\n    time.sleep({delay})\n"
+                    f"os.execv({program!r}, [{program!r}] + sys.argv[1:])\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def stop_timed(a):
+    t0 = time.monotonic()
+    a.proc.send_signal(signal.SIGTERM)
+    rc = a.proc.wait(60)
+    a.proc = None
+    return rc, time.monotonic() - t0
+
+
+def test_sigterm_during_reexport_after_tgtd_restart(appliance, tmp_path):
+    """SIGTERM while the supervisor re-exported the disks after a tgtd restart: stop
+    deleted the targets while reconcile created new ones, tgtd then refused to exit and
+    was SIGKILLed 5 s later with LUNs open, and the log had a burst of "exporting disk
+    ... failed". Now stop waits for the re-export, then closes every LUN. tgtadm is slowed
+    (while a marker exists) so that SIGTERM surely comes during the re-export."""
+    slow = tmp_path / "slow"
+    tgtadm = slow_when(slow, tmp_path / "tgtadm", "/usr/sbin/tgtadm", 0.05)
+    a = appliance(extra={"iscsi": [f"tgtadm_path = {tgtadm}"]}).start()
+    names = [f"x{i}" for i in range(4)]
+    for n in names:
+        assert a.cli("disk", "create", n, "--image", "deb").returncode == 0
+    old = a.tgtd_pid()
+    slow.touch()
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: "tgtd restarted; re-exporting disks" in full_log(a), 20,
+                      step=0.01), a.log_text()
+    rc, took = stop_timed(a)
+    log = full_log(a).split("tgtd restarted; re-exporting disks", 1)[1]
+    assert rc == 0, log
+    assert "did not exit" not in log and "exporting disk" not in log, log
+    assert all(f"exported disk {n} as target" in log for n in names), log
+    assert f"stopping tgtd: {len(names)} of {len(names)} targets deleted" in log, log
+    assert took < 15, (took, log)
+
+
+def test_sigterm_while_a_restarted_tgtd_starts(appliance, tmp_path):
+    """SIGTERM while a restarted tgtd was not yet answering: stop found no targets to
+    delete, tgtd could not be asked to exit, and it was SIGKILLed after 5 s (meanwhile it
+    came up and the disks were exported again). Now the supervisor gives up on a tgtd that
+    is still starting (it has no LUN yet) and the re-export does not run."""
+    slow = tmp_path / "slow"
+    tgtd = slow_when(slow, tmp_path / "tgtd", "/usr/sbin/tgtd", 3)
+    a = appliance(extra={"iscsi": [f"tgtd_path = {tgtd}"]}).start()
+    assert a.cli("disk", "create", "y1", "--image", "deb").returncode == 0
+    old = a.tgtd_pid()
+    slow.touch()
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: full_log(a).count("tgtd started (pid") == 2, 20, step=0.01), \
+        a.log_text()
+    rc, took = stop_timed(a)
+    log = full_log(a)
+    assert rc == 0, log
+    assert took < 2, (took, log)
+    assert "did not exit" not in log and "re-exporting" not in log, log
+    assert "exited at start" not in log and "did not become ready" not in log, log
 
 
 def test_sighup_reconciles(appliance):

@@ -276,7 +276,8 @@ class Appliance(Host):
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
-        # rackdiskd's session holds its tgtd: nothing of it may outlive the cluster.
+        # Nothing of rackdiskd may outlive the cluster (its tgtd, in a process group of
+        # its own, dies with it: PR_SET_PDEATHSIG).
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):

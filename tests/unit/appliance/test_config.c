@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -352,6 +353,53 @@ static void test_file_errors(void **state)
 	assert_non_null(strstr(err, "/nonexistent/rd.conf: cannot open"));
 }
 
+/* Programs: tgtadm always, tgtd when spawned; missing, a directory, not executable. */
+static void test_check_programs(void **state)
+{
+	char dir[] = "/tmp/rdprogXXXXXX", prog[64], noexec[64], text[512];
+
+	assert_non_null(mkdtemp(dir));
+	snprintf(prog, sizeof(prog), "%s/prog", dir);
+	snprintf(noexec, sizeof(noexec), "%s/noexec", dir);
+	assert_int_equal(write_file_atomic(prog, "#!/bin/sh\n", 10), 0);
+	assert_int_equal(chmod(prog, 0755), 0);
+	assert_int_equal(write_file_atomic(noexec, "#!/bin/sh\n", 10), 0);
+	assert_int_equal(chmod(noexec, 0644), 0);
+
+	snprintf(text, sizeof(text), MINIMAL "[iscsi]\ntgtd_path = %s\ntgtadm_path = %s\n",
+		 prog, prog);
+	assert_int_equal(load(text), 0);
+	assert_int_equal(config_check_programs(&cfg, err, sizeof(err)), 0);
+
+	snprintf(text, sizeof(text), MINIMAL "[iscsi]\ntgtd_path = %s/none\ntgtadm_path = %s\n",
+		 dir, prog);
+	assert_int_equal(load(text), 0);
+	assert_int_equal(config_check_programs(&cfg, err, sizeof(err)), -ENOENT);
+	assert_non_null(strstr(err, "[iscsi] tgtd_path '"));
+	assert_non_null(strstr(err, "/none' cannot be executed: No such file or directory"));
+	/* an external tgtd's path is not ours to run */
+	snprintf(text, sizeof(text),
+		 MINIMAL "[iscsi]\ntgtd = external\ntgtd_path = %s/none\ntgtadm_path = %s\n",
+		 dir, prog);
+	assert_int_equal(load(text), 0);
+	assert_int_equal(config_check_programs(&cfg, err, sizeof(err)), 0);
+
+	snprintf(text, sizeof(text), MINIMAL "[iscsi]\ntgtd_path = %s\ntgtadm_path = %s\n",
+		 prog, dir);
+	assert_int_equal(load(text), 0);
+	assert_int_equal(config_check_programs(&cfg, err, sizeof(err)), -EISDIR);
+	assert_non_null(strstr(err, "[iscsi] tgtadm_path '"));
+	snprintf(text, sizeof(text), MINIMAL "[iscsi]\ntgtd_path = %s\ntgtadm_path = %s\n",
+		 prog, noexec);
+	assert_int_equal(load(text), 0);
+	/* (root too needs an x bit to run a file) */
+	assert_int_equal(config_check_programs(&cfg, err, sizeof(err)), -EACCES);
+	assert_non_null(strstr(err, "cannot be executed: Permission denied"));
+	unlink(prog);
+	unlink(noexec);
+	rmdir(dir);
+}
+
 static void test_parse_addr(void **state)
 {
 	struct config_addr a;
@@ -400,6 +448,7 @@ int main(void)
 		cmocka_unit_test(test_first_error_wins),
 		cmocka_unit_test(test_long_state_dir_refused),
 		cmocka_unit_test(test_file_errors),
+		cmocka_unit_test(test_check_programs),
 		cmocka_unit_test(test_parse_addr),
 		cmocka_unit_test(test_iqn_valid),
 	};

@@ -1,7 +1,8 @@
 /*
  * test_tgtmgr.c - parsing of tgtadm's output (target/tgtmgr.c): the target list the
- * reconcile step trusts, and the per-LUN IO counters the metrics report. The samples
- * are tgtadm 1.0.85's exact format (usr/target.c, usr/mgmt.c).
+ * reconcile step trusts, and the per-LUN IO counters the metrics report (the samples are
+ * tgtadm 1.0.85's exact format: usr/target.c, usr/mgmt.c); the supervisor's restart
+ * backoff.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -208,6 +209,17 @@ static void test_parse_stat_sums_sessions(void **state)
 	assert_true(st.read_bytes == 1573376);
 }
 
+/* After a run of over a minute the backoff starts over at 1 s. The supervisor computes it
+ * before it logs "restarting in N ms" (it logged the grown delay, then waited 1 s). */
+static void test_restart_delay(void **state)
+{
+	assert_int_equal(tgtmgr_restart_delay(1000, 10), 1000);
+	assert_int_equal(tgtmgr_restart_delay(8000, 5000), 8000);
+	assert_int_equal(tgtmgr_restart_delay(30000, 60000), 30000);
+	assert_int_equal(tgtmgr_restart_delay(30000, 60001), 1000);
+	assert_int_equal(tgtmgr_restart_delay(8000, 3600000), 1000);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -215,6 +227,7 @@ int main(void)
 		cmocka_unit_test(test_parse_show_empty_and_garbage),
 		cmocka_unit_test(test_parse_show_refuses_lines_an_initiator_injected),
 		cmocka_unit_test(test_parse_stat_sums_sessions),
+		cmocka_unit_test(test_restart_delay),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
