@@ -1030,6 +1030,7 @@ static void remove_stale(struct appliance *a, struct recon *c)
 static int reconcile_locked(struct appliance *a)
 {
 	struct recon c = {0};
+	bool cancelled = false;
 	int ret, failed = 0;
 
 	ret = diskrec_scan(a->disks_dir, &c.recs, &c.nrecs, &c.bad, &c.nbad);
@@ -1046,6 +1047,15 @@ static int reconcile_locked(struct appliance *a)
 	for (size_t j = 0; j < c.nrecs; j++) {
 		char dir[PATH_MAX];
 		bool present = false;
+
+		/* a stop waits for this re-export: with many disks, do not make it wait for
+		 * exports it would delete again at once */
+		if (tgtmgr_stopping(a->tgt)) {
+			log_info("stopping: the reconcile ends with %zu of %zu disks not looked at",
+				 c.nrecs - j, c.nrecs);
+			cancelled = true;
+			break;
+		}
 
 		/* lun.json follows the current configuration (socket, timeouts). */
 		appliance_disk_dir(a, c.recs[j].name, dir, sizeof(dir));
@@ -1077,7 +1087,7 @@ static int reconcile_locked(struct appliance *a)
 		if (c.bad[i].tid)
 			remember_tid(a, c.bad[i].name, c.bad[i].tid);
 	a->reconciles++;
-	ret = failed ? -EIO : 0;
+	ret = failed ? -EIO : cancelled ? -ECANCELED : 0;
 out:
 	free(c.removed);
 	free(c.t);

@@ -48,8 +48,11 @@ static void on_tgtd_restart(void *arg)
 {
 	struct appliance *a = arg;
 
+	int ret;
+
 	log_info("tgtd restarted; re-exporting disks");
-	if (appliance_reconcile(a))
+	ret = appliance_reconcile(a);
+	if (ret && ret != -ECANCELED) /* -ECANCELED: a stop began meanwhile */
 		log_error("re-exporting disks after the tgtd restart failed for some disks");
 }
 

@@ -423,7 +423,7 @@ static bool child_exited(pid_t pid, int *status)
 	return r == pid || (r < 0 && errno == ECHILD);
 }
 
-static bool is_stopping(struct tgtmgr *tm)
+bool tgtmgr_stopping(struct tgtmgr *tm)
 {
 	bool stopping;
 
@@ -460,7 +460,7 @@ static int start_tgtd(struct tgtmgr *tm)
 	log_info("tgtd started (pid %d, portal %s, control port %d)", (int)pid, tm->portal,
 		 tm->o.control_port);
 	while (now_ns() < deadline) {
-		if (is_stopping(tm)) {
+		if (tgtmgr_stopping(tm)) {
 			log_info("stopping: ending tgtd (pid %d), which was still starting", (int)pid);
 			ret = -ECANCELED;
 			goto kill;

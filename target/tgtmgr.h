@@ -49,6 +49,8 @@ void tgtmgr_stop(struct tgtmgr *tm);
 
 /* The spawned tgtd's pid, or 0 (external, or not running right now). */
 pid_t tgtmgr_pid(struct tgtmgr *tm);
+/* tgtmgr_stop() has begun: a re-export (on_restart) in progress can end early. */
+bool tgtmgr_stopping(struct tgtmgr *tm);
 /* Times the spawned tgtd was restarted after exiting. */
 unsigned tgtmgr_restarts(struct tgtmgr *tm);
 /* The wait before restarting a tgtd that exited after running ran_ms: next_ms (the backoff,
