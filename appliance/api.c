@@ -331,11 +331,12 @@ static enum MHD_Result get_cache(struct api *api, struct MHD_Connection *c)
 					      (json_int_t)fs.bytes[s], "failures",
 					      (json_int_t)fs.failures[s], "bad_hash",
 					      (json_int_t)fs.bad_hash[s]));
-	j = json_pack("{s:s, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:o}", "dir",
+	j = json_pack("{s:s, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:o}", "dir",
 		      api->a->cfg.cache_dir, "store", "chunks", (json_int_t)cs.nchunks,
 		      "used_bytes", (json_int_t)cs.bytes_used, "capacity_bytes",
 		      (json_int_t)cs.capacity, "hits", (json_int_t)cs.hits, "misses",
-		      (json_int_t)cs.misses, "inserts", (json_int_t)cs.inserts, "evictions",
+		      (json_int_t)cs.misses, "inserts", (json_int_t)cs.inserts,
+		      "insert_failures", (json_int_t)cs.insert_failures, "evictions",
 		      (json_int_t)cs.evictions, "pinned", (json_int_t)cs.pinned,
 		      "dropped_corrupt", (json_int_t)cs.dropped_corrupt, "fetch", fetch);
 	return send_json(c, 200, j);

@@ -474,6 +474,9 @@ int cli_cache_main(const struct cli_opts *o, int argc, char **argv)
 	printf("lookups:     %llu hits, %llu misses\n", jnum(st, "hits"), jnum(st, "misses"));
 	printf("evictions:   %llu; corrupt files dropped: %llu\n", jnum(st, "evictions"),
 	       jnum(st, "dropped_corrupt"));
+	/* fetched and verified but not kept: the reads that wanted them failed */
+	printf("inserts:     %llu; failed: %llu\n", jnum(st, "inserts"),
+	       jnum(st, "insert_failures"));
 	for (int s = 0; s < 3; s++) {
 		json_t *x = json_object_get(fe, src[s]);
 

@@ -119,6 +119,10 @@ static void cache_metrics(FILE *f, struct chunkstore *cs)
 	one(f, "rackdisk_cache_misses_total", "counter", "Chunk store lookups that missed.",
 	    st.misses);
 	one(f, "rackdisk_cache_inserts_total", "counter", "Chunks stored.", st.inserts);
+	one(f, "rackdisk_cache_insert_failures_total", "counter",
+	    "Chunks fetched and verified that the store could not keep (no room: all pinned; "
+	    "I/O error); the reads waiting for them fail.",
+	    st.insert_failures);
 	one(f, "rackdisk_cache_evictions_total", "counter", "Chunks evicted.", st.evictions);
 	one(f, "rackdisk_cache_evicted_bytes_total", "counter", "Bytes evicted.",
 	    st.bytes_evicted);

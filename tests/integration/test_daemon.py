@@ -59,6 +59,9 @@ GOOD = "[node]\nname = a1\nstate_dir = /tmp/x\n[seed]\nurl = http://127.0.0.1:1/
     ("[node]\nname = ../a1\n", 2, "[node] name"),
     ("[seed]\nurl = http://x/\n", None, "[node] name is required"),
     (GOOD + "[api\n", 6, "syntax error"),
+    # the unit forgotten: no chunk could be stored, every uncached read failed
+    (GOOD + "[cache]\nsize = 64\n", 7, "smaller than the largest chunk (16M)"),
+    ("[node]\nname = a1\n[seed]\nurl = http://\n", 4, "[seed] url = 'http://' names no host"),
 ])
 def test_bad_config_exits_2_with_one_line(tmp_path, text, line, needle):
     p, conf = run_daemon(text, tmp_path)

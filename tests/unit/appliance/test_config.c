@@ -256,6 +256,31 @@ static void test_bad_sizes(void **state)
 	assert_bad(MINIMAL "[api]\nmax_body = 10\n", 0, "[api] max_body");
 }
 
+/* A store smaller than the largest chunk (16M) could not hold some chunk: every read of it
+ * would fail, as every read did with "size = 64" (the unit forgotten). 0 is no limit. */
+static void test_cache_size_below_one_chunk_refused(void **state)
+{
+	assert_bad(MINIMAL "[cache]\nsize = 64\n", 6,
+		   "[cache] size = '64' is smaller than the largest chunk (16M)");
+	assert_bad(MINIMAL "[cache]\nsize = 1M\n", 6, "give 0 (no limit)");
+	assert_bad(MINIMAL "[cache]\nsize = 16777215\n", 6, "smaller than the largest chunk");
+	assert_int_equal(load(MINIMAL "[cache]\nsize = 16M\n"), 0);
+	assert_true(cfg.cache_size == 16 * MiB);
+	assert_int_equal(load(MINIMAL "[cache]\nsize = 0\n"), 0);
+	assert_true(cfg.cache_size == 0);
+}
+
+static void test_seed_url_needs_a_host(void **state)
+{
+	assert_bad("[node]\nname = a1\n[seed]\nurl = http://\n", 4,
+		   "[seed] url = 'http://' names no host");
+	assert_bad("[node]\nname = a1\n[seed]\nurl = https:///repo\n", 4, "names no host");
+	assert_bad("[node]\nname = a1\n[seed]\nurl = http://:8080/repo\n", 4, "url");
+	assert_int_equal(load("[node]\nname = a1\n[seed]\nurl = http://seed:8080\n"), 0);
+	assert_int_equal(load("[node]\nname = a1\n[seed]\nurl = https://[::1]/r\n"), 0);
+	assert_int_equal(load("[node]\nname = a1\n[seed]\nurl = file:///repo\n"), 0);
+}
+
 static void test_bad_portals_and_addresses(void **state)
 {
 	assert_bad(MINIMAL "[iscsi]\nportal = 0.0.0.0\n", 6, "must be HOST:PORT");
@@ -393,6 +418,8 @@ int main(void)
 		cmocka_unit_test(test_long_line),
 		cmocka_unit_test(test_repeated_key),
 		cmocka_unit_test(test_bad_sizes),
+		cmocka_unit_test(test_cache_size_below_one_chunk_refused),
+		cmocka_unit_test(test_seed_url_needs_a_host),
 		cmocka_unit_test(test_bad_portals_and_addresses),
 		cmocka_unit_test(test_missing_required),
 		cmocka_unit_test(test_bad_names_and_values),
