@@ -654,6 +654,10 @@ static int parse(struct parse_state *ps)
 {
 	int ret;
 
+	/* Debian's libinih reads an indented line as the continuation of the previous
+	 * value: "  rack = r1" under "name = a" became a second value of name ("given
+	 * twice"). Without it an indented line is an ordinary line. */
+	ini_allow_multiline = false;
 	ret = ini_parse_stream(reader, ps, handler, ps);
 	if (ret < 0) {
 		snprintf(ps->err, ps->errlen, "%s: cannot read the file", ps->name);

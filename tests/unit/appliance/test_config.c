@@ -281,6 +281,19 @@ static void test_seed_url_needs_a_host(void **state)
 	assert_int_equal(load("[node]\nname = a1\n[seed]\nurl = file:///repo\n"), 0);
 }
 
+/* libinih's multiline mode took an indented line for the continuation of the value
+ * above it ("[node] name is given twice"): an indented key is an ordinary key. */
+static void test_indented_key_is_a_key(void **state)
+{
+	assert_int_equal(load("[node]\nname = a\n  rack = r1\n\t[seed]\n\turl = http://s/\n"),
+			 0);
+	assert_string_equal(cfg.node_name, "a");
+	assert_string_equal(cfg.rack, "r1");
+	assert_string_equal(cfg.seed_url, "http://s/");
+	/* a value broken over two lines is not one value any more */
+	assert_bad(MINIMAL "[node]\nrack = r1\n  r2\n", 7, "syntax error");
+}
+
 static void test_bad_portals_and_addresses(void **state)
 {
 	assert_bad(MINIMAL "[iscsi]\nportal = 0.0.0.0\n", 6, "must be HOST:PORT");
@@ -420,6 +433,7 @@ int main(void)
 		cmocka_unit_test(test_bad_sizes),
 		cmocka_unit_test(test_cache_size_below_one_chunk_refused),
 		cmocka_unit_test(test_seed_url_needs_a_host),
+		cmocka_unit_test(test_indented_key_is_a_key),
 		cmocka_unit_test(test_bad_portals_and_addresses),
 		cmocka_unit_test(test_missing_required),
 		cmocka_unit_test(test_bad_names_and_values),
