@@ -618,6 +618,21 @@ static int finish(struct parse_state *ps)
 			 ps->name);
 		return -EINVAL;
 	}
+	/* state_dir first: the cache dir and tgtd's socket below derive from it, and a
+	 * state_dir that is too long must be named, not the socket path made from it.
+	 * A disk's directory is a tgtadm parameter, and tgtadm splits parameters at ','. */
+	if (strchr(c->state_dir, ',')) {
+		snprintf(ps->err, ps->errlen, "%s: [node] state_dir '%s' must not contain ',' "
+					      "(disk directories under it are passed to tgtadm, "
+					      "which cannot hold one)", ps->name, c->state_dir);
+		return -EINVAL;
+	}
+	if (strlen(c->state_dir) + 20 > 107) {
+		snprintf(ps->err, ps->errlen, "%s: [node] state_dir '%s' is too long (its "
+					      "fetch socket must fit a unix socket path)",
+			 ps->name, c->state_dir);
+		return -EINVAL;
+	}
 	if (!c->cache_dir[0] &&
 	    snprintf(c->cache_dir, sizeof(c->cache_dir), "%s/cache", c->state_dir) >=
 		    (int)sizeof(c->cache_dir))
@@ -632,19 +647,6 @@ static int finish(struct parse_state *ps)
 	if (strlen(c->ipc_socket) + 7 > 107) {
 		snprintf(ps->err, ps->errlen, "%s: [iscsi] ipc_socket path '%s' is too long "
 					      "for a unix socket", ps->name, c->ipc_socket);
-		return -EINVAL;
-	}
-	/* A disk's directory is a tgtadm parameter, and tgtadm splits parameters at ','. */
-	if (strchr(c->state_dir, ',')) {
-		snprintf(ps->err, ps->errlen, "%s: [node] state_dir '%s' must not contain ',' "
-					      "(disk directories under it are passed to tgtadm, "
-					      "which cannot hold one)", ps->name, c->state_dir);
-		return -EINVAL;
-	}
-	if (strlen(c->state_dir) + 20 > 107) {
-		snprintf(ps->err, ps->errlen, "%s: [node] state_dir '%s' is too long (its "
-					      "fetch socket must fit a unix socket path)",
-			 ps->name, c->state_dir);
 		return -EINVAL;
 	}
 	return 0;

@@ -74,11 +74,15 @@ int main(int argc, char **argv)
 		return 1;
 	/* Take the global options out, keep the rest in order. */
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--api") && i + 1 < argc)
-			o.api = argv[++i];
-		else if (!strncmp(argv[i], "--api=", 6))
-			o.api = argv[i] + 6;
-		else if (!strcmp(argv[i], "--json"))
+		if (!strcmp(argv[i], "--api") || !strncmp(argv[i], "--api=", 6)) {
+			/* "--api" last on the line was "unknown command '--api'" */
+			o.api = argv[i][5] ? argv[i] + 6 : i + 1 < argc ? argv[++i] : "";
+			if (!*o.api) {
+				fprintf(stderr, "rackdisk: --api needs a value (rackdiskd's URL)\n");
+				free(args);
+				return 2;
+			}
+		} else if (!strcmp(argv[i], "--json"))
 			o.json = true;
 		else
 			args[n++] = argv[i];

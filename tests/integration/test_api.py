@@ -330,6 +330,15 @@ def test_cli_help_exits_0():
         assert "fsck --config FILE" in p.stdout and not p.stderr, (args, p.stderr)
 
 
+def test_cli_api_needs_a_value():
+    """--api with nothing after it is a usage error that says so (it was "unknown command
+    '--api'" when last, and --api= fell back to the default URL)."""
+    for args in (["peers", "--api"], ["--api"], ["--api=", "peers"]):
+        p = subprocess.run([RACKDISK, *args], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr == "rackdisk: --api needs a value (rackdiskd's URL)\n", (args, p)
+
+
 def test_every_pulled_tag_is_listed(app):
     """A tag with ".tmp." in its name is listed once pulled (the listing used to skip
     every such name to hide temp files, which are hidden files now)."""

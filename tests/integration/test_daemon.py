@@ -62,6 +62,8 @@ GOOD = "[node]\nname = a1\nstate_dir = /tmp/x\n[seed]\nurl = http://127.0.0.1:1/
     # the unit forgotten: no chunk could be stored, every uncached read failed
     (GOOD + "[cache]\nsize = 64\n", 7, "smaller than the largest chunk (16M)"),
     ("[node]\nname = a1\n[seed]\nurl = http://\n", 4, "[seed] url = 'http://' names no host"),
+    ("[node]\nname = a1\nstate_dir = /" + "d" * 100 + "\n[seed]\nurl = http://s/\n", None,
+     "[node] state_dir '/ddd"),
 ])
 def test_bad_config_exits_2_with_one_line(tmp_path, text, line, needle):
     p, conf = run_daemon(text, tmp_path)
@@ -82,6 +84,12 @@ def test_missing_config_file_and_usage(tmp_path):
     p = subprocess.run([RACKDISKD, "--check-config", "--config", str(tmp_path / "x")],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2
+    # --config with nothing after it was "unknown argument '--config'"
+    for args in (["--config"], ["--check-config", "--config"], ["--config="]):
+        p = subprocess.run([RACKDISKD, *args], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr.startswith("rackdiskd: --config needs a value"), (args, p.stderr)
+        assert "unknown" not in p.stderr
 
 
 def test_start_and_clean_stop_on_sigterm(appliance):
