@@ -514,9 +514,12 @@ int cli_peers_main(const struct cli_opts *o, int argc, char **argv)
 		       "STATE", "FROM", "FAILURES");
 		json_array_foreach(j, i, v) {
 			bool self = json_is_true(json_object_get(v, "self"));
+			char id[24] = "-"; /* null standalone: no directory */
 
-			printf("%-20s %-4llu %-12s %-24s %-5s %10s %8llu%s\n", jstr(v, "name"),
-			       jnum(v, "id"), jstr(v, "rack"),
+			if (json_is_integer(json_object_get(v, "id")))
+				snprintf(id, sizeof(id), "%llu", jnum(v, "id"));
+			printf("%-20s %-4s %-12s %-24s %-5s %10s %8llu%s\n", jstr(v, "name"), id,
+			       jstr(v, "rack"),
 			       jstr(v, "address")[0] ? jstr(v, "address") : "-", jstr(v, "state"),
 			       self ? "-" : size_str(jnum(v, "bytes"), b, sizeof(b)),
 			       jnum(v, "failures"),

@@ -276,8 +276,16 @@ def test_health_cache_peers(app):
     st, c = app.request("GET", "/api/v1/cache")
     assert st == 200 and set(c["fetch"]) >= {"local", "peer", "seed"}
     assert c["store"]["capacity_bytes"] == 1 << 30
+    assert c["store"]["insert_failures"] == 0
     st, p = app.request("GET", "/api/v1/peers")
     assert st == 200 and p[0]["name"] == "a1" and p[0]["self"] is True
+    # the fields a cluster's entries have (test_cluster_appliances.PEER_FIELDS): no
+    # directory id or heartbeat standalone, nothing fetched from peers
+    assert p == [{"name": "a1", "id": None, "address": "", "rack": "r1", "alive": True,
+                  "self": True, "state": "up", "heartbeat_ttl_ms": None, "bytes": 0, "ok": 0,
+                  "failures": 0, "bad_data": 0, "not_found": 0}], p
+    assert app.cli("peers").stdout.splitlines()[1].split()[:3] == ["a1", "-", "r1"]
+    assert "inserts:" in app.cli("cache", "stats").stdout
     for args in (["cache", "stats"], ["peers"]):
         r = app.cli(*args)
         assert r.returncode == 0, r.stderr
