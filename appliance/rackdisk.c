@@ -6,7 +6,7 @@
  *   rackdisk image ls|pull|show ...              (appliance/cli.c, asks rackdiskd)
  *   rackdisk disk create|ls|show|rm ...          (appliance/cli.c)
  *   rackdisk cache stats | peers                 (appliance/cli.c)
- *   rackdisk fsck ...                            (appliance/fsck_cmd.c, offline)
+ *   rackdisk fsck ...                            (appliance/fsck_cmd.c, no daemon asked)
  *
  * Global options, accepted anywhere before or after the command words:
  *   --api URL   rackdiskd's API (default $RACKDISK_API, else http://127.0.0.1:7470)
@@ -39,7 +39,8 @@ static void usage(FILE *f)
 		"  disk resize NAME --size S               (grows it; no initiator logged in)\n"
 		"  cache stats\n"
 		"  peers\n"
-		"  fsck --config FILE | --cache DIR --state DIR [--repair]   (offline)\n"
+		"  fsck --config FILE | --cache DIR --state DIR [--repair]\n"
+		"       (exported disks are skipped; --repair needs rackdiskd stopped)\n"
 		"The API is --api URL, else $RACKDISK_API, else " DEFAULT_API ".\n");
 }
 

@@ -426,10 +426,24 @@ def test_fsck_offline(appliance):
     # --repair is refused while the daemon owns the store.
     p = a.cli("fsck", "--config", a.conf, "--repair")
     assert p.returncode == 1 and "rackdiskd is running" in p.stderr
+    # The check alone runs beside the daemon (the README's recovery of a damaged record
+    # does that): the exported disk's overlay, held by tgtd, is skipped, not a problem
+    # (it was "overlay check failed: in use", exit 1, for every exported disk).
+    p = a.cli("fsck", "--config", a.conf)
+    assert p.returncode == 0, p.stdout + p.stderr
+    f1 = os.path.join(a.state, "disks", "f1")
+    assert f"{f1}: skipped: overlay in use by a running tgtd" in p.stdout, p.stdout
+    assert "0 problem(s), 1 disk(s) skipped" in p.stdout, p.stdout
+    p = a.cli("--json", "fsck", "--config", a.conf)
+    assert p.returncode == 0, p.stdout + p.stderr
+    j = json.loads(p.stdout)
+    assert j["problems"] == [] and [x["path"] for x in j["skipped"]] == [f1], j
+    assert "in use by a running tgtd" in j["skipped"][0]["reason"], j
     assert a.stop() == 0
     p = a.cli("fsck", "--config", a.conf)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "1 disk(s)" in p.stdout and "0 problem(s)" in p.stdout
+    assert "skipped" not in p.stdout, p.stdout
     # A damaged record is reported.
     with open(os.path.join(a.state, "disks", "f1", "disk.json"), "w") as f:
         f.write("{")
@@ -440,6 +454,7 @@ def test_fsck_offline(appliance):
     assert p.returncode == 1, p.stdout + p.stderr
     j = json.loads(p.stdout)
     assert j["disks"] == 1 and j["repair"] is False and len(j["problems"]) == 1, j
+    assert j["skipped"] == [], j
     assert j["problems"][0]["path"].endswith("/disks/f1"), j
     assert "disk.json" in j["problems"][0]["problem"], j
     # Entries of the disks directory that are not disks: lost+found (disks/ as a file
@@ -518,9 +533,11 @@ def test_damaged_record_keeps_the_disk_exported(appliance):
     assert "DAMAGED" in line and "disk.json" in line, p.stdout
     # what the log tells the operator to run names the file
     p = a.cli("--json", "fsck", "--config", a.conf)
-    assert p.returncode == 1 and any(
-        x["path"].endswith("/disks/k1") and "disk.json" in x["problem"]
-        for x in json.loads(p.stdout)["problems"]), p.stdout + p.stderr
+    assert p.returncode == 1 and [
+        (os.path.basename(x["path"]), "disk.json" in x["problem"])
+        for x in json.loads(p.stdout)["problems"]] == [("k1", True)], p.stdout + p.stderr
+    assert sorted(os.path.basename(x["path"]) for x in json.loads(p.stdout)["skipped"]) == \
+        ["k1", "k2"], p.stdout
     # its name and tid stay taken
     st, body = a.request("POST", "/api/v1/disks", {"name": "K1", "image": "deb"})
     assert st == 409, body
