@@ -331,17 +331,16 @@ static enum MHD_Result get_cache(struct api *api, struct MHD_Connection *c)
 					      (json_int_t)fs.bytes[s], "failures",
 					      (json_int_t)fs.failures[s], "bad_hash",
 					      (json_int_t)fs.bad_hash[s]));
-	j = json_pack("{s:s, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:o}", "dir",
+	j = json_pack("{s:s, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:o}", "dir",
 		      api->a->cfg.cache_dir, "store", "chunks", (json_int_t)cs.nchunks,
 		      "used_bytes", (json_int_t)cs.bytes_used, "capacity_bytes",
 		      (json_int_t)cs.capacity, "hits", (json_int_t)cs.hits, "misses",
-		      (json_int_t)cs.misses, "inserts", (json_int_t)cs.inserts, "evictions",
+		      (json_int_t)cs.misses, "inserts", (json_int_t)cs.inserts,
+		      "insert_failures", (json_int_t)cs.insert_failures, "evictions",
 		      (json_int_t)cs.evictions, "pinned", (json_int_t)cs.pinned,
 		      "dropped_corrupt", (json_int_t)cs.dropped_corrupt, "fetch", fetch);
 	return send_json(c, 200, j);
 }
-
-#define PEERS_MAX 256
 
 static json_t *peer_json(const struct peering_peer *p)
 {
@@ -354,8 +353,30 @@ static json_t *peer_json(const struct peering_peer *p)
 			 (json_int_t)p->bad_data, "not_found", (json_int_t)p->not_found);
 }
 
-/* The nodes of the directory with what this node fetched from each; standalone, this
- * node alone. */
+/* Standalone: this node alone, with the fields a cluster's entries have (a client reads
+ * one shape): no directory id or heartbeat (null), nothing fetched from peers (0). */
+static json_t *standalone_peers_json(const struct appliance *a)
+{
+	static const struct peering_peer me = {.self = true, .node = {.alive = true}};
+	char addr[300] = "";
+	json_t *j = peer_json(&me);
+
+	/* name and rack from the config as they are (peering_peer's fields are shorter) */
+	if (a->cfg.cluster_advertise.host[0])
+		config_addr_str(&a->cfg.cluster_advertise, addr, sizeof(addr));
+	if (!j || json_object_set_new(j, "name", json_string(a->cfg.node_name)) ||
+	    json_object_set_new(j, "rack", json_string(a->cfg.rack)) ||
+	    json_object_set_new(j, "address", json_string(addr)) ||
+	    json_object_set_new(j, "id", json_null()) ||
+	    json_object_set_new(j, "heartbeat_ttl_ms", json_null())) {
+		json_decref(j);
+		return NULL;
+	}
+	return json_pack("[o]", j);
+}
+
+/* The nodes of the directory, all of them, with what this node fetched from each;
+ * standalone, this node alone. */
 static enum MHD_Result get_peers(struct api *api, struct MHD_Connection *c)
 {
 	struct appliance *a = api->a;
@@ -363,26 +384,13 @@ static enum MHD_Result get_peers(struct api *api, struct MHD_Connection *c)
 	json_t *arr;
 	int n;
 
-	if (!a->peering) {
-		char addr[300] = "";
-
-		if (a->cfg.cluster_advertise.host[0])
-			config_addr_str(&a->cfg.cluster_advertise, addr, sizeof(addr));
-		return send_json(c, 200, json_pack("[{s:s, s:s, s:s, s:b, s:b, s:s}]", "name",
-						   a->cfg.node_name, "rack", a->cfg.rack,
-						   "address", addr, "self", 1, "alive", 1,
-						   "state", "up"));
-	}
-	v = calloc(PEERS_MAX, sizeof(*v));
-	if (!v)
-		return send_error(c, 500, "out of memory");
-	n = peering_list(a->peering, v, PEERS_MAX);
-	if (n < 0) {
-		free(v);
-		return send_error(c, 503, n == -ENOTCONN ? "the cluster directory (Redis) is "
-							   "unreachable"
-							 : strerror(-n));
-	}
+	if (!a->peering)
+		return send_json(c, 200, standalone_peers_json(a));
+	n = appliance_peer_list(a->peering, &v);
+	if (n < 0)
+		return send_error(c, n == -ENOMEM ? 500 : 503,
+				  n == -ENOTCONN ? "the cluster directory (Redis) is unreachable"
+						 : strerror(-n));
 	arr = json_array();
 	for (int i = 0; arr && i < n; i++)
 		json_array_append_new(arr, peer_json(&v[i]));

@@ -117,6 +117,12 @@ int appliance_reconcile(struct appliance *a);
  * added to source "peer" (metrics.c). */
 struct fetcher_stats;
 void appliance_fetch_stats(struct appliance *a, struct fetcher_stats *st);
+/* Every node of the cluster's directory with this node's counters for it (peering_list
+ * with no bound of the caller's: a fixed array cut the list at 256 nodes). Returns the
+ * count with *out malloc'd (the caller frees it), or a negative errno (-ENOTCONN while
+ * Redis is down) with *out NULL (metrics.c). */
+struct peering_peer;
+int appliance_peer_list(struct peering *p, struct peering_peer **out);
 /* Removes leftovers of interrupted creates and deletes (diskrec.c invariant 3). */
 void appliance_disks_cleanup(struct appliance *a);
 

@@ -264,6 +264,40 @@ static void print_disk(json_t *d)
 	printf("url:         %s\n", jstr(d, "url"));
 }
 
+/*
+ * The CHAP password's first line from path, or from stdin for "-", into buf without its
+ * line ending: a password on the command line shows in ps and in the shell's history.
+ * 0, or 1 after printing why (unreadable, empty, longer than buf holds).
+ */
+static int read_password(const char *path, char *buf, size_t len)
+{
+	bool is_stdin = !strcmp(path, "-");
+	FILE *f = is_stdin ? stdin : fopen(path, "re");
+	size_t n;
+
+	if (!f) {
+		fail("cannot read the CHAP password from %s: %s", path, strerror(errno));
+		return 1;
+	}
+	if (!fgets(buf, (int)len, f))
+		buf[0] = '\0';
+	n = strcspn(buf, "\r\n");
+	if (!is_stdin)
+		fclose(f);
+	if (n == strlen(buf) && n == len - 1) {
+		explicit_bzero(buf, len);
+		fail("the CHAP password in %s is too long", is_stdin ? "stdin" : path);
+		return 1;
+	}
+	buf[n] = '\0';
+	if (!n) {
+		fail("no CHAP password in %s (its first line is empty)",
+		     is_stdin ? "stdin" : path);
+		return 1;
+	}
+	return 0;
+}
+
 /* A disk name the API would accept; otherwise says why (a usage error, exit 2, as a bad
  * image tag is). */
 static bool disk_name_ok(const char *name)
@@ -275,10 +309,16 @@ static bool disk_name_ok(const char *name)
 	return false;
 }
 
+#define DISK_CREATE_USAGE                                                                  \
+	"usage: rackdisk disk create NAME --image TAG [--size S] [--initiator IQN]... "     \
+	"[--chap-user U --chap-password P|--chap-password-file FILE|--chap-password -]"
+
 static int disk_create(const struct cli_opts *o, int argc, char **argv)
 {
 	const char *name = NULL, *image = NULL, *size = NULL, *cu = NULL, *cp = NULL;
+	const char *cp_file = NULL;
 	json_t *body, *ini = json_array(), *j = NULL;
+	char pw[256]; /* the API takes 12 to 64 characters */
 	int ret;
 
 	for (int i = 2; i < argc; i++) {
@@ -292,25 +332,35 @@ static int disk_create(const struct cli_opts *o, int argc, char **argv)
 			json_array_append_new(ini, json_string(argv[++i]));
 		else if (!strcmp(argv[i], "--chap-user") && has)
 			cu = argv[++i];
-		else if (!strcmp(argv[i], "--chap-password") && has)
+		else if (!strcmp(argv[i], "--chap-password") && has && !cp && !cp_file)
 			cp = argv[++i];
+		else if (!strcmp(argv[i], "--chap-password-file") && has && !cp && !cp_file)
+			cp_file = argv[++i];
 		else if (argv[i][0] != '-' && !name)
 			name = argv[i];
 		else {
 			json_decref(ini);
 			fail("unexpected argument '%s'", argv[i]);
-			return usage_err("usage: rackdisk disk create NAME --image TAG [--size S] "
-					 "[--initiator IQN]... [--chap-user U --chap-password P]");
+			return usage_err(DISK_CREATE_USAGE);
 		}
 	}
-	if (!name || !image || (!cu != !cp)) {
+	/* "--chap-password -": one line from stdin, as --chap-password-file - */
+	if (cp && !strcmp(cp, "-"))
+		cp_file = cp, cp = NULL;
+	if (!name || !image || (!cu != !(cp || cp_file))) {
 		json_decref(ini);
-		return usage_err("usage: rackdisk disk create NAME --image TAG [--size S] "
-				 "[--initiator IQN]... [--chap-user U --chap-password P]");
+		return usage_err(DISK_CREATE_USAGE);
 	}
 	if (!disk_name_ok(name)) {
 		json_decref(ini);
 		return 2;
+	}
+	if (cp_file) {
+		if (read_password(cp_file, pw, sizeof(pw))) {
+			json_decref(ini);
+			return 1;
+		}
+		cp = pw;
 	}
 	body = json_pack("{s:s, s:s, s:o}", "name", name, "image", image, "initiators", ini);
 	if (size)
@@ -320,6 +370,7 @@ static int disk_create(const struct cli_opts *o, int argc, char **argv)
 							    cp));
 	ret = call(o, "POST", "/api/v1/disks", body, &j);
 	json_decref(body);
+	explicit_bzero(pw, sizeof(pw));
 	if (ret)
 		return ret;
 	if (o->json) {
@@ -476,6 +527,9 @@ int cli_cache_main(const struct cli_opts *o, int argc, char **argv)
 	printf("lookups:     %llu hits, %llu misses\n", jnum(st, "hits"), jnum(st, "misses"));
 	printf("evictions:   %llu; corrupt files dropped: %llu\n", jnum(st, "evictions"),
 	       jnum(st, "dropped_corrupt"));
+	/* fetched and verified but not kept: the reads that wanted them failed */
+	printf("inserts:     %llu; failed: %llu\n", jnum(st, "inserts"),
+	       jnum(st, "insert_failures"));
 	for (int s = 0; s < 3; s++) {
 		json_t *x = json_object_get(fe, src[s]);
 
@@ -513,9 +567,12 @@ int cli_peers_main(const struct cli_opts *o, int argc, char **argv)
 		       "STATE", "FROM", "FAILURES");
 		json_array_foreach(j, i, v) {
 			bool self = json_is_true(json_object_get(v, "self"));
+			char id[24] = "-"; /* null standalone: no directory */
 
-			printf("%-20s %-4llu %-12s %-24s %-5s %10s %8llu%s\n", jstr(v, "name"),
-			       jnum(v, "id"), jstr(v, "rack"),
+			if (json_is_integer(json_object_get(v, "id")))
+				snprintf(id, sizeof(id), "%llu", jnum(v, "id"));
+			printf("%-20s %-4s %-12s %-24s %-5s %10s %8llu%s\n", jstr(v, "name"), id,
+			       jstr(v, "rack"),
 			       jstr(v, "address")[0] ? jstr(v, "address") : "-", jstr(v, "state"),
 			       self ? "-" : size_str(jnum(v, "bytes"), b, sizeof(b)),
 			       jnum(v, "failures"),

@@ -16,14 +16,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
+
 #include "cluster/directory.h"
 #include "common/util.h"
+#include "images/manifest.h"
 
 enum key_type {
 	KT_NAME,   /* name_is_valid */
 	KT_PATH,   /* absolute path */
 	KT_STR,    /* free text, non-empty unless allow_empty */
 	KT_SIZE,   /* parse_size */
+	KT_CAPACITY, /* parse_size: 0 (no limit), or at least min */
 	KT_UINT,   /* decimal within [min, max] */
 	KT_BOOL,   /* true/false/yes/no/on/off/1/0 */
 	KT_ADDR,   /* host:port */
@@ -53,7 +57,9 @@ static const struct key_def keys[] = {
 	{"node", "state_dir", KT_PATH, F(state_dir), 0, 0, false},
 	{"node", "log_level", KT_LEVEL, F(log_level), 0, 0, false},
 	{"cache", "dir", KT_PATH, F(cache_dir), 0, 0, false},
-	{"cache", "size", KT_SIZE, F(cache_size), 0, 0, false},
+	/* Below the largest chunk some chunk could never be stored: every read of it would
+	 * time out (BUSY, then EIO), e.g. "size = 64" with the unit forgotten. */
+	{"cache", "size", KT_CAPACITY, F(cache_size), CHUNK_SIZE_MAX, 0, false},
 	{"cache", "verify_on_open", KT_BOOL, F(cache_verify_on_open), 0, 0, false},
 	{"cache", "direct_io", KT_BOOL, F(cache_direct_io), 0, 0, false},
 	{"seed", "url", KT_URL, F(seed_url), 0, 0, false},
@@ -212,6 +218,27 @@ static bool host_valid(const char *s)
 	return true;
 }
 
+/* An http(s) URL whose host libcurl, which fetches it, can find, written after "//"
+ * (libcurl would take "https:///repo" for host "repo"). */
+static bool url_has_host(const char *v)
+{
+	const char *auth = strstr(v, "://");
+	CURLU *u;
+	char *host = NULL;
+	bool ok;
+
+	if (!auth || auth[3] == '/' || !auth[3])
+		return false;
+	u = curl_url();
+	if (!u)
+		return false; /* out of memory: the daemon could not start anyway */
+	ok = !curl_url_set(u, CURLUPART_URL, v, 0) &&
+	     !curl_url_get(u, CURLUPART_HOST, &host, 0) && host && *host;
+	curl_free(host);
+	curl_url_cleanup(u);
+	return ok;
+}
+
 static int parse_bool(const char *v, bool *out)
 {
 	static const char *yes[] = {"true", "yes", "on", "1"};
@@ -287,6 +314,20 @@ static int set_key(struct config *c, const struct key_def *k, const char *v, cha
 		}
 		*(uint64_t *)p = n;
 		return 0;
+	case KT_CAPACITY:
+		if (parse_size(v, &n)) {
+			snprintf(why, whylen, "is not a size (e.g. 4096, 64K, 1M, 64G)");
+			return -EINVAL;
+		}
+		if (n && n < k->min) {
+			snprintf(why, whylen, "is smaller than the largest chunk (%lluM), so chunks "
+					      "could not be stored: give 0 (no limit) or a size "
+					      "with its unit (e.g. 64G)",
+				 (unsigned long long)(k->min / MiB));
+			return -EINVAL;
+		}
+		*(uint64_t *)p = n;
+		return 0;
 	case KT_UINT:
 		if (parse_uint(v, k->min, k->max, &n)) {
 			snprintf(why, whylen, "must be an integer from %llu to %llu",
@@ -338,6 +379,10 @@ static int set_key(struct config *c, const struct key_def *k, const char *v, cha
 		}
 		if (strchr(v, ' ') || strlen(v) >= k->size)
 			goto bad_fmt;
+		if (v[0] == 'h' && !url_has_host(v)) {
+			snprintf(why, whylen, "names no host (http://HOST[:PORT]/PATH)");
+			return -EINVAL;
+		}
 		return set_str(p, k->size, v);
 	case KT_REDIS: {
 		/* The parser the directory connects with: what passes here connects. */
@@ -575,6 +620,21 @@ static int finish(struct parse_state *ps)
 			 ps->name);
 		return -EINVAL;
 	}
+	/* state_dir first: the cache dir and tgtd's socket below derive from it, and a
+	 * state_dir that is too long must be named, not the socket path made from it.
+	 * A disk's directory is a tgtadm parameter, and tgtadm splits parameters at ','. */
+	if (strchr(c->state_dir, ',')) {
+		snprintf(ps->err, ps->errlen, "%s: [node] state_dir '%s' must not contain ',' "
+					      "(disk directories under it are passed to tgtadm, "
+					      "which cannot hold one)", ps->name, c->state_dir);
+		return -EINVAL;
+	}
+	if (strlen(c->state_dir) + 20 > 107) {
+		snprintf(ps->err, ps->errlen, "%s: [node] state_dir '%s' is too long (its "
+					      "fetch socket must fit a unix socket path)",
+			 ps->name, c->state_dir);
+		return -EINVAL;
+	}
 	if (!c->cache_dir[0] &&
 	    snprintf(c->cache_dir, sizeof(c->cache_dir), "%s/cache", c->state_dir) >=
 		    (int)sizeof(c->cache_dir))
@@ -591,19 +651,6 @@ static int finish(struct parse_state *ps)
 					      "for a unix socket", ps->name, c->ipc_socket);
 		return -EINVAL;
 	}
-	/* A disk's directory is a tgtadm parameter, and tgtadm splits parameters at ','. */
-	if (strchr(c->state_dir, ',')) {
-		snprintf(ps->err, ps->errlen, "%s: [node] state_dir '%s' must not contain ',' "
-					      "(disk directories under it are passed to tgtadm, "
-					      "which cannot hold one)", ps->name, c->state_dir);
-		return -EINVAL;
-	}
-	if (strlen(c->state_dir) + 20 > 107) {
-		snprintf(ps->err, ps->errlen, "%s: [node] state_dir '%s' is too long (its "
-					      "fetch socket must fit a unix socket path)",
-			 ps->name, c->state_dir);
-		return -EINVAL;
-	}
 	return 0;
 }
 
@@ -611,6 +658,10 @@ static int parse(struct parse_state *ps)
 {
 	int ret;
 
+	/* Debian's libinih reads an indented line as the continuation of the previous
+	 * value: "  rack = r1" under "name = a" became a second value of name ("given
+	 * twice"). Without it an indented line is an ordinary line. */
+	ini_allow_multiline = false;
 	ret = ini_parse_stream(reader, ps, handler, ps);
 	if (ret < 0) {
 		snprintf(ps->err, ps->errlen, "%s: cannot read the file", ps->name);

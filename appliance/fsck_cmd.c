@@ -1,12 +1,15 @@
 /*
  * fsck_cmd.c - `rackdisk fsck --config FILE | --cache DIR --state DIR [--repair]`: the
- * offline check of an appliance's durable state: every chunk file of the store
+ * check of an appliance's durable state: every chunk file of the store
  * (chunkstore_fsck), every disk's overlay (disk_fsck) and every disk record (diskrec).
  *
  * Repair removes what the owner could not trust anyway (torn chunks, temp files) and is
  * refused while rackdiskd answers on the fetch socket: the daemon owns the store then.
+ * Without --repair the check may run beside rackdiskd (the README's recovery of a damaged
+ * disk record does so): a disk whose overlay a running tgtd holds open (its lock) cannot
+ * be checked then, and is listed as skipped, which is not a problem.
  * Exit: 0 clean, 1 problems found (listed, one per line; with --json, one JSON object
- * with a "problems" array), 2 usage.
+ * with a "problems" array and a "skipped" one), 2 usage.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -27,8 +30,9 @@
 #include "common/util.h"
 
 struct findings {
-	unsigned n;
-	json_t *list; /* with --json: [{"path", "problem"}], printed at the end */
+	unsigned n, nskipped;
+	json_t *list;    /* with --json: [{"path", "problem"}], printed at the end */
+	json_t *skipped; /* with --json: [{"path", "reason"}] */
 };
 
 static void report(void *arg, const char *path, const char *problem)
@@ -41,6 +45,17 @@ static void report(void *arg, const char *path, const char *problem)
 	else if (json_array_append_new(f->list, json_pack("{s:s, s:s}", "path", path,
 							  "problem", problem)))
 		fprintf(stderr, "rackdisk: out of memory listing a problem of %s\n", path);
+}
+
+/* A disk that could not be checked, and why; not a problem. */
+static void skip(struct findings *f, const char *path, const char *reason)
+{
+	f->nskipped++;
+	if (!f->skipped)
+		printf("%s: skipped: %s\n", path, reason);
+	else if (json_array_append_new(f->skipped, json_pack("{s:s, s:s}", "path", path,
+							     "reason", reason)))
+		fprintf(stderr, "rackdisk: out of memory listing %s as skipped\n", path);
 }
 
 /* True when something accepts connections on the daemon's fetch socket. */
@@ -99,7 +114,12 @@ static int check_disks(const char *state_dir, bool repair, struct findings *prob
 		if (diskrec_load_disk(dir, de->d_name, &r, err, sizeof(err)))
 			report(problems, path, err);
 		ret = disk_fsck(path, repair, report, problems);
-		if (ret < 0) {
+		if (ret == -EBUSY && !repair) {
+			/* exported: the check is for a disk no tgtd holds (a repair never
+			 * runs beside one, so there it stays a problem) */
+			skip(problems, path, "overlay in use by a running tgtd, not checked "
+					     "(check it while the disk is not exported)");
+		} else if (ret < 0) {
 			char msg[128];
 
 			snprintf(msg, sizeof(msg), "overlay check failed: %s",
@@ -148,33 +168,30 @@ int cli_fsck_main(const struct cli_opts *o, int argc, char **argv)
 	}
 	if (!cache || !state)
 		goto usage;
-	if (o->json && !(problems.list = json_array())) {
+	if (o->json && (!(problems.list = json_array()) || !(problems.skipped = json_array()))) {
 		fprintf(stderr, "rackdisk: out of memory\n");
-		return 1;
+		goto fail;
 	}
 	if (repair && daemon_running(state)) {
 		fprintf(stderr, "rackdisk: rackdiskd is running on %s; stop it before fsck "
 				"--repair\n", state);
-		json_decref(problems.list);
-		return 1;
+		goto fail;
 	}
 	ret = chunkstore_fsck(cache, repair, report, &problems);
 	if (ret < 0) {
 		fprintf(stderr, "rackdisk: checking the chunk store %s: %s\n", cache,
 			strerror(-ret));
-		json_decref(problems.list);
-		return 1;
+		goto fail;
 	}
 	ret = check_disks(state, repair, &problems, &ndisks);
 	if (ret < 0) {
 		fprintf(stderr, "rackdisk: checking the disks in %s: %s\n", state, strerror(-ret));
-		json_decref(problems.list);
-		return 1;
+		goto fail;
 	}
 	if (problems.list) {
-		json_t *j = json_pack("{s:s, s:s, s:I, s:b, s:o}", "cache", cache, "state", state,
-				      "disks", (json_int_t)ndisks, "repair", repair, "problems",
-				      problems.list);
+		json_t *j = json_pack("{s:s, s:s, s:I, s:b, s:o, s:o}", "cache", cache, "state",
+				      state, "disks", (json_int_t)ndisks, "repair", repair,
+				      "problems", problems.list, "skipped", problems.skipped);
 
 		if (!j || json_dumpf(j, stdout, JSON_INDENT(2)) < 0) {
 			fprintf(stderr, "rackdisk: out of memory\n");
@@ -184,11 +201,19 @@ int cli_fsck_main(const struct cli_opts *o, int argc, char **argv)
 		putchar('\n');
 		json_decref(j);
 	} else {
-		printf("fsck: chunk store %s and %u disk(s) in %s: %u problem(s)%s\n", cache,
+		printf("fsck: chunk store %s and %u disk(s) in %s: %u problem(s)%s", cache,
 		       ndisks, state, problems.n,
 		       problems.n && repair ? " (repaired where possible)" : "");
+		if (problems.nskipped)
+			printf(", %u disk(s) skipped (in use by a running tgtd)",
+			       problems.nskipped);
+		putchar('\n');
 	}
 	return problems.n ? 1 : 0;
+fail:
+	json_decref(problems.list);
+	json_decref(problems.skipped);
+	return 1;
 usage:
 	fprintf(stderr, "usage: rackdisk fsck --config FILE [--repair]\n"
 			"       rackdisk fsck --cache DIR --state DIR [--repair]\n");

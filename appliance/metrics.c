@@ -8,6 +8,7 @@
  * that as a counter reset, which rate() handles.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,33 @@ void appliance_fetch_stats(struct appliance *a, struct fetcher_stats *st)
 	peering_get_stats(a->peering, &ps);
 	st->failures[FETCH_SRC_PEER] += ps.peers.peer_failures + ps.peers.bad_data;
 	st->bad_hash[FETCH_SRC_PEER] += ps.peers.bad_data;
+}
+
+int appliance_peer_list(struct peering *p, struct peering_peer **out)
+{
+	struct peering_peer *v = NULL, *nv;
+	int cap = 256, n;
+
+	/* peering_list fills at most cap entries without saying whether there were more:
+	 * a full array is asked again with twice the room. */
+	for (;;) {
+		nv = realloc(v, (size_t)cap * sizeof(*v));
+		if (!nv) {
+			n = -ENOMEM;
+			break;
+		}
+		v = nv;
+		n = peering_list(p, v, cap);
+		if (n < cap || cap > INT_MAX / 2)
+			break;
+		cap *= 2;
+	}
+	if (n < 0) {
+		free(v);
+		v = NULL;
+	}
+	*out = v;
+	return n;
 }
 
 static void fetch_metrics(FILE *f, struct appliance *a)
@@ -119,6 +147,10 @@ static void cache_metrics(FILE *f, struct chunkstore *cs)
 	one(f, "rackdisk_cache_misses_total", "counter", "Chunk store lookups that missed.",
 	    st.misses);
 	one(f, "rackdisk_cache_inserts_total", "counter", "Chunks stored.", st.inserts);
+	one(f, "rackdisk_cache_insert_failures_total", "counter",
+	    "Chunks fetched and verified that the store could not keep (no room: all pinned; "
+	    "I/O error); the reads waiting for them fail.",
+	    st.insert_failures);
 	one(f, "rackdisk_cache_evictions_total", "counter", "Chunks evicted.", st.evictions);
 	one(f, "rackdisk_cache_evicted_bytes_total", "counter", "Bytes evicted.",
 	    st.bytes_evicted);
@@ -139,8 +171,8 @@ static void cache_metrics(FILE *f, struct chunkstore *cs)
  * comes from the directory: while Redis is down these series are absent. */
 static void peer_metrics(FILE *f, struct peering *p)
 {
-	struct peering_peer *v = calloc(256, sizeof(*v));
-	int n = v ? peering_list(p, v, 256) : -ENOMEM;
+	struct peering_peer *v;
+	int n = appliance_peer_list(p, &v);
 
 	head(f, "rackdisk_peer_bytes_total", "counter", "Chunk bytes fetched from each peer.");
 	for (int i = 0; i < n; i++)

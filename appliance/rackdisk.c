@@ -6,7 +6,7 @@
  *   rackdisk image ls|pull|show ...              (appliance/cli.c, asks rackdiskd)
  *   rackdisk disk create|ls|show|rm ...          (appliance/cli.c)
  *   rackdisk cache stats | peers                 (appliance/cli.c)
- *   rackdisk fsck ...                            (appliance/fsck_cmd.c, offline)
+ *   rackdisk fsck ...                            (appliance/fsck_cmd.c, no daemon asked)
  *
  * Global options, accepted anywhere before or after the command words:
  *   --api URL   rackdiskd's API (default $RACKDISK_API, else http://127.0.0.1:7470)
@@ -34,12 +34,14 @@ static void usage(FILE *f)
 		"  image ls --repo DIR|URL        image show --repo DIR|URL NAME|ID\n"
 		"  image ls | pull TAG | show TAG          (images pulled by rackdiskd)\n"
 		"  disk create NAME --image TAG [--size S] [--initiator IQN]...\n"
-		"       [--chap-user U --chap-password P]  (prints the iSCSI URL last)\n"
+		"       [--chap-user U --chap-password P|--chap-password-file FILE|--chap-password -]\n"
+		"       (prints the iSCSI URL last; FILE or - (stdin): the password's first line)\n"
 		"  disk ls | show NAME | rm NAME [--force]\n"
 		"  disk resize NAME --size S               (grows it; no initiator logged in)\n"
 		"  cache stats\n"
 		"  peers\n"
-		"  fsck --config FILE | --cache DIR --state DIR [--repair]   (offline)\n"
+		"  fsck --config FILE | --cache DIR --state DIR [--repair]\n"
+		"       (exported disks are skipped; --repair needs rackdiskd stopped)\n"
 		"The API is --api URL, else $RACKDISK_API, else " DEFAULT_API ".\n");
 }
 
@@ -74,11 +76,15 @@ int main(int argc, char **argv)
 		return 1;
 	/* Take the global options out, keep the rest in order. */
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--api") && i + 1 < argc)
-			o.api = argv[++i];
-		else if (!strncmp(argv[i], "--api=", 6))
-			o.api = argv[i] + 6;
-		else if (!strcmp(argv[i], "--json"))
+		if (!strcmp(argv[i], "--api") || !strncmp(argv[i], "--api=", 6)) {
+			/* "--api" last on the line was "unknown command '--api'" */
+			o.api = argv[i][5] ? argv[i] + 6 : i + 1 < argc ? argv[++i] : "";
+			if (!*o.api) {
+				fprintf(stderr, "rackdisk: --api needs a value (rackdiskd's URL)\n");
+				free(args);
+				return 2;
+			}
+		} else if (!strcmp(argv[i], "--json"))
 			o.json = true;
 		else
 			args[n++] = argv[i];

@@ -315,10 +315,15 @@ int main(int argc, char **argv)
 	int ret;
 
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--config") && i + 1 < argc) {
-			cfg_path = argv[++i];
-		} else if (!strncmp(argv[i], "--config=", 9)) {
-			cfg_path = argv[i] + 9;
+		if (!strcmp(argv[i], "--config") || !strncmp(argv[i], "--config=", 9)) {
+			/* "--config" last on the line was "unknown argument '--config'" */
+			cfg_path = argv[i][8] ? argv[i] + 9 : i + 1 < argc ? argv[++i] : "";
+			if (!*cfg_path) {
+				fprintf(stderr, "rackdiskd: --config needs a value (the config "
+						"file)\n");
+				usage(stderr);
+				return 2;
+			}
 		} else if (!strcmp(argv[i], "--check-config")) {
 			check_only = true;
 		} else if (!strcmp(argv[i], "--version")) {

@@ -1019,6 +1019,8 @@ int chunkstore_insert(struct chunkstore *cs, const struct chunk_hash *h, const v
 			pthread_cond_broadcast(&cs->cond);
 		}
 	}
+	if (ret < 0)
+		cs->st.insert_failures++;
 	pthread_mutex_unlock(&cs->lock);
 	victims_remove(cs, &vs, false);
 	if (ret)
@@ -1032,6 +1034,7 @@ int chunkstore_insert(struct chunkstore *cs, const struct chunk_hash *h, const v
 			cs->io_error = true;
 		cs->st.bytes_used -= len;
 		index_del(cs, e);
+		cs->st.insert_failures++;
 	} else {
 		e->state = ST_PRESENT;
 		/* Pinned until announced: evicted in between, its withdraw would come

@@ -48,6 +48,8 @@ struct chunkstore_opts {
 struct chunkstore_stats {
 	uint64_t hits, misses; /* chunkstore_get() outcomes */
 	uint64_t inserts, evictions;
+	uint64_t insert_failures; /* chunkstore_insert() errors: a chunk fetched and verified
+				   * that the store could not keep (no room, I/O error) */
 	uint64_t bytes_inserted, bytes_evicted, bytes_read;
 	uint64_t nchunks, bytes_used, capacity;
 	uint64_t pinned;	  /* chunks pinned right now */

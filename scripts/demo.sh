@@ -58,7 +58,11 @@ stop_pid() {
 
 cleanup() {
 	local rc=$? i
-	trap - EXIT INT TERM
+	# Ignored, not reset: a second Ctrl-C (or a TERM) while the servers stop would
+	# otherwise end the script before restore_module and the rm below, leaving the
+	# operator's bs_rackdisk.so replaced and $WORK behind. Each stop is bounded (stop_pid).
+	trap - EXIT
+	trap '' INT TERM
 	[ -z "${SLEEP_PID:-}" ] || kill "$SLEEP_PID" 2>/dev/null || true
 	# Newest first: the rackdiskds (each stops its tgtd) before Redis and the seed.
 	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do

@@ -50,12 +50,24 @@ if [ ${#missing[@]} -gt 0 ]; then
 	echo "deps: installing ${missing[*]}"
 	apt_update
 	# Debian starts services on install; rackdisk runs its own instances, so keep the
-	# packaged ones from starting (policy-rc.d is honoured by invoke-rc.d).
-	had_policy=0; [ -e /usr/sbin/policy-rc.d ] && had_policy=1
-	[ $had_policy = 1 ] || printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-	chmod +x /usr/sbin/policy-rc.d
+	# packaged ones from starting (policy-rc.d is honoured by invoke-rc.d). A policy-rc.d
+	# left behind would keep every package's services from starting, for good: ours is
+	# removed on any exit (a failed install under set -e, Ctrl-C, kill), and one the
+	# machine already had is left exactly as it was. set -C creates ours only if absent.
+	policy=/usr/sbin/policy-rc.d policy_ours=0
+	trap '[ "$policy_ours" = 0 ] || rm -f "$policy"' EXIT
+	# Without these a SIGTERM or SIGHUP would end bash without running the EXIT trap.
+	trap 'exit 129' HUP
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+	if (set -C; printf '#!/bin/sh\nexit 101\n' > "$policy") 2>/dev/null; then
+		policy_ours=1
+		chmod +x "$policy"
+	fi
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-	[ $had_policy = 1 ] || rm -f /usr/sbin/policy-rc.d
+	[ "$policy_ours" = 0 ] || rm -f "$policy"
+	policy_ours=0
+	trap - EXIT HUP INT TERM
 	tgt_ver=$(dpkg-query -W -f='${Version}' tgt)
 fi
 

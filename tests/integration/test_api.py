@@ -166,6 +166,43 @@ def test_chap_disk(app):
     assert "rduser" not in app.tgtadm("--op", "show", "--mode", "account").stdout
 
 
+def test_chap_password_from_file_or_stdin(app, tmp_path):
+    """The CHAP password could only be given as --chap-password P, which every user of the
+    machine sees in ps: --chap-password-file FILE and --chap-password - (stdin) read its
+    first line instead, and the disk authenticates with it."""
+    pw_file = tmp_path / "pw"
+    pw_file.write_text("file-secret-123\nnot this line\n")
+    os.chmod(pw_file, 0o600)
+    ways = {"chapf": (["--chap-password-file", str(pw_file)], None, "file-secret-123"),
+            "chaps": (["--chap-password", "-"], "stdin-secret-456\r\n", "stdin-secret-456")}
+    try:
+        for disk, (opt, stdin, pw) in ways.items():
+            p = subprocess.run([RACKDISK, "--api", app.api, "disk", "create", disk, "--image",
+                                "deb", "--chap-user", disk + "u", *opt], input=stdin or "",
+                               capture_output=True, text=True, timeout=120)
+            assert p.returncode == 0, p.stderr
+            url = app.url(disk)
+            assert iscsi_login_ok(url.replace("iscsi://", f"iscsi://{disk}u%{pw}@")), disk
+            assert not iscsi_login_ok(url.replace("iscsi://", f"iscsi://{disk}u%wrong-pass-789@"))
+        # nothing to read: exit 1 naming the file, nothing created
+        for opt, stdin, needle in ((["--chap-password-file", str(tmp_path / "none")], "",
+                                    "cannot read the CHAP password from"),
+                                   (["--chap-password", "-"], "", "no CHAP password in stdin"),
+                                   (["--chap-password", "-"], "\nx\n", "first line is empty")):
+            p = subprocess.run([RACKDISK, "--api", app.api, "disk", "create", "chapx",
+                                "--image", "deb", "--chap-user", "xu", *opt], input=stdin,
+                               capture_output=True, text=True, timeout=60)
+            assert p.returncode == 1 and needle in p.stderr, (opt, p.stderr)
+        assert app.request("GET", "/api/v1/disks/chapx")[0] == 404
+        # one password source only
+        p = app.cli("disk", "create", "chapy", "--image", "deb", "--chap-user", "yu",
+                    "--chap-password", "pw-one-123456", "--chap-password-file", str(pw_file))
+        assert p.returncode == 2, p.stderr
+    finally:
+        for disk in ways:
+            app.request("DELETE", f"/api/v1/disks/{disk}")
+
+
 def iscsi_login_ok(url):
     return subprocess.run(["iscsi-readcapacity16", url], capture_output=True,
                           timeout=30).returncode == 0
@@ -276,8 +313,16 @@ def test_health_cache_peers(app):
     st, c = app.request("GET", "/api/v1/cache")
     assert st == 200 and set(c["fetch"]) >= {"local", "peer", "seed"}
     assert c["store"]["capacity_bytes"] == 1 << 30
+    assert c["store"]["insert_failures"] == 0
     st, p = app.request("GET", "/api/v1/peers")
     assert st == 200 and p[0]["name"] == "a1" and p[0]["self"] is True
+    # the fields a cluster's entries have (test_cluster_appliances.PEER_FIELDS): no
+    # directory id or heartbeat standalone, nothing fetched from peers
+    assert p == [{"name": "a1", "id": None, "address": "", "rack": "r1", "alive": True,
+                  "self": True, "state": "up", "heartbeat_ttl_ms": None, "bytes": 0, "ok": 0,
+                  "failures": 0, "bad_data": 0, "not_found": 0}], p
+    assert app.cli("peers").stdout.splitlines()[1].split()[:3] == ["a1", "-", "r1"]
+    assert "inserts:" in app.cli("cache", "stats").stdout
     for args in (["cache", "stats"], ["peers"]):
         r = app.cli(*args)
         assert r.returncode == 0, r.stderr
@@ -328,6 +373,15 @@ def test_cli_help_exits_0():
                            capture_output=True, text=True, timeout=30)
         assert p.returncode == 0 and p.stdout.startswith("usage: rackdisk"), (args, p)
         assert "fsck --config FILE" in p.stdout and not p.stderr, (args, p.stderr)
+
+
+def test_cli_api_needs_a_value():
+    """--api with nothing after it is a usage error that says so (it was "unknown command
+    '--api'" when last, and --api= fell back to the default URL)."""
+    for args in (["peers", "--api"], ["--api"], ["--api=", "peers"]):
+        p = subprocess.run([RACKDISK, *args], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr == "rackdisk: --api needs a value (rackdiskd's URL)\n", (args, p)
 
 
 def test_every_pulled_tag_is_listed(app):

@@ -420,3 +420,44 @@ def test_peer_listener_rejects_bad_requests(cluster, tmp_path):
     assert m['rackdisk_peer_server_requests_total{status="401"}'] >= 1
     assert m['rackdisk_peer_server_requests_total{status="403"}'] >= 1
     assert m['rackdisk_peer_server_requests_total{status="400"}'] >= 8
+
+
+# The fields of every GET peers entry, standalone (test_api.py) and in a cluster.
+PEER_FIELDS = {"name", "id", "address", "rack", "alive", "self", "state", "heartbeat_ttl_ms",
+               "bytes", "ok", "failures", "bad_data", "not_found"}
+
+
+def test_peers_lists_every_node_past_256(cluster, tmp_path):
+    """GET peers, `rackdisk --json peers` and /metrics list every node of the directory:
+    a fixed array cut them at 256 (256 of 300 listed, 255 rackdisk_peer_up series). 299
+    other nodes are registered in Redis as the directory registers one, half of them
+    with a live heartbeat."""
+    _, _, redis, make = cluster
+    a = make("a1")
+    a.start()
+    wait_cluster([a])
+    cmds = []
+    for i in range(299):
+        nid = 100000 + i
+        cmds += [f"HSET rdtest:nodes:byname fake{i:03d} {nid}",
+                 f"HSET rdtest:node:{nid} name fake{i:03d} addr 127.0.0.1:{1024 + i}"
+                 f" rack r{i % 7}"]
+        if i % 2 == 0:
+            cmds.append(f"SET rdtest:alive:{nid} 1 PX 600000")
+    subprocess.run(["redis-cli", "-p", str(redis.port)], input="\n".join(cmds) + "\n",
+                   capture_output=True, text=True, timeout=60, check=True)
+    names = {"a1"} | {f"fake{i:03d}" for i in range(299)}
+
+    st, peers = a.request("GET", "/api/v1/peers")
+    assert st == 200 and len(peers) == 300 and {p["name"] for p in peers} == names
+    assert all(set(p) == PEER_FIELDS for p in peers), peers[0]
+    fake7 = next(p for p in peers if p["name"] == "fake007")
+    assert fake7["id"] == 100007 and fake7["rack"] == "r0" and fake7["alive"] is False
+    assert fake7["address"] == "127.0.0.1:1031" and fake7["heartbeat_ttl_ms"] == -1
+    p = a.cli("--json", "peers")
+    assert p.returncode == 0, p.stderr
+    assert {x["name"] for x in json.loads(p.stdout)} == names
+    m = metrics(a)
+    up = {k: v for k, v in m.items() if k.startswith("rackdisk_peer_up{")}
+    assert len(up) == 299 and sum(up.values()) == 150, len(up)
+    assert sum(k.startswith("rackdisk_peer_bytes_total{") for k in m) == 299

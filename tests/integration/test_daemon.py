@@ -63,6 +63,11 @@ GOOD = "[node]\nname = a1\nstate_dir = /tmp/x\n[seed]\nurl = http://127.0.0.1:1/
      "[iscsi] tgtd_path '/usr/sbin/nonexistent' cannot be executed: No such file or directory"),
     (GOOD + "[iscsi]\ntgtadm_path = /usr/sbin\n", None,
      "[iscsi] tgtadm_path '/usr/sbin' cannot be executed: Is a directory"),
+    # the unit forgotten: no chunk could be stored, every uncached read failed
+    (GOOD + "[cache]\nsize = 64\n", 7, "smaller than the largest chunk (16M)"),
+    ("[node]\nname = a1\n[seed]\nurl = http://\n", 4, "[seed] url = 'http://' names no host"),
+    ("[node]\nname = a1\nstate_dir = /" + "d" * 100 + "\n[seed]\nurl = http://s/\n", None,
+     "[node] state_dir '/ddd"),
 ])
 def test_bad_config_exits_2_with_one_line(tmp_path, text, line, needle):
     p, conf = run_daemon(text, tmp_path)
@@ -83,6 +88,12 @@ def test_missing_config_file_and_usage(tmp_path):
     p = subprocess.run([RACKDISKD, "--check-config", "--config", str(tmp_path / "x")],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2
+    # --config with nothing after it was "unknown argument '--config'"
+    for args in (["--config"], ["--check-config", "--config"], ["--config="]):
+        p = subprocess.run([RACKDISKD, *args], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr.startswith("rackdiskd: --config needs a value"), (args, p.stderr)
+        assert "unknown" not in p.stderr
 
 
 def test_programs_that_cannot_run_are_config_errors(tmp_path):
@@ -559,10 +570,24 @@ def test_fsck_offline(appliance):
     # --repair is refused while the daemon owns the store.
     p = a.cli("fsck", "--config", a.conf, "--repair")
     assert p.returncode == 1 and "rackdiskd is running" in p.stderr
+    # The check alone runs beside the daemon (the README's recovery of a damaged record
+    # does that): the exported disk's overlay, held by tgtd, is skipped, not a problem
+    # (it was "overlay check failed: in use", exit 1, for every exported disk).
+    p = a.cli("fsck", "--config", a.conf)
+    assert p.returncode == 0, p.stdout + p.stderr
+    f1 = os.path.join(a.state, "disks", "f1")
+    assert f"{f1}: skipped: overlay in use by a running tgtd" in p.stdout, p.stdout
+    assert "0 problem(s), 1 disk(s) skipped" in p.stdout, p.stdout
+    p = a.cli("--json", "fsck", "--config", a.conf)
+    assert p.returncode == 0, p.stdout + p.stderr
+    j = json.loads(p.stdout)
+    assert j["problems"] == [] and [x["path"] for x in j["skipped"]] == [f1], j
+    assert "in use by a running tgtd" in j["skipped"][0]["reason"], j
     assert a.stop() == 0
     p = a.cli("fsck", "--config", a.conf)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "1 disk(s)" in p.stdout and "0 problem(s)" in p.stdout
+    assert "skipped" not in p.stdout, p.stdout
     # A damaged record is reported.
     with open(os.path.join(a.state, "disks", "f1", "disk.json"), "w") as f:
         f.write("{")
@@ -573,6 +598,7 @@ def test_fsck_offline(appliance):
     assert p.returncode == 1, p.stdout + p.stderr
     j = json.loads(p.stdout)
     assert j["disks"] == 1 and j["repair"] is False and len(j["problems"]) == 1, j
+    assert j["skipped"] == [], j
     assert j["problems"][0]["path"].endswith("/disks/f1"), j
     assert "disk.json" in j["problems"][0]["problem"], j
     # Entries of the disks directory that are not disks: lost+found (disks/ as a file
@@ -651,9 +677,11 @@ def test_damaged_record_keeps_the_disk_exported(appliance):
     assert "DAMAGED" in line and "disk.json" in line, p.stdout
     # what the log tells the operator to run names the file
     p = a.cli("--json", "fsck", "--config", a.conf)
-    assert p.returncode == 1 and any(
-        x["path"].endswith("/disks/k1") and "disk.json" in x["problem"]
-        for x in json.loads(p.stdout)["problems"]), p.stdout + p.stderr
+    assert p.returncode == 1 and [
+        (os.path.basename(x["path"]), "disk.json" in x["problem"])
+        for x in json.loads(p.stdout)["problems"]] == [("k1", True)], p.stdout + p.stderr
+    assert sorted(os.path.basename(x["path"]) for x in json.loads(p.stdout)["skipped"]) == \
+        ["k1", "k2"], p.stdout
     # its name and tid stay taken
     st, body = a.request("POST", "/api/v1/disks", {"name": "K1", "image": "deb"})
     assert st == 409, body

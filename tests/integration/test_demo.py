@@ -188,3 +188,74 @@ def test_demo_waits_then_ctrl_c_cleans_up(tmp_path):
     finally:
         demo.kill()
         os.close(master)
+
+
+def demo_functions(*names):
+    """The text of demo.sh's functions of these names (each from `name() {` to the `}` that
+    closes it at the start of a line)."""
+    with open(DEMO) as f:
+        src = f.read()
+    parts = []
+    for name in names:
+        m = re.search(rf"^{name}\(\) \{{\n.*?^\}}\n", src, re.M | re.S)
+        assert m, f"demo.sh has no function {name}"
+        parts.append(m.group(0))
+    return "".join(parts)
+
+
+# demo.sh's own cleanup, signal handler and wait loop around one server that takes 3 s to
+# stop (it ignores SIGINT and SIGTERM, as a server busy stopping its own children would),
+# and a module "installed" over a previous one.
+CLEANUP_HARNESS = """set -euo pipefail
+WORK=$1
+MODULE_DST=$2
+PIDS=()
+{functions}
+trap cleanup EXIT
+trap on_signal INT TERM
+echo previous > "$WORK/previous-module.so"
+echo demo > "$MODULE_DST"
+(trap '' INT TERM; : > "$WORK/server-up"; exec sleep 3) &
+PIDS+=($!)
+while [ ! -e "$WORK/server-up" ]; do sleep 0.01; done
+WAITING=1
+echo ready
+while :; do
+	sleep 3600 &
+	SLEEP_PID=$!
+	wait "$SLEEP_PID" || true
+done
+"""
+
+
+def test_second_ctrl_c_during_cleanup_does_not_stop_it(tmp_path):
+    """Ctrl-C while the demo waits starts cleanup, which stops the servers one by one
+    (each bounded); a second Ctrl-C meanwhile must not end the script before it puts the
+    operator's module back and removes the work dir. Runs demo.sh's cleanup, on_signal,
+    stop_pid and restore_module, as written there, in a harness."""
+    work = tmp_path / "work"
+    work.mkdir()
+    module = tmp_path / "bs_rackdisk.so"
+    script = CLEANUP_HARNESS.format(functions=demo_functions(
+        "stop_pid", "cleanup", "on_signal", "restore_module"))
+    proc = subprocess.Popen(["bash", "-c", script, "harness", str(work), str(module)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline() == "ready\n", proc.stderr.read()
+        # Ctrl-C on a terminal signals the whole foreground process group.
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(1)
+        assert proc.poll() is None, "cleanup did not wait for the slow server"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, f"exit {proc.returncode}: {out}{err}"
+        assert "demo: stopped, cleaned up" in out
+        assert module.read_text() == "previous\n", "the previous module was not restored"
+        assert not work.exists()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)

@@ -257,6 +257,44 @@ static void test_bad_sizes(void **state)
 	assert_bad(MINIMAL "[api]\nmax_body = 10\n", 0, "[api] max_body");
 }
 
+/* A store smaller than the largest chunk (16M) could not hold some chunk: every read of it
+ * would fail, as every read did with "size = 64" (the unit forgotten). 0 is no limit. */
+static void test_cache_size_below_one_chunk_refused(void **state)
+{
+	assert_bad(MINIMAL "[cache]\nsize = 64\n", 6,
+		   "[cache] size = '64' is smaller than the largest chunk (16M)");
+	assert_bad(MINIMAL "[cache]\nsize = 1M\n", 6, "give 0 (no limit)");
+	assert_bad(MINIMAL "[cache]\nsize = 16777215\n", 6, "smaller than the largest chunk");
+	assert_int_equal(load(MINIMAL "[cache]\nsize = 16M\n"), 0);
+	assert_true(cfg.cache_size == 16 * MiB);
+	assert_int_equal(load(MINIMAL "[cache]\nsize = 0\n"), 0);
+	assert_true(cfg.cache_size == 0);
+}
+
+static void test_seed_url_needs_a_host(void **state)
+{
+	assert_bad("[node]\nname = a1\n[seed]\nurl = http://\n", 4,
+		   "[seed] url = 'http://' names no host");
+	assert_bad("[node]\nname = a1\n[seed]\nurl = https:///repo\n", 4, "names no host");
+	assert_bad("[node]\nname = a1\n[seed]\nurl = http://:8080/repo\n", 4, "url");
+	assert_int_equal(load("[node]\nname = a1\n[seed]\nurl = http://seed:8080\n"), 0);
+	assert_int_equal(load("[node]\nname = a1\n[seed]\nurl = https://[::1]/r\n"), 0);
+	assert_int_equal(load("[node]\nname = a1\n[seed]\nurl = file:///repo\n"), 0);
+}
+
+/* libinih's multiline mode took an indented line for the continuation of the value
+ * above it ("[node] name is given twice"): an indented key is an ordinary key. */
+static void test_indented_key_is_a_key(void **state)
+{
+	assert_int_equal(load("[node]\nname = a\n  rack = r1\n\t[seed]\n\turl = http://s/\n"),
+			 0);
+	assert_string_equal(cfg.node_name, "a");
+	assert_string_equal(cfg.rack, "r1");
+	assert_string_equal(cfg.seed_url, "http://s/");
+	/* a value broken over two lines is not one value any more */
+	assert_bad(MINIMAL "[node]\nrack = r1\n  r2\n", 7, "syntax error");
+}
+
 static void test_bad_portals_and_addresses(void **state)
 {
 	assert_bad(MINIMAL "[iscsi]\nportal = 0.0.0.0\n", 6, "must be HOST:PORT");
@@ -333,7 +371,9 @@ static void test_long_state_dir_refused(void **state)
 	dir[0] = '/';
 	dir[sizeof(dir) - 1] = '\0';
 	snprintf(text, sizeof(text), MINIMAL "[node]\nstate_dir = %s\n", dir);
-	assert_bad(text, 0, "too long");
+	/* named as itself, not as the tgtd socket path derived from it */
+	assert_bad(text, 0, "[node] state_dir '/ddd");
+	assert_bad(text, 0, "is too long");
 }
 
 static void test_file_errors(void **state)
@@ -441,6 +481,9 @@ int main(void)
 		cmocka_unit_test(test_long_line),
 		cmocka_unit_test(test_repeated_key),
 		cmocka_unit_test(test_bad_sizes),
+		cmocka_unit_test(test_cache_size_below_one_chunk_refused),
+		cmocka_unit_test(test_seed_url_needs_a_host),
+		cmocka_unit_test(test_indented_key_is_a_key),
 		cmocka_unit_test(test_bad_portals_and_addresses),
 		cmocka_unit_test(test_missing_required),
 		cmocka_unit_test(test_bad_names_and_values),
