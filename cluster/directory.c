@@ -995,6 +995,25 @@ out:
 /* ---- the directory thread ---- */
 
 /*
+ * Ready, unless a connection broke since generation gen was taken. Checked under d->lock
+ * as well: the shared connection is there when ready is set, and a caller that breaks it
+ * later (under d->lock too) clears ready after this.
+ */
+static void dir_set_ready(struct directory *d, uint64_t gen)
+{
+	if (dir_lock_thread(d))
+		return;
+	pthread_mutex_lock(&d->thread_lock);
+	if (d->conn_gen == gen && d->ctx && d->hk) {
+		d->ready = true;
+		__atomic_store_n(&d->st.connected, true, __ATOMIC_RELAXED);
+		pthread_cond_broadcast(&d->ready_cond);
+	}
+	pthread_mutex_unlock(&d->thread_lock);
+	pthread_mutex_unlock(&d->lock);
+}
+
+/*
  * (Re)connects: the thread's own connection and the registration first (if it broke or
  * never was), then a fresh shared connection, then the re-announce of the whole store
  * (invariant 3). Ready only if neither connection broke meanwhile.
@@ -1015,17 +1034,20 @@ static int dir_reconnect(struct directory *d)
 		redisFree(c);
 		return -ESHUTDOWN;
 	}
+	/* The generation of the new connection, taken before it is installed: a caller that
+	 * breaks it does so under d->lock, so after this, and dir_set_ready sees it. (Taken
+	 * after the lock was let go, a break in between passed for an older one's.) */
+	pthread_mutex_lock(&d->thread_lock);
+	gen = d->conn_gen;
+	store = d->store;
+	d->announce_due = false; /* a store attached from now on is announced again */
+	pthread_mutex_unlock(&d->thread_lock);
 	old = d->ctx;
 	d->ctx = c;
 	pthread_mutex_unlock(&d->lock);
 	if (old)
 		redisFree(old);
 	DIR_STAT_ADD(d, reconnects, 1);
-	pthread_mutex_lock(&d->thread_lock);
-	gen = d->conn_gen;
-	store = d->store;
-	d->announce_due = false; /* a store attached from now on is announced again */
-	pthread_mutex_unlock(&d->thread_lock);
 
 	n = announce_store(d, store);
 	if (n < 0)
@@ -1035,13 +1057,7 @@ static int dir_reconnect(struct directory *d)
 			 d->url.socket[0] ? d->url.socket : d->url.host, d->url.port,
 			 d->url.socket[0] ? " (unix socket)" : "", (long long)directory_node_id(d),
 			 d->name, n);
-	pthread_mutex_lock(&d->thread_lock);
-	if (d->conn_gen == gen && d->hk) {
-		d->ready = true;
-		__atomic_store_n(&d->st.connected, true, __ATOMIC_RELAXED);
-		pthread_cond_broadcast(&d->ready_cond);
-	}
-	pthread_mutex_unlock(&d->thread_lock);
+	dir_set_ready(d, gen);
 	return 0;
 }
 

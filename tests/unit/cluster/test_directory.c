@@ -17,6 +17,7 @@
 #include <hiredis/hiredis.h>
 
 #include "cluster/directory.h"
+#include "cluster/directory_int.h" /* white-box: test_broken_during_reconnect_is_not_ready */
 #include "cluster_fixture.h"
 #include "common/log.h"
 #include "tests/unit/stderr_hold.h"
@@ -1129,6 +1130,109 @@ static void test_chunk_dropped_during_bulk_announce_is_not_listed(void **state)
 	fx_rm_rf(sdir);
 }
 
+/* A command on c (a plain connection of the test's); its reply is dropped. */
+static void redis_do(redisContext *c, const char *fmt, ...)
+{
+	redisReply *r;
+	va_list ap;
+
+	va_start(ap, fmt);
+	r = redisvCommand(c, fmt, ap);
+	va_end(ap);
+	assert_non_null(r);
+	freeReplyObject(r);
+}
+
+/*
+ * The reconnect installed its new shared connection, let go of the lock, and only then
+ * took the connection generation it compares before reporting ready: a caller that broke
+ * the new connection in between left the directory ready with no connection, every call
+ * failing with -ENOTCONN for good while it read connected. Here the directory thread is
+ * parked (stderr held) in the log line of its registration, which a new node id makes;
+ * the test then holds the thread's lock, so the thread stops at its next use of it, and
+ * breaks the new connection as a caller does (dir_fail_locked under d->lock: the
+ * connection dropped and conn_gen counted), by hand, as it holds the lock dir_set_broken
+ * takes. The fixed thread takes the generation under d->lock before it installs the
+ * connection, so it stops there still holding d->lock: no caller can break it meanwhile.
+ */
+static void test_broken_during_reconnect_is_not_ready(void **state)
+{
+	struct directory *a = dir_new("a14", "r1", NULL);
+	char hex[HASH_HEX_LEN + 1];
+	struct directory_holder hd[4];
+	struct directory_stats st;
+	struct stderr_hold hold;
+	struct timespec ts;
+	struct chunk_hash h;
+	uint8_t buf[64];
+	redisContext *c;
+	redisReply *kill;
+	uint64_t r0;
+	bool held, broke = false;
+	int i, rc = -1;
+
+	fx_chunk(14, buf, sizeof(buf), &h);
+	hash_to_hex(&h, hex);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	/* an error reply, logged now: the heartbeat's failure below is not (rate limit) */
+	redis_do(c, "SET t:chunk:%s not-a-set", hex);
+	assert_int_equal(directory_lookup(a, &h, hd, 4), -EIO);
+	redis_do(c, "DEL t:chunk:%s", hex);
+	/* the next registration hands out a new id, and says so (a warning) */
+	redis_do(c, "HDEL t:nodes:byname a14");
+	directory_get_stats(a, &st);
+	r0 = st.reconnects;
+	assert_int_equal(stderr_hold(&hold), 0);
+	kill = redisCommand(c, "CLIENT KILL TYPE normal");
+	held = stderr_hold_wait_blocked(5000);
+	pthread_mutex_lock(&a->thread_lock);
+	stderr_hold_restore(&hold);
+	for (i = 0; i < 100; i++) {
+		stderr_hold_drain(&hold);
+		directory_get_stats(a, &st);
+		if (st.reconnects > r0)
+			break;
+		usleep(10000);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += 1;
+	if (st.reconnects > r0 && !pthread_mutex_clocklock(&a->lock, CLOCK_MONOTONIC, &ts)) {
+		if (a->ctx)
+			redisFree(a->ctx);
+		a->ctx = NULL;
+		a->ready = false;
+		a->conn_gen++;
+		broke = true;
+		pthread_mutex_unlock(&a->lock);
+	}
+	pthread_mutex_unlock(&a->thread_lock);
+	for (i = 0; i < 100; i++) {
+		stderr_hold_drain(&hold);
+		usleep(5000);
+	}
+	stderr_hold_close(&hold);
+	assert_non_null(kill);
+	freeReplyObject(kill);
+	assert_true(held);
+	/* ready again, and then with a connection the callers can use */
+	for (i = 0; i < 100 && rc < 0; i++) {
+		if (directory_wait_ready(a, 100) == 0)
+			rc = directory_lookup(a, &h, hd, 4);
+		fx_sleep_ms(20);
+	}
+	if (rc < 0)
+		fail_msg("lookup: %s after the reconnect (ready: %d, the test broke the new "
+			 "connection: %d)", strerror(-rc), directory_wait_ready(a, 0) == 0, broke);
+	assert_int_equal(rc, 0);
+	directory_get_stats(a, &st);
+	assert_true(st.connected);
+	redisFree(c);
+	directory_destroy(a);
+}
+
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1163,6 +1267,8 @@ int main(void)
 			test_same_name_same_address_joins_and_the_old_one_leaves, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_chunk_dropped_during_bulk_announce_is_not_listed,
 						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_broken_during_reconnect_is_not_ready, setup,
+						teardown),
 	};
 
 	log_init("test_directory", LOG_LVL_WARN, 0);
