@@ -1061,7 +1061,11 @@ static int dir_reconnect(struct directory *d)
 	return 0;
 }
 
-/* A store attached while ready: announce it (directory_wait_ready() waits for this). */
+/*
+ * A store attached while ready: announce it. directory_wait_ready() waits for this: the
+ * store is taken (announce_due cleared, so one attached meanwhile is announced again) and
+ * announcing stays set until the announce is over.
+ */
 static void dir_announce_attached(struct directory *d)
 {
 	struct chunkstore *store;
@@ -1070,11 +1074,13 @@ static void dir_announce_attached(struct directory *d)
 	pthread_mutex_lock(&d->thread_lock);
 	store = d->store;
 	d->announce_due = false;
+	d->announcing = true;
 	pthread_mutex_unlock(&d->thread_lock);
 	n = announce_store(d, store);
 	if (n < 0)
 		log_warn("directory: announce of the attached store failed: %s", strerror(-n));
 	pthread_mutex_lock(&d->thread_lock);
+	d->announcing = false;
 	pthread_cond_broadcast(&d->ready_cond);
 	pthread_mutex_unlock(&d->thread_lock);
 }
@@ -1244,6 +1250,12 @@ fail:
 	return rc;
 }
 
+/* Connected, registered, and the attached store announced in full (thread_lock held). */
+static bool dir_ready_locked(const struct directory *d)
+{
+	return d->ready && !d->announce_due && !d->announcing;
+}
+
 int directory_wait_ready(struct directory *d, uint32_t timeout_ms)
 {
 	struct timespec ts;
@@ -1257,9 +1269,9 @@ int directory_wait_ready(struct directory *d, uint32_t timeout_ms)
 		ts.tv_nsec -= 1000000000L;
 	}
 	pthread_mutex_lock(&d->thread_lock);
-	while ((!d->ready || d->announce_due) && rc == 0)
+	while (!dir_ready_locked(d) && rc == 0)
 		rc = pthread_cond_timedwait(&d->ready_cond, &d->thread_lock, &ts);
-	rc = d->ready && !d->announce_due ? 0 : -ETIMEDOUT;
+	rc = dir_ready_locked(d) ? 0 : -ETIMEDOUT;
 	pthread_mutex_unlock(&d->thread_lock);
 	return rc;
 }

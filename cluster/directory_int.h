@@ -46,19 +46,20 @@ struct directory {
 	struct dir_lease *leases;
 	size_t nleases, cap_leases;
 
-	/* background thread; thread_lock guards stopping, ready, announce_due, conn_gen and
-	 * store, and is never held across I/O */
+	/* background thread; thread_lock guards stopping, ready, announce_due, announcing,
+	 * conn_gen and store, and is never held across I/O */
 	pthread_t thread;
 	bool thread_started, stopping, left;
 	bool ready;                 /* connected, registered and the store announced */
 	bool announce_due;          /* a store was attached: the thread announces it */
+	bool announcing;            /* ... and is at it (dir_announce_attached) */
 	uint64_t conn_gen;          /* counts connection failures (dir_set_broken) */
 	uint64_t next_hb_ns, next_renew_ns; /* the thread's timers (that thread only) */
 	bool registered;            /* registered once (that thread only; lua_register) */
 	uint64_t conflict_log_ns;   /* last "name in use" error (that thread only) */
 	pthread_mutex_t thread_lock;
 	pthread_cond_t thread_cond;  /* wakes the thread */
-	pthread_cond_t ready_cond;   /* ready or announce_due changed */
+	pthread_cond_t ready_cond;   /* ready, announce_due or announcing changed */
 
 	uint64_t last_log_ns, suppressed; /* rate-limited failure log */
 	struct directory_stats st;        /* updated with __atomic ops */

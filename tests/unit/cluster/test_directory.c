@@ -1232,6 +1232,55 @@ static void test_broken_during_reconnect_is_not_ready(void **state)
 	directory_destroy(a);
 }
 
+/*
+ * directory_wait_ready() promises the attached store announced, but a store attached
+ * while ready was announced after the thread had cleared its "announce due" flag, with
+ * ready true all along: wait_ready returned while that announce was under way
+ * (tests/tools/cluster_node.c attaches the store just before it waits). The announce is
+ * slowed here by a proxy holding each reply 1 ms, one SADD per round trip.
+ */
+static void test_wait_ready_waits_for_a_late_store_announce(void **state)
+{
+	struct fx_proxy px = {.target = redis.port, .down_ms = 1};
+	struct chunkstore_hooks hk = {0};
+	char sdir[64], url[128];
+	struct chunkstore *cs = fx_store_open(sdir, hk);
+	struct directory_opts o = {
+		.url = url, .node_name = "a15", .advertise = "127.0.0.1:1515", .prefix = "t:",
+		.heartbeat_ttl_ms = 3000, .heartbeat_interval_ms = 1000, .lease_ttl_ms = 600,
+		.lease_renew_ms = 150, .announce_batch = 1,
+	};
+	struct directory_stats st = {0};
+	static uint8_t buf[CHUNK];
+	struct chunk_hash h;
+	struct directory *a;
+	unsigned i, n = 1000;
+	uint64_t t0;
+
+	assert_non_null(cs);
+	for (i = 0; i < n; i++) {
+		fx_chunk(70000 + i, buf, sizeof(buf), &h);
+		assert_int_equal(chunkstore_insert(cs, &h, buf, sizeof(buf)), 0);
+	}
+	assert_int_equal(fx_proxy_start(&px), 0);
+	snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", px.port);
+	assert_int_equal(directory_create(&o, &a), 0);
+	assert_int_equal(directory_wait_ready(a, 5000), 0); /* no store yet */
+	directory_attach_store(a, cs);
+	for (t0 = now_ns(); st.bulk_announced < 10 && fx_ms_since(t0) < 10000;) {
+		fx_sleep_ms(2);
+		directory_get_stats(a, &st);
+	}
+	assert_true(st.bulk_announced >= 10 && st.bulk_announced < n);
+	assert_int_equal(directory_wait_ready(a, 30000), 0);
+	directory_get_stats(a, &st);
+	assert_int_equal(st.bulk_announced, n);
+	directory_destroy(a);
+	fx_proxy_stop(&px);
+	chunkstore_close(cs);
+	fx_rm_rf(sdir);
+}
+
 
 int main(void)
 {
@@ -1269,6 +1318,8 @@ int main(void)
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_broken_during_reconnect_is_not_ready, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_wait_ready_waits_for_a_late_store_announce,
+						setup, teardown),
 	};
 
 	log_init("test_directory", LOG_LVL_WARN, 0);
