@@ -338,23 +338,42 @@ int dir_hk_reply(struct directory *d, redisReply **out)
  * is not our own previous run: that is, it advertises another address, or we registered
  * before (ARGV[7] = 1: a heartbeat replaced since was not ours). Then it returns that
  * heartbeat's value, and the caller does not join.
+ * A stored id is ours only if it is a positive number whose record, if any, names us: the
+ * id of a record naming another node, or garbage, is replaced (and returned as bad, for
+ * the log). A new id is one no node has, neither a heartbeat nor a record (nodes:next
+ * may have been lost while nodes live), and the name's entry is written only then.
+ * Returns {id, bad} (bad: the stored value replaced, or '').
  */
 static const char lua_register[] =
-	"local id = redis.call('HGET', KEYS[1], ARGV[1]) "
-	"if not id then "
-	"  id = redis.call('INCR', KEYS[2]) "
+	"local p = ARGV[2] "
+	"local raw = redis.call('HGET', KEYS[1], ARGV[1]) "
+	"local id = raw and #raw <= 15 and string.match(raw, '^[1-9]%d*$') and tonumber(raw) "
+	"if id then "
+	"  local owner = redis.call('HGET', p .. 'node:' .. id, 'name') "
+	"  if owner and owner ~= ARGV[1] then id = nil end "
+	"end "
+	"local bad = (raw and not id) and raw or '' "
+	"if id then "
+	"  local v = redis.call('GET', p .. 'alive:' .. id) "
+	"  if v and v ~= ARGV[5] then "
+	"    local _, addr = string.match(v, '^(%S+) (%S+)') "
+	"    if addr ~= ARGV[4] or ARGV[7] == '1' then return v end "
+	"  end "
+	"else "
+	"  for i = 1, 100000 do "
+	"    local n = redis.call('INCR', KEYS[2]) "
+	"    if redis.call('EXISTS', p .. 'alive:' .. n, p .. 'node:' .. n) == 0 then "
+	"      id = n "
+	"      break "
+	"    end "
+	"  end "
+	"  if not id then return redis.error_reply('no free node id') end "
 	"  redis.call('HSET', KEYS[1], ARGV[1], id) "
 	"end "
-	"local alive = ARGV[2] .. 'alive:' .. id "
-	"local v = redis.call('GET', alive) "
-	"if v and v ~= ARGV[5] then "
-	"  local _, addr = string.match(v, '^(%S+) (%S+)') "
-	"  if addr ~= ARGV[4] or ARGV[7] == '1' then return v end "
-	"end "
-	"redis.call('HSET', ARGV[2] .. 'node:' .. id, 'name', ARGV[1], 'addr', ARGV[4], "
+	"redis.call('HSET', p .. 'node:' .. id, 'name', ARGV[1], 'addr', ARGV[4], "
 	"           'rack', ARGV[3]) "
-	"redis.call('SET', alive, ARGV[5], 'PX', ARGV[6]) "
-	"return tonumber(id)";
+	"redis.call('SET', p .. 'alive:' .. id, ARGV[5], 'PX', ARGV[6]) "
+	"return {id, bad}";
 
 /* The heartbeat, unless the key holds another process's value: then that value. */
 static const char lua_heartbeat[] =
@@ -481,14 +500,26 @@ static int dir_register(struct directory *d, redisContext *c, int64_t *id_out)
 			 d->registered);
 	if (!r)
 		return -ENOTCONN;
-	if (r->type == REDIS_REPLY_INTEGER && r->integer > 0) {
-		*id_out = r->integer;
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+	    r->element[0]->type == REDIS_REPLY_INTEGER && r->element[0]->integer > 0 &&
+	    r->element[1]->type == REDIS_REPLY_STRING) {
+		*id_out = r->element[0]->integer;
 		rc = 0;
+		if (r->element[1]->len) {
+			log_warn("directory: Redis held \"%.64s\" as the node id of name \"%s\": not a "
+				 "positive number, or another node's id; registered as node %lld",
+				 r->element[1]->str, d->name, (long long)*id_out);
+			DIR_STAT_ADD(d, errors, 1);
+		}
 	} else if (r->type == REDIS_REPLY_STRING) {
 		dir_name_conflict(d, r->str, r->len, false);
 		rc = -EADDRINUSE;
 	} else if (r->type == REDIS_REPLY_ERROR) {
-		log_warn("directory: redis: %s", r->str);
+		log_warn("directory: registration: %s", r->str);
+		DIR_STAT_ADD(d, errors, 1);
+	} else {
+		log_warn("directory: registration: unexpected reply (type %d)", r->type);
+		DIR_STAT_ADD(d, errors, 1);
 	}
 	freeReplyObject(r);
 	return rc;

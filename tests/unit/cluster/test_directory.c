@@ -1281,6 +1281,81 @@ static void test_wait_ready_waits_for_a_late_store_announce(void **state)
 	fx_rm_rf(sdir);
 }
 
+/* The id Redis holds for node name in nodes:byname (-1: none, -2: not a number). */
+static long long id_by_name(redisContext *c, const char *name)
+{
+	redisReply *r = redisCommand(c, "HGET t:nodes:byname %s", name);
+	long long v = -1;
+	char *end;
+
+	assert_non_null(r);
+	if (r->type == REDIS_REPLY_STRING) {
+		v = strtoll(r->str, &end, 10);
+		if (*end)
+			v = -2;
+	}
+	freeReplyObject(r);
+	return v;
+}
+
+/*
+ * A new node name took INCR nodes:next and stored name -> id before looking whether the
+ * id was in use: with nodes:next lost while nodes live, the new node got a live node's id
+ * and was kept out as a "name conflict" for good, its log naming that other appliance. An
+ * id stored for a name that is not a number made the registration answer nil: the node
+ * never joined, and nothing was logged or counted. A new id is now one no node has (no
+ * heartbeat, no record), stored once the node joins; a stored id that is not a positive
+ * number, or whose record names another node (as the old code could leave), is replaced
+ * (logged, counted in errors).
+ */
+static void test_register_skips_ids_in_use_and_replaces_bad_ones(void **state)
+{
+	struct directory *a = dir_new("a16", "r1", NULL), *b, *g, *x;
+	struct directory_stats st;
+	redisContext *c;
+	int64_t ida;
+
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	ida = directory_node_id(a);
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	/* nodes:next lost while a lives: the next INCR hands out a's id */
+	redis_do(c, "DEL t:nodes:next");
+	b = dir_new("b16", "r1", NULL);
+	assert_int_equal(directory_wait_ready(b, 3000), 0);
+	assert_false(name_conflict(b));
+	assert_true(directory_node_id(b) >= 1);
+	assert_int_not_equal(directory_node_id(b), ida);
+	assert_int_equal(id_by_name(c, "b16"), directory_node_id(b));
+	/* not a number */
+	redis_do(c, "HSET t:nodes:byname g16 not-a-number");
+	g = dir_new("g16", "r1", NULL);
+	assert_int_equal(directory_wait_ready(g, 3000), 0);
+	assert_true(directory_node_id(g) >= 1);
+	assert_int_not_equal(directory_node_id(g), ida);
+	assert_int_not_equal(directory_node_id(g), directory_node_id(b));
+	assert_int_equal(id_by_name(c, "g16"), directory_node_id(g));
+	directory_get_stats(g, &st);
+	assert_true(st.errors >= 1);
+	/* a's id stored for another name */
+	redis_do(c, "HSET t:nodes:byname x16 %lld", (long long)ida);
+	x = dir_new("x16", "r1", NULL);
+	assert_int_equal(directory_wait_ready(x, 3000), 0);
+	assert_false(name_conflict(x));
+	assert_int_not_equal(directory_node_id(x), ida);
+	assert_int_equal(id_by_name(c, "x16"), directory_node_id(x));
+	/* and a, untouched, keeps its id across a restart */
+	assert_false(name_conflict(a));
+	directory_destroy(a);
+	a = dir_new("a16", "r1", NULL);
+	assert_int_equal(directory_wait_ready(a, 3000), 0);
+	assert_int_equal(directory_node_id(a), ida);
+	redisFree(c);
+	directory_destroy(a);
+	directory_destroy(b);
+	directory_destroy(g);
+	directory_destroy(x);
+}
 
 int main(void)
 {
@@ -1319,6 +1394,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_broken_during_reconnect_is_not_ready, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_wait_ready_waits_for_a_late_store_announce,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_register_skips_ids_in_use_and_replaces_bad_ones,
 						setup, teardown),
 	};
 
