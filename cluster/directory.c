@@ -525,18 +525,39 @@ static int dir_register(struct directory *d, redisContext *c, int64_t *id_out)
 	return rc;
 }
 
-/* Opens the thread's own connection and registers on it; 0, or -errno (hk stays NULL). */
-static int dir_connect_hk(struct directory *d)
-{
-	redisContext *c = dir_open(d);
-	int64_t id = -1, old = directory_node_id(d);
-	int rc;
+static void dir_drop_all(struct directory *d);
 
-	if (!c)
-		return -ENOTCONN;
-	rc = dir_register(d, c, &id);
+/*
+ * Registers on the thread's own connection, opened if it broke or never was. At every
+ * (re)connection, not only when that connection broke (invariant 3): Redis may have
+ * restarted empty since, unnoticed on this connection, and handed our id to another
+ * node, under whose id an announce would then list our chunks (and who could take our
+ * "<id>:<instance>" leases for its own). An existing connection that fails is replaced
+ * once at once: it may be the one that missed a restart. 0, -EADDRINUSE (another live
+ * appliance has our name: both connections closed), or -errno (hk closed).
+ */
+static int dir_register_hk(struct directory *d)
+{
+	int64_t id = -1, old = directory_node_id(d);
+	int rc = -ENOTCONN;
+
+	if (d->hk) {
+		rc = dir_register(d, d->hk, &id);
+		if (rc == -ENOTCONN)
+			dir_hk_fail(d, "redis registration");
+	}
+	if (!d->hk) {
+		d->hk = dir_open(d);
+		if (!d->hk)
+			return -ENOTCONN;
+		rc = dir_register(d, d->hk, &id);
+	}
+	if (rc == -EADDRINUSE)
+		dir_drop_all(d);
 	if (rc) {
-		redisFree(c);
+		if (d->hk)
+			redisFree(d->hk);
+		d->hk = NULL;
 		return rc;
 	}
 	if (old >= 0 && old != id)
@@ -547,7 +568,6 @@ static int dir_connect_hk(struct directory *d)
 	__atomic_store_n(&d->node_id, id, __ATOMIC_RELAXED);
 	__atomic_store_n(&d->st.node_id, id, __ATOMIC_RELAXED);
 	d->registered = true;
-	d->hk = c;
 	return 0;
 }
 
@@ -559,7 +579,8 @@ static int dir_lock_thread(struct directory *d);
  */
 static void dir_drop_all(struct directory *d)
 {
-	redisFree(d->hk);
+	if (d->hk)
+		redisFree(d->hk);
 	d->hk = NULL;
 	if (!dir_lock_thread(d)) {
 		if (d->ctx)
@@ -803,6 +824,7 @@ static int withdraw_gone_locked(struct directory *d, struct chunkstore *store,
 static int announce_batches(struct directory *d, struct chunkstore *store,
 			    const struct chunk_hash *v, size_t n)
 {
+	int64_t id = directory_node_id(d);
 	char key[DIR_KEY_MAX];
 	size_t i = 0;
 	int rc = 0;
@@ -812,12 +834,13 @@ static int announce_batches(struct directory *d, struct chunkstore *store,
 	 * the next reconnect's re-announce covers, ends the loop. */
 	while (i < n && rc != -ENOTCONN) {
 		size_t end = MIN(n, i + d->batch), j;
-		int64_t id = directory_node_id(d);
 		int brc = 0;
 
 		if (dir_lock_thread(d))
 			return -ESHUTDOWN;
-		if (!d->ctx || id < 0) {
+		/* all under the id of the start: one that changed (we left: a name conflict)
+		 * ends it, and the registration that follows announces again */
+		if (!d->ctx || id < 0 || directory_node_id(d) != id) {
 			pthread_mutex_unlock(&d->lock);
 			return -ENOTCONN;
 		}
@@ -1045,8 +1068,8 @@ static void dir_set_ready(struct directory *d, uint64_t gen)
 }
 
 /*
- * (Re)connects: the thread's own connection and the registration first (if it broke or
- * never was), then a fresh shared connection, then the re-announce of the whole store
+ * (Re)connects: the registration first, on the thread's own connection (opened again if
+ * it broke), then a fresh shared connection, then the re-announce of the whole store
  * (invariant 3). Ready only if neither connection broke meanwhile.
  */
 static int dir_reconnect(struct directory *d)
@@ -1056,7 +1079,8 @@ static int dir_reconnect(struct directory *d)
 	uint64_t gen;
 	int n;
 
-	if (!d->hk && (n = dir_connect_hk(d)))
+	n = dir_register_hk(d);
+	if (n)
 		return n;
 	c = dir_open(d);
 	if (!c)

@@ -1357,6 +1357,56 @@ static void test_register_skips_ids_in_use_and_replaces_bad_ones(void **state)
 	directory_destroy(x);
 }
 
+/*
+ * A reconnect of the shared connection alone skipped the registration: after Redis
+ * restarted empty, a node whose heartbeat connection had not noticed yet re-announced its
+ * store under its old id, which Redis may have handed to another node meanwhile (which
+ * could also take over its "<id>:<instance>" leases as its own). Every reconnect now
+ * registers first. a's heartbeat comes every 5 s here, so a call of a's notices the
+ * restart first.
+ */
+static void test_reconnect_after_an_empty_restart_registers_first(void **state)
+{
+	struct directory_opts o = {
+		.node_name = "a17", .rack = "r1", .prefix = "t:", .heartbeat_ttl_ms = 15000,
+		.heartbeat_interval_ms = 5000, .lease_ttl_ms = 600, .lease_renew_ms = 150,
+	};
+	struct directory *a = dir_create(&o, NULL), *b, *c;
+	char sdir[64];
+	struct chunkstore *cs = fx_store_open(sdir, directory_store_hooks(a));
+	struct directory_holder hd[4];
+	static uint8_t buf[CHUNK];
+	struct chunk_hash h;
+	int64_t ida;
+
+	assert_non_null(cs);
+	fx_chunk(17, buf, sizeof(buf), &h);
+	assert_int_equal(chunkstore_insert(cs, &h, buf, sizeof(buf)), 0);
+	directory_attach_store(a, cs);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	ida = directory_node_id(a);
+	/* Redis restarts with nothing in it: c registers first and gets a's id */
+	fx_redis_stop(&redis);
+	assert_int_equal(fx_redis_start(&redis), 0);
+	c = dir_new("c17", "r1", NULL);
+	assert_int_equal(directory_wait_ready(c, 3000), 0);
+	assert_int_equal(directory_node_id(c), ida);
+	b = dir_new("b17", "r1", NULL);
+	assert_int_equal(directory_wait_ready(b, 3000), 0);
+	/* a's next call finds the shared connection broken: a reconnects (unless its
+	 * heartbeat found it first, on a slow machine) */
+	directory_lookup(a, &h, hd, 4);
+	assert_int_equal(directory_wait_ready(a, 3000), 0);
+	assert_int_not_equal(directory_node_id(a), directory_node_id(c));
+	assert_int_equal(directory_lookup(b, &h, hd, 4), 1);
+	assert_string_equal(hd[0].name, "a17");
+	directory_destroy(a);
+	directory_destroy(b);
+	directory_destroy(c);
+	chunkstore_close(cs);
+	fx_rm_rf(sdir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1396,6 +1446,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_wait_ready_waits_for_a_late_store_announce,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_register_skips_ids_in_use_and_replaces_bad_ones,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reconnect_after_an_empty_restart_registers_first,
 						setup, teardown),
 	};
 
