@@ -6,12 +6,16 @@
  * from the appliances, so an outage of Redis costs speed (fetches go to the seed), never
  * data, and never blocks a caller: while the connection is down every call fails at
  * once with -ENOTCONN, a background thread reconnects, and on reconnect the node
- * registers again and re-announces its whole store.
+ * registers again and re-announces its whole store if Redis lost its entries (a new
+ * run_id, or the mark of its last full announce gone from its node record); else it
+ * re-sends only the announces and withdraws that failed meanwhile. A reply timeout drops
+ * a connection too, so a slow Redis costs a reconnect, not a full re-announce.
  *
  * Keys, all under the configured prefix P (default "rackdisk:"):
  *   P nodes:next          INCR counter handing out node ids (1, 2, ...)
  *   P nodes:byname        hash  name -> node id (a restarted node keeps its id)
- *   P node:<id>           hash  name, addr, rack (for listings)
+ *   P node:<id>           hash  name, addr, rack (for listings); listed: the instance of
+ *                         the process whose full announce Redis still holds
  *   P alive:<id>          string "rack addr name instance", with a TTL: the heartbeat
  *                         (instance: random per process; a second appliance with the
  *                         same name finds it live under another address and stays out)
@@ -59,6 +63,7 @@ struct directory_stats {
 	uint64_t busy_fails;         /* calls that gave up waiting for the busy connection */
 	uint64_t reconnects;         /* successful (re)connections */
 	uint64_t announces, withdraws, bulk_announced;
+	uint64_t replayed;           /* entries synced again after their announce/withdraw failed */
 	uint64_t lookups, lookup_holders;
 	uint64_t leases_taken, leases_busy, leases_released, leases_renewed, leases_expired;
 	uint64_t stale_removed;      /* our stale entries dropped after we answered a 404 */
