@@ -149,11 +149,14 @@ int directory_lease_acquire(struct directory *d, const struct chunk_hash *h,
 			    uint64_t hold_until_ns, int64_t *holder);
 /* Releases our lease on *h if we still hold it (compare-and-delete). */
 int directory_lease_release(struct directory *d, const struct chunk_hash *h);
-/* Who holds the lease on *h: 0 and *holder (0 when nobody), or -errno. */
+/* Who holds the lease on *h: 0 and *holder (0 when nobody, or nobody can: a malformed
+ * value or one without a TTL, which acquiring takes as free), or -errno. */
 int directory_lease_holder(struct directory *d, const struct chunk_hash *h, int64_t *holder);
 /* True when node id's heartbeat is alive; -errno on failure. */
 int directory_node_alive(struct directory *d, int64_t node_id);
-/* Deletes the lease on *h only if node id still holds it (taking over a dead holder). */
+/* Deletes the lease on *h only if node id still holds it and its heartbeat is gone,
+ * checked atomically (taking over a dead holder), or if nobody can hold it: -ENOENT if
+ * it did not. */
 int directory_lease_break(struct directory *d, const struct chunk_hash *h, int64_t node_id);
 
 void directory_get_stats(struct directory *d, struct directory_stats *st);

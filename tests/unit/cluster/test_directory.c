@@ -1598,6 +1598,74 @@ static void test_restart_from_a_snapshot_reannounces(void **state)
 	fx_rm_rf(sdir);
 }
 
+/*
+ * Lease values read from Redis were taken on trust: "0:x" read as node 0, which callers
+ * take for "you hold it" while the lease stayed someone else's; a value with no id read
+ * as holder -1, never alive, whose break never matched (a waiter spun on it); a lease key
+ * without a TTL never expired, holding up every fetch of its chunk. A value that is not
+ * "<id>:<instance>" with id >= 1, or one without a TTL, is free now: acquiring takes it,
+ * directory_lease_holder() reads 0, breaking deletes it; and a break deletes a valid
+ * one only while its holder's heartbeat is gone, checked in the same script.
+ */
+static void test_malformed_or_immortal_lease_is_free(void **state)
+{
+	static const char *const bad[] = {"0:x", "garbage", "-3:x", "7", ":abc", "12x:abc",
+					  "1234567890123456789012:abc"};
+	struct directory *a = dir_new("a20", "r1", NULL), *b = dir_new("b20", "r1", NULL);
+	uint64_t far = now_ns() + 60000 * 1000000ULL;
+	char hex[HASH_HEX_LEN + 1];
+	struct chunk_hash h;
+	uint8_t buf[64];
+	int64_t holder;
+	redisContext *c;
+	redisReply *r;
+	size_t i;
+
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	for (i = 0; i < ARRAY_SIZE(bad); i++) {
+		fx_chunk(200 + i, buf, sizeof(buf), &h);
+		hash_to_hex(&h, hex);
+		redis_do(c, "SET t:lease:%s %s PX 60000", hex, bad[i]);
+		assert_int_equal(directory_lease_holder(b, &h, &holder), 0);
+		assert_int_equal(holder, 0);
+		assert_int_equal(directory_lease_acquire(b, &h, far, &holder), 0);
+		assert_int_equal(directory_lease_holder(a, &h, &holder), 0);
+		if (holder != directory_node_id(b))
+			fail_msg("lease \"%s\": held by %lld after b took it", bad[i],
+				 (long long)holder);
+		assert_int_equal(directory_lease_release(b, &h), 0);
+	}
+	/* a's, valid but with no TTL (as if its expiry was lost): free although a lives */
+	fx_chunk(300, buf, sizeof(buf), &h);
+	hash_to_hex(&h, hex);
+	redis_do(c, "SET t:lease:%s %lld:0123456789abcdef", hex, (long long)directory_node_id(a));
+	assert_int_equal(directory_lease_holder(b, &h, &holder), 0);
+	assert_int_equal(holder, 0);
+	assert_int_equal(directory_lease_acquire(b, &h, far, &holder), 0);
+	assert_int_equal(directory_lease_holder(a, &h, &holder), 0);
+	assert_int_equal(holder, directory_node_id(b));
+	assert_int_equal(directory_lease_release(b, &h), 0);
+	/* breaking: one nobody can hold goes, whoever it names; a live holder's stays; a
+	 * dead one's goes */
+	redis_do(c, "SET t:lease:%s junk PX 60000", hex);
+	assert_int_equal(directory_lease_break(b, &h, 99), 0);
+	redis_do(c, "SET t:lease:%s %lld:0123456789abcdef PX 60000", hex,
+		 (long long)directory_node_id(a));
+	assert_int_equal(directory_lease_break(b, &h, directory_node_id(a)), -ENOENT);
+	assert_int_equal(directory_lease_holder(b, &h, &holder), 0);
+	assert_int_equal(holder, directory_node_id(a));
+	redis_do(c, "SET t:lease:%s 99:0123456789abcdef PX 60000", hex);
+	assert_int_equal(directory_lease_break(b, &h, 99), 0);
+	r = redisCommand(c, "EXISTS t:lease:%s", hex);
+	assert_true(r && r->type == REDIS_REPLY_INTEGER && r->integer == 0);
+	freeReplyObject(r);
+	redisFree(c);
+	directory_destroy(a);
+	directory_destroy(b);
+}
 
 int main(void)
 {
@@ -1644,6 +1712,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_timeout_reconnect_replays_instead_of_reannouncing,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restart_from_a_snapshot_reannounces, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_malformed_or_immortal_lease_is_free, setup,
 						teardown),
 	};
 
