@@ -288,19 +288,27 @@ static void test_stale_holder_repaired(void **state)
 	static uint8_t data[CHUNK];
 	struct peers_stats st;
 	struct chunk_hash h;
+	int i;
 
 	fx_chunk(30, data, CHUNK, &h);
 	/* a's entry without the chunk (e.g. a withdraw lost during a Redis outage) */
 	assert_int_equal(directory_announce(a->d, &h), 0);
 	assert_int_equal(directory_lookup(b->d, &h, hd, 4), 1);
-	/* 404 from a; nobody else: b takes the lease and goes to the seed */
+	/* 404 from a; nobody else: b takes the lease and goes to the seed. a removes its
+	 * entry after it has sent the 404, so b's recheck after winning the lease may still
+	 * find it listed and ask it again (a second 404) on a loaded machine. */
 	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 5000 * MS), -ENOENT);
 	peers_get_stats(b->p, &st);
-	assert_int_equal(st.stale, 1);
+	assert_true(st.stale == 1 || st.stale == 2);
 	assert_int_equal(st.leases_won, 1);
-	/* a, having answered the 404, removed its own entry */
+	/* a, having answered the 404, removed its own entry (counted just after) */
 	assert_int_equal(holders_become(b->d, &h, 0), 0);
-	directory_get_stats(a->d, &ds);
+	for (i = 0; i < 100; i++) {
+		directory_get_stats(a->d, &ds);
+		if (ds.stale_removed)
+			break;
+		fx_sleep_ms(10);
+	}
 	assert_int_equal(ds.stale_removed, 1);
 	node_free(a);
 	node_free(b);
