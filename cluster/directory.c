@@ -32,7 +32,9 @@
  *
  * Locks, in the order they nest: lock (the shared connection) -> thread_lock (the
  * thread's state, never held across I/O); lock -> the chunk store's lock (the bulk
- * announce asks the store under lock). The store calls its hooks without its lock.
+ * announce and the replay ask the store under lock). pending_lock (failed announces
+ * and withdraws) is a leaf, taken with or without the others. The store calls its
+ * hooks without its lock.
  */
 #include "cluster/directory.h"
 
