@@ -216,7 +216,11 @@ static void cluster_metrics(FILE *f, struct peering *p)
 	one(f, "rackdisk_directory_announces_total", "counter", "Chunks announced one by one.",
 	    st.dir.announces);
 	one(f, "rackdisk_directory_bulk_announced_total", "counter",
-	    "Chunks re-announced in bulk after a (re)connection.", st.dir.bulk_announced);
+	    "Chunks announced in bulk: the whole store at start, and again after a reconnect "
+	    "that found Redis had lost this appliance's entries.", st.dir.bulk_announced);
+	one(f, "rackdisk_directory_replayed_total", "counter",
+	    "Chunks whose failed announce or withdraw was sent again (after a reconnect that "
+	    "kept Redis's entries, or a busy spell).", st.dir.replayed);
 	one(f, "rackdisk_directory_down_fetches_total", "counter",
 	    "Misses that went straight to the seed because Redis was down or busy.",
 	    st.peers.directory_down);

@@ -14,10 +14,13 @@
  *     can tell, under the connection's lock, that it has not fetched the chunk again.
  *  2. P alive:<id> exists only while this node runs: it has a TTL and only the
  *     directory thread refreshes it; directory_leave() deletes it.
- *  3. After every (re)connection the node registers (same name -> same id) and
- *     re-announces its whole store before directory_wait_ready() reports ready; a
- *     store attached later is announced before it reports ready again. Only the
- *     directory thread connects and bulk-announces.
+ *  3. After every (re)connection the node registers (same name -> same id, a new id
+ *     if Redis lost ours) before anything is announced, and, before
+ *     directory_wait_ready() reports ready, re-announces its whole store if Redis may
+ *     have lost its entries (new run_id, new id, or no mark of our last full announce
+ *     in P node:<id>), else re-sends what failed meanwhile (dir_replay); a store
+ *     attached later is announced before it reports ready again. Only the directory
+ *     thread connects, registers and bulk-announces.
  *  4. No call waits longer than twice the command timeout: at most command_ms for its
  *     turn on the callers' shared connection (then -EAGAIN, counted as busy_fails) and
  *     command_ms for the reply. While that connection is down, calls fail at once with
@@ -29,7 +32,9 @@
  *
  * Locks, in the order they nest: lock (the shared connection) -> thread_lock (the
  * thread's state, never held across I/O); lock -> the chunk store's lock (the bulk
- * announce asks the store under lock). The store calls its hooks without its lock.
+ * announce and the replay ask the store under lock). pending_lock (failed announces
+ * and withdraws) is a leaf, taken with or without the others. The store calls its
+ * hooks without its lock.
  */
 #include "cluster/directory.h"
 
@@ -338,28 +343,62 @@ int dir_hk_reply(struct directory *d, redisReply **out)
  * is not our own previous run: that is, it advertises another address, or we registered
  * before (ARGV[7] = 1: a heartbeat replaced since was not ours). Then it returns that
  * heartbeat's value, and the caller does not join.
+ * A stored id is ours only if it is a positive number whose record, if any, names us: the
+ * id of a record naming another node, or garbage, is replaced (and returned as bad, for
+ * the log). A new id is one no node has, neither a heartbeat nor a record (nodes:next
+ * may have been lost while nodes live), and the name's entry is written only then.
+ * Returns {id, bad, listed, run_id}: bad, the stored value replaced ('' if none); listed,
+ * 1 when the node record still holds the mark of this process's last full announce
+ * (ARGV[8], our instance: dir_mark_listed), so Redis kept our entries unless it restarted
+ * from a snapshot, which run_id tells ('' when INFO is refused, by an ACL say).
  */
 static const char lua_register[] =
-	"local id = redis.call('HGET', KEYS[1], ARGV[1]) "
-	"if not id then "
-	"  id = redis.call('INCR', KEYS[2]) "
+	"local p = ARGV[2] "
+	"local raw = redis.call('HGET', KEYS[1], ARGV[1]) "
+	"local id = raw and #raw <= 15 and string.match(raw, '^[1-9]%d*$') and tonumber(raw) "
+	"if id then "
+	"  local owner = redis.call('HGET', p .. 'node:' .. id, 'name') "
+	"  if owner and owner ~= ARGV[1] then id = nil end "
+	"end "
+	"local bad = (raw and not id) and raw or '' "
+	"if id then "
+	"  local v = redis.call('GET', p .. 'alive:' .. id) "
+	"  if v and v ~= ARGV[5] then "
+	"    local _, addr = string.match(v, '^(%S+) (%S+)') "
+	"    if addr ~= ARGV[4] or ARGV[7] == '1' then return v end "
+	"  end "
+	"else "
+	"  for i = 1, 100000 do "
+	"    local n = redis.call('INCR', KEYS[2]) "
+	"    if redis.call('EXISTS', p .. 'alive:' .. n, p .. 'node:' .. n) == 0 then "
+	"      id = n "
+	"      break "
+	"    end "
+	"  end "
+	"  if not id then return redis.error_reply('no free node id') end "
 	"  redis.call('HSET', KEYS[1], ARGV[1], id) "
 	"end "
-	"local alive = ARGV[2] .. 'alive:' .. id "
-	"local v = redis.call('GET', alive) "
-	"if v and v ~= ARGV[5] then "
-	"  local _, addr = string.match(v, '^(%S+) (%S+)') "
-	"  if addr ~= ARGV[4] or ARGV[7] == '1' then return v end "
-	"end "
-	"redis.call('HSET', ARGV[2] .. 'node:' .. id, 'name', ARGV[1], 'addr', ARGV[4], "
-	"           'rack', ARGV[3]) "
-	"redis.call('SET', alive, ARGV[5], 'PX', ARGV[6]) "
-	"return tonumber(id)";
+	"local node = p .. 'node:' .. id "
+	"local listed = redis.call('HGET', node, 'listed') == ARGV[8] and 1 or 0 "
+	"redis.call('HSET', node, 'name', ARGV[1], 'addr', ARGV[4], 'rack', ARGV[3]) "
+	"redis.call('SET', p .. 'alive:' .. id, ARGV[5], 'PX', ARGV[6]) "
+	"local info = redis.pcall('INFO', 'server') "
+	"local run = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or '' "
+	"return {id, bad, listed, run}";
 
-/* The heartbeat, unless the key holds another process's value: then that value. */
+/* The mark of a full announce: this process's instance in our node record (if it is
+ * still ours: a record gone since, with our entries, must not come back as a mark). */
+static const char lua_mark_listed[] =
+	"if redis.call('HGET', KEYS[1], 'name') ~= ARGV[1] then return 0 end "
+	"redis.call('HSET', KEYS[1], 'listed', ARGV[2]) "
+	"return 1";
+
+/* The heartbeat, unless the key holds another process's value (then that value) or our
+ * node record (KEYS[2]) is gone, with our entries (FLUSHDB, say): then -1. */
 static const char lua_heartbeat[] =
 	"local v = redis.call('GET', KEYS[1]) "
 	"if v and v ~= ARGV[1] then return v end "
+	"if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end "
 	"redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
 	"return 0";
 
@@ -460,15 +499,46 @@ static void dir_name_conflict(struct directory *d, const char *v, size_t len, bo
 		d->conflict_log_ns = now;
 	}
 	__atomic_store_n(&d->st.name_conflict, true, __ATOMIC_RELAXED);
+	/* the other one, under our id, may have withdrawn chunks we hold: all again */
+	d->full_due = true;
 	/* not a member: announces, withdraws and leases fail fast, so ours never touch
 	 * the other's entries under the id we would share */
 	__atomic_store_n(&d->node_id, -1, __ATOMIC_RELAXED);
 	__atomic_store_n(&d->st.node_id, -1, __ATOMIC_RELAXED);
 }
 
-/* Registers on c (the thread's own connection): 0 and *id_out, -EADDRINUSE when another
+/* What a registration found (lua_register). */
+struct dir_reg {
+	int64_t id;
+	bool listed;                /* our last full announce's mark is in our node record */
+	char run_id[48];            /* Redis's ("" when INFO is refused) */
+};
+
+/* The registration's reply into *reg (0), or -EPROTO. */
+static int reg_parse(struct directory *d, const redisReply *r, struct dir_reg *reg)
+{
+	redisReply *const *e = r->element;
+
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 4 || e[0]->type != REDIS_REPLY_INTEGER ||
+	    e[0]->integer <= 0 || e[1]->type != REDIS_REPLY_STRING ||
+	    e[2]->type != REDIS_REPLY_INTEGER || e[3]->type != REDIS_REPLY_STRING)
+		return -EPROTO;
+	reg->id = e[0]->integer;
+	reg->listed = e[2]->integer == 1;
+	if (copy_span(reg->run_id, sizeof(reg->run_id), e[3]->str, e[3]->len))
+		reg->run_id[0] = '\0';
+	if (e[1]->len) {
+		log_warn("directory: Redis held \"%.64s\" as the node id of name \"%s\": not a "
+			 "positive number, or another node's id; registered as node %lld",
+			 e[1]->str, d->name, (long long)reg->id);
+		DIR_STAT_ADD(d, errors, 1);
+	}
+	return 0;
+}
+
+/* Registers on c (the thread's own connection): 0 and *reg, -EADDRINUSE when another
  * live appliance has our name (see lua_register), or -errno. */
-static int dir_register(struct directory *d, redisContext *c, int64_t *id_out)
+static int dir_register(struct directory *d, redisContext *c, struct dir_reg *reg)
 {
 	char k1[DIR_KEY_MAX], k2[DIR_KEY_MAX];
 	redisReply *r;
@@ -476,48 +546,101 @@ static int dir_register(struct directory *d, redisContext *c, int64_t *id_out)
 
 	snprintf(k1, sizeof(k1), "%snodes:byname", d->prefix);
 	snprintf(k2, sizeof(k2), "%snodes:next", d->prefix);
-	r = redisCommand(c, "EVAL %s 2 %s %s %s %s %s %s %s %u %d", lua_register, k1, k2,
+	r = redisCommand(c, "EVAL %s 2 %s %s %s %s %s %s %s %u %d %s", lua_register, k1, k2,
 			 d->name, d->prefix, d->rack, d->advertise, d->alive_value, d->hb_ttl_ms,
-			 d->registered);
+			 d->registered, d->instance);
 	if (!r)
 		return -ENOTCONN;
-	if (r->type == REDIS_REPLY_INTEGER && r->integer > 0) {
-		*id_out = r->integer;
-		rc = 0;
-	} else if (r->type == REDIS_REPLY_STRING) {
+	if (r->type == REDIS_REPLY_STRING) {
 		dir_name_conflict(d, r->str, r->len, false);
 		rc = -EADDRINUSE;
 	} else if (r->type == REDIS_REPLY_ERROR) {
-		log_warn("directory: redis: %s", r->str);
+		log_warn("directory: registration: %s", r->str);
+		DIR_STAT_ADD(d, errors, 1);
+	} else if (reg_parse(d, r, reg) == 0) {
+		rc = 0;
+	} else {
+		log_warn("directory: registration: unexpected reply (type %d)", r->type);
+		DIR_STAT_ADD(d, errors, 1);
 	}
 	freeReplyObject(r);
 	return rc;
 }
 
-/* Opens the thread's own connection and registers on it; 0, or -errno (hk stays NULL). */
-static int dir_connect_hk(struct directory *d)
-{
-	redisContext *c = dir_open(d);
-	int64_t id = -1, old = directory_node_id(d);
-	int rc;
+static void dir_drop_all(struct directory *d);
 
-	if (!c)
-		return -ENOTCONN;
-	rc = dir_register(d, c, &id);
+/*
+ * Registers on the thread's own connection, opened if it broke or never was. At every
+ * (re)connection, not only when that connection broke (invariant 3): Redis may have
+ * restarted empty since, unnoticed on this connection, and handed our id to another
+ * node, under whose id an announce would then list our chunks (and who could take our
+ * "<id>:<instance>" leases for its own). An existing connection that fails is replaced
+ * once at once: it may be the one that missed a restart. 0 and *lost (Redis no longer
+ * holds our entries, or may not: restarted, flushed, another id), -EADDRINUSE (another
+ * live appliance has our name: both connections closed), or -errno (hk closed).
+ */
+static int dir_register_hk(struct directory *d, bool *lost)
+{
+	int64_t old = directory_node_id(d);
+	struct dir_reg reg = {.id = -1};
+	int rc = -ENOTCONN;
+
+	if (d->hk) {
+		rc = dir_register(d, d->hk, &reg);
+		if (rc == -ENOTCONN)
+			dir_hk_fail(d, "redis registration");
+	}
+	if (!d->hk) {
+		d->hk = dir_open(d);
+		if (!d->hk)
+			return -ENOTCONN;
+		rc = dir_register(d, d->hk, &reg);
+	}
+	if (rc == -EADDRINUSE)
+		dir_drop_all(d);
 	if (rc) {
-		redisFree(c);
+		if (d->hk)
+			redisFree(d->hk);
+		d->hk = NULL;
 		return rc;
 	}
-	if (old >= 0 && old != id)
+	if (old >= 0 && old != reg.id)
 		log_warn("directory: node id changed from %lld to %lld (Redis lost its data?)",
-			 (long long)old, (long long)id);
+			 (long long)old, (long long)reg.id);
 	if (__atomic_exchange_n(&d->st.name_conflict, false, __ATOMIC_RELAXED))
 		log_info("directory: node name \"%s\" is ours again: joining", d->name);
-	__atomic_store_n(&d->node_id, id, __ATOMIC_RELAXED);
-	__atomic_store_n(&d->st.node_id, id, __ATOMIC_RELAXED);
+	if (!reg.run_id[0] && !d->run_id_warned) {
+		log_warn("directory: Redis refused INFO (an ACL?): a Redis restarted from a "
+			 "snapshot goes unnoticed, and entries announced after the snapshot stay "
+			 "missing until the next full announce");
+		d->run_id_warned = true;
+	}
+	*lost = !reg.listed || old != reg.id ||
+		(reg.run_id[0] && d->run_id[0] && strcmp(reg.run_id, d->run_id));
+	snprintf(d->run_id, sizeof(d->run_id), "%s", reg.run_id);
+	__atomic_store_n(&d->node_id, reg.id, __ATOMIC_RELAXED);
+	__atomic_store_n(&d->st.node_id, reg.id, __ATOMIC_RELAXED);
 	d->registered = true;
-	d->hk = c;
 	return 0;
+}
+
+/* After a full announce: the mark in our node record that the registration looks for. */
+static void dir_mark_listed(struct directory *d)
+{
+	char key[DIR_KEY_MAX];
+	redisReply *r;
+
+	if (!d->hk)
+		return;
+	snprintf(key, sizeof(key), "%snode:%lld", d->prefix, (long long)directory_node_id(d));
+	DIR_STAT_ADD(d, commands, 1);
+	r = redisCommand(d->hk, "EVAL %s 1 %s %s %s", lua_mark_listed, key, d->name,
+			 d->instance);
+	if (!r) {
+		dir_hk_fail(d, "redis (heartbeat)");
+		return;
+	}
+	dir_check_reply(d, r, NULL);
 }
 
 static int dir_lock_thread(struct directory *d);
@@ -528,7 +651,8 @@ static int dir_lock_thread(struct directory *d);
  */
 static void dir_drop_all(struct directory *d)
 {
-	redisFree(d->hk);
+	if (d->hk)
+		redisFree(d->hk);
 	d->hk = NULL;
 	if (!dir_lock_thread(d)) {
 		if (d->ctx)
@@ -546,14 +670,16 @@ static void dir_drop_all(struct directory *d)
  */
 static int dir_heartbeat(struct directory *d)
 {
-	char key[DIR_KEY_MAX];
+	char key[DIR_KEY_MAX], node[DIR_KEY_MAX];
+	int64_t id = directory_node_id(d);
 	redisReply *r;
 
 	if (!d->hk)
 		return -ENOTCONN;
-	snprintf(key, sizeof(key), "%salive:%lld", d->prefix, (long long)directory_node_id(d));
+	snprintf(key, sizeof(key), "%salive:%lld", d->prefix, (long long)id);
+	snprintf(node, sizeof(node), "%snode:%lld", d->prefix, (long long)id);
 	DIR_STAT_ADD(d, commands, 1);
-	r = redisCommand(d->hk, "EVAL %s 1 %s %s %u", lua_heartbeat, key, d->alive_value,
+	r = redisCommand(d->hk, "EVAL %s 2 %s %s %s %u", lua_heartbeat, key, node, d->alive_value,
 			 d->hb_ttl_ms);
 	if (!r) {
 		dir_hk_fail(d, "redis heartbeat");
@@ -564,6 +690,14 @@ static int dir_heartbeat(struct directory *d)
 		freeReplyObject(r);
 		dir_drop_all(d);
 		return -EADDRINUSE;
+	}
+	if (r->type == REDIS_REPLY_INTEGER && r->integer < 0) {
+		freeReplyObject(r);
+		log_warn("directory: the record of node %lld is gone from Redis (flushed?): "
+			 "registering again and announcing the store in full", (long long)id);
+		DIR_STAT_ADD(d, errors, 1);
+		dir_set_broken(d);
+		return -ENOENT;
 	}
 	return dir_check_reply(d, r, NULL);
 }
@@ -576,12 +710,67 @@ int64_t directory_node_id(struct directory *d)
 	return __atomic_load_n(&d->node_id, __ATOMIC_RELAXED);
 }
 
+/* Remembers v[0..n) for dir_replay(); past DIR_PENDING_MAX, a full announce instead. */
+static void dir_pending_add(struct directory *d, const struct chunk_hash *v, size_t n)
+{
+	pthread_mutex_lock(&d->pending_lock);
+	if (d->pending_overflow)
+		goto out;
+	if (d->npending + n > DIR_PENDING_MAX) {
+		d->pending_overflow = true;
+		free(d->pending);
+		d->pending = NULL;
+		d->npending = d->cap_pending = 0;
+		goto out;
+	}
+	if (d->npending + n > d->cap_pending) {
+		size_t cap = MAX(d->npending + n, d->cap_pending ? d->cap_pending * 2 : 64);
+		struct chunk_hash *p = realloc(d->pending, cap * sizeof(*p));
+
+		if (!p) {
+			d->pending_overflow = true; /* as good as too many: all again */
+			goto out;
+		}
+		d->pending = p;
+		d->cap_pending = cap;
+	}
+	memcpy(d->pending + d->npending, v, n * sizeof(*v));
+	d->npending += n;
+out:
+	pthread_mutex_unlock(&d->pending_lock);
+}
+
+/* True (and cleared) when too many failed for a replay: the store is owed a full announce. */
+static bool dir_take_overflow(struct directory *d)
+{
+	bool over;
+
+	pthread_mutex_lock(&d->pending_lock);
+	over = d->pending_overflow;
+	d->pending_overflow = false;
+	pthread_mutex_unlock(&d->pending_lock);
+	if (over)
+		log_warn("directory: more than %d announces and withdraws failed: announcing the "
+			 "store in full", DIR_PENDING_MAX);
+	return over;
+}
+
+static bool dir_pending_any(struct directory *d)
+{
+	bool any;
+
+	pthread_mutex_lock(&d->pending_lock);
+	any = d->npending || d->pending_overflow;
+	pthread_mutex_unlock(&d->pending_lock);
+	return any;
+}
+
 int directory_announce(struct directory *d, const struct chunk_hash *h)
 {
 	char key[DIR_KEY_MAX], lkey[DIR_KEY_MAX], lval[64];
 	bool lease = dir_lease_forget(d, h);
 	int64_t id = directory_node_id(d);
-	int rc;
+	int rc, rc2 = 0;
 
 	DIR_STAT_ADD(d, announces, 1);
 	dir_chunk_key(d, "chunk:", h, key, sizeof(key));
@@ -589,11 +778,11 @@ int directory_announce(struct directory *d, const struct chunk_hash *h)
 	dir_lease_value(d, id, lval, sizeof(lval));
 	rc = dir_lock(d);
 	if (rc)
-		return rc;
+		goto out;
 	if (!d->ctx || id < 0) {
 		rc = dir_command_locked(d, NULL, "PING"); /* counts the fast fail */
 		rc = rc ? rc : -ENOTCONN;
-		goto out;
+		goto unlock;
 	}
 	/* one round trip: the holder entry, then (if ours) the lease release */
 	DIR_STAT_ADD(d, commands, 1);
@@ -602,27 +791,35 @@ int directory_announce(struct directory *d, const struct chunk_hash *h)
 		redisAppendCommand(d->ctx, "EVAL %s 1 %s %s", dir_lua_release, lkey, lval);
 	rc = dir_pipeline_reply_locked(d, NULL);
 	if (lease) {
-		int rc2 = dir_pipeline_reply_locked(d, NULL);
-
+		rc2 = dir_pipeline_reply_locked(d, NULL);
 		if (!rc2)
 			DIR_STAT_ADD(d, leases_released, 1);
-		rc = rc ? rc : rc2;
 	}
-out:
+unlock:
 	pthread_mutex_unlock(&d->lock);
-	return rc;
+out:
+	/* not listed: the directory thread sends it again (the lease just expires) */
+	if (rc)
+		dir_pending_add(d, h, 1);
+	return rc ? rc : rc2;
 }
 
 int directory_withdraw(struct directory *d, const struct chunk_hash *h)
 {
 	char key[DIR_KEY_MAX];
 	int64_t id = directory_node_id(d);
+	int rc;
 
 	DIR_STAT_ADD(d, withdraws, 1);
-	if (id < 0)
-		return dir_command(d, NULL, "PING") ?: -ENOTCONN;
-	dir_chunk_key(d, "chunk:", h, key, sizeof(key));
-	return dir_command(d, NULL, "SREM %s %lld", key, (long long)id);
+	if (id < 0) {
+		rc = dir_command(d, NULL, "PING") ?: -ENOTCONN;
+	} else {
+		dir_chunk_key(d, "chunk:", h, key, sizeof(key));
+		rc = dir_command(d, NULL, "SREM %s %lld", key, (long long)id);
+	}
+	if (rc)
+		dir_pending_add(d, h, 1);
+	return rc;
 }
 
 int directory_not_held(struct directory *d, const struct chunk_hash *h)
@@ -766,12 +963,28 @@ static int withdraw_gone_locked(struct directory *d, struct chunkstore *store,
 }
 
 /*
+ * d->lock held: the shared connection is there, no connection broke since generation gen
+ * and our id is still id. Otherwise what the thread sends for that generation (a bulk
+ * announce, a replay) ends: the reconnect that follows registers and sends it again.
+ */
+static bool dir_current_locked(struct directory *d, uint64_t gen, int64_t id)
+{
+	bool same;
+
+	pthread_mutex_lock(&d->thread_lock);
+	same = d->conn_gen == gen;
+	pthread_mutex_unlock(&d->thread_lock);
+	return same && d->ctx && id >= 0 && directory_node_id(d) == id;
+}
+
+/*
  * Sends SADDs for v[0..n) (a snapshot of store) in pipelined batches of d->batch commands,
  * each followed by the withdraw of what the store lost meanwhile (directory thread).
  */
 static int announce_batches(struct directory *d, struct chunkstore *store,
-			    const struct chunk_hash *v, size_t n)
+			    const struct chunk_hash *v, size_t n, uint64_t gen)
 {
+	int64_t id = directory_node_id(d);
 	char key[DIR_KEY_MAX];
 	size_t i = 0;
 	int rc = 0;
@@ -781,12 +994,12 @@ static int announce_batches(struct directory *d, struct chunkstore *store,
 	 * the next reconnect's re-announce covers, ends the loop. */
 	while (i < n && rc != -ENOTCONN) {
 		size_t end = MIN(n, i + d->batch), j;
-		int64_t id = directory_node_id(d);
 		int brc = 0;
 
 		if (dir_lock_thread(d))
 			return -ESHUTDOWN;
-		if (!d->ctx || id < 0) {
+		/* all under the id of the start, on one connection */
+		if (!dir_current_locked(d, gen, id)) {
 			pthread_mutex_unlock(&d->lock);
 			return -ENOTCONN;
 		}
@@ -820,7 +1033,7 @@ static int announce_batches(struct directory *d, struct chunkstore *store,
 }
 
 /* Announces every chunk of store (NULL: none); the number announced, or -errno. */
-static int announce_store(struct directory *d, struct chunkstore *store)
+static int announce_store(struct directory *d, struct chunkstore *store, uint64_t gen)
 {
 	struct collect c = {0};
 	int rc;
@@ -831,12 +1044,92 @@ static int announce_store(struct directory *d, struct chunkstore *store)
 	rc = chunkstore_foreach(store, collect_fn, &c);
 	if (rc < 0)
 		goto out;
-	rc = announce_batches(d, store, c.v, c.n);
+	rc = announce_batches(d, store, c.v, c.n, gen);
 	if (!rc)
 		rc = (int)MIN(c.n, (size_t)INT32_MAX);
 out:
 	free(c.v);
 	return rc;
+}
+
+/*
+ * The whole store announced (generation gen): then marked in our node record, so that a
+ * reconnect that finds the mark (Redis kept our entries) only replays what failed. A
+ * failed one is owed again.
+ */
+static int announce_full(struct directory *d, struct chunkstore *store, uint64_t gen)
+{
+	int n = announce_store(d, store, gen);
+
+	d->full_due = n < 0;
+	if (n >= 0)
+		dir_mark_listed(d);
+	return n;
+}
+
+/*
+ * Syncs the holder entries of the chunks whose announce or withdraw failed with the
+ * store's present state, in pipelined batches: SADD for a chunk in the store, SREM for one
+ * not. Each batch is decided and sent under d->lock, as withdraw_gone_locked does, and for
+ * the same reason an insert or eviction racing with it sends its own command after ours.
+ * An error reply is logged and counted, not retried; what a broken connection kept from
+ * being sent is kept for the next try. The number synced, or -errno.
+ */
+static int dir_replay(struct directory *d, uint64_t gen)
+{
+	int64_t id = directory_node_id(d);
+	struct chunkstore *store;
+	struct chunk_hash *v;
+	char key[DIR_KEY_MAX];
+	size_t n, i = 0, j;
+	int rc = 0;
+
+	pthread_mutex_lock(&d->pending_lock);
+	v = d->pending;
+	n = d->npending;
+	d->pending = NULL;
+	d->npending = d->cap_pending = 0;
+	pthread_mutex_unlock(&d->pending_lock);
+	pthread_mutex_lock(&d->thread_lock);
+	store = d->store;
+	pthread_mutex_unlock(&d->thread_lock);
+	/* no store: nothing to sync with (and none of its chunks announced) */
+	while (store && i < n) {
+		size_t end = MIN(n, i + d->batch);
+		bool broke;
+
+		if (dir_lock_thread(d)) {
+			rc = -ESHUTDOWN;
+			break;
+		}
+		if (!dir_current_locked(d, gen, id)) {
+			pthread_mutex_unlock(&d->lock);
+			rc = -ENOTCONN;
+			break;
+		}
+		DIR_STAT_ADD(d, commands, 1);
+		for (j = i; j < end; j++) {
+			dir_chunk_key(d, "chunk:", &v[j], key, sizeof(key));
+			redisAppendCommand(d->ctx, "%s %s %lld",
+					   chunkstore_contains(store, &v[j]) ? "SADD" : "SREM", key,
+					   (long long)id);
+		}
+		for (j = i; j < end && d->ctx; j++)
+			dir_pipeline_reply_locked(d, NULL);
+		broke = !d->ctx;
+		pthread_mutex_unlock(&d->lock);
+		if (broke) {
+			rc = -ENOTCONN;
+			break;
+		}
+		DIR_STAT_ADD(d, replayed, end - i);
+		i = end;
+		dir_housekeep(d);
+	}
+	if (rc == -ENOTCONN)
+		dir_pending_add(d, v + i, n - i);
+	free(v);
+	return rc ? rc : (int)MIN(i, (size_t)INT32_MAX);
 }
 
 static const char lua_lookup[] =
@@ -995,72 +1288,131 @@ out:
 /* ---- the directory thread ---- */
 
 /*
- * (Re)connects: the thread's own connection and the registration first (if it broke or
- * never was), then a fresh shared connection, then the re-announce of the whole store
- * (invariant 3). Ready only if neither connection broke meanwhile.
+ * Ready, unless a connection broke since generation gen was taken. Checked under d->lock
+ * as well: the shared connection is there when ready is set, and a caller that breaks it
+ * later (under d->lock too) clears ready after this.
+ */
+static void dir_set_ready(struct directory *d, uint64_t gen)
+{
+	if (dir_lock_thread(d))
+		return;
+	pthread_mutex_lock(&d->thread_lock);
+	if (d->conn_gen == gen && d->ctx && d->hk) {
+		d->ready = true;
+		__atomic_store_n(&d->st.connected, true, __ATOMIC_RELAXED);
+		pthread_cond_broadcast(&d->ready_cond);
+	}
+	pthread_mutex_unlock(&d->thread_lock);
+	pthread_mutex_unlock(&d->lock);
+}
+
+/*
+ * (Re)connects: the registration first, on the thread's own connection (opened again if
+ * it broke), then a fresh shared connection, then the store (invariant 3): announced in
+ * full when Redis lost our entries (or may have: dir_register_hk), when a full announce
+ * is owed, or when a store was attached; otherwise only the chunks whose announce or
+ * withdraw failed meanwhile are synced. A reply timeout (a slow Redis) drops a connection
+ * as a lost one does, so that is the common case: a full announce costs Redis about 3.6 s
+ * per million chunks, and every appliance would make one during a latency spike. Ready
+ * only if neither connection broke meanwhile.
  */
 static int dir_reconnect(struct directory *d)
 {
 	redisContext *c, *old;
 	struct chunkstore *store;
+	bool lost = false, full;
 	uint64_t gen;
-	int n;
+	int n, k;
 
-	if (!d->hk && (n = dir_connect_hk(d)))
+	n = dir_register_hk(d, &lost);
+	if (n)
 		return n;
 	c = dir_open(d);
 	if (!c)
 		return -ENOTCONN;
+	full = dir_take_overflow(d) || lost || d->full_due;
 	if (dir_lock_thread(d)) {
 		redisFree(c);
 		return -ESHUTDOWN;
 	}
+	/* The generation of the new connection, taken before it is installed: a caller that
+	 * breaks it does so under d->lock, so after this, and dir_set_ready sees it. (Taken
+	 * after the lock was let go, a break in between passed for an older one's.) */
+	pthread_mutex_lock(&d->thread_lock);
+	gen = d->conn_gen;
+	store = d->store;
+	full = full || d->announce_due;
+	d->announce_due = false; /* a store attached from now on is announced again */
+	pthread_mutex_unlock(&d->thread_lock);
 	old = d->ctx;
 	d->ctx = c;
 	pthread_mutex_unlock(&d->lock);
 	if (old)
 		redisFree(old);
 	DIR_STAT_ADD(d, reconnects, 1);
-	pthread_mutex_lock(&d->thread_lock);
-	gen = d->conn_gen;
-	store = d->store;
-	d->announce_due = false; /* a store attached from now on is announced again */
-	pthread_mutex_unlock(&d->thread_lock);
 
-	n = announce_store(d, store);
-	if (n < 0)
-		log_warn("directory: re-announce failed: %s", strerror(-n));
-	else
+	n = full ? announce_full(d, store, gen) : 0;
+	k = n < 0 ? 0 : dir_replay(d, gen);
+	if (n < 0 || k < 0)
+		log_warn("directory: %s failed: %s", n < 0 ? "re-announce" : "replay",
+			 strerror(n < 0 ? -n : -k));
+	else if (full)
 		log_info("directory: connected to %s:%d%s as node %lld (%s), announced %d chunks",
 			 d->url.socket[0] ? d->url.socket : d->url.host, d->url.port,
 			 d->url.socket[0] ? " (unix socket)" : "", (long long)directory_node_id(d),
-			 d->name, n);
-	pthread_mutex_lock(&d->thread_lock);
-	if (d->conn_gen == gen && d->hk) {
-		d->ready = true;
-		__atomic_store_n(&d->st.connected, true, __ATOMIC_RELAXED);
-		pthread_cond_broadcast(&d->ready_cond);
-	}
-	pthread_mutex_unlock(&d->thread_lock);
+			 d->name, n + k);
+	else
+		log_info("directory: connected to %s:%d%s as node %lld (%s); Redis kept our "
+			 "entries: synced the %d chunks whose announce or withdraw had failed",
+			 d->url.socket[0] ? d->url.socket : d->url.host, d->url.port,
+			 d->url.socket[0] ? " (unix socket)" : "", (long long)directory_node_id(d),
+			 d->name, k);
+	dir_set_ready(d, gen);
 	return 0;
 }
 
-/* A store attached while ready: announce it (directory_wait_ready() waits for this). */
-static void dir_announce_attached(struct directory *d)
+/*
+ * While ready, the store announced in full: one attached meanwhile, or after more
+ * announces and withdraws failed than a replay takes. directory_wait_ready() waits for
+ * this: the store is taken (announce_due cleared, so one attached meanwhile is announced
+ * again) and announcing stays set until the announce is over.
+ */
+static void dir_announce_ready(struct directory *d)
 {
 	struct chunkstore *store;
+	uint64_t gen;
 	int n;
 
 	pthread_mutex_lock(&d->thread_lock);
 	store = d->store;
+	gen = d->conn_gen;
 	d->announce_due = false;
+	d->announcing = true;
 	pthread_mutex_unlock(&d->thread_lock);
-	n = announce_store(d, store);
+	n = announce_full(d, store, gen);
 	if (n < 0)
-		log_warn("directory: announce of the attached store failed: %s", strerror(-n));
+		log_warn("directory: announce of the store failed: %s", strerror(-n));
 	pthread_mutex_lock(&d->thread_lock);
+	d->announcing = false;
 	pthread_cond_broadcast(&d->ready_cond);
 	pthread_mutex_unlock(&d->thread_lock);
+}
+
+/* While ready: what failed to be announced or withdrawn (a busy connection) is synced. */
+static void dir_sync_pending(struct directory *d)
+{
+	uint64_t gen;
+
+	if (!dir_pending_any(d))
+		return;
+	if (dir_take_overflow(d)) {
+		dir_announce_ready(d);
+		return;
+	}
+	pthread_mutex_lock(&d->thread_lock);
+	gen = d->conn_gen;
+	pthread_mutex_unlock(&d->thread_lock);
+	dir_replay(d, gen);
 }
 
 static void *dir_thread(void *arg)
@@ -1086,7 +1438,9 @@ static void *dir_thread(void *arg)
 			 * taken a while since: another one now */
 			d->next_hb_ns = now_ns();
 		} else if (ready && due) {
-			dir_announce_attached(d);
+			dir_announce_ready(d);
+		} else if (ready) {
+			dir_sync_pending(d);
 		}
 		dir_housekeep(d);
 		pthread_mutex_lock(&d->thread_lock);
@@ -1183,7 +1537,9 @@ int directory_create(const struct directory_opts *o, struct directory **out)
 	d->st.node_id = -1;
 	pthread_mutex_init(&d->lock, NULL);
 	pthread_mutex_init(&d->lease_lock, NULL);
+	pthread_mutex_init(&d->pending_lock, NULL);
 	pthread_mutex_init(&d->thread_lock, NULL);
+	d->full_due = true; /* the first connection announces the store in full */
 	pthread_cond_init(&d->ready_cond, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -1228,6 +1584,12 @@ fail:
 	return rc;
 }
 
+/* Connected, registered, and the attached store announced in full (thread_lock held). */
+static bool dir_ready_locked(const struct directory *d)
+{
+	return d->ready && !d->announce_due && !d->announcing;
+}
+
 int directory_wait_ready(struct directory *d, uint32_t timeout_ms)
 {
 	struct timespec ts;
@@ -1241,9 +1603,9 @@ int directory_wait_ready(struct directory *d, uint32_t timeout_ms)
 		ts.tv_nsec -= 1000000000L;
 	}
 	pthread_mutex_lock(&d->thread_lock);
-	while ((!d->ready || d->announce_due) && rc == 0)
+	while (!dir_ready_locked(d) && rc == 0)
 		rc = pthread_cond_timedwait(&d->ready_cond, &d->thread_lock, &ts);
-	rc = d->ready && !d->announce_due ? 0 : -ETIMEDOUT;
+	rc = dir_ready_locked(d) ? 0 : -ETIMEDOUT;
 	pthread_mutex_unlock(&d->thread_lock);
 	return rc;
 }
@@ -1304,12 +1666,14 @@ void directory_destroy(struct directory *d)
 	if (d->hk)
 		redisFree(d->hk);
 	free(d->leases);
+	free(d->pending);
 	free(d->prefix);
 	free(d->name);
 	free(d->rack);
 	free(d->advertise);
 	pthread_mutex_destroy(&d->lock);
 	pthread_mutex_destroy(&d->lease_lock);
+	pthread_mutex_destroy(&d->pending_lock);
 	pthread_mutex_destroy(&d->thread_lock);
 	pthread_cond_destroy(&d->ready_cond);
 	pthread_cond_destroy(&d->thread_cond);

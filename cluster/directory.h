@@ -6,12 +6,16 @@
  * from the appliances, so an outage of Redis costs speed (fetches go to the seed), never
  * data, and never blocks a caller: while the connection is down every call fails at
  * once with -ENOTCONN, a background thread reconnects, and on reconnect the node
- * registers again and re-announces its whole store.
+ * registers again and re-announces its whole store if Redis lost its entries (a new
+ * run_id, or the mark of its last full announce gone from its node record); else it
+ * re-sends only the announces and withdraws that failed meanwhile. A reply timeout drops
+ * a connection too, so a slow Redis costs a reconnect, not a full re-announce.
  *
  * Keys, all under the configured prefix P (default "rackdisk:"):
  *   P nodes:next          INCR counter handing out node ids (1, 2, ...)
  *   P nodes:byname        hash  name -> node id (a restarted node keeps its id)
- *   P node:<id>           hash  name, addr, rack (for listings)
+ *   P node:<id>           hash  name, addr, rack (for listings); listed: the instance of
+ *                         the process whose full announce Redis still holds
  *   P alive:<id>          string "rack addr name instance", with a TTL: the heartbeat
  *                         (instance: random per process; a second appliance with the
  *                         same name finds it live under another address and stays out)
@@ -59,6 +63,7 @@ struct directory_stats {
 	uint64_t busy_fails;         /* calls that gave up waiting for the busy connection */
 	uint64_t reconnects;         /* successful (re)connections */
 	uint64_t announces, withdraws, bulk_announced;
+	uint64_t replayed;           /* entries synced again after their announce/withdraw failed */
 	uint64_t lookups, lookup_holders;
 	uint64_t leases_taken, leases_busy, leases_released, leases_renewed, leases_expired;
 	uint64_t stale_removed;      /* our stale entries dropped after we answered a 404 */
@@ -144,11 +149,14 @@ int directory_lease_acquire(struct directory *d, const struct chunk_hash *h,
 			    uint64_t hold_until_ns, int64_t *holder);
 /* Releases our lease on *h if we still hold it (compare-and-delete). */
 int directory_lease_release(struct directory *d, const struct chunk_hash *h);
-/* Who holds the lease on *h: 0 and *holder (0 when nobody), or -errno. */
+/* Who holds the lease on *h: 0 and *holder (0 when nobody, or nobody can: a malformed
+ * value or one without a TTL, which acquiring takes as free), or -errno. */
 int directory_lease_holder(struct directory *d, const struct chunk_hash *h, int64_t *holder);
 /* True when node id's heartbeat is alive; -errno on failure. */
 int directory_node_alive(struct directory *d, int64_t node_id);
-/* Deletes the lease on *h only if node id still holds it (taking over a dead holder). */
+/* Deletes the lease on *h only if node id still holds it and its heartbeat is gone,
+ * checked atomically (taking over a dead holder), or if nobody can hold it: -ENOENT if
+ * it did not. */
 int directory_lease_break(struct directory *d, const struct chunk_hash *h, int64_t node_id);
 
 void directory_get_stats(struct directory *d, struct directory_stats *st);

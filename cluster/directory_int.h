@@ -11,6 +11,10 @@
 
 #define DIR_KEY_MAX 256
 
+/* Failed announces and withdraws remembered for a replay (32 bytes each); beyond this
+ * many the store is announced in full instead. */
+#define DIR_PENDING_MAX 65536
+
 /* A lease this node holds, renewed by the directory thread until hold_until_ns. */
 struct dir_lease {
 	struct chunk_hash h;
@@ -41,24 +45,42 @@ struct directory {
 
 	struct chunkstore *store;   /* borrowed, for the bulk re-announce */
 
+	/*
+	 * Chunks whose announce or withdraw failed (Redis down, slow or refusing): the thread
+	 * syncs their entries with the store when it can (dir_replay) rather than announce
+	 * the whole store again. More than DIR_PENDING_MAX: dropped, and pending_overflow
+	 * makes the thread announce in full. pending_lock is a leaf: no lock is taken under it.
+	 */
+	pthread_mutex_t pending_lock;
+	struct chunk_hash *pending;
+	size_t npending, cap_pending;
+	bool pending_overflow;
+
 	/* leases we hold (few: at most one per seed fetch in flight) */
 	pthread_mutex_t lease_lock;
 	struct dir_lease *leases;
 	size_t nleases, cap_leases;
 
-	/* background thread; thread_lock guards stopping, ready, announce_due, conn_gen and
-	 * store, and is never held across I/O */
+	/* background thread; thread_lock guards stopping, ready, announce_due, announcing,
+	 * conn_gen and store, and is never held across I/O */
 	pthread_t thread;
 	bool thread_started, stopping, left;
 	bool ready;                 /* connected, registered and the store announced */
 	bool announce_due;          /* a store was attached: the thread announces it */
+	bool announcing;            /* ... and is at it (dir_announce_attached) */
 	uint64_t conn_gen;          /* counts connection failures (dir_set_broken) */
 	uint64_t next_hb_ns, next_renew_ns; /* the thread's timers (that thread only) */
 	bool registered;            /* registered once (that thread only; lua_register) */
+	/* that thread only: the store is owed a full announce (at start, after one failed,
+	 * after a name conflict kept us out); Redis's run_id at the last registration ("":
+	 * unknown, INFO refused), and whether that was logged */
+	bool full_due;
+	char run_id[48];
+	bool run_id_warned;
 	uint64_t conflict_log_ns;   /* last "name in use" error (that thread only) */
 	pthread_mutex_t thread_lock;
 	pthread_cond_t thread_cond;  /* wakes the thread */
-	pthread_cond_t ready_cond;   /* ready or announce_due changed */
+	pthread_cond_t ready_cond;   /* ready, announce_due or announcing changed */
 
 	uint64_t last_log_ns, suppressed; /* rate-limited failure log */
 	struct directory_stats st;        /* updated with __atomic ops */

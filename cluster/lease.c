@@ -14,7 +14,9 @@
  *     mistake, for as long as it takes to notice) can renew or free ours. Acquiring
  *     takes over a lease of our id from another instance: our own previous run.
  *  3. A holder that dies stops renewing: the key expires within lease_ttl_ms. A holder
- *     that stalls stops renewing at its deadline. Waiters bound their own wait too.
+ *     that stalls stops renewing at its deadline. Waiters bound their own wait too. A
+ *     value nobody can hold (not "<id>:<instance>" with id >= 1) or a key without a TTL
+ *     (which would never expire) is free: acquiring takes it, breaking deletes it.
  *  4. The lease is released in the same round trip as the announce of the chunk
  *     (directory_announce), so a waiter that sees the lease gone finds the holder.
  */
@@ -34,28 +36,31 @@ const char dir_lua_release[] =
 	"return 0";
 
 /*
+ * The holder of the lease KEYS[1] whose value is v: its node id, or nil when nobody can
+ * hold it (a value not "<id>:<instance>" with id >= 1, as no node writes, or a key with
+ * no TTL, which would never expire): such a lease counts as free.
+ */
+#define LUA_HOLDER \
+	"local function holder(v) " \
+	"  local s = string.match(v, '^([1-9]%d*):%S+$') " \
+	"  if not s or #s > 15 or redis.call('PTTL', KEYS[1]) < 0 then return nil end " \
+	"  return tonumber(s) " \
+	"end "
+
+/*
  * ARGV[1] our value, ARGV[2] the TTL, ARGV[3] our node id. 0 when the lease is ours now,
- * else the holder's node id (-1 when unreadable).
+ * else the holder's node id.
  */
 static const char lua_acquire[] =
+	LUA_HOLDER
 	"local v = redis.call('GET', KEYS[1]) "
-	"if not v then "
-	"  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
-	"  return 0 "
-	"end "
-	/* ours: a retry */
-	"if v == ARGV[1] then "
-	"  redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
-	"  return 0 "
-	"end "
-	/* our id, another instance: a lease left by a previous run of this node (the
-	 * registration lets one live process at a time have the id); it takes no more */
-	"local id = tonumber(string.match(v, '^%d+')) "
-	"if id == tonumber(ARGV[3]) then "
-	"  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
-	"  return 0 "
-	"end "
-	"return id or -1";
+	"local id = v and holder(v) "
+	/* taken unless another node holds it: free, ours (a retry), or ours from another
+	 * instance, a lease left by a previous run of this node (the registration lets one
+	 * live process at a time have the id), which takes no more */
+	"if id and v ~= ARGV[1] and id ~= tonumber(ARGV[3]) then return id end "
+	"redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
+	"return 0";
 
 static const char lua_renew[] =
 	"if redis.call('GET', KEYS[1]) == ARGV[1] then "
@@ -63,13 +68,26 @@ static const char lua_renew[] =
 	"end "
 	"return 0";
 
-/* Deletes the lease of node ARGV[1], whichever of its instances took it. */
+/*
+ * Deletes the lease of node ARGV[1], whichever of its instances took it, if that node's
+ * heartbeat KEYS[2] is gone (checked here, with the delete: it may have come back since
+ * the caller looked); and a lease nobody can hold, whoever it names.
+ */
 static const char lua_break[] =
+	LUA_HOLDER
 	"local v = redis.call('GET', KEYS[1]) "
-	"if v and tonumber(string.match(v, '^%d+')) == tonumber(ARGV[1]) then "
-	"  return redis.call('DEL', KEYS[1]) "
+	"if not v then return 0 end "
+	"local id = holder(v) "
+	"if id and (id ~= tonumber(ARGV[1]) or redis.call('EXISTS', KEYS[2]) == 1) then "
+	"  return 0 "
 	"end "
-	"return 0";
+	"return redis.call('DEL', KEYS[1])";
+
+/* The holder's node id, 0 when the lease is free (absent, or nobody can hold it). */
+static const char lua_holder[] =
+	LUA_HOLDER
+	"local v = redis.call('GET', KEYS[1]) "
+	"return v and holder(v) or 0";
 
 void dir_lease_value(const struct directory *d, int64_t id, char *buf, size_t len)
 {
@@ -144,7 +162,7 @@ int directory_lease_acquire(struct directory *d, const struct chunk_hash *h,
 			 d->lease_ttl_ms, (long long)id);
 	if (rc)
 		return rc;
-	if (r->type != REDIS_REPLY_INTEGER) {
+	if (r->type != REDIS_REPLY_INTEGER || r->integer < 0) {
 		rc = -EPROTO;
 	} else if (r->integer == 0) {
 		rc = lease_remember(d, h, hold_until_ns);
@@ -159,16 +177,20 @@ int directory_lease_acquire(struct directory *d, const struct chunk_hash *h,
 	return rc;
 }
 
-/* Runs script (compare-and-delete) on *h's lease with arg: 0 when deleted, -ENOENT if not. */
+/*
+ * Runs script (compare-and-delete) on *h's lease (and key2, if not NULL) with arg: 0 when
+ * deleted, -ENOENT if not.
+ */
 static int lease_delete_if(struct directory *d, const struct chunk_hash *h,
-			   const char *script, const char *arg)
+			   const char *script, const char *key2, const char *arg)
 {
 	char key[DIR_KEY_MAX];
 	redisReply *r = NULL;
 	int rc;
 
 	dir_chunk_key(d, "lease:", h, key, sizeof(key));
-	rc = dir_command(d, &r, "EVAL %s 1 %s %s", script, key, arg);
+	rc = key2 ? dir_command(d, &r, "EVAL %s 2 %s %s %s", script, key, key2, arg) :
+		    dir_command(d, &r, "EVAL %s 1 %s %s", script, key, arg);
 	if (rc)
 		return rc;
 	rc = r->type == REDIS_REPLY_INTEGER && r->integer > 0 ? 0 : -ENOENT;
@@ -184,7 +206,7 @@ int directory_lease_release(struct directory *d, const struct chunk_hash *h)
 	if (!dir_lease_forget(d, h))
 		return -ENOENT;
 	dir_lease_value(d, directory_node_id(d), val, sizeof(val));
-	rc = lease_delete_if(d, h, dir_lua_release, val);
+	rc = lease_delete_if(d, h, dir_lua_release, NULL, val);
 	if (!rc)
 		DIR_STAT_ADD(d, leases_released, 1);
 	return rc;
@@ -192,10 +214,11 @@ int directory_lease_release(struct directory *d, const struct chunk_hash *h)
 
 int directory_lease_break(struct directory *d, const struct chunk_hash *h, int64_t node_id)
 {
-	char id[24];
+	char alive[DIR_KEY_MAX], id[24];
 
+	snprintf(alive, sizeof(alive), "%salive:%lld", d->prefix, (long long)node_id);
 	snprintf(id, sizeof(id), "%lld", (long long)node_id);
-	return lease_delete_if(d, h, lua_break, id);
+	return lease_delete_if(d, h, lua_break, alive, id);
 }
 
 int directory_lease_holder(struct directory *d, const struct chunk_hash *h, int64_t *holder)
@@ -206,13 +229,15 @@ int directory_lease_holder(struct directory *d, const struct chunk_hash *h, int6
 
 	*holder = 0;
 	dir_chunk_key(d, "lease:", h, key, sizeof(key));
-	rc = dir_command(d, &r, "GET %s", key);
+	rc = dir_command(d, &r, "EVAL %s 1 %s", lua_holder, key);
 	if (rc)
 		return rc;
-	if (r->type == REDIS_REPLY_STRING)
-		*holder = strtoll(r->str, NULL, 10);
+	if (r->type == REDIS_REPLY_INTEGER && r->integer >= 0)
+		*holder = r->integer;
+	else
+		rc = -EPROTO;
 	freeReplyObject(r);
-	return 0;
+	return rc;
 }
 
 /*

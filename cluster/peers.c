@@ -35,6 +35,7 @@ struct peers {
 	size_t nhealth, cap_health;
 	struct peers_stats st;           /* __atomic updates */
 	atomic_bool cancelled;           /* peers_cancel(): every call ends at once */
+	uint64_t takeover_log_ns, takeover_log_skipped; /* takeover_log(), __atomic */
 };
 
 #define ST_ADD(p, field, n) __atomic_fetch_add(&(p)->st.field, (n), __ATOMIC_RELAXED)
@@ -250,6 +251,24 @@ static void sleep_until(uint64_t t_ns)
 	nanosleep(&ts, NULL);
 }
 
+/* "Taking over" a dead holder's lease: logged at most once a second, with the count of
+ * the lines left out. */
+static void takeover_log(struct peers *p, int64_t holder)
+{
+	uint64_t now = now_ns(), last = __atomic_load_n(&p->takeover_log_ns, __ATOMIC_RELAXED);
+
+	if ((last && now - last < 1000000000ULL) ||
+	    !__atomic_compare_exchange_n(&p->takeover_log_ns, &last, now, false,
+					 __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+		__atomic_fetch_add(&p->takeover_log_skipped, 1, __ATOMIC_RELAXED);
+		return;
+	}
+	log_info("peers: lease holder node %lld is gone; taking over (%llu similar lines left "
+		 "out)", (long long)holder,
+		 (unsigned long long)__atomic_exchange_n(&p->takeover_log_skipped, 0,
+							  __ATOMIC_RELAXED));
+}
+
 /* Step 3: another node is fetching *h from the seed; wait for it, bounded by peer_dl
  * (the peer phase's share of the deadline) as well as lease_wait_ms. */
 static int wait_for_lease(struct peers *p, const struct chunk_hash *h, void *buf,
@@ -273,10 +292,8 @@ static int wait_for_lease(struct peers *p, const struct chunk_hash *h, void *buf
 
 		if (alive == 0) {
 			/* the holder is dead: its lease would expire anyway; take over now */
-			log_info("peers: lease holder node %lld is gone; taking over",
-				 (long long)holder);
+			takeover_log(p, holder);
 			directory_lease_break(p->dir, h, holder);
-			ST_ADD(p, lease_takeovers, 1);
 		} else {
 			sleep_until(MIN(until, now_ns() + p->poll_ms * 1000000ULL));
 			rc = try_holders(p, h, buf, len, until, t);
@@ -290,14 +307,19 @@ static int wait_for_lease(struct peers *p, const struct chunk_hash *h, void *buf
 		rc = directory_lease_acquire(p->dir, h, deadline_ns, &holder);
 		if (rc == 0) {
 			rc = won_lease(p, h, buf, len, peer_dl, t);
-			/* it expired (the holder stalled or died) or was given up without the
-			 * chunk: either way this node now fetches it for the cluster */
-			if (rc && alive != 0)
+			/* it expired (the holder stalled), was broken (it died) or given up
+			 * without the chunk: either way this node now fetches it for the
+			 * cluster (counted once, and only then) */
+			if (rc)
 				ST_ADD(p, lease_takeovers, 1);
 			goto out;
 		}
 		if (rc != -EBUSY)
 			goto out;
+		/* still taken after a break (another node was quicker, or the holder came
+		 * back): poll as in the other branch, never spin on Redis */
+		if (alive == 0)
+			sleep_until(MIN(until, now_ns() + p->poll_ms * 1000000ULL));
 	}
 	ST_ADD(p, lease_wait_timeouts, 1);
 	rc = now_ns() >= deadline_ns ? -ETIMEDOUT : -ENOENT;

@@ -195,12 +195,12 @@ static void cmd_stats(struct fetcher *f, struct peering *p)
 		(json_int_t)ps.client.connects, "bad_data", (json_int_t)ps.client.bad_data,
 		"errors", (json_int_t)ps.client.errors));
 	json_object_set_new(o, "directory", json_pack(
-		"{s:b,s:b,s:I,s:I,s:I,s:I,s:I,s:I}", "connected", ps.dir.connected,
+		"{s:b,s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "connected", ps.dir.connected,
 		"name_conflict", ps.dir.name_conflict, "node_id",
 		(json_int_t)ps.dir.node_id, "errors", (json_int_t)ps.dir.errors, "fast_fails",
 		(json_int_t)ps.dir.fast_fails, "busy_fails", (json_int_t)ps.dir.busy_fails,
 		"reconnects", (json_int_t)ps.dir.reconnects, "bulk_announced",
-		(json_int_t)ps.dir.bulk_announced));
+		(json_int_t)ps.dir.bulk_announced, "replayed", (json_int_t)ps.dir.replayed));
 	emit(o);
 }
 

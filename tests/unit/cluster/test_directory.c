@@ -17,6 +17,7 @@
 #include <hiredis/hiredis.h>
 
 #include "cluster/directory.h"
+#include "cluster/directory_int.h" /* white-box: test_broken_during_reconnect_is_not_ready */
 #include "cluster_fixture.h"
 #include "common/log.h"
 #include "tests/unit/stderr_hold.h"
@@ -664,7 +665,11 @@ static void test_reannounce_keeps_heartbeat_and_leases(void **state)
 	assert_true(c && !c->err);
 	directory_get_stats(a, &st);
 	assert_int_equal(st.bulk_announced, n);
-	/* drop a's connection: it reconnects and re-announces all n chunks */
+	/* drop a's connections, its node record gone (as in a FLUSHDB): it reconnects and
+	 * re-announces all n chunks (a reconnect alone would not: Redis kept its entries) */
+	r = redisCommand(c, "DEL t:node:%lld", (long long)directory_node_id(a));
+	assert_non_null(r);
+	freeReplyObject(r);
 	r = redisCommand(c, "CLIENT KILL TYPE normal");
 	assert_non_null(r);
 	freeReplyObject(r);
@@ -1129,6 +1134,539 @@ static void test_chunk_dropped_during_bulk_announce_is_not_listed(void **state)
 	fx_rm_rf(sdir);
 }
 
+/* A command on c (a plain connection of the test's); its reply is dropped. */
+static void redis_do(redisContext *c, const char *fmt, ...)
+{
+	redisReply *r;
+	va_list ap;
+
+	va_start(ap, fmt);
+	r = redisvCommand(c, fmt, ap);
+	va_end(ap);
+	assert_non_null(r);
+	freeReplyObject(r);
+}
+
+/*
+ * The reconnect installed its new shared connection, let go of the lock, and only then
+ * took the connection generation it compares before reporting ready: a caller that broke
+ * the new connection in between left the directory ready with no connection, every call
+ * failing with -ENOTCONN for good while it read connected. Here the directory thread is
+ * parked (stderr held) in the log line of its registration, which a new node id makes;
+ * the test then holds the thread's lock, so the thread stops at its next use of it, and
+ * breaks the new connection as a caller does (dir_fail_locked under d->lock: the
+ * connection dropped and conn_gen counted), by hand, as it holds the lock dir_set_broken
+ * takes. The fixed thread takes the generation under d->lock before it installs the
+ * connection, so it stops there still holding d->lock: no caller can break it meanwhile.
+ */
+static void test_broken_during_reconnect_is_not_ready(void **state)
+{
+	struct directory *a = dir_new("a14", "r1", NULL);
+	char hex[HASH_HEX_LEN + 1];
+	struct directory_holder hd[4];
+	struct directory_stats st;
+	struct stderr_hold hold;
+	struct timespec ts;
+	struct chunk_hash h;
+	uint8_t buf[64];
+	redisContext *c;
+	redisReply *kill;
+	uint64_t r0;
+	bool held, broke = false;
+	int i, rc = -1;
+
+	fx_chunk(14, buf, sizeof(buf), &h);
+	hash_to_hex(&h, hex);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	/* an error reply, logged now: the heartbeat's failure below is not (rate limit) */
+	redis_do(c, "SET t:chunk:%s not-a-set", hex);
+	assert_int_equal(directory_lookup(a, &h, hd, 4), -EIO);
+	redis_do(c, "DEL t:chunk:%s", hex);
+	/* the next registration hands out a new id, and says so (a warning) */
+	redis_do(c, "HDEL t:nodes:byname a14");
+	directory_get_stats(a, &st);
+	r0 = st.reconnects;
+	assert_int_equal(stderr_hold(&hold), 0);
+	kill = redisCommand(c, "CLIENT KILL TYPE normal");
+	held = stderr_hold_wait_blocked(5000);
+	pthread_mutex_lock(&a->thread_lock);
+	stderr_hold_restore(&hold);
+	for (i = 0; i < 100; i++) {
+		stderr_hold_drain(&hold);
+		directory_get_stats(a, &st);
+		if (st.reconnects > r0)
+			break;
+		usleep(10000);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += 1;
+	if (st.reconnects > r0 && !pthread_mutex_clocklock(&a->lock, CLOCK_MONOTONIC, &ts)) {
+		if (a->ctx)
+			redisFree(a->ctx);
+		a->ctx = NULL;
+		a->ready = false;
+		a->conn_gen++;
+		broke = true;
+		pthread_mutex_unlock(&a->lock);
+	}
+	pthread_mutex_unlock(&a->thread_lock);
+	for (i = 0; i < 100; i++) {
+		stderr_hold_drain(&hold);
+		usleep(5000);
+	}
+	stderr_hold_close(&hold);
+	assert_non_null(kill);
+	freeReplyObject(kill);
+	assert_true(held);
+	/* ready again, and then with a connection the callers can use */
+	for (i = 0; i < 100 && rc < 0; i++) {
+		if (directory_wait_ready(a, 100) == 0)
+			rc = directory_lookup(a, &h, hd, 4);
+		fx_sleep_ms(20);
+	}
+	if (rc < 0)
+		fail_msg("lookup: %s after the reconnect (ready: %d, the test broke the new "
+			 "connection: %d)", strerror(-rc), directory_wait_ready(a, 0) == 0, broke);
+	assert_int_equal(rc, 0);
+	directory_get_stats(a, &st);
+	assert_true(st.connected);
+	redisFree(c);
+	directory_destroy(a);
+}
+
+/*
+ * directory_wait_ready() promises the attached store announced, but a store attached
+ * while ready was announced after the thread had cleared its "announce due" flag, with
+ * ready true all along: wait_ready returned while that announce was under way
+ * (tests/tools/cluster_node.c attaches the store just before it waits). The announce is
+ * slowed here by a proxy holding each reply 1 ms, one SADD per round trip.
+ */
+static void test_wait_ready_waits_for_a_late_store_announce(void **state)
+{
+	struct fx_proxy px = {.target = redis.port, .down_ms = 1};
+	struct chunkstore_hooks hk = {0};
+	char sdir[64], url[128];
+	struct chunkstore *cs = fx_store_open(sdir, hk);
+	struct directory_opts o = {
+		.url = url, .node_name = "a15", .advertise = "127.0.0.1:1515", .prefix = "t:",
+		.heartbeat_ttl_ms = 3000, .heartbeat_interval_ms = 1000, .lease_ttl_ms = 600,
+		.lease_renew_ms = 150, .announce_batch = 1,
+	};
+	struct directory_stats st = {0};
+	static uint8_t buf[CHUNK];
+	struct chunk_hash h;
+	struct directory *a;
+	unsigned i, n = 1000;
+	uint64_t t0;
+
+	assert_non_null(cs);
+	for (i = 0; i < n; i++) {
+		fx_chunk(70000 + i, buf, sizeof(buf), &h);
+		assert_int_equal(chunkstore_insert(cs, &h, buf, sizeof(buf)), 0);
+	}
+	assert_int_equal(fx_proxy_start(&px), 0);
+	snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", px.port);
+	assert_int_equal(directory_create(&o, &a), 0);
+	assert_int_equal(directory_wait_ready(a, 5000), 0); /* no store yet */
+	directory_attach_store(a, cs);
+	for (t0 = now_ns(); st.bulk_announced < 10 && fx_ms_since(t0) < 10000;) {
+		fx_sleep_ms(2);
+		directory_get_stats(a, &st);
+	}
+	assert_true(st.bulk_announced >= 10 && st.bulk_announced < n);
+	assert_int_equal(directory_wait_ready(a, 30000), 0);
+	directory_get_stats(a, &st);
+	assert_int_equal(st.bulk_announced, n);
+	directory_destroy(a);
+	fx_proxy_stop(&px);
+	chunkstore_close(cs);
+	fx_rm_rf(sdir);
+}
+
+/* The id Redis holds for node name in nodes:byname (-1: none, -2: not a number). */
+static long long id_by_name(redisContext *c, const char *name)
+{
+	redisReply *r = redisCommand(c, "HGET t:nodes:byname %s", name);
+	long long v = -1;
+	char *end;
+
+	assert_non_null(r);
+	if (r->type == REDIS_REPLY_STRING) {
+		v = strtoll(r->str, &end, 10);
+		if (*end)
+			v = -2;
+	}
+	freeReplyObject(r);
+	return v;
+}
+
+/*
+ * A new node name took INCR nodes:next and stored name -> id before looking whether the
+ * id was in use: with nodes:next lost while nodes live, the new node got a live node's id
+ * and was kept out as a "name conflict" for good, its log naming that other appliance. An
+ * id stored for a name that is not a number made the registration answer nil: the node
+ * never joined, and nothing was logged or counted. A new id is now one no node has (no
+ * heartbeat, no record), stored once the node joins; a stored id that is not a positive
+ * number, or whose record names another node (as the old code could leave), is replaced
+ * (logged, counted in errors).
+ */
+static void test_register_skips_ids_in_use_and_replaces_bad_ones(void **state)
+{
+	struct directory *a = dir_new("a16", "r1", NULL), *b, *g, *x;
+	struct directory_stats st;
+	redisContext *c;
+	int64_t ida;
+
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	ida = directory_node_id(a);
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	/* nodes:next lost while a lives: the next INCR hands out a's id */
+	redis_do(c, "DEL t:nodes:next");
+	b = dir_new("b16", "r1", NULL);
+	assert_int_equal(directory_wait_ready(b, 3000), 0);
+	assert_false(name_conflict(b));
+	assert_true(directory_node_id(b) >= 1);
+	assert_int_not_equal(directory_node_id(b), ida);
+	assert_int_equal(id_by_name(c, "b16"), directory_node_id(b));
+	/* not a number */
+	redis_do(c, "HSET t:nodes:byname g16 not-a-number");
+	g = dir_new("g16", "r1", NULL);
+	assert_int_equal(directory_wait_ready(g, 3000), 0);
+	assert_true(directory_node_id(g) >= 1);
+	assert_int_not_equal(directory_node_id(g), ida);
+	assert_int_not_equal(directory_node_id(g), directory_node_id(b));
+	assert_int_equal(id_by_name(c, "g16"), directory_node_id(g));
+	directory_get_stats(g, &st);
+	assert_true(st.errors >= 1);
+	/* a's id stored for another name */
+	redis_do(c, "HSET t:nodes:byname x16 %lld", (long long)ida);
+	x = dir_new("x16", "r1", NULL);
+	assert_int_equal(directory_wait_ready(x, 3000), 0);
+	assert_false(name_conflict(x));
+	assert_int_not_equal(directory_node_id(x), ida);
+	assert_int_equal(id_by_name(c, "x16"), directory_node_id(x));
+	/* and a, untouched, keeps its id across a restart */
+	assert_false(name_conflict(a));
+	directory_destroy(a);
+	a = dir_new("a16", "r1", NULL);
+	assert_int_equal(directory_wait_ready(a, 3000), 0);
+	assert_int_equal(directory_node_id(a), ida);
+	redisFree(c);
+	directory_destroy(a);
+	directory_destroy(b);
+	directory_destroy(g);
+	directory_destroy(x);
+}
+
+/*
+ * A reconnect of the shared connection alone skipped the registration: after Redis
+ * restarted empty, a node whose heartbeat connection had not noticed yet re-announced its
+ * store under its old id, which Redis may have handed to another node meanwhile (which
+ * could also take over its "<id>:<instance>" leases as its own). Every reconnect now
+ * registers first. a's heartbeat comes every 5 s here, so a call of a's notices the
+ * restart first.
+ */
+static void test_reconnect_after_an_empty_restart_registers_first(void **state)
+{
+	struct directory_opts o = {
+		.node_name = "a17", .rack = "r1", .prefix = "t:", .heartbeat_ttl_ms = 15000,
+		.heartbeat_interval_ms = 5000, .lease_ttl_ms = 600, .lease_renew_ms = 150,
+	};
+	struct directory *a = dir_create(&o, NULL), *b, *c;
+	char sdir[64];
+	struct chunkstore *cs = fx_store_open(sdir, directory_store_hooks(a));
+	struct directory_holder hd[4];
+	static uint8_t buf[CHUNK];
+	struct chunk_hash h;
+	int64_t ida;
+
+	assert_non_null(cs);
+	fx_chunk(17, buf, sizeof(buf), &h);
+	assert_int_equal(chunkstore_insert(cs, &h, buf, sizeof(buf)), 0);
+	directory_attach_store(a, cs);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	ida = directory_node_id(a);
+	/* Redis restarts with nothing in it: c registers first and gets a's id */
+	fx_redis_stop(&redis);
+	assert_int_equal(fx_redis_start(&redis), 0);
+	c = dir_new("c17", "r1", NULL);
+	assert_int_equal(directory_wait_ready(c, 3000), 0);
+	assert_int_equal(directory_node_id(c), ida);
+	b = dir_new("b17", "r1", NULL);
+	assert_int_equal(directory_wait_ready(b, 3000), 0);
+	/* a's next call finds the shared connection broken: a reconnects (unless its
+	 * heartbeat found it first, on a slow machine) */
+	directory_lookup(a, &h, hd, 4);
+	assert_int_equal(directory_wait_ready(a, 3000), 0);
+	assert_int_not_equal(directory_node_id(a), directory_node_id(c));
+	assert_int_equal(directory_lookup(b, &h, hd, 4), 1);
+	assert_string_equal(hd[0].name, "a17");
+	directory_destroy(a);
+	directory_destroy(b);
+	directory_destroy(c);
+	chunkstore_close(cs);
+	fx_rm_rf(sdir);
+}
+
+/* Keeps Redis busy: a script that runs for ms milliseconds, on a connection of its own. */
+struct busy {
+	unsigned ms;
+	int rc;
+};
+
+static void *busy_redis(void *arg)
+{
+	static const char spin[] =
+		"local t0 = redis.call('TIME') "
+		"local s0 = t0[1] * 1000000 + t0[2] "
+		"repeat local t = redis.call('TIME') "
+		"until t[1] * 1000000 + t[2] - s0 >= tonumber(ARGV[1]) * 1000 "
+		"return 0";
+	struct busy *b = arg;
+	redisContext *c = redisConnect("127.0.0.1", redis.port);
+	redisReply *r = c && !c->err ? redisCommand(c, "EVAL %s 0 %u", spin, b->ms) : NULL;
+
+	b->rc = r && r->type == REDIS_REPLY_INTEGER ? 0 : -1;
+	if (r)
+		freeReplyObject(r);
+	if (c)
+		redisFree(c);
+	return NULL;
+}
+
+/* Waits (at most ms) until d has made more than r0 connections and is ready. */
+static bool reconnected(struct directory *d, uint64_t r0, unsigned ms)
+{
+	struct directory_stats st;
+	uint64_t t0 = now_ns();
+
+	do {
+		directory_get_stats(d, &st);
+		if (st.reconnects > r0 && directory_wait_ready(d, 0) == 0)
+			return true;
+		fx_sleep_ms(10);
+	} while (fx_ms_since(t0) < ms);
+	return false;
+}
+
+/*
+ * A reply timeout (Redis busy for a moment) drops the connection, and the reconnect
+ * re-announced the whole store: about 3.6 s of Redis work per million chunks per
+ * appliance, every appliance at once during a latency spike. A reconnect now announces in
+ * full only when Redis lost this node's entries (another run_id: restarted; or the mark a
+ * full announce leaves in the node record is gone) and otherwise syncs only the chunks
+ * whose announce or withdraw failed meanwhile. Here a script keeps Redis busy 900 ms: a
+ * lookup times out (500 ms), and a chunk stored and one dropped meanwhile are synced
+ * after. A connection killed with Redis intact announces nothing in bulk either; the node
+ * record deleted (FLUSHDB, say) makes the node announce in full again.
+ */
+static void test_timeout_reconnect_replays_instead_of_reannouncing(void **state)
+{
+	struct chunkstore_hooks hk = {.announce = hook_announce, .withdraw = hook_withdraw};
+	char sdir[64], path[4096];
+	struct chunkstore *cs = fx_store_open(sdir, hk);
+	struct directory_holder hd[4];
+	struct directory_stats st;
+	static uint8_t buf[CHUNK];
+	struct chunk_hash h, late, gone;
+	struct busy busy = {.ms = 900, .rc = -1};
+	struct directory *a, *b;
+	redisContext *c;
+	redisReply *rep;
+	pthread_t t;
+	unsigned i, n = 2000;
+	uint64_t r0;
+
+	assert_non_null(cs);
+	for (i = 0; i < n; i++) {
+		fx_chunk(80000 + i, buf, sizeof(buf), &h);
+		assert_int_equal(chunkstore_insert(cs, &h, buf, sizeof(buf)), 0);
+		if (i == 0)
+			gone = h;
+	}
+	a = dir_new("a18", "r1", NULL);
+	hooked = a;
+	directory_attach_store(a, cs);
+	b = dir_new("b18", "r1", NULL);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	directory_get_stats(a, &st);
+	assert_int_equal(st.bulk_announced, n);
+	r0 = st.reconnects;
+
+	assert_int_equal(pthread_create(&t, NULL, busy_redis, &busy), 0);
+	fx_sleep_ms(100);
+	assert_int_equal(directory_lookup(a, &h, hd, 4), -ENOTCONN); /* the reply timed out */
+	/* while a is reconnecting: one chunk stored, one dropped (announce, withdraw fail) */
+	fx_chunk(89999, buf, sizeof(buf), &late);
+	assert_int_equal(chunkstore_insert(cs, &late, buf, sizeof(buf)), 0);
+	chunkstore_path(cs, &gone, path, sizeof(path));
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(chunkstore_recheck(cs, &gone), 1);
+	pthread_join(t, NULL);
+	assert_int_equal(busy.rc, 0);
+	assert_true(reconnected(a, r0, 5000));
+	assert_int_equal(directory_lookup(b, &late, hd, 4), 1);
+	assert_int_equal(directory_lookup(b, &gone, hd, 4), 0);
+	assert_int_equal(directory_lookup(b, &h, hd, 4), 1);
+	directory_get_stats(a, &st);
+	assert_int_equal(st.bulk_announced, n); /* not 2n */
+	assert_true(st.replayed >= 2);
+
+	/* a connection killed, Redis intact: nothing announced in bulk either */
+	r0 = st.reconnects;
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	redis_do(c, "CLIENT KILL TYPE normal");
+	directory_lookup(a, &h, hd, 4);
+	assert_true(reconnected(a, r0, 5000));
+	directory_get_stats(a, &st);
+	assert_int_equal(st.bulk_announced, n);
+
+	/* the node record gone (a FLUSHDB would take the holder sets too): in full again */
+	redis_do(c, "DEL t:node:%lld", (long long)directory_node_id(a));
+	for (r0 = now_ns(); st.bulk_announced < 2 * n && fx_ms_since(r0) < 5000;) {
+		fx_sleep_ms(10);
+		directory_get_stats(a, &st);
+	}
+	assert_int_equal(st.bulk_announced, 2 * n); /* the store still holds n chunks */
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	rep = redisCommand(c, "EXISTS t:node:%lld", (long long)directory_node_id(a));
+	assert_true(rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1);
+	freeReplyObject(rep);
+	hooked = NULL;
+	redisFree(c);
+	directory_destroy(a);
+	directory_destroy(b);
+	chunkstore_close(cs);
+	fx_rm_rf(sdir);
+}
+
+/*
+ * A Redis restarted from a snapshot still has this node's record and the mark of its
+ * last full announce, but not what was announced after the snapshot: another run_id makes
+ * the node announce in full all the same.
+ */
+static void test_restart_from_a_snapshot_reannounces(void **state)
+{
+	struct chunkstore_hooks hk = {.announce = hook_announce, .withdraw = hook_withdraw};
+	char sdir[64];
+	struct chunkstore *cs = fx_store_open(sdir, hk);
+	struct directory_holder hd[4];
+	struct directory_stats st;
+	static uint8_t buf[CHUNK];
+	struct chunk_hash h, late;
+	struct directory *a, *b;
+	redisContext *c;
+	unsigned i, n = 100;
+	uint64_t r0;
+
+	assert_non_null(cs);
+	for (i = 0; i < n; i++) {
+		fx_chunk(90000 + i, buf, sizeof(buf), &h);
+		assert_int_equal(chunkstore_insert(cs, &h, buf, sizeof(buf)), 0);
+	}
+	a = dir_new("a19", "r1", NULL);
+	hooked = a;
+	directory_attach_store(a, cs);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	redis_do(c, "SAVE");
+	redisFree(c);
+	/* announced after the snapshot: lost with the restart */
+	fx_chunk(90999, buf, sizeof(buf), &late);
+	assert_int_equal(chunkstore_insert(cs, &late, buf, sizeof(buf)), 0);
+	directory_get_stats(a, &st);
+	r0 = st.reconnects;
+	fx_redis_stop(&redis);
+	assert_int_equal(fx_redis_start(&redis), 0); /* loads the snapshot (dump.rdb) */
+	directory_lookup(a, &h, hd, 4);
+	assert_true(reconnected(a, r0, 5000));
+	b = dir_new("b19", "r1", NULL);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	assert_int_equal(directory_lookup(b, &late, hd, 4), 1);
+	directory_get_stats(a, &st);
+	assert_int_equal(st.bulk_announced, 2 * n + 1);
+	hooked = NULL;
+	directory_destroy(a);
+	directory_destroy(b);
+	chunkstore_close(cs);
+	fx_rm_rf(sdir);
+}
+
+/*
+ * Lease values read from Redis were taken on trust: "0:x" read as node 0, which callers
+ * take for "you hold it" while the lease stayed someone else's; a value with no id read
+ * as holder -1, never alive, whose break never matched (a waiter spun on it); a lease key
+ * without a TTL never expired, holding up every fetch of its chunk. A value that is not
+ * "<id>:<instance>" with id >= 1, or one without a TTL, is free now: acquiring takes it,
+ * directory_lease_holder() reads 0, breaking deletes it; and a break deletes a valid
+ * one only while its holder's heartbeat is gone, checked in the same script.
+ */
+static void test_malformed_or_immortal_lease_is_free(void **state)
+{
+	static const char *const bad[] = {"0:x", "garbage", "-3:x", "7", ":abc", "12x:abc",
+					  "1234567890123456789012:abc"};
+	struct directory *a = dir_new("a20", "r1", NULL), *b = dir_new("b20", "r1", NULL);
+	uint64_t far = now_ns() + 60000 * 1000000ULL;
+	char hex[HASH_HEX_LEN + 1];
+	struct chunk_hash h;
+	uint8_t buf[64];
+	int64_t holder;
+	redisContext *c;
+	redisReply *r;
+	size_t i;
+
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	for (i = 0; i < ARRAY_SIZE(bad); i++) {
+		fx_chunk(200 + i, buf, sizeof(buf), &h);
+		hash_to_hex(&h, hex);
+		redis_do(c, "SET t:lease:%s %s PX 60000", hex, bad[i]);
+		assert_int_equal(directory_lease_holder(b, &h, &holder), 0);
+		assert_int_equal(holder, 0);
+		assert_int_equal(directory_lease_acquire(b, &h, far, &holder), 0);
+		assert_int_equal(directory_lease_holder(a, &h, &holder), 0);
+		if (holder != directory_node_id(b))
+			fail_msg("lease \"%s\": held by %lld after b took it", bad[i],
+				 (long long)holder);
+		assert_int_equal(directory_lease_release(b, &h), 0);
+	}
+	/* a's, valid but with no TTL (as if its expiry was lost): free although a lives */
+	fx_chunk(300, buf, sizeof(buf), &h);
+	hash_to_hex(&h, hex);
+	redis_do(c, "SET t:lease:%s %lld:0123456789abcdef", hex, (long long)directory_node_id(a));
+	assert_int_equal(directory_lease_holder(b, &h, &holder), 0);
+	assert_int_equal(holder, 0);
+	assert_int_equal(directory_lease_acquire(b, &h, far, &holder), 0);
+	assert_int_equal(directory_lease_holder(a, &h, &holder), 0);
+	assert_int_equal(holder, directory_node_id(b));
+	assert_int_equal(directory_lease_release(b, &h), 0);
+	/* breaking: one nobody can hold goes, whoever it names; a live holder's stays; a
+	 * dead one's goes */
+	redis_do(c, "SET t:lease:%s junk PX 60000", hex);
+	assert_int_equal(directory_lease_break(b, &h, 99), 0);
+	redis_do(c, "SET t:lease:%s %lld:0123456789abcdef PX 60000", hex,
+		 (long long)directory_node_id(a));
+	assert_int_equal(directory_lease_break(b, &h, directory_node_id(a)), -ENOENT);
+	assert_int_equal(directory_lease_holder(b, &h, &holder), 0);
+	assert_int_equal(holder, directory_node_id(a));
+	redis_do(c, "SET t:lease:%s 99:0123456789abcdef PX 60000", hex);
+	assert_int_equal(directory_lease_break(b, &h, 99), 0);
+	r = redisCommand(c, "EXISTS t:lease:%s", hex);
+	assert_true(r && r->type == REDIS_REPLY_INTEGER && r->integer == 0);
+	freeReplyObject(r);
+	redisFree(c);
+	directory_destroy(a);
+	directory_destroy(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1163,6 +1701,20 @@ int main(void)
 			test_same_name_same_address_joins_and_the_old_one_leaves, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_chunk_dropped_during_bulk_announce_is_not_listed,
 						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_broken_during_reconnect_is_not_ready, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_wait_ready_waits_for_a_late_store_announce,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_register_skips_ids_in_use_and_replaces_bad_ones,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reconnect_after_an_empty_restart_registers_first,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_timeout_reconnect_replays_instead_of_reannouncing,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_restart_from_a_snapshot_reannounces, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_malformed_or_immortal_lease_is_free, setup,
+						teardown),
 	};
 
 	log_init("test_directory", LOG_LVL_WARN, 0);

@@ -5,6 +5,7 @@
  * cold reads doing one "seed" fetch per chunk through the lease, a dead lease holder
  * taken over, a stalled one waited for no longer than the bound, and Redis down.
  */
+#include <hiredis/hiredis.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -287,19 +288,27 @@ static void test_stale_holder_repaired(void **state)
 	static uint8_t data[CHUNK];
 	struct peers_stats st;
 	struct chunk_hash h;
+	int i;
 
 	fx_chunk(30, data, CHUNK, &h);
 	/* a's entry without the chunk (e.g. a withdraw lost during a Redis outage) */
 	assert_int_equal(directory_announce(a->d, &h), 0);
 	assert_int_equal(directory_lookup(b->d, &h, hd, 4), 1);
-	/* 404 from a; nobody else: b takes the lease and goes to the seed */
+	/* 404 from a; nobody else: b takes the lease and goes to the seed. a removes its
+	 * entry after it has sent the 404, so b's recheck after winning the lease may still
+	 * find it listed and ask it again (a second 404) on a loaded machine. */
 	assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 5000 * MS), -ENOENT);
 	peers_get_stats(b->p, &st);
-	assert_int_equal(st.stale, 1);
+	assert_true(st.stale == 1 || st.stale == 2);
 	assert_int_equal(st.leases_won, 1);
-	/* a, having answered the 404, removed its own entry */
+	/* a, having answered the 404, removed its own entry (counted just after) */
 	assert_int_equal(holders_become(b->d, &h, 0), 0);
-	directory_get_stats(a->d, &ds);
+	for (i = 0; i < 100; i++) {
+		directory_get_stats(a->d, &ds);
+		if (ds.stale_removed)
+			break;
+		fx_sleep_ms(10);
+	}
 	assert_int_equal(ds.stale_removed, 1);
 	node_free(a);
 	node_free(b);
@@ -817,6 +826,50 @@ static void test_redis_down_goes_to_seed(void **state)
 	node_free(b);
 }
 
+/*
+ * A lease value no node writes made the waiter spin: "garbage" read as holder -1, never
+ * alive, whose break never matched, and the wait went round without a sleep (hundreds of
+ * Redis commands and "taking over" lines, a takeover counted each time) until its bound;
+ * "0:x" read as node 0, which the fetch took for its own win while the lease stayed as
+ * it was. Both are free now: the fetch takes the lease at once, with no wait.
+ */
+static void test_malformed_lease_is_taken_at_once(void **state)
+{
+	static const char *const bad[] = {"garbage", "0:x"};
+	struct node *b = node_new("b", "r1", 2000);
+	char hex[HASH_HEX_LEN + 1];
+	struct peers_stats st0, st;
+	struct chunk_hash h;
+	int64_t holder = -1;
+	redisContext *c;
+	redisReply *r;
+	size_t i;
+
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	for (i = 0; i < ARRAY_SIZE(bad); i++) {
+		fx_chunk(90 + i, scratch, CHUNK, &h);
+		hash_to_hex(&h, hex);
+		r = redisCommand(c, "SET tp:lease:%s %s PX 60000", hex, bad[i]);
+		assert_non_null(r);
+		freeReplyObject(r);
+		peers_get_stats(b->p, &st0);
+		assert_int_equal(peers_fetch(b->p, &h, scratch, CHUNK, now_ns() + 10000 * MS),
+				 -ENOENT); /* to the seed, under the lease */
+		peers_get_stats(b->p, &st);
+		assert_int_equal(st.leases_won - st0.leases_won, 1);
+		assert_int_equal(st.lease_waits - st0.lease_waits, 0);
+		assert_int_equal(st.lease_takeovers - st0.lease_takeovers, 0);
+		assert_int_equal(directory_lease_holder(b->d, &h, &holder), 0);
+		if (holder != directory_node_id(b->d))
+			fail_msg("lease \"%s\": held by %lld after b won it", bad[i],
+				 (long long)holder);
+		assert_int_equal(directory_lease_release(b->d, &h), 0);
+	}
+	redisFree(c);
+	node_free(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -843,6 +896,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_cancel_ends_a_lease_wait, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_redis_down_goes_to_seed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_malformed_lease_is_taken_at_once, setup,
+						teardown),
 	};
 
 	log_init("test_peers", LOG_LVL_ERROR, 0);
