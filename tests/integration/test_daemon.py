@@ -842,13 +842,16 @@ def test_sighup_sets_a_changed_chap_password(appliance):
     j["chap_password"] = "newpassword2"
     url = a.url("ch1").replace("iscsi://", "iscsi://chuser%oldpassword1@", 1)
     with QemuIo(url) as q:
+        q.cmd("read 0 64k")  # logged in
+        assert "read 65536/65536" in "".join(q.read_lines(2))
+        assert nexuses(a, tid) == 1
         with open(rec, "w") as f:
             json.dump(j, f)
         n = a.health()["reconciles"]
         a.proc.send_signal(signal.SIGHUP)
         assert reconciled(a, n), a.log_text()
-        assert nexuses(a, tid) == 1  # the session stays
-        q.cmd("read 0 64k")
+        assert nexuses(a, tid) == 1, a.log_text()  # the session stays
+        q.cmd("read 64k 64k")
         assert "read 65536/65536" in "".join(q.read_lines(2))
     assert chap_login_ok(a, "ch1", "chuser", "newpassword2"), a.log_text()
     assert not chap_login_ok(a, "ch1", "chuser", "oldpassword1")
