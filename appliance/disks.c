@@ -262,6 +262,18 @@ static int alloc_tid(struct appliance *a, const struct diskrec *recs, size_t nre
 	return tid > TID_MAX ? -ENOSPC : tid;
 }
 
+/* True when, in records recs (and nbad damaged ones, which may name it: the safe side),
+ * a disk other than name uses CHAP user. */
+static bool chap_user_shared_in(const struct diskrec *recs, size_t n, size_t nbad,
+				const char *name, const char *user)
+{
+	bool shared = nbad > 0;
+
+	for (size_t i = 0; i < n && !shared; i++)
+		shared = strcmp(recs[i].name, name) && !strcmp(recs[i].chap_user, user);
+	return shared;
+}
+
 /* True when a disk other than name uses CHAP user (records of older versions may share
  * one): its account is then left in tgtd. */
 static bool chap_user_shared(struct appliance *a, const char *name, const char *user)
@@ -271,13 +283,10 @@ static bool chap_user_shared(struct appliance *a, const char *name, const char *
 	size_t n = 0, nbad = 0;
 	bool shared;
 
-	/* unknown (no list, or a damaged record that may name user): keeping an account is
-	 * the safe side */
+	/* unknown (no list): keeping an account is the safe side */
 	if (diskrec_scan(a->disks_dir, &recs, &n, &bad, &nbad))
 		return true;
-	shared = nbad > 0;
-	for (size_t i = 0; i < n && !shared; i++)
-		shared = strcmp(recs[i].name, name) && !strcmp(recs[i].chap_user, user);
+	shared = chap_user_shared_in(recs, n, nbad, name, user);
 	free(recs);
 	free(bad);
 	return shared;
@@ -286,18 +295,18 @@ static bool chap_user_shared(struct appliance *a, const char *name, const char *
 /*
  * Gives r's CHAP account the password in r (tgtadm cannot show the one tgtd holds, so
  * which one it holds is remembered: chap_set). Not for an account another record names
- * too (records of older versions may share one): replacing it would unbind it from that
- * disk's target as well. acl_bound: r's ACL is in place on its target (taken away
+ * too (shared; records of older versions may share one): replacing it would unbind it
+ * from that disk's target as well. acl_bound: r's ACL is in place on its target (taken away
  * meanwhile: tgtmgr_replace_chap), not yet during an export.
  */
 static int replace_chap(struct appliance *a, const struct diskrec *r, bool acl_bound,
-			char *err, size_t errlen)
+			bool shared, char *err, size_t errlen)
 {
 	const char *acl[DISKREC_MAX_INITIATORS], *any = "ALL";
 	size_t nacl = 0;
 	int ret;
 
-	if (chap_user_shared(a, r->name, r->chap_user)) {
+	if (shared) {
 		log_warn("disk %s: CHAP account %s is named by another disk's record too; its "
 			 "password in tgtd is left as it is", r->name, r->chap_user);
 		return 0;
@@ -358,7 +367,9 @@ static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh,
 		else if (ret == 1) /* an account tgtd kept: its password may be another */
 			ret = chap_is_set(a, r->chap_user, r->chap_password)
 				      ? 0
-				      : replace_chap(a, r, false, err, errlen);
+				      : replace_chap(a, r, false,
+						     chap_user_shared(a, r->name, r->chap_user),
+						     err, errlen);
 	}
 	if (!ret && !r->ninitiators)
 		ret = tgtmgr_bind_initiator(a->tgt, r->tid, "ALL", err, errlen);
@@ -1072,7 +1083,11 @@ static int reconcile_locked(struct appliance *a)
 		    !chap_is_set(a, c.recs[j].chap_user, c.recs[j].chap_password)) {
 			char err[256] = "";
 
-			if (replace_chap(a, &c.recs[j], true, err, sizeof(err))) {
+			/* the records in hand say whether another disk names the account */
+			bool shared = chap_user_shared_in(c.recs, c.nrecs, c.nbad,
+							  c.recs[j].name, c.recs[j].chap_user);
+
+			if (replace_chap(a, &c.recs[j], true, shared, err, sizeof(err))) {
 				log_error("disk %s: setting the password of CHAP account %s: %s",
 					  c.recs[j].name, c.recs[j].chap_user, err);
 				failed++;
