@@ -133,7 +133,7 @@ struct fetcher {
 	struct fetcher_stats st;
 	struct ra_image *images;
 	uint64_t ra_clock;
-	struct ratelimit rl_corrupt, rl_transport, rl_gave_up; /* one budget per kind */
+	struct ratelimit rl_corrupt, rl_transport, rl_gave_up, rl_store; /* a budget per kind */
 	pthread_t *threads;
 	unsigned nthreads;
 };
@@ -390,8 +390,14 @@ static int try_seed(struct worker_ctx *w, struct fill *fl)
 		r = chunkstore_insert(f->store, &fl->h, w->chunk.p, fl->len);
 		if (r == 0)
 			return 0;
-		hash_to_hex(&fl->h, hex);
-		log_error("fetcher: cannot store chunk %s: %s", hex, strerror(-r));
+		/* a full or failing store fails every fill of a read storm: log a sample */
+		pthread_mutex_lock(&f->lock);
+		if (warn_allowed(&f->rl_store, &supp)) {
+			hash_to_hex(&fl->h, hex);
+			log_error("fetcher: cannot store chunk %s: %s (%lu similar suppressed)",
+				  hex, strerror(-r), (unsigned long)supp);
+		}
+		pthread_mutex_unlock(&f->lock);
 		return r;
 	}
 	if (r == -ECANCELED)

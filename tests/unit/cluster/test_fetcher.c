@@ -4,6 +4,7 @@
  * readahead, the background queue bound and the peer hook.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -494,6 +495,65 @@ static void test_missing_object_is_prompt_error(void **state)
 	assert_int_equal(fetcher_fetch(e->f, &h, 0, t0 + 5000 * MS), -EINVAL);
 }
 
+/*
+ * A store that cannot take chunks (full, everything pinned) fails every fill of a read
+ * storm; the log gets a sample of those errors with a count of the rest, not a line each.
+ */
+static void test_store_failures_are_logged_sparingly(void **state)
+{
+	struct env *e = *state;
+	struct chunkstore_opts so = {0};
+	static uint8_t data[CHUNK];
+	struct chunk_hash pinned, h;
+	struct chunk_ref *ref;
+	char path[400], line[512];
+	unsigned lines = 0;
+	bool summary = false;
+	int saved, fd;
+	FILE *log;
+
+	chunkstore_close(e->cs);
+	so.dir = e->store_dir;
+	so.capacity = CHUNK;
+	assert_int_equal(chunkstore_open(&so, &e->cs), 0);
+	fill_random(data, CHUNK, 100);
+	hash_compute(data, CHUNK, &pinned);
+	assert_int_equal(chunkstore_insert(e->cs, &pinned, data, CHUNK), 0);
+	assert_int_equal(chunkstore_get(e->cs, &pinned, &ref), 0);
+	env_fetcher(e, NULL, NULL);
+
+	snprintf(path, sizeof(path), "%s/stderr", e->root);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	fflush(stderr);
+	saved = dup(2);
+	assert_true(saved >= 0);
+	assert_int_equal(dup2(fd, 2), 2);
+	for (unsigned i = 0; i < 12; i++) {
+		make_chunk(e->repo, 200 + i, &h, data);
+		assert_true(fetcher_fetch(e->f, &h, CHUNK, now_ns() + 2000 * MS) < 0);
+	}
+	fflush(stderr);
+	assert_int_equal(dup2(saved, 2), 2);
+	close(saved);
+	close(fd);
+	chunkstore_put(e->cs, ref);
+
+	log = fopen(path, "r");
+	assert_non_null(log);
+	while (fgets(line, sizeof(line), log)) {
+		if (!strstr(line, "cannot store chunk"))
+			continue;
+		lines++;
+		if (!strstr(line, "(0 similar suppressed)"))
+			summary = true;
+	}
+	fclose(log);
+	assert_true(lines >= 1);
+	assert_true(lines <= 5);  /* LOG_BURST in fetcher.c */
+	assert_false(summary);    /* the burst fits one window: nothing held back is reported yet */
+}
+
 static void test_peer_hook_before_seed(void **state)
 {
 	struct env *e = *state;
@@ -935,6 +995,8 @@ int main(void)
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_stop_wakes_waiters, env_setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_seed_client_errors, env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_store_failures_are_logged_sparingly, env_setup,
+						env_teardown),
 	};
 
 	log_init("test_fetcher", LOG_LVL_ERROR, 0);
