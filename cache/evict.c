@@ -336,8 +336,14 @@ static struct evict_node *lru_victim(struct evict_policy *p)
 	return NULL;
 }
 
-/* One step on S's tail: returns the victim, or NULL after moving a node. */
-static struct evict_node *small_step(struct evict_policy *p, uint64_t *pinned_seen)
+/*
+ * One step on S's tail: returns the victim, or NULL after moving a node. A promotion
+ * restarts both counts of pinned nodes seen in a row: S has lost a node, and M has one
+ * that its count has not seen (left as it was, M could be called exhausted after meeting
+ * its pinned nodes again and never reach the promoted one).
+ */
+static struct evict_node *small_step(struct evict_policy *p, uint64_t *pinned_seen,
+				     uint64_t *main_pinned_seen)
 {
 	struct evict_node *n = p->small.tail;
 
@@ -353,6 +359,7 @@ static struct evict_node *small_step(struct evict_policy *p, uint64_t *pinned_se
 		fifo_push_head(&p->main, n);
 		p->promotions++;
 		*pinned_seen = 0;
+		*main_pinned_seen = 0;
 		return NULL;
 	}
 	n->queue = Q_NONE;
@@ -396,7 +403,7 @@ struct evict_node *evict_victim(struct evict_policy *p)
 		struct evict_node *v;
 
 		if (s_ok && (p->small.bytes >= small_target || !m_ok))
-			v = small_step(p, &pin_s);
+			v = small_step(p, &pin_s, &pin_m);
 		else if (m_ok)
 			v = main_step(p, &pin_m);
 		else

@@ -159,6 +159,25 @@ static void test_pinned_beside_hot_still_evicts(void **state)
 	free(o);
 }
 
+/* M all pinned, S small (below its target) with one node read once: the node S promotes
+ * is the victim; M's pinned nodes met again must not make M look exhausted before it. */
+static void test_promoted_node_found_behind_pinned_main(void **state)
+{
+	struct evict_policy *p = evict_new(EVICT_S3FIFO, 100 * SZ);
+	struct obj *o = objs(2);
+
+	evict_insert(p, &o[0].node);
+	assert_ptr_equal(evict_victim(p), &o[0].node); /* its key goes to the ghost */
+	evict_insert(p, &o[0].node);                   /* ghost hit: into M */
+	o[0].node.pins = 1;
+	evict_insert(p, &o[1].node);                   /* S, far below S's target */
+	evict_access(p, &o[1].node);
+	assert_ptr_equal(evict_victim(p), &o[1].node);
+	assert_null(evict_victim(p));
+	evict_free(p);
+	free(o);
+}
+
 static void test_lru_order(void **state)
 {
 	struct evict_policy *p = evict_new(EVICT_LRU, 3 * SZ);
@@ -244,6 +263,7 @@ int main(void)
 		cmocka_unit_test(test_main_frequency_ages),
 		cmocka_unit_test(test_pinned_never_chosen),
 		cmocka_unit_test(test_pinned_beside_hot_still_evicts),
+		cmocka_unit_test(test_promoted_node_found_behind_pinned_main),
 		cmocka_unit_test(test_lru_order),
 		cmocka_unit_test(test_scan_resistance_vs_lru),
 		cmocka_unit_test(test_victim_bounded_with_many_credits),
