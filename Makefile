@@ -98,7 +98,8 @@ $(BUILD)/tests/unit/%: tests/unit/%.c $(RD_LIBS)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $< -o $@ $(LDFLAGS) $(RD_LIBS) $(LDLIBS) -lcmocka
 
 # Fault injection on the overlay map's writes and syncs (the test defines the wrappers).
-$(BUILD)/tests/unit/cache/test_overlay_faults: LDFLAGS += -Wl,--wrap=pwrite64 -Wl,--wrap=fdatasync
+$(BUILD)/tests/unit/cache/test_overlay_faults: LDFLAGS += -Wl,--wrap=pwrite64 -Wl,--wrap=fdatasync \
+	-Wl,--wrap=fsync
 $(BUILD)/tests/unit/cache/test_disk_faults: LDFLAGS += -Wl,--wrap=pwrite64
 
 test-unit: $(UNIT_BINS)

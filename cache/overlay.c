@@ -1119,6 +1119,30 @@ static int hdr_write(struct overlay *o, uint64_t size, uint32_t flags)
 }
 
 /*
+ * Syncs overlay.data. A writeback error is remembered: the kernel has dropped the pages
+ * it could not write and reports the error once per descriptor, so a later sync would
+ * succeed without them. Every sync after it fails until the disk is reopened. Called with
+ * flush_mtx held.
+ */
+static int data_sync(struct overlay *o)
+{
+	int rc;
+
+	if (o->data_err)
+		return o->data_err;
+	if (fdatasync(o->data_fd) == 0)
+		return 0;
+	rc = -errno;
+	if (rc == -EIO || rc == -ENOSPC || rc == -EDQUOT) {
+		o->data_err = rc;
+		log_error("overlay: writing its data file failed (%s); acknowledged writes may "
+			  "be lost, and every later flush fails until the disk is reopened",
+			  strerror(-rc));
+	}
+	return rc;
+}
+
+/*
  * One flush under flush_mtx. A page with a strict change (dirty) makes the flush write
  * the map: every changed page, lazy ones too, is snapshotted, the data synced, the pages
  * written and synced (invariants 2-4). Without one, syncing the data is the whole flush:
@@ -1185,16 +1209,9 @@ static int flush_locked(struct overlay *o, bool all)
 		n++;
 	}
 	/* Invariant 2: the data behind every snapshotted DATA grain is durable first. */
-	if (fdatasync(o->data_fd) < 0) {
-		rc = -errno;
-		if (rc == -EIO || rc == -ENOSPC || rc == -EDQUOT) {
-			o->data_err = rc;
-			log_error("overlay: writing its data file failed (%s); acknowledged "
-				  "writes may be lost, and every later flush fails until the "
-				  "disk is reopened", strerror(-rc));
-		}
+	rc = data_sync(o);
+	if (rc)
 		goto out;
-	}
 	if (!strict) {
 		/* Invariant 9: the grains left out of the map are recovered at open. */
 		if (lazy && !(o->hdr_flags & OVERLAY_HDR_UNCLEAN))
@@ -1274,11 +1291,17 @@ int overlay_grow(struct overlay *o, uint64_t new_size)
 	if (new_size <= o->size)
 		goto out;
 	/* Invariant 6: the data file first. */
-	if (ftruncate(o->data_fd, (off_t)(ngrains_of(new_size) * OVERLAY_GRAIN)) < 0 ||
-	    fsync(o->data_fd) < 0) {
+	if (o->data_err) {
+		rc = o->data_err;
+		goto out;
+	}
+	if (ftruncate(o->data_fd, (off_t)(ngrains_of(new_size) * OVERLAY_GRAIN)) < 0) {
 		rc = -errno;
 		goto out;
 	}
+	rc = data_sync(o);
+	if (rc)
+		goto out;
 	old = table_of(o);
 	npages = npages_of(new_size);
 	if (npages > old->npages) {

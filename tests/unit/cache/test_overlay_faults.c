@@ -1,7 +1,8 @@
 /*
  * test_overlay_faults.c - the overlay map under write and sync errors of overlay.map,
- * injected by wrapping pwrite and fdatasync (the Makefile links this test with
- * -Wl,--wrap=pwrite64,--wrap=fdatasync: with a 64-bit off_t, pwrite is pwrite64). A
+ * injected by wrapping pwrite, fdatasync and fsync (the Makefile links this test with
+ * -Wl,--wrap=pwrite64,--wrap=fdatasync,--wrap=fsync: with a 64-bit off_t, pwrite is
+ * pwrite64). A
  * "crash" is a copy of the files taken while the overlay is open: what a power cut at
  * that moment leaves, as far as the page cache holds what the writes said.
  */
@@ -25,11 +26,12 @@
 /* A pwrite at tear_off writes tear_len bytes (a torn write) and fails with ENOSPC, once. */
 static long long tear_off = -1;
 static size_t tear_len = 40;
-/* The fail_sync-th fdatasync from now (1 = the next) fails with EIO, once. */
+/* The fail_sync-th fdatasync or fsync from now (1 = the next) fails with EIO, once. */
 static int fail_sync;
 
 ssize_t __real_pwrite64(int fd, const void *buf, size_t len, off_t off);
 int __real_fdatasync(int fd);
+int __real_fsync(int fd);
 
 ssize_t __wrap_pwrite64(int fd, const void *buf, size_t len, off_t off)
 {
@@ -50,6 +52,15 @@ int __wrap_fdatasync(int fd)
 		return -1;
 	}
 	return __real_fdatasync(fd);
+}
+
+int __wrap_fsync(int fd)
+{
+	if (fail_sync > 0 && --fail_sync == 0) {
+		errno = EIO;
+		return -1;
+	}
+	return __real_fsync(fd);
 }
 
 static long long slot_at(uint64_t page, int slot)
@@ -228,6 +239,24 @@ static void test_update_fails_keeps_newest(void **state)
 	overlay_close(o);
 }
 
+/*
+ * A writeback error met by a grow's sync of overlay.data is remembered like a flush's:
+ * the kernel reports it once, so a flush after the grow would otherwise succeed without
+ * the pages it dropped, and call writes made before the grow durable.
+ */
+static void test_grow_sync_error_fails_later_flushes(void **state)
+{
+	struct ctx *c = *state;
+	struct overlay *o = make(c);
+
+	fail_sync = 1;
+	assert_int_equal(overlay_grow(o, 512ull << 20), -EIO);
+	assert_int_equal(fail_sync, 0);
+	assert_int_equal(overlay_flush(o), -EIO);
+	assert_int_equal(overlay_grow(o, 768ull << 20), -EIO);
+	overlay_close(o);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -238,6 +267,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_first_flush_first_copy_fails, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_update_fails_keeps_newest, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_grow_sync_error_fails_later_flushes, setup,
+						teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
