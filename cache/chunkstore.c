@@ -821,6 +821,11 @@ void chunkstore_put(struct chunkstore *cs, struct chunk_ref *ref)
 	free(ref);
 }
 
+void chunkstore_sweep(struct chunkstore *cs)
+{
+	fdcache_sweep(&cs->fdc);
+}
+
 int chunk_ref_fd(const struct chunk_ref *ref)
 {
 	return ref->slot->fd;

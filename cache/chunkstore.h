@@ -88,6 +88,10 @@ void chunkstore_close(struct chunkstore *cs);
  */
 int chunkstore_get(struct chunkstore *cs, const struct chunk_hash *h, struct chunk_ref **out);
 void chunkstore_put(struct chunkstore *cs, struct chunk_ref *ref);
+/* Reader: closes the idle descriptors it keeps of chunks the owner has evicted since
+ * (their space stays allocated while they are open). Gets do this at most once a second;
+ * a reader that may go without gets for long calls this on a timer. Owner: nothing. */
+void chunkstore_sweep(struct chunkstore *cs);
 int chunk_ref_fd(const struct chunk_ref *ref);
 uint32_t chunk_ref_len(const struct chunk_ref *ref);
 

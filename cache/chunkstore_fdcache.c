@@ -8,7 +8,8 @@
  * the owner drops a chunk's descriptor before it unlinks it. A reader (another process)
  * is not told: it serves on from a descriptor of an evicted file, whose blocks stay
  * allocated while it is open, so at most once per FDCACHE_SWEEP_NS a get closes the idle
- * descriptors whose file has no name left. Without that, each LU's reader could hold up to
+ * descriptors whose file has no name left (as does fdcache_sweep, which a reader with no
+ * gets to make calls on a timer). Without that, each LU's reader could hold up to
  * FDCACHE_MAX evicted chunks' space beyond the store's capacity. open() and close() run
  * outside the lock.
  */
@@ -134,6 +135,16 @@ static struct fd_slot *fdc_sweep(struct fdcache *c)
 		c->swept++;
 	}
 	return out;
+}
+
+void fdcache_sweep(struct fdcache *c)
+{
+	struct fd_slot *trimmed;
+
+	pthread_mutex_lock(&c->lock);
+	trimmed = fdc_sweep(c);
+	pthread_mutex_unlock(&c->lock);
+	close_list(trimmed);
 }
 
 static struct fd_slot *fdc_lookup(struct fdcache *c, const struct chunk_hash *h)

@@ -85,6 +85,8 @@ void fdcache_init(struct fdcache *c);
 void fdcache_destroy(struct fdcache *c);
 /* A referenced slot for chunk h, opening its file if needed. -ENOENT when absent. */
 int fdcache_get(struct fdcache *c, const struct chunk_hash *h, struct fd_slot **out);
+/* A reader: closes the idle descriptors of evicted files, if a sweep is due. */
+void fdcache_sweep(struct fdcache *c);
 void fdcache_put(struct fdcache *c, struct fd_slot *s);
 /* Forgets the descriptor of a chunk about to be removed (closed now or on its last put). */
 void fdcache_drop(struct fdcache *c, const struct chunk_hash *h);

@@ -28,6 +28,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cache/overlay.h"
@@ -222,6 +223,40 @@ static void slot_install(struct chunk_slot *s, uint64_t idx, int fd)
 	s->fd = fd;
 	__atomic_store_n(&s->tag, idx + 1, __ATOMIC_SEQ_CST);
 	pthread_mutex_unlock(&s->mtx);
+}
+
+/*
+ * Closes the slots' descriptors of chunk files that have been removed (evicted by the
+ * store's owner): an open descriptor keeps a removed file's space allocated, past the
+ * store's capacity. Never waits: a slot being replaced or read from is left for the next
+ * sweep. The handshake is slot_install's: the tag is cleared before users is read, so a
+ * reader either is counted in users (the descriptor stays) or sees the cleared tag.
+ */
+unsigned disk_sweep_chunk_fds(struct disk *d)
+{
+	unsigned closed = 0;
+
+	for (unsigned i = 0; i <= d->slot_mask; i++) {
+		struct chunk_slot *s = &d->slots[i];
+		struct stat st;
+		uint64_t tag;
+
+		if (!__atomic_load_n(&s->tag, __ATOMIC_SEQ_CST) || pthread_mutex_trylock(&s->mtx))
+			continue;
+		tag = __atomic_load_n(&s->tag, __ATOMIC_SEQ_CST);
+		if (tag && s->fd >= 0 && fstat(s->fd, &st) == 0 && st.st_nlink == 0) {
+			__atomic_store_n(&s->tag, 0, __ATOMIC_SEQ_CST);
+			if (__atomic_load_n(&s->users, __ATOMIC_SEQ_CST) == 0) {
+				close(s->fd);
+				s->fd = -1;
+				closed++;
+			} else {
+				__atomic_store_n(&s->tag, tag, __ATOMIC_SEQ_CST);
+			}
+		}
+		pthread_mutex_unlock(&s->mtx);
+	}
+	return closed;
 }
 
 /* Reads len bytes at coff of image chunk idx straight into buf. */

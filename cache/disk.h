@@ -53,7 +53,7 @@ struct disk_opts {
 			     uint64_t deadline_ns);
 	/* Chunk files the disk keeps open for reads (a power of two is used, rounded up);
 	 * 0 = 256. Descriptors of chunks evicted meanwhile keep their space until their
-	 * slot is reused or the disk is closed. */
+	 * slot is reused, disk_sweep_chunk_fds() runs, or the disk is closed. */
 	unsigned chunk_fds;
 };
 
@@ -133,6 +133,11 @@ struct disk_stats {
 	uint64_t recovered;       /* grains recovered from the data file at an unclean open */
 };
 void disk_get_stats(struct disk *d, struct disk_stats *st);
+
+/* Closes the descriptors the disk keeps of chunk files removed since (evicted), whose
+ * space they keep allocated; returns how many. Never blocks: descriptors in use are left
+ * for the next call. Safe beside reads; the tgt module calls it every few seconds. */
+unsigned disk_sweep_chunk_fds(struct disk *d);
 
 /* Validates a disk directory's overlay map without opening it (rackdisk fsck). Returns
  * the number of problems (>= 0) or a negative errno. */

@@ -49,6 +49,7 @@
 #include "scsi.h"
 #include "spc.h"
 #include "bs_thread.h"
+#include "work.h"
 
 #include "cache/disk.h"
 #include "target/lun.h"
@@ -70,6 +71,7 @@
 struct rackdisk_info {
 	struct lun *lun;
 	struct trace *trace;  /* NULL: not recording reads */
+	struct tgt_work sweep; /* every RD_SWEEP_S on the event loop, while open */
 	/* This LU's SERVICE ACTION IN(16) table: tgt's, with GET LBA STATUS replaced. */
 	struct service_action sai[8];
 };
@@ -776,6 +778,23 @@ static void rd_warm_heap(void)
 	free((void *)p);
 }
 
+/*
+ * The disk and its chunk store reader keep descriptors of the chunks read; one of a chunk
+ * the store's owner has evicted since keeps the file's space allocated, past the cache's
+ * capacity, until it is closed. The sweep closes those, also on an LU nobody reads (a
+ * stopped VM's). It runs on tgtd's event loop and never waits (lun_sweep skips a
+ * descriptor in use).
+ */
+#define RD_SWEEP_S 2
+
+static void rd_sweep(void *arg)
+{
+	struct rackdisk_info *rd = arg;
+
+	lun_sweep(rd->lun);
+	add_work(&rd->sweep, RD_SWEEP_S);
+}
+
 static int bs_rackdisk_open(struct scsi_lu *lu, char *path, int *fd, uint64_t *size)
 {
 	struct rackdisk_info *rd = RDP(lu);
@@ -807,6 +826,8 @@ static int bs_rackdisk_open(struct scsi_lu *lu, char *path, int *fd, uint64_t *s
 	/* The overlay's grain is the physical block: aligned writes avoid read-modify-write. */
 	if (!lu->attrs.no_auto_lbppbe)
 		update_lbppbe(lu, DISK_GRAIN);
+	rd->sweep = (struct tgt_work){ .func = rd_sweep, .data = rd };
+	add_work(&rd->sweep, RD_SWEEP_S);
 	return 0;
 fail:
 	lun_close(rd->lun);
@@ -818,6 +839,10 @@ static void bs_rackdisk_close(struct scsi_lu *lu)
 {
 	struct rackdisk_info *rd = RDP(lu);
 
+	if (rd->sweep.func) { /* armed by a successful open */
+		del_work(&rd->sweep);
+		rd->sweep.func = NULL;
+	}
 	rd_trace_close(rd);
 	lun_close(rd->lun);
 	rd->lun = NULL;

@@ -337,6 +337,12 @@ struct disk *lun_disk(struct lun *l)
 	return l->disk;
 }
 
+void lun_sweep(struct lun *l)
+{
+	disk_sweep_chunk_fds(l->disk);
+	chunkstore_sweep(l->store);
+}
+
 const struct lun_config *lun_config(const struct lun *l)
 {
 	return &l->cfg;

@@ -25,6 +25,11 @@ int lun_open(const char *dir, struct lun **out, char *err, size_t errlen);
 void lun_close(struct lun *l);
 
 struct disk *lun_disk(struct lun *l);
+
+/* Closes the descriptors the LUN keeps of chunk files evicted since, in its disk and in
+ * its chunk store reader, whose space they keep allocated past the cache's capacity.
+ * Never blocks; the module calls it every few seconds, also while nobody reads. */
+void lun_sweep(struct lun *l);
 const struct lun_config *lun_config(const struct lun *l);
 
 /* PRE-FETCH: asks rackdiskd to fill every chunk of [off, off+len) the store lacks, without

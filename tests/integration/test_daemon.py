@@ -862,3 +862,51 @@ def test_sighup_sets_a_changed_chap_password(appliance):
     a.proc.send_signal(signal.SIGHUP)
     assert reconciled(a, n)
     assert a.log_text().count("given the password in its record") == 1
+
+
+def deleted_chunk_fds(pid, cache_dir):
+    """Descriptors the process holds of chunk files removed from cache_dir (evicted)."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(cache_dir) and target.endswith(" (deleted)"):
+            n += 1
+    return n
+
+
+def test_evicted_chunks_are_not_kept_open_by_an_idle_disk(tmp_path):
+    """A 16 MiB cache, two 40 MiB images (about 16 MiB of data each): reading a disk of the
+    second evicts chunks the first disk read. tgtd's descriptors of them keep their space
+    allocated past the cache's capacity; the module's sweep closes them while nothing reads
+    (the disk's own descriptors used to stay until a read reused their slot, the chunk
+    store reader's until its next lookup)."""
+    install_module()
+    nginx, raws = make_seed(tmp_path / "seed", tags=(("one", 40, 1), ("two", 40, 2)))
+    a = Appliance(nginx.url)
+    with open(a.conf) as f:
+        conf = f.read()
+    with open(a.conf, "w") as f:
+        f.write(conf.replace("size = 1G\n", "size = 16M\n"))
+    try:
+        a.start()
+        for disk, tag in (("e1", "one"), ("e2", "two")):
+            assert a.cli("disk", "create", disk, "--image", tag).returncode == 0
+            out = tmp_path / f"{disk}.raw"
+            r = subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", a.url(disk),
+                                str(out)], capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr + a.log_text()
+            assert filecmp.cmp(out, raws[tag], shallow=False)
+        st, text = a.request("GET", "/metrics")
+        evictions = [l for l in text.splitlines()
+                     if l.startswith("rackdisk_cache_evictions_total ")]
+        assert evictions and float(evictions[0].split()[1]) > 0, text
+        cache = os.path.join(a.state, "cache")
+        tgtd = a.tgtd_pid()
+        assert wait_until(lambda: deleted_chunk_fds(tgtd, cache) == 0, 8), \
+            f"tgtd keeps {deleted_chunk_fds(tgtd, cache)} evicted chunk files open"
+    finally:
+        a.cleanup()
+        nginx.stop()

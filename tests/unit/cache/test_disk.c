@@ -4,6 +4,7 @@
  * callback and its deadline, GET LBA STATUS, reopen, FUA, PRE-FETCH, corrupt maps, and
  * the invariants of cache/disk.c. Every check compares with a byte model of the disk.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -561,6 +562,84 @@ static void test_missing_chunks(void **state)
 	free(full);
 }
 
+/* This process's open descriptors of removed files under dir. */
+static unsigned removed_fds(const char *dir)
+{
+	DIR *pd = opendir("/proc/self/fd");
+	struct dirent *e;
+	unsigned n = 0;
+
+	assert_non_null(pd);
+	while ((e = readdir(pd))) {
+		char p[300], l[PATH_MAX];
+		ssize_t k;
+
+		snprintf(p, sizeof(p), "/proc/self/fd/%s", e->d_name);
+		k = readlink(p, l, sizeof(l) - 1);
+		if (k <= 0)
+			continue;
+		l[k] = 0;
+		if (!strncmp(l, dir, strlen(dir)) && strstr(l, "(deleted)"))
+			n++;
+	}
+	closedir(pd);
+	return n;
+}
+
+/*
+ * The tgt module's view: a reader store and a disk over it, beside an owner whose
+ * capacity is the image. Another image's chunks evict every chunk the disk has read; the
+ * disk's descriptors of them keep their space allocated (past the capacity) until the
+ * sweep closes them, and the disk then reads the chunks again once they are back.
+ */
+static void test_sweep_closes_evicted_chunk_fds(void **state)
+{
+	enum { N = 8 };
+	struct chunkstore_opts so;
+	struct chunkstore *reader;
+	struct chunk_hash h;
+	struct fixture fx;
+	struct disk_opts o;
+	struct disk *d;
+	uint8_t *junk = malloc(CS), b[64];
+	unsigned before;
+
+	assert_non_null(junk);
+	assert_int_equal(fx_setup(&fx, N * CS, CS, 0, true, 0, 11), 0);
+	chunkstore_close(fx.cs);
+	so = (struct chunkstore_opts){ .dir = fx.store_dir, .capacity = (uint64_t)N * CS };
+	assert_int_equal(chunkstore_open(&so, &fx.cs), 0);
+	so = (struct chunkstore_opts){ .dir = fx.store_dir, .reader = true };
+	assert_int_equal(chunkstore_open(&so, &reader), 0);
+	o = (struct disk_opts){ .dir = fx.disk_dir, .image = fx.m, .store = reader };
+	assert_int_equal(disk_open(&o, &d), 0);
+	for (unsigned i = 0; i < N; i++)
+		assert_int_equal(disk_read(d, b, sizeof(b), (uint64_t)i * CS), 0);
+	assert_int_equal(disk_sweep_chunk_fds(d), 0); /* nothing removed yet */
+	for (unsigned i = 0; i < N; i++) {
+		memset(junk, 0x40 + i, CS);
+		hash_compute(junk, CS, &h);
+		assert_int_equal(chunkstore_insert(fx.cs, &h, junk, CS), 0);
+	}
+	/* the disk's descriptors and the reader store's own (its sweep is not run here) */
+	before = removed_fds(fx.store_dir);
+	assert_true(before >= N);
+	assert_int_equal(disk_sweep_chunk_fds(d), N);
+	assert_int_equal(removed_fds(fx.store_dir), before - N);
+	assert_int_equal(disk_sweep_chunk_fds(d), 0);
+	/* back in the store: read again through fresh descriptors */
+	for (unsigned i = 0; i < N; i++)
+		assert_int_equal(fx_insert_chunk(&fx, i), 0);
+	for (unsigned i = 0; i < N; i++) {
+		assert_int_equal(disk_read(d, b, sizeof(b), (uint64_t)i * CS + 8), 0);
+		assert_memory_equal(b, fx.image + (uint64_t)i * CS + 8, sizeof(b));
+	}
+	disk_close(d);
+	chunkstore_close(reader);
+	fx_teardown(&fx);
+	free(junk);
+}
+
 /* Invariant 5: "deallocated" only where reads return zeros; runs cover the disk. */
 static void test_lba_status(void **state)
 {
@@ -710,6 +789,7 @@ int main(void)
 		cmocka_unit_test(test_miss_callback),
 		cmocka_unit_test(test_steps_share_the_command_deadline),
 		cmocka_unit_test(test_missing_chunks),
+		cmocka_unit_test(test_sweep_closes_evicted_chunk_fds),
 		T(test_lba_status),
 		T(test_fua_durable_map),
 		T(test_corrupt_map_detected),
