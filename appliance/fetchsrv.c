@@ -179,13 +179,14 @@ static int do_fetch(struct fetchsrv *s, const struct fetch_req *r)
 	return fetcher_fetch(s->f, &r->h, r->len, now_ns() + r->timeout_ms * 1000000ULL);
 }
 
-int fetchsrv_handle_line(struct fetchsrv *s, char *line, char *reply, size_t replylen)
+int fetchsrv_handle_line(struct fetchsrv *s, const char *line, size_t len, char *reply,
+			 size_t replylen)
 {
 	struct fetch_req req, *r = &req;
 	int ret;
 
 	atomic_fetch_add(&s->st.requests, 1);
-	if (fetch_proto_parse(line, strlen(line), r)) {
+	if (fetch_proto_parse(line, len, r)) {
 		atomic_fetch_add(&s->st.bad_requests, 1);
 		snprintf(reply, replylen, "ERR %d malformed request\n", EPROTO);
 		return -EPROTO;
@@ -295,9 +296,10 @@ static void serve(struct fetchsrv *s, int fd)
 			have += (size_t)r;
 			continue;
 		}
-		*nl = '\0';
+		/* The line's length, not strlen(): a NUL inside it is malformed (fetch_proto.h),
+		 * never the end of a shorter request. */
 		size_t used = (size_t)(nl - buf) + 1;
-		int bad = fetchsrv_handle_line(s, buf, reply, sizeof(reply));
+		int bad = fetchsrv_handle_line(s, buf, used - 1, reply, sizeof(reply));
 
 		if (write_all(fd, reply, strlen(reply)) || bad)
 			return;

@@ -135,7 +135,7 @@ static int hit(struct env *e, const struct chunk_hash *image, uint64_t idx,
 
 	assert_int_equal(line[n - 1], '\n');
 	line[n - 1] = '\0';
-	ret = fetchsrv_handle_line(e->s, line, reply, sizeof(reply));
+	ret = fetchsrv_handle_line(e->s, line, strlen(line), reply, sizeof(reply));
 	if (ret == 0)
 		assert_string_equal(reply, "OK\n");
 	return ret;
@@ -217,8 +217,53 @@ static void test_bad_hits_ignored(void **state)
 	assert_int_equal(ss.hints_ignored, 7);
 	/* A malformed HIT closes the connection like any malformed line. */
 	snprintf(line, sizeof(line), "HIT 12");
-	assert_int_equal(fetchsrv_handle_line(e->s, line, reply, sizeof(reply)), -EPROTO);
+	assert_int_equal(fetchsrv_handle_line(e->s, line, strlen(line), reply, sizeof(reply)),
+			 -EPROTO);
 	assert_int_equal(strncmp(reply, "ERR 71", 6), 0);
+}
+
+static int sock_connect(const char *path)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	assert_true(fd >= 0);
+	assert_true(strlen(path) < sizeof(sa.sun_path));
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	return fd;
+}
+
+/* A request line with a NUL inside is malformed (fetch_proto.h), over the socket as in
+ * the handler: "TOUCH <hash>\0garbage" must not be read as "TOUCH <hash>". The reply is
+ * ERR 71, the connection is closed, and nothing was touched. */
+static void test_embedded_nul_is_malformed(void **state)
+{
+	struct env *e = *state;
+	char line[300], hex[HASH_HEX_LEN + 1], reply[256] = "";
+	struct fetchsrv_stats ss;
+	size_t n;
+	ssize_t r;
+	int fd;
+
+	hash_to_hex(&e->m->hashes[0], hex);
+	n = (size_t)snprintf(line, sizeof(line), "TOUCH %s", hex);
+	memcpy(line + n, "\0garbage\n", 9);
+	n += 9;
+	assert_int_equal(fetchsrv_handle_line(e->s, line, n - 1, reply, sizeof(reply)), -EPROTO);
+	assert_string_equal(reply, "ERR 71 malformed request\n");
+
+	fd = sock_connect(e->sock);
+	assert_int_equal(send(fd, line, n, MSG_NOSIGNAL), (ssize_t)n);
+	r = recv(fd, reply, sizeof(reply) - 1, 0);
+	assert_true(r > 0);
+	reply[r] = '\0';
+	assert_string_equal(reply, "ERR 71 malformed request\n");
+	assert_int_equal(recv(fd, reply, sizeof(reply), 0), 0); /* closed after it */
+	close(fd);
+	fetchsrv_get_stats(e->s, &ss);
+	assert_int_equal(ss.bad_requests, 2);
+	assert_int_equal(ss.touches, 0);
 }
 
 static bool wait_idle_closed(struct env *e, uint64_t n, unsigned ms)
@@ -345,6 +390,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_hits_drive_readahead, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_hits_ignored, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_embedded_nul_is_malformed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_idle_connection_closed_client_reconnects,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_idle_clients_within_slots, setup,
