@@ -228,6 +228,31 @@ static int recv_line(int fd, char *buf, size_t size, uint64_t deadline_ns)
 	}
 }
 
+/*
+ * The errno rackdiskd answered, as this client returns it. The module turns errors into
+ * SCSI sense (bs_rackdisk.c, cmd_error_errno) with local meanings: EROFS/EACCES are a
+ * write-protected LUN, EINVAL a bad CDB field, anything unknown a target failure. A
+ * daemon-side failure means none of those to the initiator, so only the errnos the
+ * protocol gives a meaning (fetch_proto.h) pass: the fill may still come (ETIMEDOUT,
+ * EAGAIN, ESHUTDOWN: BUSY, retried), the chunk store is full of chunks in use
+ * (ENOSPC, EDQUOT: BUSY on a read), or no source could serve the chunk (EIO). Every other
+ * daemon-side failure is the chunk that could not be had: EIO, MEDIUM ERROR.
+ */
+static int remote_errno(long e)
+{
+	switch (e) {
+	case ETIMEDOUT:
+	case EAGAIN:
+	case ESHUTDOWN:
+	case ENOSPC:
+	case EDQUOT:
+	case EIO:
+		return (int)-e;
+	default:
+		return -EIO;
+	}
+}
+
 static int parse_reply(const char *r)
 {
 	char *end;
@@ -240,7 +265,7 @@ static int parse_reply(const char *r)
 	e = strtol(r + 4, &end, 10);
 	if (end == r + 4 || (*end && *end != ' ') || e <= 0 || e >= 4096)
 		return -EPROTO;
-	return (int)-e;
+	return remote_errno(e);
 }
 
 static bool server_absent(int err)
@@ -378,7 +403,7 @@ static int best_effort(struct fetch_client *fc, const char *line, size_t len, ui
 	if (quiet_now(fc))
 		return -EAGAIN;
 	ret = request(fc, line, len, deadline_ns, false);
-	if (ret && ret != -EINVAL) {
+	if (ret) {
 		pthread_mutex_lock(&fc->lock);
 		fc->quiet_until_ns = now_ns() + BACKOFF_NS;
 		fc->st.dropped++;

@@ -3,6 +3,7 @@ qemu-img / qemu-io through QEMU's iscsi driver, and build/tests/iscsi_cmd (libis
 the exact SCSI status and sense matter. Missing chunks are served by a fake fetch server
 (tgt_helpers.FetchServer) speaking rackdiskd's fetch protocol.
 """
+import errno
 import hashlib
 import json
 import os
@@ -49,9 +50,10 @@ def servers():
         s.stop()
 
 
-def fetch_server(servers, work, raw, mode="serve", name="f.sock", store="store", delay=0.0):
+def fetch_server(servers, work, raw, mode="serve", name="f.sock", store="store", delay=0.0,
+                 fail_errno=5):
     fs = FetchServer(os.path.join(work, name), os.path.join(work, store), raw=raw,
-                     mode=mode, delay=delay).start()
+                     mode=mode, delay=delay, fail_errno=fail_errno).start()
     servers.append(fs)
     return fs
 
@@ -379,6 +381,21 @@ def test_failed_fetch_is_medium_error_and_cached_ranges_work(tgtd, work, servers
     assert (r["status"], r["key"], r["asc"], r["ascq"]) == ("CHECK_CONDITION", 3, 0x11, 0)
     r = iscsi_cmd(url, "read", 0, 2048)  # chunk 0: cached
     assert r["sha256"] == hashlib.sha256(read_file(raw)[:MiB]).hexdigest()
+
+
+@pytest.mark.parametrize("err", [errno.EROFS, errno.EACCES, errno.EINVAL, errno.EMFILE])
+def test_daemon_side_errors_are_medium_errors_on_read(tgtd, work, servers, err):
+    """A READ whose fetch failed inside rackdiskd with an errno that has a local meaning
+    in the module (EROFS/EACCES: write protected, EINVAL: invalid field in CDB, EMFILE:
+    target failure) is a chunk that could not be had: MEDIUM ERROR / UNRECOVERED READ
+    ERROR, never DATA PROTECT or ILLEGAL REQUEST."""
+    raw = make_raw(os.path.join(work, "img.raw"), 2 * MiB, seed=9)
+    make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="none",
+              socket_path=os.path.join(work, "f.sock"), timeout_ms=5000)
+    fetch_server(servers, work, raw, mode="fail", fail_errno=err)
+    url = tgtd.add_lun(1, os.path.join(work, "disk"))
+    r = iscsi_cmd(url, "read", 0, 8)
+    assert (r["status"], r["key"], r["asc"], r["ascq"]) == ("CHECK_CONDITION", 3, 0x11, 0), r
 
 
 def test_prefetch_asks_for_missing_chunks_and_touch_reports_hits(tgtd, work, servers):

@@ -266,11 +266,12 @@ class FetchServer:
     """A stand-in for rackdiskd's fetch socket (see module docstring)."""
 
     def __init__(self, sock_path, store, raw=None, chunk_size=1 << 20, mode="serve",
-                 delay=0.0):
+                 delay=0.0, fail_errno=5):
         self.path = str(sock_path)
         self.store = str(store)
         self.mode = mode
         self.delay = delay
+        self.fail_errno = fail_errno
         self.counts = {"FETCH": 0, "PREFETCH": 0, "TOUCH": 0}
         self.touched = set()
         self.prefetched = []
@@ -322,7 +323,7 @@ class FetchServer:
             time.sleep(int(parts[3]) / 1000.0 + 5)
             return None
         if self.mode == "fail":
-            return "ERR 5 every source failed"
+            return f"ERR {self.fail_errno} {os.strerror(self.fail_errno)}"
         if self.mode == "slow":
             time.sleep(self.delay)
         h = parts[1]
