@@ -345,22 +345,34 @@ static int fetch(struct fetch_client *fc, const struct chunk_hash *h, uint32_t l
 		 const struct chunk_hash *image, uint64_t idx, uint64_t deadline_ns)
 {
 	char line[FETCH_PROTO_FETCH_LINE_MAX];
-	uint64_t now = now_ns(), left_ms, margin_ms;
+	uint64_t now, left_ms, margin_ms;
+	bool capped;
 	size_t n;
 	int ret;
 
 	STAT_INC(fc, fetches);
-	if (now >= deadline_ns) {
-		STAT_INC(fc, fetch_timeouts);
-		return -ETIMEDOUT;
+	for (;;) {
+		now = now_ns();
+		if (now >= deadline_ns) {
+			ret = -ETIMEDOUT;
+			break;
+		}
+		/* Give the server a little less time than we wait, so that its own "ERR
+		 * ETIMEDOUT" arrives before our deadline and the connection stays usable. */
+		left_ms = (deadline_ns - now) / 1000000ull;
+		margin_ms = MIN(left_ms / 10, 250);
+		left_ms = MAX(left_ms - margin_ms, 1);
+		capped = left_ms > FETCH_PROTO_TIMEOUT_MAX_MS;
+		left_ms = MIN(left_ms, FETCH_PROTO_TIMEOUT_MAX_MS);
+		n = fetch_proto_format_fetch(line, sizeof(line), h, len, (uint32_t)left_ms, image,
+					     idx);
+		ret = request(fc, line, n, deadline_ns, true);
+		/* A LUN's deadline (io_timeout_ms, up to LUN_IO_TIMEOUT_MAX_MS) may be longer
+		 * than a FETCH may ask the server to wait: the server's ETIMEDOUT then ends
+		 * only the part it was given, and the rest is asked for again. */
+		if (!(ret == -ETIMEDOUT && capped))
+			break;
 	}
-	/* Give the server a little less time than we wait, so that its own "ERR
-	 * ETIMEDOUT" arrives before our deadline and the connection stays usable. */
-	left_ms = (deadline_ns - now) / 1000000ull;
-	margin_ms = MIN(left_ms / 10, 250);
-	left_ms = MIN(MAX(left_ms - margin_ms, 1), FETCH_PROTO_TIMEOUT_MAX_MS);
-	n = fetch_proto_format_fetch(line, sizeof(line), h, len, (uint32_t)left_ms, image, idx);
-	ret = request(fc, line, n, deadline_ns, true);
 	if (ret == -ETIMEDOUT)
 		STAT_INC(fc, fetch_timeouts);
 	else if (ret)

@@ -40,7 +40,9 @@ void fetch_client_free(struct fetch_client *fc);
  * FETCH: asks rackdiskd to make chunk *h (len bytes) present in the chunk store and
  * waits for the answer until deadline_ns (CLOCK_MONOTONIC). While the socket cannot be
  * reached, goes away mid-request or answers that it is stopping (rackdiskd restarting), it
- * keeps trying until the deadline.
+ * keeps trying until the deadline. A deadline further off than FETCH_PROTO_TIMEOUT_MAX_MS
+ * (a LUN's io_timeout_ms may be up to an hour) is asked for in parts: after the server's
+ * ETIMEDOUT for a part, FETCH is sent again for what is left.
  * Returns 0 (the chunk is in the store), -ETIMEDOUT (deadline passed), -EIO (every
  * source failed, or another failure in rackdiskd), one of the server's errnos listed at
  * the top, or a negative errno from the socket.

@@ -25,7 +25,7 @@
 
 enum mode {
 	M_OK, M_ERR_EIO, M_ERR_TIMEDOUT, M_STALL, M_CLOSE_AFTER_REPLY, M_GARBAGE, M_SLOW,
-	M_SHUTDOWN, M_REPLY
+	M_SHUTDOWN, M_REPLY, M_TIMEDOUT_FIRST
 };
 
 struct server {
@@ -75,6 +75,9 @@ static void serve_conn(struct server *s, int fd)
 		case M_SLOW: usleep(100000); reply = "OK\n"; break;
 		case M_SHUTDOWN: reply = "ERR 108 shutting down\n"; break;
 		case M_REPLY: reply = s->reply; break;
+		case M_TIMEDOUT_FIRST:
+			reply = s->requests == 1 ? "ERR 110 deadline\n" : "OK\n";
+			break;
 		default: reply = NULL; break;
 		}
 		if (reply && write(fd, reply, strlen(reply)) < 0)
@@ -246,6 +249,51 @@ static void test_remote_errnos_outside_the_protocol_are_eio(void **state)
 		if (got != cases[i].want)
 			fail_msg("reply %s: got %d, want %d", cases[i].reply, got, cases[i].want);
 	}
+	fetch_client_free(fc);
+	server_stop(&srv);
+}
+
+static int requests_seen(void)
+{
+	int n;
+
+	pthread_mutex_lock(&srv.lock);
+	n = srv.requests;
+	pthread_mutex_unlock(&srv.lock);
+	return n;
+}
+
+/*
+ * A LUN's io_timeout_ms may be up to an hour, but a FETCH asks the server to wait at
+ * most FETCH_PROTO_TIMEOUT_MAX_MS. The server's ETIMEDOUT for that part is not the end
+ * of the command's deadline: FETCH is sent again for the rest. Within the cap, the
+ * server's ETIMEDOUT is the answer (it waited the whole deadline).
+ */
+static void test_deadline_beyond_protocol_cap_asks_again(void **state)
+{
+	struct fetch_client *fc;
+	char line[FETCH_PROTO_LINE_MAX + 2], want[256], hex[HASH_HEX_LEN + 1];
+	unsigned long long t;
+
+	server_start(&srv);
+	assert_int_equal(fetch_client_new(srv.path, &fc), 0);
+	hash_to_hex(&H1, hex);
+	snprintf(want, sizeof(want), "FETCH %s 4096 ", hex);
+
+	srv.mode = M_TIMEDOUT_FIRST;
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 1200ull * 1000000000ull), 0);
+	assert_int_equal(requests_seen(), 2);
+	last_line(line, sizeof(line));
+	assert_memory_equal(line, want, strlen(want));
+	t = strtoull(line + strlen(want), NULL, 10);
+	assert_int_equal(t, FETCH_PROTO_TIMEOUT_MAX_MS); /* 1200 s left: capped again */
+
+	pthread_mutex_lock(&srv.lock);
+	srv.requests = 0;
+	pthread_mutex_unlock(&srv.lock);
+	srv.mode = M_ERR_TIMEDOUT;
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 2000000000ull), -ETIMEDOUT);
+	assert_int_equal(requests_seen(), 1);
 	fetch_client_free(fc);
 	server_stop(&srv);
 }
@@ -457,6 +505,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup(test_fetch_line_and_replies, setup),
 		cmocka_unit_test_setup(test_remote_errnos_outside_the_protocol_are_eio, setup),
+		cmocka_unit_test_setup(test_deadline_beyond_protocol_cap_asks_again, setup),
 		cmocka_unit_test_setup(test_stall_keeps_deadline, setup),
 		cmocka_unit_test_setup(test_absent_server, setup),
 		cmocka_unit_test_setup(test_touch_and_reconnect, setup),
