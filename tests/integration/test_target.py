@@ -257,6 +257,32 @@ def test_unmap_reads_zeros_and_is_deallocated(tgtd, work):
     assert r["sha256"] == hashlib.sha256(exp[:MiB]).hexdigest()
 
 
+def test_lba_status_with_blocks_larger_than_a_grain(tgtd, work):
+    """The disk tracks allocation in 4 KiB grains. With 8 KiB logical blocks, a block is
+    deallocated only when both its grains are: a block with one deallocated grain and one
+    holding data is mapped, whichever grain comes first (an initiator skips deallocated
+    blocks as zeros: qemu-img convert would lose the data)."""
+    raw = make_raw(os.path.join(work, "img.raw"), 2 * MiB, seed=12)
+    disk = os.path.join(work, "disk")
+    make_disk(raw, disk, os.path.join(work, "store"), cache="all")
+    url = tgtd.add_lun(1, disk)
+    # In 512-byte blocks: grain 2 (8 KiB block 1's first half), grain 5 (block 2's
+    # second half), grains 8-11 (blocks 4 and 5 whole).
+    for lba, n in ((16, 8), (40, 8), (64, 32)):
+        r = iscsi_cmd(url, "unmap", lba, n)
+        assert r["status"] == "GOOD", r
+    assert iscsi_cmd(url, "lbastatus", 16)["descriptors"][0] == [16, 8, 1]
+    tgtd.remove_targets()
+
+    url = tgtd.add_lun(2, disk, blocksize=8192)
+    blocks = 2 * MiB // 8192
+    d = iscsi_cmd(url, "lbastatus", 0)["descriptors"]
+    assert d == [[0, 4, 0], [4, 2, 1], [6, blocks - 6, 0]], d
+    # Asked from inside the mixed blocks, the answer is the same.
+    assert iscsi_cmd(url, "lbastatus", 1)["descriptors"][0] == [1, 3, 0]
+    assert iscsi_cmd(url, "lbastatus", 2)["descriptors"][0] == [2, 2, 0]
+
+
 def test_write_same_to_the_end_of_a_large_lun(tgtd, work):
     """WRITE SAME(16) with a count of 0 covers the LUN to its end. tgt keeps the byte
     count in 32 bits: on a LUN of 4 GiB + 4 MiB the whole-LUN count reads as 4 MiB, so

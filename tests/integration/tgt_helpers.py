@@ -176,8 +176,9 @@ class Tgtd:
             raise RuntimeError(f"tgtadm {' '.join(args)}: {r.stderr.strip()}\n{self.log_text()}")
         return r
 
-    def add_lun(self, tid, backing, bstype="rackdisk", params=None, check=True):
-        """Creates target tid (iqn ...:tN) with LUN 1 on `backing`; returns the URL."""
+    def add_lun(self, tid, backing, bstype="rackdisk", params=None, check=True, blocksize=None):
+        """Creates target tid (iqn ...:tN) with LUN 1 on `backing` (logical blocks of
+        `blocksize` bytes; tgt's default, 512, when None); returns the URL."""
         iqn = f"{IQN_PREFIX}:t{tid}"
         self.adm("--op", "new", "--mode", "target", "--tid", str(tid), "-T", iqn)
         self.targets[tid] = iqn
@@ -185,8 +186,9 @@ class Tgtd:
             self.adm("--op", "update", "--mode", "target", "--tid", str(tid), "--name", name,
                      "--value", value)
         self.adm("--op", "bind", "--mode", "target", "--tid", str(tid), "-I", "ALL")
+        extra = ("--blocksize", str(blocksize)) if blocksize else ()
         r = self.adm("--op", "new", "--mode", "logicalunit", "--tid", str(tid), "--lun", "1",
-                     "--bstype", bstype, "--backing-store", str(backing), check=check)
+                     "--bstype", bstype, "--backing-store", str(backing), *extra, check=check)
         if r.returncode != 0:
             return None
         if params:
