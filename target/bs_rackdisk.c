@@ -242,30 +242,31 @@ static void rd_write(struct scsi_cmd *cmd, struct disk *d, int verify)
 		rd_miscompare(cmd, mis);
 }
 
-/* VERIFY with BYTCHK: 01b compares the whole Data-Out buffer, 11b one block against
- * every block of the range. (BYTCHK=00b never gets here: sbc_verify answers it.) */
+/*
+ * VERIFY with BYTCHK: 01b compares the range's blocks with as many blocks of Data-Out,
+ * 11b one Data-Out block with every block of the range. (BYTCHK=00b never gets here:
+ * sbc_verify answers it.) The range is the CDB's VERIFICATION LENGTH, not what the
+ * initiator happened to send (its Expected Data Transfer Length): a Data-Out too short
+ * for it fails with PARAMETER LIST LENGTH ERROR rather than passing blocks it never
+ * compared, and bytes beyond it are not compared (an underflow residual says so).
+ */
 static void rd_verify(struct scsi_cmd *cmd, struct disk *d)
 {
-	uint32_t blksize = 1U << cmd->dev->blk_shift;
 	uint32_t outlen = scsi_get_out_length(cmd);
-	uint64_t len, mis, deadline = 0;
-	size_t period;
+	uint64_t len = (uint64_t)scsi_rw_count(cmd->scb) << cmd->dev->blk_shift;
+	uint64_t need, mis, deadline = 0;
 	int ret;
 
-	if ((cmd->scb[1] & 0x06) == 0x06) {
-		len = (uint64_t)scsi_rw_count(cmd->scb) << cmd->dev->blk_shift;
-		period = blksize;
-		if (outlen < blksize) {
-			cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_PARAMETER_LIST_LENGTH_ERR);
-			return;
-		}
-	} else {
-		len = outlen;
-		period = outlen;
-	}
 	if (!len)
+		return; /* a VERIFICATION LENGTH of 0 verifies nothing (SBC-3) */
+	need = (cmd->scb[1] & 0x06) == 0x06 ? 1ULL << cmd->dev->blk_shift : len;
+	if (outlen < need) {
+		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_PARAMETER_LIST_LENGTH_ERR);
 		return;
-	ret = rd_compare(d, scsi_get_out_buffer(cmd), period, cmd->offset, len, &mis,
+	}
+	if (outlen > need)
+		scsi_set_out_resid_by_actual(cmd, (uint32_t)need);
+	ret = rd_compare(d, scsi_get_out_buffer(cmd), (size_t)need, cmd->offset, len, &mis,
 			 &deadline);
 	if (ret < 0)
 		cmd_error_errno(cmd, ret, 0);

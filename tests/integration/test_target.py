@@ -240,6 +240,42 @@ def test_compare_and_write_and_orwrite(tgtd, work):
     assert iscsi_cmd(url, "read", 0, 1)["sha256"] == hashlib.sha256(b"\xCF" * 512).hexdigest()
 
 
+def verify10(lba, blocks, bytchk=1):
+    """A VERIFY(10) CDB in hex, BYTCHK 01b (1) or 11b (3)."""
+    return f"2f{bytchk << 1:02x}{lba:08x}00{blocks:04x}00"
+
+
+def test_verify_compares_the_cdbs_blocks_not_the_data_sent(tgtd, work):
+    """VERIFY with BYTCHK=01b compares VERIFICATION LENGTH blocks, whatever Data-Out
+    length the initiator sent: too little data fails (PARAMETER LIST LENGTH ERROR) rather
+    than passing blocks never compared; data beyond the range is not compared (no false
+    MISCOMPARE, no LBA OUT OF RANGE at the end of the LUN) and shows as an underflow
+    residual."""
+    raw = make_raw(os.path.join(work, "img.raw"), 2 * MiB, seed=13)
+    make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="all")
+    url = tgtd.add_lun(1, os.path.join(work, "disk"))
+    last = 2 * MiB // 512 - 1
+    for lba in (0, last):
+        assert iscsi_cmd(url, "write", lba, 1, 0x11)["status"] == "GOOD"
+    # Blocks 1.. hold the image's random bytes.
+    r = iscsi_cmd(url, "raw", verify10(0, 1), "@512:0x11")
+    assert r["status"] == "GOOD", r
+    r = iscsi_cmd(url, "raw", verify10(0, 1), "@1024:0x11")
+    assert r["status"] == "GOOD", r
+    assert (r["residual_status"], r["residual"]) == ("underflow", 512), r
+    r = iscsi_cmd(url, "raw", verify10(last, 1), "@1024:0x11")
+    assert r["status"] == "GOOD", r
+    r = iscsi_cmd(url, "raw", verify10(0, 2), "@512:0x11")
+    assert (r["status"], r["key"], r["asc"], r["ascq"]) == ("CHECK_CONDITION", 5, 0x1A, 0), r
+    # The whole range is still compared when enough is sent: block 1 differs.
+    r = iscsi_cmd(url, "raw", verify10(0, 2), "@1024:0x11")
+    assert (r["status"], r["key"], r["asc"], r["info"]) == ("CHECK_CONDITION", 0x0E, 0x1D, 512)
+    # BYTCHK=11b: one block against every block of the range.
+    assert iscsi_cmd(url, "raw", verify10(last, 1, 3), "@512:0x11")["status"] == "GOOD"
+    r = iscsi_cmd(url, "raw", verify10(last, 1, 3), "@256:0x11")
+    assert (r["status"], r["key"], r["asc"]) == ("CHECK_CONDITION", 5, 0x1A), r
+
+
 def test_unmap_reads_zeros_and_is_deallocated(tgtd, work):
     raw = make_raw(os.path.join(work, "img.raw"), 4 * MiB, seed=6)
     make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="all")
