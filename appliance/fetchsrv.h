@@ -25,6 +25,9 @@ struct fetchsrv;
 /* A connection idle this long (waiting for its next request line) is closed. */
 #define FETCHSRV_IDLE_MS 10000
 #define FETCHSRV_REFUSE_LOG_MS 10000
+/* Images whose manifests are kept for readahead hints (the least recently hinted one
+ * makes room for a new one); an appliance serves far fewer. */
+#define FETCHSRV_IMAGES_MAX 256
 /* Longest wait a FETCH may ask for. */
 #define FETCHSRV_MAX_TIMEOUT_MS 600000
 
