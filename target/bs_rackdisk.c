@@ -349,7 +349,8 @@ out:
  * WRITE SAME (10/16). With the UNMAP bit the range is deallocated and then reads as
  * zeros (LBPRZ), whatever the Data-Out block holds: that is what tgt's own stores do and
  * what initiators (libiscsi's WriteSame*.Unmap* tests) expect. Without it the blocks are
- * written, so GET LBA STATUS reports them mapped as SBC requires, even for zeros. The
+ * written (zeros with NDOB, else the Data-Out block, which must have been sent), so GET
+ * LBA STATUS reports them mapped as SBC requires, even for zeros. The
  * pieces share one deadline: the command ends within io_timeout of its first miss.
  */
 static void rd_write_same(struct scsi_cmd *cmd, struct disk *d)
@@ -376,13 +377,20 @@ static void rd_write_same(struct scsi_cmd *cmd, struct disk *d)
 		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
 		return;
 	}
-	zero = ndob || outlen < blksize || buf_is_zero(blk, blksize);
 	if (unmap) {
 		ret = disk_unmap_until(d, off, end - off, wce_flags(cmd), &deadline);
 		if (ret)
 			cmd_error_errno(cmd, ret, 1);
 		return;
 	}
+	/* Without NDOB the Data-Out holds the block to write. sbc_rw lets an empty one through
+	 * (it only checks that a non-empty one is one block): writing zeros then would report
+	 * success for a block never sent (rdwr fails it too, with a failed write). */
+	if (!ndob && outlen < blksize) {
+		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_PARAMETER_LIST_LENGTH_ERR);
+		return;
+	}
+	zero = ndob || buf_is_zero(blk, blksize);
 	buf = calloc(1, RD_PIECE);
 	if (!buf) {
 		cmd_error_errno(cmd, -ENOMEM, 1);

@@ -276,6 +276,24 @@ def test_verify_compares_the_cdbs_blocks_not_the_data_sent(tgtd, work):
     assert (r["status"], r["key"], r["asc"]) == ("CHECK_CONDITION", 5, 0x1A), r
 
 
+def test_write_same_without_its_data_block_writes_nothing(tgtd, work):
+    """WRITE SAME without NDOB takes the block to write from the Data-Out; sent without
+    one, it fails (PARAMETER LIST LENGTH ERROR) and the range keeps its data, rather than
+    being filled with zeros and reported GOOD. With NDOB (WRITE SAME(16)) no block is
+    sent and zeros are written."""
+    raw = make_raw(os.path.join(work, "img.raw"), 2 * MiB, seed=14)
+    make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="all")
+    url = tgtd.add_lun(1, os.path.join(work, "disk"))
+    image = hashlib.sha256(read_file(raw)[:4 * 512]).hexdigest()
+    for cdb in ("41000000000000000400", "93000000000000000000000000040000"):
+        r = iscsi_cmd(url, "raw", cdb, "none")
+        assert (r["status"], r["key"], r["asc"]) == ("CHECK_CONDITION", 5, 0x1A), (cdb, r)
+        assert iscsi_cmd(url, "read", 0, 4)["sha256"] == image, cdb
+    r = iscsi_cmd(url, "raw", "93010000000000000000000000040000", "none")  # NDOB
+    assert r["status"] == "GOOD", r
+    assert iscsi_cmd(url, "read", 0, 4)["sha256"] == hashlib.sha256(bytes(4 * 512)).hexdigest()
+
+
 def test_unmap_reads_zeros_and_is_deallocated(tgtd, work):
     raw = make_raw(os.path.join(work, "img.raw"), 4 * MiB, seed=6)
     make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="all")
