@@ -55,9 +55,9 @@ void fetchsrv_get_stats(struct fetchsrv *s, struct fetchsrv_stats *st);
 
 /*
  * Handles one request line of len bytes (without '\n'; a NUL among them makes it
- * malformed); writes the reply line (with '\n') into reply. Returns 0, or -EPROTO for a malformed request (reply holds an ERR line and the
- * connection is then closed). Exposed for tests; f and cs may be NULL there only for
- * requests that do not reach them.
+ * malformed); writes the reply line (with '\n') into reply. Returns 0, or -EPROTO for a
+ * malformed request (reply holds an ERR line and the connection is then closed). Exposed
+ * for tests; f and cs may be NULL there only for requests that do not reach them.
  */
 int fetchsrv_handle_line(struct fetchsrv *s, const char *line, size_t len, char *reply,
 			 size_t replylen);

@@ -472,16 +472,16 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_hits_drive_readahead, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_hits_ignored, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_embedded_nul_is_malformed, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_unknown_images_do_not_fill_the_table, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_image_table_evicts_least_recently_used,
-						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_idle_connection_closed_client_reconnects,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_idle_clients_within_slots, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_idle_clients_beyond_slots_do_not_starve,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_embedded_nul_is_malformed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unknown_images_do_not_fill_the_table, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_image_table_evicts_least_recently_used,
 						setup, teardown),
 	};
 
