@@ -10,10 +10,15 @@
  * A FETCH that names its place (image id, chunk index) feeds the fetcher's sequential
  * readahead (fetcher_note_access), which also decides what is taken from peers ahead of
  * the reader. The manifests it needs are the local copies rackdiskd keeps next to this
- * socket (<state_dir>/images/<id>.json, appliance.h): each is loaded once, on the first
- * FETCH that names it, checked against its id, and kept until fetchsrv_stop() (the
- * fetcher borrows it). A hint that cannot be used (unknown image, index out of range,
- * entry not the requested hash) is counted and ignored; the FETCH itself is unaffected.
+ * socket (<state_dir>/images/<id>.json, appliance.h): each is loaded on the first FETCH
+ * that names it (outside the table's lock: other hints go on meanwhile), checked against
+ * its id, and kept in a table of FETCHSRV_IMAGES_MAX, the least recently used making room for a
+ * new one. A manifest the fetcher borrows (fetcher_note_access) is handed back with
+ * fetcher_forget_image() and freed when it has left the table and no hint is using it
+ * (hint_image.refs). A copy that cannot be loaded takes no slot: it sits in a small
+ * negative cache (FAILED_MAX ids, most recent first to stay) and is tried again after
+ * IMAGE_RETRY_NS. A hint that cannot be used (unknown image, index out of range, entry
+ * not the requested hash) is counted and ignored; the FETCH itself is unaffected.
  * HIT carries the same place for a read the module served from the store; it feeds the
  * readahead in the same way and does nothing else.
  */
@@ -44,18 +49,26 @@
 #include "target/fetch_proto.h"
 
 #define STOP_WAIT_MS 5000
-/* Images whose manifests are kept for readahead; an appliance serves far fewer. */
-#define IMAGES_MAX 256
+/* Image ids whose manifest copy could not be loaded, remembered for IMAGE_RETRY_NS. */
+#define FAILED_MAX 32
 /* A manifest copy that could not be loaded is tried again after this long. */
 #define IMAGE_RETRY_NS (10ull * 1000 * 1000 * 1000)
 
 _Static_assert(FETCHSRV_MAX_TIMEOUT_MS == FETCH_PROTO_TIMEOUT_MAX_MS, "one timeout limit");
 
-/* The manifest of an image named by FETCH hints; m NULL: loading failed at failed_ns. */
+/* The manifest of an image named by hints. refs: 1 while in the table, plus one per
+ * hint using m; the last one hands m back from the fetcher and frees it. */
 struct hint_image {
 	struct chunk_hash id;
 	struct manifest *m;
-	uint64_t failed_ns;
+	unsigned refs;
+	uint64_t used; /* img_clock at the last hint: the least recent is evicted */
+};
+
+/* An image whose manifest copy could not be loaded at at_ns. */
+struct failed_image {
+	struct chunk_hash id;
+	uint64_t at_ns; /* 0: a free entry */
 };
 
 struct fetchsrv {
@@ -73,9 +86,11 @@ struct fetchsrv {
 	uint64_t refuse_logged_ns; /* protected by lock */
 	uint64_t refused_unlogged; /* protected by lock */
 	char images_dir[PATH_MAX];
-	pthread_mutex_t img_lock;
-	struct hint_image images[IMAGES_MAX]; /* protected by img_lock; m never changes once set */
+	pthread_mutex_t img_lock;               /* protects the four below */
+	struct hint_image *images[FETCHSRV_IMAGES_MAX];
 	unsigned nimages;
+	uint64_t img_clock;
+	struct failed_image failed[FAILED_MAX];
 	struct {
 		atomic_uint_fast64_t connections, requests, fetch_ok, fetch_err, prefetches,
 			touches, bad_requests, hints, hints_ignored, checks, refused,
@@ -119,54 +134,152 @@ static struct manifest *load_image(struct fetchsrv *s, const struct chunk_hash *
 	return m;
 }
 
-/* The manifest of image id for readahead, loading it on first use; NULL if unusable. */
-static const struct manifest *hint_manifest(struct fetchsrv *s, const struct chunk_hash *id)
+/* The table's entry for id, or NULL; under img_lock. */
+static struct hint_image *image_find(struct fetchsrv *s, const struct chunk_hash *id)
 {
-	struct hint_image *hi = NULL;
-	struct manifest *m;
-	uint64_t now;
+	for (unsigned i = 0; i < s->nimages; i++)
+		if (hash_equal(&s->images[i]->id, id))
+			return s->images[i];
+	return NULL;
+}
+
+/* Whether id's copy failed to load within IMAGE_RETRY_NS; under img_lock. */
+static bool image_failed_recently(struct fetchsrv *s, const struct chunk_hash *id, uint64_t now)
+{
+	for (unsigned i = 0; i < FAILED_MAX; i++)
+		if (s->failed[i].at_ns && hash_equal(&s->failed[i].id, id))
+			return now - s->failed[i].at_ns < IMAGE_RETRY_NS;
+	return false;
+}
+
+/* Remembers that id's copy failed to load, in its own entry or in place of the oldest;
+ * under img_lock. */
+static void image_note_failed(struct fetchsrv *s, const struct chunk_hash *id, uint64_t now)
+{
+	struct failed_image *slot = &s->failed[0];
+
+	for (unsigned i = 0; i < FAILED_MAX; i++) {
+		if (s->failed[i].at_ns && hash_equal(&s->failed[i].id, id)) {
+			slot = &s->failed[i];
+			break;
+		}
+		if (s->failed[i].at_ns < slot->at_ns)
+			slot = &s->failed[i];
+	}
+	slot->id = *id;
+	slot->at_ns = now;
+}
+
+/* Drops one reference; the last hands the manifest back from the fetcher and frees it. */
+static void image_put(struct fetchsrv *s, struct hint_image *hi)
+{
+	bool last;
 
 	pthread_mutex_lock(&s->img_lock);
-	for (unsigned i = 0; i < s->nimages && !hi; i++)
-		if (hash_equal(&s->images[i].id, id))
-			hi = &s->images[i];
-	now = now_ns();
-	if (hi && (hi->m || now - hi->failed_ns < IMAGE_RETRY_NS)) {
-		pthread_mutex_unlock(&s->img_lock);
-		return hi->m;
+	last = --hi->refs == 0;
+	pthread_mutex_unlock(&s->img_lock);
+	if (!last)
+		return;
+	if (s->f)
+		fetcher_forget_image(s->f, hi->m);
+	manifest_free(hi->m);
+	free(hi);
+}
+
+/* Puts a freshly loaded image into the table, taking the least recently used entry out
+ * when it is full; returns that entry (its table reference to drop), or NULL. Under
+ * img_lock. */
+static struct hint_image *image_insert(struct fetchsrv *s, struct hint_image *hi)
+{
+	struct hint_image *old = NULL;
+	unsigned lru = 0;
+
+	if (s->nimages == FETCHSRV_IMAGES_MAX) {
+		for (unsigned i = 1; i < s->nimages; i++)
+			if (s->images[i]->used < s->images[lru]->used)
+				lru = i;
+		old = s->images[lru];
+		s->images[lru] = s->images[--s->nimages];
 	}
-	if (!hi && s->nimages == IMAGES_MAX) {
+	s->images[s->nimages++] = hi;
+	return old;
+}
+
+/*
+ * The manifest of image id for readahead, loaded on first use, with a reference for the
+ * caller (image_put); NULL if unusable. The load runs outside img_lock, so hints for
+ * other images do not wait for it; two threads may load the same new image at once, and
+ * the second to finish uses the first one's copy.
+ */
+static struct hint_image *image_get(struct fetchsrv *s, const struct chunk_hash *id)
+{
+	struct hint_image *hi, *evicted = NULL;
+	struct manifest *m;
+	uint64_t now = now_ns();
+
+	pthread_mutex_lock(&s->img_lock);
+	hi = image_find(s, id);
+	if (hi || image_failed_recently(s, id, now)) {
+		if (hi) {
+			hi->refs++;
+			hi->used = ++s->img_clock;
+		}
 		pthread_mutex_unlock(&s->img_lock);
+		return hi;
+	}
+	pthread_mutex_unlock(&s->img_lock);
+
+	m = load_image(s, id);
+	hi = m ? calloc(1, sizeof(*hi)) : NULL;
+	if (m && !hi)
+		log_warn("fetch socket: out of memory; no readahead for an image");
+	pthread_mutex_lock(&s->img_lock);
+	if (!hi) {
+		image_note_failed(s, id, now);
+		pthread_mutex_unlock(&s->img_lock);
+		manifest_free(m);
 		return NULL;
 	}
-	if (!hi) {
-		hi = &s->images[s->nimages++];
+	if (image_find(s, id)) {
+		/* Another thread loaded it meanwhile: use that copy. */
+		free(hi);
+		hi = image_find(s, id);
+	} else {
 		hi->id = *id;
+		hi->m = m;
+		hi->refs = 1; /* the table's */
+		m = NULL;
+		evicted = image_insert(s, hi);
 	}
-	/* Loading under the lock keeps one load per image; it happens once per image
-	 * (or once per IMAGE_RETRY_NS while its copy is unusable). */
-	m = load_image(s, id);
-	hi->m = m;
-	hi->failed_ns = m ? 0 : now;
+	hi->refs++;
+	hi->used = ++s->img_clock;
 	pthread_mutex_unlock(&s->img_lock);
-	return m;
+	manifest_free(m);
+	if (evicted)
+		image_put(s, evicted);
+	return hi;
 }
 
 /* Passes a FETCH's or HIT's place to the readahead when it is that chunk's place. */
 static void note_access(struct fetchsrv *s, const struct fetch_req *r)
 {
 	const struct manifest *m;
+	struct hint_image *hi;
 
 	if (!r->has_pos || !s->f)
 		return;
-	m = hint_manifest(s, &r->image);
+	hi = image_get(s, &r->image);
+	m = hi ? hi->m : NULL;
 	if (!m || r->idx >= m->nchunks || manifest_chunk_is_zero(m, r->idx) ||
 	    !hash_equal(&m->hashes[r->idx], &r->h)) {
 		atomic_fetch_add(&s->st.hints_ignored, 1);
-		return;
+	} else {
+		atomic_fetch_add(&s->st.hints, 1);
+		/* The reference keeps m alive (and out of fetcher_forget_image) meanwhile. */
+		fetcher_note_access(s->f, m, r->idx);
 	}
-	atomic_fetch_add(&s->st.hints, 1);
-	fetcher_note_access(s->f, m, r->idx);
+	if (hi)
+		image_put(s, hi);
 }
 
 static int do_fetch(struct fetchsrv *s, const struct fetch_req *r)
@@ -179,13 +292,14 @@ static int do_fetch(struct fetchsrv *s, const struct fetch_req *r)
 	return fetcher_fetch(s->f, &r->h, r->len, now_ns() + r->timeout_ms * 1000000ULL);
 }
 
-int fetchsrv_handle_line(struct fetchsrv *s, char *line, char *reply, size_t replylen)
+int fetchsrv_handle_line(struct fetchsrv *s, const char *line, size_t len, char *reply,
+			 size_t replylen)
 {
 	struct fetch_req req, *r = &req;
 	int ret;
 
 	atomic_fetch_add(&s->st.requests, 1);
-	if (fetch_proto_parse(line, strlen(line), r)) {
+	if (fetch_proto_parse(line, len, r)) {
 		atomic_fetch_add(&s->st.bad_requests, 1);
 		snprintf(reply, replylen, "ERR %d malformed request\n", EPROTO);
 		return -EPROTO;
@@ -295,9 +409,10 @@ static void serve(struct fetchsrv *s, int fd)
 			have += (size_t)r;
 			continue;
 		}
-		*nl = '\0';
+		/* The line's length, not strlen(): a NUL inside it is malformed (fetch_proto.h),
+		 * never the end of a shorter request. */
 		size_t used = (size_t)(nl - buf) + 1;
-		int bad = fetchsrv_handle_line(s, buf, reply, sizeof(reply));
+		int bad = fetchsrv_handle_line(s, buf, used - 1, reply, sizeof(reply));
 
 		if (write_all(fd, reply, strlen(reply)) || bad)
 			return;
@@ -432,17 +547,12 @@ static void images_dir_of(const char *sock_path, char *buf, size_t len)
 	snprintf(buf, len, "%.*s/images", dlen, slash ? sock_path : ".");
 }
 
-/* Hands every kept manifest back from the fetcher's readahead and frees it. */
+/* Hands every kept manifest back from the fetcher's readahead and frees it (no hint is
+ * in progress: the connections are done). */
 static void forget_images(struct fetchsrv *s)
 {
-	for (unsigned i = 0; i < s->nimages; i++) {
-		if (!s->images[i].m)
-			continue;
-		if (s->f)
-			fetcher_forget_image(s->f, s->images[i].m);
-		manifest_free(s->images[i].m);
-	}
-	s->nimages = 0;
+	while (s->nimages)
+		image_put(s, s->images[--s->nimages]);
 }
 
 int fetchsrv_start(const char *path, struct fetcher *f, struct chunkstore *cs,

@@ -25,6 +25,9 @@ struct fetchsrv;
 /* A connection idle this long (waiting for its next request line) is closed. */
 #define FETCHSRV_IDLE_MS 10000
 #define FETCHSRV_REFUSE_LOG_MS 10000
+/* Images whose manifests are kept for readahead hints (the least recently hinted one
+ * makes room for a new one); an appliance serves far fewer. */
+#define FETCHSRV_IMAGES_MAX 256
 /* Longest wait a FETCH may ask for. */
 #define FETCHSRV_MAX_TIMEOUT_MS 600000
 
@@ -51,11 +54,12 @@ void fetchsrv_set_idle_ms(struct fetchsrv *s, unsigned ms);
 void fetchsrv_get_stats(struct fetchsrv *s, struct fetchsrv_stats *st);
 
 /*
- * Handles one request line (without '\n'); writes the reply line (with '\n') into
- * reply. Returns 0, or -EPROTO for a malformed request (reply holds an ERR line and the
- * connection is then closed). Exposed for tests; f and cs may be NULL there only for
- * requests that do not reach them.
+ * Handles one request line of len bytes (without '\n'; a NUL among them makes it
+ * malformed); writes the reply line (with '\n') into reply. Returns 0, or -EPROTO for a
+ * malformed request (reply holds an ERR line and the connection is then closed). Exposed
+ * for tests; f and cs may be NULL there only for requests that do not reach them.
  */
-int fetchsrv_handle_line(struct fetchsrv *s, char *line, char *reply, size_t replylen);
+int fetchsrv_handle_line(struct fetchsrv *s, const char *line, size_t len, char *reply,
+			 size_t replylen);
 
 #endif

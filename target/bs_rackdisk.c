@@ -59,6 +59,8 @@
 #define RD_PIECE (1024 * 1024)
 /* ORWRITE retries its compare-and-write this often when other writers keep racing it. */
 #define RD_ORWRITE_TRIES 16
+/* Allocation runs one GET LBA STATUS descriptor of a mapped range looks at, at most. */
+#define RD_LBA_STATUS_STEPS 64
 /* SPACE ALLOCATION FAILED WRITE PROTECT (SBC-3, thin provisioning). */
 #define ASC_SPACE_ALLOC_FAILED 0x2707
 /*
@@ -242,30 +244,31 @@ static void rd_write(struct scsi_cmd *cmd, struct disk *d, int verify)
 		rd_miscompare(cmd, mis);
 }
 
-/* VERIFY with BYTCHK: 01b compares the whole Data-Out buffer, 11b one block against
- * every block of the range. (BYTCHK=00b never gets here: sbc_verify answers it.) */
+/*
+ * VERIFY with BYTCHK: 01b compares the range's blocks with as many blocks of Data-Out,
+ * 11b one Data-Out block with every block of the range. (BYTCHK=00b never gets here:
+ * sbc_verify answers it.) The range is the CDB's VERIFICATION LENGTH, not what the
+ * initiator happened to send (its Expected Data Transfer Length): a Data-Out too short
+ * for it fails with PARAMETER LIST LENGTH ERROR rather than passing blocks it never
+ * compared, and bytes beyond it are not compared (an underflow residual says so).
+ */
 static void rd_verify(struct scsi_cmd *cmd, struct disk *d)
 {
-	uint32_t blksize = 1U << cmd->dev->blk_shift;
 	uint32_t outlen = scsi_get_out_length(cmd);
-	uint64_t len, mis, deadline = 0;
-	size_t period;
+	uint64_t len = (uint64_t)scsi_rw_count(cmd->scb) << cmd->dev->blk_shift;
+	uint64_t need, mis, deadline = 0;
 	int ret;
 
-	if ((cmd->scb[1] & 0x06) == 0x06) {
-		len = (uint64_t)scsi_rw_count(cmd->scb) << cmd->dev->blk_shift;
-		period = blksize;
-		if (outlen < blksize) {
-			cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_PARAMETER_LIST_LENGTH_ERR);
-			return;
-		}
-	} else {
-		len = outlen;
-		period = outlen;
-	}
 	if (!len)
+		return; /* a VERIFICATION LENGTH of 0 verifies nothing (SBC-3) */
+	need = (cmd->scb[1] & 0x06) == 0x06 ? 1ULL << cmd->dev->blk_shift : len;
+	if (outlen < need) {
+		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_PARAMETER_LIST_LENGTH_ERR);
 		return;
-	ret = rd_compare(d, scsi_get_out_buffer(cmd), period, cmd->offset, len, &mis,
+	}
+	if (outlen > need)
+		scsi_set_out_resid_by_actual(cmd, (uint32_t)need);
+	ret = rd_compare(d, scsi_get_out_buffer(cmd), (size_t)need, cmd->offset, len, &mis,
 			 &deadline);
 	if (ret < 0)
 		cmd_error_errno(cmd, ret, 0);
@@ -348,7 +351,8 @@ out:
  * WRITE SAME (10/16). With the UNMAP bit the range is deallocated and then reads as
  * zeros (LBPRZ), whatever the Data-Out block holds: that is what tgt's own stores do and
  * what initiators (libiscsi's WriteSame*.Unmap* tests) expect. Without it the blocks are
- * written, so GET LBA STATUS reports them mapped as SBC requires, even for zeros. The
+ * written (zeros with NDOB, else the Data-Out block, which must have been sent), so GET
+ * LBA STATUS reports them mapped as SBC requires, even for zeros. The
  * pieces share one deadline: the command ends within io_timeout of its first miss.
  */
 static void rd_write_same(struct scsi_cmd *cmd, struct disk *d)
@@ -375,13 +379,20 @@ static void rd_write_same(struct scsi_cmd *cmd, struct disk *d)
 		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE);
 		return;
 	}
-	zero = ndob || outlen < blksize || buf_is_zero(blk, blksize);
 	if (unmap) {
 		ret = disk_unmap_until(d, off, end - off, wce_flags(cmd), &deadline);
 		if (ret)
 			cmd_error_errno(cmd, ret, 1);
 		return;
 	}
+	/* Without NDOB the Data-Out holds the block to write. sbc_rw lets an empty one through
+	 * (it only checks that a non-empty one is one block): writing zeros then would report
+	 * success for a block never sent (rdwr fails it too, with a failed write). */
+	if (!ndob && outlen < blksize) {
+		cmd_error_sense(cmd, ILLEGAL_REQUEST, ASC_PARAMETER_LIST_LENGTH_ERR);
+		return;
+	}
+	zero = ndob || buf_is_zero(blk, blksize);
 	buf = calloc(1, RD_PIECE);
 	if (!buf) {
 		cmd_error_errno(cmd, -ENOMEM, 1);
@@ -558,16 +569,62 @@ static void bs_rackdisk_request(struct scsi_cmd *cmd)
 }
 
 /*
+ * The run of whole logical blocks from off (a block boundary, below end) that one GET LBA
+ * STATUS descriptor reports, in bytes. disk_lba_status() speaks in DISK_GRAIN units, and
+ * a block larger than a grain is deallocated only when every grain of it is: a
+ * deallocated run is cut down to whole blocks, and a block holding any mapped grain is
+ * mapped (reporting data as deallocated would have an initiator skip it as zeros). A
+ * mapped run takes in the runs after it until a whole deallocated block follows, for at
+ * most RD_LBA_STATUS_STEPS lookups (the event loop is not held long; the next
+ * descriptor goes on from where this one ends).
+ */
+static int rd_block_run(struct disk *d, uint64_t off, uint64_t end, uint64_t blksize,
+			uint64_t *len, bool *mapped)
+{
+	uint64_t pos, run, first;
+	unsigned steps;
+	bool m;
+	int ret;
+
+	ret = disk_lba_status(d, off, &run, &m);
+	if (ret)
+		return ret;
+	run = min_t(uint64_t, max_t(uint64_t, run, 1), end - off);
+	if (!m && run >= blksize) {
+		*len = run / blksize * blksize;
+		*mapped = false;
+		return 0;
+	}
+	pos = off + run;
+	for (steps = 0; pos < end && steps < RD_LBA_STATUS_STEPS; steps++) {
+		ret = disk_lba_status(d, pos, &run, &m);
+		if (ret)
+			return ret;
+		run = min_t(uint64_t, max_t(uint64_t, run, 1), end - pos);
+		first = (pos + blksize - 1) / blksize * blksize;
+		if (!m && first + blksize <= pos + run) {
+			pos = first;
+			break;
+		}
+		pos += run;
+	}
+	*len = min_t(uint64_t, (pos - off + blksize - 1) / blksize * blksize, end - off);
+	*mapped = true;
+	return 0;
+}
+
+/*
  * GET LBA STATUS, answered from the disk's allocation (on tgtd's event loop: it reads
  * only in-memory state). A run is "mapped" whenever it may read as non-zero data, so an
- * unfetched image chunk is mapped and only ranges that read as zeros are deallocated.
+ * unfetched image chunk is mapped and only ranges that read as zeros are deallocated
+ * (with blocks over DISK_GRAIN, only whole blocks that read as zeros: rd_block_run).
  */
 static int rd_get_lba_status(int host_no, struct scsi_cmd *cmd)
 {
 	struct scsi_lu *lu = cmd->dev;
 	struct rackdisk_info *rd = RDP(lu);
 	uint32_t alloc_len, avail_len;
-	uint64_t offset, run, nblocks, blksize = 1ULL << lu->blk_shift;
+	uint64_t offset, run, nblocks, end, blksize = 1ULL << lu->blk_shift;
 	unsigned char *buf;
 	uint16_t asc = ASC_INVALID_FIELD_IN_CDB;
 	unsigned char key = ILLEGAL_REQUEST;
@@ -585,6 +642,7 @@ static int rd_get_lba_status(int host_no, struct scsi_cmd *cmd)
 		goto sense;
 	}
 	offset <<= lu->blk_shift;
+	end = (lu->size >> lu->blk_shift) << lu->blk_shift;
 	alloc_len = get_unaligned_be32(&cmd->scb[10]);
 	if (alloc_len < 4 || scsi_get_in_length(cmd) < alloc_len)
 		goto sense;
@@ -594,18 +652,14 @@ static int rd_get_lba_status(int host_no, struct scsi_cmd *cmd)
 	avail_len = 8;
 	/* As many descriptors as the allocation length holds: SBC lets the device server
 	 * stop early, and the initiator asks again from where the list ends. */
-	while (offset < lu->size && avail_len + 16 <= alloc_len) {
-		ret = disk_lba_status(lun_disk(rd->lun), offset, &run, &mapped);
+	while (offset < end && avail_len + 16 <= alloc_len) {
+		ret = rd_block_run(lun_disk(rd->lun), offset, end, blksize, &run, &mapped);
 		if (ret) {
 			key = HARDWARE_ERROR;
 			asc = ASC_INTERNAL_TGT_FAILURE;
 			goto sense;
 		}
-		if (run > lu->size - offset)
-			run = lu->size - offset;
-		nblocks = (run + blksize - 1) / blksize;
-		if (!nblocks)
-			nblocks = 1;
+		nblocks = run / blksize;
 		if (nblocks > 0xffffffffULL)
 			nblocks = 0xffffffffULL;
 		memset(&buf[avail_len], 0, 16);

@@ -228,6 +228,31 @@ static int recv_line(int fd, char *buf, size_t size, uint64_t deadline_ns)
 	}
 }
 
+/*
+ * The errno rackdiskd answered, as this client returns it. The module turns errors into
+ * SCSI sense (bs_rackdisk.c, cmd_error_errno) with local meanings: EROFS/EACCES are a
+ * write-protected LUN, EINVAL a bad CDB field, anything unknown a target failure. A
+ * daemon-side failure means none of those to the initiator, so only the errnos the
+ * protocol gives a meaning (fetch_proto.h) pass: the fill may still come (ETIMEDOUT,
+ * EAGAIN, ESHUTDOWN: BUSY, retried), the chunk store is full of chunks in use
+ * (ENOSPC, EDQUOT: BUSY on a read), or no source could serve the chunk (EIO). Every other
+ * daemon-side failure is the chunk that could not be had: EIO, MEDIUM ERROR.
+ */
+static int remote_errno(long e)
+{
+	switch (e) {
+	case ETIMEDOUT:
+	case EAGAIN:
+	case ESHUTDOWN:
+	case ENOSPC:
+	case EDQUOT:
+	case EIO:
+		return (int)-e;
+	default:
+		return -EIO;
+	}
+}
+
 static int parse_reply(const char *r)
 {
 	char *end;
@@ -240,7 +265,7 @@ static int parse_reply(const char *r)
 	e = strtol(r + 4, &end, 10);
 	if (end == r + 4 || (*end && *end != ' ') || e <= 0 || e >= 4096)
 		return -EPROTO;
-	return (int)-e;
+	return remote_errno(e);
 }
 
 static bool server_absent(int err)
@@ -320,22 +345,34 @@ static int fetch(struct fetch_client *fc, const struct chunk_hash *h, uint32_t l
 		 const struct chunk_hash *image, uint64_t idx, uint64_t deadline_ns)
 {
 	char line[FETCH_PROTO_FETCH_LINE_MAX];
-	uint64_t now = now_ns(), left_ms, margin_ms;
+	uint64_t now, left_ms, margin_ms;
+	bool capped;
 	size_t n;
 	int ret;
 
 	STAT_INC(fc, fetches);
-	if (now >= deadline_ns) {
-		STAT_INC(fc, fetch_timeouts);
-		return -ETIMEDOUT;
+	for (;;) {
+		now = now_ns();
+		if (now >= deadline_ns) {
+			ret = -ETIMEDOUT;
+			break;
+		}
+		/* Give the server a little less time than we wait, so that its own "ERR
+		 * ETIMEDOUT" arrives before our deadline and the connection stays usable. */
+		left_ms = (deadline_ns - now) / 1000000ull;
+		margin_ms = MIN(left_ms / 10, 250);
+		left_ms = MAX(left_ms - margin_ms, 1);
+		capped = left_ms > FETCH_PROTO_TIMEOUT_MAX_MS;
+		left_ms = MIN(left_ms, FETCH_PROTO_TIMEOUT_MAX_MS);
+		n = fetch_proto_format_fetch(line, sizeof(line), h, len, (uint32_t)left_ms, image,
+					     idx);
+		ret = request(fc, line, n, deadline_ns, true);
+		/* A LUN's deadline (io_timeout_ms, up to LUN_IO_TIMEOUT_MAX_MS) may be longer
+		 * than a FETCH may ask the server to wait: the server's ETIMEDOUT then ends
+		 * only the part it was given, and the rest is asked for again. */
+		if (!(ret == -ETIMEDOUT && capped))
+			break;
 	}
-	/* Give the server a little less time than we wait, so that its own "ERR
-	 * ETIMEDOUT" arrives before our deadline and the connection stays usable. */
-	left_ms = (deadline_ns - now) / 1000000ull;
-	margin_ms = MIN(left_ms / 10, 250);
-	left_ms = MIN(MAX(left_ms - margin_ms, 1), FETCH_PROTO_TIMEOUT_MAX_MS);
-	n = fetch_proto_format_fetch(line, sizeof(line), h, len, (uint32_t)left_ms, image, idx);
-	ret = request(fc, line, n, deadline_ns, true);
 	if (ret == -ETIMEDOUT)
 		STAT_INC(fc, fetch_timeouts);
 	else if (ret)
@@ -378,7 +415,7 @@ static int best_effort(struct fetch_client *fc, const char *line, size_t len, ui
 	if (quiet_now(fc))
 		return -EAGAIN;
 	ret = request(fc, line, len, deadline_ns, false);
-	if (ret && ret != -EINVAL) {
+	if (ret) {
 		pthread_mutex_lock(&fc->lock);
 		fc->quiet_until_ns = now_ns() + BACKOFF_NS;
 		fc->st.dropped++;

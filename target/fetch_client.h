@@ -10,7 +10,10 @@
  * is not an error, the request is retried once on a fresh connection.
  *
  * Thread safety: every call may be made from many threads at once.
- * Errors: 0 or a negative errno; the server's "ERR <errno>" comes back as -errno.
+ * Errors: 0 or a negative errno. The server's "ERR <errno>" comes back as -errno only for
+ * ETIMEDOUT, EAGAIN, ESHUTDOWN, ENOSPC, EDQUOT and EIO; any other daemon-side errno
+ * comes back as -EIO (the chunk could not be had), so that it never reaches the
+ * initiator with a meaning of this host's (EROFS: write protected, EINVAL: bad CDB).
  */
 #ifndef RACKDISK_TARGET_FETCH_CLIENT_H
 #define RACKDISK_TARGET_FETCH_CLIENT_H
@@ -37,9 +40,12 @@ void fetch_client_free(struct fetch_client *fc);
  * FETCH: asks rackdiskd to make chunk *h (len bytes) present in the chunk store and
  * waits for the answer until deadline_ns (CLOCK_MONOTONIC). While the socket cannot be
  * reached, goes away mid-request or answers that it is stopping (rackdiskd restarting), it
- * keeps trying until the deadline.
+ * keeps trying until the deadline. A deadline further off than FETCH_PROTO_TIMEOUT_MAX_MS
+ * (a LUN's io_timeout_ms may be up to an hour) is asked for in parts: after the server's
+ * ETIMEDOUT for a part, FETCH is sent again for what is left.
  * Returns 0 (the chunk is in the store), -ETIMEDOUT (deadline passed), -EIO (every
- * source failed) or another negative errno from the server or the socket.
+ * source failed, or another failure in rackdiskd), one of the server's errnos listed at
+ * the top, or a negative errno from the socket.
  */
 int fetch_client_fetch(struct fetch_client *fc, const struct chunk_hash *h, uint32_t len,
 		       uint64_t deadline_ns);

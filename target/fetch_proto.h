@@ -40,7 +40,8 @@
  *                                          that follows then brings a fresh copy
  *
  *    <hash> is 64 lowercase hex digits, <len> the chunk's length in bytes (1 to
- *    CHUNK_SIZE_MAX), <timeout_ms> at most FETCH_PROTO_TIMEOUT_MAX_MS. A line longer
+ *    CHUNK_SIZE_MAX), <timeout_ms> at most FETCH_PROTO_TIMEOUT_MAX_MS (a client whose
+ *    deadline is further off sends FETCH again after the ETIMEDOUT). A line longer
  *    than FETCH_PROTO_LINE_MAX is an error and the server closes the connection, as it
  *    does after any malformed line (reply "ERR 71 malformed request").
  *

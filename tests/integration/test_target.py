@@ -3,6 +3,7 @@ qemu-img / qemu-io through QEMU's iscsi driver, and build/tests/iscsi_cmd (libis
 the exact SCSI status and sense matter. Missing chunks are served by a fake fetch server
 (tgt_helpers.FetchServer) speaking rackdiskd's fetch protocol.
 """
+import errno
 import hashlib
 import json
 import os
@@ -49,9 +50,10 @@ def servers():
         s.stop()
 
 
-def fetch_server(servers, work, raw, mode="serve", name="f.sock", store="store", delay=0.0):
+def fetch_server(servers, work, raw, mode="serve", name="f.sock", store="store", delay=0.0,
+                 fail_errno=5):
     fs = FetchServer(os.path.join(work, name), os.path.join(work, store), raw=raw,
-                     mode=mode, delay=delay).start()
+                     mode=mode, delay=delay, fail_errno=fail_errno).start()
     servers.append(fs)
     return fs
 
@@ -238,6 +240,60 @@ def test_compare_and_write_and_orwrite(tgtd, work):
     assert iscsi_cmd(url, "read", 0, 1)["sha256"] == hashlib.sha256(b"\xCF" * 512).hexdigest()
 
 
+def verify10(lba, blocks, bytchk=1):
+    """A VERIFY(10) CDB in hex, BYTCHK 01b (1) or 11b (3)."""
+    return f"2f{bytchk << 1:02x}{lba:08x}00{blocks:04x}00"
+
+
+def test_verify_compares_the_cdbs_blocks_not_the_data_sent(tgtd, work):
+    """VERIFY with BYTCHK=01b compares VERIFICATION LENGTH blocks, whatever Data-Out
+    length the initiator sent: too little data fails (PARAMETER LIST LENGTH ERROR) rather
+    than passing blocks never compared; data beyond the range is not compared (no false
+    MISCOMPARE, no LBA OUT OF RANGE at the end of the LUN) and shows as an underflow
+    residual."""
+    raw = make_raw(os.path.join(work, "img.raw"), 2 * MiB, seed=13)
+    make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="all")
+    url = tgtd.add_lun(1, os.path.join(work, "disk"))
+    last = 2 * MiB // 512 - 1
+    for lba in (0, last):
+        assert iscsi_cmd(url, "write", lba, 1, 0x11)["status"] == "GOOD"
+    # Blocks 1.. hold the image's random bytes.
+    r = iscsi_cmd(url, "raw", verify10(0, 1), "@512:0x11")
+    assert r["status"] == "GOOD", r
+    r = iscsi_cmd(url, "raw", verify10(0, 1), "@1024:0x11")
+    assert r["status"] == "GOOD", r
+    assert (r["residual_status"], r["residual"]) == ("underflow", 512), r
+    r = iscsi_cmd(url, "raw", verify10(last, 1), "@1024:0x11")
+    assert r["status"] == "GOOD", r
+    r = iscsi_cmd(url, "raw", verify10(0, 2), "@512:0x11")
+    assert (r["status"], r["key"], r["asc"], r["ascq"]) == ("CHECK_CONDITION", 5, 0x1A, 0), r
+    # The whole range is still compared when enough is sent: block 1 differs.
+    r = iscsi_cmd(url, "raw", verify10(0, 2), "@1024:0x11")
+    assert (r["status"], r["key"], r["asc"], r["info"]) == ("CHECK_CONDITION", 0x0E, 0x1D, 512)
+    # BYTCHK=11b: one block against every block of the range.
+    assert iscsi_cmd(url, "raw", verify10(last, 1, 3), "@512:0x11")["status"] == "GOOD"
+    r = iscsi_cmd(url, "raw", verify10(last, 1, 3), "@256:0x11")
+    assert (r["status"], r["key"], r["asc"]) == ("CHECK_CONDITION", 5, 0x1A), r
+
+
+def test_write_same_without_its_data_block_writes_nothing(tgtd, work):
+    """WRITE SAME without NDOB takes the block to write from the Data-Out; sent without
+    one, it fails (PARAMETER LIST LENGTH ERROR) and the range keeps its data, rather than
+    being filled with zeros and reported GOOD. With NDOB (WRITE SAME(16)) no block is
+    sent and zeros are written."""
+    raw = make_raw(os.path.join(work, "img.raw"), 2 * MiB, seed=14)
+    make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="all")
+    url = tgtd.add_lun(1, os.path.join(work, "disk"))
+    image = hashlib.sha256(read_file(raw)[:4 * 512]).hexdigest()
+    for cdb in ("41000000000000000400", "93000000000000000000000000040000"):
+        r = iscsi_cmd(url, "raw", cdb, "none")
+        assert (r["status"], r["key"], r["asc"]) == ("CHECK_CONDITION", 5, 0x1A), (cdb, r)
+        assert iscsi_cmd(url, "read", 0, 4)["sha256"] == image, cdb
+    r = iscsi_cmd(url, "raw", "93010000000000000000000000040000", "none")  # NDOB
+    assert r["status"] == "GOOD", r
+    assert iscsi_cmd(url, "read", 0, 4)["sha256"] == hashlib.sha256(bytes(4 * 512)).hexdigest()
+
+
 def test_unmap_reads_zeros_and_is_deallocated(tgtd, work):
     raw = make_raw(os.path.join(work, "img.raw"), 4 * MiB, seed=6)
     make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="all")
@@ -253,6 +309,32 @@ def test_unmap_reads_zeros_and_is_deallocated(tgtd, work):
     exp = read_file(raw)
     r = iscsi_cmd(url, "read", 0, 2048)
     assert r["sha256"] == hashlib.sha256(exp[:MiB]).hexdigest()
+
+
+def test_lba_status_with_blocks_larger_than_a_grain(tgtd, work):
+    """The disk tracks allocation in 4 KiB grains. With 8 KiB logical blocks, a block is
+    deallocated only when both its grains are: a block with one deallocated grain and one
+    holding data is mapped, whichever grain comes first (an initiator skips deallocated
+    blocks as zeros: qemu-img convert would lose the data)."""
+    raw = make_raw(os.path.join(work, "img.raw"), 2 * MiB, seed=12)
+    disk = os.path.join(work, "disk")
+    make_disk(raw, disk, os.path.join(work, "store"), cache="all")
+    url = tgtd.add_lun(1, disk)
+    # In 512-byte blocks: grain 2 (8 KiB block 1's first half), grain 5 (block 2's
+    # second half), grains 8-11 (blocks 4 and 5 whole).
+    for lba, n in ((16, 8), (40, 8), (64, 32)):
+        r = iscsi_cmd(url, "unmap", lba, n)
+        assert r["status"] == "GOOD", r
+    assert iscsi_cmd(url, "lbastatus", 16)["descriptors"][0] == [16, 8, 1]
+    tgtd.remove_targets()
+
+    url = tgtd.add_lun(2, disk, blocksize=8192)
+    blocks = 2 * MiB // 8192
+    d = iscsi_cmd(url, "lbastatus", 0)["descriptors"]
+    assert d == [[0, 4, 0], [4, 2, 1], [6, blocks - 6, 0]], d
+    # Asked from inside the mixed blocks, the answer is the same.
+    assert iscsi_cmd(url, "lbastatus", 1)["descriptors"][0] == [1, 3, 0]
+    assert iscsi_cmd(url, "lbastatus", 2)["descriptors"][0] == [2, 2, 0]
 
 
 def test_write_same_to_the_end_of_a_large_lun(tgtd, work):
@@ -379,6 +461,21 @@ def test_failed_fetch_is_medium_error_and_cached_ranges_work(tgtd, work, servers
     assert (r["status"], r["key"], r["asc"], r["ascq"]) == ("CHECK_CONDITION", 3, 0x11, 0)
     r = iscsi_cmd(url, "read", 0, 2048)  # chunk 0: cached
     assert r["sha256"] == hashlib.sha256(read_file(raw)[:MiB]).hexdigest()
+
+
+@pytest.mark.parametrize("err", [errno.EROFS, errno.EACCES, errno.EINVAL, errno.EMFILE])
+def test_daemon_side_errors_are_medium_errors_on_read(tgtd, work, servers, err):
+    """A READ whose fetch failed inside rackdiskd with an errno that has a local meaning
+    in the module (EROFS/EACCES: write protected, EINVAL: invalid field in CDB, EMFILE:
+    target failure) is a chunk that could not be had: MEDIUM ERROR / UNRECOVERED READ
+    ERROR, never DATA PROTECT or ILLEGAL REQUEST."""
+    raw = make_raw(os.path.join(work, "img.raw"), 2 * MiB, seed=9)
+    make_disk(raw, os.path.join(work, "disk"), os.path.join(work, "store"), cache="none",
+              socket_path=os.path.join(work, "f.sock"), timeout_ms=5000)
+    fetch_server(servers, work, raw, mode="fail", fail_errno=err)
+    url = tgtd.add_lun(1, os.path.join(work, "disk"))
+    r = iscsi_cmd(url, "read", 0, 8)
+    assert (r["status"], r["key"], r["asc"], r["ascq"]) == ("CHECK_CONDITION", 3, 0x11, 0), r
 
 
 def test_prefetch_asks_for_missing_chunks_and_touch_reports_hits(tgtd, work, servers):

@@ -176,8 +176,9 @@ class Tgtd:
             raise RuntimeError(f"tgtadm {' '.join(args)}: {r.stderr.strip()}\n{self.log_text()}")
         return r
 
-    def add_lun(self, tid, backing, bstype="rackdisk", params=None, check=True):
-        """Creates target tid (iqn ...:tN) with LUN 1 on `backing`; returns the URL."""
+    def add_lun(self, tid, backing, bstype="rackdisk", params=None, check=True, blocksize=None):
+        """Creates target tid (iqn ...:tN) with LUN 1 on `backing` (logical blocks of
+        `blocksize` bytes; tgt's default, 512, when None); returns the URL."""
         iqn = f"{IQN_PREFIX}:t{tid}"
         self.adm("--op", "new", "--mode", "target", "--tid", str(tid), "-T", iqn)
         self.targets[tid] = iqn
@@ -185,8 +186,9 @@ class Tgtd:
             self.adm("--op", "update", "--mode", "target", "--tid", str(tid), "--name", name,
                      "--value", value)
         self.adm("--op", "bind", "--mode", "target", "--tid", str(tid), "-I", "ALL")
+        extra = ("--blocksize", str(blocksize)) if blocksize else ()
         r = self.adm("--op", "new", "--mode", "logicalunit", "--tid", str(tid), "--lun", "1",
-                     "--bstype", bstype, "--backing-store", str(backing), check=check)
+                     "--bstype", bstype, "--backing-store", str(backing), *extra, check=check)
         if r.returncode != 0:
             return None
         if params:
@@ -266,11 +268,12 @@ class FetchServer:
     """A stand-in for rackdiskd's fetch socket (see module docstring)."""
 
     def __init__(self, sock_path, store, raw=None, chunk_size=1 << 20, mode="serve",
-                 delay=0.0):
+                 delay=0.0, fail_errno=5):
         self.path = str(sock_path)
         self.store = str(store)
         self.mode = mode
         self.delay = delay
+        self.fail_errno = fail_errno
         self.counts = {"FETCH": 0, "PREFETCH": 0, "TOUCH": 0}
         self.touched = set()
         self.prefetched = []
@@ -322,7 +325,7 @@ class FetchServer:
             time.sleep(int(parts[3]) / 1000.0 + 5)
             return None
         if self.mode == "fail":
-            return "ERR 5 every source failed"
+            return f"ERR {self.fail_errno} {os.strerror(self.fail_errno)}"
         if self.mode == "slow":
             time.sleep(self.delay)
         h = parts[1]

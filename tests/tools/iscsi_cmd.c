@@ -15,13 +15,19 @@
  *   iscsi_cmd URL unmap LBA BLOCKS           UNMAP with one block descriptor
  *   iscsi_cmd URL unmapraw PLEN HEX          UNMAP with PARAMETER LIST LENGTH PLEN and
  *                                            the parameter list HEX (any length) as Data-Out
+ *   iscsi_cmd URL raw CDBHEX DATA            any CDB (hex, up to 16 bytes) with the
+ *                                            Data-Out DATA: "none", or "@LEN:BYTE" (LEN
+ *                                            bytes of BYTE), or "@LEN:BYTE+@LEN:BYTE..."
+ *                                            (pieces one after the other); its
+ *                                            Expected Data Transfer Length is DATA's
+ *                                            length, whatever the CDB says
  *   iscsi_cmd URL hold SECONDS               logs in, prints {"status": "LOGGED_IN"},
  *                                            stays logged in SECONDS, logs out
  *
  * $ISCSI_CMD_ALIAS, when set, is sent as the InitiatorAlias at login (as it is: the tests
  * put line breaks in it, as a hostile initiator would).
  *
- * Prints one JSON line. unmap and unmapraw add the response's residual ("residual_status":
+ * Prints one JSON line. unmap, unmapraw and raw add the response's residual ("residual_status":
  * "none", "underflow" or "overflow", "residual": bytes) and whether libiscsi handed back
  * sense data ("sense": true/false). libiscsi keeps the sense of a CHECK CONDITION only: a
  * sense segment sent with GOOD status is dropped, so stale sense on a GOOD UNMAP shows
@@ -42,6 +48,8 @@
 #include "common/util.h"
 
 #define BLOCK 512
+/* Longest Data-Out of the raw op. */
+#define RAW_DATA_MAX (4u << 20)
 
 static const char *status_name(int s)
 {
@@ -95,7 +103,7 @@ static void report(const struct scsi_task *t, double ms, const char *extra)
 }
 
 /* The residual, and whether libiscsi handed back sense data (see the top). */
-static void unmap_extra(const struct scsi_task *t, char *extra, size_t size)
+static void residual_extra(const struct scsi_task *t, char *extra, size_t size)
 {
 	static const char *const names[] = {"none", "underflow", "overflow"};
 
@@ -134,6 +142,64 @@ static struct scsi_task *unmap_raw(struct iscsi_context *iscsi, int lun, uint16_
 	return t;
 }
 
+/* Fills buf from a raw op's DATA ("@LEN:BYTE" pieces joined by '+'); returns the length,
+ * or -1 if malformed or over max. */
+static long raw_data(const char *spec, unsigned char *buf, size_t max)
+{
+	size_t n = 0;
+	unsigned long len, byte;
+	char *end;
+
+	if (!strcmp(spec, "none"))
+		return 0;
+	for (;;) {
+		if (*spec != '@')
+			return -1;
+		len = strtoul(spec + 1, &end, 0);
+		if (*end != ':' || len > max - n)
+			return -1;
+		byte = strtoul(end + 1, &end, 0);
+		if (end == spec || byte > 255)
+			return -1;
+		memset(buf + n, (int)byte, len);
+		n += len;
+		if (!*end)
+			return (long)n;
+		if (*end != '+')
+			return -1;
+		spec = end + 1;
+	}
+}
+
+/* Sends the CDB in hex with DATA as its Data-Out (see the top). */
+static struct scsi_task *raw_cmd(struct iscsi_context *iscsi, int lun, const char *hex,
+				 const char *data, unsigned char *buf, size_t max)
+{
+	unsigned char cdb[16];
+	struct iscsi_data d = {.data = buf};
+	struct scsi_task *t;
+	unsigned int byte;
+	size_t i, n = strlen(hex) / 2;
+	long len = raw_data(data, buf, max);
+
+	if (n == 0 || n > sizeof(cdb) || strlen(hex) % 2 || len < 0)
+		return NULL;
+	for (i = 0; i < n; i++) {
+		if (sscanf(hex + 2 * i, "%2x", &byte) != 1)
+			return NULL;
+		cdb[i] = (unsigned char)byte;
+	}
+	d.size = (size_t)len;
+	t = scsi_create_task((int)n, cdb, len ? SCSI_XFER_WRITE : SCSI_XFER_NONE, (int)len);
+	if (!t)
+		return NULL;
+	if (!iscsi_scsi_command_sync(iscsi, lun, t, len ? &d : NULL)) {
+		scsi_free_scsi_task(t);
+		return NULL;
+	}
+	return t;
+}
+
 static double elapsed_ms(uint64_t t0)
 {
 	return (double)(now_ns() - t0) / 1e6;
@@ -155,7 +221,7 @@ int main(int argc, char **argv)
 		goto usage;
 	op = argv[2];
 	lba = strtoull(argv[3], NULL, 0);
-	if (argc > 4 && strcmp(op, "unmapraw"))
+	if (argc > 4 && strcmp(op, "unmapraw") && strcmp(op, "raw"))
 		blocks = (uint32_t)strtoul(argv[4], NULL, 0);
 	len = blocks * BLOCK;
 
@@ -185,6 +251,8 @@ int main(int argc, char **argv)
 		ret = 0;
 		goto out;
 	}
+	if (!strcmp(op, "raw"))
+		len = RAW_DATA_MAX;
 	buf = calloc(1, (size_t)len * 2 + BLOCK);
 	if (!buf)
 		goto out;
@@ -239,10 +307,13 @@ int main(int argc, char **argv)
 		struct unmap_list ul = {.lba = lba, .num = blocks};
 
 		t = iscsi_unmap_sync(iscsi, url->lun, 0, 0, &ul, 1);
-		unmap_extra(t, extra, sizeof(extra));
+		residual_extra(t, extra, sizeof(extra));
+	} else if (!strcmp(op, "raw") && argc == 5) {
+		t = raw_cmd(iscsi, url->lun, argv[3], argv[4], buf, RAW_DATA_MAX);
+		residual_extra(t, extra, sizeof(extra));
 	} else if (!strcmp(op, "unmapraw") && argc == 5) {
 		t = unmap_raw(iscsi, url->lun, (uint16_t)lba, argv[4], buf);
-		unmap_extra(t, extra, sizeof(extra));
+		residual_extra(t, extra, sizeof(extra));
 	} else {
 		iscsi_logout_sync(iscsi);
 		goto usage;
@@ -264,6 +335,7 @@ usage:
 	fprintf(stderr, "usage: iscsi_cmd URL read|write|caw|orwrite|prefetch|sync|writesame|"
 			"lbastatus|unmap LBA [BLOCKS [BYTE...]]\n"
 			"       iscsi_cmd URL hold SECONDS\n"
-			"       iscsi_cmd URL unmapraw PLEN HEX\n");
+			"       iscsi_cmd URL unmapraw PLEN HEX\n"
+			"       iscsi_cmd URL raw CDBHEX none|@LEN:BYTE[+@LEN:BYTE...]\n");
 	return 2;
 }

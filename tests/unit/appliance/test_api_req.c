@@ -268,12 +268,13 @@ static void test_fetch_socket_refuses_malformed(void **state)
 	assert_int_equal(fetchsrv_start(path, NULL, NULL, &s), 0);
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		snprintf(line, sizeof(line), "%s", bad[i]);
-		assert_int_equal(fetchsrv_handle_line(s, line, reply, sizeof(reply)), -EPROTO);
+		assert_int_equal(fetchsrv_handle_line(s, line, strlen(line), reply, sizeof(reply)),
+				 -EPROTO);
 		assert_int_equal(strncmp(reply, "ERR 71 ", 7), 0);
 	}
 	/* Well-formed requests get one line each (no fetcher here: FETCH fails cleanly). */
 	snprintf(line, sizeof(line), "FETCH %064d 4096 10", 0);
-	assert_int_equal(fetchsrv_handle_line(s, line, reply, sizeof(reply)), 0);
+	assert_int_equal(fetchsrv_handle_line(s, line, strlen(line), reply, sizeof(reply)), 0);
 	assert_int_equal(strncmp(reply, "ERR ", 4), 0);
 	assert_non_null(strchr(reply, '\n'));
 	fetchsrv_stop(s);

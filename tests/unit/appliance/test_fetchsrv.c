@@ -135,7 +135,7 @@ static int hit(struct env *e, const struct chunk_hash *image, uint64_t idx,
 
 	assert_int_equal(line[n - 1], '\n');
 	line[n - 1] = '\0';
-	ret = fetchsrv_handle_line(e->s, line, reply, sizeof(reply));
+	ret = fetchsrv_handle_line(e->s, line, strlen(line), reply, sizeof(reply));
 	if (ret == 0)
 		assert_string_equal(reply, "OK\n");
 	return ret;
@@ -217,8 +217,135 @@ static void test_bad_hits_ignored(void **state)
 	assert_int_equal(ss.hints_ignored, 7);
 	/* A malformed HIT closes the connection like any malformed line. */
 	snprintf(line, sizeof(line), "HIT 12");
-	assert_int_equal(fetchsrv_handle_line(e->s, line, reply, sizeof(reply)), -EPROTO);
+	assert_int_equal(fetchsrv_handle_line(e->s, line, strlen(line), reply, sizeof(reply)),
+			 -EPROTO);
 	assert_int_equal(strncmp(reply, "ERR 71", 6), 0);
+}
+
+/* Writes the manifest copy of an image of NCH chunks whose hashes are made from seed
+ * (none of them in the repository) next to the socket; returns it. */
+static struct manifest *other_image(struct env *e, unsigned seed)
+{
+	char hex[HASH_HEX_LEN + 1], path[400], *json;
+	struct manifest *m;
+	size_t len;
+
+	assert_int_equal(manifest_new((uint64_t)NCH * CHUNK, CHUNK, &m), 0);
+	for (unsigned i = 0; i < NCH; i++) {
+		memset(&m->hashes[i], 0x5a, sizeof(m->hashes[i]));
+		memcpy(m->hashes[i].b, &seed, sizeof(seed));
+		m->hashes[i].b[sizeof(seed)] = (uint8_t)i;
+		m->zero[i] = 0;
+	}
+	assert_int_equal(manifest_serialize(m, &json, &len), 0);
+	hash_to_hex(&m->id, hex);
+	snprintf(path, sizeof(path), "%s/%s.json", e->images, hex);
+	assert_int_equal(write_file_atomic(path, json, len), 0);
+	free(json);
+	return m;
+}
+
+static uint64_t hints_used(struct env *e)
+{
+	struct fetchsrv_stats ss;
+
+	fetchsrv_get_stats(e->s, &ss);
+	return ss.hints;
+}
+
+/* Image ids whose manifest copy does not exist (a stale or buggy client, or many images
+ * over the daemon's life) take no slot in the image table: an image published after
+ * them still gets its hints used. */
+static void test_unknown_images_do_not_fill_the_table(void **state)
+{
+	struct env *e = *state;
+	struct chunk_hash bogus;
+	struct manifest *m;
+	uint64_t before;
+
+	for (unsigned i = 0; i < FETCHSRV_IMAGES_MAX + 44; i++) {
+		memset(&bogus, 0xee, sizeof(bogus));
+		memcpy(bogus.b, &i, sizeof(i));
+		assert_int_equal(hit(e, &bogus, 0, &e->m->hashes[0]), 0);
+	}
+	m = other_image(e, 1);
+	before = hints_used(e);
+	assert_int_equal(hit(e, &m->id, 1, &m->hashes[1]), 0);
+	assert_int_equal(hints_used(e), before + 1);
+	manifest_free(m);
+}
+
+/* More images than the table holds: the least recently hinted one makes room, and an
+ * image evicted is loaded again when it is hinted again. */
+static void test_image_table_evicts_least_recently_used(void **state)
+{
+	struct env *e = *state;
+	unsigned n = FETCHSRV_IMAGES_MAX + 8;
+	struct manifest **ms = calloc(n, sizeof(*ms));
+	struct fetchsrv_stats ss;
+
+	assert_non_null(ms);
+	for (unsigned i = 0; i < n; i++)
+		ms[i] = other_image(e, 100 + i);
+	for (unsigned i = 0; i < n; i++) {
+		assert_int_equal(hit(e, &ms[i]->id, 2, &ms[i]->hashes[2]), 0);
+		if (i == 0 || i == 1)
+			continue;
+		/* Image 0 stays the most recently used; image 1 is evicted first. */
+		assert_int_equal(hit(e, &ms[0]->id, 2, &ms[0]->hashes[2]), 0);
+	}
+	assert_int_equal(hit(e, &ms[1]->id, 3, &ms[1]->hashes[3]), 0);
+	assert_int_equal(hit(e, &ms[n - 1]->id, 3, &ms[n - 1]->hashes[3]), 0);
+	fetchsrv_get_stats(e->s, &ss);
+	assert_int_equal(ss.hints_ignored, 0);
+	assert_int_equal(ss.hints, n + (n - 2) + 2);
+	for (unsigned i = 0; i < n; i++)
+		manifest_free(ms[i]);
+	free(ms);
+}
+
+static int sock_connect(const char *path)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	assert_true(fd >= 0);
+	assert_true(strlen(path) < sizeof(sa.sun_path));
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	return fd;
+}
+
+/* A request line with a NUL inside is malformed (fetch_proto.h), over the socket as in
+ * the handler: "TOUCH <hash>\0garbage" must not be read as "TOUCH <hash>". The reply is
+ * ERR 71, the connection is closed, and nothing was touched. */
+static void test_embedded_nul_is_malformed(void **state)
+{
+	struct env *e = *state;
+	char line[300], hex[HASH_HEX_LEN + 1], reply[256] = "";
+	struct fetchsrv_stats ss;
+	size_t n;
+	ssize_t r;
+	int fd;
+
+	hash_to_hex(&e->m->hashes[0], hex);
+	n = (size_t)snprintf(line, sizeof(line), "TOUCH %s", hex);
+	memcpy(line + n, "\0garbage\n", 9);
+	n += 9;
+	assert_int_equal(fetchsrv_handle_line(e->s, line, n - 1, reply, sizeof(reply)), -EPROTO);
+	assert_string_equal(reply, "ERR 71 malformed request\n");
+
+	fd = sock_connect(e->sock);
+	assert_int_equal(send(fd, line, n, MSG_NOSIGNAL), (ssize_t)n);
+	r = recv(fd, reply, sizeof(reply) - 1, 0);
+	assert_true(r > 0);
+	reply[r] = '\0';
+	assert_string_equal(reply, "ERR 71 malformed request\n");
+	assert_int_equal(recv(fd, reply, sizeof(reply), 0), 0); /* closed after it */
+	close(fd);
+	fetchsrv_get_stats(e->s, &ss);
+	assert_int_equal(ss.bad_requests, 2);
+	assert_int_equal(ss.touches, 0);
 }
 
 static bool wait_idle_closed(struct env *e, uint64_t n, unsigned ms)
@@ -350,6 +477,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_many_idle_clients_within_slots, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_idle_clients_beyond_slots_do_not_starve,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_embedded_nul_is_malformed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unknown_images_do_not_fill_the_table, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_image_table_evicts_least_recently_used,
 						setup, teardown),
 	};
 

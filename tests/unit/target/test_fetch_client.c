@@ -25,7 +25,7 @@
 
 enum mode {
 	M_OK, M_ERR_EIO, M_ERR_TIMEDOUT, M_STALL, M_CLOSE_AFTER_REPLY, M_GARBAGE, M_SLOW,
-	M_SHUTDOWN
+	M_SHUTDOWN, M_REPLY, M_TIMEDOUT_FIRST
 };
 
 struct server {
@@ -37,6 +37,7 @@ struct server {
 	pthread_mutex_t lock;
 	char last[FETCH_PROTO_LINE_MAX + 2];   /* the last request line, protected by lock */
 	int requests;
+	const char *volatile reply;            /* M_REPLY's answer */
 };
 
 static void serve_conn(struct server *s, int fd)
@@ -73,6 +74,10 @@ static void serve_conn(struct server *s, int fd)
 		case M_CLOSE_AFTER_REPLY: reply = "OK\n"; break;
 		case M_SLOW: usleep(100000); reply = "OK\n"; break;
 		case M_SHUTDOWN: reply = "ERR 108 shutting down\n"; break;
+		case M_REPLY: reply = s->reply; break;
+		case M_TIMEDOUT_FIRST:
+			reply = s->requests == 1 ? "ERR 110 deadline\n" : "OK\n";
+			break;
 		default: reply = NULL; break;
 		}
 		if (reply && write(fd, reply, strlen(reply)) < 0)
@@ -202,6 +207,93 @@ static void test_fetch_line_and_replies(void **state)
 	last_line(line, sizeof(line));
 	snprintf(want, sizeof(want), "PREFETCH %s 65536", hex);
 	assert_string_equal(line, want);
+	fetch_client_free(fc);
+	server_stop(&srv);
+}
+
+/*
+ * rackdiskd's errnos reach the initiator through the module's errno-to-sense mapping,
+ * whose meanings are local ones (EROFS: write protected, EINVAL: invalid field in CDB,
+ * anything unknown: target failure). Only the errnos the protocol gives a meaning pass
+ * as they are; any other daemon-side failure of a FETCH is EIO (MEDIUM ERROR).
+ */
+static void test_remote_errnos_outside_the_protocol_are_eio(void **state)
+{
+	static const struct {
+		const char *reply;
+		int want;
+	} cases[] = {
+		{"ERR 30 Read-only file system\n", -EIO},
+		{"ERR 13 Permission denied\n", -EIO},
+		{"ERR 1 Operation not permitted\n", -EIO},
+		{"ERR 22 Invalid argument\n", -EIO},
+		{"ERR 24 Too many open files\n", -EIO},
+		{"ERR 107 Transport endpoint is not connected\n", -EIO},
+		{"ERR 34 Numerical result out of range\n", -EIO},
+		{"ERR 111 Connection refused\n", -EIO},
+		{"ERR 5 every source failed\n", -EIO},
+		{"ERR 110 deadline\n", -ETIMEDOUT},
+		{"ERR 11 try again\n", -EAGAIN},
+		{"ERR 28 No space left on device\n", -ENOSPC},
+		{"ERR 122 Disk quota exceeded\n", -EDQUOT},
+	};
+	struct fetch_client *fc;
+	int got;
+
+	server_start(&srv);
+	assert_int_equal(fetch_client_new(srv.path, &fc), 0);
+	srv.mode = M_REPLY;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		srv.reply = cases[i].reply;
+		got = fetch_client_fetch(fc, &H1, 4096, now_ns() + 1000000000ull);
+		if (got != cases[i].want)
+			fail_msg("reply %s: got %d, want %d", cases[i].reply, got, cases[i].want);
+	}
+	fetch_client_free(fc);
+	server_stop(&srv);
+}
+
+static int requests_seen(void)
+{
+	int n;
+
+	pthread_mutex_lock(&srv.lock);
+	n = srv.requests;
+	pthread_mutex_unlock(&srv.lock);
+	return n;
+}
+
+/*
+ * A LUN's io_timeout_ms may be up to an hour, but a FETCH asks the server to wait at
+ * most FETCH_PROTO_TIMEOUT_MAX_MS. The server's ETIMEDOUT for that part is not the end
+ * of the command's deadline: FETCH is sent again for the rest. Within the cap, the
+ * server's ETIMEDOUT is the answer (it waited the whole deadline).
+ */
+static void test_deadline_beyond_protocol_cap_asks_again(void **state)
+{
+	struct fetch_client *fc;
+	char line[FETCH_PROTO_LINE_MAX + 2], want[256], hex[HASH_HEX_LEN + 1];
+	unsigned long long t;
+
+	server_start(&srv);
+	assert_int_equal(fetch_client_new(srv.path, &fc), 0);
+	hash_to_hex(&H1, hex);
+	snprintf(want, sizeof(want), "FETCH %s 4096 ", hex);
+
+	srv.mode = M_TIMEDOUT_FIRST;
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 1200ull * 1000000000ull), 0);
+	assert_int_equal(requests_seen(), 2);
+	last_line(line, sizeof(line));
+	assert_memory_equal(line, want, strlen(want));
+	t = strtoull(line + strlen(want), NULL, 10);
+	assert_int_equal(t, FETCH_PROTO_TIMEOUT_MAX_MS); /* 1200 s left: capped again */
+
+	pthread_mutex_lock(&srv.lock);
+	srv.requests = 0;
+	pthread_mutex_unlock(&srv.lock);
+	srv.mode = M_ERR_TIMEDOUT;
+	assert_int_equal(fetch_client_fetch(fc, &H1, 4096, now_ns() + 2000000000ull), -ETIMEDOUT);
+	assert_int_equal(requests_seen(), 1);
 	fetch_client_free(fc);
 	server_stop(&srv);
 }
@@ -412,6 +504,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup(test_fetch_line_and_replies, setup),
+		cmocka_unit_test_setup(test_remote_errnos_outside_the_protocol_are_eio, setup),
+		cmocka_unit_test_setup(test_deadline_beyond_protocol_cap_asks_again, setup),
 		cmocka_unit_test_setup(test_stall_keeps_deadline, setup),
 		cmocka_unit_test_setup(test_absent_server, setup),
 		cmocka_unit_test_setup(test_touch_and_reconnect, setup),
