@@ -855,7 +855,8 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 		ret = -EINVAL;
 		goto out;
 	}
-	/* Refuse an unusable source before the repository is touched. */
+	/* Refuse a missing or unusable source before the repository is touched; what is
+	 * published is decided by source_open alone (a qcow2 is checked there). */
 	ret = source_check(o->src, why, sizeof(why));
 	if (ret) {
 		snprintf(err, errlen, "%s: %s", publish_printable(o->src, q, sizeof(q)), why);
