@@ -29,6 +29,7 @@
 
 #include "common/util.h"
 #include "images/chunkobj.h"
+#include "images/repoloc.h"
 
 #define SEED_POOL_MAX 64 /* idle handles kept; more are closed when returned */
 
@@ -77,33 +78,20 @@ static void seed_share_unlock(CURL *h, curl_lock_data data, void *arg)
 	pthread_mutex_unlock(&s->share_locks[data]);
 }
 
-/* Splits loc into the HTTP base or the directory. */
+/* Splits loc into the HTTP base or the directory (repoloc.h: the CLI's reading too). */
 static int seed_parse_url(struct seed *s, const char *loc)
 {
-	size_t n;
+	struct repoloc l;
+	int ret;
 
-	if (!strncmp(loc, "http://", 7) || !strncmp(loc, "https://", 8)) {
-		s->base = strdup(loc);
-		if (!s->base)
-			return -ENOMEM;
-		n = strlen(s->base);
-		while (n > 0 && s->base[n - 1] == '/')
-			s->base[--n] = '\0';
-		return 0;
-	}
-	if (!strncmp(loc, "file://", 7)) {
-		loc += 7;
-		if (!strncmp(loc, "localhost/", 10))
-			loc += 9;
-		if (loc[0] != '/')
-			return -EINVAL;
-	} else if (strstr(loc, "://")) {
-		return -EPROTONOSUPPORT;
-	}
-	if (!loc[0])
-		return -EINVAL;
-	s->dir = strdup(loc);
-	return s->dir ? 0 : -ENOMEM;
+	ret = repoloc_parse(loc, &l, NULL, 0);
+	if (ret)
+		return ret;
+	if (l.http)
+		s->base = l.where;
+	else
+		s->dir = l.where;
+	return 0;
 }
 
 int seed_open(const struct seed_opts *o, struct seed **out)

@@ -20,6 +20,7 @@
 #include "images/manifest.h"
 #include "images/publish.h"
 #include "images/repo.h"
+#include "images/repoloc.h"
 
 #define EXIT_FAIL	   1
 #define EXIT_USAGE	   2
@@ -62,6 +63,35 @@ static int parse_int(const char *s, int lo, int hi, int *out)
 	if (errno || end == s || *end || v < lo || v > hi)
 		return -EINVAL;
 	*out = (int)v;
+	return 0;
+}
+
+/*
+ * A --repo that repoloc.h cannot read (another scheme, a file:// URL of another host) is a
+ * usage error, found before anything is opened. With dir non-NULL, the location must be a
+ * directory (publish writes files), returned in *dir (malloc'd).
+ */
+static int check_repo(const char *cmd, const char *repo, char **dir)
+{
+	struct repoloc l;
+	char why[256];
+
+	if (repoloc_parse(repo, &l, why, sizeof(why))) {
+		fprintf(stderr, "rackdisk: image %s: --repo %s: %s\n", cmd, P(repo), why);
+		return EXIT_USAGE;
+	}
+	if (dir && l.http) {
+		repoloc_free(&l);
+		fprintf(stderr,
+			"rackdisk: image %s: --repo %s: publish writes to a repository "
+			"directory, not a URL\n",
+			cmd, P(repo));
+		return EXIT_USAGE;
+	}
+	if (dir)
+		*dir = l.where;
+	else
+		repoloc_free(&l);
 	return 0;
 }
 
@@ -129,7 +159,7 @@ static int parse_args(int argc, char **argv, struct cmd_args *a)
 		fprintf(stderr, "rackdisk: image %s: --repo is required\n", argv[0]);
 		return EXIT_USAGE;
 	}
-	return 0;
+	return check_repo(argv[0], a->repo, NULL);
 }
 
 static int need_positional(const char *cmd, const struct cmd_args *a, int n, const char *what)
@@ -178,7 +208,7 @@ static int cmd_publish(int argc, char **argv)
 	struct publish_result res;
 	struct publish_opts o = {0};
 	struct cmd_args a;
-	char err[512];
+	char err[512], *dir = NULL;
 	uint64_t cs = 0;
 	int ret;
 
@@ -196,19 +226,22 @@ static int cmd_publish(int argc, char **argv)
 		fprintf(stderr, "rackdisk: %s\n", err);
 		return EXIT_USAGE;
 	}
-	if (!strncmp(a.repo, "http://", 7) || !strncmp(a.repo, "https://", 8))
-		return errline(a.repo, "publish writes to a repository directory, not a URL");
+	ret = check_repo("publish", a.repo, &dir);
+	if (ret)
+		return ret;
 	if (a.chunk_size && (parse_size(a.chunk_size, &cs) || !manifest_chunk_size_valid(cs))) {
 		snprintf(err, sizeof(err), "chunk size '%s'", P(a.chunk_size));
+		free(dir);
 		return errline(err, "not a power of two from 64K to 16M"), EXIT_USAGE;
 	}
 	o.src = a.pos[0];
-	o.repo_dir = !strncmp(a.repo, "file://", 7) ? a.repo + 7 : a.repo;
+	o.repo_dir = dir;
 	o.name = a.name;
 	o.chunk_size = (uint32_t)cs;
 	o.level = a.level;
 	o.workers = a.workers;
 	ret = publish_image(&o, &res, err, sizeof(err));
+	free(dir);
 	if (ret && !res.index_stale) {
 		fprintf(stderr, "rackdisk: %s\n", err);
 		return EXIT_FAIL;

@@ -22,6 +22,7 @@
 
 #include "common/util.h"
 #include "images/chunkobj.h"
+#include "images/repoloc.h"
 
 #define TAG_MAX_BYTES	4096
 #define INDEX_MAX_BYTES (16u * 1024 * 1024)
@@ -47,53 +48,34 @@ static void curl_init_once(void)
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-static char *strip_slashes(const char *s)
-{
-	size_t n = strlen(s);
-	char *r;
-
-	while (n > 1 && s[n - 1] == '/')
-		n--;
-	r = malloc(n + 1);
-	if (r) {
-		memcpy(r, s, n);
-		r[n] = '\0';
-	}
-	return r;
-}
-
 int repo_open(const char *loc, struct repo **out)
 {
+	struct repoloc l;
 	struct repo *r;
+	int ret;
 
-	if (!loc || !*loc)
-		return -EINVAL;
+	ret = repoloc_parse(loc, &l, NULL, 0);
+	if (ret)
+		return ret;
 	r = calloc(1, sizeof(*r));
-	if (!r)
+	if (!r) {
+		repoloc_free(&l);
 		return -ENOMEM;
+	}
 	r->timeout_ms = 30000;
-	if (!strncmp(loc, "http://", 7) || !strncmp(loc, "https://", 8)) {
+	if (l.http) {
 		pthread_once(&curl_once, curl_init_once);
-		r->url = strip_slashes(loc);
+		r->url = l.where;
 		r->curl = curl_easy_init();
-		if (!r->url || !r->curl)
-			goto nomem;
-	} else {
-		if (!strncmp(loc, "file://", 7))
-			loc += 7;
-		if (!*loc) {
-			free(r);
-			return -EINVAL;
+		if (!r->curl) {
+			repo_close(r);
+			return -ENOMEM;
 		}
-		r->dir = strip_slashes(loc);
-		if (!r->dir)
-			goto nomem;
+	} else {
+		r->dir = l.where;
 	}
 	*out = r;
 	return 0;
-nomem:
-	repo_close(r);
-	return -ENOMEM;
 }
 
 void repo_close(struct repo *r)

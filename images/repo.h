@@ -30,7 +30,8 @@
 
 struct repo;
 
-/* loc: a directory path, file://PATH, http://... or https://... */
+/* loc: a directory path, file:///PATH, file://localhost/PATH, http://... or https://...
+ * (repoloc.h). -EINVAL or -EPROTONOSUPPORT for another spelling (repoloc_parse says why). */
 int repo_open(const char *loc, struct repo **out);
 void repo_close(struct repo *r);
 

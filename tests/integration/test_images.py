@@ -723,3 +723,37 @@ def test_usage_errors(tmp_path):
     assert_one_line_error(p, "not a URL")
     p = rd("ls", "--repo", "http://127.0.0.1:1/r")
     assert_one_line_error(p, "127.0.0.1:1")
+
+
+def test_repo_locations_mean_one_place_or_are_refused(tmp_path):
+    """--repo file://localhost/ABS is the directory /ABS (not ./localhost/ABS), for publish
+    and for the readers; another scheme (s3://) is a usage error, not a directory ./s3:/."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    repo = str(tmp_path / "repo")
+    src = write(tmp_path / "x.raw", random_bytes(256 * KIB, 43))
+
+    def run(*args):
+        return subprocess.run([RACKDISK, "image", *map(str, args)], capture_output=True,
+                              text=True, timeout=120, cwd=cwd)
+
+    url = "file://localhost" + repo
+    p = run("publish", src, "--repo", url, "--name", "x", "--chunk-size", "64K")
+    assert p.returncode == 0, p.stderr
+    _, manifest = manifest_of(repo, "x")
+    assert reassemble(repo, manifest) == open(src, "rb").read()
+    for args in (("ls", "--repo", url), ("show", "--repo", url, "x"),
+                 ("verify", "--repo", url, "x"), ("ls", "--repo", "file://" + repo)):
+        p = run(*args)
+        assert p.returncode == 0, (args, p.stderr)
+    assert "x" in run("ls", "--repo", url).stdout
+    for args in (("publish", src, "--repo", "s3://bucket/repo", "--name", "x"),
+                 ("ls", "--repo", "s3://bucket/repo"),
+                 ("verify", "--repo", "s3://bucket/repo", "x")):
+        p = run(*args)
+        line = assert_one_line_error(p, "s3://bucket/repo", "unsupported repository scheme")
+        assert p.returncode == 2, line
+    p = run("publish", src, "--repo", "file://otherhost" + repo, "--name", "x")
+    assert_one_line_error(p, "file://")
+    assert p.returncode == 2
+    assert os.listdir(cwd) == []
