@@ -29,6 +29,7 @@
 
 #include "common/util.h"
 #include "images/chunkobj.h"
+#include "images/repo.h"
 #include "images/repoloc.h"
 
 #define SEED_POOL_MAX 64 /* idle handles kept; more are closed when returned */
@@ -268,38 +269,6 @@ static void seed_handle_put(struct seed *s, CURL *c)
 		curl_easy_cleanup(c);
 }
 
-static int seed_map_curl(CURLcode rc)
-{
-	switch (rc) {
-	case CURLE_OPERATION_TIMEDOUT:
-		return -ETIMEDOUT;
-	case CURLE_COULDNT_CONNECT:
-		return -ECONNREFUSED;
-	case CURLE_ABORTED_BY_CALLBACK:
-		return -ECANCELED;
-	case CURLE_OUT_OF_MEMORY:
-		return -ENOMEM;
-	case CURLE_PEER_FAILED_VERIFICATION:
-	case CURLE_SSL_CONNECT_ERROR:
-	case CURLE_SSL_CACERT_BADFILE:
-	case CURLE_SSL_CERTPROBLEM:
-		return -EKEYREJECTED;
-	default:
-		return -EIO;
-	}
-}
-
-static int seed_map_status(long status)
-{
-	if (status == 200)
-		return 0;
-	if (status == 404 || status == 410)
-		return -ENOENT;
-	if (status == 401 || status == 403)
-		return -EACCES;
-	return -EIO;
-}
-
 /* Remaining time before deadline_ns capped by cap_ms, in ms (>= 1), or 0 when past. */
 static long seed_budget_ms(uint64_t deadline_ns, uint64_t cap_ms)
 {
@@ -341,11 +310,11 @@ static int seed_http_get(struct seed *s, const char *rel, struct seed_rx *rx, ui
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
 	curl_easy_getinfo(c, CURLINFO_NUM_CONNECTS, &nconn);
 	if (rc == CURLE_OK)
-		ret = seed_map_status(status);
+		ret = repo_http_status_errno(status);
 	else if (rc == CURLE_WRITE_ERROR && rx->too_big)
-		ret = status == 200 ? -EFBIG : seed_map_status(status);
+		ret = status == 200 ? -EFBIG : repo_http_status_errno(status);
 	else
-		ret = seed_map_curl(rc);
+		ret = repo_curl_errno(rc);
 	if (ret == 0 && status != 200)
 		ret = -EIO;
 	pthread_mutex_lock(&s->lock);

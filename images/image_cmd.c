@@ -270,6 +270,7 @@ struct verify_job {
 	size_t nitems;
 	size_t next; /* under lock */
 	int fatal;   /* transport error: the repository, not an object, failed */
+	char why[512]; /* fatal in words (repo_strerror) */
 	pthread_mutex_t lock;
 };
 
@@ -283,6 +284,7 @@ static void *verify_worker(void *arg)
 	if (ret || !buf) {
 		pthread_mutex_lock(&j->lock);
 		j->fatal = ret ? ret : -ENOMEM;
+		snprintf(j->why, sizeof(j->why), "%s", strerror(-j->fatal));
 		pthread_mutex_unlock(&j->lock);
 		goto out;
 	}
@@ -307,7 +309,10 @@ static void *verify_worker(void *arg)
 		it->err = ret;
 		if (ret && !chunkobj_strerror(ret, false)) {
 			pthread_mutex_lock(&j->lock);
-			j->fatal = ret;
+			if (!j->fatal) {
+				j->fatal = ret;
+				snprintf(j->why, sizeof(j->why), "%s", repo_strerror(r, ret));
+			}
 			pthread_mutex_unlock(&j->lock);
 		}
 	}
@@ -368,7 +373,7 @@ static size_t distinct_items(const struct manifest *m, struct verify_item *items
 }
 
 static int run_verify(const char *loc, const struct manifest *m, int threads,
-		      struct verify_item *items, size_t n)
+		      struct verify_item *items, size_t n, char *why, size_t whylen)
 {
 	struct verify_job j = {.loc = loc, .m = m, .items = items, .nitems = n};
 	pthread_t tids[VERIFY_THREADS_MAX];
@@ -383,6 +388,7 @@ static int run_verify(const char *loc, const struct manifest *m, int threads,
 	for (int i = 0; i < started; i++)
 		pthread_join(tids[i], NULL);
 	pthread_mutex_destroy(&j.lock);
+	snprintf(why, whylen, "%s", j.why);
 	return j.fatal;
 }
 
@@ -418,7 +424,7 @@ static int cmd_verify(int argc, char **argv)
 	struct manifest *m = NULL;
 	struct repo *r = NULL;
 	struct cmd_args a;
-	char hex[HASH_HEX_LEN + 1];
+	char hex[HASH_HEX_LEN + 1], why[512];
 	size_t n, bad = 0;
 	int ret, threads;
 
@@ -433,9 +439,9 @@ static int cmd_verify(int argc, char **argv)
 	n = distinct_items(m, items);
 	threads = a.workers ? a.workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
 	threads = MAX(1, MIN(threads, VERIFY_THREADS_MAX));
-	ret = run_verify(a.repo, m, threads, items, n);
+	ret = run_verify(a.repo, m, threads, items, n, why, sizeof(why));
 	if (ret) {
-		ret = errline(a.repo, ret == -ETIMEDOUT ? "timed out" : strerror(-ret));
+		ret = errline(a.repo, why);
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++) {
@@ -575,7 +581,7 @@ static int cmd_ls(int argc, char **argv)
 		c.arr = json_array();
 	ret = repo_list_tags(c.r, ls_one, &c);
 	if (ret) {
-		ret = errline(a.repo, ret == -ETIMEDOUT ? "timed out" : strerror(-ret));
+		ret = errline(a.repo, repo_strerror(c.r, ret));
 		goto out;
 	}
 	if (c.arr) {

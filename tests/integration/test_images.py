@@ -6,6 +6,7 @@ import http.server
 import json
 import os
 import random
+import socket
 import subprocess
 import threading
 import time
@@ -757,3 +758,69 @@ def test_repo_locations_mean_one_place_or_are_refused(tmp_path):
     assert_one_line_error(p, "file://")
     assert p.returncode == 2
     assert os.listdir(cwd) == []
+
+
+@pytest.fixture
+def quirky_server():
+    """serve(root) starts an HTTP server on a free loopback port over the repository root:
+    /moved/P redirects (302) to /P, /broken/P answers 500, /nochunks/P serves P except
+    chunk objects (500). Returns its URL; stopped at teardown."""
+    servers = []
+
+    def serve(root):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                prefix, _, rest = self.path.lstrip("/").partition("/")
+                path = os.path.join(root, rest)
+                if prefix == "moved":
+                    self.answer(302, b"", [("Location", "/ok/" + rest)])
+                elif prefix == "broken" or (prefix == "nochunks" and
+                                            rest.startswith("chunks/")):
+                    self.answer(500, b"oops")
+                elif os.path.isfile(path):
+                    self.answer(200, open(path, "rb").read())
+                else:
+                    self.answer(404, b"")
+
+            def answer(self, status, body, headers=()):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}"
+
+    yield serve
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_http_redirects_are_followed_and_failures_say_what_failed(seeded, quirky_server):
+    """A repository behind a redirect is read (the seed client follows redirects; show,
+    ls and verify answered "Input/output error"); a failed request names its HTTP status or
+    what the connection ran into, and the URL, not "Input/output error"."""
+    repo, _ = seeded
+    url = quirky_server(repo)
+    show = json.loads(rd_ok("show", "--repo", url + "/moved", "seed", "--json").stdout)
+    assert show["id"] == manifest_of(repo, "seed")[0]
+    assert "seed" in rd_ok("ls", "--repo", url + "/moved").stdout
+    rd_ok("verify", "--repo", url + "/moved", "seed")
+    for args in (("show", "--repo", url + "/broken", "seed"), ("ls", "--repo", url + "/broken"),
+                 ("verify", "--repo", url + "/nochunks", "seed")):
+        line = assert_one_line_error(rd(*args), "HTTP 500", url)
+        assert "Input/output error" not in line
+    with socket.socket() as s:  # a port that nothing listens on while the socket is open
+        s.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{s.getsockname()[1]}/r"
+        for args in (("ls", "--repo", refused), ("show", "--repo", refused, "seed")):
+            line = assert_one_line_error(rd(*args), "connect", refused)
+            assert "Input/output error" not in line
