@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,6 +204,39 @@ static void print_publish(const struct cmd_args *a, const struct publish_result 
 	       format_size(secs > 0 ? (uint64_t)((double)r->size / secs) : 0, s1, sizeof(s1)));
 }
 
+/* The signal that asked a publish to stop (SIGINT, SIGTERM), or 0. */
+static volatile sig_atomic_t publish_stop;
+
+static void on_stop_signal(int sig)
+{
+	publish_stop = sig;
+}
+
+/*
+ * SIGINT and SIGTERM make the publish stop and remove its temporary files (a whole image's
+ * chunk objects can be in tmp/) before the process ends, by the same signal.
+ */
+static void catch_stop_signals(void)
+{
+	struct sigaction sa = {.sa_handler = on_stop_signal, .sa_flags = SA_RESTART};
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+}
+
+/* After a publish that a signal stopped: ends the process by that signal. */
+static int die_by_stop_signal(void)
+{
+	int sig = publish_stop;
+
+	fprintf(stderr, "rackdisk: image publish: interrupted by %s; temporary files removed\n",
+		strsignal(sig));
+	signal(sig, SIG_DFL);
+	raise(sig);
+	return 128 + sig; /* not reached unless the signal is blocked */
+}
+
 static int cmd_publish(int argc, char **argv)
 {
 	struct publish_result res;
@@ -240,8 +274,12 @@ static int cmd_publish(int argc, char **argv)
 	o.chunk_size = (uint32_t)cs;
 	o.level = a.level;
 	o.workers = a.workers;
+	o.stop = &publish_stop;
+	catch_stop_signals();
 	ret = publish_image(&o, &res, err, sizeof(err));
 	free(dir);
+	if (publish_stop && ret && !res.index_stale)
+		return die_by_stop_signal();
 	if (ret && !res.index_stale) {
 		fprintf(stderr, "rackdisk: %s\n", err);
 		return EXIT_FAIL;

@@ -6,6 +6,7 @@ import http.server
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import threading
@@ -824,3 +825,82 @@ def test_http_redirects_are_followed_and_failures_say_what_failed(seeded, quirky
         for args in (("ls", "--repo", refused), ("show", "--repo", refused, "seed")):
             line = assert_one_line_error(rd(*args), "connect", refused)
             assert "Input/output error" not in line
+
+
+def start_slow_publish(tmp_path, repo, name, seed):
+    """A publish that takes seconds (16 MiB of random data, zstd level 19, one worker),
+    returned as a Popen once its first temporary chunk object is in tmp/."""
+    src = write(tmp_path / f"{name}.raw", random_bytes(16 * MIB, seed))
+    tmp = os.path.join(repo, "tmp")
+    before = set(os.listdir(tmp)) if os.path.isdir(tmp) else set()
+    proc = subprocess.Popen([RACKDISK, "image", "publish", src, "--repo", repo, "--name", name,
+                             "--chunk-size", "64K", "--level", "19", "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (os.path.isdir(tmp) and
+               any(n.startswith("c.") for n in set(os.listdir(tmp)) - before)):
+        assert proc.poll() is None, f"publish ended early: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "publish wrote no temporary object in 30 s"
+        time.sleep(0.01)
+    return proc, src
+
+
+def run_files(repo, exclude=()):
+    """The temporary files in repo/tmp, minus those in exclude."""
+    return sorted(set(os.listdir(os.path.join(repo, "tmp"))) - set(exclude))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_interrupted_publish_removes_its_temporary_files(tmp_path, sig):
+    """SIGINT or SIGTERM: the publish stops, removes what it wrote in tmp/ (its objects,
+    hundreds of MiB for a big image, used to stay for three days) and ends by the signal."""
+    repo = str(tmp_path / "repo")
+    proc, _ = start_slow_publish(tmp_path, repo, "x", 51)
+    try:
+        proc.send_signal(sig)
+        proc.wait(60)
+        err = proc.stderr.read()
+        assert run_files(repo) == []
+        assert proc.returncode == -sig, err
+        assert "interrupted" in err
+        assert not os.path.exists(os.path.join(repo, "tags", "x"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_killed_publish_is_swept_by_the_next_but_a_live_one_is_not(tmp_path):
+    """A publish killed mid-run (SIGKILL: no cleanup of its own) leaves its objects in
+    tmp/; the next publish removes them at once, since no process holds that run's lock. A
+    live publish's files (here: stopped with SIGSTOP, holding its lock) stay, and it then
+    completes."""
+    repo = str(tmp_path / "repo")
+    procs = []
+    try:
+        dead, _ = start_slow_publish(tmp_path, repo, "dead", 52)
+        procs.append(dead)
+        dead.kill()
+        dead.wait(30)
+        dead_files = run_files(repo)
+        assert any(n.startswith("c.") for n in dead_files), dead_files
+        live, live_src = start_slow_publish(tmp_path, repo, "live", 53)
+        procs.append(live)
+        live.send_signal(signal.SIGSTOP)
+        live_files = run_files(repo, dead_files)
+        assert any(n.startswith("c.") for n in live_files), live_files
+        publish(write(tmp_path / "small.raw", random_bytes(256 * KIB, 54)), repo, "small")
+        left = run_files(repo)
+        assert not set(dead_files) & set(left), left
+        assert set(live_files) <= set(left), (live_files, left)
+        live.send_signal(signal.SIGCONT)
+        assert live.wait(120) == 0, live.stderr.read()
+        _, manifest = manifest_of(repo, "live")
+        assert reassemble(repo, manifest) == open(live_src, "rb").read()
+        assert run_files(repo) == []
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+                p.wait()
