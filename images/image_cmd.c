@@ -306,8 +306,8 @@ struct verify_job {
 	const struct manifest *m;
 	struct verify_item *items;
 	size_t nitems;
-	size_t next; /* under lock */
-	int fatal;   /* transport error: the repository, not an object, failed */
+	size_t next;   /* under lock */
+	int fatal;     /* transport error: the repository, not an object, failed */
 	char why[512]; /* fatal in words (repo_strerror) */
 	pthread_mutex_t lock;
 };

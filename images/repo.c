@@ -233,8 +233,8 @@ static int http_fetch(struct repo *r, const char *rel, size_t max, char **out, s
 	if (rc != CURLE_OK) {
 		ret = repo_curl_errno(rc);
 		if (ret == -EFBIG)
-			snprintf(r->why, sizeof(r->why), "GET %s: larger than the %zu bytes allowed",
-				 url, max);
+			snprintf(r->why, sizeof(r->why),
+				 "GET %s: larger than the %zu bytes allowed", url, max);
 		else
 			snprintf(r->why, sizeof(r->why), "GET %s: %s", url,
 				 errbuf[0] ? errbuf : curl_easy_strerror(rc));

@@ -15,7 +15,7 @@
 #include <stddef.h>
 
 struct repoloc {
-	bool http; /* http(s): where is the base URL; else the directory path */
+	bool http;   /* http(s): where is the base URL; else the directory path */
 	char *where; /* malloc'd, owned by the caller (repoloc_free); no trailing '/' */
 };
 

@@ -148,8 +148,7 @@ static int private_file(const char *tmpdir, const char *what)
 	char path[PATH_MAX];
 	int fd;
 
-	if (snprintf(path, sizeof(path), "%s/qcow2-%s.XXXXXX", tmpdir, what) >=
-	    (int)sizeof(path))
+	if (snprintf(path, sizeof(path), "%s/qcow2-%s.XXXXXX", tmpdir, what) >= (int)sizeof(path))
 		return -ENAMETOOLONG;
 	fd = mkostemp(path, O_CLOEXEC);
 	if (fd < 0)
@@ -328,8 +327,9 @@ static int qcow2_convert(int snap, uint64_t vsize, const char *tmpdir, int *out,
 			 size_t errlen)
 {
 	char text[4096], line[512], spec[256], dst[32];
-	char *convert[] = {"qemu-img", "convert", "-n", "--target-is-zero", "-O", "raw",
-			   spec, dst, NULL};
+	/* -n: into our file, which is all zeros (a hole) so far: holes stay holes */
+	char *convert[] = {"qemu-img", "convert", "-n", "--target-is-zero", "-O", "raw", spec, dst,
+			   NULL};
 	int raw, ret, keep[2];
 
 	raw = private_file(tmpdir, "raw");
@@ -371,8 +371,7 @@ static int open_qcow2(int fd, uint64_t size, const char *tmpdir, struct image_so
 
 	snap = private_file(tmpdir, "copy");
 	if (snap < 0)
-		return set_err(err, errlen, snap, "private copy of the qcow2: %s",
-			       strerror(-snap));
+		return set_err(err, errlen, snap, "private copy of the qcow2: %s", strerror(-snap));
 	ret = snapshot_copy(snap, fd, size);
 	if (ret) {
 		set_err(err, errlen, ret, "private copy of the qcow2: %s", strerror(-ret));

@@ -44,7 +44,7 @@ static void test_directories_and_file_urls(void **state)
 	expect("/srv/repo//", 0, false, "/srv/repo");
 	expect("repo", 0, false, "repo");
 	expect("file:repo", 0, false, "file:repo"); /* no "//": a directory named so */
-	expect("./a://b", 0, false, "./a://b");     /* a scheme only starts the string */
+	expect("./a://b", 0, false, "./a://b");	    /* a scheme only starts the string */
 	expect("file:///srv/repo", 0, false, "/srv/repo");
 	expect("file://localhost/srv/repo/", 0, false, "/srv/repo");
 	expect("FILE://LOCALHOST/srv/repo", 0, false, "/srv/repo");
@@ -70,8 +70,7 @@ static void test_other_spellings_are_refused(void **state)
 	expect("s3://bucket/repo", -EPROTONOSUPPORT, false, NULL);
 	expect("ftp://example/repo", -EPROTONOSUPPORT, false, NULL);
 	expect("git+ssh://example/repo", -EPROTONOSUPPORT, false, NULL);
-	assert_int_equal(repoloc_parse("s3://bucket/repo", &l, err, sizeof(err)),
-			 -EPROTONOSUPPORT);
+	assert_int_equal(repoloc_parse("s3://bucket/repo", &l, err, sizeof(err)), -EPROTONOSUPPORT);
 	assert_non_null(strstr(err, "unsupported repository scheme 's3'"));
 	assert_int_equal(repoloc_parse(NULL, &l, NULL, 0), -EINVAL);
 }

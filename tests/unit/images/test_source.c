@@ -25,9 +25,9 @@
 
 /* ---- replacing the input while qemu-img runs ---- */
 
-static const char *swap_at;	  /* the qemu-img subcommand ("check") before which ... */
+static const char *swap_at;	 /* the qemu-img subcommand ("check") before which ... */
 static char swap_from[PATH_MAX]; /* ... this file is renamed ... */
-static char swap_to[PATH_MAX];	  /* ... over the input */
+static char swap_to[PATH_MAX];	 /* ... over the input */
 static int swaps;
 
 int __real_posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
