@@ -21,6 +21,7 @@
 #include "cluster/directory.h"
 #include "common/util.h"
 #include "images/manifest.h"
+#include "images/repoloc.h"
 
 enum key_type {
 	KT_NAME,   /* name_is_valid */
@@ -370,20 +371,26 @@ static int set_key(struct config *c, const struct key_def *k, const char *v, cha
 		snprintf(why, whylen, "must be debug, info, warn or error");
 		return -EINVAL;
 	}
-	case KT_URL:
-		if (strncmp(v, "http://", 7) && strncmp(v, "https://", 8) &&
-		    strncmp(v, "file:///", 8) && v[0] != '/') {
-			snprintf(why, whylen, "must be an http://, https:// or file:// URL, "
-					      "or an absolute directory");
+	case KT_URL: {
+		/* The reading the seed client opens it with (repoloc.h): what passes here is
+		 * the place it fetches from. A daemon's directory must not depend on its cwd. */
+		struct repoloc l;
+		bool ok = !repoloc_parse(v, &l, NULL, 0) && (l.http || l.where[0] == '/');
+
+		repoloc_free(&l);
+		if (!ok) {
+			snprintf(why, whylen, "must be an http://, https:// or file:/// URL "
+					      "(file://localhost/ too), or an absolute directory");
 			return -EINVAL;
 		}
 		if (strchr(v, ' ') || strlen(v) >= k->size)
 			goto bad_fmt;
-		if (v[0] == 'h' && !url_has_host(v)) {
+		if ((v[0] == 'h' || v[0] == 'H') && !url_has_host(v)) {
 			snprintf(why, whylen, "names no host (http://HOST[:PORT]/PATH)");
 			return -EINVAL;
 		}
 		return set_str(p, k->size, v);
+	}
 	case KT_REDIS: {
 		/* The parser the directory connects with: what passes here connects. */
 		struct directory_url u;

@@ -92,14 +92,19 @@ static int read_tag(struct appliance *a, const char *tag, struct chunk_hash *id)
 	return ret;
 }
 
-static int errno_msg(int ret, char *err, size_t errlen, const char *what, const char *tag,
-		     const char *url)
+/* The error of a failed request to the seed r, in words (repo_strerror: the HTTP status,
+ * or what the transfer ran into, and the URL). */
+static int errno_msg(struct repo *r, int ret, char *err, size_t errlen, const char *what,
+		     const char *tag, const char *url)
 {
 	if (ret == -ENOENT)
 		snprintf(err, errlen, "image '%s' not found on the seed %s", tag, url);
+	else if (ret == -EFBIG)
+		snprintf(err, errlen, "%s of image '%s' from the seed %s: over the %u-byte limit "
+			 "of a manifest", what, tag, url, MANIFEST_MAX_BYTES);
 	else
 		snprintf(err, errlen, "%s of image '%s' from the seed %s: %s", what, tag, url,
-			 strerror(-ret));
+			 repo_strerror(r, ret));
 	return ret;
 }
 
@@ -130,19 +135,23 @@ int appliance_image_pull(struct appliance *a, const char *tag, struct image_info
 			 strerror(-ret));
 		return ret;
 	}
+	/* The connect timeout and stall window, not a cap on the whole transfer: a manifest
+	 * may be up to MANIFEST_MAX_BYTES (repo_set_timeout_ms). */
 	repo_set_timeout_ms(r, (long)a->cfg.seed_request_timeout_ms);
 	ret = repo_resolve_tag(r, tag, &id);
 	if (ret) {
-		errno_msg(ret, err, errlen, "tag lookup", tag, a->cfg.seed_url);
+		errno_msg(r, ret, err, errlen, "tag lookup", tag, a->cfg.seed_url);
 		goto out;
 	}
 	hash_to_hex(&id, hex);
 	snprintf(rel, sizeof(rel), "manifests/%s.json", hex);
 	ret = repo_fetch(r, rel, MANIFEST_MAX_BYTES, &buf, &len);
 	if (ret) {
-		errno_msg(ret, err, errlen, "manifest download", tag, a->cfg.seed_url);
-		if (ret == -ENOENT)
-			ret = -EBADMSG; /* the tag exists: the repository is inconsistent */
+		errno_msg(r, ret, err, errlen, "manifest download", tag, a->cfg.seed_url);
+		/* The tag exists: a missing manifest is an inconsistent repository, an oversized
+		 * one a bad seed (502), not a request of the client's that is too large (413). */
+		if (ret == -ENOENT || ret == -EFBIG)
+			ret = -EBADMSG;
 		goto out;
 	}
 	ret = manifest_parse(buf, len, &m, perr, sizeof(perr));

@@ -29,6 +29,8 @@
 
 #include "common/util.h"
 #include "images/chunkobj.h"
+#include "images/repo.h"
+#include "images/repoloc.h"
 
 #define SEED_POOL_MAX 64 /* idle handles kept; more are closed when returned */
 
@@ -77,33 +79,20 @@ static void seed_share_unlock(CURL *h, curl_lock_data data, void *arg)
 	pthread_mutex_unlock(&s->share_locks[data]);
 }
 
-/* Splits loc into the HTTP base or the directory. */
+/* Splits loc into the HTTP base or the directory (repoloc.h: the CLI's reading too). */
 static int seed_parse_url(struct seed *s, const char *loc)
 {
-	size_t n;
+	struct repoloc l;
+	int ret;
 
-	if (!strncmp(loc, "http://", 7) || !strncmp(loc, "https://", 8)) {
-		s->base = strdup(loc);
-		if (!s->base)
-			return -ENOMEM;
-		n = strlen(s->base);
-		while (n > 0 && s->base[n - 1] == '/')
-			s->base[--n] = '\0';
-		return 0;
-	}
-	if (!strncmp(loc, "file://", 7)) {
-		loc += 7;
-		if (!strncmp(loc, "localhost/", 10))
-			loc += 9;
-		if (loc[0] != '/')
-			return -EINVAL;
-	} else if (strstr(loc, "://")) {
-		return -EPROTONOSUPPORT;
-	}
-	if (!loc[0])
-		return -EINVAL;
-	s->dir = strdup(loc);
-	return s->dir ? 0 : -ENOMEM;
+	ret = repoloc_parse(loc, &l, NULL, 0);
+	if (ret)
+		return ret;
+	if (l.http)
+		s->base = l.where;
+	else
+		s->dir = l.where;
+	return 0;
 }
 
 int seed_open(const struct seed_opts *o, struct seed **out)
@@ -280,38 +269,6 @@ static void seed_handle_put(struct seed *s, CURL *c)
 		curl_easy_cleanup(c);
 }
 
-static int seed_map_curl(CURLcode rc)
-{
-	switch (rc) {
-	case CURLE_OPERATION_TIMEDOUT:
-		return -ETIMEDOUT;
-	case CURLE_COULDNT_CONNECT:
-		return -ECONNREFUSED;
-	case CURLE_ABORTED_BY_CALLBACK:
-		return -ECANCELED;
-	case CURLE_OUT_OF_MEMORY:
-		return -ENOMEM;
-	case CURLE_PEER_FAILED_VERIFICATION:
-	case CURLE_SSL_CONNECT_ERROR:
-	case CURLE_SSL_CACERT_BADFILE:
-	case CURLE_SSL_CERTPROBLEM:
-		return -EKEYREJECTED;
-	default:
-		return -EIO;
-	}
-}
-
-static int seed_map_status(long status)
-{
-	if (status == 200)
-		return 0;
-	if (status == 404 || status == 410)
-		return -ENOENT;
-	if (status == 401 || status == 403)
-		return -EACCES;
-	return -EIO;
-}
-
 /* Remaining time before deadline_ns capped by cap_ms, in ms (>= 1), or 0 when past. */
 static long seed_budget_ms(uint64_t deadline_ns, uint64_t cap_ms)
 {
@@ -353,11 +310,11 @@ static int seed_http_get(struct seed *s, const char *rel, struct seed_rx *rx, ui
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
 	curl_easy_getinfo(c, CURLINFO_NUM_CONNECTS, &nconn);
 	if (rc == CURLE_OK)
-		ret = seed_map_status(status);
+		ret = repo_http_status_errno(status);
 	else if (rc == CURLE_WRITE_ERROR && rx->too_big)
-		ret = status == 200 ? -EFBIG : seed_map_status(status);
+		ret = status == 200 ? -EFBIG : repo_http_status_errno(status);
 	else
-		ret = seed_map_curl(rc);
+		ret = repo_curl_errno(rc);
 	if (ret == 0 && status != 200)
 		ret = -EIO;
 	pthread_mutex_lock(&s->lock);

@@ -22,7 +22,7 @@
 struct seed;
 
 struct seed_opts {
-	const char *url;             /* http://, https://, file://PATH or a directory path */
+	const char *url; /* http(s)://, file:///PATH, file://localhost/PATH, a directory (repoloc.h) */
 	uint64_t request_timeout_ms; /* one request, whole transfer (default 10000) */
 	uint64_t connect_timeout_ms; /* TCP + TLS connect (default 3000) */
 	/* A transfer slower than low_speed_bytes per second for low_speed_secs is abandoned

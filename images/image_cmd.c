@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@
 #include "images/manifest.h"
 #include "images/publish.h"
 #include "images/repo.h"
+#include "images/repoloc.h"
 
 #define EXIT_FAIL	   1
 #define EXIT_USAGE	   2
@@ -62,6 +64,35 @@ static int parse_int(const char *s, int lo, int hi, int *out)
 	if (errno || end == s || *end || v < lo || v > hi)
 		return -EINVAL;
 	*out = (int)v;
+	return 0;
+}
+
+/*
+ * A --repo that repoloc.h cannot read (another scheme, a file:// URL of another host) is a
+ * usage error, found before anything is opened. With dir non-NULL, the location must be a
+ * directory (publish writes files), returned in *dir (malloc'd).
+ */
+static int check_repo(const char *cmd, const char *repo, char **dir)
+{
+	struct repoloc l;
+	char why[256];
+
+	if (repoloc_parse(repo, &l, why, sizeof(why))) {
+		fprintf(stderr, "rackdisk: image %s: --repo %s: %s\n", cmd, P(repo), why);
+		return EXIT_USAGE;
+	}
+	if (dir && l.http) {
+		repoloc_free(&l);
+		fprintf(stderr,
+			"rackdisk: image %s: --repo %s: publish writes to a repository "
+			"directory, not a URL\n",
+			cmd, P(repo));
+		return EXIT_USAGE;
+	}
+	if (dir)
+		*dir = l.where;
+	else
+		repoloc_free(&l);
 	return 0;
 }
 
@@ -129,7 +160,7 @@ static int parse_args(int argc, char **argv, struct cmd_args *a)
 		fprintf(stderr, "rackdisk: image %s: --repo is required\n", argv[0]);
 		return EXIT_USAGE;
 	}
-	return 0;
+	return check_repo(argv[0], a->repo, NULL);
 }
 
 static int need_positional(const char *cmd, const struct cmd_args *a, int n, const char *what)
@@ -173,12 +204,45 @@ static void print_publish(const struct cmd_args *a, const struct publish_result 
 	       format_size(secs > 0 ? (uint64_t)((double)r->size / secs) : 0, s1, sizeof(s1)));
 }
 
+/* The signal that asked a publish to stop (SIGINT, SIGTERM), or 0. */
+static volatile sig_atomic_t publish_stop;
+
+static void on_stop_signal(int sig)
+{
+	publish_stop = sig;
+}
+
+/*
+ * SIGINT and SIGTERM make the publish stop and remove its temporary files (a whole image's
+ * chunk objects can be in tmp/) before the process ends, by the same signal.
+ */
+static void catch_stop_signals(void)
+{
+	struct sigaction sa = {.sa_handler = on_stop_signal, .sa_flags = SA_RESTART};
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+}
+
+/* After a publish that a signal stopped: ends the process by that signal. */
+static int die_by_stop_signal(void)
+{
+	int sig = publish_stop;
+
+	fprintf(stderr, "rackdisk: image publish: interrupted by %s; temporary files removed\n",
+		strsignal(sig));
+	signal(sig, SIG_DFL);
+	raise(sig);
+	return 128 + sig; /* not reached unless the signal is blocked */
+}
+
 static int cmd_publish(int argc, char **argv)
 {
 	struct publish_result res;
 	struct publish_opts o = {0};
 	struct cmd_args a;
-	char err[512];
+	char err[512], *dir = NULL;
 	uint64_t cs = 0;
 	int ret;
 
@@ -196,19 +260,26 @@ static int cmd_publish(int argc, char **argv)
 		fprintf(stderr, "rackdisk: %s\n", err);
 		return EXIT_USAGE;
 	}
-	if (!strncmp(a.repo, "http://", 7) || !strncmp(a.repo, "https://", 8))
-		return errline(a.repo, "publish writes to a repository directory, not a URL");
+	ret = check_repo("publish", a.repo, &dir);
+	if (ret)
+		return ret;
 	if (a.chunk_size && (parse_size(a.chunk_size, &cs) || !manifest_chunk_size_valid(cs))) {
 		snprintf(err, sizeof(err), "chunk size '%s'", P(a.chunk_size));
+		free(dir);
 		return errline(err, "not a power of two from 64K to 16M"), EXIT_USAGE;
 	}
 	o.src = a.pos[0];
-	o.repo_dir = !strncmp(a.repo, "file://", 7) ? a.repo + 7 : a.repo;
+	o.repo_dir = dir;
 	o.name = a.name;
 	o.chunk_size = (uint32_t)cs;
 	o.level = a.level;
 	o.workers = a.workers;
+	o.stop = &publish_stop;
+	catch_stop_signals();
 	ret = publish_image(&o, &res, err, sizeof(err));
+	free(dir);
+	if (publish_stop && ret && !res.index_stale)
+		return die_by_stop_signal();
 	if (ret && !res.index_stale) {
 		fprintf(stderr, "rackdisk: %s\n", err);
 		return EXIT_FAIL;
@@ -235,8 +306,9 @@ struct verify_job {
 	const struct manifest *m;
 	struct verify_item *items;
 	size_t nitems;
-	size_t next; /* under lock */
-	int fatal;   /* transport error: the repository, not an object, failed */
+	size_t next;   /* under lock */
+	int fatal;     /* transport error: the repository, not an object, failed */
+	char why[512]; /* fatal in words (repo_strerror) */
 	pthread_mutex_t lock;
 };
 
@@ -250,6 +322,7 @@ static void *verify_worker(void *arg)
 	if (ret || !buf) {
 		pthread_mutex_lock(&j->lock);
 		j->fatal = ret ? ret : -ENOMEM;
+		snprintf(j->why, sizeof(j->why), "%s", strerror(-j->fatal));
 		pthread_mutex_unlock(&j->lock);
 		goto out;
 	}
@@ -274,7 +347,10 @@ static void *verify_worker(void *arg)
 		it->err = ret;
 		if (ret && !chunkobj_strerror(ret, false)) {
 			pthread_mutex_lock(&j->lock);
-			j->fatal = ret;
+			if (!j->fatal) {
+				j->fatal = ret;
+				snprintf(j->why, sizeof(j->why), "%s", repo_strerror(r, ret));
+			}
 			pthread_mutex_unlock(&j->lock);
 		}
 	}
@@ -335,7 +411,7 @@ static size_t distinct_items(const struct manifest *m, struct verify_item *items
 }
 
 static int run_verify(const char *loc, const struct manifest *m, int threads,
-		      struct verify_item *items, size_t n)
+		      struct verify_item *items, size_t n, char *why, size_t whylen)
 {
 	struct verify_job j = {.loc = loc, .m = m, .items = items, .nitems = n};
 	pthread_t tids[VERIFY_THREADS_MAX];
@@ -350,6 +426,7 @@ static int run_verify(const char *loc, const struct manifest *m, int threads,
 	for (int i = 0; i < started; i++)
 		pthread_join(tids[i], NULL);
 	pthread_mutex_destroy(&j.lock);
+	snprintf(why, whylen, "%s", j.why);
 	return j.fatal;
 }
 
@@ -385,7 +462,7 @@ static int cmd_verify(int argc, char **argv)
 	struct manifest *m = NULL;
 	struct repo *r = NULL;
 	struct cmd_args a;
-	char hex[HASH_HEX_LEN + 1];
+	char hex[HASH_HEX_LEN + 1], why[512];
 	size_t n, bad = 0;
 	int ret, threads;
 
@@ -400,9 +477,9 @@ static int cmd_verify(int argc, char **argv)
 	n = distinct_items(m, items);
 	threads = a.workers ? a.workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
 	threads = MAX(1, MIN(threads, VERIFY_THREADS_MAX));
-	ret = run_verify(a.repo, m, threads, items, n);
+	ret = run_verify(a.repo, m, threads, items, n, why, sizeof(why));
 	if (ret) {
-		ret = errline(a.repo, ret == -ETIMEDOUT ? "timed out" : strerror(-ret));
+		ret = errline(a.repo, why);
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++) {
@@ -542,7 +619,7 @@ static int cmd_ls(int argc, char **argv)
 		c.arr = json_array();
 	ret = repo_list_tags(c.r, ls_one, &c);
 	if (ret) {
-		ret = errline(a.repo, ret == -ETIMEDOUT ? "timed out" : strerror(-ret));
+		ret = errline(a.repo, repo_strerror(c.r, ret));
 		goto out;
 	}
 	if (c.arr) {

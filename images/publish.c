@@ -33,6 +33,18 @@
  * exclusively (a crashed publish leaves its files behind, and publishers in containers share
  * pid 1 and the repository), and a reused name would also let one publish install another's
  * temporary file.
+ *
+ * Temporary files of runs that died (killed, interrupted, crashed), in tmp/:
+ *   7. A run holds an exclusive flock of tmp/run.<run>.lock from before it writes anything
+ *      under tmp/ until it has removed its files; the lock file appears only once locked
+ *      (created as .run.<run>.new, which no sweep touches, then renamed). So a lock file
+ *      that can be locked belongs to a dead run, on any host sharing the repository's
+ *      filesystem where flock is shared (local filesystems; NFS v4).
+ *   8. A publish, before it reads its input, removes every file of such a dead run (c.,
+ *      f., probe. with that run, then the lock file), holding that run's lock while it does.
+ *      A live run's files are never removed: its lock is held. Files of no locked run
+ *      (written by a publish older than the lock, or a "qcow2-" file left in the instant
+ *      before source.c unlinks it) are removed after three days, as before.
  */
 #include "images/publish.h"
 
@@ -76,6 +88,7 @@ struct publish {
 	int level;
 	const char *dir;
 	char run[17]; /* this publish's part of temporary names, 16 random hex digits */
+	int run_lock; /* fd holding the flock of tmp/run.<run>.lock (invariant 7), or -1 */
 	struct manifest *m;
 	uint8_t *created; /* per chunk index: this publish wrote its object (tmp or final) */
 	uint8_t *renamed; /* per chunk index: the object left tmp/ (linked into chunks/) */
@@ -191,6 +204,8 @@ static int check_path_room(const struct publish *p)
 		ret = path_fmt(buf, sizeof(buf), "%s/tags/%s", p->dir, p->o->name);
 	if (!ret)
 		ret = path_fmt(buf, sizeof(buf), "%s/tmp/c.%s.%llu", p->dir, p->run, ULLONG_MAX);
+	if (!ret)
+		ret = path_fmt(buf, sizeof(buf), "%s/tmp/.run.%s.new", p->dir, p->run);
 	return ret;
 }
 
@@ -402,6 +417,11 @@ static void read_input(struct publish *p, struct image_source *src)
 		struct slot *s;
 		size_t id;
 		int ret;
+
+		if (p->o->stop && *p->o->stop) {
+			set_error(p, -EINTR, "interrupted");
+			return;
+		}
 
 		pthread_mutex_lock(&p->lock);
 		while (!p->nfree && !p->err)
@@ -754,28 +774,148 @@ int publish_check_name(const char *name, char *err, size_t errlen)
 /* A temporary file this old is a crashed publish's: a live one does not run for days. */
 #define STALE_TMP_SECONDS (3 * 24 * 3600)
 
-/* Removes what crashed publishes left in tmp/ (it can be a whole image's objects). */
+#define RUN_NAME_LEN 16
+
+/*
+ * The run a temporary name belongs to (c.<run>.<idx>, f.<run>, probe.<run>,
+ * run.<run>.lock) copied into run, or false for another name.
+ */
+static bool tmp_name_run(const char *name, char run[RUN_NAME_LEN + 1])
+{
+	static const char *prefixes[] = {"c.", "f.", "probe.", "run."};
+	const char *p = NULL;
+
+	for (size_t i = 0; !p && i < ARRAY_SIZE(prefixes); i++)
+		if (!strncmp(name, prefixes[i], strlen(prefixes[i])))
+			p = name + strlen(prefixes[i]);
+	if (!p || strspn(p, "0123456789abcdef") != RUN_NAME_LEN ||
+	    (p[RUN_NAME_LEN] != '\0' && p[RUN_NAME_LEN] != '.'))
+		return false;
+	memcpy(run, p, RUN_NAME_LEN);
+	run[RUN_NAME_LEN] = '\0';
+	return true;
+}
+
+/* Removes every file of run from tmp/ (dfd), its lock file last (invariant 8). */
+static void remove_run_files(int dfd, const char *run)
+{
+	char other[RUN_NAME_LEN + 1], lockname[64];
+	struct dirent *de;
+	DIR *d;
+	/* A descriptor of its own: a dup would share the caller's directory offset. */
+	int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	snprintf(lockname, sizeof(lockname), "run.%s.lock", run);
+	while ((de = readdir(d)) != NULL)
+		if (tmp_name_run(de->d_name, other) && !strcmp(other, run) &&
+		    strcmp(de->d_name, lockname))
+			unlinkat(dfd, de->d_name, 0);
+	closedir(d);
+	unlinkat(dfd, lockname, 0);
+}
+
+enum run_state { RUN_UNKNOWN, RUN_ALIVE, RUN_DEAD };
+
+/*
+ * Whether run is alive (its lock file is locked) or dead (it is not: then every file of the
+ * run is removed here, under its lock), or unknown (no lock file: the age rule decides).
+ */
+static enum run_state sweep_run_if_dead(int dfd, const char *run)
+{
+	char lockname[64];
+	int fd;
+
+	snprintf(lockname, sizeof(lockname), "run.%s.lock", run);
+	fd = openat(dfd, lockname, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return RUN_UNKNOWN;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		close(fd);
+		return RUN_ALIVE;
+	}
+	remove_run_files(dfd, run);
+	close(fd);
+	return RUN_DEAD;
+}
+
+/* Removes what dead publishes left in tmp/ (it can be a whole image's objects). */
 static void sweep_stale_tmp(const struct publish *p)
 {
+	char path[PATH_MAX], run[RUN_NAME_LEN + 1];
 	time_t now = time(NULL);
-	char path[PATH_MAX];
 	struct dirent *de;
 	struct stat st;
 	DIR *d;
 
 	if (path_fmt(path, sizeof(path), "%s/tmp", p->dir) || !(d = opendir(path)))
 		return;
+	/* Invariant 8: runs whose lock nobody holds, at once. A removal in this loop may
+	 * hide later entries from readdir; the next publish's sweep finds those. */
 	while ((de = readdir(d)) != NULL) {
-		if (de->d_name[0] == '.' ||
+		if (!strncmp(de->d_name, "run.", 4) && tmp_name_run(de->d_name, run) &&
+		    strcmp(run, p->run))
+			sweep_run_if_dead(dirfd(d), run);
+	}
+	rewinddir(d);
+	while ((de = readdir(d)) != NULL) {
+		bool has_run = tmp_name_run(de->d_name, run);
+
+		if (de->d_name[0] == '.' || (has_run && !strcmp(run, p->run)) ||
 		    fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 		    !S_ISREG(st.st_mode) || now - st.st_mtime < STALE_TMP_SECONDS)
+			continue;
+		/* Days old, but of a run that holds its lock: alive, it stays. */
+		if (has_run && sweep_run_if_dead(dirfd(d), run) != RUN_UNKNOWN)
 			continue;
 		unlinkat(dirfd(d), de->d_name, 0);
 	}
 	closedir(d);
 }
 
-static int prepare_repo(const struct publish *p, char *err, size_t errlen)
+/*
+ * Invariant 7: creates tmp/run.<run>.lock already locked (under a dot name that sweeps
+ * skip, renamed once locked), and keeps its fd in p->run_lock.
+ */
+static int take_run_lock(struct publish *p)
+{
+	char tmp[PATH_MAX], path[PATH_MAX];
+	int fd, ret;
+
+	if (path_fmt(tmp, sizeof(tmp), "%s/tmp/.run.%s.new", p->dir, p->run) ||
+	    path_fmt(path, sizeof(path), "%s/tmp/run.%s.lock", p->dir, p->run))
+		return -ENAMETOOLONG;
+	fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || rename(tmp, path) < 0) {
+		ret = -errno;
+		unlink(tmp);
+		close(fd);
+		return ret;
+	}
+	p->run_lock = fd;
+	return 0;
+}
+
+/* The end of a run: its lock file goes, then the lock (invariant 7). */
+static void release_run_lock(struct publish *p)
+{
+	char path[PATH_MAX];
+
+	if (p->run_lock < 0)
+		return;
+	if (!path_fmt(path, sizeof(path), "%s/tmp/run.%s.lock", p->dir, p->run))
+		unlink(path);
+	close(p->run_lock);
+	p->run_lock = -1;
+}
+
+static int prepare_repo(struct publish *p, char *err, size_t errlen)
 {
 	static const char *sub[] = {"chunks", "manifests", "tags", "tmp"};
 	const char *dir = p->dir;
@@ -792,14 +932,9 @@ static int prepare_repo(const struct publish *p, char *err, size_t errlen)
 		if (!ret)
 			ret = mkdir_p(path, 0755);
 	}
-	if (!ret) {
-		/* Existing directories on a read-only mount pass mkdir: probe with a file. */
-		ret = path_fmt(path, sizeof(path), "%s/tmp/probe.%s", dir, p->run);
-		if (!ret) {
-			ret = write_new_file(path, "", 0, false);
-			unlink(path);
-		}
-	}
+	/* Existing directories on a read-only mount pass mkdir: the lock file is the probe. */
+	if (!ret)
+		ret = take_run_lock(p);
 	if (ret)
 		snprintf(err, errlen, "repository %s: cannot write: %s",
 			 publish_printable(dir, path, sizeof(path)), strerror(-ret));
@@ -835,7 +970,7 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 		  size_t errlen)
 {
 	struct image_source src = {.fd = -1};
-	struct publish p = {.o = o, .dir = o->repo_dir};
+	struct publish p = {.o = o, .dir = o->repo_dir, .run_lock = -1};
 	uint32_t cs = o->chunk_size ? o->chunk_size : CHUNK_SIZE_DEFAULT;
 	char tmpdir[PATH_MAX], why[384] = "", q[PATH_MAX];
 	uint64_t t0 = now_ns();
@@ -855,7 +990,8 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 		ret = -EINVAL;
 		goto out;
 	}
-	/* Refuse an unusable source before the repository is touched. */
+	/* Refuse a missing or unusable source before the repository is touched; what is
+	 * published is decided by source_open alone (a qcow2 is checked there). */
 	ret = source_check(o->src, why, sizeof(why));
 	if (ret) {
 		snprintf(err, errlen, "%s: %s", publish_printable(o->src, q, sizeof(q)), why);
@@ -896,6 +1032,8 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 		goto out;
 	}
 	ret = run_pipeline(&p, &src, o->workers > 0 ? o->workers : nproc());
+	if (!ret && o->stop && *o->stop) /* the last chunk was read: stop before the commit */
+		ret = set_err(p.errmsg, sizeof(p.errmsg), -EINTR, "interrupted");
 	if (ret) {
 		snprintf(err, errlen, "%s", p.errmsg);
 		rollback_objects(&p);
@@ -917,6 +1055,7 @@ int publish_image(const struct publish_opts *o, struct publish_result *res, char
 	res->elapsed_ns = now_ns() - t0;
 out:
 	source_close(&src);
+	release_run_lock(&p); /* after every temporary file of the run is gone */
 	claims_free(&p.claims);
 	free(p.created);
 	free(p.renamed);

@@ -8,6 +8,7 @@
 #ifndef RACKDISK_IMAGES_PUBLISH_H
 #define RACKDISK_IMAGES_PUBLISH_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include "common/hash.h"
@@ -21,6 +22,9 @@ struct publish_opts {
 	uint32_t chunk_size;  /* 0: CHUNK_SIZE_DEFAULT */
 	int level;	      /* zstd level; 0: PUBLISH_ZSTD_LEVEL */
 	int workers;	      /* 0: one per online CPU */
+	/* Non-NULL: once *stop is non-zero (a signal handler sets it), the publish stops
+	 * before its commit, removes its temporary files and returns -EINTR. */
+	volatile sig_atomic_t *stop;
 };
 
 struct publish_result {

@@ -22,15 +22,28 @@
 
 #include "common/util.h"
 #include "images/chunkobj.h"
+#include "images/repoloc.h"
 
 #define TAG_MAX_BYTES	4096
 #define INDEX_MAX_BYTES (16u * 1024 * 1024)
+
+/*
+ * Bounds of one HTTP transfer. timeout_ms is the connect timeout and the window of the
+ * low-speed rule: a transfer under REPO_LOW_SPEED_BYTES per second for that long has
+ * stalled. The whole transfer may also not take longer than timeout_ms plus the time an
+ * object of the largest size allowed for it takes at REPO_MIN_RATE: a bound a valid
+ * object always fits (a 256 MiB manifest: 17 min), not one that fails it at a fixed
+ * number of seconds however steadily it arrives.
+ */
+#define REPO_LOW_SPEED_BYTES 16384L /* as the seed client's default */
+#define REPO_MIN_RATE	     (256u * 1024)
 
 struct repo {
 	char *dir;  /* local repository, or NULL */
 	char *url;  /* base URL without a trailing '/', or NULL */
 	CURL *curl; /* reused for every request: keeps the connection alive */
 	long timeout_ms;
+	char why[CURL_ERROR_SIZE + PATH_MAX + 64]; /* the last HTTP failure, in words */
 };
 
 struct membuf {
@@ -47,53 +60,34 @@ static void curl_init_once(void)
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-static char *strip_slashes(const char *s)
-{
-	size_t n = strlen(s);
-	char *r;
-
-	while (n > 1 && s[n - 1] == '/')
-		n--;
-	r = malloc(n + 1);
-	if (r) {
-		memcpy(r, s, n);
-		r[n] = '\0';
-	}
-	return r;
-}
-
 int repo_open(const char *loc, struct repo **out)
 {
+	struct repoloc l;
 	struct repo *r;
+	int ret;
 
-	if (!loc || !*loc)
-		return -EINVAL;
+	ret = repoloc_parse(loc, &l, NULL, 0);
+	if (ret)
+		return ret;
 	r = calloc(1, sizeof(*r));
-	if (!r)
+	if (!r) {
+		repoloc_free(&l);
 		return -ENOMEM;
+	}
 	r->timeout_ms = 30000;
-	if (!strncmp(loc, "http://", 7) || !strncmp(loc, "https://", 8)) {
+	if (l.http) {
 		pthread_once(&curl_once, curl_init_once);
-		r->url = strip_slashes(loc);
+		r->url = l.where;
 		r->curl = curl_easy_init();
-		if (!r->url || !r->curl)
-			goto nomem;
-	} else {
-		if (!strncmp(loc, "file://", 7))
-			loc += 7;
-		if (!*loc) {
-			free(r);
-			return -EINVAL;
+		if (!r->curl) {
+			repo_close(r);
+			return -ENOMEM;
 		}
-		r->dir = strip_slashes(loc);
-		if (!r->dir)
-			goto nomem;
+	} else {
+		r->dir = l.where;
 	}
 	*out = r;
 	return 0;
-nomem:
-	repo_close(r);
-	return -ENOMEM;
 }
 
 void repo_close(struct repo *r)
@@ -150,45 +144,105 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
 	return n;
 }
 
+int repo_curl_errno(int curl_code)
+{
+	switch ((CURLcode)curl_code) {
+	case CURLE_OK:
+		return 0;
+	case CURLE_OPERATION_TIMEDOUT:
+		return -ETIMEDOUT;
+	case CURLE_COULDNT_CONNECT:
+		return -ECONNREFUSED;
+	case CURLE_ABORTED_BY_CALLBACK:
+		return -ECANCELED;
+	case CURLE_OUT_OF_MEMORY:
+		return -ENOMEM;
+	case CURLE_FILESIZE_EXCEEDED:
+		return -EFBIG;
+	case CURLE_PEER_FAILED_VERIFICATION:
+	case CURLE_SSL_CONNECT_ERROR:
+	case CURLE_SSL_CACERT_BADFILE:
+	case CURLE_SSL_CERTPROBLEM:
+		return -EKEYREJECTED;
+	default:
+		return -EIO;
+	}
+}
+
+int repo_http_status_errno(long status)
+{
+	if (status == 200)
+		return 0;
+	if (status == 404 || status == 410)
+		return -ENOENT;
+	if (status == 401 || status == 403)
+		return -EACCES;
+	return -EIO;
+}
+
+/* The longest a transfer of at most max bytes may take in all (see REPO_MIN_RATE). */
+static long total_ms(const struct repo *r, size_t max)
+{
+	uint64_t ms = (uint64_t)r->timeout_ms + (uint64_t)max / (REPO_MIN_RATE / 1000);
+
+	return (long)MIN(ms, (uint64_t)LONG_MAX);
+}
+
+/* Sets the options of one GET of url into b; the same for every request. */
+static void http_setup(struct repo *r, const char *url, struct membuf *b, char *errbuf)
+{
+	curl_easy_reset(r->curl);
+	curl_easy_setopt(r->curl, CURLOPT_URL, url);
+	curl_easy_setopt(r->curl, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(r->curl, CURLOPT_WRITEDATA, b);
+	curl_easy_setopt(r->curl, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(r->curl, CURLOPT_CONNECTTIMEOUT_MS, r->timeout_ms);
+	curl_easy_setopt(r->curl, CURLOPT_LOW_SPEED_LIMIT, REPO_LOW_SPEED_BYTES);
+	curl_easy_setopt(r->curl, CURLOPT_LOW_SPEED_TIME, MAX(1L, (r->timeout_ms + 999) / 1000));
+	curl_easy_setopt(r->curl, CURLOPT_TIMEOUT_MS, total_ms(r, b->max));
+	/* A Content-Length over the bound fails at once (CURLE_FILESIZE_EXCEEDED). */
+	curl_easy_setopt(r->curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)b->max);
+	curl_easy_setopt(r->curl, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(r->curl, CURLOPT_TCP_KEEPALIVE, 1L);
+	/* As the seed client (seed.c): a repository moved behind a redirect is followed,
+	 * a few hops, never to another protocol than http(s). */
+	curl_easy_setopt(r->curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(r->curl, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(r->curl, CURLOPT_FOLLOWLOCATION, 1L);
+	curl_easy_setopt(r->curl, CURLOPT_MAXREDIRS, 3L);
+}
+
 static int http_fetch(struct repo *r, const char *rel, size_t max, char **out, size_t *len)
 {
 	struct membuf b = {.curl = r->curl, .max = max};
-	char url[PATH_MAX + 256];
+	char url[PATH_MAX + 256], errbuf[CURL_ERROR_SIZE] = "";
 	long status = 0;
 	CURLcode rc;
 	int ret;
 
 	if (snprintf(url, sizeof(url), "%s/%s", r->url, rel) >= (int)sizeof(url))
 		return -ENAMETOOLONG;
-	curl_easy_reset(r->curl);
-	curl_easy_setopt(r->curl, CURLOPT_URL, url);
-	curl_easy_setopt(r->curl, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(r->curl, CURLOPT_WRITEDATA, &b);
-	curl_easy_setopt(r->curl, CURLOPT_TIMEOUT_MS, r->timeout_ms);
-	curl_easy_setopt(r->curl, CURLOPT_CONNECTTIMEOUT_MS, r->timeout_ms);
-	curl_easy_setopt(r->curl, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(r->curl, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(r->curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	http_setup(r, url, &b, errbuf);
 	rc = curl_easy_perform(r->curl);
-	if (rc == CURLE_OPERATION_TIMEDOUT) {
-		ret = -ETIMEDOUT;
-		goto out;
-	}
-	if (rc != CURLE_OK) {
-		ret = b.too_big ? -EFBIG : -EIO;
-		goto out;
-	}
 	curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
-	if (status == 404 || status == 410) {
-		ret = -ENOENT;
+	if (rc == CURLE_WRITE_ERROR && b.too_big)
+		rc = CURLE_FILESIZE_EXCEEDED;
+	/* Only the object can be too big: an error page's size says nothing (a big 404). */
+	if (rc == CURLE_FILESIZE_EXCEEDED && status != 200)
+		rc = CURLE_OK;
+	if (rc != CURLE_OK) {
+		ret = repo_curl_errno(rc);
+		if (ret == -EFBIG)
+			snprintf(r->why, sizeof(r->why),
+				 "GET %s: larger than the %zu bytes allowed", url, max);
+		else
+			snprintf(r->why, sizeof(r->why), "GET %s: %s", url,
+				 errbuf[0] ? errbuf : curl_easy_strerror(rc));
 		goto out;
 	}
-	if (status == 401 || status == 403) {
-		ret = -EACCES;
-		goto out;
-	}
-	if (status != 200) {
-		ret = -EIO;
+	ret = repo_http_status_errno(status);
+	if (ret) {
+		snprintf(r->why, sizeof(r->why), "GET %s: HTTP %ld", url, status);
 		goto out;
 	}
 	if (!b.p) { /* an empty body */
@@ -207,13 +261,22 @@ out:
 	return ret;
 }
 
+const char *repo_strerror(const struct repo *r, int err)
+{
+	if (r && r->url && r->why[0] && err != -ENOENT && err != -ENOMEM)
+		return r->why;
+	return strerror(-err);
+}
+
 /* Fetches <repo>/<rel> (at most max bytes) into a malloc'd NUL-terminated buffer. */
 int repo_fetch(struct repo *r, const char *rel, size_t max, char **out, size_t *len)
 {
 	char path[PATH_MAX];
 
-	if (r->url)
+	if (r->url) {
+		r->why[0] = '\0';
 		return http_fetch(r, rel, max, out, len);
+	}
 	if (snprintf(path, sizeof(path), "%s/%s", r->dir, rel) >= (int)sizeof(path))
 		return -ENAMETOOLONG;
 	return read_file(path, max, out, len);
@@ -258,7 +321,7 @@ int repo_get_manifest(struct repo *r, const struct chunk_hash *id, struct manife
 	if (ret) {
 		if (err)
 			snprintf(err, errlen, "manifest %s: %s", hex,
-				 ret == -EFBIG ? "over the size limit" : strerror(-ret));
+				 ret == -EFBIG ? "over the size limit" : repo_strerror(r, ret));
 		return ret;
 	}
 	ret = manifest_parse(buf, len, &m, err, errlen);
@@ -308,7 +371,7 @@ int repo_load_image(struct repo *r, const char *name_or_id, struct manifest **ou
 			snprintf(err, errlen, "tag %s: %s", name_or_id,
 				 ret == -ENOENT	   ? "no such image"
 				 : ret == -EBADMSG ? "tag file does not hold an image id"
-						   : strerror(-ret));
+						   : repo_strerror(r, ret));
 		return ret;
 	}
 	return repo_get_manifest(r, &id, out, err, errlen);

@@ -14,7 +14,10 @@
  *
  * A repo handle is not thread-safe: use one per thread (each holds its own keep-alive
  * HTTP connection). Every call returns 0 or a negative errno; -ENOENT means the object
- * does not exist (HTTP 404), -EIO a transport failure, -ETIMEDOUT a timeout.
+ * does not exist (HTTP 404/410), -EACCES HTTP 401/403, -ETIMEDOUT a timeout,
+ * -ECONNREFUSED nothing listening, -EKEYREJECTED a TLS failure, -EFBIG an object over its
+ * bound, -EIO any other transport failure or HTTP status. repo_strerror says which, in
+ * words (the status, curl's message, the URL). Redirects are followed (3 hops, http(s)).
  */
 #ifndef RACKDISK_IMAGES_REPO_H
 #define RACKDISK_IMAGES_REPO_H
@@ -30,12 +33,30 @@
 
 struct repo;
 
-/* loc: a directory path, file://PATH, http://... or https://... */
+/* loc: a directory path, file:///PATH, file://localhost/PATH, http://... or https://...
+ * (repoloc.h). -EINVAL or -EPROTONOSUPPORT for another spelling (repoloc_parse says why). */
 int repo_open(const char *loc, struct repo **out);
 void repo_close(struct repo *r);
 
-/* Per-request timeout for HTTP repositories (default 30 s). */
+/*
+ * HTTP repositories: the connect timeout, and how long a transfer may run under 16 KiB/s
+ * before it counts as stalled (default 30 s). A transfer is also bounded in all by that
+ * plus the time its largest allowed object takes at 256 KiB/s, so a large manifest that
+ * arrives steadily is never cut off at a fixed number of seconds.
+ */
 void repo_set_timeout_ms(struct repo *r, long ms);
+
+/*
+ * err (a negative errno a call on r returned) in words: for the last failed HTTP request
+ * of r, what failed ("GET URL: HTTP 500", "GET URL: Failed to connect to ...", "... Operation
+ * too slow ..."); else strerror. Valid until the next call on r.
+ */
+const char *repo_strerror(const struct repo *r, int err);
+
+/* The negative errno for a libcurl result (a CURLcode) and for an HTTP status (0 for 200):
+ * the one mapping of the seed client and the repository reader. */
+int repo_curl_errno(int curl_code);
+int repo_http_status_errno(long status);
 
 /* The directory of a local repository, or NULL for an HTTP(S) one. */
 const char *repo_dir(const struct repo *r);

@@ -2,6 +2,7 @@
 {"error": ...} with the right status, and nothing is created by a refused request.
 Also the CLI's behaviour when the daemon cannot be reached."""
 import functools
+import hashlib
 import http.server
 import json
 import os
@@ -639,3 +640,114 @@ def test_pull_refuses_ids_and_the_index_as_tags(app):
                  "is an image id, not a tag")
     assert_error(app.request("POST", "/api/v1/images", {"tag": "index"}), 400,
                  "invalid image tag")
+
+
+def crafted_manifest(nchunks):
+    """A valid manifest of an all-zero image of nchunks 1 MiB chunks (5 bytes per chunk),
+    and its image id."""
+    text = (json.dumps({"format": 1, "size": nchunks << 20, "chunk_size": 1 << 20,
+                        "hash": "sha256", "chunks": [None] * nchunks},
+                       separators=(",", ":")) + "\n").encode()
+    return text, hashlib.sha256(text).hexdigest()
+
+
+class SeedQuirksHandler(http.server.SimpleHTTPRequestHandler):
+    """The seed repository, with: the manifest of tag "big" sent steadily but slowly (longer
+    than the request timeout in all), tags/broken answering 500, tags/moved redirecting to
+    tags/deb, and the manifest of tag "huge" over the 256 MiB limit."""
+    SLOW_ID = HUGE_ID = None
+
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        if path == "/tags/broken":
+            self.send_error(500, "broken on purpose")
+        elif path == "/tags/moved":
+            self.send_response(302)
+            self.send_header("Location", "/tags/deb")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif path == f"/manifests/{self.SLOW_ID}.json":
+            self.stream(open(self.translate_path(path), "rb").read(), 10000, 0.05)
+        elif path == f"/manifests/{self.HUGE_ID}.json":
+            self.stream(None, 1 << 20, 0, length=(256 << 20) + (1 << 20))
+        else:
+            super().do_GET()
+
+    def stream(self, data, piece, pause, length=None):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data) if data else length))
+        self.end_headers()
+        try:
+            if data is None:
+                zeros = b" " * piece
+                for _ in range(length // piece):
+                    self.wfile.write(zeros)
+                return
+            for i in range(0, len(data), piece):
+                self.wfile.write(data[i:i + piece])
+                self.wfile.flush()
+                time.sleep(pause)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up: what the test looks at is its answer
+
+    def log_message(self, *args):
+        pass
+
+
+def quirky_seed_appliance(tmp_path, request_timeout_ms):
+    """An appliance on a seed served by SeedQuirksHandler; returns (appliance, server,
+    id of tag "big")."""
+    slow, slow_id = crafted_manifest(100000)  # 500 KB at 200 KB/s: 2.5 s
+    huge_id = "ab" * 32
+    handler = type("H", (SeedQuirksHandler,), {"SLOW_ID": slow_id, "HUGE_ID": huge_id})
+    srv = slow_tag_seed(tmp_path, handler)
+    repo = str(tmp_path / "seed" / "repo")
+    with open(os.path.join(repo, "manifests", slow_id + ".json"), "wb") as f:
+        f.write(slow)
+    for tag, image_id in (("big", slow_id), ("huge", huge_id)):
+        with open(os.path.join(repo, "tags", tag), "w") as f:
+            f.write(image_id + "\n")
+    a = Appliance(f"http://127.0.0.1:{srv.server_address[1]}/")
+    with open(a.conf) as f:
+        conf = f.read()
+    with open(a.conf, "w") as f:
+        f.write(conf.replace("request_timeout_ms = 3000",
+                             f"request_timeout_ms = {request_timeout_ms}"))
+    return a, srv, slow_id
+
+
+def test_image_pull_of_a_manifest_arriving_steadily_is_not_cut_off(tmp_path):
+    """The seed's request timeout capped the whole manifest transfer (a 115 MiB manifest
+    could never be pulled at 10 MB/s with the default 10 s, each retry starting over): here
+    a 1 s timeout and a manifest taking 2.5 s. The timeout now bounds a stall, not a
+    transfer that makes progress."""
+    a, srv, slow_id = quirky_seed_appliance(tmp_path, 1000)
+    try:
+        a.start()
+        t0 = time.monotonic()
+        st, im = a.request("POST", "/api/v1/images", {"tag": "big"})
+        assert st == 200, im
+        assert im["id"] == slow_id and time.monotonic() - t0 > 1.5
+    finally:
+        a.cleanup()
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_image_pull_follows_redirects_and_says_what_failed(tmp_path):
+    """A redirect is followed, as the seed client does (a pull got "Input/output error");
+    a failed request names the HTTP status and the URL (it said "Input/output error"); a
+    manifest over the limit is the seed's fault, 502, not the client's 413."""
+    a, srv, _ = quirky_seed_appliance(tmp_path, 10000)
+    try:
+        a.start()
+        st, im = a.request("POST", "/api/v1/images", {"tag": "moved"})
+        assert st == 200, im
+        assert_error(a.request("POST", "/api/v1/images", {"tag": "broken"}), 502,
+                     "tags/broken: HTTP 500")
+        assert_error(a.request("POST", "/api/v1/images", {"tag": "huge"}), 502,
+                     "over the 268435456-byte limit")
+    finally:
+        a.cleanup()
+        srv.shutdown()
+        srv.server_close()

@@ -6,6 +6,8 @@ import http.server
 import json
 import os
 import random
+import signal
+import socket
 import subprocess
 import threading
 import time
@@ -723,3 +725,182 @@ def test_usage_errors(tmp_path):
     assert_one_line_error(p, "not a URL")
     p = rd("ls", "--repo", "http://127.0.0.1:1/r")
     assert_one_line_error(p, "127.0.0.1:1")
+
+
+def test_repo_locations_mean_one_place_or_are_refused(tmp_path):
+    """--repo file://localhost/ABS is the directory /ABS (not ./localhost/ABS), for publish
+    and for the readers; another scheme (s3://) is a usage error, not a directory ./s3:/."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    repo = str(tmp_path / "repo")
+    src = write(tmp_path / "x.raw", random_bytes(256 * KIB, 43))
+
+    def run(*args):
+        return subprocess.run([RACKDISK, "image", *map(str, args)], capture_output=True,
+                              text=True, timeout=120, cwd=cwd)
+
+    url = "file://localhost" + repo
+    p = run("publish", src, "--repo", url, "--name", "x", "--chunk-size", "64K")
+    assert p.returncode == 0, p.stderr
+    _, manifest = manifest_of(repo, "x")
+    assert reassemble(repo, manifest) == open(src, "rb").read()
+    for args in (("ls", "--repo", url), ("show", "--repo", url, "x"),
+                 ("verify", "--repo", url, "x"), ("ls", "--repo", "file://" + repo)):
+        p = run(*args)
+        assert p.returncode == 0, (args, p.stderr)
+    assert "x" in run("ls", "--repo", url).stdout
+    for args in (("publish", src, "--repo", "s3://bucket/repo", "--name", "x"),
+                 ("ls", "--repo", "s3://bucket/repo"),
+                 ("verify", "--repo", "s3://bucket/repo", "x")):
+        p = run(*args)
+        line = assert_one_line_error(p, "s3://bucket/repo", "unsupported repository scheme")
+        assert p.returncode == 2, line
+    p = run("publish", src, "--repo", "file://otherhost" + repo, "--name", "x")
+    assert_one_line_error(p, "file://")
+    assert p.returncode == 2
+    assert os.listdir(cwd) == []
+
+
+@pytest.fixture
+def quirky_server():
+    """serve(root) starts an HTTP server on a free loopback port over the repository root:
+    /moved/P redirects (302) to /P, /broken/P answers 500, /nochunks/P serves P except
+    chunk objects (500). Returns its URL; stopped at teardown."""
+    servers = []
+
+    def serve(root):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                prefix, _, rest = self.path.lstrip("/").partition("/")
+                path = os.path.join(root, rest)
+                if prefix == "moved":
+                    self.answer(302, b"", [("Location", "/ok/" + rest)])
+                elif prefix == "broken" or (prefix == "nochunks" and
+                                            rest.startswith("chunks/")):
+                    self.answer(500, b"oops")
+                elif os.path.isfile(path):
+                    self.answer(200, open(path, "rb").read())
+                else:
+                    self.answer(404, b"")
+
+            def answer(self, status, body, headers=()):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}"
+
+    yield serve
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_http_redirects_are_followed_and_failures_say_what_failed(seeded, quirky_server):
+    """A repository behind a redirect is read (the seed client follows redirects; show,
+    ls and verify answered "Input/output error"); a failed request names its HTTP status or
+    what the connection ran into, and the URL, not "Input/output error"."""
+    repo, _ = seeded
+    url = quirky_server(repo)
+    show = json.loads(rd_ok("show", "--repo", url + "/moved", "seed", "--json").stdout)
+    assert show["id"] == manifest_of(repo, "seed")[0]
+    assert "seed" in rd_ok("ls", "--repo", url + "/moved").stdout
+    rd_ok("verify", "--repo", url + "/moved", "seed")
+    for args in (("show", "--repo", url + "/broken", "seed"), ("ls", "--repo", url + "/broken"),
+                 ("verify", "--repo", url + "/nochunks", "seed")):
+        line = assert_one_line_error(rd(*args), "HTTP 500", url)
+        assert "Input/output error" not in line
+    with socket.socket() as s:  # a port that nothing listens on while the socket is open
+        s.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{s.getsockname()[1]}/r"
+        for args in (("ls", "--repo", refused), ("show", "--repo", refused, "seed")):
+            line = assert_one_line_error(rd(*args), "connect", refused)
+            assert "Input/output error" not in line
+
+
+def start_slow_publish(tmp_path, repo, name, seed):
+    """A publish that takes seconds (16 MiB of random data, zstd level 19, one worker),
+    returned as a Popen once its first temporary chunk object is in tmp/."""
+    src = write(tmp_path / f"{name}.raw", random_bytes(16 * MIB, seed))
+    tmp = os.path.join(repo, "tmp")
+    before = set(os.listdir(tmp)) if os.path.isdir(tmp) else set()
+    proc = subprocess.Popen([RACKDISK, "image", "publish", src, "--repo", repo, "--name", name,
+                             "--chunk-size", "64K", "--level", "19", "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (os.path.isdir(tmp) and
+               any(n.startswith("c.") for n in set(os.listdir(tmp)) - before)):
+        assert proc.poll() is None, f"publish ended early: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "publish wrote no temporary object in 30 s"
+        time.sleep(0.01)
+    return proc, src
+
+
+def run_files(repo, exclude=()):
+    """The temporary files in repo/tmp, minus those in exclude."""
+    return sorted(set(os.listdir(os.path.join(repo, "tmp"))) - set(exclude))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_interrupted_publish_removes_its_temporary_files(tmp_path, sig):
+    """SIGINT or SIGTERM: the publish stops, removes what it wrote in tmp/ (its objects,
+    hundreds of MiB for a big image, used to stay for three days) and ends by the signal."""
+    repo = str(tmp_path / "repo")
+    proc, _ = start_slow_publish(tmp_path, repo, "x", 51)
+    try:
+        proc.send_signal(sig)
+        proc.wait(60)
+        err = proc.stderr.read()
+        assert run_files(repo) == []
+        assert proc.returncode == -sig, err
+        assert "interrupted" in err
+        assert not os.path.exists(os.path.join(repo, "tags", "x"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_killed_publish_is_swept_by_the_next_but_a_live_one_is_not(tmp_path):
+    """A publish killed mid-run (SIGKILL: no cleanup of its own) leaves its objects in
+    tmp/; the next publish removes them at once, since no process holds that run's lock. A
+    live publish's files (here: stopped with SIGSTOP, holding its lock) stay, and it then
+    completes."""
+    repo = str(tmp_path / "repo")
+    procs = []
+    try:
+        dead, _ = start_slow_publish(tmp_path, repo, "dead", 52)
+        procs.append(dead)
+        dead.kill()
+        dead.wait(30)
+        dead_files = run_files(repo)
+        assert any(n.startswith("c.") for n in dead_files), dead_files
+        live, live_src = start_slow_publish(tmp_path, repo, "live", 53)
+        procs.append(live)
+        live.send_signal(signal.SIGSTOP)
+        live_files = run_files(repo, dead_files)
+        assert any(n.startswith("c.") for n in live_files), live_files
+        publish(write(tmp_path / "small.raw", random_bytes(256 * KIB, 54)), repo, "small")
+        left = run_files(repo)
+        assert not set(dead_files) & set(left), left
+        assert set(live_files) <= set(left), (live_files, left)
+        live.send_signal(signal.SIGCONT)
+        assert live.wait(120) == 0, live.stderr.read()
+        _, manifest = manifest_of(repo, "live")
+        assert reassemble(repo, manifest) == open(live_src, "rb").read()
+        assert run_files(repo) == []
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+                p.wait()

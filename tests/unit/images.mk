@@ -3,3 +3,6 @@
 # Fault injection on publish's reads of its input and its fstat of a converted qcow2 (the
 # test defines the wrappers; with a 64-bit off_t, fstat is fstat64).
 $(BUILD)/tests/unit/images/test_publish_faults: LDFLAGS += -Wl,--wrap=read -Wl,--wrap=fstat64
+
+# A file replaced at its path while qemu-img runs (the test wraps posix_spawnp).
+$(BUILD)/tests/unit/images/test_source: LDFLAGS += -Wl,--wrap=posix_spawnp

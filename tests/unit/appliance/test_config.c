@@ -282,6 +282,18 @@ static void test_seed_url_needs_a_host(void **state)
 	assert_int_equal(load("[node]\nname = a1\n[seed]\nurl = file:///repo\n"), 0);
 }
 
+/* [seed] url is read as the seed client and the CLI read it (images/repoloc.h): a
+ * file://localhost/ URL is that directory; another scheme, a file:// URL of another host
+ * or a relative directory is refused at load, not at the first pull. */
+static void test_seed_url_spellings(void **state)
+{
+	assert_int_equal(load("[node]\nname = a1\n[seed]\nurl = file://localhost/repo\n"), 0);
+	assert_string_equal(cfg.seed_url, "file://localhost/repo");
+	assert_bad("[node]\nname = a1\n[seed]\nurl = s3://bucket/repo\n", 4, "[seed] url");
+	assert_bad("[node]\nname = a1\n[seed]\nurl = file://otherhost/repo\n", 4, "url");
+	assert_bad("[node]\nname = a1\n[seed]\nurl = file:repo\n", 4, "absolute directory");
+}
+
 /* libinih's multiline mode took an indented line for the continuation of the value
  * above it ("[node] name is given twice"): an indented key is an ordinary key. */
 static void test_indented_key_is_a_key(void **state)
@@ -483,6 +495,7 @@ int main(void)
 		cmocka_unit_test(test_bad_sizes),
 		cmocka_unit_test(test_cache_size_below_one_chunk_refused),
 		cmocka_unit_test(test_seed_url_needs_a_host),
+		cmocka_unit_test(test_seed_url_spellings),
 		cmocka_unit_test(test_indented_key_is_a_key),
 		cmocka_unit_test(test_bad_portals_and_addresses),
 		cmocka_unit_test(test_missing_required),

@@ -1,9 +1,12 @@
 /*
  * test_source.c - the input of publish: reading a raw file that shrinks after it was opened,
- * and the error messages of source_check and source_open.
+ * the error messages of source_check and source_open, and a file replaced at its path
+ * while publish works on it (tests/unit/images.mk links this test with
+ * -Wl,--wrap=posix_spawnp, so that the replacement happens at a chosen qemu-img run).
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,10 +17,32 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <spawn.h>
 
 #include "images/source.h"
 
 #define KIB 1024
+
+/* ---- replacing the input while qemu-img runs ---- */
+
+static const char *swap_at;	 /* the qemu-img subcommand ("check") before which ... */
+static char swap_from[PATH_MAX]; /* ... this file is renamed ... */
+static char swap_to[PATH_MAX];	 /* ... over the input */
+static int swaps;
+
+int __real_posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
+			const posix_spawnattr_t *attr, char *const argv[], char *const envp[]);
+
+int __wrap_posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
+			const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+{
+	if (swap_at && argv[1] && !strcmp(argv[1], swap_at)) {
+		swap_at = NULL;
+		if (rename(swap_from, swap_to) == 0)
+			swaps++;
+	}
+	return __real_posix_spawnp(pid, file, fa, attr, argv, envp);
+}
 
 struct ctx {
 	char dir[64];
@@ -48,10 +73,117 @@ static int teardown(void **state)
 {
 	struct ctx *c = *state;
 
-	unlink(c->file);
-	rmdir(c->dir);
+	char cmd[128];
+
+	swap_at = NULL;
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", c->dir);
+	assert_int_equal(system(cmd), 0);
 	free(c);
 	return 0;
+}
+
+/* Runs a shell command line made from fmt; asserts it succeeded. */
+static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void sh(const char *fmt, ...)
+{
+	char cmd[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	assert_int_equal(system(cmd), 0);
+}
+
+/* Entries of dir, "." and ".." not counted. */
+static int count_entries(const char *dir)
+{
+	char cmd[256], line[32] = "";
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd), "ls -A '%s' | wc -l", dir);
+	f = popen(cmd, "r");
+	assert_non_null(f);
+	assert_non_null(fgets(line, sizeof(line), f));
+	pclose(f);
+	return atoi(line);
+}
+
+/* Reads all of src; asserts its first byte (every byte is that one) and its size. */
+static void assert_reads_as(struct image_source *src, int byte, uint64_t size)
+{
+	static char buf[64 * KIB], want[64 * KIB];
+
+	assert_int_equal(src->size, size);
+	memset(want, byte, sizeof(want));
+	for (uint64_t off = 0; off < size; off += sizeof(buf)) {
+		assert_int_equal(source_read(src, buf, sizeof(buf)), 0);
+		assert_memory_equal(buf, want, sizeof(buf));
+	}
+}
+
+/*
+ * The fixture for the replacement tests: c->dir/tmp (the conversion's tmpdir, empty), a
+ * 64 KiB secret of 'S' bytes and c->dir/evil.qcow2, a qcow2 whose backing file is that
+ * secret: converted as it says, it is the secret.
+ */
+static void make_evil(struct ctx *c, char *tmpdir, size_t len)
+{
+	sh("cd '%s' && mkdir tmp && head -c 65536 /dev/zero | tr '\\0' S > secret && "
+	   "qemu-img create -q -f qcow2 -F raw -b \"$PWD/secret\" evil.qcow2 64K",
+	   c->dir);
+	snprintf(tmpdir, len, "%s/tmp", c->dir);
+	snprintf(swap_from, sizeof(swap_from), "%s/evil.qcow2", c->dir);
+	snprintf(swap_to, sizeof(swap_to), "%s", c->file);
+	swaps = 0;
+}
+
+/*
+ * publish checks its input (source_check), then opens it (source_open). A raw file when
+ * checked that is a qcow2 naming a secret when opened is judged as what is opened: refused,
+ * never converted with its backing file.
+ */
+static void test_raw_replaced_by_a_qcow2_after_the_check_is_refused(void **state)
+{
+	struct ctx *c = *state;
+	struct image_source src = {.fd = -1};
+	char err[256], tmpdir[128];
+	int ret;
+
+	make_evil(c, tmpdir, sizeof(tmpdir));
+	assert_int_equal(source_check(c->file, err, sizeof(err)), 0);
+	assert_int_equal(rename(swap_from, swap_to), 0);
+	ret = source_open(c->file, tmpdir, &src, err, sizeof(err));
+	if (ret == 0)
+		assert_reads_as(&src, 'S', 64 * KIB); /* fails: it published the secret */
+	assert_int_equal(ret, -EPERM);
+	assert_non_null(strstr(err, "qcow2 with a backing file: refused"));
+	source_close(&src);
+	assert_int_equal(count_entries(tmpdir), 0);
+}
+
+/*
+ * A qcow2 that becomes another qcow2 (one naming a secret) while qemu-img works on it, after
+ * `info` found no backing file: what is converted is the qcow2 that was checked.
+ */
+static void test_qcow2_replaced_while_qemu_img_runs_is_not_read(void **state)
+{
+	struct ctx *c = *state;
+	struct image_source src = {.fd = -1};
+	char err[256], tmpdir[128];
+
+	make_evil(c, tmpdir, sizeof(tmpdir));
+	sh("cd '%s' && qemu-img convert -q -f raw -O qcow2 in.raw in.qcow2 && mv in.qcow2 in.raw",
+	   c->dir); /* c->file is a qcow2 now, reading as 64 KiB of 0x5a */
+	swap_at = "check";
+	assert_int_equal(source_check(c->file, err, sizeof(err)), 0);
+	assert_int_equal(source_open(c->file, tmpdir, &src, err, sizeof(err)), 0);
+	assert_int_equal(swaps, 1); /* the replacement did happen, before check and convert */
+	assert_true(src.qcow2);
+	assert_reads_as(&src, 0x5a, 64 * KIB);
+	source_close(&src);
+	assert_int_equal(count_entries(tmpdir), 0);
 }
 
 /* A file that shrinks after source_open measured it ends early: -ENODATA, which no read
@@ -102,6 +234,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_input_that_shrinks_ends_early, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_errors_say_why, setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_raw_replaced_by_a_qcow2_after_the_check_is_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_qcow2_replaced_while_qemu_img_runs_is_not_read,
+						setup, teardown),
 	};
 
 	return cmocka_run_group_tests_name("source", tests, NULL, NULL);

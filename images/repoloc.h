@@ -1,0 +1,31 @@
+/*
+ * repoloc.h - where a repository is: the one reading of a repository location shared by
+ * `rackdisk image ...` (--repo), the appliance's [seed] url, and the seed client, so that
+ * a spelling means the same place to all of them.
+ *
+ * Accepted: http://... and https://... (scheme in any case), file:///ABS and
+ * file://localhost/ABS (RFC 8089; no other host), and a plain directory path (relative or
+ * absolute; "file:x" without "//" is a directory named so). Any other SCHEME:// is refused:
+ * read as a directory, "s3://bucket/repo" would quietly create ./s3:/bucket/repo.
+ */
+#ifndef RACKDISK_IMAGES_REPOLOC_H
+#define RACKDISK_IMAGES_REPOLOC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct repoloc {
+	bool http;   /* http(s): where is the base URL; else the directory path */
+	char *where; /* malloc'd, owned by the caller (repoloc_free); no trailing '/' */
+};
+
+/*
+ * Parses loc into *out. Returns 0, or -EINVAL (empty, file:// naming no absolute path or
+ * another host), -EPROTONOSUPPORT (another scheme), -ENOMEM; on error writes a one-line
+ * reason into err (when non-NULL) and leaves *out empty.
+ */
+int repoloc_parse(const char *loc, struct repoloc *out, char *err, size_t errlen);
+
+void repoloc_free(struct repoloc *l);
+
+#endif
