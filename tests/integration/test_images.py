@@ -671,29 +671,29 @@ def test_verify_checks_a_short_last_chunk_at_its_own_length(tmp_path, seeded):
     assert "2 objects checked, 1 bad" in p.stdout
 
 
-@pytest.fixture
-def wordy_404_server():
-    """serve(root) starts an HTTP server on a free loopback port whose 404 page is 8 KiB
-    (more than any tag file may hold); returns its URL. Stopped at teardown."""
+class _QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A test server's handler: answer() sends a whole reply; nothing is logged."""
+
+    def answer(self, status, body, headers=()):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _http_servers(make_handler):
+    """A fixture body: yields serve(root), which starts a threaded HTTP server on a free
+    loopback port with make_handler(root)'s class and returns its URL; every server is
+    stopped at teardown."""
     servers = []
 
     def serve(root):
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                path = os.path.join(root, self.path.lstrip("/"))
-                if os.path.isfile(path):
-                    status, body = 200, open(path, "rb").read()
-                else:
-                    status, body = 404, b"<html>" + b"not found " * 800 + b"</html>"
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make_handler(root))
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
         return f"http://127.0.0.1:{srv.server_address[1]}"
@@ -702,6 +702,23 @@ def wordy_404_server():
     for srv in servers:
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.fixture
+def wordy_404_server():
+    """serve(root) starts an HTTP server on a free loopback port whose 404 page is 8 KiB
+    (more than any tag file may hold); returns its URL. Stopped at teardown."""
+    def handler(root):
+        class Handler(_QuietHandler):
+            def do_GET(self):
+                path = os.path.join(root, self.path.lstrip("/"))
+                if os.path.isfile(path):
+                    self.answer(200, open(path, "rb").read())
+                else:
+                    self.answer(404, b"<html>" + b"not found " * 800 + b"</html>")
+        return Handler
+
+    yield from _http_servers(handler)
 
 
 def test_big_404_page_means_missing(seeded, wordy_404_server):
@@ -766,10 +783,8 @@ def quirky_server():
     """serve(root) starts an HTTP server on a free loopback port over the repository root:
     /moved/P redirects (302) to /P, /broken/P answers 500, /nochunks/P serves P except
     chunk objects (500). Returns its URL; stopped at teardown."""
-    servers = []
-
-    def serve(root):
-        class Handler(http.server.BaseHTTPRequestHandler):
+    def handler(root):
+        class Handler(_QuietHandler):
             def do_GET(self):
                 prefix, _, rest = self.path.lstrip("/").partition("/")
                 path = os.path.join(root, rest)
@@ -782,27 +797,9 @@ def quirky_server():
                     self.answer(200, open(path, "rb").read())
                 else:
                     self.answer(404, b"")
+        return Handler
 
-            def answer(self, status, body, headers=()):
-                self.send_response(status)
-                for k, v in headers:
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
-        return f"http://127.0.0.1:{srv.server_address[1]}"
-
-    yield serve
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
+    yield from _http_servers(handler)
 
 
 def test_http_redirects_are_followed_and_failures_say_what_failed(seeded, quirky_server):
