@@ -203,6 +203,49 @@ def test_chap_password_from_file_or_stdin(app, tmp_path):
             app.request("DELETE", f"/api/v1/disks/{disk}")
 
 
+NOT_UTF8 = b"\xff\xfe-not-utf8"
+
+
+@pytest.mark.parametrize("opts,needle", [
+    ([b"--chap-user", b"u8user", b"--chap-password", b"secret-123456" + NOT_UTF8],
+     "--chap-password is not valid UTF-8"),
+    ([b"--chap-user", b"u8" + NOT_UTF8, b"--chap-password", b"secret-123456"],
+     "--chap-user is not valid UTF-8"),
+    ([b"--initiator", b"iqn.2026-01.x:a", b"--initiator", b"iqn.2026-01.x:" + NOT_UTF8],
+     "--initiator is not valid UTF-8"),
+    ([b"--size", b"1G" + NOT_UTF8], "--size is not valid UTF-8"),
+    ([b"--image", b"deb" + NOT_UTF8], "--image is not valid UTF-8"),
+    ([b"--chap-user", b"u8user", b"--chap-password-file", b"PWFILE"],
+     "the CHAP password in --chap-password-file is not valid UTF-8"),
+])
+def test_cli_refuses_option_values_that_are_not_utf8(app, tmp_path, opts, needle):
+    """jansson refuses strings that are not UTF-8, and the CLI passed its NULL on: the
+    value was left out of the request and the disk was created without its CHAP password,
+    its initiator list or its size. Now the CLI stops (exit 2) naming the option, and
+    nothing is created."""
+    pw = tmp_path / "pw"
+    pw.write_bytes(b"secret-123456" + NOT_UTF8 + b"\n")
+    opts = [str(pw).encode() if o == b"PWFILE" else o for o in opts]
+    if b"--image" not in opts:
+        opts += [b"--image", b"deb"]
+    p = subprocess.run([RACKDISK.encode(), b"--api", app.api.encode(), b"disk", b"create",
+                        b"u8disk", *opts], capture_output=True, timeout=120)
+    try:
+        assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+        assert needle in p.stderr.decode(errors="replace"), p.stderr
+        assert app.request("GET", "/api/v1/disks")[1] == []
+    finally:
+        app.request("DELETE", "/api/v1/disks/u8disk")
+
+
+def test_cli_resize_refuses_a_size_that_is_not_utf8(app):
+    p = subprocess.run([RACKDISK.encode(), b"--api", app.api.encode(), b"disk", b"resize",
+                        b"nosuch", b"--size", b"2G" + NOT_UTF8], capture_output=True,
+                       timeout=60)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert b"--size is not valid UTF-8" in p.stderr, p.stderr
+
+
 def iscsi_login_ok(url):
     return subprocess.run(["iscsi-readcapacity16", url], capture_output=True,
                           timeout=30).returncode == 0
