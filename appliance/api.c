@@ -82,7 +82,30 @@ static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status, char
 	return ret;
 }
 
-/* Sends j (reference stolen). */
+/*
+ * A fixed JSON error when the reply itself could not be built (out of memory, a string
+ * jansson refused): the client gets an answer, never a dropped connection.
+ */
+static enum MHD_Result send_fallback(struct MHD_Connection *c, unsigned status)
+{
+	static const char body[] = "{\n  \"error\": \"internal error: cannot encode the "
+				   "reply\"\n}\n";
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+
+	log_warn("api: cannot encode a reply (HTTP %u): a fixed error was sent", status);
+	r = MHD_create_response_from_buffer(sizeof(body) - 1, (void *)body,
+					    MHD_RESPMEM_PERSISTENT);
+	if (!r)
+		return MHD_NO;
+	MHD_add_response_header(r, "Content-Type", "application/json");
+	MHD_add_response_header(r, "Cache-Control", "no-store");
+	ret = MHD_queue_response(c, status, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+/* Sends j (reference stolen); NULL j (its construction failed) is a 500. */
 static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json_t *j)
 {
 	char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
@@ -90,7 +113,7 @@ static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json
 
 	json_decref(j);
 	if (!text)
-		return MHD_NO;
+		return send_fallback(c, status < 400 ? 500 : status);
 	len = strlen(text);
 	/* One more byte for the newline curl users expect at the end of a reply. */
 	char *nl = realloc(text, len + 2);
@@ -104,7 +127,7 @@ static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json
 
 static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *msg)
 {
-	return send_json(c, status, json_pack("{s:s}", "error", msg));
+	return send_json(c, status, api_error_json(msg));
 }
 
 static json_t *image_json(const struct image_info *info)
@@ -433,8 +456,8 @@ static enum MHD_Result route(struct api *api, struct MHD_Connection *c, const ch
 		return post ? post_image(api, c, rq) : send_error(c, 405, "method not allowed");
 	}
 	if (!strncmp(url, "/images/", 8)) {
-		if (!name_is_valid(url + 8) && strlen(url + 8) != HASH_HEX_LEN)
-			return send_error(c, 400, "invalid image tag");
+		if (!api_image_ref_valid(url + 8))
+			return send_error(c, 400, "invalid image tag or id");
 		return get ? get_image(api, c, url + 8) : send_error(c, 405, "method not allowed");
 	}
 	if (!strcmp(url, "/disks") || !strcmp(url, "/disks/")) {

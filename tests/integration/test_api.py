@@ -91,6 +91,18 @@ def test_malformed_bodies_are_400(app, raw, needle):
     assert_error(app.request("POST", "/api/v1/images", raw=raw), 400)
 
 
+def test_errors_with_bytes_that_are_not_utf8_still_get_a_reply(app):
+    """An error message that held bytes not valid UTF-8 could not be put into JSON, and
+    the connection was dropped without any reply: a 64-byte image ref such as %FF x 64
+    (echoed in the error), or an unknown field cut inside a character."""
+    assert_error(app.request("GET", "/api/v1/images/" + "%FF" * 64), 400, "invalid image")
+    assert_error(app.request("GET", "/api/v1/images/" + "%C3%A9" * 32), 400, "invalid image")
+    key = "k" * 63 + "\u00e9tail"
+    assert_error(app.request("POST", "/api/v1/disks", {"name": "d", "image": "deb", key: 1}),
+                 400, 'unknown field "' + "k" * 63 + '"')
+    assert app.request("GET", "/api/v1/disks")[1] == []
+
+
 def test_size_smaller_than_image_is_400(app):
     assert_error(app.request("POST", "/api/v1/disks", {"name": "small", "image": "deb",
                                                        "size": "1M"}), 400, "smaller than")
