@@ -30,11 +30,13 @@ struct api {
 	struct MHD_Daemon *d;
 };
 
-/* Per-request state: the body read so far. */
+/* Per-request state, from on_uri to completed: the body read so far. */
 struct req {
 	char *body;
 	size_t len, cap;
+	bool started;  /* the handler has seen the headers */
 	bool too_big;
+	bool nul_in_uri;
 };
 
 unsigned api_status_for_errno(int err)
@@ -483,13 +485,16 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 	struct req *rq = *con_cls;
 	size_t max = api->a->cfg.api_max_body;
 
-	if (!rq) {
+	if (!rq)
+		return MHD_NO; /* on_uri could not allocate it */
+	if (!rq->started) {
 		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
 
-		rq = calloc(1, sizeof(*rq));
-		if (!rq)
-			return MHD_NO;
-		*con_cls = rq;
+		rq->started = true;
+		/* MHD hands over the path unescaped, as a C string: "d4%00-keep-me" would
+		 * name disk d4. Nothing in the API has a NUL in it. */
+		if (rq->nul_in_uri)
+			return send_error(c, 400, "the request URI holds an escaped NUL (%00)");
 		/* Refuse an announced oversize body before reading any of it. */
 		if (cl && strtoull(cl, NULL, 10) > max) {
 			rq->too_big = true;
@@ -524,6 +529,17 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 	if (rq->too_big)
 		return send_error(c, 413, "request body too large");
 	return route(api, c, url, method, rq);
+}
+
+/* The request's state, made before MHD unescapes the URI: whether the raw URI (path or
+ * query) holds %00 is known only here. Freed by completed(). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+	struct req *rq = calloc(1, sizeof(*rq));
+
+	if (rq)
+		rq->nul_in_uri = strstr(uri, "%00") != NULL;
+	return rq;
 }
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -565,6 +581,7 @@ int api_start(struct appliance *a, struct api **out)
 	api->d = MHD_start_daemon(flags, a->cfg.api_listen.port, NULL, NULL, handler, api,
 				  MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
 				  (unsigned)128, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+				  MHD_OPTION_URI_LOG_CALLBACK, on_uri, api,
 				  MHD_OPTION_NOTIFY_COMPLETED, completed, api, MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (!api->d) {

@@ -103,6 +103,22 @@ def test_errors_with_bytes_that_are_not_utf8_still_get_a_reply(app):
     assert app.request("GET", "/api/v1/disks")[1] == []
 
 
+def test_escaped_nul_in_the_uri_is_400(app):
+    """MHD unescapes the path into a C string: DELETE /api/v1/disks/d4%00-keep-me-please
+    deleted disk d4. A %00 anywhere in the URI is now a 400 and touches nothing."""
+    st, _ = app.request("POST", "/api/v1/disks", {"name": "nul4", "image": "deb"})
+    assert st == 201
+    try:
+        for method, path in (("DELETE", "/api/v1/disks/nul4%00-keep-me-please"),
+                             ("GET", "/api/v1/disks/nul4%00x"),
+                             ("DELETE", "/api/v1/disks/nul4?force=1%00"),
+                             ("GET", "/api/v1/images/deb%00")):
+            assert_error(app.request(method, path), 400, "%00")
+        assert app.request("GET", "/api/v1/disks/nul4")[0] == 200
+    finally:
+        app.request("DELETE", "/api/v1/disks/nul4")
+
+
 def test_size_smaller_than_image_is_400(app):
     assert_error(app.request("POST", "/api/v1/disks", {"name": "small", "image": "deb",
                                                        "size": "1M"}), 400, "smaller than")
