@@ -66,8 +66,14 @@ unsigned api_status_for_errno(int err)
 	}
 }
 
-static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status, char *text,
-				 size_t len, const char *type)
+/* The methods a route takes, for the Allow header of its 405 (RFC 9110 15.5.6). */
+#define ALLOW_GET "GET, HEAD"
+#define ALLOW_GET_POST "GET, HEAD, POST"
+#define ALLOW_DISK "GET, HEAD, PATCH, DELETE"
+
+/* allow: the Allow header's value, or NULL for none. */
+static enum MHD_Result send_text_allow(struct MHD_Connection *c, unsigned status, char *text,
+				       size_t len, const char *type, const char *allow)
 {
 	struct MHD_Response *r;
 	enum MHD_Result ret;
@@ -79,9 +85,17 @@ static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status, char
 	}
 	MHD_add_response_header(r, "Content-Type", type);
 	MHD_add_response_header(r, "Cache-Control", "no-store");
+	if (allow)
+		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
 	ret = MHD_queue_response(c, status, r);
 	MHD_destroy_response(r);
 	return ret;
+}
+
+static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status, char *text,
+				 size_t len, const char *type)
+{
+	return send_text_allow(c, status, text, len, type, NULL);
 }
 
 /*
@@ -108,7 +122,8 @@ static enum MHD_Result send_fallback(struct MHD_Connection *c, unsigned status)
 }
 
 /* Sends j (reference stolen); NULL j (its construction failed) is a 500. */
-static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json_t *j)
+static enum MHD_Result send_json_allow(struct MHD_Connection *c, unsigned status, json_t *j,
+				       const char *allow)
 {
 	char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
 	size_t len;
@@ -124,12 +139,23 @@ static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json
 		text[len++] = '\n';
 		text[len] = '\0';
 	}
-	return send_text(c, status, text, len, "application/json");
+	return send_text_allow(c, status, text, len, "application/json", allow);
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json_t *j)
+{
+	return send_json_allow(c, status, j, NULL);
 }
 
 static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *msg)
 {
 	return send_json(c, status, api_error_json(msg));
+}
+
+/* 405, with the methods the resource takes. */
+static enum MHD_Result send_405(struct MHD_Connection *c, const char *allow)
+{
+	return send_json_allow(c, 405, api_error_json("method not allowed"), allow);
 }
 
 static json_t *image_json(const struct image_info *info)
@@ -442,37 +468,39 @@ static enum MHD_Result route(struct api *api, struct MHD_Connection *c, const ch
 	bool patch = !strcmp(method, "PATCH");
 
 	if (!strcmp(url, "/metrics"))
-		return get ? get_metrics(api, c) : send_error(c, 405, "method not allowed");
+		return get ? get_metrics(api, c) : send_405(c, ALLOW_GET);
 	if (strncmp(url, PREFIX "/", strlen(PREFIX) + 1))
 		return send_error(c, 404, "no such endpoint");
 	url += strlen(PREFIX);
 	if (!strcmp(url, "/health"))
-		return get ? get_health(api, c) : send_error(c, 405, "method not allowed");
+		return get ? get_health(api, c) : send_405(c, ALLOW_GET);
 	if (!strcmp(url, "/cache"))
-		return get ? get_cache(api, c) : send_error(c, 405, "method not allowed");
+		return get ? get_cache(api, c) : send_405(c, ALLOW_GET);
 	if (!strcmp(url, "/peers"))
-		return get ? get_peers(api, c) : send_error(c, 405, "method not allowed");
+		return get ? get_peers(api, c) : send_405(c, ALLOW_GET);
 	if (!strcmp(url, "/images") || !strcmp(url, "/images/")) {
 		if (get)
 			return get_images(api, c);
-		return post ? post_image(api, c, rq) : send_error(c, 405, "method not allowed");
+		return post ? post_image(api, c, rq) : send_405(c, ALLOW_GET_POST);
 	}
 	if (!strncmp(url, "/images/", 8)) {
+		if (!get)
+			return send_405(c, ALLOW_GET);
 		if (!api_image_ref_valid(url + 8))
 			return send_error(c, 400, "invalid image tag or id");
-		return get ? get_image(api, c, url + 8) : send_error(c, 405, "method not allowed");
+		return get_image(api, c, url + 8);
 	}
 	if (!strcmp(url, "/disks") || !strcmp(url, "/disks/")) {
 		if (get)
 			return get_disks(api, c);
-		return post ? post_disk(api, c, rq) : send_error(c, 405, "method not allowed");
+		return post ? post_disk(api, c, rq) : send_405(c, ALLOW_GET_POST);
 	}
 	if (!strncmp(url, "/disks/", 7)) {
 		if (get)
 			return get_disk(api, c, url + 7);
 		if (patch)
 			return patch_disk(api, c, url + 7, rq);
-		return del ? delete_disk(api, c, url + 7) : send_error(c, 405, "method not allowed");
+		return del ? delete_disk(api, c, url + 7) : send_405(c, ALLOW_DISK);
 	}
 	return send_error(c, 404, "no such endpoint");
 }

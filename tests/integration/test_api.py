@@ -2,6 +2,7 @@
 {"error": ...} with the right status, and nothing is created by a refused request.
 Also the CLI's behaviour when the daemon cannot be reached."""
 import functools
+import http.client
 import http.server
 import json
 import os
@@ -117,6 +118,37 @@ def test_escaped_nul_in_the_uri_is_400(app):
         assert app.request("GET", "/api/v1/disks/nul4")[0] == 200
     finally:
         app.request("DELETE", "/api/v1/disks/nul4")
+
+
+def raw_exchange(app, method, path, body=None, headers=None):
+    """(status, headers, parsed JSON body) of one request on a fresh connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", app.api_port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        text = r.read().decode()
+        return r.status, r.headers, json.loads(text) if text else None
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("method,path,allow", [
+    ("POST", "/metrics", "GET, HEAD"),
+    ("DELETE", "/api/v1/health", "GET, HEAD"),
+    ("PUT", "/api/v1/cache", "GET, HEAD"),
+    ("POST", "/api/v1/peers", "GET, HEAD"),
+    ("DELETE", "/api/v1/images", "GET, HEAD, POST"),
+    ("DELETE", "/api/v1/images/deb", "GET, HEAD"),
+    ("PUT", "/api/v1/disks", "GET, HEAD, POST"),
+    ("PUT", "/api/v1/disks/x", "GET, HEAD, PATCH, DELETE"),
+])
+def test_405_names_the_allowed_methods(app, method, path, allow):
+    """RFC 9110: a 405 carries an Allow header listing the resource's methods."""
+    body = b"{}" if method in ("POST", "PUT") else None
+    st, headers, j = raw_exchange(app, method, path, body,
+                                  {"Content-Type": "application/json"} if body else None)
+    assert st == 405 and j == {"error": "method not allowed"}, (st, j)
+    assert headers["Allow"] == allow, dict(headers)
 
 
 def test_size_smaller_than_image_is_400(app):
