@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include <jansson.h>
@@ -505,6 +506,30 @@ static enum MHD_Result route(struct api *api, struct MHD_Connection *c, const ch
 	return send_error(c, 404, "no such endpoint");
 }
 
+/*
+ * A request with a body must say it is JSON: "application/json", parameters (charset)
+ * allowed. A browser page may send a cross-site POST without asking first (no CORS
+ * preflight) only as text/plain, form data or multipart: refusing those keeps any web
+ * page the operator visits from creating or deleting disks through this API.
+ */
+static bool is_json_type(const char *ct)
+{
+	static const char json[] = "application/json";
+	size_t n = sizeof(json) - 1;
+
+	if (!ct)
+		return false;
+	while (*ct == ' ' || *ct == '\t')
+		ct++;
+	return !strncasecmp(ct, json, n) &&
+	       (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ' || ct[n] == '\t');
+}
+
+static bool takes_body(const char *method)
+{
+	return !strcmp(method, "POST") || !strcmp(method, "PATCH") || !strcmp(method, "PUT");
+}
+
 static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url,
 			       const char *method, const char *version, const char *upload,
 			       size_t *upload_size, void **con_cls)
@@ -523,6 +548,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 		 * name disk d4. Nothing in the API has a NUL in it. */
 		if (rq->nul_in_uri)
 			return send_error(c, 400, "the request URI holds an escaped NUL (%00)");
+		if (takes_body(method) &&
+		    !is_json_type(MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+							      MHD_HTTP_HEADER_CONTENT_TYPE)))
+			return send_error(c, 415, "the request body must be JSON, sent with "
+					  "Content-Type: application/json");
 		/* Refuse an announced oversize body before reading any of it. */
 		if (cl && strtoull(cl, NULL, 10) > max) {
 			rq->too_big = true;

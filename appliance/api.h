@@ -15,8 +15,9 @@
  *   GET    /api/v1/peers               this node (the cluster issue adds the others)
  *   GET    /metrics
  *
- * Errors are {"error": "<one line>"} with 400 (bad input), 404, 405, 409 (exists, in
- * use), 413 (body over [api] max_body), 502 (the seed failed) or 500.
+ * Errors are {"error": "<one line>"} with 400 (bad input, %00 in the URI), 404, 405 (with
+ * Allow), 409 (exists, in use), 413 (body over [api] max_body), 415 (a body not sent as
+ * Content-Type: application/json), 502 (the seed failed) or 500.
  */
 #ifndef RACKDISK_APPLIANCE_API_H
 #define RACKDISK_APPLIANCE_API_H

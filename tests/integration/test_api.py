@@ -151,6 +151,32 @@ def test_405_names_the_allowed_methods(app, method, path, allow):
     assert headers["Allow"] == allow, dict(headers)
 
 
+def test_bodies_must_be_sent_as_json(app):
+    """A browser page can POST cross-site without a CORS preflight only as text/plain,
+    form data or multipart, and such a POST created disks. A request with a body now
+    needs Content-Type: application/json (parameters allowed), else 415."""
+    body = json.dumps({"name": "ct1", "image": "deb"}).encode()
+    for ctype in ("text/plain", "application/x-www-form-urlencoded",
+                  "multipart/form-data; boundary=x", "application/jsonx", None):
+        st, _, j = raw_exchange(app, "POST", "/api/v1/disks", body,
+                                {"Content-Type": ctype} if ctype else {})
+        assert st == 415 and "application/json" in j["error"], (ctype, st, j)
+        st, _, j = raw_exchange(app, "POST", "/api/v1/images", b'{"tag": "deb"}',
+                                {"Content-Type": ctype} if ctype else {})
+        assert st == 415, (ctype, st, j)
+    assert app.request("GET", "/api/v1/disks")[1] == []
+    st, _, j = raw_exchange(app, "POST", "/api/v1/disks", body,
+                            {"Content-Type": "Application/JSON; charset=utf-8"})
+    assert st == 201, j
+    try:
+        st, _, j = raw_exchange(app, "PATCH", "/api/v1/disks/ct1", b'{"size": "1G"}',
+                                {"Content-Type": "text/plain"})
+        assert st == 415, (st, j)
+        assert app.request("GET", "/api/v1/disks/ct1")[1]["size"] != 1 << 30
+    finally:
+        app.request("DELETE", "/api/v1/disks/ct1")
+
+
 def test_size_smaller_than_image_is_400(app):
     assert_error(app.request("POST", "/api/v1/disks", {"name": "small", "image": "deb",
                                                        "size": "1M"}), 400, "smaller than")
