@@ -212,9 +212,12 @@ int cli_image_main(const struct cli_opts *o, int argc, char **argv)
 		return 0;
 	}
 	if ((!strcmp(sub, "pull") || !strcmp(sub, "show")) && argc == 3) {
-		if (!name_is_valid(argv[2]) && strlen(argv[2]) != 64)
-			return usage_err("an image tag is 1 to 128 of A-Z a-z 0-9 . _ - "
-					 "(no '/' or '..')");
+		/* A 64-hex image id is a valid name too; any other 64 characters went
+		 * into the URL as they were ("../", "?", bytes that are not UTF-8). */
+		if (!name_is_valid(argv[2]))
+			return usage_err("an image is a tag, 1 to 128 of A-Z a-z 0-9 . _ - not "
+					 "starting with '.' or '-' (no '/' or '..'), or a 64-hex "
+					 "image id");
 		if (!strcmp(sub, "pull")) {
 			json_t *body = json_pack("{s:s}", "tag", argv[2]);
 

@@ -544,6 +544,24 @@ def test_image_commands_dispatch(app):
     assert p.returncode == 2
 
 
+@pytest.mark.parametrize("ref", [b"../" + b"x" * 61, b"x" * 60 + b"?a=b", b"\xff" * 64,
+                                 b"-" + b"a" * 63, b"a b" + b"c" * 61])
+@pytest.mark.parametrize("sub", [b"show", b"pull"])
+def test_cli_image_ref_of_64_chars_must_be_a_name_or_id(sub, ref):
+    """Any 64-character string passed as an image id and went into the URL unescaped
+    (or, for pull, into a body jansson refused). Now it is a usage error (exit 2) before
+    any request: the API here is not even listening."""
+    assert len(ref) == 64
+    dead = f"http://127.0.0.1:{free_port()}".encode()
+    p = subprocess.run([RACKDISK.encode(), b"--api", dead, b"image", sub, ref],
+                       capture_output=True, timeout=30)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert b"64-hex image id" in p.stderr, p.stderr
+    ok = subprocess.run([RACKDISK.encode(), b"--api", dead, b"image", sub, b"ab" * 32],
+                        capture_output=True, timeout=30)
+    assert ok.returncode == 1 and b"cannot reach rackdiskd" in ok.stderr, ok.stderr
+
+
 def test_disk_name_too_long_for_the_iqn_prefix(tmp_path):
     """iSCSI names are at most 223 bytes: with a long iqn_prefix, a long disk name made an
     IQN that was cut short (two such names were one target). Now it is a 400."""
