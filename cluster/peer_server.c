@@ -112,16 +112,22 @@ static int check_auth(struct peer_server *s, struct MHD_Connection *c)
 	const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
 						    MHD_HTTP_HEADER_AUTHORIZATION);
 	struct chunk_hash got;
+	size_t n;
 
 	if (!a)
 		return PEER_ST_401;
 	if (strncasecmp(a, "Bearer ", 7) != 0)
 		return PEER_ST_401;
 	a += 7;
-	while (*a == ' ')
+	/* whitespace around the token is not part of it (peer_token_load trims the
+	 * token file's line the same way) */
+	while (*a == ' ' || *a == '\t')
 		a++;
+	n = strlen(a);
+	while (n > 0 && (a[n - 1] == ' ' || a[n - 1] == '\t'))
+		n--;
 	/* hashing first makes the comparison independent of the token's length too */
-	hash_compute(a, strlen(a), &got);
+	hash_compute(a, n, &got);
 	return CRYPTO_memcmp(got.b, s->token_hash.b, HASH_LEN) == 0 ? 0 : PEER_ST_403;
 }
 

@@ -181,6 +181,30 @@ static void test_auth_required(void **state)
 	assert_int_equal(st.bytes, 0);
 }
 
+/* Whitespace around the token is not part of it (RFC 9110 5.5: optional whitespace around
+ * a field value): trailing spaces or tabs were compared as token bytes (403). */
+static void test_auth_ignores_whitespace_around_the_token(void **state)
+{
+	struct env *e = *state;
+	struct resp r;
+	char path[128];
+	const char *ok[] = {"Bearer " TOKEN " ", "Bearer " TOKEN "\t", "Bearer   " TOKEN " \t ",
+			    "bearer " TOKEN "  "};
+
+	chunk_path(&e->h[0], path, sizeof(path));
+	for (size_t i = 0; i < ARRAY_SIZE(ok); i++) {
+		if (get(e, path, ok[i], &r) != 200)
+			fail_msg("'%s': HTTP %d", ok[i], r.status);
+		assert_int_equal(r.body_len, CHUNK);
+		free(r.body);
+	}
+	/* inner whitespace is still part of what is compared */
+	assert_int_equal(get(e, path, "Bearer s3cret -token", &r), 403);
+	free(r.body);
+	assert_int_equal(get(e, path, "Bearer " TOKEN " x", &r), 403);
+	free(r.body);
+}
+
 static void test_malformed_paths(void **state)
 {
 	struct env *e = *state;
@@ -450,6 +474,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_auth_required, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_auth_ignores_whitespace_around_the_token, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_malformed_paths, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_serves_exact_bytes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_fetch, setup, teardown),
