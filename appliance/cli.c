@@ -91,6 +91,9 @@ static int call(const struct cli_opts *o, const char *method, const char *path, 
 	/* A disk create may pull an image from a slow seed. */
 	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 600000L);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	/* rackdiskd's API, on loopback by default: never through a proxy from http_proxy
+	 * (bodies may hold CHAP passwords; a proxy cannot reach 127.0.0.1 anyway). */
+	curl_easy_setopt(c, CURLOPT_PROXY, "");
 	if (body) {
 		text = json_dumps(body, JSON_COMPACT);
 		hdrs = curl_slist_append(hdrs, "Content-Type: application/json");

@@ -436,6 +436,40 @@ def test_cli_api_url_with_trailing_slash(app):
         assert json.loads(p.stdout) == []
 
 
+def test_cli_does_not_use_a_proxy_from_the_environment(app):
+    """With http_proxy set, the CLI's calls (CHAP passwords in their bodies) went to the
+    proxy. A "proxy" here accepts and hangs up; it must see no connection."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    lsock.settimeout(0.2)
+    seen, stop = [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                continue
+            seen.append(1)
+            conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    proxy = f"http://127.0.0.1:{lsock.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    env.update(http_proxy=proxy, HTTP_PROXY=proxy, all_proxy=proxy, ALL_PROXY=proxy)
+    try:
+        p = subprocess.run([RACKDISK, "--api", app.api, "disk", "ls", "--json"], env=env,
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        assert not seen
+    finally:
+        stop.set()
+        t.join(timeout=5)
+        lsock.close()
+
+
 def test_health_cache_peers(app):
     st, h = app.request("GET", "/api/v1/health")
     assert st == 200 and h["status"] == "ok"

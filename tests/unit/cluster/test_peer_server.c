@@ -338,6 +338,59 @@ static void test_client_fetch(void **state)
 	free(buf);
 }
 
+/* A listening socket on a free loopback port; *port set. */
+static int listener(int *port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t al = sizeof(a);
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+
+	assert_true(s >= 0);
+	assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(s, 16), 0);
+	assert_int_equal(getsockname(s, (struct sockaddr *)&a, &al), 0);
+	*port = ntohs(a.sin_port);
+	return s;
+}
+
+/* Peer requests carry the cluster token: with http_proxy set in rackdiskd's environment
+ * they went to the proxy, token and all. They go straight to the peer now. */
+static void test_client_ignores_proxy_env(void **state)
+{
+	struct env *e = *state;
+	char proxy[64];
+	uint8_t *buf = malloc(CHUNK);
+	int port, lsock = listener(&port), conn;
+
+	snprintf(proxy, sizeof(proxy), "http://127.0.0.1:%d", port);
+	setenv("http_proxy", proxy, 1);
+	setenv("HTTP_PROXY", proxy, 1);
+	setenv("ALL_PROXY", proxy, 1);
+	setenv("all_proxy", proxy, 1);
+	unsetenv("no_proxy");
+	unsetenv("NO_PROXY");
+	/* the "proxy" accepts and never answers: a request sent to it times out */
+	assert_int_equal(peer_client_get(e->cli, e->addr, &e->h[0], buf, CHUNK,
+					 now_ns() + 2000 * MS), 0);
+	assert_memory_equal(buf, e->data[0], CHUNK);
+	conn = accept(lsock, NULL, NULL);
+	if (conn >= 0)
+		close(conn);
+	close(lsock);
+	free(buf);
+	assert_true(conn < 0); /* nobody connected to the proxy */
+}
+
+/* The proxy variables go even when the test fails (cmocka jumps out of it). */
+static int teardown_proxy_env(void **state)
+{
+	unsetenv("http_proxy");
+	unsetenv("HTTP_PROXY");
+	unsetenv("ALL_PROXY");
+	unsetenv("all_proxy");
+	return teardown(state);
+}
+
 static void test_client_wrong_token(void **state)
 {
 	struct env *e = *state;
@@ -479,6 +532,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_malformed_paths, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_serves_exact_bytes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_fetch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_client_ignores_proxy_env, setup,
+						teardown_proxy_env),
 		cmocka_unit_test_setup_teardown(test_client_wrong_token, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_detects_wrong_bytes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_deadline, setup, teardown),
