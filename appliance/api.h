@@ -36,4 +36,8 @@ unsigned api_status_for_errno(int err);
 /* Prometheus text exposition of every counter (metrics.c); *out is malloc'd. */
 int metrics_render(struct appliance *a, char **out, size_t *len);
 
+/* s as a Prometheus label value (\\, \" and \n escaped) into buf[0..len); a value too long
+ * is cut short, never in the middle of an escape. len >= 2 * strlen(s) + 1 always fits. */
+void metrics_label_escape(const char *s, char *buf, size_t len);
+
 #endif

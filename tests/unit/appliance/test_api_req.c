@@ -183,6 +183,23 @@ static void test_error_messages_stay_utf8(void **state)
 	assert_true(api_image_ref_valid("deb"));
 }
 
+/* Prometheus label values: a quote or a newline in a peer's name ended the label and
+ * started a sample of its own choosing. */
+static void test_metrics_label_escape(void **state)
+{
+	char buf[64];
+
+	metrics_label_escape("a1", buf, sizeof(buf));
+	assert_string_equal(buf, "a1");
+	metrics_label_escape("ev\"il\nrackdisk_up 0", buf, sizeof(buf));
+	assert_string_equal(buf, "ev\\\"il\\nrackdisk_up 0");
+	metrics_label_escape("back\\slash", buf, sizeof(buf));
+	assert_string_equal(buf, "back\\\\slash");
+	/* cut short, never inside an escape */
+	metrics_label_escape("\"\"\"\"", buf, 6);
+	assert_string_equal(buf, "\\\"\\\"");
+}
+
 static void test_status_map(void **state)
 {
 	assert_int_equal(api_status_for_errno(-EINVAL), 400);
@@ -336,6 +353,7 @@ int main(void)
 		cmocka_unit_test(test_initiator_and_chap_rules),
 		cmocka_unit_test(test_fetch_socket_refuses_malformed),
 		cmocka_unit_test(test_error_messages_stay_utf8),
+		cmocka_unit_test(test_metrics_label_escape),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
