@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,9 +27,20 @@
 
 #define PREFIX "/api/v1"
 
+/*
+ * Connection limits. Every connection holds a thread, and one idle for the timeout is
+ * closed; an address gets at most API_MAX_PER_IP of them, so a client elsewhere holding
+ * idle sockets leaves the rest to others (the CLI on loopback). Local clients share one
+ * address: up to 64 concurrent CLI calls.
+ */
+#define API_MAX_CONNECTIONS 128
+#define API_MAX_PER_IP 64
+#define API_IDLE_TIMEOUT_S 60
+
 struct api {
 	struct appliance *a;
 	struct MHD_Daemon *d;
+	struct log_limit mhd_log_limit;
 };
 
 /* Per-request state, from on_uri to completed: the body read so far. */
@@ -612,6 +624,23 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	}
 }
 
+/* MHD's own messages (a connection refused at a limit, one closed mid-request): one per
+ * connection a client chooses to open, so at most one warning every 5 s, the rest debug. */
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	struct api *api = cls;
+	unsigned long long held;
+	char msg[512];
+
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	msg[strcspn(msg, "\n")] = '\0';
+	if (log_limit_pass(&api->mhd_log_limit, 5000000000ULL, &held))
+		log_warn("api: %s (at most one such warning per 5 s; %llu more since the "
+			 "last one, at debug level)", msg, held);
+	else
+		log_debug("api: %s", msg);
+}
+
 int api_start(struct appliance *a, struct api **out)
 {
 	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
@@ -637,8 +666,11 @@ int api_start(struct appliance *a, struct api **out)
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
 	api->d = MHD_start_daemon(flags, a->cfg.api_listen.port, NULL, NULL, handler, api,
+				  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, api,
 				  MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
-				  (unsigned)128, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+				  (unsigned)API_MAX_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+				  (unsigned)API_MAX_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT,
+				  (unsigned)API_IDLE_TIMEOUT_S,
 				  MHD_OPTION_URI_LOG_CALLBACK, on_uri, api,
 				  MHD_OPTION_NOTIFY_COMPLETED, completed, api, MHD_OPTION_END);
 	freeaddrinfo(ai);

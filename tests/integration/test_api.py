@@ -470,6 +470,43 @@ def test_cli_does_not_use_a_proxy_from_the_environment(app):
         lsock.close()
 
 
+def test_idle_sockets_from_one_address_leave_the_cli_served(app):
+    """Slowloris: 128 idle half-requests took every connection slot and `rackdisk disk ls`
+    waited 59 s for one (and each refused socket logged a line). An address gets at most
+    64 now: 160 idle sockets from 127.0.0.2 leave the CLI on 127.0.0.1 answered at once, and
+    MHD's messages about the refused ones are rate-limited."""
+    def log_lines():
+        with open(app.log, errors="replace") as f:
+            return f.read().splitlines()
+
+    log_before = len(log_lines())
+    socks = []
+    try:
+        for _ in range(160):
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.settimeout(5)
+            s.connect(("127.0.0.1", app.api_port))
+            try:
+                s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
+            except OSError:
+                pass  # refused at the per-address limit
+            socks.append(s)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        p = app.cli("disk", "ls", "--json", timeout=20)
+        assert p.returncode == 0, p.stderr
+        assert time.monotonic() - t0 < 10
+    finally:
+        for s in socks:
+            s.close()
+    new_lines = log_lines()[log_before:]
+    warnings = [l for l in new_lines if " warn: " in l or " error: " in l]
+    assert len(warnings) <= 3, warnings[:10]
+    # MHD wrote its own lines to stderr, outside the log's format
+    assert not [l for l in new_lines if "rackdiskd" not in l], new_lines[:5]
+
+
 def test_health_cache_peers(app):
     st, h = app.request("GET", "/api/v1/health")
     assert st == 200 and h["status"] == "ok"

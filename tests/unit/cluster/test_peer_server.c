@@ -205,6 +205,52 @@ static void test_auth_ignores_whitespace_around_the_token(void **state)
 	free(r.body);
 }
 
+/*
+ * Slowloris: one address holding idle half-requests took every one of the 256 slots, and
+ * every peer was locked out (counted before any token check). Now an address gets at
+ * most 64; 300 idle sockets from 127.0.0.2 (loopback too) leave a peer on 127.0.0.1 served
+ * at once.
+ */
+static void test_idle_sockets_from_one_address_do_not_lock_peers_out(void **state)
+{
+	struct env *e = *state;
+	struct sockaddr_in src = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000002)};
+	struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons(peer_server_port(e->srv)),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	static const char half[] = "GET /v1/chunks/ HTTP/1.1\r\n";
+	enum { NSOCK = 300 };
+	int socks[NSOCK], n = 0;
+	uint64_t t0;
+	struct resp r;
+	char path[128];
+
+	for (; n < NSOCK; n++) {
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+		assert_true(fd >= 0);
+		assert_int_equal(bind(fd, (struct sockaddr *)&src, sizeof(src)), 0);
+		if (connect(fd, (struct sockaddr *)&dst, sizeof(dst))) {
+			close(fd);
+			break;
+		}
+		if (write(fd, half, strlen(half)) < 0) { /* closed at the limit: fine */
+			close(fd);
+			continue;
+		}
+		socks[n] = fd;
+	}
+	assert_int_equal(n, NSOCK);
+	fx_sleep_ms(300); /* MHD has accepted (or refused) them all */
+	chunk_path(&e->h[0], path, sizeof(path));
+	t0 = now_ns();
+	assert_int_equal(get(e, path, "Bearer " TOKEN, &r), 200);
+	assert_int_equal(r.body_len, CHUNK);
+	assert_true(now_ns() - t0 < 3000 * MS);
+	free(r.body);
+	for (int i = 0; i < n; i++)
+		close(socks[i]);
+}
+
 static void test_malformed_paths(void **state)
 {
 	struct env *e = *state;
@@ -529,6 +575,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_auth_required, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_auth_ignores_whitespace_around_the_token, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_idle_sockets_from_one_address_do_not_lock_peers_out,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_malformed_paths, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_serves_exact_bytes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_fetch, setup, teardown),
