@@ -472,52 +472,6 @@ static enum MHD_Result get_metrics(struct api *api, struct MHD_Connection *c)
 	return send_text(c, 200, text, len, "text/plain; version=0.0.4");
 }
 
-/* Routes a complete request. */
-static enum MHD_Result route(struct api *api, struct MHD_Connection *c, const char *url,
-			     const char *method, struct req *rq)
-{
-	bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
-	bool post = !strcmp(method, "POST"), del = !strcmp(method, "DELETE");
-	bool patch = !strcmp(method, "PATCH");
-
-	if (!strcmp(url, "/metrics"))
-		return get ? get_metrics(api, c) : send_405(c, ALLOW_GET);
-	if (strncmp(url, PREFIX "/", strlen(PREFIX) + 1))
-		return send_error(c, 404, "no such endpoint");
-	url += strlen(PREFIX);
-	if (!strcmp(url, "/health"))
-		return get ? get_health(api, c) : send_405(c, ALLOW_GET);
-	if (!strcmp(url, "/cache"))
-		return get ? get_cache(api, c) : send_405(c, ALLOW_GET);
-	if (!strcmp(url, "/peers"))
-		return get ? get_peers(api, c) : send_405(c, ALLOW_GET);
-	if (!strcmp(url, "/images") || !strcmp(url, "/images/")) {
-		if (get)
-			return get_images(api, c);
-		return post ? post_image(api, c, rq) : send_405(c, ALLOW_GET_POST);
-	}
-	if (!strncmp(url, "/images/", 8)) {
-		if (!get)
-			return send_405(c, ALLOW_GET);
-		if (!api_image_ref_valid(url + 8))
-			return send_error(c, 400, "invalid image tag or id");
-		return get_image(api, c, url + 8);
-	}
-	if (!strcmp(url, "/disks") || !strcmp(url, "/disks/")) {
-		if (get)
-			return get_disks(api, c);
-		return post ? post_disk(api, c, rq) : send_405(c, ALLOW_GET_POST);
-	}
-	if (!strncmp(url, "/disks/", 7)) {
-		if (get)
-			return get_disk(api, c, url + 7);
-		if (patch)
-			return patch_disk(api, c, url + 7, rq);
-		return del ? delete_disk(api, c, url + 7) : send_405(c, ALLOW_DISK);
-	}
-	return send_error(c, 404, "no such endpoint");
-}
-
 /*
  * A request with a body must say it is JSON: "application/json", parameters (charset)
  * allowed. A browser page may send a cross-site POST without asking first (no CORS
@@ -537,9 +491,67 @@ static bool is_json_type(const char *ct)
 	       (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ' || ct[n] == '\t');
 }
 
-static bool takes_body(const char *method)
+/* true after answering 415 (*ret: the queueing's result) when the body is not declared
+ * JSON; checked once the route is known, so a method the route lacks is still a 405. */
+static bool body_not_json(struct MHD_Connection *c, enum MHD_Result *ret)
 {
-	return !strcmp(method, "POST") || !strcmp(method, "PATCH") || !strcmp(method, "PUT");
+	if (is_json_type(MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+						     MHD_HTTP_HEADER_CONTENT_TYPE)))
+		return false;
+	*ret = send_error(c, 415, "the request body must be JSON, sent with Content-Type: "
+			  "application/json");
+	return true;
+}
+
+/* Routes a complete request. */
+static enum MHD_Result route(struct api *api, struct MHD_Connection *c, const char *url,
+			     const char *method, struct req *rq)
+{
+	bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+	bool post = !strcmp(method, "POST"), del = !strcmp(method, "DELETE");
+	bool patch = !strcmp(method, "PATCH");
+	enum MHD_Result ret;
+
+	if (!strcmp(url, "/metrics"))
+		return get ? get_metrics(api, c) : send_405(c, ALLOW_GET);
+	if (strncmp(url, PREFIX "/", strlen(PREFIX) + 1))
+		return send_error(c, 404, "no such endpoint");
+	url += strlen(PREFIX);
+	if (!strcmp(url, "/health"))
+		return get ? get_health(api, c) : send_405(c, ALLOW_GET);
+	if (!strcmp(url, "/cache"))
+		return get ? get_cache(api, c) : send_405(c, ALLOW_GET);
+	if (!strcmp(url, "/peers"))
+		return get ? get_peers(api, c) : send_405(c, ALLOW_GET);
+	if (!strcmp(url, "/images") || !strcmp(url, "/images/")) {
+		if (get)
+			return get_images(api, c);
+		if (!post)
+			return send_405(c, ALLOW_GET_POST);
+		return body_not_json(c, &ret) ? ret : post_image(api, c, rq);
+	}
+	if (!strncmp(url, "/images/", 8)) {
+		if (!get)
+			return send_405(c, ALLOW_GET);
+		if (!api_image_ref_valid(url + 8))
+			return send_error(c, 400, "invalid image tag or id");
+		return get_image(api, c, url + 8);
+	}
+	if (!strcmp(url, "/disks") || !strcmp(url, "/disks/")) {
+		if (get)
+			return get_disks(api, c);
+		if (!post)
+			return send_405(c, ALLOW_GET_POST);
+		return body_not_json(c, &ret) ? ret : post_disk(api, c, rq);
+	}
+	if (!strncmp(url, "/disks/", 7)) {
+		if (get)
+			return get_disk(api, c, url + 7);
+		if (patch)
+			return body_not_json(c, &ret) ? ret : patch_disk(api, c, url + 7, rq);
+		return del ? delete_disk(api, c, url + 7) : send_405(c, ALLOW_DISK);
+	}
+	return send_error(c, 404, "no such endpoint");
 }
 
 static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url,
@@ -560,11 +572,6 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 		 * name disk d4. Nothing in the API has a NUL in it. */
 		if (rq->nul_in_uri)
 			return send_error(c, 400, "the request URI holds an escaped NUL (%00)");
-		if (takes_body(method) &&
-		    !is_json_type(MHD_lookup_connection_value(c, MHD_HEADER_KIND,
-							      MHD_HTTP_HEADER_CONTENT_TYPE)))
-			return send_error(c, 415, "the request body must be JSON, sent with "
-					  "Content-Type: application/json");
 		/* Refuse an announced oversize body before reading any of it. */
 		if (cl && strtoull(cl, NULL, 10) > max) {
 			rq->too_big = true;
