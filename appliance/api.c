@@ -47,7 +47,7 @@ struct api {
 struct req {
 	char *body;
 	size_t len, cap;
-	bool started;  /* the handler has seen the headers */
+	bool started; /* the handler has seen the headers */
 	bool too_big;
 	bool nul_in_uri;
 };

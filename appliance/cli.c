@@ -383,7 +383,7 @@ out:
 static int disk_create(const struct cli_opts *o, int argc, char **argv)
 {
 	const char *name = NULL, *image = NULL, *size = NULL, *cu = NULL, *cp = NULL;
-	const char *cp_file = NULL;
+	const char *cp_file = NULL, *cp_opt;
 	json_t *body = NULL, *ini = json_array(), *j = NULL;
 	char pw[256]; /* the API takes 12 to 64 characters */
 	int ret;
@@ -434,10 +434,10 @@ static int disk_create(const struct cli_opts *o, int argc, char **argv)
 		}
 		cp = pw;
 	}
-	ret = create_body(name, image, size, ini, cu, cp,
-			  !cp_file ? "--chap-password" : strcmp(cp_file, "-") ?
-			  "the CHAP password in --chap-password-file" : "the CHAP password on stdin",
-			  &body);
+	cp_opt = !cp_file	       ? "--chap-password"
+		 : strcmp(cp_file, "-") ? "the CHAP password in --chap-password-file"
+					: "the CHAP password on stdin";
+	ret = create_body(name, image, size, ini, cu, cp, cp_opt, &body);
 	if (!ret)
 		ret = call(o, "POST", "/api/v1/disks", body, &j);
 	json_decref(body);

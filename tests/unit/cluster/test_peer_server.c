@@ -215,7 +215,8 @@ static void test_idle_sockets_from_one_address_do_not_lock_peers_out(void **stat
 {
 	struct env *e = *state;
 	struct sockaddr_in src = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000002)};
-	struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons(peer_server_port(e->srv)),
+	struct sockaddr_in dst = {.sin_family = AF_INET,
+				  .sin_port = htons(peer_server_port(e->srv)),
 				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	static const char half[] = "GET /v1/chunks/ HTTP/1.1\r\n";
 	enum { NSOCK = 300 };
@@ -573,10 +574,10 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_auth_required, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_auth_ignores_whitespace_around_the_token, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_idle_sockets_from_one_address_do_not_lock_peers_out,
+		cmocka_unit_test_setup_teardown(test_auth_ignores_whitespace_around_the_token,
 						setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_idle_sockets_from_one_address_do_not_lock_peers_out, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_malformed_paths, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_serves_exact_bytes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_fetch, setup, teardown),
