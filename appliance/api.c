@@ -6,9 +6,11 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include <jansson.h>
@@ -25,16 +27,29 @@
 
 #define PREFIX "/api/v1"
 
+/*
+ * Connection limits. Every connection holds a thread, and one idle for the timeout is
+ * closed; an address gets at most API_MAX_PER_IP of them, so a client elsewhere holding
+ * idle sockets leaves the rest to others (the CLI on loopback). Local clients share one
+ * address: up to 64 concurrent CLI calls.
+ */
+#define API_MAX_CONNECTIONS 128
+#define API_MAX_PER_IP 64
+#define API_IDLE_TIMEOUT_S 60
+
 struct api {
 	struct appliance *a;
 	struct MHD_Daemon *d;
+	struct log_limit mhd_log_limit;
 };
 
-/* Per-request state: the body read so far. */
+/* Per-request state, from on_uri to completed: the body read so far. */
 struct req {
 	char *body;
 	size_t len, cap;
+	bool started; /* the handler has seen the headers */
 	bool too_big;
+	bool nul_in_uri;
 };
 
 unsigned api_status_for_errno(int err)
@@ -64,8 +79,14 @@ unsigned api_status_for_errno(int err)
 	}
 }
 
-static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status, char *text,
-				 size_t len, const char *type)
+/* The methods a route takes, for the Allow header of its 405 (RFC 9110 15.5.6). */
+#define ALLOW_GET "GET, HEAD"
+#define ALLOW_GET_POST "GET, HEAD, POST"
+#define ALLOW_DISK "GET, HEAD, PATCH, DELETE"
+
+/* allow: the Allow header's value, or NULL for none. */
+static enum MHD_Result send_text_allow(struct MHD_Connection *c, unsigned status, char *text,
+				       size_t len, const char *type, const char *allow)
 {
 	struct MHD_Response *r;
 	enum MHD_Result ret;
@@ -77,20 +98,52 @@ static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status, char
 	}
 	MHD_add_response_header(r, "Content-Type", type);
 	MHD_add_response_header(r, "Cache-Control", "no-store");
+	if (allow)
+		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
 	ret = MHD_queue_response(c, status, r);
 	MHD_destroy_response(r);
 	return ret;
 }
 
-/* Sends j (reference stolen). */
-static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json_t *j)
+static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status, char *text,
+				 size_t len, const char *type)
+{
+	return send_text_allow(c, status, text, len, type, NULL);
+}
+
+/*
+ * A fixed JSON error when the reply itself could not be built (out of memory, a string
+ * jansson refused): the client gets an answer, never a dropped connection.
+ */
+static enum MHD_Result send_fallback(struct MHD_Connection *c, unsigned status)
+{
+	static const char body[] = "{\n  \"error\": \"internal error: cannot encode the "
+				   "reply\"\n}\n";
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+
+	log_warn("api: cannot encode a reply (HTTP %u): a fixed error was sent", status);
+	r = MHD_create_response_from_buffer(sizeof(body) - 1, (void *)body,
+					    MHD_RESPMEM_PERSISTENT);
+	if (!r)
+		return MHD_NO;
+	MHD_add_response_header(r, "Content-Type", "application/json");
+	MHD_add_response_header(r, "Cache-Control", "no-store");
+	ret = MHD_queue_response(c, status, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+/* Sends j (reference stolen); NULL j (its construction failed) is a 500. */
+static enum MHD_Result send_json_allow(struct MHD_Connection *c, unsigned status, json_t *j,
+				       const char *allow)
 {
 	char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
 	size_t len;
 
 	json_decref(j);
 	if (!text)
-		return MHD_NO;
+		return send_fallback(c, status < 400 ? 500 : status);
 	len = strlen(text);
 	/* One more byte for the newline curl users expect at the end of a reply. */
 	char *nl = realloc(text, len + 2);
@@ -99,12 +152,23 @@ static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json
 		text[len++] = '\n';
 		text[len] = '\0';
 	}
-	return send_text(c, status, text, len, "application/json");
+	return send_text_allow(c, status, text, len, "application/json", allow);
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json_t *j)
+{
+	return send_json_allow(c, status, j, NULL);
 }
 
 static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *msg)
 {
-	return send_json(c, status, json_pack("{s:s}", "error", msg));
+	return send_json(c, status, api_error_json(msg));
+}
+
+/* 405, with the methods the resource takes. */
+static enum MHD_Result send_405(struct MHD_Connection *c, const char *allow)
+{
+	return send_json_allow(c, 405, api_error_json("method not allowed"), allow);
 }
 
 static json_t *image_json(const struct image_info *info)
@@ -408,6 +472,37 @@ static enum MHD_Result get_metrics(struct api *api, struct MHD_Connection *c)
 	return send_text(c, 200, text, len, "text/plain; version=0.0.4");
 }
 
+/*
+ * A request with a body must say it is JSON: "application/json", parameters (charset)
+ * allowed. A browser page may send a cross-site POST without asking first (no CORS
+ * preflight) only as text/plain, form data or multipart: refusing those keeps any web
+ * page the operator visits from creating or deleting disks through this API.
+ */
+static bool is_json_type(const char *ct)
+{
+	static const char json[] = "application/json";
+	size_t n = sizeof(json) - 1;
+
+	if (!ct)
+		return false;
+	while (*ct == ' ' || *ct == '\t')
+		ct++;
+	return !strncasecmp(ct, json, n) &&
+	       (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ' || ct[n] == '\t');
+}
+
+/* true after answering 415 (*ret: the queueing's result) when the body is not declared
+ * JSON; checked once the route is known, so a method the route lacks is still a 405. */
+static bool body_not_json(struct MHD_Connection *c, enum MHD_Result *ret)
+{
+	if (is_json_type(MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+						     MHD_HTTP_HEADER_CONTENT_TYPE)))
+		return false;
+	*ret = send_error(c, 415, "the request body must be JSON, sent with Content-Type: "
+			  "application/json");
+	return true;
+}
+
 /* Routes a complete request. */
 static enum MHD_Result route(struct api *api, struct MHD_Connection *c, const char *url,
 			     const char *method, struct req *rq)
@@ -415,39 +510,46 @@ static enum MHD_Result route(struct api *api, struct MHD_Connection *c, const ch
 	bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
 	bool post = !strcmp(method, "POST"), del = !strcmp(method, "DELETE");
 	bool patch = !strcmp(method, "PATCH");
+	enum MHD_Result ret;
 
 	if (!strcmp(url, "/metrics"))
-		return get ? get_metrics(api, c) : send_error(c, 405, "method not allowed");
+		return get ? get_metrics(api, c) : send_405(c, ALLOW_GET);
 	if (strncmp(url, PREFIX "/", strlen(PREFIX) + 1))
 		return send_error(c, 404, "no such endpoint");
 	url += strlen(PREFIX);
 	if (!strcmp(url, "/health"))
-		return get ? get_health(api, c) : send_error(c, 405, "method not allowed");
+		return get ? get_health(api, c) : send_405(c, ALLOW_GET);
 	if (!strcmp(url, "/cache"))
-		return get ? get_cache(api, c) : send_error(c, 405, "method not allowed");
+		return get ? get_cache(api, c) : send_405(c, ALLOW_GET);
 	if (!strcmp(url, "/peers"))
-		return get ? get_peers(api, c) : send_error(c, 405, "method not allowed");
+		return get ? get_peers(api, c) : send_405(c, ALLOW_GET);
 	if (!strcmp(url, "/images") || !strcmp(url, "/images/")) {
 		if (get)
 			return get_images(api, c);
-		return post ? post_image(api, c, rq) : send_error(c, 405, "method not allowed");
+		if (!post)
+			return send_405(c, ALLOW_GET_POST);
+		return body_not_json(c, &ret) ? ret : post_image(api, c, rq);
 	}
 	if (!strncmp(url, "/images/", 8)) {
-		if (!name_is_valid(url + 8) && strlen(url + 8) != HASH_HEX_LEN)
-			return send_error(c, 400, "invalid image tag");
-		return get ? get_image(api, c, url + 8) : send_error(c, 405, "method not allowed");
+		if (!get)
+			return send_405(c, ALLOW_GET);
+		if (!api_image_ref_valid(url + 8))
+			return send_error(c, 400, "invalid image tag or id");
+		return get_image(api, c, url + 8);
 	}
 	if (!strcmp(url, "/disks") || !strcmp(url, "/disks/")) {
 		if (get)
 			return get_disks(api, c);
-		return post ? post_disk(api, c, rq) : send_error(c, 405, "method not allowed");
+		if (!post)
+			return send_405(c, ALLOW_GET_POST);
+		return body_not_json(c, &ret) ? ret : post_disk(api, c, rq);
 	}
 	if (!strncmp(url, "/disks/", 7)) {
 		if (get)
 			return get_disk(api, c, url + 7);
 		if (patch)
-			return patch_disk(api, c, url + 7, rq);
-		return del ? delete_disk(api, c, url + 7) : send_error(c, 405, "method not allowed");
+			return body_not_json(c, &ret) ? ret : patch_disk(api, c, url + 7, rq);
+		return del ? delete_disk(api, c, url + 7) : send_405(c, ALLOW_DISK);
 	}
 	return send_error(c, 404, "no such endpoint");
 }
@@ -460,13 +562,16 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 	struct req *rq = *con_cls;
 	size_t max = api->a->cfg.api_max_body;
 
-	if (!rq) {
+	if (!rq)
+		return MHD_NO; /* on_uri could not allocate it */
+	if (!rq->started) {
 		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
 
-		rq = calloc(1, sizeof(*rq));
-		if (!rq)
-			return MHD_NO;
-		*con_cls = rq;
+		rq->started = true;
+		/* MHD hands over the path unescaped, as a C string: "d4%00-keep-me" would
+		 * name disk d4. Nothing in the API has a NUL in it. */
+		if (rq->nul_in_uri)
+			return send_error(c, 400, "the request URI holds an escaped NUL (%00)");
 		/* Refuse an announced oversize body before reading any of it. */
 		if (cl && strtoull(cl, NULL, 10) > max) {
 			rq->too_big = true;
@@ -503,6 +608,17 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 	return route(api, c, url, method, rq);
 }
 
+/* The request's state, made before MHD unescapes the URI: whether the raw URI (path or
+ * query) holds %00 is known only here. Freed by completed(). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+	struct req *rq = calloc(1, sizeof(*rq));
+
+	if (rq)
+		rq->nul_in_uri = strstr(uri, "%00") != NULL;
+	return rq;
+}
+
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
 		      enum MHD_RequestTerminationCode toe)
 {
@@ -513,6 +629,23 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
 		free(rq);
 		*con_cls = NULL;
 	}
+}
+
+/* MHD's own messages (a connection refused at a limit, one closed mid-request): one per
+ * connection a client chooses to open, so at most one warning every 5 s, the rest debug. */
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	struct api *api = cls;
+	unsigned long long held;
+	char msg[512];
+
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	msg[strcspn(msg, "\n")] = '\0';
+	if (log_limit_pass(&api->mhd_log_limit, 5000000000ULL, &held))
+		log_warn("api: %s (at most one such warning per 5 s; %llu more since the "
+			 "last one, at debug level)", msg, held);
+	else
+		log_debug("api: %s", msg);
 }
 
 int api_start(struct appliance *a, struct api **out)
@@ -540,8 +673,12 @@ int api_start(struct appliance *a, struct api **out)
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
 	api->d = MHD_start_daemon(flags, a->cfg.api_listen.port, NULL, NULL, handler, api,
+				  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, api,
 				  MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
-				  (unsigned)128, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+				  (unsigned)API_MAX_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+				  (unsigned)API_MAX_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT,
+				  (unsigned)API_IDLE_TIMEOUT_S,
+				  MHD_OPTION_URI_LOG_CALLBACK, on_uri, api,
 				  MHD_OPTION_NOTIFY_COMPLETED, completed, api, MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (!api->d) {

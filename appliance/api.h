@@ -15,8 +15,9 @@
  *   GET    /api/v1/peers               this node (the cluster issue adds the others)
  *   GET    /metrics
  *
- * Errors are {"error": "<one line>"} with 400 (bad input), 404, 405, 409 (exists, in
- * use), 413 (body over [api] max_body), 502 (the seed failed) or 500.
+ * Errors are {"error": "<one line>"} with 400 (bad input, %00 in the URI), 404, 405 (with
+ * Allow), 409 (exists, in use), 413 (body over [api] max_body), 415 (a body not sent as
+ * Content-Type: application/json), 502 (the seed failed) or 500.
  */
 #ifndef RACKDISK_APPLIANCE_API_H
 #define RACKDISK_APPLIANCE_API_H
@@ -34,5 +35,9 @@ unsigned api_status_for_errno(int err);
 
 /* Prometheus text exposition of every counter (metrics.c); *out is malloc'd. */
 int metrics_render(struct appliance *a, char **out, size_t *len);
+
+/* s as a Prometheus label value (\\, \" and \n escaped) into buf[0..len); a value too long
+ * is cut short, never in the middle of an escape. len >= 2 * strlen(s) + 1 always fits. */
+void metrics_label_escape(const char *s, char *buf, size_t len);
 
 #endif

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -45,18 +46,44 @@ static bool only_keys(json_t *j, const char *const *allowed, char *err, size_t e
 		for (size_t i = 0; allowed[i]; i++)
 			ok = ok || !strcmp(key, allowed[i]);
 		if (!ok) {
-			snprintf(err, errlen, "unknown field \"%.64s\"", key);
+			/* at most 64 bytes of it, cut between characters: the message must stay
+			 * UTF-8 for the JSON reply that carries it */
+			int n = (int)utf8_valid_prefix(key, strnlen(key, 64));
+
+			snprintf(err, errlen, "unknown field \"%.*s\"", n, key);
 			return false;
 		}
 	}
 	return true;
 }
 
-static bool image_ref_valid(const char *s)
+bool api_image_ref_valid(const char *s)
 {
 	struct chunk_hash h;
 
 	return name_is_valid(s) || !hash_from_hex(s, strlen(s), &h);
+}
+
+json_t *api_error_json(const char *msg)
+{
+	size_t n = strlen(msg), i = 0, k;
+	char *clean;
+	json_t *j;
+
+	if (utf8_valid_prefix(msg, n) == n)
+		return json_pack("{s:s}", "error", msg);
+	clean = strdup(msg);
+	if (!clean)
+		return NULL;
+	while (i < n) {
+		k = utf8_valid_prefix(clean + i, n - i);
+		i += k;
+		if (i < n)
+			clean[i++] = '?';
+	}
+	j = json_pack("{s:s}", "error", clean);
+	free(clean);
+	return j;
 }
 
 int api_parse_size_value(const char *s, uint64_t *out)
@@ -137,7 +164,7 @@ static int parse_fields(json_t *j, struct disk_request *req, char *err, size_t e
 		return -EINVAL;
 	}
 	snprintf(req->name, sizeof(req->name), "%s", json_string_value(name));
-	if (!json_is_string(image) || !image_ref_valid(json_string_value(image))) {
+	if (!json_is_string(image) || !api_image_ref_valid(json_string_value(image))) {
 		snprintf(err, errlen, "\"image\" must be an image tag or a 64-hex image id");
 		return -EINVAL;
 	}

@@ -6,8 +6,11 @@
 #ifndef RACKDISK_APPLIANCE_API_REQ_H
 #define RACKDISK_APPLIANCE_API_REQ_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <jansson.h>
 
 #include "appliance/diskrec.h"
 
@@ -37,6 +40,16 @@ int api_parse_resize_request(const char *body, size_t len, uint64_t *size, char 
 /* POST /api/v1/images: {"tag": "<name>"} (alias "name"). */
 int api_parse_image_request(const char *body, size_t len, char *tag, size_t taglen, char *err,
 			    size_t errlen);
+
+/* An image reference: a tag (name_is_valid) or a 64-hex image id. */
+bool api_image_ref_valid(const char *s);
+
+/*
+ * The body of an error reply, {"error": msg}, with each byte of msg that is not part of
+ * valid UTF-8 replaced by '?': jansson refuses such strings, and an error must still be
+ * answered. NULL only when out of memory.
+ */
+json_t *api_error_json(const char *msg);
 
 /* "size" may be a JSON integer (bytes) or a string ("10G", "4096"). */
 int api_parse_size_value(const char *s, uint64_t *out);

@@ -91,11 +91,18 @@ static int call(const struct cli_opts *o, const char *method, const char *path, 
 	/* A disk create may pull an image from a slow seed. */
 	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 600000L);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	/* rackdiskd's API, on loopback by default: never through a proxy from http_proxy
+	 * (bodies may hold CHAP passwords; a proxy cannot reach 127.0.0.1 anyway). */
+	curl_easy_setopt(c, CURLOPT_PROXY, "");
 	if (body) {
 		text = json_dumps(body, JSON_COMPACT);
 		hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+		if (!text || !hdrs) {
+			fail("cannot build the request to %s %s", method, path);
+			goto out;
+		}
 		curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
-		curl_easy_setopt(c, CURLOPT_POSTFIELDS, text ? text : "");
+		curl_easy_setopt(c, CURLOPT_POSTFIELDS, text);
 	}
 	cc = curl_easy_perform(c);
 	if (cc != CURLE_OK) {
@@ -208,9 +215,12 @@ int cli_image_main(const struct cli_opts *o, int argc, char **argv)
 		return 0;
 	}
 	if ((!strcmp(sub, "pull") || !strcmp(sub, "show")) && argc == 3) {
-		if (!name_is_valid(argv[2]) && strlen(argv[2]) != 64)
-			return usage_err("an image tag is 1 to 128 of A-Z a-z 0-9 . _ - "
-					 "(no '/' or '..')");
+		/* A 64-hex image id is a valid name too; any other 64 characters went
+		 * into the URL as they were ("../", "?", bytes that are not UTF-8). */
+		if (!name_is_valid(argv[2]))
+			return usage_err("an image is a tag, 1 to 128 of A-Z a-z 0-9 . _ - not "
+					 "starting with '.' or '-' (no '/' or '..'), or a 64-hex "
+					 "image id");
 		if (!strcmp(sub, "pull")) {
 			json_t *body = json_pack("{s:s}", "tag", argv[2]);
 
@@ -309,6 +319,63 @@ static bool disk_name_ok(const char *name)
 	return false;
 }
 
+/*
+ * A JSON string of an option's value, or NULL after saying which option is not UTF-8:
+ * jansson holds only UTF-8, and a value it refused must stop the command, not be left out
+ * of the request (a disk created without its CHAP password or initiator list is open).
+ */
+static json_t *arg_json(const char *opt, const char *v)
+{
+	json_t *s;
+
+	if (!utf8_is_valid(v)) {
+		fail("%s is not valid UTF-8", opt);
+		return NULL;
+	}
+	s = json_string(v);
+	if (!s)
+		fail("out of memory");
+	return s;
+}
+
+/* obj[key] = arg_json(opt, v); 0, or 2 (a usage error) after printing why. */
+static int set_arg(json_t *obj, const char *key, const char *opt, const char *v)
+{
+	return json_object_set_new(obj, key, arg_json(opt, v)) ? 2 : 0;
+}
+
+/* The POST /api/v1/disks body into *out (ini's reference is taken); 0, or 2 after
+ * printing which value could not go into it. cp may be a password read from a file. */
+static int create_body(const char *name, const char *image, const char *size, json_t *ini,
+		       const char *cu, const char *cp, const char *cp_opt, json_t **out)
+{
+	json_t *body = json_object(), *chap = NULL;
+	int ret = 2;
+
+	if (!body || json_object_set_new(body, "initiators", ini)) {
+		fail("out of memory");
+		goto out;
+	}
+	if (set_arg(body, "name", "the disk name", name) ||
+	    set_arg(body, "image", "--image", image) ||
+	    (size && set_arg(body, "size", "--size", size)))
+		goto out;
+	if (cu) {
+		chap = json_object();
+		if (!chap || set_arg(chap, "user", "--chap-user", cu) ||
+		    set_arg(chap, "password", cp_opt, cp) ||
+		    json_object_set(body, "chap", chap))
+			goto out;
+	}
+	*out = body;
+	body = NULL;
+	ret = 0;
+out:
+	json_decref(chap);
+	json_decref(body);
+	return ret;
+}
+
 #define DISK_CREATE_USAGE                                                                  \
 	"usage: rackdisk disk create NAME --image TAG [--size S] [--initiator IQN]... "     \
 	"[--chap-user U --chap-password P|--chap-password-file FILE|--chap-password -]"
@@ -316,11 +383,13 @@ static bool disk_name_ok(const char *name)
 static int disk_create(const struct cli_opts *o, int argc, char **argv)
 {
 	const char *name = NULL, *image = NULL, *size = NULL, *cu = NULL, *cp = NULL;
-	const char *cp_file = NULL;
-	json_t *body, *ini = json_array(), *j = NULL;
+	const char *cp_file = NULL, *cp_opt;
+	json_t *body = NULL, *ini = json_array(), *j = NULL;
 	char pw[256]; /* the API takes 12 to 64 characters */
 	int ret;
 
+	if (!ini)
+		return usage_err("out of memory");
 	for (int i = 2; i < argc; i++) {
 		bool has = i + 1 < argc;
 
@@ -328,9 +397,12 @@ static int disk_create(const struct cli_opts *o, int argc, char **argv)
 			image = argv[++i];
 		else if (!strcmp(argv[i], "--size") && has)
 			size = argv[++i];
-		else if (!strcmp(argv[i], "--initiator") && has)
-			json_array_append_new(ini, json_string(argv[++i]));
-		else if (!strcmp(argv[i], "--chap-user") && has)
+		else if (!strcmp(argv[i], "--initiator") && has) {
+			if (json_array_append_new(ini, arg_json("--initiator", argv[++i]))) {
+				json_decref(ini);
+				return 2;
+			}
+		} else if (!strcmp(argv[i], "--chap-user") && has)
 			cu = argv[++i];
 		else if (!strcmp(argv[i], "--chap-password") && has && !cp && !cp_file)
 			cp = argv[++i];
@@ -362,13 +434,12 @@ static int disk_create(const struct cli_opts *o, int argc, char **argv)
 		}
 		cp = pw;
 	}
-	body = json_pack("{s:s, s:s, s:o}", "name", name, "image", image, "initiators", ini);
-	if (size)
-		json_object_set_new(body, "size", json_string(size));
-	if (cu)
-		json_object_set_new(body, "chap", json_pack("{s:s, s:s}", "user", cu, "password",
-							    cp));
-	ret = call(o, "POST", "/api/v1/disks", body, &j);
+	cp_opt = !cp_file	       ? "--chap-password"
+		 : strcmp(cp_file, "-") ? "the CHAP password in --chap-password-file"
+					: "the CHAP password on stdin";
+	ret = create_body(name, image, size, ini, cu, cp, cp_opt, &body);
+	if (!ret)
+		ret = call(o, "POST", "/api/v1/disks", body, &j);
 	json_decref(body);
 	explicit_bzero(pw, sizeof(pw));
 	if (ret)
@@ -408,7 +479,11 @@ static int disk_resize(const struct cli_opts *o, int argc, char **argv)
 	if (!disk_name_ok(name))
 		return 2;
 	snprintf(path, sizeof(path), "/api/v1/disks/%s", name);
-	body = json_pack("{s:s}", "size", size);
+	body = json_object();
+	if (!body || set_arg(body, "size", "--size", size)) {
+		json_decref(body);
+		return 2;
+	}
 	ret = call(o, "PATCH", path, body, &j);
 	json_decref(body);
 	if (ret)

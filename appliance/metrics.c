@@ -167,30 +167,54 @@ static void cache_metrics(FILE *f, struct chunkstore *cs)
 	    "Torn or corrupt chunk files found and removed.", st.dropped_corrupt);
 }
 
-/* Per-peer series, labelled by node name (name_is_valid: nothing to escape). The list
- * comes from the directory: while Redis is down these series are absent. */
+/* A label value as the text format wants it: backslash, double quote and line feed
+ * escaped (the directory lists only valid node names; this holds even if one slips by). */
+void metrics_label_escape(const char *s, char *buf, size_t len)
+{
+	size_t k = 0;
+
+	for (; *s && k + 3 <= len; s++) {
+		if (*s == '\\' || *s == '"' || *s == '\n') {
+			buf[k++] = '\\';
+			buf[k++] = *s == '\n' ? 'n' : *s;
+		} else {
+			buf[k++] = *s;
+		}
+	}
+	buf[k] = '\0';
+}
+
+/* Per-peer series, labelled by node name. The list comes from the directory: while Redis
+ * is down these series are absent. */
 static void peer_metrics(FILE *f, struct peering *p)
 {
 	struct peering_peer *v;
 	int n = appliance_peer_list(p, &v);
+	char (*name)[2 * sizeof(v->node.name)] = NULL;
 
+	if (n > 0)
+		name = calloc(n, sizeof(*name));
+	if (!name)
+		n = 0;
+	for (int i = 0; i < n; i++)
+		metrics_label_escape(v[i].node.name, name[i], sizeof(name[i]));
 	head(f, "rackdisk_peer_bytes_total", "counter", "Chunk bytes fetched from each peer.");
 	for (int i = 0; i < n; i++)
 		if (!v[i].self)
-			fprintf(f, "rackdisk_peer_bytes_total{peer=\"%s\"} %llu\n", v[i].node.name,
+			fprintf(f, "rackdisk_peer_bytes_total{peer=\"%s\"} %llu\n", name[i],
 				(unsigned long long)v[i].bytes);
 	head(f, "rackdisk_peer_failures_total", "counter",
 	     "Failed chunk requests to each peer (transport, timeout, refused, wrong bytes).");
 	for (int i = 0; i < n; i++)
 		if (!v[i].self)
-			fprintf(f, "rackdisk_peer_failures_total{peer=\"%s\"} %llu\n",
-				v[i].node.name,
+			fprintf(f, "rackdisk_peer_failures_total{peer=\"%s\"} %llu\n", name[i],
 				(unsigned long long)v[i].failures); /* bad_data included */
 	head(f, "rackdisk_peer_up", "gauge", "1 when the peer's heartbeat is alive.");
 	for (int i = 0; i < n; i++)
 		if (!v[i].self)
-			fprintf(f, "rackdisk_peer_up{peer=\"%s\"} %d\n", v[i].node.name,
+			fprintf(f, "rackdisk_peer_up{peer=\"%s\"} %d\n", name[i],
 				v[i].node.alive ? 1 : 0);
+	free(name);
 	free(v);
 }
 
@@ -208,6 +232,9 @@ static void cluster_metrics(FILE *f, struct peering *p)
 	one(f, "rackdisk_directory_name_conflict", "gauge",
 	    "1 while this appliance stays out of the cluster: another live one has its node name.",
 	    st.dir.name_conflict);
+	one(f, "rackdisk_directory_bad_nodes_total", "counter",
+	    "Malformed node entries in Redis met while listing the nodes (a bad name: left "
+	    "out; a bad address or rack: shown empty).", st.dir.bad_nodes);
 	one(f, "rackdisk_directory_busy_total", "counter",
 	    "Directory calls that gave up waiting for the busy Redis connection (then the seed).",
 	    st.dir.busy_fails);

@@ -1231,11 +1231,44 @@ static void node_from_hash(redisReply *r, struct directory_node *n)
 	}
 }
 
+/*
+ * Node entries come from Redis, where any client may have written them: only what an
+ * appliance writes (directory_create checks its own name, rack and address) is listed as
+ * it is, since the fields go into JSON (which refuses bytes that are not UTF-8: such a
+ * node vanished from GET peers) and into Prometheus labels (where a quote or a newline
+ * injected samples). A bad name leaves the entry out; a bad address or rack is blanked.
+ */
+static bool addr_ok(const char *s)
+{
+	for (; *s; s++)
+		if (*s <= ' ' || *s > '~' || *s == '"' || *s == '\\')
+			return false;
+	return true;
+}
+
+/* Logs a listing's malformed node entries, at most every LOG_EVERY_NS. */
+static void dir_log_bad_nodes(struct directory *d, int bad, int64_t example_id)
+{
+	uint64_t now = now_ns();
+	uint64_t last = __atomic_load_n(&d->last_bad_node_log_ns, __ATOMIC_RELAXED);
+
+	if (last && now - last < LOG_EVERY_NS)
+		return;
+	if (!__atomic_compare_exchange_n(&d->last_bad_node_log_ns, &last, now, false,
+					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		return;
+	log_warn("directory: %d malformed node entr%s in %snodes:byname or node:<id> (e.g. id "
+		 "%lld): a name not 1 to 128 of A-Z a-z 0-9 . _ - is left out of the node list, "
+		 "a bad address or rack is shown empty", bad, bad == 1 ? "y" : "ies", d->prefix,
+		 (long long)example_id);
+}
+
 int directory_list_nodes(struct directory *d, struct directory_node *out, int max)
 {
 	char key[DIR_KEY_MAX];
 	redisReply *r = NULL, *x;
-	int rc, n = 0, i;
+	int64_t bad_id = 0;
+	int rc, n = 0, i, bad = 0;
 
 	snprintf(key, sizeof(key), "%snodes:byname", d->prefix);
 	rc = dir_lock(d);
@@ -1246,9 +1279,16 @@ int directory_list_nodes(struct directory *d, struct directory_node *out, int ma
 		goto out;
 	for (i = 0; i + 1 < (int)r->elements && n < max; i += 2) {
 		memset(&out[n], 0, sizeof(out[n]));
-		copy_span(out[n].name, sizeof(out[n].name), r->element[i]->str,
-			  r->element[i]->len);
 		out[n].node_id = strtoll(r->element[i + 1]->str, NULL, 10);
+		/* too long for the field (copy_span fails), a NUL inside, any other byte
+		 * name_is_valid refuses: left out */
+		if (copy_span(out[n].name, sizeof(out[n].name), r->element[i]->str,
+			      r->element[i]->len) ||
+		    strlen(out[n].name) != r->element[i]->len || !name_is_valid(out[n].name)) {
+			if (!bad++)
+				bad_id = out[n].node_id;
+			continue;
+		}
 		n++;
 	}
 	/* pipelined: heartbeat TTL and record of every node */
@@ -1275,6 +1315,22 @@ int directory_list_nodes(struct directory *d, struct directory_node *out, int ma
 			freeReplyObject(x);
 		}
 		rc = rc ? rc : r1 ? r1 : r2;
+	}
+	for (i = 0; i < n; i++) {
+		bool bad_rack = out[i].rack[0] && !name_is_valid(out[i].rack);
+
+		if (bad_rack || !addr_ok(out[i].addr)) {
+			if (!bad++)
+				bad_id = out[i].node_id;
+			if (bad_rack)
+				out[i].rack[0] = '\0';
+			if (!addr_ok(out[i].addr))
+				out[i].addr[0] = '\0';
+		}
+	}
+	if (bad) {
+		DIR_STAT_ADD(d, bad_nodes, bad);
+		dir_log_bad_nodes(d, bad, bad_id);
 	}
 	if (!rc)
 		rc = n;

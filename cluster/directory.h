@@ -67,6 +67,8 @@ struct directory_stats {
 	uint64_t lookups, lookup_holders;
 	uint64_t leases_taken, leases_busy, leases_released, leases_renewed, leases_expired;
 	uint64_t stale_removed;      /* our stale entries dropped after we answered a 404 */
+	uint64_t bad_nodes;          /* malformed node entries met by directory_list_nodes:
+				      * bad name (left out), address or rack (shown empty) */
 	bool name_conflict;          /* kept out: another live appliance has our node name */
 };
 

@@ -83,6 +83,7 @@ struct directory {
 	pthread_cond_t ready_cond;   /* ready, announce_due or announcing changed */
 
 	uint64_t last_log_ns, suppressed; /* rate-limited failure log */
+	uint64_t last_bad_node_log_ns;    /* rate-limited log of malformed node entries */
 	struct directory_stats st;        /* updated with __atomic ops */
 };
 

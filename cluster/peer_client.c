@@ -164,6 +164,9 @@ static int request(struct peer_client *pc, struct pc_handle *hd, const char *add
 	curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 64L * 1024);
 	curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http");
+	/* Straight to the peer, whatever http_proxy/all_proxy say: the request carries the
+	 * cluster token, and a proxy meant for the seed has no business seeing it. */
+	curl_easy_setopt(c, CURLOPT_PROXY, "");
 	curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
 	curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
 	curl_easy_setopt(c, CURLOPT_XFERINFODATA, pc);

@@ -35,6 +35,7 @@ struct peer_server {
 	void *not_held_arg;
 	struct chunk_hash token_hash; /* SHA-256 of the token: compared in constant time */
 	struct peer_server_stats st;  /* __atomic updates */
+	struct log_limit mhd_log_limit;
 };
 
 /* One request's state, from its first callback to notify_completed. */
@@ -112,16 +113,22 @@ static int check_auth(struct peer_server *s, struct MHD_Connection *c)
 	const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
 						    MHD_HTTP_HEADER_AUTHORIZATION);
 	struct chunk_hash got;
+	size_t n;
 
 	if (!a)
 		return PEER_ST_401;
 	if (strncasecmp(a, "Bearer ", 7) != 0)
 		return PEER_ST_401;
 	a += 7;
-	while (*a == ' ')
+	/* whitespace around the token is not part of it (peer_token_load trims the
+	 * token file's line the same way) */
+	while (*a == ' ' || *a == '\t')
 		a++;
+	n = strlen(a);
+	while (n > 0 && (a[n - 1] == ' ' || a[n - 1] == '\t'))
+		n--;
 	/* hashing first makes the comparison independent of the token's length too */
-	hash_compute(a, strlen(a), &got);
+	hash_compute(a, n, &got);
 	return CRYPTO_memcmp(got.b, s->token_hash.b, HASH_LEN) == 0 ? 0 : PEER_ST_403;
 }
 
@@ -256,13 +263,24 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	*con_cls = NULL;
 }
 
+/*
+ * MHD's own messages, mostly about one client's connection (refused at the limits, closed
+ * mid-request): any client can make one per connection, so at most one every 5 s is a
+ * warning, with the count of those held back; the others are debug.
+ */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
+	struct peer_server *s = cls;
+	unsigned long long held;
 	char msg[512];
 
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	msg[strcspn(msg, "\n")] = '\0';
-	log_warn("peer server: %s", msg);
+	if (log_limit_pass(&s->mhd_log_limit, 5000000000ULL, &held))
+		log_warn("peer server: %s (at most one such warning per 5 s; %llu more since "
+			 "the last one, at debug level)", msg, held);
+	else
+		log_debug("peer server: %s", msg);
 }
 
 int peer_server_start(const struct peer_server_opts *o, struct peer_server **out)
@@ -285,11 +303,12 @@ int peer_server_start(const struct peer_server_opts *o, struct peer_server **out
 		flags |= MHD_USE_IPv6;
 	s->mhd = MHD_start_daemon(
 		flags, 0, NULL, NULL, on_request, s,
-		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
 		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(o->threads ? o->threads : 4),
 		MHD_OPTION_CONNECTION_LIMIT,
 		(unsigned)(o->max_connections ? o->max_connections : 256),
+		MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)(o->max_per_ip ? o->max_per_ip : 64),
 		MHD_OPTION_CONNECTION_TIMEOUT,
 		(unsigned)(o->idle_timeout_s ? o->idle_timeout_s : 60),
 		MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,

@@ -26,8 +26,13 @@ struct peer_server_opts {
 	const char *token;           /* the cluster's shared token (required, non-empty) */
 	struct chunkstore *store;    /* owner-mode store; borrowed */
 	unsigned threads;            /* default 4 */
+	/* Connections are counted before any token is checked, so one client holding idle
+	 * sockets could lock every peer out: each address gets at most max_per_ip of them,
+	 * and a connection idle (mid-request or between requests) for idle_timeout_s is
+	 * closed. A peer opens about one connection per fetch worker, plus its idle pool. */
 	unsigned max_connections;    /* default 256 */
-	unsigned idle_timeout_s;     /* keep-alive idle timeout (default 60) */
+	unsigned max_per_ip;         /* default 64 */
+	unsigned idle_timeout_s;     /* default 60; rackdiskd passes the peer timeout */
 	/* Optional: called from a server thread once a 404 has been sent for *h, so the
 	 * directory can drop this node's entry for a chunk it does not have. */
 	void (*not_held)(void *arg, const struct chunk_hash *h);

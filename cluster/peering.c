@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/util.h"
 
 struct peering {
 	struct directory *dir;
@@ -87,7 +88,10 @@ int peering_start(struct peering *p, struct chunkstore *store, struct fetcher *f
 {
 	struct peer_server_opts so = {.listen = p->listen, .token = p->token, .store = store,
 				      .threads = p->server_threads, .not_held = on_not_held,
-				      .not_held_arg = p->dir};
+				      .not_held_arg = p->dir,
+				      /* a peer request takes at most peer_timeout_ms: a connection
+				       * silent for that long is not a peer at work */
+				      .idle_timeout_s = DIV_ROUND_UP(p->peer_timeout_ms, 1000)};
 	struct peer_client_opts co = {.store = store, .token = p->token,
 				      .request_timeout_ms = p->peer_timeout_ms};
 	struct peers_opts po = {.dir = p->dir, .rack = p->rack,

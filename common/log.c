@@ -41,3 +41,22 @@ void log_msg(enum log_level lvl, const char *fmt, ...)
 	}
 	fprintf(stderr, "%s%s %s: %s\n", stamp, log_prog, names[lvl], msg);
 }
+
+int log_limit_pass(struct log_limit *l, unsigned long long interval_ns,
+		   unsigned long long *suppressed)
+{
+	struct timespec ts;
+	unsigned long long now, last;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (unsigned long long)ts.tv_sec * 1000000000ULL + (unsigned long long)ts.tv_nsec;
+	last = __atomic_load_n(&l->last_ns, __ATOMIC_RELAXED);
+	if ((last && now - last < interval_ns) ||
+	    !__atomic_compare_exchange_n(&l->last_ns, &last, now, 0, __ATOMIC_RELAXED,
+					 __ATOMIC_RELAXED)) {
+		__atomic_fetch_add(&l->suppressed, 1, __ATOMIC_RELAXED);
+		return 0;
+	}
+	*suppressed = __atomic_exchange_n(&l->suppressed, 0, __ATOMIC_RELAXED);
+	return 1;
+}

@@ -116,6 +116,53 @@ bool disk_name_is_valid(const char *name)
 	return name_is_valid(name) && !strchr(name, '_');
 }
 
+/* The length of the valid UTF-8 sequence at p (at most n bytes), 0 if there is none. */
+static size_t utf8_seq_len(const unsigned char *p, size_t n)
+{
+	unsigned char c = p[0];
+	size_t len, i;
+	uint32_t cp;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		len = 2, cp = c & 0x1f;
+	else if (c >= 0xe0 && c <= 0xef)
+		len = 3, cp = c & 0x0f;
+	else if (c >= 0xf0 && c <= 0xf4)
+		len = 4, cp = c & 0x07;
+	else
+		return 0;
+	if (len > n)
+		return 0;
+	for (i = 1; i < len; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (p[i] & 0x3f);
+	}
+	if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10ffff ||
+	    (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return len;
+}
+
+size_t utf8_valid_prefix(const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t i = 0, k;
+
+	while (i < n && (k = utf8_seq_len(p + i, n - i)))
+		i += k;
+	return i;
+}
+
+bool utf8_is_valid(const char *s)
+{
+	size_t n = strlen(s);
+
+	return utf8_valid_prefix(s, n) == n;
+}
+
 uint64_t now_ns(void)
 {
 	struct timespec ts;

@@ -40,6 +40,16 @@ bool name_is_valid(const char *name);
  * target name, where RFC 3720 (and tgtd) allow only letters, digits, '.', '-' and ':'. */
 bool disk_name_is_valid(const char *name);
 
+/*
+ * The length of the longest prefix of s[0..n) that is whole, valid UTF-8 (RFC 3629: no
+ * overlong forms, no surrogates, nothing above U+10FFFF): n when all of it is. Cutting a
+ * string there never splits a character; jansson refuses strings that are not UTF-8.
+ */
+size_t utf8_valid_prefix(const char *s, size_t n);
+
+/* s (NUL-terminated) is valid UTF-8. */
+bool utf8_is_valid(const char *s);
+
 /* Monotonic clock in nanoseconds. */
 uint64_t now_ns(void);
 

@@ -3,6 +3,7 @@
 Also the CLI's behaviour when the daemon cannot be reached."""
 import functools
 import hashlib
+import http.client
 import http.server
 import json
 import os
@@ -90,6 +91,91 @@ def test_disk_create_bad_input_is_400(app, body, needle):
 def test_malformed_bodies_are_400(app, raw, needle):
     assert_error(app.request("POST", "/api/v1/disks", raw=raw), 400, needle)
     assert_error(app.request("POST", "/api/v1/images", raw=raw), 400)
+
+
+def test_errors_with_bytes_that_are_not_utf8_still_get_a_reply(app):
+    """An error message that held bytes not valid UTF-8 could not be put into JSON, and
+    the connection was dropped without any reply: a 64-byte image ref such as %FF x 64
+    (echoed in the error), or an unknown field cut inside a character."""
+    assert_error(app.request("GET", "/api/v1/images/" + "%FF" * 64), 400, "invalid image")
+    assert_error(app.request("GET", "/api/v1/images/" + "%C3%A9" * 32), 400, "invalid image")
+    key = "k" * 63 + "\u00e9tail"
+    assert_error(app.request("POST", "/api/v1/disks", {"name": "d", "image": "deb", key: 1}),
+                 400, 'unknown field "' + "k" * 63 + '"')
+    assert app.request("GET", "/api/v1/disks")[1] == []
+
+
+def test_escaped_nul_in_the_uri_is_400(app):
+    """MHD unescapes the path into a C string: DELETE /api/v1/disks/d4%00-keep-me-please
+    deleted disk d4. A %00 anywhere in the URI is now a 400 and touches nothing."""
+    st, _ = app.request("POST", "/api/v1/disks", {"name": "nul4", "image": "deb"})
+    assert st == 201
+    try:
+        for method, path in (("DELETE", "/api/v1/disks/nul4%00-keep-me-please"),
+                             ("GET", "/api/v1/disks/nul4%00x"),
+                             ("DELETE", "/api/v1/disks/nul4?force=1%00"),
+                             ("GET", "/api/v1/images/deb%00")):
+            assert_error(app.request(method, path), 400, "%00")
+        assert app.request("GET", "/api/v1/disks/nul4")[0] == 200
+    finally:
+        app.request("DELETE", "/api/v1/disks/nul4")
+
+
+def raw_exchange(app, method, path, body=None, headers=None):
+    """(status, headers, parsed JSON body) of one request on a fresh connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", app.api_port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        text = r.read().decode()
+        return r.status, r.headers, json.loads(text) if text else None
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("method,path,allow", [
+    ("POST", "/metrics", "GET, HEAD"),
+    ("DELETE", "/api/v1/health", "GET, HEAD"),
+    ("PUT", "/api/v1/cache", "GET, HEAD"),
+    ("POST", "/api/v1/peers", "GET, HEAD"),
+    ("DELETE", "/api/v1/images", "GET, HEAD, POST"),
+    ("DELETE", "/api/v1/images/deb", "GET, HEAD"),
+    ("PUT", "/api/v1/disks", "GET, HEAD, POST"),
+    ("PUT", "/api/v1/disks/x", "GET, HEAD, PATCH, DELETE"),
+])
+def test_405_names_the_allowed_methods(app, method, path, allow):
+    """RFC 9110: a 405 carries an Allow header listing the resource's methods."""
+    body = b"{}" if method in ("POST", "PUT") else None
+    st, headers, j = raw_exchange(app, method, path, body,
+                                  {"Content-Type": "application/json"} if body else None)
+    assert st == 405 and j == {"error": "method not allowed"}, (st, j)
+    assert headers["Allow"] == allow, dict(headers)
+
+
+def test_bodies_must_be_sent_as_json(app):
+    """A browser page can POST cross-site without a CORS preflight only as text/plain,
+    form data or multipart, and such a POST created disks. A request with a body now
+    needs Content-Type: application/json (parameters allowed), else 415."""
+    body = json.dumps({"name": "ct1", "image": "deb"}).encode()
+    for ctype in ("text/plain", "application/x-www-form-urlencoded",
+                  "multipart/form-data; boundary=x", "application/jsonx", None):
+        st, _, j = raw_exchange(app, "POST", "/api/v1/disks", body,
+                                {"Content-Type": ctype} if ctype else {})
+        assert st == 415 and "application/json" in j["error"], (ctype, st, j)
+        st, _, j = raw_exchange(app, "POST", "/api/v1/images", b'{"tag": "deb"}',
+                                {"Content-Type": ctype} if ctype else {})
+        assert st == 415, (ctype, st, j)
+    assert app.request("GET", "/api/v1/disks")[1] == []
+    st, _, j = raw_exchange(app, "POST", "/api/v1/disks", body,
+                            {"Content-Type": "Application/JSON; charset=utf-8"})
+    assert st == 201, j
+    try:
+        st, _, j = raw_exchange(app, "PATCH", "/api/v1/disks/ct1", b'{"size": "1G"}',
+                                {"Content-Type": "text/plain"})
+        assert st == 415, (st, j)
+        assert app.request("GET", "/api/v1/disks/ct1")[1]["size"] != 1 << 30
+    finally:
+        app.request("DELETE", "/api/v1/disks/ct1")
 
 
 def test_size_smaller_than_image_is_400(app):
@@ -204,6 +290,49 @@ def test_chap_password_from_file_or_stdin(app, tmp_path):
             app.request("DELETE", f"/api/v1/disks/{disk}")
 
 
+NOT_UTF8 = b"\xff\xfe-not-utf8"
+
+
+@pytest.mark.parametrize("opts,needle", [
+    ([b"--chap-user", b"u8user", b"--chap-password", b"secret-123456" + NOT_UTF8],
+     "--chap-password is not valid UTF-8"),
+    ([b"--chap-user", b"u8" + NOT_UTF8, b"--chap-password", b"secret-123456"],
+     "--chap-user is not valid UTF-8"),
+    ([b"--initiator", b"iqn.2026-01.x:a", b"--initiator", b"iqn.2026-01.x:" + NOT_UTF8],
+     "--initiator is not valid UTF-8"),
+    ([b"--size", b"1G" + NOT_UTF8], "--size is not valid UTF-8"),
+    ([b"--image", b"deb" + NOT_UTF8], "--image is not valid UTF-8"),
+    ([b"--chap-user", b"u8user", b"--chap-password-file", b"PWFILE"],
+     "the CHAP password in --chap-password-file is not valid UTF-8"),
+])
+def test_cli_refuses_option_values_that_are_not_utf8(app, tmp_path, opts, needle):
+    """jansson refuses strings that are not UTF-8, and the CLI passed its NULL on: the
+    value was left out of the request and the disk was created without its CHAP password,
+    its initiator list or its size. Now the CLI stops (exit 2) naming the option, and
+    nothing is created."""
+    pw = tmp_path / "pw"
+    pw.write_bytes(b"secret-123456" + NOT_UTF8 + b"\n")
+    opts = [str(pw).encode() if o == b"PWFILE" else o for o in opts]
+    if b"--image" not in opts:
+        opts += [b"--image", b"deb"]
+    p = subprocess.run([RACKDISK.encode(), b"--api", app.api.encode(), b"disk", b"create",
+                        b"u8disk", *opts], capture_output=True, timeout=120)
+    try:
+        assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+        assert needle in p.stderr.decode(errors="replace"), p.stderr
+        assert app.request("GET", "/api/v1/disks")[1] == []
+    finally:
+        app.request("DELETE", "/api/v1/disks/u8disk")
+
+
+def test_cli_resize_refuses_a_size_that_is_not_utf8(app):
+    p = subprocess.run([RACKDISK.encode(), b"--api", app.api.encode(), b"disk", b"resize",
+                        b"nosuch", b"--size", b"2G" + NOT_UTF8], capture_output=True,
+                       timeout=60)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert b"--size is not valid UTF-8" in p.stderr, p.stderr
+
+
 def iscsi_login_ok(url):
     return subprocess.run(["iscsi-readcapacity16", url], capture_output=True,
                           timeout=30).returncode == 0
@@ -306,6 +435,77 @@ def test_cli_api_url_with_trailing_slash(app):
                            capture_output=True, text=True, timeout=30)
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout) == []
+
+
+def test_cli_does_not_use_a_proxy_from_the_environment(app):
+    """With http_proxy set, the CLI's calls (CHAP passwords in their bodies) went to the
+    proxy. A "proxy" here accepts and hangs up; it must see no connection."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    lsock.settimeout(0.2)
+    seen, stop = [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                continue
+            seen.append(1)
+            conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    proxy = f"http://127.0.0.1:{lsock.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    env.update(http_proxy=proxy, HTTP_PROXY=proxy, all_proxy=proxy, ALL_PROXY=proxy)
+    try:
+        p = subprocess.run([RACKDISK, "--api", app.api, "disk", "ls", "--json"], env=env,
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        assert not seen
+    finally:
+        stop.set()
+        t.join(timeout=5)
+        lsock.close()
+
+
+def test_idle_sockets_from_one_address_leave_the_cli_served(app):
+    """Slowloris: 128 idle half-requests took every connection slot and `rackdisk disk ls`
+    waited 59 s for one (and each refused socket logged a line). An address gets at most
+    64 now: 160 idle sockets from 127.0.0.2 leave the CLI on 127.0.0.1 answered at once, and
+    MHD's messages about the refused ones are rate-limited."""
+    def log_lines():
+        with open(app.log, errors="replace") as f:
+            return f.read().splitlines()
+
+    log_before = len(log_lines())
+    socks = []
+    try:
+        for _ in range(160):
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.settimeout(5)
+            s.connect(("127.0.0.1", app.api_port))
+            try:
+                s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
+            except OSError:
+                pass  # refused at the per-address limit
+            socks.append(s)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        p = app.cli("disk", "ls", "--json", timeout=20)
+        assert p.returncode == 0, p.stderr
+        assert time.monotonic() - t0 < 10
+    finally:
+        for s in socks:
+            s.close()
+    new_lines = log_lines()[log_before:]
+    warnings = [l for l in new_lines if " warn: " in l or " error: " in l]
+    assert len(warnings) <= 3, warnings[:10]
+    # MHD wrote its own lines to stderr, outside the log's format
+    assert not [l for l in new_lines if "rackdiskd" not in l], new_lines[:5]
 
 
 def test_health_cache_peers(app):
@@ -414,6 +614,24 @@ def test_image_commands_dispatch(app):
     assert p.returncode == 0 and json.loads(p.stdout)["tag"] == "deb"
     p = app.cli("image", "show", "../deb")
     assert p.returncode == 2
+
+
+@pytest.mark.parametrize("ref", [b"../" + b"x" * 61, b"x" * 60 + b"?a=b", b"\xff" * 64,
+                                 b"-" + b"a" * 63, b"a b" + b"c" * 61])
+@pytest.mark.parametrize("sub", [b"show", b"pull"])
+def test_cli_image_ref_of_64_chars_must_be_a_name_or_id(sub, ref):
+    """Any 64-character string passed as an image id and went into the URL unescaped
+    (or, for pull, into a body jansson refused). Now it is a usage error (exit 2) before
+    any request: the API here is not even listening."""
+    assert len(ref) == 64
+    dead = f"http://127.0.0.1:{free_port()}".encode()
+    p = subprocess.run([RACKDISK.encode(), b"--api", dead, b"image", sub, ref],
+                       capture_output=True, timeout=30)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert b"64-hex image id" in p.stderr, p.stderr
+    ok = subprocess.run([RACKDISK.encode(), b"--api", dead, b"image", sub, b"ab" * 32],
+                        capture_output=True, timeout=30)
+    assert ok.returncode == 1 and b"cannot reach rackdiskd" in ok.stderr, ok.stderr
 
 
 def test_disk_name_too_long_for_the_iqn_prefix(tmp_path):

@@ -21,6 +21,7 @@ directory. Disks are read whole through QEMU's iSCSI driver (qemu-img convert).
 import hashlib
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -461,3 +462,41 @@ def test_peers_lists_every_node_past_256(cluster, tmp_path):
     up = {k: v for k, v in m.items() if k.startswith("rackdisk_peer_up{")}
     assert len(up) == 299 and sum(up.values()) == 150, len(up)
     assert sum(k.startswith("rackdisk_peer_bytes_total{") for k in m) == 299
+
+
+def test_malformed_node_names_in_redis_stay_out_of_peers_and_metrics(cluster, tmp_path):
+    """Node names come from Redis, where any client can write: a name with a quote and a
+    newline injected a sample into /metrics and broke the scrape, and a name with a byte
+    that is not UTF-8 made its node vanish from GET peers while the valid nodes stayed.
+    Such entries are left out now (counted in rackdisk_directory_bad_nodes_total); a bad
+    address or rack is shown empty."""
+    _, _, redis, make = cluster
+    a = make("a1")
+    a.start()
+    wait_cluster([a])
+    r = subprocess.run(
+        ["redis-cli", "-p", str(redis.port)],
+        input=b'HSET rdtest:nodes:byname "ev\\"il\\nrackdisk_up 0" 100001\n'
+              b'HSET rdtest:nodes:byname "bad\\xff" 100002\n'
+              b'HSET rdtest:nodes:byname okay 100003\n'
+              b'HSET rdtest:node:100003 name okay addr "1.2.3.4:1\\"}" rack "r\\n1"\n'
+              b'SET rdtest:alive:100003 1 PX 600000\n',
+        capture_output=True, timeout=60, check=True)
+    assert b"ERR" not in r.stdout, r.stdout
+    st, peers = a.request("GET", "/api/v1/peers")
+    assert st == 200, peers
+    by_name = {p["name"]: p for p in peers}
+    assert set(by_name) == {"a1", "okay"}, peers
+    assert by_name["okay"]["address"] == "" and by_name["okay"]["rack"] == ""
+    st, text = a.request("GET", "/metrics")
+    assert st == 200
+    # every line a comment or one well-formed sample
+    sample = re.compile(r'^[a-z_]+(\{[a-z_]+="([^"\\\n]|\\.)*"(,[a-z_]+="([^"\\\n]|\\.)*")*\})?'
+                        r' [-+0-9.eInf]+$')
+    bad = [l for l in text.splitlines() if l and not l.startswith("#")
+           and not sample.match(l)]
+    assert not bad, bad
+    assert "rackdisk_up 0" not in text.splitlines()
+    m = metrics(a)
+    assert m['rackdisk_peer_up{peer="okay"}'] == 1
+    assert m["rackdisk_directory_bad_nodes_total"] >= 3

@@ -142,6 +142,64 @@ static void test_image_request(void **state)
 	assert_non_null(strstr(err, "unknown field"));
 }
 
+/* Error messages travel in JSON, which jansson builds only from UTF-8: a long unknown
+ * field is cut between characters, never inside one (the reply was dropped). */
+static void test_error_messages_stay_utf8(void **state)
+{
+	char body[256], key[128];
+	json_t *j;
+
+	/* 63 ASCII bytes, then "e-acute" (2 bytes) across the 64-byte cut */
+	memset(key, 'k', 63);
+	snprintf(key + 63, sizeof(key) - 63, "\xc3\xa9tail");
+	snprintf(body, sizeof(body), "{\"name\": \"d\", \"image\": \"deb\", \"%s\": 1}", key);
+	assert_refused(body, "unknown field");
+	assert_true(utf8_is_valid(err));
+	assert_non_null(strstr(err, "kkk\""));
+	/* a character that fits whole is kept */
+	memset(key, 'k', 62);
+	snprintf(key + 62, sizeof(key) - 62, "\xc3\xa9tail");
+	snprintf(body, sizeof(body), "{\"name\": \"d\", \"image\": \"deb\", \"%s\": 1}", key);
+	assert_refused(body, "k\xc3\xa9\"");
+
+	j = api_error_json("no image '\xff\xfe' here \xc3");
+	assert_non_null(j);
+	assert_string_equal(json_string_value(json_object_get(j, "error")),
+			    "no image '?" "?' here ?");
+	json_decref(j);
+	j = api_error_json("caf\xc3\xa9 ok");
+	assert_string_equal(json_string_value(json_object_get(j, "error")), "caf\xc3\xa9 ok");
+	json_decref(j);
+
+	/* image references the API routes: a tag or a 64-hex id, nothing else of 64 bytes */
+	memset(key, 'a', 64);
+	key[64] = '\0';
+	assert_true(api_image_ref_valid(key));
+	memset(key, '\xff', 64);
+	assert_false(api_image_ref_valid(key));
+	memset(key, 'z', 64);
+	key[0] = '.';
+	assert_false(api_image_ref_valid(key));
+	assert_true(api_image_ref_valid("deb"));
+}
+
+/* Prometheus label values: a quote or a newline in a peer's name ended the label and
+ * started a sample of its own choosing. */
+static void test_metrics_label_escape(void **state)
+{
+	char buf[64];
+
+	metrics_label_escape("a1", buf, sizeof(buf));
+	assert_string_equal(buf, "a1");
+	metrics_label_escape("ev\"il\nrackdisk_up 0", buf, sizeof(buf));
+	assert_string_equal(buf, "ev\\\"il\\nrackdisk_up 0");
+	metrics_label_escape("back\\slash", buf, sizeof(buf));
+	assert_string_equal(buf, "back\\\\slash");
+	/* cut short, never inside an escape */
+	metrics_label_escape("\"\"\"\"", buf, 6);
+	assert_string_equal(buf, "\\\"\\\"");
+}
+
 static void test_status_map(void **state)
 {
 	assert_int_equal(api_status_for_errno(-EINVAL), 400);
@@ -295,6 +353,8 @@ int main(void)
 		cmocka_unit_test(test_diskrec_list_skips_partial),
 		cmocka_unit_test(test_initiator_and_chap_rules),
 		cmocka_unit_test(test_fetch_socket_refuses_malformed),
+		cmocka_unit_test(test_error_messages_stay_utf8),
+		cmocka_unit_test(test_metrics_label_escape),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -264,6 +264,59 @@ static void test_list_nodes_error_reply_keeps_pipeline(void **state)
 	directory_destroy(b);
 }
 
+/* Node entries written into Redis by someone else: a name that is not a node name (a
+ * quote and a newline that injected Prometheus samples, a byte that is not UTF-8 that made
+ * the node vanish from GET peers, one too long) is left out of the list; a bad address or
+ * rack is shown empty. Each is counted. */
+static void test_list_nodes_refuses_malformed_entries(void **state)
+{
+	struct directory *b = dir_new("b8", "r1", NULL);
+	struct directory_node nodes[8];
+	struct directory_stats st;
+	char longname[200];
+	redisContext *c;
+	redisReply *rep;
+	int n, i, seen_ok = 0, seen_b = 0;
+
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_non_null(c);
+	assert_int_equal(c->err, 0);
+	memset(longname, 'n', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	rep = redisCommand(c, "HSET t:nodes:byname %s 71 %b 72 %s 73 %b 74 okay 75", 
+			   "ev\"il\nrackdisk_up 0", "bad\xff", (size_t)4, longname, "nu\0l",
+			   (size_t)4);
+	assert_non_null(rep);
+	freeReplyObject(rep);
+	rep = redisCommand(c, "HSET t:node:75 name okay addr %s rack %s", "1.2.3.4:7480\"x\n",
+			   "r\"1");
+	freeReplyObject(rep);
+	redisFree(c);
+
+	n = directory_list_nodes(b, nodes, 8);
+	assert_int_equal(n, 2);
+	for (i = 0; i < n; i++) {
+		assert_true(name_is_valid(nodes[i].name));
+		if (!strcmp(nodes[i].name, "okay")) {
+			seen_ok++;
+			assert_int_equal(nodes[i].node_id, 75);
+			assert_string_equal(nodes[i].addr, "");
+			assert_string_equal(nodes[i].rack, "");
+		} else if (!strcmp(nodes[i].name, "b8")) {
+			seen_b++;
+			assert_string_equal(nodes[i].rack, "r1");
+		}
+	}
+	assert_int_equal(seen_ok, 1);
+	assert_int_equal(seen_b, 1);
+	directory_get_stats(b, &st);
+	assert_int_equal(st.bad_nodes, 5); /* 4 names, 1 record */
+	/* a full array still means "ask again with more room": bad entries do not count */
+	assert_int_equal(directory_list_nodes(b, nodes, 1), 1);
+	directory_destroy(b);
+}
+
 static void test_heartbeat_expires(void **state)
 {
 	struct directory *b = dir_new("b3", "r1", NULL), *a;
@@ -1674,6 +1727,8 @@ int main(void)
 		cmocka_unit_test(test_bad_options),
 		cmocka_unit_test_setup_teardown(test_register_ids, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_announce_lookup_withdraw, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_list_nodes_refuses_malformed_entries, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_list_nodes_error_reply_keeps_pipeline, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_heartbeat_expires, setup, teardown),

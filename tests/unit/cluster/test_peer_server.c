@@ -181,6 +181,77 @@ static void test_auth_required(void **state)
 	assert_int_equal(st.bytes, 0);
 }
 
+/* Whitespace around the token is not part of it (RFC 9110 5.5: optional whitespace around
+ * a field value): trailing spaces or tabs were compared as token bytes (403). */
+static void test_auth_ignores_whitespace_around_the_token(void **state)
+{
+	struct env *e = *state;
+	struct resp r;
+	char path[128];
+	const char *ok[] = {"Bearer " TOKEN " ", "Bearer " TOKEN "\t", "Bearer   " TOKEN " \t ",
+			    "bearer " TOKEN "  "};
+
+	chunk_path(&e->h[0], path, sizeof(path));
+	for (size_t i = 0; i < ARRAY_SIZE(ok); i++) {
+		if (get(e, path, ok[i], &r) != 200)
+			fail_msg("'%s': HTTP %d", ok[i], r.status);
+		assert_int_equal(r.body_len, CHUNK);
+		free(r.body);
+	}
+	/* inner whitespace is still part of what is compared */
+	assert_int_equal(get(e, path, "Bearer s3cret -token", &r), 403);
+	free(r.body);
+	assert_int_equal(get(e, path, "Bearer " TOKEN " x", &r), 403);
+	free(r.body);
+}
+
+/*
+ * Slowloris: one address holding idle half-requests took every one of the 256 slots, and
+ * every peer was locked out (counted before any token check). Now an address gets at
+ * most 64; 300 idle sockets from 127.0.0.2 (loopback too) leave a peer on 127.0.0.1 served
+ * at once.
+ */
+static void test_idle_sockets_from_one_address_do_not_lock_peers_out(void **state)
+{
+	struct env *e = *state;
+	struct sockaddr_in src = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000002)};
+	struct sockaddr_in dst = {.sin_family = AF_INET,
+				  .sin_port = htons(peer_server_port(e->srv)),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	static const char half[] = "GET /v1/chunks/ HTTP/1.1\r\n";
+	enum { NSOCK = 300 };
+	int socks[NSOCK], n = 0;
+	uint64_t t0;
+	struct resp r;
+	char path[128];
+
+	for (; n < NSOCK; n++) {
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+		assert_true(fd >= 0);
+		assert_int_equal(bind(fd, (struct sockaddr *)&src, sizeof(src)), 0);
+		if (connect(fd, (struct sockaddr *)&dst, sizeof(dst))) {
+			close(fd);
+			break;
+		}
+		if (write(fd, half, strlen(half)) < 0) { /* closed at the limit: fine */
+			close(fd);
+			continue;
+		}
+		socks[n] = fd;
+	}
+	assert_int_equal(n, NSOCK);
+	fx_sleep_ms(300); /* MHD has accepted (or refused) them all */
+	chunk_path(&e->h[0], path, sizeof(path));
+	t0 = now_ns();
+	assert_int_equal(get(e, path, "Bearer " TOKEN, &r), 200);
+	assert_int_equal(r.body_len, CHUNK);
+	assert_true(now_ns() - t0 < 3000 * MS);
+	free(r.body);
+	for (int i = 0; i < n; i++)
+		close(socks[i]);
+}
+
 static void test_malformed_paths(void **state)
 {
 	struct env *e = *state;
@@ -312,6 +383,59 @@ static void test_client_fetch(void **state)
 	/* keep-alive: sequential requests from one thread reuse one connection */
 	assert_int_equal(st.connects, 1);
 	free(buf);
+}
+
+/* A listening socket on a free loopback port; *port set. */
+static int listener(int *port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t al = sizeof(a);
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+
+	assert_true(s >= 0);
+	assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(s, 16), 0);
+	assert_int_equal(getsockname(s, (struct sockaddr *)&a, &al), 0);
+	*port = ntohs(a.sin_port);
+	return s;
+}
+
+/* Peer requests carry the cluster token: with http_proxy set in rackdiskd's environment
+ * they went to the proxy, token and all. They go straight to the peer now. */
+static void test_client_ignores_proxy_env(void **state)
+{
+	struct env *e = *state;
+	char proxy[64];
+	uint8_t *buf = malloc(CHUNK);
+	int port, lsock = listener(&port), conn;
+
+	snprintf(proxy, sizeof(proxy), "http://127.0.0.1:%d", port);
+	setenv("http_proxy", proxy, 1);
+	setenv("HTTP_PROXY", proxy, 1);
+	setenv("ALL_PROXY", proxy, 1);
+	setenv("all_proxy", proxy, 1);
+	unsetenv("no_proxy");
+	unsetenv("NO_PROXY");
+	/* the "proxy" accepts and never answers: a request sent to it times out */
+	assert_int_equal(peer_client_get(e->cli, e->addr, &e->h[0], buf, CHUNK,
+					 now_ns() + 2000 * MS), 0);
+	assert_memory_equal(buf, e->data[0], CHUNK);
+	conn = accept(lsock, NULL, NULL);
+	if (conn >= 0)
+		close(conn);
+	close(lsock);
+	free(buf);
+	assert_true(conn < 0); /* nobody connected to the proxy */
+}
+
+/* The proxy variables go even when the test fails (cmocka jumps out of it). */
+static int teardown_proxy_env(void **state)
+{
+	unsetenv("http_proxy");
+	unsetenv("HTTP_PROXY");
+	unsetenv("ALL_PROXY");
+	unsetenv("all_proxy");
+	return teardown(state);
 }
 
 static void test_client_wrong_token(void **state)
@@ -450,9 +574,15 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_auth_required, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_auth_ignores_whitespace_around_the_token,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_idle_sockets_from_one_address_do_not_lock_peers_out, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_malformed_paths, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_serves_exact_bytes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_fetch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_client_ignores_proxy_env, setup,
+						teardown_proxy_env),
 		cmocka_unit_test_setup_teardown(test_client_wrong_token, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_detects_wrong_bytes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_deadline, setup, teardown),

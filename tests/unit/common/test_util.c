@@ -1,6 +1,7 @@
 /*
  * test_util.c - parse_size: the forms the config, the API and the CLI accept, and the
  * ones they must refuse rather than misread. write_file_atomic from concurrent threads.
+ * utf8_valid_prefix: where a string stops being UTF-8 jansson would take.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -176,6 +177,38 @@ static void test_write_file_atomic_over_a_dead_process_leftover(void **state)
 	assert_int_equal(rmdir(dir), 0);
 }
 
+static void test_utf8_valid_prefix(void **state)
+{
+	static const struct {
+		const char *s;
+		size_t want;
+	} cases[] = {
+		{"", 0},
+		{"plain ascii", 11},
+		{"caf\xc3\xa9", 5},                 /* e-acute, whole */
+		{"caf\xc3", 3},                     /* cut inside it */
+		{"\xe2\x82\xac!", 4},               /* euro sign */
+		{"\xe2\x82", 0},                    /* its first two bytes */
+		{"\xf0\x9f\x98\x80x", 5},           /* U+1F600 */
+		{"a\xff" "b", 1},
+		{"\xc0\xaf", 0},                    /* overlong '/' */
+		{"\xe0\x80\xaf", 0},                /* overlong, 3 bytes */
+		{"\xed\xa0\x80", 0},                /* a UTF-16 surrogate */
+		{"\xf4\x90\x80\x80", 0},            /* above U+10FFFF */
+		{"ok\x80", 2},                      /* a lone continuation byte */
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		size_t got = utf8_valid_prefix(cases[i].s, strlen(cases[i].s));
+
+		if (got != cases[i].want)
+			fail_msg("case %zu: got %zu, want %zu", i, got, cases[i].want);
+		assert_int_equal(utf8_is_valid(cases[i].s), got == strlen(cases[i].s));
+	}
+	/* a limit inside a character: the character is not counted */
+	assert_int_equal(utf8_valid_prefix("a\xc3\xa9", 2), 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -183,6 +216,7 @@ int main(void)
 		cmocka_unit_test(test_parse_size_refuses),
 		cmocka_unit_test(test_write_file_atomic_concurrent),
 		cmocka_unit_test(test_write_file_atomic_over_a_dead_process_leftover),
+		cmocka_unit_test(test_utf8_valid_prefix),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
