@@ -129,6 +129,7 @@ static int create_peering(struct appliance *a, const char *token)
 		.lease_ttl_ms = c->lease_ttl_ms,
 		.heartbeat_ttl_ms = c->heartbeat_ttl_ms,
 		.peer_timeout_ms = c->peer_timeout_ms,
+		.peer_workers = c->seed_workers,
 	};
 	int ret;
 

@@ -256,7 +256,7 @@ int peer_client_create(const struct peer_client_opts *o, struct peer_client **ou
 	pc->store = o->store;
 	pc->connect_ms = o->connect_timeout_ms ? o->connect_timeout_ms : 500;
 	pc->request_ms = o->request_timeout_ms ? o->request_timeout_ms : 10000;
-	pc->pool_size = o->pool_size ? o->pool_size : 16;
+	pc->pool_size = o->pool_size ? o->pool_size : PEER_CLIENT_POOL;
 	rc = -ENOMEM;
 	pc->idle = calloc(pc->pool_size, sizeof(*pc->idle));
 	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", o->token);

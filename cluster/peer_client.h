@@ -18,12 +18,15 @@
 
 struct peer_client;
 
+/* Idle handles a client keeps by default, each with its keep-alive connection. */
+#define PEER_CLIENT_POOL 16
+
 struct peer_client_opts {
 	struct chunkstore *store;      /* owner-mode store; borrowed (may be NULL for _get) */
 	const char *token;             /* the cluster token */
 	uint32_t connect_timeout_ms;   /* default 500 */
 	uint32_t request_timeout_ms;   /* one request, at most (default 10000) */
-	unsigned pool_size;            /* idle handles kept (default 16) */
+	unsigned pool_size;            /* idle handles kept (default PEER_CLIENT_POOL) */
 };
 
 struct peer_client_stats {

@@ -289,6 +289,8 @@ int peer_server_start(const struct peer_server_opts *o, struct peer_server **out
 	struct sockaddr_storage ss;
 	socklen_t sl;
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+	unsigned per_ip = o->max_per_ip ? o->max_per_ip : 64;
+	unsigned total = MAX(o->max_connections ? o->max_connections : 256, per_ip);
 
 	if (!o->token || !*o->token || !o->store || parse_listen(o->listen, &ss, &sl))
 		return -EINVAL;
@@ -306,9 +308,7 @@ int peer_server_start(const struct peer_server_opts *o, struct peer_server **out
 		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
 		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(o->threads ? o->threads : 4),
-		MHD_OPTION_CONNECTION_LIMIT,
-		(unsigned)(o->max_connections ? o->max_connections : 256),
-		MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)(o->max_per_ip ? o->max_per_ip : 64),
+		MHD_OPTION_CONNECTION_LIMIT, total, MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
 		MHD_OPTION_CONNECTION_TIMEOUT,
 		(unsigned)(o->idle_timeout_s ? o->idle_timeout_s : 60),
 		MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,

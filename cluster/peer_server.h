@@ -30,7 +30,7 @@ struct peer_server_opts {
 	 * sockets could lock every peer out: each address gets at most max_per_ip of them,
 	 * and a connection idle (mid-request or between requests) for idle_timeout_s is
 	 * closed. A peer opens about one connection per fetch worker, plus its idle pool. */
-	unsigned max_connections;    /* default 256 */
+	unsigned max_connections;    /* default 256; at least max_per_ip */
 	unsigned max_per_ip;         /* default 64 */
 	unsigned idle_timeout_s;     /* default 60; rackdiskd passes the peer timeout */
 	/* Optional: called from a server thread once a 404 has been sent for *h, so the

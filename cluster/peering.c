@@ -18,7 +18,7 @@ struct peering {
 	struct fetcher *fetcher;      /* borrowed; unhooked by peering_stop */
 	char *listen, *token, *rack;
 	uint32_t lease_wait_ms, peer_timeout_ms;
-	unsigned server_threads;
+	unsigned server_threads, peer_workers;
 	bool stopped;
 };
 
@@ -56,6 +56,7 @@ int peering_create(const struct peering_opts *o, struct peering **out)
 	p->lease_wait_ms = o->lease_wait_ms;
 	p->peer_timeout_ms = o->peer_timeout_ms ? o->peer_timeout_ms : 5000;
 	p->server_threads = o->server_threads;
+	p->peer_workers = o->peer_workers ? o->peer_workers : 8;
 	rc = -ENOMEM;
 	if (!p->listen || !p->token || !p->rack)
 		goto fail;
@@ -91,7 +92,10 @@ int peering_start(struct peering *p, struct chunkstore *store, struct fetcher *f
 				      .not_held_arg = p->dir,
 				      /* a peer request takes at most peer_timeout_ms: a connection
 				       * silent for that long is not a peer at work */
-				      .idle_timeout_s = DIV_ROUND_UP(p->peer_timeout_ms, 1000)};
+				      .idle_timeout_s = DIV_ROUND_UP(p->peer_timeout_ms, 1000),
+				      /* one peer's workers and idle pool all get in (with more
+				       * than 48 workers, 64 a peer refused some of its fetches) */
+				      .max_per_ip = MAX(64u, p->peer_workers + PEER_CLIENT_POOL)};
 	struct peer_client_opts co = {.store = store, .token = p->token,
 				      .request_timeout_ms = p->peer_timeout_ms};
 	struct peers_opts po = {.dir = p->dir, .rack = p->rack,

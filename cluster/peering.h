@@ -48,6 +48,10 @@ struct peering_opts {
 	uint32_t peer_timeout_ms;     /* one peer request at most (5000) */
 	uint32_t redis_timeout_ms;    /* one Redis command at most (500) */
 	unsigned server_threads;      /* peer server threads (4) */
+	/* Fetch workers of a node ([seed] workers; the cluster's nodes are expected to share
+	 * it): a peer holds up to that many connections to our listener at once, plus its
+	 * idle pool, and the listener's per-address limit must let them all in (8). */
+	unsigned peer_workers;
 };
 
 struct peering_stats {

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 
@@ -500,3 +501,29 @@ def test_malformed_node_names_in_redis_stay_out_of_peers_and_metrics(cluster, tm
     m = metrics(a)
     assert m['rackdisk_peer_up{peer="okay"}'] == 1
     assert m["rackdisk_directory_bad_nodes_total"] >= 3
+
+
+def test_peer_listener_admits_all_of_a_peers_workers(cluster, tmp_path):
+    """With [seed] workers = 80 a peer may hold 80 transfers and its idle pool (16) open
+    to this listener at once; the per-address limit follows the workers (it was 64
+    whatever they were, and a peer's fetches past 64 were refused and went to the seed)."""
+    _, _, _, make = cluster
+    a = make("a")
+    a.extra.setdefault("seed", []).append("workers = 80")
+    a.write_conf()
+    a.start()
+    socks = []
+    try:
+        for _ in range(90):
+            socks.append(socket.create_connection(("127.0.0.1", a.peer_port), timeout=5))
+        for i in (0, 63, 64, 89):  # each is served: a request without a token gets 401
+            s = socks[i]
+            s.sendall(b"GET /v1/chunks/" + b"0" * 64 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                data = s.recv(64)
+            except ConnectionResetError:
+                data = b"(reset)"
+            assert data.startswith(b"HTTP/1.1 401"), (i, data)
+    finally:
+        for s in socks:
+            s.close()
