@@ -49,8 +49,11 @@
 #include "target/fetch_proto.h"
 
 #define STOP_WAIT_MS 5000
-/* Image ids whose manifest copy could not be loaded, remembered for IMAGE_RETRY_NS. */
-#define FAILED_MAX 32
+/* Image ids whose manifest copy could not be loaded, remembered for IMAGE_RETRY_NS (as
+ * many as the table holds: with fewer, ids in rotation pushed each other out at once). */
+#define FAILED_MAX FETCHSRV_IMAGES_MAX
+/* Warnings about copies that cannot be loaded: one per this, with a count of the rest. */
+#define LOAD_WARN_NS (1000ull * 1000 * 1000)
 /* A manifest copy that could not be loaded is tried again after this long. */
 #define IMAGE_RETRY_NS (10ull * 1000 * 1000 * 1000)
 
@@ -91,6 +94,7 @@ struct fetchsrv {
 	unsigned nimages;
 	uint64_t img_clock;
 	struct failed_image failed[FAILED_MAX];
+	struct log_limit load_warn;
 	struct {
 		atomic_uint_fast64_t connections, requests, fetch_ok, fetch_err, prefetches,
 			touches, bad_requests, hints, hints_ignored, checks, refused,
@@ -102,6 +106,17 @@ struct conn_arg {
 	struct fetchsrv *s;
 	int slot;
 };
+
+/* "no readahead for image ..." for a copy that cannot be loaded; clients choose the ids,
+ * so at most one line per LOAD_WARN_NS, with the count of those held back. */
+static void load_warn(struct fetchsrv *s, const char *hex, const char *path, const char *why)
+{
+	unsigned long long held;
+
+	if (log_limit_pass(&s->load_warn, LOAD_WARN_NS, &held))
+		log_warn("fetch socket: no readahead for image %s: %s: %s (%llu similar held "
+			 "back)", hex, path, why, held);
+}
 
 /* Loads and checks <images_dir>/<id>.json; NULL when it cannot be used. */
 static struct manifest *load_image(struct fetchsrv *s, const struct chunk_hash *id)
@@ -115,19 +130,17 @@ static struct manifest *load_image(struct fetchsrv *s, const struct chunk_hash *
 	snprintf(path, sizeof(path), "%s/%s.json", s->images_dir, hex);
 	ret = read_file(path, MANIFEST_MAX_BYTES, &buf, &len);
 	if (ret) {
-		log_warn("fetch socket: no readahead for image %s: %s: %s", hex, path,
-			 strerror(-ret));
+		load_warn(s, hex, path, strerror(-ret));
 		return NULL;
 	}
 	ret = manifest_parse(buf, len, &m, err, sizeof(err));
 	free(buf);
 	if (ret) {
-		log_warn("fetch socket: no readahead for image %s: %s: %s", hex, path, err);
+		load_warn(s, hex, path, err);
 		return NULL;
 	}
 	if (!hash_equal(&m->id, id)) {
-		log_warn("fetch socket: no readahead for image %s: %s is another image", hex,
-			 path);
+		load_warn(s, hex, path, "another image");
 		manifest_free(m);
 		return NULL;
 	}

@@ -10,6 +10,7 @@
  * Real fetcher, chunk store and directory repository.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -275,6 +276,64 @@ static void test_unknown_images_do_not_fill_the_table(void **state)
 	manifest_free(m);
 }
 
+/*
+ * Hints for more missing images than the old negative cache held (32), in rotation: each
+ * copy is tried once per IMAGE_RETRY_NS, not on every hint (they pushed each other out),
+ * and the warnings are one a second with a count of the rest, not one per hint.
+ */
+static void test_missing_images_in_rotation_are_not_reloaded_per_hint(void **state)
+{
+	struct env *e = *state;
+	struct chunk_hash bogus;
+	char path[400], line[600];
+	unsigned lines = 0;
+	long held = -1;
+	int saved, fd;
+	FILE *log;
+
+	snprintf(path, sizeof(path), "%s/stderr", e->root);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	fflush(stderr);
+	saved = dup(2);
+	assert_int_equal(dup2(fd, 2), 2);
+	for (unsigned k = 0; k < 4000; k++) {
+		unsigned i = k % 40;
+
+		memset(&bogus, 0xee, sizeof(bogus));
+		memcpy(bogus.b, &i, sizeof(i));
+		if (hit(e, &bogus, 0, &e->m->hashes[0]))
+			break;
+	}
+	/* One more failure a second later reports how many were held back meanwhile. */
+	usleep(1100 * 1000);
+	memset(&bogus, 0xdd, sizeof(bogus));
+	hit(e, &bogus, 0, &e->m->hashes[0]);
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	close(fd);
+
+	log = fopen(path, "r");
+	assert_non_null(log);
+	while (fgets(line, sizeof(line), log)) {
+		char *p = strstr(line, "no readahead for image");
+
+		if (!p)
+			continue;
+		lines++;
+		p = strstr(line, "(");
+		while (p && strstr(p + 1, "("))
+			p = strstr(p + 1, "(");
+		if (p)
+			held = strtol(p + 1, NULL, 10);
+	}
+	fclose(log);
+	assert_true(lines >= 2 && lines <= 6);
+	/* 40 loads failed (one per id), less the one logged first */
+	assert_int_equal(held, 39);
+}
+
 /* More images than the table holds: the least recently hinted one makes room, and an
  * image evicted is loaded again when it is hinted again. */
 static void test_image_table_evicts_least_recently_used(void **state)
@@ -481,6 +540,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_idle_clients_beyond_slots_do_not_starve,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_embedded_nul_is_malformed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_missing_images_in_rotation_are_not_reloaded_per_hint,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unknown_images_do_not_fill_the_table, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_image_table_evicts_least_recently_used,
