@@ -356,8 +356,10 @@ int diskrec_scan(const char *disks_dir, struct diskrec **out, size_t *n,
 			cnt++;
 		}
 	}
-	qsort(v, cnt, sizeof(*v), cmp_rec);
-	qsort(bad, nbad, sizeof(*bad), cmp_damaged);
+	if (cnt) /* v and bad are NULL while empty, and qsort's base must not be */
+		qsort(v, cnt, sizeof(*v), cmp_rec);
+	if (nbad)
+		qsort(bad, nbad, sizeof(*bad), cmp_damaged);
 out:
 	closedir(d);
 	if (ret) {
