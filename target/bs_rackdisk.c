@@ -917,6 +917,14 @@ static tgtadm_err bs_rackdisk_init(struct scsi_lu *lu, char *bsopts)
 static void bs_rackdisk_exit(struct scsi_lu *lu)
 {
 	struct bs_thread_info *info = BS_THREAD_I(lu);
+	struct rackdisk_info *rd = RDP(lu);
+
+	/* tgt_device_create's failure after a successful open frees the LU with no
+	 * bs_close: the sweep must not fire on freed memory. */
+	if (rd->sweep.func) {
+		del_work(&rd->sweep);
+		rd->sweep.func = NULL;
+	}
 
 	bs_thread_close(info);
 }
