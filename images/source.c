@@ -397,11 +397,25 @@ out:
 	return ret;
 }
 
-/* Opens path and checks its kind; the descriptor or -errno with a reason in err. */
+/*
+ * Opens path and checks its kind; the descriptor or -errno with a reason in err. O_NONBLOCK
+ * keeps open() of a FIFO from waiting for a writer (where no signal would stop it: the
+ * stop handlers restart system calls) and O_NOCTTY keeps a terminal from becoming ours; the
+ * kind is then judged on the descriptor. A character device is refused before it is opened
+ * (opening one can have effects: a tape rewinds). A file swapped in between stat and open
+ * is judged again on the descriptor, which is all that is read.
+ */
 static int open_input(const char *path, struct stat *st, char *err, size_t errlen)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC), ret;
+	struct stat first;
+	int fd, ret, flags;
 
+	if (stat(path, &first) < 0)
+		return set_err(err, errlen, -errno, "cannot open: %s", strerror(errno));
+	if (!S_ISREG(first.st_mode) && !S_ISBLK(first.st_mode))
+		return set_err(err, errlen, S_ISDIR(first.st_mode) ? -EISDIR : -EINVAL,
+			       "not a regular file or block device");
+	fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 	if (fd < 0 || fstat(fd, st) < 0) {
 		ret = set_err(err, errlen, -errno, "cannot open: %s", strerror(errno));
 		if (fd >= 0)
@@ -412,6 +426,13 @@ static int open_input(const char *path, struct stat *st, char *err, size_t errle
 		close(fd);
 		return set_err(err, errlen, S_ISDIR(st->st_mode) ? -EISDIR : -EINVAL,
 			       "not a regular file or block device");
+	}
+	/* reads of a regular file or block device ignore O_NONBLOCK, but say what we mean */
+	flags = fcntl(fd, F_GETFL);
+	if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) {
+		ret = set_err(err, errlen, -errno, "cannot open: %s", strerror(errno));
+		close(fd);
+		return ret;
 	}
 	return fd;
 }

@@ -14,6 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -228,12 +232,58 @@ static void test_errors_say_why(void **state)
 	source_close(&src);
 }
 
+/*
+ * A FIFO as the input is refused at once: open() of a FIFO with no writer used to wait
+ * forever, in a call that publish's stop signals restart. Run in a child, which is killed
+ * if it has not answered within 5 s (the old behaviour).
+ */
+static void test_fifo_input_is_refused_without_waiting(void **state)
+{
+	struct ctx *c = *state;
+	char fifo[128];
+	int status = -1;
+	pid_t pid;
+
+	snprintf(fifo, sizeof(fifo), "%s/in.fifo", c->dir);
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct image_source src;
+		char err[256];
+		int a = source_check(fifo, err, sizeof(err));
+		int b = source_open(fifo, c->dir, &src, err, sizeof(err));
+
+		_exit(a == -EINVAL && b == -EINVAL &&
+			      !strcmp(err, "not a regular file or block device")
+		      ? 0
+		      : 1);
+	}
+	for (int i = 0; i < 500; i++) {
+		const struct timespec ms10 = {0, 10 * 1000 * 1000};
+
+		if (waitpid(pid, &status, WNOHANG) == pid)
+			break;
+		status = -1;
+		nanosleep(&ms10, NULL);
+	}
+	if (status == -1) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		fail_msg("source_check/source_open of a FIFO still waiting after 5 s");
+	}
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_input_that_shrinks_ends_early, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_errors_say_why, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fifo_input_is_refused_without_waiting, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(
 			test_raw_replaced_by_a_qcow2_after_the_check_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_qcow2_replaced_while_qemu_img_runs_is_not_read,
