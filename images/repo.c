@@ -39,9 +39,10 @@
 #define REPO_MIN_RATE	     (256u * 1024)
 
 struct repo {
-	char *dir;  /* local repository, or NULL */
-	char *url;  /* base URL without a trailing '/', or NULL */
-	CURL *curl; /* reused for every request: keeps the connection alive */
+	char *dir;   /* local repository, or NULL */
+	char *url;   /* base URL without a trailing '/', or NULL */
+	char *shown; /* url without its user:password@, for messages (repoloc_shown) */
+	CURL *curl;  /* reused for every request: keeps the connection alive */
 	long timeout_ms;
 	char why[CURL_ERROR_SIZE + PATH_MAX + 64]; /* the last HTTP failure, in words */
 };
@@ -78,8 +79,9 @@ int repo_open(const char *loc, struct repo **out)
 	if (l.http) {
 		pthread_once(&curl_once, curl_init_once);
 		r->url = l.where;
+		r->shown = strdup(REPOLOC_SHOWN(l.where));
 		r->curl = curl_easy_init();
-		if (!r->curl) {
+		if (!r->shown || !r->curl) {
 			repo_close(r);
 			return -ENOMEM;
 		}
@@ -98,6 +100,7 @@ void repo_close(struct repo *r)
 		curl_easy_cleanup(r->curl);
 	free(r->dir);
 	free(r->url);
+	free(r->shown);
 	free(r);
 }
 
@@ -230,19 +233,21 @@ static int http_fetch(struct repo *r, const char *rel, size_t max, char **out, s
 	/* Only the object can be too big: an error page's size says nothing (a big 404). */
 	if (rc == CURLE_FILESIZE_EXCEEDED && status != 200)
 		rc = CURLE_OK;
+	/* Messages name the URL without its credentials: they reach logs and API replies. */
 	if (rc != CURLE_OK) {
 		ret = repo_curl_errno(rc);
 		if (ret == -EFBIG)
 			snprintf(r->why, sizeof(r->why),
-				 "GET %s: larger than the %zu bytes allowed", url, max);
+				 "GET %s/%s: larger than the %zu bytes allowed", r->shown, rel,
+				 max);
 		else
-			snprintf(r->why, sizeof(r->why), "GET %s: %s", url,
+			snprintf(r->why, sizeof(r->why), "GET %s/%s: %s", r->shown, rel,
 				 errbuf[0] ? errbuf : curl_easy_strerror(rc));
 		goto out;
 	}
 	ret = repo_http_status_errno(status);
 	if (ret) {
-		snprintf(r->why, sizeof(r->why), "GET %s: HTTP %ld", url, status);
+		snprintf(r->why, sizeof(r->why), "GET %s/%s: HTTP %ld", r->shown, rel, status);
 		goto out;
 	}
 	if (!b.p) { /* an empty body */

@@ -66,6 +66,25 @@ int repoloc_parse(const char *loc, struct repoloc *out, char *err, size_t errlen
 	return out->where ? 0 : set_err(err, errlen, -ENOMEM, "out of memory");
 }
 
+const char *repoloc_shown(const char *url, char *buf, size_t len)
+{
+	size_t n = url ? scheme_len(url) : 0, auth_len, at;
+
+	if (!len)
+		return buf;
+	if (!n) {
+		snprintf(buf, len, "%s", url ? url : "");
+		return buf;
+	}
+	n += 3; /* "scheme://" */
+	auth_len = strcspn(url + n, "/?#");
+	for (at = auth_len; at > 0 && url[n + at - 1] != '@'; at--)
+		;
+	/* at: the length of "user:password@" (the last '@' of the authority ends it), or 0 */
+	snprintf(buf, len, "%.*s%s", (int)n, url, url + n + at);
+	return buf;
+}
+
 void repoloc_free(struct repoloc *l)
 {
 	free(l->where);

@@ -28,4 +28,15 @@ int repoloc_parse(const char *loc, struct repoloc *out, char *err, size_t errlen
 
 void repoloc_free(struct repoloc *l);
 
+/*
+ * url as it may be shown: in an error message, a log line, an API reply. The userinfo of a
+ * "scheme://user:password@host/..." URL (a repository behind basic authentication) is left
+ * out: "scheme://host/...". Anything else is copied as it is. Writes into buf (truncated to
+ * len - 1 bytes) and returns buf.
+ */
+const char *repoloc_shown(const char *url, char *buf, size_t len);
+
+/* repoloc_shown into a fresh buffer per use, valid until the end of the enclosing block. */
+#define REPOLOC_SHOWN(url) repoloc_shown((url), (char[4096]){0}, 4096)
+
 #endif

@@ -824,6 +824,27 @@ def test_http_redirects_are_followed_and_failures_say_what_failed(seeded, quirky
             assert "Input/output error" not in line
 
 
+def test_credentials_in_a_repo_url_are_never_shown(tmp_path, seeded, quirky_server):
+    """A repository behind basic authentication (http://user:password@host/) is read, and
+    no error line shows its user:password@ (ls printed the password twice)."""
+    repo, _ = seeded
+    host = quirky_server(repo)[len("http://"):]
+    url = f"http://user:s3cret@{host}"
+    assert "seed" in rd_ok("ls", "--repo", url + "/moved").stdout
+    with socket.socket() as s:  # a port that nothing listens on while the socket is open
+        s.bind(("127.0.0.1", 0))
+        refused = f"http://user:s3cret@127.0.0.1:{s.getsockname()[1]}/r"
+        cases = [(("ls", "--repo", url + "/broken"), f"http://{host}/broken", "HTTP 500"),
+                 (("show", "--repo", url + "/broken", "seed"), f"http://{host}/broken", ""),
+                 (("verify", "--repo", url + "/nochunks", "seed"), f"http://{host}/nochunks",
+                  "HTTP 500"),
+                 (("ls", "--repo", refused), refused.replace("user:s3cret@", ""), "connect"),
+                 (("publish", tmp_path / "x", "--repo", url, "--name", "x"), "not a URL", ""),
+                 (("ls", "--repo", "ftp://user:s3cret@h/r"), "ftp://h/r", "unsupported")]
+        for args, where, why in cases:
+            line = assert_one_line_error(rd(*args), where, why)
+            assert "s3cret" not in line and "user" not in line, line
+
 def start_slow_publish(tmp_path, repo, name, seed):
     """A publish that takes seconds (16 MiB of random data, zstd level 19, one worker),
     returned as a Popen once its first temporary chunk object is in tmp/."""

@@ -75,12 +75,32 @@ static void test_other_spellings_are_refused(void **state)
 	assert_int_equal(repoloc_parse(NULL, &l, NULL, 0), -EINVAL);
 }
 
+/* A URL as messages show it: never the user:password@ of basic authentication. */
+static void test_shown_urls_leave_out_credentials(void **state)
+{
+	char buf[64];
+
+	assert_string_equal(REPOLOC_SHOWN("http://user:s3cret@seed.example:80/r"),
+			    "http://seed.example:80/r");
+	assert_string_equal(REPOLOC_SHOWN("HTTPS://u@seed.example"), "HTTPS://seed.example");
+	/* the last '@' of the authority ends the userinfo; one in the path is the path's */
+	assert_string_equal(REPOLOC_SHOWN("http://a@b:p@w@h/x@y?q=@#@"), "http://h/x@y?q=@#@");
+	assert_string_equal(REPOLOC_SHOWN("http://h/u:p@x"), "http://h/u:p@x");
+	assert_string_equal(REPOLOC_SHOWN("ftp://u:p@h/r"), "ftp://h/r");
+	assert_string_equal(REPOLOC_SHOWN("/srv/a@b"), "/srv/a@b");
+	assert_string_equal(REPOLOC_SHOWN("file:///srv/a:b@c"), "file:///srv/a:b@c");
+	assert_string_equal(REPOLOC_SHOWN(""), "");
+	assert_string_equal(repoloc_shown("http://u:p@host.example/long", buf, 12), "http://host");
+	assert_string_equal(repoloc_shown(NULL, buf, sizeof(buf)), "");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_directories_and_file_urls),
 		cmocka_unit_test(test_http_urls),
 		cmocka_unit_test(test_other_spellings_are_refused),
+		cmocka_unit_test(test_shown_urls_leave_out_credentials),
 	};
 
 	return cmocka_run_group_tests_name("repoloc", tests, NULL, NULL);
