@@ -6,3 +6,6 @@ $(BUILD)/tests/unit/images/test_publish_faults: LDFLAGS += -Wl,--wrap=read -Wl,-
 
 # A file replaced at its path while qemu-img runs (the test wraps posix_spawnp).
 $(BUILD)/tests/unit/images/test_source: LDFLAGS += -Wl,--wrap=posix_spawnp
+
+# publish's sweep of tmp/ where flock answers as NFSv4 does, or fails (the test wraps flock).
+$(BUILD)/tests/unit/images/test_publish_sweep: LDFLAGS += -Wl,--wrap=flock
