@@ -125,6 +125,18 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
 	curl_easy_getinfo(b->curl, CURLINFO_RESPONSE_CODE, &status);
 	if (status < 200 || status > 299)
 		return n;
+	if (!b->len) {
+		/* A Content-Length over the bound fails at once, not after max bytes. Not
+		 * CURLOPT_MAXFILESIZE: it also applies to a redirect's body, which is never
+		 * the object (a 301 with a big page would not be followed). */
+		curl_off_t announced = -1;
+
+		curl_easy_getinfo(b->curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &announced);
+		if (announced > (curl_off_t)b->max) {
+			b->too_big = 1;
+			return 0;
+		}
+	}
 	if (b->len + n > b->max) {
 		b->too_big = 1;
 		return 0; /* makes curl fail the transfer with CURLE_WRITE_ERROR */
@@ -203,8 +215,6 @@ static void http_setup(struct repo *r, const char *url, struct membuf *b, char *
 	curl_easy_setopt(r->curl, CURLOPT_LOW_SPEED_LIMIT, REPO_LOW_SPEED_BYTES);
 	curl_easy_setopt(r->curl, CURLOPT_LOW_SPEED_TIME, MAX(1L, (r->timeout_ms + 999) / 1000));
 	curl_easy_setopt(r->curl, CURLOPT_TIMEOUT_MS, total_ms(r, b->max));
-	/* A Content-Length over the bound fails at once (CURLE_FILESIZE_EXCEEDED). */
-	curl_easy_setopt(r->curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)b->max);
 	curl_easy_setopt(r->curl, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(r->curl, CURLOPT_TCP_KEEPALIVE, 1L);
 	/* As the seed client (seed.c): a repository moved behind a redirect is followed,
@@ -228,11 +238,9 @@ static int http_fetch(struct repo *r, const char *rel, size_t max, char **out, s
 	http_setup(r, url, &b, errbuf);
 	rc = curl_easy_perform(r->curl);
 	curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
+	/* Only the object can be too big (on_body ignores an error page or a redirect's). */
 	if (rc == CURLE_WRITE_ERROR && b.too_big)
 		rc = CURLE_FILESIZE_EXCEEDED;
-	/* Only the object can be too big: an error page's size says nothing (a big 404). */
-	if (rc == CURLE_FILESIZE_EXCEEDED && status != 200)
-		rc = CURLE_OK;
 	/* Messages name the URL without its credentials: they reach logs and API replies. */
 	if (rc != CURLE_OK) {
 		ret = repo_curl_errno(rc);

@@ -781,8 +781,9 @@ def test_repo_locations_mean_one_place_or_are_refused(tmp_path):
 @pytest.fixture
 def quirky_server():
     """serve(root) starts an HTTP server on a free loopback port over the repository root:
-    /moved/P redirects (302) to /P, /broken/P answers 500, /nochunks/P serves P except
-    chunk objects (500). Returns its URL; stopped at teardown."""
+    /moved/P redirects (302) to /P, /bigmoved/P too (301) with an 8 KiB page, /broken/P
+    answers 500, /nochunks/P serves P except chunk objects (500), /huge/P answers 200 with a
+    Content-Length of 32 MiB. Returns its URL; stopped at teardown."""
     def handler(root):
         class Handler(_QuietHandler):
             def do_GET(self):
@@ -790,6 +791,18 @@ def quirky_server():
                 path = os.path.join(root, rest)
                 if prefix == "moved":
                     self.answer(302, b"", [("Location", "/ok/" + rest)])
+                elif prefix == "bigmoved":
+                    self.answer(301, b"<html>" + b"moved " * 1400 + b"</html>",
+                                [("Location", "/ok/" + rest)])
+                elif prefix == "huge":  # announces 32 MiB, sends 8 KiB, hangs up
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(32 << 20))
+                    self.end_headers()
+                    try:
+                        self.wfile.write(b"x" * 8192)
+                    except OSError:
+                        pass
+                    self.close_connection = True
                 elif prefix == "broken" or (prefix == "nochunks" and
                                             rest.startswith("chunks/")):
                     self.answer(500, b"oops")
@@ -812,6 +825,12 @@ def test_http_redirects_are_followed_and_failures_say_what_failed(seeded, quirky
     assert show["id"] == manifest_of(repo, "seed")[0]
     assert "seed" in rd_ok("ls", "--repo", url + "/moved").stdout
     rd_ok("verify", "--repo", url + "/moved", "seed")
+    # A redirect's page is not the object: its size (over a tag's 4 KiB) is not "too big".
+    show = json.loads(rd_ok("show", "--repo", url + "/bigmoved", "seed", "--json").stdout)
+    assert show["id"] == manifest_of(repo, "seed")[0]
+    # An object announced over its bound fails at once, not once the bound has arrived.
+    assert_one_line_error(rd("ls", "--repo", url + "/huge", timeout=20),
+                          f"GET {url}/huge/tags/index: larger than the 16777216 bytes allowed")
     for args in (("show", "--repo", url + "/broken", "seed"), ("ls", "--repo", url + "/broken"),
                  ("verify", "--repo", url + "/nochunks", "seed")):
         line = assert_one_line_error(rd(*args), "HTTP 500", url)
