@@ -230,6 +230,8 @@ static int snapshot_copy(int dst, int src, uint64_t size)
 			ret = copy_range(dst, src, off, size - off, buf);
 			break;
 		}
+		if ((uint64_t)data >= size)
+			break; /* data the file gained past size since it was measured: not ours */
 		hole = lseek(src, data, SEEK_HOLE);
 		if (hole < 0 || (uint64_t)hole > size)
 			hole = (off_t)size;
