@@ -437,6 +437,14 @@ def test_truncated_or_corrupt_qcow2(tmp_path, seeded):
     trunc = write(tmp_path / "trunc.qcow2", good[:len(good) // 2])
     assert_one_line_error(rd("publish", trunc, "--repo", repo, "--name", "t"), "qcow2")
 
+    # qemu-img's complaint names the input, not the json: spec of /dev/fd/N it was given.
+    version = bytearray(good)
+    version[4:8] = (99).to_bytes(4, "big")
+    ver = write(tmp_path / "version.qcow2", version)
+    line = assert_one_line_error(rd("publish", ver, "--repo", repo, "--name", "v"),
+                                 f"Could not open '{ver}'", "version 99")
+    assert "json:" not in line and "/dev/fd/" not in line, line
+
     # Overwrite the first L1 table entry (offset from the header) with garbage.
     l1 = int.from_bytes(good[40:48], "big")
     bad = bytearray(good)
