@@ -375,8 +375,13 @@ static int set_key(struct config *c, const struct key_def *k, const char *v, cha
 		/* The reading the seed client opens it with (repoloc.h): what passes here is
 		 * the place it fetches from. A daemon's directory must not depend on its cwd. */
 		struct repoloc l;
-		bool ok = !repoloc_parse(v, &l, NULL, 0) && (l.http || l.where[0] == '/');
+		bool ok, http = !strncasecmp(v, "http://", 7) || !strncasecmp(v, "https://", 8);
 
+		if (http && !url_has_host(v)) { /* repoloc_parse refuses it too: say why */
+			snprintf(why, whylen, "names no host (http://HOST[:PORT]/PATH)");
+			return -EINVAL;
+		}
+		ok = !repoloc_parse(v, &l, NULL, 0) && (l.http || l.where[0] == '/');
 		repoloc_free(&l);
 		if (!ok) {
 			snprintf(why, whylen, "must be an http://, https:// or file:/// URL "
@@ -385,10 +390,6 @@ static int set_key(struct config *c, const struct key_def *k, const char *v, cha
 		}
 		if (strchr(v, ' ') || strlen(v) >= k->size)
 			goto bad_fmt;
-		if ((v[0] == 'h' || v[0] == 'H') && !url_has_host(v)) {
-			snprintf(why, whylen, "names no host (http://HOST[:PORT]/PATH)");
-			return -EINVAL;
-		}
 		return set_str(p, k->size, v);
 	}
 	case KT_REDIS: {

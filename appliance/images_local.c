@@ -23,6 +23,7 @@
 #include "common/util.h"
 #include "images/manifest.h"
 #include "images/repo.h"
+#include "images/repoloc.h"
 
 void appliance_manifest_path(const struct appliance *a, const struct chunk_hash *id,
 			     char *buf, size_t len)
@@ -93,10 +94,13 @@ static int read_tag(struct appliance *a, const char *tag, struct chunk_hash *id)
 }
 
 /* The error of a failed request to the seed r, in words (repo_strerror: the HTTP status,
- * or what the transfer ran into, and the URL). */
+ * or what the transfer ran into, and the URL). The seed's URL is named without its
+ * user:password@: this message is an API reply and a log line. */
 static int errno_msg(struct repo *r, int ret, char *err, size_t errlen, const char *what,
-		     const char *tag, const char *url)
+		     const char *tag, const char *seed)
 {
+	const char *url = REPOLOC_SHOWN(seed);
+
 	if (ret == -ENOENT)
 		snprintf(err, errlen, "image '%s' not found on the seed %s", tag, url);
 	else if (ret == -EFBIG)
@@ -131,8 +135,8 @@ int appliance_image_pull(struct appliance *a, const char *tag, struct image_info
 	}
 	ret = repo_open(a->cfg.seed_url, &r);
 	if (ret) {
-		snprintf(err, errlen, "cannot open the seed %s: %s", a->cfg.seed_url,
-			 strerror(-ret));
+		snprintf(err, errlen, "cannot open the seed %s: %s",
+			 REPOLOC_SHOWN(a->cfg.seed_url), strerror(-ret));
 		return ret;
 	}
 	/* The connect timeout and stall window, not a cap on the whole transfer: a manifest

@@ -31,6 +31,7 @@
 #include "cluster/peering.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "images/repoloc.h"
 #include "target/tgtmgr.h"
 
 #ifndef RACKDISK_VERSION
@@ -181,7 +182,7 @@ static int open_store_and_fetcher(struct appliance *a, const char *token)
 	fo.store = a->store;
 	ret = fetcher_create(&fo, &a->fetcher);
 	if (ret) {
-		log_error("cannot create the fetcher for %s: %s", a->cfg.seed_url,
+		log_error("cannot create the fetcher for %s: %s", REPOLOC_SHOWN(a->cfg.seed_url),
 			  strerror(-ret));
 		return ret;
 	}
@@ -386,7 +387,7 @@ int main(int argc, char **argv)
 			a->cfg.state_dir);
 	pick_iscsi_host(a);
 	log_info("starting: node %s, rack %s, state %s, seed %s", a->cfg.node_name, a->cfg.rack,
-		 a->cfg.state_dir, a->cfg.seed_url);
+		 a->cfg.state_dir, REPOLOC_SHOWN(a->cfg.seed_url));
 
 	ret = make_dirs(a);
 	if (!ret)

@@ -35,9 +35,10 @@
 #define SEED_POOL_MAX 64 /* idle handles kept; more are closed when returned */
 
 struct seed {
-	char *url;  /* as configured */
-	char *base; /* HTTP: url without trailing '/'; NULL for a directory */
-	char *dir;  /* directory repository; NULL for HTTP */
+	char *url;   /* as configured */
+	char *shown; /* url without its user:password@ (repoloc_shown): for log lines */
+	char *base;  /* HTTP: url without trailing '/'; NULL for a directory */
+	char *dir;   /* directory repository; NULL for HTTP */
 	char *ca_file;
 	struct seed_opts o;
 	CURLSH *share;
@@ -121,7 +122,8 @@ int seed_open(const struct seed_opts *o, struct seed **out)
 	if (!s->o.low_speed_secs)
 		s->o.low_speed_secs = 5;
 	s->url = strdup(o->url);
-	if (!s->url) {
+	s->shown = strdup(REPOLOC_SHOWN(o->url));
+	if (!s->url || !s->shown) {
 		ret = -ENOMEM;
 		goto fail;
 	}
@@ -168,6 +170,7 @@ void seed_close(struct seed *s)
 		pthread_mutex_destroy(&s->share_locks[i]);
 	pthread_mutex_destroy(&s->lock);
 	free(s->url);
+	free(s->shown);
 	free(s->base);
 	free(s->dir);
 	free(s->ca_file);
@@ -176,7 +179,7 @@ void seed_close(struct seed *s)
 
 const char *seed_url(const struct seed *s)
 {
-	return s->url;
+	return s->shown;
 }
 
 void seed_cancel(struct seed *s)

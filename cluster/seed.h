@@ -35,7 +35,8 @@ struct seed_opts {
 int seed_open(const struct seed_opts *o, struct seed **out);
 void seed_close(struct seed *s);
 
-/* The repository location as configured (for log messages). */
+/* The repository location as configured, without the user:password@ of a URL (for log
+ * messages: repoloc_shown). */
 const char *seed_url(const struct seed *s);
 
 /*

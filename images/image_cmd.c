@@ -47,6 +47,8 @@ static void usage(FILE *f)
 
 /* P(s): s made safe for a one-line message (a fresh buffer per use within a statement). */
 #define P(s) publish_printable((s), (char[512]){0}, 512)
+/* SHOWN(loc): a --repo as messages name it, without the user:password@ of a URL. */
+#define SHOWN(loc) REPOLOC_SHOWN(loc)
 
 static int errline(const char *what, const char *why)
 {
@@ -78,7 +80,7 @@ static int check_repo(const char *cmd, const char *repo, char **dir)
 	char why[256];
 
 	if (repoloc_parse(repo, &l, why, sizeof(why))) {
-		fprintf(stderr, "rackdisk: image %s: --repo %s: %s\n", cmd, P(repo), why);
+		fprintf(stderr, "rackdisk: image %s: --repo %s: %s\n", cmd, P(SHOWN(repo)), why);
 		return EXIT_USAGE;
 	}
 	if (dir && l.http) {
@@ -86,7 +88,7 @@ static int check_repo(const char *cmd, const char *repo, char **dir)
 		fprintf(stderr,
 			"rackdisk: image %s: --repo %s: publish writes to a repository "
 			"directory, not a URL\n",
-			cmd, P(repo));
+			cmd, P(SHOWN(repo)));
 		return EXIT_USAGE;
 	}
 	if (dir)
@@ -447,11 +449,11 @@ static int open_named_image(const char *cmd, int argc, char **argv, struct cmd_a
 		return ret;
 	ret = repo_open(a->repo, r);
 	if (ret)
-		return errline(a->repo, strerror(-ret));
+		return errline(SHOWN(a->repo), strerror(-ret));
 	if (repo_load_image(*r, a->pos[0], m, err, sizeof(err))) {
 		repo_close(*r);
 		*r = NULL;
-		return errline(a->repo, err);
+		return errline(SHOWN(a->repo), err);
 	}
 	return 0;
 }
@@ -479,7 +481,7 @@ static int cmd_verify(int argc, char **argv)
 	threads = MAX(1, MIN(threads, VERIFY_THREADS_MAX));
 	ret = run_verify(a.repo, m, threads, items, n, why, sizeof(why));
 	if (ret) {
-		ret = errline(a.repo, why);
+		ret = errline(SHOWN(a.repo), why);
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++) {
@@ -614,12 +616,12 @@ static int cmd_ls(int argc, char **argv)
 		return ret;
 	ret = repo_open(a.repo, &c.r);
 	if (ret)
-		return errline(a.repo, strerror(-ret));
+		return errline(SHOWN(a.repo), strerror(-ret));
 	if (a.json)
 		c.arr = json_array();
 	ret = repo_list_tags(c.r, ls_one, &c);
 	if (ret) {
-		ret = errline(a.repo, repo_strerror(c.r, ret));
+		ret = errline(SHOWN(a.repo), repo_strerror(c.r, ret));
 		goto out;
 	}
 	if (c.arr) {

@@ -44,7 +44,10 @@
  *      f., probe. with that run, then the lock file), holding that run's lock while it does.
  *      A live run's files are never removed: its lock is held. Files of no locked run
  *      (written by a publish older than the lock, or a "qcow2-" file left in the instant
- *      before source.c unlinks it) are removed after three days, as before.
+ *      before source.c unlinks it) are removed after three days, as before; so are those
+ *      of a run whose lock file cannot be locked for another reason than a holder (no lock
+ *      manager: ENOLCK). The sweeper opens a lock file read-write (NFSv4 grants a write
+ *      lock only then), and never opens what is not a regular file (a FIFO would block).
  */
 #include "images/publish.h"
 
@@ -63,6 +66,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/util.h"
 #include "images/chunkobj.h"
 #include "images/manifest.h"
@@ -821,24 +825,77 @@ static void remove_run_files(int dfd, const char *run)
 
 enum run_state { RUN_UNKNOWN, RUN_ALIVE, RUN_DEAD };
 
+/* One sweep of tmp/: the directory, and whether a lock that could not be judged was
+ * reported yet (once per sweep, not once per file). */
+struct sweep {
+	const char *dir; /* the repository, for messages */
+	int dfd;	 /* tmp/ */
+	bool lock_warned;
+};
+
+/*
+ * Opens tmp/<lockname>, a run's lock file, for sweep_run_if_dead; -errno if there is none.
+ * Read-write: NFSv4 grants an exclusive lock only on a file open for writing (EBADF
+ * otherwise); read-only where we may not write it (another user's run), which a local
+ * filesystem locks all the same. Only a regular file is opened, and with O_NONBLOCK: the
+ * open of a FIFO waits for a writer, forever. Anything else under that name is no run's
+ * lock (publish creates regular files only) and is removed, so that it is reported once.
+ */
+static int open_run_lock(struct sweep *sw, const char *lockname)
+{
+	const int flags = O_NONBLOCK | O_NOCTTY | O_NOFOLLOW | O_CLOEXEC;
+	struct stat st;
+	int fd, ret;
+
+	if (fstatat(sw->dfd, lockname, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	if (S_ISREG(st.st_mode)) {
+		fd = openat(sw->dfd, lockname, O_RDWR | flags);
+		if (fd < 0 && (errno == EACCES || errno == EPERM || errno == EROFS))
+			fd = openat(sw->dfd, lockname, O_RDONLY | flags);
+		if (fd < 0)
+			return -errno;
+		ret = fstat(fd, &st) < 0 ? -errno : 0;
+		if (!ret && S_ISREG(st.st_mode))
+			return fd;
+		close(fd);
+		if (ret)
+			return ret;
+		/* replaced by something else since fstatat */
+	}
+	ret = unlinkat(sw->dfd, lockname, 0);
+	log_warn("%s/tmp/%s: not a regular file, hence no publish's lock: %s", sw->dir, lockname,
+		 ret ? "ignored (cannot remove it)" : "removed");
+	return -EINVAL;
+}
+
 /*
  * Whether run is alive (its lock file is locked) or dead (it is not: then every file of the
- * run is removed here, under its lock), or unknown (no lock file: the age rule decides).
+ * run is removed here, under its lock), or unknown (no lock file, or one that cannot be
+ * locked for another reason than a holder, say ENOLCK: the age rule decides).
  */
-static enum run_state sweep_run_if_dead(int dfd, const char *run)
+static enum run_state sweep_run_if_dead(struct sweep *sw, const char *run)
 {
 	char lockname[64];
-	int fd;
+	int fd, err;
 
 	snprintf(lockname, sizeof(lockname), "run.%s.lock", run);
-	fd = openat(dfd, lockname, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	fd = open_run_lock(sw, lockname);
 	if (fd < 0)
 		return RUN_UNKNOWN;
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		err = errno;
 		close(fd);
-		return RUN_ALIVE;
+		if (err == EWOULDBLOCK)
+			return RUN_ALIVE;
+		if (!sw->lock_warned)
+			log_warn("%s/tmp/%s: cannot lock it (%s): files of runs not known to be "
+				 "dead are removed after three days",
+				 sw->dir, lockname, strerror(err));
+		sw->lock_warned = true;
+		return RUN_UNKNOWN;
 	}
-	remove_run_files(dfd, run);
+	remove_run_files(sw->dfd, run);
 	close(fd);
 	return RUN_DEAD;
 }
@@ -848,18 +905,20 @@ static void sweep_stale_tmp(const struct publish *p)
 {
 	char path[PATH_MAX], run[RUN_NAME_LEN + 1];
 	time_t now = time(NULL);
+	struct sweep sw = {.dir = p->dir};
 	struct dirent *de;
 	struct stat st;
 	DIR *d;
 
 	if (path_fmt(path, sizeof(path), "%s/tmp", p->dir) || !(d = opendir(path)))
 		return;
+	sw.dfd = dirfd(d);
 	/* Invariant 8: runs whose lock nobody holds, at once. A removal in this loop may
 	 * hide later entries from readdir; the next publish's sweep finds those. */
 	while ((de = readdir(d)) != NULL) {
 		if (!strncmp(de->d_name, "run.", 4) && tmp_name_run(de->d_name, run) &&
 		    strcmp(run, p->run))
-			sweep_run_if_dead(dirfd(d), run);
+			sweep_run_if_dead(&sw, run);
 	}
 	rewinddir(d);
 	while ((de = readdir(d)) != NULL) {
@@ -870,7 +929,7 @@ static void sweep_stale_tmp(const struct publish *p)
 		    !S_ISREG(st.st_mode) || now - st.st_mtime < STALE_TMP_SECONDS)
 			continue;
 		/* Days old, but of a run that holds its lock: alive, it stays. */
-		if (has_run && sweep_run_if_dead(dirfd(d), run) != RUN_UNKNOWN)
+		if (has_run && sweep_run_if_dead(&sw, run) != RUN_UNKNOWN)
 			continue;
 		unlinkat(dirfd(d), de->d_name, 0);
 	}

@@ -39,9 +39,10 @@
 #define REPO_MIN_RATE	     (256u * 1024)
 
 struct repo {
-	char *dir;  /* local repository, or NULL */
-	char *url;  /* base URL without a trailing '/', or NULL */
-	CURL *curl; /* reused for every request: keeps the connection alive */
+	char *dir;   /* local repository, or NULL */
+	char *url;   /* base URL without a trailing '/', or NULL */
+	char *shown; /* url without its user:password@, for messages (repoloc_shown) */
+	CURL *curl;  /* reused for every request: keeps the connection alive */
 	long timeout_ms;
 	char why[CURL_ERROR_SIZE + PATH_MAX + 64]; /* the last HTTP failure, in words */
 };
@@ -78,8 +79,9 @@ int repo_open(const char *loc, struct repo **out)
 	if (l.http) {
 		pthread_once(&curl_once, curl_init_once);
 		r->url = l.where;
+		r->shown = strdup(REPOLOC_SHOWN(l.where));
 		r->curl = curl_easy_init();
-		if (!r->curl) {
+		if (!r->shown || !r->curl) {
 			repo_close(r);
 			return -ENOMEM;
 		}
@@ -98,6 +100,7 @@ void repo_close(struct repo *r)
 		curl_easy_cleanup(r->curl);
 	free(r->dir);
 	free(r->url);
+	free(r->shown);
 	free(r);
 }
 
@@ -122,6 +125,18 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
 	curl_easy_getinfo(b->curl, CURLINFO_RESPONSE_CODE, &status);
 	if (status < 200 || status > 299)
 		return n;
+	if (!b->len) {
+		/* A Content-Length over the bound fails at once, not after max bytes. Not
+		 * CURLOPT_MAXFILESIZE: it also applies to a redirect's body, which is never
+		 * the object (a 301 with a big page would not be followed). */
+		curl_off_t announced = -1;
+
+		curl_easy_getinfo(b->curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &announced);
+		if (announced > (curl_off_t)b->max) {
+			b->too_big = 1;
+			return 0;
+		}
+	}
 	if (b->len + n > b->max) {
 		b->too_big = 1;
 		return 0; /* makes curl fail the transfer with CURLE_WRITE_ERROR */
@@ -200,8 +215,6 @@ static void http_setup(struct repo *r, const char *url, struct membuf *b, char *
 	curl_easy_setopt(r->curl, CURLOPT_LOW_SPEED_LIMIT, REPO_LOW_SPEED_BYTES);
 	curl_easy_setopt(r->curl, CURLOPT_LOW_SPEED_TIME, MAX(1L, (r->timeout_ms + 999) / 1000));
 	curl_easy_setopt(r->curl, CURLOPT_TIMEOUT_MS, total_ms(r, b->max));
-	/* A Content-Length over the bound fails at once (CURLE_FILESIZE_EXCEEDED). */
-	curl_easy_setopt(r->curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)b->max);
 	curl_easy_setopt(r->curl, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(r->curl, CURLOPT_TCP_KEEPALIVE, 1L);
 	/* As the seed client (seed.c): a repository moved behind a redirect is followed,
@@ -225,24 +238,24 @@ static int http_fetch(struct repo *r, const char *rel, size_t max, char **out, s
 	http_setup(r, url, &b, errbuf);
 	rc = curl_easy_perform(r->curl);
 	curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
+	/* Only the object can be too big (on_body ignores an error page or a redirect's). */
 	if (rc == CURLE_WRITE_ERROR && b.too_big)
 		rc = CURLE_FILESIZE_EXCEEDED;
-	/* Only the object can be too big: an error page's size says nothing (a big 404). */
-	if (rc == CURLE_FILESIZE_EXCEEDED && status != 200)
-		rc = CURLE_OK;
+	/* Messages name the URL without its credentials: they reach logs and API replies. */
 	if (rc != CURLE_OK) {
 		ret = repo_curl_errno(rc);
 		if (ret == -EFBIG)
 			snprintf(r->why, sizeof(r->why),
-				 "GET %s: larger than the %zu bytes allowed", url, max);
+				 "GET %s/%s: larger than the %zu bytes allowed", r->shown, rel,
+				 max);
 		else
-			snprintf(r->why, sizeof(r->why), "GET %s: %s", url,
+			snprintf(r->why, sizeof(r->why), "GET %s/%s: %s", r->shown, rel,
 				 errbuf[0] ? errbuf : curl_easy_strerror(rc));
 		goto out;
 	}
 	ret = repo_http_status_errno(status);
 	if (ret) {
-		snprintf(r->why, sizeof(r->why), "GET %s: HTTP %ld", url, status);
+		snprintf(r->why, sizeof(r->why), "GET %s/%s: HTTP %ld", r->shown, rel, status);
 		goto out;
 	}
 	if (!b.p) { /* an empty body */

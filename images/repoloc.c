@@ -4,6 +4,7 @@
 #include "images/repoloc.h"
 
 #include <ctype.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +35,71 @@ static char *dup_trimmed(const char *s, size_t n)
 	return strndup(s, n);
 }
 
+static int hexval(int c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c = tolower(c);
+	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/*
+ * The path of a file: URL into *out (malloc'd, no trailing '/'), percent-decoded (RFC 8089
+ * section 2 and RFC 3986 section 2.1: "file:///tmp/a%20b" is /tmp/a b). A query or
+ * fragment has no meaning for a directory, and %00 or %2F could not name what the URL
+ * spells (a NUL ends the path; an encoded '/' is not a separator): all are refused.
+ */
+static int file_path(const char *path, char **out, char *err, size_t errlen)
+{
+	size_t n = strlen(path), j = 0;
+	char *p;
+
+	if (strpbrk(path, "?#"))
+		return set_err(err, errlen, -EINVAL,
+			       "a file:// URL has no query or fragment ('?' or '#'; "
+			       "spell them %%3F and %%23)");
+	p = malloc(n + 1);
+	if (!p)
+		return set_err(err, errlen, -ENOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		int hi, lo;
+
+		if (path[i] != '%') {
+			p[j++] = path[i];
+			continue;
+		}
+		hi = hexval((unsigned char)path[i + 1]); /* path[n] is the NUL: never hex */
+		lo = hi >= 0 ? hexval((unsigned char)path[i + 2]) : -1;
+		if (lo < 0 || (hi == 0 && lo == 0) || (hi == 2 && lo == 15)) {
+			free(p);
+			return set_err(err, errlen, -EINVAL,
+				       "bad %%-escape in a file:// URL ('%%' is %%25; %%00 and %%2F "
+				       "name no path)");
+		}
+		p[j++] = (char)(hi * 16 + lo);
+		i += 2;
+	}
+	while (j > 1 && p[j - 1] == '/')
+		j--;
+	p[j] = '\0';
+	*out = p;
+	return 0;
+}
+
+/* Whether the http(s) URL loc (its scheme n characters long) names a host. */
+static bool url_names_host(const char *loc, size_t n)
+{
+	const char *auth = loc + n + 3;
+	size_t len = strcspn(auth, "/?#");
+	const char *at = memrchr(auth, '@', len);
+
+	if (at) {
+		len -= (size_t)(at + 1 - auth);
+		auth = at + 1;
+	}
+	return len > 0 && auth[0] != ':';
+}
+
 int repoloc_parse(const char *loc, struct repoloc *out, char *err, size_t errlen)
 {
 	size_t n;
@@ -53,9 +119,12 @@ int repoloc_parse(const char *loc, struct repoloc *out, char *err, size_t errlen
 			return set_err(err, errlen, -EINVAL,
 				       "a file:// URL names an absolute path on this host "
 				       "(file:///PATH or file://localhost/PATH)");
-		loc = path;
+		return file_path(path, &out->where, err, errlen);
 	} else if ((n == 4 && !strncasecmp(loc, "http", 4)) ||
 		   (n == 5 && !strncasecmp(loc, "https", 5))) {
+		if (!url_names_host(loc, n))
+			return set_err(err, errlen, -EINVAL,
+				       "an http(s) URL names a host (http://HOST[:PORT]/PATH)");
 		out->http = true;
 	} else if (n) {
 		return set_err(err, errlen, -EPROTONOSUPPORT,
@@ -64,6 +133,25 @@ int repoloc_parse(const char *loc, struct repoloc *out, char *err, size_t errlen
 	}
 	out->where = dup_trimmed(loc, strlen(loc));
 	return out->where ? 0 : set_err(err, errlen, -ENOMEM, "out of memory");
+}
+
+const char *repoloc_shown(const char *url, char *buf, size_t len)
+{
+	size_t n = url ? scheme_len(url) : 0, auth_len, at;
+
+	if (!len)
+		return buf;
+	if (!n) {
+		snprintf(buf, len, "%s", url ? url : "");
+		return buf;
+	}
+	n += 3; /* "scheme://" */
+	auth_len = strcspn(url + n, "/?#");
+	for (at = auth_len; at > 0 && url[n + at - 1] != '@'; at--)
+		;
+	/* at: the length of "user:password@" (the last '@' of the authority ends it), or 0 */
+	snprintf(buf, len, "%.*s%s", (int)n, url, url + n + at);
+	return buf;
 }
 
 void repoloc_free(struct repoloc *l)

@@ -113,10 +113,11 @@ static int run_capture(char *const argv[], const int *keep, int nkeep, int stdou
 }
 
 /* The most telling line of qemu-img's output: the first one that says "error" or
- * "qemu-img:", else the first non-empty one; without newline. */
-static void first_line(const char *text, char *buf, size_t len)
+ * "qemu-img:", else the first non-empty one; without newline. The json: spec it was given
+ * (qemu_spec), which means nothing to the operator, is replaced by name, the input. */
+static void first_line(const char *text, const char *name, char *buf, size_t len)
 {
-	const char *p = strstr(text, "qemu-img:");
+	const char *p = strstr(text, "qemu-img:"), *spec;
 	size_t n;
 
 	if (!p)
@@ -126,6 +127,20 @@ static void first_line(const char *text, char *buf, size_t len)
 	if (!strncmp(p, "qemu-img: ", 10))
 		p += 10;
 	n = strcspn(p, "\r\n");
+	spec = memmem(p, n, "json:{", 6);
+	if (spec) {
+		/* the spec ends at the '}' that closes its first '{' (no braces in its strings) */
+		size_t at = (size_t)(spec - p), end = at + 5;
+		int depth = 0;
+
+		do
+			depth += p[end] == '{' ? 1 : p[end] == '}' ? -1 : 0;
+		while (++end < n && depth);
+		if (!depth) {
+			snprintf(buf, len, "%.*s%s%.*s", (int)at, p, name, (int)(n - end), p + end);
+			return;
+		}
+	}
 	snprintf(buf, len, "%.*s", (int)n, p);
 }
 
@@ -230,6 +245,8 @@ static int snapshot_copy(int dst, int src, uint64_t size)
 			ret = copy_range(dst, src, off, size - off, buf);
 			break;
 		}
+		if ((uint64_t)data >= size)
+			break; /* data the file gained past size since it was measured: not ours */
 		hole = lseek(src, data, SEEK_HOLE);
 		if (hole < 0 || (uint64_t)hole > size)
 			hole = (off_t)size;
@@ -257,7 +274,7 @@ static const char *external_file(json_t *info)
 
 /* `qemu-img info` of the snapshot: refuses a qcow2 that reads another file, and gives its
  * virtual size. */
-static int qcow2_info(int snap, uint64_t *vsize, char *err, size_t errlen)
+static int qcow2_info(int snap, const char *name, uint64_t *vsize, char *err, size_t errlen)
 {
 	char out[4096], line[512], spec[256];
 	char *info[] = {"qemu-img", "info", "--output=json", spec, NULL};
@@ -275,7 +292,7 @@ static int qcow2_info(int snap, uint64_t *vsize, char *err, size_t errlen)
 		goto out;
 	}
 	if (ret != 0) {
-		first_line(out, line, sizeof(line));
+		first_line(out, name, line, sizeof(line));
 		ret = set_err(err, errlen, -EBADMSG,
 			      "corrupt or truncated qcow2 (qemu-img info: %s)", line);
 		goto out;
@@ -304,7 +321,7 @@ out:
 }
 
 /* `qemu-img check` of the snapshot: leaked clusters are harmless to a reader. */
-static int qcow2_check(int snap, char *err, size_t errlen)
+static int qcow2_check(int snap, const char *name, char *err, size_t errlen)
 {
 	char out[4096], line[512], spec[256];
 	char *check[] = {"qemu-img", "check", spec, NULL};
@@ -315,7 +332,7 @@ static int qcow2_check(int snap, char *err, size_t errlen)
 	if (ret < 0)
 		return set_err(err, errlen, ret, "cannot run qemu-img: %s", strerror(-ret));
 	if (ret != 0 && ret != QEMU_CHECK_LEAKS) {
-		first_line(out, line, sizeof(line));
+		first_line(out, name, line, sizeof(line));
 		return set_err(err, errlen, -EBADMSG,
 			       "corrupt or truncated qcow2 (qemu-img check: %s)", line);
 	}
@@ -323,8 +340,8 @@ static int qcow2_check(int snap, char *err, size_t errlen)
 }
 
 /* Step 5: converts the snapshot into raw, into a new private file, returned in *out. */
-static int qcow2_convert(int snap, uint64_t vsize, const char *tmpdir, int *out, char *err,
-			 size_t errlen)
+static int qcow2_convert(int snap, const char *name, uint64_t vsize, const char *tmpdir,
+			 int *out, char *err, size_t errlen)
 {
 	char text[4096], line[512], spec[256], dst[32];
 	/* -n: into our file, which is all zeros (a hole) so far: holes stay holes */
@@ -349,7 +366,7 @@ static int qcow2_convert(int snap, uint64_t vsize, const char *tmpdir, int *out,
 		goto fail;
 	}
 	if (ret != 0) {
-		first_line(text, line, sizeof(line));
+		first_line(text, name, line, sizeof(line));
 		ret = set_err(err, errlen, -EBADMSG, "cannot read qcow2 (qemu-img convert: %s)",
 			      line);
 		goto fail;
@@ -361,9 +378,9 @@ fail:
 	return ret;
 }
 
-/* Steps 2 to 5 for the qcow2 open as fd, size bytes long. */
-static int open_qcow2(int fd, uint64_t size, const char *tmpdir, struct image_source *src,
-		      char *err, size_t errlen)
+/* Steps 2 to 5 for the qcow2 open as fd (name: its path, for messages), size bytes long. */
+static int open_qcow2(int fd, const char *name, uint64_t size, const char *tmpdir,
+		      struct image_source *src, char *err, size_t errlen)
 {
 	uint64_t vsize = 0;
 	struct stat st;
@@ -377,11 +394,11 @@ static int open_qcow2(int fd, uint64_t size, const char *tmpdir, struct image_so
 		set_err(err, errlen, ret, "private copy of the qcow2: %s", strerror(-ret));
 		goto out;
 	}
-	ret = qcow2_info(snap, &vsize, err, errlen);
+	ret = qcow2_info(snap, name, &vsize, err, errlen);
 	if (!ret)
-		ret = qcow2_check(snap, err, errlen);
+		ret = qcow2_check(snap, name, err, errlen);
 	if (!ret)
-		ret = qcow2_convert(snap, vsize, tmpdir, &raw, err, errlen);
+		ret = qcow2_convert(snap, name, vsize, tmpdir, &raw, err, errlen);
 	if (ret)
 		goto out;
 	if (fstat(raw, &st) < 0) {
@@ -397,11 +414,25 @@ out:
 	return ret;
 }
 
-/* Opens path and checks its kind; the descriptor or -errno with a reason in err. */
+/*
+ * Opens path and checks its kind; the descriptor or -errno with a reason in err. O_NONBLOCK
+ * keeps open() of a FIFO from waiting for a writer (where no signal would stop it: the
+ * stop handlers restart system calls) and O_NOCTTY keeps a terminal from becoming ours; the
+ * kind is then judged on the descriptor. A character device is refused before it is opened
+ * (opening one can have effects: a tape rewinds). A file swapped in between stat and open
+ * is judged again on the descriptor, which is all that is read.
+ */
 static int open_input(const char *path, struct stat *st, char *err, size_t errlen)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC), ret;
+	struct stat first;
+	int fd, ret, flags;
 
+	if (stat(path, &first) < 0)
+		return set_err(err, errlen, -errno, "cannot open: %s", strerror(errno));
+	if (!S_ISREG(first.st_mode) && !S_ISBLK(first.st_mode))
+		return set_err(err, errlen, S_ISDIR(first.st_mode) ? -EISDIR : -EINVAL,
+			       "not a regular file or block device");
+	fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 	if (fd < 0 || fstat(fd, st) < 0) {
 		ret = set_err(err, errlen, -errno, "cannot open: %s", strerror(errno));
 		if (fd >= 0)
@@ -412,6 +443,13 @@ static int open_input(const char *path, struct stat *st, char *err, size_t errle
 		close(fd);
 		return set_err(err, errlen, S_ISDIR(st->st_mode) ? -EISDIR : -EINVAL,
 			       "not a regular file or block device");
+	}
+	/* reads of a regular file or block device ignore O_NONBLOCK, but say what we mean */
+	flags = fcntl(fd, F_GETFL);
+	if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) {
+		ret = set_err(err, errlen, -errno, "cannot open: %s", strerror(errno));
+		close(fd);
+		return ret;
 	}
 	return fd;
 }
@@ -453,7 +491,7 @@ int source_open(const char *path, const char *tmpdir, struct image_source *src, 
 	/* Step 1: the kind is read from the descriptor that is then read, never re-opened. */
 	if (pread(fd, magic, sizeof(magic), 0) == (ssize_t)sizeof(magic) &&
 	    !memcmp(magic, qcow2_magic, sizeof(magic))) {
-		ret = open_qcow2(fd, (uint64_t)end, tmpdir, src, err, errlen);
+		ret = open_qcow2(fd, path, (uint64_t)end, tmpdir, src, err, errlen);
 		close(fd); /* the snapshot, then the converted file, replaced it */
 		return ret;
 	}

@@ -969,3 +969,29 @@ def test_image_pull_follows_redirects_and_says_what_failed(tmp_path):
         a.cleanup()
         srv.shutdown()
         srv.server_close()
+
+
+def test_seed_credentials_are_never_shown(tmp_path):
+    """A seed URL with a user:password@ (a repository behind basic authentication) is
+    pulled from, and neither an API error nor rackdiskd's log shows the password (the
+    start line and every failed pull named the URL as configured)."""
+    install_module()
+    nginx, _ = make_seed(tmp_path / "seed")
+    a = Appliance(nginx.url.replace("http://", "http://user:s3cret@", 1) + "/")
+    try:
+        a.start()
+        assert_error(a.request("POST", "/api/v1/images", {"tag": "nosuch"}), 404,
+                     f"not found on the seed {nginx.url}")
+        st, body = a.request("POST", "/api/v1/images", {"tag": "deb"})
+        assert st in (200, 201), body
+        nginx.stop()
+        st, body = a.request("POST", "/api/v1/images", {"tag": "other"})
+        assert st >= 500 and f"{nginx.url}/tags/other" in body["error"], (st, body)
+        assert "s3cret" not in body["error"], body
+        with open(a.log, errors="replace") as f:
+            log = f.read()
+        assert f"seed {nginx.url}" in log
+        assert "s3cret" not in log
+    finally:
+        a.cleanup()
+        nginx.stop()

@@ -437,6 +437,14 @@ def test_truncated_or_corrupt_qcow2(tmp_path, seeded):
     trunc = write(tmp_path / "trunc.qcow2", good[:len(good) // 2])
     assert_one_line_error(rd("publish", trunc, "--repo", repo, "--name", "t"), "qcow2")
 
+    # qemu-img's complaint names the input, not the json: spec of /dev/fd/N it was given.
+    version = bytearray(good)
+    version[4:8] = (99).to_bytes(4, "big")
+    ver = write(tmp_path / "version.qcow2", version)
+    line = assert_one_line_error(rd("publish", ver, "--repo", repo, "--name", "v"),
+                                 f"Could not open '{ver}'", "version 99")
+    assert "json:" not in line and "/dev/fd/" not in line, line
+
     # Overwrite the first L1 table entry (offset from the header) with garbage.
     l1 = int.from_bytes(good[40:48], "big")
     bad = bytearray(good)
@@ -781,8 +789,9 @@ def test_repo_locations_mean_one_place_or_are_refused(tmp_path):
 @pytest.fixture
 def quirky_server():
     """serve(root) starts an HTTP server on a free loopback port over the repository root:
-    /moved/P redirects (302) to /P, /broken/P answers 500, /nochunks/P serves P except
-    chunk objects (500). Returns its URL; stopped at teardown."""
+    /moved/P redirects (302) to /P, /bigmoved/P too (301) with an 8 KiB page, /broken/P
+    answers 500, /nochunks/P serves P except chunk objects (500), /huge/P answers 200 with a
+    Content-Length of 32 MiB. Returns its URL; stopped at teardown."""
     def handler(root):
         class Handler(_QuietHandler):
             def do_GET(self):
@@ -790,6 +799,18 @@ def quirky_server():
                 path = os.path.join(root, rest)
                 if prefix == "moved":
                     self.answer(302, b"", [("Location", "/ok/" + rest)])
+                elif prefix == "bigmoved":
+                    self.answer(301, b"<html>" + b"moved " * 1400 + b"</html>",
+                                [("Location", "/ok/" + rest)])
+                elif prefix == "huge":  # announces 32 MiB, sends 8 KiB, hangs up
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(32 << 20))
+                    self.end_headers()
+                    try:
+                        self.wfile.write(b"x" * 8192)
+                    except OSError:
+                        pass
+                    self.close_connection = True
                 elif prefix == "broken" or (prefix == "nochunks" and
                                             rest.startswith("chunks/")):
                     self.answer(500, b"oops")
@@ -812,6 +833,12 @@ def test_http_redirects_are_followed_and_failures_say_what_failed(seeded, quirky
     assert show["id"] == manifest_of(repo, "seed")[0]
     assert "seed" in rd_ok("ls", "--repo", url + "/moved").stdout
     rd_ok("verify", "--repo", url + "/moved", "seed")
+    # A redirect's page is not the object: its size (over a tag's 4 KiB) is not "too big".
+    show = json.loads(rd_ok("show", "--repo", url + "/bigmoved", "seed", "--json").stdout)
+    assert show["id"] == manifest_of(repo, "seed")[0]
+    # An object announced over its bound fails at once, not once the bound has arrived.
+    assert_one_line_error(rd("ls", "--repo", url + "/huge", timeout=20),
+                          f"GET {url}/huge/tags/index: larger than the 16777216 bytes allowed")
     for args in (("show", "--repo", url + "/broken", "seed"), ("ls", "--repo", url + "/broken"),
                  ("verify", "--repo", url + "/nochunks", "seed")):
         line = assert_one_line_error(rd(*args), "HTTP 500", url)
@@ -823,6 +850,27 @@ def test_http_redirects_are_followed_and_failures_say_what_failed(seeded, quirky
             line = assert_one_line_error(rd(*args), "connect", refused)
             assert "Input/output error" not in line
 
+
+def test_credentials_in_a_repo_url_are_never_shown(tmp_path, seeded, quirky_server):
+    """A repository behind basic authentication (http://user:password@host/) is read, and
+    no error line shows its user:password@ (ls printed the password twice)."""
+    repo, _ = seeded
+    host = quirky_server(repo)[len("http://"):]
+    url = f"http://user:s3cret@{host}"
+    assert "seed" in rd_ok("ls", "--repo", url + "/moved").stdout
+    with socket.socket() as s:  # a port that nothing listens on while the socket is open
+        s.bind(("127.0.0.1", 0))
+        refused = f"http://user:s3cret@127.0.0.1:{s.getsockname()[1]}/r"
+        cases = [(("ls", "--repo", url + "/broken"), f"http://{host}/broken", "HTTP 500"),
+                 (("show", "--repo", url + "/broken", "seed"), f"http://{host}/broken", ""),
+                 (("verify", "--repo", url + "/nochunks", "seed"), f"http://{host}/nochunks",
+                  "HTTP 500"),
+                 (("ls", "--repo", refused), refused.replace("user:s3cret@", ""), "connect"),
+                 (("publish", tmp_path / "x", "--repo", url, "--name", "x"), "not a URL", ""),
+                 (("ls", "--repo", "ftp://user:s3cret@h/r"), "ftp://h/r", "unsupported")]
+        for args, where, why in cases:
+            line = assert_one_line_error(rd(*args), where, why)
+            assert "s3cret" not in line and "user" not in line, line
 
 def start_slow_publish(tmp_path, repo, name, seed):
     """A publish that takes seconds (16 MiB of random data, zstd level 19, one worker),

@@ -952,6 +952,11 @@ static void test_seed_client_errors(void **state)
 	assert_int_equal(seed_get_chunk(s, &h, out, 16, &rx, 0), -EFBIG);
 	seed_close(s);
 	hugebuf_release(&rx);
+	/* the URL log lines name (seed_url) never shows a password */
+	so.url = "http://user:s3cret@127.0.0.1:1/repo";
+	assert_int_equal(seed_open(&so, &s), 0);
+	assert_string_equal(seed_url(s), "http://127.0.0.1:1/repo");
+	seed_close(s);
 	so.url = "ftp://example/repo";
 	assert_int_equal(seed_open(&so, &s), -EPROTONOSUPPORT);
 	so.url = "file://relative";

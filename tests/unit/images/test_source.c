@@ -2,18 +2,26 @@
  * test_source.c - the input of publish: reading a raw file that shrinks after it was opened,
  * the error messages of source_check and source_open, and a file replaced at its path
  * while publish works on it (tests/unit/images.mk links this test with
- * -Wl,--wrap=posix_spawnp, so that the replacement happens at a chosen qemu-img run).
+ * -Wl,--wrap=posix_spawnp, so that the replacement happens at a chosen qemu-img run), or
+ * that grows while it is copied into the private snapshot (-Wl,--wrap=ioctl: the grow
+ * happens at the FICLONE attempt; -Wl,--wrap=copy_file_range counts what is copied).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <linux/fs.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -42,6 +50,53 @@ int __wrap_posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_act
 			swaps++;
 	}
 	return __real_posix_spawnp(pid, file, fa, attr, argv, envp);
+}
+
+/* ---- growing the input while the snapshot is taken ---- */
+
+static const char *grow_path; /* at the next FICLONE, this file gains data ... */
+static off_t grow_at;	      /* ... from this offset ... */
+static size_t grow_len;	      /* ... this long */
+static uint64_t copied_end;   /* the furthest offset copy_file_range read up to */
+
+int __real_ioctl(int fd, unsigned long req, ...);
+ssize_t __real_copy_file_range(int in, loff_t *in_off, int out, loff_t *out_off, size_t len,
+			       unsigned flags);
+
+int __wrap_ioctl(int fd, unsigned long req, ...)
+{
+	va_list ap;
+	void *arg;
+
+	va_start(ap, req);
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	if (req == FICLONE && grow_path) {
+		static char junk[1024 * 1024];
+		int g = open(grow_path, O_WRONLY);
+
+		memset(junk, 0x77, sizeof(junk));
+		for (size_t done = 0; g >= 0 && done < grow_len; done += sizeof(junk))
+			if (pwrite(g, junk, sizeof(junk), grow_at + (off_t)done) < 0)
+				break;
+		if (g >= 0)
+			close(g);
+		grow_path = NULL;
+		errno = EOPNOTSUPP; /* no reflink: the copy of data segments is what is tested */
+		return -1;
+	}
+	return __real_ioctl(fd, req, arg);
+}
+
+ssize_t __wrap_copy_file_range(int in, loff_t *in_off, int out, loff_t *out_off, size_t len,
+			       unsigned flags)
+{
+	loff_t from = in_off ? *in_off : 0;
+	ssize_t n = __real_copy_file_range(in, in_off, out, out_off, len, flags);
+
+	if (n > 0 && (uint64_t)(from + n) > copied_end)
+		copied_end = (uint64_t)(from + n);
+	return n;
 }
 
 struct ctx {
@@ -76,6 +131,7 @@ static int teardown(void **state)
 	char cmd[128];
 
 	swap_at = NULL;
+	grow_path = NULL;
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", c->dir);
 	assert_int_equal(system(cmd), 0);
 	free(c);
@@ -228,12 +284,90 @@ static void test_errors_say_why(void **state)
 	source_close(&src);
 }
 
+/*
+ * A FIFO as the input is refused at once: open() of a FIFO with no writer used to wait
+ * forever, in a call that publish's stop signals restart. Run in a child, which is killed
+ * if it has not answered within 5 s (the old behaviour).
+ */
+static void test_fifo_input_is_refused_without_waiting(void **state)
+{
+	struct ctx *c = *state;
+	char fifo[128];
+	int status = -1;
+	pid_t pid;
+
+	snprintf(fifo, sizeof(fifo), "%s/in.fifo", c->dir);
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct image_source src;
+		char err[256];
+		int a = source_check(fifo, err, sizeof(err));
+		int b = source_open(fifo, c->dir, &src, err, sizeof(err));
+		bool ok = a == -EINVAL && b == -EINVAL &&
+			  !strcmp(err, "not a regular file or block device");
+
+		_exit(ok ? 0 : 1);
+	}
+	for (int i = 0; i < 500; i++) {
+		const struct timespec ms10 = {0, 10 * 1000 * 1000};
+
+		if (waitpid(pid, &status, WNOHANG) == pid)
+			break;
+		status = -1;
+		nanosleep(&ms10, NULL);
+	}
+	if (status == -1) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		fail_msg("source_check/source_open of a FIFO still waiting after 5 s");
+	}
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+/*
+ * A qcow2 whose tail is a hole, that gains data past its measured size while it is copied
+ * into the snapshot: that data is not copied (the hole's end was clamped to the size, the
+ * data's start was not, and their difference became a copy of ~2^64 bytes: up to the end of
+ * whatever the file held). The snapshot is the measured qcow2, which converts as it should.
+ */
+static void test_qcow2_growing_past_its_size_is_not_copied(void **state)
+{
+	struct ctx *c = *state;
+	struct image_source src = {.fd = -1};
+	char err[256];
+
+	sh("cd '%s' && qemu-img convert -q -f raw -O qcow2 in.raw in.qcow2 && "
+	   "truncate -s 512K in.qcow2",
+	   c->dir); /* data, then a hole up to 512 KiB */
+	snprintf(c->file, sizeof(c->file), "%s/in.qcow2", c->dir);
+	grow_path = c->file;
+	grow_at = 1024 * KIB; /* a hole from 512 KiB to 1 MiB, then 16 MiB of data */
+	grow_len = 16 * 1024 * KIB;
+	copied_end = 0;
+	assert_int_equal(source_open(c->file, c->dir, &src, err, sizeof(err)), 0);
+	assert_null(grow_path); /* the file did grow, at the snapshot */
+	assert_true(copied_end > 0);
+	if (copied_end > 512 * KIB)
+		fail_msg("copied up to %llu, past the 524288 bytes measured",
+			 (unsigned long long)copied_end);
+	assert_true(src.qcow2);
+	assert_reads_as(&src, 0x5a, 64 * KIB);
+	source_close(&src);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_input_that_shrinks_ends_early, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_errors_say_why, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fifo_input_is_refused_without_waiting, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_qcow2_growing_past_its_size_is_not_copied,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(
 			test_raw_replaced_by_a_qcow2_after_the_check_is_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_qcow2_replaced_while_qemu_img_runs_is_not_read,
