@@ -631,21 +631,12 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	}
 }
 
-/* MHD's own messages (a connection refused at a limit, one closed mid-request): one per
- * connection a client chooses to open, so at most one warning every 5 s, the rest debug. */
+/* MHD's own messages: log_server_message() (one warning per 5 s, the rest debug). */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	struct api *api = cls;
-	unsigned long long held;
-	char msg[512];
 
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	msg[strcspn(msg, "\n")] = '\0';
-	if (log_limit_pass(&api->mhd_log_limit, 5000000000ULL, &held))
-		log_warn("api: %s (at most one such warning per 5 s; %llu more since the "
-			 "last one, at debug level)", msg, held);
-	else
-		log_debug("api: %s", msg);
+	log_server_message(&api->mhd_log_limit, "api", fmt, ap);
 }
 
 int api_start(struct appliance *a, struct api **out)

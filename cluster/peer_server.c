@@ -263,24 +263,12 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	*con_cls = NULL;
 }
 
-/*
- * MHD's own messages, mostly about one client's connection (refused at the limits, closed
- * mid-request): any client can make one per connection, so at most one every 5 s is a
- * warning, with the count of those held back; the others are debug.
- */
+/* MHD's own messages: log_server_message() (one warning per 5 s, the rest debug). */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	struct peer_server *s = cls;
-	unsigned long long held;
-	char msg[512];
 
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	msg[strcspn(msg, "\n")] = '\0';
-	if (log_limit_pass(&s->mhd_log_limit, 5000000000ULL, &held))
-		log_warn("peer server: %s (at most one such warning per 5 s; %llu more since "
-			 "the last one, at debug level)", msg, held);
-	else
-		log_debug("peer server: %s", msg);
+	log_server_message(&s->mhd_log_limit, "peer server", fmt, ap);
 }
 
 int peer_server_start(const struct peer_server_opts *o, struct peer_server **out)

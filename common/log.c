@@ -60,3 +60,17 @@ int log_limit_pass(struct log_limit *l, unsigned long long interval_ns,
 	*suppressed = __atomic_exchange_n(&l->suppressed, 0, __ATOMIC_RELAXED);
 	return 1;
 }
+
+void log_server_message(struct log_limit *l, const char *who, const char *fmt, va_list ap)
+{
+	unsigned long long held;
+	char msg[512];
+
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	msg[strcspn(msg, "\n")] = '\0';
+	if (log_limit_pass(l, 5000000000ULL, &held))
+		log_warn("%s: %s (at most one such warning per 5 s; %llu more since the last "
+			 "one, at debug level)", who, msg, held);
+	else
+		log_debug("%s: %s", who, msg);
+}

@@ -7,6 +7,8 @@
 #ifndef RACKDISK_COMMON_LOG_H
 #define RACKDISK_COMMON_LOG_H
 
+#include <stdarg.h>
+
 enum log_level { LOG_LVL_DEBUG, LOG_LVL_INFO, LOG_LVL_WARN, LOG_LVL_ERROR };
 
 void log_init(const char *prog, enum log_level min, int with_time);
@@ -25,6 +27,14 @@ struct log_limit {
  * since the last one that was; false (and counted) otherwise. */
 int log_limit_pass(struct log_limit *l, unsigned long long interval_ns,
 		   unsigned long long *suppressed);
+
+/*
+ * An HTTP server's own messages (libmicrohttpd's logger, fmt and ap as it passes them),
+ * mostly about one client's connection (refused at a limit, closed mid-request): any
+ * client can make one per connection, so at most one per 5 s through l is a warning, with
+ * the count held back; the others are debug. who prefixes the line ("api").
+ */
+void log_server_message(struct log_limit *l, const char *who, const char *fmt, va_list ap);
 
 #define log_debug(...) log_msg(LOG_LVL_DEBUG, __VA_ARGS__)
 #define log_info(...) log_msg(LOG_LVL_INFO, __VA_ARGS__)

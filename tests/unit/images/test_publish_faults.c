@@ -25,6 +25,7 @@
 
 #include "images/manifest.h"
 #include "images/publish.h"
+#include "tests/unit/images/publish_fixture.h"
 
 #define KIB 1024
 
@@ -43,16 +44,6 @@ ssize_t __real_read(int fd, void *buf, size_t len);
 int __real_fstat64(int fd, struct stat64 *st);
 
 /* The name fd was opened under ("... (deleted)" once unlinked), or "" */
-static void fd_name(int fd, char *buf, size_t len)
-{
-	char link[64];
-	ssize_t n;
-
-	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-	n = readlink(link, buf, len - 1);
-	buf[n < 0 ? 0 : n] = '\0';
-}
-
 ssize_t __wrap_read(int fd, void *buf, size_t len)
 {
 	char name[PATH_MAX];
@@ -111,20 +102,11 @@ struct ctx {
 static int setup(void **state)
 {
 	struct ctx *c = calloc(1, sizeof(*c));
-	uint8_t buf[256 * KIB];
-	int fd;
 
 	if (!c)
 		return -1;
 	snprintf(c->dir, sizeof(c->dir), "/tmp/rd-pubf-XXXXXX");
-	if (!mkdtemp(c->dir))
-		return -1;
-	snprintf(c->src, sizeof(c->src), "%s/in.raw", c->dir);
-	snprintf(c->repo, sizeof(c->repo), "%s/repo", c->dir);
-	for (size_t i = 0; i < sizeof(buf); i++)
-		buf[i] = (uint8_t)(i * 7 + i / 4096);
-	fd = open(c->src, O_WRONLY | O_CREAT | O_EXCL, 0644);
-	if (fd < 0 || write(fd, buf, sizeof(buf)) != (ssize_t)sizeof(buf) || close(fd) < 0)
+	if (pubfx_input(c->dir, c->src, sizeof(c->src), c->repo, sizeof(c->repo), 256 * KIB))
 		return -1;
 	c->o = (struct publish_opts){.src = c->src,
 				     .repo_dir = c->repo,

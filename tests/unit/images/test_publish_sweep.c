@@ -27,6 +27,7 @@
 #include <cmocka.h>
 
 #include "images/publish.h"
+#include "tests/unit/images/publish_fixture.h"
 
 #define KIB  1024
 #define DEAD "0123456789abcdef" /* the run whose files are left in tmp/ */
@@ -40,16 +41,6 @@ static enum flock_mode flock_mode;
 int __real_flock(int fd, int op);
 
 /* The name fd was opened under, or "" */
-static void fd_name(int fd, char *buf, size_t len)
-{
-	char link[64];
-	ssize_t n;
-
-	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-	n = readlink(link, buf, len - 1);
-	buf[n < 0 ? 0 : n] = '\0';
-}
-
 int __wrap_flock(int fd, int op)
 {
 	char name[PATH_MAX];
@@ -84,22 +75,13 @@ struct ctx {
 static int setup(void **state)
 {
 	struct ctx *c = calloc(1, sizeof(*c));
-	uint8_t buf[128 * KIB];
-	int fd;
 
 	if (!c)
 		return -1;
 	snprintf(c->dir, sizeof(c->dir), "/tmp/rd-sweep-XXXXXX");
-	if (!mkdtemp(c->dir))
+	if (pubfx_input(c->dir, c->src, sizeof(c->src), c->repo, sizeof(c->repo), 128 * KIB))
 		return -1;
-	snprintf(c->src, sizeof(c->src), "%s/in.raw", c->dir);
-	snprintf(c->repo, sizeof(c->repo), "%s/repo", c->dir);
 	snprintf(c->tmp, sizeof(c->tmp), "%s/tmp", c->repo);
-	for (size_t i = 0; i < sizeof(buf); i++)
-		buf[i] = (uint8_t)(i * 7 + i / 4096);
-	fd = open(c->src, O_WRONLY | O_CREAT | O_EXCL, 0644);
-	if (fd < 0 || write(fd, buf, sizeof(buf)) != (ssize_t)sizeof(buf) || close(fd) < 0)
-		return -1;
 	if (mkdir(c->repo, 0755) < 0 || mkdir(c->tmp, 0755) < 0)
 		return -1;
 	c->o = (struct publish_opts){
@@ -225,19 +207,9 @@ static void test_fifo_named_like_a_run_lock_does_not_stop_publish(void **state)
 	assert_true(pid >= 0);
 	if (pid == 0)
 		_exit(publish_image(&c->o, &c->res, c->err, sizeof(c->err)) ? 1 : 0);
-	for (int i = 0; i < 3000; i++) {
-		const struct timespec ms10 = {0, 10 * 1000 * 1000};
-
-		if (waitpid(pid, &status, WNOHANG) == pid)
-			break;
-		status = -1;
-		nanosleep(&ms10, NULL);
-	}
-	if (status == -1) {
-		kill(pid, SIGKILL);
-		waitpid(pid, NULL, 0);
+	status = pubfx_wait_child(pid, 30000);
+	if (status == -1)
 		fail_msg("publish still waiting after 30 s on a FIFO in tmp/");
-	}
 	assert_true(WIFEXITED(status));
 	assert_int_equal(WEXITSTATUS(status), 0);
 	assert_false(tmp_has(c, "run." DEAD ".lock"));

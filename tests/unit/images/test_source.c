@@ -28,6 +28,7 @@
 #include <spawn.h>
 
 #include "images/source.h"
+#include "tests/unit/images/publish_fixture.h"
 
 #define KIB 1024
 
@@ -310,19 +311,9 @@ static void test_fifo_input_is_refused_without_waiting(void **state)
 
 		_exit(ok ? 0 : 1);
 	}
-	for (int i = 0; i < 500; i++) {
-		const struct timespec ms10 = {0, 10 * 1000 * 1000};
-
-		if (waitpid(pid, &status, WNOHANG) == pid)
-			break;
-		status = -1;
-		nanosleep(&ms10, NULL);
-	}
-	if (status == -1) {
-		kill(pid, SIGKILL);
-		waitpid(pid, NULL, 0);
+	status = pubfx_wait_child(pid, 5000);
+	if (status == -1)
 		fail_msg("source_check/source_open of a FIFO still waiting after 5 s");
-	}
 	assert_true(WIFEXITED(status));
 	assert_int_equal(WEXITSTATUS(status), 0);
 }
