@@ -269,7 +269,8 @@ int appliance_image_list(struct appliance *a, struct image_info **out, size_t *n
 		cnt++;
 	}
 	closedir(d);
-	qsort(v, cnt, sizeof(*v), cmp_info);
+	if (cnt) /* v is NULL while empty, and qsort's base must not be */
+		qsort(v, cnt, sizeof(*v), cmp_info);
 	*out = v;
 	*n = cnt;
 	return 0;

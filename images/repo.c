@@ -537,7 +537,8 @@ int repo_list_tags(struct repo *r, int (*fn)(void *arg, const char *name), void 
 	}
 	if (ret)
 		goto out;
-	qsort(ns.v, ns.n, sizeof(*ns.v), cmp_str);
+	if (ns.n) /* ns.v is NULL while empty, and qsort's base must not be */
+		qsort(ns.v, ns.n, sizeof(*ns.v), cmp_str);
 	for (size_t i = 0; i < ns.n && !ret; i++)
 		if (i == 0 || strcmp(ns.v[i], ns.v[i - 1]))
 			ret = fn(arg, ns.v[i]);

@@ -231,7 +231,8 @@ int trace_close(struct trace *t)
 
 	if (!t)
 		return 0;
-	qsort(t->recs, t->nrecs, sizeof(t->recs[0]), cmp_seq);
+	if (t->nrecs) /* recs is NULL while empty, and qsort's base must not be */
+		qsort(t->recs, t->nrecs, sizeof(t->recs[0]), cmp_seq);
 	cap = sizeof(t->header) + (t->nrecs + 1) * TRACE_LINE_MAX;
 	buf = malloc(cap);
 	if (!buf) {
