@@ -15,7 +15,7 @@
  * its id, and kept in a table of FETCHSRV_IMAGES_MAX, the least recently used making room for a
  * new one. A manifest the fetcher borrows (fetcher_note_access) is handed back with
  * fetcher_forget_image() and freed when it has left the table and no hint is using it
- * (hint_image.refs). A copy that cannot be loaded takes no slot: it sits in a small
+ * (hint_image.refs). A copy that cannot be loaded takes no slot: it sits in a
  * negative cache (FAILED_MAX ids, most recent first to stay) and is tried again after
  * IMAGE_RETRY_NS. A hint that cannot be used (unknown image, index out of range, entry
  * not the requested hash) is counted and ignored; the FETCH itself is unaffected.

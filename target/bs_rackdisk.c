@@ -849,6 +849,15 @@ static void rd_sweep(void *arg)
 	add_work(&rd->sweep, RD_SWEEP_S);
 }
 
+/* Stops the sweep if a successful open armed it. */
+static void rd_sweep_disarm(struct rackdisk_info *rd)
+{
+	if (rd->sweep.func) {
+		del_work(&rd->sweep);
+		rd->sweep.func = NULL;
+	}
+}
+
 static int bs_rackdisk_open(struct scsi_lu *lu, char *path, int *fd, uint64_t *size)
 {
 	struct rackdisk_info *rd = RDP(lu);
@@ -893,10 +902,7 @@ static void bs_rackdisk_close(struct scsi_lu *lu)
 {
 	struct rackdisk_info *rd = RDP(lu);
 
-	if (rd->sweep.func) { /* armed by a successful open */
-		del_work(&rd->sweep);
-		rd->sweep.func = NULL;
-	}
+	rd_sweep_disarm(rd);
 	rd_trace_close(rd);
 	lun_close(rd->lun);
 	rd->lun = NULL;
@@ -921,10 +927,7 @@ static void bs_rackdisk_exit(struct scsi_lu *lu)
 
 	/* tgt_device_create's failure after a successful open frees the LU with no
 	 * bs_close: the sweep must not fire on freed memory. */
-	if (rd->sweep.func) {
-		del_work(&rd->sweep);
-		rd->sweep.func = NULL;
-	}
+	rd_sweep_disarm(rd);
 
 	bs_thread_close(info);
 }
