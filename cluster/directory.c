@@ -64,34 +64,6 @@ static int copy_span(char *dst, size_t cap, const char *s, size_t n)
 	return 0;
 }
 
-/* Decodes %XX escapes in place, as redis-cli and the usual clients read a URL's user and
- * password (a password with '@', ':' or '/' can only be written so); -EINVAL for a bad
- * escape or an escaped NUL. */
-static int pct_decode(char *s)
-{
-	char *w = s;
-
-	for (; *s; s++) {
-		if (*s == '%') {
-			char hex[3] = {s[1], s[1] ? s[2] : 0, 0};
-			char *end;
-			long v;
-
-			if (!isxdigit((unsigned char)hex[0]) || !isxdigit((unsigned char)hex[1]))
-				return -EINVAL;
-			v = strtol(hex, &end, 16);
-			if (!v)
-				return -EINVAL;
-			*w++ = (char)v;
-			s += 2;
-		} else {
-			*w++ = *s;
-		}
-	}
-	*w = '\0';
-	return 0;
-}
-
 int directory_parse_url(const char *url, struct directory_url *out)
 {
 	const char *p, *at, *hostend, *colon;
@@ -122,6 +94,8 @@ int directory_parse_url(const char *url, struct directory_url *out)
 			return -EINVAL;
 		}
 		/* a user without a password would silently send no AUTH at all */
+		/* percent-decoded, as redis-cli reads them: a password with '@', ':' or '/'
+		 * can only be written so */
 		if (pct_decode(out->user) || pct_decode(out->password) || !out->password[0])
 			return -EINVAL;
 		p = at + 1;

@@ -332,3 +332,33 @@ int set_err(char *err, size_t errlen, int ret, const char *fmt, ...)
 	}
 	return ret;
 }
+
+static int hex_value(int c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c = tolower(c);
+	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+int pct_decode(char *s)
+{
+	char *w = s;
+
+	for (; *s; s++) {
+		int hi, lo;
+
+		if (*s != '%') {
+			*w++ = *s;
+			continue;
+		}
+		hi = hex_value((unsigned char)s[1]); /* s[1] may be the NUL: never hex */
+		lo = hi >= 0 ? hex_value((unsigned char)s[2]) : -1;
+		if (lo < 0 || (hi == 0 && lo == 0))
+			return -EINVAL;
+		*w++ = (char)(hi * 16 + lo);
+		s += 2;
+	}
+	*w = '\0';
+	return 0;
+}

@@ -50,6 +50,10 @@ size_t utf8_valid_prefix(const char *s, size_t n);
 /* s (NUL-terminated) is valid UTF-8. */
 bool utf8_is_valid(const char *s);
 
+/* Decodes %XX escapes in place (RFC 3986 section 2.1); -EINVAL for a bad escape or an
+ * escaped NUL (which would end the string short). */
+int pct_decode(char *s);
+
 /* Monotonic clock in nanoseconds. */
 uint64_t now_ns(void);
 

@@ -35,14 +35,6 @@ static char *dup_trimmed(const char *s, size_t n)
 	return strndup(s, n);
 }
 
-static int hexval(int c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	c = tolower(c);
-	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 /*
  * The path of a file: URL into *out (malloc'd, no trailing '/'), percent-decoded (RFC 8089
  * section 2 and RFC 3986 section 2.1: "file:///tmp/a%20b" is /tmp/a b). A query or
@@ -51,34 +43,24 @@ static int hexval(int c)
  */
 static int file_path(const char *path, char **out, char *err, size_t errlen)
 {
-	size_t n = strlen(path), j = 0;
+	size_t j;
 	char *p;
 
 	if (strpbrk(path, "?#"))
 		return set_err(err, errlen, -EINVAL,
 			       "a file:// URL has no query or fragment ('?' or '#'; "
 			       "spell them %%3F and %%23)");
-	p = malloc(n + 1);
+	p = strdup(path);
 	if (!p)
 		return set_err(err, errlen, -ENOMEM, "out of memory");
-	for (size_t i = 0; i < n; i++) {
-		int hi, lo;
-
-		if (path[i] != '%') {
-			p[j++] = path[i];
-			continue;
-		}
-		hi = hexval((unsigned char)path[i + 1]); /* path[n] is the NUL: never hex */
-		lo = hi >= 0 ? hexval((unsigned char)path[i + 2]) : -1;
-		if (lo < 0 || (hi == 0 && lo == 0) || (hi == 2 && lo == 15)) {
-			free(p);
-			return set_err(err, errlen, -EINVAL,
-				       "bad %%-escape in a file:// URL ('%%' is %%25; %%00 and %%2F "
-				       "name no path)");
-		}
-		p[j++] = (char)(hi * 16 + lo);
-		i += 2;
+	/* every '%' of a valid path begins an escape, so "%2F" anywhere is an encoded '/' */
+	if (strcasestr(path, "%2f") || pct_decode(p)) {
+		free(p);
+		return set_err(err, errlen, -EINVAL,
+			       "bad %%-escape in a file:// URL ('%%' is %%25; %%00 and %%2F "
+			       "name no path)");
 	}
+	j = strlen(p);
 	while (j > 1 && p[j - 1] == '/')
 		j--;
 	p[j] = '\0';
