@@ -56,13 +56,17 @@ static bool has_arg(int argc, char **argv, const char *arg)
 	return false;
 }
 
-/* `image` commands that work on a repository go to images/; the rest ask rackdiskd. */
+/*
+ * `image` commands that work on a repository go to images/; the rest ask rackdiskd.
+ * `image --help`, `image pull --help` and `image ls|show --help` without --repo get the
+ * general usage, which has both forms (images/ knows neither pull nor the daemon's ls).
+ */
 static bool image_cmd_is_repo(int argc, char **argv)
 {
 	const char *sub = argc > 1 ? argv[1] : "";
 
 	return !strcmp(sub, "publish") || !strcmp(sub, "verify") || has_arg(argc, argv, "--repo") ||
-	       has_arg(argc, argv, "--help") || argc < 2;
+	       argc < 2;
 }
 
 int main(int argc, char **argv)

@@ -569,11 +569,21 @@ def test_cli_help_exits_0():
     a daemon (none runs here) or reading a config."""
     for args in (["--help"], ["disk", "--help"], ["disk", "create", "--help"],
                  ["fsck", "--help"], ["fsck", "--config", "/nonexistent", "-h"],
-                 ["peers", "--help"], ["cache", "stats", "--help"]):
+                 ["peers", "--help"], ["cache", "stats", "--help"], ["image", "--help"],
+                 ["image", "pull", "--help"], ["image", "pull", "t1", "--help"],
+                 ["image", "ls", "--help"], ["image", "show", "-h"]):
         p = subprocess.run([RACKDISK, "--api", "http://127.0.0.1:1", *args],
                            capture_output=True, text=True, timeout=30)
         assert p.returncode == 0 and p.stdout.startswith("usage: rackdisk"), (args, p)
         assert "fsck --config FILE" in p.stdout and not p.stderr, (args, p.stderr)
+        # the image commands' help names the daemon's forms as well as --repo's
+        assert "image ls | pull TAG | show TAG" in p.stdout, (args, p.stdout)
+    # the repository commands answer --help with their own usage
+    for args in (["image", "publish", "--help"], ["image", "verify", "-h"],
+                 ["image", "ls", "--repo", "/nonexistent", "--help"]):
+        p = subprocess.run([RACKDISK, "--api", "http://127.0.0.1:1", *args],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0 and "image publish SRC --repo DIR" in p.stdout, (args, p)
 
 
 def test_cli_api_needs_a_value():
