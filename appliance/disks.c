@@ -666,7 +666,11 @@ static int unexport_disk(struct appliance *a, const char *name, int tid, bool fo
 		}
 		/* force only when asked: an initiator may log in after the list above */
 		ret = tgtmgr_unexport(a->tgt, t[i].tid, force);
-		if (ret == -EBUSY)
+		if (ret == -EAGAIN) { /* a command runs, which force cannot end: 409 too */
+			snprintf(err, errlen, "a command is still running on disk '%s' (waiting on "
+				 "a chunk, for at most [iscsi] io_timeout_ms); retry", name);
+			ret = -EBUSY;
+		} else if (ret == -EBUSY)
 			snprintf(err, errlen, "disk '%s' is in use by an initiator session; log it "
 					      "out %s", name, advice);
 		else if (ret && ret != -ENOENT)

@@ -44,6 +44,10 @@ extern char **environ;
 #define ADM_TIMEOUT_MS 15000
 #define ADM_OUT_MAX (16 * 1024 * 1024)
 #define STOP_WAIT_MS 5000
+/* At stop, a target whose LUN still runs a command (-EAGAIN) is deleted again every
+ * STOP_RETRY_MS while the stop's deletes have been going on for less than STOP_BUSY_MS. */
+#define STOP_BUSY_MS 2000
+#define STOP_RETRY_MS 50
 
 struct tgtmgr {
 	struct tgtmgr_opts o;
@@ -290,6 +294,11 @@ static int map_adm_error(const char *msg)
 		return -EEXIST;
 	if (strstr(msg, "can't find"))
 		return -ENOENT;
+	/* A command of the LUN is still running (a read waiting on a chunk): tgt refuses to
+	 * delete the LUN, --force or not, until it ends. Not "this target is still active",
+	 * which is an initiator logged in (a delete without --force). */
+	if (strstr(msg, "logical unit is still active"))
+		return -EAGAIN;
 	if (strstr(msg, "still active"))
 		return -EBUSY;
 	if (strstr(msg, "can't connect") || strstr(msg, "can't send") ||
@@ -709,6 +718,46 @@ static bool wait_gone(struct tgtmgr *tm, unsigned ms)
 	return gone;
 }
 
+static int unexport(struct tgtmgr *tm, int tid, bool force, char *err, size_t errlen)
+{
+	char tids[16];
+
+	snprintf(tids, sizeof(tids), "%d", tid);
+	const char *del[] = {"--mode", "target", "--op", "delete", "--tid", tids,
+			     force ? "--force" : NULL, NULL};
+
+	return tgtmgr_adm(tm, del, NULL, err, errlen);
+}
+
+/*
+ * Deletes every target of the spawned tgtd, closing its LUNs; returns how many are gone.
+ * rackdiskd ends the fetches of a stop at once (fetchsrv_end_fetches), but a command may
+ * still be finishing, or an initiator's retry may just have come in: a LUN with a
+ * command running is tried again, within a bound shared by all targets.
+ */
+static size_t delete_targets(struct tgtmgr *tm, const struct tgtmgr_target *t, size_t n)
+{
+	uint64_t busy_until = now_ns() + STOP_BUSY_MS * 1000000ULL;
+	size_t closed = 0;
+	char err[256];
+	int ret;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned tries = 1;
+
+		while ((ret = unexport(tm, t[i].tid, true, err, sizeof(err))) == -EAGAIN &&
+		       now_ns() < busy_until) {
+			sleep_ms(STOP_RETRY_MS);
+			tries++;
+		}
+		if (!ret)
+			closed++;
+		else if (ret != -ENOENT)
+			log_warn("deleting target %d: %s (%u tries)", t[i].tid, err, tries);
+	}
+	return closed;
+}
+
 void tgtmgr_stop(struct tgtmgr *tm)
 {
 	if (!tm)
@@ -730,8 +779,7 @@ void tgtmgr_stop(struct tgtmgr *tm)
 		/* Closing every LUN first lets the backing store flush and close its disk;
 		 * tgtd refuses to exit while it has targets. */
 		if (tgtmgr_pid(tm) && !tgtmgr_list(tm, &t, &n)) {
-			for (size_t i = 0; i < n; i++)
-				closed += tgtmgr_unexport(tm, t[i].tid, true) == 0;
+			closed = delete_targets(tm, t, n);
 			log_info("stopping tgtd: %zu of %zu targets deleted (their LUNs closed)",
 				 closed, n);
 		}
@@ -1211,14 +1259,10 @@ int tgtmgr_replace_chap(struct tgtmgr *tm, int tid, const char *user, const char
 
 int tgtmgr_unexport(struct tgtmgr *tm, int tid, bool force)
 {
-	char tids[16], err[256];
+	char err[256];
 	int ret;
 
-	snprintf(tids, sizeof(tids), "%d", tid);
-	const char *del[] = {"--mode", "target", "--op", "delete", "--tid", tids,
-			     force ? "--force" : NULL, NULL};
-
-	ret = tgtmgr_adm(tm, del, NULL, err, sizeof(err));
+	ret = unexport(tm, tid, force, err, sizeof(err));
 	if (ret && ret != -ENOENT)
 		log_warn("deleting target %d: %s", tid, err);
 	return ret;

@@ -14,9 +14,12 @@
  * Supervision: when a spawned tgtd exits, it is restarted with a growing backoff (1 s up
  * to 30 s) and on_restart is called (from the supervisor thread) once it answers, so the
  * owner can re-export its disks. tgtmgr_stop() removes every target (closing the LUNs
- * cleanly), asks tgtd to exit and kills it if it does not within a few seconds. Once it
- * began, on_restart is no longer called, and it first waits for a call in progress to
- * return (so no target is created after it removed them).
+ * cleanly), asks tgtd to exit and kills it if it does not within a few seconds. tgtd
+ * refuses to delete a LUN while one of its commands runs (a read waiting on a chunk): the
+ * owner ends those first (rackdiskd ends its fetches), and such a target is tried again
+ * for up to 2 s. Once it began, on_restart is no longer called, and it first waits
+ * for a call in progress to return (so no target is created after it removed them). An
+ * external tgtd keeps its targets.
  *
  * Thread safety: every call may be made from any thread; tgtadm calls are serialised.
  * Errors: 0 or a negative errno; tgtadm's own refusal is -EIO with its message in the
@@ -108,7 +111,10 @@ int tgtmgr_bind_chap(struct tgtmgr *tm, int tid, const char *user, const char *p
  */
 int tgtmgr_replace_chap(struct tgtmgr *tm, int tid, const char *user, const char *password,
 			const char *const *acl, size_t nacl, char *err, size_t errlen);
-/* Deletes target tid (force: also when initiators are logged in). -ENOENT if absent. */
+/* Deletes target tid (force: also when initiators are logged in). -ENOENT if absent,
+ * -EBUSY when an initiator is logged in (without force), -EAGAIN when a command of its LUN
+ * is still running (tgt refuses that even with force; it ends within the LUN's
+ * io_timeout_ms). */
 int tgtmgr_unexport(struct tgtmgr *tm, int tid, bool force);
 /* Deletes a CHAP account; -ENOENT if absent. */
 int tgtmgr_account_delete(struct tgtmgr *tm, const char *user);

@@ -5,6 +5,8 @@
   own deadline; a single libiscsi command shows exactly how and when the target answers.
 - SeedServer: the seed's nginx, restartable on the same port with other directives
   (limit_rate) so that a running appliance keeps its seed URL.
+- StalledSeed: a seed that accepts connections and never answers (every fetch waits out
+  its request timeout), so that a read that misses waits for its whole deadline.
 - chunk_objects(): the manifest's chunks and their objects in a repository, to pick an
   uncached chunk and to corrupt objects.
 """
@@ -12,6 +14,9 @@ import ctypes
 import json
 import os
 import re
+import select
+import socket
+import threading
 import time
 
 from servers import Nginx
@@ -135,6 +140,43 @@ class SeedServer:
         self.nginx = Nginx(self.repo, f"{self.base}.{self.n}", port=self.port,
                            extra=extra).start()
         return self
+
+
+class StalledSeed:
+    """Listens on 127.0.0.1:port (a stopped seed's, so that a running appliance keeps its
+    seed URL), accepts every connection and never answers. `accepted` counts connections:
+    one means a fetch has reached the seed and waits. A context manager."""
+
+    def __init__(self, port):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(64)
+        self.conns = []
+        self.accepted = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.done.is_set():
+            if select.select([self.sock], [], [], 0.1)[0]:
+                conn, _ = self.sock.accept()
+                self.conns.append(conn)  # kept open, never read or answered
+                self.accepted += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.done.set()
+        self.thread.join(5)
+        for c in self.conns:
+            c.close()
+        self.sock.close()
 
 
 def chunk_objects(repo, tag):

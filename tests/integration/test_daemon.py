@@ -14,6 +14,9 @@ import pytest
 
 from appliance_helpers import (RACKDISKD, Appliance, QemuIo, install_module, make_seed,
                                pid_alive, wait_until)
+from seedfault_helpers import StalledSeed
+
+ISCSI_CMD = os.path.join(os.path.dirname(RACKDISKD), "tests", "iscsi_cmd")
 
 
 @pytest.fixture
@@ -364,6 +367,61 @@ def test_sigterm_while_a_restarted_tgtd_starts(appliance, tmp_path):
     assert took < 2, (took, log)
     assert "did not exit" not in log and "re-exporting" not in log, log
     assert "exited at start" not in log and "did not become ready" not in log, log
+
+
+def start_stalled_read(a, seed, name):
+    """Disk name with nothing cached, the seed swapped for one that never answers, and a
+    READ of its first blocks (iscsi_cmd, one command, no retry) waiting on that chunk.
+    Returns (stalled seed, the iscsi_cmd process)."""
+    nginx, _ = seed
+    assert a.cli("disk", "create", name, "--image", "deb").returncode == 0
+    nginx.stop()
+    stalled = StalledSeed(nginx.port)
+    read = subprocess.Popen([ISCSI_CMD, a.url(name), "read", "0", "8"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # The fetch has reached the seed: the READ now waits on its chunk.
+        assert wait_until(lambda: stalled.accepted > 0 or read.poll() is not None, 15)
+        time.sleep(0.5)
+        assert read.poll() is None, (finish(read, 0), a.log_text())
+    except BaseException:
+        finish(read, 0)
+        stalled.close()
+        raise
+    return stalled, read
+
+
+def finish(proc, timeout):
+    """(stdout, stderr) of proc once it exits, killing it after timeout seconds (a READ
+    whose tgtd was killed under it is not answered)."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return out, err + f"\n(killed: no answer within {timeout} s)"
+
+
+def test_rm_force_while_a_read_waits_on_a_chunk_says_so(appliance, seed):
+    """`disk rm --force` while a READ waited on a chunk answered "in use by an initiator
+    session; log it out or delete with force", although force was given: tgtd refuses to
+    delete a LUN with a command running ("this logical unit is still active"). The
+    message now says that, and once the command has ended (BUSY at io_timeout_ms) the
+    same rm succeeds."""
+    a = appliance(extra={"iscsi": ["io_timeout_ms = 4000"]}).start()
+    stalled, read = start_stalled_read(a, seed, "w2")
+    with stalled:
+        p = a.cli("disk", "rm", "w2", "--force")
+        assert read.poll() is None, "the READ ended before the rm: nothing was tested"
+        assert p.returncode == 1, p.stderr
+        assert p.stderr.strip() == (
+            "rackdisk: a command is still running on disk 'w2' (waiting on a chunk, for at "
+            "most [iscsi] io_timeout_ms); retry"), p.stderr
+        out, err = finish(read, 15)
+        assert json.loads(out)["status"] == "BUSY", (out, err)
+        p = a.cli("disk", "rm", "w2", "--force")
+        assert p.returncode == 0, p.stderr
+    assert a.targets() == {}
 
 
 def test_sighup_reconciles(appliance):
