@@ -5,7 +5,9 @@
  * single-flight fill once, so the fetcher's counters (coalesced, timeouts) and its retry
  * backoff see one request, not one per slice. Shutdown stays prompt because rackdiskd
  * calls fetcher_stop() before fetchsrv_stop(): every waiter then returns -ESHUTDOWN at
- * once and the connection threads can be joined.
+ * once and the connection threads can be joined. The client waits for a restarted
+ * rackdiskd on ESHUTDOWN; after fetchsrv_end_fetches() (tgtd stops with us) the stop's
+ * FETCH replies are EAGAIN instead, which ends the command (see fetchsrv.h).
  *
  * A FETCH that names its place (image id, chunk index) feeds the fetcher's sequential
  * readahead (fetcher_note_access), which also decides what is taken from peers ahead of
@@ -85,6 +87,7 @@ struct fetchsrv {
 	int conns[FETCHSRV_MAX_CONNS]; /* -1 = free slot */
 	unsigned nconns;
 	atomic_bool stopping;
+	atomic_bool ending; /* fetchsrv_end_fetches() was called */
 	atomic_uint idle_ms;
 	uint64_t refuse_logged_ns; /* protected by lock */
 	uint64_t refused_unlogged; /* protected by lock */
@@ -297,12 +300,20 @@ static void note_access(struct fetchsrv *s, const struct fetch_req *r)
 
 static int do_fetch(struct fetchsrv *s, const struct fetch_req *r)
 {
+	int ret;
+
 	if (!s->f)
 		return -ENOTCONN;
+	if (atomic_load(&s->ending))
+		return -EAGAIN;
 	if (atomic_load(&s->stopping))
 		return -ESHUTDOWN;
 	note_access(s, r);
-	return fetcher_fetch(s->f, &r->h, r->len, now_ns() + r->timeout_ms * 1000000ULL);
+	ret = fetcher_fetch(s->f, &r->h, r->len, now_ns() + r->timeout_ms * 1000000ULL);
+	/* The fetcher stopped under this FETCH after fetchsrv_end_fetches(). */
+	if (ret == -ESHUTDOWN && atomic_load(&s->ending))
+		ret = -EAGAIN;
+	return ret;
 }
 
 int fetchsrv_handle_line(struct fetchsrv *s, const char *line, size_t len, char *reply,
@@ -619,6 +630,12 @@ fail:
 	pthread_mutex_destroy(&s->img_lock);
 	free(s);
 	return ret;
+}
+
+void fetchsrv_end_fetches(struct fetchsrv *s)
+{
+	if (s)
+		atomic_store(&s->ending, true);
 }
 
 void fetchsrv_stop(struct fetchsrv *s)

@@ -46,6 +46,16 @@ struct fetchsrv_stats {
 /* Listens on path (removing a stale socket file there). */
 int fetchsrv_start(const char *path, struct fetcher *f, struct chunkstore *cs,
 		   struct fetchsrv **out);
+/*
+ * For a stop that takes tgtd down with rackdiskd: from now on every FETCH the stop ends
+ * is answered EAGAIN instead of ESHUTDOWN, those waiting in the fetcher (fetcher_stop()
+ * ends them) and every new one (answered at once). The module retries ESHUTDOWN until the
+ * command's deadline (io_timeout_ms), so that a restarted rackdiskd serves it: right while
+ * tgtd stays, but a LUN with a command running cannot be deleted, and tgtd would be
+ * killed with its LUNs open. EAGAIN ends the command at once with BUSY, which the
+ * initiator retries against the next tgtd. Call it before fetcher_stop().
+ */
+void fetchsrv_end_fetches(struct fetchsrv *s);
 /* Stops accepting, ends every connection, waits for their threads (bounded). */
 void fetchsrv_stop(struct fetchsrv *s);
 /* Sets the idle timeout (FETCHSRV_IDLE_MS by default); tests shorten it. A connection

@@ -221,10 +221,16 @@ static int start_tgt(struct appliance *a)
 
 static void stop_all(struct appliance *a, struct api *api)
 {
-	/* First, so that no thread stays blocked in a fill: FETCH requests of the fetch
-	 * socket (and API calls) waiting on the seed return -ESHUTDOWN at once, the LUNs'
-	 * commands end with an error instead of holding tgtd's shutdown, and the threads
-	 * joined below are free to finish. */
+	/* A spawned tgtd goes with us, and tgtmgr_stop() closes its LUNs first, which tgtd
+	 * refuses while one of their commands runs: the fetch socket's FETCH requests end
+	 * with EAGAIN (the commands with BUSY, which initiators retry against the next
+	 * tgtd). With an external tgtd they end with ESHUTDOWN, which the module retries
+	 * until the command's deadline: a rackdiskd back by then serves them. */
+	if (a->cfg.tgtd_spawn)
+		fetchsrv_end_fetches(a->fsrv);
+	/* Then, so that no thread stays blocked in a fill: FETCH requests (and API calls)
+	 * waiting on the seed return at once, and the threads joined below are free to
+	 * finish. */
 	if (a->fetcher)
 		fetcher_stop(a->fetcher);
 	api_stop(api);

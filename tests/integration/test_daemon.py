@@ -2,11 +2,13 @@
 CLI, reads through QEMU's iSCSI driver, reconcile after restarts, tgtd supervision,
 metrics. Real nginx (seed), rackdiskd, tgtd with bs_rackdisk.so, qemu-img."""
 import filecmp
+import hashlib
 import json
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import time
 
@@ -369,6 +371,49 @@ def test_sigterm_while_a_restarted_tgtd_starts(appliance, tmp_path):
     assert "exited at start" not in log and "did not become ready" not in log, log
 
 
+OVERLAY_HOLES, OVERLAY_UNCLEAN = 0x1, 0x2
+
+
+@pytest.fixture
+def tmpfs():
+    """tmpfs(path) mounts a tmpfs without huge pages at path: an overlay created there is
+    HOLES, so its UNCLEAN flag tells a clean close from a kill (cache/overlay.c, invariant
+    9), whatever filesystem /tmp is. Unmounted at teardown; request it before `appliance`
+    so that the appliances have stopped by then."""
+    done = []
+
+    def mount(path):
+        os.makedirs(path, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m,huge=never,mode=0700",
+                        "tmpfs", path], check=True)
+        done.append(path)
+        return path
+
+    yield mount
+    for p in reversed(done):
+        if subprocess.run(["umount", p]).returncode != 0:
+            subprocess.run(["umount", "-l", p])
+
+
+def overlay_flags(disk_dir):
+    """The flags of the newest valid header of a disk's overlay.map (cache/overlay_format.h:
+    two 4096-byte slots, each magic, ..., gen at byte 24, ..., flags at 88, and at 112 the
+    SHA-256 of the bytes before it). On a HOLES overlay UNCLEAN is set while a writer (the
+    LUN in tgtd) holds it open, and only a clean close clears it."""
+    with open(os.path.join(disk_dir, "overlay.map"), "rb") as f:
+        head = f.read(2 * 4096)
+    best = None
+    for off in (0, 4096):
+        h = head[off:off + 144]
+        if h[:8] != b"RDOVMAP\0" or hashlib.sha256(h[:112]).digest() != h[112:144]:
+            continue
+        (gen,), (flags,) = struct.unpack_from("<Q", h, 24), struct.unpack_from("<I", h, 88)
+        if best is None or gen > best[0]:
+            best = (gen, flags)
+    assert best, f"no valid header in {disk_dir}/overlay.map"
+    return best[1]
+
+
 def start_stalled_read(a, seed, name):
     """Disk name with nothing cached, the seed swapped for one that never answers, and a
     READ of its first blocks (iscsi_cmd, one command, no retry) waiting on that chunk.
@@ -383,9 +428,9 @@ def start_stalled_read(a, seed, name):
         # The fetch has reached the seed: the READ now waits on its chunk.
         assert wait_until(lambda: stalled.accepted > 0 or read.poll() is not None, 15)
         time.sleep(0.5)
-        assert read.poll() is None, (finish(read, 0), a.log_text())
+        assert read.poll() is None, (finish(read, 1), a.log_text())
     except BaseException:
-        finish(read, 0)
+        finish(read, 1)
         stalled.close()
         raise
     return stalled, read
@@ -400,6 +445,66 @@ def finish(proc, timeout):
         proc.kill()
         out, err = proc.communicate()
         return out, err + f"\n(killed: no answer within {timeout} s)"
+
+
+def test_sigterm_while_a_read_waits_on_a_chunk_closes_every_lun(tmpfs, appliance, seed):
+    """SIGTERM while a READ waited on a chunk: the module retried the fetch socket's
+    ESHUTDOWN until the command's deadline (io_timeout_ms), so tgtd called the LUN "still
+    active", no target could be deleted, and tgtd was SIGKILLed after 5 s with its LUN
+    open (overlay not closed cleanly). Now, with a spawned tgtd, every fetch ends at
+    once with EAGAIN: the READ ends with BUSY (the initiator retries against the next
+    rackdiskd), the target is deleted, the LUN closed cleanly, well within io_timeout_ms."""
+    a = appliance(extra={"iscsi": ["io_timeout_ms = 20000"]})
+    ddir = os.path.join(tmpfs(os.path.join(a.state, "disks")), "w1")
+    a.start()
+    stalled, read = start_stalled_read(a, seed, "w1")
+    with stalled:
+        flags = overlay_flags(ddir)
+        assert flags & OVERLAY_HOLES, "the overlay on tmpfs is not HOLES"
+        assert flags & OVERLAY_UNCLEAN, "the LUN does not hold the overlay open"
+        rc, took = stop_timed(a)
+        out, err = finish(read, 15)
+    log = full_log(a)
+    assert rc == 0, log
+    assert "stopping tgtd: 1 of 1 targets deleted (their LUNs closed)" in log, log
+    assert "still active" not in log and "did not exit" not in log, log
+    assert took < 5, (took, log)
+    # BUSY, not MEDIUM ERROR: the initiator retries, against the restarted appliance.
+    assert read.returncode == 0 and json.loads(out)["status"] == "BUSY", (out, err)
+    assert not overlay_flags(ddir) & OVERLAY_UNCLEAN, "the overlay was not closed cleanly"
+
+
+def test_sigterm_with_an_external_tgtd_leaves_a_waiting_read_to_the_next_daemon(
+        appliance, seed, tmp_path):
+    """With [iscsi] tgtd = external a stop keeps the targets in that tgtd, and a READ
+    waiting on a chunk keeps waiting (the fetch socket answers ESHUTDOWN, which the module
+    retries until io_timeout_ms): the stop does not end it with BUSY as it does for a
+    spawned tgtd, and a rackdiskd started again in time serves it."""
+    from tgt_helpers import Tgtd
+    tgtd = Tgtd(tmp_path / "tgtd").start()
+    try:
+        a = appliance(extra={"iscsi": ["io_timeout_ms = 20000"]})
+        a.portal_port, a.control_port = tgtd.port, tgtd.control_port
+        a.write_conf()
+        with open(a.conf) as f:
+            conf = f.read().replace("tgtd = spawn", f"tgtd = external\nipc_socket = {tgtd.ipc}")
+        with open(a.conf, "w") as f:
+            f.write(conf)
+        a.start()
+        stalled, read = start_stalled_read(a, seed, "e1")
+        with stalled:
+            rc, took = stop_timed(a)
+            assert rc == 0 and took < 5, (rc, took, full_log(a))
+            time.sleep(1)
+            assert read.poll() is None, (finish(read, 1), full_log(a))
+            assert "e1" in tgtd.adm("--op", "show", "--mode", "target").stdout
+        nginx, _ = seed
+        nginx.start()
+        a.start()
+        out, err = finish(read, 30)
+        assert read.returncode == 0 and json.loads(out)["status"] == "GOOD", (out, err)
+    finally:
+        tgtd.cleanup()
 
 
 def test_rm_force_while_a_read_waits_on_a_chunk_says_so(appliance, seed):

@@ -7,6 +7,8 @@
  *  - Connection slots: an idle connection is closed after the idle timeout and the
  *    module's client (target/fetch_client.c) carries on over a fresh one; idle clients,
  *    more than the slots, do not starve a new client.
+ *  - Stop: a FETCH after fetcher_stop() is ESHUTDOWN, which the client retries until its
+ *    deadline; after fetchsrv_end_fetches() it is EAGAIN, which ends it at once.
  * Real fetcher, chunk store and directory repository.
  */
 #include <errno.h>
@@ -528,6 +530,33 @@ static void test_idle_clients_beyond_slots_do_not_starve(void **state)
 	free(fds);
 }
 
+/*
+ * Stopping with an external tgtd, a FETCH gets ESHUTDOWN and the client waits for a
+ * restarted rackdiskd until its deadline. Stopping with the spawned tgtd
+ * (fetchsrv_end_fetches), it gets EAGAIN at once: the module's command ends with BUSY and
+ * tgtd can close the LUN.
+ */
+static void test_end_fetches_answers_eagain_at_once(void **state)
+{
+	struct env *e = *state;
+	struct fetch_client *fc;
+	uint64_t t0;
+
+	assert_int_equal(fetch_client_new(e->sock, &fc), 0);
+	fetcher_stop(e->f);
+	t0 = now_ns();
+	assert_int_equal(fetch_client_fetch(fc, &e->m->hashes[0], CHUNK, t0 + 300000000ULL),
+			 -ETIMEDOUT);
+	assert_true(now_ns() - t0 >= 300000000ULL);
+	fetchsrv_end_fetches(e->s);
+	t0 = now_ns();
+	assert_int_equal(fetch_client_fetch(fc, &e->m->hashes[1], CHUNK, t0 + 10000000000ULL),
+			 -EAGAIN);
+	assert_true(now_ns() - t0 < 2000000000ULL);
+	assert_false(chunkstore_contains(e->cs, &e->m->hashes[1]));
+	fetch_client_free(fc);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -546,6 +575,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_image_table_evicts_least_recently_used,
 						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_end_fetches_answers_eagain_at_once, setup,
+						teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
