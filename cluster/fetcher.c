@@ -363,6 +363,11 @@ static int try_peer(struct worker_ctx *w, struct fill *fl, uint64_t deadline_ns,
 		return r;
 	if (r == -ECANCELED) /* fetcher_stop: not the peer's failure */
 		return -ESHUTDOWN;
+	/* Our store is full, or the time the hook was given ran out (a lease wait on another
+	 * node's seed fetch): no peer failed. A holder that did (a timeout included) is
+	 * counted by the hook, which then answers -ENOENT or one of these. */
+	if (r == -ENOSPC || r == -ETIMEDOUT)
+		return r;
 	pthread_mutex_lock(&f->lock);
 	f->st.failures[FETCH_SRC_PEER]++;
 	if (r == -EILSEQ || r == -EBADMSG || r == -EMSGSIZE)

@@ -98,7 +98,10 @@ void fetcher_get_stats(struct fetcher *f, struct fetcher_stats *st);
 /*
  * Peer hook (issue "The cluster"): tried before the seed. Receives the chunk into buf
  * (len bytes, the calling worker's) and stores it. Returns 0 with the chunk in the store,
- * -ENOENT when no peer has it (go to the seed), or another negative errno.
+ * -ENOENT when no peer has it (go to the seed), -ENOSPC when our store is full (final: no
+ * seed fetch), -ETIMEDOUT when deadline_ns passed, or another negative errno. Only the
+ * last kind counts in failures[FETCH_SRC_PEER]: a hook that asks several holders counts
+ * their failures itself (peers.c, added in by appliance_fetch_stats) and answers -ENOENT.
  * flags: FETCHER_PEER_NO_LEASE for a readahead fill, which takes a chunk only from a
  * holder and never goes to the seed: it must not take the cluster's seed lease either.
  * abandon (optional): a fill that called fetch without that flag ended without the chunk

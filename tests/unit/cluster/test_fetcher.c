@@ -286,7 +286,8 @@ static void test_fetch_from_directory_repo(void **state)
 
 /* The peer phase spent the fill's deadline (a lease wait on another node's seed fetch):
  * the fill ends there. It went on to an unleased seed GET that nobody waited for, a
- * second seed copy of the chunk the lease holder was fetching. */
+ * second seed copy of the chunk the lease holder was fetching. No peer failed either:
+ * the fetcher counted the hook's -ETIMEDOUT in failures[peer]. */
 static void test_peer_phase_past_the_deadline_starts_no_seed_fetch(void **state)
 {
 	struct env *e = *state;
@@ -305,6 +306,7 @@ static void test_peer_phase_past_the_deadline_starts_no_seed_fetch(void **state)
 	assert_int_equal(stats(e).inflight, 0);
 	assert_int_equal(peer.calls, 1);
 	assert_int_equal(stats(e).seed_requests, 0);
+	assert_int_equal(stats(e).failures[FETCH_SRC_PEER], 0);
 	assert_false(chunkstore_contains(e->cs, &h));
 	/* a retry (the initiator's, after BUSY) is a new fill with a new deadline */
 	peer.rc = -ENOENT;

@@ -3,7 +3,8 @@
  * directory, peer server, peer client, peers) and a real redis-server: fetch from a
  * holder, same rack first, a lying holder skipped, a stale holder repaired, concurrent
  * cold reads doing one "seed" fetch per chunk through the lease, a dead lease holder
- * taken over, a stalled one waited for no longer than the bound, and Redis down.
+ * taken over, a stalled one waited for no longer than the bound, and Redis down; and a
+ * fetcher over the hook, as the daemon wires them: a full store is not a peer failure.
  */
 #include <hiredis/hiredis.h>
 #include <microhttpd.h>
@@ -43,6 +44,8 @@ struct node {
 
 /* Redis port the next dir_for() uses instead of the test's own (0: none), e.g. a proxy's. */
 static int redis_port_override;
+/* Capacity of the next node_new()'s store in bytes (0: unlimited). */
+static uint64_t store_capacity;
 
 static struct directory *dir_for(const char *name, const char *rack, const char *advertise)
 {
@@ -79,7 +82,7 @@ static struct node *node_new(const char *name, const char *rack, uint32_t lease_
 	snprintf(addr, sizeof(addr), "127.0.0.1:%d", fx_free_port());
 	/* the daemon's order: directory, store with its hooks, attach, server, client, peers */
 	n->d = dir_for(name, rack, addr);
-	n->cs = fx_store_open(n->sdir, directory_store_hooks(n->d));
+	n->cs = fx_store_open_cap(n->sdir, directory_store_hooks(n->d), store_capacity);
 	assert_non_null(n->cs);
 	directory_attach_store(n->d, n->cs);
 	so.store = n->cs;
@@ -389,6 +392,79 @@ static void test_own_store_failure_is_not_the_peers(void **state)
 	assert_int_equal(ps[0].failures, 0);
 	assert_int_equal(ps[0].not_found, 0);
 	assert_int_equal(directory_lookup(b->d, &h, hd, 4), 1); /* a's entry stays */
+	node_free(a);
+	node_free(b);
+}
+
+/* A fetcher on node n as the daemon wires it: n's store, n's peers as the peer hook, and
+ * the directory repository repo as the seed. */
+static struct fetcher *fetcher_for(struct node *n, const char *repo, unsigned readahead)
+{
+	struct fetcher_opts fo = {.seed_url = repo, .store = n->cs,
+				  .readahead_chunks = readahead, .no_readahead = !readahead};
+	struct fetcher_peer_ops ops = peers_fetcher_ops(n->p);
+	struct fetcher *f;
+
+	assert_int_equal(fetcher_create(&fo, &f), 0);
+	fetcher_set_peer_ops(f, &ops);
+	return f;
+}
+
+static struct fetcher_stats fetcher_stats_of(struct fetcher *f)
+{
+	struct fetcher_stats st;
+
+	fetcher_get_stats(f, &st);
+	return st;
+}
+
+/*
+ * A peer served good bytes and our full store refused them: the read fails with -ENOSPC
+ * (no seed download that could not be stored either), and no peer failed. The fetcher
+ * counted the hook's -ENOSPC in failures[peer], rackdisk_chunk_fetch_failures_total
+ * {source="peer"}, which also receives the peers module's own count of failed holders.
+ */
+static void test_full_store_is_not_a_peer_failure(void **state)
+{
+	struct node *a = node_new("a", "r1", 2000), *b;
+	char repo[] = "/tmp/rd-repo-XXXXXX";
+	static uint8_t data[CHUNK];
+	struct peers_peer_stats ps[4];
+	struct chunk_hash pinned, h;
+	struct chunk_ref *ref;
+	struct fetcher_stats fs;
+	struct peers_stats st;
+	struct fetcher *f;
+
+	store_capacity = CHUNK; /* b's store: room for one chunk, which a reader keeps open */
+	b = node_new("b", "r1", 2000);
+	store_capacity = 0;
+	fx_chunk(34, data, CHUNK, &pinned);
+	assert_int_equal(chunkstore_insert(b->cs, &pinned, data, CHUNK), 0);
+	assert_int_equal(chunkstore_get(b->cs, &pinned, &ref), 0);
+	fx_chunk(35, data, CHUNK, &h);
+	assert_int_equal(chunkstore_insert(a->cs, &h, data, CHUNK), 0); /* a holds h */
+	assert_non_null(mkdtemp(repo)); /* an empty seed: it must not be asked */
+	f = fetcher_for(b, repo, 0);
+
+	assert_int_equal(fetcher_fetch(f, &h, CHUNK, now_ns() + 5000 * MS), -ENOSPC);
+	fs = fetcher_stats_of(f);
+	assert_int_equal(fs.failures[FETCH_SRC_PEER], 0);
+	assert_int_equal(fs.bad_hash[FETCH_SRC_PEER], 0);
+	assert_int_equal(fs.seed_requests, 0);
+	peers_get_stats(b->p, &st);
+	assert_int_equal(st.peer_failures, 0);
+	assert_int_equal(st.bad_data, 0);
+	assert_int_equal(list_peers(b->p, ps, 4), 1);
+	assert_string_equal(ps[0].name, "a");
+	assert_int_equal(ps[0].ok, 1);
+	assert_int_equal(ps[0].failures, 0);
+	assert_int_equal(served(a), CHUNK);
+
+	fetcher_stop(f);
+	fetcher_destroy(f);
+	chunkstore_put(b->cs, ref);
+	fx_rm_rf(repo);
 	node_free(a);
 	node_free(b);
 }
@@ -880,6 +956,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_holder_that_said_404_is_asked_again, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_own_store_failure_is_not_the_peers, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_full_store_is_not_a_peer_failure, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_refetched_chunk_stays_listed_after_a_404, setup,
 						teardown),
