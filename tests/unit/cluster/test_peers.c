@@ -4,7 +4,8 @@
  * holder, same rack first, a lying holder skipped, a stale holder repaired, concurrent
  * cold reads doing one "seed" fetch per chunk through the lease, a dead lease holder
  * taken over, a stalled one waited for no longer than the bound, and Redis down; and a
- * fetcher over the hook, as the daemon wires them: a full store is not a peer failure.
+ * fetcher over the hook, as the daemon wires them: a full store is not a peer failure, and
+ * a read that joins a readahead fill is served within its own deadline.
  */
 #include <hiredis/hiredis.h>
 #include <microhttpd.h>
@@ -12,6 +13,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <zstd.h>
 
 #include <cmocka.h>
 
@@ -22,6 +24,7 @@
 #include "cluster_fixture.h"
 #include "common/log.h"
 #include "delay_proxy.h"
+#include "images/manifest.h"
 
 #define CHUNK (128 * 1024)
 #define TOKEN "peers-token"
@@ -418,6 +421,24 @@ static struct fetcher_stats fetcher_stats_of(struct fetcher *f)
 	return st;
 }
 
+/* Publishes data (len bytes, hash *h) in the directory repository repo, as the seed. */
+static void seed_put(const char *repo, const struct chunk_hash *h, const void *data, size_t len)
+{
+	char hex[HASH_HEX_LEN + 1], path[512];
+	size_t cap = ZSTD_compressBound(len), n;
+	void *obj = malloc(cap);
+
+	assert_non_null(obj);
+	n = ZSTD_compress(obj, cap, data, len, 3);
+	assert_false(ZSTD_isError(n));
+	hash_to_hex(h, hex);
+	snprintf(path, sizeof(path), "%s/chunks/%.2s", repo, hex);
+	assert_int_equal(mkdir_p(path, 0755), 0);
+	snprintf(path, sizeof(path), "%s/chunks/%.2s/%s", repo, hex, hex);
+	assert_int_equal(write_file_atomic(path, obj, n), 0);
+	free(obj);
+}
+
 /*
  * A peer served good bytes and our full store refused them: the read fails with -ENOSPC
  * (no seed download that could not be stored either), and no peer failed. The fetcher
@@ -586,7 +607,7 @@ static void test_readahead_takes_no_lease_and_abandon_releases(void **state)
 
 	fx_chunk(31, data, CHUNK, &h);
 	assert_int_equal(peers_fetch_from_holders(b->p, &h, scratch, CHUNK,
-						  now_ns() + 5000 * MS), -ENOENT);
+						  now_ns() + 5000 * MS, NULL), -ENOENT);
 	assert_int_equal(directory_lease_holder(a->d, &h, &holder), 0);
 	assert_int_equal(holder, 0);
 	/* b takes the lease for a seed fetch; a, asking for the chunk, would wait for it */
@@ -781,6 +802,65 @@ static void test_stalled_holders_leave_the_seed_time(void **state)
 	node_free(b);
 }
 
+/*
+ * A VM read that joins a cluster readahead fill is served within its own deadline. The
+ * readahead (peer-only, a 30 s deadline) was asking holders alive in the directory whose
+ * servers stall, up to max_tries of them at the 3 s request timeout each; the reader that
+ * joined it waited that out and timed out at 4 s, where its own fill, its peer phase cut
+ * to half its deadline, reaches the seed at 2 s. Now the reader's arrival ends the
+ * readahead's holder phase and the fill goes on as the reader's.
+ */
+static void test_reader_joining_readahead_keeps_its_deadline(void **state)
+{
+	struct node *b = node_new("b", "r1", 2000);
+	char repo[] = "/tmp/rd-repo-XXXXXX", addr[64], name[16];
+	static uint8_t data[CHUNK];
+	struct fetcher_stats fs;
+	struct directory *sd[3];
+	struct manifest *m;
+	struct fetcher *f;
+	int fds[3], i;
+
+	assert_non_null(mkdtemp(repo));
+	assert_int_equal(manifest_new(4ULL * CHUNK, CHUNK, &m), 0);
+	for (i = 0; i < 4; i++) { /* the seed has every chunk */
+		fx_chunk(80 + i, data, CHUNK, &m->hashes[i]);
+		m->zero[i] = 0;
+		seed_put(repo, &m->hashes[i], data, CHUNK);
+	}
+	/* chunk 3: three holders in b's rack, alive in the directory, whose servers stall */
+	for (i = 0; i < 3; i++) {
+		fds[i] = stalled_listener(addr, sizeof(addr));
+		snprintf(name, sizeof(name), "s%d", i);
+		sd[i] = dir_for(name, "r1", addr);
+		assert_int_equal(directory_wait_ready(sd[i], 5000), 0);
+		assert_int_equal(directory_announce(sd[i], &m->hashes[3]), 0);
+	}
+	f = fetcher_for(b, repo, 4);
+	/* a sequential reader's third access queues chunk 3 as (peer-only) readahead */
+	for (i = 0; i < 3; i++)
+		fetcher_note_access(f, m, i);
+	for (i = 0; i < 100 && fetcher_stats_of(f).readahead < 1; i++)
+		fx_sleep_ms(10);
+	fx_sleep_ms(100); /* a worker is asking the first stalled holder */
+
+	assert_int_equal(fetcher_fetch(f, &m->hashes[3], CHUNK, now_ns() + 4000 * MS), 0);
+	fs = fetcher_stats_of(f);
+	assert_int_equal(fs.readahead, 1);
+	assert_int_equal(fs.coalesced, 1); /* the read joined the readahead fill */
+	assert_int_equal(fs.fetches[FETCH_SRC_SEED], 1);
+
+	fetcher_stop(f);
+	fetcher_destroy(f);
+	for (i = 0; i < 3; i++) {
+		directory_destroy(sd[i]);
+		close(fds[i]);
+	}
+	manifest_free(m);
+	fx_rm_rf(repo);
+	node_free(b);
+}
+
 /* A peers_fetch in another thread, for peers_cancel() to end. */
 struct bg_fetch {
 	struct node *n;
@@ -970,6 +1050,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_stalled_holders_leave_the_seed_time, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_reader_joining_readahead_keeps_its_deadline,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel_ends_a_stalled_transfer, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_cancel_ends_a_lease_wait, setup, teardown),
