@@ -58,7 +58,11 @@
  * it; a chunk no appliance holds comes from the seed only when a reader asks for it. So
  * the seed sends the cluster the chunks its VMs read and no speculative ones (the
  * product's promise: a boot storm costs the seed one copy of the bytes read). A reader
- * that joins such a fill clears peer_only, and the fill then goes on to the seed.
+ * that joins such a fill clears peer_only and sets peer_abort, which ends the holder
+ * phase under way: that phase had the readahead's deadline (30 s), and holders that
+ * stall would keep the reader past its own. The fill goes on as the reader's demand
+ * fill, on the reader's deadline: a peer phase of half its time left, then the lease and
+ * the seed.
  * A standalone appliance has no other source and reads ahead from the seed.
  */
 #define FILL_NO_PEER 2 /* fill_run: a peer_only fill found no peer */
@@ -88,6 +92,7 @@ struct fill {
 	bool done;
 	bool background; /* running on a background slot */
 	bool peer_only;  /* readahead in a cluster: from a peer or not at all (see RA_MIN_RUN) */
+	atomic_bool peer_abort; /* set with peer_only cleared: the peer-only call ends */
 	enum fill_queue queued;
 	unsigned refs;	     /* waiters + 1 while in the table */
 	pthread_cond_t cond; /* broadcast when done */
@@ -246,6 +251,7 @@ static struct fill *fill_new(struct fetcher *f, const struct chunk_hash *h, uint
 	fl->start_ns = now_ns();
 	fl->deadline_ns = deadline_ns;
 	fl->refs = 1;
+	atomic_init(&fl->peer_abort, false);
 	pthread_cond_init(&fl->cond, &f->cattr);
 	fl->hnext = f->table[b];
 	f->table[b] = fl;
@@ -358,11 +364,18 @@ static int try_peer(struct worker_ctx *w, struct fill *fl, uint64_t deadline_ns,
 		return -ENOENT;
 	if (!(flags & FETCHER_PEER_NO_LEASE))
 		*leased = true;
-	r = peer.fetch(peer.arg, &fl->h, w->chunk.p, fl->len, deadline_ns, flags);
+	r = peer.fetch(peer.arg, &fl->h, w->chunk.p, fl->len, deadline_ns, flags,
+		       (flags & FETCHER_PEER_NO_LEASE) ? &fl->peer_abort : NULL);
 	if (r == 0 || r == -ENOENT)
 		return r;
 	if (r == -ECANCELED) /* fetcher_stop: not the peer's failure */
 		return -ESHUTDOWN;
+	/* Our store is full, or the time the hook was given ran out (a lease wait on another
+	 * node's seed fetch), or a reader joined a peer-only fill: no peer failed. A holder
+	 * that did (a timeout included) is counted by the hook, which then answers -ENOENT
+	 * or one of these. */
+	if (r == -ENOSPC || r == -ETIMEDOUT || r == -EINTR)
+		return r;
 	pthread_mutex_lock(&f->lock);
 	f->st.failures[FETCH_SRC_PEER]++;
 	if (r == -EILSEQ || r == -EBADMSG || r == -EMSGSIZE)
@@ -466,7 +479,9 @@ static int fill_attempts(struct worker_ctx *w, struct fill *fl, enum fetch_sourc
 		if (po) {
 			if (fill_peer_only(f, fl, NULL))
 				return FILL_NO_PEER;
-			continue; /* a reader joined: ask again, now for the seed's lease too */
+			/* a reader joined (and ended the call with peer_abort, -EINTR): ask
+			 * again as its fill, with half its time left and the seed's lease */
+			continue;
 		}
 		/* The peer phase ran out of the deadline it was given (a lease wait). The seed
 		 * now would be an unleased second copy of what the lease holder is fetching,
@@ -733,8 +748,15 @@ int fetcher_fetch(struct fetcher *f, const struct chunk_hash *h, uint32_t len, u
 	fl = fill_lookup(f, h);
 	if (fl) {
 		f->st.coalesced++;
-		fl->deadline_ns = MAX(fl->deadline_ns, deadline_ns);
-		fl->peer_only = false;
+		if (fl->peer_only) {
+			/* The readahead's deadline bounded only its own holder phase, which
+			 * ends now: from here the fill is this reader's, on its deadline. */
+			fl->peer_only = false;
+			fl->deadline_ns = deadline_ns;
+			atomic_store(&fl->peer_abort, true);
+		} else {
+			fl->deadline_ns = MAX(fl->deadline_ns, deadline_ns);
+		}
 		promote(f, fl);
 	} else {
 		fl = fill_new(f, h, len, deadline_ns);

@@ -12,6 +12,7 @@
 #ifndef RACKDISK_CLUSTER_FETCHER_H
 #define RACKDISK_CLUSTER_FETCHER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -98,9 +99,15 @@ void fetcher_get_stats(struct fetcher *f, struct fetcher_stats *st);
 /*
  * Peer hook (issue "The cluster"): tried before the seed. Receives the chunk into buf
  * (len bytes, the calling worker's) and stores it. Returns 0 with the chunk in the store,
- * -ENOENT when no peer has it (go to the seed), or another negative errno.
+ * -ENOENT when no peer has it (go to the seed), -ENOSPC when our store is full (final: no
+ * seed fetch), -ETIMEDOUT when deadline_ns passed, or another negative errno. Only the
+ * last kind counts in failures[FETCH_SRC_PEER]: a hook that asks several holders counts
+ * their failures itself (peers.c, added in by appliance_fetch_stats) and answers -ENOENT.
  * flags: FETCHER_PEER_NO_LEASE for a readahead fill, which takes a chunk only from a
  * holder and never goes to the seed: it must not take the cluster's seed lease either.
+ * abort: with that flag, a flag the fetcher sets when a reader joins the fill; the call
+ * then returns -EINTR promptly (a transfer under way included, not counted as a failure)
+ * and the fill goes on as the reader's, whose deadline governs. NULL without the flag.
  * abandon (optional): a fill that called fetch without that flag ended without the chunk
  * in the store (the seed failed, the deadline passed, the store is full): release what
  * fetch took for the seed fetch (the lease), so that other nodes stop waiting for it.
@@ -111,7 +118,7 @@ void fetcher_get_stats(struct fetcher *f, struct fetcher_stats *st);
 struct fetcher_peer_ops {
 	void *arg;
 	int (*fetch)(void *arg, const struct chunk_hash *h, void *buf, uint32_t len,
-		     uint64_t deadline_ns, unsigned flags);
+		     uint64_t deadline_ns, unsigned flags, const atomic_bool *abort);
 	void (*abandon)(void *arg, const struct chunk_hash *h);
 	void (*cancel)(void *arg);
 };

@@ -62,13 +62,27 @@ static size_t on_data(char *p, size_t size, size_t n, void *arg)
 	return bytes;
 }
 
-/* Ends a transfer under way once peer_client_cancel() has been called. */
+/* What ends a transfer under way: peer_client_cancel(), or the caller's abort flag. */
+struct stop {
+	struct peer_client *pc;
+	const atomic_bool *abort; /* NULL: none */
+};
+
+static bool stop_now(const struct stop *st)
+{
+	return atomic_load(&st->pc->cancelled) || (st->abort && atomic_load(st->abort));
+}
+
 static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
 		       curl_off_t ulnow)
 {
-	struct peer_client *pc = arg;
+	return stop_now(arg) ? 1 : 0;
+}
 
-	return atomic_load(&pc->cancelled) ? 1 : 0;
+/* Why stop_now() was true; cancel (shutdown) wins over an abort. */
+static int stop_reason(const struct stop *st)
+{
+	return atomic_load(&st->pc->cancelled) ? -ECANCELED : -EINTR;
 }
 
 static struct pc_handle *handle_get(struct peer_client *pc)
@@ -129,8 +143,10 @@ static int map_curl_error(CURLcode cc)
 }
 
 static int request(struct peer_client *pc, struct pc_handle *hd, const char *addr,
-		   const struct chunk_hash *h, void *buf, uint32_t len, uint64_t deadline_ns)
+		   const struct chunk_hash *h, void *buf, uint32_t len, uint64_t deadline_ns,
+		   const atomic_bool *abort)
 {
+	struct stop stop = {.pc = pc, .abort = abort};
 	char url[512], hex[HASH_HEX_LEN + 1];
 	struct sink s = {.buf = buf, .len = len, .md = hd->md};
 	struct chunk_hash got;
@@ -141,8 +157,8 @@ static int request(struct peer_client *pc, struct pc_handle *hd, const char *add
 	CURLcode cc;
 	int rc;
 
-	if (atomic_load(&pc->cancelled))
-		return -ECANCELED;
+	if (stop_now(&stop))
+		return stop_reason(&stop);
 	if (now >= deadline_ns)
 		return -ETIMEDOUT;
 	left_ms = MIN((deadline_ns - now) / 1000000ULL, (uint64_t)pc->request_ms);
@@ -169,13 +185,13 @@ static int request(struct peer_client *pc, struct pc_handle *hd, const char *add
 	curl_easy_setopt(c, CURLOPT_PROXY, "");
 	curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
 	curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
-	curl_easy_setopt(c, CURLOPT_XFERINFODATA, pc);
+	curl_easy_setopt(c, CURLOPT_XFERINFODATA, &stop);
 	cc = curl_easy_perform(c);
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
 	if (curl_easy_getinfo(c, CURLINFO_NUM_CONNECTS, &connects) == CURLE_OK)
 		ST_ADD(pc, connects, (uint64_t)connects);
 	if (cc == CURLE_ABORTED_BY_CALLBACK)
-		return -ECANCELED;
+		return stop_reason(&stop);
 	if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && s.overflow)) {
 		rc = map_curl_error(cc);
 		ST_ADD(pc, errors, rc != -ETIMEDOUT);
@@ -207,17 +223,24 @@ static int request(struct peer_client *pc, struct pc_handle *hd, const char *add
 	return 0;
 }
 
-int peer_client_get(struct peer_client *pc, const char *addr, const struct chunk_hash *h,
-		    void *buf, uint32_t len, uint64_t deadline_ns)
+int peer_client_get_abortable(struct peer_client *pc, const char *addr,
+			      const struct chunk_hash *h, void *buf, uint32_t len,
+			      uint64_t deadline_ns, const atomic_bool *abort)
 {
 	struct pc_handle *hd = handle_get(pc);
 	int rc;
 
 	if (!hd)
 		return -ENOMEM;
-	rc = request(pc, hd, addr, h, buf, len, deadline_ns);
+	rc = request(pc, hd, addr, h, buf, len, deadline_ns, abort);
 	handle_put(pc, hd);
 	return rc;
+}
+
+int peer_client_get(struct peer_client *pc, const char *addr, const struct chunk_hash *h,
+		    void *buf, uint32_t len, uint64_t deadline_ns)
+{
+	return peer_client_get_abortable(pc, addr, h, buf, len, deadline_ns, NULL);
 }
 
 int peer_client_fetch(struct peer_client *pc, const char *addr, const struct chunk_hash *h,

@@ -10,6 +10,7 @@
 #ifndef RACKDISK_CLUSTER_PEER_CLIENT_H
 #define RACKDISK_CLUSTER_PEER_CLIENT_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -56,6 +57,12 @@ int peer_client_get(struct peer_client *pc, const char *addr, const struct chunk
 		    void *buf, uint32_t len, uint64_t deadline_ns);
 int peer_client_keep(struct peer_client *pc, const struct chunk_hash *h, const void *buf,
 		     uint32_t len);
+/* peer_client_get that also ends, with -EINTR, once *abort (NULL: never) is true: checked
+ * before the request and, while it runs, by libcurl's progress callback (at least once a
+ * second while the peer is silent). */
+int peer_client_get_abortable(struct peer_client *pc, const char *addr,
+			      const struct chunk_hash *h, void *buf, uint32_t len,
+			      uint64_t deadline_ns, const atomic_bool *abort);
 
 /* Shutdown: requests under way end at once with -ECANCELED, and so does every later one. */
 void peer_client_cancel(struct peer_client *pc);

@@ -159,10 +159,12 @@ static bool tried_has(const struct tried *t, int64_t id)
  * Looks the chunk up and tries its holders, but not those in *t (the holders this call
  * tried already; failures are added). 0: fetched. -ENOENT: no holder could serve.
  * -ENOTCONN (etc.): the directory failed. -ETIMEDOUT: deadline passed. -ECANCELED:
- * peers_cancel().
+ * peers_cancel(). -EINTR: *abort (NULL: never) became true; the holder being asked then
+ * has not failed, it was not given its time.
  */
 static int try_holders(struct peers *p, const struct chunk_hash *h, void *buf,
-		       uint32_t len, uint64_t deadline_ns, struct tried *t)
+		       uint32_t len, uint64_t deadline_ns, struct tried *t,
+		       const atomic_bool *abort)
 {
 	struct directory_holder v[MAX_HOLDERS];
 	int n, i, rc = -ENOENT;
@@ -179,11 +181,14 @@ static int try_holders(struct peers *p, const struct chunk_hash *h, void *buf,
 			continue;
 		if (atomic_load(&p->cancelled))
 			return -ECANCELED;
+		if (abort && atomic_load(abort))
+			return -EINTR;
 		if (now_ns() >= deadline_ns)
 			return -ETIMEDOUT;
 		tries++;
-		rc = peer_client_get(p->client, v[i].addr, h, buf, len, deadline_ns);
-		if (rc == -ECANCELED)
+		rc = peer_client_get_abortable(p->client, v[i].addr, h, buf, len, deadline_ns,
+					       abort);
+		if (rc == -ECANCELED || rc == -EINTR)
 			return rc;
 		note_result(p, &v[i], rc, len);
 		if (rc != 0 && rc != -ENOENT && t->n < MAX_HOLDERS)
@@ -226,7 +231,7 @@ static bool dir_error(int rc)
 static int won_lease(struct peers *p, const struct chunk_hash *h, void *buf, uint32_t len,
 		     uint64_t deadline_ns, struct tried *t)
 {
-	int rc = try_holders(p, h, buf, len, deadline_ns, t);
+	int rc = try_holders(p, h, buf, len, deadline_ns, t, NULL);
 
 	if (rc == 0) {
 		directory_lease_release(p->dir, h);
@@ -296,7 +301,7 @@ static int wait_for_lease(struct peers *p, const struct chunk_hash *h, void *buf
 			directory_lease_break(p->dir, h, holder);
 		} else {
 			sleep_until(MIN(until, now_ns() + p->poll_ms * 1000000ULL));
-			rc = try_holders(p, h, buf, len, until, t);
+			rc = try_holders(p, h, buf, len, until, t, NULL);
 			if (rc == 0) {
 				ST_ADD(p, lease_wait_hits, 1);
 				goto out;
@@ -349,7 +354,7 @@ int peers_fetch(struct peers *p, const struct chunk_hash *h, void *buf, uint32_t
 	int rc;
 
 	ST_ADD(p, calls, 1);
-	rc = try_holders(p, h, buf, len, peer_dl, &t);
+	rc = try_holders(p, h, buf, len, peer_dl, &t, NULL);
 	if (rc == 0 || rc == -ENOSPC || rc == -ECANCELED)
 		return rc;
 	if (rc == -ETIMEDOUT) /* the peer phase's share is spent: the seed, unleased */
@@ -374,14 +379,14 @@ seed:
 }
 
 int peers_fetch_from_holders(struct peers *p, const struct chunk_hash *h, void *buf,
-			     uint32_t len, uint64_t deadline_ns)
+			     uint32_t len, uint64_t deadline_ns, const atomic_bool *abort)
 {
 	struct tried t = {.n = 0};
 	int rc;
 
 	ST_ADD(p, calls, 1);
-	rc = try_holders(p, h, buf, len, deadline_ns, &t);
-	if (rc == 0 || rc == -ETIMEDOUT || rc == -ENOSPC || rc == -ECANCELED)
+	rc = try_holders(p, h, buf, len, deadline_ns, &t, abort);
+	if (rc == 0 || rc == -ETIMEDOUT || rc == -ENOSPC || rc == -ECANCELED || rc == -EINTR)
 		return rc;
 	if (dir_error(rc))
 		ST_ADD(p, directory_down, 1);
@@ -401,10 +406,10 @@ void peers_cancel(struct peers *p)
 }
 
 static int ops_fetch(void *arg, const struct chunk_hash *h, void *buf, uint32_t len,
-		     uint64_t deadline_ns, unsigned flags)
+		     uint64_t deadline_ns, unsigned flags, const atomic_bool *abort)
 {
 	if (flags & FETCHER_PEER_NO_LEASE)
-		return peers_fetch_from_holders(arg, h, buf, len, deadline_ns);
+		return peers_fetch_from_holders(arg, h, buf, len, deadline_ns, abort);
 	return peers_fetch(arg, h, buf, len, deadline_ns);
 }
 

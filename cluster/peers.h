@@ -18,8 +18,10 @@
  * servers stall must leave the seed time to serve.
  * Redis down at any step -> -ENOENT at once: the seed serves.
  * Readahead (FETCHER_PEER_NO_LEASE) does step 1 only: it never goes to the seed, so it
- * must not hold the lease that makes other nodes wait. A fill that won the lease and then
- * failed releases it (peers_abandon), so waiters take over without waiting out the TTL.
+ * must not hold the lease that makes other nodes wait; a reader that joins the fill ends
+ * it at once (the abort flag), and the fill goes on as the reader's, steps 1-3. A fill
+ * that won the lease and then failed releases it (peers_abandon), so waiters take over
+ * without waiting out the TTL.
  *
  * Thread safety: every call may be made from any thread at once.
  */
@@ -84,9 +86,11 @@ struct fetcher_peer_ops peers_fetcher_ops(struct peers *p);
 int peers_fetch(struct peers *p, const struct chunk_hash *h, void *buf, uint32_t len,
 		uint64_t deadline_ns);
 /* Step 1 only, for readahead (FETCHER_PEER_NO_LEASE): 0, or -ENOENT when no holder
- * could serve it; never takes a lease, so never makes other nodes wait. */
+ * could serve it; never takes a lease, so never makes other nodes wait. Ends with -EINTR
+ * as soon as *abort (NULL: never) is true, a transfer under way included (the fetcher
+ * sets it when a reader joins the readahead fill). */
 int peers_fetch_from_holders(struct peers *p, const struct chunk_hash *h, void *buf,
-			     uint32_t len, uint64_t deadline_ns);
+			     uint32_t len, uint64_t deadline_ns, const atomic_bool *abort);
 /* The fill that called peers_fetch for *h ends without the chunk: release our lease on
  * it, if we took one, so that waiting nodes take over at once. */
 void peers_abandon(struct peers *p, const struct chunk_hash *h);

@@ -180,10 +180,12 @@ static inline void fx_redis_url(const struct fx_redis *r, int db, char *buf, siz
 		snprintf(buf, len, "redis://127.0.0.1:%d/%d", r->port, db);
 }
 
-/* A temporary owner-mode store; dir receives its path. */
-static struct chunkstore *fx_store_open(char dir[64], struct chunkstore_hooks hooks)
+/* A temporary owner-mode store of capacity bytes (0: unlimited); dir receives its path. */
+static inline struct chunkstore *fx_store_open_cap(char dir[64],
+						   struct chunkstore_hooks hooks,
+						   uint64_t capacity)
 {
-	struct chunkstore_opts o = {.dir = dir, .hooks = hooks};
+	struct chunkstore_opts o = {.dir = dir, .hooks = hooks, .capacity = capacity};
 	struct chunkstore *cs = NULL;
 
 	snprintf(dir, 64, "/tmp/rd-store-XXXXXX");
@@ -192,6 +194,11 @@ static struct chunkstore *fx_store_open(char dir[64], struct chunkstore_hooks ho
 	if (chunkstore_open(&o, &cs))
 		return NULL;
 	return cs;
+}
+
+static inline struct chunkstore *fx_store_open(char dir[64], struct chunkstore_hooks hooks)
+{
+	return fx_store_open_cap(dir, hooks, 0);
 }
 
 /* Deterministic pseudo-random chunk content for seed. */

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,6 +185,8 @@ struct peer_ctl {
 	bool until_cancel;   /* instead: waits (at most 5 s) for the cancel op */
 	bool cancelled;
 	unsigned cancels;
+	bool until_abort;    /* a FETCHER_PEER_NO_LEASE call waits (at most 5 s) for *abort */
+	unsigned aborts;     /* ... which then returns -EINTR */
 	uint64_t returned_ns; /* when a call last returned */
 	pthread_cond_t cond;
 };
@@ -191,13 +194,28 @@ struct peer_ctl {
 /* Receives into the worker's buffer (len bytes, written whole) and stores from it, as
  * peers_fetch does. */
 static int peer_fetch(void *arg, const struct chunk_hash *h, void *buf, uint32_t len,
-		      uint64_t deadline_ns, unsigned flags)
+		      uint64_t deadline_ns, unsigned flags, const atomic_bool *abort)
 {
 	struct peer_ctl *p = arg;
 
 	pthread_mutex_lock(&p->lock);
 	p->calls++;
 	p->no_lease_calls += !!(flags & FETCHER_PEER_NO_LEASE);
+	if (p->until_abort && (flags & FETCHER_PEER_NO_LEASE)) {
+		uint64_t until = now_ns() + 5000 * MS;
+		bool stop = false;
+
+		while (!(stop = abort && atomic_load(abort)) && now_ns() < until) {
+			struct timespec ts = {0, 10 * 1000000L};
+
+			pthread_mutex_unlock(&p->lock);
+			nanosleep(&ts, NULL);
+			pthread_mutex_lock(&p->lock);
+		}
+		p->aborts += stop;
+		pthread_mutex_unlock(&p->lock);
+		return stop ? -EINTR : -ENOENT;
+	}
 	if (p->until_cancel) {
 		uint64_t until = now_ns() + 5000 * MS;
 
@@ -286,7 +304,8 @@ static void test_fetch_from_directory_repo(void **state)
 
 /* The peer phase spent the fill's deadline (a lease wait on another node's seed fetch):
  * the fill ends there. It went on to an unleased seed GET that nobody waited for, a
- * second seed copy of the chunk the lease holder was fetching. */
+ * second seed copy of the chunk the lease holder was fetching. No peer failed either:
+ * the fetcher counted the hook's -ETIMEDOUT in failures[peer]. */
 static void test_peer_phase_past_the_deadline_starts_no_seed_fetch(void **state)
 {
 	struct env *e = *state;
@@ -305,6 +324,7 @@ static void test_peer_phase_past_the_deadline_starts_no_seed_fetch(void **state)
 	assert_int_equal(stats(e).inflight, 0);
 	assert_int_equal(peer.calls, 1);
 	assert_int_equal(stats(e).seed_requests, 0);
+	assert_int_equal(stats(e).failures[FETCH_SRC_PEER], 0);
 	assert_false(chunkstore_contains(e->cs, &h));
 	/* a retry (the initiator's, after BUSY) is a new fill with a new deadline */
 	peer.rc = -ENOENT;
@@ -787,6 +807,48 @@ static void test_cluster_readahead_peer_only(void **state)
 }
 
 /*
+ * A reader that joins a readahead fill in a cluster ends the hook's peer-only call (the
+ * abort flag) and is served within its own deadline. That call went on for as long as the
+ * readahead's 30 s allowed (holders that stall), and the fill kept that deadline too, so
+ * the reader timed out where a fill of its own would have reached the seed.
+ */
+static void test_reader_joining_readahead_ends_its_peer_call(void **state)
+{
+	enum { NCH = 4, RA = 4 };
+	struct env *e = *state;
+	struct fetcher_opts o = {.readahead_chunks = RA};
+	static struct peer_ctl peer; /* static: see test_stop_wakes_waiters */
+	struct fetcher_stats st;
+	struct manifest *m;
+	uint64_t until;
+
+	peer = (struct peer_ctl){.rc = -ENOENT, .until_abort = true};
+	m = test_image(e, NCH, 700, 0, 0);
+	env_fetcher(e, NULL, &o);
+	set_peer(e, &peer);
+	/* the third access queues chunk 3 as readahead, which waits in the hook */
+	for (unsigned i = 0; i < 3; i++)
+		fetcher_note_access(e->f, m, i);
+	until = now_ns() + 3000 * MS;
+	while (peer_count(&peer, &peer.no_lease_calls) == 0 && now_ns() < until)
+		usleep(5000);
+	assert_int_equal(peer_count(&peer, &peer.no_lease_calls), 1);
+
+	assert_int_equal(fetcher_fetch(e->f, &m->hashes[3], CHUNK, now_ns() + 2000 * MS), 0);
+	assert_int_equal(peer_count(&peer, &peer.aborts), 1);
+	/* then the reader's fill: the hook again, with the lease, and the seed */
+	assert_int_equal(peer_count(&peer, &peer.calls), 2);
+	assert_int_equal(peer_count(&peer, &peer.no_lease_calls), 1);
+	st = stats(e);
+	assert_int_equal(st.coalesced, 1);
+	assert_int_equal(st.fetches[FETCH_SRC_SEED], 1);
+	assert_int_equal(st.failures[FETCH_SRC_PEER], 0);
+	assert_int_equal(st.readahead_no_peer, 0);
+	fetcher_forget_image(e->f, m);
+	manifest_free(m);
+}
+
+/*
  * In a cluster the window grows to peer_readahead_chunks, past readahead_chunks: with the
  * same ramp (1, 2, 4, 8 chunks from the third access on), accesses 0..7 queue through
  * chunk 15, where a standalone window of RA = 4 would stop at 11.
@@ -992,6 +1054,8 @@ int main(void)
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_cluster_readahead_peer_only, env_setup,
 						env_teardown),
+		cmocka_unit_test_setup_teardown(test_reader_joining_readahead_ends_its_peer_call,
+						env_setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_background_queue_bounded, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_attempt_completes_after_waiter_left, env_setup,

@@ -3,7 +3,9 @@
  * directory, peer server, peer client, peers) and a real redis-server: fetch from a
  * holder, same rack first, a lying holder skipped, a stale holder repaired, concurrent
  * cold reads doing one "seed" fetch per chunk through the lease, a dead lease holder
- * taken over, a stalled one waited for no longer than the bound, and Redis down.
+ * taken over, a stalled one waited for no longer than the bound, and Redis down; and a
+ * fetcher over the hook, as the daemon wires them: a full store is not a peer failure, and
+ * a read that joins a readahead fill is served within its own deadline.
  */
 #include <hiredis/hiredis.h>
 #include <microhttpd.h>
@@ -11,6 +13,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <zstd.h>
 
 #include <cmocka.h>
 
@@ -21,6 +24,7 @@
 #include "cluster_fixture.h"
 #include "common/log.h"
 #include "delay_proxy.h"
+#include "images/manifest.h"
 
 #define CHUNK (128 * 1024)
 #define TOKEN "peers-token"
@@ -43,6 +47,8 @@ struct node {
 
 /* Redis port the next dir_for() uses instead of the test's own (0: none), e.g. a proxy's. */
 static int redis_port_override;
+/* Capacity of the next node_new()'s store in bytes (0: unlimited). */
+static uint64_t store_capacity;
 
 static struct directory *dir_for(const char *name, const char *rack, const char *advertise)
 {
@@ -79,7 +85,7 @@ static struct node *node_new(const char *name, const char *rack, uint32_t lease_
 	snprintf(addr, sizeof(addr), "127.0.0.1:%d", fx_free_port());
 	/* the daemon's order: directory, store with its hooks, attach, server, client, peers */
 	n->d = dir_for(name, rack, addr);
-	n->cs = fx_store_open(n->sdir, directory_store_hooks(n->d));
+	n->cs = fx_store_open_cap(n->sdir, directory_store_hooks(n->d), store_capacity);
 	assert_non_null(n->cs);
 	directory_attach_store(n->d, n->cs);
 	so.store = n->cs;
@@ -393,6 +399,97 @@ static void test_own_store_failure_is_not_the_peers(void **state)
 	node_free(b);
 }
 
+/* A fetcher on node n as the daemon wires it: n's store, n's peers as the peer hook, and
+ * the directory repository repo as the seed. */
+static struct fetcher *fetcher_for(struct node *n, const char *repo, unsigned readahead)
+{
+	struct fetcher_opts fo = {.seed_url = repo, .store = n->cs,
+				  .readahead_chunks = readahead, .no_readahead = !readahead};
+	struct fetcher_peer_ops ops = peers_fetcher_ops(n->p);
+	struct fetcher *f;
+
+	assert_int_equal(fetcher_create(&fo, &f), 0);
+	fetcher_set_peer_ops(f, &ops);
+	return f;
+}
+
+static struct fetcher_stats fetcher_stats_of(struct fetcher *f)
+{
+	struct fetcher_stats st;
+
+	fetcher_get_stats(f, &st);
+	return st;
+}
+
+/* Publishes data (len bytes, hash *h) in the directory repository repo, as the seed. */
+static void seed_put(const char *repo, const struct chunk_hash *h, const void *data, size_t len)
+{
+	char hex[HASH_HEX_LEN + 1], path[512];
+	size_t cap = ZSTD_compressBound(len), n;
+	void *obj = malloc(cap);
+
+	assert_non_null(obj);
+	n = ZSTD_compress(obj, cap, data, len, 3);
+	assert_false(ZSTD_isError(n));
+	hash_to_hex(h, hex);
+	snprintf(path, sizeof(path), "%s/chunks/%.2s", repo, hex);
+	assert_int_equal(mkdir_p(path, 0755), 0);
+	snprintf(path, sizeof(path), "%s/chunks/%.2s/%s", repo, hex, hex);
+	assert_int_equal(write_file_atomic(path, obj, n), 0);
+	free(obj);
+}
+
+/*
+ * A peer served good bytes and our full store refused them: the read fails with -ENOSPC
+ * (no seed download that could not be stored either), and no peer failed. The fetcher
+ * counted the hook's -ENOSPC in failures[peer], rackdisk_chunk_fetch_failures_total
+ * {source="peer"}, which also receives the peers module's own count of failed holders.
+ */
+static void test_full_store_is_not_a_peer_failure(void **state)
+{
+	struct node *a = node_new("a", "r1", 2000), *b;
+	char repo[] = "/tmp/rd-repo-XXXXXX";
+	static uint8_t data[CHUNK];
+	struct peers_peer_stats ps[4];
+	struct chunk_hash pinned, h;
+	struct chunk_ref *ref;
+	struct fetcher_stats fs;
+	struct peers_stats st;
+	struct fetcher *f;
+
+	store_capacity = CHUNK; /* b's store: room for one chunk, which a reader keeps open */
+	b = node_new("b", "r1", 2000);
+	store_capacity = 0;
+	fx_chunk(34, data, CHUNK, &pinned);
+	assert_int_equal(chunkstore_insert(b->cs, &pinned, data, CHUNK), 0);
+	assert_int_equal(chunkstore_get(b->cs, &pinned, &ref), 0);
+	fx_chunk(35, data, CHUNK, &h);
+	assert_int_equal(chunkstore_insert(a->cs, &h, data, CHUNK), 0); /* a holds h */
+	assert_non_null(mkdtemp(repo)); /* an empty seed: it must not be asked */
+	f = fetcher_for(b, repo, 0);
+
+	assert_int_equal(fetcher_fetch(f, &h, CHUNK, now_ns() + 5000 * MS), -ENOSPC);
+	fs = fetcher_stats_of(f);
+	assert_int_equal(fs.failures[FETCH_SRC_PEER], 0);
+	assert_int_equal(fs.bad_hash[FETCH_SRC_PEER], 0);
+	assert_int_equal(fs.seed_requests, 0);
+	peers_get_stats(b->p, &st);
+	assert_int_equal(st.peer_failures, 0);
+	assert_int_equal(st.bad_data, 0);
+	assert_int_equal(list_peers(b->p, ps, 4), 1);
+	assert_string_equal(ps[0].name, "a");
+	assert_int_equal(ps[0].ok, 1);
+	assert_int_equal(ps[0].failures, 0);
+	assert_int_equal(served(a), CHUNK);
+
+	fetcher_stop(f);
+	fetcher_destroy(f);
+	chunkstore_put(b->cs, ref);
+	fx_rm_rf(repo);
+	node_free(a);
+	node_free(b);
+}
+
 struct fetch_arg {
 	struct node *n;
 	const struct chunk_hash *h;
@@ -510,7 +607,7 @@ static void test_readahead_takes_no_lease_and_abandon_releases(void **state)
 
 	fx_chunk(31, data, CHUNK, &h);
 	assert_int_equal(peers_fetch_from_holders(b->p, &h, scratch, CHUNK,
-						  now_ns() + 5000 * MS), -ENOENT);
+						  now_ns() + 5000 * MS, NULL), -ENOENT);
 	assert_int_equal(directory_lease_holder(a->d, &h, &holder), 0);
 	assert_int_equal(holder, 0);
 	/* b takes the lease for a seed fetch; a, asking for the chunk, would wait for it */
@@ -705,6 +802,65 @@ static void test_stalled_holders_leave_the_seed_time(void **state)
 	node_free(b);
 }
 
+/*
+ * A VM read that joins a cluster readahead fill is served within its own deadline. The
+ * readahead (peer-only, a 30 s deadline) was asking holders alive in the directory whose
+ * servers stall, up to max_tries of them at the 3 s request timeout each; the reader that
+ * joined it waited that out and timed out at 4 s, where its own fill, its peer phase cut
+ * to half its deadline, reaches the seed at 2 s. Now the reader's arrival ends the
+ * readahead's holder phase and the fill goes on as the reader's.
+ */
+static void test_reader_joining_readahead_keeps_its_deadline(void **state)
+{
+	struct node *b = node_new("b", "r1", 2000);
+	char repo[] = "/tmp/rd-repo-XXXXXX", addr[64], name[16];
+	static uint8_t data[CHUNK];
+	struct fetcher_stats fs;
+	struct directory *sd[3];
+	struct manifest *m;
+	struct fetcher *f;
+	int fds[3], i;
+
+	assert_non_null(mkdtemp(repo));
+	assert_int_equal(manifest_new(4ULL * CHUNK, CHUNK, &m), 0);
+	for (i = 0; i < 4; i++) { /* the seed has every chunk */
+		fx_chunk(80 + i, data, CHUNK, &m->hashes[i]);
+		m->zero[i] = 0;
+		seed_put(repo, &m->hashes[i], data, CHUNK);
+	}
+	/* chunk 3: three holders in b's rack, alive in the directory, whose servers stall */
+	for (i = 0; i < 3; i++) {
+		fds[i] = stalled_listener(addr, sizeof(addr));
+		snprintf(name, sizeof(name), "s%d", i);
+		sd[i] = dir_for(name, "r1", addr);
+		assert_int_equal(directory_wait_ready(sd[i], 5000), 0);
+		assert_int_equal(directory_announce(sd[i], &m->hashes[3]), 0);
+	}
+	f = fetcher_for(b, repo, 4);
+	/* a sequential reader's third access queues chunk 3 as (peer-only) readahead */
+	for (i = 0; i < 3; i++)
+		fetcher_note_access(f, m, i);
+	for (i = 0; i < 100 && fetcher_stats_of(f).readahead < 1; i++)
+		fx_sleep_ms(10);
+	fx_sleep_ms(100); /* a worker is asking the first stalled holder */
+
+	assert_int_equal(fetcher_fetch(f, &m->hashes[3], CHUNK, now_ns() + 4000 * MS), 0);
+	fs = fetcher_stats_of(f);
+	assert_int_equal(fs.readahead, 1);
+	assert_int_equal(fs.coalesced, 1); /* the read joined the readahead fill */
+	assert_int_equal(fs.fetches[FETCH_SRC_SEED], 1);
+
+	fetcher_stop(f);
+	fetcher_destroy(f);
+	for (i = 0; i < 3; i++) {
+		directory_destroy(sd[i]);
+		close(fds[i]);
+	}
+	manifest_free(m);
+	fx_rm_rf(repo);
+	node_free(b);
+}
+
 /* A peers_fetch in another thread, for peers_cancel() to end. */
 struct bg_fetch {
 	struct node *n;
@@ -881,6 +1037,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_own_store_failure_is_not_the_peers, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_full_store_is_not_a_peer_failure, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_refetched_chunk_stays_listed_after_a_404, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_readahead_takes_no_lease_and_abandon_releases,
@@ -892,6 +1050,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_stalled_holders_leave_the_seed_time, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_reader_joining_readahead_keeps_its_deadline,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel_ends_a_stalled_transfer, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_cancel_ends_a_lease_wait, setup, teardown),
