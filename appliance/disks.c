@@ -218,6 +218,25 @@ static bool chap_is_set(struct appliance *a, const char *user, const char *passw
 	return e && hash_equal(&e->pw, &h);
 }
 
+/* Deletes CHAP account user from tgtd (what says when, for the log); a failure is
+ * logged, not returned: the disk it was for is gone or not exported either way. */
+static void delete_account(struct appliance *a, const char *user, const char *what)
+{
+	struct chap_set *e;
+	int ret = tgtmgr_account_delete(a->tgt, user);
+
+	if (ret && ret != -ENOENT) {
+		log_error("deleting CHAP account %s (%s): %s; it stays in tgtd (tgtadm --mode "
+			  "account --op delete --user %s)", user, what, strerror(-ret), user);
+		return;
+	}
+	e = find_chap(a, user);
+	if (e)
+		*e = a->chap_set[--a->nchap_set];
+	if (!ret)
+		log_info("CHAP account %s deleted (%s)", user, what);
+}
+
 /* The tid of each damaged disk: its target's in t (by IQN), else the one remembered, else
  * 0 (unknown: a daemon started after the record was damaged, its target gone). */
 static void damaged_tids(struct appliance *a, struct diskrec_damaged *bad, size_t nbad,
@@ -331,6 +350,8 @@ static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh,
 		       size_t errlen)
 {
 	char iqn[DISKREC_IQN_MAX], dir[PATH_MAX], scsi_id[DISKREC_SCSI_ID_LEN + 1];
+	char what[DISKREC_NAME_MAX + 32];
+	bool made_account = false;
 	int ret;
 
 	appliance_disk_iqn(a, r->name, iqn, sizeof(iqn));
@@ -362,6 +383,7 @@ static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh,
 	if (r->chap_user[0]) {
 		ret = tgtmgr_bind_chap(a->tgt, r->tid, r->chap_user, r->chap_password, fresh,
 				       err, errlen);
+		made_account = ret == 0;
 		if (ret == 0)
 			remember_chap(a, r->chap_user, r->chap_password);
 		else if (ret == 1) /* an account tgtd kept: its password may be another */
@@ -375,8 +397,14 @@ static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh,
 		ret = tgtmgr_bind_initiator(a->tgt, r->tid, "ALL", err, errlen);
 	for (unsigned i = 0; !ret && i < r->ninitiators; i++)
 		ret = tgtmgr_bind_initiator(a->tgt, r->tid, r->initiators[i], err, errlen);
-	if (ret)
+	if (ret) {
 		tgtmgr_unexport(a->tgt, r->tid, true);
+		/* made here, so bound to no other target: a retry makes it again (an account
+		 * that was there stays) */
+		snprintf(what, sizeof(what), "exporting disk %s failed", r->name);
+		if (made_account && !chap_user_shared(a, r->name, r->chap_user))
+			delete_account(a, r->chap_user, what);
+	}
 	return ret;
 }
 
@@ -681,7 +709,7 @@ static int unexport_disk(struct appliance *a, const char *name, int tid, bool fo
 static int delete_locked(struct appliance *a, const char *name, bool force, char *err,
 			 size_t errlen)
 {
-	char dir[PATH_MAX];
+	char dir[PATH_MAX], what[DISKREC_NAME_MAX + 32];
 	struct diskrec r;
 	int ret;
 
@@ -704,8 +732,9 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 	ret = unexport_disk(a, name, r.tid, force, "or delete with force", err, errlen);
 	if (ret)
 		return ret;
+	snprintf(what, sizeof(what), "deleting disk %s", name);
 	if (r.chap_user[0] && !chap_user_shared(a, name, r.chap_user))
-		tgtmgr_account_delete(a->tgt, r.chap_user);
+		delete_account(a, r.chap_user, what);
 	ret = remove_disk_dir(a, name);
 	if (ret)
 		snprintf(err, errlen, "removing disk '%s': %s", name, strerror(-ret));

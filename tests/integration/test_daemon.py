@@ -910,3 +910,47 @@ def test_evicted_chunks_are_not_kept_open_by_an_idle_disk(tmp_path):
     finally:
         a.cleanup()
         nginx.stop()
+
+
+def failing_when(marker, path, program, *needles):
+    """Writes an executable at path that runs program, or, while marker exists and its
+    arguments hold every one of needles, fails as tgtadm does (a message, exit 22)."""
+    path.write_text("#!/usr/bin/python3\nimport os, sys\n"
+                    f"if os.path.exists({str(marker)!r}) and all(\n"
+                    f"        n in sys.argv[1:] for n in {list(needles)!r}):\n"
+                    "    sys.stderr.write('tgtadm: injected failure\\n')\n"
+                    "    sys.exit(22)\n"
+                    f"os.execv({program!r}, [{program!r}] + sys.argv[1:])\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def accounts(a):
+    """CHAP accounts tgtd holds (tgtadm --mode account --op show)."""
+    r = a.tgtadm("--op", "show", "--mode", "account")
+    assert r.returncode == 0, r.stderr
+    return sorted(l.strip() for l in r.stdout.splitlines()[1:] if l.strip())
+
+
+def create_chap_disk(a, name, user, password, **kw):
+    return a.request("POST", "/api/v1/disks", {
+        "name": name, "image": "deb", "chap": {"user": user, "password": password}, **kw})
+
+
+def test_a_create_that_fails_after_binding_chap_leaves_no_account(appliance, tmp_path):
+    """A create whose ACL bind failed deleted the target but not the CHAP account it had
+    just made, so the same create, retried, was refused: "tgtd already has a CHAP account
+    named 'cu'". Now the account goes with the target and the retry succeeds."""
+    fault = tmp_path / "fault"
+    tgtadm = failing_when(fault, tmp_path / "tgtadm", "/usr/sbin/tgtadm", "--op", "bind",
+                          "--initiator-name")
+    a = appliance(extra={"iscsi": [f"tgtadm_path = {tgtadm}"]}).start()
+    fault.touch()
+    req = dict(initiators=["iqn.2026-01.example:host-a"])
+    st, body = create_chap_disk(a, "cf1", "cu", "createpass12", **req)
+    assert st == 502 and "injected failure" in body["error"], body
+    assert a.targets() == {} and accounts(a) == [], a.log_text()
+    fault.unlink()
+    st, d = create_chap_disk(a, "cf1", "cu", "createpass12", **req)
+    assert st == 201, d
+    assert accounts(a) == ["cu"]
