@@ -54,8 +54,9 @@ struct appliance {
 	 * becomes damaged keeps its tid across tgtd restarts. Under lock. */
 	struct disk_tid *disk_tids;
 	size_t ndisk_tids;
-	/* The password (its SHA-256) last given to each CHAP account in this tgtd (disks.c):
-	 * tgtadm cannot show it, and a reconcile sets it again where the record's differs.
+	/* The CHAP accounts this daemon made or set in this tgtd, with the password (its
+	 * SHA-256) last given to each (chap.c): tgtadm cannot show it, a reconcile sets it
+	 * again where the record's differs, and deletes the accounts no disk uses any more.
 	 * Under lock. */
 	struct chap_set *chap_set;
 	size_t nchap_set;

@@ -13,6 +13,8 @@
  * replaced, its target id is given to no other disk (remembered across tgtd restarts,
  * struct disk_tid), its name stays taken, and it is reported (log, GET disks, health)
  * until the record is restored and a reconcile adopts it again.
+ *
+ * A disk's CHAP account is kept or deleted by the rules of appliance/chap.c.
  */
 #include "appliance/appliance.h"
 
@@ -29,6 +31,7 @@
 
 #include <jansson.h>
 
+#include "appliance/chap.h"
 #include "cache/disk.h"
 #include "cache/overlay.h"
 #include "common/log.h"
@@ -180,63 +183,6 @@ static void forget_tid(struct appliance *a, const char *name)
 		*e = a->disk_tids[--a->ndisk_tids];
 }
 
-/* The password last given to a CHAP account in this tgtd, as SHA-256 (appliance.h). */
-struct chap_set {
-	char user[DISKREC_CHAP_MAX];
-	struct chunk_hash pw;
-};
-
-static struct chap_set *find_chap(struct appliance *a, const char *user)
-{
-	for (size_t i = 0; i < a->nchap_set; i++)
-		if (!strcmp(a->chap_set[i].user, user))
-			return &a->chap_set[i];
-	return NULL;
-}
-
-static void remember_chap(struct appliance *a, const char *user, const char *password)
-{
-	struct chap_set *e = find_chap(a, user), *nv;
-
-	if (!e) {
-		nv = realloc(a->chap_set, (a->nchap_set + 1) * sizeof(*nv));
-		if (!nv)
-			return; /* the next reconcile sets it again: slower, not wrong */
-		a->chap_set = nv;
-		e = &nv[a->nchap_set++];
-		snprintf(e->user, sizeof(e->user), "%s", user);
-	}
-	hash_compute(password, strlen(password), &e->pw);
-}
-
-static bool chap_is_set(struct appliance *a, const char *user, const char *password)
-{
-	const struct chap_set *e = find_chap(a, user);
-	struct chunk_hash h;
-
-	hash_compute(password, strlen(password), &h);
-	return e && hash_equal(&e->pw, &h);
-}
-
-/* Deletes CHAP account user from tgtd (what says when, for the log); a failure is
- * logged, not returned: the disk it was for is gone or not exported either way. */
-static void delete_account(struct appliance *a, const char *user, const char *what)
-{
-	struct chap_set *e;
-	int ret = tgtmgr_account_delete(a->tgt, user);
-
-	if (ret && ret != -ENOENT) {
-		log_error("deleting CHAP account %s (%s): %s; it stays in tgtd (tgtadm --mode "
-			  "account --op delete --user %s)", user, what, strerror(-ret), user);
-		return;
-	}
-	e = find_chap(a, user);
-	if (e)
-		*e = a->chap_set[--a->nchap_set];
-	if (!ret)
-		log_info("CHAP account %s deleted (%s)", user, what);
-}
-
 /* The tid of each damaged disk: its target's in t (by IQN), else the one remembered, else
  * 0 (unknown: a daemon started after the record was damaged, its target gone). */
 static void damaged_tids(struct appliance *a, struct diskrec_damaged *bad, size_t nbad,
@@ -281,53 +227,23 @@ static int alloc_tid(struct appliance *a, const struct diskrec *recs, size_t nre
 	return tid > TID_MAX ? -ENOSPC : tid;
 }
 
-/* True when, in records recs (and nbad damaged ones, which may name it: the safe side),
- * a disk other than name uses CHAP user. */
-static bool chap_user_shared_in(const struct diskrec *recs, size_t n, size_t nbad,
-				const char *name, const char *user)
-{
-	bool shared = nbad > 0;
-
-	for (size_t i = 0; i < n && !shared; i++)
-		shared = strcmp(recs[i].name, name) && !strcmp(recs[i].chap_user, user);
-	return shared;
-}
-
-/* True when a disk other than name uses CHAP user (records of older versions may share
- * one): its account is then left in tgtd. */
-static bool chap_user_shared(struct appliance *a, const char *name, const char *user)
-{
-	struct diskrec_damaged *bad = NULL;
-	struct diskrec *recs = NULL;
-	size_t n = 0, nbad = 0;
-	bool shared;
-
-	/* unknown (no list): keeping an account is the safe side */
-	if (diskrec_scan(a->disks_dir, &recs, &n, &bad, &nbad))
-		return true;
-	shared = chap_user_shared_in(recs, n, nbad, name, user);
-	free(recs);
-	free(bad);
-	return shared;
-}
-
 /*
  * Gives r's CHAP account the password in r (tgtadm cannot show the one tgtd holds, so
- * which one it holds is remembered: chap_set). Not for an account another record names
- * too (shared; records of older versions may share one): replacing it would unbind it
- * from that disk's target as well. acl_bound: r's ACL is in place on its target (taken away
+ * which one it holds is remembered: chap_remember). Not for a shared account (chap.c, 2
+ * and 3; shared says why, NULL when it is not): replacing it would unbind it from the
+ * other target as well. acl_bound: r's ACL is in place on its target (taken away
  * meanwhile: tgtmgr_replace_chap), not yet during an export.
  */
 static int replace_chap(struct appliance *a, const struct diskrec *r, bool acl_bound,
-			bool shared, char *err, size_t errlen)
+			const char *shared, char *err, size_t errlen)
 {
 	const char *acl[DISKREC_MAX_INITIATORS], *any = "ALL";
 	size_t nacl = 0;
 	int ret;
 
 	if (shared) {
-		log_warn("disk %s: CHAP account %s is named by another disk's record too; its "
-			 "password in tgtd is left as it is", r->name, r->chap_user);
+		log_warn("disk %s: CHAP account %s is used elsewhere too (%s); its password in "
+			 "tgtd is left as it is", r->name, r->chap_user, shared);
 		return 0;
 	}
 	if (acl_bound && !r->ninitiators)
@@ -338,18 +254,19 @@ static int replace_chap(struct appliance *a, const struct diskrec *r, bool acl_b
 				  err, errlen);
 	if (ret)
 		return ret;
-	remember_chap(a, r->chap_user, r->chap_password);
+	chap_remember(a, r->chap_user, r->chap_password);
 	log_info("disk %s: CHAP account %s given the password in its record", r->name,
 		 r->chap_user);
 	return 0;
 }
 
 /* Creates target + LUN + ACLs + CHAP of a record in tgtd (fresh: a new disk, whose CHAP
- * account must not exist yet; see tgtmgr_bind_chap). */
+ * account must not exist yet; see tgtmgr_bind_chap). On failure nothing of it is left:
+ * neither the target nor an account this call made. */
 static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh, char *err,
 		       size_t errlen)
 {
-	char iqn[DISKREC_IQN_MAX], dir[PATH_MAX], scsi_id[DISKREC_SCSI_ID_LEN + 1];
+	char iqn[DISKREC_IQN_MAX], dir[PATH_MAX], scsi_id[DISKREC_SCSI_ID_LEN + 1], why[300];
 	char what[DISKREC_NAME_MAX + 32];
 	bool made_account = false;
 	int ret;
@@ -385,12 +302,15 @@ static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh,
 				       err, errlen);
 		made_account = ret == 0;
 		if (ret == 0)
-			remember_chap(a, r->chap_user, r->chap_password);
+			chap_remember(a, r->chap_user, r->chap_password);
 		else if (ret == 1) /* an account tgtd kept: its password may be another */
 			ret = chap_is_set(a, r->chap_user, r->chap_password)
 				      ? 0
 				      : replace_chap(a, r, false,
-						     chap_user_shared(a, r->name, r->chap_user),
+						     chap_shared_now(a, r->name, r->chap_user, why,
+								     sizeof(why))
+							     ? why
+							     : NULL,
 						     err, errlen);
 	}
 	if (!ret && !r->ninitiators)
@@ -400,10 +320,10 @@ static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh,
 	if (ret) {
 		tgtmgr_unexport(a->tgt, r->tid, true);
 		/* made here, so bound to no other target: a retry makes it again (an account
-		 * that was there stays) */
+		 * that was there stays, for chap_sweep to judge) */
 		snprintf(what, sizeof(what), "exporting disk %s failed", r->name);
-		if (made_account && !chap_user_shared(a, r->name, r->chap_user))
-			delete_account(a, r->chap_user, what);
+		if (made_account)
+			chap_delete_unshared(a, r->name, r->chap_user, what);
 	}
 	return ret;
 }
@@ -667,10 +587,12 @@ int appliance_disk_create(struct appliance *a, const struct disk_request *req,
 /*
  * Deletes the target of disk name: the one with its IQN and target id tid (any id when
  * tid is 0), never while an initiator is logged in unless force; advice ends the
- * message then. Returns 0 (also when there was no such target) or a negative errno.
+ * message then. account (may be NULL) receives the CHAP account the target had bound
+ * ("" for none). Returns 0 (also when there was no such target) or a negative errno.
  */
 static int unexport_disk(struct appliance *a, const char *name, int tid, bool force,
-			 const char *advice, char *err, size_t errlen)
+			 const char *advice, char *account, size_t acclen, char *err,
+			 size_t errlen)
 {
 	char iqn[DISKREC_IQN_MAX];
 	struct tgtmgr_target *t = NULL;
@@ -692,6 +614,8 @@ static int unexport_disk(struct appliance *a, const char *name, int tid, bool fo
 			ret = -EBUSY;
 			break;
 		}
+		if (account)
+			snprintf(account, acclen, "%s", t[i].account);
 		/* force only when asked: an initiator may log in after the list above */
 		ret = tgtmgr_unexport(a->tgt, t[i].tid, force);
 		if (ret == -EBUSY)
@@ -709,7 +633,8 @@ static int unexport_disk(struct appliance *a, const char *name, int tid, bool fo
 static int delete_locked(struct appliance *a, const char *name, bool force, char *err,
 			 size_t errlen)
 {
-	char dir[PATH_MAX], what[DISKREC_NAME_MAX + 32];
+	char dir[PATH_MAX], bound[256] = "", what[DISKREC_NAME_MAX + 32];
+	bool damaged = false;
 	struct diskrec r;
 	int ret;
 
@@ -717,9 +642,10 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 	ret = diskrec_load_disk(a->disks_dir, name, &r, err, errlen);
 	if (ret == -EUCLEAN && force) {
 		/* a record that does not parse: tid 0 finds its target by IQN alone, and its
-		 * CHAP account (if any) is left in tgtd, since the record no longer names it */
+		 * CHAP account is the one that target had bound (chap.c, 1) */
 		log_warn("deleting disk %s with a damaged record: %s", name, err);
 		memset(&r, 0, sizeof(r));
+		damaged = true;
 		ret = 0;
 	} else if (ret == -EUCLEAN) {
 		size_t n = strlen(err);
@@ -729,12 +655,13 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 	}
 	if (ret)
 		return ret;
-	ret = unexport_disk(a, name, r.tid, force, "or delete with force", err, errlen);
+	ret = unexport_disk(a, name, r.tid, force, "or delete with force", bound,
+			    sizeof(bound), err, errlen);
 	if (ret)
 		return ret;
 	snprintf(what, sizeof(what), "deleting disk %s", name);
-	if (r.chap_user[0] && !chap_user_shared(a, name, r.chap_user))
-		delete_account(a, r.chap_user, what);
+	if ((damaged ? bound : r.chap_user)[0])
+		chap_delete_unshared(a, name, damaged ? bound : r.chap_user, what);
 	ret = remove_disk_dir(a, name);
 	if (ret)
 		snprintf(err, errlen, "removing disk '%s': %s", name, strerror(-ret));
@@ -785,7 +712,8 @@ static int resize_locked(struct appliance *a, const char *name, uint64_t size,
 	}
 	if (size == r->size)
 		return 0;
-	ret = unexport_disk(a, name, r->tid, false, "first (a disk grows offline)", err, errlen);
+	ret = unexport_disk(a, name, r->tid, false, "first (a disk grows offline)", NULL, 0, err,
+			    errlen);
 	if (ret)
 		return ret;
 	ret = overlay_open(dir, &o);
@@ -1067,6 +995,41 @@ static void remove_stale(struct appliance *a, struct recon *c)
 	}
 }
 
+/* Brings the j-th record's target in line (exported, its CHAP password the record's);
+ * false when that failed. */
+static bool reconcile_disk(struct appliance *a, struct recon *c, size_t j)
+{
+	struct diskrec *r = &c->recs[j];
+	char dir[PATH_MAX], err[256] = "", why[300];
+	bool present = false;
+
+	/* lun.json follows the current configuration (socket, timeouts). */
+	appliance_disk_dir(a, r->name, dir, sizeof(dir));
+	adopt_overlay_size(a, r, dir);
+	if (write_lun_json(a, dir, r))
+		log_warn("rewriting lun.json of disk %s failed", r->name);
+	for (size_t i = 0; i < c->nt && !present; i++)
+		present = target_matches(a, &c->t[i], r);
+	if (!present)
+		return reexport(a, c, j) == 0;
+	/* the account is there, but its password may not be the record's (changed in the
+	 * record, or set before this daemon started) */
+	if (!r->chap_user[0] || chap_is_set(a, r->chap_user, r->chap_password))
+		return true;
+	/* the records and targets in hand say whether it is used elsewhere too */
+	if (replace_chap(a, r, true,
+			 chap_shared(a, r->name, r->chap_user, c->recs, c->nrecs, c->t, c->nt,
+				     c->removed, why, sizeof(why))
+				 ? why
+				 : NULL,
+			 err, sizeof(err))) {
+		log_error("disk %s: setting the password of CHAP account %s: %s", r->name,
+			  r->chap_user, err);
+		return false;
+	}
+	return true;
+}
+
 static int reconcile_locked(struct appliance *a)
 {
 	struct recon c = {0};
@@ -1085,9 +1048,6 @@ static int reconcile_locked(struct appliance *a)
 		log_damaged(a, &c, &c.bad[i]);
 	remove_stale(a, &c);
 	for (size_t j = 0; j < c.nrecs; j++) {
-		char dir[PATH_MAX];
-		bool present = false;
-
 		/* a stop waits for this re-export: with many disks, do not make it wait for
 		 * exports it would delete again at once */
 		if (tgtmgr_stopping(a->tgt)) {
@@ -1096,33 +1056,12 @@ static int reconcile_locked(struct appliance *a)
 			cancelled = true;
 			break;
 		}
-
-		/* lun.json follows the current configuration (socket, timeouts). */
-		appliance_disk_dir(a, c.recs[j].name, dir, sizeof(dir));
-		adopt_overlay_size(a, &c.recs[j], dir);
-		if (write_lun_json(a, dir, &c.recs[j]))
-			log_warn("rewriting lun.json of disk %s failed", c.recs[j].name);
-		for (size_t i = 0; i < c.nt && !present; i++)
-			present = target_matches(a, &c.t[i], &c.recs[j]);
-		if (!present && reexport(a, &c, j))
+		if (!reconcile_disk(a, &c, j))
 			failed++;
-		/* the account is there, but its password may not be the record's (changed
-		 * in the record, or set before this daemon started) */
-		if (present && c.recs[j].chap_user[0] &&
-		    !chap_is_set(a, c.recs[j].chap_user, c.recs[j].chap_password)) {
-			char err[256] = "";
-
-			/* the records in hand say whether another disk names the account */
-			bool shared = chap_user_shared_in(c.recs, c.nrecs, c.nbad,
-							  c.recs[j].name, c.recs[j].chap_user);
-
-			if (replace_chap(a, &c.recs[j], true, shared, err, sizeof(err))) {
-				log_error("disk %s: setting the password of CHAP account %s: %s",
-					  c.recs[j].name, c.recs[j].chap_user, err);
-				failed++;
-			}
-		}
 	}
+	/* accounts of disks deleted by hand, or whose delete could not remove them */
+	if (!cancelled)
+		chap_sweep(a, c.recs, c.nrecs, c.t, c.nt, c.removed);
 	/* what is known now replaces what was remembered (disks deleted by hand go) */
 	a->ndisk_tids = 0;
 	for (size_t j = 0; j < c.nrecs; j++)

@@ -5,6 +5,7 @@ import filecmp
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -935,6 +936,76 @@ def accounts(a):
 def create_chap_disk(a, name, user, password, **kw):
     return a.request("POST", "/api/v1/disks", {
         "name": name, "image": "deb", "chap": {"user": user, "password": password}, **kw})
+
+
+def damage(a, name):
+    rec = os.path.join(a.state, "disks", name, "disk.json")
+    with open(rec, "r+") as f:
+        f.truncate(len(f.read()) // 2)
+
+
+def test_a_damaged_record_leaves_other_disks_chap_accounts_alone(appliance):
+    """While any disk record was damaged, every CHAP account counted as shared with it: a
+    SIGHUP left a password changed in another disk's record unset (the old one kept
+    working, and the log said the account was named by another record), and deleting a
+    disk left its account in tgtd, so a new disk with that user was a 409 until tgtd
+    restarted. Now an account is shared only when another readable record names it or
+    another live target binds it (the damaged disk's target keeps its own)."""
+    a = appliance().start()
+    for name, user, pw in (("cd1", "cu1", "oldpassword1"), ("cd2", "cu2", "secondpass22")):
+        st, d = create_chap_disk(a, name, user, pw)
+        assert st == 201, d
+    tid2 = next(t for t, iqn in a.targets().items() if iqn.endswith(":cd2"))
+    rec = os.path.join(a.state, "disks", "cd1", "disk.json")
+    with open(rec) as f:
+        j = json.load(f)
+    j["chap_password"] = "newpassword2"
+    with open(rec, "w") as f:
+        json.dump(j, f)
+    damage(a, "cd2")
+    n = a.health()["reconciles"]
+    a.proc.send_signal(signal.SIGHUP)
+    assert reconciled(a, n), a.log_text()
+    assert chap_login_ok(a, "cd1", "cu1", "newpassword2"), a.log_text()
+    assert not chap_login_ok(a, "cd1", "cu1", "oldpassword1")
+    assert "another disk's record too" not in a.log_text(), a.log_text()
+    # the damaged disk's target is kept as it was, its account with it
+    assert acl_and_accounts(a, tid2) == (["ALL"], ["cu2"])
+    assert chap_login_ok(a, "cd2", "cu2", "secondpass22")
+    assert not chap_login_ok(a, "cd2", "cu2", "wrongpassword3")
+    # a delete takes its account with it: the user is free for a new disk
+    st, body = a.request("DELETE", "/api/v1/disks/cd1")
+    assert st == 200, body
+    assert accounts(a) == ["cu2"], a.log_text()
+    st, d = create_chap_disk(a, "cd3", "cu1", "thirdpassword3")
+    assert st == 201, d
+    assert chap_login_ok(a, "cd3", "cu1", "thirdpassword3")
+    # so does a forced delete of the damaged disk (its account known from its target)
+    st, body = a.request("DELETE", "/api/v1/disks/cd2?force=1")
+    assert st == 200, body
+    assert accounts(a) == ["cu1"], a.log_text()
+
+
+def test_reconcile_deletes_chap_accounts_no_disk_uses(appliance):
+    """A disk removed by hand (its directory deleted) left its CHAP account in tgtd when
+    the reconcile removed its target, and the user could not be given to a new disk. Now
+    the reconcile deletes the accounts it made that no record names and no target binds;
+    an account of the operator's own (with an external tgtd there may be such) stays."""
+    a = appliance().start()
+    for name, user in (("hd1", "hu1"), ("hd2", "hu2")):
+        st, d = create_chap_disk(a, name, user, "apassword123")
+        assert st == 201, d
+    damage(a, "hd2")  # a damaged record made every account count as shared
+    assert a.tgtadm("--mode", "account", "--op", "new", "--user", "opuser",
+                    "--password", "operator-secret1").returncode == 0
+    shutil.rmtree(os.path.join(a.state, "disks", "hd1"))
+    n = a.health()["reconciles"]
+    a.proc.send_signal(signal.SIGHUP)
+    assert reconciled(a, n), a.log_text()
+    assert not [i for i in a.targets().values() if i.endswith(":hd1")], a.log_text()
+    assert accounts(a) == ["hu2", "opuser"], a.log_text()
+    st, d = create_chap_disk(a, "hd3", "hu1", "anotherpass12")
+    assert st == 201, d
 
 
 def test_a_create_that_fails_after_binding_chap_leaves_no_account(appliance, tmp_path):
