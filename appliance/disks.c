@@ -14,7 +14,9 @@
  * struct disk_tid), its name stays taken, and it is reported (log, GET disks, health)
  * until the record is restored and a reconcile adopts it again.
  *
- * A disk's CHAP account is kept or deleted by the rules of appliance/chap.c.
+ * A disk whose export fails is kept as it is and reported as not exported, with the
+ * reason, until a retry (appliance/exports.c) or a reconcile exports it. Its CHAP
+ * account, like every other, is kept or deleted by the rules of appliance/chap.c.
  */
 #include "appliance/appliance.h"
 
@@ -32,6 +34,7 @@
 #include <jansson.h>
 
 #include "appliance/chap.h"
+#include "appliance/exports.h"
 #include "cache/disk.h"
 #include "cache/overlay.h"
 #include "common/log.h"
@@ -260,38 +263,70 @@ static int replace_chap(struct appliance *a, const struct diskrec *r, bool acl_b
 	return 0;
 }
 
+/* Gives a record from before SCSI ids one now and keeps it, so the disk's identity stays
+ * the same from this export on. */
+static int record_scsi_id(const struct diskrec *r, const char *dir, char *scsi_id,
+			  char *err, size_t errlen)
+{
+	struct diskrec up = *r;
+	int ret;
+
+	ret = diskrec_new_scsi_id(up.scsi_id);
+	if (!ret)
+		ret = diskrec_save(dir, &up);
+	if (ret) {
+		snprintf(err, errlen, "recording a SCSI id for disk '%s': %s", r->name,
+			 strerror(-ret));
+		return ret;
+	}
+	log_info("disk %s: recorded SCSI id %s (its serial number and NAA designators until "
+		 "now came from target id %d)", r->name, up.scsi_id, r->tid);
+	snprintf(scsi_id, DISKREC_SCSI_ID_LEN + 1, "%s", up.scsi_id);
+	return 0;
+}
+
+/* Creates target + LUN of a record in tgtd, its files checked first: tgtd answers any
+ * LUN that does not open with "invalid request", which names nothing. */
+static int export_lun(struct appliance *a, const struct diskrec *r, const char *dir,
+		      const char *scsi_id, char *err, size_t errlen)
+{
+	char iqn[DISKREC_IQN_MAX];
+	int ret;
+
+	ret = exports_check_lun(a, r, dir, err, errlen);
+	if (ret)
+		return ret;
+	appliance_disk_iqn(a, r->name, iqn, sizeof(iqn));
+	ret = tgtmgr_export(a->tgt, r->tid, iqn, BSTYPE, dir, scsi_id, err, errlen);
+	if (ret == -EIO && exports_bstype_missing(a, BSTYPE) == 1) {
+		size_t n = strnlen(err, errlen - 1);
+
+		snprintf(err + n, errlen - n, " (tgtd has no '" BSTYPE "' backing store: "
+			 "bs_rackdisk.so is not in tgt's module directory, or not built for this "
+			 "tgt version)");
+	}
+	return ret;
+}
+
 /* Creates target + LUN + ACLs + CHAP of a record in tgtd (fresh: a new disk, whose CHAP
  * account must not exist yet; see tgtmgr_bind_chap). On failure nothing of it is left:
  * neither the target nor an account this call made. */
 static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh, char *err,
 		       size_t errlen)
 {
-	char iqn[DISKREC_IQN_MAX], dir[PATH_MAX], scsi_id[DISKREC_SCSI_ID_LEN + 1], why[300];
+	char dir[PATH_MAX], scsi_id[DISKREC_SCSI_ID_LEN + 1], why[300];
 	char what[DISKREC_NAME_MAX + 32];
 	bool made_account = false;
 	int ret;
 
-	appliance_disk_iqn(a, r->name, iqn, sizeof(iqn));
 	appliance_disk_dir(a, r->name, dir, sizeof(dir));
 	snprintf(scsi_id, sizeof(scsi_id), "%s", r->scsi_id);
 	if (!scsi_id[0]) {
-		/* A record from before SCSI ids: give it one now and keep it, so the disk's
-		 * identity stays the same from this export on. */
-		struct diskrec up = *r;
-
-		ret = diskrec_new_scsi_id(up.scsi_id);
-		if (!ret)
-			ret = diskrec_save(dir, &up);
-		if (ret) {
-			snprintf(err, errlen, "recording a SCSI id for disk '%s': %s", r->name,
-				 strerror(-ret));
+		ret = record_scsi_id(r, dir, scsi_id, err, errlen);
+		if (ret)
 			return ret;
-		}
-		log_info("disk %s: recorded SCSI id %s (its serial number and NAA designators "
-			 "until now came from target id %d)", r->name, up.scsi_id, r->tid);
-		snprintf(scsi_id, sizeof(scsi_id), "%s", up.scsi_id);
 	}
-	ret = tgtmgr_export(a->tgt, r->tid, iqn, BSTYPE, dir, scsi_id, err, errlen);
+	ret = export_lun(a, r, dir, scsi_id, err, errlen);
 	if (ret)
 		return ret;
 	/* CHAP before the ACL: a target is reachable only once both are in place, so a
@@ -541,10 +576,12 @@ static int create_locked(struct appliance *a, const struct disk_request *req,
 	if (ret)
 		goto out;
 	ret = export_disk(a, r, true, err, errlen);
-	if (ret)
+	if (ret) {
 		remove_disk_dir(a, r->name);
-	else
+	} else {
 		remember_tid(a, r->name, r->tid);
+		exports_set(a, r->name, NULL); /* a name of a disk deleted by hand */
+	}
 out:
 	free(recs);
 	free(bad);
@@ -663,10 +700,12 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 	if ((damaged ? bound : r.chap_user)[0])
 		chap_delete_unshared(a, name, damaged ? bound : r.chap_user, what);
 	ret = remove_disk_dir(a, name);
-	if (ret)
+	if (ret) {
 		snprintf(err, errlen, "removing disk '%s': %s", name, strerror(-ret));
-	else
+	} else {
 		forget_tid(a, name);
+		exports_forget(a, name);
+	}
 	return ret;
 }
 
@@ -732,11 +771,14 @@ static int resize_locked(struct appliance *a, const char *name, uint64_t size,
 	if (ret)
 		snprintf(err, errlen, "growing disk '%s': %s", name, strerror(-ret));
 	xret = export_disk(a, r, false, xerr, sizeof(xerr));
+	exports_set(a, name, xret ? xerr : NULL);
 	if (xret) {
-		log_error("exporting disk %s again after a resize: %s", name, xerr);
+		log_error("exporting disk %s again after a resize: %s (tried again later)", name,
+			  xerr);
 		if (!ret)
 			snprintf(err, errlen, "disk '%s' grew, but exporting it again failed: %s "
-					      "(SIGHUP retries)", name, xerr);
+					      "(rackdiskd tries again; GET disks shows it as "
+					      "not_exported meanwhile)", name, xerr);
 	}
 	return ret ? ret : xret;
 }
@@ -948,42 +990,65 @@ static bool tid_taken(const struct recon *c, size_t j)
 	return false;
 }
 
-/* Exports the j-th record, moving it to a free tid when its own is taken. */
+/* Exports the j-th record, moving it to a free tid when its own is taken; records the
+ * outcome (exports_set). */
 static int reexport(struct appliance *a, struct recon *c, size_t j)
 {
 	struct diskrec *r = &c->recs[j];
-	char err[256] = "", dir[PATH_MAX];
-	int ret;
+	char err[512] = "", dir[PATH_MAX];
+	int ret = 0;
 
 	if (tid_taken(c, j)) {
 		int tid = alloc_tid(a, c->recs, c->nrecs, c->bad, c->nbad);
 
-		if (tid < 0)
-			return tid;
-		log_warn("target id %d of disk %s is taken by another target or disk; moving it "
-			 "to %d", r->tid, r->name, tid);
-		r->tid = tid;
-		appliance_disk_dir(a, r->name, dir, sizeof(dir));
-		ret = diskrec_save(dir, r);
-		if (ret)
-			return ret;
+		if (tid < 0) {
+			ret = tid;
+			snprintf(err, sizeof(err), "target id %d is taken, and no other is free",
+				 r->tid);
+		} else {
+			log_warn("target id %d of disk %s is taken by another target or disk; "
+				 "moving it to %d", r->tid, r->name, tid);
+			r->tid = tid;
+			appliance_disk_dir(a, r->name, dir, sizeof(dir));
+			ret = diskrec_save(dir, r);
+			if (ret)
+				snprintf(err, sizeof(err), "saving its new target id %d: %s", tid,
+					 strerror(-ret));
+		}
 	}
-	ret = export_disk(a, r, false, err, sizeof(err));
+	if (!ret)
+		ret = export_disk(a, r, false, err, sizeof(err));
 	if (ret)
 		log_error("exporting disk %s (target %d): %s", r->name, r->tid, err);
 	else
 		log_info("exported disk %s as target %d", r->name, r->tid);
+	exports_set(a, r->name, ret ? err : NULL);
 	return ret;
 }
 
-/* Removes our targets that no record wants, keeping those of damaged disks. */
-static void remove_stale(struct appliance *a, struct recon *c)
+/* True when target t has the IQN of a disk whose export failed (exports.c). */
+static bool of_failed_disk(struct appliance *a, const struct recon *c,
+			   const struct tgtmgr_target *t)
+{
+	char iqn[DISKREC_IQN_MAX];
+
+	for (size_t j = 0; j < c->nrecs; j++) {
+		appliance_disk_iqn(a, c->recs[j].name, iqn, sizeof(iqn));
+		if (!strcmp(t->name, iqn))
+			return exports_failed(a, c->recs[j].name);
+	}
+	return false;
+}
+
+/* Removes our targets that no record wants, keeping those of damaged disks (retry: only
+ * those in the way of a disk whose export failed). */
+static void remove_stale(struct appliance *a, struct recon *c, bool retry)
 {
 	for (size_t i = 0; i < c->nt; i++) {
 		bool wanted = false;
 		int ret;
 
-		if (!is_ours(a, c->t[i].name))
+		if (!is_ours(a, c->t[i].name) || (retry && !of_failed_disk(a, c, &c->t[i])))
 			continue;
 		for (size_t j = 0; j < c->nrecs && !wanted; j++)
 			wanted = target_matches(a, &c->t[i], &c->recs[j]);
@@ -1012,6 +1077,7 @@ static bool reconcile_disk(struct appliance *a, struct recon *c, size_t j)
 		present = target_matches(a, &c->t[i], r);
 	if (!present)
 		return reexport(a, c, j) == 0;
+	exports_set(a, r->name, NULL);
 	/* the account is there, but its password may not be the record's (changed in the
 	 * record, or set before this daemon started) */
 	if (!r->chap_user[0] || chap_is_set(a, r->chap_user, r->chap_password))
@@ -1030,7 +1096,11 @@ static bool reconcile_disk(struct appliance *a, struct recon *c, size_t j)
 	return true;
 }
 
-static int reconcile_locked(struct appliance *a)
+/*
+ * retry: only the disks whose export failed (exports.c's retries), and stale targets in
+ * their way; nothing else is changed, logged or counted as a reconcile.
+ */
+static int reconcile_locked(struct appliance *a, bool retry)
 {
 	struct recon c = {0};
 	bool cancelled = false;
@@ -1044,24 +1114,27 @@ static int reconcile_locked(struct appliance *a)
 	if (ret)
 		goto out;
 	damaged_tids(a, c.bad, c.nbad, c.t, c.nt);
-	for (size_t i = 0; i < c.nbad; i++)
+	for (size_t i = 0; i < c.nbad && !retry; i++)
 		log_damaged(a, &c, &c.bad[i]);
-	remove_stale(a, &c);
+	remove_stale(a, &c, retry);
 	for (size_t j = 0; j < c.nrecs; j++) {
 		/* a stop waits for this re-export: with many disks, do not make it wait for
 		 * exports it would delete again at once */
-		if (tgtmgr_stopping(a->tgt)) {
+		if (tgtmgr_stopping(a->tgt) || (retry && exports_stopping(a))) {
 			log_info("stopping: the reconcile ends with %zu of %zu disks not looked at",
 				 c.nrecs - j, c.nrecs);
 			cancelled = true;
 			break;
 		}
+		if (retry && !exports_failed(a, c.recs[j].name))
+			continue;
 		if (!reconcile_disk(a, &c, j))
 			failed++;
 	}
 	/* accounts of disks deleted by hand, or whose delete could not remove them */
-	if (!cancelled)
+	if (!retry && !cancelled)
 		chap_sweep(a, c.recs, c.nrecs, c.t, c.nt, c.removed);
+	exports_prune(a, c.recs, c.nrecs);
 	/* what is known now replaces what was remembered (disks deleted by hand go) */
 	a->ndisk_tids = 0;
 	for (size_t j = 0; j < c.nrecs; j++)
@@ -1069,9 +1142,11 @@ static int reconcile_locked(struct appliance *a)
 	for (size_t i = 0; i < c.nbad; i++)
 		if (c.bad[i].tid)
 			remember_tid(a, c.bad[i].name, c.bad[i].tid);
-	a->reconciles++;
+	if (!retry)
+		a->reconciles++;
 	ret = failed ? -EIO : cancelled ? -ECANCELED : 0;
 out:
+	exports_reconciled(a, retry);
 	free(c.removed);
 	free(c.t);
 	free(c.recs);
@@ -1084,7 +1159,17 @@ int appliance_reconcile(struct appliance *a)
 	int ret;
 
 	pthread_mutex_lock(&a->lock);
-	ret = reconcile_locked(a);
+	ret = reconcile_locked(a, false);
+	pthread_mutex_unlock(&a->lock);
+	return ret;
+}
+
+int appliance_reconcile_failed(struct appliance *a)
+{
+	int ret;
+
+	pthread_mutex_lock(&a->lock);
+	ret = reconcile_locked(a, true);
 	pthread_mutex_unlock(&a->lock);
 	return ret;
 }

@@ -1025,3 +1025,98 @@ def test_a_create_that_fails_after_binding_chap_leaves_no_account(appliance, tmp
     st, d = create_chap_disk(a, "cf1", "cu", "createpass12", **req)
     assert st == 201, d
     assert accounts(a) == ["cu"]
+
+
+def metric(a, name):
+    text = a.request("GET", "/metrics")[1]
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return m and float(m.group(1))
+
+
+def test_a_disk_that_cannot_be_exported_is_reported_and_retried(appliance):
+    """A disk whose export failed (here: its image's manifest copy gone at a restart) was
+    logged once with tgtd's "tgtadm: invalid request", listed as "ok" with its URL, health
+    said ok, and only a SIGHUP tried it again. Now the log names the missing file, GET
+    disks says "not_exported" with why, health is degraded, rackdisk_disks_not_exported
+    counts it, and rackdiskd exports it by itself once the file is back."""
+    a = appliance().start()
+    st, d = a.request("POST", "/api/v1/disks", {"name": "big", "image": "deb"})
+    assert st == 201, d
+    manifest = os.path.join(a.state, "images", d["image_id"] + ".json")
+    a.stop()
+    os.rename(manifest, manifest + ".away")
+    a.start()
+    log = a.log_text()
+    assert f"exporting disk big (target {d['tid']}): the image's manifest copy {manifest}: " \
+        "No such file or directory" in log, log
+    assert a.targets() == {}
+    st, disks = a.request("GET", "/api/v1/disks")
+    assert [(x["name"], x["state"]) for x in disks] == [("big", "not_exported")], disks
+    assert manifest in disks[0]["error"], disks
+    st, one = a.request("GET", "/api/v1/disks/big")
+    assert one["state"] == "not_exported" and manifest in one["error"], one
+    h = a.health()
+    assert h["status"] == "degraded" and h["not_exported_disks"] == 1, h
+    assert h["damaged_disks"] == 0, h
+    assert metric(a, "rackdisk_disks_not_exported") == 1
+    assert metric(a, "rackdisk_export_failures_total") >= 1
+    line = next(l for l in a.cli("disk", "ls").stdout.splitlines() if l.startswith("big "))
+    assert "NOT EXPORTED" in line and manifest in line, line
+    assert "NOT EXPORTED" in a.cli("disk", "show", "big").stdout
+    # tried again, with a backoff, without a SIGHUP
+    assert wait_until(lambda: "retrying the export of 1 disk(s)" in a.log_text(), 10), \
+        a.log_text()
+    n = a.health()["reconciles"]
+    os.rename(manifest + ".away", manifest)
+    assert wait_until(lambda: a.health()["not_exported_disks"] == 0, 30), a.log_text()
+    assert a.health()["reconciles"] == n  # a retry, not a reconcile
+    assert list(a.targets().values()) == [d["iqn"]]
+    assert a.request("GET", "/api/v1/disks/big")[1]["state"] == "ok"
+    assert a.health()["status"] == "ok"
+    assert metric(a, "rackdisk_disks_not_exported") == 0
+    r = subprocess.run(["qemu-io", "-f", "raw", "-c", "read 0 64k", a.url("big")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "read 65536/65536" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_failed_export_after_a_resize_is_reported_and_retried(appliance, tmp_path):
+    """A resize whose export afterwards failed (tgtd refused the LUN) left the disk
+    unexported, listed as "ok", until a SIGHUP. Now it is "not_exported" with tgtd's
+    answer and is exported again once tgtd takes it."""
+    fault = tmp_path / "fault"
+    tgtadm = failing_when(fault, tmp_path / "tgtadm", "/usr/sbin/tgtadm", "--mode",
+                          "logicalunit", "--op", "new")
+    a = appliance(extra={"iscsi": [f"tgtadm_path = {tgtadm}"]}).start()
+    st, d = a.request("POST", "/api/v1/disks", {"name": "rz", "image": "deb"})
+    assert st == 201, d
+    fault.touch()
+    st, body = a.request("PATCH", "/api/v1/disks/rz", {"size": "64M"})
+    assert st == 502 and "exporting it again failed" in body["error"], body
+    st, one = a.request("GET", "/api/v1/disks/rz")
+    assert one["state"] == "not_exported" and "injected failure" in one["error"], one
+    assert one["size"] == 64 << 20
+    assert a.health()["status"] == "degraded"
+    fault.unlink()
+    assert wait_until(lambda: a.request("GET", "/api/v1/disks/rz")[1]["state"] == "ok", 30), \
+        a.log_text()
+    assert list(a.targets().values()) == [d["iqn"]]
+    assert a.health()["status"] == "ok"
+
+
+def test_a_tgtd_without_the_rackdisk_backing_store_is_named_at_start(appliance, tmp_path):
+    """A tgtd that has not loaded bs_rackdisk.so refuses every export with "tgtadm: invalid
+    request". rackdiskd now says at start, and in the reason of a failed export, that tgtd
+    lists no 'rackdisk' backing store (here tgtadm's listing leaves it out)."""
+    tgtadm = tmp_path / "tgtadm"
+    tgtadm.write_text("#!/usr/bin/python3\nimport subprocess, sys\n"
+                      "r = subprocess.run(['/usr/sbin/tgtadm'] + sys.argv[1:],\n"
+                      "                   capture_output=True, text=True)\n"
+                      "out = r.stdout\n"
+                      "if sys.argv[-4:] == ['--mode', 'system', '--op', 'show']:\n"
+                      "    out = out.replace('\\n    rackdisk\\n', '\\n')\n"
+                      "sys.stdout.write(out)\n"
+                      "sys.stderr.write(r.stderr)\n"
+                      "sys.exit(r.returncode)\n")
+    tgtadm.chmod(0o755)
+    a = appliance(extra={"iscsi": [f"tgtadm_path = {tgtadm}"]}).start()
+    assert "tgtd lists no 'rackdisk' backing store" in a.log_text(), a.log_text()
