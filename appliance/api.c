@@ -181,19 +181,33 @@ static json_t *image_json(const struct image_info *info)
 			 (json_int_t)info->nchunks, "zero_chunks", (json_int_t)info->zero_chunks);
 }
 
+/* A disk with a readable record: "state" "ok", or "not_exported" with why in "error"
+ * while its export fails (appliance/exports.c; its url is where it will be). */
 static json_t *disk_json(struct appliance *a, const struct diskrec *r)
 {
-	char url[512], iqn[DISKREC_IQN_MAX];
+	char url[512], iqn[DISKREC_IQN_MAX], why[600];
 	json_t *j = diskrec_to_json(r, false);
+	bool down;
 
 	if (!j)
 		return NULL;
 	appliance_disk_url(a, r, url, sizeof(url));
 	appliance_disk_iqn(a, r->name, iqn, sizeof(iqn));
+	down = appliance_disk_not_exported(a, r->name, why, sizeof(why));
 	json_object_del(j, "format");
 	json_object_set_new(j, "iqn", json_string(iqn));
 	json_object_set_new(j, "url", json_string(url));
-	json_object_set_new(j, "state", json_string("ok"));
+	json_object_set_new(j, "state", json_string(down ? "not_exported" : "ok"));
+	if (down) {
+		size_t n = strlen(why);
+		json_t *e;
+
+		snprintf(why + n, sizeof(why) - n, "; rackdiskd tries again (fix it and send "
+			 "SIGHUP to try at once)");
+		e = api_error_json(why); /* paths need not be UTF-8 */
+		json_object_set(j, "error", json_object_get(e, "error"));
+		json_decref(e);
+	}
 	return j;
 }
 
@@ -213,22 +227,26 @@ static json_t *damaged_json(struct appliance *a, const struct diskrec_damaged *b
 	return j;
 }
 
-/* "status" is "degraded" while a disk's record is damaged (appliance_reconcile). */
+/* "status" is "degraded" while a disk's record is damaged (appliance_reconcile) or a
+ * disk is not exported (appliance/exports.c). */
 static enum MHD_Result get_health(struct api *api, struct MHD_Connection *c)
 {
 	struct appliance *a = api->a;
 	int damaged = appliance_disks_damaged(a);
+	struct appliance_export_stats xs;
+	json_t *h;
 
 	if (damaged < 0)
 		log_warn("health: listing the disks: %s", strerror(-damaged));
-	return send_json(c, 200, json_pack("{s:s, s:s, s:s, s:I, s:i, s:b, s:I, s:i}", "status",
-					   damaged > 0 ? "degraded" : "ok", "node",
-					   a->cfg.node_name, "rack", a->cfg.rack, "uptime_s",
-					   (json_int_t)((now_ns() - a->started_ns) / 1000000000ULL),
-					   "tgtd_pid", (int)tgtmgr_pid(a->tgt), "tgtd_spawned",
-					   a->cfg.tgtd_spawn, "reconciles",
-					   (json_int_t)a->reconciles, "damaged_disks",
-					   damaged > 0 ? damaged : 0));
+	appliance_exports_stats(a, &xs);
+	h = json_pack("{s:s, s:s, s:s, s:I, s:i, s:b, s:I, s:i, s:I}", "status",
+		      damaged > 0 || xs.not_exported ? "degraded" : "ok", "node",
+		      a->cfg.node_name, "rack", a->cfg.rack, "uptime_s",
+		      (json_int_t)((now_ns() - a->started_ns) / 1000000000ULL), "tgtd_pid",
+		      (int)tgtmgr_pid(a->tgt), "tgtd_spawned", a->cfg.tgtd_spawn, "reconciles",
+		      (json_int_t)a->reconciles, "damaged_disks", damaged > 0 ? damaged : 0,
+		      "not_exported_disks", (json_int_t)xs.not_exported);
+	return send_json(c, 200, h);
 }
 
 static enum MHD_Result get_images(struct api *api, struct MHD_Connection *c)

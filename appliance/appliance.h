@@ -31,6 +31,7 @@
 
 struct chunkstore;
 struct disk_tid;
+struct exports;
 struct fetcher;
 struct fetchsrv;
 struct peering;
@@ -54,11 +55,14 @@ struct appliance {
 	 * becomes damaged keeps its tid across tgtd restarts. Under lock. */
 	struct disk_tid *disk_tids;
 	size_t ndisk_tids;
-	/* The password (its SHA-256) last given to each CHAP account in this tgtd (disks.c):
-	 * tgtadm cannot show it, and a reconcile sets it again where the record's differs.
+	/* The CHAP accounts this daemon made or set in this tgtd, with the password (its
+	 * SHA-256) last given to each (chap.c): tgtadm cannot show it, a reconcile sets it
+	 * again where the record's differs, and deletes the accounts no disk uses any more.
 	 * Under lock. */
 	struct chap_set *chap_set;
 	size_t nchap_set;
+	/* The disks not exported, why, and their retries (exports.c; a lock of its own). */
+	struct exports *exports;
 };
 
 /* --- images (appliance/images_local.c) --- */
@@ -110,8 +114,23 @@ int appliance_disk_scan(struct appliance *a, struct diskrec **out, size_t *n,
 /* How many disks have a damaged record (without a->lock), or a negative errno. */
 int appliance_disks_damaged(struct appliance *a);
 /* Makes tgtd's targets match the disk records (start, SIGHUP, tgtd restart). A disk
- * whose record is damaged keeps its target and tid and is logged as an error. */
+ * whose record is damaged keeps its target and tid and is logged as an error; one that
+ * cannot be exported is recorded as not exported and tried again (exports.c). */
 int appliance_reconcile(struct appliance *a);
+
+/* The record of disks not exported and the thread that tries them again (exports.c):
+ * started before the first reconcile, stopped before tgtd is (a retry is a reconcile). */
+int appliance_exports_start(struct appliance *a);
+void appliance_exports_stop(struct appliance *a);
+/* True when disk name's last export failed; why (may be NULL) says why. Without a->lock,
+ * like the counts below: health never waits for a reconcile. */
+bool appliance_disk_not_exported(struct appliance *a, const char *name, char *why,
+				 size_t whylen);
+struct appliance_export_stats {
+	uint64_t not_exported; /* disks whose last export failed */
+	uint64_t failures;     /* exports that failed, since start */
+};
+void appliance_exports_stats(struct appliance *a, struct appliance_export_stats *st);
 
 /* The fetcher's counters, with the peer hook's failed requests (transport, wrong bytes)
  * added to source "peer" (metrics.c). */

@@ -272,6 +272,9 @@ static void print_disk(json_t *d)
 		       jnum(io, "read_ops"), jnum(io, "read_bytes"), jnum(io, "write_ops"),
 		       jnum(io, "write_bytes"));
 	printf("url:         %s\n", jstr(d, "url"));
+	/* an export that failed: the URL does not answer yet (rackdiskd tries again) */
+	if (!strcmp(jstr(d, "state"), "not_exported"))
+		printf("state:       NOT EXPORTED: %s\n", jstr(d, "error"));
 }
 
 /*
@@ -521,6 +524,7 @@ int cli_disk_main(const struct cli_opts *o, int argc, char **argv)
 		} else {
 			printf("%-20s %-20s %10s %5s  %s\n", "NAME", "IMAGE", "SIZE", "TID", "URL");
 			json_array_foreach(j, i, v) {
+				bool down = !strcmp(jstr(v, "state"), "not_exported");
 				char sz[32];
 
 				if (!strcmp(jstr(v, "state"), "damaged")) {
@@ -530,9 +534,11 @@ int cli_disk_main(const struct cli_opts *o, int argc, char **argv)
 					       jstr(v, "error"));
 					continue;
 				}
-				printf("%-20s %-20s %10s %5llu  %s\n", jstr(v, "name"),
+				/* not exported: its URL does not answer; say why */
+				printf("%-20s %-20s %10s %5llu  %s%s\n", jstr(v, "name"),
 				       jstr(v, "image"), size_str(jnum(v, "size"), sz, sizeof(sz)),
-				       jnum(v, "tid"), jstr(v, "url"));
+				       jnum(v, "tid"), down ? "NOT EXPORTED: " : "",
+				       jstr(v, down ? "error" : "url"));
 			}
 		}
 		json_decref(j);

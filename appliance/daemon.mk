@@ -1,8 +1,8 @@
 # appliance/: rackdiskd (the daemon) and libappliance.a, the pieces it shares with the CLI
 # and the unit tests (config, disk records, request validation, ...).
 APPLIANCE_SRCS := appliance/config.c appliance/diskrec.c appliance/api_req.c \
-	appliance/images_local.c appliance/disks.c appliance/fetchsrv.c appliance/metrics.c \
-	appliance/api.c
+	appliance/images_local.c appliance/disks.c appliance/chap.c appliance/exports.c \
+	appliance/fetchsrv.c appliance/metrics.c appliance/api.c
 LIBAPPLIANCE := $(BUILD)/libappliance.a
 
 PROGRAMS += $(BUILD)/rackdiskd

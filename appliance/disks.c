@@ -13,6 +13,10 @@
  * replaced, its target id is given to no other disk (remembered across tgtd restarts,
  * struct disk_tid), its name stays taken, and it is reported (log, GET disks, health)
  * until the record is restored and a reconcile adopts it again.
+ *
+ * A disk whose export fails is kept as it is and reported as not exported, with the
+ * reason, until a retry (appliance/exports.c) or a reconcile exports it. Its CHAP
+ * account, like every other, is kept or deleted by the rules of appliance/chap.c.
  */
 #include "appliance/appliance.h"
 
@@ -29,6 +33,8 @@
 
 #include <jansson.h>
 
+#include "appliance/chap.h"
+#include "appliance/exports.h"
 #include "cache/disk.h"
 #include "cache/overlay.h"
 #include "common/log.h"
@@ -180,44 +186,6 @@ static void forget_tid(struct appliance *a, const char *name)
 		*e = a->disk_tids[--a->ndisk_tids];
 }
 
-/* The password last given to a CHAP account in this tgtd, as SHA-256 (appliance.h). */
-struct chap_set {
-	char user[DISKREC_CHAP_MAX];
-	struct chunk_hash pw;
-};
-
-static struct chap_set *find_chap(struct appliance *a, const char *user)
-{
-	for (size_t i = 0; i < a->nchap_set; i++)
-		if (!strcmp(a->chap_set[i].user, user))
-			return &a->chap_set[i];
-	return NULL;
-}
-
-static void remember_chap(struct appliance *a, const char *user, const char *password)
-{
-	struct chap_set *e = find_chap(a, user), *nv;
-
-	if (!e) {
-		nv = realloc(a->chap_set, (a->nchap_set + 1) * sizeof(*nv));
-		if (!nv)
-			return; /* the next reconcile sets it again: slower, not wrong */
-		a->chap_set = nv;
-		e = &nv[a->nchap_set++];
-		snprintf(e->user, sizeof(e->user), "%s", user);
-	}
-	hash_compute(password, strlen(password), &e->pw);
-}
-
-static bool chap_is_set(struct appliance *a, const char *user, const char *password)
-{
-	const struct chap_set *e = find_chap(a, user);
-	struct chunk_hash h;
-
-	hash_compute(password, strlen(password), &h);
-	return e && hash_equal(&e->pw, &h);
-}
-
 /* The tid of each damaged disk: its target's in t (by IQN), else the one remembered, else
  * 0 (unknown: a daemon started after the record was damaged, its target gone). */
 static void damaged_tids(struct appliance *a, struct diskrec_damaged *bad, size_t nbad,
@@ -262,53 +230,23 @@ static int alloc_tid(struct appliance *a, const struct diskrec *recs, size_t nre
 	return tid > TID_MAX ? -ENOSPC : tid;
 }
 
-/* True when, in records recs (and nbad damaged ones, which may name it: the safe side),
- * a disk other than name uses CHAP user. */
-static bool chap_user_shared_in(const struct diskrec *recs, size_t n, size_t nbad,
-				const char *name, const char *user)
-{
-	bool shared = nbad > 0;
-
-	for (size_t i = 0; i < n && !shared; i++)
-		shared = strcmp(recs[i].name, name) && !strcmp(recs[i].chap_user, user);
-	return shared;
-}
-
-/* True when a disk other than name uses CHAP user (records of older versions may share
- * one): its account is then left in tgtd. */
-static bool chap_user_shared(struct appliance *a, const char *name, const char *user)
-{
-	struct diskrec_damaged *bad = NULL;
-	struct diskrec *recs = NULL;
-	size_t n = 0, nbad = 0;
-	bool shared;
-
-	/* unknown (no list): keeping an account is the safe side */
-	if (diskrec_scan(a->disks_dir, &recs, &n, &bad, &nbad))
-		return true;
-	shared = chap_user_shared_in(recs, n, nbad, name, user);
-	free(recs);
-	free(bad);
-	return shared;
-}
-
 /*
  * Gives r's CHAP account the password in r (tgtadm cannot show the one tgtd holds, so
- * which one it holds is remembered: chap_set). Not for an account another record names
- * too (shared; records of older versions may share one): replacing it would unbind it
- * from that disk's target as well. acl_bound: r's ACL is in place on its target (taken away
+ * which one it holds is remembered: chap_remember). Not for a shared account (chap.c, 2
+ * and 3; shared says why, NULL when it is not): replacing it would unbind it from the
+ * other target as well. acl_bound: r's ACL is in place on its target (taken away
  * meanwhile: tgtmgr_replace_chap), not yet during an export.
  */
 static int replace_chap(struct appliance *a, const struct diskrec *r, bool acl_bound,
-			bool shared, char *err, size_t errlen)
+			const char *shared, char *err, size_t errlen)
 {
 	const char *acl[DISKREC_MAX_INITIATORS], *any = "ALL";
 	size_t nacl = 0;
 	int ret;
 
 	if (shared) {
-		log_warn("disk %s: CHAP account %s is named by another disk's record too; its "
-			 "password in tgtd is left as it is", r->name, r->chap_user);
+		log_warn("disk %s: CHAP account %s is used elsewhere too (%s); its password in "
+			 "tgtd is left as it is", r->name, r->chap_user, shared);
 		return 0;
 	}
 	if (acl_bound && !r->ninitiators)
@@ -319,41 +257,76 @@ static int replace_chap(struct appliance *a, const struct diskrec *r, bool acl_b
 				  err, errlen);
 	if (ret)
 		return ret;
-	remember_chap(a, r->chap_user, r->chap_password);
+	chap_remember(a, r->chap_user, r->chap_password);
 	log_info("disk %s: CHAP account %s given the password in its record", r->name,
 		 r->chap_user);
 	return 0;
 }
 
+/* Gives a record from before SCSI ids one now and keeps it, so the disk's identity stays
+ * the same from this export on. */
+static int record_scsi_id(const struct diskrec *r, const char *dir, char *scsi_id,
+			  char *err, size_t errlen)
+{
+	struct diskrec up = *r;
+	int ret;
+
+	ret = diskrec_new_scsi_id(up.scsi_id);
+	if (!ret)
+		ret = diskrec_save(dir, &up);
+	if (ret) {
+		snprintf(err, errlen, "recording a SCSI id for disk '%s': %s", r->name,
+			 strerror(-ret));
+		return ret;
+	}
+	log_info("disk %s: recorded SCSI id %s (its serial number and NAA designators until "
+		 "now came from target id %d)", r->name, up.scsi_id, r->tid);
+	snprintf(scsi_id, DISKREC_SCSI_ID_LEN + 1, "%s", up.scsi_id);
+	return 0;
+}
+
+/* Creates target + LUN of a record in tgtd, its files checked first: tgtd answers any
+ * LUN that does not open with "invalid request", which names nothing. */
+static int export_lun(struct appliance *a, const struct diskrec *r, const char *dir,
+		      const char *scsi_id, char *err, size_t errlen)
+{
+	char iqn[DISKREC_IQN_MAX];
+	int ret;
+
+	ret = exports_check_lun(a, r, dir, err, errlen);
+	if (ret)
+		return ret;
+	appliance_disk_iqn(a, r->name, iqn, sizeof(iqn));
+	ret = tgtmgr_export(a->tgt, r->tid, iqn, BSTYPE, dir, scsi_id, err, errlen);
+	if (ret == -EIO && exports_bstype_missing(a, BSTYPE) == 1) {
+		size_t n = strnlen(err, errlen - 1);
+
+		snprintf(err + n, errlen - n, " (tgtd has no '" BSTYPE "' backing store: "
+			 "bs_rackdisk.so is not in tgt's module directory, or not built for this "
+			 "tgt version)");
+	}
+	return ret;
+}
+
 /* Creates target + LUN + ACLs + CHAP of a record in tgtd (fresh: a new disk, whose CHAP
- * account must not exist yet; see tgtmgr_bind_chap). */
+ * account must not exist yet; see tgtmgr_bind_chap). On failure nothing of it is left:
+ * neither the target nor an account this call made. */
 static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh, char *err,
 		       size_t errlen)
 {
-	char iqn[DISKREC_IQN_MAX], dir[PATH_MAX], scsi_id[DISKREC_SCSI_ID_LEN + 1];
+	char dir[PATH_MAX], scsi_id[DISKREC_SCSI_ID_LEN + 1], why[300];
+	char what[DISKREC_NAME_MAX + 32];
+	bool made_account = false;
 	int ret;
 
-	appliance_disk_iqn(a, r->name, iqn, sizeof(iqn));
 	appliance_disk_dir(a, r->name, dir, sizeof(dir));
 	snprintf(scsi_id, sizeof(scsi_id), "%s", r->scsi_id);
 	if (!scsi_id[0]) {
-		/* A record from before SCSI ids: give it one now and keep it, so the disk's
-		 * identity stays the same from this export on. */
-		struct diskrec up = *r;
-
-		ret = diskrec_new_scsi_id(up.scsi_id);
-		if (!ret)
-			ret = diskrec_save(dir, &up);
-		if (ret) {
-			snprintf(err, errlen, "recording a SCSI id for disk '%s': %s", r->name,
-				 strerror(-ret));
+		ret = record_scsi_id(r, dir, scsi_id, err, errlen);
+		if (ret)
 			return ret;
-		}
-		log_info("disk %s: recorded SCSI id %s (its serial number and NAA designators "
-			 "until now came from target id %d)", r->name, up.scsi_id, r->tid);
-		snprintf(scsi_id, sizeof(scsi_id), "%s", up.scsi_id);
 	}
-	ret = tgtmgr_export(a->tgt, r->tid, iqn, BSTYPE, dir, scsi_id, err, errlen);
+	ret = export_lun(a, r, dir, scsi_id, err, errlen);
 	if (ret)
 		return ret;
 	/* CHAP before the ACL: a target is reachable only once both are in place, so a
@@ -362,21 +335,31 @@ static int export_disk(struct appliance *a, const struct diskrec *r, bool fresh,
 	if (r->chap_user[0]) {
 		ret = tgtmgr_bind_chap(a->tgt, r->tid, r->chap_user, r->chap_password, fresh,
 				       err, errlen);
+		made_account = ret == 0;
 		if (ret == 0)
-			remember_chap(a, r->chap_user, r->chap_password);
+			chap_remember(a, r->chap_user, r->chap_password);
 		else if (ret == 1) /* an account tgtd kept: its password may be another */
 			ret = chap_is_set(a, r->chap_user, r->chap_password)
 				      ? 0
 				      : replace_chap(a, r, false,
-						     chap_user_shared(a, r->name, r->chap_user),
+						     chap_shared_now(a, r->name, r->chap_user, why,
+								     sizeof(why))
+							     ? why
+							     : NULL,
 						     err, errlen);
 	}
 	if (!ret && !r->ninitiators)
 		ret = tgtmgr_bind_initiator(a->tgt, r->tid, "ALL", err, errlen);
 	for (unsigned i = 0; !ret && i < r->ninitiators; i++)
 		ret = tgtmgr_bind_initiator(a->tgt, r->tid, r->initiators[i], err, errlen);
-	if (ret)
+	if (ret) {
 		tgtmgr_unexport(a->tgt, r->tid, true);
+		/* made here, so bound to no other target: a retry makes it again (an account
+		 * that was there stays, for chap_sweep to judge) */
+		snprintf(what, sizeof(what), "exporting disk %s failed", r->name);
+		if (made_account)
+			chap_delete_unshared(a, r->name, r->chap_user, what);
+	}
 	return ret;
 }
 
@@ -593,10 +576,12 @@ static int create_locked(struct appliance *a, const struct disk_request *req,
 	if (ret)
 		goto out;
 	ret = export_disk(a, r, true, err, errlen);
-	if (ret)
+	if (ret) {
 		remove_disk_dir(a, r->name);
-	else
+	} else {
 		remember_tid(a, r->name, r->tid);
+		exports_set(a, r->name, NULL); /* a name of a disk deleted by hand */
+	}
 out:
 	free(recs);
 	free(bad);
@@ -639,10 +624,12 @@ int appliance_disk_create(struct appliance *a, const struct disk_request *req,
 /*
  * Deletes the target of disk name: the one with its IQN and target id tid (any id when
  * tid is 0), never while an initiator is logged in unless force; advice ends the
- * message then. Returns 0 (also when there was no such target) or a negative errno.
+ * message then. account (may be NULL) receives the CHAP account the target had bound
+ * ("" for none). Returns 0 (also when there was no such target) or a negative errno.
  */
 static int unexport_disk(struct appliance *a, const char *name, int tid, bool force,
-			 const char *advice, char *err, size_t errlen)
+			 const char *advice, char *account, size_t acclen, char *err,
+			 size_t errlen)
 {
 	char iqn[DISKREC_IQN_MAX];
 	struct tgtmgr_target *t = NULL;
@@ -664,6 +651,8 @@ static int unexport_disk(struct appliance *a, const char *name, int tid, bool fo
 			ret = -EBUSY;
 			break;
 		}
+		if (account)
+			snprintf(account, acclen, "%s", t[i].account);
 		/* force only when asked: an initiator may log in after the list above */
 		ret = tgtmgr_unexport(a->tgt, t[i].tid, force);
 		if (ret == -EAGAIN) { /* a command runs, which force cannot end: 409 too */
@@ -685,7 +674,8 @@ static int unexport_disk(struct appliance *a, const char *name, int tid, bool fo
 static int delete_locked(struct appliance *a, const char *name, bool force, char *err,
 			 size_t errlen)
 {
-	char dir[PATH_MAX];
+	char dir[PATH_MAX], bound[256] = "", what[DISKREC_NAME_MAX + 32];
+	bool damaged = false;
 	struct diskrec r;
 	int ret;
 
@@ -693,9 +683,10 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 	ret = diskrec_load_disk(a->disks_dir, name, &r, err, errlen);
 	if (ret == -EUCLEAN && force) {
 		/* a record that does not parse: tid 0 finds its target by IQN alone, and its
-		 * CHAP account (if any) is left in tgtd, since the record no longer names it */
+		 * CHAP account is the one that target had bound (chap.c, 1) */
 		log_warn("deleting disk %s with a damaged record: %s", name, err);
 		memset(&r, 0, sizeof(r));
+		damaged = true;
 		ret = 0;
 	} else if (ret == -EUCLEAN) {
 		size_t n = strlen(err);
@@ -705,16 +696,20 @@ static int delete_locked(struct appliance *a, const char *name, bool force, char
 	}
 	if (ret)
 		return ret;
-	ret = unexport_disk(a, name, r.tid, force, "or delete with force", err, errlen);
+	ret = unexport_disk(a, name, r.tid, force, "or delete with force", bound,
+			    sizeof(bound), err, errlen);
 	if (ret)
 		return ret;
-	if (r.chap_user[0] && !chap_user_shared(a, name, r.chap_user))
-		tgtmgr_account_delete(a->tgt, r.chap_user);
+	snprintf(what, sizeof(what), "deleting disk %s", name);
+	if ((damaged ? bound : r.chap_user)[0])
+		chap_delete_unshared(a, name, damaged ? bound : r.chap_user, what);
 	ret = remove_disk_dir(a, name);
-	if (ret)
+	if (ret) {
 		snprintf(err, errlen, "removing disk '%s': %s", name, strerror(-ret));
-	else
+	} else {
 		forget_tid(a, name);
+		exports_forget(a, name);
+	}
 	return ret;
 }
 
@@ -760,7 +755,8 @@ static int resize_locked(struct appliance *a, const char *name, uint64_t size,
 	}
 	if (size == r->size)
 		return 0;
-	ret = unexport_disk(a, name, r->tid, false, "first (a disk grows offline)", err, errlen);
+	ret = unexport_disk(a, name, r->tid, false, "first (a disk grows offline)", NULL, 0, err,
+			    errlen);
 	if (ret)
 		return ret;
 	ret = overlay_open(dir, &o);
@@ -779,11 +775,14 @@ static int resize_locked(struct appliance *a, const char *name, uint64_t size,
 	if (ret)
 		snprintf(err, errlen, "growing disk '%s': %s", name, strerror(-ret));
 	xret = export_disk(a, r, false, xerr, sizeof(xerr));
+	exports_set(a, name, xret ? xerr : NULL);
 	if (xret) {
-		log_error("exporting disk %s again after a resize: %s", name, xerr);
+		log_error("exporting disk %s again after a resize: %s (tried again later)", name,
+			  xerr);
 		if (!ret)
 			snprintf(err, errlen, "disk '%s' grew, but exporting it again failed: %s "
-					      "(SIGHUP retries)", name, xerr);
+					      "(rackdiskd tries again; GET disks shows it as "
+					      "not_exported meanwhile)", name, xerr);
 	}
 	return ret ? ret : xret;
 }
@@ -995,42 +994,65 @@ static bool tid_taken(const struct recon *c, size_t j)
 	return false;
 }
 
-/* Exports the j-th record, moving it to a free tid when its own is taken. */
+/* Exports the j-th record, moving it to a free tid when its own is taken; records the
+ * outcome (exports_set). */
 static int reexport(struct appliance *a, struct recon *c, size_t j)
 {
 	struct diskrec *r = &c->recs[j];
-	char err[256] = "", dir[PATH_MAX];
-	int ret;
+	char err[512] = "", dir[PATH_MAX];
+	int ret = 0;
 
 	if (tid_taken(c, j)) {
 		int tid = alloc_tid(a, c->recs, c->nrecs, c->bad, c->nbad);
 
-		if (tid < 0)
-			return tid;
-		log_warn("target id %d of disk %s is taken by another target or disk; moving it "
-			 "to %d", r->tid, r->name, tid);
-		r->tid = tid;
-		appliance_disk_dir(a, r->name, dir, sizeof(dir));
-		ret = diskrec_save(dir, r);
-		if (ret)
-			return ret;
+		if (tid < 0) {
+			ret = tid;
+			snprintf(err, sizeof(err), "target id %d is taken, and no other is free",
+				 r->tid);
+		} else {
+			log_warn("target id %d of disk %s is taken by another target or disk; "
+				 "moving it to %d", r->tid, r->name, tid);
+			r->tid = tid;
+			appliance_disk_dir(a, r->name, dir, sizeof(dir));
+			ret = diskrec_save(dir, r);
+			if (ret)
+				snprintf(err, sizeof(err), "saving its new target id %d: %s", tid,
+					 strerror(-ret));
+		}
 	}
-	ret = export_disk(a, r, false, err, sizeof(err));
+	if (!ret)
+		ret = export_disk(a, r, false, err, sizeof(err));
 	if (ret)
 		log_error("exporting disk %s (target %d): %s", r->name, r->tid, err);
 	else
 		log_info("exported disk %s as target %d", r->name, r->tid);
+	exports_set(a, r->name, ret ? err : NULL);
 	return ret;
 }
 
-/* Removes our targets that no record wants, keeping those of damaged disks. */
-static void remove_stale(struct appliance *a, struct recon *c)
+/* True when target t has the IQN of a disk whose export failed (exports.c). */
+static bool of_failed_disk(struct appliance *a, const struct recon *c,
+			   const struct tgtmgr_target *t)
+{
+	char iqn[DISKREC_IQN_MAX];
+
+	for (size_t j = 0; j < c->nrecs; j++) {
+		appliance_disk_iqn(a, c->recs[j].name, iqn, sizeof(iqn));
+		if (!strcmp(t->name, iqn))
+			return exports_failed(a, c->recs[j].name);
+	}
+	return false;
+}
+
+/* Removes our targets that no record wants, keeping those of damaged disks (retry: only
+ * those in the way of a disk whose export failed). */
+static void remove_stale(struct appliance *a, struct recon *c, bool retry)
 {
 	for (size_t i = 0; i < c->nt; i++) {
 		bool wanted = false;
 		int ret;
 
-		if (!is_ours(a, c->t[i].name))
+		if (!is_ours(a, c->t[i].name) || (retry && !of_failed_disk(a, c, &c->t[i])))
 			continue;
 		for (size_t j = 0; j < c->nrecs && !wanted; j++)
 			wanted = target_matches(a, &c->t[i], &c->recs[j]);
@@ -1042,7 +1064,47 @@ static void remove_stale(struct appliance *a, struct recon *c)
 	}
 }
 
-static int reconcile_locked(struct appliance *a)
+/* Brings the j-th record's target in line (exported, its CHAP password the record's);
+ * false when that failed. */
+static bool reconcile_disk(struct appliance *a, struct recon *c, size_t j)
+{
+	struct diskrec *r = &c->recs[j];
+	char dir[PATH_MAX], err[256] = "", why[300];
+	bool present = false;
+
+	/* lun.json follows the current configuration (socket, timeouts). */
+	appliance_disk_dir(a, r->name, dir, sizeof(dir));
+	adopt_overlay_size(a, r, dir);
+	if (write_lun_json(a, dir, r))
+		log_warn("rewriting lun.json of disk %s failed", r->name);
+	for (size_t i = 0; i < c->nt && !present; i++)
+		present = target_matches(a, &c->t[i], r);
+	if (!present)
+		return reexport(a, c, j) == 0;
+	exports_set(a, r->name, NULL);
+	/* the account is there, but its password may not be the record's (changed in the
+	 * record, or set before this daemon started) */
+	if (!r->chap_user[0] || chap_is_set(a, r->chap_user, r->chap_password))
+		return true;
+	/* the records and targets in hand say whether it is used elsewhere too */
+	if (replace_chap(a, r, true,
+			 chap_shared(a, r->name, r->chap_user, c->recs, c->nrecs, c->t, c->nt,
+				     c->removed, why, sizeof(why))
+				 ? why
+				 : NULL,
+			 err, sizeof(err))) {
+		log_error("disk %s: setting the password of CHAP account %s: %s", r->name,
+			  r->chap_user, err);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * retry: only the disks whose export failed (exports.c's retries), and stale targets in
+ * their way; nothing else is changed, logged or counted as a reconcile.
+ */
+static int reconcile_locked(struct appliance *a, bool retry)
 {
 	struct recon c = {0};
 	bool cancelled = false;
@@ -1056,48 +1118,27 @@ static int reconcile_locked(struct appliance *a)
 	if (ret)
 		goto out;
 	damaged_tids(a, c.bad, c.nbad, c.t, c.nt);
-	for (size_t i = 0; i < c.nbad; i++)
+	for (size_t i = 0; i < c.nbad && !retry; i++)
 		log_damaged(a, &c, &c.bad[i]);
-	remove_stale(a, &c);
+	remove_stale(a, &c, retry);
 	for (size_t j = 0; j < c.nrecs; j++) {
-		char dir[PATH_MAX];
-		bool present = false;
-
 		/* a stop waits for this re-export: with many disks, do not make it wait for
 		 * exports it would delete again at once */
-		if (tgtmgr_stopping(a->tgt)) {
+		if (tgtmgr_stopping(a->tgt) || (retry && exports_stopping(a))) {
 			log_info("stopping: the reconcile ends with %zu of %zu disks not looked at",
 				 c.nrecs - j, c.nrecs);
 			cancelled = true;
 			break;
 		}
-
-		/* lun.json follows the current configuration (socket, timeouts). */
-		appliance_disk_dir(a, c.recs[j].name, dir, sizeof(dir));
-		adopt_overlay_size(a, &c.recs[j], dir);
-		if (write_lun_json(a, dir, &c.recs[j]))
-			log_warn("rewriting lun.json of disk %s failed", c.recs[j].name);
-		for (size_t i = 0; i < c.nt && !present; i++)
-			present = target_matches(a, &c.t[i], &c.recs[j]);
-		if (!present && reexport(a, &c, j))
+		if (retry && !exports_failed(a, c.recs[j].name))
+			continue;
+		if (!reconcile_disk(a, &c, j))
 			failed++;
-		/* the account is there, but its password may not be the record's (changed
-		 * in the record, or set before this daemon started) */
-		if (present && c.recs[j].chap_user[0] &&
-		    !chap_is_set(a, c.recs[j].chap_user, c.recs[j].chap_password)) {
-			char err[256] = "";
-
-			/* the records in hand say whether another disk names the account */
-			bool shared = chap_user_shared_in(c.recs, c.nrecs, c.nbad,
-							  c.recs[j].name, c.recs[j].chap_user);
-
-			if (replace_chap(a, &c.recs[j], true, shared, err, sizeof(err))) {
-				log_error("disk %s: setting the password of CHAP account %s: %s",
-					  c.recs[j].name, c.recs[j].chap_user, err);
-				failed++;
-			}
-		}
 	}
+	/* accounts of disks deleted by hand, or whose delete could not remove them */
+	if (!retry && !cancelled)
+		chap_sweep(a, c.recs, c.nrecs, c.t, c.nt, c.removed);
+	exports_prune(a, c.recs, c.nrecs);
 	/* what is known now replaces what was remembered (disks deleted by hand go) */
 	a->ndisk_tids = 0;
 	for (size_t j = 0; j < c.nrecs; j++)
@@ -1105,9 +1146,11 @@ static int reconcile_locked(struct appliance *a)
 	for (size_t i = 0; i < c.nbad; i++)
 		if (c.bad[i].tid)
 			remember_tid(a, c.bad[i].name, c.bad[i].tid);
-	a->reconciles++;
+	if (!retry)
+		a->reconciles++;
 	ret = failed ? -EIO : cancelled ? -ECANCELED : 0;
 out:
+	exports_reconciled(a, retry);
 	free(c.removed);
 	free(c.t);
 	free(c.recs);
@@ -1120,7 +1163,17 @@ int appliance_reconcile(struct appliance *a)
 	int ret;
 
 	pthread_mutex_lock(&a->lock);
-	ret = reconcile_locked(a);
+	ret = reconcile_locked(a, false);
+	pthread_mutex_unlock(&a->lock);
+	return ret;
+}
+
+int appliance_reconcile_failed(struct appliance *a)
+{
+	int ret;
+
+	pthread_mutex_lock(&a->lock);
+	ret = reconcile_locked(a, true);
 	pthread_mutex_unlock(&a->lock);
 	return ret;
 }

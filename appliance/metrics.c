@@ -287,6 +287,7 @@ static void disk_metrics(FILE *f, struct appliance *a)
 				      "Bytes written by initiators (tgtd, current sessions).",
 				      "Write commands completed (tgtd, current sessions).",
 				      "Commands that failed (tgtd, current sessions)."};
+	struct appliance_export_stats xs;
 	struct tgtmgr_lun_stats *st = NULL;
 	struct diskrec_damaged *bad = NULL;
 	struct diskrec *recs = NULL;
@@ -300,6 +301,13 @@ static void disk_metrics(FILE *f, struct appliance *a)
 	one(f, "rackdisk_disks", "gauge", "Disks defined on this appliance.", n);
 	one(f, "rackdisk_disks_damaged", "gauge",
 	    "Disks whose record (disk.json) cannot be read; kept exported as they were.", nbad);
+	appliance_exports_stats(a, &xs);
+	one(f, "rackdisk_disks_not_exported", "gauge",
+	    "Disks whose export to tgtd failed (GET disks says why); tried again with a backoff.",
+	    xs.not_exported);
+	one(f, "rackdisk_export_failures_total", "counter",
+	    "Exports of a disk to tgtd that failed (at start, after a tgtd restart or a resize, "
+	    "and each retry).", xs.failures);
 	st = calloc(n ? n : 1, sizeof(*st));
 	/* One tgtadm run for every disk: a scrape must stay cheap with many disks. */
 	if (n && tgtmgr_stat_all(a->tgt, &text))

@@ -5,7 +5,8 @@
  *   config -> state dirs -> [cluster: token, peering (directory client)] -> chunk store
  *   (owner; its hooks announce to the directory) -> fetcher -> [peering_start: bulk
  *   announce, peer server, fetcher peer hook] -> fetch socket -> tgtd
- *   (spawned or external) -> reconcile tgtd with the disk records -> API.
+ *   (spawned or external) -> export retries (appliance/exports.c) -> reconcile tgtd with
+ *   the disk records -> API.
  * The fetch socket is up before tgtd so that LUNs re-exported by reconcile can fetch at
  * once. Signals are blocked in every thread and taken by main() with sigwait():
  * SIGTERM/SIGINT stop, SIGHUP reconciles again.
@@ -234,6 +235,8 @@ static void stop_all(struct appliance *a, struct api *api)
 	if (a->fetcher)
 		fetcher_stop(a->fetcher);
 	api_stop(api);
+	/* Before tgtd: a retry of the exports that failed is a reconcile. */
+	appliance_exports_stop(a);
 	/* A spawned tgtd goes with us (its LUNs are closed first); an external one keeps
 	 * its targets: they go on serving cached data and come back under management when
 	 * rackdiskd returns. */
@@ -407,6 +410,8 @@ int main(int argc, char **argv)
 	}
 	if (!ret)
 		ret = start_tgt(a);
+	if (!ret)
+		ret = appliance_exports_start(a);
 	if (!ret) {
 		appliance_disks_cleanup(a);
 		if (appliance_reconcile(a))

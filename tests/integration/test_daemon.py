@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -1073,3 +1074,212 @@ def test_evicted_chunks_are_not_kept_open_by_an_idle_disk(tmp_path):
     finally:
         a.cleanup()
         nginx.stop()
+
+
+def failing_when(marker, path, program, *needles):
+    """Writes an executable at path that runs program, or, while marker exists and its
+    arguments hold every one of needles, fails as tgtadm does (a message, exit 22)."""
+    path.write_text("#!/usr/bin/python3\nimport os, sys\n"
+                    f"if os.path.exists({str(marker)!r}) and all(\n"
+                    f"        n in sys.argv[1:] for n in {list(needles)!r}):\n"
+                    "    sys.stderr.write('tgtadm: injected failure\\n')\n"
+                    "    sys.exit(22)\n"
+                    f"os.execv({program!r}, [{program!r}] + sys.argv[1:])\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def accounts(a):
+    """CHAP accounts tgtd holds (tgtadm --mode account --op show)."""
+    r = a.tgtadm("--op", "show", "--mode", "account")
+    assert r.returncode == 0, r.stderr
+    return sorted(l.strip() for l in r.stdout.splitlines()[1:] if l.strip())
+
+
+def create_chap_disk(a, name, user, password, **kw):
+    return a.request("POST", "/api/v1/disks", {
+        "name": name, "image": "deb", "chap": {"user": user, "password": password}, **kw})
+
+
+def damage(a, name):
+    rec = os.path.join(a.state, "disks", name, "disk.json")
+    with open(rec, "r+") as f:
+        f.truncate(len(f.read()) // 2)
+
+
+def test_a_damaged_record_leaves_other_disks_chap_accounts_alone(appliance):
+    """While any disk record was damaged, every CHAP account counted as shared with it: a
+    SIGHUP left a password changed in another disk's record unset (the old one kept
+    working, and the log said the account was named by another record), and deleting a
+    disk left its account in tgtd, so a new disk with that user was a 409 until tgtd
+    restarted. Now an account is shared only when another readable record names it or
+    another live target binds it (the damaged disk's target keeps its own)."""
+    a = appliance().start()
+    for name, user, pw in (("cd1", "cu1", "oldpassword1"), ("cd2", "cu2", "secondpass22")):
+        st, d = create_chap_disk(a, name, user, pw)
+        assert st == 201, d
+    tid2 = next(t for t, iqn in a.targets().items() if iqn.endswith(":cd2"))
+    rec = os.path.join(a.state, "disks", "cd1", "disk.json")
+    with open(rec) as f:
+        j = json.load(f)
+    j["chap_password"] = "newpassword2"
+    with open(rec, "w") as f:
+        json.dump(j, f)
+    damage(a, "cd2")
+    n = a.health()["reconciles"]
+    a.proc.send_signal(signal.SIGHUP)
+    assert reconciled(a, n), a.log_text()
+    assert chap_login_ok(a, "cd1", "cu1", "newpassword2"), a.log_text()
+    assert not chap_login_ok(a, "cd1", "cu1", "oldpassword1")
+    assert "another disk's record too" not in a.log_text(), a.log_text()
+    # the damaged disk's target is kept as it was, its account with it
+    assert acl_and_accounts(a, tid2) == (["ALL"], ["cu2"])
+    assert chap_login_ok(a, "cd2", "cu2", "secondpass22")
+    assert not chap_login_ok(a, "cd2", "cu2", "wrongpassword3")
+    # a delete takes its account with it: the user is free for a new disk
+    st, body = a.request("DELETE", "/api/v1/disks/cd1")
+    assert st == 200, body
+    assert accounts(a) == ["cu2"], a.log_text()
+    st, d = create_chap_disk(a, "cd3", "cu1", "thirdpassword3")
+    assert st == 201, d
+    assert chap_login_ok(a, "cd3", "cu1", "thirdpassword3")
+    # so does a forced delete of the damaged disk (its account known from its target)
+    st, body = a.request("DELETE", "/api/v1/disks/cd2?force=1")
+    assert st == 200, body
+    assert accounts(a) == ["cu1"], a.log_text()
+
+
+def test_reconcile_deletes_chap_accounts_no_disk_uses(appliance):
+    """A disk removed by hand (its directory deleted) left its CHAP account in tgtd when
+    the reconcile removed its target, and the user could not be given to a new disk. Now
+    the reconcile deletes the accounts it made that no record names and no target binds;
+    an account of the operator's own (with an external tgtd there may be such) stays."""
+    a = appliance().start()
+    for name, user in (("hd1", "hu1"), ("hd2", "hu2")):
+        st, d = create_chap_disk(a, name, user, "apassword123")
+        assert st == 201, d
+    damage(a, "hd2")  # a damaged record made every account count as shared
+    assert a.tgtadm("--mode", "account", "--op", "new", "--user", "opuser",
+                    "--password", "operator-secret1").returncode == 0
+    shutil.rmtree(os.path.join(a.state, "disks", "hd1"))
+    n = a.health()["reconciles"]
+    a.proc.send_signal(signal.SIGHUP)
+    assert reconciled(a, n), a.log_text()
+    assert not [i for i in a.targets().values() if i.endswith(":hd1")], a.log_text()
+    assert accounts(a) == ["hu2", "opuser"], a.log_text()
+    st, d = create_chap_disk(a, "hd3", "hu1", "anotherpass12")
+    assert st == 201, d
+
+
+def test_a_create_that_fails_after_binding_chap_leaves_no_account(appliance, tmp_path):
+    """A create whose ACL bind failed deleted the target but not the CHAP account it had
+    just made, so the same create, retried, was refused: "tgtd already has a CHAP account
+    named 'cu'". Now the account goes with the target and the retry succeeds."""
+    fault = tmp_path / "fault"
+    tgtadm = failing_when(fault, tmp_path / "tgtadm", "/usr/sbin/tgtadm", "--op", "bind",
+                          "--initiator-name")
+    a = appliance(extra={"iscsi": [f"tgtadm_path = {tgtadm}"]}).start()
+    fault.touch()
+    req = dict(initiators=["iqn.2026-01.example:host-a"])
+    st, body = create_chap_disk(a, "cf1", "cu", "createpass12", **req)
+    assert st == 502 and "injected failure" in body["error"], body
+    assert a.targets() == {} and accounts(a) == [], a.log_text()
+    fault.unlink()
+    st, d = create_chap_disk(a, "cf1", "cu", "createpass12", **req)
+    assert st == 201, d
+    assert accounts(a) == ["cu"]
+
+
+def metric(a, name):
+    text = a.request("GET", "/metrics")[1]
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return m and float(m.group(1))
+
+
+def test_a_disk_that_cannot_be_exported_is_reported_and_retried(appliance):
+    """A disk whose export failed (here: its image's manifest copy gone at a restart) was
+    logged once with tgtd's "tgtadm: invalid request", listed as "ok" with its URL, health
+    said ok, and only a SIGHUP tried it again. Now the log names the missing file, GET
+    disks says "not_exported" with why, health is degraded, rackdisk_disks_not_exported
+    counts it, and rackdiskd exports it by itself once the file is back."""
+    a = appliance().start()
+    st, d = a.request("POST", "/api/v1/disks", {"name": "big", "image": "deb"})
+    assert st == 201, d
+    manifest = os.path.join(a.state, "images", d["image_id"] + ".json")
+    a.stop()
+    os.rename(manifest, manifest + ".away")
+    a.start()
+    log = a.log_text()
+    assert f"exporting disk big (target {d['tid']}): the image's manifest copy {manifest}: " \
+        "No such file or directory" in log, log
+    assert a.targets() == {}
+    st, disks = a.request("GET", "/api/v1/disks")
+    assert [(x["name"], x["state"]) for x in disks] == [("big", "not_exported")], disks
+    assert manifest in disks[0]["error"], disks
+    st, one = a.request("GET", "/api/v1/disks/big")
+    assert one["state"] == "not_exported" and manifest in one["error"], one
+    h = a.health()
+    assert h["status"] == "degraded" and h["not_exported_disks"] == 1, h
+    assert h["damaged_disks"] == 0, h
+    assert metric(a, "rackdisk_disks_not_exported") == 1
+    assert metric(a, "rackdisk_export_failures_total") >= 1
+    line = next(l for l in a.cli("disk", "ls").stdout.splitlines() if l.startswith("big "))
+    assert "NOT EXPORTED" in line and manifest in line, line
+    assert "NOT EXPORTED" in a.cli("disk", "show", "big").stdout
+    # tried again, with a backoff, without a SIGHUP
+    assert wait_until(lambda: "retrying the export of 1 disk(s)" in a.log_text(), 10), \
+        a.log_text()
+    n = a.health()["reconciles"]
+    os.rename(manifest + ".away", manifest)
+    assert wait_until(lambda: a.health()["not_exported_disks"] == 0, 30), a.log_text()
+    assert a.health()["reconciles"] == n  # a retry, not a reconcile
+    assert list(a.targets().values()) == [d["iqn"]]
+    assert a.request("GET", "/api/v1/disks/big")[1]["state"] == "ok"
+    assert a.health()["status"] == "ok"
+    assert metric(a, "rackdisk_disks_not_exported") == 0
+    r = subprocess.run(["qemu-io", "-f", "raw", "-c", "read 0 64k", a.url("big")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "read 65536/65536" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_failed_export_after_a_resize_is_reported_and_retried(appliance, tmp_path):
+    """A resize whose export afterwards failed (tgtd refused the LUN) left the disk
+    unexported, listed as "ok", until a SIGHUP. Now it is "not_exported" with tgtd's
+    answer and is exported again once tgtd takes it."""
+    fault = tmp_path / "fault"
+    tgtadm = failing_when(fault, tmp_path / "tgtadm", "/usr/sbin/tgtadm", "--mode",
+                          "logicalunit", "--op", "new")
+    a = appliance(extra={"iscsi": [f"tgtadm_path = {tgtadm}"]}).start()
+    st, d = a.request("POST", "/api/v1/disks", {"name": "rz", "image": "deb"})
+    assert st == 201, d
+    fault.touch()
+    st, body = a.request("PATCH", "/api/v1/disks/rz", {"size": "64M"})
+    assert st == 502 and "exporting it again failed" in body["error"], body
+    st, one = a.request("GET", "/api/v1/disks/rz")
+    assert one["state"] == "not_exported" and "injected failure" in one["error"], one
+    assert one["size"] == 64 << 20
+    assert a.health()["status"] == "degraded"
+    fault.unlink()
+    assert wait_until(lambda: a.request("GET", "/api/v1/disks/rz")[1]["state"] == "ok", 30), \
+        a.log_text()
+    assert list(a.targets().values()) == [d["iqn"]]
+    assert a.health()["status"] == "ok"
+
+
+def test_a_tgtd_without_the_rackdisk_backing_store_is_named_at_start(appliance, tmp_path):
+    """A tgtd that has not loaded bs_rackdisk.so refuses every export with "tgtadm: invalid
+    request". rackdiskd now says at start, and in the reason of a failed export, that tgtd
+    lists no 'rackdisk' backing store (here tgtadm's listing leaves it out)."""
+    tgtadm = tmp_path / "tgtadm"
+    tgtadm.write_text("#!/usr/bin/python3\nimport subprocess, sys\n"
+                      "r = subprocess.run(['/usr/sbin/tgtadm'] + sys.argv[1:],\n"
+                      "                   capture_output=True, text=True)\n"
+                      "out = r.stdout\n"
+                      "if sys.argv[-4:] == ['--mode', 'system', '--op', 'show']:\n"
+                      "    out = out.replace('\\n    rackdisk\\n', '\\n')\n"
+                      "sys.stdout.write(out)\n"
+                      "sys.stderr.write(r.stderr)\n"
+                      "sys.exit(r.returncode)\n")
+    tgtadm.chmod(0o755)
+    a = appliance(extra={"iscsi": [f"tgtadm_path = {tgtadm}"]}).start()
+    assert "tgtd lists no 'rackdisk' backing store" in a.log_text(), a.log_text()
