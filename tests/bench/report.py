@@ -102,16 +102,29 @@ def publish_rows(name, text):
 
 
 def peer_rows(name, text):
-    base = re.search(r"curl \(baseline[^:]*:\s+" + NUM + " MB/s", text)
-    if not base:
+    """bench_peer.c: each peer_client row against curl with as many streams (the row
+    says which: "(vs curl, N stream(s))"). Older logs, one curl baseline for every row,
+    still parse."""
+    base = {int(m.group(1)): m.group(2) for m in re.finditer(
+        r"^\s*curl, (\d+) streams? \(baseline[^:]*:\s+" + NUM + " MB/s", text, re.M)}
+    old = re.search(r"curl \(baseline[^:]*:\s+" + NUM + " MB/s", text)
+    if not base and not old:
         return None
     rows = []
     tgt = re.search(r"target: >= " + NUM, text)
-    for m in re.finditer(r"^\s*(peer_client_[^:]+):\s+" + NUM + r" MB/s\s+ratio " + NUM + "x",
-                         text, re.M):
-        rows.append(row(f"{name}: {m.group(1).strip()}", f"{m.group(2)} MB/s",
-                        f"{base.group(1)} MB/s (curl)", float(m.group(3)), ">=",
-                        float(tgt.group(1)) if tgt else None))
+    for m in re.finditer(r"^\s*(peer_client_[^:]+):\s+" + NUM + r" MB/s\s+ratio " + NUM +
+                         r"x(?: \(vs curl, (\d+) streams?\))?", text, re.M):
+        if m.group(4):
+            n = int(m.group(4))
+            if n not in base:
+                continue
+            baseline = f"{base[n]} MB/s (curl, {n} stream{'s' if n > 1 else ''})"
+        elif old:
+            baseline = f"{old.group(1)} MB/s (curl)"
+        else:
+            continue
+        rows.append(row(f"{name}: {m.group(1).strip()}", f"{m.group(2)} MB/s", baseline,
+                        float(m.group(3)), ">=", float(tgt.group(1)) if tgt else None))
     return rows or None
 
 
