@@ -10,13 +10,15 @@ pairs on loopback), each figure printed beside its baseline from the same run:
    former reader, reads (GET LBA STATUS lets it skip the holes) without the cost of
    writing the output file, which the curl baseline does not pay either and which, on 2
    shared cores, was much of the gap. Time = rdreplay's elapsed_s (first read to last;
-   the iSCSI login not counted, as curl's process start is not). MB/s = distinct chunk
-   bytes / time. Target: B >= 0.8x the baseline.
+   the iSCSI login not counted; B's connection to A's peer server, made during the read,
+   is). MB/s = distinct chunk bytes / time. Target: B >= 0.8x the baseline.
    Baseline: one curl process fetching the same chunk URLs from A's peer listener, in
-   image order, one keep-alive connection (checked: curl reports one connect), each body
-   written to /dev/null; no hash check, no store, no iSCSI. It is the transfer alone,
-   the floor of what B must do (B also checks every hash, stores every chunk, and serves
-   the whole disk, zero chunks included, through tgtd to qemu-img).
+   image order, one keep-alive connection (checked: the transfers' num_connects add up
+   to 1), each body written to /dev/null; no hash check, no store, no iSCSI. Time = the
+   sum of curl's time_total over the transfers (curl's own clock, per transfer: the
+   process start and the gaps between transfers are not counted, the one connect is,
+   in the first transfer). It is the transfer alone, the floor of what B must do (B
+   also checks every hash, stores every chunk, and serves the disk through tgtd).
    Printed beside it, same run, to show where B's time goes:
    - iSCSI ceiling: B re-reading the same disk warm with the same reader (every chunk
      local; best of two), i.e. the iSCSI path alone; B's cold read can be no faster, so
@@ -27,10 +29,16 @@ pairs on loopback), each figure printed beside its baseline from the same run:
    - peer share: what the cold read costs beyond the warm one (cold - warm), against
      curl: how the peer path itself compares with the bare transfer;
    - curl with 4 transfers at once (--parallel-max 4), as the fetcher's readahead keeps
-     several peer transfers in flight for a sequential reader;
+     several peer transfers in flight for a sequential reader; its time is the span of
+     the transfers, from the first one's start to the last one's end, both taken from
+     curl's per-transfer report (read as each transfer ends: time_total back from that
+     moment gives its start), so again without the process start;
    - B's peer client: connections made (keep-alive) and readahead fills.
 2. Seed fetches per chunk: A, B, C read a disk of another image at the same time; chunk
    GETs in nginx's access log during that phase / distinct chunks GET. Target: 1.0.
+   Baseline, same run: three standalone appliances (no [cluster] section: seed only,
+   no peers) read a disk of the same image at the same time, counted the same way
+   (each should GET every chunk itself: about 3.0).
 
 Usage: cluster_appliances.py [--size-mb N] [--chunk-size SIZE] [--read-size BYTES]
                              [--depth N]
@@ -38,6 +46,7 @@ Usage: cluster_appliances.py [--size-mb N] [--chunk-size SIZE] [--read-size BYTE
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -48,7 +57,7 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 sys.path.insert(0, os.path.join(HERE, "..", "rack"))
 
-from appliance_helpers import install_module, make_seed  # noqa: E402
+from appliance_helpers import Appliance, install_module, make_seed  # noqa: E402
 from cluster_appliance_helpers import (TOKEN, chunk_gets, cluster_appliance,  # noqa: E402
                                        create_disk, fetch_bytes, image_chunks, metrics,
                                        read_disk, read_disk_cmd, same_as_image,
@@ -59,22 +68,51 @@ from servers import Redis  # noqa: E402
 RDREPLAY = os.environ.get("RDREPLAY", os.path.join(ROOT, "build", "tests", "rack", "rdreplay"))
 
 
+XFER = re.compile(r"rdxfer (\d+) (\d+(?:\.\d+)?)")
+
+
 def curl_chunks(addr, hashes, workdir, parallel=1):
     """One curl process fetching every URL, on one keep-alive connection (parallel=1) or
-    up to `parallel` at once. Returns (seconds, connections curl made)."""
+    up to `parallel` at once. Returns (seconds, connections curl made): for parallel=1
+    the sum of the transfers' time_total; for more, the span of the transfers, first
+    start to last end. curl writes its per-transfer report (connects, time_total) to
+    stderr, unbuffered, as each transfer ends; the moment it is read, less time_total,
+    is that transfer's start."""
     cfg = os.path.join(workdir, "curl.cfg")
     with open(cfg, "w") as f:
+        # --silent leaves --parallel's progress meter on: no-progress-meter too.
         f.write(f'header = "Authorization: Bearer {TOKEN}"\nfail\nsilent\nshow-error\n'
-                'write-out = "%{num_connects}\\n"\n')
+                'no-progress-meter\n'
+                'write-out = "%{stderr}rdxfer %{num_connects} %{time_total}\\n"\n')
         if parallel > 1:
             f.write(f"parallel\nparallel-max = {parallel}\n")
         for h in hashes:
             f.write(f'url = "http://{addr}/v1/chunks/{h}"\noutput = "/dev/null"\n')
-    t0 = time.perf_counter()
-    r = subprocess.run(["curl", "--config", cfg], check=True, timeout=300,
-                       capture_output=True, text=True)
-    t = time.perf_counter() - t0
-    return t, sum(int(x) for x in r.stdout.split())
+    rows, other = [], []
+    deadline = time.monotonic() + 300
+    p = subprocess.Popen(["curl", "--config", cfg], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stderr:  # ends at curl's exit (bounded: the wait below)
+            m = XFER.search(line)
+            if m:
+                rows.append((time.perf_counter(), int(m.group(1)), float(m.group(2))))
+            else:
+                other.append(line)
+            if time.monotonic() > deadline:
+                raise TimeoutError("curl: still running after 300 s")
+        rc = p.wait(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    if rc or len(rows) != len(hashes):
+        raise RuntimeError(f"curl: exit {rc}, {len(rows)} transfers reported for "
+                           f"{len(hashes)} chunks: {''.join(other)[-500:]}")
+    conns = sum(c for _, c, _ in rows)
+    if parallel == 1:
+        return sum(t for _, _, t in rows), conns
+    return max(e for e, _, _ in rows) - min(e - t for e, _, t in rows), conns
 
 
 def replay_read(a, trace, url, raw, timeout=300):
@@ -90,6 +128,34 @@ def replay_read(a, trace, url, raw, timeout=300):
         f"rdreplay {url}: exit {p.returncode} {p.stdout[-500:]} {p.stderr[-1500:]}"
         + a.log_text())
     return r["elapsed_s"]
+
+
+def three_way_read(apps, tag, nginx, raw, work):
+    """Each of apps creates a disk of tag and reads it whole at the same time as the
+    others (qemu-img convert), each read checked against raw. Returns (chunk GETs nginx
+    logged during the reads, distinct chunks among them, seconds)."""
+    before = chunk_gets(nginx)
+    urls = [create_disk(x, f"{x.name}-{tag}", tag) for x in apps]
+    outs = [os.path.join(work, f"{x.name}-{tag}.raw") for x in apps]
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(read_disk_cmd(u, o), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for u, o in zip(urls, outs)]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    t = time.perf_counter() - t0
+    for o in outs:
+        assert same_as_image(o, raw), o
+        os.unlink(o)
+    after = chunk_gets(nginx)
+    phase = {h: after[h] - before.get(h, 0) for h in after if after[h] - before.get(h, 0) > 0}
+    return sum(phase.values()), len(phase), t
 
 
 def main():
@@ -115,7 +181,8 @@ def main():
     apps = []
     try:
         for n in ("a", "b", "c"):
-            apps.append(cluster_appliance(nginx.url, redis.url, n, token).start())
+            apps.append(cluster_appliance(nginx.url, redis.url, n, token))
+            apps[-1].start()
         a, b, c = apps
         wait_cluster(apps)
 
@@ -154,6 +221,8 @@ def main():
         conns = mb_.get("rackdisk_peer_client_connections_total", 0)
         ra = mb_.get("rackdisk_fetch_readahead_total", 0)
         t_curl, curl_conns = curl_chunks(f"127.0.0.1:{a.peer_port}", hashes, work)
+        # The baseline is one keep-alive connection: a connect per chunk would not be it.
+        assert curl_conns == 1, f"curl's baseline made {curl_conns} connections, not 1"
         t_curl4, _ = curl_chunks(f"127.0.0.1:{a.peer_port}", hashes, work, parallel=4)
         mb = lambda t: nbytes / t / 1e6  # noqa: E731
         print(f"peer throughput ({len(hashes)} chunks of {chunk_size} B, "
@@ -162,8 +231,8 @@ def main():
               f"{args.read_size // 1024} KiB reads, {args.depth} in flight, verified, "
               f"discarded):")
         print(f"  B via iSCSI from A's cache: {mb(t_b):8.1f} MB/s  ({t_b:.2f} s)")
-        print(f"  baseline curl keep-alive:   {mb(t_curl):8.1f} MB/s  ({t_curl:.2f} s, "
-              f"{curl_conns} connection(s), bodies to /dev/null)")
+        print(f"  baseline curl keep-alive:   {mb(t_curl):8.1f} MB/s  ({t_curl:.2f} s, sum of "
+              f"time_total, {curl_conns} connection, bodies to /dev/null)")
         print(f"  ratio {t_curl / t_b:.2f}x (target >= 0.8x)")
         print(f"  iSCSI ceiling: B re-reading warm {mb(t_warm):.1f} MB/s of chunk bytes "
               f"({t_warm:.2f} s, same reader, the allocated extents): the ratio can be at "
@@ -178,32 +247,28 @@ def main():
                   f"{t_curl / extra:.2f}x curl")
         else:
             print(f"  peer share: cold - warm = {extra:.2f} s (within the noise)")
-        print(f"  context: curl 4 transfers at once {mb(t_curl4):.1f} MB/s ({t_curl4:.2f} s); "
+        print(f"  context: curl 4 transfers at once {mb(t_curl4):.1f} MB/s ({t_curl4:.2f} s, "
+              f"first start to last end); "
               f"B's peer client made {conns:.0f} connection(s) for {len(hashes)} chunks, "
               f"{ra:.0f} readahead fills")
 
-        # 2. seed fetches per chunk, three appliances at once on a cold image
-        before = chunk_gets(nginx)
-        urls = [create_disk(x, f"{x.name}2", "two") for x in apps]
-        outs = [os.path.join(work, f"{x.name}2.raw") for x in apps]
-        t0 = time.perf_counter()
-        procs = [subprocess.Popen(read_disk_cmd(u, o), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE) for u, o in zip(urls, outs)]
-        for p in procs:
-            _, err = p.communicate(timeout=300)
-            assert p.returncode == 0, err
-        t3 = time.perf_counter() - t0
-        for o in outs:
-            assert same_as_image(o, raws["two"]), o
-        after = chunk_gets(nginx)
-        phase = {h: after[h] - before.get(h, 0) for h in after
-                 if after[h] - before.get(h, 0) > 0}
-        gets = sum(phase.values())
+        # 2. seed fetches per chunk, three appliances at once on a cold image; then the
+        # baseline: three standalone appliances (no [cluster]) doing the same.
+        gets, distinct, t3 = three_way_read(apps, "two", nginx, raws["two"], work)
+        for x in apps:
+            x.cleanup()
+        apps = []
+        for n in ("s1", "s2", "s3"):
+            apps.append(Appliance(nginx.url, name=n))  # listed first: cleaned up if start fails
+            apps[-1].start()
+        sgets, sdistinct, ts3 = three_way_read(apps, "two", nginx, raws["two"], work)
         print(f"seed fetches per chunk, 3 appliances reading '{args.size_mb} MiB' at once "
               f"({t3:.2f} s):")
-        print(f"  {gets} chunk GETs for {len(phase)} distinct chunks: "
-              f"{gets / max(1, len(phase)):.3f} per chunk (target 1.0; "
-              f"baseline without the cluster: 3.0)")
+        print(f"  {gets} chunk GETs for {distinct} distinct chunks: "
+              f"{gets / max(1, distinct):.3f} per chunk (target 1.0; "
+              f"baseline without the cluster: {sgets / max(1, sdistinct):.3f})")
+        print(f"  baseline, 3 standalone appliances (no [cluster]) reading the same image at "
+              f"once ({ts3:.2f} s): {sgets} chunk GETs for {sdistinct} distinct chunks")
     finally:
         for x in apps:
             x.cleanup()

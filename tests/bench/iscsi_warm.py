@@ -211,6 +211,11 @@ def main():
         _, fetched_after = fetch_counters(app)
         print(f"chunks fetched during the timed runs: {fetched_after - fetched} (0 expected)")
         print("\n".join(summary))
+        # The figures are for a fully cached disk: a fetch during the runs voids them.
+        if fetched_after != fetched:
+            raise RuntimeError(f"{fetched_after - fetched} chunks fetched during the timed "
+                               "runs: the disk was not fully cached, the figures are not "
+                               "warm reads")
     finally:
         if app:
             app.cleanup()

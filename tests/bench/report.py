@@ -102,16 +102,29 @@ def publish_rows(name, text):
 
 
 def peer_rows(name, text):
-    base = re.search(r"curl \(baseline[^:]*:\s+" + NUM + " MB/s", text)
-    if not base:
+    """bench_peer.c: each peer_client row against curl with as many streams (the row
+    says which: "(vs curl, N stream(s))"). Older logs, one curl baseline for every row,
+    still parse."""
+    base = {int(m.group(1)): m.group(2) for m in re.finditer(
+        r"^\s*curl, (\d+) streams? \(baseline[^:]*:\s+" + NUM + " MB/s", text, re.M)}
+    old = re.search(r"curl \(baseline[^:]*:\s+" + NUM + " MB/s", text)
+    if not base and not old:
         return None
     rows = []
     tgt = re.search(r"target: >= " + NUM, text)
-    for m in re.finditer(r"^\s*(peer_client_[^:]+):\s+" + NUM + r" MB/s\s+ratio " + NUM + "x",
-                         text, re.M):
-        rows.append(row(f"{name}: {m.group(1).strip()}", f"{m.group(2)} MB/s",
-                        f"{base.group(1)} MB/s (curl)", float(m.group(3)), ">=",
-                        float(tgt.group(1)) if tgt else None))
+    for m in re.finditer(r"^\s*(peer_client_[^:]+):\s+" + NUM + r" MB/s\s+ratio " + NUM +
+                         r"x(?: \(vs curl, (\d+) streams?\))?", text, re.M):
+        if m.group(4):
+            n = int(m.group(4))
+            if n not in base:
+                continue
+            baseline = f"{base[n]} MB/s (curl, {n} stream{'s' if n > 1 else ''})"
+        elif old:
+            baseline = f"{old.group(1)} MB/s (curl)"
+        else:
+            continue
+        rows.append(row(f"{name}: {m.group(1).strip()}", f"{m.group(2)} MB/s", baseline,
+                        float(m.group(3)), ">=", float(tgt.group(1)) if tgt else None))
     return rows or None
 
 
@@ -183,9 +196,60 @@ def evict_rows(name, text):
     return rows or None
 
 
+def disk_rows(name, text):
+    """bench_disk.c: "WHAT: BASELINE N UNIT | OURS N UNIT | ratio R (...target >= T)",
+    the ratio without an "x" (generic() would miss it), the write rows longer than a
+    cell."""
+    rows = []
+    num = lambda g: rf"(?P<{g}>\d+(?:\.\d+)?)"  # noqa: E731
+    for m in re.finditer(r"^(?P<what>[^:\n]+):\s+(?P<bname>[a-z+_ ]+?)\s+" + num("b") +
+                         r" (?P<bunit>MiB/s|IOPS)\s*\|\s*(?P<fname>[a-z+_]+)\s+" + num("f") +
+                         r" (?P<funit>MiB/s|IOPS)\s*\|\s*ratio " + num("r") +
+                         r"(?P<rest>[^\n]*?)target >= " + num("t"), text, re.M):
+        extra = m.group("rest").strip(" (;")
+        rows.append(row(f"{name}: {m.group('what').strip()}",
+                        f"{m.group('f')} {m.group('funit')} ({m.group('fname')}" +
+                        (f"; ratio {extra}" if extra else "") + ")",
+                        f"{m.group('b')} {m.group('bunit')} ({m.group('bname')})",
+                        float(m.group("r")), ">=", float(m.group("t"))))
+    return rows or None
+
+
+def store_open_rows(name, text):
+    """bench_store_open.c: chunkstore_open() against find | wc -l (medians), lower is
+    faster; no target. The last line is the tree's removal, not a figure."""
+    f = re.search(r"baseline: find -type f \| wc -l\s+" + NUM + r" s\s+\(([^)]*)\)", text)
+    o = re.search(r"chunkstore_open\(\)\s+" + NUM + r" s\s+\(([^)]*)\)", text)
+    r = re.search(r"ratio open/find " + NUM + "x", text)
+    n = re.search(r"store open: (\d+) chunk files", text)
+    if not (f and o and r):
+        return None
+    what = f"chunkstore_open() of {n.group(1)} chunk files" if n else "chunkstore_open()"
+    return [row(f"{name}: {what} (lower is faster)", f"{o.group(1)} s ({o.group(2)})",
+                f"{f.group(1)} s (find | wc -l, {f.group(2)})", float(r.group(1)))]
+
+
+def store_read_rows(name, text):
+    """bench_store_read.c: per read size, each store row against that size's baseline
+    row (pread of a raw file); the ratio as printed; no target."""
+    rows, base = [], {}
+    for m in re.finditer(r"^\s*(\d+) KiB\s+(.+?)\s+" + NUM + r" MiB/s\s+" + NUM +
+                         r" reads/s\s+" + NUM + "x", text, re.M):
+        size, what, mibs, ratio = m.group(1), m.group(2), m.group(3), float(m.group(5))
+        if what.startswith("baseline"):
+            base[size] = f"{mibs} MiB/s ({what.split(':', 1)[-1].strip()})"
+            continue
+        if size not in base:
+            continue
+        rows.append(row(f"{name}: {size} KiB reads, {what}", f"{mibs} MiB/s", base[size],
+                        ratio))
+    return rows or None
+
+
 PARSERS = {"bench-cache-store-evict": evict_rows, "bench-storm": storm_rows, "bench-publish": publish_rows, "bench-peer": peer_rows,
            "bench-cluster-appliances": cluster_appliance_rows, "bench-seed": seed_rows,
-           "bench-peer-link": peer_link_rows}
+           "bench-peer-link": peer_link_rows, "bench-disk": disk_rows,
+           "bench-cache-store-open": store_open_rows, "bench-cache-store-read": store_read_rows}
 
 
 def parse(name, text):

@@ -17,13 +17,21 @@
  * The disk must also open after every kill (a torn map update is never fatal: overlay.c
  * invariants 3, 4).
  *
+ * Three kills in four land among the operations: the child reports (through a pipe) that
+ * the store and the disk are open, and the kill follows 1 to 41 ms later, whatever the
+ * open took. The fourth lands at a random moment of the open itself (before the time the
+ * last open took), so a kill during the disk's recovery is covered too.
+ *
  * Usage: crash_disk [-n KILLS] [-s SEED] [-t MAX_SECONDS]. Exits 0 when every check
- * passed for every kill; the loop is bounded by both KILLS and MAX_SECONDS (at least
- * 20 kills must then have happened).
+ * passed for every kill, and the checks had something to check: at least 20 kills
+ * (the loop is bounded by both KILLS and MAX_SECONDS), at least half of the kills among
+ * the operations after a logged write or unmap, and at least one write or unmap
+ * acknowledged durable in all.
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +67,7 @@ struct content {
 
 static struct fixture fx;
 static uint64_t total_ops, total_durable;
+static size_t round_ops; /* writes/unmaps in the last round's log */
 static char log_path[PATH_MAX];
 
 static uint64_t rng_state;
@@ -132,8 +141,9 @@ static void log_rec(int fd, const struct rec *r, bool sync)
 		_exit(3);
 }
 
-/* The child: operations until killed (bounded in count and time). */
-static void child(uint64_t seq0)
+/* The child: opens the disk, writes a byte to ready_fd, then operations until killed
+ * (bounded in count and time). */
+static void child(uint64_t seq0, int ready_fd)
 {
 	static uint8_t buf[128 * 1024];
 	struct disk *d;
@@ -145,6 +155,9 @@ static void child(uint64_t seq0)
 	lfd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (lfd < 0)
 		_exit(2);
+	if (write(ready_fd, "r", 1) != 1) /* the parent holds the read end until the kill */
+		_exit(2);
+	close(ready_fd);
 	for (uint64_t seq = seq0; seq < seq0 + MAX_OPS_PER_ROUND && now_ns() < t_end; seq++) {
 		unsigned r = (unsigned)(rnd() % 100);
 		uint64_t nsect = r < 40 ? 1 + rnd() % 16 : 1 + rnd() % 256;
@@ -253,6 +266,7 @@ static int verify(struct content *before, uint64_t *seq_next, int round)
 	}
 	for (uint64_t s = 0; s < NSECT; s++)
 		dur[s] = -1;
+	round_ops = 0;
 	for (size_t i = 0; i < nrec; i++) {
 		bool durable = recs[i].seq < flush_upto;
 
@@ -261,6 +275,7 @@ static int verify(struct content *before, uint64_t *seq_next, int round)
 		for (size_t j = i + 1; !durable && j < nrec; j++)
 			durable = recs[j].type == REC_FUA_DONE && recs[j].seq == recs[i].seq;
 		total_ops++;
+		round_ops++;
 		total_durable += durable;
 		if (durable)
 			for (uint64_t s = recs[i].off / 512; s < (recs[i].off + recs[i].len) / 512; s++)
@@ -321,7 +336,8 @@ int main(int argc, char **argv)
 	unsigned kills = 200, max_s = 120, seed = (unsigned)time(NULL);
 	uint64_t seq_next = 1, t_end;
 	int opt, failures = 0;
-	unsigned done = 0;
+	unsigned done = 0, op_rounds = 0, op_rounds_logged = 0;
+	uint64_t open_ns = 0; /* how long the last measured open took */
 
 	while ((opt = getopt(argc, argv, "n:s:t:")) != -1) {
 		if (opt == 'n')
@@ -353,16 +369,46 @@ int main(int argc, char **argv)
 	t_end = now_ns() + (uint64_t)max_s * 1000000000;
 	for (; done < kills && now_ns() < t_end && failures == 0; done++) {
 		pid_t pid;
-		int status;
+		int status = 0;
+
+		int ready[2];
+		/* The first round measures the open; then one in four kills during it. */
+		bool in_open = open_ns > 0 && rnd() % 4 == 0;
+		uint64_t t_fork;
 
 		rng_state = (uint64_t)rand() << 32 | (uint64_t)rand() | 1;
+		if (pipe2(ready, O_CLOEXEC) < 0)
+			return 1;
+		t_fork = now_ns();
 		pid = fork();
 		if (pid < 0)
 			return 1;
-		if (pid == 0)
-			child(seq_next);
-		usleep((useconds_t)(2000 + rnd() % 40000));
+		if (pid == 0) {
+			close(ready[0]);
+			child(seq_next, ready[1]);
+		}
+		close(ready[1]);
+		if (in_open) {
+			usleep((useconds_t)(rnd() % (open_ns / 1000 + 1)));
+		} else {
+			struct pollfd pfd = { .fd = ready[0], .events = POLLIN };
+			char c;
+
+			/* 0 (timeout) or EOF: the child died or hung before its disk was open. */
+			if (poll(&pfd, 1, 30000) != 1 || read(ready[0], &c, 1) != 1) {
+				kill(pid, SIGKILL);
+				waitpid(pid, &status, 0);
+				fprintf(stderr, "crash: round %u: the child did not open the disk "
+					"(status %#x)\n", done, status);
+				failures++;
+				close(ready[0]);
+				break;
+			}
+			open_ns = now_ns() - t_fork;
+			usleep((useconds_t)(1000 + rnd() % 40000));
+		}
 		kill(pid, SIGKILL);
+		close(ready[0]);
 		if (waitpid(pid, &status, 0) != pid)
 			return 1;
 		if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
@@ -371,14 +417,37 @@ int main(int argc, char **argv)
 			break;
 		}
 		failures += verify(before, &seq_next, (int)done);
+		if (!in_open) {
+			op_rounds++;
+			op_rounds_logged += round_ops > 0;
+		}
 		seq_next += MAX_OPS_PER_ROUND; /* patterns of a round never repeat a seq */
 	}
-	printf("crash: %u kills, %llu writes/unmaps checked (%llu acknowledged durable), "
-	       "%d failures\n", done, (unsigned long long)total_ops,
+	printf("crash: %u kills (%u among the operations, %u of them after a logged "
+	       "write/unmap; %u during the open), %llu writes/unmaps checked (%llu "
+	       "acknowledged durable), %d failures\n", done, op_rounds, op_rounds_logged,
+	       done - op_rounds, (unsigned long long)total_ops,
 	       (unsigned long long)total_durable, failures);
+	fflush(stdout);
 	if (failures == 0)
 		fx_teardown(&fx);
 	else
 		fprintf(stderr, "crash: state kept in %s (seed %u)\n", fx.root, seed);
-	return failures || done < MIN(kills, 20u) ? 1 : 0;
+	if (failures)
+		return 1;
+	/* A run whose checks had next to nothing to check proves nothing. */
+	if (done < MIN(kills, 20u)) {
+		fprintf(stderr, "crash: only %u kills\n", done);
+		return 1;
+	}
+	if (op_rounds_logged * 2 < op_rounds) {
+		fprintf(stderr, "crash: only %u of %u kills among the operations came after a "
+			"logged write or unmap\n", op_rounds_logged, op_rounds);
+		return 1;
+	}
+	if (total_durable == 0) {
+		fprintf(stderr, "crash: no write or unmap was acknowledged durable\n");
+		return 1;
+	}
+	return 0;
 }

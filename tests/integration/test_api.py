@@ -846,10 +846,12 @@ def test_image_pull_does_not_hold_the_appliance_lock(tmp_path):
             t.join(30)
         assert st == 200 and st2 == 200 and disks == []
         assert st3 == 200 and st4 == 201, (im, d)
-        # Behind the lock they would wait out the pull (2.5 s from the event); the slack
-        # is for a loaded machine.
-        assert took < 2.0, f"requests waited {took:.1f} s behind the image pull"
-        assert in_progress, "the pulls were over before the test looked"
+        # in_progress is the check: behind the lock the four requests would have waited
+        # for the pulls to end (2.5 s from the event), and the pulls would be over when
+        # they returned. The bound on `took` only turns a hang into a failure; it is not
+        # a latency target.
+        assert took < 30, f"requests hung {took:.1f} s behind the image pull"
+        assert in_progress, "the pulls were over before the requests returned"
         assert [p[0] for p in pulls] == [200, 200], pulls
         assert {p[1]["id"] for p in pulls} == {im["id"]}
         st, images = a.request("GET", "/api/v1/images")

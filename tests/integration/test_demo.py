@@ -217,7 +217,11 @@ echo previous > "$WORK/previous-module.so"
 echo demo > "$MODULE_DST"
 (trap '' INT TERM; : > "$WORK/server-up"; exec sleep 3) &
 PIDS+=($!)
-while [ ! -e "$WORK/server-up" ]; do sleep 0.01; done
+for _ in $(seq 3000); do
+	[ -e "$WORK/server-up" ] && break
+	sleep 0.01
+done
+[ -e "$WORK/server-up" ] || {{ echo "the server did not start in 30 s" >&2; exit 1; }}
 WAITING=1
 echo ready
 while :; do
@@ -226,6 +230,22 @@ while :; do
 	wait "$SLEEP_PID" || true
 done
 """
+
+
+def read_line(pipe, timeout):
+    """One line from pipe (a Popen's text stdout, not read from before), or what came of
+    it within timeout seconds, or at EOF."""
+    deadline = time.monotonic() + timeout
+    fd, got = pipe.fileno(), b""
+    while not got.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        b = os.read(fd, 1)
+        if not b:
+            break
+        got += b
+    return got.decode(errors="replace")
 
 
 def test_second_ctrl_c_during_cleanup_does_not_stop_it(tmp_path):
@@ -242,7 +262,11 @@ def test_second_ctrl_c_during_cleanup_does_not_stop_it(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        assert proc.stdout.readline() == "ready\n", proc.stderr.read()
+        line = read_line(proc.stdout, 30)
+        if line != "ready\n":
+            os.killpg(proc.pid, signal.SIGKILL)  # its stderr ends only with it
+            raise AssertionError(f"harness not ready in 30 s: {line!r} "
+                                 f"{proc.communicate(timeout=10)[1]}")
         # Ctrl-C on a terminal signals the whole foreground process group.
         os.killpg(proc.pid, signal.SIGINT)
         time.sleep(1)

@@ -188,20 +188,32 @@ def test_concurrent_publishes_keep_every_tag_in_the_index(tmp_path):
                                  "--repo", repo, "--name", name, "--chunk-size", "64K"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
-    a = start("a", 61, dict(os.environ, LD_PRELOAD=shim, PAUSE_DIR=str(pause)))
-    for _ in range(3000):
-        if (pause / "listed").exists() or a.poll() is not None:
-            break
-        time.sleep(0.01)
-    assert (pause / "listed").exists(), a.stderr.read()
-    b = start("b", 62)
+    procs = []
     try:
-        b.wait(timeout=1.5)  # done (50 ms), unless it waits for a's lock
-    except subprocess.TimeoutExpired:
-        pass
-    (pause / "go").touch()
-    assert a.wait(timeout=60) == 0, a.stderr.read()
-    assert b.wait(timeout=60) == 0, b.stderr.read()
+        a = start("a", 61, dict(os.environ, LD_PRELOAD=shim, PAUSE_DIR=str(pause)))
+        procs.append(a)
+        for _ in range(3000):
+            if (pause / "listed").exists() or a.poll() is not None:
+                break
+            time.sleep(0.01)
+        # (a's stderr only once it has ended: reading it would wait for a's end)
+        assert (pause / "listed").exists(), (
+            "publish a did not list the tags in 30 s" if a.poll() is None
+            else a.stderr.read())
+        b = start("b", 62)
+        procs.append(b)
+        try:
+            b.wait(timeout=1.5)  # done (50 ms), unless it waits for a's lock
+        except subprocess.TimeoutExpired:
+            pass
+        (pause / "go").touch()
+        assert a.wait(timeout=60) == 0, a.stderr.read()
+        assert b.wait(timeout=60) == 0, b.stderr.read()
+    finally:  # a failed assertion leaves neither publish running
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
     with open(os.path.join(repo, "tags", "index")) as f:
         assert f.read() == "a\nb\nfirst\n"
     listed = json.loads(rd_ok("ls", "--repo", repo, "--json").stdout)
@@ -748,8 +760,11 @@ def test_usage_errors(tmp_path):
         assert p.stderr.startswith("rackdisk: ")
     p = rd("publish", tmp_path / "x", "--repo", "http://127.0.0.1:1/r", "--name", "n")
     assert_one_line_error(p, "not a URL")
-    p = rd("ls", "--repo", "http://127.0.0.1:1/r")
-    assert_one_line_error(p, "127.0.0.1:1")
+    with socket.socket() as s:  # a port that nothing listens on while the socket is open
+        s.bind(("127.0.0.1", 0))
+        hostport = f"127.0.0.1:{s.getsockname()[1]}"
+        p = rd("ls", "--repo", f"http://{hostport}/r")
+    assert_one_line_error(p, hostport)
 
 
 def test_repo_locations_mean_one_place_or_are_refused(tmp_path):
@@ -874,7 +889,9 @@ def test_credentials_in_a_repo_url_are_never_shown(tmp_path, seeded, quirky_serv
 
 def start_slow_publish(tmp_path, repo, name, seed):
     """A publish that takes seconds (16 MiB of random data, zstd level 19, one worker),
-    returned as a Popen once its first temporary chunk object is in tmp/."""
+    returned as a Popen once its first temporary chunk object is in tmp/. If it never
+    gets there, it is killed before the failure is raised (the caller's cleanup does not
+    know of it yet)."""
     src = write(tmp_path / f"{name}.raw", random_bytes(16 * MIB, seed))
     tmp = os.path.join(repo, "tmp")
     before = set(os.listdir(tmp)) if os.path.isdir(tmp) else set()
@@ -882,11 +899,16 @@ def start_slow_publish(tmp_path, repo, name, seed):
                              "--chunk-size", "64K", "--level", "19", "--workers", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
-    while not (os.path.isdir(tmp) and
-               any(n.startswith("c.") for n in set(os.listdir(tmp)) - before)):
-        assert proc.poll() is None, f"publish ended early: {proc.stderr.read()}"
-        assert time.monotonic() < deadline, "publish wrote no temporary object in 30 s"
-        time.sleep(0.01)
+    try:
+        while not (os.path.isdir(tmp) and
+                   any(n.startswith("c.") for n in set(os.listdir(tmp)) - before)):
+            assert proc.poll() is None, f"publish ended early: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "publish wrote no temporary object in 30 s"
+            time.sleep(0.01)
+    except BaseException:
+        proc.kill()
+        proc.wait(30)
+        raise
     return proc, src
 
 
