@@ -155,6 +155,22 @@ static void dir_log_rl(struct directory *d, const char *what, const char *why)
 		 why, (unsigned long long)__atomic_exchange_n(&d->suppressed, 0, __ATOMIC_RELAXED));
 }
 
+/*
+ * Whether a line about malformed entries in Redis (written by another client, or by an
+ * appliance of another version) may be logged now: at most every LOG_EVERY_NS, whatever
+ * call met them, so a lookup per read cannot flood the log.
+ */
+static bool dir_bad_log_due(struct directory *d)
+{
+	uint64_t now = now_ns();
+	uint64_t last = __atomic_load_n(&d->last_bad_node_log_ns, __ATOMIC_RELAXED);
+
+	if (last && now - last < LOG_EVERY_NS)
+		return false;
+	return __atomic_compare_exchange_n(&d->last_bad_node_log_ns, &last, now, false,
+					   __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
+
 /* Marks the directory not ready (a connection broke) and wakes the thread to reconnect. */
 static void dir_set_broken(struct directory *d)
 {
@@ -1142,7 +1158,8 @@ int directory_lookup(struct directory *d, const struct chunk_hash *h,
 {
 	char key[DIR_KEY_MAX], alive[DIR_KEY_MAX];
 	redisReply *r = NULL;
-	int rc, n = 0;
+	int64_t bad_id = 0;
+	int rc, n = 0, bad = 0;
 	size_t i;
 
 	DIR_STAT_ADD(d, lookups, 1);
@@ -1162,8 +1179,20 @@ int directory_lookup(struct directory *d, const struct chunk_hash *h,
 		if (id->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
 			continue;
 		out[n].node_id = strtoll(id->str, NULL, 10);
-		if (out[n].node_id > 0 && !parse_alive(v->str, v->len, &out[n]))
+		if (out[n].node_id > 0 && !parse_alive(v->str, v->len, &out[n])) {
 			n++;
+			continue;
+		}
+		/* not asked: counted and logged, a holder is never dropped unseen */
+		if (!bad++)
+			bad_id = out[n].node_id;
+	}
+	if (bad) {
+		DIR_STAT_ADD(d, bad_nodes, bad);
+		if (dir_bad_log_due(d))
+			log_warn("directory: %d holder%s of chunk %s with a malformed heartbeat "
+				 "in %salive:<id> (e.g. id %lld): not asked for the chunk", bad,
+				 bad == 1 ? "" : "s", key, d->prefix, (long long)bad_id);
 	}
 	DIR_STAT_ADD(d, lookup_holders, n);
 	rc = n;
@@ -1187,24 +1216,6 @@ int directory_node_alive(struct directory *d, int64_t node_id)
 	return rc;
 }
 
-static void node_from_hash(redisReply *r, struct directory_node *n)
-{
-	size_t i;
-
-	if (r->type != REDIS_REPLY_ARRAY)
-		return;
-	for (i = 0; i + 1 < r->elements; i += 2) {
-		redisReply *k = r->element[i], *v = r->element[i + 1];
-
-		if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
-			continue;
-		if (!strcmp(k->str, "addr"))
-			copy_span(n->addr, sizeof(n->addr), v->str, v->len);
-		else if (!strcmp(k->str, "rack"))
-			copy_span(n->rack, sizeof(n->rack), v->str, v->len);
-	}
-}
-
 /*
  * Node entries come from Redis, where any client may have written them: only what an
  * appliance writes (directory_create checks its own name, rack and address) is listed as
@@ -1220,16 +1231,43 @@ static bool addr_ok(const char *s)
 	return true;
 }
 
+/*
+ * A node record's address and rack into *n: false when one of them is not what an
+ * appliance writes (too long for the field, or bytes addr_ok or name_is_valid refuse),
+ * then shown empty.
+ */
+static bool node_from_hash(redisReply *r, struct directory_node *n)
+{
+	bool ok = true;
+	size_t i;
+
+	if (r->type != REDIS_REPLY_ARRAY)
+		return true;
+	for (i = 0; i + 1 < r->elements; i += 2) {
+		redisReply *k = r->element[i], *v = r->element[i + 1];
+
+		if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+			continue;
+		if (!strcmp(k->str, "addr"))
+			ok = !copy_span(n->addr, sizeof(n->addr), v->str, v->len) && ok;
+		else if (!strcmp(k->str, "rack"))
+			ok = !copy_span(n->rack, sizeof(n->rack), v->str, v->len) && ok;
+	}
+	if (n->rack[0] && !name_is_valid(n->rack)) {
+		n->rack[0] = '\0';
+		ok = false;
+	}
+	if (!addr_ok(n->addr)) {
+		n->addr[0] = '\0';
+		ok = false;
+	}
+	return ok;
+}
+
 /* Logs a listing's malformed node entries, at most every LOG_EVERY_NS. */
 static void dir_log_bad_nodes(struct directory *d, int bad, int64_t example_id)
 {
-	uint64_t now = now_ns();
-	uint64_t last = __atomic_load_n(&d->last_bad_node_log_ns, __ATOMIC_RELAXED);
-
-	if (last && now - last < LOG_EVERY_NS)
-		return;
-	if (!__atomic_compare_exchange_n(&d->last_bad_node_log_ns, &last, now, false,
-					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+	if (!dir_bad_log_due(d))
 		return;
 	log_warn("directory: %d malformed node entr%s in %snodes:byname or node:<id> (e.g. id "
 		 "%lld): a name not 1 to 128 of A-Z a-z 0-9 . _ - is left out of the node list, "
@@ -1285,22 +1323,11 @@ int directory_list_nodes(struct directory *d, struct directory_node *out, int ma
 		}
 		r2 = dir_pipeline_reply_locked(d, &x);
 		if (!r2) {
-			node_from_hash(x, &out[i]);
+			if (!node_from_hash(x, &out[i]) && !bad++)
+				bad_id = out[i].node_id;
 			freeReplyObject(x);
 		}
 		rc = rc ? rc : r1 ? r1 : r2;
-	}
-	for (i = 0; i < n; i++) {
-		bool bad_rack = out[i].rack[0] && !name_is_valid(out[i].rack);
-
-		if (bad_rack || !addr_ok(out[i].addr)) {
-			if (!bad++)
-				bad_id = out[i].node_id;
-			if (bad_rack)
-				out[i].rack[0] = '\0';
-			if (!addr_ok(out[i].addr))
-				out[i].addr[0] = '\0';
-		}
 	}
 	if (bad) {
 		DIR_STAT_ADD(d, bad_nodes, bad);
@@ -1551,7 +1578,7 @@ static int dir_new_instance(struct directory *d)
 
 static bool field_ok(const char *s)
 {
-	return s && *s && strlen(s) < 128 && !strpbrk(s, " \t\r\n");
+	return s && *s && strlen(s) <= DIRECTORY_ADDR_MAX && !strpbrk(s, " \t\r\n");
 }
 
 int directory_create(const struct directory_opts *o, struct directory **out)

@@ -37,6 +37,7 @@
 
 #include "cache/chunkstore.h"
 #include "common/hash.h"
+#include "common/util.h"
 
 struct directory;
 
@@ -68,24 +69,29 @@ struct directory_stats {
 	uint64_t leases_taken, leases_busy, leases_released, leases_renewed, leases_expired;
 	uint64_t stale_removed;      /* our stale entries dropped after we answered a 404 */
 	uint64_t bad_nodes;          /* malformed node entries met by directory_list_nodes:
-				      * bad name (left out), address or rack (shown empty) */
+				      * bad name (left out), address or rack (shown empty);
+				      * and holders directory_lookup left out: a heartbeat
+				      * it cannot read */
 	bool name_conflict;          /* kept out: another live appliance has our node name */
 };
 
-/* One live holder of a chunk, as returned by directory_lookup(). */
+/* One live holder of a chunk, as returned by directory_lookup(). The fields hold the
+ * longest values directory_create() accepts (a name and a rack are name_is_valid, an
+ * address at most DIRECTORY_ADDR_MAX characters). */
+#define DIRECTORY_ADDR_MAX 127
 struct directory_holder {
 	int64_t node_id;
-	char name[129];
-	char addr[128];              /* host:port of its peer server */
-	char rack[65];
+	char name[NAME_MAX_LEN + 1];
+	char addr[DIRECTORY_ADDR_MAX + 1]; /* host:port of its peer server */
+	char rack[NAME_MAX_LEN + 1];
 };
 
 /* A node, as returned by directory_list_nodes(). */
 struct directory_node {
 	int64_t node_id;
-	char name[129];
-	char addr[128];
-	char rack[65];
+	char name[NAME_MAX_LEN + 1];
+	char addr[DIRECTORY_ADDR_MAX + 1];
+	char rack[NAME_MAX_LEN + 1];
 	bool alive;
 	int64_t ttl_ms;              /* heartbeat time left, -1 if none */
 };

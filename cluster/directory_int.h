@@ -25,7 +25,8 @@ struct directory {
 	/* configuration (owned copies) */
 	char *prefix, *name, *rack, *advertise;
 	char instance[17];          /* random per process (dir_new_instance) */
-	char alive_value[400];      /* our heartbeat: "rack addr name instance" */
+	/* our heartbeat: "rack addr name instance", each at its longest, 3 spaces */
+	char alive_value[NAME_MAX_LEN + DIRECTORY_ADDR_MAX + NAME_MAX_LEN + 16 + 3 + 1];
 	struct directory_url url;
 	uint32_t connect_ms, command_ms, hb_ttl_ms, hb_interval_ms, lease_ttl_ms, lease_renew_ms;
 	uint32_t batch;

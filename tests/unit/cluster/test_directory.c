@@ -64,6 +64,19 @@ static struct directory *dir_new_slow(const char *name, uint32_t lease_ttl, uint
 	return dir_create(&o, NULL);
 }
 
+/* A command on c (a plain connection of the test's); its reply is dropped. */
+static void redis_do(redisContext *c, const char *fmt, ...)
+{
+	redisReply *r;
+	va_list ap;
+
+	va_start(ap, fmt);
+	r = redisvCommand(c, fmt, ap);
+	va_end(ap);
+	assert_non_null(r);
+	freeReplyObject(r);
+}
+
 static int setup(void **state)
 {
 	memset(&redis, 0, sizeof(redis));
@@ -210,6 +223,80 @@ static void test_announce_lookup_withdraw(void **state)
 	assert_int_equal(directory_lookup(b, &h, hd, 4), 1);
 	directory_leave(a);
 	assert_int_equal(directory_lookup(b, &h, hd, 4), 0);
+	directory_destroy(a);
+	directory_destroy(b);
+}
+
+/*
+ * The longest fields an appliance may be configured with (a name and a rack of 128
+ * characters, an address of 127) go through the heartbeat to a peer's lookup and listing
+ * whole: a rack past 64 characters made every lookup skip that holder, silently, and left
+ * the rack blank in the node list.
+ */
+static void test_longest_name_rack_and_address_are_listed(void **state)
+{
+	char name[129], rack[129], addr[128], url[128];
+	struct directory_opts o = {
+		.prefix = "t:", .heartbeat_ttl_ms = 1500,
+		.heartbeat_interval_ms = 300, .lease_ttl_ms = 600, .lease_renew_ms = 150,
+	};
+	struct directory *a = NULL, *b = dir_new("b3", "r1", NULL);
+	struct directory_holder hd[4];
+	struct directory_node nodes[8];
+	struct directory_stats st;
+	struct chunk_hash h;
+	uint8_t buf[CHUNK];
+	char hex[HASH_HEX_LEN + 1];
+	redisContext *c;
+	uint64_t bad;
+	int n, i, found = 0;
+
+	memset(name, 'n', 128);
+	name[128] = '\0';
+	memset(rack, 'r', 128);
+	rack[128] = '\0';
+	memset(addr, 'h', 121);
+	snprintf(addr + 121, sizeof(addr) - 121, ":10001");
+	assert_int_equal(strlen(addr), 127);
+	fx_redis_url(&redis, 0, url, sizeof(url));
+	o.url = url;
+	o.node_name = name;
+	o.rack = rack;
+	o.advertise = addr;
+	assert_int_equal(directory_create(&o, &a), 0);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	fx_chunk(3, buf, sizeof(buf), &h);
+	assert_int_equal(directory_announce(a, &h), 0);
+	n = directory_lookup(b, &h, hd, 4);
+	assert_int_equal(n, 1);
+	assert_int_equal(hd[0].node_id, directory_node_id(a));
+	assert_string_equal(hd[0].name, name);
+	assert_string_equal(hd[0].rack, rack);
+	assert_string_equal(hd[0].addr, addr);
+	/* a holder whose heartbeat cannot be read is not asked, but counted */
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_non_null(c);
+	hash_to_hex(&h, hex);
+	redis_do(c, "SADD t:chunk:%s 77", hex);
+	redis_do(c, "SET t:alive:77 no-spaces PX 60000");
+	redisFree(c);
+	directory_get_stats(b, &st);
+	bad = st.bad_nodes;
+	assert_int_equal(directory_lookup(b, &h, hd, 4), 1);
+	assert_string_equal(hd[0].name, name);
+	directory_get_stats(b, &st);
+	assert_int_equal(st.bad_nodes, bad + 1);
+
+	n = directory_list_nodes(b, nodes, 8);
+	assert_int_equal(n, 2);
+	for (i = 0; i < n; i++)
+		if (!strcmp(nodes[i].name, name)) {
+			found++;
+			assert_string_equal(nodes[i].rack, rack);
+			assert_string_equal(nodes[i].addr, addr);
+		}
+	assert_int_equal(found, 1);
 	directory_destroy(a);
 	directory_destroy(b);
 }
@@ -1187,19 +1274,6 @@ static void test_chunk_dropped_during_bulk_announce_is_not_listed(void **state)
 	fx_rm_rf(sdir);
 }
 
-/* A command on c (a plain connection of the test's); its reply is dropped. */
-static void redis_do(redisContext *c, const char *fmt, ...)
-{
-	redisReply *r;
-	va_list ap;
-
-	va_start(ap, fmt);
-	r = redisvCommand(c, fmt, ap);
-	va_end(ap);
-	assert_non_null(r);
-	freeReplyObject(r);
-}
-
 /*
  * The reconnect installed its new shared connection, let go of the lock, and only then
  * took the connection generation it compares before reporting ready: a caller that broke
@@ -1727,6 +1801,8 @@ int main(void)
 		cmocka_unit_test(test_bad_options),
 		cmocka_unit_test_setup_teardown(test_register_ids, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_announce_lookup_withdraw, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_longest_name_rack_and_address_are_listed,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_list_nodes_refuses_malformed_entries, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_list_nodes_error_reply_keeps_pipeline, setup,
