@@ -100,8 +100,27 @@ int directory_parse_url(const char *url, struct directory_url *out)
 			return -EINVAL;
 		p = at + 1;
 	}
-	colon = memrchr(p, ':', hostend - p);
-	if (colon) {
+	if (*p == '[') {
+		/* an IPv6 address, bracketed as in any URL: its colons are not the port's */
+		const char *close = memchr(p, ']', hostend - p);
+
+		if (!close || close == p + 1 ||
+		    copy_span(out->host, sizeof(out->host), p + 1, close - p - 1) ||
+		    !strchr(out->host, ':') || strchr(out->host, '['))
+			return -EINVAL;
+		colon = close + 1;
+		if (colon != hostend && *colon != ':')
+			return -EINVAL;
+	} else {
+		colon = memrchr(p, ':', hostend - p);
+		if (!colon)
+			colon = hostend;
+		/* "redis://::1" would be host ":" and port 1: an IPv6 host needs brackets */
+		if (colon == p || copy_span(out->host, sizeof(out->host), p, colon - p) ||
+		    strpbrk(out->host, ":[]"))
+			return -EINVAL;
+	}
+	if (colon != hostend) {
 		char *end;
 		long port;
 
@@ -111,11 +130,7 @@ int directory_parse_url(const char *url, struct directory_url *out)
 		if (*end || port < 1 || port > 65535)
 			return -EINVAL;
 		out->port = (int)port;
-	} else {
-		colon = hostend;
 	}
-	if (colon == p || copy_span(out->host, sizeof(out->host), p, colon - p))
-		return -EINVAL;
 	if (*hostend == '/' && hostend[1]) {
 		char *end;
 		long db = strtol(hostend + 1, &end, 10);
@@ -1344,6 +1359,17 @@ out:
 
 /* ---- the directory thread ---- */
 
+/* Where Redis is, for the log: "host:port" ("[addr]:port" for IPv6), or the socket's path. */
+static void dir_endpoint(const struct directory *d, char *buf, size_t len)
+{
+	if (d->url.socket[0])
+		snprintf(buf, len, "%s (unix socket)", d->url.socket);
+	else if (strchr(d->url.host, ':'))
+		snprintf(buf, len, "[%s]:%d", d->url.host, d->url.port);
+	else
+		snprintf(buf, len, "%s:%d", d->url.host, d->url.port);
+}
+
 /*
  * Ready, unless a connection broke since generation gen was taken. Checked under d->lock
  * as well: the shared connection is there when ready is set, and a caller that breaks it
@@ -1375,6 +1401,7 @@ static void dir_set_ready(struct directory *d, uint64_t gen)
  */
 static int dir_reconnect(struct directory *d)
 {
+	char where[300];
 	redisContext *c, *old;
 	struct chunkstore *store;
 	bool lost = false, full;
@@ -1410,20 +1437,17 @@ static int dir_reconnect(struct directory *d)
 
 	n = full ? announce_full(d, store, gen) : 0;
 	k = n < 0 ? 0 : dir_replay(d, gen);
+	dir_endpoint(d, where, sizeof(where));
 	if (n < 0 || k < 0)
 		log_warn("directory: %s failed: %s", n < 0 ? "re-announce" : "replay",
 			 strerror(n < 0 ? -n : -k));
 	else if (full)
-		log_info("directory: connected to %s:%d%s as node %lld (%s), announced %d chunks",
-			 d->url.socket[0] ? d->url.socket : d->url.host, d->url.port,
-			 d->url.socket[0] ? " (unix socket)" : "", (long long)directory_node_id(d),
-			 d->name, n + k);
+		log_info("directory: connected to %s as node %lld (%s), announced %d chunks",
+			 where, (long long)directory_node_id(d), d->name, n + k);
 	else
-		log_info("directory: connected to %s:%d%s as node %lld (%s); Redis kept our "
-			 "entries: synced the %d chunks whose announce or withdraw had failed",
-			 d->url.socket[0] ? d->url.socket : d->url.host, d->url.port,
-			 d->url.socket[0] ? " (unix socket)" : "", (long long)directory_node_id(d),
-			 d->name, k);
+		log_info("directory: connected to %s as node %lld (%s); Redis kept our entries: "
+			 "synced the %d chunks whose announce or withdraw had failed", where,
+			 (long long)directory_node_id(d), d->name, k);
 	dir_set_ready(d, gen);
 	return 0;
 }

@@ -42,7 +42,8 @@
 struct directory;
 
 struct directory_opts {
-	const char *url;           /* redis://[[user]:password@]host[:port][/db] or unix://PATH */
+	const char *url;           /* redis://[[user]:password@]host[:port][/db] (host: a name,
+				    * IPv4, or [IPv6] in brackets) or unix:///path */
 	const char *prefix;        /* key prefix (default "rackdisk:") */
 	const char *node_name;     /* unique in the cluster (name_is_valid) */
 	const char *rack;          /* rack label (default "default") */

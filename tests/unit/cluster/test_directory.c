@@ -137,6 +137,80 @@ static void test_parse_url(void **state)
 	assert_int_equal(directory_parse_url("redis://@h", &u), -EINVAL);
 }
 
+/* An IPv6 host is written in brackets, as in any URL, and reaches getaddrinfo without
+ * them (it kept them, and never resolved); bare, its colons were taken for the port's. */
+static void test_parse_url_ipv6(void **state)
+{
+	struct directory_url u;
+
+	assert_int_equal(directory_parse_url("redis://[::1]:6380/3", &u), 0);
+	assert_string_equal(u.host, "::1");
+	assert_int_equal(u.port, 6380);
+	assert_int_equal(u.db, 3);
+	assert_int_equal(directory_parse_url("redis://[fd00:1::2]", &u), 0);
+	assert_string_equal(u.host, "fd00:1::2");
+	assert_int_equal(u.port, 6379);
+	assert_int_equal(directory_parse_url("redis://app:p:w@[::1]:7000", &u), 0);
+	assert_string_equal(u.user, "app");
+	assert_string_equal(u.password, "p:w");
+	assert_string_equal(u.host, "::1");
+	assert_int_equal(u.port, 7000);
+	assert_int_equal(directory_parse_url("redis://::1", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://::1:6379", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://fd00::2/0", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://[::1", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://[]:1", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://[::1]x", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://[::1]:", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://[h]:1", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://h]:1", &u), -EINVAL);
+}
+
+/* Whether this machine has IPv6 loopback (a container may not). */
+static bool ipv6_loopback(void)
+{
+	struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+	int s = socket(AF_INET6, SOCK_STREAM, 0);
+	bool ok = s >= 0 && bind(s, (struct sockaddr *)&a, sizeof(a)) == 0;
+
+	if (s >= 0)
+		close(s);
+	return ok;
+}
+
+/* A directory on redis://[::1]:PORT connects (to a Redis listening on ::1) and works. */
+static void test_connects_over_ipv6(void **state)
+{
+	struct fx_redis r = {.ipv6 = true};
+	struct directory_opts o = {.node_name = "v6", .advertise = "[::1]:7480", .prefix = "v6:"};
+	struct directory *a = NULL;
+	struct chunk_hash h;
+	uint8_t buf[CHUNK];
+	char url[128], hex[HASH_HEX_LEN + 1];
+	redisContext *c;
+	redisReply *rep;
+
+	if (!ipv6_loopback())
+		skip();
+	assert_int_equal(fx_redis_start(&r), 0);
+	snprintf(url, sizeof(url), "redis://[::1]:%d/0", r.port);
+	o.url = url;
+	assert_int_equal(directory_create(&o, &a), 0);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	fx_chunk(6, buf, sizeof(buf), &h);
+	assert_int_equal(directory_announce(a, &h), 0);
+	c = redisConnect("::1", r.port);
+	assert_true(c && !c->err);
+	hash_to_hex(&h, hex);
+	rep = redisCommand(c, "SISMEMBER v6:chunk:%s %lld", hex, (long long)directory_node_id(a));
+	assert_true(rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1);
+	freeReplyObject(rep);
+	redisFree(c);
+	directory_destroy(a);
+	fx_redis_stop(&r);
+	fx_rm_rf(r.dir);
+}
+
 static void test_bad_options(void **state)
 {
 	struct directory_opts o = {.url = "redis://127.0.0.1:1/0", .node_name = "../x",
@@ -1798,6 +1872,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_url),
+		cmocka_unit_test(test_parse_url_ipv6),
+		cmocka_unit_test(test_connects_over_ipv6),
 		cmocka_unit_test(test_bad_options),
 		cmocka_unit_test_setup_teardown(test_register_ids, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_announce_lookup_withdraw, setup, teardown),
