@@ -407,7 +407,12 @@ static const char lua_heartbeat[] =
 	"redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
 	"return 0";
 
-static int ctx_cmd(redisContext *c, long long *ival, const char *fmt, ...)
+/*
+ * A command on a connection being set up (AUTH, SELECT). An error reply (a wrong
+ * password, an unknown database) comes back at every reconnect, about once a second:
+ * logged rate-limited and counted like any directory failure.
+ */
+static int ctx_cmd(struct directory *d, redisContext *c, long long *ival, const char *fmt, ...)
 {
 	va_list ap;
 	redisReply *r;
@@ -419,7 +424,8 @@ static int ctx_cmd(redisContext *c, long long *ival, const char *fmt, ...)
 	if (!r)
 		return -ENOTCONN;
 	if (r->type == REDIS_REPLY_ERROR) {
-		log_warn("directory: redis: %s", r->str);
+		DIR_STAT_ADD(d, errors, 1);
+		dir_log_rl(d, "redis", r->str);
 		rc = -EIO;
 	} else if (ival) {
 		*ival = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
@@ -453,12 +459,12 @@ static redisContext *dir_open(struct directory *d)
 	redisEnableKeepAlive(c);
 	if (d->url.password[0]) {
 		int rc = d->url.user[0] ?
-			ctx_cmd(c, NULL, "AUTH %s %s", d->url.user, d->url.password) :
-			ctx_cmd(c, NULL, "AUTH %s", d->url.password);
+			ctx_cmd(d, c, NULL, "AUTH %s %s", d->url.user, d->url.password) :
+			ctx_cmd(d, c, NULL, "AUTH %s", d->url.password);
 		if (rc)
 			goto fail;
 	}
-	if (d->url.db && ctx_cmd(c, NULL, "SELECT %d", d->url.db))
+	if (d->url.db && ctx_cmd(d, c, NULL, "SELECT %d", d->url.db))
 		goto fail;
 	return c;
 fail:
@@ -560,13 +566,14 @@ static int dir_register(struct directory *d, redisContext *c, struct dir_reg *re
 		dir_name_conflict(d, r->str, r->len, false);
 		rc = -EADDRINUSE;
 	} else if (r->type == REDIS_REPLY_ERROR) {
-		log_warn("directory: registration: %s", r->str);
+		/* READONLY, an ACL, "no free node id": again at every reconnect */
 		DIR_STAT_ADD(d, errors, 1);
+		dir_log_rl(d, "registration", r->str);
 	} else if (reg_parse(d, r, reg) == 0) {
 		rc = 0;
 	} else {
-		log_warn("directory: registration: unexpected reply (type %d)", r->type);
 		DIR_STAT_ADD(d, errors, 1);
+		dir_log_rl(d, "registration", "unexpected reply");
 	}
 	freeReplyObject(r);
 	return rc;

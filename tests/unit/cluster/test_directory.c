@@ -695,6 +695,102 @@ static void test_password_and_db(void **state)
 	fx_rm_rf(r.dir);
 }
 
+/* stderr into a file while a test runs a directory: the log lines it writes. */
+struct log_capture {
+	char path[64];
+	int saved;
+};
+
+static void log_capture_start(struct log_capture *lc)
+{
+	int fd;
+
+	snprintf(lc->path, sizeof(lc->path), "/tmp/rd-log-XXXXXX");
+	fd = mkstemp(lc->path);
+	assert_true(fd >= 0);
+	fflush(stderr);
+	lc->saved = dup(STDERR_FILENO);
+	assert_true(lc->saved >= 0);
+	assert_int_equal(dup2(fd, STDERR_FILENO), STDERR_FILENO);
+	close(fd);
+}
+
+/* stderr restored; the number of captured lines that contain needle (each echoed). */
+static unsigned log_capture_end(struct log_capture *lc, const char *needle)
+{
+	char line[1024];
+	unsigned n = 0;
+	FILE *f;
+
+	fflush(stderr);
+	assert_int_equal(dup2(lc->saved, STDERR_FILENO), STDERR_FILENO);
+	close(lc->saved);
+	f = fopen(lc->path, "r");
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f)) {
+		fputs(line, stderr);
+		n += strstr(line, needle) != NULL;
+	}
+	fclose(f);
+	unlink(lc->path);
+	return n;
+}
+
+/*
+ * What Redis refuses at every reconnect (about once a second here, every 300 ms) is
+ * logged at most every 5 s, as every directory failure is, and counted: a wrong password
+ * (AUTH) and a read-only replica (the registration) each logged a warning per attempt.
+ */
+static void test_refusals_at_reconnect_are_logged_sparingly(void **state)
+{
+	struct fx_redis r = {0};
+	struct directory_opts o = {
+		.node_name = "w1", .advertise = "127.0.0.1:1", .heartbeat_ttl_ms = 1500,
+		.heartbeat_interval_ms = 300,
+	};
+	struct directory_stats st;
+	struct log_capture lc;
+	struct directory *a;
+	char url[160];
+	redisContext *c;
+	unsigned lines;
+
+	snprintf(r.password, sizeof(r.password), "pw-%d", getpid());
+	assert_int_equal(fx_redis_start(&r), 0);
+	snprintf(url, sizeof(url), "redis://:wrong@127.0.0.1:%d/0", r.port);
+	o.url = url;
+	log_capture_start(&lc);
+	assert_int_equal(directory_create(&o, &a), 0);
+	fx_sleep_ms(3000);
+	directory_get_stats(a, &st);
+	directory_destroy(a);
+	lines = log_capture_end(&lc, "directory:");
+	fx_redis_stop(&r);
+	fx_rm_rf(r.dir);
+	assert_true(lines >= 1);
+	assert_true(lines <= 2);
+	assert_true(st.errors >= 5); /* every refusal counted */
+	assert_false(st.connected);
+
+	/* the registration refused: a read-only replica (of a master that is not there) */
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	redis_do(c, "REPLICAOF 127.0.0.1 %d", fx_free_port());
+	fx_redis_url(&redis, 0, url, sizeof(url));
+	log_capture_start(&lc);
+	assert_int_equal(directory_create(&o, &a), 0);
+	fx_sleep_ms(3000);
+	directory_get_stats(a, &st);
+	directory_destroy(a);
+	lines = log_capture_end(&lc, "directory:");
+	redis_do(c, "REPLICAOF NO ONE");
+	redisFree(c);
+	assert_true(lines >= 1);
+	assert_true(lines <= 2);
+	assert_true(st.errors >= 5);
+	assert_false(st.connected);
+}
+
 static void test_redis_down_and_back(void **state)
 {
 	char sdir[64];
@@ -1888,6 +1984,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_store_attached_during_first_connect_is_announced,
 						setup, teardown),
 		cmocka_unit_test(test_password_and_db),
+		cmocka_unit_test_setup_teardown(test_refusals_at_reconnect_are_logged_sparingly,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_redis_down_and_back, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lease_exclusive_and_released_by_announce,
 						setup, teardown),
