@@ -7,7 +7,9 @@
  * data, and never blocks a caller: while the connection is down every call fails at
  * once with -ENOTCONN, a background thread reconnects, and on reconnect the node
  * registers again and re-announces its whole store if Redis lost its entries (a new
- * run_id, or the mark of its last full announce gone from its node record); else it
+ * run_id, or the mark of its last full announce gone from its node record: then also
+ * at the first announce or withdraw, or heartbeat, that finds our node record gone or
+ * naming the node Redis gave our id to since, which are refused); else it
  * re-sends only the announces and withdraws that failed meanwhile. A reply timeout drops
  * a connection too, so a slow Redis costs a reconnect, not a full re-announce.
  *

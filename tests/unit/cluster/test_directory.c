@@ -83,8 +83,11 @@ static int setup(void **state)
 	return fx_redis_start(&redis);
 }
 
+static void log_capture_abort(void);
+
 static int teardown(void **state)
 {
+	log_capture_abort();
 	fx_redis_stop(&redis);
 	fx_rm_rf(redis.dir);
 	return 0;
@@ -701,6 +704,9 @@ struct log_capture {
 	int saved;
 };
 
+/* The capture under way, if any: a failed assertion leaves it to teardown() to end. */
+static struct log_capture *capturing;
+
 static void log_capture_start(struct log_capture *lc)
 {
 	int fd;
@@ -713,6 +719,19 @@ static void log_capture_start(struct log_capture *lc)
 	assert_true(lc->saved >= 0);
 	assert_int_equal(dup2(fd, STDERR_FILENO), STDERR_FILENO);
 	close(fd);
+	capturing = lc;
+}
+
+/* stderr restored, the capture dropped (teardown, after a failed assertion). */
+static void log_capture_abort(void)
+{
+	if (!capturing)
+		return;
+	fflush(stderr);
+	dup2(capturing->saved, STDERR_FILENO);
+	close(capturing->saved);
+	unlink(capturing->path);
+	capturing = NULL;
 }
 
 /* stderr restored; the number of captured lines that contain needle (each echoed). */
@@ -725,6 +744,7 @@ static unsigned log_capture_end(struct log_capture *lc, const char *needle)
 	fflush(stderr);
 	assert_int_equal(dup2(lc->saved, STDERR_FILENO), STDERR_FILENO);
 	close(lc->saved);
+	capturing = NULL;
 	f = fopen(lc->path, "r");
 	assert_non_null(f);
 	while (fgets(line, sizeof(line), f)) {
@@ -1847,6 +1867,136 @@ static void test_timeout_reconnect_replays_instead_of_reannouncing(void **state)
  * last full announce, but not what was announced after the snapshot: another run_id makes
  * the node announce in full all the same.
  */
+/* A store in a new temporary directory holding chunk seed: *h its hash. */
+static struct chunkstore *store_with(char dir[64], unsigned seed, struct chunk_hash *h)
+{
+	struct chunkstore_hooks hk = {0};
+	struct chunkstore *cs = fx_store_open(dir, hk);
+	static uint8_t buf[CHUNK];
+
+	assert_non_null(cs);
+	fx_chunk(seed, buf, sizeof(buf), h);
+	assert_int_equal(chunkstore_insert(cs, h, buf, sizeof(buf)), 0);
+	return cs;
+}
+
+/* Whether *h's only holder, looked up from d, is named name (and not node id not). */
+static bool held_only_by(struct directory *d, const struct chunk_hash *h, const char *name,
+			 int64_t not)
+{
+	struct directory_holder hd[4];
+
+	return directory_lookup(d, h, hd, 4) == 1 && !strcmp(hd[0].name, name) &&
+	       hd[0].node_id != not;
+}
+
+/*
+ * After a FLUSHALL a node kept its old id until its next heartbeat, while a node that
+ * registered again meanwhile could be given that id: the first one's withdraws then
+ * removed the other's entries and its announces listed chunks under the other's id;
+ * and at its heartbeat, finding the other's heartbeat under the id, it took that for a
+ * second appliance with its name, logged a name conflict and stayed out. Here a1 and a2
+ * (ids 1 and 2) have a slow heartbeat, b1 and b2 a fast one: after the FLUSHALL b1 and
+ * b2 register again first and get ids 1 and 2. a1 then writes under its old id (and
+ * finds it lost doing so); a2 finds it lost at its heartbeat. Both register again under
+ * new ids, without a conflict, and announce their stores in full.
+ */
+static void test_flush_does_not_let_an_old_id_write_over_a_new_owner(void **state)
+{
+	struct directory_opts slow = {
+		.rack = "r1", .prefix = "t:", .heartbeat_ttl_ms = 20000,
+		.heartbeat_interval_ms = 6000, .lease_ttl_ms = 600, .lease_renew_ms = 150,
+	};
+	struct directory *a1, *a2, *b1, *b2, *bx, *by;
+	struct log_capture lc;
+	struct chunk_hash s1, s2, h, h2;
+	struct chunkstore *cs1, *cs2;
+	struct directory_stats st;
+	char dir1[64], dir2[64];
+	static uint8_t buf[CHUNK];
+	int64_t id1, id2;
+	redisContext *c;
+	uint64_t t0;
+
+	cs1 = store_with(dir1, 901, &s1);
+	cs2 = store_with(dir2, 902, &s2);
+	slow.node_name = "a1";
+	a1 = dir_create(&slow, NULL);
+	directory_attach_store(a1, cs1);
+	assert_int_equal(directory_wait_ready(a1, 5000), 0);
+	slow.node_name = "a2";
+	a2 = dir_create(&slow, NULL);
+	directory_attach_store(a2, cs2);
+	assert_int_equal(directory_wait_ready(a2, 5000), 0);
+	b1 = dir_new("b1", "r1", NULL);
+	b2 = dir_new("b2", "r1", NULL);
+	assert_int_equal(directory_wait_ready(b1, 5000), 0);
+	assert_int_equal(directory_wait_ready(b2, 5000), 0);
+	id1 = directory_node_id(a1);
+	id2 = directory_node_id(a2);
+	assert_int_equal(id1, 1);
+	assert_int_equal(id2, 2);
+
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	log_capture_start(&lc);
+	redis_do(c, "FLUSHALL");
+	/* b1 and b2 notice at their next heartbeat (300 ms) and take ids 1 and 2 */
+	for (t0 = now_ns(); fx_ms_since(t0) < 3000; fx_sleep_ms(10))
+		if (directory_node_id(b1) + directory_node_id(b2) == 3 &&
+		    directory_wait_ready(b1, 0) == 0 && directory_wait_ready(b2, 0) == 0)
+			break;
+	assert_int_equal(directory_node_id(b1) + directory_node_id(b2), 3);
+	assert_true(fx_ms_since(t0) < 3000); /* long before a1's and a2's next heartbeat */
+	bx = directory_node_id(b1) == id1 ? b1 : b2; /* now has a1's old id */
+	by = bx == b1 ? b2 : b1;
+
+	/* a1's withdraw under its old id leaves bx's entry alone */
+	fx_chunk(903, buf, sizeof(buf), &h);
+	assert_int_equal(directory_announce(bx, &h), 0);
+	assert_true(held_only_by(by, &h, bx == b1 ? "b1" : "b2", -1));
+	assert_int_not_equal(directory_withdraw(a1, &h), 0);
+	assert_true(held_only_by(by, &h, bx == b1 ? "b1" : "b2", -1));
+	/* and its announce lists nothing under bx's id: refused, or under a1's new id */
+	fx_chunk(904, buf, sizeof(buf), &h2);
+	directory_announce(a1, &h2);
+	{
+		struct directory_holder hd[4];
+		int n = directory_lookup(by, &h2, hd, 4);
+
+		assert_true(n == 0 || (n == 1 && !strcmp(hd[0].name, "a1") &&
+				       hd[0].node_id != id1));
+	}
+
+	/* both register again, under new ids, and announce their stores in full */
+	assert_int_equal(directory_wait_ready(a1, 5000), 0);
+	assert_true(directory_node_id(a1) > 2);
+	for (t0 = now_ns(); fx_ms_since(t0) < 10000; fx_sleep_ms(20))
+		if (directory_node_id(a2) > 2 && directory_wait_ready(a2, 0) == 0)
+			break;
+	assert_true(directory_node_id(a2) > 2);
+	assert_int_equal(directory_wait_ready(a2, 5000), 0);
+	assert_true(held_only_by(b1, &s1, "a1", id1));
+	assert_true(held_only_by(b1, &s2, "a2", id2));
+	/* no name conflict was taken for one, at any time */
+	assert_int_equal(log_capture_end(&lc, "node name"), 0);
+	directory_get_stats(a1, &st);
+	assert_false(st.name_conflict);
+	directory_get_stats(a2, &st);
+	assert_false(st.name_conflict);
+	assert_int_equal(st.node_id, directory_node_id(a2));
+
+	redisFree(c);
+	directory_destroy(a1);
+	directory_destroy(a2);
+	directory_destroy(b1);
+	directory_destroy(b2);
+	chunkstore_close(cs1);
+	chunkstore_close(cs2);
+	fx_rm_rf(dir1);
+	fx_rm_rf(dir2);
+}
+
 static void test_restart_from_a_snapshot_reannounces(void **state)
 {
 	struct chunkstore_hooks hk = {.announce = hook_announce, .withdraw = hook_withdraw};
@@ -2016,6 +2166,8 @@ int main(void)
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_timeout_reconnect_replays_instead_of_reannouncing,
 						setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_flush_does_not_let_an_old_id_write_over_a_new_owner, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restart_from_a_snapshot_reannounces, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_malformed_or_immortal_lease_is_free, setup,
