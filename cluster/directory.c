@@ -87,7 +87,7 @@ int directory_parse_url(const char *url, struct directory_url *out)
 	hostend = p + strcspn(p, "/");
 	at = memrchr(p, '@', hostend - p);
 	if (at) {
-		/* userinfo: [user]:password, or a bare password */
+		/* userinfo: [user]:password, or a bare password (as redis-cli reads it) */
 		colon = memchr(p, ':', at - p);
 		if (colon) {
 			if (copy_span(out->user, sizeof(out->user), p, colon - p) ||

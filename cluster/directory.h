@@ -175,7 +175,7 @@ void directory_get_stats(struct directory *d, struct directory_stats *st);
 /* Parses a redis:// URL (exposed for tests and config checking). */
 struct directory_url {
 	char host[256];
-	char socket[256];            /* unix://PATH: the socket's path (host is then "") */
+	char socket[256];            /* unix:///path: the socket's path (host is then "") */
 	int port;
 	char user[128];
 	char password[256];
