@@ -398,7 +398,8 @@ static int set_key(struct config *c, const struct key_def *k, const char *v, cha
 
 		if (strchr(v, ' ') || directory_parse_url(v, &u)) {
 			snprintf(why, whylen, "must be redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] "
-					      "(port 1-65535) or unix:///PATH");
+					      "(port 1-65535; an IPv6 HOST in brackets: [::1]) or "
+					      "unix:///PATH");
 			return -EINVAL;
 		}
 		return set_str(p, k->size, v);

@@ -234,7 +234,8 @@ static void cluster_metrics(FILE *f, struct peering *p)
 	    st.dir.name_conflict);
 	one(f, "rackdisk_directory_bad_nodes_total", "counter",
 	    "Malformed node entries in Redis met while listing the nodes (a bad name: left "
-	    "out; a bad address or rack: shown empty).", st.dir.bad_nodes);
+	    "out; a bad address or rack: shown empty) or the holders of a chunk (a heartbeat "
+	    "that cannot be read: not asked).", st.dir.bad_nodes);
 	one(f, "rackdisk_directory_busy_total", "counter",
 	    "Directory calls that gave up waiting for the busy Redis connection (then the seed).",
 	    st.dir.busy_fails);

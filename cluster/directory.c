@@ -12,10 +12,14 @@
  *     connection) leaves a stale entry; this node removes it when it answers a peer
  *     404 (directory_not_held). Only the node itself removes its entries: it alone
  *     can tell, under the connection's lock, that it has not fetched the chunk again.
+ *     And only under its own id: each announce and withdraw is checked, in the same
+ *     script, against our node record (lua_holder_write), so after a FLUSHDB, until
+ *     we register again, ours never land under an id Redis has given another node.
  *  2. P alive:<id> exists only while this node runs: it has a TTL and only the
  *     directory thread refreshes it; directory_leave() deletes it.
  *  3. After every (re)connection the node registers (same name -> same id, a new id
- *     if Redis lost ours) before anything is announced, and, before
+ *     if Redis lost ours) before anything is announced (the id is published with the
+ *     new shared connection; a lost one is -1 meanwhile), and, before
  *     directory_wait_ready() reports ready, re-announces its whole store if Redis may
  *     have lost its entries (new run_id, new id, or no mark of our last full announce
  *     in P node:<id>), else re-sends what failed meanwhile (dir_replay); a store
@@ -83,7 +87,7 @@ int directory_parse_url(const char *url, struct directory_url *out)
 	hostend = p + strcspn(p, "/");
 	at = memrchr(p, '@', hostend - p);
 	if (at) {
-		/* userinfo: [user]:password, or a bare password */
+		/* userinfo: [user]:password, or a bare password (as redis-cli reads it) */
 		colon = memchr(p, ':', at - p);
 		if (colon) {
 			if (copy_span(out->user, sizeof(out->user), p, colon - p) ||
@@ -100,8 +104,27 @@ int directory_parse_url(const char *url, struct directory_url *out)
 			return -EINVAL;
 		p = at + 1;
 	}
-	colon = memrchr(p, ':', hostend - p);
-	if (colon) {
+	if (*p == '[') {
+		/* an IPv6 address, bracketed as in any URL: its colons are not the port's */
+		const char *close = memchr(p, ']', hostend - p);
+
+		if (!close || close == p + 1 ||
+		    copy_span(out->host, sizeof(out->host), p + 1, close - p - 1) ||
+		    !strchr(out->host, ':') || strchr(out->host, '['))
+			return -EINVAL;
+		colon = close + 1;
+		if (colon != hostend && *colon != ':')
+			return -EINVAL;
+	} else {
+		colon = memrchr(p, ':', hostend - p);
+		if (!colon)
+			colon = hostend;
+		/* "redis://::1" would be host ":" and port 1: an IPv6 host needs brackets */
+		if (colon == p || copy_span(out->host, sizeof(out->host), p, colon - p) ||
+		    strpbrk(out->host, ":[]"))
+			return -EINVAL;
+	}
+	if (colon != hostend) {
 		char *end;
 		long port;
 
@@ -111,11 +134,7 @@ int directory_parse_url(const char *url, struct directory_url *out)
 		if (*end || port < 1 || port > 65535)
 			return -EINVAL;
 		out->port = (int)port;
-	} else {
-		colon = hostend;
 	}
-	if (colon == p || copy_span(out->host, sizeof(out->host), p, colon - p))
-		return -EINVAL;
 	if (*hostend == '/' && hostend[1]) {
 		char *end;
 		long db = strtol(hostend + 1, &end, 10);
@@ -153,6 +172,22 @@ static void dir_log_rl(struct directory *d, const char *what, const char *why)
 		return;
 	log_warn("directory: %s: %s (%llu similar messages suppressed); using the seed", what,
 		 why, (unsigned long long)__atomic_exchange_n(&d->suppressed, 0, __ATOMIC_RELAXED));
+}
+
+/*
+ * Whether a line about malformed entries in Redis (written by another client, or by an
+ * appliance of another version) may be logged now: at most every LOG_EVERY_NS, whatever
+ * call met them, so a lookup per read cannot flood the log.
+ */
+static bool dir_bad_log_due(struct directory *d)
+{
+	uint64_t now = now_ns();
+	uint64_t last = __atomic_load_n(&d->last_bad_node_log_ns, __ATOMIC_RELAXED);
+
+	if (last && now - last < LOG_EVERY_NS)
+		return false;
+	return __atomic_compare_exchange_n(&d->last_bad_node_log_ns, &last, now, false,
+					   __ATOMIC_RELAXED, __ATOMIC_RELAXED);
 }
 
 /* Marks the directory not ready (a connection broke) and wakes the thread to reconnect. */
@@ -238,17 +273,23 @@ static int dir_check_reply(struct directory *d, redisReply *r, redisReply **out)
 	return 0;
 }
 
+/* d->lock held: a call refused at once, without a connection or (for one that writes
+ * under our id) without an id; the caller goes to the seed. */
+static int dir_fast_fail_locked(struct directory *d)
+{
+	DIR_STAT_ADD(d, fast_fails, 1);
+	DIR_STAT_ADD(d, errors, 1);
+	dir_log_rl(d, "redis", d->ctx ? "not registered" : "not connected");
+	return -ENOTCONN;
+}
+
 static int dir_vcommand_locked(struct directory *d, redisReply **out, const char *fmt,
 			       va_list ap)
 {
 	redisReply *r;
 
-	if (!d->ctx) {
-		DIR_STAT_ADD(d, fast_fails, 1);
-		DIR_STAT_ADD(d, errors, 1);
-		dir_log_rl(d, "redis", "not connected");
-		return -ENOTCONN;
-	}
+	if (!d->ctx)
+		return dir_fast_fail_locked(d);
 	DIR_STAT_ADD(d, commands, 1);
 	r = redisvCommand(d->ctx, fmt, ap);
 	if (!r) {
@@ -367,16 +408,46 @@ static const char lua_mark_listed[] =
 	"redis.call('HSET', KEYS[1], 'listed', ARGV[2]) "
 	"return 1";
 
-/* The heartbeat, unless the key holds another process's value (then that value) or our
- * node record (KEYS[2]) is gone, with our entries (FLUSHDB, say): then -1. */
+/*
+ * The heartbeat, unless our id is not ours anymore: our node record (KEYS[2]) is gone,
+ * with our entries (FLUSHDB, say): -1; or it names another node (ARGV[3] is our name),
+ * to which Redis gave our id since: -2. Or unless the key holds another process's value
+ * under our name (then that value): an appliance with our name registered meanwhile.
+ */
 static const char lua_heartbeat[] =
+	"local owner = redis.call('HGET', KEYS[2], 'name') "
+	"if not owner then return -1 end "
+	"if owner ~= ARGV[3] then return -2 end "
 	"local v = redis.call('GET', KEYS[1]) "
 	"if v and v ~= ARGV[1] then return v end "
-	"if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end "
 	"redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
 	"return 0";
 
-static int ctx_cmd(redisContext *c, long long *ival, const char *fmt, ...)
+/*
+ * A holder write, SADD or SREM (ARGV[1]) of our id (ARGV[2]) in KEYS[1], only while our
+ * node record (KEYS[2]) names us (ARGV[3]); else, as lua_heartbeat, -1 (the record is
+ * gone: FLUSHDB) or -2 (it names the node Redis gave our id to since), whose entries
+ * ours would add to or remove.
+ */
+static const char lua_holder_write[] =
+	"local owner = redis.call('HGET', KEYS[2], 'name') "
+	"if not owner then return -1 end "
+	"if owner ~= ARGV[3] then return -2 end "
+	"return redis.call(ARGV[1], KEYS[1], ARGV[2])";
+
+/* Why our id is lost, by lua_heartbeat's and lua_holder_write's negative replies. */
+static const char *id_lost_why(long long rc)
+{
+	return rc == -1 ? "its node record is gone from Redis" :
+			  "its node record names another node, which Redis gave it to";
+}
+
+/*
+ * A command on a connection being set up (AUTH, SELECT). An error reply (a wrong
+ * password, an unknown database) comes back at every reconnect, about once a second:
+ * logged rate-limited and counted like any directory failure.
+ */
+static int ctx_cmd(struct directory *d, redisContext *c, long long *ival, const char *fmt, ...)
 {
 	va_list ap;
 	redisReply *r;
@@ -388,7 +459,8 @@ static int ctx_cmd(redisContext *c, long long *ival, const char *fmt, ...)
 	if (!r)
 		return -ENOTCONN;
 	if (r->type == REDIS_REPLY_ERROR) {
-		log_warn("directory: redis: %s", r->str);
+		DIR_STAT_ADD(d, errors, 1);
+		dir_log_rl(d, "redis", r->str);
 		rc = -EIO;
 	} else if (ival) {
 		*ival = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
@@ -422,12 +494,12 @@ static redisContext *dir_open(struct directory *d)
 	redisEnableKeepAlive(c);
 	if (d->url.password[0]) {
 		int rc = d->url.user[0] ?
-			ctx_cmd(c, NULL, "AUTH %s %s", d->url.user, d->url.password) :
-			ctx_cmd(c, NULL, "AUTH %s", d->url.password);
+			ctx_cmd(d, c, NULL, "AUTH %s %s", d->url.user, d->url.password) :
+			ctx_cmd(d, c, NULL, "AUTH %s", d->url.password);
 		if (rc)
 			goto fail;
 	}
-	if (d->url.db && ctx_cmd(c, NULL, "SELECT %d", d->url.db))
+	if (d->url.db && ctx_cmd(d, c, NULL, "SELECT %d", d->url.db))
 		goto fail;
 	return c;
 fail:
@@ -479,6 +551,27 @@ static void dir_name_conflict(struct directory *d, const char *v, size_t len, bo
 	 * the other's entries under the id we would share */
 	__atomic_store_n(&d->node_id, -1, __ATOMIC_RELAXED);
 	__atomic_store_n(&d->st.node_id, -1, __ATOMIC_RELAXED);
+	d->reg_id = -1;
+}
+
+/*
+ * Our id (id) is not ours anymore in Redis (why): our node record is gone, or names the
+ * node Redis gave the id to since. Calls that write under our id fail at once (-1) and
+ * the directory thread registers again (and so announces the store in full: our entries
+ * went with the record). Any thread; only the first to find id lost acts on it.
+ */
+static void dir_id_lost(struct directory *d, int64_t id, const char *why)
+{
+	int64_t cur = id;
+
+	if (!__atomic_compare_exchange_n(&d->node_id, &cur, -1, false, __ATOMIC_RELAXED,
+					 __ATOMIC_RELAXED))
+		return;
+	__atomic_store_n(&d->st.node_id, -1, __ATOMIC_RELAXED);
+	DIR_STAT_ADD(d, errors, 1);
+	log_warn("directory: node id %lld is not ours anymore: %s (Redis flushed?); registering "
+		 "again and announcing the store in full", (long long)id, why);
+	dir_set_broken(d);
 }
 
 /* What a registration found (lua_register). */
@@ -529,13 +622,14 @@ static int dir_register(struct directory *d, redisContext *c, struct dir_reg *re
 		dir_name_conflict(d, r->str, r->len, false);
 		rc = -EADDRINUSE;
 	} else if (r->type == REDIS_REPLY_ERROR) {
-		log_warn("directory: registration: %s", r->str);
+		/* READONLY, an ACL, "no free node id": again at every reconnect */
 		DIR_STAT_ADD(d, errors, 1);
+		dir_log_rl(d, "registration", r->str);
 	} else if (reg_parse(d, r, reg) == 0) {
 		rc = 0;
 	} else {
-		log_warn("directory: registration: unexpected reply (type %d)", r->type);
 		DIR_STAT_ADD(d, errors, 1);
+		dir_log_rl(d, "registration", "unexpected reply");
 	}
 	freeReplyObject(r);
 	return rc;
@@ -555,7 +649,7 @@ static void dir_drop_all(struct directory *d);
  */
 static int dir_register_hk(struct directory *d, bool *lost)
 {
-	int64_t old = directory_node_id(d);
+	int64_t old = d->reg_id;
 	struct dir_reg reg = {.id = -1};
 	int rc = -ENOTCONN;
 
@@ -592,8 +686,13 @@ static int dir_register_hk(struct directory *d, bool *lost)
 	*lost = !reg.listed || old != reg.id ||
 		(reg.run_id[0] && d->run_id[0] && strcmp(reg.run_id, d->run_id));
 	snprintf(d->run_id, sizeof(d->run_id), "%s", reg.run_id);
-	__atomic_store_n(&d->node_id, reg.id, __ATOMIC_RELAXED);
-	__atomic_store_n(&d->st.node_id, reg.id, __ATOMIC_RELAXED);
+	d->reg_id = reg.id;
+	/* published with the shared connection (dir_reconnect); another id meanwhile is
+	 * not ours: none until then */
+	if (directory_node_id(d) != reg.id) {
+		__atomic_store_n(&d->node_id, -1, __ATOMIC_RELAXED);
+		__atomic_store_n(&d->st.node_id, -1, __ATOMIC_RELAXED);
+	}
 	d->registered = true;
 	return 0;
 }
@@ -639,22 +738,24 @@ static void dir_drop_all(struct directory *d)
 
 /*
  * On the thread's own connection: never queued behind the callers (invariant 5). Finding
- * another process's heartbeat under our id means an appliance with our name registered
- * meanwhile (a restart of ours would have stopped this process): we leave.
+ * another process's heartbeat under our id and name means an appliance with our name
+ * registered meanwhile (a restart of ours would have stopped this process): we leave.
+ * Our id gone from Redis, or given to another node (a FLUSHDB, then its registration),
+ * is no conflict: we register again (dir_id_lost).
  */
 static int dir_heartbeat(struct directory *d)
 {
 	char key[DIR_KEY_MAX], node[DIR_KEY_MAX];
-	int64_t id = directory_node_id(d);
+	int64_t id = d->reg_id;
 	redisReply *r;
 
-	if (!d->hk)
+	if (!d->hk || id < 0)
 		return -ENOTCONN;
 	snprintf(key, sizeof(key), "%salive:%lld", d->prefix, (long long)id);
 	snprintf(node, sizeof(node), "%snode:%lld", d->prefix, (long long)id);
 	DIR_STAT_ADD(d, commands, 1);
-	r = redisCommand(d->hk, "EVAL %s 2 %s %s %s %u", lua_heartbeat, key, node, d->alive_value,
-			 d->hb_ttl_ms);
+	r = redisCommand(d->hk, "EVAL %s 2 %s %s %s %u %s", lua_heartbeat, key, node,
+			 d->alive_value, d->hb_ttl_ms, d->name);
 	if (!r) {
 		dir_hk_fail(d, "redis heartbeat");
 		return -ENOTCONN;
@@ -666,10 +767,13 @@ static int dir_heartbeat(struct directory *d)
 		return -EADDRINUSE;
 	}
 	if (r->type == REDIS_REPLY_INTEGER && r->integer < 0) {
+		const char *why = id_lost_why(r->integer);
+
 		freeReplyObject(r);
-		log_warn("directory: the record of node %lld is gone from Redis (flushed?): "
-			 "registering again and announcing the store in full", (long long)id);
-		DIR_STAT_ADD(d, errors, 1);
+		d->reg_id = -1;
+		dir_id_lost(d, id, why);
+		/* again, in case a caller found it first or it was not published yet: no
+		 * reconnect may report ready with it */
 		dir_set_broken(d);
 		return -ENOENT;
 	}
@@ -739,32 +843,68 @@ static bool dir_pending_any(struct directory *d)
 	return any;
 }
 
+/*
+ * d->lock held, id read under it: appends the holder write op ("SADD" or "SREM") of
+ * chunk *h under id, checked against our node record (lua_holder_write). Its reply goes
+ * through holder_reply_locked().
+ */
+static void holder_append_locked(struct directory *d, const char *op,
+				 const struct chunk_hash *h, int64_t id)
+{
+	char key[DIR_KEY_MAX], node[DIR_KEY_MAX];
+
+	dir_chunk_key(d, "chunk:", h, key, sizeof(key));
+	snprintf(node, sizeof(node), "%snode:%lld", d->prefix, (long long)id);
+	redisAppendCommand(d->ctx, "EVAL %s 2 %s %s %s %lld %s", lua_holder_write, key, node, op,
+			   (long long)id, d->name);
+}
+
+/* The reply of a holder write under id: 0 and *changed (the set changed), -ENOTCONN
+ * when id was not ours anymore (dir_id_lost), or -errno. */
+static int holder_reply_locked(struct directory *d, int64_t id, bool *changed)
+{
+	redisReply *r;
+	int rc = dir_pipeline_reply_locked(d, &r);
+
+	if (rc)
+		return rc;
+	if (r->type == REDIS_REPLY_INTEGER && r->integer < 0) {
+		dir_id_lost(d, id, id_lost_why(r->integer));
+		rc = -ENOTCONN;
+	} else if (changed) {
+		*changed = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+	}
+	freeReplyObject(r);
+	return rc;
+}
+
 int directory_announce(struct directory *d, const struct chunk_hash *h)
 {
-	char key[DIR_KEY_MAX], lkey[DIR_KEY_MAX], lval[64];
+	char lkey[DIR_KEY_MAX], lval[64];
 	bool lease = dir_lease_forget(d, h);
-	int64_t id = directory_node_id(d);
+	int64_t id;
 	int rc, rc2 = 0;
 
 	DIR_STAT_ADD(d, announces, 1);
-	dir_chunk_key(d, "chunk:", h, key, sizeof(key));
 	dir_chunk_key(d, "lease:", h, lkey, sizeof(lkey));
-	dir_lease_value(d, id, lval, sizeof(lval));
 	rc = dir_lock(d);
 	if (rc)
 		goto out;
+	/* read under lock: the id goes with the connection (dir_reconnect) */
+	id = directory_node_id(d);
 	if (!d->ctx || id < 0) {
-		rc = dir_command_locked(d, NULL, "PING"); /* counts the fast fail */
-		rc = rc ? rc : -ENOTCONN;
+		rc = dir_fast_fail_locked(d);
 		goto unlock;
 	}
 	/* one round trip: the holder entry, then (if ours) the lease release */
 	DIR_STAT_ADD(d, commands, 1);
-	redisAppendCommand(d->ctx, "SADD %s %lld", key, (long long)id);
-	if (lease)
-		redisAppendCommand(d->ctx, "EVAL %s 1 %s %s", dir_lua_release, lkey, lval);
-	rc = dir_pipeline_reply_locked(d, NULL);
+	holder_append_locked(d, "SADD", h, id);
 	if (lease) {
+		dir_lease_value(d, id, lval, sizeof(lval));
+		redisAppendCommand(d->ctx, "EVAL %s 1 %s %s", dir_lua_release, lkey, lval);
+	}
+	rc = holder_reply_locked(d, id, NULL);
+	if (lease && d->ctx) {
 		rc2 = dir_pipeline_reply_locked(d, NULL);
 		if (!rc2)
 			DIR_STAT_ADD(d, leases_released, 1);
@@ -780,17 +920,23 @@ out:
 
 int directory_withdraw(struct directory *d, const struct chunk_hash *h)
 {
-	char key[DIR_KEY_MAX];
-	int64_t id = directory_node_id(d);
+	int64_t id;
 	int rc;
 
 	DIR_STAT_ADD(d, withdraws, 1);
-	if (id < 0) {
-		rc = dir_command(d, NULL, "PING") ?: -ENOTCONN;
+	rc = dir_lock(d);
+	if (rc)
+		goto out;
+	id = directory_node_id(d);
+	if (!d->ctx || id < 0) {
+		rc = dir_fast_fail_locked(d);
 	} else {
-		dir_chunk_key(d, "chunk:", h, key, sizeof(key));
-		rc = dir_command(d, NULL, "SREM %s %lld", key, (long long)id);
+		DIR_STAT_ADD(d, commands, 1);
+		holder_append_locked(d, "SREM", h, id);
+		rc = holder_reply_locked(d, id, NULL);
 	}
+	pthread_mutex_unlock(&d->lock);
+out:
 	if (rc)
 		dir_pending_add(d, h, 1);
 	return rc;
@@ -798,18 +944,19 @@ int directory_withdraw(struct directory *d, const struct chunk_hash *h)
 
 int directory_not_held(struct directory *d, const struct chunk_hash *h)
 {
-	char key[DIR_KEY_MAX];
 	struct chunkstore *store;
-	int64_t id = directory_node_id(d);
-	redisReply *r = NULL;
+	bool removed = false;
+	int64_t id;
 	int rc;
 
-	if (id < 0)
-		return dir_command(d, NULL, "PING") ?: -ENOTCONN;
-	dir_chunk_key(d, "chunk:", h, key, sizeof(key));
 	rc = dir_lock(d);
 	if (rc)
 		return rc;
+	id = directory_node_id(d);
+	if (!d->ctx || id < 0) {
+		rc = dir_fast_fail_locked(d);
+		goto out;
+	}
 	pthread_mutex_lock(&d->thread_lock);
 	store = d->store;
 	pthread_mutex_unlock(&d->thread_lock);
@@ -817,11 +964,11 @@ int directory_not_held(struct directory *d, const struct chunk_hash *h)
 	 * (found present: nothing to do) announces only after our SREM. */
 	if (store && chunkstore_contains(store, h))
 		goto out;
-	rc = dir_command_locked(d, &r, "SREM %s %lld", key, (long long)id);
-	if (!rc && r->type == REDIS_REPLY_INTEGER && r->integer > 0)
+	DIR_STAT_ADD(d, commands, 1);
+	holder_append_locked(d, "SREM", h, id);
+	rc = holder_reply_locked(d, id, &removed);
+	if (removed)
 		DIR_STAT_ADD(d, stale_removed, 1);
-	if (r)
-		freeReplyObject(r);
 out:
 	pthread_mutex_unlock(&d->lock);
 	return rc;
@@ -1142,7 +1289,8 @@ int directory_lookup(struct directory *d, const struct chunk_hash *h,
 {
 	char key[DIR_KEY_MAX], alive[DIR_KEY_MAX];
 	redisReply *r = NULL;
-	int rc, n = 0;
+	int64_t bad_id = 0;
+	int rc, n = 0, bad = 0;
 	size_t i;
 
 	DIR_STAT_ADD(d, lookups, 1);
@@ -1162,8 +1310,20 @@ int directory_lookup(struct directory *d, const struct chunk_hash *h,
 		if (id->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
 			continue;
 		out[n].node_id = strtoll(id->str, NULL, 10);
-		if (out[n].node_id > 0 && !parse_alive(v->str, v->len, &out[n]))
+		if (out[n].node_id > 0 && !parse_alive(v->str, v->len, &out[n])) {
 			n++;
+			continue;
+		}
+		/* not asked: counted and logged, a holder is never dropped unseen */
+		if (!bad++)
+			bad_id = out[n].node_id;
+	}
+	if (bad) {
+		DIR_STAT_ADD(d, bad_nodes, bad);
+		if (dir_bad_log_due(d))
+			log_warn("directory: %d holder%s of chunk %s with a malformed heartbeat "
+				 "in %salive:<id> (e.g. id %lld): not asked for the chunk", bad,
+				 bad == 1 ? "" : "s", key, d->prefix, (long long)bad_id);
 	}
 	DIR_STAT_ADD(d, lookup_holders, n);
 	rc = n;
@@ -1187,24 +1347,6 @@ int directory_node_alive(struct directory *d, int64_t node_id)
 	return rc;
 }
 
-static void node_from_hash(redisReply *r, struct directory_node *n)
-{
-	size_t i;
-
-	if (r->type != REDIS_REPLY_ARRAY)
-		return;
-	for (i = 0; i + 1 < r->elements; i += 2) {
-		redisReply *k = r->element[i], *v = r->element[i + 1];
-
-		if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
-			continue;
-		if (!strcmp(k->str, "addr"))
-			copy_span(n->addr, sizeof(n->addr), v->str, v->len);
-		else if (!strcmp(k->str, "rack"))
-			copy_span(n->rack, sizeof(n->rack), v->str, v->len);
-	}
-}
-
 /*
  * Node entries come from Redis, where any client may have written them: only what an
  * appliance writes (directory_create checks its own name, rack and address) is listed as
@@ -1220,16 +1362,43 @@ static bool addr_ok(const char *s)
 	return true;
 }
 
+/*
+ * A node record's address and rack into *n: false when one of them is not what an
+ * appliance writes (too long for the field, or bytes addr_ok or name_is_valid refuse),
+ * then shown empty.
+ */
+static bool node_from_hash(redisReply *r, struct directory_node *n)
+{
+	bool ok = true;
+	size_t i;
+
+	if (r->type != REDIS_REPLY_ARRAY)
+		return true;
+	for (i = 0; i + 1 < r->elements; i += 2) {
+		redisReply *k = r->element[i], *v = r->element[i + 1];
+
+		if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+			continue;
+		if (!strcmp(k->str, "addr"))
+			ok = !copy_span(n->addr, sizeof(n->addr), v->str, v->len) && ok;
+		else if (!strcmp(k->str, "rack"))
+			ok = !copy_span(n->rack, sizeof(n->rack), v->str, v->len) && ok;
+	}
+	if (n->rack[0] && !name_is_valid(n->rack)) {
+		n->rack[0] = '\0';
+		ok = false;
+	}
+	if (!addr_ok(n->addr)) {
+		n->addr[0] = '\0';
+		ok = false;
+	}
+	return ok;
+}
+
 /* Logs a listing's malformed node entries, at most every LOG_EVERY_NS. */
 static void dir_log_bad_nodes(struct directory *d, int bad, int64_t example_id)
 {
-	uint64_t now = now_ns();
-	uint64_t last = __atomic_load_n(&d->last_bad_node_log_ns, __ATOMIC_RELAXED);
-
-	if (last && now - last < LOG_EVERY_NS)
-		return;
-	if (!__atomic_compare_exchange_n(&d->last_bad_node_log_ns, &last, now, false,
-					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+	if (!dir_bad_log_due(d))
 		return;
 	log_warn("directory: %d malformed node entr%s in %snodes:byname or node:<id> (e.g. id "
 		 "%lld): a name not 1 to 128 of A-Z a-z 0-9 . _ - is left out of the node list, "
@@ -1285,22 +1454,11 @@ int directory_list_nodes(struct directory *d, struct directory_node *out, int ma
 		}
 		r2 = dir_pipeline_reply_locked(d, &x);
 		if (!r2) {
-			node_from_hash(x, &out[i]);
+			if (!node_from_hash(x, &out[i]) && !bad++)
+				bad_id = out[i].node_id;
 			freeReplyObject(x);
 		}
 		rc = rc ? rc : r1 ? r1 : r2;
-	}
-	for (i = 0; i < n; i++) {
-		bool bad_rack = out[i].rack[0] && !name_is_valid(out[i].rack);
-
-		if (bad_rack || !addr_ok(out[i].addr)) {
-			if (!bad++)
-				bad_id = out[i].node_id;
-			if (bad_rack)
-				out[i].rack[0] = '\0';
-			if (!addr_ok(out[i].addr))
-				out[i].addr[0] = '\0';
-		}
 	}
 	if (bad) {
 		DIR_STAT_ADD(d, bad_nodes, bad);
@@ -1316,6 +1474,17 @@ out:
 }
 
 /* ---- the directory thread ---- */
+
+/* Where Redis is, for the log: "host:port" ("[addr]:port" for IPv6), or the socket's path. */
+static void dir_endpoint(const struct directory *d, char *buf, size_t len)
+{
+	if (d->url.socket[0])
+		snprintf(buf, len, "%s (unix socket)", d->url.socket);
+	else if (strchr(d->url.host, ':'))
+		snprintf(buf, len, "[%s]:%d", d->url.host, d->url.port);
+	else
+		snprintf(buf, len, "%s:%d", d->url.host, d->url.port);
+}
 
 /*
  * Ready, unless a connection broke since generation gen was taken. Checked under d->lock
@@ -1348,6 +1517,7 @@ static void dir_set_ready(struct directory *d, uint64_t gen)
  */
 static int dir_reconnect(struct directory *d)
 {
+	char where[300];
 	redisContext *c, *old;
 	struct chunkstore *store;
 	bool lost = false, full;
@@ -1376,6 +1546,10 @@ static int dir_reconnect(struct directory *d)
 	pthread_mutex_unlock(&d->thread_lock);
 	old = d->ctx;
 	d->ctx = c;
+	/* the id with the connection: a caller that reads it under lock sends under the id
+	 * just registered (-1 if the heartbeat found it lost already: then not ready) */
+	__atomic_store_n(&d->node_id, d->reg_id, __ATOMIC_RELAXED);
+	__atomic_store_n(&d->st.node_id, d->reg_id, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&d->lock);
 	if (old)
 		redisFree(old);
@@ -1383,20 +1557,17 @@ static int dir_reconnect(struct directory *d)
 
 	n = full ? announce_full(d, store, gen) : 0;
 	k = n < 0 ? 0 : dir_replay(d, gen);
+	dir_endpoint(d, where, sizeof(where));
 	if (n < 0 || k < 0)
 		log_warn("directory: %s failed: %s", n < 0 ? "re-announce" : "replay",
 			 strerror(n < 0 ? -n : -k));
 	else if (full)
-		log_info("directory: connected to %s:%d%s as node %lld (%s), announced %d chunks",
-			 d->url.socket[0] ? d->url.socket : d->url.host, d->url.port,
-			 d->url.socket[0] ? " (unix socket)" : "", (long long)directory_node_id(d),
-			 d->name, n + k);
+		log_info("directory: connected to %s as node %lld (%s), announced %d chunks",
+			 where, (long long)directory_node_id(d), d->name, n + k);
 	else
-		log_info("directory: connected to %s:%d%s as node %lld (%s); Redis kept our "
-			 "entries: synced the %d chunks whose announce or withdraw had failed",
-			 d->url.socket[0] ? d->url.socket : d->url.host, d->url.port,
-			 d->url.socket[0] ? " (unix socket)" : "", (long long)directory_node_id(d),
-			 d->name, k);
+		log_info("directory: connected to %s as node %lld (%s); Redis kept our entries: "
+			 "synced the %d chunks whose announce or withdraw had failed", where,
+			 (long long)directory_node_id(d), d->name, k);
 	dir_set_ready(d, gen);
 	return 0;
 }
@@ -1551,7 +1722,7 @@ static int dir_new_instance(struct directory *d)
 
 static bool field_ok(const char *s)
 {
-	return s && *s && strlen(s) < 128 && !strpbrk(s, " \t\r\n");
+	return s && *s && strlen(s) <= DIRECTORY_ADDR_MAX && !strpbrk(s, " \t\r\n");
 }
 
 int directory_create(const struct directory_opts *o, struct directory **out)
@@ -1564,6 +1735,7 @@ int directory_create(const struct directory_opts *o, struct directory **out)
 	if (!d)
 		return -ENOMEM;
 	d->node_id = -1;
+	d->reg_id = -1;
 	d->st.node_id = -1;
 	pthread_mutex_init(&d->lock, NULL);
 	pthread_mutex_init(&d->lease_lock, NULL);
@@ -1663,7 +1835,8 @@ void directory_leave(struct directory *d)
 	if (d->left)
 		return;
 	d->left = true;
-	id = directory_node_id(d);
+	/* the heartbeat's id (the thread has stopped): ours unless found lost */
+	id = d->reg_id;
 	if (id >= 0) {
 		snprintf(key, sizeof(key), "%salive:%lld", d->prefix, (long long)id);
 		/* Only our own heartbeat (an appliance that took our name keeps its own), on

@@ -7,7 +7,9 @@
  * data, and never blocks a caller: while the connection is down every call fails at
  * once with -ENOTCONN, a background thread reconnects, and on reconnect the node
  * registers again and re-announces its whole store if Redis lost its entries (a new
- * run_id, or the mark of its last full announce gone from its node record); else it
+ * run_id, or the mark of its last full announce gone from its node record: then also
+ * at the first announce or withdraw, or heartbeat, that finds our node record gone or
+ * naming the node Redis gave our id to since, which are refused); else it
  * re-sends only the announces and withdraws that failed meanwhile. A reply timeout drops
  * a connection too, so a slow Redis costs a reconnect, not a full re-announce.
  *
@@ -37,11 +39,13 @@
 
 #include "cache/chunkstore.h"
 #include "common/hash.h"
+#include "common/util.h"
 
 struct directory;
 
 struct directory_opts {
-	const char *url;           /* redis://[[user]:password@]host[:port][/db] or unix://PATH */
+	const char *url;           /* redis://[[user]:password@]host[:port][/db] (host: a name,
+				    * IPv4, or [IPv6] in brackets) or unix:///path */
 	const char *prefix;        /* key prefix (default "rackdisk:") */
 	const char *node_name;     /* unique in the cluster (name_is_valid) */
 	const char *rack;          /* rack label (default "default") */
@@ -68,24 +72,29 @@ struct directory_stats {
 	uint64_t leases_taken, leases_busy, leases_released, leases_renewed, leases_expired;
 	uint64_t stale_removed;      /* our stale entries dropped after we answered a 404 */
 	uint64_t bad_nodes;          /* malformed node entries met by directory_list_nodes:
-				      * bad name (left out), address or rack (shown empty) */
+				      * bad name (left out), address or rack (shown empty);
+				      * and holders directory_lookup left out: a heartbeat
+				      * it cannot read */
 	bool name_conflict;          /* kept out: another live appliance has our node name */
 };
 
-/* One live holder of a chunk, as returned by directory_lookup(). */
+/* One live holder of a chunk, as returned by directory_lookup(). The fields hold the
+ * longest values directory_create() accepts (a name and a rack are name_is_valid, an
+ * address at most DIRECTORY_ADDR_MAX characters). */
+#define DIRECTORY_ADDR_MAX 127
 struct directory_holder {
 	int64_t node_id;
-	char name[129];
-	char addr[128];              /* host:port of its peer server */
-	char rack[65];
+	char name[NAME_MAX_LEN + 1];
+	char addr[DIRECTORY_ADDR_MAX + 1]; /* host:port of its peer server */
+	char rack[NAME_MAX_LEN + 1];
 };
 
 /* A node, as returned by directory_list_nodes(). */
 struct directory_node {
 	int64_t node_id;
-	char name[129];
-	char addr[128];
-	char rack[65];
+	char name[NAME_MAX_LEN + 1];
+	char addr[DIRECTORY_ADDR_MAX + 1];
+	char rack[NAME_MAX_LEN + 1];
 	bool alive;
 	int64_t ttl_ms;              /* heartbeat time left, -1 if none */
 };
@@ -166,7 +175,7 @@ void directory_get_stats(struct directory *d, struct directory_stats *st);
 /* Parses a redis:// URL (exposed for tests and config checking). */
 struct directory_url {
 	char host[256];
-	char socket[256];            /* unix://PATH: the socket's path (host is then "") */
+	char socket[256];            /* unix:///path: the socket's path (host is then "") */
 	int port;
 	char user[128];
 	char password[256];

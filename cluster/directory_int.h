@@ -25,7 +25,8 @@ struct directory {
 	/* configuration (owned copies) */
 	char *prefix, *name, *rack, *advertise;
 	char instance[17];          /* random per process (dir_new_instance) */
-	char alive_value[400];      /* our heartbeat: "rack addr name instance" */
+	/* our heartbeat: "rack addr name instance", each at its longest, 3 spaces */
+	char alive_value[NAME_MAX_LEN + DIRECTORY_ADDR_MAX + NAME_MAX_LEN + 16 + 3 + 1];
 	struct directory_url url;
 	uint32_t connect_ms, command_ms, hb_ttl_ms, hb_interval_ms, lease_ttl_ms, lease_renew_ms;
 	uint32_t batch;
@@ -41,7 +42,15 @@ struct directory {
 	/* The directory thread's own connection (that thread only; directory_leave uses it
 	 * once the thread has stopped): registration, heartbeat, lease renewals. */
 	redisContext *hk;
-	int64_t node_id;            /* __atomic; -1 until the first registration */
+	/*
+	 * This node's id for the callers: __atomic, -1 while it has none (not registered
+	 * yet, kept out by a name conflict, or the id found lost: dir_id_lost). A new id is
+	 * published under lock, with the shared connection it goes with (dir_reconnect);
+	 * callers read it under lock. reg_id is the id of the last registration, that the
+	 * heartbeat keeps alive (the directory thread's; -1 when none).
+	 */
+	int64_t node_id;
+	int64_t reg_id;
 
 	struct chunkstore *store;   /* borrowed, for the bulk re-announce */
 

@@ -27,7 +27,7 @@ struct peer_health {
 struct peers {
 	struct directory *dir;
 	struct peer_client *client;
-	char rack[65];
+	char rack[NAME_MAX_LEN + 1];     /* ours, compared with each holder's */
 	uint32_t lease_wait_ms, poll_ms, penalty_ms;
 	unsigned max_tries;
 	pthread_mutex_t lock;            /* guards health */

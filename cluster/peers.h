@@ -69,9 +69,9 @@ struct peers_stats {
 /* One peer as seen by this node. */
 struct peers_peer_stats {
 	int64_t node_id;
-	char name[129];
-	char addr[128];
-	char rack[65];
+	char name[NAME_MAX_LEN + 1];
+	char addr[DIRECTORY_ADDR_MAX + 1];
+	char rack[NAME_MAX_LEN + 1];
 	uint64_t ok, failures, bad_data, not_found, bytes;
 };
 

@@ -100,7 +100,7 @@ bool name_is_valid(const char *name)
 {
 	size_t n = name ? strlen(name) : 0;
 
-	if (n == 0 || n > 128 || name[0] == '.' || name[0] == '-')
+	if (n == 0 || n > NAME_MAX_LEN || name[0] == '.' || name[0] == '-')
 		return false;
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)name[i];

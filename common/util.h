@@ -32,8 +32,9 @@ const char *format_size(uint64_t n, char *buf, size_t len);
 /*
  * A name (image tag, disk name, node name) is 1..128 characters from [A-Za-z0-9._-],
  * does not start with '.' or '-', and so can never be "..", contain '/', spaces or
- * control characters.
+ * control characters. A buffer for one takes NAME_MAX_LEN + 1 bytes.
  */
+#define NAME_MAX_LEN 128
 bool name_is_valid(const char *name);
 
 /* A disk name: a valid name without '_', since it becomes the end of the disk's iSCSI

@@ -169,6 +169,10 @@ static void test_cluster_keys_applied(void **state)
 	assert_int_equal(cfg.heartbeat_ttl_ms, 1000);
 	assert_int_equal(cfg.peer_timeout_ms, 750);
 	assert_string_equal(cfg.rack, "r9");
+	assert_int_equal(load(MINIMAL "[cluster]\nredis = redis://[::1]:6380/2\n"
+				      "token_file = /etc/t\nlisten = 10.1.2.3:7481\n"),
+			 0);
+	assert_string_equal(cfg.redis, "redis://[::1]:6380/2");
 }
 
 static void test_cluster_advertise_derived(void **state)
@@ -355,6 +359,8 @@ static void test_bad_names_and_values(void **state)
 	assert_bad(MINIMAL "[cluster]\nredis = redis://127.0.0.1:notaport/x\n", 6, "port 1-65535");
 	assert_bad(MINIMAL "[cluster]\nredis = redis://127.0.0.1:6379/zero\n", 6, "redis://");
 	assert_bad(MINIMAL "[cluster]\nredis = redis://:6379\n", 6, "redis://");
+	/* an IPv6 host is bracketed; "::1" bare read as host ":" and port 1 */
+	assert_bad(MINIMAL "[cluster]\nredis = redis://::1\n", 6, "an IPv6 HOST in brackets");
 	assert_bad(MINIMAL "[cluster]\nredis = unix://relative.sock\n", 6, "unix:///PATH");
 	/* 0 looked like "off" (as [seed] readahead = 0 is) but meant a window of 1 */
 	assert_bad(MINIMAL "[cluster]\nreadahead = 0\n", 6, "from 1 to 1024");

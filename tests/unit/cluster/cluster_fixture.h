@@ -29,6 +29,7 @@ struct fx_redis {
 	int port;
 	char dir[64];
 	char password[64];
+	bool ipv6;                  /* listen on ::1 too */
 };
 
 static pid_t fx_children[16];
@@ -114,11 +115,13 @@ static inline int fx_redis_start(struct fx_redis *r)
 	if (r->pid < 0)
 		return -1;
 	if (r->pid == 0) {
-		const char *args[20] = {"redis-server", "--port", port, "--bind", "127.0.0.1",
-					"--dir", r->dir, "--save", "", "--appendonly", "no",
-					"--daemonize", "no", "--loglevel", "warning"};
+		const char *args[20] = {"redis-server", "--port", port, "--dir", r->dir,
+					"--save", "", "--appendonly", "no", "--daemonize", "no",
+					"--loglevel", "warning", "--bind", "127.0.0.1"};
 		int n = 15;
 
+		if (r->ipv6)
+			args[n++] = "::1"; /* --bind takes several addresses */
 		if (r->password[0]) {
 			args[n++] = "--requirepass";
 			args[n++] = r->password;

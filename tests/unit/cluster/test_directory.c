@@ -64,14 +64,30 @@ static struct directory *dir_new_slow(const char *name, uint32_t lease_ttl, uint
 	return dir_create(&o, NULL);
 }
 
+/* A command on c (a plain connection of the test's); its reply is dropped. */
+static void redis_do(redisContext *c, const char *fmt, ...)
+{
+	redisReply *r;
+	va_list ap;
+
+	va_start(ap, fmt);
+	r = redisvCommand(c, fmt, ap);
+	va_end(ap);
+	assert_non_null(r);
+	freeReplyObject(r);
+}
+
 static int setup(void **state)
 {
 	memset(&redis, 0, sizeof(redis));
 	return fx_redis_start(&redis);
 }
 
+static void log_capture_abort(void);
+
 static int teardown(void **state)
 {
+	log_capture_abort();
 	fx_redis_stop(&redis);
 	fx_rm_rf(redis.dir);
 	return 0;
@@ -122,6 +138,80 @@ static void test_parse_url(void **state)
 	/* a user with an empty password sent no AUTH at all, silently */
 	assert_int_equal(directory_parse_url("redis://app:@h", &u), -EINVAL);
 	assert_int_equal(directory_parse_url("redis://@h", &u), -EINVAL);
+}
+
+/* An IPv6 host is written in brackets, as in any URL, and reaches getaddrinfo without
+ * them (it kept them, and never resolved); bare, its colons were taken for the port's. */
+static void test_parse_url_ipv6(void **state)
+{
+	struct directory_url u;
+
+	assert_int_equal(directory_parse_url("redis://[::1]:6380/3", &u), 0);
+	assert_string_equal(u.host, "::1");
+	assert_int_equal(u.port, 6380);
+	assert_int_equal(u.db, 3);
+	assert_int_equal(directory_parse_url("redis://[fd00:1::2]", &u), 0);
+	assert_string_equal(u.host, "fd00:1::2");
+	assert_int_equal(u.port, 6379);
+	assert_int_equal(directory_parse_url("redis://app:p:w@[::1]:7000", &u), 0);
+	assert_string_equal(u.user, "app");
+	assert_string_equal(u.password, "p:w");
+	assert_string_equal(u.host, "::1");
+	assert_int_equal(u.port, 7000);
+	assert_int_equal(directory_parse_url("redis://::1", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://::1:6379", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://fd00::2/0", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://[::1", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://[]:1", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://[::1]x", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://[::1]:", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://[h]:1", &u), -EINVAL);
+	assert_int_equal(directory_parse_url("redis://h]:1", &u), -EINVAL);
+}
+
+/* Whether this machine has IPv6 loopback (a container may not). */
+static bool ipv6_loopback(void)
+{
+	struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+	int s = socket(AF_INET6, SOCK_STREAM, 0);
+	bool ok = s >= 0 && bind(s, (struct sockaddr *)&a, sizeof(a)) == 0;
+
+	if (s >= 0)
+		close(s);
+	return ok;
+}
+
+/* A directory on redis://[::1]:PORT connects (to a Redis listening on ::1) and works. */
+static void test_connects_over_ipv6(void **state)
+{
+	struct fx_redis r = {.ipv6 = true};
+	struct directory_opts o = {.node_name = "v6", .advertise = "[::1]:7480", .prefix = "v6:"};
+	struct directory *a = NULL;
+	struct chunk_hash h;
+	uint8_t buf[CHUNK];
+	char url[128], hex[HASH_HEX_LEN + 1];
+	redisContext *c;
+	redisReply *rep;
+
+	if (!ipv6_loopback())
+		skip();
+	assert_int_equal(fx_redis_start(&r), 0);
+	snprintf(url, sizeof(url), "redis://[::1]:%d/0", r.port);
+	o.url = url;
+	assert_int_equal(directory_create(&o, &a), 0);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	fx_chunk(6, buf, sizeof(buf), &h);
+	assert_int_equal(directory_announce(a, &h), 0);
+	c = redisConnect("::1", r.port);
+	assert_true(c && !c->err);
+	hash_to_hex(&h, hex);
+	rep = redisCommand(c, "SISMEMBER v6:chunk:%s %lld", hex, (long long)directory_node_id(a));
+	assert_true(rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1);
+	freeReplyObject(rep);
+	redisFree(c);
+	directory_destroy(a);
+	fx_redis_stop(&r);
+	fx_rm_rf(r.dir);
 }
 
 static void test_bad_options(void **state)
@@ -210,6 +300,80 @@ static void test_announce_lookup_withdraw(void **state)
 	assert_int_equal(directory_lookup(b, &h, hd, 4), 1);
 	directory_leave(a);
 	assert_int_equal(directory_lookup(b, &h, hd, 4), 0);
+	directory_destroy(a);
+	directory_destroy(b);
+}
+
+/*
+ * The longest fields an appliance may be configured with (a name and a rack of 128
+ * characters, an address of 127) go through the heartbeat to a peer's lookup and listing
+ * whole: a rack past 64 characters made every lookup skip that holder, silently, and left
+ * the rack blank in the node list.
+ */
+static void test_longest_name_rack_and_address_are_listed(void **state)
+{
+	char name[129], rack[129], addr[128], url[128];
+	struct directory_opts o = {
+		.prefix = "t:", .heartbeat_ttl_ms = 1500,
+		.heartbeat_interval_ms = 300, .lease_ttl_ms = 600, .lease_renew_ms = 150,
+	};
+	struct directory *a = NULL, *b = dir_new("b3", "r1", NULL);
+	struct directory_holder hd[4];
+	struct directory_node nodes[8];
+	struct directory_stats st;
+	struct chunk_hash h;
+	uint8_t buf[CHUNK];
+	char hex[HASH_HEX_LEN + 1];
+	redisContext *c;
+	uint64_t bad;
+	int n, i, found = 0;
+
+	memset(name, 'n', 128);
+	name[128] = '\0';
+	memset(rack, 'r', 128);
+	rack[128] = '\0';
+	memset(addr, 'h', 121);
+	snprintf(addr + 121, sizeof(addr) - 121, ":10001");
+	assert_int_equal(strlen(addr), 127);
+	fx_redis_url(&redis, 0, url, sizeof(url));
+	o.url = url;
+	o.node_name = name;
+	o.rack = rack;
+	o.advertise = addr;
+	assert_int_equal(directory_create(&o, &a), 0);
+	assert_int_equal(directory_wait_ready(a, 5000), 0);
+	assert_int_equal(directory_wait_ready(b, 5000), 0);
+	fx_chunk(3, buf, sizeof(buf), &h);
+	assert_int_equal(directory_announce(a, &h), 0);
+	n = directory_lookup(b, &h, hd, 4);
+	assert_int_equal(n, 1);
+	assert_int_equal(hd[0].node_id, directory_node_id(a));
+	assert_string_equal(hd[0].name, name);
+	assert_string_equal(hd[0].rack, rack);
+	assert_string_equal(hd[0].addr, addr);
+	/* a holder whose heartbeat cannot be read is not asked, but counted */
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_non_null(c);
+	hash_to_hex(&h, hex);
+	redis_do(c, "SADD t:chunk:%s 77", hex);
+	redis_do(c, "SET t:alive:77 no-spaces PX 60000");
+	redisFree(c);
+	directory_get_stats(b, &st);
+	bad = st.bad_nodes;
+	assert_int_equal(directory_lookup(b, &h, hd, 4), 1);
+	assert_string_equal(hd[0].name, name);
+	directory_get_stats(b, &st);
+	assert_int_equal(st.bad_nodes, bad + 1);
+
+	n = directory_list_nodes(b, nodes, 8);
+	assert_int_equal(n, 2);
+	for (i = 0; i < n; i++)
+		if (!strcmp(nodes[i].name, name)) {
+			found++;
+			assert_string_equal(nodes[i].rack, rack);
+			assert_string_equal(nodes[i].addr, addr);
+		}
+	assert_int_equal(found, 1);
 	directory_destroy(a);
 	directory_destroy(b);
 }
@@ -532,6 +696,119 @@ static void test_password_and_db(void **state)
 	directory_destroy(a);
 	fx_redis_stop(&r);
 	fx_rm_rf(r.dir);
+}
+
+/* stderr into a file while a test runs a directory: the log lines it writes. */
+struct log_capture {
+	char path[64];
+	int saved;
+};
+
+/* The capture under way, if any: a failed assertion leaves it to teardown() to end. */
+static struct log_capture *capturing;
+
+static void log_capture_start(struct log_capture *lc)
+{
+	int fd;
+
+	snprintf(lc->path, sizeof(lc->path), "/tmp/rd-log-XXXXXX");
+	fd = mkstemp(lc->path);
+	assert_true(fd >= 0);
+	fflush(stderr);
+	lc->saved = dup(STDERR_FILENO);
+	assert_true(lc->saved >= 0);
+	assert_int_equal(dup2(fd, STDERR_FILENO), STDERR_FILENO);
+	close(fd);
+	capturing = lc;
+}
+
+/* stderr restored, the capture dropped (teardown, after a failed assertion). */
+static void log_capture_abort(void)
+{
+	if (!capturing)
+		return;
+	fflush(stderr);
+	dup2(capturing->saved, STDERR_FILENO);
+	close(capturing->saved);
+	unlink(capturing->path);
+	capturing = NULL;
+}
+
+/* stderr restored; the number of captured lines that contain needle (each echoed). */
+static unsigned log_capture_end(struct log_capture *lc, const char *needle)
+{
+	char line[1024];
+	unsigned n = 0;
+	FILE *f;
+
+	fflush(stderr);
+	assert_int_equal(dup2(lc->saved, STDERR_FILENO), STDERR_FILENO);
+	close(lc->saved);
+	capturing = NULL;
+	f = fopen(lc->path, "r");
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f)) {
+		fputs(line, stderr);
+		n += strstr(line, needle) != NULL;
+	}
+	fclose(f);
+	unlink(lc->path);
+	return n;
+}
+
+/*
+ * What Redis refuses at every reconnect (about once a second here, every 300 ms) is
+ * logged at most every 5 s, as every directory failure is, and counted: a wrong password
+ * (AUTH) and a read-only replica (the registration) each logged a warning per attempt.
+ */
+static void test_refusals_at_reconnect_are_logged_sparingly(void **state)
+{
+	struct fx_redis r = {0};
+	struct directory_opts o = {
+		.node_name = "w1", .advertise = "127.0.0.1:1", .heartbeat_ttl_ms = 1500,
+		.heartbeat_interval_ms = 300,
+	};
+	struct directory_stats st;
+	struct log_capture lc;
+	struct directory *a;
+	char url[160];
+	redisContext *c;
+	unsigned lines;
+
+	snprintf(r.password, sizeof(r.password), "pw-%d", getpid());
+	assert_int_equal(fx_redis_start(&r), 0);
+	snprintf(url, sizeof(url), "redis://:wrong@127.0.0.1:%d/0", r.port);
+	o.url = url;
+	log_capture_start(&lc);
+	assert_int_equal(directory_create(&o, &a), 0);
+	fx_sleep_ms(3000);
+	directory_get_stats(a, &st);
+	directory_destroy(a);
+	lines = log_capture_end(&lc, "directory:");
+	fx_redis_stop(&r);
+	fx_rm_rf(r.dir);
+	assert_true(lines >= 1);
+	assert_true(lines <= 2);
+	assert_true(st.errors >= 5); /* every refusal counted */
+	assert_false(st.connected);
+
+	/* the registration refused: a read-only replica (of a master that is not there) */
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	redis_do(c, "REPLICAOF 127.0.0.1 %d", fx_free_port());
+	fx_redis_url(&redis, 0, url, sizeof(url));
+	log_capture_start(&lc);
+	assert_int_equal(directory_create(&o, &a), 0);
+	fx_sleep_ms(3000);
+	directory_get_stats(a, &st);
+	directory_destroy(a);
+	lines = log_capture_end(&lc, "directory:");
+	redis_do(c, "REPLICAOF NO ONE");
+	redisFree(c);
+	assert_true(lines >= 1);
+	assert_true(lines <= 2);
+	assert_true(st.errors >= 5);
+	assert_false(st.connected);
 }
 
 static void test_redis_down_and_back(void **state)
@@ -1187,19 +1464,6 @@ static void test_chunk_dropped_during_bulk_announce_is_not_listed(void **state)
 	fx_rm_rf(sdir);
 }
 
-/* A command on c (a plain connection of the test's); its reply is dropped. */
-static void redis_do(redisContext *c, const char *fmt, ...)
-{
-	redisReply *r;
-	va_list ap;
-
-	va_start(ap, fmt);
-	r = redisvCommand(c, fmt, ap);
-	va_end(ap);
-	assert_non_null(r);
-	freeReplyObject(r);
-}
-
 /*
  * The reconnect installed its new shared connection, let go of the lock, and only then
  * took the connection generation it compares before reporting ready: a caller that broke
@@ -1603,6 +1867,136 @@ static void test_timeout_reconnect_replays_instead_of_reannouncing(void **state)
  * last full announce, but not what was announced after the snapshot: another run_id makes
  * the node announce in full all the same.
  */
+/* A store in a new temporary directory holding chunk seed: *h its hash. */
+static struct chunkstore *store_with(char dir[64], unsigned seed, struct chunk_hash *h)
+{
+	struct chunkstore_hooks hk = {0};
+	struct chunkstore *cs = fx_store_open(dir, hk);
+	static uint8_t buf[CHUNK];
+
+	assert_non_null(cs);
+	fx_chunk(seed, buf, sizeof(buf), h);
+	assert_int_equal(chunkstore_insert(cs, h, buf, sizeof(buf)), 0);
+	return cs;
+}
+
+/* Whether *h's only holder, looked up from d, is named name (and not node id not). */
+static bool held_only_by(struct directory *d, const struct chunk_hash *h, const char *name,
+			 int64_t not)
+{
+	struct directory_holder hd[4];
+
+	return directory_lookup(d, h, hd, 4) == 1 && !strcmp(hd[0].name, name) &&
+	       hd[0].node_id != not;
+}
+
+/*
+ * After a FLUSHALL a node kept its old id until its next heartbeat, while a node that
+ * registered again meanwhile could be given that id: the first one's withdraws then
+ * removed the other's entries and its announces listed chunks under the other's id;
+ * and at its heartbeat, finding the other's heartbeat under the id, it took that for a
+ * second appliance with its name, logged a name conflict and stayed out. Here a1 and a2
+ * (ids 1 and 2) have a slow heartbeat, b1 and b2 a fast one: after the FLUSHALL b1 and
+ * b2 register again first and get ids 1 and 2. a1 then writes under its old id (and
+ * finds it lost doing so); a2 finds it lost at its heartbeat. Both register again under
+ * new ids, without a conflict, and announce their stores in full.
+ */
+static void test_flush_does_not_let_an_old_id_write_over_a_new_owner(void **state)
+{
+	struct directory_opts slow = {
+		.rack = "r1", .prefix = "t:", .heartbeat_ttl_ms = 20000,
+		.heartbeat_interval_ms = 6000, .lease_ttl_ms = 600, .lease_renew_ms = 150,
+	};
+	struct directory *a1, *a2, *b1, *b2, *bx, *by;
+	struct log_capture lc;
+	struct chunk_hash s1, s2, h, h2;
+	struct chunkstore *cs1, *cs2;
+	struct directory_stats st;
+	char dir1[64], dir2[64];
+	static uint8_t buf[CHUNK];
+	int64_t id1, id2;
+	redisContext *c;
+	uint64_t t0;
+
+	cs1 = store_with(dir1, 901, &s1);
+	cs2 = store_with(dir2, 902, &s2);
+	slow.node_name = "a1";
+	a1 = dir_create(&slow, NULL);
+	directory_attach_store(a1, cs1);
+	assert_int_equal(directory_wait_ready(a1, 5000), 0);
+	slow.node_name = "a2";
+	a2 = dir_create(&slow, NULL);
+	directory_attach_store(a2, cs2);
+	assert_int_equal(directory_wait_ready(a2, 5000), 0);
+	b1 = dir_new("b1", "r1", NULL);
+	b2 = dir_new("b2", "r1", NULL);
+	assert_int_equal(directory_wait_ready(b1, 5000), 0);
+	assert_int_equal(directory_wait_ready(b2, 5000), 0);
+	id1 = directory_node_id(a1);
+	id2 = directory_node_id(a2);
+	assert_int_equal(id1, 1);
+	assert_int_equal(id2, 2);
+
+	c = redisConnect("127.0.0.1", redis.port);
+	assert_true(c && !c->err);
+	log_capture_start(&lc);
+	redis_do(c, "FLUSHALL");
+	/* b1 and b2 notice at their next heartbeat (300 ms) and take ids 1 and 2 */
+	for (t0 = now_ns(); fx_ms_since(t0) < 3000; fx_sleep_ms(10))
+		if (directory_node_id(b1) + directory_node_id(b2) == 3 &&
+		    directory_wait_ready(b1, 0) == 0 && directory_wait_ready(b2, 0) == 0)
+			break;
+	assert_int_equal(directory_node_id(b1) + directory_node_id(b2), 3);
+	assert_true(fx_ms_since(t0) < 3000); /* long before a1's and a2's next heartbeat */
+	bx = directory_node_id(b1) == id1 ? b1 : b2; /* now has a1's old id */
+	by = bx == b1 ? b2 : b1;
+
+	/* a1's withdraw under its old id leaves bx's entry alone */
+	fx_chunk(903, buf, sizeof(buf), &h);
+	assert_int_equal(directory_announce(bx, &h), 0);
+	assert_true(held_only_by(by, &h, bx == b1 ? "b1" : "b2", -1));
+	assert_int_not_equal(directory_withdraw(a1, &h), 0);
+	assert_true(held_only_by(by, &h, bx == b1 ? "b1" : "b2", -1));
+	/* and its announce lists nothing under bx's id: refused, or under a1's new id */
+	fx_chunk(904, buf, sizeof(buf), &h2);
+	directory_announce(a1, &h2);
+	{
+		struct directory_holder hd[4];
+		int n = directory_lookup(by, &h2, hd, 4);
+
+		assert_true(n == 0 || (n == 1 && !strcmp(hd[0].name, "a1") &&
+				       hd[0].node_id != id1));
+	}
+
+	/* both register again, under new ids, and announce their stores in full */
+	assert_int_equal(directory_wait_ready(a1, 5000), 0);
+	assert_true(directory_node_id(a1) > 2);
+	for (t0 = now_ns(); fx_ms_since(t0) < 10000; fx_sleep_ms(20))
+		if (directory_node_id(a2) > 2 && directory_wait_ready(a2, 0) == 0)
+			break;
+	assert_true(directory_node_id(a2) > 2);
+	assert_int_equal(directory_wait_ready(a2, 5000), 0);
+	assert_true(held_only_by(b1, &s1, "a1", id1));
+	assert_true(held_only_by(b1, &s2, "a2", id2));
+	/* no name conflict was taken for one, at any time */
+	assert_int_equal(log_capture_end(&lc, "node name"), 0);
+	directory_get_stats(a1, &st);
+	assert_false(st.name_conflict);
+	directory_get_stats(a2, &st);
+	assert_false(st.name_conflict);
+	assert_int_equal(st.node_id, directory_node_id(a2));
+
+	redisFree(c);
+	directory_destroy(a1);
+	directory_destroy(a2);
+	directory_destroy(b1);
+	directory_destroy(b2);
+	chunkstore_close(cs1);
+	chunkstore_close(cs2);
+	fx_rm_rf(dir1);
+	fx_rm_rf(dir2);
+}
+
 static void test_restart_from_a_snapshot_reannounces(void **state)
 {
 	struct chunkstore_hooks hk = {.announce = hook_announce, .withdraw = hook_withdraw};
@@ -1724,9 +2118,13 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_url),
+		cmocka_unit_test(test_parse_url_ipv6),
+		cmocka_unit_test(test_connects_over_ipv6),
 		cmocka_unit_test(test_bad_options),
 		cmocka_unit_test_setup_teardown(test_register_ids, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_announce_lookup_withdraw, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_longest_name_rack_and_address_are_listed,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_list_nodes_refuses_malformed_entries, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_list_nodes_error_reply_keeps_pipeline, setup,
@@ -1736,6 +2134,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_store_attached_during_first_connect_is_announced,
 						setup, teardown),
 		cmocka_unit_test(test_password_and_db),
+		cmocka_unit_test_setup_teardown(test_refusals_at_reconnect_are_logged_sparingly,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_redis_down_and_back, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lease_exclusive_and_released_by_announce,
 						setup, teardown),
@@ -1766,6 +2166,8 @@ int main(void)
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_timeout_reconnect_replays_instead_of_reannouncing,
 						setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_flush_does_not_let_an_old_id_write_over_a_new_owner, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restart_from_a_snapshot_reannounces, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_malformed_or_immortal_lease_is_free, setup,
