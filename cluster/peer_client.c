@@ -62,10 +62,18 @@ static size_t on_data(char *p, size_t size, size_t n, void *arg)
 	return bytes;
 }
 
-/* What ends a transfer under way: peer_client_cancel(), or the caller's abort flag. */
+/*
+ * What ends a transfer under way: peer_client_cancel(), or the caller's abort flag once
+ * the peer has sent nothing for ABORT_STALL_NS. A transfer that is moving finishes: a
+ * reader joining a readahead fill wants that chunk, and cutting it off would fetch it again.
+ */
+#define ABORT_STALL_NS (200ULL * 1000000ULL)
+
 struct stop {
 	struct peer_client *pc;
 	const atomic_bool *abort; /* NULL: none */
+	curl_off_t seen;          /* bytes received at moved_ns */
+	uint64_t moved_ns;        /* when the transfer last moved (or started) */
 };
 
 static bool stop_now(const struct stop *st)
@@ -76,7 +84,16 @@ static bool stop_now(const struct stop *st)
 static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
 		       curl_off_t ulnow)
 {
-	return stop_now(arg) ? 1 : 0;
+	struct stop *st = arg;
+	uint64_t now = now_ns();
+
+	if (atomic_load(&st->pc->cancelled))
+		return 1;
+	if (dlnow != st->seen) {
+		st->seen = dlnow;
+		st->moved_ns = now;
+	}
+	return st->abort && atomic_load(st->abort) && now - st->moved_ns >= ABORT_STALL_NS;
 }
 
 /* Why stop_now() was true; cancel (shutdown) wins over an abort. */
@@ -159,6 +176,7 @@ static int request(struct peer_client *pc, struct pc_handle *hd, const char *add
 
 	if (stop_now(&stop))
 		return stop_reason(&stop);
+	stop.moved_ns = now;
 	if (now >= deadline_ns)
 		return -ETIMEDOUT;
 	left_ms = MIN((deadline_ns - now) / 1000000ULL, (uint64_t)pc->request_ms);
