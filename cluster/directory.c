@@ -878,6 +878,24 @@ static int holder_reply_locked(struct directory *d, int64_t id, bool *changed)
 	return rc;
 }
 
+/*
+ * dir_lock(), then this node's id, read under the lock because it goes with the
+ * connection (dir_reconnect). 0 with d->lock held and *id >= 0; else the error, unlocked.
+ */
+static int dir_lock_registered(struct directory *d, int64_t *id)
+{
+	int rc = dir_lock(d);
+
+	if (rc)
+		return rc;
+	*id = directory_node_id(d);
+	if (d->ctx && *id >= 0)
+		return 0;
+	rc = dir_fast_fail_locked(d);
+	pthread_mutex_unlock(&d->lock);
+	return rc;
+}
+
 int directory_announce(struct directory *d, const struct chunk_hash *h)
 {
 	char lkey[DIR_KEY_MAX], lval[64];
@@ -887,15 +905,9 @@ int directory_announce(struct directory *d, const struct chunk_hash *h)
 
 	DIR_STAT_ADD(d, announces, 1);
 	dir_chunk_key(d, "lease:", h, lkey, sizeof(lkey));
-	rc = dir_lock(d);
+	rc = dir_lock_registered(d, &id);
 	if (rc)
 		goto out;
-	/* read under lock: the id goes with the connection (dir_reconnect) */
-	id = directory_node_id(d);
-	if (!d->ctx || id < 0) {
-		rc = dir_fast_fail_locked(d);
-		goto unlock;
-	}
 	/* one round trip: the holder entry, then (if ours) the lease release */
 	DIR_STAT_ADD(d, commands, 1);
 	holder_append_locked(d, "SADD", h, id);
@@ -909,7 +921,6 @@ int directory_announce(struct directory *d, const struct chunk_hash *h)
 		if (!rc2)
 			DIR_STAT_ADD(d, leases_released, 1);
 	}
-unlock:
 	pthread_mutex_unlock(&d->lock);
 out:
 	/* not listed: the directory thread sends it again (the lease just expires) */
@@ -924,17 +935,12 @@ int directory_withdraw(struct directory *d, const struct chunk_hash *h)
 	int rc;
 
 	DIR_STAT_ADD(d, withdraws, 1);
-	rc = dir_lock(d);
+	rc = dir_lock_registered(d, &id);
 	if (rc)
 		goto out;
-	id = directory_node_id(d);
-	if (!d->ctx || id < 0) {
-		rc = dir_fast_fail_locked(d);
-	} else {
-		DIR_STAT_ADD(d, commands, 1);
-		holder_append_locked(d, "SREM", h, id);
-		rc = holder_reply_locked(d, id, NULL);
-	}
+	DIR_STAT_ADD(d, commands, 1);
+	holder_append_locked(d, "SREM", h, id);
+	rc = holder_reply_locked(d, id, NULL);
 	pthread_mutex_unlock(&d->lock);
 out:
 	if (rc)
@@ -949,14 +955,9 @@ int directory_not_held(struct directory *d, const struct chunk_hash *h)
 	int64_t id;
 	int rc;
 
-	rc = dir_lock(d);
+	rc = dir_lock_registered(d, &id);
 	if (rc)
 		return rc;
-	id = directory_node_id(d);
-	if (!d->ctx || id < 0) {
-		rc = dir_fast_fail_locked(d);
-		goto out;
-	}
 	pthread_mutex_lock(&d->thread_lock);
 	store = d->store;
 	pthread_mutex_unlock(&d->thread_lock);
