@@ -35,6 +35,7 @@
 #include "images/manifest.h"
 #include "target/fetch_client.h"
 #include "target/fetch_proto.h"
+#include "tests/unit/seed_fixture.h"
 
 #define CHUNK (64 * 1024)
 #define NCH   24
@@ -51,20 +52,8 @@ struct env {
 
 static void put_chunk(const char *repo, const void *data, struct chunk_hash *h)
 {
-	char hex[HASH_HEX_LEN + 1], path[512];
-	size_t cap = ZSTD_compressBound(CHUNK), n;
-	void *obj = malloc(cap);
-
-	assert_non_null(obj);
 	hash_compute(data, CHUNK, h);
-	n = ZSTD_compress(obj, cap, data, CHUNK, 1);
-	assert_false(ZSTD_isError(n));
-	hash_to_hex(h, hex);
-	snprintf(path, sizeof(path), "%s/chunks/%.2s", repo, hex);
-	assert_int_equal(mkdir_p(path, 0755), 0);
-	snprintf(path, sizeof(path), "%s/chunks/%.2s/%s", repo, hex, hex);
-	assert_int_equal(write_file_atomic(path, obj, n), 0);
-	free(obj);
+	seed_put_chunk_as(repo, h, data, CHUNK);
 }
 
 static int setup(void **state)

@@ -25,6 +25,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "images/manifest.h"
+#include "tests/unit/seed_fixture.h"
 
 #define CHUNK (64 * 1024)
 #define MS    1000000ULL
@@ -49,36 +50,10 @@ static void fill_random(void *buf, size_t len, unsigned seed)
 	}
 }
 
-static void write_object(const char *repo, const struct chunk_hash *h, const void *obj, size_t len)
-{
-	char hex[HASH_HEX_LEN + 1], path[512];
-
-	hash_to_hex(h, hex);
-	snprintf(path, sizeof(path), "%s/chunks/%.2s", repo, hex);
-	assert_int_equal(mkdir_p(path, 0755), 0);
-	snprintf(path, sizeof(path), "%s/chunks/%.2s/%s", repo, hex, hex);
-	assert_int_equal(write_file_atomic(path, obj, len), 0);
-}
-
-/* Publishes data as the object named by *named (normally its own hash). */
-static void put_chunk_as(const char *repo, const struct chunk_hash *named, const void *data,
-			 size_t len)
-{
-	size_t cap = ZSTD_compressBound(len);
-	void *obj = malloc(cap);
-	size_t n;
-
-	assert_non_null(obj);
-	n = ZSTD_compress(obj, cap, data, len, 3);
-	assert_false(ZSTD_isError(n));
-	write_object(repo, named, obj, n);
-	free(obj);
-}
-
 static void put_chunk(const char *repo, const void *data, size_t len, struct chunk_hash *h)
 {
 	hash_compute(data, len, h);
-	put_chunk_as(repo, h, data, len);
+	seed_put_chunk_as(repo, h, data, len);
 }
 
 static void make_chunk(const char *repo, unsigned seed, struct chunk_hash *h, void *data)
@@ -471,7 +446,7 @@ static void test_bad_hash_never_stored(void **state)
 	fill_random(good, CHUNK, 5);
 	hash_compute(good, CHUNK, &h);
 	fill_random(other, CHUNK, 6);
-	put_chunk_as(e->repo, &h, other, CHUNK);
+	seed_put_chunk_as(e->repo, &h, other, CHUNK);
 	env_fetcher(e, NULL, NULL);
 	expect_never_stored(e, &h);
 }
@@ -487,13 +462,13 @@ static void test_corrupt_and_wrong_size_never_stored(void **state)
 	fill_random(good, CHUNK, 7);
 	hash_compute(good, CHUNK, &h1);
 	fill_random(junk, sizeof(junk), 8);
-	write_object(e->repo, &h1, junk, sizeof(junk));
+	seed_write_object(e->repo, &h1, junk, sizeof(junk));
 	env_fetcher(e, NULL, NULL);
 	expect_never_stored(e, &h1);
 	/* A valid frame of the first half of the chunk: wrong size. */
 	fill_random(good, CHUNK, 9);
 	hash_compute(good, CHUNK, &h2);
-	put_chunk_as(e->repo, &h2, good, CHUNK / 2);
+	seed_put_chunk_as(e->repo, &h2, good, CHUNK / 2);
 	assert_int_equal(fetcher_fetch(e->f, &h2, CHUNK, now_ns() + 200 * MS), -ETIMEDOUT);
 	assert_false(store_has_file(e, &h2));
 }
@@ -1002,7 +977,7 @@ static void test_seed_client_errors(void **state)
 	make_chunk(e->repo, 12, &h, data);
 	fill_random(out, CHUNK, 13);
 	hash_compute(out, CHUNK, &bad);
-	put_chunk_as(e->repo, &bad, data, CHUNK);
+	seed_put_chunk_as(e->repo, &bad, data, CHUNK);
 	assert_int_equal(seed_open(&so, &s), 0);
 	assert_int_equal(seed_get_chunk(s, &h, out, CHUNK, &rx, 0), 0);
 	assert_memory_equal(out, data, CHUNK);

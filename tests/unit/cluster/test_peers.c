@@ -24,6 +24,7 @@
 #include "cluster_fixture.h"
 #include "common/log.h"
 #include "delay_proxy.h"
+#include "tests/unit/seed_fixture.h"
 #include "images/manifest.h"
 
 #define CHUNK (128 * 1024)
@@ -421,24 +422,6 @@ static struct fetcher_stats fetcher_stats_of(struct fetcher *f)
 	return st;
 }
 
-/* Publishes data (len bytes, hash *h) in the directory repository repo, as the seed. */
-static void seed_put(const char *repo, const struct chunk_hash *h, const void *data, size_t len)
-{
-	char hex[HASH_HEX_LEN + 1], path[512];
-	size_t cap = ZSTD_compressBound(len), n;
-	void *obj = malloc(cap);
-
-	assert_non_null(obj);
-	n = ZSTD_compress(obj, cap, data, len, 3);
-	assert_false(ZSTD_isError(n));
-	hash_to_hex(h, hex);
-	snprintf(path, sizeof(path), "%s/chunks/%.2s", repo, hex);
-	assert_int_equal(mkdir_p(path, 0755), 0);
-	snprintf(path, sizeof(path), "%s/chunks/%.2s/%s", repo, hex, hex);
-	assert_int_equal(write_file_atomic(path, obj, n), 0);
-	free(obj);
-}
-
 /*
  * A peer served good bytes and our full store refused them: the read fails with -ENOSPC
  * (no seed download that could not be stored either), and no peer failed. The fetcher
@@ -826,7 +809,7 @@ static void test_reader_joining_readahead_keeps_its_deadline(void **state)
 	for (i = 0; i < 4; i++) { /* the seed has every chunk */
 		fx_chunk(80 + i, data, CHUNK, &m->hashes[i]);
 		m->zero[i] = 0;
-		seed_put(repo, &m->hashes[i], data, CHUNK);
+		seed_put_chunk_as(repo, &m->hashes[i], data, CHUNK);
 	}
 	/* chunk 3: three holders in b's rack, alive in the directory, whose servers stall */
 	for (i = 0; i < 3; i++) {
